@@ -1,0 +1,1 @@
+"""Subcommand modules of the actlab CLI (see actlab.cli)."""

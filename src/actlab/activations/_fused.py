@@ -1,0 +1,193 @@
+"""Memory-lean and fused paths for composite elementwise activations.
+
+A composite activation y = f(x; θ) (θ: a few learnable scalars) written with plain torch
+ops keeps several intermediate tensors alive for backward and makes one memory pass per op.
+Here each such activation supplies two pure functions with a hand-derived backward:
+
+    fwd(x, *θ)     -> y
+    bwd(x, g, *θ)  -> (dL/dx, dL/dθ_1, ...)      dL/dθ_i summed to θ_i's shape
+
+and :class:`ElementwiseKernel` runs them in one of four modes:
+
+    "reference"  plain autograd through fwd (saves whatever autograd saves; the twin to test)
+    "eager"      custom autograd.Function: saves only x (and θ), runs fwd/bwd eagerly
+    "compiled"   as "eager", with fwd and bwd fused by torch.compile (dynamic shapes,
+                 Inductor's on-disk cache amortises the first-call cost across processes)
+    "auto"       compiled for tensors with >= ACTLAB_FUSE_MIN_NUMEL elements (default 65536)
+                 when the compiler works on that device, else eager.  Inside an outer
+                 torch.compile the reference formula is used so that the outer graph fuses it.
+
+The mode comes from ``set_kernel_mode`` / ``kernel_mode(...)`` or the environment variable
+ACTLAB_KERNEL.  If compilation fails once (no C++ compiler, no Triton on the GPU) a warning is
+issued and that kernel falls back to eager for the rest of the process; nothing crashes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["ElementwiseKernel", "acc_sum", "set_kernel_mode", "get_kernel_mode", "kernel_mode", "MODES"]
+
+log = logging.getLogger("actlab.kernels")
+
+MODES = ("auto", "compiled", "eager", "reference")
+_state = threading.local()
+_global_mode: list[str] = []
+
+
+def _env_mode() -> str:
+    mode = os.environ.get("ACTLAB_KERNEL", "auto").strip().lower()
+    if mode not in MODES:
+        raise ValueError(f"ACTLAB_KERNEL={mode!r} is not one of {', '.join(MODES)}")
+    return mode
+
+
+def get_kernel_mode() -> str:
+    """The kernel mode in force (context manager > set_kernel_mode > ACTLAB_KERNEL > auto)."""
+    local = getattr(_state, "mode", None)
+    if local is not None:
+        return str(local)
+    return _global_mode[-1] if _global_mode else _env_mode()
+
+
+def set_kernel_mode(mode: str) -> None:
+    """Set the process-wide kernel mode: one of auto, compiled, eager, reference."""
+    if mode not in MODES:
+        raise ValueError(f"kernel mode {mode!r} is not one of {', '.join(MODES)}")
+    _global_mode[:] = [mode]
+
+
+@contextlib.contextmanager
+def kernel_mode(mode: str) -> Iterator[None]:
+    """Temporarily use ``mode`` in this thread."""
+    if mode not in MODES:
+        raise ValueError(f"kernel mode {mode!r} is not one of {', '.join(MODES)}")
+    old = getattr(_state, "mode", None)
+    _state.mode = mode
+    try:
+        yield
+    finally:
+        _state.mode = old
+
+
+def acc_sum(t: Tensor) -> Tensor:
+    """Sum of all elements, accumulated in float32 (float64 for float64 input)."""
+    return t.sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32)
+
+
+def _min_numel() -> int:
+    return int(os.environ.get("ACTLAB_FUSE_MIN_NUMEL", "65536"))
+
+
+class _LeanFunction(torch.autograd.Function):
+    """Saves only x and the scalar parameters; backward is the kernel's hand-derived bwd."""
+
+    @staticmethod
+    def forward(ctx: Any, kernel: ElementwiseKernel, compiled: bool, x: Tensor, *theta: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.kernel = kernel
+        ctx.compiled = compiled
+        ctx.save_for_backward(x, *theta)
+        fwd = kernel.compiled_fwd() if compiled else kernel.fwd
+        return fwd(x, *theta)
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        x, *theta = ctx.saved_tensors
+        kernel: ElementwiseKernel = ctx.kernel
+        grads = None
+        if ctx.compiled:
+            grads = kernel._run_compiled(lambda: kernel.compiled_bwd()(x, g, *theta), x, "auto")
+        if grads is None:
+            grads = kernel.bwd(x, g, *theta)
+        gx, gtheta = grads[0], grads[1:]
+        out: list[Tensor | None] = [None, None, gx if ctx.needs_input_grad[2] else None]
+        for i in range(len(theta)):  # bwd may return grads for a prefix of θ (constants last)
+            gt = gtheta[i] if i < len(gtheta) else None
+            if gt is not None and ctx.needs_input_grad[3 + i]:
+                out.append(gt.reshape(theta[i].shape).to(theta[i].dtype))
+            else:
+                out.append(None)
+        return tuple(out)
+
+
+class ElementwiseKernel:
+    """A composite elementwise activation with a lean and a fused path (see module doc)."""
+
+    def __init__(
+        self,
+        name: str,
+        fwd: Callable[..., Tensor],
+        bwd: Callable[..., tuple[Tensor, ...]],
+    ) -> None:
+        self.name = name
+        self.fwd = fwd
+        self.bwd = bwd
+        self._compiled: dict[str, Callable[..., Any]] = {}
+        self._broken: set[str] = set()  # device types on which compilation failed
+
+    # compiled functions are built lazily: nothing is compiled at import time
+    def compiled_fwd(self) -> Callable[..., Tensor]:
+        if "fwd" not in self._compiled:
+            self._compiled["fwd"] = torch.compile(self.fwd, dynamic=True, fullgraph=True)
+        return self._compiled["fwd"]
+
+    def compiled_bwd(self) -> Callable[..., tuple[Tensor, ...]]:
+        if "bwd" not in self._compiled:
+            self._compiled["bwd"] = torch.compile(self.bwd, dynamic=True, fullgraph=True)
+        return self._compiled["bwd"]
+
+    def _want_compiled(self, mode: str, x: Tensor) -> bool:
+        if mode == "compiled":
+            return True
+        dev = x.device.type
+        return (
+            dev not in self._broken
+            and dev in ("cpu", "cuda")
+            and x.numel() >= _min_numel()
+            and not torch.jit.is_scripting()
+        )
+
+    def __call__(self, x: Tensor, *theta: Tensor) -> Tensor:
+        mode = get_kernel_mode()
+        if mode == "reference" or torch.compiler.is_compiling():
+            return self.fwd(x, *theta)
+        needs_grad = torch.is_grad_enabled() and (
+            x.requires_grad or any(t.requires_grad for t in theta)
+        )
+        compiled = mode != "eager" and self._want_compiled(mode, x)
+        if not needs_grad:
+            if compiled:
+                out = self._run_compiled(lambda: self.compiled_fwd()(x, *theta), x, mode)
+                if out is not None:
+                    return out
+            return self.fwd(x, *theta)
+        if compiled:
+            out = self._run_compiled(lambda: _LeanFunction.apply(self, True, x, *theta), x, mode)
+            if out is not None:
+                return out
+        return _LeanFunction.apply(self, False, x, *theta)
+
+    def _run_compiled(self, thunk: Callable[[], Any], x: Tensor, mode: str) -> Any:
+        try:
+            return thunk()
+        except Exception as e:  # compiler missing or failing: degrade, never crash
+            if mode == "compiled":
+                raise
+            self._broken.add(x.device.type)
+            warnings.warn(
+                f"actlab: fused kernel for {self.name} failed to compile on {x.device.type} "
+                f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); using the eager lean path. "
+                "Set ACTLAB_KERNEL=eager to silence this.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return None

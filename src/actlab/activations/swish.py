@@ -1,0 +1,60 @@
+"""Swish with a learnable β (Ramachandran, Zoph & Le 2017, "Searching for Activation Functions").
+
+    swish_β(x) = x · σ(βx)
+    ∂/∂x = σ(βx) + βx·σ(βx)(1 - σ(βx))        ∂/∂β = x²·σ(βx)(1 - σ(βx))
+
+β is one learnable scalar per instance (init 1.0, where Swish equals SiLU). The lean path
+saves only x and β for backward; the fused path computes forward and backward in one pass
+each (see :mod:`actlab.activations._fused`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from actlab.activations._base import Activation, scalar
+from actlab.activations._fused import ElementwiseKernel, acc_sum
+from actlab.registry import register_activation
+
+
+def _fwd(x: Tensor, beta: Tensor) -> Tensor:
+    return x * torch.sigmoid(beta * x)
+
+
+def _bwd(x: Tensor, g: Tensor, beta: Tensor) -> tuple[Tensor, Tensor]:
+    s = torch.sigmoid(beta * x)
+    ds = s * (1 - s)
+    return g * (s + beta * x * ds), acc_sum(g * x * x * ds)
+
+
+SWISH = ElementwiseKernel("swish", _fwd, _bwd)
+
+
+@register_activation(
+    "swish",
+    formula="x * sigmoid(beta*x)   (beta learnable, init 1)",
+    paper="Ramachandran, Zoph & Le 2017, Searching for Activation Functions",
+    reference=lambda x, m: x / (1 + torch.exp(-float(m.beta) * x)),
+    limits=(math.nan, math.inf),
+    family="search",
+    fused=True,
+)
+class Swish(Activation):
+    def __init__(
+        self,
+        *,
+        beta: float = 1.0,
+        learnable: bool = True,
+        weight_decay: bool = True,
+        inplace: bool = False,
+    ) -> None:
+        super().__init__(inplace=inplace)
+        scalar(self, "beta", beta, learnable)
+        self.weight_decay = bool(weight_decay)
+        self._set_hparams(beta=float(beta), learnable=bool(learnable), weight_decay=self.weight_decay)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return SWISH(x, self.beta)

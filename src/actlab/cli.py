@@ -1,0 +1,73 @@
+"""The ``actlab`` console script: one entry point, one module per subcommand.
+
+Each subcommand lives in ``actlab/_cli/<name>.py`` and exposes
+
+    HELP: str                                   one line for `actlab --help`
+    def add_arguments(p: argparse.ArgumentParser) -> None
+    def run(args: argparse.Namespace) -> int    exit code
+
+Errors a user can fix (bad names, missing files) raise :class:`CLIError` or any
+``ValueError``/``FileNotFoundError``; they are printed as one line, no traceback, exit 2.
+Set ACTLAB_DEBUG=1 to see the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+__all__ = ["main", "CLIError", "SUBCOMMANDS"]
+
+# name -> module under actlab._cli (imported only when that subcommand runs, or for --help)
+SUBCOMMANDS: dict[str, str] = {
+    "ls": "zoo",
+    "show": "zoo_show",
+    "plot": "plot",
+    "demo": "demo",
+}
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    from actlab import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="actlab",
+        description="actlab: design, evaluate, search and probe activation functions.",
+    )
+    parser.add_argument("--version", action="version", version=f"actlab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, modname in SUBCOMMANDS.items():
+        mod = importlib.import_module(f"actlab._cli.{modname}")
+        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("actlab: interrupted", file=sys.stderr)
+        return 130
+    except (CLIError, ValueError, FileNotFoundError, KeyError, ImportError, OSError) as e:
+        if os.environ.get("ACTLAB_DEBUG"):
+            raise
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"actlab {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
