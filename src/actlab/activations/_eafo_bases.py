@@ -1,9 +1,14 @@
-"""Closed-form derivatives (f, f', f'', f''') of the smooth bases that ``eafo`` can correct.
+"""Closed-form derivatives of the smooth bases that ``eafo`` can correct.
 
-Each entry maps x to the four tensors; everything is elementwise torch code so that it can be
-fused by torch.compile. With s = σ(x), s1 = s(1-s), s2 = s1(1-2s), s3 = s1(1-6s+6s²) and
-φ, Φ the standard normal density and CDF:
+Each entry maps x to (f, f', f'', A, A') with A = f'' + x f' and A' = f''' + f' + x f'' —
+the pieces the EAFO correction needs. Everything is elementwise torch code so that it can be
+fused by torch.compile; where A and A' simplify (gelu: A = 2φ + xΦ, A' = Φ - xφ) the
+simplified form is used, because Inductor fuses but does not simplify algebra.
 
+With s = σ(x), s1 = s(1-s), s2 = s1(1-2s), s3 = s1(1-6s+6s²) and φ, Φ the standard normal
+density and CDF:
+
+    base      f           f'             f''               f'''
     gelu      xΦ          Φ + xφ         φ(2 - x²)         φ(x³ - 4x)
     silu      xs          s + x s1       2 s1 + x s2       3 s2 + x s3
     softplus  log(1+eˣ)   s              s1                s2
@@ -12,8 +17,8 @@ fused by torch.compile. With s = σ(x), s1 = s(1-s), s2 = s1(1-2s), s3 = s1(1-6s
     elu       x | eˣ-1    1 | eˣ         0 | eˣ            0 | eˣ          (x > 0 | x <= 0)
     relu      max(0,x)    1[x>0]         0                 0
 
-The monotone branch (f' > 0) is the whole line except for gelu (x > -0.7518) and silu
-(x > -1.2785); relu's and elu's f' is positive or zero everywhere.
+The monotone branch (f' > 0) is the whole line except for gelu (x > -0.7518), silu
+(x > -1.2785) and relu (x > 0).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-Derivs = tuple[Tensor, Tensor, Tensor, Tensor]
+Derivs = tuple[Tensor, Tensor, Tensor, Tensor, Tensor]  # f, f', f'', A, A'
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
@@ -38,37 +43,43 @@ def _sig(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return s, s1, s1 * (1 - 2 * s), s1 * (1 - 6 * s + 6 * s * s)
 
 
+def _generic(x: Tensor, f: Tensor, f1: Tensor, f2: Tensor, f3: Tensor) -> Derivs:
+    return f, f1, f2, f2 + x * f1, f3 + f1 + x * f2
+
+
 def _gelu(x: Tensor) -> Derivs:
     p = normal_pdf(x)
     c = 0.5 * (1 + torch.erf(x * (1 / math.sqrt(2.0))))
-    return x * c, c + x * p, p * (2 - x * x), p * (x * x * x - 4 * x)
+    xc, xp = x * c, x * p
+    return xc, c + xp, p * (2 - x * x), 2 * p + xc, c - xp
 
 
 def _silu(x: Tensor) -> Derivs:
     s, s1, s2, s3 = _sig(x)
-    return x * s, s + x * s1, 2 * s1 + x * s2, 3 * s2 + x * s3
+    return _generic(x, x * s, s + x * s1, 2 * s1 + x * s2, 3 * s2 + x * s3)
 
 
 def _softplus(x: Tensor) -> Derivs:
     s, s1, s2, _ = _sig(x)
-    return torch.nn.functional.softplus(x), s, s1, s2
+    return _generic(x, torch.nn.functional.softplus(x), s, s1, s2)
 
 
 def _sigmoid(x: Tensor) -> Derivs:
-    return _sig(x)
+    return _generic(x, *_sig(x))
 
 
 def _tanh(x: Tensor) -> Derivs:
     t = torch.tanh(x)
     u = 1 - t * t
-    return t, u, -2 * t * u, u * (6 * t * t - 2)
+    return _generic(x, t, u, -2 * t * u, u * (6 * t * t - 2))
 
 
 def _elu(x: Tensor) -> Derivs:
     pos = x > 0
-    e = torch.exp(torch.clamp(x, max=0.0))
+    e = torch.exp(torch.where(pos, 0.0, x))
     zero, one = torch.zeros_like(x), torch.ones_like(x)
-    return (
+    return _generic(
+        x,
         torch.where(pos, x, e - 1),
         torch.where(pos, one, e),
         torch.where(pos, zero, e),
@@ -77,8 +88,8 @@ def _elu(x: Tensor) -> Derivs:
 
 
 def _relu(x: Tensor) -> Derivs:
-    zero = torch.zeros_like(x)
-    return torch.relu(x), (x > 0).to(x.dtype), zero, zero
+    step = (x > 0).to(x.dtype)
+    return torch.relu(x), step, torch.zeros_like(x), x * step, step
 
 
 BASES: dict[str, Callable[[Tensor], Derivs]] = {

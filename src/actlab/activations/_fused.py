@@ -28,6 +28,7 @@ import contextlib
 import logging
 import os
 import threading
+import types
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -77,6 +78,15 @@ def kernel_mode(mode: str) -> Iterator[None]:
         yield
     finally:
         _state.mode = old
+
+
+def _own_code(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
+    """A copy of plain function ``fn`` with a distinct code object (others returned as is)."""
+    if not isinstance(fn, types.FunctionType):
+        return fn
+    safe = "".join(ch if ch.isalnum() else "_" for ch in name)
+    code = fn.__code__.replace(co_name=safe, co_qualname=safe)
+    return types.FunctionType(code, fn.__globals__, safe, fn.__defaults__, fn.__closure__)
 
 
 def acc_sum(t: Tensor) -> Tensor:
@@ -129,8 +139,10 @@ class ElementwiseKernel:
         bwd: Callable[..., tuple[Tensor, ...]],
     ) -> None:
         self.name = name
-        self.fwd = fwd
-        self.bwd = bwd
+        # Dynamo keeps one compile cache (with a small recompile limit) per code object; kernels
+        # built from one factory (eafo's bases) would share it, so each gets its own code object.
+        self.fwd = _own_code(fwd, f"{name}_fwd")
+        self.bwd = _own_code(bwd, f"{name}_bwd")
         self._compiled: dict[str, Callable[..., Any]] = {}
         self._broken: set[str] = set()  # device types on which compilation failed
 
@@ -164,16 +176,18 @@ class ElementwiseKernel:
             x.requires_grad or any(t.requires_grad for t in theta)
         )
         compiled = mode != "eager" and self._want_compiled(mode, x)
-        if not needs_grad:
-            if compiled:
-                out = self._run_compiled(lambda: self.compiled_fwd()(x, *theta), x, mode)
-                if out is not None:
-                    return out
-            return self.fwd(x, *theta)
         if compiled:
-            out = self._run_compiled(lambda: _LeanFunction.apply(self, True, x, *theta), x, mode)
+            # one flat layout => one compiled graph per dtype/device, whatever the input's rank
+            flat = x.reshape(-1)
+            if needs_grad:
+                thunk = lambda: _LeanFunction.apply(self, True, flat, *theta)  # noqa: E731
+            else:
+                thunk = lambda: self.compiled_fwd()(flat, *theta)  # noqa: E731
+            out = self._run_compiled(thunk, x, mode)
             if out is not None:
-                return out
+                return out.view(x.shape)
+        if not needs_grad:
+            return self.fwd(x, *theta)
         return _LeanFunction.apply(self, False, x, *theta)
 
     def _run_compiled(self, thunk: Callable[[], Any], x: Tensor, mode: str) -> Any:

@@ -80,7 +80,7 @@ class LeakyReLU(Activation):
     "prelu",
     formula="x if x >= 0 else w*x   (one learnable scalar w)",
     paper="He et al. 2015, Delving Deep into Rectifiers",
-    reference=lambda x, m: torch.where(x >= 0, x, float(m.weight) * x),
+    reference=lambda x, m: torch.where(x >= 0, x, float(m.weight.detach()) * x),
     limits=(-INF, INF),
     smooth=False,
 )

@@ -37,7 +37,7 @@ SWISH = ElementwiseKernel("swish", _fwd, _bwd)
     "swish",
     formula="x * sigmoid(beta*x)   (beta learnable, init 1)",
     paper="Ramachandran, Zoph & Le 2017, Searching for Activation Functions",
-    reference=lambda x, m: x / (1 + torch.exp(-float(m.beta) * x)),
+    reference=lambda x, m: x / (1 + torch.exp(-float(m.beta.detach()) * x)),
     limits=(math.nan, math.inf),
     family="search",
     fused=True,

@@ -1,0 +1,83 @@
+"""Forward+backward time and saved-for-backward memory of every activation vs native GELU.
+
+For each activation: time of y = f(x); y.backward(g) on a 4M-element float32 tensor, divided
+by the same for torch.nn.functional.gelu measured interleaved in the same run (median of
+repeats), and bytes saved for backward divided by the input's bytes. Fused activations are
+measured in their default "auto" kernel mode; `--modes` adds the other modes side by side.
+
+    python benchmarks/bench_activations.py [--numel 4000000] [--repeats 30] [--only crrelu,eafo]
+        [--modes auto,eager,reference] [--device cpu] [--dtype float32]
+
+Targets (issue 2): CRReLU and eafo(gelu) time ratio <= 1.3 (stretch 1.1); saved bytes <= 1x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import interleaved_median, saved_bytes  # noqa: E402
+
+import actlab  # noqa: E402
+from actlab.activations import kernel_mode  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--numel", type=int, default=4_000_000)
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--only", default="", help="comma-separated activation specs (default: whole zoo)")
+    ap.add_argument("--modes", default="auto", help="kernel modes for fused activations, e.g. auto,eager,reference")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"])
+    args = ap.parse_args()
+
+    dev, dt = torch.device(args.device), getattr(torch, args.dtype)
+    torch.manual_seed(0)
+    x0 = torch.randn(args.numel, device=dev, dtype=dt)
+    g = torch.randn_like(x0)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    specs = [s for s in args.only.split(",") if s] or actlab.list_activations()
+    modes = [m for m in args.modes.split(",") if m]
+
+    def step_for(fn):
+        xg = x0.clone().requires_grad_(True)
+
+        def step() -> None:
+            xg.grad = None
+            fn(xg).backward(g)
+            sync()
+
+        return step
+
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {dev}, "
+          f"{args.dtype}, numel {args.numel:,}, repeats {args.repeats}, cpus {os.cpu_count()}")
+    print(f"{'activation':<22}{'mode':<10}{'fwd+bwd ratio':>14}{'saved/input':>13}{'first call s':>14}")
+    x_bytes = x0.numel() * x0.element_size()
+    gelu_step = step_for(F.gelu)
+    for spec in specs:
+        info = actlab.get_activation_info(spec.split("(")[0])
+        for mode in modes if info.fused else ["native"]:
+            m = actlab.create_activation(spec).to(dev, dt if dt != torch.float32 else torch.float32)
+            ctx = kernel_mode(mode) if mode != "native" else kernel_mode("auto")
+            with ctx:
+                t0 = time.perf_counter()
+                step = step_for(m)
+                step()  # first call: compiles fused kernels when the mode asks for it
+                first = time.perf_counter() - t0
+                t = interleaved_median({"gelu": gelu_step, "act": step}, args.repeats)
+                sb = saved_bytes(lambda: m(x0.clone().requires_grad_(True)))
+            print(f"{spec:<22}{mode:<10}{t['act'] / t['gelu']:>14.2f}{sb / x_bytes:>13.2f}{first:>14.1f}")
+    gb = saved_bytes(lambda: F.gelu(x0.clone().requires_grad_(True)))
+    print(f"{'(F.gelu itself)':<22}{'native':<10}{1.0:>14.2f}{gb / x_bytes:>13.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""Fast paths vs their plain twins: compiled and lean-eager kernels against the autograd
+reference path (values and gradients), saved-for-backward memory, fallback and mode control."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import actlab
+from actlab.activations import _fused, kernel_mode, set_kernel_mode
+from actlab.activations._fused import ElementwiseKernel, get_kernel_mode
+
+FUSED = [n for n in actlab.list_activations() if actlab.get_activation_info(n).fused]
+EAFO_BASES = ["gelu", "silu", "softplus", "sigmoid", "tanh", "elu", "relu"]
+
+
+def _run(m: torch.nn.Module, x0: torch.Tensor, g: torch.Tensor, mode: str) -> list[torch.Tensor]:
+    m.zero_grad()
+    x = x0.clone().requires_grad_(True)
+    with kernel_mode(mode):
+        y = m(x)
+        y.backward(g)
+    return [y.detach(), x.grad] + [p.grad.clone() for p in m.parameters()]
+
+
+def _perturb(m: torch.nn.Module) -> torch.nn.Module:
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.1)
+    return m
+
+
+@pytest.mark.parametrize("spec", FUSED)
+def test_compiled_matches_reference(spec: str) -> None:
+    m = _perturb(actlab.create_activation(spec))
+    x0 = torch.randn(70_001) * 3  # odd size: exercises the vector tail
+    g = torch.randn_like(x0)
+    ref = _run(m, x0, g, "reference")
+    got = _run(m, x0, g, "compiled")
+    for a, b in zip(ref, got):
+        torch.testing.assert_close(b, a, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("base", EAFO_BASES)
+def test_compiled_eafo_bases(base: str) -> None:
+    m = _perturb(actlab.create_activation(f"eafo(base={base!r})"))
+    x0 = torch.randn(10_000) * 3
+    g = torch.randn_like(x0)
+    for a, b in zip(_run(m, x0, g, "reference"), _run(m, x0, g, "compiled")):
+        torch.testing.assert_close(b, a, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("base", EAFO_BASES)
+def test_eafo_bases_gradcheck(base: str) -> None:
+    m = _perturb(actlab.create_activation(f"eafo(base={base!r}, eps=0.2)")).double()
+    x = (torch.randn(200, dtype=torch.float64) * 2).requires_grad_(True)
+    x = torch.where((x.detach()).abs() < 1e-3, x + 0.01, x)
+    e = m.eps.detach().clone().requires_grad_(True)
+    with kernel_mode("eager"):
+        assert torch.autograd.gradcheck(
+            lambda x, e: torch.func.functional_call(m, {"eps": e}, (x,)), (x, e), atol=1e-5
+        )
+
+
+@pytest.mark.parametrize("spec", FUSED)
+def test_lean_paths_save_only_the_input(spec: str) -> None:
+    m = actlab.create_activation(spec)
+    x = torch.randn(100_000, requires_grad=True)
+    sizes: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        sizes[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    for mode in ("eager", "compiled"):
+        sizes.clear()
+        with kernel_mode(mode), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            y = m(x)
+        assert sum(sizes.values()) <= x.numel() * 4 + 64, (mode, sizes)
+        del y
+    sizes.clear()
+    with kernel_mode("reference"), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        m(x)
+    # the plain formula keeps intermediates: the lean path is a real saving for composites
+    if spec in ("crrelu", "eafo"):
+        assert sum(sizes.values()) > 2 * x.numel() * 4
+
+
+def test_eafo_relu_base_is_crrelu_positive_branch() -> None:
+    """eafo.md: for ReLU's positive branch the correction is x·φ(x) (CRReLU up to ε's sign/scale)."""
+    x = torch.linspace(0.01, 5, 500, dtype=torch.float64)
+    m = actlab.create_activation("eafo(base='relu', eps=0.3)").double()
+    phi = torch.exp(-x * x / 2) / (2 * torch.pi) ** 0.5
+    torch.testing.assert_close(m(x), x - 0.3 * x * phi)
+    torch.testing.assert_close(m(-x), torch.zeros_like(x))
+
+
+def test_eafo_gelu_matches_first_order_formula_on_monotone_branch() -> None:
+    """f_ε = f - ε φ (f''/f' + x) wherever f' >= τ (eafo.md), here with autograd derivatives."""
+    x = torch.linspace(-0.5, 6, 800, dtype=torch.float64)
+    m = actlab.create_activation("eafo(base='gelu', eps=0.05)").double()
+    phi = torch.exp(-x * x / 2) / (2 * torch.pi) ** 0.5
+    cdf = 0.5 * (1 + torch.erf(x / 2**0.5))
+    f, f1, f2 = x * cdf, cdf + x * phi, phi * (2 - x * x)
+    assert (f1 >= 0.1).all()
+    torch.testing.assert_close(m(x), f - 0.05 * phi * (f2 / f1 + x))
+
+
+def test_eafo_correction_continuous_and_zero_off_branch() -> None:
+    m = actlab.create_activation("eafo(base='gelu', eps=1.0)").double()
+    base = actlab.create_activation("gelu").double()
+    x = torch.linspace(-3, 1, 40001, dtype=torch.float64)
+    corr = base(x) - m(x)
+    assert corr[x < -0.7518].abs().max() < 1e-15  # outside the monotone branch (rounding only)
+    assert corr.diff().abs().max() < 1e-2  # no jumps on a 1e-4 grid
+
+
+def test_compile_failure_falls_back_to_eager_with_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*a, **k):  # type: ignore[no-untyped-def]
+        raise RuntimeError("no compiler here")
+
+    k = ElementwiseKernel("test_crrelu", lambda x, e: x * e, lambda x, g, e: (g * e, (g * x).sum()))
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: broken)
+    x = torch.randn(100_000, requires_grad=True)
+    e = torch.tensor(2.0, requires_grad=True)
+    with kernel_mode("auto"), warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        y = k(x, e)
+        y.sum().backward()
+    assert any("failed to compile" in str(i.message) for i in w)
+    torch.testing.assert_close(y, x.detach() * 2)
+    torch.testing.assert_close(e.grad, x.detach().sum())
+    with kernel_mode("compiled"), pytest.raises(RuntimeError, match="no compiler"):
+        k(x, e)
+
+
+def test_mode_control(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert get_kernel_mode() == "auto"
+    with kernel_mode("eager"):
+        assert get_kernel_mode() == "eager"
+    set_kernel_mode("reference")
+    try:
+        assert get_kernel_mode() == "reference"
+    finally:
+        _fused._global_mode.clear()
+    monkeypatch.setenv("ACTLAB_KERNEL", "eager")
+    assert get_kernel_mode() == "eager"
+    monkeypatch.setenv("ACTLAB_KERNEL", "bogus")
+    with pytest.raises(ValueError, match="ACTLAB_KERNEL"):
+        get_kernel_mode()
+    with pytest.raises(ValueError):
+        set_kernel_mode("fast")
+
+
+def test_small_tensors_stay_eager_in_auto_mode() -> None:
+    k = ElementwiseKernel("probe", lambda x: x * 2, lambda x, g: (g * 2,))
+    assert not k._want_compiled("auto", torch.randn(10))
+    assert k._want_compiled("auto", torch.randn(1 << 17))
+
+
+def test_bf16_input_with_float32_parameter() -> None:
+    m = actlab.create_activation("crrelu")
+    x = torch.randn(1000, dtype=torch.bfloat16, requires_grad=True)
+    y = m(x)
+    y.float().sum().backward()
+    assert y.dtype == torch.bfloat16 and m.eps.grad is not None and m.eps.grad.dtype == torch.float32
