@@ -1,0 +1,1 @@
+"""Internals of :mod:`actlab.surgery`: activation kinds, functional-call checks, the report."""
