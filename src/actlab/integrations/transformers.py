@@ -1,0 +1,232 @@
+"""Hugging Face transformers: actlab activations as ``config.hidden_act`` values.
+
+transformers builds activations with ``ACT2FN[config.hidden_act]`` (a ``ClassInstantier``
+over ``transformers.activations.ACT2CLS``). :func:`register` adds actlab entries to both
+tables, so that
+
+    config.hidden_act = "crrelu"                  # builds actlab's CRReLU
+    config.hidden_act = "crrelu(eps=0.02)"        # a call string: registered key by key
+    config.hidden_act = "actlab:swish(beta=1.5)"  # "actlab:" picks actlab's module where
+                                                  # transformers has its own of that name
+
+transformers' own keys (gelu, silu, swish, relu, ...) are never overwritten.
+
+Saving and loading a swapped model: ``actlab.swap_activations`` sets ``config.hidden_act``
+to such a string and registers it, so ``save_pretrained`` writes a config that names the
+new activation and a state dict that holds its parameters (CRReLU's ε). Registration lives
+in the process, so a process that *loads* the model must register first:
+
+    import actlab.integrations.transformers as t
+    t.register()                                   # every zoo name
+    t.register("crrelu(eps=0.01, learnable=True, weight_decay=True)")   # or one call string
+    model = AutoModel.from_pretrained(path)
+
+or simply ``model = t.from_pretrained(path)``, which registers the activations its config
+names before loading. transformers itself is imported only inside these functions.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
+from typing import Any
+
+from torch import nn
+
+from actlab._surgery.kinds import identify_activation
+from actlab.registry import (
+    _ALIASES,
+    ActivationSpecError,
+    canonical_name,
+    create_activation,
+    get_activation_info,
+    list_activations,
+    parse_spec,
+)
+
+__all__ = [
+    "PREFIX",
+    "from_pretrained",
+    "hidden_act_for",
+    "hidden_act_kind",
+    "register",
+    "register_config",
+]
+
+PREFIX = "actlab:"
+_CONFIG_ATTRS = ("hidden_act", "hidden_activation")
+_HUB_KWARGS = ("cache_dir", "local_files_only", "revision", "subfolder", "token", "trust_remote_code")
+
+
+def _activations() -> Any:
+    try:
+        import transformers.activations as acts
+    except ImportError:
+        raise ImportError(
+            "actlab.integrations.transformers needs transformers: pip install 'actlab[hf]'"
+        ) from None
+    return acts
+
+
+def _entry_class(value: object) -> type:
+    cls = value[0] if isinstance(value, tuple) else value
+    assert isinstance(cls, type)
+    return cls
+
+
+def _is_ours(value: object) -> bool:
+    return bool(getattr(_entry_class(value), "activation_name", None))
+
+
+def _entry(key: str) -> tuple[type[nn.Module], dict[str, Any]]:
+    """``(class, kwargs)`` for an actlab name or call string, validated by building one."""
+    spec = key[len(PREFIX) :] if key.startswith(PREFIX) else key
+    create_activation(spec)  # raises ActivationSpecError with a helpful message
+    name, kwargs = parse_spec(spec)
+    return get_activation_info(name).cls, kwargs
+
+
+def _equivalent(hf_value: object, module: nn.Module) -> bool:
+    """True when transformers' entry computes the same function as a stateless ``module``."""
+    if len(module.state_dict()) > 0:
+        return False
+    cls = _entry_class(hf_value)
+    kwargs = hf_value[1] if isinstance(hf_value, tuple) else {}
+    try:
+        built = cls(**kwargs)
+    except Exception:
+        return False
+    return identify_activation(built) == identify_activation(module) is not None
+
+
+def register(spec: str | Iterable[str] | None = None) -> list[str]:
+    """Make ``config.hidden_act = spec`` build the actlab activation; returns the keys added.
+
+    ``spec`` is a registered name, a call string or either with the ``"actlab:"`` prefix;
+    several may be given as a list. With no argument every zoo name and alias that
+    transformers does not already define is registered. Keys transformers defines itself are
+    left alone (with a warning when actlab's activation of that name differs from
+    transformers'; use ``"actlab:<name>"`` for actlab's). Registering twice is harmless.
+    """
+    acts = _activations()
+    explicit = spec is not None
+    if spec is None:
+        keys = list_activations() + sorted(_ALIASES)
+    elif isinstance(spec, str):
+        keys = [spec]
+    else:
+        keys = list(spec)
+    added: list[str] = []
+    for key in keys:
+        if not isinstance(key, str) or not key.strip():
+            raise ActivationSpecError(f"cannot register {key!r}: give an activation name or call string")
+        current = acts.ACT2CLS.get(key, dict.get(acts.ACT2FN, key))
+        if current is not None and not _is_ours(current):
+            if explicit:
+                _warn_if_shadowed(key, current)
+            continue
+        entry = _entry(key)
+        if current == entry and dict.get(acts.ACT2FN, key) == entry:
+            continue
+        acts.ACT2CLS[key] = entry
+        acts.ACT2FN[key] = entry  # ACT2FN is a copy of ACT2CLS made at import: update both
+        added.append(key)
+    return added
+
+
+def _warn_if_shadowed(key: str, current: object) -> None:
+    try:
+        ours = create_activation(key)
+    except ActivationSpecError:
+        return  # not an actlab name: nothing is shadowed
+    if not _equivalent(current, ours):
+        warnings.warn(
+            f"{key!r} is transformers' own activation ({_entry_class(current).__name__}); "
+            f"config.hidden_act={key!r} keeps building it. Use {PREFIX + key!r} for actlab's.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def hidden_act_kind(value: str) -> str | None:
+    """The activation kind that ``config.hidden_act = value`` builds, or None if unknown."""
+    try:
+        acts = _activations()
+        if value in acts.ACT2FN:
+            return identify_activation(acts.ACT2FN[value])
+    except ImportError:
+        pass
+    spec = value[len(PREFIX) :] if value.startswith(PREFIX) else value
+    try:
+        return get_activation_info(parse_spec(spec)[0]).name
+    except ActivationSpecError:
+        return None
+
+
+def hidden_act_for(module: nn.Module) -> str | None:
+    """A ``config.hidden_act`` string that rebuilds ``module``'s function, or None.
+
+    actlab modules give their call string (``module.spec()``), prefixed with ``"actlab:"``
+    when transformers owns that key for a different module. Other modules are accepted only
+    when transformers has a key that builds the same class with default settings.
+    """
+    acts = _activations()
+    if canonical_name(module) and callable(getattr(module, "spec", None)):
+        key = str(module.spec())  # type: ignore[operator]
+        hf = acts.ACT2CLS.get(key)
+        if hf is None or _is_ours(hf) or _equivalent(hf, module):
+            return key
+        return PREFIX + key
+    candidates = []
+    for key, value in acts.ACT2CLS.items():
+        if not isinstance(value, tuple) and value is type(module) and not _is_ours(value):
+            try:
+                same = repr(value()) == repr(module) and len(module.state_dict()) == 0
+            except Exception:
+                same = False
+            if same:
+                candidates.append(key)
+    if not candidates:
+        return None
+    kind = identify_activation(module)
+    return kind if kind in candidates else candidates[0]
+
+
+def _configs(config: Any) -> Iterable[Any]:
+    yield config
+    for value in vars(config).values():
+        if hasattr(value, "to_dict") and any(hasattr(value, a) for a in _CONFIG_ATTRS):
+            yield value
+
+
+def register_config(config: Any) -> list[str]:
+    """Register the actlab activations that ``config`` (and its sub-configs) name."""
+    acts = _activations()
+    added: list[str] = []
+    for cfg in _configs(config):
+        for attr in _CONFIG_ATTRS:
+            value = getattr(cfg, attr, None)
+            if not isinstance(value, str) or value in acts.ACT2FN:
+                continue
+            try:
+                added += register(value)
+            except ActivationSpecError:
+                pass  # not an actlab spec either: transformers will report it
+    return added
+
+
+def from_pretrained(path: str, *args: Any, auto_class: str | type = "AutoModel", **kwargs: Any) -> Any:
+    """``AutoModel.from_pretrained(path, ...)`` after registering the config's activations.
+
+    ``auto_class`` is a transformers class or its name (``"AutoModelForCausalLM"``, ...).
+    All other arguments go to ``from_pretrained``.
+    """
+    import transformers
+
+    cls: Any = getattr(transformers, auto_class) if isinstance(auto_class, str) else auto_class
+    config = kwargs.pop("config", None)
+    if config is None:
+        hub = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
+        config = transformers.AutoConfig.from_pretrained(path, **hub)
+    register_config(config)
+    return cls.from_pretrained(path, *args, config=config, **kwargs)
