@@ -34,7 +34,7 @@ __all__ = ["ExprActivation"]
 def _reference(x: Tensor, m: nn.Module) -> Tensor:
     """Float64 oracle: the numpy interpreter with the module's current scalar values."""
     assert isinstance(m, ExprActivation)
-    params = {n: float(getattr(m, n)) for n in m.param_names}
+    params = {n: float(getattr(m, n).detach()) for n in m.param_names}
     out = evaluate(m.expr, x.detach().cpu().double().numpy(), params)
     return torch.from_numpy(np.ascontiguousarray(out)).to(x.device)
 
@@ -44,10 +44,11 @@ def _reference(x: Tensor, m: nn.Module) -> Tensor:
     formula="any formula of the actlab.expr language, e.g. x*sigmoid(beta*x) (the default)",
     paper="Ramachandran, Zoph & Le 2017, Searching for Activation Functions (search space)",
     reference=_reference,
-    limits=(math.nan, math.nan),
+    limits=(math.nan, math.inf),
     family="search",
     smooth=False,
-    notes="Learnable scalars are 0-dim parameters; see actlab.expr for the grammar.",
+    notes="Learnable scalars are 0-dim parameters; see actlab.expr for the grammar. "
+    "limits are those of the default formula (Swish); any other formula has its own.",
 )
 class ExprActivation(Activation):
     """An activation compiled from a formula string or an :mod:`actlab.expr` IR tree."""
