@@ -73,7 +73,7 @@ def main() -> None:
                 step()  # first call: compiles fused kernels when the mode asks for it
                 first = time.perf_counter() - t0
                 t = interleaved_median({"gelu": gelu_step, "act": step}, args.repeats)
-                sb = saved_bytes(lambda: m(x0.clone().requires_grad_(True)))
+                sb = saved_bytes(lambda m=m: m(x0.clone().requires_grad_(True)))
             print(f"{spec:<22}{mode:<10}{t['act'] / t['gelu']:>14.2f}{sb / x_bytes:>13.2f}{first:>14.1f}")
     gb = saved_bytes(lambda: F.gelu(x0.clone().requires_grad_(True)))
     print(f"{'(F.gelu itself)':<22}{'native':<10}{1.0:>14.2f}{gb / x_bytes:>13.2f}")

@@ -243,7 +243,7 @@ def test_report_table_and_dict() -> None:
     site = data["sites"][0]
     assert site["path"] == "encoder.0.act" and site["old_class"] == "GELU"
     assert site["old_kind"] == "gelu" and site["new_repr"].startswith("CRReLU(")
-    assert site["new_spec"] == "crrelu(eps=0.01, learnable=True, weight_decay=True)"
+    assert site["new_spec"] == "crrelu"  # only non-default hyper-parameters are written
 
 
 # ---------------------------------------------------------------- errors and verification

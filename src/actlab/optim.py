@@ -23,8 +23,10 @@ def param_groups(
     Each group also carries ``names`` (list of parameter paths) for logging; optimisers
     ignore unknown keys. Empty groups are dropped.
     """
-    decay, no_decay = [], []
-    decay_names, no_decay_names = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    decay_names: list[str] = []
+    no_decay_names: list[str] = []
     seen: set[int] = set()
     for mod_name, mod in model.named_modules():
         for p_name, p in mod.named_parameters(recurse=False):

@@ -57,7 +57,7 @@ class ActivationInfo:
     formula: str
     paper: str
     family: str
-    reference: Callable[[Tensor, nn.Module], Tensor] | None = None
+    reference: Callable[[Tensor, Any], Tensor] | None = None
     limits: tuple[float, float] = (math.nan, math.nan)
     elementwise: bool = True
     smooth: bool = True
@@ -77,7 +77,7 @@ _ALIASES: dict[str, str] = {}
 
 
 def _keyword_defaults(cls: type) -> dict[str, Any]:
-    sig = inspect.signature(cls.__init__)
+    sig = inspect.signature(cls.__init__)  # type: ignore[misc]
     out: dict[str, Any] = {}
     for p in list(sig.parameters.values())[1:]:
         if p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
@@ -94,7 +94,7 @@ def register_activation(
     formula: str,
     paper: str,
     family: str = "classic",
-    reference: Callable[[Tensor, nn.Module], Tensor] | None = None,
+    reference: Callable[[Tensor, Any], Tensor] | None = None,
     limits: tuple[float, float] = (math.nan, math.nan),
     elementwise: bool = True,
     smooth: bool = True,

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 HELP = "tour: list the zoo, swap GELU for CRReLU in the real MiniLM encoder, measure the change"
 
@@ -29,12 +30,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", default="crrelu", help="activation spec that replaces GELU (default crrelu)")
 
 
-def _rank_agreement(a: "object", b: "object") -> float:
+def _rank_agreement(a: Any, b: Any) -> float:
     """Spearman correlation between the off-diagonal cosine similarities of two embedding sets."""
     import torch
     from scipy.stats import spearmanr
 
-    sa, sb = a @ a.T, b @ b.T  # type: ignore[operator]
+    sa, sb = a @ a.T, b @ b.T
     iu = torch.triu_indices(sa.shape[0], sa.shape[0], offset=1)
     return float(spearmanr(sa[iu[0], iu[1]].numpy(), sb[iu[0], iu[1]].numpy()).statistic)
 

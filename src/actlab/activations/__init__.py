@@ -6,12 +6,25 @@ Families live one per file; composite elementwise ones share the lean/fused mach
 
 from __future__ import annotations
 
-from actlab.activations import classic, eafo, polycom, swish  # noqa: F401  (registration)
+from actlab.activations import classic, eafo, expr_act, polycom, swish  # noqa: F401  (registration)
 from actlab.activations._base import Activation
 from actlab.activations._fused import get_kernel_mode, kernel_mode, set_kernel_mode
 from actlab.activations.classic import (
-    CELU, ELU, GELU, SELU, FATReLU, GELUTanh, Hardswish, LeakyReLU, Mish, PReLU, ReLU,
-    Sigmoid, SiLU, Softplus, Tanh,
+    CELU,
+    ELU,
+    GELU,
+    SELU,
+    FATReLU,
+    GELUTanh,
+    Hardswish,
+    LeakyReLU,
+    Mish,
+    PReLU,
+    ReLU,
+    Sigmoid,
+    SiLU,
+    Softplus,
+    Tanh,
 )
 from actlab.activations.eafo import EAFO, WAFBC, CRReLU
 from actlab.activations.polycom import PolyReLU, ReLU2

@@ -44,14 +44,26 @@ class Activation(nn.Module):
         self._hparams.update(kw)
 
     def extra_repr(self) -> str:
-        parts = [f"{k}={v!r}" for k, v in self._hparams.items()]
-        for n, p in self.named_parameters(recurse=False):
+        learned = dict(self.named_parameters(recurse=False))
+        parts = [f"{k}={v!r}" for k, v in self._hparams.items() if k not in learned]
+        for n, p in learned.items():  # the current (learned) value, not the init
             parts.append(f"{n}={p.detach().float().tolist()}")
         if self.inplace:
             parts.append("inplace=True")
         return ", ".join(parts)
 
     def spec(self) -> str:
-        """A call string that rebuilds this module's hyper-parameters (not learned values)."""
-        args = ", ".join(f"{k}={v!r}" for k, v in self._hparams.items())
+        """A call string that rebuilds this module's hyper-parameters (not learned values).
+
+        Only hyper-parameters that differ from the constructor defaults are written, so a
+        default CRReLU gives ``"crrelu"`` and ``CRReLU(eps=0.02)`` gives ``"crrelu(eps=0.02)"``.
+        """
+        import inspect
+
+        sig = inspect.signature(type(self).__init__)
+        args = ", ".join(
+            f"{k}={v!r}"
+            for k, v in self._hparams.items()
+            if k not in sig.parameters or sig.parameters[k].default != v
+        )
         return f"{self.activation_name}({args})" if args else self.activation_name

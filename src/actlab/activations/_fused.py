@@ -85,7 +85,9 @@ def _own_code(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
     if not isinstance(fn, types.FunctionType):
         return fn
     safe = "".join(ch if ch.isalnum() else "_" for ch in name)
-    code = fn.__code__.replace(co_name=safe, co_qualname=safe)
+    code = fn.__code__.replace(co_name=safe)
+    if hasattr(code, "co_qualname"):  # Python >= 3.11
+        code = code.replace(co_qualname=safe)  # type: ignore[call-arg]
     return types.FunctionType(code, fn.__globals__, safe, fn.__defaults__, fn.__closure__)
 
 

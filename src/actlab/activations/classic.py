@@ -85,6 +85,8 @@ class LeakyReLU(Activation):
     smooth=False,
 )
 class PReLU(Activation):
+    weight: Tensor
+
     def __init__(self, *, init: float = 0.25, weight_decay: bool = False, inplace: bool = False) -> None:
         super().__init__(inplace=inplace)
         scalar(self, "weight", init, learnable=True)

@@ -34,6 +34,7 @@ a baseline every real activation should beat.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -84,6 +85,8 @@ CRRELU = ElementwiseKernel("crrelu", _crrelu_fwd, _crrelu_bwd)
 class CRReLU(Activation):
     """Correction Regularized ReLU. ``weight_decay`` says whether ε takes weight decay
     (default True: the authors' pipeline applied AdamW weight decay to every parameter)."""
+
+    eps: Tensor
 
     def __init__(
         self,
@@ -148,7 +151,7 @@ def eafo_kernel(base: str) -> ElementwiseKernel:
     return _EAFO_KERNELS[base]
 
 
-def eafo_reference(x: Tensor, m: nn.Module) -> Tensor:
+def eafo_reference(x: Tensor, m: Any) -> Tensor:
     """Float64 oracle for eafo: derivatives by nested autograd, not by the closed forms."""
     from actlab.registry import create_activation
 
@@ -179,6 +182,9 @@ def eafo_reference(x: Tensor, m: nn.Module) -> Tensor:
 )
 class EAFO(Activation):
     """First-order entropy correction of a smooth ``base`` with one learnable ε."""
+
+    eps: Tensor
+    tau: Tensor
 
     def __init__(
         self,
@@ -248,6 +254,11 @@ WAFBC_KERNEL = ElementwiseKernel("wafbc", _wafbc_fwd, _wafbc_bwd)
     notes="A baseline: maximises output entropy for Gaussian inputs; every real activation should beat it.",
 )
 class WAFBC(Activation):
+    scale: Tensor
+    shift: Tensor
+    loc: Tensor
+    width: Tensor
+
     def __init__(
         self,
         *,

@@ -15,6 +15,7 @@ relu2 — So et al. 2021, "Primer: Searching for Efficient Transformers": relu(x
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -50,7 +51,7 @@ def _poly_bwd(x: Tensor, g: Tensor, coef: Tensor) -> tuple[Tensor, Tensor]:
 POLYRELU = ElementwiseKernel("polyrelu", _poly_fwd, _poly_bwd)
 
 
-def _poly_ref(x: Tensor, m: nn.Module) -> Tensor:
+def _poly_ref(x: Tensor, m: Any) -> Tensor:
     r = torch.where(x > 0, x, torch.zeros_like(x))
     c = [float(v) for v in m.coef.detach().cpu()]
     return sum((c[i] * r**i for i in range(len(c))), torch.zeros_like(x))
@@ -67,6 +68,8 @@ def _poly_ref(x: Tensor, m: nn.Module) -> Tensor:
     fused=True,
 )
 class PolyReLU(Activation):
+    coef: Tensor
+
     def __init__(
         self,
         *,

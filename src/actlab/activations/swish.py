@@ -43,6 +43,8 @@ SWISH = ElementwiseKernel("swish", _fwd, _bwd)
     fused=True,
 )
 class Swish(Activation):
+    beta: Tensor
+
     def __init__(
         self,
         *,

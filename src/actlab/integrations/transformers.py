@@ -18,7 +18,7 @@ in the process, so a process that *loads* the model must register first:
 
     import actlab.integrations.transformers as t
     t.register()                                   # every zoo name
-    t.register("crrelu(eps=0.01, learnable=True, weight_decay=True)")   # or one call string
+    t.register("crrelu(eps=0.02)")                  # or one call string
     model = AutoModel.from_pretrained(path)
 
 or simply ``model = t.from_pretrained(path)``, which registers the activations its config
