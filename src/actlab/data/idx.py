@@ -1,0 +1,156 @@
+"""IDX files (MNIST, Fashion-MNIST), gzip-compressed or raw.
+
+Format (LeCun et al., "The MNIST database"; Xiao et al. 2017, "Fashion-MNIST"):
+
+    bytes 0-1   0x00 0x00
+    byte  2     element type: 0x08 uint8, 0x09 int8, 0x0B int16, 0x0C int32,
+                0x0D float32, 0x0E float64 (multi-byte types are big-endian)
+    byte  3     number of dimensions d
+    4 .. 4+4d   each dimension as a big-endian uint32
+    then        prod(dims) elements, row-major
+
+Compression is detected from the gzip magic bytes (1f 8b), not from the file name. The
+header, the element count and (for a dataset) the image/label agreement are all checked;
+a truncated or corrupt file raises :class:`DatasetFormatError` naming the file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from actlab.data.base import ImageDataset
+from actlab.data.errors import DatasetFormatError, DatasetNotFoundError, data_root
+
+__all__ = ["read_idx", "load_idx_dataset", "load_fashion_mnist", "load_mnist", "FASHION_CLASSES"]
+
+_DTYPES: dict[int, str] = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+FASHION_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+MNIST_DIR = "/usr/share/datasets/mnist"
+
+_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def _read_bytes(path: Path) -> bytes:
+    raw = path.read_bytes()
+    if raw[:2] != b"\x1f\x8b":
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (EOFError, OSError, zlib.error) as e:
+        raise DatasetFormatError(
+            f"{path}: the gzip stream is truncated or corrupt ({type(e).__name__}: {e}). "
+            "Re-download or reinstall the file."
+        ) from None
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read one IDX file (``.gz`` or raw) into a numpy array of its declared type and shape."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetNotFoundError(f"IDX file {path} does not exist")
+    data = _read_bytes(path)
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise DatasetFormatError(
+            f"{path}: not an IDX file (magic number must start with two zero bytes, got "
+            f"{data[:4].hex() or 'an empty file'})"
+        )
+    code, ndim = data[2], data[3]
+    if code not in _DTYPES:
+        raise DatasetFormatError(f"{path}: unknown IDX element type 0x{code:02x}")
+    if ndim == 0:
+        raise DatasetFormatError(f"{path}: IDX header declares 0 dimensions")
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DatasetFormatError(f"{path}: truncated IDX header ({len(data)} bytes)")
+    dims = struct.unpack(f">{ndim}I", data[4:header])
+    dtype = np.dtype(_DTYPES[code])
+    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    got = len(data) - header
+    if got != expected:
+        what = "truncated" if got < expected else "has trailing bytes"
+        raise DatasetFormatError(
+            f"{path}: file {what}: header declares shape {dims} ({expected} bytes of data) "
+            f"but {got} bytes follow. Re-download or reinstall the file."
+        )
+    arr = np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
+    return arr.astype(dtype.newbyteorder("="), copy=True)
+
+
+def _find(root: Path, stem: str) -> Path | None:
+    for name in (stem + ".gz", stem, stem.replace("-idx", ".idx")):
+        p = root / name
+        if p.is_file():
+            return p
+    return None
+
+
+def load_idx_dataset(
+    root: str | Path, split: str = "train", *, classes: list[str] | None = None, name: str = "idx"
+) -> ImageDataset:
+    """Load the ``train`` or ``test`` split of an MNIST-layout directory of IDX files."""
+    if split not in _FILES:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    root = Path(root)
+    img_stem, lbl_stem = _FILES[split]
+    img_path, lbl_path = _find(root, img_stem), _find(root, lbl_stem)
+    if img_path is None or lbl_path is None:
+        missing = img_stem if img_path is None else lbl_stem
+        raise DatasetNotFoundError(
+            f"{name}: {missing}[.gz] not found in {root}. For Fashion-MNIST install the Debian "
+            "package `dataset-fashion-mnist` (apt-get install dataset-fashion-mnist), or put "
+            "the four standard IDX files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
+            "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) in a directory and pass it as "
+            "root= (or set ACTLAB_DATA_DIR)."
+        )
+    images = read_idx(img_path)
+    labels = read_idx(lbl_path)
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise DatasetFormatError(
+            f"{img_path}: expected uint8 images of shape (N, H, W), got {images.dtype} {images.shape}"
+        )
+    if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+        raise DatasetFormatError(
+            f"{lbl_path}: {labels.shape} labels do not match {images.shape[0]} images in {img_path}"
+        )
+    n_cls = len(classes) if classes else 10
+    if labels.size and (labels.min() < 0 or labels.max() >= n_cls):
+        raise DatasetFormatError(f"{lbl_path}: labels outside 0..{n_cls - 1}")
+    return ImageDataset(
+        torch.from_numpy(images).unsqueeze(1),
+        torch.from_numpy(labels.astype(np.int64)),
+        list(classes) if classes else [],
+        name,
+    )
+
+
+def load_fashion_mnist(root: str | Path | None = None, split: str = "train") -> ImageDataset:
+    """Fashion-MNIST (Xiao et al. 2017): 60k train / 10k test 28x28 grey images, 10 classes.
+
+    Default directory: ``$ACTLAB_DATA_DIR/fashion-mnist`` or /usr/share/datasets/fashion-mnist
+    (Debian package ``dataset-fashion-mnist``).
+    """
+    path = Path(root) if root is not None else data_root("fashion-mnist", FASHION_MNIST_DIR)
+    assert path is not None
+    return load_idx_dataset(path, split, classes=FASHION_CLASSES, name="fashion-mnist")
+
+
+def load_mnist(root: str | Path | None = None, split: str = "train") -> ImageDataset:
+    """MNIST digits from the same IDX layout (default ``$ACTLAB_DATA_DIR/mnist``)."""
+    path = Path(root) if root is not None else data_root("mnist", MNIST_DIR)
+    assert path is not None
+    return load_idx_dataset(path, split, classes=[str(i) for i in range(10)], name="mnist")

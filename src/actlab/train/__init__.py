@@ -1,0 +1,41 @@
+"""Training: tasks, the trainer and ``run_training`` (the entry point of ``actlab compare``).
+
+    from actlab.train import run_training, get_task, TrainConfig
+    r = run_training("digits-mlp", "crrelu", seed=0)
+    print(r.metric, r.value, r.trajectories)
+
+See :mod:`actlab.train.trainer` for what a run writes and :mod:`actlab.train.tasks` for the
+task list.
+"""
+
+from __future__ import annotations
+
+from actlab.train.callbacks import Callback, ProgressBar, StopTraining
+from actlab.train.checkpoint import activation_scalars, load_checkpoint, save_checkpoint
+from actlab.train.config import TrainConfig, lr_at
+from actlab.train.result import RunResult
+from actlab.train.seed import determinism, seed_everything
+from actlab.train.tasks import Task, TaskData, UnknownTaskError, get_task, list_tasks
+from actlab.train.trainer import evaluate, run_training, train_model
+
+__all__ = [
+    "Callback",
+    "ProgressBar",
+    "RunResult",
+    "StopTraining",
+    "Task",
+    "TaskData",
+    "TrainConfig",
+    "UnknownTaskError",
+    "activation_scalars",
+    "determinism",
+    "evaluate",
+    "get_task",
+    "list_tasks",
+    "load_checkpoint",
+    "lr_at",
+    "run_training",
+    "save_checkpoint",
+    "seed_everything",
+    "train_model",
+]

@@ -1,0 +1,307 @@
+"""The training loop and ``run_training``, the one entry point the compare machinery calls.
+
+    result = run_training("fashion-mnist", "crrelu", seed=0, epochs=3, out_dir=Path("runs/x"))
+    result.metric, result.value, result.higher_is_better       # "accuracy", 0.87, True
+    result.history[-1]["val_accuracy"]; result.trajectories["blocks.0.mlp.act.eps"]
+
+One run = seed everything -> build loaders and model -> AdamW over ``param_groups`` with a
+cosine schedule and linear warm-up, gradient clipping, optional label smoothing -> evaluate
+val and test after every epoch. With ``out_dir`` it writes ``metrics.jsonl`` (one line per
+epoch, flushed), ``last.safetensors`` (atomic) and finally ``result.json`` (atomic), so a
+killed run leaves only complete files. On CPU the run is bit-for-bit reproducible for a
+given seed and thread count (``torch.use_deterministic_algorithms`` while it runs).
+Mixed precision: ``dtype=torch.bfloat16`` (or float16 with a grad scaler) trains under
+autocast with float32 weights; float32 / float64 train in that precision.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from actlab.optim import param_groups
+from actlab.registry import ActivationSpec
+from actlab.train.callbacks import Callback, ProgressBar, StopTraining, notify
+from actlab.train.checkpoint import activation_scalars, save_checkpoint, write_json_atomic
+from actlab.train.config import TrainConfig, lr_at
+from actlab.train.result import RunResult, act_label
+from actlab.train.seed import determinism, seed_everything
+from actlab.train.tasks import Task, TaskData, get_task
+
+__all__ = ["run_training", "evaluate", "train_model"]
+
+_AUTOCAST = (torch.bfloat16, torch.float16)
+
+
+def _autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager[Any]:
+    if dtype in _AUTOCAST:
+        return torch.autocast(device_type=device.type, dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def _loss(logits: Tensor, y: Tensor, smoothing: float = 0.0) -> Tensor:
+    """Cross-entropy over the last axis: (B, K) vs (B,) or (B, T, V) vs (B, T)."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1), label_smoothing=smoothing)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Any, kind: str, *, device: torch.device, dtype: torch.dtype) -> dict[str, float]:
+    """Mean loss and the task metric on every batch of ``loader``.
+
+    Image: ``accuracy`` (fraction correct). Text: ``bpc`` = summed cross-entropy / tokens / ln 2.
+    """
+    was_training = model.training
+    model.eval()
+    total_loss, correct, count = 0.0, 0, 0
+    for x, y in loader:
+        with _autocast(device, dtype):
+            logits = model(x)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1), reduction="sum")
+        total_loss += float(loss)
+        count += y.numel()
+        if kind == "image":
+            correct += int((logits.argmax(-1) == y).sum())
+    model.train(was_training)
+    mean = total_loss / max(count, 1)
+    if kind == "image":
+        return {"loss": mean, "accuracy": correct / max(count, 1)}
+    return {"loss": mean, "bpc": mean / math.log(2)}
+
+
+_DTYPE_NAMES = {"float32": torch.float32, "fp32": torch.float32, "float64": torch.float64,
+                "fp64": torch.float64, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+                "float16": torch.float16, "fp16": torch.float16}
+
+
+def _parse_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    if isinstance(dtype, str):
+        key = dtype.strip().lower().removeprefix("torch.")
+        if key not in _DTYPE_NAMES:
+            raise ValueError(f"unknown dtype {dtype!r}; use float32, float64, bfloat16 or float16")
+        return _DTYPE_NAMES[key]
+    if dtype not in (torch.float32, torch.float64) + _AUTOCAST:
+        raise ValueError(f"dtype must be float32, float64, bfloat16 or float16, got {dtype}")
+    return dtype
+
+
+def _input_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in _AUTOCAST else dtype
+
+
+@contextlib.contextmanager
+def _runtime(kernel: str | None, threads: int | None) -> Iterator[None]:
+    """Use activation kernel mode ``kernel`` and ``threads`` CPU threads inside the block."""
+    from actlab.activations import kernel_mode
+
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        with kernel_mode(kernel) if kernel is not None else contextlib.nullcontext():
+            yield
+    finally:
+        if threads is not None:
+            torch.set_num_threads(old_threads)
+
+
+def train_model(
+    model: nn.Module,
+    task: Task,
+    data: TaskData,
+    cfg: TrainConfig,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    out_dir: Path | None = None,
+    callbacks: Sequence[Any] = (),
+    meta: dict[str, Any] | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, list[Any]], int, bool]:
+    """Train ``model`` in place; returns (history, trajectories, steps, diverged)."""
+    groups = param_groups(model, cfg.weight_decay, exclude_1d=cfg.no_decay_1d)
+    fused = device.type == "cuda" and dtype not in (torch.float64,)
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=fused or None)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    steps_per_epoch = len(data.train)
+    total = steps_per_epoch * cfg.epochs
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps)
+    warmup = min(int(round(cfg.warmup_epochs * steps_per_epoch)), total)
+    smoothing = cfg.label_smoothing if task.kind == "image" else 0.0
+    unit = "images_per_s" if task.kind == "image" else "tokens_per_s"
+    metric = task.metric
+
+    history: list[dict[str, Any]] = []
+    trajectories: dict[str, list[Any]] = {k: [v] for k, v in activation_scalars(model).items()}
+    jsonl = (out_dir / "metrics.jsonl").open("a", encoding="utf-8") if out_dir else None
+    step, diverged, start = 0, False, time.perf_counter()
+    info = dict(meta or {}, total_steps=total, steps_per_epoch=steps_per_epoch)
+    notify(callbacks, "on_train_begin", info)
+    model.train()
+    try:
+        for epoch in range(1, cfg.epochs + 1):
+            if step >= total:
+                break
+            t0 = time.perf_counter()
+            loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+            n_batches, n_items = 0, 0
+            data.train.set_epoch(epoch - 1)
+            notify(callbacks, "on_epoch_begin", epoch, min(steps_per_epoch, total - step))
+            for x, y in data.train:
+                lr = lr_at(step, total, warmup, cfg)
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                with _autocast(device, dtype):
+                    logits = model(x)
+                loss = _loss(logits, y, smoothing)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if cfg.grad_clip is not None and cfg.grad_clip > 0:
+                    scaler.unscale_(opt)
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                scaler.step(opt)
+                scaler.update()
+                loss_sum += loss.detach()
+                n_batches += 1
+                n_items += y.numel()
+                step += 1
+                notify(callbacks, "on_step_end", step, loss)
+                if step >= total:
+                    break
+            train_loss = float(loss_sum) / max(n_batches, 1)
+            train_seconds = time.perf_counter() - t0
+            if not math.isfinite(train_loss):
+                diverged = True
+            t1 = time.perf_counter()
+            val = evaluate(model, data.val, task.kind, device=device, dtype=dtype)
+            last = step >= total or epoch == cfg.epochs or diverged
+            test = (
+                evaluate(model, data.test, task.kind, device=device, dtype=dtype)
+                if cfg.eval_test_each_epoch or last
+                else {"loss": math.nan, metric: math.nan}
+            )
+            scalars = activation_scalars(model)
+            for k, v in scalars.items():
+                trajectories.setdefault(k, []).append(v)
+            record: dict[str, Any] = {
+                "epoch": epoch,
+                "step": step,
+                "train_loss": train_loss,
+                "val_loss": val["loss"],
+                f"val_{metric}": val[metric],
+                "test_loss": test["loss"],
+                f"test_{metric}": test[metric],
+                "lr": lr_at(max(step - 1, 0), total, warmup, cfg),
+                "seconds": train_seconds,
+                "eval_seconds": time.perf_counter() - t1,
+                "elapsed": time.perf_counter() - start,
+                unit: n_items / max(train_seconds, 1e-9),
+                "act_params": scalars,
+            }
+            history.append(record)
+            if jsonl is not None:
+                jsonl.write(_json_line(record) + "\n")
+                jsonl.flush()
+            if out_dir is not None and cfg.checkpoint == "last":
+                save_checkpoint(model, out_dir / "last.safetensors", dict(meta or {}, epoch=epoch, step=step))
+            notify(callbacks, "on_epoch_end", record, model)
+            if diverged:
+                break
+    except StopTraining:
+        pass
+    finally:
+        if jsonl is not None:
+            jsonl.close()
+    return history, trajectories, step, diverged
+
+
+def _json_line(record: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(record, allow_nan=True)
+
+
+def run_training(
+    task: str | Task,
+    act: ActivationSpec,
+    seed: int,
+    *,
+    model: str | None = None,
+    epochs: int | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | str = torch.float32,
+    out_dir: Path | str | None = None,
+    progress: bool = False,
+    max_steps: int | None = None,
+    callbacks: Sequence[Callback | Any] = (),
+    config: TrainConfig | None = None,
+    **overrides: Any,
+) -> RunResult:
+    """Train ``model`` (default: the task's) with activation ``act`` from ``seed``; evaluate.
+
+    ``config`` replaces the task's default :class:`TrainConfig`; ``epochs``, ``max_steps``
+    and any ``TrainConfig`` field given as a keyword (``lr=1e-3``) override it. The final
+    test metric is that of the model after the last epoch (no early stopping).
+    """
+    t = get_task(task) if isinstance(task, str) else task
+    cfg = config if config is not None else t.config()
+    changes = dict(overrides)
+    if epochs is not None:
+        changes["epochs"] = epochs
+    if max_steps is not None:
+        changes["max_steps"] = max_steps
+    cfg = cfg.replace(**changes) if changes else cfg
+    model_name = t.resolve_model(model)
+    dev = torch.device(device)
+    dtype = _parse_dtype(dtype)
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.jsonl").unlink(missing_ok=True)  # a rerun starts a fresh log
+    label = act_label(act)
+    meta = dict(task=t.name, model=model_name, act=label, seed=int(seed))
+    cbs = list(callbacks)
+    if progress:
+        cbs.append(ProgressBar(f"{t.name} {model_name} {label} seed={seed}"))
+
+    start = time.perf_counter()
+    with determinism(cfg.deterministic, dev), _runtime(cfg.kernel_mode, cfg.num_threads):
+        seed_everything(seed)
+        data = t.loaders(cfg, seed, dev, _input_dtype(dtype), model=model_name)
+        torch.manual_seed(seed)  # model init does not depend on how much data loading drew
+        net = t.build_model(model_name, act, data).to(dev)
+        if dtype not in _AUTOCAST:
+            net = net.to(dtype)
+        history, traj, steps, diverged = train_model(
+            net, t, data, cfg, device=dev, dtype=dtype, out_dir=out, callbacks=cbs, meta=meta
+        )
+    seconds = time.perf_counter() - start
+    final = history[-1] if history else {}
+    result = RunResult(
+        task=t.name,
+        model=model_name,
+        act=label,
+        seed=int(seed),
+        metric=t.metric,
+        value=float(final.get(f"test_{t.metric}", math.nan)),
+        higher_is_better=t.higher_is_better,
+        history=history,
+        trajectories=traj,
+        seconds=seconds,
+        steps=steps,
+        diverged=diverged,
+        config=dict(cfg.to_dict(), task=t.name, model=model_name, act=label, seed=int(seed),
+                    device=str(dev), dtype=str(dtype).replace("torch.", "")),
+        checkpoint=str(out / "last.safetensors") if out is not None and cfg.checkpoint == "last" and history else None,
+    )
+    if out is not None:
+        write_json_atomic(out / "result.json", result.to_dict())
+    notify(cbs, "on_train_end", result)
+    return result
