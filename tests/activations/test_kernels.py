@@ -167,3 +167,18 @@ def test_bf16_input_with_float32_parameter() -> None:
     y = m(x)
     y.float().sum().backward()
     assert y.dtype == torch.bfloat16 and m.eps.grad is not None and m.eps.grad.dtype == torch.float32
+
+
+@pytest.mark.parametrize("spec", ["crrelu", "eafo"])
+def test_compiled_float64_against_oracle_and_gradcheck(spec: str) -> None:
+    """The fused path in float64: values vs the registry's float64 oracle, gradients by gradcheck."""
+    m = _perturb(actlab.create_activation(spec)).double()
+    x = torch.linspace(-6, 6, 3001, dtype=torch.float64)
+    with kernel_mode("compiled"), torch.no_grad():
+        y = m(x)
+    torch.testing.assert_close(y, actlab.get_activation_info(spec).reference(x, m), rtol=1e-12, atol=1e-13)
+    xs = (torch.randn(40, dtype=torch.float64) * 2).requires_grad_(True)
+    xs = torch.where(xs.detach().abs() < 1e-3, xs + 0.01, xs)
+    e = m.eps.detach().clone().requires_grad_(True)
+    with kernel_mode("compiled"):
+        assert torch.autograd.gradcheck(lambda x, e: torch.func.functional_call(m, {"eps": e}, (x,)), (xs, e))
