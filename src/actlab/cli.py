@@ -26,6 +26,7 @@ SUBCOMMANDS: dict[str, str] = {
     "show": "zoo_show",
     "plot": "plot",
     "demo": "demo",
+    "compare": "compare",
 }
 
 
