@@ -82,7 +82,12 @@ def _band(ax: Axes, x: np.ndarray, ys: np.ndarray, color: str, label: str) -> No
         warnings.simplefilter("ignore", RuntimeWarning)  # all-nan columns: gaps in the line
         mean = np.nanmean(ys, axis=0)
         sd = np.nanstd(ys, axis=0, ddof=1) if ys.shape[0] > 1 else None
-    ax.plot(x, mean, color=color, lw=1.6, label=f"{label} (n={ys.shape[0]})", marker=".")
+    text = f"{label} (n={ys.shape[0]})"
+    if len(x) == 1:  # a single epoch: a point with an error bar, and a readable x axis
+        ax.errorbar(x, mean, yerr=sd, color=color, marker="o", capsize=4, label=text)
+        ax.set_xticks(x)
+        return
+    ax.plot(x, mean, color=color, lw=1.6, label=text, marker=".")
     if sd is not None:
         ax.fill_between(x, mean - sd, mean + sd, color=color, alpha=0.18, lw=0)
 
@@ -100,12 +105,12 @@ def learning_curves_figure(
     fig = new_figure(4.2 * len(keys), 3.6)
     axes = fig.subplots(1, len(keys), squeeze=False)[0]
     for ax, key in zip(axes, keys, strict=True):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         for i, act in enumerate(acts):
             s = _series(groups[act], key)
             if s is not None:
                 _band(ax, s[0], s[1], f"C{i % 10}", act)
         ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(key)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize="small")

@@ -71,11 +71,12 @@ def table_note(summary: CompareSummary) -> str:
     """One paragraph explaining the columns and marks."""
     direction = "higher" if summary.higher_is_better else "lower"
     min_n = min((r.n_pairs for r in summary.rows if not r.is_baseline), default=0)
+    k = max(0, len(summary.rows) - 1)
     note = (
         f"{summary.metric_name}: {direction} is better. Δ: paired difference to "
         f"{summary.baseline} on the seeds both finished, ± its CI; d_z = mean(Δ)/sd(Δ). "
         f"p (t): paired t-test, p (W): Wilcoxon signed-rank, both Holm-corrected across the "
-        f"{max(0, len(summary.rows) - 1)} comparisons. sig (from p (t)): *** p<0.001, "
+        f"{k} comparison{'s' if k != 1 else ''}. sig (from p (t)): *** p<0.001, "
         f"** p<0.01, * p<{summary.alpha:g}, n.s. not significant."
     )
     if 0 < min_n < 6:
