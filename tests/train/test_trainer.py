@@ -103,6 +103,14 @@ def test_max_steps_callbacks_and_stop() -> None:
     r = run_training("digits-mlp", "gelu", seed=0, callbacks=[Stop()], **FAST)
     assert len(r.history) == 1 and math.isfinite(r.value)
 
+    class StopAtStep(Callback):
+        def on_step_end(self, step: int, loss: object) -> None:
+            if step == 7:
+                raise StopTraining
+
+    r = run_training("digits-mlp", "gelu", seed=0, callbacks=[StopAtStep()], **FAST)
+    assert r.steps == 7 and len(r.history) == 1 and r.history[0]["step"] == 7
+
 
 def test_lr_schedule() -> None:
     cfg = TrainConfig(lr=1.0, min_lr=0.0, warmup_lr=0.0)
@@ -157,3 +165,17 @@ def test_fashion_mnist_smoke() -> None:
     except DatasetNotFoundError:
         pytest.skip("dataset-fashion-mnist is not installed")
     assert r.steps == 3 and 0.0 <= r.value <= 1.0 and r.config["model"] == "mlp_small"
+
+
+def test_progress_bar_is_silent_without_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    r = run_training("digits-mlp", "relu", seed=0, max_steps=2, progress=True, **FAST)
+    assert r.steps == 2
+    captured = capsys.readouterr()
+    assert "epoch" not in captured.err
+
+
+def test_dtype_names_and_float64() -> None:
+    r = run_training("digits-mlp", "crrelu", seed=0, max_steps=2, dtype="float64", **FAST)
+    assert r.config["dtype"] == "float64" and math.isfinite(r.value)
+    with pytest.raises(ValueError, match="unknown dtype"):
+        run_training("digits-mlp", "relu", seed=0, max_steps=1, dtype="int8")

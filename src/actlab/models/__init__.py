@@ -1,12 +1,49 @@
-"""Models: loaders for the real pretrained models installed offline (see :mod:`.pretrained`)."""
+"""Models: small readable reference models and loaders for real pretrained models.
+
+Reference models (each takes an activation spec, one instance per activation site):
+
+    build_model(name, act, num_classes=..., in_chans=..., img_size=...)   named presets
+    ViT, ResNetCifar, MLP, CharGPT (+ their *Config dataclasses)          see list_models()
+
+Pretrained models installed offline: see :mod:`.pretrained`.
+"""
 
 from __future__ import annotations
 
+from actlab.models.char_gpt import CharGPT, GPTConfig
+from actlab.models.factory import (
+    ModelPreset,
+    UnknownModelError,
+    build_model,
+    get_model_preset,
+    list_models,
+)
+from actlab.models.mlp import MLP, MLPConfig
 from actlab.models.pretrained import (
     ModelUnavailableError,
     embed_sentences,
     load_minilm,
     load_smollm2,
 )
+from actlab.models.resnet import ResNetCifar, ResNetConfig
+from actlab.models.vit import ViT, ViTConfig
 
-__all__ = ["ModelUnavailableError", "embed_sentences", "load_minilm", "load_smollm2"]
+__all__ = [
+    "CharGPT",
+    "GPTConfig",
+    "MLP",
+    "MLPConfig",
+    "ModelPreset",
+    "ModelUnavailableError",
+    "ResNetCifar",
+    "ResNetConfig",
+    "UnknownModelError",
+    "ViT",
+    "ViTConfig",
+    "build_model",
+    "embed_sentences",
+    "get_model_preset",
+    "list_models",
+    "load_minilm",
+    "load_smollm2",
+]

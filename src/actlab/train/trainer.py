@@ -17,9 +17,11 @@ autocast with float32 weights; float32 / float64 train in that precision.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +114,65 @@ def _runtime(kernel: str | None, threads: int | None) -> Iterator[None]:
             torch.set_num_threads(old_threads)
 
 
+@dataclass
+class _Loop:
+    """The mutable state of one training loop."""
+
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    cfg: TrainConfig
+    device: torch.device
+    dtype: torch.dtype
+    total: int
+    warmup: int
+    smoothing: float
+    callbacks: Sequence[Any]
+    step: int = 0
+    stop: bool = False
+
+    def lr(self, step: int) -> float:
+        return lr_at(step, self.total, self.warmup, self.cfg)
+
+    def train_step(self, x: Tensor, y: Tensor) -> Tensor:
+        for g in self.opt.param_groups:
+            g["lr"] = self.lr(self.step)
+        with _autocast(self.device, self.dtype):
+            logits = self.model(x)
+        loss = _loss(logits, y, self.smoothing)
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.cfg.grad_clip is not None and self.cfg.grad_clip > 0:
+            self.scaler.unscale_(self.opt)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.step += 1
+        return loss.detach()
+
+    def epoch(self, loader: Any) -> tuple[float, int]:
+        """Train one pass of ``loader``; returns (mean loss, items seen)."""
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        n_batches = n_items = 0
+        for x, y in loader:
+            loss = self.train_step(x, y)
+            loss_sum += loss
+            n_batches += 1
+            n_items += y.numel()
+            try:
+                notify(self.callbacks, "on_step_end", self.step, loss)
+            except StopTraining:
+                self.stop = True
+            if n_batches % _NAN_CHECK_EVERY == 0 and not math.isfinite(float(loss_sum)):
+                break  # diverged: the caller records the epoch and stops
+            if self.stop or self.step >= self.total:
+                break
+        return float(loss_sum) / max(n_batches, 1), n_items
+
+
+_NAN_CHECK_EVERY = 100
+
+
 def train_model(
     model: nn.Module,
     task: Task,
@@ -126,62 +187,38 @@ def train_model(
 ) -> tuple[list[dict[str, Any]], dict[str, list[Any]], int, bool]:
     """Train ``model`` in place; returns (history, trajectories, steps, diverged)."""
     groups = param_groups(model, cfg.weight_decay, exclude_1d=cfg.no_decay_1d)
-    fused = device.type == "cuda" and dtype not in (torch.float64,)
+    fused = device.type == "cuda" and dtype != torch.float64
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=fused or None)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     steps_per_epoch = len(data.train)
     total = steps_per_epoch * cfg.epochs
     if cfg.max_steps is not None:
         total = min(total, cfg.max_steps)
-    warmup = min(int(round(cfg.warmup_epochs * steps_per_epoch)), total)
-    smoothing = cfg.label_smoothing if task.kind == "image" else 0.0
-    unit = "images_per_s" if task.kind == "image" else "tokens_per_s"
+    loop = _Loop(
+        model, opt, torch.amp.GradScaler(device.type, enabled=dtype == torch.float16), cfg, device,
+        dtype, total, warmup=min(int(round(cfg.warmup_epochs * steps_per_epoch)), total),
+        smoothing=cfg.label_smoothing if task.kind == "image" else 0.0, callbacks=callbacks,
+    )
     metric = task.metric
-
+    unit = "images_per_s" if task.kind == "image" else "tokens_per_s"
     history: list[dict[str, Any]] = []
     trajectories: dict[str, list[Any]] = {k: [v] for k, v in activation_scalars(model).items()}
     jsonl = (out_dir / "metrics.jsonl").open("a", encoding="utf-8") if out_dir else None
-    step, diverged, start = 0, False, time.perf_counter()
-    info = dict(meta or {}, total_steps=total, steps_per_epoch=steps_per_epoch)
-    notify(callbacks, "on_train_begin", info)
+    diverged, start = False, time.perf_counter()
+    notify(callbacks, "on_train_begin", dict(meta or {}, total_steps=total, steps_per_epoch=steps_per_epoch))
     model.train()
     try:
         for epoch in range(1, cfg.epochs + 1):
-            if step >= total:
+            if loop.step >= total:
                 break
             t0 = time.perf_counter()
-            loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-            n_batches, n_items = 0, 0
             data.train.set_epoch(epoch - 1)
-            notify(callbacks, "on_epoch_begin", epoch, min(steps_per_epoch, total - step))
-            for x, y in data.train:
-                lr = lr_at(step, total, warmup, cfg)
-                for g in opt.param_groups:
-                    g["lr"] = lr
-                with _autocast(device, dtype):
-                    logits = model(x)
-                loss = _loss(logits, y, smoothing)
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if cfg.grad_clip is not None and cfg.grad_clip > 0:
-                    scaler.unscale_(opt)
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                scaler.step(opt)
-                scaler.update()
-                loss_sum += loss.detach()
-                n_batches += 1
-                n_items += y.numel()
-                step += 1
-                notify(callbacks, "on_step_end", step, loss)
-                if step >= total:
-                    break
-            train_loss = float(loss_sum) / max(n_batches, 1)
+            notify(callbacks, "on_epoch_begin", epoch, min(steps_per_epoch, total - loop.step))
+            train_loss, n_items = loop.epoch(data.train)
             train_seconds = time.perf_counter() - t0
-            if not math.isfinite(train_loss):
-                diverged = True
+            diverged = not math.isfinite(train_loss)
+            last = loop.step >= total or epoch == cfg.epochs or diverged or loop.stop
             t1 = time.perf_counter()
             val = evaluate(model, data.val, task.kind, device=device, dtype=dtype)
-            last = step >= total or epoch == cfg.epochs or diverged
             test = (
                 evaluate(model, data.test, task.kind, device=device, dtype=dtype)
                 if cfg.eval_test_each_epoch or last
@@ -191,41 +228,31 @@ def train_model(
             for k, v in scalars.items():
                 trajectories.setdefault(k, []).append(v)
             record: dict[str, Any] = {
-                "epoch": epoch,
-                "step": step,
-                "train_loss": train_loss,
-                "val_loss": val["loss"],
-                f"val_{metric}": val[metric],
-                "test_loss": test["loss"],
-                f"test_{metric}": test[metric],
-                "lr": lr_at(max(step - 1, 0), total, warmup, cfg),
-                "seconds": train_seconds,
-                "eval_seconds": time.perf_counter() - t1,
-                "elapsed": time.perf_counter() - start,
-                unit: n_items / max(train_seconds, 1e-9),
-                "act_params": scalars,
+                "epoch": epoch, "step": loop.step, "train_loss": train_loss,
+                "val_loss": val["loss"], f"val_{metric}": val[metric],
+                "test_loss": test["loss"], f"test_{metric}": test[metric],
+                "lr": loop.lr(max(loop.step - 1, 0)), "seconds": train_seconds,
+                "eval_seconds": time.perf_counter() - t1, "elapsed": time.perf_counter() - start,
+                unit: n_items / max(train_seconds, 1e-9), "act_params": scalars,
             }
             history.append(record)
             if jsonl is not None:
-                jsonl.write(_json_line(record) + "\n")
+                jsonl.write(json.dumps(record, allow_nan=True) + "\n")
                 jsonl.flush()
             if out_dir is not None and cfg.checkpoint == "last":
-                save_checkpoint(model, out_dir / "last.safetensors", dict(meta or {}, epoch=epoch, step=step))
-            notify(callbacks, "on_epoch_end", record, model)
-            if diverged:
+                save_checkpoint(model, out_dir / "last.safetensors", dict(meta or {}, epoch=epoch, step=loop.step))
+            try:
+                notify(callbacks, "on_epoch_end", record, model)
+            except StopTraining:
+                loop.stop = True
+            if diverged or loop.stop:
                 break
-    except StopTraining:
+    except StopTraining:  # raised from on_train_begin / on_epoch_begin
         pass
     finally:
         if jsonl is not None:
             jsonl.close()
-    return history, trajectories, step, diverged
-
-
-def _json_line(record: dict[str, Any]) -> str:
-    import json
-
-    return json.dumps(record, allow_nan=True)
+    return history, trajectories, loop.step, diverged
 
 
 def run_training(
