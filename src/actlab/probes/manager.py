@@ -1,0 +1,330 @@
+"""The probe manager: owns the hooks, the sampling seeds, the memory bounds and the logs.
+
+    with actlab.probe(model, probes=["sparsity", "massive"], sample=256, seed=0) as p:
+        model(x)
+    p.summary().print()          # tidy table: one row per (probe, layer[, head])
+    p.log(step)                  # append to the JSONL / CSV file given as log_to=
+
+Sites: each probe attaches to the modules matching its own ``where`` globs, else the
+manager's ``where`` globs, else its default target (activation modules, transformer blocks,
+attention modules, routers; see :mod:`actlab.probes.sites`). One forward hook per module
+serves all its probes (a forward *pre*-hook for probes reading the input of an in-place
+module), and every hook is removed on exit, also when the body raises. Hooks run with grad
+disabled and never modify what they read, so they change neither outputs nor gradients,
+and they work on pretrained models in eval mode. Probe ops run with one intra-op CPU thread
+(the previous thread count is restored after each hook).
+
+Memory: every probe keeps fixed-size state (running sums, per-unit vectors, reservoirs of at
+most ``max_tokens`` rows, top-k lists), so it does not grow with the number of steps.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from actlab.probes.base import Probe, ProbeContext
+from actlab.probes.sites import find_sites, glob_sites
+from actlab.probes.table import ProbeTable, scalar_items
+
+__all__ = ["ProbeManager", "probe", "PROBES", "make_probe", "default_probes"]
+
+Mode = Literal["both", "train", "eval"]
+
+
+def _registry() -> dict[str, type[Probe]]:
+    from actlab.probes.attention import AttentionEntropyProbe
+    from actlab.probes.distribution import DistributionProbe
+    from actlab.probes.dse import DSEProbe
+    from actlab.probes.information import EntropyProbe, InfoPlaneProbe
+    from actlab.probes.massive import MassiveActivationProbe
+    from actlab.probes.routing import RoutingProbe
+    from actlab.probes.sparsity import SparsityProbe
+
+    classes: list[type[Probe]] = [
+        SparsityProbe, DistributionProbe, MassiveActivationProbe, AttentionEntropyProbe,
+        EntropyProbe, InfoPlaneProbe, DSEProbe, RoutingProbe,
+    ]
+    return {c.name: c for c in classes}
+
+
+PROBES: dict[str, str] = {
+    "sparsity": "zero / near-zero fractions, dead units over a window, TLS, CLS_8",
+    "distribution": "pre-activation histogram (fixed edges) and moments; to_density()",
+    "massive": "max|h| / median|h| on block outputs, where the maxima sit",
+    "attention": "attention entropy per head, normalised, collapse / overload bands",
+    "entropy": "EBAB entropy of token activations",
+    "infoplane": "I(X;T), I(T;Y) with EBAB, aKDE and PCA-compressed kNN (needs labels)",
+    "dse": "diffusion spectral entropy (and DSMI with labels)",
+    "routing": "MoE routing entropy, expert load, top-1 record for fluctuation",
+}
+
+DEFAULT_PROBES = ("sparsity", "distribution", "massive", "attention")
+
+
+def make_probe(spec: str | Probe | type[Probe]) -> Probe:
+    """A probe from a name in :data:`PROBES`, a Probe class or an instance."""
+    if isinstance(spec, Probe):
+        return spec
+    if isinstance(spec, type) and issubclass(spec, Probe):
+        return spec()
+    if isinstance(spec, str):
+        reg = _registry()
+        if spec not in reg:
+            raise ValueError(f"unknown probe {spec!r}; available: {', '.join(sorted(reg))}")
+        return reg[spec]()
+    raise TypeError(f"a probe is a name, a Probe class or a Probe instance, got {spec!r}")
+
+
+def default_probes() -> list[Probe]:
+    """Fresh instances of the cheap default set: sparsity, distribution, massive, attention."""
+    return [make_probe(n) for n in DEFAULT_PROBES]
+
+
+class ProbeManager:
+    """Attach probes to a model with forward hooks; summarise, log, detach."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        probes: Sequence[str | Probe | type[Probe]] | None = None,
+        *,
+        where: str | list[str] | None = None,
+        sample: int = 64,
+        seed: int = 0,
+        max_tokens: int = 2048,
+        every: int = 1,
+        train_stride: int = 4,
+        mode: Mode = "both",
+        log_to: str | os.PathLike[str] | None = None,
+        tensorboard: str | os.PathLike[str] | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"probe() needs an nn.Module, got {type(model).__name__}")
+        if sample < 1 or max_tokens < 1 or every < 1 or train_stride < 1:
+            raise ValueError("sample, max_tokens, every and train_stride must be >= 1")
+        if mode not in ("both", "train", "eval"):
+            raise ValueError(f"mode must be 'both', 'train' or 'eval', got {mode!r}")
+        self.model = model
+        specs = list(DEFAULT_PROBES) if probes is None else list(probes)
+        self.probes: dict[str, Probe] = {}
+        for spec in specs:
+            p = make_probe(spec)
+            key, i = p.name, 1
+            while key in self.probes:
+                key, i = f"{p.name}_{i}", i + 1
+            self.probes[key] = p
+        self.where = (where,) if isinstance(where, str) else (tuple(where) if where else None)
+        self.ctx = ProbeContext(seed=seed, sample=sample, max_tokens=max_tokens,
+                                train_stride=train_stride)
+        self.every, self.mode = every, mode
+        self.log_to = log_to
+        self.tensorboard = tensorboard
+        self._writer: Any = None
+        self.enabled = True
+        self.sites: dict[str, list[str]] = {}
+        self._handles: list[RemovableHandle] = []
+        self._calls: dict[tuple[int, str], int] = {}
+
+    # -- attach / detach ---------------------------------------------------------------
+    def __enter__(self) -> ProbeManager:
+        self.attach()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.detach()
+
+    @property
+    def attached(self) -> bool:
+        return bool(self._handles)
+
+    def attach(self) -> ProbeManager:
+        """Find the sites and register the hooks (removes them all if anything fails).
+
+        One forward hook per module serves every probe on it: probes reading the module's
+        input get ``args[0]`` there, except on modules marked ``inplace=True`` (the input is
+        overwritten by then), which get a forward pre-hook instead.
+        """
+        if self._handles:
+            raise RuntimeError("probes are already attached; detach() first")
+        try:
+            mods: dict[int, nn.Module] = {}
+            post: dict[int, list[tuple[Probe, str, bool]]] = {}
+            pre: dict[int, list[tuple[Probe, str, bool]]] = {}
+            for key, p in self.probes.items():
+                p.bind(self.ctx)
+                globs = p.where or self.where
+                cands = glob_sites(self.model, globs) if globs else find_sites(self.model, p.target)
+                sites = p.resolve_sites(cands)
+                self.sites[key] = [label for label, _ in sites]
+                for label, mod in sites:
+                    mods[id(mod)] = mod
+                    wants_input = p.site == "input"
+                    table = pre if wants_input and getattr(mod, "inplace", False) else post
+                    table.setdefault(id(mod), []).append((p, label, wants_input))
+            for mid, targets in pre.items():
+                self._handles.append(mods[mid].register_forward_pre_hook(self._pre_hook(targets)))
+            for mid, targets in post.items():
+                self._handles.append(mods[mid].register_forward_hook(self._post_hook(targets)))
+        except BaseException:
+            self.detach()
+            raise
+        return self
+
+    def detach(self) -> None:
+        """Remove every hook (idempotent)."""
+        while self._handles:
+            self._handles.pop().remove()
+        if self._writer is not None:
+            self._writer.flush()
+
+    def _active(self, module: nn.Module, site: str) -> bool:
+        if not self.enabled:
+            return False
+        if self.mode == "train" and not module.training:
+            return False
+        if self.mode == "eval" and module.training:
+            return False
+        key = (id(module), site)
+        n = self._calls.get(key, 0)
+        self._calls[key] = n + 1
+        return n % self.every == 0
+
+    @staticmethod
+    def _dispatch(targets: list[tuple[Probe, str, bool]], module: nn.Module, args: Any,
+                  output: Any) -> None:
+        grad = torch.is_grad_enabled()
+        torch._C._set_grad_enabled(False)  # cheaper than a no_grad() context per call
+        # probe ops are small: run them on one intra-op thread. Waking a busy thread pool for
+        # a 100 us reduction can cost milliseconds on a loaded machine.
+        threads = torch.get_num_threads()
+        if threads > 1:
+            torch.set_num_threads(1)
+        try:
+            for p, label, wants_input in targets:
+                value = (args[0] if args else None) if wants_input else output
+                if value is None:
+                    continue
+                try:
+                    p.update(label, module, value)
+                except Exception as e:
+                    raise RuntimeError(f"probe {p.name!r} failed on layer {label!r}: {e}") from e
+        finally:
+            torch._C._set_grad_enabled(grad)
+            if threads > 1:
+                torch.set_num_threads(threads)
+
+    def _post_hook(self, targets: list[tuple[Probe, str, bool]]) -> Any:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            if self._active(module, "post"):
+                self._dispatch(targets, module, args, output)
+
+        return hook
+
+    def _pre_hook(self, targets: list[tuple[Probe, str, bool]]) -> Any:
+        def hook(module: nn.Module, args: Any) -> None:
+            if self._active(module, "pre"):
+                self._dispatch(targets, module, args, None)
+
+        return hook
+
+    # -- context, results ----------------------------------------------------------------
+    def set_context(self, **extras: Any) -> None:
+        """Side information for the next forward passes, e.g. ``labels=y`` (InfoPlane, DSE)."""
+        self.ctx.extras.clear()
+        self.ctx.extras.update(extras)
+
+    def summary(self, probe: str | None = None) -> ProbeTable:
+        """One tidy row per (probe, layer[, head]) as a :class:`ProbeTable`."""
+        rows: list[dict[str, Any]] = []
+        for key, p in self.probes.items():
+            if probe is not None and key != probe:
+                continue
+            for rk, row in p.summary().items():
+                rows.append({"probe": key, "layer": row.get("layer", rk), "key": rk,
+                             **{k: v for k, v in row.items() if k != "layer"}})
+        return ProbeTable(rows)
+
+    def __getitem__(self, key: str) -> Probe:
+        return self.probes[key]
+
+    def reset(self) -> None:
+        """Forget all statistics (hooks stay attached)."""
+        for p in self.probes.values():
+            p.reset()
+
+    def nbytes(self) -> int:
+        """Bytes held in tensors by all probes."""
+        return sum(p.nbytes() for p in self.probes.values())
+
+    def log(self, step: int, path: str | os.PathLike[str] | None = None, *,
+            reset: bool = False) -> ProbeTable:
+        """Append the current summary with ``step`` to JSONL (.jsonl) or long CSV (.csv), and
+        to TensorBoard when ``tensorboard=`` was given; optionally reset afterwards."""
+        table = self.summary()
+        target = path if path is not None else self.log_to
+        if target is not None:
+            suffix = os.fspath(target).lower()
+            if suffix.endswith(".csv"):
+                table.to_csv(target, step)
+            elif suffix.endswith((".jsonl", ".json", ".ndjson")):
+                table.to_jsonl(target, step)
+            else:
+                raise ValueError(f"log file must end in .jsonl or .csv, got {os.fspath(target)!r}")
+        if self.tensorboard is not None:
+            self._tb_write(table, step)
+        if reset:
+            self.reset()
+        return table
+
+    def _tb_write(self, table: ProbeTable, step: int) -> None:
+        if self._writer is None and self.tensorboard is not None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                raise ImportError("tensorboard= needs the tensorboard package: "
+                                  "pip install tensorboard") from e
+            self._writer = SummaryWriter(os.fspath(self.tensorboard))
+        for r in table:
+            for stat, v in scalar_items(r):
+                self._writer.add_scalar(f"{r['probe']}/{r['key']}/{stat}", v, step)
+
+    def callback(self, *, log_every: int | None = None, reset_each_epoch: bool = False) -> Any:
+        """A trainer callback bound to this manager (see :class:`ProbeCallback`)."""
+        from actlab.probes.callback import ProbeCallback
+
+        return ProbeCallback(manager=self, log_every=log_every, reset_each_epoch=reset_each_epoch)
+
+
+def probe(
+    model: nn.Module,
+    probes: Sequence[str | Probe | type[Probe]] | None = None,
+    *,
+    where: str | list[str] | None = None,
+    sample: int = 64,
+    seed: int = 0,
+    max_tokens: int = 2048,
+    every: int = 1,
+    train_stride: int = 4,
+    mode: Mode = "both",
+    log_to: str | os.PathLike[str] | None = None,
+    tensorboard: str | os.PathLike[str] | None = None,
+) -> ProbeManager:
+    """A :class:`ProbeManager` for ``with``: hooks are attached on enter, removed on exit.
+
+    ``probes``: names from :data:`PROBES`, classes or instances (default: sparsity,
+    distribution, massive, attention). ``where``: glob(s) over module names replacing each
+    probe's default sites. ``sample``: rows looked at per hook call; ``max_tokens``: rows
+    kept per layer; ``seed``: the sampling seed; ``every``: probe every n-th call of each
+    module (nothing at all on the others); ``train_stride``: in train mode, take sampled
+    statistics on every n-th call only (exact ones, dead units and maxima, on every call);
+    ``mode``: probe in train mode, eval mode or both.
+    """
+    return ProbeManager(model, probes, where=where, sample=sample, seed=seed,
+                        max_tokens=max_tokens, every=every, train_stride=train_stride,
+                        mode=mode, log_to=log_to, tensorboard=tensorboard)

@@ -1,0 +1,196 @@
+"""Activation sparsity: zero fractions, dead units over a window, TLS and CLS_L.
+
+For activations a (tokens x units) and a threshold τ, a unit is *active* on a token when
+``a > τ`` (criterion ``"positive"``, the default: "exceeded τ", for ReLU-like activations
+"positive" at τ = 0; a GELU / SiLU unit whose outputs never leave the negative dip counts as
+inactive) or ``|a| > τ`` (criterion ``"abs"``; with τ = 0 this is "nonzero").
+
+- zero fraction        mean[a == 0];       near-zero fraction  mean[|a| <= near_zero]
+- dead-unit rate       fraction of units never active over a window of N tokens; a unit is
+                       "dynamically dead" when dead in the current window (our definition: the
+                       AP paper's exact one could not be retrieved). Reported for the last
+                       completed window, plus the running (partial) window.
+- TLS (BlockFFN, Song et al. 2025)  mean over tokens of the fraction of units a token does
+                       not activate.
+- CLS_L (BlockFFN)     1 - |union of units active in L consecutive tokens| / N, averaged over
+                       non-overlapping chunks within sequences (L = 8 by default).
+
+Cost per hook call: the dead-unit test is one max-reduction over the whole output (a unit
+active on a single token must count as alive); everything else runs on ``sample // L``
+sampled chunks (whose ``sample`` tokens also serve as the token sample; independent token
+rows for 2-D outputs), staged and reduced in bulk with on-device accumulators (no host
+sync). In train mode samples come from every ``train_stride``-th call (see ProbeContext).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from actlab.probes.base import Probe, Row, first_tensor, sample_chunks, sample_rows
+
+__all__ = ["SparsityProbe", "active_mask", "tls", "cls"]
+
+Criterion = Literal["abs", "positive"]
+
+
+def active_mask(a: Tensor, tau: float = 0.0, criterion: Criterion = "positive") -> Tensor:
+    """Boolean mask of active entries."""
+    if criterion == "positive":
+        return a > tau
+    if criterion == "abs":
+        return a.abs() > tau
+    raise ValueError(f"criterion must be 'abs' or 'positive', got {criterion!r}")
+
+
+def tls(a: Tensor, tau: float = 0.0, criterion: Criterion = "positive") -> float:
+    """Token-level sparsity of a (tokens, units) matrix (plain reference implementation)."""
+    return float(1.0 - active_mask(a, tau, criterion).float().mean(dim=-1).mean())
+
+
+def cls(a: Tensor, length: int = 8, tau: float = 0.0, criterion: Criterion = "positive") -> float:
+    """Chunk-level sparsity CLS_L of one sequence (tokens, units): non-overlapping chunks."""
+    n_chunks = a.shape[0] // length
+    if n_chunks == 0:
+        raise ValueError(f"sequence of {a.shape[0]} tokens is shorter than the chunk {length}")
+    m = active_mask(a[: n_chunks * length], tau, criterion).reshape(n_chunks, length, -1)
+    return float(1.0 - m.any(dim=1).float().mean())
+
+
+class SparsityProbe(Probe):
+    """Zero / near-zero fractions, dead-unit rate over a window, TLS and CLS_L per layer."""
+
+    name = "sparsity"
+    target = "activation"
+
+    def __init__(
+        self,
+        *,
+        tau: float = 0.0,
+        near_zero: float = 1e-2,
+        criterion: Criterion = "positive",
+        window: int = 8192,
+        chunk: int = 8,
+        history: int = 64,
+        where: str | list[str] | None = None,
+    ) -> None:
+        super().__init__(where=where)
+        if criterion not in ("abs", "positive"):
+            raise ValueError(f"criterion must be 'abs' or 'positive', got {criterion!r}")
+        if window < 1 or chunk < 1:
+            raise ValueError("window and chunk must be >= 1")
+        self.tau, self.near_zero, self.criterion = float(tau), float(near_zero), criterion
+        self.window, self.chunk = int(window), int(chunk)
+        self.history = int(history)
+        self.reset()
+
+    def reset(self) -> None:
+        # per layer: [Σ zeros, Σ near-zeros, Σ active cells, Σ chunk-active cells]
+        self.acc: dict[str, Tensor] = {}
+        self.counts: dict[str, list[int]] = {}  # [tokens, chunks] (host ints: no sync)
+        self.peak: dict[str, Tensor] = {}  # per-unit max activity in the current window
+        self.window_rows: dict[str, int] = {}  # rows seen in the current window
+        self.window_id: dict[str, int] = {}
+        self.dead: dict[str, deque[Tensor]] = {}
+        self.units: dict[str, int] = {}
+        self._reset_staging()
+
+    def update(self, name: str, module: nn.Module, output: Any) -> None:
+        t = first_tensor(output)
+        if t is None or t.ndim < 2 or t.numel() == 0:
+            return
+        d = int(t.shape[1] if t.ndim == 4 else t.shape[-1])
+        self.units[name] = d
+        # dead units: a max (and min) reduction over the whole output; the window bookkeeping
+        # is host arithmetic, the per-window fold happens in reduce()
+        dims = (0, 2, 3) if t.ndim == 4 else tuple(range(t.ndim - 1))
+        hi = t.amax(dim=dims)  # the one full pass per call
+        lo = t.amin(dim=dims) if self.criterion == "abs" else None
+        wid = self.window_id.get(name, 0)
+        rows = self.window_rows.get(name, 0) + t.numel() // d
+        closes = rows >= self.window
+        self.window_rows[name] = 0 if closes else rows
+        self.window_id[name] = wid + 1 if closes else wid
+        # sampled statistics: chunks of consecutive tokens when there is a sequence axis
+        # (their tokens double as the token sample), else independent token rows
+        x: Tensor | None = None
+        chunked = False
+        if self.sampling(name, module):
+            g = self.ctx.rng(f"{self.name}/{name}")
+            x = sample_chunks(t, self.chunk, max(1, self.ctx.sample // self.chunk), g)
+            chunked = x is not None
+            if x is None:
+                x = sample_rows(t, self.ctx.sample, g)[:, None, :]
+        self.stage(name, (x, chunked, hi, lo, wid, closes))
+
+    def _fold_window(self, name: str, items: list[tuple[Any, ...]]) -> None:
+        """Fold per-call unit maxima into the window peak; close windows where marked."""
+        start = 0
+        for i, it in enumerate(items):
+            if not it[5] and i < len(items) - 1 and items[i + 1][4] == it[4]:
+                continue
+            group = items[start : i + 1]
+            start = i + 1
+            m = torch.stack([g[2] for g in group]).amax(dim=0).float()
+            if group[0][3] is not None:
+                m = torch.maximum(m, -torch.stack([g[3] for g in group]).amin(dim=0).float())
+            peak = self.peak.get(name)
+            peak = m if peak is None or peak.shape != m.shape else torch.maximum(peak, m)
+            if it[5]:
+                self.dead.setdefault(name, deque(maxlen=self.history)).append(
+                    (peak <= self.tau).float().mean())
+                self.peak.pop(name, None)
+            else:
+                self.peak[name] = peak
+
+    def reduce(self, name: str, items: list[tuple[Any, ...]]) -> None:
+        self._fold_window(name, items)
+        sampled = [it for it in items if it[0] is not None]
+        if not sampled:
+            return
+        chunked = bool(sampled[0][1])
+        x = torch.cat([it[0] for it in sampled if bool(it[1]) == chunked]).float()  # (n, L, D)
+        n, length, d = x.shape
+        mag = x.abs()
+        act = (x > self.tau) if self.criterion == "positive" else (mag > self.tau)
+        vec = torch.stack([
+            (x == 0).sum(dtype=torch.float32),
+            (mag <= self.near_zero).sum(dtype=torch.float32),
+            act.sum(dtype=torch.float32),
+            act.any(dim=1).sum(dtype=torch.float32) if chunked else mag.new_zeros(()),
+        ]).double()
+        if name in self.acc:
+            self.acc[name] += vec
+        else:
+            self.acc[name] = vec
+            self.counts[name] = [0, 0]
+        self.counts[name][0] += n * length
+        self.counts[name][1] += n if chunked else 0
+
+    def summary(self) -> dict[str, Row]:
+        self.flush()
+        out: dict[str, Row] = {}
+        for name, acc in self.acc.items():
+            z, near, active, chunk_active = acc.tolist()
+            n, nc = self.counts[name]
+            d = self.units[name]
+            cells, chunk_cells = n * d, nc * d
+            hist = [float(x) for x in self.dead.get(name, ())]
+            peak = self.peak.get(name)
+            partial = float((peak <= self.tau).float().mean()) if peak is not None else 1.0
+            out[name] = {
+                "units": self.units[name],
+                "zero_frac": z / cells if cells else float("nan"),
+                "near_zero_frac": near / cells if cells else float("nan"),
+                "tls": 1.0 - active / cells if cells else float("nan"),
+                f"cls_{self.chunk}": 1.0 - chunk_active / chunk_cells if chunk_cells else float("nan"),
+                "dead_rate": hist[-1] if hist else partial,
+                "dead_rate_partial": partial,
+                "dead_window": self.window,
+                "dead_windows_done": len(hist),
+                "tokens_sampled": int(n),
+            }
+        return out
