@@ -63,6 +63,24 @@ def test_random_attention_matches_brute_force() -> None:
     assert float(row_entropy(torch.tensor([0.5, 0.5, 0.0]))) == pytest.approx(math.log(2))
 
 
+def test_padded_queries_are_ignored_with_attention_mask() -> None:
+    torch.manual_seed(5)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    scores = torch.randn(2, 3, 5, 5).masked_fill(mask[:, None, None, :] == 0, float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    p = _probe()
+    p.ctx.extras["attention_mask"] = mask
+    p.update("m", nn.Identity(), probs)
+    rows = p.summary()
+    ent = row_entropy(probs)  # (B, H, T)
+    support = mask.sum(1).float()  # keys per sequence: 5 and 3
+    for head in range(3):
+        real = torch.cat([ent[0, head], ent[1, head, :3]])
+        assert rows[f"m#h{head}"]["entropy"] == pytest.approx(float(real.mean()), rel=1e-5)
+        normed = torch.cat([ent[0, head] / support[0].log(), ent[1, head, :3] / support[1].log()])
+        assert rows[f"m#h{head}"]["entropy_norm"] == pytest.approx(float(normed.mean()), rel=1e-5)
+
+
 class FusedAttention(nn.Module):
     """A timm-style attention with a fused qkv and SDPA (no probabilities exposed)."""
 

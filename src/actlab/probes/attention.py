@@ -29,6 +29,10 @@ causal when ``is_causal`` / ``causal`` is set or the class name contains "Causal
 softmax(q k^T · scale) for the sampled queries only: the same probabilities, at a small
 fraction of the attention cost. Attention masks other than causal, and q/k normalisation
 layers, are not applied there.
+
+Padding: ``p.set_context(attention_mask=mask)`` with the (B, T) mask of the batch gives the
+rows of padded queries weight 0 (padded keys already get probability 0 and drop out of the
+support count).
 """
 
 from __future__ import annotations
@@ -146,7 +150,11 @@ class AttentionEntropyProbe(Probe):
         else:
             r = torch.arange(rows, device=a.device)
         bi, qi = r // tq, r % tq
-        self.stage(name, ("probs", a[bi, :, qi, :], qi))  # (k, H, Tk), (k,)
+        w = None
+        mask = self.ctx.extras.get("attention_mask")
+        if isinstance(mask, Tensor) and tuple(mask.shape) == (b, tq):
+            w = mask.to(a.device)[bi, qi].float()  # padded queries weigh 0
+        self.stage(name, ("probs", a[bi, :, qi, :], qi, w))  # (k, H, Tk), (k,), (k,)
 
     def _stage_qkv(self, name: str, qkv: Tensor, heads: int, scale: float | None,
                    causal: bool) -> None:
@@ -163,7 +171,7 @@ class AttentionEntropyProbe(Probe):
             m = min(b, max(1, k // t))
             keep = torch.from_numpy(np.sort(g.choice(b, m, replace=False))).to(qkv.device)
             sub = qkv.clone() if m == b else qkv.index_select(0, keep)
-            self.stage(name, ("qkv", sub, (heads, scale, causal)))
+            self.stage(name, ("qkv", sub, (heads, scale, causal), None))
             return
         d = d3 // 3
         hd = d // heads
@@ -175,7 +183,7 @@ class AttentionEntropyProbe(Probe):
         if causal:
             future = torch.arange(t, device=qkv.device)[None, :] > qi[:, None]
             s = s.masked_fill(future[:, None, :], float("-inf"))
-        self.stage(name, ("probs", torch.softmax(s, dim=-1), qi))
+        self.stage(name, ("probs", torch.softmax(s, dim=-1), qi, None))
 
     @staticmethod
     def _qkv_probs(sub: Tensor, heads: int, scale: float | None, causal: bool) -> tuple[Tensor, Tensor]:
@@ -198,16 +206,20 @@ class AttentionEntropyProbe(Probe):
         else:
             p = torch.cat([it[1] for it in items]).float()
             qi = torch.cat([it[2] for it in items])
+        w = None
+        if any(it[3] is not None for it in items):
+            w = torch.cat([it[3] if it[3] is not None else p.new_ones(it[1].shape[0])
+                           for it in items])[:, None]  # (k, 1) query weights
         h, tk = p.shape[1], p.shape[2]
         ent = row_entropy(p)  # (k, H)
         lmax = _row_max(p, qi, self.norm)
-        ok = lmax > 1e-12
-        normed = torch.where(ok, ent / lmax.clamp_min(1e-12), torch.zeros_like(ent))
+        ok = (lmax > 1e-12).float()
+        normed = torch.where(ok > 0, ent / lmax.clamp_min(1e-12), torch.zeros_like(ent))
+        if w is not None:
+            ent, normed, ok = ent * w, normed * w, ok * w
+        n_rows = (w.sum() if w is not None else p.new_tensor(float(p.shape[0]))).double()
         vec = torch.stack(
-            [ent.sum(0).double(),
-             torch.full((h,), float(p.shape[0]), dtype=torch.float64, device=p.device),
-             normed.sum(0).double(),
-             ok.sum(0).double()],
+            [ent.sum(0).double(), n_rows.expand(h), normed.sum(0).double(), ok.sum(0).double()],
             dim=1,
         )
         self.seq[name] = tk

@@ -16,10 +16,10 @@ inactive) or ``|a| > τ`` (criterion ``"abs"``; with τ = 0 this is "nonzero").
                        non-overlapping chunks within sequences (L = 8 by default).
 
 Cost per hook call: the dead-unit test is one max-reduction over the whole output (a unit
-active on a single token must count as alive); everything else runs on ``sample // L``
-sampled chunks (whose ``sample`` tokens also serve as the token sample; independent token
-rows for 2-D outputs), staged and reduced in bulk with on-device accumulators (no host
-sync). In train mode samples come from every ``train_stride``-th call (see ProbeContext).
+active on a single token must count as alive); the rest runs on ``sample`` sampled token
+rows (zero fractions, TLS) and ``sample // L`` sampled chunks (CLS), staged and reduced in
+bulk with on-device accumulators (no host sync). In train mode samples come from every
+``train_stride``-th call (see ProbeContext).
 """
 
 from __future__ import annotations
@@ -114,17 +114,15 @@ class SparsityProbe(Probe):
         closes = rows >= self.window
         self.window_rows[name] = 0 if closes else rows
         self.window_id[name] = wid + 1 if closes else wid
-        # sampled statistics: chunks of consecutive tokens when there is a sequence axis
-        # (their tokens double as the token sample), else independent token rows
+        # sampled statistics: token rows (zero fractions, TLS) and, when there is a sequence
+        # axis, chunks of consecutive tokens (CLS)
         x: Tensor | None = None
-        chunked = False
+        chunks: Tensor | None = None
         if self.sampling(name, module):
             g = self.ctx.rng(f"{self.name}/{name}")
-            x = sample_chunks(t, self.chunk, max(1, self.ctx.sample // self.chunk), g)
-            chunked = x is not None
-            if x is None:
-                x = sample_rows(t, self.ctx.sample, g)[:, None, :]
-        self.stage(name, (x, chunked, hi, lo, wid, closes))
+            x = sample_rows(t, self.ctx.sample, g)
+            chunks = sample_chunks(t, self.chunk, max(1, self.ctx.sample // self.chunk), g)
+        self.stage(name, (x, chunks, hi, lo, wid, closes))
 
     def _fold_window(self, name: str, items: list[tuple[Any, ...]]) -> None:
         """Fold per-call unit maxima into the window peak; close windows where marked."""
@@ -148,27 +146,36 @@ class SparsityProbe(Probe):
 
     def reduce(self, name: str, items: list[tuple[Any, ...]]) -> None:
         self._fold_window(name, items)
-        sampled = [it for it in items if it[0] is not None]
-        if not sampled:
+        rows = [it[0] for it in items if it[0] is not None]
+        if not rows:
             return
-        chunked = bool(sampled[0][1])
-        x = torch.cat([it[0] for it in sampled if bool(it[1]) == chunked]).float()  # (n, L, D)
-        n, length, d = x.shape
+        x = torch.cat(rows).float()  # (n, D)
         mag = x.abs()
-        act = (x > self.tau) if self.criterion == "positive" else (mag > self.tau)
+        chunk_list = [it[1] for it in items if it[1] is not None]
+        n_chunks = 0
+        chunk_active = mag.new_zeros(())
+        if chunk_list:
+            ch = torch.cat(chunk_list).float()  # (m, L, D)
+            n_chunks = int(ch.shape[0])
+            chunk_active = self._active(ch).any(dim=1).sum(dtype=torch.float32)
         vec = torch.stack([
             (x == 0).sum(dtype=torch.float32),
             (mag <= self.near_zero).sum(dtype=torch.float32),
-            act.sum(dtype=torch.float32),
-            act.any(dim=1).sum(dtype=torch.float32) if chunked else mag.new_zeros(()),
+            self._active(x, mag).sum(dtype=torch.float32),
+            chunk_active,
         ]).double()
         if name in self.acc:
             self.acc[name] += vec
         else:
             self.acc[name] = vec
             self.counts[name] = [0, 0]
-        self.counts[name][0] += n * length
-        self.counts[name][1] += n if chunked else 0
+        self.counts[name][0] += int(x.shape[0])
+        self.counts[name][1] += n_chunks
+
+    def _active(self, x: Tensor, mag: Tensor | None = None) -> Tensor:
+        if self.criterion == "positive":
+            return x > self.tau
+        return (x.abs() if mag is None else mag) > self.tau
 
     def summary(self) -> dict[str, Row]:
         self.flush()
