@@ -1,0 +1,198 @@
+"""``actlab probe``: run a probe set over a model on data and write a report with plots.
+
+    actlab probe smollm2                       SmolLM2-135M on a Shakespeare passage
+    actlab probe minilm --text notes.txt       MiniLM-L6 on the lines of a text file
+    actlab probe --task fashion-mnist --act crrelu --epochs 1 --max-steps 200
+
+Pretrained models run once (eval mode, eager attention so heads expose their probabilities);
+a task trains its model with the probes attached (train-mode forward passes only) and, at
+each epoch end, measures the information plane and sparsity on a fixed validation batch.
+The output folder gets ``summary.jsonl`` (every probe row), ``report.html`` (figures
+embedded) and the figures as PNG files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+HELP = "probe a model's activations (sparsity, massive activations, attention entropy, ...) and write a report"
+
+_PRETRAINED = ("minilm", "smollm2")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", nargs="?", choices=_PRETRAINED, help="an offline pretrained model")
+    p.add_argument("--task", default=None, help="train a task's model with probes instead")
+    p.add_argument("--arch", default=None, help="model preset of --task (default: the task's)")
+    p.add_argument("--act", default="gelu", help="activation spec for --task (default gelu)")
+    p.add_argument("--epochs", type=int, default=1, help="epochs for --task (default 1)")
+    p.add_argument("--max-steps", type=int, default=None, help="cap optimizer steps for --task")
+    p.add_argument("--text", default=None, help="UTF-8 text file (default: Shakespeare)")
+    p.add_argument("--tokens", type=int, default=256, help="tokens of text for smollm2 (256)")
+    p.add_argument("--lines", type=int, default=16, help="text lines (sentences) for minilm (16)")
+    p.add_argument("--probes", default=None,
+                   help="comma list (default: sparsity,distribution,massive,attention)")
+    p.add_argument("--sample", type=int, default=512, help="rows sampled per hook call (512)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="output folder (default probe-<model or task>)")
+
+
+def _text(args: argparse.Namespace) -> str:
+    if args.text:
+        path = Path(args.text)
+        if not path.is_file():
+            raise FileNotFoundError(f"text file {path} does not exist")
+        return path.read_text(encoding="utf-8")
+    from actlab.data.text import load_shakespeare
+
+    text = load_shakespeare()
+    start = text.find("To be, or not to be")
+    return text[max(start, 0):]
+
+
+def _pretrained(args: argparse.Namespace, probes: list[str]) -> tuple[Any, list[str]]:
+    import torch
+
+    import actlab.probes as P
+    from actlab.models import pretrained
+
+    text = _text(args)
+    if args.model == "minilm":
+        model, tok = pretrained.load_minilm()
+        lines = [ln.strip() for ln in text.splitlines() if len(ln.strip()) > 3][: args.lines]
+        enc = tok(lines, return_tensors="pt", padding=True, truncation=True, max_length=128)
+        tokens = tok.convert_ids_to_tokens(enc["input_ids"][0])
+    else:
+        model, tok = pretrained.load_smollm2()
+        enc = tok(text[: args.tokens * 8], return_tensors="pt")
+        enc = {k: v[:, : args.tokens] for k, v in enc.items()}
+        tokens = tok.convert_ids_to_tokens(enc["input_ids"][0])
+    if "attention" in probes:
+        P.use_eager_attention(model)
+    with P.probe(model, probes=probes, sample=args.sample, seed=args.seed) as mgr, torch.no_grad():
+        mgr.set_context(attention_mask=enc["attention_mask"])
+        model(**enc)
+    return mgr, tokens
+
+
+def _task(args: argparse.Namespace, probes: list[str], out: Path) -> tuple[Any, list[dict[str, Any]]]:
+    import torch
+
+    import actlab.probes as P
+    from actlab.train import run_training
+    from actlab.train.tasks import get_task
+
+    task = get_task(args.task)
+    cfg = task.config(epochs=args.epochs)
+    data = task.loaders(cfg, args.seed, model=args.arch)
+    x_val, y_val = next(iter(data.val))
+    train_cb = P.ProbeCallback(probes=probes, sample=args.sample, seed=args.seed,
+                               log_to=out / "train_probes.jsonl")
+    plane: list[dict[str, Any]] = []
+
+    class EpochPlane:
+        """At each epoch end: information plane and sparsity on a fixed validation batch."""
+
+        def on_epoch_end(self, record: dict[str, Any], model: Any) -> None:
+            was = model.training
+            model.eval()
+            with P.probe(model, probes=["infoplane", "sparsity"], mode="eval",
+                         sample=args.sample, seed=args.seed) as m, torch.no_grad():
+                m.set_context(labels=y_val)
+                model(x_val)
+            model.train(was)
+            for r in m.summary():
+                plane.append({**r, "epoch": record.get("epoch")})
+
+    result = run_training(task, args.act, args.seed, model=args.arch, epochs=args.epochs,
+                          max_steps=args.max_steps, callbacks=[train_cb, EpochPlane()])
+    print(f"{task.name} {args.act}: test {task.metric} {result.value:.4f} after {result.steps} steps")
+    return train_cb, plane
+
+
+def run(args: argparse.Namespace) -> int:
+    import actlab.probes as P
+    from actlab._cli import probe_report as R
+
+    if (args.model is None) == (args.task is None):
+        raise ValueError("give a pretrained model (minilm, smollm2) or --task NAME, not both")
+    probes = [s.strip() for s in (args.probes or "sparsity,distribution,massive,attention").split(",") if s.strip()]
+    for name in probes:
+        P.make_probe(name)  # unknown names fail here, listing the available ones
+    out = Path(args.out or f"probe-{args.model or args.task}")
+    out.mkdir(parents=True, exist_ok=True)
+    sections: list[tuple[str, Any, str]] = []
+    if args.model:
+        mgr, tokens = _pretrained(args, probes)
+        table = mgr.summary()
+        title = f"actlab probe {args.model}"
+    else:
+        cb, plane = _task(args, probes, out)
+        table = cb.history[-1] if cb.history else P.ProbeTable([])
+        tokens = None
+        title = f"actlab probe --task {args.task} --act {args.act}"
+        sections.append(("information plane (fixed validation batch)", R.infoplane_figure(plane), ""))
+        sections.append(("dead units per epoch (fixed validation batch)", R.layer_heatmap(
+            [r for r in plane if r["probe"] == "sparsity" and r["epoch"] == plane[-1]["epoch"]],
+            ["dead_rate", "zero_frac", "tls", "cls_8"], "sparsity, last epoch"), ""))
+        with (out / "infoplane.jsonl").open("w", encoding="utf-8") as f:
+            for r in plane:
+                f.write(json.dumps(r) + "\n")
+    table.to_jsonl(out / "summary.jsonl")
+    _print_findings(table, tokens)
+    sections += [
+        ("sparsity per layer", R.layer_heatmap(table.where(probe="sparsity").rows,
+                                               ["zero_frac", "near_zero_frac", "tls", "cls_8", "dead_rate"],
+                                               "sparsity"), ""),
+        ("pre-activation moments", R.layer_heatmap(table.where(probe="distribution").rows,
+                                                   ["mean", "std", "skew", "kurtosis", "min", "max"],
+                                                   "pre-activation distribution"), ""),
+        ("attention entropy per head", R.attention_heatmap(table.where(probe="attention").rows), ""),
+        ("massive activations", R.massive_figure(table.where(probe="massive").rows, tokens), ""),
+    ]
+    page = R.write_html(out / "report.html", title, [s for s in sections if s[1] is not None])
+    print(f"wrote {page} and {out / 'summary.jsonl'}")
+    return 0
+
+
+def _print_findings(table: Any, tokens: list[str] | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    import actlab.probes as P
+    from actlab._cli.probe_report import short_name
+
+    con = Console()
+    mass = table.where(probe="massive").rows
+    if mass:
+        t = Table(title="massive activations (block outputs)")
+        for c in ("layer", "max|h|", "median|h|", "ratio", "massive", "top dims", "top token"):
+            t.add_column(c)
+        for r in mass:
+            top = r["top_tokens"][0] if r["top_tokens"] else None
+            where = ""
+            if top is not None:
+                label = tokens[top["position"]] if tokens and top["position"] < len(tokens) else ""
+                where = f"pos {top['position']} {label!r} dim {top['dim']}"
+            t.add_row(short_name(str(r["layer"])), f"{r['max_abs']:.4g}", f"{r['median_abs']:.3g}",
+                      f"{r['ratio']:.4g}", "yes" if r["massive"] else "",
+                      " ".join(str(d) for d, _ in r["top_dims"][:3]), where)
+        con.print(t)
+    att = table.where(probe="attention").rows
+    heads = [r for r in att if "head" in r]
+    if heads:
+        bands = P.entropy_bands(heads)
+        t = Table(title=f"attention-entropy bands (M = {bands['M']:.3f} nats): {bands['verdict']}")
+        for c in ("layer", "collapse", "healthy", "overload", "mean entropy", "mean normalised"):
+            t.add_column(c)
+        for layer, sh in bands["per_layer"].items():
+            rows = [r for r in heads if r["layer"] == layer]
+            t.add_row(short_name(layer), *(f"{sh.get(b, 0):.2f}" for b in ("collapse", "healthy", "overload")),
+                      f"{sum(r['entropy'] for r in rows) / len(rows):.3f}",
+                      f"{sum(r['entropy_norm'] for r in rows) / len(rows):.3f}")
+        con.print(t)
+    elif att:
+        con.print(att[0].get("note", ""))
