@@ -27,6 +27,7 @@ SUBCOMMANDS: dict[str, str] = {
     "plot": "plot",
     "demo": "demo",
     "compare": "compare",
+    "search": "search",
     "probe": "probe",
 }
 

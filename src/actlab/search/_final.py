@@ -1,0 +1,110 @@
+"""The end of a search: simplify the top candidates and re-evaluate them against baselines.
+
+The selection used one training seed and the validation split, so its best score is biased
+upward (winner's curse). :func:`finalize` therefore takes the ``top`` distinct expressions
+of :meth:`SearchResult.ranked`, simplifies each (:func:`~actlab.search.simplify`), and runs
+them with **fresh seeds** (1000, 1001, ...) and the task's full default training next to
+the ``baselines`` (gelu, relu, crrelu) through the compare machinery of
+:mod:`actlab.bench` (mean ± CI of the test metric, paired t and Wilcoxon tests against the
+first baseline, Holm-corrected; resumable in its results database). For a toy ``curve:``
+objective, which needs no training, the objective is simply evaluated on each. Formulas
+whose spec is longer than the results store's key (255 characters) are skipped (noted).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from actlab.search._candidate import Candidate
+from actlab.search._objectives import CurveObjective
+from actlab.search._result import SearchResult
+from actlab.search._simplify import simplify
+
+__all__ = ["BASELINES", "FinalResult", "finalize"]
+
+BASELINES: tuple[str, ...] = ("gelu", "relu", "crrelu")
+FRESH_SEED0 = 1000
+
+
+@dataclass
+class FinalResult:
+    """Simplified top candidates and their re-evaluation."""
+
+    formulas: list[tuple[str, str]]  # (as found, simplified)
+    specs: list[str]  # activation specs of the simplified candidates
+    baselines: list[str]
+    comparison: Any = None  # actlab.bench.CompareResult, for trained tasks
+    scores: dict[str, float] = field(default_factory=dict)  # curve objectives
+    note: str = ""
+
+
+def _top(result: SearchResult, top: int, skipped: list[str]) -> list[tuple[str, Candidate]]:
+    from actlab.bench.plan import MAX_SPEC_LEN
+
+    out: list[tuple[str, Candidate]] = []
+    seen: set[str] = set()
+    for rec in result.ranked():
+        found = rec.candidate.formula
+        simple = Candidate(simplify(rec.candidate.expr), "simplified", (rec.candidate.hash,))
+        if simple.hash in seen:
+            continue
+        if len(simple.spec) > MAX_SPEC_LEN:  # the results store keys runs by spec
+            skipped.append(simple.formula)
+            continue
+        seen.add(simple.hash)
+        out.append((found, simple))
+        if len(out) >= top:
+            break
+    return out
+
+
+def finalize(
+    result: SearchResult,
+    *,
+    top: int = 3,
+    seeds: int | Sequence[int] = 5,
+    baselines: Sequence[str] = BASELINES,
+    epochs: int | None = None,
+    db: Any = None,
+    workers: int = 1,
+    train_fn: Any = None,
+    events: Any = None,
+    objective: Any = None,
+) -> FinalResult:
+    """Re-evaluate the ``top`` candidates of ``result`` against ``baselines`` (see above)."""
+    skipped: list[str] = []
+    picked = _top(result, top, skipped)
+    final = FinalResult([(f, c.formula) for f, c in picked], [c.spec for _, c in picked],
+                        list(baselines))
+    if skipped:
+        final.note = f"skipped {len(skipped)} formula(s) too long for the results store"
+    if not picked:
+        final.note = "no candidate finished successfully; nothing to re-evaluate"
+        return final
+    if result.task.startswith("curve:"):
+        obj = objective if isinstance(objective, CurveObjective) else CurveObjective(result.task[6:])
+        for spec, cand in [(b, None) for b in baselines] + [(c.spec, c) for _, c in picked]:
+            c = cand if cand is not None else _baseline_candidate(spec)
+            if c is None:
+                continue
+            final.scores[spec] = obj.evaluate(c, obj.default_budget, seed=0, floor=None).value
+        return final
+    from actlab.bench import compare
+    from actlab.bench.plan import DEFAULT_DB
+
+    seed_list = list(range(FRESH_SEED0, FRESH_SEED0 + seeds)) if isinstance(seeds, int) else list(seeds)
+    final.comparison = compare(
+        [*baselines, *final.specs], task=result.task, seeds=seed_list, epochs=epochs,
+        db=db or DEFAULT_DB, workers=workers, study=f"search:{result.study}/final",
+        train_fn=train_fn, events=events,
+    )
+    return final
+
+
+def _baseline_candidate(spec: str) -> Candidate | None:
+    from actlab.search._candidate import WARM_START, as_candidate
+
+    formula = WARM_START.get(spec)
+    return as_candidate(formula, f"baseline:{spec}") if formula else None
