@@ -9,9 +9,10 @@ first; hooks are attached before each "on" step and removed after it, outside th
 region), so machine noise hits both alike; median and minimum step times (wall clock and
 process CPU time) and their ratios are printed (target <= 5%, stretch 2%).
 
-Memory: the probes' tensor state (``ProbeManager.nbytes``), the Python heap (tracemalloc)
-and the process RSS are sampled while running many probed steps; the script prints them at
-a few step counts to show they flatten out instead of growing with the run length.
+Memory: the probes' tensor state (``ProbeManager.nbytes``, before and after flushing the
+staging queues, which fill and empty in cycles), the Python heap (tracemalloc, after the
+flush) and the process RSS are sampled while running many probed steps; the script prints
+them at a few step counts to show they stay flat instead of growing with the run length.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=40, help="timed steps per arm")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--memory-steps", type=int, default=400)
+    ap.add_argument("--memory-steps", type=int, default=600)
     ap.add_argument("--sample", type=int, default=None, help="rows per hook call (default: the manager default)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -126,17 +127,22 @@ def main(argv: list[str] | None = None) -> int:
     gc.collect()
     probes_all = ["sparsity", "distribution", "massive", "attention", "entropy", "dse"]
     mgr2 = P.probe(model, probes=probes_all, max_tokens=512)
-    marks = sorted({10, 50, 100, 200, args.memory_steps})
+    marks = sorted({10, 50, 100, 200, 400, args.memory_steps})
     tracemalloc.start()
     print(f"memory over {args.memory_steps} probed steps ({', '.join(probes_all)}):")
-    print(f"{'steps':>6} {'probe tensors (KiB)':>20} {'python heap (KiB)':>18} {'RSS (MiB)':>10}")
+    print(f"{'steps':>6} {'tensors KiB':>14} {'after flush':>14} {'python heap KiB':>18} "
+          f"{'RSS MiB':>10}")
     with mgr2, torch.no_grad():
-        xb = x[:32]
+        xb = x[:16]
         for i in range(1, args.memory_steps + 1):
             model(xb)
             if i in marks:
+                staged = mgr2.nbytes() / 1024
+                mgr2.flush()  # staging queues cycle; after a flush only the fixed state is left
+                gc.collect()
                 heap = tracemalloc.get_traced_memory()[0] / 1024
-                print(f"{i:>6} {mgr2.nbytes() / 1024:>20.1f} {heap:>18.1f} {_rss_mb():>10.1f}")
+                print(f"{i:>6} {staged:>14.1f} {mgr2.nbytes() / 1024:>14.1f} {heap:>18.1f} "
+                      f"{_rss_mb():>10.1f}")
     tracemalloc.stop()
     return 0
 

@@ -45,7 +45,14 @@ from actlab.probes.dse import DSEProbe, diffusion_spectral_entropy, dsmi
 from actlab.probes.information import EntropyProbe, InfoPlaneProbe
 from actlab.probes.kde import adaptive_noise_var, kde_entropy, kde_mi_labels, kde_mi_xt
 from actlab.probes.knn import compressed_mi, compressed_mi_labels, kl_entropy, ksg_mi
-from actlab.probes.manager import PROBES, ProbeManager, default_probes, make_probe, probe
+from actlab.probes.manager import (
+    PROBES,
+    ProbeManager,
+    default_probes,
+    make_probe,
+    probe,
+    register_probe,
+)
 from actlab.probes.massive import MassiveActivationProbe, RatioCurveFit, fit_ratio_curve
 from actlab.probes.routing import RoutingProbe, routing_entropy, routing_fluctuation
 from actlab.probes.sparsity import SparsityProbe
@@ -89,6 +96,7 @@ __all__ = [
     "ksg_mi",
     "make_probe",
     "probe",
+    "register_probe",
     "routing_entropy",
     "routing_fluctuation",
     "row_entropy",

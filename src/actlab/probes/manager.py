@@ -32,7 +32,7 @@ from actlab.probes.base import Probe, ProbeContext
 from actlab.probes.sites import find_sites, glob_sites
 from actlab.probes.table import ProbeTable, scalar_items
 
-__all__ = ["ProbeManager", "probe", "PROBES", "make_probe", "default_probes"]
+__all__ = ["ProbeManager", "probe", "PROBES", "make_probe", "default_probes", "register_probe"]
 
 Mode = Literal["both", "train", "eval"]
 
@@ -50,7 +50,10 @@ def _registry() -> dict[str, type[Probe]]:
         SparsityProbe, DistributionProbe, MassiveActivationProbe, AttentionEntropyProbe,
         EntropyProbe, InfoPlaneProbe, DSEProbe, RoutingProbe,
     ]
-    return {c.name: c for c in classes}
+    return {**{c.name: c for c in classes}, **_USER_PROBES}
+
+
+_USER_PROBES: dict[str, type[Probe]] = {}
 
 
 PROBES: dict[str, str] = {
@@ -65,6 +68,18 @@ PROBES: dict[str, str] = {
 }
 
 DEFAULT_PROBES = ("sparsity", "distribution", "massive", "attention")
+
+
+def register_probe(cls: type[Probe], description: str = "") -> type[Probe]:
+    """Make a Probe subclass available by its ``name`` (``probes=["mine"]``, ``actlab probe
+    --probes mine``); usable as a class decorator."""
+    if not (isinstance(cls, type) and issubclass(cls, Probe)):
+        raise TypeError(f"register_probe needs a Probe subclass, got {cls!r}")
+    if not cls.name or cls.name == Probe.name:
+        raise ValueError(f"{cls.__name__} needs its own class attribute `name`")
+    _USER_PROBES[cls.name] = cls
+    PROBES[cls.name] = description or (cls.__doc__ or cls.__name__).strip().splitlines()[0]
+    return cls
 
 
 def make_probe(spec: str | Probe | type[Probe]) -> Probe:
@@ -257,6 +272,11 @@ class ProbeManager:
         """Forget all statistics (hooks stay attached)."""
         for p in self.probes.values():
             p.reset()
+
+    def flush(self) -> None:
+        """Reduce the samples staged by every probe (summary() does this too)."""
+        for p in self.probes.values():
+            p.flush()
 
     def nbytes(self) -> int:
         """Bytes held in tensors by all probes."""

@@ -17,11 +17,12 @@ fitted by :func:`fit_ratio_curve` (scipy's trust-region reflective least squares
 initialised A = range(y), K = min(y) + A/2, λ = 1/std(t), γ = 1/range(t), t0 = 1, plus a few
 extra starts so a bad initial scale cannot trap the fit).
 
-Cost per hook call: |h| once and a per-dim max-reduction over the whole output (the exact
-running max|h|); on sampled calls (every call in eval mode, every ``train_stride``-th in
-train mode) also the per-token max and a median over <= ``median_elems`` sampled entries
-(4096: ~1% relative error), staged and reduced in bulk, on device without host syncs. The
-ratio uses the exact max and the mean of the sampled calls' medians.
+Cost per sampled hook call (every call in eval mode, every ``train_stride``-th call in train
+mode, since massive activations are systematic rather than rare events): |h| once, the
+per-dim and per-token max-reductions over the whole output, and a median over
+<= ``median_elems`` sampled entries (4096: ~1% relative error), staged and reduced in bulk,
+on device without host syncs. max|h| is exact over the sampled calls (over every call in
+eval mode); the ratio divides it by the mean of the sampled calls' medians.
 """
 
 from __future__ import annotations
@@ -72,19 +73,19 @@ class MassiveActivationProbe(Probe):
         h = first_tensor(output)
         if h is None or h.ndim < 2 or h.numel() == 0:
             return
+        call = self.calls.get(name, 0)
+        self.calls[name] = call + 1
+        if not self.sampling(name, module):
+            return
         d = int(h.shape[-1])
         seq = int(h.shape[-2]) if h.ndim >= 3 else 1
         mag = h.reshape(-1, d).abs()  # one pass; the reductions below read it from cache
-        call = self.calls.get(name, 0)
-        self.calls[name] = call + 1
-        dim_max = mag.amax(dim=0)  # (D,) every call: the exact running maximum
+        dim_max = mag.amax(dim=0)  # (D,)
         prev = self.dim_max.get(name)
         if prev is not None and prev.shape == dim_max.shape:
             torch.maximum(prev, dim_max, out=prev)
         else:
             self.dim_max[name] = dim_max.float()
-        if not self.sampling(name, module):
-            return
         tok_max = mag.amax(dim=1)  # (rows,) per-token max
         rows = mag.shape[0]
         k_rows = max(1, min(rows, self.median_elems // max(d, 1)))

@@ -24,7 +24,6 @@ bulk with on-device accumulators (no host sync). In train mode samples come from
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Any, Literal
 
 import torch
@@ -93,8 +92,8 @@ class SparsityProbe(Probe):
         self.counts: dict[str, list[int]] = {}  # [tokens, chunks] (host ints: no sync)
         self.peak: dict[str, Tensor] = {}  # per-unit max activity in the current window
         self.window_rows: dict[str, int] = {}  # rows seen in the current window
-        self.window_id: dict[str, int] = {}
-        self.dead: dict[str, deque[Tensor]] = {}
+        self.dead: dict[str, Tensor] = {}  # ring buffer of the last `history` dead rates
+        self.windows_done: dict[str, int] = {}
         self.units: dict[str, int] = {}
         self._reset_staging()
 
@@ -104,52 +103,38 @@ class SparsityProbe(Probe):
             return
         d = int(t.shape[1] if t.ndim == 4 else t.shape[-1])
         self.units[name] = d
-        # dead units: a max (and min) reduction over the whole output; the window bookkeeping
-        # is host arithmetic, the per-window fold happens in reduce()
+        # dead units, every call: a max (for "abs" also a min) reduction over the whole output
+        # folded into the window's per-unit peak in place
         dims = (0, 2, 3) if t.ndim == 4 else tuple(range(t.ndim - 1))
-        hi = t.amax(dim=dims)  # the one full pass per call
+        hi = t.amax(dim=dims)
         lo = t.amin(dim=dims) if self.criterion == "abs" else None
-        wid = self.window_id.get(name, 0)
-        rows = self.window_rows.get(name, 0) + t.numel() // d
-        closes = rows >= self.window
-        self.window_rows[name] = 0 if closes else rows
-        self.window_id[name] = wid + 1 if closes else wid
+        peak = self.peak.get(name)
+        if peak is None or peak.shape != hi.shape:
+            peak = self.peak[name] = hi.float() if lo is None else torch.maximum(hi, -lo).float()
+            self.window_rows[name] = 0
+        else:
+            torch.maximum(peak, hi, out=peak)
+            if lo is not None:
+                torch.maximum(peak, -lo, out=peak)
+        self.window_rows[name] += t.numel() // d
+        if self.window_rows[name] >= self.window:
+            hist = self.dead.get(name)
+            if hist is None:
+                hist = self.dead[name] = torch.full((self.history,), float("nan"), device=t.device)
+            n = self.windows_done.get(name, 0)
+            hist[n % self.history] = (peak <= self.tau).float().mean()
+            self.windows_done[name] = n + 1
+            del self.peak[name]
         # sampled statistics: token rows (zero fractions, TLS) and, when there is a sequence
         # axis, chunks of consecutive tokens (CLS)
-        x: Tensor | None = None
-        chunks: Tensor | None = None
         if self.sampling(name, module):
             g = self.ctx.rng(f"{self.name}/{name}")
             x = sample_rows(t, self.ctx.sample, g)
             chunks = sample_chunks(t, self.chunk, max(1, self.ctx.sample // self.chunk), g)
-        self.stage(name, (x, chunks, hi, lo, wid, closes))
-
-    def _fold_window(self, name: str, items: list[tuple[Any, ...]]) -> None:
-        """Fold per-call unit maxima into the window peak; close windows where marked."""
-        start = 0
-        for i, it in enumerate(items):
-            if not it[5] and i < len(items) - 1 and items[i + 1][4] == it[4]:
-                continue
-            group = items[start : i + 1]
-            start = i + 1
-            m = torch.stack([g[2] for g in group]).amax(dim=0).float()
-            if group[0][3] is not None:
-                m = torch.maximum(m, -torch.stack([g[3] for g in group]).amin(dim=0).float())
-            peak = self.peak.get(name)
-            peak = m if peak is None or peak.shape != m.shape else torch.maximum(peak, m)
-            if it[5]:
-                self.dead.setdefault(name, deque(maxlen=self.history)).append(
-                    (peak <= self.tau).float().mean())
-                self.peak.pop(name, None)
-            else:
-                self.peak[name] = peak
+            self.stage(name, (x, chunks))
 
     def reduce(self, name: str, items: list[tuple[Any, ...]]) -> None:
-        self._fold_window(name, items)
-        rows = [it[0] for it in items if it[0] is not None]
-        if not rows:
-            return
-        x = torch.cat(rows).float()  # (n, D)
+        x = torch.cat([it[0] for it in items]).float()  # (n, D)
         mag = x.abs()
         chunk_list = [it[1] for it in items if it[1] is not None]
         n_chunks = 0
@@ -185,7 +170,8 @@ class SparsityProbe(Probe):
             n, nc = self.counts[name]
             d = self.units[name]
             cells, chunk_cells = n * d, nc * d
-            hist = [float(x) for x in self.dead.get(name, ())]
+            done = self.windows_done.get(name, 0)
+            last = float(self.dead[name][(done - 1) % self.history]) if done else None
             peak = self.peak.get(name)
             partial = float((peak <= self.tau).float().mean()) if peak is not None else 1.0
             out[name] = {
@@ -194,10 +180,10 @@ class SparsityProbe(Probe):
                 "near_zero_frac": near / cells if cells else float("nan"),
                 "tls": 1.0 - active / cells if cells else float("nan"),
                 f"cls_{self.chunk}": 1.0 - chunk_active / chunk_cells if chunk_cells else float("nan"),
-                "dead_rate": hist[-1] if hist else partial,
+                "dead_rate": last if last is not None else partial,
                 "dead_rate_partial": partial,
                 "dead_window": self.window,
-                "dead_windows_done": len(hist),
+                "dead_windows_done": done,
                 "tokens_sampled": int(n),
             }
         return out
