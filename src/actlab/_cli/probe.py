@@ -106,6 +106,8 @@ def _task(args: argparse.Namespace, probes: list[str], out: Path) -> tuple[Any, 
             model.train(was)
             for r in m.summary():
                 plane.append({**r, "epoch": record.get("epoch")})
+            plane.append({"probe": "act_params", "layer": "", "epoch": record.get("epoch"),
+                          **{str(k): v for k, v in (record.get("act_params") or {}).items()}})
 
     result = run_training(task, args.act, args.seed, model=args.arch, epochs=args.epochs,
                           max_steps=args.max_steps, callbacks=[train_cb, EpochPlane()])
