@@ -4,6 +4,8 @@ Public API (everything else is an implementation detail):
 
     create_activation, register_activation, list_activations, get_activation_info
     swap_activations, SwapReport          model surgery on any nn.Module
+    identify_activation                   what kind of activation a module is
+    probe                                 streaming activation statistics from hooks
     param_groups                          weight-decay groups honouring activation options
     set_kernel_mode, kernel_mode          choose auto / compiled / eager / reference kernels
 
@@ -35,15 +37,22 @@ __all__ = [
     "create_activation",
     "get_activation_info",
     "get_kernel_mode",
+    "identify_activation",
     "kernel_mode",
     "list_activations",
     "param_groups",
+    "probe",
     "register_activation",
     "set_kernel_mode",
     "swap_activations",
 ]
 
-_LAZY = {"swap_activations": "actlab.surgery", "SwapReport": "actlab.surgery"}
+_LAZY = {
+    "swap_activations": "actlab.surgery",
+    "SwapReport": "actlab.surgery",
+    "identify_activation": "actlab.surgery",
+    "probe": "actlab.probes",
+}
 
 
 def __getattr__(name: str) -> Any:  # lazy re-exports keep `import actlab` cheap
