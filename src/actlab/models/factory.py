@@ -70,8 +70,8 @@ _add("mlp", "image", "MLP 256-256 on flattened pixels", MLPConfig, MLP, hidden=(
 _add("mlp_small", "image", "MLP 64 on flattened pixels", MLPConfig, MLP, hidden=(64,))
 _add("gpt_char_small", "text", "nanoGPT shakespeare-char config: 6 layers, 6 heads, 384 dim",
      GPTConfig, CharGPT, n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2)
-_add("gpt_char_mini", "text", "char GPT: 4 layers, 4 heads, 128 dim, context 128 (~0.8M params)",
-     GPTConfig, CharGPT, n_layer=4, n_head=4, n_embd=128, block_size=128)
+_add("gpt_char_mini", "text", "char GPT: 4 layers, 4 heads, 128 dim, context 64 (~0.8M params)",
+     GPTConfig, CharGPT, n_layer=4, n_head=4, n_embd=128, block_size=64)
 _add("gpt_char_micro", "text", "char GPT: 2 layers, 2 heads, 32 dim, context 32 (smoke tests)",
      GPTConfig, CharGPT, n_layer=2, n_head=2, n_embd=32, block_size=32)
 

@@ -17,6 +17,15 @@ Tasks by name:
 
 Bits per character = mean next-character cross-entropy in nats / ln 2, on fixed held-out
 windows (the last 5% of the text is test, the 5% before it validation).
+
+Default recipes (each a :class:`TrainConfig`, see ``Task.defaults``), measured on 2 shared
+CPU cores with seed 0:
+
+    fashion-mnist     vit_mini_28, 4 epochs, batch 128, AdamW lr 2e-3 (warm-up 0.5 epoch,
+                      cosine to 1e-5), wd 0.05, clip 1, no augmentation: 87-88% test accuracy
+                      for relu, gelu and crrelu; ~15 s per epoch on an idle machine
+    shakespeare-char  gpt_char_mini (context 64), 4 x 250 steps of 32 windows, lr 3e-3:
+                      about 2.6 test bits per character with gelu
 """
 
 from __future__ import annotations
@@ -107,11 +116,12 @@ class Task:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         model: str | None = None,
+        block_size: int | None = None,
     ) -> TaskData:
         """Build the train / val / test loaders of one run (shuffling seeded by ``seed``).
 
-        For text tasks the window length is the context length of ``model`` (default model
-        of the task when None).
+        For text tasks the window length is ``block_size``, else the context length of
+        ``model`` (the task's default model when None).
         """
         if self.kind == "image":
             s = self.image_splits(cfg)
@@ -129,7 +139,7 @@ class Task:
                 raise ValueError(f"{self.name}: reference models need square images, got {h}x{w}")
             return TaskData(train, val, test, dict(num_classes=s.num_classes, in_chans=c, img_size=h))
         corpus = self.corpus()
-        t = self.block_size(model)
+        t = block_size or self.block_size(model)
         steps = cfg.steps_per_epoch or 200
         train_t = TextLoader(corpus.train, t, cfg.batch_size, random=True, steps=steps, seed=seed, device=device)
         val_t = TextLoader(corpus.val, t, cfg.eval_batch_size, random=False, max_windows=cfg.eval_windows, device=device)
@@ -184,7 +194,7 @@ def _img(name: str) -> Callable[[], Any]:
 
 _VISION = ("vit_mini_28", "vit_small_28", "resnet20", "mlp")
 _TEXT_DEFAULTS: dict[str, Any] = dict(
-    epochs=4, steps_per_epoch=250, batch_size=32, eval_batch_size=64, lr=2e-3, min_lr=1e-4,
+    epochs=4, steps_per_epoch=250, batch_size=32, eval_batch_size=64, lr=3e-3, min_lr=1e-4,
     warmup_epochs=0.4, weight_decay=0.1, betas=(0.9, 0.99), eval_windows=256,
 )
 _CIFAR_DEFAULTS: dict[str, Any] = dict(

@@ -269,12 +269,15 @@ def run_training(
     max_steps: int | None = None,
     callbacks: Sequence[Callback | Any] = (),
     config: TrainConfig | None = None,
+    model_kwargs: dict[str, Any] | None = None,
     **overrides: Any,
 ) -> RunResult:
     """Train ``model`` (default: the task's) with activation ``act`` from ``seed``; evaluate.
 
     ``config`` replaces the task's default :class:`TrainConfig`; ``epochs``, ``max_steps``
-    and any ``TrainConfig`` field given as a keyword (``lr=1e-3``) override it. The final
+    and any ``TrainConfig`` field given as a keyword (``lr=1e-3``) override it.
+    ``model_kwargs`` override fields of the model preset's config (``{"depth": 6}``; for text
+    models ``block_size`` also sets the training window). The final
     test metric is that of the model after the last epoch (no early stopping).
     """
     t = get_task(task) if isinstance(task, str) else task
@@ -301,9 +304,11 @@ def run_training(
     start = time.perf_counter()
     with determinism(cfg.deterministic, dev), _runtime(cfg.kernel_mode, cfg.num_threads):
         seed_everything(seed)
-        data = t.loaders(cfg, seed, dev, _input_dtype(dtype), model=model_name)
+        mkw = dict(model_kwargs or {})
+        data = t.loaders(cfg, seed, dev, _input_dtype(dtype), model=model_name, block_size=mkw.get("block_size"))
         torch.manual_seed(seed)  # model init does not depend on how much data loading drew
-        net = t.build_model(model_name, act, data).to(dev)
+        arch = {k: v for k, v in mkw.items() if k != "block_size"}  # block_size came via data
+        net = t.build_model(model_name, act, data, **arch).to(dev)
         if dtype not in _AUTOCAST:
             net = net.to(dtype)
         history, traj, steps, diverged = train_model(
@@ -324,7 +329,7 @@ def run_training(
         seconds=seconds,
         steps=steps,
         diverged=diverged,
-        config=dict(cfg.to_dict(), task=t.name, model=model_name, act=label, seed=int(seed),
+        config=dict(cfg.to_dict(), task=t.name, model=model_name, model_kwargs=mkw, act=label, seed=int(seed),
                     device=str(dev), dtype=str(dtype).replace("torch.", "")),
         checkpoint=str(out / "last.safetensors") if out is not None and cfg.checkpoint == "last" and history else None,
     )
