@@ -52,7 +52,8 @@ FRESH_PROXY = (2000, 2001, 2002, 2003, 2004)  # re-evaluation at the level-0 bud
 def _pipelines() -> dict[str, tuple[str, Pipeline]]:
     rej = dict(cost=CostFilter(8.0), floor=QualityFloor(0.3, after=1))
     return {
-        "random": ("random", Pipeline(checks=False, cost=None, proxies=False, budgets=(3,))),
+        "random": ("random", Pipeline(checks=False, cost=None, proxies=False, max_nodes=None,
+                                      budgets=(3,))),
         "random+rej": ("random", Pipeline(budgets=(3,), **rej)),  # type: ignore[arg-type]
         "evolution": ("evolution", Pipeline(budgets=(3, 8), **rej)),  # type: ignore[arg-type]
         "evo-nofunnel": ("evolution", Pipeline(budgets=(3,), **rej)),  # type: ignore[arg-type]

@@ -51,6 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--floor", default="auto",
                    help="quality floor VALUE@EPOCHS (EvoNorm), e.g. 0.3@1; 'none' to disable "
                         "(default: 0.2@1 for accuracy tasks)")
+    p.add_argument("--max-nodes", type=int, default=40,
+                   help="reject formulas with more nodes than this (default 40)")
     p.add_argument("--max-cost", type=float, default=8.0,
                    help="reject candidates slower than this many times GELU per step (default 8)")
     p.add_argument("--max-steps", type=int, default=None, help="cap optimizer steps per training")
@@ -133,11 +135,11 @@ def _summary(console: Any, res: Any) -> None:
 
 
 def _final_table(console: Any, final: Any) -> None:
+    if final.note:
+        console.print(final.note)
     if final.comparison is None:
         for k, v in sorted(final.scores.items(), key=lambda kv: -kv[1]):
             console.print(f"  {v:.6f}  {k}")
-        if final.note:
-            console.print(final.note)
         return
     from rich import box
     from rich.table import Table
@@ -174,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
               "overrides": {"max_steps": args.max_steps} if args.max_steps else {}}
     objective = make_objective(args.task, **kw)
     pipeline = Pipeline(cost=CostFilter(args.max_cost), floor=_floor(args.floor, args.task),
-                        budgets=_levels(args.funnel, objective.task))
+                        budgets=_levels(args.funnel, objective.task), max_nodes=args.max_nodes)
     printer = _Printer(budget, args.quiet)
     console = printer.console
     console.print(f"actlab search: task {objective.task}, strategy {args.strategy}, budget {budget}, "

@@ -3,9 +3,11 @@
 For a candidate at funnel level 0 the stages run in order, and the first that refuses it
 ends the evaluation with a recorded stage and reason:
 
-1. ``checks``: :func:`actlab.expr.run_checks` (numerics on a wide grid, gradients,
-   stability of a deep MLP at init); the zero-cost proxies (output entropy on Gaussian
-   inputs, distance from the WAFBC worst case of EAFO) are kept for ranking.
+1. ``checks``: a size limit (``max_nodes``: long formulas are slow, hard to read and, in
+   practice, accretions of near-dead terms), then :func:`actlab.expr.run_checks`
+   (numerics on a wide grid, gradients, stability of a deep MLP at init); the zero-cost
+   proxies (output entropy on Gaussian inputs, distance from the WAFBC worst case of EAFO)
+   are kept for ranking.
 2. ``cost``: the EEEA-Net early-exit filter (:class:`~actlab.search.CostFilter`): forward +
    backward time relative to GELU in the same process.
 3. ``quality``: EvoNorm's quality floor after a short training prefix
@@ -49,6 +51,7 @@ class Pipeline:
     floor: QualityFloor | None = None
     budgets: tuple[float, ...] | None = None
     proxies: bool = True
+    max_nodes: int | None = 40
 
     def __post_init__(self) -> None:
         if self.budgets is not None:
@@ -151,9 +154,13 @@ def _cheap_stages(candidate: Candidate, pipeline: Pipeline, proxies: dict[str, f
         check_stability,
         compile_expr,
         run_checks,
+        size,
     )
     from actlab.expr import proxies as zero_cost
 
+    n = size(candidate.expr)
+    if pipeline.max_nodes is not None and n > pipeline.max_nodes:
+        raise Rejected("checks", f"too complex: {n} nodes > {pipeline.max_nodes}")
     module = compile_expr(candidate.expr)
     if pipeline.checks and pipeline.proxies:
         report = run_checks(module)

@@ -104,10 +104,29 @@ def _progress_fig(res: SearchResult) -> Any:
     return fig
 
 
-def _curves_fig(specs: list[str]) -> Any:
-    from actlab.report.curves import plot_activations
+def _curves_fig(specs: list[tuple[str, str]]) -> Any:
+    """f (solid) and f' (dashed) of (label, spec) pairs; short labels keep the legend small."""
+    import numpy as np
 
-    return plot_activations(specs)
+    from actlab.report.curves import activation_curve, new_figure
+
+    fig = new_figure(7, 4.5)
+    ax = fig.add_subplot()
+    lo, hi = 0.0, 0.0
+    for i, (label, spec) in enumerate(specs):
+        x, f, df = activation_curve(spec, (-4.0, 4.0), 401)
+        ax.plot(x, f, color=f"C{i % 10}", lw=1.8, label=label)
+        ax.plot(x, df, color=f"C{i % 10}", lw=1.0, ls="--")
+        finite = np.concatenate([f[np.isfinite(f)], df[np.isfinite(df)]])
+        if finite.size:
+            lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))
+    ax.set_ylim(max(lo, -4.0) - 0.2, min(hi, 6.0) + 0.2)
+    ax.axhline(0.0, color="0.6", lw=0.6)
+    ax.set_xlabel("x")
+    ax.set_title("f(x) solid, f'(x) dashed (learnable scalars at their initial values)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize="small")
+    return fig
 
 
 def _best_rows(res: SearchResult, final: FinalResult | None, top: int) -> list[list[Any]]:
@@ -150,14 +169,16 @@ def render_search_report(res: SearchResult, final: FinalResult | None = None, *,
             ["units spent", f"{res.units_spent():.1f} ({100 * res.wasted_fraction():.1f}% on candidates "
                             "rejected after training started)"],
             ["generated", time.strftime("%Y-%m-%d %H:%M:%S %Z")]]
-    specs = (final.baselines if final else []) + [f'expr(formula="{row[1]}")' for row in _best_rows(res, final, 3)]
+    specs = [(b, b) for b in (final.baselines if final else [])]
+    specs += [(f"#{i + 1}", f'expr(formula="{row[1]}")') for i, row in enumerate(_best_rows(res, final, 3))]
     parts = [f"<h1>actlab search: {_e(res.study)}</h1>", _table(["", ""], meta)]
     if final is not None:
         parts += ["<h2>Re-evaluation of the best candidates</h2>", _final_section(final)]
+    best = [[f"#{i + 1}", *row] for i, row in enumerate(_best_rows(res, final, top))]
     parts += [
         "<h2>Best formulas</h2>",
-        _table(["formula", "simplified", f"val {res.metric} per level", "cost (x GELU)", "proxies", "origin"],
-               _best_rows(res, final, top)),
+        _table(["", "formula", "simplified", f"val {res.metric} per level", "cost (x GELU)", "proxies",
+                "origin"], best),
         _figure(lambda: _curves_fig(specs) if specs else None),
         "<h2>Pareto front: quality vs cost per step</h2>", _figure(lambda: _pareto_fig(res)),
         "<h2>Search progress</h2>", _figure(lambda: _progress_fig(res)),
