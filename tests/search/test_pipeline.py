@@ -60,6 +60,8 @@ def test_each_stage_records_its_reason() -> None:
         r = evaluate_candidate(as_candidate(formula), obj, pipe)
         assert (r.status, r.stage) == (status, stage), (formula, r)
         assert why in r.reason
+    big = evaluate_candidate(as_candidate("gelu(x)" + "".join(f" + sin({k}*x)" for k in range(2, 12))), obj, pipe)
+    assert (big.status, big.stage) == ("rejected", "checks") and "too complex" in big.reason
     slow = evaluate_candidate(as_candidate("gelu(x)"), obj, Pipeline(cost=CostFilter(max_ratio=1e-3)))
     assert (slow.status, slow.stage) == ("rejected", "cost") and "too slow" in slow.reason
     assert slow.cost > 1e-3 and slow.units == 0.0

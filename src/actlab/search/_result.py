@@ -49,7 +49,8 @@ class SearchResult:
         return q if self.higher_is_better else -q
 
     def ranked(self) -> list[TrialRecord]:
-        """Best record per expression, ordered by (highest level, quality there)."""
+        """Best record per expression, ordered by (highest level, quality there); equal
+        qualities (common with accuracies on small validation sets) go to the cheaper."""
         best: dict[str, TrialRecord] = {}
         for r in self.finished:
             assert r.result is not None
@@ -60,7 +61,12 @@ class SearchResult:
             key = (r.candidate.level, self._q(r.result.quality))
             if cur is None or key > (cur.candidate.level, self._q(cur.result.quality)):  # type: ignore[union-attr]
                 best[h] = r
-        return sorted(best.values(), key=lambda r: (-r.candidate.level, -self._q(r.result.quality)))  # type: ignore[union-attr]
+        def order(r: TrialRecord) -> tuple[int, float, float]:
+            assert r.result is not None
+            cost = r.result.cost if math.isfinite(r.result.cost) else math.inf
+            return (-r.candidate.level, -self._q(r.result.quality), cost)
+
+        return sorted(best.values(), key=order)
 
     def best(self) -> TrialRecord | None:
         ranked = self.ranked()
