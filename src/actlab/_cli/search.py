@@ -100,7 +100,7 @@ class _Printer:
     def __init__(self, budget: Any, quiet: bool) -> None:
         from rich.console import Console
 
-        self.console = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
+        self.console = Console(highlight=False, emoji=False, width=None if sys.stdout.isatty() else 140)
         self.budget, self.quiet = budget, quiet
 
     def __call__(self, ev: Any) -> None:
