@@ -50,6 +50,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
+from actlab._proc import pid_alive
 from actlab.bench.plan import DEFAULT_DB, RunSpec
 
 __all__ = ["ResultsStore", "RunRecord", "DEFAULT_DB"]
@@ -172,15 +173,6 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, default=str)
 
 
-def _pid_alive(pid: int) -> bool:
-    if os.name == "nt":  # os.kill(pid, 0) would send Ctrl-C there: rely on the heartbeat
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 
@@ -377,7 +369,7 @@ class ResultsStore:
             if old is None:  # released in between: try once more
                 conn.execute(insert(claims).values(**row))
                 return token
-            dead = old["host"] == self.host and not _pid_alive(old["pid"])
+            dead = old["host"] == self.host and not pid_alive(old["pid"])
             if not dead and now - old["heartbeat"] <= stale_after:
                 return None
             took = conn.execute(

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from actlab._proc import pid_alive
 from actlab.search._candidate import Candidate, EvalResult
 
 __all__ = ["DEFAULT_STORAGE", "SearchStudy", "TrialRecord", "open_storage", "storage_url"]
@@ -130,13 +131,6 @@ def _candidate(attrs: dict[str, Any]) -> Candidate:
     return Candidate.from_attrs({**(attrs.get("candidate") or {}), "formula": attrs["formula"]})
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 
@@ -319,7 +313,7 @@ class SearchStudy:
                 continue
             worker = t.user_attrs.get("worker") or {}
             host, pid = worker.get("host"), worker.get("pid")
-            dead = host == self.host and isinstance(pid, int) and not _pid_alive(pid)
+            dead = host == self.host and isinstance(pid, int) and not pid_alive(pid)
             beat = t.system_attrs.get(_HB_ATTR)
             stale = not self._hb_interval() and isinstance(beat, (int, float)) and now - beat > self.grace
             started = t.datetime_start.timestamp() if t.datetime_start else now
