@@ -3,7 +3,7 @@
 venv:
 	@bash scripts/bootstrap.sh
 run: venv
-	.venv/bin/actlab demo
+	.venv/bin/actlab search
 test: venv
 	.venv/bin/python -m pytest -q -m "not slow"
 bench: venv
