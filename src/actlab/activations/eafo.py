@@ -37,7 +37,7 @@ import math
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from actlab.activations._base import Activation, scalar
 from actlab.activations._eafo_bases import BASES, normal_pdf
