@@ -23,6 +23,7 @@ before each summary) the probe reduces the staged samples in one batch of tensor
 
 from __future__ import annotations
 
+import abc
 import fnmatch
 import zlib
 from dataclasses import dataclass, field
@@ -97,7 +98,7 @@ class ProbeContext:
         self._rngs.clear()
 
 
-class Probe:
+class Probe(abc.ABC):
     """Base class for probes. Subclasses set ``name`` and implement update / summary.
 
     ``target`` names the default sites the manager attaches this probe to when no ``where``
@@ -156,8 +157,10 @@ class Probe:
                 self.reduce(name, queue)
 
     def reduce(self, name: str, items: list[tuple[Any, ...]]) -> None:
-        """Fold staged items (tensors of equal shapes, or None) of ``name`` into the stats."""
-        raise NotImplementedError
+        """Fold staged items (tensors of equal shapes, or None) of ``name`` into the stats.
+
+        Only probes that stage samples need it; staging without it is a programming error."""
+        raise TypeError(f"{type(self).__name__} stages samples but does not define reduce()")
 
     def bind(self, ctx: ProbeContext) -> None:
         """Share the manager's seeds and limits (called before hooks are attached)."""
@@ -168,17 +171,17 @@ class Probe:
         probe wants; the default keeps them as they are."""
         return sites
 
+    @abc.abstractmethod
     def update(self, name: str, module: nn.Module, output: Any) -> None:
         """Fold one forward call of layer ``name`` into the running statistics."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def summary(self) -> dict[str, Row]:
         """Tidy rows keyed by layer (or layer#head); plain Python values only."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def reset(self) -> None:
         """Forget everything seen so far."""
-        raise NotImplementedError
 
     def state_tensors(self) -> list[Tensor]:
         """Every tensor this probe holds (used to check the memory bound)."""
