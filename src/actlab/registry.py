@@ -16,7 +16,6 @@ into the shared test matrix (tests/activations/test_matrix.py).
 from __future__ import annotations
 
 import ast
-import difflib
 import fnmatch
 import inspect
 import math
@@ -25,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor, nn
+
+from actlab._names import did_you_mean
 
 __all__ = [
     "ActivationInfo",
@@ -148,8 +149,7 @@ def _ensure_loaded() -> None:
 
 def _unknown(name: str) -> ActivationSpecError:
     names = sorted(_REGISTRY) + sorted(_ALIASES)
-    close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
-    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    hint = did_you_mean(name, names)
     return ActivationSpecError(
         f"unknown activation {name!r}.{hint} Run `actlab ls` to list all {len(_REGISTRY)}."
     )

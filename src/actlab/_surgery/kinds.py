@@ -17,7 +17,6 @@ Each kind also lists the functional ops that compute it (``F.gelu``, ``torch.rel
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from functools import cache
 from typing import Any
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from actlab._names import did_you_mean
 from actlab.registry import _ALIASES, canonical_name, list_activations
 
 __all__ = [
@@ -175,8 +175,7 @@ def resolve_kind(key: str) -> str:
     kinds = known_kinds()
     if k in kinds:
         return k
-    close = difflib.get_close_matches(k, kinds + sorted(_ALIASES), n=3, cutoff=0.5)
-    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    hint = did_you_mean(k, kinds + sorted(_ALIASES))
     raise ValueError(
         f"unknown activation kind {key!r} in the mapping.{hint} Keys are kinds such as "
         f"'gelu', 'silu', 'relu' or '*' for any activation; all kinds: {', '.join(kinds)}"

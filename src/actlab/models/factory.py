@@ -13,13 +13,13 @@ fields of the preset's config dataclass; unknown names fail listing the valid on
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
+from actlab._names import did_you_mean
 from actlab.models.char_gpt import CharGPT, GPTConfig
 from actlab.models.mlp import MLP, MLPConfig
 from actlab.models.resnet import ResNetCifar, ResNetConfig
@@ -85,8 +85,7 @@ def get_model_preset(name: str) -> ModelPreset:
     """The preset called ``name``; unknown names fail with the closest matches."""
     key = name.strip().lower().replace("-", "_")
     if key not in _PRESETS:
-        close = difflib.get_close_matches(key, list(_PRESETS), n=3, cutoff=0.4)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        hint = did_you_mean(key, _PRESETS, cutoff=0.4)
         raise UnknownModelError(f"unknown model {name!r}.{hint} Available: {', '.join(list_models())}")
     return _PRESETS[key]
 

@@ -30,7 +30,6 @@ CPU cores with seed 0:
 
 from __future__ import annotations
 
-import difflib
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from actlab._names import did_you_mean
 from actlab.data import (
     CharCorpus,
     ImageLoader,
@@ -240,7 +240,6 @@ def get_task(name: str) -> Task:
     """The task called ``name``; unknown names fail with the closest matches."""
     key = name.strip().lower().replace("_", "-")
     if key not in _TASKS:
-        close = difflib.get_close_matches(key, list(_TASKS), n=3, cutoff=0.4)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        hint = did_you_mean(key, _TASKS, cutoff=0.4)
         raise UnknownTaskError(f"unknown task {name!r}.{hint} Available: {', '.join(list_tasks())}")
     return _TASKS[key]
