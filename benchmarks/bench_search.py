@@ -79,7 +79,7 @@ def _one(config: str, seed: int, budget: int, population: int) -> dict[str, Any]
     levels = len(pipe.levels(obj))
     strat = RandomSearch(seed=seed) if name == "random" else make_strategy(
         name, seed=seed, levels=levels, keep=0.15, population_size=population,
-        sample_size=max(2, population // 3))
+        sample_size=max(2, population // 3), max_nodes=pipe.max_nodes)
     t0 = time.perf_counter()
     res = run_search(obj, strat, budget=budget, storage="memory", study=f"{config}-{seed}",
                      pipeline=pipe, seed=seed)

@@ -69,6 +69,21 @@ def test_each_stage_records_its_reason() -> None:
     assert math.isfinite(ok.cost) and set(ok.proxies) == {"entropy", "wafbc_distance"}
 
 
+def test_funnel_levels_train_on_a_fresh_seed() -> None:
+    seen: list[int] = []
+
+    class Recording(CurveObjective):
+        def evaluate(self, candidate: Candidate, budget: float, *, seed: int, floor: Any) -> Score:
+            seen.append(seed)
+            return super().evaluate(candidate, budget, seed=seed, floor=floor)
+
+    obj, pipe = Recording("gelu"), Pipeline(budgets=(1.0, 2.0))
+    cand = as_candidate("gelu(x)")
+    evaluate_candidate(cand, obj, pipe, seed=7)
+    evaluate_candidate(cand.promoted(1), obj, pipe, seed=7)
+    assert seen == [7, 8]
+
+
 def test_rejections_are_trials_with_stage_and_reason(tmp_path: Path) -> None:
     strat = ListStrategy(["exp(exp(x))", "relu(x)", "tanh(x)", "gelu(x)"])
     res = run_search(Exploding("gelu"), strat, budget=3, storage=tmp_path / "s.db", study="rej",

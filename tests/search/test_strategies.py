@@ -69,6 +69,32 @@ def test_pareto_selection_prefers_cheap_equals() -> None:
     assert all(ev.ask().parents == (fast.hash,) for _ in range(10))
 
 
+def test_parsimony_breaks_near_ties_towards_the_smaller_formula() -> None:
+    small, big = Candidate(parse("relu(x)")), Candidate(parse("relu(x) + 0.1*sin(x)*tanh(x)"))
+    for tol, parent in ((0.01, small), (0.0, big)):
+        ev = RegularizedEvolution(seed=0, population_size=2, sample_size=2, warm_start=(), parsimony=tol)
+        ev.tell(big, _ok(0.905))
+        ev.tell(small, _ok(0.900))
+        assert all(ev.ask().parents == (parent.hash,) for _ in range(10)), tol
+    ev = RegularizedEvolution(seed=0, population_size=2, sample_size=2, warm_start=(), parsimony=0.001)
+    ev.tell(big, _ok(0.95))
+    ev.tell(small, _ok(0.90))
+    assert all(ev.ask().parents == (big.hash,) for _ in range(10))  # a real gap still wins
+    with pytest.raises(ValueError, match="parsimony"):
+        RegularizedEvolution(parsimony=-1.0)
+
+
+def test_evolution_children_respect_max_nodes() -> None:
+    from actlab.expr import size
+
+    ev = RegularizedEvolution(seed=3, population_size=2, sample_size=2, warm_start=(), max_nodes=12)
+    ev.tell(Candidate(parse("x*sigmoid(x) + tanh(x)")), _ok(0.9))
+    ev.tell(Candidate(parse("relu(x) + sin(x)")), _ok(0.8))
+    kids = [ev.ask() for _ in range(200)]
+    assert all(size(k.expr) <= 12 for k in kids)
+    assert sum(k.origin.startswith("mutate:") for k in kids) > 150
+
+
 def test_eafo_guided_uses_gaussian_then_measured_density() -> None:
     ev = EAFOGuided(seed=0, population_size=2, sample_size=1, warm_start=(), eafo_weight=0.99)
     relu = Candidate(parse("relu(x)"))

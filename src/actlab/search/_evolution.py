@@ -16,6 +16,14 @@ arXiv 2302.06675):
 Rejected candidates never join the population. ``selection="pareto"`` makes the tournament
 prefer the lowest Pareto rank of (quality, cost per step) within the sample, ties broken
 by quality.
+
+Bloat control (mutations that insert units outnumber deletions, so formulas grow):
+
+- parsimony pressure (lexicographic, Luke & Panait 2002, "Lexicographic Parsimony
+  Pressure"): in a tournament, members whose quality is within ``parsimony`` of the best
+  of the sample count as tied, and the tie goes to the formula with the fewest nodes;
+- a child with more than ``max_nodes`` nodes is re-drawn (another mutation) instead of
+  being proposed and rejected by the size check.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ import random
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 
-from actlab.expr import Expr, ExprError, parse, random_expr
+from actlab.expr import Expr, ExprError, parse, random_expr, size
 from actlab.expr.grammar import MUTATIONS as GRAMMAR_MUTATIONS
 from actlab.search._candidate import WARM_START, Candidate, EvalResult
 from actlab.search._eafo import eafo_mutation
@@ -72,7 +80,13 @@ class RegularizedEvolution:
         max_units: int = 2,
         selection: str = "quality",
         higher_is_better: bool = True,
+        parsimony: float = 0.002,
+        max_nodes: int | None = None,
     ) -> None:
+        if parsimony < 0 or parsimony != parsimony:
+            raise ValueError(f"parsimony is a quality tolerance >= 0, got {parsimony}")
+        if max_nodes is not None and max_nodes < 1:
+            raise ValueError(f"max_nodes must be >= 1 or None, got {max_nodes}")
         if population_size < 2 or not 1 <= sample_size <= population_size:
             raise ValueError("need population_size >= 2 and 1 <= sample_size <= population_size")
         if selection not in ("quality", "pareto"):
@@ -86,6 +100,7 @@ class RegularizedEvolution:
         self.population_size, self.sample_size = population_size, sample_size
         self.weights = {k: float(w) for k, w in weights.items() if w > 0}
         self.max_units, self.selection, self.higher = max_units, selection, higher_is_better
+        self.parsimony, self.max_nodes = float(parsimony), max_nodes
         self.warm: deque[Candidate] = deque(_warm(warm_start))
         self.population: deque[tuple[Candidate, EvalResult]] = deque()
         self.seen_ok = 0
@@ -104,7 +119,7 @@ class RegularizedEvolution:
                 child = MUTATIONS[kind](parent.expr, self.rng, presult)
             except ExprError:
                 child = None
-            if child is not None:
+            if child is not None and (self.max_nodes is None or size(child) <= self.max_nodes):
                 c = Candidate(child, self._origin(kind, presult), (parent.hash,))
                 if c.hash != parent.hash:
                     return c
@@ -134,7 +149,9 @@ class RegularizedEvolution:
             ranks = pareto_ranks([(self._fitness(r), r.cost) for _, r in sample], (True, False))
             i = min(range(k), key=lambda j: (ranks[j], -self._fitness(sample[j][1])))
             return sample[i]
-        return max(sample, key=lambda cr: self._fitness(cr[1]))
+        top = max(self._fitness(r) for _, r in sample)
+        tied = [cr for cr in sample if self._fitness(cr[1]) >= top - self.parsimony]
+        return min(tied, key=lambda cr: (size(cr[0].expr), -self._fitness(cr[1])))
 
 
 class EAFOGuided(RegularizedEvolution):

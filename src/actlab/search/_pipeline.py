@@ -15,7 +15,9 @@ ends the evaluation with a recorded stage and reason:
 4. ``train``: the rest of the training budget of the level; a diverged run is rejected.
 
 A promoted candidate (level > 0) passed the cheap stages already and is only trained, on
-the larger budget of its level. :func:`evaluate_candidate` never raises for a bad
+the larger budget of its level, with training seed ``seed + level``: a fresh draw of the
+training noise, so a candidate promoted on a lucky level-0 run is judged afresh (the
+funnel then counters the winner's curse instead of re-confirming it). :func:`evaluate_candidate` never raises for a bad
 candidate: errors become ``failed`` results with the exception as reason. It is a plain
 function of picklable arguments, so executors can run it in other processes or on Ray.
 """
@@ -115,7 +117,7 @@ def evaluate_candidate(
                 return done(EvalResult.rejected("cost", reason, cost=cost))
     floor = pipeline.floor if candidate.level == 0 else None
     try:
-        score = objective.evaluate(candidate, budget, seed=seed, floor=floor)
+        score = objective.evaluate(candidate, budget, seed=seed + candidate.level, floor=floor)
     except Rejected as r:
         return done(EvalResult.rejected(r.stage, r.reason, units=units * min(max(r.fraction, 0.0), 1.0),
                                         extra=r.extra))
