@@ -106,7 +106,7 @@ def run_search(
         records = st.records()
         strat = strategy
         if isinstance(strategy, str):
-            extra = {"max_nodes": pipe.max_nodes} if strategy.strip().lower() in ("evolution", "eafo") else {}
+            extra: dict[str, Any] = {"max_nodes": pipe.max_nodes} if strategy.strip().lower() in ("evolution", "eafo") else {}
             strat = make_strategy(strategy, seed=seed + len(records), higher_is_better=obj.higher_is_better,
                                   levels=len(levels), keep=keep, form=form, **extra)
         assert not isinstance(strat, str)
