@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from search_helpers import fake_train
 
@@ -59,6 +60,23 @@ def test_finalize_uses_the_compare_machinery_with_fresh_seeds(tmp_path: Path) ->
     assert rows["gelu"].is_baseline and all(r.n == 3 for r in rows.values())
     html = render_search_report(res, final)
     assert "Re-evaluation of the best candidates" in html and "p (t)" in html
+
+
+def test_finalize_trains_the_model_the_search_trained(tmp_path: Path) -> None:
+    from actlab.search import TrainObjective
+
+    res = _search(tmp_path)
+    res.task = "fashion-mnist"
+    seen: list[dict[str, Any]] = []
+
+    def recording_train(task: str, activation: str, seed: int, **kw: Any) -> dict[str, Any]:
+        seen.append(dict(kw, task=task))
+        return fake_train(task, activation, seed, **kw)
+
+    obj = TrainObjective("fashion-mnist", model="mlp", overrides={"max_steps": 7})
+    finalize(res, top=1, seeds=2, db=tmp_path / "r.sqlite", train_fn=recording_train, objective=obj)
+    assert seen and all(k["model"] == "mlp" and k["max_steps"] == 7 and k["task"] == "fashion-mnist"
+                        for k in seen), seen[:2]
 
 
 def test_report_has_every_section(tmp_path: Path) -> None:

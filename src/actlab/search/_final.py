@@ -6,7 +6,8 @@ of :meth:`SearchResult.ranked`, simplifies each (:func:`~actlab.search.simplify`
 them with **fresh seeds** (1000, 1001, ...) and the task's full default training next to
 the ``baselines`` (gelu, relu, crrelu) through the compare machinery of
 :mod:`actlab.bench` (mean ± CI of the test metric, paired t and Wilcoxon tests against the
-first baseline, Holm-corrected; resumable in its results database). For a toy ``curve:``
+first baseline, Holm-corrected; resumable in its results database), on the model (and
+step cap) the search's ``objective`` trained. For a toy ``curve:``
 objective, which needs no training, the objective is simply evaluated on each. Formulas
 whose spec is longer than the results store's key (255 characters) are skipped (noted).
 """
@@ -95,10 +96,15 @@ def finalize(
     from actlab.bench.plan import DEFAULT_DB
 
     seed_list = list(range(FRESH_SEED0, FRESH_SEED0 + seeds)) if isinstance(seeds, int) else list(seeds)
+    # the re-evaluation trains the model the search trained (and its step cap), not the
+    # task's default model
+    model = getattr(objective, "model", None)
+    over = dict(getattr(objective, "overrides", None) or {})
+    max_steps = over.pop("max_steps", None)
     final.comparison = compare(
-        [*baselines, *final.specs], task=result.task, seeds=seed_list, epochs=epochs,
+        [*baselines, *final.specs], task=result.task, model=model, seeds=seed_list, epochs=epochs,
         db=db or DEFAULT_DB, workers=workers, study=f"search:{result.study}/final",
-        train_fn=train_fn, events=events,
+        train_fn=train_fn, events=events, max_steps=max_steps, extra_config=over or None,
     )
     return final
 
