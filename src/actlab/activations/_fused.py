@@ -7,13 +7,17 @@ Here each such activation supplies two pure functions with a hand-derived backwa
     fwd(x, *θ)     -> y
     bwd(x, g, *θ)  -> (dL/dx, dL/dθ_1, ...)      dL/dθ_i summed to θ_i's shape
 
-and :class:`ElementwiseKernel` runs them in one of four modes:
+and :class:`ElementwiseKernel` runs them in one of five modes:
 
     "reference"  plain autograd through fwd (saves whatever autograd saves; the twin to test)
     "eager"      custom autograd.Function: saves only x (and θ), runs fwd/bwd eagerly
     "compiled"   as "eager", with fwd and bwd fused by torch.compile (dynamic shapes,
                  Inductor's on-disk cache amortises the first-call cost across processes)
-    "auto"       compiled for tensors with >= ACTLAB_FUSE_MIN_NUMEL elements (default 65536)
+    "native"     as "eager", with the hand-written C++ kernels of :mod:`._native` for the
+                 kernels that have one (CRReLU, eafo(gelu)) on float32/float64 CPU tensors;
+                 an error if that library cannot be built; other kernels behave as "auto"
+    "auto"       native where a native kernel applies and its library builds; otherwise
+                 compiled for tensors with >= ACTLAB_FUSE_MIN_NUMEL elements (default 65536)
                  when the compiler works on that device, else eager.  Inside an outer
                  torch.compile the reference formula is used so that the outer graph fuses it.
 
@@ -40,7 +44,7 @@ __all__ = ["ElementwiseKernel", "acc_sum", "set_kernel_mode", "get_kernel_mode",
 
 log = logging.getLogger("actlab.kernels")
 
-MODES = ("auto", "compiled", "eager", "reference")
+MODES = ("auto", "compiled", "eager", "native", "reference")
 _state = threading.local()
 _global_mode: list[str] = []
 
@@ -104,11 +108,13 @@ class _LeanFunction(torch.autograd.Function):
     """Saves only x and the scalar parameters; backward is the kernel's hand-derived bwd."""
 
     @staticmethod
-    def forward(ctx: Any, kernel: ElementwiseKernel, compiled: bool, x: Tensor, *theta: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, kernel: ElementwiseKernel, path: str, x: Tensor, *theta: Tensor) -> Tensor:  # type: ignore[override]
         ctx.kernel = kernel
-        ctx.compiled = compiled
+        ctx.path = path
         ctx.save_for_backward(x, *theta)
-        fwd = kernel.compiled_fwd() if compiled else kernel.fwd
+        if path == "native":
+            return kernel.native_pair()[0](x, *theta)
+        fwd = kernel.compiled_fwd() if path == "compiled" else kernel.fwd
         return fwd(x, *theta)
 
     @staticmethod
@@ -116,7 +122,9 @@ class _LeanFunction(torch.autograd.Function):
         x, *theta = ctx.saved_tensors
         kernel: ElementwiseKernel = ctx.kernel
         grads = None
-        if ctx.compiled:
+        if ctx.path == "native":
+            grads = kernel.native_pair()[1](x, g, *theta)
+        elif ctx.path == "compiled":
             grads = kernel._run_compiled(lambda: kernel.compiled_bwd()(x, g, *theta), x, "auto")
         if grads is None:
             grads = kernel.bwd(x, g, *theta)
@@ -139,8 +147,10 @@ class ElementwiseKernel:
         name: str,
         fwd: Callable[..., Tensor],
         bwd: Callable[..., tuple[Tensor, ...]],
+        native: str | None = None,
     ) -> None:
         self.name = name
+        self.native = native  # name of a kernel of actlab.activations._native, if any
         # Dynamo keeps one compile cache (with a small recompile limit) per code object; kernels
         # built from one factory (eafo's bases) would share it, so each gets its own code object.
         self.fwd = _own_code(fwd, f"{name}_fwd")
@@ -158,6 +168,31 @@ class ElementwiseKernel:
         if "bwd" not in self._compiled:
             self._compiled["bwd"] = torch.compile(self.bwd, dynamic=True, fullgraph=True)
         return self._compiled["bwd"]
+
+    def native_pair(self) -> tuple[Callable[..., Tensor], Callable[..., tuple[Tensor, ...]]]:
+        """(fwd, bwd) of the native kernel; RuntimeError when it cannot be used."""
+        from actlab.activations import _native
+
+        ops = _native.native_ops(self.native) if self.native else None
+        if ops is None:
+            why = _native.unavailable_reason() if self.native else "this kernel has no native version"
+            raise RuntimeError(f"native kernel for {self.name} is unavailable: {why}")
+        return ops
+
+    def _want_native(self, mode: str, x: Tensor) -> bool:
+        if (
+            self.native is None
+            or mode not in ("auto", "native")
+            or x.device.type != "cpu"
+            or x.dtype not in (torch.float32, torch.float64)
+            or torch.jit.is_scripting()
+        ):
+            return False
+        from actlab.activations import _native
+
+        if mode == "native":
+            return True  # native_pair raises with the reason if the library is unavailable
+        return _native.available()
 
     def _want_compiled(self, mode: str, x: Tensor) -> bool:
         if mode == "compiled":
@@ -177,12 +212,16 @@ class ElementwiseKernel:
         needs_grad = torch.is_grad_enabled() and (
             x.requires_grad or any(t.requires_grad for t in theta)
         )
+        if self._want_native(mode, x):
+            if needs_grad:
+                return _LeanFunction.apply(self, "native", x, *theta)
+            return self.native_pair()[0](x, *theta)
         compiled = mode != "eager" and self._want_compiled(mode, x)
         if compiled:
             # one flat layout => one compiled graph per dtype/device, whatever the input's rank
             flat = x.reshape(-1)
             if needs_grad:
-                thunk = lambda: _LeanFunction.apply(self, True, flat, *theta)  # noqa: E731
+                thunk = lambda: _LeanFunction.apply(self, "compiled", flat, *theta)  # noqa: E731
             else:
                 thunk = lambda: self.compiled_fwd()(flat, *theta)  # noqa: E731
             out = self._run_compiled(thunk, x, mode)
@@ -190,7 +229,7 @@ class ElementwiseKernel:
                 return out.view(x.shape)
         if not needs_grad:
             return self.fwd(x, *theta)
-        return _LeanFunction.apply(self, False, x, *theta)
+        return _LeanFunction.apply(self, "eager", x, *theta)
 
     def _run_compiled(self, thunk: Callable[[], Any], x: Tensor, mode: str) -> Any:
         try:

@@ -67,7 +67,7 @@ def _crrelu_bwd(x: Tensor, g: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
     return gx, acc_sum(g * xc * e)
 
 
-CRRELU = ElementwiseKernel("crrelu", _crrelu_fwd, _crrelu_bwd)
+CRRELU = ElementwiseKernel("crrelu", _crrelu_fwd, _crrelu_bwd, native="crrelu")
 
 
 @register_activation(
@@ -147,7 +147,8 @@ def eafo_kernel(base: str) -> ElementwiseKernel:
         def bwd(x: Tensor, g: Tensor, eps: Tensor, tau: Tensor) -> tuple[Tensor, Tensor]:
             return _eafo_bwd(base, x, g, eps, tau)
 
-        _EAFO_KERNELS[base] = ElementwiseKernel(f"eafo_{base}", fwd, bwd)
+        _EAFO_KERNELS[base] = ElementwiseKernel(f"eafo_{base}", fwd, bwd,
+                                                native="eafo_gelu" if base == "gelu" else None)
     return _EAFO_KERNELS[base]
 
 

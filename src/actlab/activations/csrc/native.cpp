@@ -1,0 +1,284 @@
+// actlab native CPU kernels: one memory pass forward, one pass backward, input-only saving.
+//
+// Formulas (see actlab/activations/eafo.py and eafo.md):
+//
+//   crrelu      y   = max(0, x) + eps * xc * e,            e = exp(-xc^2 / 2)
+//               dx  = g * (1[x > 0] + eps * (1 - xc^2) * e)
+//               deps = sum(g * xc * e)
+//
+//   eafo_gelu   f = x Phi, f' = Phi + xc phi, f'' = phi (2 - xc^2), A = 2 phi + xc Phi,
+//               A' = Phi - xc phi, w(u) = u+ / max(u, tau)^2,
+//               c = phi A w,  c' = phi ((A' - xc A) w + A w'(f') f'')
+//               y = f - eps c,   dx = g (f' - eps c'),   deps = -sum(g c)
+//
+// where xc = clamp(x, -40, 40): beyond |x| = 40 every term carrying phi(x) or exp(-x^2/2) is
+// exactly 0 in float32 and float64, and clamping keeps x = +-inf finite inside those terms
+// (no inf * 0). NaN propagates. float32 uses ATen's exp_u20 (max error 20 ulp, results below
+// FLT_MIN flushed to 0); float64 uses the 1-ulp exp. Reductions run over fixed blocks of
+// kBlock elements summed in double, so deps does not depend on the number of threads.
+//
+// Built and loaded at run time by actlab/activations/_native.py (torch.utils.cpp_extension),
+// registered as torch.ops.actlab_native.*.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <tuple>
+#include <vector>
+
+namespace {
+
+using at::vec::Vectorized;
+
+constexpr int64_t kBlock = 4096;
+constexpr int64_t kGrain = 32768;
+
+template <typename T>
+inline Vectorized<T> vexp(const Vectorized<T>& v) {
+  return v.exp();
+}
+template <>
+inline Vectorized<float> vexp<float>(const Vectorized<float>& v) {
+  return v.exp_u20();
+}
+
+template <typename T>
+struct Consts {
+  Vectorized<T> zero{T(0)}, one{T(1)}, two{T(2)}, half{T(0.5)}, mhalf{T(-0.5)};
+  Vectorized<T> lo{T(-40)}, hi{T(40)};
+  Vectorized<T> inv_sqrt2{T(0.70710678118654752440)};
+  Vectorized<T> inv_sqrt2pi{T(0.39894228040143267794)};
+};
+
+void check_input(const at::Tensor& x, const char* op) {
+  TORCH_CHECK(x.device().is_cpu(), op, ": expected a CPU tensor, got ", x.device());
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
+              ": expected float32 or float64, got ", x.scalar_type());
+}
+
+double scalar_of(const at::Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK(t.numel() == 1, op, ": ", name, " must hold one value, got ", t.numel());
+  return t.item<double>();
+}
+
+// Run body(vector values, count) over [0, n) in chunks of at most Vec::size() elements.
+template <typename T, typename Body>
+inline void for_vec(int64_t begin, int64_t end, Body body) {
+  constexpr int64_t S = Vectorized<T>::size();
+  for (int64_t i = begin; i < end; i += S) {
+    body(i, std::min<int64_t>(S, end - i));
+  }
+}
+
+// ------------------------------------------------------------------ crrelu
+template <typename T>
+void crrelu_fwd_impl(const T* x, T* y, int64_t n, T eps) {
+  at::parallel_for(0, n, kGrain, [&](int64_t b, int64_t e) {
+    const Consts<T> k;
+    const Vectorized<T> ve(eps);
+    for_vec<T>(b, e, [&](int64_t i, int64_t c) {
+      auto v = Vectorized<T>::loadu(x + i, c);
+      auto xc = at::vec::clamp(v, k.lo, k.hi);
+      auto bump = xc * vexp(k.mhalf * xc * xc);
+      auto out = at::vec::clamp_min(v, k.zero) + ve * bump;
+      out.store(y + i, c);
+    });
+  });
+}
+
+template <typename T>
+double crrelu_bwd_impl(const T* x, const T* g, T* gx, int64_t n, T eps) {
+  const int64_t blocks = (n + kBlock - 1) / kBlock;
+  std::vector<double> part(blocks, 0.0);
+  at::parallel_for(0, blocks, std::max<int64_t>(1, kGrain / kBlock), [&](int64_t b0, int64_t b1) {
+    const Consts<T> k;
+    const Vectorized<T> ve(eps);
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      Vectorized<T> acc(T(0));
+      const int64_t end = std::min(n, (blk + 1) * kBlock);
+      for_vec<T>(blk * kBlock, end, [&](int64_t i, int64_t c) {
+        auto v = Vectorized<T>::loadu(x + i, c);
+        auto gv = Vectorized<T>::loadu(g + i, c);
+        auto xc = at::vec::clamp(v, k.lo, k.hi);
+        auto x2 = xc * xc;
+        auto ex = vexp(k.mhalf * x2);
+        auto step = Vectorized<T>::blendv(k.zero, k.one, v > k.zero);
+        (gv * (step + ve * (k.one - x2) * ex)).store(gx + i, c);
+        auto term = gv * xc * ex;
+        if (c < Vectorized<T>::size()) {  // lanes past the end hold garbage: zero them
+          term = Vectorized<T>::set(k.zero, term, c);
+        }
+        acc = acc + term;
+      });
+      T lanes[Vectorized<T>::size()];
+      acc.store(lanes);
+      double s = 0.0;
+      for (int64_t j = 0; j < Vectorized<T>::size(); ++j) s += lanes[j];
+      part[blk] = s;
+    }
+  });
+  double total = 0.0;
+  for (double p : part) total += p;
+  return total;
+}
+
+at::Tensor crrelu_fwd(const at::Tensor& x_, const at::Tensor& eps_) {
+  check_input(x_, "crrelu_fwd");
+  const double eps = scalar_of(eps_, "crrelu_fwd", "eps");
+  auto x = x_.contiguous();
+  auto y = at::empty_like(x, at::MemoryFormat::Contiguous);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "crrelu_fwd", [&] {
+    crrelu_fwd_impl<scalar_t>(x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), x.numel(),
+                              static_cast<scalar_t>(eps));
+  });
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor> crrelu_bwd(const at::Tensor& x_, const at::Tensor& g_,
+                                              const at::Tensor& eps_) {
+  check_input(x_, "crrelu_bwd");
+  TORCH_CHECK(g_.sizes() == x_.sizes() && g_.scalar_type() == x_.scalar_type(),
+              "crrelu_bwd: grad must match the input's shape and dtype");
+  const double eps = scalar_of(eps_, "crrelu_bwd", "eps");
+  auto x = x_.contiguous();
+  auto g = g_.contiguous();
+  auto gx = at::empty_like(x, at::MemoryFormat::Contiguous);
+  double geps = 0.0;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "crrelu_bwd", [&] {
+    geps = crrelu_bwd_impl<scalar_t>(x.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(),
+                                     gx.data_ptr<scalar_t>(), x.numel(), static_cast<scalar_t>(eps));
+  });
+  return {gx, at::scalar_tensor(geps, x.options())};
+}
+
+// ------------------------------------------------------------------ eafo(gelu)
+template <typename T>
+struct GeluTerms {
+  Vectorized<T> f, f1, c, dc;
+};
+
+// f, f', the correction c and its derivative c' for eafo with base gelu (header formulas)
+template <typename T>
+inline GeluTerms<T> gelu_terms(const Vectorized<T>& v, const Vectorized<T>& tau,
+                               const Vectorized<T>& inv_tau2, const Consts<T>& k, bool need_dc) {
+  auto xc = at::vec::clamp(v, k.lo, k.hi);
+  auto x2 = xc * xc;
+  auto phi = k.inv_sqrt2pi * vexp(k.mhalf * x2);
+  auto Phi = k.half * (k.one + (v * k.inv_sqrt2).erf());
+  auto xphi = xc * phi;
+  auto f1 = Phi + xphi;
+  auto a = k.two * phi + xc * Phi;
+  auto big = f1 > tau;
+  auto pos = f1 > k.zero;
+  auto m = Vectorized<T>::blendv(tau, f1, big);
+  auto inv_m2 = (m * m).reciprocal();
+  auto w = Vectorized<T>::blendv(k.zero, f1, pos) * inv_m2;
+  GeluTerms<T> out;
+  out.f = v * Phi;
+  out.f1 = f1;
+  out.c = phi * a * w;
+  if (need_dc) {
+    auto dw = Vectorized<T>::blendv(Vectorized<T>::blendv(k.zero, inv_tau2, pos), k.zero - inv_m2, big);
+    auto f2 = phi * (k.two - x2);
+    auto da = Phi - xphi;
+    out.dc = phi * ((da - xc * a) * w + a * dw * f2);
+  }
+  return out;
+}
+
+template <typename T>
+void eafo_gelu_fwd_impl(const T* x, T* y, int64_t n, T eps, T tau) {
+  at::parallel_for(0, n, kGrain, [&](int64_t b, int64_t e) {
+    const Consts<T> k;
+    const Vectorized<T> ve(eps), vt(tau), vit2(T(1) / (tau * tau));
+    for_vec<T>(b, e, [&](int64_t i, int64_t c) {
+      auto v = Vectorized<T>::loadu(x + i, c);
+      auto t = gelu_terms<T>(v, vt, vit2, k, false);
+      (t.f - ve * t.c).store(y + i, c);
+    });
+  });
+}
+
+template <typename T>
+double eafo_gelu_bwd_impl(const T* x, const T* g, T* gx, int64_t n, T eps, T tau) {
+  const int64_t blocks = (n + kBlock - 1) / kBlock;
+  std::vector<double> part(blocks, 0.0);
+  at::parallel_for(0, blocks, std::max<int64_t>(1, kGrain / kBlock), [&](int64_t b0, int64_t b1) {
+    const Consts<T> k;
+    const Vectorized<T> ve(eps), vt(tau), vit2(T(1) / (tau * tau));
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      Vectorized<T> acc(T(0));
+      const int64_t end = std::min(n, (blk + 1) * kBlock);
+      for_vec<T>(blk * kBlock, end, [&](int64_t i, int64_t c) {
+        auto v = Vectorized<T>::loadu(x + i, c);
+        auto gv = Vectorized<T>::loadu(g + i, c);
+        auto t = gelu_terms<T>(v, vt, vit2, k, true);
+        (gv * (t.f1 - ve * t.dc)).store(gx + i, c);
+        auto term = gv * t.c;
+        if (c < Vectorized<T>::size()) {
+          term = Vectorized<T>::set(k.zero, term, c);
+        }
+        acc = acc + term;
+      });
+      T lanes[Vectorized<T>::size()];
+      acc.store(lanes);
+      double s = 0.0;
+      for (int64_t j = 0; j < Vectorized<T>::size(); ++j) s += lanes[j];
+      part[blk] = s;
+    }
+  });
+  double total = 0.0;
+  for (double p : part) total += p;
+  return -total;
+}
+
+at::Tensor eafo_gelu_fwd(const at::Tensor& x_, const at::Tensor& eps_, const at::Tensor& tau_) {
+  check_input(x_, "eafo_gelu_fwd");
+  const double eps = scalar_of(eps_, "eafo_gelu_fwd", "eps");
+  const double tau = scalar_of(tau_, "eafo_gelu_fwd", "tau");
+  auto x = x_.contiguous();
+  auto y = at::empty_like(x, at::MemoryFormat::Contiguous);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "eafo_gelu_fwd", [&] {
+    eafo_gelu_fwd_impl<scalar_t>(x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), x.numel(),
+                                 static_cast<scalar_t>(eps), static_cast<scalar_t>(tau));
+  });
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor> eafo_gelu_bwd(const at::Tensor& x_, const at::Tensor& g_,
+                                                 const at::Tensor& eps_, const at::Tensor& tau_) {
+  check_input(x_, "eafo_gelu_bwd");
+  TORCH_CHECK(g_.sizes() == x_.sizes() && g_.scalar_type() == x_.scalar_type(),
+              "eafo_gelu_bwd: grad must match the input's shape and dtype");
+  const double eps = scalar_of(eps_, "eafo_gelu_bwd", "eps");
+  const double tau = scalar_of(tau_, "eafo_gelu_bwd", "tau");
+  auto x = x_.contiguous();
+  auto g = g_.contiguous();
+  auto gx = at::empty_like(x, at::MemoryFormat::Contiguous);
+  double geps = 0.0;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "eafo_gelu_bwd", [&] {
+    geps = eafo_gelu_bwd_impl<scalar_t>(x.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(),
+                                        gx.data_ptr<scalar_t>(), x.numel(),
+                                        static_cast<scalar_t>(eps), static_cast<scalar_t>(tau));
+  });
+  return {gx, at::scalar_tensor(geps, x.options())};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(actlab_native, m) {
+  m.def("crrelu_fwd(Tensor x, Tensor eps) -> Tensor");
+  m.def("crrelu_bwd(Tensor x, Tensor g, Tensor eps) -> (Tensor, Tensor)");
+  m.def("eafo_gelu_fwd(Tensor x, Tensor eps, Tensor tau) -> Tensor");
+  m.def("eafo_gelu_bwd(Tensor x, Tensor g, Tensor eps, Tensor tau) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(actlab_native, CPU, m) {
+  m.impl("crrelu_fwd", crrelu_fwd);
+  m.impl("crrelu_bwd", crrelu_bwd);
+  m.impl("eafo_gelu_fwd", eafo_gelu_fwd);
+  m.impl("eafo_gelu_bwd", eafo_gelu_bwd);
+}
