@@ -14,7 +14,9 @@
 // where xc = clamp(x, -40, 40): beyond |x| = 40 every term carrying phi(x) or exp(-x^2/2) is
 // exactly 0 in float32 and float64, and clamping keeps x = +-inf finite inside those terms
 // (no inf * 0). NaN propagates. float32 uses ATen's exp_u20 (max error 20 ulp, results below
-// FLT_MIN flushed to 0); float64 uses the 1-ulp exp. Reductions run over fixed blocks of
+// FLT_MIN flushed to 0), the erf of ATen's own float GELU (Abramowitz & Stegun 7.1.26, absolute
+// error <= 1.5e-7) sharing its exp with phi, and a Newton-refined reciprocal estimate;
+// float64 uses the 1-ulp exp and erf and true division. Reductions run over fixed blocks of
 // kBlock elements summed in double, so deps does not depend on the number of threads.
 //
 // Built and loaded at run time by actlab/activations/_native.py (torch.utils.cpp_extension),
@@ -43,6 +45,48 @@ inline Vectorized<T> vexp(const Vectorized<T>& v) {
 template <>
 inline Vectorized<float> vexp<float>(const Vectorized<float>& v) {
   return v.exp_u20();
+}
+
+// 1/a. float on AVX512/AVX2: the hardware estimate refined by one Newton step (relative
+// error ~1e-8 after the step, below float32 rounding); only for finite a > 0 here.
+template <typename T>
+inline Vectorized<T> recip(const Vectorized<T>& a) {
+  return a.reciprocal();
+}
+#if defined(CPU_CAPABILITY_AVX512)
+template <>
+inline Vectorized<float> recip<float>(const Vectorized<float>& a) {
+  const __m512 r = _mm512_rcp14_ps(a);
+  return _mm512_mul_ps(r, _mm512_fnmadd_ps(a, r, _mm512_set1_ps(2.f)));
+}
+#elif defined(CPU_CAPABILITY_AVX2)
+template <>
+inline Vectorized<float> recip<float>(const Vectorized<float>& a) {
+  const __m256 r = _mm256_rcp_ps(a);
+  return _mm256_mul_ps(r, _mm256_fnmadd_ps(a, r, _mm256_set1_ps(2.f)));
+}
+#endif
+
+// Phi(x) = (1 + erf(x / sqrt 2)) / 2 given e = exp(-x^2 / 2) for the same (clamped) x.
+// float: erf by Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7), the formula ATen's own
+// vectorised float erf (and so F.gelu) uses, with its exp(-z^2) = e shared with phi.
+// float64: the 1-ulp erf.
+template <typename T>
+inline Vectorized<T> normal_cdf(const Vectorized<T>& x, const Vectorized<T>& /*e*/) {
+  return Vectorized<T>(T(0.5)) * (Vectorized<T>(T(1)) + (x * Vectorized<T>(T(0.70710678118654752440))).erf());
+}
+template <>
+inline Vectorized<float> normal_cdf<float>(const Vectorized<float>& x, const Vectorized<float>& e) {
+  using V = Vectorized<float>;
+  const V az = x.abs() * V(0.70710678118654752440f);
+  const V t = recip<float>(at::vec::fmadd(V(0.3275911f), az, V(1.f)));
+  V r = at::vec::fmadd(V(1.061405429f), t, V(-1.453152027f));
+  r = at::vec::fmadd(r, t, V(1.421413741f));
+  r = at::vec::fmadd(r, t, V(-0.284496736f));
+  r = at::vec::fmadd(r, t, V(0.254829592f));
+  const V erfc_abs = r * t * e;  // erfc(|z|)
+  const V half_tail = V(0.5f) * erfc_abs;  // Phi(-|x|)
+  return V::blendv(V(1.f) - half_tail, half_tail, x < V(0.f));
 }
 
 template <typename T>
@@ -166,15 +210,16 @@ inline GeluTerms<T> gelu_terms(const Vectorized<T>& v, const Vectorized<T>& tau,
                                const Vectorized<T>& inv_tau2, const Consts<T>& k, bool need_dc) {
   auto xc = at::vec::clamp(v, k.lo, k.hi);
   auto x2 = xc * xc;
-  auto phi = k.inv_sqrt2pi * vexp(k.mhalf * x2);
-  auto Phi = k.half * (k.one + (v * k.inv_sqrt2).erf());
+  auto ex = vexp(k.mhalf * x2);
+  auto phi = k.inv_sqrt2pi * ex;
+  auto Phi = normal_cdf<T>(xc, ex);  // exactly 0 / 1 beyond |x| = 40
   auto xphi = xc * phi;
   auto f1 = Phi + xphi;
   auto a = k.two * phi + xc * Phi;
   auto big = f1 > tau;
   auto pos = f1 > k.zero;
   auto m = Vectorized<T>::blendv(tau, f1, big);
-  auto inv_m2 = (m * m).reciprocal();
+  auto inv_m2 = recip<T>(m * m);  // m >= tau > 0
   auto w = Vectorized<T>::blendv(k.zero, f1, pos) * inv_m2;
   GeluTerms<T> out;
   out.f = v * Phi;
