@@ -10,8 +10,9 @@ run (median of repeats), so machine noise hits all of them alike:
     identity    the MLP activation replaced by nn.Identity: the rest of the step
 
 and the activation's share of the CRReLU step, (t_crrelu - t_identity) / t_crrelu (the
-issue's target: <= 10%). Activations run in their default kernel mode ("auto": fused and
-compiled for large tensors) unless --kernel says otherwise; compilation happens in warm-up.
+issue's target: <= 10%). Activations run in their default kernel mode ("auto": the native
+C++ kernels for CRReLU on CPU, compiled fused kernels for other large tensors) unless --kernel
+says otherwise; building and compiling happen in warm-up.
 
     python benchmarks/bench_train.py [--quick] [--presets vit_mini_28,vit_small_28]
         [--batch 128] [--tiny-batch 32] [--repeats 15] [--kernel auto] [--device cpu]
@@ -82,7 +83,7 @@ def main() -> None:
     ap.add_argument("--tiny-batch", type=int, default=None,
                     help="batch of vit_tiny_patch4_32 (default 32 on CPU, --batch on GPU)")
     ap.add_argument("--repeats", type=int, default=15)
-    ap.add_argument("--kernel", default="auto", choices=["auto", "compiled", "eager", "reference"])
+    ap.add_argument("--kernel", default="auto", choices=["auto", "native", "compiled", "eager", "reference"])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
