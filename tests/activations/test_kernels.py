@@ -7,6 +7,7 @@ import warnings
 
 import pytest
 import torch
+from kernel_helpers import run_fwd_bwd
 
 import actlab
 from actlab.activations import _fused, kernel_mode, set_kernel_mode
@@ -16,13 +17,7 @@ FUSED = [n for n in actlab.list_activations() if actlab.get_activation_info(n).f
 EAFO_BASES = ["gelu", "silu", "softplus", "sigmoid", "tanh", "elu", "relu"]
 
 
-def _run(m: torch.nn.Module, x0: torch.Tensor, g: torch.Tensor, mode: str) -> list[torch.Tensor]:
-    m.zero_grad()
-    x = x0.clone().requires_grad_(True)
-    with kernel_mode(mode):
-        y = m(x)
-        y.backward(g)
-    return [y.detach(), x.grad] + [p.grad.clone() for p in m.parameters()]
+_run = run_fwd_bwd
 
 
 def _perturb(m: torch.nn.Module) -> torch.nn.Module:

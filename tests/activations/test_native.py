@@ -13,6 +13,7 @@ import textwrap
 
 import pytest
 import torch
+from kernel_helpers import run_fwd_bwd
 
 import actlab
 from actlab.activations import _native, kernel_mode
@@ -32,13 +33,7 @@ def test_library_builds_and_registers_every_op() -> None:
         _native.native_ops("mish")
 
 
-def _run(m: torch.nn.Module, x0: torch.Tensor, g: torch.Tensor, mode: str) -> list[torch.Tensor]:
-    m.zero_grad()
-    x = x0.clone().requires_grad_(True)
-    with kernel_mode(mode):
-        y = m(x)
-        y.backward(g)
-    return [y.detach(), x.grad] + [p.grad.clone() for p in m.parameters()]  # type: ignore[list-item]
+_run = run_fwd_bwd
 
 
 @pytest.mark.parametrize("spec", NATIVE)

@@ -137,6 +137,13 @@ def _ninja_on_path() -> Iterator[None]:
         os.environ["PATH"] = old
 
 
+def _first_error(text: str) -> str:
+    """The compiler's first 'error:' line if there is one, else the message's last line."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "error:" in ln]
+    return (errors or lines or [""])[0 if errors else -1][:300]
+
+
 def _ensure() -> bool:
     if "ok" in _state:
         return bool(_state["ok"])
@@ -152,7 +159,7 @@ def _ensure() -> bool:
                 getattr(torch.ops.actlab_native, f"{op}_fwd")
                 getattr(torch.ops.actlab_native, f"{op}_bwd")
         except Exception as e:  # noqa: BLE001 -- no compiler, odd platform: fall back, never crash
-            reason = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:300] if str(e).strip() else ''}"
+            reason = f"{type(e).__name__}: {_first_error(str(e))}"
             _state.update(ok=False, reason=reason)
             warnings.warn(
                 f"actlab: native CPU kernels could not be built ({reason}); CRReLU and eafo(gelu) "

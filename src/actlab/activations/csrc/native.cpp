@@ -29,6 +29,8 @@
 
 #include <cmath>
 #include <tuple>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -117,51 +119,61 @@ inline void for_vec(int64_t begin, int64_t end, Body body) {
   }
 }
 
-// ------------------------------------------------------------------ crrelu
-template <typename T>
-void crrelu_fwd_impl(const T* x, T* y, int64_t n, T eps) {
+// y = op(x), elementwise, in parallel.
+// Two vectors per iteration: their independent dependency chains interleave (the formulas
+// are long serial chains, latency-bound one vector at a time).
+template <typename T, typename Op>
+void map_forward(const T* x, T* y, int64_t n, Op op) {
+  constexpr int64_t S = Vectorized<T>::size();
   at::parallel_for(0, n, kGrain, [&](int64_t b, int64_t e) {
-    const Consts<T> k;
-    const Vectorized<T> ve(eps);
-    for_vec<T>(b, e, [&](int64_t i, int64_t c) {
-      auto v = Vectorized<T>::loadu(x + i, c);
-      auto xc = at::vec::clamp(v, k.lo, k.hi);
-      auto bump = xc * vexp(k.mhalf * xc * xc);
-      auto out = at::vec::clamp_min(v, k.zero) + ve * bump;
-      out.store(y + i, c);
+    int64_t i = b;
+    for (; i + 2 * S <= e; i += 2 * S) {
+      auto r0 = op(Vectorized<T>::loadu(x + i));
+      auto r1 = op(Vectorized<T>::loadu(x + i + S));
+      r0.store(y + i);
+      r1.store(y + i + S);
+    }
+    for_vec<T>(i, e, [&](int64_t j, int64_t c) {
+      op(Vectorized<T>::loadu(x + j, c)).store(y + j, c);
     });
   });
 }
 
-template <typename T>
-double crrelu_bwd_impl(const T* x, const T* g, T* gx, int64_t n, T eps) {
+// gx = first(op(x, g)) elementwise; returns the sum of second(op(x, g)) over all elements,
+// accumulated per fixed block of kBlock elements and summed in double in block order.
+template <typename T, typename Op>
+double map_backward(const T* x, const T* g, T* gx, int64_t n, Op op) {
   const int64_t blocks = (n + kBlock - 1) / kBlock;
   std::vector<double> part(blocks, 0.0);
   at::parallel_for(0, blocks, std::max<int64_t>(1, kGrain / kBlock), [&](int64_t b0, int64_t b1) {
-    const Consts<T> k;
-    const Vectorized<T> ve(eps);
+    const Vectorized<T> zero(T(0));
+    constexpr int64_t S = Vectorized<T>::size();
     for (int64_t blk = b0; blk < b1; ++blk) {
-      Vectorized<T> acc(T(0));
+      Vectorized<T> acc(T(0)), acc1(T(0));
       const int64_t end = std::min(n, (blk + 1) * kBlock);
-      for_vec<T>(blk * kBlock, end, [&](int64_t i, int64_t c) {
-        auto v = Vectorized<T>::loadu(x + i, c);
-        auto gv = Vectorized<T>::loadu(g + i, c);
-        auto xc = at::vec::clamp(v, k.lo, k.hi);
-        auto x2 = xc * xc;
-        auto ex = vexp(k.mhalf * x2);
-        auto step = Vectorized<T>::blendv(k.zero, k.one, v > k.zero);
-        (gv * (step + ve * (k.one - x2) * ex)).store(gx + i, c);
-        auto term = gv * xc * ex;
+      int64_t i = blk * kBlock;
+      for (; i + 2 * S <= end; i += 2 * S) {  // two vectors per iteration, as in map_forward
+        auto [dx0, t0] = op(Vectorized<T>::loadu(x + i), Vectorized<T>::loadu(g + i));
+        auto [dx1, t1] = op(Vectorized<T>::loadu(x + i + S), Vectorized<T>::loadu(g + i + S));
+        dx0.store(gx + i);
+        dx1.store(gx + i + S);
+        acc = acc + t0;
+        acc1 = acc1 + t1;
+      }
+      acc = acc + acc1;
+      for_vec<T>(i, end, [&](int64_t j, int64_t c) {
+        auto [dx, term] = op(Vectorized<T>::loadu(x + j, c), Vectorized<T>::loadu(g + j, c));
+        dx.store(gx + j, c);
         if (c < Vectorized<T>::size()) {  // lanes past the end hold garbage: zero them
-          term = Vectorized<T>::set(k.zero, term, c);
+          term = Vectorized<T>::set(zero, term, c);
         }
         acc = acc + term;
       });
       T lanes[Vectorized<T>::size()];
       acc.store(lanes);
-      double s = 0.0;
-      for (int64_t j = 0; j < Vectorized<T>::size(); ++j) s += lanes[j];
-      part[blk] = s;
+      double sum = 0.0;
+      for (int64_t j = 0; j < Vectorized<T>::size(); ++j) sum += lanes[j];
+      part[blk] = sum;
     }
   });
   double total = 0.0;
@@ -169,33 +181,63 @@ double crrelu_bwd_impl(const T* x, const T* g, T* gx, int64_t n, T eps) {
   return total;
 }
 
-at::Tensor crrelu_fwd(const at::Tensor& x_, const at::Tensor& eps_) {
-  check_input(x_, "crrelu_fwd");
-  const double eps = scalar_of(eps_, "crrelu_fwd", "eps");
+// The op wrappers: check, make contiguous, dispatch on dtype, return (y) or (gx, dtheta).
+template <typename Launch>
+at::Tensor forward_op(const char* name, const at::Tensor& x_, Launch launch) {
+  check_input(x_, name);
   auto x = x_.contiguous();
   auto y = at::empty_like(x, at::MemoryFormat::Contiguous);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "crrelu_fwd", [&] {
-    crrelu_fwd_impl<scalar_t>(x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), x.numel(),
-                              static_cast<scalar_t>(eps));
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "actlab_native", [&] {
+    launch(x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), x.numel());
   });
   return y;
 }
 
-std::tuple<at::Tensor, at::Tensor> crrelu_bwd(const at::Tensor& x_, const at::Tensor& g_,
-                                              const at::Tensor& eps_) {
-  check_input(x_, "crrelu_bwd");
-  TORCH_CHECK(g_.sizes() == x_.sizes() && g_.scalar_type() == x_.scalar_type(),
-              "crrelu_bwd: grad must match the input's shape and dtype");
-  const double eps = scalar_of(eps_, "crrelu_bwd", "eps");
+template <typename Launch>
+std::tuple<at::Tensor, at::Tensor> backward_op(const char* name, const at::Tensor& x_,
+                                               const at::Tensor& g_, Launch launch) {
+  check_input(x_, name);
+  TORCH_CHECK(g_.sizes() == x_.sizes() && g_.scalar_type() == x_.scalar_type(), name,
+              ": grad must match the input's shape and dtype");
   auto x = x_.contiguous();
   auto g = g_.contiguous();
   auto gx = at::empty_like(x, at::MemoryFormat::Contiguous);
-  double geps = 0.0;
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "crrelu_bwd", [&] {
-    geps = crrelu_bwd_impl<scalar_t>(x.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(),
-                                     gx.data_ptr<scalar_t>(), x.numel(), static_cast<scalar_t>(eps));
+  double dtheta = 0.0;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "actlab_native", [&] {
+    dtheta = launch(x.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), gx.data_ptr<scalar_t>(), x.numel());
   });
-  return {gx, at::scalar_tensor(geps, x.options())};
+  return {gx, at::scalar_tensor(dtheta, x.options())};
+}
+
+// ------------------------------------------------------------------ crrelu
+at::Tensor crrelu_fwd(const at::Tensor& x, const at::Tensor& eps_) {
+  const double eps = scalar_of(eps_, "crrelu_fwd", "eps");
+  return forward_op("crrelu_fwd", x, [&](auto* px, auto* py, int64_t n) {
+    using T = std::remove_pointer_t<decltype(py)>;
+    const Consts<T> k;
+    const Vectorized<T> ve(static_cast<T>(eps));
+    map_forward<T>(px, py, n, [&](const Vectorized<T>& v) {
+      auto xc = at::vec::clamp(v, k.lo, k.hi);
+      return at::vec::clamp_min(v, k.zero) + ve * xc * vexp(k.mhalf * xc * xc);
+    });
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> crrelu_bwd(const at::Tensor& x, const at::Tensor& g,
+                                              const at::Tensor& eps_) {
+  const double eps = scalar_of(eps_, "crrelu_bwd", "eps");
+  return backward_op("crrelu_bwd", x, g, [&](auto* px, auto* pg, auto* pgx, int64_t n) {
+    using T = std::remove_pointer_t<decltype(pgx)>;
+    const Consts<T> k;
+    const Vectorized<T> ve(static_cast<T>(eps));
+    return map_backward<T>(px, pg, pgx, n, [&](const Vectorized<T>& v, const Vectorized<T>& gv) {
+      auto xc = at::vec::clamp(v, k.lo, k.hi);
+      auto x2 = xc * xc;
+      auto ex = vexp(k.mhalf * x2);
+      auto step = Vectorized<T>::blendv(k.zero, k.one, v > k.zero);
+      return std::make_pair(gv * (step + ve * (k.one - x2) * ex), gv * xc * ex);
+    });
+  });
 }
 
 // ------------------------------------------------------------------ eafo(gelu)
@@ -234,82 +276,34 @@ inline GeluTerms<T> gelu_terms(const Vectorized<T>& v, const Vectorized<T>& tau,
   return out;
 }
 
-template <typename T>
-void eafo_gelu_fwd_impl(const T* x, T* y, int64_t n, T eps, T tau) {
-  at::parallel_for(0, n, kGrain, [&](int64_t b, int64_t e) {
+at::Tensor eafo_gelu_fwd(const at::Tensor& x, const at::Tensor& eps_, const at::Tensor& tau_) {
+  const double eps = scalar_of(eps_, "eafo_gelu_fwd", "eps");
+  const double tau = scalar_of(tau_, "eafo_gelu_fwd", "tau");
+  return forward_op("eafo_gelu_fwd", x, [&](auto* px, auto* py, int64_t n) {
+    using T = std::remove_pointer_t<decltype(py)>;
     const Consts<T> k;
-    const Vectorized<T> ve(eps), vt(tau), vit2(T(1) / (tau * tau));
-    for_vec<T>(b, e, [&](int64_t i, int64_t c) {
-      auto v = Vectorized<T>::loadu(x + i, c);
+    const Vectorized<T> ve(static_cast<T>(eps)), vt(static_cast<T>(tau)), vit2(static_cast<T>(1 / (tau * tau)));
+    map_forward<T>(px, py, n, [&](const Vectorized<T>& v) {
       auto t = gelu_terms<T>(v, vt, vit2, k, false);
-      (t.f - ve * t.c).store(y + i, c);
+      return t.f - ve * t.c;
     });
   });
 }
 
-template <typename T>
-double eafo_gelu_bwd_impl(const T* x, const T* g, T* gx, int64_t n, T eps, T tau) {
-  const int64_t blocks = (n + kBlock - 1) / kBlock;
-  std::vector<double> part(blocks, 0.0);
-  at::parallel_for(0, blocks, std::max<int64_t>(1, kGrain / kBlock), [&](int64_t b0, int64_t b1) {
-    const Consts<T> k;
-    const Vectorized<T> ve(eps), vt(tau), vit2(T(1) / (tau * tau));
-    for (int64_t blk = b0; blk < b1; ++blk) {
-      Vectorized<T> acc(T(0));
-      const int64_t end = std::min(n, (blk + 1) * kBlock);
-      for_vec<T>(blk * kBlock, end, [&](int64_t i, int64_t c) {
-        auto v = Vectorized<T>::loadu(x + i, c);
-        auto gv = Vectorized<T>::loadu(g + i, c);
-        auto t = gelu_terms<T>(v, vt, vit2, k, true);
-        (gv * (t.f1 - ve * t.dc)).store(gx + i, c);
-        auto term = gv * t.c;
-        if (c < Vectorized<T>::size()) {
-          term = Vectorized<T>::set(k.zero, term, c);
-        }
-        acc = acc + term;
-      });
-      T lanes[Vectorized<T>::size()];
-      acc.store(lanes);
-      double s = 0.0;
-      for (int64_t j = 0; j < Vectorized<T>::size(); ++j) s += lanes[j];
-      part[blk] = s;
-    }
-  });
-  double total = 0.0;
-  for (double p : part) total += p;
-  return -total;
-}
-
-at::Tensor eafo_gelu_fwd(const at::Tensor& x_, const at::Tensor& eps_, const at::Tensor& tau_) {
-  check_input(x_, "eafo_gelu_fwd");
-  const double eps = scalar_of(eps_, "eafo_gelu_fwd", "eps");
-  const double tau = scalar_of(tau_, "eafo_gelu_fwd", "tau");
-  auto x = x_.contiguous();
-  auto y = at::empty_like(x, at::MemoryFormat::Contiguous);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "eafo_gelu_fwd", [&] {
-    eafo_gelu_fwd_impl<scalar_t>(x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), x.numel(),
-                                 static_cast<scalar_t>(eps), static_cast<scalar_t>(tau));
-  });
-  return y;
-}
-
-std::tuple<at::Tensor, at::Tensor> eafo_gelu_bwd(const at::Tensor& x_, const at::Tensor& g_,
+std::tuple<at::Tensor, at::Tensor> eafo_gelu_bwd(const at::Tensor& x, const at::Tensor& g,
                                                  const at::Tensor& eps_, const at::Tensor& tau_) {
-  check_input(x_, "eafo_gelu_bwd");
-  TORCH_CHECK(g_.sizes() == x_.sizes() && g_.scalar_type() == x_.scalar_type(),
-              "eafo_gelu_bwd: grad must match the input's shape and dtype");
   const double eps = scalar_of(eps_, "eafo_gelu_bwd", "eps");
   const double tau = scalar_of(tau_, "eafo_gelu_bwd", "tau");
-  auto x = x_.contiguous();
-  auto g = g_.contiguous();
-  auto gx = at::empty_like(x, at::MemoryFormat::Contiguous);
-  double geps = 0.0;
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "eafo_gelu_bwd", [&] {
-    geps = eafo_gelu_bwd_impl<scalar_t>(x.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(),
-                                        gx.data_ptr<scalar_t>(), x.numel(),
-                                        static_cast<scalar_t>(eps), static_cast<scalar_t>(tau));
+  auto [gx, sum_gc] = backward_op("eafo_gelu_bwd", x, g, [&](auto* px, auto* pg, auto* pgx, int64_t n) {
+    using T = std::remove_pointer_t<decltype(pgx)>;
+    const Consts<T> k;
+    const Vectorized<T> ve(static_cast<T>(eps)), vt(static_cast<T>(tau)), vit2(static_cast<T>(1 / (tau * tau)));
+    return map_backward<T>(px, pg, pgx, n, [&](const Vectorized<T>& v, const Vectorized<T>& gv) {
+      auto t = gelu_terms<T>(v, vt, vit2, k, true);
+      return std::make_pair(gv * (t.f1 - ve * t.dc), gv * t.c);
+    });
   });
-  return {gx, at::scalar_tensor(geps, x.options())};
+  return {gx, -sum_gc};  // deps = -sum(g c)
 }
 
 }  // namespace
