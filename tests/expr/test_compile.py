@@ -159,3 +159,48 @@ def test_dtype_shape_nan_empty_and_serialisation() -> None:
     fresh.load_state_dict(m.state_dict())
     torch.testing.assert_close(fresh(x), m(x))
     assert m.inplace is False and compile_expr("x*sigmoid(x)").extra_repr()
+
+
+@pytest.mark.parametrize("formula", ["x*sigmoid(beta*x)", "relu(x) + eps*x*exp(-x**2/2)", "sin(x) + softplus(x) - eps"])
+def test_lean_path_saves_only_the_input_and_matches_autograd(formula: str) -> None:
+    from actlab.activations import kernel_mode
+
+    m = create_activation(f"expr(formula={formula!r})").double()
+    x0 = torch.randn(70_000, dtype=torch.float64)  # auto: lean from 65536 elements
+    g = torch.randn_like(x0)
+    results = {}
+    for mode in ("reference", "auto"):
+        m.zero_grad()
+        x = x0.clone().requires_grad_(True)
+        saved: list[int] = []
+
+        def pack(t: torch.Tensor, saved: list[int] = saved) -> torch.Tensor:
+            if t.numel() > 1:
+                saved.append(t.numel() * t.element_size())
+            return t
+
+        with kernel_mode(mode), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            y = m(x)
+        y.backward(g)
+        results[mode] = ([y.detach(), x.grad] + [p.grad for p in m.parameters()], sum(saved))
+    (ref, ref_bytes), (lean, lean_bytes) = results["reference"], results["auto"]
+    for a, b in zip(ref, lean):
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
+    assert lean_bytes <= x0.numel() * x0.element_size() < ref_bytes
+
+
+def test_lean_path_supports_higher_derivatives() -> None:
+    """f'' through the recomputing backward (create_graph) equals plain autograd's."""
+    from actlab.activations import kernel_mode
+
+    m = create_activation('expr(formula="x*sigmoid(beta*x)")').double()
+    out = {}
+    for mode in ("reference", "eager"):
+        x = torch.linspace(-4, 4, 101, dtype=torch.float64, requires_grad=True)
+        with kernel_mode(mode):
+            (d1,) = torch.autograd.grad(m(x).sum(), x, create_graph=True)
+            (d2,) = torch.autograd.grad(d1.sum(), x)
+        out[mode] = (d1.detach(), d2)
+    for a, b in zip(out["reference"], out["eager"]):
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
+    assert gradcheck(lambda t: m(t), (torch.randn(20, dtype=torch.float64, requires_grad=True),))

@@ -4,7 +4,15 @@
     create_activation('expr(formula="relu(x) + eps*x*exp(-x**2/2)", params={"eps": 0.02})')
 
 The formula is parsed safely (never evaluated as Python), reduced to its canonical form and
-compiled into a straight-line torch program; gradients come from autograd. Each learnable
+compiled into a straight-line torch program; gradients come from autograd.
+
+Memory: the lean path saves only the input (and scalars) for backward and recomputes the
+formula inside backward (activation checkpointing of one elementwise op): saved bytes = 1x
+the input instead of one tensor per intermediate, for one extra forward evaluation in
+backward (+20-50% activation time, ``benchmarks/bench_activations.py``). Kernel modes (see
+:mod:`actlab.activations._fused`): "reference" is plain autograd; "auto" takes the lean path
+for tensors of >= ACTLAB_FUSE_MIN_NUMEL elements (65536), where memory matters, and plain
+autograd below (small search proxies stay fast); the other modes always take it. Each learnable
 scalar of the formula (alpha, beta, gamma, delta, eps, theta, beta2, ...) becomes a 0-dim
 parameter initialised from ``params`` or its documented default (:mod:`actlab.expr.ir`).
 The primitives are those of the Swish search space (Ramachandran, Zoph & Le 2017,
@@ -15,12 +23,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from actlab.activations._base import Activation, scalar
+from actlab.activations._fused import _min_numel, get_kernel_mode
 from actlab.expr.canonical import canonical
 from actlab.expr.ir import Expr, ExprError, param_default, param_names, to_string
 from actlab.expr.parser import parse
@@ -47,6 +57,7 @@ def _reference(x: Tensor, m: nn.Module) -> Tensor:
     limits=(math.nan, math.inf),
     family="search",
     smooth=False,
+    fused=True,
     notes="Learnable scalars are 0-dim parameters; see actlab.expr for the grammar. "
     "limits are those of the default formula (Swish); any other formula has its own.",
 )
@@ -88,4 +99,36 @@ class ExprActivation(Activation):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._program(x, {n: getattr(self, n) for n in self.param_names})
+        params = [getattr(self, n) for n in self.param_names]
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
+        mode = get_kernel_mode()
+        plain = mode == "reference" or (mode == "auto" and x.numel() < _min_numel())
+        if not needs_grad or plain or torch.compiler.is_compiling():
+            return self._program(x, dict(zip(self.param_names, params)))
+        return _Recompute.apply(self._program, self.param_names, x, *params)
+
+
+class _Recompute(torch.autograd.Function):
+    """Saves x and the scalars only; backward re-evaluates the program under autograd."""
+
+    @staticmethod
+    def forward(ctx: Any, program: Program, names: tuple[str, ...], x: Tensor, *params: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.program, ctx.names = program, names
+        ctx.save_for_backward(x, *params)
+        with torch.no_grad():
+            return program(x, dict(zip(names, params)))
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        x, *params = ctx.saved_tensors
+        want = ctx.needs_input_grad[2:]
+        # grad mode is on here exactly when the caller asked for create_graph: then the
+        # recomputation must hang off the saved inputs themselves (higher derivatives)
+        create = torch.is_grad_enabled()
+        leaves = [x, *params] if create else [t.detach().requires_grad_(w) for t, w in zip([x, *params], want)]
+        inputs = [t for t, w in zip(leaves, want) if w]
+        with torch.enable_grad():
+            y = ctx.program(leaves[0], dict(zip(ctx.names, leaves[1:])))
+            grads = iter(torch.autograd.grad(y, inputs, g, allow_unused=True, create_graph=create)
+                         if y.requires_grad else [None] * len(inputs))
+        return (None, None, *(next(grads) if w else None for w in want))
