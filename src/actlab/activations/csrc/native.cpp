@@ -86,14 +86,14 @@ inline Vectorized<float> normal_cdf<float>(const Vectorized<float>& x, const Vec
   r = at::vec::fmadd(r, t, V(1.421413741f));
   r = at::vec::fmadd(r, t, V(-0.284496736f));
   r = at::vec::fmadd(r, t, V(0.254829592f));
-  const V erfc_abs = r * t * e;  // erfc(|z|)
-  const V half_tail = V(0.5f) * erfc_abs;  // Phi(-|x|)
-  return V::blendv(V(1.f) - half_tail, half_tail, x < V(0.f));
+  const V half_tail = V(0.5f) * r * t * e;  // Phi(-|x|) = erfc(|z|) / 2
+  // Phi(x) = 1/2 + copysign(1/2 - Phi(-|x|), x), by bits (no compare / blend)
+  return V(0.5f) + ((V(0.5f) - half_tail) ^ (x & V(-0.f)));
 }
 
 template <typename T>
 struct Consts {
-  Vectorized<T> zero{T(0)}, one{T(1)}, two{T(2)}, half{T(0.5)}, mhalf{T(-0.5)};
+  Vectorized<T> zero{T(0)}, negzero{T(-0.0)}, one{T(1)}, two{T(2)}, half{T(0.5)}, mhalf{T(-0.5)};
   Vectorized<T> lo{T(-40)}, hi{T(40)};
   Vectorized<T> inv_sqrt2{T(0.70710678118654752440)};
   Vectorized<T> inv_sqrt2pi{T(0.39894228040143267794)};
@@ -234,7 +234,7 @@ std::tuple<at::Tensor, at::Tensor> crrelu_bwd(const at::Tensor& x, const at::Ten
       auto xc = at::vec::clamp(v, k.lo, k.hi);
       auto x2 = xc * xc;
       auto ex = vexp(k.mhalf * x2);
-      auto step = Vectorized<T>::blendv(k.zero, k.one, v > k.zero);
+      auto step = (v > k.zero) & k.one;  // 1[x > 0]
       return std::make_pair(gv * (step + ve * (k.one - x2) * ex), gv * xc * ex);
     });
   });
@@ -249,7 +249,7 @@ struct GeluTerms {
 // f, f', the correction c and its derivative c' for eafo with base gelu (header formulas)
 template <typename T>
 inline GeluTerms<T> gelu_terms(const Vectorized<T>& v, const Vectorized<T>& tau,
-                               const Vectorized<T>& inv_tau2, const Consts<T>& k, bool need_dc) {
+                               const Consts<T>& k, bool need_dc) {
   auto xc = at::vec::clamp(v, k.lo, k.hi);
   auto x2 = xc * xc;
   auto ex = vexp(k.mhalf * x2);
@@ -258,17 +258,17 @@ inline GeluTerms<T> gelu_terms(const Vectorized<T>& v, const Vectorized<T>& tau,
   auto xphi = xc * phi;
   auto f1 = Phi + xphi;
   auto a = k.two * phi + xc * Phi;
-  auto big = f1 > tau;
-  auto pos = f1 > k.zero;
-  auto m = Vectorized<T>::blendv(tau, f1, big);
-  auto inv_m2 = recip<T>(m * m);  // m >= tau > 0
-  auto w = Vectorized<T>::blendv(k.zero, f1, pos) * inv_m2;
+  auto m = at::vec::clamp_min(f1, tau);  // max(f1, tau) >= tau > 0
+  auto inv_m2 = recip<T>(m * m);
+  auto w = at::vec::clamp_min(f1, k.zero) * inv_m2;  // f1+ / max(f1, tau)^2
   GeluTerms<T> out;
   out.f = v * Phi;
   out.f1 = f1;
   out.c = phi * a * w;
   if (need_dc) {
-    auto dw = Vectorized<T>::blendv(Vectorized<T>::blendv(k.zero, inv_tau2, pos), k.zero - inv_m2, big);
+    // w'(f1) = -1/f1^2 (f1 > tau), 1/tau^2 (0 < f1 <= tau), 0 (f1 <= 0): below tau m = tau,
+    // so inv_m2 is 1/tau^2 there; the sign flips where f1 > tau (by bits, no blend)
+    auto dw = ((f1 > k.zero) & inv_m2) ^ ((f1 > tau) & k.negzero);
     auto f2 = phi * (k.two - x2);
     auto da = Phi - xphi;
     out.dc = phi * ((da - xc * a) * w + a * dw * f2);
@@ -282,9 +282,9 @@ at::Tensor eafo_gelu_fwd(const at::Tensor& x, const at::Tensor& eps_, const at::
   return forward_op("eafo_gelu_fwd", x, [&](auto* px, auto* py, int64_t n) {
     using T = std::remove_pointer_t<decltype(py)>;
     const Consts<T> k;
-    const Vectorized<T> ve(static_cast<T>(eps)), vt(static_cast<T>(tau)), vit2(static_cast<T>(1 / (tau * tau)));
+    const Vectorized<T> ve(static_cast<T>(eps)), vt(static_cast<T>(tau));
     map_forward<T>(px, py, n, [&](const Vectorized<T>& v) {
-      auto t = gelu_terms<T>(v, vt, vit2, k, false);
+      auto t = gelu_terms<T>(v, vt, k, false);
       return t.f - ve * t.c;
     });
   });
@@ -297,9 +297,9 @@ std::tuple<at::Tensor, at::Tensor> eafo_gelu_bwd(const at::Tensor& x, const at::
   auto [gx, sum_gc] = backward_op("eafo_gelu_bwd", x, g, [&](auto* px, auto* pg, auto* pgx, int64_t n) {
     using T = std::remove_pointer_t<decltype(pgx)>;
     const Consts<T> k;
-    const Vectorized<T> ve(static_cast<T>(eps)), vt(static_cast<T>(tau)), vit2(static_cast<T>(1 / (tau * tau)));
+    const Vectorized<T> ve(static_cast<T>(eps)), vt(static_cast<T>(tau));
     return map_backward<T>(px, pg, pgx, n, [&](const Vectorized<T>& v, const Vectorized<T>& gv) {
-      auto t = gelu_terms<T>(v, vt, vit2, k, true);
+      auto t = gelu_terms<T>(v, vt, k, true);
       return std::make_pair(gv * (t.f1 - ve * t.dc), gv * t.c);
     });
   });
