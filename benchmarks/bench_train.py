@@ -18,7 +18,8 @@ says otherwise; building and compiling happen in warm-up.
         [--batch 128] [--tiny-batch 32] [--repeats 15] [--kernel auto] [--device cpu]
         [--threads N]
 
---quick: the two 28x28 presets, batch 64, 6 repeats (about a minute on 2 CPU cores).
+--quick: the two 28x28 presets, batch 64, 20 repeats (2-3 minutes on 2 CPU cores; fewer
+repeats leave the share several points noisy on a shared machine).
 """
 
 from __future__ import annotations
@@ -77,12 +78,12 @@ def bench_preset(preset: str, batch: int, repeats: int, device: torch.device, mo
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="28x28 presets, batch 64, 6 repeats")
+    ap.add_argument("--quick", action="store_true", help="28x28 presets, batch 64, 20 repeats")
     ap.add_argument("--presets", default="", help="comma-separated ViT presets (default: all)")
     ap.add_argument("--batch", type=int, default=128, help="batch size of the small presets")
     ap.add_argument("--tiny-batch", type=int, default=None,
                     help="batch of vit_tiny_patch4_32 (default 32 on CPU, --batch on GPU)")
-    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--repeats", type=int, default=None, help="interleaved repeats (default 15; 20 with --quick)")
     ap.add_argument("--kernel", default="auto", choices=["auto", "native", "compiled", "eager", "reference"])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None)
@@ -92,10 +93,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     presets = [p for p in args.presets.split(",") if p] or [p for p in list_models("image") if p.startswith("vit_")]
-    batch, repeats = args.batch, args.repeats
+    batch, repeats = args.batch, args.repeats or 15
     if args.quick:
         presets = [p for p in presets if p.endswith("_28")] if not args.presets else presets
-        batch, repeats = 64, 6
+        batch, repeats = 64, args.repeats or 20
     for p in presets:
         get_model_preset(p)  # fail early on a typo
     tiny_batch = args.tiny_batch or (batch if dev.type == "cuda" else min(batch, 32))
