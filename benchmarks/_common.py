@@ -9,8 +9,8 @@ from collections.abc import Callable
 import torch
 
 
-def interleaved_median(fns: dict[str, Callable[[], None]], repeats: int, warmup: int = 3) -> dict[str, float]:
-    """Median seconds per call of each fn, measured round-robin so machine noise hits all alike."""
+def interleaved_samples(fns: dict[str, Callable[[], None]], repeats: int, warmup: int = 3) -> dict[str, list[float]]:
+    """Seconds of each call of each fn, measured round-robin (round r of every fn is at index r)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -20,7 +20,12 @@ def interleaved_median(fns: dict[str, Callable[[], None]], repeats: int, warmup:
             t0 = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
+
+
+def interleaved_median(fns: dict[str, Callable[[], None]], repeats: int, warmup: int = 3) -> dict[str, float]:
+    """Median seconds per call of each fn, measured round-robin so machine noise hits all alike."""
+    return {k: statistics.median(v) for k, v in interleaved_samples(fns, repeats, warmup).items()}
 
 
 def saved_bytes(fn: Callable[[], torch.Tensor]) -> int:

@@ -2,7 +2,9 @@
 
 For each ViT preset one training step (forward, cross-entropy, backward, AdamW) on a fixed
 random batch is timed for four builds of the same model, interleaved round-robin in the same
-run (median of repeats), so machine noise hits all of them alike:
+run; ratios and shares are computed within each round (four steps back to back) and the
+median over rounds is printed, with the interquartile range of the CRReLU share, so slow
+drifts of a shared machine cancel:
 
     gelu        the baseline: images/s = batch / median step time
     crrelu      ratio to gelu (<= 1.10 is the issue's target for the activation path)
@@ -25,6 +27,7 @@ repeats leave the share several points noisy on a shared machine).
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -34,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import interleaved_median  # noqa: E402
+from _common import interleaved_samples  # noqa: E402
 
 from actlab.activations import kernel_mode  # noqa: E402
 from actlab.models.factory import build_model, get_model_preset, list_models  # noqa: E402
@@ -61,7 +64,7 @@ def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sync: Callable
     return step
 
 
-def bench_preset(preset: str, batch: int, repeats: int, device: torch.device, mode: str) -> dict[str, float]:
+def bench_preset(preset: str, batch: int, repeats: int, device: torch.device, mode: str) -> dict[str, list[float]]:
     c, size = input_shape(preset)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, c, size, size, generator=g).to(device)
@@ -73,7 +76,7 @@ def bench_preset(preset: str, batch: int, repeats: int, device: torch.device, mo
         model = build_model(preset, act, in_chans=c, img_size=size, num_classes=10).to(device)
         steps[name] = make_step(model, x, y, sync)
     with kernel_mode(mode):
-        return interleaved_median(steps, repeats=repeats, warmup=3)
+        return interleaved_samples(steps, repeats=repeats, warmup=3)
 
 
 def main() -> None:
@@ -110,9 +113,21 @@ def main() -> None:
     for p in presets:
         b = tiny_batch if p == "vit_tiny_patch4_32" else batch
         t = bench_preset(p, b, repeats, dev, args.kernel)
-        g, cr, po, idt = t["gelu"], t["crrelu"], t["polyrelu"], t["identity"]
-        print(f"{p:<20} {b:>5} {b / g:>11.0f} {g * 1e3:>8.1f} {cr / g:>12.3f} {po / g:>14.3f} "
-              f"{idt / g:>14.3f} {(cr - idt) / cr:>16.1%} {(g - idt) / g:>15.1%}", flush=True)
+        rounds = list(zip(t["gelu"], t["crrelu"], t["polyrelu"], t["identity"]))
+        g = statistics.median(t["gelu"])
+        # ratios and shares per round (the four steps of a round ran back to back), then the
+        # median over rounds: slow drifts of the machine cancel inside a round
+        med = {
+            "cr": statistics.median(r[1] / r[0] for r in rounds),
+            "po": statistics.median(r[2] / r[0] for r in rounds),
+            "id": statistics.median(r[3] / r[0] for r in rounds),
+            "share_cr": statistics.median((r[1] - r[3]) / r[1] for r in rounds),
+            "share_g": statistics.median((r[0] - r[3]) / r[0] for r in rounds),
+        }
+        q = statistics.quantiles([(r[1] - r[3]) / r[1] for r in rounds], n=4)
+        print(f"{p:<20} {b:>5} {b / g:>11.0f} {g * 1e3:>8.1f} {med['cr']:>12.3f} {med['po']:>14.3f} "
+              f"{med['id']:>14.3f} {med['share_cr']:>16.1%} {med['share_g']:>15.1%}   "
+              f"(crrelu share IQR {q[0]:.1%}..{q[2]:.1%})", flush=True)
 
 
 if __name__ == "__main__":
