@@ -27,8 +27,8 @@ pytestmark = pytest.mark.skipif(os.environ.get("ACTLAB_NATIVE", "1") == "0",
 def test_library_builds_and_registers_every_op() -> None:
     assert _native.available(), _native.unavailable_reason()
     for name in ("crrelu", "eafo_gelu"):
-        fwd, bwd = _native.native_ops(name)  # type: ignore[misc]
-        assert callable(fwd) and callable(bwd)
+        ops = _native.native_ops(name)
+        assert ops is not None and callable(ops.fwd) and callable(ops.bwd) and callable(ops.op)
     with pytest.raises(KeyError, match="no native kernel"):
         _native.native_ops("mish")
 
@@ -79,6 +79,17 @@ def test_native_gradcheck_including_eps(spec: str) -> None:
         down = m(x).sum()
         eps.fill_(e0)
     assert abs(float(gx_eps) - float((up - down) / (2 * h))) < 1e-6 * max(1.0, abs(float(gx_eps)))
+
+
+@pytest.mark.parametrize("spec", NATIVE)
+def test_native_autograd_runs_in_cpp(spec: str) -> None:
+    """Forward and backward are one C++ autograd node, not a Python autograd.Function."""
+    m = actlab.create_activation(spec)
+    with kernel_mode("native"):
+        y = m(torch.randn(100, requires_grad=True))
+    assert y.grad_fn is not None and "Function>" in y.grad_fn.name() and "CppNode" in y.grad_fn.name()
+    with kernel_mode("native"), torch.no_grad():
+        assert m(torch.randn(100)).grad_fn is None
 
 
 @pytest.mark.parametrize("spec", NATIVE)

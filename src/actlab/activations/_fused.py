@@ -112,8 +112,6 @@ class _LeanFunction(torch.autograd.Function):
         ctx.kernel = kernel
         ctx.path = path
         ctx.save_for_backward(x, *theta)
-        if path == "native":
-            return kernel.native_pair()[0](x, *theta)
         fwd = kernel.compiled_fwd() if path == "compiled" else kernel.fwd
         return fwd(x, *theta)
 
@@ -122,9 +120,7 @@ class _LeanFunction(torch.autograd.Function):
         x, *theta = ctx.saved_tensors
         kernel: ElementwiseKernel = ctx.kernel
         grads = None
-        if ctx.path == "native":
-            grads = kernel.native_pair()[1](x, g, *theta)
-        elif ctx.path == "compiled":
+        if ctx.path == "compiled":
             grads = kernel._run_compiled(lambda: kernel.compiled_bwd()(x, g, *theta), x, "auto")
         if grads is None:
             grads = kernel.bwd(x, g, *theta)
@@ -151,6 +147,7 @@ class ElementwiseKernel:
     ) -> None:
         self.name = name
         self.native = native  # name of a kernel of actlab.activations._native, if any
+        self._native_ops: Any = None
         # Dynamo keeps one compile cache (with a small recompile limit) per code object; kernels
         # built from one factory (eafo's bases) would share it, so each gets its own code object.
         self.fwd = _own_code(fwd, f"{name}_fwd")
@@ -169,15 +166,18 @@ class ElementwiseKernel:
             self._compiled["bwd"] = torch.compile(self.bwd, dynamic=True, fullgraph=True)
         return self._compiled["bwd"]
 
-    def native_pair(self) -> tuple[Callable[..., Tensor], Callable[..., tuple[Tensor, ...]]]:
-        """(fwd, bwd) of the native kernel; RuntimeError when it cannot be used."""
-        from actlab.activations import _native
+    def native_ops(self) -> Any:
+        """The :class:`~actlab.activations._native.NativeOps` of this kernel (cached);
+        RuntimeError when it has none or the library cannot be built."""
+        if self._native_ops is None:
+            from actlab.activations import _native
 
-        ops = _native.native_ops(self.native) if self.native else None
-        if ops is None:
-            why = _native.unavailable_reason() if self.native else "this kernel has no native version"
-            raise RuntimeError(f"native kernel for {self.name} is unavailable: {why}")
-        return ops
+            ops = _native.native_ops(self.native) if self.native else None
+            if ops is None:
+                why = _native.unavailable_reason() if self.native else "this kernel has no native version"
+                raise RuntimeError(f"native kernel for {self.name} is unavailable: {why}")
+            self._native_ops = ops
+        return self._native_ops
 
     def _want_native(self, mode: str, x: Tensor) -> bool:
         if (
@@ -190,8 +190,8 @@ class ElementwiseKernel:
             return False
         from actlab.activations import _native
 
-        if mode == "native":
-            return True  # native_pair raises with the reason if the library is unavailable
+        if mode == "native" or self._native_ops is not None:
+            return True  # native_ops() raises with the reason if the library is unavailable
         return _native.available()
 
     def _want_compiled(self, mode: str, x: Tensor) -> bool:
@@ -213,9 +213,8 @@ class ElementwiseKernel:
             x.requires_grad or any(t.requires_grad for t in theta)
         )
         if self._want_native(mode, x):
-            if needs_grad:
-                return _LeanFunction.apply(self, "native", x, *theta)
-            return self.native_pair()[0](x, *theta)
+            ops = self.native_ops()
+            return ops.op(x, *theta) if needs_grad else ops.fwd(x, *theta)
         compiled = mode != "eager" and self._want_compiled(mode, x)
         if compiled:
             # one flat layout => one compiled graph per dtype/device, whatever the input's rank

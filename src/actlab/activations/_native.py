@@ -2,6 +2,8 @@
 
 The fused paths of CRReLU and eafo(gelu) on CPU. Each kernel reads x (and, backward, the
 incoming gradient) once and writes one tensor; the ε gradient is reduced in the same pass.
+The differentiable ops ``torch.ops.actlab_native.crrelu`` / ``eafo_gelu`` save only their
+input and run forward and backward entirely in C++ (no Python autograd.Function per call).
 Formulas and numerical notes are in ``csrc/native.cpp``.
 
 Why not only torch.compile: on the CPUs these were measured on, Inductor's generated
@@ -32,11 +34,11 @@ import threading
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
-__all__ = ["available", "native_ops", "unavailable_reason", "build_dir"]
+__all__ = ["NativeOps", "available", "native_ops", "unavailable_reason", "build_dir"]
 
 log = logging.getLogger("actlab.kernels")
 
@@ -156,8 +158,8 @@ def _ensure() -> bool:
         try:
             _build()
             for op in _OPS:  # the library registered every op it promises
-                getattr(torch.ops.actlab_native, f"{op}_fwd")
-                getattr(torch.ops.actlab_native, f"{op}_bwd")
+                for suffix in ("_fwd", "_bwd", ""):
+                    getattr(torch.ops.actlab_native, op + suffix)
         except Exception as e:  # noqa: BLE001 -- no compiler, odd platform: fall back, never crash
             reason = f"{type(e).__name__}: {_first_error(str(e))}"
             _state.update(ok=False, reason=reason)
@@ -182,11 +184,20 @@ def unavailable_reason() -> str:
     return str(_state.get("reason", ""))
 
 
-def native_ops(name: str) -> tuple[Callable[..., Any], Callable[..., Any]] | None:
-    """(fwd, bwd) of native kernel ``name`` (e.g. ``"crrelu"``), or None when unavailable."""
+class NativeOps(NamedTuple):
+    """The ops of one native kernel: plain forward, plain backward, and the differentiable op
+    (forward that saves the input; its backward, in C++, calls ``bwd``)."""
+
+    fwd: Callable[..., Any]
+    bwd: Callable[..., Any]
+    op: Callable[..., Any]
+
+
+def native_ops(name: str) -> NativeOps | None:
+    """The ops of native kernel ``name`` (e.g. ``"crrelu"``), or None when unavailable."""
     if name not in _OPS:
         raise KeyError(f"no native kernel {name!r}; have {', '.join(_OPS)}")
     if not _ensure():
         return None
     ns = torch.ops.actlab_native
-    return getattr(ns, f"{name}_fwd"), getattr(ns, f"{name}_bwd")
+    return NativeOps(getattr(ns, f"{name}_fwd"), getattr(ns, f"{name}_bwd"), getattr(ns, name))
