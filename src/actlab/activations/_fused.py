@@ -13,9 +13,10 @@ and :class:`ElementwiseKernel` runs them in one of five modes:
     "eager"      custom autograd.Function: saves only x (and θ), runs fwd/bwd eagerly
     "compiled"   as "eager", with fwd and bwd fused by torch.compile (dynamic shapes,
                  Inductor's on-disk cache amortises the first-call cost across processes)
-    "native"     as "eager", with the hand-written C++ kernels of :mod:`._native` for the
-                 kernels that have one (CRReLU, eafo(gelu)) on float32/float64 CPU tensors;
-                 an error if that library cannot be built; other kernels behave as "auto"
+    "native"     the C++ autograd ops of :mod:`._native` (hand-written kernels, saves only
+                 x and θ, no Python per call) for the kernels that have one (CRReLU,
+                 eafo(gelu)) on float32/float64 CPU tensors; an error if that library cannot
+                 be built; other kernels behave as "auto"
     "auto"       native where a native kernel applies and its library builds; otherwise
                  compiled for tensors with >= ACTLAB_FUSE_MIN_NUMEL elements (default 65536)
                  when the compiler works on that device, else eager.  Inside an outer
