@@ -225,3 +225,28 @@ def test_a_stale_torch_build_lock_is_removed(tmp_path: object) -> None:
     (where / "lock").write_text("left by a killed build")
     with _native._build_lock(where):
         assert not (where / "lock").exists()
+
+
+def test_a_cached_library_loads_without_a_build_and_a_broken_one_is_rebuilt(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch.utils.cpp_extension as cpp
+
+    monkeypatch.setenv("ACTLAB_CACHE", str(tmp_path))
+    where = _native.build_dir()
+    where.mkdir(parents=True)
+    so = where / f"actlab_native_{where.name}.so"
+    calls: list[str] = []
+    monkeypatch.setattr(cpp, "load", lambda **kw: calls.append(kw["name"]))
+    loaded: list[str] = []
+    monkeypatch.setattr(torch.ops, "load_library", lambda path: loaded.append(path))
+    so.write_bytes(b"\x7fELF")
+    _native._build()  # cached: loaded directly, no build
+    assert loaded == [str(so)] and calls == []
+
+    def broken(path: str) -> None:
+        raise OSError(f"{path}: file too short")
+
+    monkeypatch.setattr(torch.ops, "load_library", broken)
+    _native._build()  # unusable leftover: rebuilt
+    assert calls == [so.stem]

@@ -16,7 +16,7 @@ capability torch reports (AVX512, AVX2, or portable code) into
 ``$ACTLAB_CACHE/native/<key>`` (default ``~/.cache/actlab``; ``key`` hashes the source, the
 torch version and the flags), and the library registers ``torch.ops.actlab_native``. The
 first build takes ~30 s on two cores and says so on stderr; later processes load the cached
-library in milliseconds; concurrent processes wait on a lock instead of building twice, and a
+library directly (~3 ms, no compiler involved); concurrent processes wait on a lock instead of building twice, and a
 process killed mid-build leaves no lock behind. ``ACTLAB_NATIVE=0`` disables it. A failed build (no C++ compiler, unusual
 platform) warns once and the kernels fall back to their compiled / eager paths; nothing
 else changes.
@@ -82,14 +82,22 @@ def _disabled() -> bool:
 
 
 def _build() -> None:
-    from torch.utils.cpp_extension import load
-
     where = build_dir()
     where.mkdir(parents=True, exist_ok=True)
     name = f"actlab_native_{where.name}"
-    if not (where / f"{name}.so").exists():
+    so = where / f"{name}.so"
+    if so.exists():  # built from this very source (the directory is keyed by its hash)
+        try:
+            with _build_lock(where):  # not while another process is still linking it
+                torch.ops.load_library(str(so))
+            return
+        except OSError:  # an unusable leftover: rebuild below
+            pass
+    else:
         print(f"actlab: building native CPU kernels once ({_capability()}, ~30 s) in {where}",
               file=sys.stderr, flush=True)
+    from torch.utils.cpp_extension import load  # slow to import: only when building
+
     with _build_lock(where), _ninja_on_path():
         load(name=name, sources=[str(_SOURCE)], extra_cflags=_flags(), extra_ldflags=["-fopenmp"],
              build_directory=str(where), is_python_module=False, verbose=False)
