@@ -15,11 +15,11 @@ Build: :func:`torch.utils.cpp_extension.load` compiles ``csrc/native.cpp`` for t
 capability torch reports (AVX512, AVX2, or portable code) into
 ``$ACTLAB_CACHE/native/<key>`` (default ``~/.cache/actlab``; ``key`` hashes the source, the
 torch version and the flags), and the library registers ``torch.ops.actlab_native``. The
-first build takes ~30 s on two cores and says so on stderr; later processes load the cached
-library directly (~3 ms, no compiler involved); concurrent processes wait on a lock instead of building twice, and a
-process killed mid-build leaves no lock behind. ``ACTLAB_NATIVE=0`` disables it. A failed build (no C++ compiler, unusual
-platform) warns once and the kernels fall back to their compiled / eager paths; nothing
-else changes.
+first build takes ~30 s on two cores and says so on stderr; later processes load the
+cached library directly (~3 ms, no compiler involved). Concurrent processes wait on a lock
+instead of building twice, and a process killed mid-build leaves no lock behind.
+``ACTLAB_NATIVE=0`` disables it. A failed build (no C++ compiler, unusual platform) warns
+once and the kernels fall back to their compiled / eager paths; nothing else changes.
 """
 
 from __future__ import annotations
