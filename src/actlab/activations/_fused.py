@@ -189,10 +189,10 @@ class ElementwiseKernel:
             or torch.jit.is_scripting()
         ):
             return False
-        from actlab.activations import _native
-
         if mode == "native" or self._native_ops is not None:
             return True  # native_ops() raises with the reason if the library is unavailable
+        from actlab.activations import _native
+
         return _native.available()
 
     def _want_compiled(self, mode: str, x: Tensor) -> bool:

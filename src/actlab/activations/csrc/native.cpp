@@ -95,9 +95,8 @@ inline Vectorized<float> normal_cdf<float>(const Vectorized<float>& x, const Vec
 
 template <typename T>
 struct Consts {
-  Vectorized<T> zero{T(0)}, negzero{T(-0.0)}, one{T(1)}, two{T(2)}, half{T(0.5)}, mhalf{T(-0.5)};
+  Vectorized<T> zero{T(0)}, negzero{T(-0.0)}, one{T(1)}, two{T(2)}, mhalf{T(-0.5)};
   Vectorized<T> lo{T(-40)}, hi{T(40)};
-  Vectorized<T> inv_sqrt2{T(0.70710678118654752440)};
   Vectorized<T> inv_sqrt2pi{T(0.39894228040143267794)};
 };
 
