@@ -1,8 +1,9 @@
 """Forward+backward time and saved-for-backward memory of every activation vs native GELU.
 
 For each activation: time of y = f(x); y.backward(g) on a 4M-element float32 tensor, divided
-by the same for torch.nn.functional.gelu measured interleaved in the same run (median of
-repeats), and bytes saved for backward divided by the input's bytes. Fused activations are
+by the same for torch.nn.functional.gelu measured back to back in the same round (median
+over rounds, with the interquartile range of the per-round ratios: this machine's speed
+drifts), and bytes saved for backward divided by the input's bytes. Fused activations are
 measured in their default "auto" kernel mode; `--modes` adds the other modes side by side
 (auto, native, compiled, eager, reference); activations without a fused path are plain torch
 ops (mode column "torch"). `--numel` takes a comma list to repeat the table per size (e.g.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -26,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import interleaved_median, saved_bytes  # noqa: E402
+from _common import interleaved_samples, saved_bytes  # noqa: E402
 
 import actlab  # noqa: E402
 from actlab.activations import kernel_mode  # noqa: E402
@@ -69,7 +71,7 @@ def _table(x0, g, specs, modes, args, sync) -> None:  # type: ignore[no-untyped-
 
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {dev}, "
           f"{args.dtype}, numel {x0.numel():,}, repeats {args.repeats}, cpus {os.cpu_count()}")
-    print(f"{'activation':<22}{'mode':<10}{'fwd+bwd ratio':>14}{'saved/input':>13}{'first call s':>14}")
+    print(f"{'activation':<22}{'mode':<10}{'fwd+bwd ratio':>14}{'(IQR)':>13}{'saved/input':>13}{'first call s':>14}")
     x_bytes = x0.numel() * x0.element_size()
     gelu_step = step_for(F.gelu)
     for spec in specs:
@@ -82,11 +84,15 @@ def _table(x0, g, specs, modes, args, sync) -> None:  # type: ignore[no-untyped-
                 step = step_for(m)
                 step()  # first call: compiles fused kernels when the mode asks for it
                 first = time.perf_counter() - t0
-                t = interleaved_median({"gelu": gelu_step, "act": step}, args.repeats)
+                t = interleaved_samples({"gelu": gelu_step, "act": step}, args.repeats)
                 sb = saved_bytes(lambda m=m: m(x0.clone().requires_grad_(True)))
-            print(f"{spec:<22}{mode:<10}{t['act'] / t['gelu']:>14.2f}{sb / x_bytes:>13.2f}{first:>14.1f}")
+            # ratio within each round (the two steps ran back to back), median over rounds
+            r = [a / g for a, g in zip(t["act"], t["gelu"])]
+            q1, _, q3 = statistics.quantiles(r, n=4)
+            iqr = f"{q1:.2f}-{q3:.2f}"
+            print(f"{spec:<22}{mode:<10}{statistics.median(r):>14.2f}{iqr:>13}{sb / x_bytes:>13.2f}{first:>14.1f}")
     gb = saved_bytes(lambda: F.gelu(x0.clone().requires_grad_(True)))
-    print(f"{'(F.gelu itself)':<22}{'torch':<10}{1.0:>14.2f}{gb / x_bytes:>13.2f}")
+    print(f"{'(F.gelu itself)':<22}{'torch':<10}{1.0:>14.2f}{'':>13}{gb / x_bytes:>13.2f}")
 
 
 if __name__ == "__main__":
