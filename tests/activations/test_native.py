@@ -250,3 +250,46 @@ def test_a_cached_library_loads_without_a_build_and_a_broken_one_is_rebuilt(
     monkeypatch.setattr(torch.ops, "load_library", broken)
     _native._build()  # unusable leftover: rebuilt
     assert calls == [so.stem]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("isa", ["AVX2", "DEFAULT"])
+def test_lesser_instruction_sets_match_the_float64_formula(isa: str, tmp_path: object) -> None:
+    """The AVX2 and portable builds (ACTLAB_NATIVE_ISA) have their own code paths; ~30 s each."""
+    r = _python("""
+        import torch, actlab
+        from actlab.activations import _native, kernel_mode
+        assert _native.available(), _native.unavailable_reason()
+        torch.manual_seed(0)
+        x0 = torch.cat([torch.linspace(-14, 14, 20_001, dtype=torch.float64),
+                        torch.randn(30_001, dtype=torch.float64) * 3])
+        g = torch.randn_like(x0)
+        worst = 0.0
+        for spec in ("crrelu(eps=0.3)", "eafo(base='gelu', eps=0.2)"):
+            m = actlab.create_activation(spec).double()
+            outs = {}
+            for mode, dt in (("reference", torch.float64), ("native", torch.float32), ("native", torch.float64)):
+                mm = m.to(dt)
+                mm.zero_grad()
+                x = x0.to(dt).clone().requires_grad_(True)
+                with kernel_mode(mode):
+                    y = mm(x)
+                    y.backward(g.to(dt))
+                outs[dt if mode == "native" else "ref"] = (y.detach().double(), x.grad.double())
+            for dt, tol in ((torch.float32, 1e-5), (torch.float64, 1e-12)):
+                for a, b in zip(outs[dt], outs["ref"]):
+                    err = float(((a - b).abs() / (1 + b.abs())).max())
+                    assert err <= tol, (spec, dt, err)
+                    worst = max(worst, err) if dt == torch.float32 else worst
+        print("ok", _native._capability(), worst)
+    """, ACTLAB_CACHE=str(tmp_path), ACTLAB_NATIVE_ISA=isa)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"ok {isa}" in r.stdout
+
+
+def test_isa_override_is_validated(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ACTLAB_NATIVE_ISA", "avx2")
+    assert _native._capability() == "AVX2" and "-DCPU_CAPABILITY_AVX2" in _native._flags()
+    monkeypatch.setenv("ACTLAB_NATIVE_ISA", "sse9")
+    with pytest.raises(ValueError, match="expected one of AVX512, AVX2, DEFAULT"):
+        _native._capability()

@@ -18,7 +18,8 @@ torch version and the flags), and the library registers ``torch.ops.actlab_nativ
 first build takes ~30 s on two cores and says so on stderr; later processes load the
 cached library directly (~3 ms, no compiler involved). Concurrent processes wait on a lock
 instead of building twice, and a process killed mid-build leaves no lock behind.
-``ACTLAB_NATIVE=0`` disables it. A failed build (no C++ compiler, unusual platform) warns
+``ACTLAB_NATIVE=0`` disables it; ``ACTLAB_NATIVE_ISA=AVX2`` (or ``DEFAULT``) builds for a lesser
+instruction set than the CPU's, e.g. for a cache shared by mixed machines. A failed build (no C++ compiler, unusual platform) warns
 once and the kernels fall back to their compiled / eager paths; nothing else changes.
 """
 
@@ -55,6 +56,13 @@ _ISA_FLAGS: dict[str, list[str]] = {
 
 
 def _capability() -> str:
+    """The instruction set to build for: ``ACTLAB_NATIVE_ISA`` (AVX512, AVX2 or DEFAULT) if set,
+    else the capability torch's own kernels use on this CPU."""
+    forced = os.environ.get("ACTLAB_NATIVE_ISA", "").strip().upper()
+    if forced:
+        if forced not in (*_ISA_FLAGS, "DEFAULT"):
+            raise ValueError(f"ACTLAB_NATIVE_ISA={forced!r}: expected one of AVX512, AVX2, DEFAULT")
+        return forced
     try:
         return str(torch.backends.cpu.get_cpu_capability())
     except Exception:  # noqa: BLE001 -- very old torch: portable code
