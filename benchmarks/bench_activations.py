@@ -11,6 +11,7 @@ ops (mode column "torch"). `--numel` takes a comma list to repeat the table per 
 
     python benchmarks/bench_activations.py [--numel 4000000,278528] [--repeats 30]
         [--only crrelu,eafo] [--modes auto,native,compiled,eager] [--device cpu] [--dtype float32]
+        [--threads N]
 
 Targets (issue 2): CRReLU and eafo(gelu) time ratio <= 1.3 (stretch 1.1); saved bytes <= 1x.
 """
@@ -42,7 +43,10 @@ def main() -> None:
     ap.add_argument("--modes", default="auto", help="kernel modes for fused activations, e.g. auto,eager,reference")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"])
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     dev, dt = torch.device(args.device), getattr(torch, args.dtype)
     numels = [int(n) for n in str(args.numel).split(",") if n.strip()]

@@ -13,11 +13,17 @@
 //
 // where xc = clamp(x, -40, 40): beyond |x| = 40 every term carrying phi(x) or exp(-x^2/2) is
 // exactly 0 in float32 and float64, and clamping keeps x = +-inf finite inside those terms
-// (no inf * 0). NaN propagates. float32 uses ATen's exp_u20 (max error 20 ulp, results below
-// FLT_MIN flushed to 0), the erf of ATen's own float GELU (Abramowitz & Stegun 7.1.26, absolute
-// error <= 1.5e-7) sharing its exp with phi, and a Newton-refined reciprocal estimate;
+// (no inf * 0). NaN propagates. float32 computes e = exp(-x^2/2) by a scalef-based 2^t (AVX512;
+// relative error ~2e-7) or ATen's exp_u20 (AVX2 / portable: 20 ulp, results below FLT_MIN
+// flushed to 0), Phi by the erf of ATen's own float GELU (Abramowitz & Stegun 7.1.26, absolute
+// error <= 1.5e-7) sharing that e with phi, and reciprocals by a Newton-refined estimate;
 // float64 uses the 1-ulp exp and erf and true division. Reductions run over fixed blocks of
 // kBlock elements summed in double, so deps does not depend on the number of threads.
+//
+// Cost: these kernels are compute-bound where GELU is nearly memory-bound. Per 16 floats on
+// AVX512 the eafo(gelu) forward is ~42 vector instructions (exp 9, Phi 13, the correction 13,
+// clamp / loads / stores), the backward ~54; every rewrite here was kept only if it lowered
+// that count (bench: benchmarks/bench_activations.py).
 //
 // Built and loaded at run time by actlab/activations/_native.py (torch.utils.cpp_extension),
 // registered as torch.ops.actlab_native.*: the kernels (*_fwd, *_bwd) and the differentiable
