@@ -52,7 +52,7 @@ constexpr int64_t kGrain = 32768;
 // float on AVX512: 2^t, t = -x2 log2(e) / 2 split as n + f (n integer, |f| <= 1/2), 2^f by a
 // degree-5 polynomial (fitted here to 2^f on [-1/2, 1/2]: relative error 2.1e-7 evaluated in
 // float32, against exp_u20's 20 ulp) and the product p 2^n by vscalefps, which underflows
-// to 0 by itself -- 10 instructions where exp_u20 takes ~20. The error of the rounded
+// to 0 by itself -- 9 instructions where exp_u20 takes ~20. The error of the rounded
 // argument t dominates for large x2 as it does for any float32 exp(-x^2/2).
 // Elsewhere: ATen's exp_u20 (float) or 1-ulp exp (double).
 template <typename T>
