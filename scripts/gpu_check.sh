@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The device checks, in one go, for a machine with a CUDA GPU (about 6-8 minutes on one H200).
+#
+#   bash scripts/gpu_check.sh [OUT_DIR]
+#
+# Uses the python3 that holds a CUDA build of torch (no virtual environment: GPU machines bring
+# their own torch) and runs actlab from src/. Steps, each with its own time limit so one stuck
+# step cannot eat the others' time:
+#   1. the device and torch build;
+#   2. tests/cuda (the zoo, the fused kernels in eager / compiled (Triton) / auto mode, bf16,
+#      surgery, training in float32 and bf16 autocast, probes), against the float64 formula;
+#   3. benchmarks/bench_activations.py on CUDA: fwd+bwd time vs F.gelu and saved bytes for the
+#      fused activations, in auto / compiled / eager mode, at 4M and 16M elements;
+#   4. benchmarks/bench_train.py --device cuda --quick: the activation's share of a ViT step.
+# Logs go to OUT_DIR (default: $OUT if set, else ./gpu-check), one file per step, and a
+# summary line per step to OUT_DIR/summary.txt. The exit status is that of the tests.
+set -u
+cd "$(dirname "$0")/.."
+out="${1:-${OUT:-gpu-check}}"
+mkdir -p "$out"
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+py="${PYTHON:-python3}"
+summary="$out/summary.txt"
+: > "$summary"
+
+step() {  # step NAME LIMIT_S COMMAND...
+  local name=$1 limit=$2; shift 2
+  local t0=$SECONDS
+  timeout "$limit" "$@" > "$out/$name.log" 2>&1
+  local rc=$?
+  echo "$name: rc=$rc in $((SECONDS - t0)) s" | tee -a "$summary"
+  return $rc
+}
+
+if ! step device 60 "$py" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; \
+print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name())"; then
+  echo "gpu_check: no usable CUDA device (see $out/device.log); this script is for a GPU machine" >&2
+  exit 2
+fi
+step tests 300 "$py" -m pytest -q -p no:cacheprovider tests/cuda
+tests_rc=$?
+step bench_activations 150 "$py" benchmarks/bench_activations.py --device cuda --numel 4000000,16777216 \
+  --repeats 50 --only crrelu,eafo,swish,polyrelu,relu2,wafbc,mish,silu --modes auto,compiled,eager
+step bench_train 150 "$py" benchmarks/bench_train.py --device cuda --quick
+tail -n 5 "$out/tests.log" >> "$summary"
+exit $tests_rc
