@@ -63,7 +63,7 @@ def _assert_close(got: list[torch.Tensor], ref: list[torch.Tensor], tol: float, 
     for i, (a, b) in enumerate(zip(got, ref)):
         a64 = a.detach().to("cpu", torch.float64)
         if a64.numel() > 1 or i < 2:
-            torch.testing.assert_close(a64, b, rtol=tol, atol=tol, msg=lambda s: f"{what} [{i}]: {s}")
+            torch.testing.assert_close(a64, b, rtol=tol, atol=tol, msg=lambda s, i=i: f"{what} [{i}]: {s}")
         else:  # a parameter gradient: a sum over all elements, compared relative to its size
             scale = max(1.0, float(b.abs().sum()))
             assert abs(float(a64) - float(b)) <= 10 * tol * scale * math.sqrt(got[0].numel()), what
