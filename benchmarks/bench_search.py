@@ -10,6 +10,7 @@ than random search. Measured here, on the real trainer (`digits-mlp`: sklearn di
     evolution     regularised evolution (warm start relu/gelu/swish/crrelu) + rejection +
                   funnel 3 -> 8 epochs (top 15% promoted); population 12, tournament 4
     evo-nofunnel  the same without the funnel
+    evo-top3      evolution whose last funnel level averages 3 training runs (top_seeds=3)
     eafo          the same with EAFO entropy-correction mutations (Gaussian / measured)
 - per search (seeds 0..S-1): the best level-0 validation accuracy found (3 epochs, raw: the
   maximum of noisy evaluations, so it rewards sheer numbers of samples); the candidate the
@@ -57,6 +58,7 @@ def _pipelines() -> dict[str, tuple[str, Pipeline]]:
         "random+rej": ("random", Pipeline(budgets=(3,), **rej)),  # type: ignore[arg-type]
         "evolution": ("evolution", Pipeline(budgets=(3, 8), **rej)),  # type: ignore[arg-type]
         "evo-nofunnel": ("evolution", Pipeline(budgets=(3,), **rej)),  # type: ignore[arg-type]
+        "evo-top3": ("evolution", Pipeline(budgets=(3, 8), top_seeds=3, **rej)),  # type: ignore[arg-type]
         "eafo": ("eafo", Pipeline(budgets=(3, 8), **rej)),  # type: ignore[arg-type]
     }
 

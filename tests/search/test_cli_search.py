@@ -33,6 +33,7 @@ def test_search_cli_bo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     (["--budget", "ten"], "budget"),
     (["--strategy", "bo"], "--form"),
     (["--floor", "high"], "--floor"),
+    (["--top-seeds", "3"], "--funnel"),
 ])
 def test_search_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                         extra: list[str], needle: str) -> None:

@@ -146,3 +146,42 @@ def test_train_objective_floor_and_density_on_real_digits() -> None:
     rej = evaluate_candidate(as_candidate("gelu(x)"), obj, strict)
     assert (rej.status, rej.stage) == ("rejected", "quality") and rej.units == 0.5
     assert "after 1 epoch(s) misses the floor 0.999" in rej.reason
+
+
+def test_the_last_funnel_level_averages_top_seeds_runs() -> None:
+    seen: list[int] = []
+
+    class Recording(CurveObjective):
+        def evaluate(self, candidate: Candidate, budget: float, *, seed: int, floor: Any) -> Score:
+            seen.append(seed)
+            return Score(float(seed), {"budget_seen": budget})
+
+    obj, pipe = Recording("gelu"), Pipeline(budgets=(1.0, 2.0, 4.0), top_seeds=3)
+    cand = as_candidate("gelu(x)")
+    assert [pipe.seeds(lv, obj) for lv in range(3)] == [1, 1, 3]
+    assert [pipe.units(lv, obj) for lv in range(3)] == [1.0, 2.0, 12.0]
+    r1 = evaluate_candidate(cand.promoted(1), obj, pipe, seed=7)
+    assert seen == [8] and r1.quality == 8.0 and "seed_values" not in r1.extra
+    seen.clear()
+    top = evaluate_candidate(cand.promoted(2), obj, pipe, seed=7)
+    assert seen == [9, 1009, 2009]  # fresh seeds, distinct from every other level's
+    assert top.quality == pytest.approx((9 + 1009 + 2009) / 3) and top.units == 12.0
+    assert top.extra["seed_values"] == [9.0, 1009.0, 2009.0] and top.extra["seed_std"] == pytest.approx(1000.0)
+    assert top.extra["budget"] == 4.0
+    # one level only: nothing to average, whatever top_seeds says
+    assert Pipeline(top_seeds=3).seeds(0, obj) == 1
+    with pytest.raises(ValueError, match="top_seeds"):
+        Pipeline(top_seeds=0)
+
+
+def test_a_rejection_in_a_later_top_seed_run_counts_the_runs_spent() -> None:
+    class Diverges(CurveObjective):
+        def evaluate(self, candidate: Candidate, budget: float, *, seed: int, floor: Any) -> Score:
+            if seed >= 1000:
+                return Score(math.nan, {})
+            return Score(1.0, {})
+
+    pipe = Pipeline(budgets=(1.0, 2.0), top_seeds=3)
+    r = evaluate_candidate(as_candidate("gelu(x)").promoted(1), Diverges("gelu"), pipe, seed=0)
+    assert (r.status, r.stage) == ("rejected", "train") and "non-finite" in r.reason
+    assert r.units == pytest.approx(4.0)  # two of the three 2-unit runs were trained

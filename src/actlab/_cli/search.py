@@ -50,6 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--funnel", default=None,
                    help="comma list of training budgets (epochs) per funnel level, e.g. 3,8,20 "
                         "(default: 3 on digits-mlp, else the task's epochs)")
+    p.add_argument("--top-seeds", type=int, default=1,
+                   help="training runs averaged per evaluation at the last funnel level (with --funnel; "
+                        "default 1): ranks the finalists on a mean instead of one noisy run")
     p.add_argument("--keep", type=float, default=0.1,
                    help="fraction of each funnel level promoted to the next (default 0.1)")
     p.add_argument("--floor", default="auto",
@@ -180,7 +183,11 @@ def run(args: argparse.Namespace) -> int:
               "overrides": {"max_steps": args.max_steps} if args.max_steps else {}}
     objective = make_objective(args.task, **kw)
     pipeline = Pipeline(cost=CostFilter(args.max_cost), floor=_floor(args.floor, args.task),
-                        budgets=_levels(args.funnel, objective.task), max_nodes=args.max_nodes)
+                        budgets=_levels(args.funnel, objective.task), max_nodes=args.max_nodes,
+                        top_seeds=args.top_seeds)
+    if args.top_seeds > 1 and len(pipeline.levels(objective)) < 2:
+        raise ValueError("--top-seeds averages runs at the last level of a funnel of two or more levels; "
+                         "add --funnel (e.g. --funnel 3,8)")
     printer = _Printer(budget, args.quiet)
     console = printer.console
     console.print(f"actlab search: task {objective.task}, strategy {args.strategy}, budget {budget}, "

@@ -17,7 +17,11 @@ ends the evaluation with a recorded stage and reason:
 A promoted candidate (level > 0) passed the cheap stages already and is only trained, on
 the larger budget of its level, with training seed ``seed + level``: a fresh draw of the
 training noise, so a candidate promoted on a lucky level-0 run is judged afresh (the
-funnel then counters the winner's curse instead of re-confirming it). :func:`evaluate_candidate` never raises for a bad
+funnel then counters the winner's curse instead of re-confirming it). With
+``top_seeds=k > 1`` an evaluation at the last level of a funnel trains ``k`` times (seeds
+``seed + level + 1000 j``, j < k) and its quality is the mean: that level decides the final
+ranking, and one training run of a small proxy can differ from the next by more than the
+candidates differ from each other. It costs ``k`` times the level's units. :func:`evaluate_candidate` never raises for a bad
 candidate: errors become ``failed`` results with the exception as reason. It is a plain
 function of picklable arguments, so executors can run it in other processes or on Ray.
 """
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import statistics
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -39,6 +44,8 @@ if TYPE_CHECKING:
     from torch import nn
 
 __all__ = ["Pipeline", "evaluate_candidate", "stage_counts"]
+
+SEED_STRIDE = 1000  # training seeds of the extra runs at the top level: seed + level + 1000 j
 
 
 @dataclass(frozen=True)
@@ -54,8 +61,11 @@ class Pipeline:
     budgets: tuple[float, ...] | None = None
     proxies: bool = True
     max_nodes: int | None = 40
+    top_seeds: int = 1
 
     def __post_init__(self) -> None:
+        if int(self.top_seeds) != self.top_seeds or self.top_seeds < 1:
+            raise ValueError(f"top_seeds must be a whole number >= 1, got {self.top_seeds}")
         if self.budgets is not None:
             b = tuple(float(x) for x in self.budgets)
             if not b or any(not (x > 0) for x in b) or any(y < x for x, y in zip(b, b[1:])):
@@ -72,10 +82,16 @@ class Pipeline:
             raise ValueError(f"funnel level {level} out of range: the pipeline has {len(lv)} level(s)")
         return lv[level]
 
-    def units(self, level: int, objective: Objective) -> float:
-        """Evaluation units of one evaluation at ``level`` (level 0 costs 1)."""
+    def seeds(self, level: int, objective: Objective) -> int:
+        """Training runs averaged by one evaluation at ``level`` (``top_seeds`` at the last
+        level of a funnel of two or more levels, else 1)."""
         lv = self.levels(objective)
-        return self.budget(level, objective) / lv[0]
+        return int(self.top_seeds) if len(lv) > 1 and level == len(lv) - 1 else 1
+
+    def units(self, level: int, objective: Objective) -> float:
+        """Evaluation units of one evaluation at ``level`` (one level-0 training costs 1)."""
+        lv = self.levels(objective)
+        return self.budget(level, objective) / lv[0] * self.seeds(level, objective)
 
 
 def _error(e: BaseException) -> str:
@@ -116,18 +132,29 @@ def evaluate_candidate(
             if not ok:
                 return done(EvalResult.rejected("cost", reason, cost=cost))
     floor = pipeline.floor if candidate.level == 0 else None
-    try:
-        score = objective.evaluate(candidate, budget, seed=seed + candidate.level, floor=floor)
-    except Rejected as r:
-        return done(EvalResult.rejected(r.stage, r.reason, units=units * min(max(r.fraction, 0.0), 1.0),
-                                        extra=r.extra))
-    except Exception as e:  # noqa: BLE001
-        return done(EvalResult.failed("train", f"error: {_error(e)}", units=units))
-    if not math.isfinite(score.value):
-        return done(EvalResult.rejected("train", "non-finite objective value", units=units,
-                                        extra=score.extra))
-    extra = dict(score.extra, budget=budget)
-    return done(EvalResult("ok", "done", "ok", quality=float(score.value), units=units, extra=extra))
+    runs = pipeline.seeds(candidate.level, objective)
+    per_run = units / runs
+    values: list[float] = []
+    first_extra: dict = {}
+    for j in range(runs):
+        spent = per_run * j  # units of the runs that finished before this one
+        try:
+            score = objective.evaluate(candidate, budget, seed=seed + candidate.level + SEED_STRIDE * j,
+                                       floor=floor)
+        except Rejected as r:
+            return done(EvalResult.rejected(r.stage, r.reason, extra=r.extra,
+                                            units=spent + per_run * min(max(r.fraction, 0.0), 1.0)))
+        except Exception as e:  # noqa: BLE001
+            return done(EvalResult.failed("train", f"error: {_error(e)}", units=spent + per_run))
+        if not math.isfinite(score.value):
+            return done(EvalResult.rejected("train", "non-finite objective value", units=spent + per_run,
+                                            extra=score.extra))
+        values.append(float(score.value))
+        first_extra = first_extra or dict(score.extra)
+    extra = dict(first_extra, budget=budget)
+    if runs > 1:
+        extra.update(seed_values=values, seed_std=float(statistics.stdev(values)))
+    return done(EvalResult("ok", "done", "ok", quality=statistics.fmean(values), units=units, extra=extra))
 
 
 @contextlib.contextmanager
