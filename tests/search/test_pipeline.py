@@ -185,3 +185,18 @@ def test_a_rejection_in_a_later_top_seed_run_counts_the_runs_spent() -> None:
     r = evaluate_candidate(as_candidate("gelu(x)").promoted(1), Diverges("gelu"), pipe, seed=0)
     assert (r.status, r.stage) == ("rejected", "train") and "non-finite" in r.reason
     assert r.units == pytest.approx(4.0)  # two of the three 2-unit runs were trained
+
+
+def test_top_seed_values_survive_the_study_and_a_resume(tmp_path: Path) -> None:
+    from actlab.search import make_strategy
+
+    pipe = Pipeline(budgets=(1.0, 2.0), top_seeds=2, cost=None)
+    kw = dict(budget=14, storage=tmp_path / "t.db", study="top", pipeline=pipe)
+    strat = make_strategy("random", levels=2, keep=0.5, seed=0)
+    res = run_search(CurveObjective("gelu"), strat, **kw)  # type: ignore[arg-type]
+    top = [r for r in res.finished if r.candidate.level == 1 and r.result is not None and r.result.ok]
+    assert top and all(len(r.result.extra["seed_values"]) == 2 for r in top)  # type: ignore[union-attr]
+    again = run_search(CurveObjective("gelu"), make_strategy("random", levels=2, keep=0.5, seed=0), **kw)
+    assert {r.candidate.hash for r in again.finished if r.candidate.level == 1} >= {r.candidate.hash for r in top}
+    reloaded = next(r for r in again.finished if r.candidate.hash == top[0].candidate.hash and r.candidate.level == 1)
+    assert reloaded.result is not None and reloaded.result.extra["seed_values"] == top[0].result.extra["seed_values"]  # type: ignore[union-attr]
