@@ -10,6 +10,7 @@ through the reference path), as the CPU tests do.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 
@@ -45,8 +46,6 @@ def _cpu_reference(m: nn.Module, x: torch.Tensor, g: torch.Tensor) -> list[torch
 
 
 def _clone_to(m: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
-    import copy
-
     return copy.deepcopy(m).to(device, dtype)
 
 

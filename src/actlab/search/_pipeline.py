@@ -135,7 +135,7 @@ def evaluate_candidate(
     runs = pipeline.seeds(candidate.level, objective)
     per_run = units / runs
     values: list[float] = []
-    first_extra: dict = {}
+    extra: dict = {}
     for j in range(runs):
         spent = per_run * j  # units of the runs that finished before this one
         try:
@@ -150,8 +150,9 @@ def evaluate_candidate(
             return done(EvalResult.rejected("train", "non-finite objective value", units=spent + per_run,
                                             extra=score.extra))
         values.append(float(score.value))
-        first_extra = first_extra or dict(score.extra)
-    extra = dict(first_extra, budget=budget)
+        if j == 0:  # the first run's details (curves, densities) stand for the evaluation
+            extra = dict(score.extra)
+    extra["budget"] = budget
     if runs > 1:
         extra.update(seed_values=values, seed_std=float(statistics.stdev(values)))
     return done(EvalResult("ok", "done", "ok", quality=statistics.fmean(values), units=units, extra=extra))
