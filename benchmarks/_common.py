@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Callable
 
@@ -21,11 +20,6 @@ def interleaved_samples(fns: dict[str, Callable[[], None]], repeats: int, warmup
             fn()
             times[k].append(time.perf_counter() - t0)
     return times
-
-
-def interleaved_median(fns: dict[str, Callable[[], None]], repeats: int, warmup: int = 3) -> dict[str, float]:
-    """Median seconds per call of each fn, measured round-robin so machine noise hits all alike."""
-    return {k: statistics.median(v) for k, v in interleaved_samples(fns, repeats, warmup).items()}
 
 
 def saved_bytes(fn: Callable[[], torch.Tensor]) -> int:

@@ -91,7 +91,7 @@ def _table(x0, g, specs, modes, args, sync) -> None:  # type: ignore[no-untyped-
                 t = interleaved_samples({"gelu": gelu_step, "act": step}, args.repeats)
                 sb = saved_bytes(lambda m=m: m(x0.clone().requires_grad_(True)))
             # ratio within each round (the two steps ran back to back), median over rounds
-            r = [a / g for a, g in zip(t["act"], t["gelu"])]
+            r = [ta / tg for ta, tg in zip(t["act"], t["gelu"])]
             q1, _, q3 = statistics.quantiles(r, n=4)
             iqr = f"{q1:.2f}-{q3:.2f}"
             print(f"{spec:<22}{mode:<10}{statistics.median(r):>14.2f}{iqr:>13}{sb / x_bytes:>13.2f}{first:>14.1f}")

@@ -264,7 +264,6 @@ def test_lesser_instruction_sets_match_the_float64_formula(isa: str, tmp_path: o
         x0 = torch.cat([torch.linspace(-14, 14, 20_001, dtype=torch.float64),
                         torch.randn(30_001, dtype=torch.float64) * 3])
         g = torch.randn_like(x0)
-        worst = 0.0
         for spec in ("crrelu(eps=0.3)", "eafo(base='gelu', eps=0.2)"):
             m = actlab.create_activation(spec).double()
             outs = {}
@@ -280,8 +279,7 @@ def test_lesser_instruction_sets_match_the_float64_formula(isa: str, tmp_path: o
                 for a, b in zip(outs[dt], outs["ref"]):
                     err = float(((a - b).abs() / (1 + b.abs())).max())
                     assert err <= tol, (spec, dt, err)
-                    worst = max(worst, err) if dt == torch.float32 else worst
-        print("ok", _native._capability(), worst)
+        print("ok", _native._capability())
     """, ACTLAB_CACHE=str(tmp_path), ACTLAB_NATIVE_ISA=isa)
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"ok {isa}" in r.stdout

@@ -18,9 +18,10 @@ torch version and the flags), and the library registers ``torch.ops.actlab_nativ
 first build takes ~30 s on two cores and says so on stderr; later processes load the
 cached library directly (~3 ms, no compiler involved). Concurrent processes wait on a lock
 instead of building twice, and a process killed mid-build leaves no lock behind.
-``ACTLAB_NATIVE=0`` disables it; ``ACTLAB_NATIVE_ISA=AVX2`` (or ``DEFAULT``) builds for a lesser
-instruction set than the CPU's, e.g. for a cache shared by mixed machines. A failed build (no C++ compiler, unusual platform) warns
-once and the kernels fall back to their compiled / eager paths; nothing else changes.
+``ACTLAB_NATIVE=0`` disables it; ``ACTLAB_NATIVE_ISA=AVX2`` (or ``DEFAULT``) builds for a
+lesser instruction set than the CPU's, e.g. for a cache shared by mixed machines. A failed
+build (no C++ compiler, unusual platform) warns once and the kernels fall back to their
+compiled / eager paths; nothing else changes.
 """
 
 from __future__ import annotations

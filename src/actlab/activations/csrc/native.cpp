@@ -115,20 +115,25 @@ template <typename T>
 inline Vectorized<T> normal_cdf(const Vectorized<T>& x, const Vectorized<T>& /*e*/) {
   return Vectorized<T>(T(0.5)) * (Vectorized<T>(T(1)) + (x * Vectorized<T>(T(0.70710678118654752440))).erf());
 }
-template <>
-inline Vectorized<float> normal_cdf<float>(const Vectorized<float>& x, const Vectorized<float>& e) {
+// Phi(-|x|) = erfc(|x| / sqrt 2) / 2 for float, given |x| and e = exp(-x^2 / 2): A&S 7.1.26 with
+// halved coefficients, t (a1 + t (a2 + ...)) e / 2, t = 1 / (1 + p |x| / sqrt 2).
+inline Vectorized<float> normal_tail(const Vectorized<float>& ax, const Vectorized<float>& e) {
   using V = Vectorized<float>;
-  const V sign = x & V(-0.f);
-  const V ax = x ^ sign;  // |x|
   const V t = recip<float>(at::vec::fmadd(V(0.3275911f * 0.70710678118654752440f), ax, V(1.f)));
-  // halved A&S coefficients: half_tail = t (a1 + t (a2 + ...)) e / 2 = Phi(-|x|)
   V r = at::vec::fmadd(V(0.5f * 1.061405429f), t, V(0.5f * -1.453152027f));
   r = at::vec::fmadd(r, t, V(0.5f * 1.421413741f));
   r = at::vec::fmadd(r, t, V(0.5f * -0.284496736f));
   r = at::vec::fmadd(r, t, V(0.5f * 0.254829592f));
-  const V half_tail = r * t * e;
+  return r * t * e;
+}
+
+template <>
+inline Vectorized<float> normal_cdf<float>(const Vectorized<float>& x, const Vectorized<float>& e) {
+  using V = Vectorized<float>;
+  const V sign = x & V(-0.f);
+  const V tail = normal_tail(x ^ sign, e);  // of |x|
   // Phi(x) = 1/2 + copysign(1/2 - Phi(-|x|), x), by bits (no compare / blend)
-  return V(0.5f) + ((V(0.5f) - half_tail) ^ sign);
+  return V(0.5f) + ((V(0.5f) - tail) ^ sign);
 }
 
 void check_input(const at::Tensor& x, const char* op) {
@@ -324,16 +329,9 @@ inline GeluTerms<float> gelu_terms_avx512(const __m512 v, const __m512 tau) {
   const __m512 xc = clamp40<float>(v);
   const __m512 x2 = _mm512_mul_ps(xc, xc);
   const __m512 e = exp_mhalf<float>(x2);
-  // Phi by A&S 7.1.26 as in normal_cdf<float>: Phi(-|x|) = t P(t) e / 2, t = 1 / (1 + p |x| / sqrt 2)
-  const __m512 ax = _mm512_abs_ps(xc);
+  // Phi(x) = Phi(-|x|), or 1 - Phi(-|x|) where x > 0 (a masked subtraction)
   const __mmask16 xpos = _mm512_cmp_ps_mask(xc, zero, _CMP_GT_OQ);
-  const __m512 t = recip<float>(_mm512_fmadd_ps(ax, _mm512_set1_ps(0.3275911f * 0.70710678118654752440f),
-                                                _mm512_set1_ps(1.f)));
-  __m512 r = _mm512_fmadd_ps(_mm512_set1_ps(0.5f * 1.061405429f), t, _mm512_set1_ps(0.5f * -1.453152027f));
-  r = _mm512_fmadd_ps(r, t, _mm512_set1_ps(0.5f * 1.421413741f));
-  r = _mm512_fmadd_ps(r, t, _mm512_set1_ps(0.5f * -0.284496736f));
-  r = _mm512_fmadd_ps(r, t, _mm512_set1_ps(0.5f * 0.254829592f));
-  const __m512 tail = _mm512_mul_ps(_mm512_mul_ps(r, t), e);  // Phi(-|x|)
+  const __m512 tail = normal_tail(_mm512_abs_ps(xc), e);
   const __m512 Phi = _mm512_mask_sub_ps(tail, xpos, _mm512_set1_ps(1.f), tail);
   const __m512 phi = _mm512_mul_ps(e, _mm512_set1_ps(0.39894228040143267794f));
   const __m512 phi2 = _mm512_add_ps(phi, phi);
