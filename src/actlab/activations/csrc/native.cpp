@@ -21,9 +21,9 @@
 // kBlock elements summed in double, so deps does not depend on the number of threads.
 //
 // Cost: these kernels are compute-bound where GELU is nearly memory-bound. Per 16 floats on
-// AVX512 the eafo(gelu) forward is ~44 vector instructions (exp 9, Phi 13, the correction 13,
-// clamp, loads, stores, register copies), the backward ~54; every rewrite here was kept only if it lowered
-// that count (bench: benchmarks/bench_activations.py).
+// AVX512 the eafo(gelu) forward is ~45 vector instructions (exp 9, Phi 13, the correction 13,
+// clamp, loads, stores, register copies), the backward ~61; every rewrite here was kept only
+// if it lowered that count (bench: benchmarks/bench_activations.py).
 //
 // Built and loaded at run time by actlab/activations/_native.py (torch.utils.cpp_extension),
 // registered as torch.ops.actlab_native.*: the kernels (*_fwd, *_bwd) and the differentiable
