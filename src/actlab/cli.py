@@ -17,6 +17,7 @@ import argparse
 import importlib
 import os
 import sys
+from typing import NoReturn
 
 __all__ = ["main", "CLIError", "SUBCOMMANDS"]
 
@@ -36,15 +37,22 @@ class CLIError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's own errors (bad int, unknown choice, missing argument) as one line too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _build_parser() -> argparse.ArgumentParser:
     from actlab import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="actlab",
         description="actlab: design, evaluate, search and probe activation functions.",
     )
     parser.add_argument("--version", action="version", version=f"actlab {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, modname in SUBCOMMANDS.items():
         mod = importlib.import_module(f"actlab._cli.{modname}")
         p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)

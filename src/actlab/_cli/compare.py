@@ -3,13 +3,20 @@
 Runs the activation x seed matrix (resuming from the results database), prints one row per
 activation -- mean ± CI of the test metric and paired tests against the first activation --
 and writes a self-contained HTML report. Exit status 1 if some run of the matrix failed.
+
+Every flag is checked before anything is trained or written (:func:`validate`): a bad value
+is one line ``actlab compare: error: ...`` and exit status 2. The checks of flags that
+``search`` and ``demo`` share live here too (``check_*``).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 HELP = "compare activations over several seeds: mean ± CI, paired tests, HTML report"
@@ -22,7 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "activations",
         nargs="+",
         metavar="ACT",
-        help="activation specs; the first is the baseline, e.g. gelu 'crrelu(eps=0.02)'",
+        help="activation specs or formulas in x; the first is the baseline, e.g. gelu "
+        "'crrelu(eps=0.02)' 'x*sigmoid(1.702*x)'",
     )
     p.add_argument(
         "--task",
@@ -64,9 +72,134 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="cap optimizer steps per run (quick smoke tests)",
     )
-    p.add_argument("--study", default=None, help="study name stored with the runs")
+    p.add_argument("--study", default=None, help="study name stored with the runs (<= 200 chars)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--train-fn", default=None, help=argparse.SUPPRESS)  # module:function, tests
+
+
+# ---------------------------------------------------------------------------- flag checks
+MAX_STEPS = 10**9
+MAX_STUDY_LEN = 200  # the study column of the results store
+WORKERS_PER_CORE = 4
+
+
+def check_int(flag: str, value: int | None, lo: int, hi: int) -> int | None:
+    """``value`` (None passes) must be a whole number in ``lo..hi``."""
+    if value is not None and not lo <= value <= hi:
+        raise ValueError(f"{flag} must be in {lo}..{hi}, got {value}")
+    return value
+
+
+def check_float(
+    flag: str, value: float, *, lo: float, hi: float = math.inf, lo_open: bool = True
+) -> float:
+    """``value`` must be finite and in ``(lo, hi]`` (``[lo, hi]`` with ``lo_open=False``)."""
+    above = value > lo if lo_open else value >= lo
+    if not (math.isfinite(value) and above and value <= hi):
+        low = f"> {lo:g}" if lo_open else f">= {lo:g}"
+        high = f" and <= {hi:g}" if math.isfinite(hi) else ""
+        raise ValueError(f"{flag} must be a finite number {low}{high}, got {value!r}")
+    return value
+
+
+def check_workers(workers: int) -> int:
+    """Local worker processes: at least 1, at most ``WORKERS_PER_CORE`` per CPU core."""
+    cap = WORKERS_PER_CORE * (os.cpu_count() or 1)
+    if not 1 <= workers <= cap:
+        raise ValueError(
+            f"--workers must be in 1..{cap} ({WORKERS_PER_CORE} per CPU core here), got {workers}"
+        )
+    return workers
+
+
+def check_device(text: str) -> str:
+    """A torch device that exists on this machine, normalised (``"cuda:0"``, ``"cpu"``)."""
+    import torch
+
+    try:
+        dev = torch.device(text.strip())
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(
+            f"--device {text!r} is not a torch device; use cpu, cuda, cuda:1 or mps"
+        ) from None
+    if dev.type == "cpu":
+        return str(dev)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else "no GPU visible"
+            raise ValueError(
+                f"--device {text}: cuda requested but not available (torch "
+                f"{torch.__version__}, {build}); use --device cpu"
+            )
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise ValueError(
+                f"--device {text}: this machine has {n} CUDA device(s) (cuda:0..cuda:{n - 1})"
+            )
+        return str(dev)
+    if dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"--device {text}: mps requested but not available; use --device cpu")
+        return str(dev)
+    raise ValueError(f"--device {text}: training supports cpu, cuda and mps, not {dev.type!r}")
+
+
+def check_report(report: str | None, no_report: bool, default: str) -> Path | None:
+    """The report path (None with ``--no-report``): an .html file in an existing folder."""
+    if no_report:
+        if report is not None:
+            raise ValueError("--report and --no-report contradict each other; give one")
+        return None
+    path = Path(report if report is not None else default)
+    if path.suffix.lower() not in (".html", ".htm"):
+        raise ValueError(f"--report {str(path)!r}: the report is HTML; give a path ending in .html")
+    if path.is_dir():
+        raise ValueError(f"--report {str(path)!r} is a directory; give a file path")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise ValueError(f"--report {str(path)!r}: folder {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"--report {str(path)!r}: folder {str(parent)!r} is not writable")
+    return path
+
+
+def check_study(name: str | None) -> str | None:
+    """A study name of at most ``MAX_STUDY_LEN`` printable characters (None: the default)."""
+    if name is None:
+        return None
+    if not name.strip():
+        raise ValueError("--study must not be empty; leave it out for the default name")
+    if len(name) > MAX_STUDY_LEN or not name.isprintable():
+        raise ValueError(
+            f"--study must be at most {MAX_STUDY_LEN} printable characters (got {len(name)})"
+        )
+    return name
+
+
+def validate(args: argparse.Namespace) -> list[Any]:
+    """Check every flag (see the module docstring); returns the planned runs.
+
+    Normalises ``args.device``, ``args.report`` (a path or None) and ``args.activations``
+    (bare formulas become ``expr(formula=...)``). Reads nothing from the results database
+    and writes nothing.
+    """
+    from actlab.bench.comparison import resolve_task_defaults
+    from actlab.bench.plan import MAX_EPOCHS, formula_spec, plan_runs
+
+    check_workers(args.workers)
+    check_int("--epochs", args.epochs, 1, MAX_EPOCHS)
+    check_int("--max-steps", args.max_steps, 1, MAX_STEPS)
+    args.device = check_device(args.device)
+    check_study(args.study)
+    if not args.db or not str(args.db).strip():
+        raise ValueError("--db must name a file or an SQLAlchemy URL")
+    args.activations = [formula_spec(a) for a in args.activations]
+    # task and model first: an unknown task names every task
+    if args.train_fn is None:
+        resolve_task_defaults(args.task, args.model, args.epochs)
+    specs = plan_runs(args.activations, args.seeds, task=args.task, epochs=args.epochs)
+    args.report = check_report(args.report, args.no_report, f"compare-{args.task}.html")
+    return specs
 
 
 def _events(show_bar: bool) -> Any:
@@ -160,12 +293,8 @@ def _print_table(result: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from actlab.bench.comparison import compare
-    from actlab.bench.plan import plan_runs
 
-    if args.workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {args.workers}")
-    # validate specs and seeds before touching the database or starting anything
-    plan_runs(args.activations, args.seeds, task=args.task, epochs=args.epochs)
+    validate(args)  # every flag, before touching the database or starting anything
     events = _events(show_bar=not args.no_progress and sys.stderr.isatty())
     t0 = time.perf_counter()
     try:
@@ -195,10 +324,10 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         events.console.print(f"{len(missing)} run(s) are being trained by another process; "
                              "rerun later to include them")  # fmt: skip
-    if not args.no_report:
+    if args.report is not None:
         from actlab.report.html import write_report
 
-        path = write_report(result, args.report or f"compare-{args.task}.html")
+        path = write_report(result, args.report)
         events.console.print(f"report: {path}")
     events.console.print(
         f"{len(result.report.records)} run(s) trained now, {len(result.report.skipped)} reused "

@@ -6,6 +6,11 @@ finished (in this study or any other) reuses its result.
 
 - ``activation`` is the canonical spec (:func:`canonical_activation`): registry name after
   alias resolution, keyword arguments sorted, so ``"CRReLU()"`` and ``"crrelu"`` are one run.
+  A bare formula of :mod:`actlab.expr` (``"x*sigmoid(1.702*x)"``: it uses ``x`` and is not
+  a registered name) stands for ``expr(formula=...)`` with the canonical formula
+  (:func:`formula_spec`), so the two spellings are one run too.
+- A plan holds at most :data:`MAX_SEEDS` seeds (each in ``0..MAX_SEED``) and
+  :data:`MAX_RUNS` runs; larger requests are refused before anything is built.
 - ``model`` is ``"default"`` when the task's default model is used; ``epochs`` is 0 for the
   task's default number of epochs.
 - ``config`` holds every other setting that can change the result (device, dtype,
@@ -27,6 +32,7 @@ __all__ = [
     "RunSpec",
     "canonical_activation",
     "config_hash",
+    "formula_spec",
     "parse_seeds",
     "plan_runs",
 ]
@@ -34,6 +40,10 @@ __all__ = [
 DEFAULT_MODEL = "default"
 DEFAULT_DB = "actlab-results.sqlite"  # the results database of `actlab compare`
 MAX_SPEC_LEN = 255  # the activation column of the results store
+MAX_SEEDS = 10_000  # seeds of one comparison
+MAX_SEED = 2**31 - 1  # largest seed (torch, numpy and every SQL integer column take it)
+MAX_RUNS = 100_000  # activations x seeds of one comparison
+MAX_EPOCHS = 100_000  # epochs of one run
 
 
 def canonical_activation(spec: str) -> str:
@@ -62,6 +72,77 @@ def canonical_activation(spec: str) -> str:
             "register it under a short name with actlab.register_activation"
         )
     return text
+
+
+def _uses_x(expr: Any) -> bool:
+    from actlab.expr import Var
+    from actlab.expr.grammar import nodes
+
+    return any(isinstance(n, Var) for _, n in nodes(expr))
+
+
+def _canonical_formula(text: str) -> str:
+    from actlab.expr import canonical, parse, to_string
+
+    return to_string(canonical(parse(text)))
+
+
+def formula_spec(spec: str) -> str:
+    """A spec with every formula of :mod:`actlab.expr` in canonical form.
+
+    - a bare formula (it uses ``x`` and is not a registered name or call, e.g.
+      ``"x*sigmoid(1.702*x)"``) becomes ``expr(formula="<canonical formula>")``;
+    - ``expr(formula="...")`` gets the canonical formula (other arguments kept);
+    - any other spec is returned unchanged (stripped).
+
+    Raises ``ValueError`` (one line) for text that is neither a spec nor a formula in ``x``.
+    The formula is parsed by the safe parser of :mod:`actlab.expr`, never evaluated.
+    """
+    from actlab.expr import ExprError, parse
+    from actlab.registry import ActivationSpecError, get_activation_info, parse_spec
+
+    if not isinstance(spec, str):
+        return spec
+    text = spec.strip()
+    try:
+        name, kwargs = parse_spec(text)
+    except ActivationSpecError as e:
+        spec_error: ActivationSpecError | None = e
+    else:
+        spec_error = None
+        try:
+            info = get_activation_info(name)
+        except ActivationSpecError:
+            info = None
+        if info is not None:
+            formula = kwargs.get("formula")
+            if info.name != "expr" or not isinstance(formula, str):
+                return text
+            try:
+                kwargs["formula"] = _canonical_formula(formula)
+            except ExprError as e:
+                raise ValueError(f"activation spec {text!r}: {e}") from None
+            args = ", ".join(
+                f'formula="{v}"' if k == "formula" else f"{k}={v!r}" for k, v in kwargs.items()
+            )
+            return f"{info.name}({args})"
+    # not a registered name or call: a formula in x?
+    try:
+        expr = parse(text)
+    except (ExprError, RecursionError, MemoryError) as e:
+        if spec_error is None:
+            return text  # an unknown name: canonical_activation says so, with close matches
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". Write a")[0]
+        raise ValueError(
+            f"activation {text!r} is neither a registered name, a call 'name(key=value, ...)' "
+            f"nor a formula in x ({why}); write e.g. gelu, 'crrelu(eps=0.02)', "
+            "'x*sigmoid(1.702*x)' or 'expr(formula=\"x*sigmoid(1.702*x)\")'"
+        ) from None
+    if not _uses_x(expr):
+        raise ValueError(
+            f"activation {text!r}: a formula must use the input x, e.g. x*sigmoid(1.702*x)"
+        )
+    return f'expr(formula="{_canonical_formula(text)}")'
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -105,28 +186,57 @@ class RunSpec:
         return f"{self.activation} seed={self.seed}"
 
 
+def _seed_count(n: int, text: object) -> int:
+    if n > MAX_SEEDS:
+        raise ValueError(
+            f"--seeds {text}: at most {MAX_SEEDS} seeds per comparison; "
+            "split a larger study into several commands with explicit seed lists"
+        )
+    return n
+
+
 def parse_seeds(seeds: int | str | Sequence[int]) -> list[int]:
-    """``3`` -> ``[0, 1, 2]``; ``"0,3,7"`` or ``[0, 3, 7]`` -> those seeds (duplicates refused)."""
+    """``3`` -> ``[0, 1, 2]``; ``"0,3,7"`` or ``[0, 3, 7]`` -> those seeds (duplicates refused).
+
+    At most :data:`MAX_SEEDS` seeds, each in ``0..MAX_SEED``; a count is checked before any
+    list is built, so ``--seeds 100000000`` is refused at once.
+    """
     if isinstance(seeds, bool):
         raise ValueError("seeds must be a count or a list of integers")
     if isinstance(seeds, int):
-        out = list(range(seeds))
+        out = list(range(_seed_count(seeds, seeds)))
     elif isinstance(seeds, str):
         text = seeds.strip()
         try:
-            out = list(range(int(text))) if "," not in text else [int(s) for s in text.split(",")]
-        except ValueError:
+            if "," in text:
+                parts = text.split(",")
+                _seed_count(len(parts), repr(seeds))
+                out = [int(s) for s in parts]
+            else:
+                out = list(range(_seed_count(int(text), text)))
+        except ValueError as e:
+            if "at most" in str(e):
+                raise
             raise ValueError(
                 f"--seeds {seeds!r}: give a count (e.g. 5) or a comma list (e.g. 0,3,7)"
             ) from None
     else:
-        out = [int(s) for s in seeds]
+        items = list(seeds)
+        _seed_count(len(items), f"({len(items)} seeds)")
+        try:
+            out = [int(s) for s in items]
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError(f"seeds must be integers, got {items[:5]}") from None
+        if any(float(s) != o for s, o in zip(items, out, strict=True)):
+            raise ValueError(f"seeds must be whole numbers, got {items[:5]}")
     if not out:
         raise ValueError("need at least one seed (e.g. --seeds 3)")
     if len(set(out)) != len(out):
-        raise ValueError(f"duplicate seeds in {out}")
-    if any(s < 0 for s in out):
-        raise ValueError(f"seeds must be >= 0, got {out}")
+        dupes = sorted({s for s in out if out.count(s) > 1})[:5]
+        raise ValueError(f"duplicate seeds: {dupes}")
+    bad = [s for s in out if not 0 <= s <= MAX_SEED]
+    if bad:
+        raise ValueError(f"seeds must be in 0..{MAX_SEED}, got {bad[0]}")
     return out
 
 
@@ -143,7 +253,7 @@ def plan_runs(
 
     Seed-major order means an interrupted comparison already holds complete pairs.
     """
-    acts = [canonical_activation(a) for a in activations]
+    acts = [canonical_activation(formula_spec(a)) for a in activations]
     if not acts:
         raise ValueError("name at least one activation, e.g. `actlab compare relu gelu`")
     dupes = sorted({a for a in acts if acts.count(a) > 1})
@@ -151,11 +261,17 @@ def plan_runs(
         raise ValueError(f"activation listed twice: {', '.join(dupes)}")
     if not task:
         raise ValueError("a task is required, e.g. --task digits-mlp")
-    if epochs is not None and epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if epochs is not None and not 1 <= epochs <= MAX_EPOCHS:
+        raise ValueError(f"epochs must be in 1..{MAX_EPOCHS}, got {epochs}")
+    seed_list = parse_seeds(seeds)
+    if len(acts) * len(seed_list) > MAX_RUNS:
+        raise ValueError(
+            f"{len(acts)} activations x {len(seed_list)} seeds = "
+            f"{len(acts) * len(seed_list)} runs; one comparison holds at most {MAX_RUNS}"
+        )
     cfg = dict(config or {})
     return [
         RunSpec(task, model or DEFAULT_MODEL, act, seed, int(epochs or 0), cfg)
-        for seed in parse_seeds(seeds)
+        for seed in seed_list
         for act in acts
     ]
