@@ -17,9 +17,12 @@ a truncated or corrupt file raises :class:`DatasetFormatError` naming the file.
 from __future__ import annotations
 
 import gzip
+import math
+import os
 import struct
 import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -29,11 +32,30 @@ from actlab.data.errors import DatasetFormatError, DatasetNotFoundError, data_ro
 
 __all__ = ["read_idx", "load_idx_dataset", "load_fashion_mnist", "load_mnist", "FASHION_CLASSES"]
 
-_DTYPES: dict[int, str] = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+MAX_BYTES = 1 << 30  # payload size cap of read_idx (Fashion-MNIST's largest file is 47 MB)
+_CHUNK = 1 << 20
+_MAX_DEFLATE_RATIO = 1100  # deflate cannot expand more than ~1032:1 (plus headers)
+
+_DTYPES: dict[int, str] = {
+    0x08: "u1",
+    0x09: "i1",
+    0x0B: ">i2",
+    0x0C: ">i4",
+    0x0D: ">f4",
+    0x0E: ">f8",
+}
 
 FASHION_CLASSES = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 ]
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -45,50 +67,104 @@ _FILES = {
 }
 
 
-def _read_bytes(path: Path) -> bytes:
-    raw = path.read_bytes()
-    if raw[:2] != b"\x1f\x8b":
-        return raw
+def _fail(path: Path, what: str) -> DatasetFormatError:
+    return DatasetFormatError(f"{path}: {what}. Re-download or reinstall the file.")
+
+
+def _read_exact(f: BinaryIO, n: int, path: Path) -> bytearray:
+    """Up to ``n`` bytes from ``f``, read in chunks: memory never exceeds what is there."""
+    buf = bytearray()
     try:
-        return gzip.decompress(raw)
+        while len(buf) < n:
+            chunk = f.read(min(n - len(buf), _CHUNK))
+            if not chunk:
+                break
+            buf += chunk
     except (EOFError, OSError, zlib.error) as e:
-        raise DatasetFormatError(
-            f"{path}: the gzip stream is truncated or corrupt ({type(e).__name__}: {e}). "
-            "Re-download or reinstall the file."
+        raise _fail(
+            path, f"the gzip stream is truncated or corrupt ({type(e).__name__}: {e})"
         ) from None
+    return buf
 
 
-def read_idx(path: str | Path) -> np.ndarray:
-    """Read one IDX file (``.gz`` or raw) into a numpy array of its declared type and shape."""
+def _stream(raw: BinaryIO) -> tuple[BinaryIO, bool]:
+    """(stream, gzip?) over an open file; compression is detected from the magic bytes."""
+    magic = raw.read(2)
+    raw.seek(0)
+    if magic == b"\x1f\x8b":
+        return gzip.GzipFile(fileobj=raw, mode="rb"), True  # type: ignore[return-value]
+    return raw, False
+
+
+def read_idx(path: str | Path, *, max_bytes: int = MAX_BYTES) -> np.ndarray:
+    """Read one IDX file (``.gz`` or raw) into a numpy array of its declared type and shape.
+
+    The header is read and checked first, from a streaming reader: the payload size it
+    declares must be positive, at most ``max_bytes`` and (for gzip) within what the
+    compressed file can hold; then exactly that many bytes are read and anything after them
+    is refused. Every problem raises :class:`DatasetFormatError` naming the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise DatasetNotFoundError(f"IDX file {path} does not exist")
-    data = _read_bytes(path)
-    if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise DatasetFormatError(
-            f"{path}: not an IDX file (magic number must start with two zero bytes, got "
-            f"{data[:4].hex() or 'an empty file'})"
-        )
-    code, ndim = data[2], data[3]
-    if code not in _DTYPES:
-        raise DatasetFormatError(f"{path}: unknown IDX element type 0x{code:02x}")
-    if ndim == 0:
-        raise DatasetFormatError(f"{path}: IDX header declares 0 dimensions")
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise DatasetFormatError(f"{path}: truncated IDX header ({len(data)} bytes)")
-    dims = struct.unpack(f">{ndim}I", data[4:header])
-    dtype = np.dtype(_DTYPES[code])
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
-    got = len(data) - header
-    if got != expected:
-        what = "truncated" if got < expected else "has trailing bytes"
-        raise DatasetFormatError(
-            f"{path}: file {what}: header declares shape {dims} ({expected} bytes of data) "
-            f"but {got} bytes follow. Re-download or reinstall the file."
-        )
-    arr = np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
-    return arr.astype(dtype.newbyteorder("="), copy=True)
+    with open(path, "rb") as raw:
+        file_size = os.fstat(raw.fileno()).st_size
+        f, gz = _stream(raw)
+        head = _read_exact(f, 4, path)
+        if len(head) < 4 or head[0] != 0 or head[1] != 0:
+            raise DatasetFormatError(
+                f"{path}: not an IDX file (magic number must start with two zero bytes, got "
+                f"{head.hex() or 'an empty file'})"
+            )
+        code, ndim = head[2], head[3]
+        if code not in _DTYPES:
+            raise DatasetFormatError(f"{path}: unknown IDX element type 0x{code:02x}")
+        if ndim == 0:
+            raise DatasetFormatError(f"{path}: IDX header declares 0 dimensions")
+        dim_bytes = _read_exact(f, 4 * ndim, path)
+        if len(dim_bytes) < 4 * ndim:
+            raise DatasetFormatError(f"{path}: truncated IDX header ({4 + len(dim_bytes)} bytes)")
+        dims = struct.unpack(f">{ndim}I", dim_bytes)
+        dtype = np.dtype(_DTYPES[code])
+        if 0 in dims:
+            raise DatasetFormatError(
+                f"{path}: IDX header declares an empty array of shape {dims}; a dataset file "
+                "needs at least one element"
+            )
+        expected = math.prod(dims) * dtype.itemsize  # Python ints: no overflow
+        if expected > max_bytes:
+            raise DatasetFormatError(
+                f"{path}: IDX header declares shape {dims} ({expected} bytes of data), more than "
+                f"the reader's limit of {max_bytes} bytes (read_idx(..., max_bytes=...) raises it)"
+            )
+        header = 4 + 4 * ndim
+        if gz and expected > _MAX_DEFLATE_RATIO * file_size:
+            raise _fail(
+                path,
+                f"file truncated: header declares shape {dims} ({expected} bytes of data) but a "
+                f"gzip file of {file_size} bytes cannot hold that much",
+            )
+        if not gz and file_size - header != expected:
+            got = file_size - header
+            what = "truncated" if got < expected else "has trailing bytes"
+            raise _fail(
+                path,
+                f"file {what}: header declares shape {dims} ({expected} bytes of data) but "
+                f"{got} bytes follow",
+            )
+        data = _read_exact(f, expected, path)
+        if len(data) < expected:
+            raise _fail(
+                path,
+                f"file truncated: header declares shape {dims} ({expected} bytes of data) but "
+                f"only {len(data)} bytes follow",
+            )
+        if _read_exact(f, 1, path):
+            raise _fail(
+                path, f"file has trailing bytes after the {expected} bytes of data of shape {dims}"
+            )
+    arr = np.frombuffer(data, dtype=dtype).reshape(dims)  # writable: data is a bytearray
+    return arr if dtype.itemsize == 1 else arr.astype(dtype.newbyteorder("="))
 
 
 def _find(root: Path, stem: str) -> Path | None:
@@ -123,13 +199,22 @@ def load_idx_dataset(
         raise DatasetFormatError(
             f"{img_path}: expected uint8 images of shape (N, H, W), got {images.dtype} {images.shape}"
         )
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DatasetFormatError(
+            f"{lbl_path}: labels must be integers (IDX type uint8, int8, int16 or int32), got "
+            f"{labels.dtype}"
+        )
     if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
         raise DatasetFormatError(
             f"{lbl_path}: {labels.shape} labels do not match {images.shape[0]} images in {img_path}"
         )
     n_cls = len(classes) if classes else 10
-    if labels.size and (labels.min() < 0 or labels.max() >= n_cls):
-        raise DatasetFormatError(f"{lbl_path}: labels outside 0..{n_cls - 1}")
+    bad = (labels < 0) | (labels >= n_cls)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise DatasetFormatError(
+            f"{lbl_path}: label {int(labels[i])} at index {i} is outside 0..{n_cls - 1}"
+        )
     return ImageDataset(
         torch.from_numpy(images).unsqueeze(1),
         torch.from_numpy(labels.astype(np.int64)),
