@@ -124,9 +124,10 @@ def test_torch_multihead_attention_weights() -> None:
     torch.manual_seed(2)
     mha = nn.MultiheadAttention(8, 2, batch_first=True)
     x = torch.randn(2, 5, 8)
-    with P.probe(mha, probes=[AttentionEntropyProbe(where="")], where=None) as p:
-        pass  # the root module has an empty name: glob "" matches nothing
-    assert p.sites["attention"] == []
+    with pytest.raises(ValueError, match="where"):  # an empty glob is refused, not ignored
+        AttentionEntropyProbe(where="")
+    with pytest.raises(ValueError, match="matches no module"):  # the root has no name to match
+        P.probe(mha, probes=[AttentionEntropyProbe(where="attn*")]).attach()
     wrap = nn.ModuleDict({"attn": mha})
     with P.probe(wrap, probes=["attention"]) as p:
         _, w = wrap["attn"](x, x, x)

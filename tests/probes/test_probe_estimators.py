@@ -44,7 +44,7 @@ def gauss_mi_bits(rho: float) -> float:
 
 def test_ebab_edges_equal_unique_counts() -> None:
     v = np.arange(300, dtype=float)  # 300 unique values, 30 bins -> 10 per bin
-    edges = ebab_edges(v, 30)
+    edges = ebab_edges(v, 30, lower=None)  # 0 as an ordinary value: the edge arithmetic alone
     counts = np.bincount(digitize(v, edges))
     assert counts[:30].tolist() == [10] * 29 + [9] and counts[30] == 1  # top value: own state
     assert ebab_edges(np.array([0.0, 0.0, 1.0, 2.0]), 2, lower=0.0)[0] == 0.0

@@ -45,7 +45,9 @@ class Net(nn.Module):
 def test_sites_and_hooks_removed_on_exit() -> None:
     net = Net()
     with P.probe(net) as p:
-        assert n_hooks(net) == 3 + 3  # one hook per activation (sparsity + distribution), blocks
+        # one hook per activation (sparsity + distribution), per block, and two on the root
+        # (its attention_mask keyword: padded tokens are left out)
+        assert n_hooks(net) == 3 + 3 + 2
         net(torch.randn(2, 5, 16))
     assert n_hooks(net) == 0
     assert p.sites["sparsity"] == [f"blocks.{i}.act" for i in range(3)]
@@ -227,7 +229,8 @@ def test_info_probes_with_labels() -> None:
             p.set_context(labels=y)
             net(torch.randn(30, 6, 8) + y[:, None, None].float() * 3)
     info = p.summary("infoplane").get("infoplane", "blocks.2.act")
-    assert 0 < info["I_TY_ebab"] <= info["H_Y"] + 1e-9 and info["I_XT_ebab"] >= info["I_TY_ebab"]
+    assert 0 < info["I_TY_ebab"] <= info["H_Y"] + 1e-9 and info["H_T_ebab"] >= info["I_TY_ebab"]
+    assert "I_XT_ebab" not in info  # no input ids: only the bound H(T)
     assert 0 < info["I_TY_kde"] <= info["H_Y"] + 1e-6 and "I_TY_pca" in info
     dse = p.summary("dse").get("dse", "blocks.0.act")
     assert 0 <= dse["dse"] <= dse["dse_max"] and "dsmi" in dse

@@ -30,8 +30,9 @@ softmax(q k^T · scale) for the sampled queries only: the same probabilities, at
 fraction of the attention cost. Attention masks other than causal, and q/k normalisation
 layers, are not applied there.
 
-Padding: ``p.set_context(attention_mask=mask)`` with the (B, T) mask of the batch gives the
-rows of padded queries weight 0 (padded keys already get probability 0 and drop out of the
+Padding: the ``attention_mask=`` keyword of the model call (captured by the manager), or
+``p.set_context(attention_mask=mask)``, with the (B, T) mask of the batch gives the rows of
+padded queries weight 0 (padded keys already get probability 0 and drop out of the
 support count).
 """
 
@@ -44,7 +45,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from actlab.probes.base import Probe, Row, draw
+from actlab.probes.base import Probe, ProbeArgumentError, Row, draw
 
 __all__ = [
     "AttentionEntropyProbe",
@@ -108,7 +109,7 @@ class AttentionEntropyProbe(Probe):
     def __init__(self, *, norm: Norm = "support", where: str | list[str] | None = None) -> None:
         super().__init__(where=where)
         if norm not in ("support", "causal", "full"):
-            raise ValueError(f"norm must be 'support', 'causal' or 'full', got {norm!r}")
+            raise ProbeArgumentError(f"norm must be 'support', 'causal' or 'full', got {norm!r}")
         self.norm: Norm = norm
         self.qkv_layout: dict[str, tuple[int, float | None, bool]] = {}
         self.reset()
@@ -151,8 +152,8 @@ class AttentionEntropyProbe(Probe):
             r = torch.arange(rows, device=a.device)
         bi, qi = r // tq, r % tq
         w = None
-        mask = self.ctx.extras.get("attention_mask")
-        if isinstance(mask, Tensor) and tuple(mask.shape) == (b, tq):
+        mask = self.ctx.attention_mask()
+        if mask is not None and tuple(mask.shape) == (b, tq):
             w = mask.to(a.device)[bi, qi].float()  # padded queries weigh 0
         self.stage(name, ("probs", a[bi, :, qi, :], qi, w))  # (k, H, Tk), (k,), (k,)
 

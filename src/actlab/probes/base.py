@@ -35,8 +35,12 @@ from torch import Tensor, nn
 
 __all__ = [
     "Probe",
+    "ProbeArgumentError",
     "ProbeContext",
     "Reservoir",
+    "TokenMask",
+    "check_float",
+    "check_int",
     "first_tensor",
     "draw",
     "sample_rows",
@@ -49,6 +53,67 @@ __all__ = [
 Row = dict[str, Any]
 
 
+class ProbeArgumentError(ValueError, TypeError):
+    """A bad argument to a probe, the probe manager or an estimator: one line naming the
+    argument and what it accepts. A ValueError (the CLI prints it and exits 2), and a
+    TypeError too, for callers that catch wrong types as such."""
+
+
+def check_int(name: str, value: Any, lo: int = 1, hi: int | None = None) -> int:
+    """``value`` as an int in [lo, hi]; bools, floats and strings are refused."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ProbeArgumentError(f"{name} must be an integer >= {lo}, got {value!r}")
+    v = int(value)
+    if v < lo or (hi is not None and v > hi):
+        span = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise ProbeArgumentError(f"{name} must be an integer {span}, got {v}")
+    return v
+
+
+def check_float(name: str, value: Any, lo: float | None = None, *, strict: bool = False,
+                hi: float | None = None) -> float:
+    """``value`` as a finite float, >= lo (> lo when ``strict``) and <= hi when given."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ProbeArgumentError(f"{name} must be a number, got {value!r}")
+    v = float(value)
+    bad = not np.isfinite(v) or (lo is not None and (v <= lo if strict else v < lo))
+    if bad or (hi is not None and v > hi):
+        rng = "" if lo is None else (f" > {lo:g}" if strict else f" >= {lo:g}")
+        rng += "" if hi is None else f" and <= {hi:g}"
+        raise ProbeArgumentError(f"{name} must be a finite number{rng}, got {value!r}")
+    return v
+
+
+class TokenMask:
+    """The real tokens of a padded (B, T) batch, on the host and (cached) on devices.
+
+    ``host``: (B, T) bool; ``rows``: flat indices (into B*T) of the real tokens, int64.
+    Built once per mask (one device-to-host copy per forward), shared by every hook.
+    """
+
+    def __init__(self, mask: Tensor) -> None:
+        self.host = mask.detach().to("cpu", torch.bool).numpy().copy()
+        self.shape = (int(mask.shape[0]), int(mask.shape[1]))
+        self.rows = np.flatnonzero(self.host.reshape(-1)).astype(np.int64)
+        self.all_real = bool(self.host.all())
+        self._dev: dict[torch.device, tuple[Tensor, Tensor]] = {}
+
+    def _on(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        got = self._dev.get(device)
+        if got is None:
+            got = self._dev[device] = (torch.from_numpy(self.rows).to(device),
+                                       torch.from_numpy(self.host).to(device))
+        return got
+
+    def rows_on(self, device: torch.device) -> Tensor:
+        """Flat indices of the real tokens, on ``device``."""
+        return self._on(device)[0]
+
+    def bool_on(self, device: torch.device) -> Tensor:
+        """The (B, T) bool mask on ``device``."""
+        return self._on(device)[1]
+
+
 @dataclass
 class ProbeContext:
     """Seeds and size limits shared by the probes of one manager.
@@ -56,7 +121,9 @@ class ProbeContext:
     ``sample``: rows (tokens / positions) looked at per hook call by sample-based statistics.
     ``max_tokens``: rows kept per layer by reservoirs and records (the memory bound).
     ``extras``: per-batch side information set with ``ProbeManager.set_context`` (``labels``,
-    ``input_ids``); probes read it, never write it.
+    ``input_ids``, ``attention_mask``); probes read it, never write it.
+    ``forward_mask``: the ``attention_mask`` keyword of the model call in progress (captured by
+    the manager's pre-hook on the root module); it wins over ``extras["attention_mask"]``.
     ``stage``: hook calls whose samples are staged before a probe reduces them in bulk.
     ``train_stride``: in train mode, sampled statistics are taken on every n-th call of a
     layer (exact ones, such as dead units and maxima, on every call); eval mode samples every
@@ -69,6 +136,8 @@ class ProbeContext:
     stage: int = 32
     train_stride: int = 4
     extras: dict[str, Any] = field(default_factory=dict)
+    forward_mask: Tensor | None = None
+    _mask: tuple[Tensor, int, TokenMask] | None = field(default=None, repr=False)
     _gens: dict[str, torch.Generator] = field(default_factory=dict, repr=False)
     _rngs: dict[str, np.random.Generator] = field(default_factory=dict, repr=False)
 
@@ -96,6 +165,30 @@ class ProbeContext:
         """Restart every generator from its seed."""
         self._gens.clear()
         self._rngs.clear()
+
+    def attention_mask(self) -> Tensor | None:
+        """The (B, T) padding mask in force: the model call's ``attention_mask`` keyword, else
+        ``extras["attention_mask"]``, else None."""
+        m = self.forward_mask if self.forward_mask is not None else self.extras.get("attention_mask")
+        return m if isinstance(m, Tensor) and m.ndim == 2 else None
+
+    def token_mask(self, t: Tensor) -> TokenMask | None:
+        """The padding mask that applies to ``t``, or None (no mask, no padding, or no token
+        axis). A token axis is identifiable when ``t`` is (B, T, D) and the current mask
+        (the model call's ``attention_mask`` keyword, else ``extras["attention_mask"]``) is
+        (B, T); 1 / True marks a real token. Per-token statistics then count real tokens
+        only. Masks without padding return None (the unmasked path is exact and cheaper)."""
+        m = self.attention_mask()
+        if m is None or t.ndim != 3:
+            return None
+        if (int(t.shape[0]), int(t.shape[1])) != (int(m.shape[0]), int(m.shape[1])):
+            return None
+        # the cache holds the mask itself, so an identical object with an unchanged version
+        # counter is the same mask (no id reuse while it is cached)
+        if self._mask is None or self._mask[0] is not m or self._mask[1] != m._version:
+            self._mask = (m, int(m._version), TokenMask(m))
+        info = self._mask[2]
+        return None if info.all_real else info
 
 
 class Probe(abc.ABC):
@@ -222,13 +315,15 @@ def _merge(a: tuple[Any, ...], b: tuple[Any, ...]) -> tuple[Any, ...]:
 
 
 def _as_globs(where: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """None, or a non-empty tuple of non-empty glob strings (anything else is refused)."""
     if where is None:
         return None
-    if isinstance(where, str):
-        return (where,)
-    globs = tuple(where)
-    if not all(isinstance(g, str) for g in globs):
-        raise TypeError(f"where= takes a glob string or a list of glob strings, got {where!r}")
+    globs = (where,) if isinstance(where, str) else (
+        tuple(where) if isinstance(where, (list, tuple)) else None)
+    if not globs or not all(isinstance(g, str) and g.strip() for g in globs):
+        raise ProbeArgumentError(
+            f"where= takes a glob string or a non-empty list of glob strings over module names "
+            f"(e.g. 'layers.*.mlp.act_fn'), got {where!r}")
     return globs
 
 
@@ -324,14 +419,23 @@ def draw(rng: np.random.Generator, n: int, k: int, device: torch.device) -> Tens
     return torch.from_numpy(rng.integers(0, n, size=k)).to(device)
 
 
-def sample_rows(t: Tensor, k: int, rng: np.random.Generator) -> Tensor:
+def sample_rows(t: Tensor, k: int, rng: np.random.Generator,
+                mask: TokenMask | None = None) -> Tensor:
     """Up to ``k`` token rows (k, units) drawn uniformly with replacement (dtype kept).
 
     Tokens are the rows of ``t.reshape(-1, units)``; for 4-D conv maps (N, C, H, W) a token is
     one spatial position of one image and its units are the C channels. When the tensor has
-    at most ``k`` rows all of them are returned (exact statistics on small inputs). The result
+    at most ``k`` rows all of them are returned (exact statistics on small inputs). With a
+    ``mask`` (a (B, T, D) tensor of a padded batch) only real tokens are drawn. The result
     is always a copy, never a view, so a later in-place op on ``t`` cannot change it.
     """
+    if mask is not None and t.ndim == 3:
+        flat = t.reshape(-1, t.shape[-1])
+        real = int(mask.rows.size)
+        if real <= k:
+            return flat.index_select(0, mask.rows_on(t.device))
+        pick = mask.rows[rng.integers(0, real, size=k)]
+        return flat.index_select(0, torch.from_numpy(pick).to(t.device))
     n = _row_count(t)
     if t.ndim == 4:
         flat = t.flatten(2)  # (N, C, HW), a view
@@ -347,12 +451,14 @@ def sample_rows(t: Tensor, k: int, rng: np.random.Generator) -> Tensor:
     return flat2.index_select(0, draw(rng, n, k, t.device))
 
 
-def sample_chunks(t: Tensor, length: int, k: int, rng: np.random.Generator) -> Tensor | None:
+def sample_chunks(t: Tensor, length: int, k: int, rng: np.random.Generator,
+                  mask: TokenMask | None = None) -> Tensor | None:
     """Up to ``k`` chunks of ``length`` consecutive tokens, shape (k, length, units).
 
     Sequences are the rows of a (B, T, D) tensor (or the raster order of the positions of
-    each image of a 4-D conv map); chunks do not overlap and never cross sequences. Returns
-    None when there is no sequence axis (2-D inputs) or sequences are shorter than ``length``.
+    each image of a 4-D conv map); chunks do not overlap and never cross sequences. With a
+    ``mask`` only chunks made entirely of real tokens are drawn. Returns None when there is
+    no sequence axis (2-D inputs) or no chunk of ``length`` tokens.
     The dtype is kept; the indices are built on the host and the chunks gathered in one op.
     """
     if t.ndim == 3:
@@ -365,7 +471,15 @@ def sample_chunks(t: Tensor, length: int, k: int, rng: np.random.Generator) -> T
     total = seqs * per_seq
     if per_seq == 0:
         return None
-    cids = range(total) if total <= k else rng.integers(0, total, size=k).tolist()
+    cids: Any
+    if mask is not None and t.ndim == 3:
+        ok = mask.host[:, : per_seq * length].reshape(seqs, per_seq, length).all(axis=2)
+        valid = np.flatnonzero(ok.reshape(-1))
+        if valid.size == 0:
+            return None
+        cids = valid.tolist() if valid.size <= k else valid[rng.integers(0, valid.size, k)].tolist()
+    else:
+        cids = range(total) if total <= k else rng.integers(0, total, size=k).tolist()
     if t.ndim == 3:  # flat row indices built on the host: one tensor, one gather
         firsts = [(c // per_seq) * tlen + (c % per_seq) * length for c in cids]
         rows = torch.tensor([f + j for f in firsts for j in range(length)], device=t.device)
@@ -375,9 +489,13 @@ def sample_chunks(t: Tensor, length: int, k: int, rng: np.random.Generator) -> T
     return windows[idx[0], :, idx[1]].transpose(1, 2)  # (k, L, C)
 
 
-def pooled_samples(t: Tensor) -> Tensor:
-    """One vector per sample: (B, D) as is, (B, T, D) mean over tokens, (N, C, H, W) mean
-    over positions (global average pooling). float32."""
+def pooled_samples(t: Tensor, mask: TokenMask | None = None) -> Tensor:
+    """One vector per sample: (B, D) as is, (B, T, D) mean over tokens (over real tokens
+    with a ``mask``; a sample without any real token gets zeros), (N, C, H, W) mean over
+    positions (global average pooling). float32."""
+    if mask is not None and t.ndim == 3:
+        w = mask.bool_on(t.device).float()  # (B, T)
+        return (t.float() * w[:, :, None]).sum(dim=1) / w.sum(dim=1, keepdim=True).clamp_min(1.0)
     if t.ndim == 1:
         return t.reshape(-1, 1).float()
     if t.ndim == 2:

@@ -8,18 +8,36 @@ replaced by its bin index and a sample's state T is the tuple of its units' bins
 estimates, in bits:
 
     H(T) = -Σ_t p(t) log2 p(t)
-    I(X;T) = H(T) - H(T|X)      (H(T|X) = 0 for a deterministic net on distinct inputs)
-    I(T;Y) = H(T) - Σ_y p(y) H(T | Y = y)
+    I(X;T) = H(T) - Σ_x p(x) H(T | X = x)     (:func:`ebab_mi_inputs`, X = input identities)
+    I(T;Y) = H(T) - Σ_y p(y) H(T | Y = y)     (:func:`ebab_mi_labels`)
+
+H(T) equals I(X;T) only when T is a deterministic function of distinct inputs (H(T|X) = 0);
+when inputs repeat and T varies for one input (dropout, noise, augmentation), H(T) is an
+upper bound that overstates I(X;T) by H(T|X), so I(X;T) needs the input identities.
 
 The edges follow the authors' code: [lower] + [U[floor(k·|U|/n)] for k < n] + [U[-1]], and
 values map to right-open bins [e_i, e_{i+1}); a value equal to the top edge is its own state
 (``np.digitize(v, edges) - 1``, as in that code), so K <= n distinct values keep K states.
+
+Zeros of ReLU-like layers. The published scheme (paper and code: ``set_up_bins`` in
+github.com/ivansche/adaptive_estimators, ``low = 0`` for ReLU layers, and the value 0 removed
+from U before the n edges are placed) gives zeros a bin of their own, [0, min positive
+value), with the n equal-count bins over the positive values. ``lower="auto"`` (the default
+of every function here) does exactly that when every value is >= 0, and places no lower edge
+otherwise (the authors' tanh / signed branch: an extra empty bottom bin there changes no
+state). ``lower=None`` treats 0 as an ordinary value (pooled with the smallest positive
+values in the first bin: fewer states, lower entropy, not the published scheme); a number
+sets the lowest edge (values below it get state -1).
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 from torch import Tensor
+
+from actlab.probes.base import ProbeArgumentError, check_int
 
 __all__ = [
     "ebab_edges",
@@ -28,10 +46,31 @@ __all__ = [
     "ebab_entropy",
     "ebab_mi",
     "ebab_mi_labels",
+    "ebab_mi_inputs",
+    "conditional_entropy",
     "plugin_mi",
+    "resolve_lower",
 ]
 
 ArrayLike = np.ndarray | Tensor
+Lower = float | None | Literal["auto"]
+
+
+def resolve_lower(values: np.ndarray, lower: Lower = "auto") -> float | None:
+    """The lowest edge for ``values``: "auto" = 0.0 when every finite value is >= 0 (ReLU-like
+    layers, zeros in their own bin), else None; None or a finite number pass through."""
+    if lower is None:
+        return None
+    if isinstance(lower, str):
+        if lower != "auto":
+            raise ProbeArgumentError(f"lower must be 'auto', None or a number, got {lower!r}")
+        fin = values[np.isfinite(values)]
+        return 0.0 if fin.size and float(fin.min()) >= 0.0 else None
+    if isinstance(lower, bool) or not isinstance(lower, (int, float, np.integer, np.floating)):
+        raise ProbeArgumentError(f"lower must be 'auto', None or a number, got {lower!r}")
+    if not np.isfinite(lower):
+        raise ProbeArgumentError(f"lower must be finite, got {lower!r}")
+    return float(lower)
 
 
 def _np(x: ArrayLike) -> np.ndarray:
@@ -40,12 +79,13 @@ def _np(x: ArrayLike) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
-def ebab_edges(values: ArrayLike, n_bins: int = 30, lower: float | None = None) -> np.ndarray:
-    """Bin edges holding equal numbers of unique values (``lower`` prepended if given)."""
-    if n_bins < 1:
-        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+def ebab_edges(values: ArrayLike, n_bins: int = 30, lower: Lower = "auto") -> np.ndarray:
+    """Bin edges holding equal numbers of unique values, ``lower`` prepended (see the module
+    docstring: "auto" puts the zeros of ReLU-like layers in their own bin)."""
+    n_bins = check_int("n_bins", n_bins)
     u = np.unique(_np(values).ravel())
     u = u[np.isfinite(u)]
+    lower = resolve_lower(u, lower)
     if lower is not None:
         u = u[u > lower]
     if u.size == 0:
@@ -86,22 +126,52 @@ def _codes(x: ArrayLike) -> np.ndarray:
     return c.reshape(c.shape[0], -1)
 
 
-def ebab_entropy(t: ArrayLike, n_bins: int = 30, lower: float | None = None) -> float:
+def conditional_entropy(codes: np.ndarray, groups: ArrayLike) -> float:
+    """H(C | G) = Σ_g p(g) H(C | G = g) in bits; ``groups`` holds one id per sample (n,) or
+    one row per sample (n, ...) (equal rows = equal group)."""
+    g = np.asarray(groups.detach().cpu().numpy() if isinstance(groups, Tensor) else groups)
+    if g.shape[0] != codes.shape[0]:
+        raise ProbeArgumentError(f"{codes.shape[0]} samples but {g.shape[0]} group ids")
+    g = g.reshape(g.shape[0], -1)
+    _, inv = np.unique(g, axis=0, return_inverse=True)
+    inv = inv.ravel()
+    h = 0.0
+    for k in range(int(inv.max()) + 1 if inv.size else 0):
+        m = inv == k
+        h += m.mean() * discrete_entropy(codes[m])
+    return float(h)
+
+
+def ebab_entropy(t: ArrayLike, n_bins: int = 30, lower: Lower = "auto") -> float:
     """H(T) in bits of samples t (n, units) binned with EBAB edges pooled over the layer."""
     v = _np(t)
     v = v.reshape(v.shape[0], -1)
     return discrete_entropy(digitize(v, ebab_edges(v, n_bins, lower)))
 
 
-def ebab_mi(a: ArrayLike, b: ArrayLike, n_bins: int = 30) -> float:
-    """I(A;B) in bits between two continuous samples, each binned with its own EBAB edges."""
+def ebab_mi(a: ArrayLike, b: ArrayLike, n_bins: int = 30, lower: Lower = "auto") -> float:
+    """I(A;B) in bits between two continuous samples, each binned with its own EBAB edges
+    (``lower`` resolved for each side separately)."""
     va, vb = _np(a), _np(b)
     va, vb = va.reshape(va.shape[0], -1), vb.reshape(vb.shape[0], -1)
-    return plugin_mi(digitize(va, ebab_edges(va, n_bins)), digitize(vb, ebab_edges(vb, n_bins)))
+    return plugin_mi(digitize(va, ebab_edges(va, n_bins, lower)),
+                     digitize(vb, ebab_edges(vb, n_bins, lower)))
+
+
+def ebab_mi_inputs(t: ArrayLike, x_ids: ArrayLike, n_bins: int = 30,
+                   lower: Lower = "auto") -> float:
+    """I(X;T) = H(T) - Σ_x p(x) H(T | X = x) in bits. ``x_ids`` says which input each sample
+    of t (n, units) came from: (n,) ids or (n, ...) rows (e.g. token ids), equal = same input.
+    With every input distinct this is H(T); with repeated inputs and a T that varies for one
+    input it is smaller by H(T|X)."""
+    v = _np(t)
+    v = v.reshape(v.shape[0], -1)
+    codes = digitize(v, ebab_edges(v, n_bins, lower))
+    return discrete_entropy(codes) - conditional_entropy(codes, x_ids)
 
 
 def ebab_mi_labels(t: ArrayLike, y: ArrayLike, n_bins: int = 30,
-                   lower: float | None = None) -> float:
+                   lower: Lower = "auto") -> float:
     """I(T;Y) = H(T) - Σ_y p(y) H(T|Y=y) in bits; y holds discrete labels (n,)."""
     v = _np(t)
     v = v.reshape(v.shape[0], -1)

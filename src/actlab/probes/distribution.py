@@ -8,7 +8,8 @@ a forward *pre*-hook so in-place activations cannot overwrite it). Per layer we 
   giving mean, variance, skewness E[(x-μ)³]/σ³ and excess kurtosis E[(x-μ)⁴]/σ⁴ - 3,
 - the running min / max.
 
-Each hook call looks at ``sample`` sampled token rows, at most ``max_elems`` (1024) values;
+Padded tokens (``attention_mask`` of the model call, see :class:`ProbeContext`) are never
+sampled. Each hook call looks at ``sample`` sampled token rows, at most ``max_elems`` (1024) values;
 equally spaced edges (the default, linspace(-8, 8, 161)) are binned arithmetically, others
 with ``torch.bucketize``. Bins are right-open [e_i, e_{i+1}); values >= the top edge count as
 overflow.
@@ -27,7 +28,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from actlab.probes.base import Probe, Row, first_tensor, sample_rows
+from actlab.probes.base import (
+    Probe,
+    ProbeArgumentError,
+    Row,
+    check_int,
+    first_tensor,
+    sample_rows,
+)
 
 __all__ = ["DistributionProbe", "density_from_histogram"]
 
@@ -72,12 +80,15 @@ class DistributionProbe(Probe):
         where: str | list[str] | None = None,
     ) -> None:
         super().__init__(where=where)
-        e = torch.linspace(-8.0, 8.0, 161) if edges is None else torch.as_tensor(edges)
-        e = e.to(torch.float32).flatten()
-        if e.numel() < 2 or not bool((e[1:] > e[:-1]).all()):
-            raise ValueError("edges must be a strictly increasing sequence of >= 2 values")
+        try:
+            e = torch.linspace(-8.0, 8.0, 161) if edges is None else torch.as_tensor(edges)
+            e = e.to(torch.float32).flatten()
+        except (TypeError, ValueError, RuntimeError):
+            raise ProbeArgumentError(f"edges must be a sequence of numbers, got {edges!r}") from None
+        if e.numel() < 2 or not bool((e[1:] > e[:-1]).all()) or not bool(torch.isfinite(e).all()):
+            raise ProbeArgumentError("edges must be a strictly increasing sequence of >= 2 finite values")
         self.edges = e
-        self.max_elems = int(max_elems)
+        self.max_elems = check_int("max_elems", max_elems)
         w = e[1:] - e[:-1]
         self._uniform = bool(torch.allclose(w, w.mean().expand_as(w), rtol=1e-4, atol=0.0))
         self.reset()
@@ -108,7 +119,10 @@ class DistributionProbe(Probe):
             return
         d = max(1, t.shape[1] if t.ndim == 4 else (t.shape[-1] if t.ndim else 1))
         k = max(1, min(self.ctx.sample, self.max_elems // d))
-        self.stage(name, (sample_rows(t, k, self.ctx.rng(f"{self.name}/{name}")),))
+        mask = self.ctx.token_mask(t)
+        if mask is not None and mask.rows.size == 0:
+            return
+        self.stage(name, (sample_rows(t, k, self.ctx.rng(f"{self.name}/{name}"), mask),))
 
     def reduce(self, name: str, items: list[tuple[Any, ...]]) -> None:
         v = torch.cat([it[0].flatten() for it in items]).float()

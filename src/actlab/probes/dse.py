@@ -29,7 +29,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from actlab.probes.base import Probe, Reservoir, Row, first_tensor, pooled_samples
+from actlab.probes.base import (
+    Probe,
+    Reservoir,
+    Row,
+    check_float,
+    check_int,
+    first_tensor,
+    pooled_samples,
+)
 
 __all__ = ["diffusion_spectral_entropy", "dsmi", "DSEProbe"]
 
@@ -98,9 +106,9 @@ class DSEProbe(Probe):
         where: str | list[str] | None = None,
     ) -> None:
         super().__init__(where=where)
-        if sigma <= 0 or t < 1 or points < 2:
-            raise ValueError("need sigma > 0, t >= 1 and points >= 2")
-        self.sigma, self.t, self.points, self.repeats = float(sigma), int(t), int(points), repeats
+        self.sigma = check_float("sigma", sigma, 0.0, strict=True)
+        self.t, self.points = check_int("t", t), check_int("points", points, lo=2)
+        self.repeats = check_int("repeats", repeats)
         self.reset()
 
     def reset(self) -> None:
@@ -110,7 +118,7 @@ class DSEProbe(Probe):
         h = first_tensor(output)
         if h is None or h.ndim < 2:
             return
-        z = pooled_samples(h)
+        z = pooled_samples(h, self.ctx.token_mask(h))
         labels = self.ctx.extras.get("labels")
         extra = None
         if isinstance(labels, Tensor) and labels.shape[0] == z.shape[0]:

@@ -28,11 +28,19 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from actlab.probes.base import Probe, ProbeContext
+from actlab.probes.base import (
+    Probe,
+    ProbeArgumentError,
+    ProbeContext,
+    _as_globs,
+    check_int,
+    match_any,
+)
 from actlab.probes.sites import find_sites, glob_sites
 from actlab.probes.table import ProbeTable, scalar_items
 
-__all__ = ["ProbeManager", "probe", "PROBES", "make_probe", "default_probes", "register_probe"]
+__all__ = ["ProbeManager", "probe", "PROBES", "make_probe", "default_probes", "register_probe",
+           "UnknownProbeKeyError"]
 
 Mode = Literal["both", "train", "eval"]
 
@@ -68,6 +76,14 @@ PROBES: dict[str, str] = {
 }
 
 DEFAULT_PROBES = ("sparsity", "distribution", "massive", "attention")
+_LOG_SUFFIXES = (".jsonl", ".json", ".ndjson", ".csv")
+
+
+class UnknownProbeKeyError(KeyError, ValueError):
+    """A probe key that is not in this manager (a KeyError and a ValueError, printed plainly)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 def register_probe(cls: type[Probe], description: str = "") -> type[Probe]:
@@ -91,9 +107,9 @@ def make_probe(spec: str | Probe | type[Probe]) -> Probe:
     if isinstance(spec, str):
         reg = _registry()
         if spec not in reg:
-            raise ValueError(f"unknown probe {spec!r}; available: {', '.join(sorted(reg))}")
+            raise ProbeArgumentError(f"unknown probe {spec!r}; available: {', '.join(sorted(reg))}")
         return reg[spec]()
-    raise TypeError(f"a probe is a name, a Probe class or a Probe instance, got {spec!r}")
+    raise ProbeArgumentError(f"a probe is a name, a Probe class or a Probe instance, got {spec!r}")
 
 
 def default_probes() -> list[Probe]:
@@ -120,13 +136,25 @@ class ProbeManager:
         tensorboard: str | os.PathLike[str] | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
-            raise TypeError(f"probe() needs an nn.Module, got {type(model).__name__}")
-        if sample < 1 or max_tokens < 1 or every < 1 or train_stride < 1:
-            raise ValueError("sample, max_tokens, every and train_stride must be >= 1")
+            raise ProbeArgumentError(f"probe() needs an nn.Module, got {type(model).__name__}")
+        sample, max_tokens = check_int("sample", sample), check_int("max_tokens", max_tokens)
+        every, train_stride = check_int("every", every), check_int("train_stride", train_stride)
+        seed = check_int("seed", seed, lo=0)
         if mode not in ("both", "train", "eval"):
-            raise ValueError(f"mode must be 'both', 'train' or 'eval', got {mode!r}")
+            raise ProbeArgumentError(f"mode must be 'both', 'train' or 'eval', got {mode!r}")
+        if log_to is not None and not os.fspath(log_to).lower().endswith(_LOG_SUFFIXES):
+            raise ProbeArgumentError(f"log file must end in .jsonl or .csv, got {os.fspath(log_to)!r}")
+        if tensorboard is not None:
+            _tensorboard_writer_class()  # fails now, not at the first log, when it is missing
         self.model = model
+        if isinstance(probes, (str, Probe)) or (isinstance(probes, type) and issubclass(probes, Probe)):
+            probes = [probes]
+        if probes is not None and not isinstance(probes, Sequence):
+            raise ProbeArgumentError(f"probes= takes a list of probe names, classes or instances, "
+                                     f"got {probes!r}")
         specs = list(DEFAULT_PROBES) if probes is None else list(probes)
+        if not specs:
+            raise ProbeArgumentError(f"probes= lists no probe; available: {', '.join(sorted(_registry()))}")
         self.probes: dict[str, Probe] = {}
         for spec in specs:
             p = make_probe(spec)
@@ -134,7 +162,7 @@ class ProbeManager:
             while key in self.probes:
                 key, i = f"{p.name}_{i}", i + 1
             self.probes[key] = p
-        self.where = (where,) if isinstance(where, str) else (tuple(where) if where else None)
+        self.where = _as_globs(where)
         self.ctx = ProbeContext(seed=seed, sample=sample, max_tokens=max_tokens,
                                 train_stride=train_stride)
         self.every, self.mode = every, mode
@@ -145,6 +173,7 @@ class ProbeManager:
         self.sites: dict[str, list[str]] = {}
         self._handles: list[RemovableHandle] = []
         self._calls: dict[tuple[int, str], int] = {}
+        self._masks: list[Any] = []  # forward_mask of the enclosing root calls (re-entrancy)
 
     # -- attach / detach ---------------------------------------------------------------
     def __enter__(self) -> ProbeManager:
@@ -174,6 +203,8 @@ class ProbeManager:
             for key, p in self.probes.items():
                 p.bind(self.ctx)
                 globs = p.where or self.where
+                if globs:
+                    self._check_globs(globs, "where" if p.where is None else f"{key}'s where")
                 cands = glob_sites(self.model, globs) if globs else find_sites(self.model, p.target)
                 sites = p.resolve_sites(cands)
                 self.sites[key] = [label for label, _ in sites]
@@ -186,10 +217,33 @@ class ProbeManager:
                 self._handles.append(mods[mid].register_forward_pre_hook(self._pre_hook(targets)))
             for mid, targets in post.items():
                 self._handles.append(mods[mid].register_forward_hook(self._post_hook(targets)))
+            # the root call's attention_mask keyword: padded tokens are left out of per-token
+            # statistics (see ProbeContext.token_mask)
+            self._handles.append(self.model.register_forward_pre_hook(self._root_enter,
+                                                                      with_kwargs=True))
+            self._handles.append(self.model.register_forward_hook(self._root_exit,
+                                                                  always_call=True))
         except BaseException:
             self.detach()
             raise
         return self
+
+    def _check_globs(self, globs: tuple[str, ...], what: str) -> None:
+        names = [n for n, _ in self.model.named_modules() if n]
+        if not any(match_any(n, globs) for n in names):
+            shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+            g = globs[0] if len(globs) == 1 else list(globs)
+            raise ProbeArgumentError(
+                f"{what}={g!r} matches no module of {type(self.model).__name__}; "
+                f"names look like: {shown or '(no submodules)'}")
+
+    def _root_enter(self, module: nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
+        self._masks.append(self.ctx.forward_mask)
+        mask = kwargs.get("attention_mask")
+        self.ctx.forward_mask = mask if isinstance(mask, torch.Tensor) and mask.ndim == 2 else None
+
+    def _root_exit(self, module: nn.Module, args: Any, output: Any) -> None:
+        self.ctx.forward_mask = self._masks.pop() if self._masks else None
 
     def detach(self) -> None:
         """Remove every hook (idempotent)."""
@@ -250,12 +304,27 @@ class ProbeManager:
 
     # -- context, results ----------------------------------------------------------------
     def set_context(self, **extras: Any) -> None:
-        """Side information for the next forward passes, e.g. ``labels=y`` (InfoPlane, DSE)."""
+        """Side information for the next forward passes (replaces the previous context).
+
+        ``labels``: (B,) class labels of the batch (InfoPlane, DSE). ``input_ids``: which input
+        each sample is, for I(X;T): a (B,) integer tensor (e.g. dataset indices) or any (B, ...)
+        tensor whose equal rows mean equal inputs (token ids of a text batch); without it the
+        information plane reports H(T), an upper bound on I(X;T). ``attention_mask``: the
+        (B, T) padding mask (1 = real token) when the model is not called with an
+        ``attention_mask=`` keyword (which the manager captures by itself). Lists and arrays
+        are converted to tensors.
+        """
+        clean: dict[str, Any] = {}
+        for key, value in extras.items():
+            clean[key] = _context_value(key, value) if key in _CONTEXT_DIMS else value
         self.ctx.extras.clear()
-        self.ctx.extras.update(extras)
+        self.ctx.extras.update(clean)
 
     def summary(self, probe: str | None = None) -> ProbeTable:
         """One tidy row per (probe, layer[, head]) as a :class:`ProbeTable`."""
+        if probe is not None and probe not in self.probes:
+            raise UnknownProbeKeyError(f"no probe {probe!r} in this manager; it has: "
+                                       f"{', '.join(self.probes)}")
         rows: list[dict[str, Any]] = []
         for key, p in self.probes.items():
             if probe is not None and key != probe:
@@ -266,6 +335,9 @@ class ProbeManager:
         return ProbeTable(rows)
 
     def __getitem__(self, key: str) -> Probe:
+        if key not in self.probes:
+            raise UnknownProbeKeyError(f"no probe {key!r} in this manager; it has: "
+                                       f"{', '.join(self.probes)}")
         return self.probes[key]
 
     def reset(self) -> None:
@@ -295,7 +367,7 @@ class ProbeManager:
             elif suffix.endswith((".jsonl", ".json", ".ndjson")):
                 table.to_jsonl(target, step)
             else:
-                raise ValueError(f"log file must end in .jsonl or .csv, got {os.fspath(target)!r}")
+                raise ProbeArgumentError(f"log file must end in .jsonl or .csv, got {os.fspath(target)!r}")
         if self.tensorboard is not None:
             self._tb_write(table, step)
         if reset:
@@ -304,12 +376,7 @@ class ProbeManager:
 
     def _tb_write(self, table: ProbeTable, step: int) -> None:
         if self._writer is None and self.tensorboard is not None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as e:
-                raise ImportError("tensorboard= needs the tensorboard package: "
-                                  "pip install tensorboard") from e
-            self._writer = SummaryWriter(os.fspath(self.tensorboard))
+            self._writer = _tensorboard_writer_class()(os.fspath(self.tensorboard))
         for r in table:
             for stat, v in scalar_items(r):
                 self._writer.add_scalar(f"{r['probe']}/{r['key']}/{stat}", v, step)
@@ -319,6 +386,46 @@ class ProbeManager:
         from actlab.probes.callback import ProbeCallback
 
         return ProbeCallback(manager=self, log_every=log_every, reset_each_epoch=reset_each_epoch)
+
+
+_CONTEXT_DIMS = {"labels": 1, "input_ids": 1, "attention_mask": 2}
+
+
+def _context_value(key: str, value: Any) -> torch.Tensor:
+    """A context tensor checked for its role: labels (B,), input_ids (B, ...), masks (B, T)."""
+    if value is None:
+        raise ProbeArgumentError(f"set_context({key}=None): leave {key} out instead")
+    if not isinstance(value, torch.Tensor):
+        try:
+            value = torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError):
+            raise ProbeArgumentError(f"set_context({key}=...) needs a tensor (or array / list "
+                                     f"of numbers), got {type(value).__name__}") from None
+    if value.dtype == torch.bool and key != "attention_mask":
+        value = value.long()
+    if value.is_complex():
+        raise ProbeArgumentError(f"set_context({key}=...) needs real numbers, got {value.dtype}")
+    want = _CONTEXT_DIMS[key]
+    if key == "attention_mask" and value.ndim != 2:
+        raise ProbeArgumentError(f"attention_mask must be (batch, seq), got shape {tuple(value.shape)}")
+    if key == "labels" and value.ndim != 1:
+        value = value.reshape(-1) if value.ndim == 2 and value.shape[1] == 1 else value
+        if value.ndim != 1:
+            raise ProbeArgumentError(f"labels must be (batch,), got shape {tuple(value.shape)}")
+    if value.ndim < want or value.shape[0] == 0:
+        raise ProbeArgumentError(f"{key} must have a batch axis with >= 1 entry, got shape "
+                                 f"{tuple(value.shape)}")
+    if value.dtype.is_floating_point and not bool(torch.isfinite(value).all()):
+        raise ProbeArgumentError(f"{key} holds nan or inf")
+    return value
+
+
+def _tensorboard_writer_class() -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:
+        raise ImportError("tensorboard= needs the tensorboard package: pip install tensorboard") from e
+    return SummaryWriter
 
 
 def probe(

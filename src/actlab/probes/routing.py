@@ -13,6 +13,8 @@ sees per layer (in order, not sampled, so two runs over the same inputs line up)
 
 Router outputs are found as the first floating tensor of the module output; its last
 dimension is the expert axis. Default sites: modules named ``*router`` or ``*.gate``.
+With a padding mask (the model call's ``attention_mask=``, see :class:`ProbeContext`) and
+router outputs of (B, T, E) or flattened (B*T, E) tokens, padded tokens are left out.
 """
 
 from __future__ import annotations
@@ -83,6 +85,13 @@ class RoutingProbe(Probe):
         if z is None or z.ndim < 1 or z.shape[-1] < 2:
             return
         z = z.reshape(-1, z.shape[-1])
+        am = self.ctx.attention_mask()  # padded tokens leave routing statistics
+        if am is not None and z.shape[0] == am.numel():
+            mask = self.ctx.token_mask(z.view(int(am.shape[0]), int(am.shape[1]), -1))
+            if mask is not None:
+                z = z.index_select(0, mask.rows_on(z.device))
+                if z.shape[0] == 0:
+                    return
         e = int(z.shape[-1])
         ent = routing_entropy(z)
         top = z.argmax(dim=-1)

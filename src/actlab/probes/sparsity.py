@@ -15,6 +15,11 @@ inactive) or ``|a| > τ`` (criterion ``"abs"``; with τ = 0 this is "nonzero").
 - CLS_L (BlockFFN)     1 - |union of units active in L consecutive tokens| / N, averaged over
                        non-overlapping chunks within sequences (L = 8 by default).
 
+Padding: when the model is called with ``attention_mask=`` (or ``set_context`` gives one) and
+a layer's output is (B, T, D) with the mask's (B, T), only real tokens count: the dead-unit
+peaks and window lengths, the sampled rows (zero fractions, TLS) and the chunks (CLS chunks
+are made of real tokens only).
+
 Cost per hook call: the dead-unit test is one max-reduction over the whole output (a unit
 active on a single token must count as alive); the rest runs on ``sample`` sampled token
 rows (zero fractions, TLS) and ``sample // L`` sampled chunks (CLS), staged and reduced in
@@ -29,7 +34,15 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from actlab.probes.base import Probe, Row, first_tensor, sample_chunks, sample_rows
+from actlab.probes.base import (
+    Probe,
+    Row,
+    check_float,
+    check_int,
+    first_tensor,
+    sample_chunks,
+    sample_rows,
+)
 
 __all__ = ["SparsityProbe", "active_mask", "tls", "cls"]
 
@@ -79,11 +92,11 @@ class SparsityProbe(Probe):
         super().__init__(where=where)
         if criterion not in ("abs", "positive"):
             raise ValueError(f"criterion must be 'abs' or 'positive', got {criterion!r}")
-        if window < 1 or chunk < 1:
-            raise ValueError("window and chunk must be >= 1")
-        self.tau, self.near_zero, self.criterion = float(tau), float(near_zero), criterion
-        self.window, self.chunk = int(window), int(chunk)
-        self.history = int(history)
+        self.tau = check_float("tau", tau)
+        self.near_zero = check_float("near_zero", near_zero, 0.0)
+        self.criterion = criterion
+        self.window, self.chunk = check_int("window", window), check_int("chunk", chunk)
+        self.history = check_int("history", history)
         self.reset()
 
     def reset(self) -> None:
@@ -102,6 +115,12 @@ class SparsityProbe(Probe):
         if t is None or t.ndim < 2 or t.numel() == 0:
             return
         d = int(t.shape[1] if t.ndim == 4 else t.shape[-1])
+        mask = self.ctx.token_mask(t)
+        full = t
+        if mask is not None:  # real tokens only, as rows (n_real, D)
+            t = t.reshape(-1, d).index_select(0, mask.rows_on(t.device))
+            if t.shape[0] == 0:
+                return
         self.units[name] = d
         # dead units, every call: a max (for "abs" also a min) reduction over the whole output
         # folded into the window's per-unit peak in place
@@ -130,7 +149,7 @@ class SparsityProbe(Probe):
         if self.sampling(name, module):
             g = self.ctx.rng(f"{self.name}/{name}")
             x = sample_rows(t, self.ctx.sample, g)
-            chunks = sample_chunks(t, self.chunk, max(1, self.ctx.sample // self.chunk), g)
+            chunks = sample_chunks(full, self.chunk, max(1, self.ctx.sample // self.chunk), g, mask)
             self.stage(name, (x, chunks))
 
     def reduce(self, name: str, items: list[tuple[Any, ...]]) -> None:
