@@ -149,3 +149,85 @@ def test_missing_files_say_how_to_get_them(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.delenv("ACTLAB_DATA_DIR", raising=False)
     with pytest.raises(DatasetNotFoundError, match="root="):
         load_cifar()
+
+
+# ---------------------------------------------------------------- re-pickled batches (Python 3)
+def _batch(n: int = 3, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    return {
+        "batch_label": b"training batch 1 of 5",
+        "labels": [int(v) for v in rng.integers(0, 10, n)],
+        "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+        "filenames": [b"a.png", b"", b"c.png"][:n],
+    }
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4])
+def test_python3_repickled_batch_is_read(tmp_path: Path, protocol: int) -> None:
+    """Protocol 2 under Python 3 writes bytes as _codecs.encode(str, 'latin1') and b'' as
+    bytes(): both are legitimate and are read without admitting anything callable."""
+    batch = _batch()
+    raw = pickle.dumps(batch, protocol=protocol)
+    if protocol == 2:
+        assert b"_codecs\nencode" in raw and b"bytes" in raw
+    out = safe_load_pickle(raw)
+    assert np.array_equal(out["data"], batch["data"]) and out["data"].flags.writeable
+    assert out["labels"] == batch["labels"] and out["filenames"] == batch["filenames"]
+    d = tmp_path / "cifar-10-batches-py"
+    d.mkdir()
+    for f in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]:
+        (d / f).write_bytes(raw)
+    ds = load_cifar(tmp_path, "test")
+    assert ds.labels.tolist() == batch["labels"]
+    assert np.array_equal(ds.images.reshape(3, -1).numpy(), batch["data"])
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_arrays_keep_dtype_byte_order_and_layout(protocol: int) -> None:
+    arrays = {
+        "be": np.arange(6, dtype=">i4").reshape(2, 3),
+        "f": np.asfortranarray(np.arange(12, dtype=np.float64).reshape(3, 4)),
+        "lab": np.array([3, 1, 2], dtype=np.int64),
+        "b": np.array([True, False]),
+        "empty": np.zeros((0, 5), np.uint8),
+    }
+    out = safe_load_pickle(pickle.dumps(arrays, protocol=protocol))
+    for k, v in arrays.items():
+        assert out[k].dtype == v.dtype and np.array_equal(out[k], v), k
+
+
+def test_labels_as_integer_array_are_accepted(tmp_path: Path) -> None:
+    batch = _batch()
+    batch["labels"] = np.array(batch["labels"], dtype=np.int64)
+    d = tmp_path / "cifar-10-batches-py"
+    d.mkdir()
+    (d / "test_batch").write_bytes(pickle.dumps(batch, protocol=2))
+    assert load_cifar(tmp_path, "test").labels.tolist() == batch["labels"].tolist()
+
+
+@pytest.mark.parametrize(
+    "payload, match",
+    [
+        (b"\x80\x02cnumpy\nndarray\nK\x02\x85R.", "ndarray"),
+        (b"\x80\x02c_codecs\nencode\nX\x01\x00\x00\x00aX\x05\x00\x00\x00utf-8\x86R.", "latin1"),
+        (b"\x80\x02c__builtin__\nbytes\nJ\x00\xca\x9a;\x85R.", "without arguments"),
+        (b"\x80\x02cnumpy\ndtype\nX\x02\x00\x00\x00O8\x85R.", "numpy dtype 'O8'"),
+    ],
+)
+def test_admitted_globals_accept_only_their_numpy_form(payload: bytes, match: str) -> None:
+    with pytest.raises(UnsafePickleError, match=match):
+        safe_load_pickle(payload)
+
+
+def test_unsafe_pickle_error_is_a_value_error() -> None:
+    assert issubclass(UnsafePickleError, ValueError)
+    assert issubclass(UnsafePickleError, DatasetFormatError)
+    assert issubclass(UnsafePickleError, pickle.UnpicklingError)
+
+
+def test_corrupt_meta_falls_back_to_numbers_with_a_warning(tmp_path: Path) -> None:
+    write_cifar10(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "batches.meta").write_bytes(b"\x80\x02}q\x00")
+    with pytest.warns(UserWarning, match="batches.meta"):
+        ds = load_cifar(tmp_path, "test")
+    assert ds.classes == [str(i) for i in range(10)]
