@@ -41,7 +41,8 @@ def _finished(db: Path) -> list[tuple[str, int]]:
         return []
     con = sqlite3.connect(db, timeout=30)
     try:
-        rows = con.execute("SELECT activation, seed FROM runs WHERE status='finished'").fetchall()
+        q = "SELECT activation, seed FROM actlab_runs WHERE status='finished'"
+        rows = con.execute(q).fetchall()
     except sqlite3.OperationalError:  # tables not created yet
         rows = []
     finally:
@@ -95,7 +96,7 @@ def test_sigkill_then_rerun(tmp_path: Path, workers: int) -> None:
         assert starts[(act, str(seed))] == 1
     con = sqlite3.connect(db)
     try:
-        assert con.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == len(ACTS) * SEEDS
-        assert con.execute("SELECT COUNT(*) FROM claims").fetchone()[0] == 0
+        assert con.execute("SELECT COUNT(*) FROM actlab_runs").fetchone()[0] == len(ACTS) * SEEDS
+        assert con.execute("SELECT COUNT(*) FROM actlab_claims").fetchone()[0] == 0
     finally:
         con.close()

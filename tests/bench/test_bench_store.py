@@ -75,7 +75,7 @@ def test_unique_key_and_failed_replacement(tmp_path: Path) -> None:
         with store.engine.begin() as conn, pytest.raises(Exception, match="UNIQUE"):
             conn.execute(
                 text(
-                    "INSERT INTO runs (task, model, activation, seed, epochs, config_hash, "
+                    "INSERT INTO actlab_runs (task, model, activation, seed, epochs, config_hash, "
                     "config_json, status) VALUES (:t, :m, :a, :s, :e, :h, '{}', 'finished')"
                 ),
                 dict(t="digits-mlp", m="mlp", a="gelu", s=0, e=2, h=spec.config_hash),

@@ -2,12 +2,24 @@
 
     store = ResultsStore("results.sqlite")          # a file path: SQLite
     store = ResultsStore("postgresql://u@h/db")     # or any SQLAlchemy URL
+    store = ResultsStore("results.sqlite", read_only=True)   # read a store you cannot write
 
-Tables
-    ``studies``  one row per named comparison (its task, model, activations, seeds, config).
-    ``runs``     one row per finished or failed run, unique on
-                 ``(task, model, activation, seed, epochs, config_hash)``.
-    ``claims``   one row per run in progress: owner host/pid, a random token, a heartbeat.
+Tables (prefixed ``actlab_`` so that one file can also hold an Optuna study storage, whose
+``studies`` table is a different one: ``actlab search --storage x.db --db x.db`` works)
+    ``actlab_studies``  one row per named comparison (its task, model, activations, seeds,
+                        config).
+    ``actlab_runs``     one row per finished or failed run, unique on
+                        ``(task, model, activation, seed, epochs, config_hash)``.
+    ``actlab_claims``   one row per run in progress: owner host/pid, a random token, a
+                        heartbeat.
+
+A store written by actlab 0.x before the prefix (tables ``studies``, ``runs``, ``claims``
+with these columns) is migrated when opened for writing (the tables are renamed in one
+transaction) and read as it is when opened read-only. A table named like ours with other
+columns is refused, and so is anything that is not a database: every problem found when the
+database is opened -- a text file, a folder, a damaged file, a read-only file or folder, an
+unknown URL scheme, a missing driver -- raises :class:`DatabaseError`, one line naming the
+database (passwords masked) and the fix; nothing is written before the checks pass.
 
 Crash safety: a run's row is written once, when the run ends, in a single transaction that
 also drops its claim, so a killed process leaves at most a claim, never a half result. A
@@ -21,13 +33,16 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import socket
+import sqlite3
 import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import (
     Boolean,
@@ -45,79 +60,111 @@ from sqlalchemy import (
     delete,
     event,
     insert,
+    inspect,
     select,
+    text,
     update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, SQLAlchemyError
 
 from actlab._proc import pid_alive
 from actlab.bench.plan import DEFAULT_DB, RunSpec
 
-__all__ = ["ResultsStore", "RunRecord", "DEFAULT_DB"]
+__all__ = [
+    "DEFAULT_DB",
+    "TABLE_PREFIX",
+    "DatabaseError",
+    "ResultsStore",
+    "RunRecord",
+    "check_results_db",
+    "check_sqlite_file",
+    "database_error",
+    "mask_url",
+]
 
 FINISHED, FAILED = "finished", "failed"
+TABLE_PREFIX = "actlab_"
+WHAT = "results database"
+
+
+class DatabaseError(ValueError):
+    """A database that cannot be opened or used; the message is one line naming it and the
+    fix (the CLI prints it as ``actlab <cmd>: error: ...``, exit status 2)."""
+
+
+def _tables(md: MetaData, prefix: str) -> tuple[Table, Table, Table]:
+    studies = Table(
+        f"{prefix}studies",
+        md,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("name", String(200), nullable=False, unique=True),
+        Column("task", String(100), nullable=False),
+        Column("model", String(100), nullable=False),
+        Column("activations_json", Text, nullable=False),
+        Column("seeds_json", Text, nullable=False),
+        Column("epochs", Integer, nullable=False),
+        Column("config_json", Text, nullable=False),
+        Column("created_at", String(32), nullable=False),
+        Column("updated_at", String(32), nullable=False),
+    )
+    runs = Table(
+        f"{prefix}runs",
+        md,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("study", String(200)),
+        Column("task", String(100), nullable=False),
+        Column("model", String(100), nullable=False),
+        Column("activation", String(255), nullable=False),
+        Column("seed", Integer, nullable=False),
+        Column("epochs", Integer, nullable=False),
+        Column("config_hash", String(16), nullable=False),
+        Column("config_json", Text, nullable=False),
+        Column("status", String(16), nullable=False),
+        Column("metric_name", String(64)),
+        Column("metric_value", Float),
+        Column("higher_is_better", Boolean),
+        Column("history_json", Text),
+        Column("trajectories_json", Text),
+        Column("run_config_json", Text),
+        Column("seconds", Float),
+        Column("wall_seconds", Float),
+        Column("host", String(255)),
+        Column("pid", Integer),
+        Column("started_at", String(32)),
+        Column("finished_at", String(32)),
+        Column("error", Text),
+        Column("versions_json", Text),
+        UniqueConstraint(
+            "task",
+            "model",
+            "activation",
+            "seed",
+            "epochs",
+            "config_hash",
+            name=f"uq_{prefix}runs_key",
+        ),
+    )
+    claims = Table(
+        f"{prefix}claims",
+        md,
+        Column("run_key", String(32), primary_key=True),
+        Column("token", String(32), nullable=False),
+        Column("study", String(200)),
+        Column("label", String(300)),
+        Column("host", String(255), nullable=False),
+        Column("pid", Integer, nullable=False),
+        Column("claimed_at", Float, nullable=False),
+        Column("heartbeat", Float, nullable=False),
+    )
+    return studies, runs, claims
+
 
 metadata = MetaData()
-
-studies = Table(
-    "studies",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("name", String(200), nullable=False, unique=True),
-    Column("task", String(100), nullable=False),
-    Column("model", String(100), nullable=False),
-    Column("activations_json", Text, nullable=False),
-    Column("seeds_json", Text, nullable=False),
-    Column("epochs", Integer, nullable=False),
-    Column("config_json", Text, nullable=False),
-    Column("created_at", String(32), nullable=False),
-    Column("updated_at", String(32), nullable=False),
-)
-
-runs = Table(
-    "runs",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("study", String(200)),
-    Column("task", String(100), nullable=False),
-    Column("model", String(100), nullable=False),
-    Column("activation", String(255), nullable=False),
-    Column("seed", Integer, nullable=False),
-    Column("epochs", Integer, nullable=False),
-    Column("config_hash", String(16), nullable=False),
-    Column("config_json", Text, nullable=False),
-    Column("status", String(16), nullable=False),
-    Column("metric_name", String(64)),
-    Column("metric_value", Float),
-    Column("higher_is_better", Boolean),
-    Column("history_json", Text),
-    Column("trajectories_json", Text),
-    Column("run_config_json", Text),
-    Column("seconds", Float),
-    Column("wall_seconds", Float),
-    Column("host", String(255)),
-    Column("pid", Integer),
-    Column("started_at", String(32)),
-    Column("finished_at", String(32)),
-    Column("error", Text),
-    Column("versions_json", Text),
-    UniqueConstraint(
-        "task", "model", "activation", "seed", "epochs", "config_hash", name="uq_runs_key"
-    ),
-)
-
-claims = Table(
-    "claims",
-    metadata,
-    Column("run_key", String(32), primary_key=True),
-    Column("token", String(32), nullable=False),
-    Column("study", String(200)),
-    Column("label", String(300)),
-    Column("host", String(255), nullable=False),
-    Column("pid", Integer, nullable=False),
-    Column("claimed_at", Float, nullable=False),
-    Column("heartbeat", Float, nullable=False),
-)
+studies, runs, claims = _tables(metadata, TABLE_PREFIX)
+_legacy_metadata = MetaData()
+_LEGACY = dict(zip(("studies", "runs", "claims"), _tables(_legacy_metadata, ""), strict=True))
+_CURRENT = {"studies": studies, "runs": runs, "claims": claims}
 
 
 def utc_now() -> str:
@@ -173,22 +220,297 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, default=str)
 
 
-    return True
+# -- database checks and errors (shared with the Optuna storage of actlab.search) -----------
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_PASSWORD = re.compile(r"(\b[a-zA-Z][\w+.-]*://[^:/@\s]*:)[^@\s]*@")
+
+
+def mask_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (safe to print)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 -- not parseable: mask by pattern
+        return _PASSWORD.sub(r"\1***@", url)
+
+
+def _scrub(message: str, url: str | None = None) -> str:
+    """The first line of ``message`` with passwords (of ``url`` or any URL in it) masked."""
+    line = next((ln.strip() for ln in message.splitlines() if ln.strip()), "")
+    if url:
+        try:
+            pw = make_url(url).password
+        except Exception:  # noqa: BLE001
+            pw = None
+        if pw:
+            line = line.replace(str(pw), "***")
+    return _PASSWORD.sub(r"\1***@", line)
+
+
+def _describe(head: bytes) -> str:
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip data"
+    if head.startswith(b"PK\x03\x04"):
+        return "a zip archive"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "binary data"
+    return "binary data" if b"\x00" in head else "a text file"
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a ``sqlite:///PATH`` URL; None for other dialects, memory and ``file:`` URIs."""
+    try:
+        u = make_url(url)
+    except ArgumentError:
+        return None
+    db = u.database
+    if not u.drivername.startswith("sqlite") or not db or db == ":memory:":
+        return None
+    if db.startswith("file:") or u.query.get("uri"):
+        return None
+    return Path(db).expanduser().resolve()
+
+
+def _ro_uri(path: Path, head: bytes) -> str:
+    """A read-only SQLite URI for ``path``. A WAL database whose folder we cannot write and
+    that has no ``-shm`` file cannot be opened even read-only, unless declared immutable."""
+    uri = f"file:{quote(str(path))}?mode=ro"
+    wal = len(head) > 18 and head[18] == 2
+    shm = path.with_name(path.name + "-shm")
+    if wal and not shm.exists() and not os.access(path.parent, os.W_OK | os.X_OK):
+        uri += "&immutable=1"
+    return uri
+
+
+def check_sqlite_file(path: Path, *, what: str, flag: str, write: bool) -> None:
+    """Raise :class:`DatabaseError` unless ``path`` can be used as a SQLite database.
+
+    Nothing is created or written: a missing file is fine when its folder exists (and is
+    writable if ``write``); an existing one must be a readable, undamaged SQLite database,
+    writable (file and folder: SQLite writes its journal beside it) if ``write``.
+    """
+    folder = path.parent
+    if path.is_dir():
+        raise DatabaseError(
+            f"{what} {path} is a folder, not a database file; pass a file path with {flag}"
+        )
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"{what} folder {folder} does not exist; create it or pass another {flag}"
+        )
+    if path.exists():
+        try:
+            with open(path, "rb") as f:
+                head = f.read(100)
+        except OSError as e:
+            raise DatabaseError(
+                f"{what} {path} cannot be read ({e.strerror or e}); fix its permissions or "
+                f"pass another {flag}"
+            ) from None
+        if head and not head.startswith(_SQLITE_MAGIC):
+            raise DatabaseError(
+                f"{what} {path} is not a SQLite database (the file is {_describe(head)}); "
+                f"pass a new path with {flag}"
+            )
+        if head:
+            try:
+                con = sqlite3.connect(_ro_uri(path, head), uri=True, timeout=60)
+                try:
+                    con.execute("SELECT name, sql FROM sqlite_master").fetchall()
+                finally:
+                    con.close()
+            except sqlite3.Error as e:
+                raise DatabaseError(
+                    f"{what} {path} is a damaged SQLite database ({_scrub(str(e))}); restore "
+                    f"it from a backup or pass a new path with {flag}"
+                ) from None
+    if not write:
+        if not path.exists():
+            raise FileNotFoundError(f"{what} {path} does not exist; pass an existing {flag}")
+        return
+    if path.exists() and not os.access(path, os.W_OK):
+        raise DatabaseError(
+            f"{what} {path} is read-only (no write permission); make it writable "
+            f"(chmod u+w) or pass another {flag}"
+        )
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise DatabaseError(
+            f"{what} {path} is in a read-only folder {folder} (SQLite writes its journal beside "
+            f"the database); make the folder writable or pass another {flag}"
+        )
+
+
+def database_error(
+    exc: BaseException, url: str | None, *, what: str = WHAT, flag: str = "--db"
+) -> DatabaseError:
+    """A one-line :class:`DatabaseError` for an error a database driver raised."""
+    inner = getattr(exc, "orig", None) or exc.__cause__ or exc
+    msg = _scrub(str(inner) or type(inner).__name__, url)
+    low = msg.lower()
+    if "readonly" in low or "read-only" in low or "permission denied" in low:
+        hint = f"make it (and its folder) writable or pass another {flag}"
+    elif "locked" in low:
+        hint = "another process holds it locked; try again"
+    elif "malformed" in low or "not a database" in low:
+        hint = f"restore it from a backup or pass a new path with {flag}"
+    elif "unable to open" in low:
+        hint = f"check that its folder exists and is writable, or pass another {flag}"
+    else:
+        hint = f"check it, or pass another {flag}"
+    where = mask_url(url) if url else "database"
+    return DatabaseError(f"{what} {where}: {msg}; {hint}")
+
+
+def _check_url(url: str, *, what: str, flag: str) -> None:
+    """Refuse URLs SQLAlchemy cannot parse, unknown dialects and missing drivers."""
+    try:
+        u = make_url(url)
+    except ArgumentError:
+        raise DatabaseError(
+            f"{what} {mask_url(url)!r} is not a database URL; give a file path or a URL such "
+            f"as sqlite:///results.db or postgresql://user@host/db with {flag}"
+        ) from None
+    try:
+        u.get_dialect()
+    except NoSuchModuleError:
+        raise DatabaseError(
+            f"{what} {mask_url(url)}: unknown database type {u.drivername!r}; use a file "
+            f"path, sqlite:///PATH or another SQLAlchemy URL (postgresql://, mysql://) with {flag}"
+        ) from None
+    try:
+        u.get_dialect().import_dbapi()
+    except ImportError as e:
+        raise DatabaseError(
+            f"{what} {mask_url(url)}: the driver for {u.drivername} is not installed ({e}); "
+            f"install it or pass another {flag}"
+        ) from None
+
+
+def _schema(engine: Engine, *, what: str, flag: str) -> dict[str, str]:
+    """Which of our tables exist: ``{"runs": "current" | "legacy" | "absent", ...}``.
+
+    Raises :class:`DatabaseError` for a table named like ours (``actlab_runs``...) whose
+    columns are not ours.
+    """
+    insp = inspect(engine)
+    names = set(insp.get_table_names())
+    out: dict[str, str] = {}
+    for key, table in _CURRENT.items():
+        want = {c.name for c in table.columns}
+        if table.name in names:
+            have = {c["name"] for c in insp.get_columns(table.name)}
+            if not want <= have:
+                missing = ", ".join(sorted(want - have)[:4])
+                raise DatabaseError(
+                    f"{what} {mask_url(str(engine.url))} has a table {table.name!r} that is "
+                    f"not actlab's (no column {missing}); pass another {flag}"
+                )
+            out[key] = "current"
+        elif key in names and want <= {c["name"] for c in insp.get_columns(key)}:
+            out[key] = "legacy"  # written before the table prefix
+        else:
+            out[key] = "absent"
+    return out
+
+
+def check_results_db(db: str | Path, *, write: bool = True) -> str:
+    """Check ``db`` as :class:`ResultsStore` would, creating and writing nothing; returns its
+    display URL (password masked). Raises :class:`DatabaseError` / ``FileNotFoundError``."""
+    url = _url(db)
+    path = sqlite_file(url)
+    if path is not None:
+        check_sqlite_file(path, what=WHAT, flag="--db", write=write)
+        if not path.exists() or path.stat().st_size == 0:
+            return mask_url(url)
+    else:
+        _check_url(url, what=WHAT, flag="--db")
+    store = ResultsStore(db, read_only=True, _probe=True)
+    store.close()
+    return mask_url(url)
 
 
 class ResultsStore:
-    """Runs, studies and claims in one database; safe to share between processes."""
+    """Runs, studies and claims in one database; safe to share between processes.
 
-    def __init__(self, db: str | Path = DEFAULT_DB, *, echo: bool = False) -> None:
+    ``read_only=True`` opens an existing store without writing anything (SQLite: a
+    ``mode=ro`` connection and no WAL switch), so a store you cannot write can still be
+    read; its writing methods raise :class:`DatabaseError`.
+    """
+
+    def __init__(
+        self,
+        db: str | Path = DEFAULT_DB,
+        *,
+        echo: bool = False,
+        read_only: bool = False,
+        _probe: bool = False,
+    ) -> None:
         self.url = _url(db)
+        self.read_only = read_only
+        path = sqlite_file(self.url)
+        if path is not None:
+            if not _probe:
+                check_sqlite_file(path, what=WHAT, flag="--db", write=not read_only)
+            self.url = f"sqlite:///{path}"
+        else:
+            _check_url(self.url, what=WHAT, flag="--db")
         kwargs: dict[str, Any] = {"echo": echo}
-        if self.url.startswith("sqlite"):
+        if path is not None and read_only:
+            with open(path, "rb") as f:
+                uri = _ro_uri(path, f.read(100))
+            kwargs["creator"] = lambda: sqlite3.connect(
+                uri, uri=True, timeout=60, check_same_thread=False
+            )
+        elif self.url.startswith("sqlite"):
             kwargs["connect_args"] = {"timeout": 60}
-        self.engine: Engine = create_engine(self.url, **kwargs)
+        try:
+            self.engine: Engine = create_engine(self.url, **kwargs)
+        except (SQLAlchemyError, ImportError) as e:
+            raise database_error(e, self.url) from None
+        try:
+            self._open(path, probe=_probe)
+        except BaseException:
+            self.engine.dispose()
+            raise
+        self.host = socket.gethostname()
+
+    def _open(self, path: Path | None, *, probe: bool) -> None:
+        try:
+            found = _schema(self.engine, what=WHAT, flag="--db")
+            self._studies, self._runs, self._claims = (
+                _LEGACY[k] if found[k] == "legacy" else _CURRENT[k]
+                for k in ("studies", "runs", "claims")
+            )
+            if probe:
+                return
+            if self.read_only:
+                if found["runs"] == "absent":
+                    raise DatabaseError(
+                        f"{WHAT} {self.display_url()} holds no actlab results (no table "
+                        f"{runs.name!r}); pass the database that actlab compare wrote with --db"
+                    )
+                return
+            legacy = [k for k, v in found.items() if v == "legacy"]
+            with self.engine.begin() as conn:
+                for key in legacy:  # written before the prefix: migrate (one transaction)
+                    conn.execute(text(f"ALTER TABLE {key} RENAME TO {TABLE_PREFIX}{key}"))
+            self._studies, self._runs, self._claims = studies, runs, claims
+            metadata.create_all(self.engine)
+        except DatabaseError:
+            raise
+        except (SQLAlchemyError, sqlite3.Error) as e:
+            raise database_error(e, self.url) from None
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        metadata.create_all(self.engine)
-        self.host = socket.gethostname()
+            self.engine.dispose()  # connections opened so far lack the pragmas
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise DatabaseError(
+                f"{WHAT} {self.display_url()} is opened read-only; open it with "
+                "ResultsStore(db) (read_only=False) to write"
+            )
 
     # -- lifecycle ---------------------------------------------------------------------------
     def close(self) -> None:
@@ -217,6 +539,7 @@ class ResultsStore:
         config: dict[str, Any],
     ) -> None:
         """Create or update the study ``name``."""
+        self._writable()
         values = {
             "task": task,
             "model": model,
@@ -227,16 +550,26 @@ class ResultsStore:
             "updated_at": utc_now(),
         }
         with self.engine.begin() as conn:
-            found = conn.execute(select(studies.c.id).where(studies.c.name == name)).first()
+            found = conn.execute(
+                select(self._studies.c.id).where(self._studies.c.name == name)
+            ).first()
             if found is None:
-                conn.execute(insert(studies).values(name=name, created_at=utc_now(), **values))
+                conn.execute(
+                    insert(self._studies).values(name=name, created_at=utc_now(), **values)
+                )
             else:
-                conn.execute(update(studies).where(studies.c.name == name).values(**values))
+                conn.execute(
+                    update(self._studies).where(self._studies.c.name == name).values(**values)
+                )
 
     def study(self, name: str) -> dict[str, Any] | None:
         """The study row as a dict (json columns decoded), or None."""
         with self.engine.connect() as conn:
-            row = conn.execute(select(studies).where(studies.c.name == name)).mappings().first()
+            row = (
+                conn.execute(select(self._studies).where(self._studies.c.name == name))
+                .mappings()
+                .first()
+            )
         if row is None:
             return None
         out = dict(row)
@@ -246,7 +579,7 @@ class ResultsStore:
 
     # -- runs --------------------------------------------------------------------------------
     def _key_filter(self, spec: RunSpec) -> Any:
-        c = runs.c
+        c = self._runs.c
         task, model, act, seed, epochs, chash = spec.key
         return and_(
             c.task == task,
@@ -260,13 +593,13 @@ class ResultsStore:
     def _rows_for(self, specs: Sequence[RunSpec]) -> dict[tuple[Any, ...], Any]:
         if not specs:
             return {}
-        c = runs.c
+        c = self._runs.c
         out: dict[tuple[Any, ...], Any] = {}
         with self.engine.connect() as conn:
             # one query per (task, model, epochs, config) group, then match keys in Python
             groups = {(s.task, s.model, s.epochs, s.config_hash) for s in specs}
             for task, model, epochs, chash in groups:
-                q = select(runs).where(
+                q = select(self._runs).where(
                     c.task == task, c.model == model, c.epochs == epochs, c.config_hash == chash
                 )
                 for row in conn.execute(q).mappings():
@@ -277,7 +610,7 @@ class ResultsStore:
     def get(self, spec: RunSpec) -> RunRecord | None:
         """The stored record of one run (finished or failed), or None."""
         with self.engine.connect() as conn:
-            row = conn.execute(select(runs).where(self._key_filter(spec))).mappings().first()
+            row = conn.execute(select(self._runs).where(self._key_filter(spec))).mappings().first()
         return None if row is None else _record(row, spec)
 
     def records(self, specs: Sequence[RunSpec]) -> list[RunRecord]:
@@ -293,7 +626,7 @@ class ResultsStore:
     def all_records(self) -> list[RunRecord]:
         """Every stored run (for exports and tests)."""
         with self.engine.connect() as conn:
-            rows = conn.execute(select(runs).order_by(runs.c.id)).mappings().all()
+            rows = conn.execute(select(self._runs).order_by(self._runs.c.id)).mappings().all()
         return [_record(r) for r in rows]
 
     def record(self, rec: RunRecord, token: str | None = None) -> bool:
@@ -301,6 +634,7 @@ class ResultsStore:
 
         A previous *failed* row of the same run is replaced; a *finished* one is kept.
         """
+        self._writable()
         spec = rec.spec
         values = {
             "study": rec.study,
@@ -329,10 +663,14 @@ class ResultsStore:
         }
         try:
             with self.engine.begin() as conn:
-                conn.execute(delete(runs).where(self._key_filter(spec), runs.c.status != FINISHED))
-                conn.execute(insert(runs).values(**values))
+                conn.execute(
+                    delete(self._runs).where(
+                        self._key_filter(spec), self._runs.c.status != FINISHED
+                    )
+                )
+                conn.execute(insert(self._runs).values(**values))
                 if token is not None:
-                    conn.execute(delete(claims).where(claims.c.token == token))
+                    conn.execute(delete(self._claims).where(self._claims.c.token == token))
         except IntegrityError:
             self.release(token)
             return False
@@ -343,6 +681,7 @@ class ResultsStore:
         self, spec: RunSpec, *, study: str | None = None, stale_after: float = 120.0
     ) -> str | None:
         """Claim a run for this process; returns a token, or None if a live owner holds it."""
+        self._writable()
         token, now = uuid.uuid4().hex, time.time()
         row = {
             "run_key": spec.key_hash,
@@ -356,49 +695,59 @@ class ResultsStore:
         }
         try:
             with self.engine.begin() as conn:
-                conn.execute(insert(claims).values(**row))
+                conn.execute(insert(self._claims).values(**row))
             return token
         except IntegrityError:
             pass
         with self.engine.begin() as conn:
             old = (
-                conn.execute(select(claims).where(claims.c.run_key == spec.key_hash))
+                conn.execute(select(self._claims).where(self._claims.c.run_key == spec.key_hash))
                 .mappings()
                 .first()
             )
             if old is None:  # released in between: try once more
-                conn.execute(insert(claims).values(**row))
+                conn.execute(insert(self._claims).values(**row))
                 return token
             dead = old["host"] == self.host and not pid_alive(old["pid"])
             if not dead and now - old["heartbeat"] <= stale_after:
                 return None
             took = conn.execute(
-                update(claims)
-                .where(claims.c.run_key == spec.key_hash, claims.c.token == old["token"])
+                update(self._claims)
+                .where(
+                    self._claims.c.run_key == spec.key_hash, self._claims.c.token == old["token"]
+                )
                 .values(**row)
             )
             return token if took.rowcount == 1 else None
 
     def heartbeat(self, tokens: Iterable[str]) -> None:
         """Refresh the heartbeat of the claims held under ``tokens``."""
+        self._writable()
         toks = list(tokens)
         if toks:
             with self.engine.begin() as conn:
                 conn.execute(
-                    update(claims).where(claims.c.token.in_(toks)).values(heartbeat=time.time())
+                    update(self._claims)
+                    .where(self._claims.c.token.in_(toks))
+                    .values(heartbeat=time.time())
                 )
 
     def release(self, token: str | None) -> None:
         """Drop a claim (no-op for None or a claim already taken over)."""
+        self._writable()
         if token is not None:
             with self.engine.begin() as conn:
-                conn.execute(delete(claims).where(claims.c.token == token))
+                conn.execute(delete(self._claims).where(self._claims.c.token == token))
 
     def active_claims(self, stale_after: float = 120.0) -> list[dict[str, Any]]:
         """Claims whose heartbeat is younger than ``stale_after`` seconds."""
         limit = time.time() - stale_after
         with self.engine.connect() as conn:
-            rows = conn.execute(select(claims).where(claims.c.heartbeat >= limit)).mappings().all()
+            rows = (
+                conn.execute(select(self._claims).where(self._claims.c.heartbeat >= limit))
+                .mappings()
+                .all()
+            )
         return [dict(r) for r in rows]
 
 
