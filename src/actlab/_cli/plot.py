@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 HELP = "plot f and f' of one or more activations on a grid into a PNG"
+MAX_POINTS = 100_000  # a plot needs a few thousand; more only costs memory and time
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -16,10 +17,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import math
     from pathlib import Path
 
     from actlab.report.curves import plot_activations
 
+    if not (math.isfinite(args.xmin) and math.isfinite(args.xmax)):
+        raise ValueError(f"--xmin/--xmax must be finite numbers, got {args.xmin} and {args.xmax}")
+    if not args.xmin < args.xmax:
+        raise ValueError(f"--xmin ({args.xmin:g}) must be below --xmax ({args.xmax:g})")
+    if not 2 <= args.points <= MAX_POINTS:
+        raise ValueError(f"--points must be between 2 and {MAX_POINTS}, got {args.points}")
     out = Path(args.output)
     if out.suffix.lower() not in (".png", ".svg", ".pdf"):
         raise ValueError(f"output {out} must end in .png, .svg or .pdf")

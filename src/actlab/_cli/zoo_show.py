@@ -33,7 +33,9 @@ def run(args: argparse.Namespace) -> int:
     learn = {n: p.detach().tolist() for n, p in m.named_parameters()}
     con.print(f"learnable: {learn or '(none)'}")
     con.print(f"elementwise: {info.elementwise}; smooth: {info.smooth}; fused kernel: {info.fused}")
-    con.print(f"f(-inf), f(+inf): {info.limits[0]}, {info.limits[1]} (nan = documented nan)")
+    ends = [" or ".join(str(v) for v in info.limit_values(i)) for i in (0, 1)]
+    vary = " (platform-dependent)" if any(info.limits_vary) else ""
+    con.print(f"f(-inf), f(+inf): {ends[0]}, {ends[1]}{vary} (nan = documented nan)")
     if info.notes:
         con.print(f"notes: {info.notes}")
     doc = (info.cls.__doc__ or "").strip()
@@ -41,7 +43,10 @@ def run(args: argparse.Namespace) -> int:
         con.print(f"doc: {doc}")
     if info.elementwise:
         xs = torch.tensor([-3.0, -1.0, -0.5, 0.0, 0.5, 1.0, 3.0], dtype=torch.float64, requires_grad=True)
-        mm = m.double()
+        # the table needs autograd through a leaf: an in-place op cannot run on it, so the
+        # values come from a twin built without inplace (same parameters)
+        mm = actlab.create_activation(args.spec, inplace=False).double()
+        mm.load_state_dict(m.state_dict())
         y = mm(xs)
         (g,) = torch.autograd.grad(y.sum(), xs)
         t = Table(title="values")

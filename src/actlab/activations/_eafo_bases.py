@@ -14,11 +14,19 @@ density and CDF:
     softplus  log(1+eˣ)   s              s1                s2
     sigmoid   s           s1             s2                s3
     tanh      t           1 - t²         -2t(1 - t²)       (1 - t²)(6t² - 2)
-    elu       x | eˣ-1    1 | eˣ         0 | eˣ            0 | eˣ          (x > 0 | x <= 0)
     relu      max(0,x)    1[x>0]         0                 0
 
 The monotone branch (f' > 0) is the whole line except for gelu (x > -0.7518), silu
 (x > -1.2785) and relu (x > 0).
+
+Which bases are allowed: the correction c = φ·(f'' + x f')·w(f') must be continuous, so f''
+must be. ELU is refused (:data:`REFUSED`): its f'' jumps from 1 to 0 at x = 0, so its
+correction would jump by ε·φ(0) ≈ 0.399·ε there. ReLU is kept although it is not C²: its f''
+is 0 off the kink and x·f'(x) = relu(x) is continuous, so its correction x·φ(x)·1[x>0] is
+continuous (this is CRReLU's positive branch).
+
+Limits: f' is exact at ±inf (the products x·φ(x) and x·σ'(x) take their limit 0 there instead
+of inf·0 = nan); f'', A and A' may be nan at ±inf, where the correction is masked to 0 anyway.
 """
 
 from __future__ import annotations
@@ -37,6 +45,11 @@ def normal_pdf(x: Tensor) -> Tensor:
     return torch.exp(-0.5 * x * x) * _INV_SQRT_2PI
 
 
+def _xmul(x: Tensor, t: Tensor) -> Tensor:
+    """x·t with the limit 0 where t underflowed to 0 (x = ±inf would give inf·0 = nan)."""
+    return torch.where(t == 0, 0.0, x * t)
+
+
 def _sig(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     s = torch.sigmoid(x)
     s1 = s * (1 - s)
@@ -50,13 +63,13 @@ def _generic(x: Tensor, f: Tensor, f1: Tensor, f2: Tensor, f3: Tensor) -> Derivs
 def _gelu(x: Tensor) -> Derivs:
     p = normal_pdf(x)
     c = 0.5 * (1 + torch.erf(x * (1 / math.sqrt(2.0))))
-    xc, xp = x * c, x * p
+    xc, xp = x * c, _xmul(x, p)
     return xc, c + xp, p * (2 - x * x), 2 * p + xc, c - xp
 
 
 def _silu(x: Tensor) -> Derivs:
     s, s1, s2, s3 = _sig(x)
-    return _generic(x, x * s, s + x * s1, 2 * s1 + x * s2, 3 * s2 + x * s3)
+    return _generic(x, x * s, s + _xmul(x, s1), 2 * s1 + x * s2, 3 * s2 + x * s3)
 
 
 def _softplus(x: Tensor) -> Derivs:
@@ -74,19 +87,6 @@ def _tanh(x: Tensor) -> Derivs:
     return _generic(x, t, u, -2 * t * u, u * (6 * t * t - 2))
 
 
-def _elu(x: Tensor) -> Derivs:
-    pos = x > 0
-    e = torch.exp(torch.where(pos, 0.0, x))
-    zero, one = torch.zeros_like(x), torch.ones_like(x)
-    return _generic(
-        x,
-        torch.where(pos, x, e - 1),
-        torch.where(pos, one, e),
-        torch.where(pos, zero, e),
-        torch.where(pos, zero, e),
-    )
-
-
 def _relu(x: Tensor) -> Derivs:
     step = (x > 0).to(x.dtype)
     return torch.relu(x), step, torch.zeros_like(x), x * step, step
@@ -98,8 +98,12 @@ BASES: dict[str, Callable[[Tensor], Derivs]] = {
     "softplus": _softplus,
     "sigmoid": _sigmoid,
     "tanh": _tanh,
-    "elu": _elu,
     "relu": _relu,
+}
+
+# Bases that are refused, with the reason (their correction would be discontinuous).
+REFUSED: dict[str, str] = {
+    "elu": "ELU's second derivative jumps at 0, so its correction would jump by eps*phi(0)",
 }
 
 # Left end of the monotone branch (f' > 0 for x > this), for documentation and tests.
@@ -109,6 +113,5 @@ MONOTONE_FROM: dict[str, float] = {
     "softplus": -math.inf,
     "sigmoid": -math.inf,
     "tanh": -math.inf,
-    "elu": -math.inf,
     "relu": 0.0,
 }

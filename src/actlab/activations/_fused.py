@@ -25,6 +25,17 @@ and :class:`ElementwiseKernel` runs them in one of five modes:
 The mode comes from ``set_kernel_mode`` / ``kernel_mode(...)`` or the environment variable
 ACTLAB_KERNEL.  If compilation fails once (no C++ compiler, no Triton on the GPU) a warning is
 issued and that kernel falls back to eager for the rest of the process; nothing crashes.
+An explicit "compiled" raises instead: a one-line RuntimeError that names the failure.
+
+Portable dispatch: with no vector instruction set for Inductor on the CPU (which is what
+``ATEN_CPU_CAPABILITY=default`` forces, and what an x86 CPU without AVX2 has), Inductor's
+generated C++ for these kernels does not build (torch 2.13: "'at::vec' has not been
+declared"). That is detected before compiling: "auto" uses the eager lean path (or native)
+with one warning per process, and "compiled" raises a one-line RuntimeError at once.
+
+Values and gradients at large and infinite inputs: every kernel's eager, compiled and native
+paths give the limits at ±inf (no inf·0 = nan in the hand-written backward) and match the
+float64 formula at large finite inputs; see tests/activations/test_extremes.py.
 """
 
 from __future__ import annotations
@@ -103,6 +114,38 @@ def acc_sum(t: Tensor) -> Tensor:
 
 def _min_numel() -> int:
     return int(os.environ.get("ACTLAB_FUSE_MIN_NUMEL", "65536"))
+
+
+_UNAVAILABLE: dict[str, str | None] = {}  # device type -> why Inductor cannot build there
+_warned_unavailable: set[str] = set()
+
+
+def compile_unavailable(device_type: str) -> str | None:
+    """Why torch.compile cannot build these kernels on ``device_type`` (None: it may try)."""
+    if device_type not in _UNAVAILABLE:
+        why: str | None = None
+        if device_type == "cpu":
+            try:
+                from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+                if not pick_vec_isa():
+                    cap = os.environ.get("ATEN_CPU_CAPABILITY", "").strip()
+                    why = (
+                        f"Inductor has no vector instruction set here (ATEN_CPU_CAPABILITY={cap})"
+                        if cap
+                        else "Inductor has no vector instruction set on this CPU"
+                    ) + " and its portable C++ for these kernels does not build"
+            except Exception:  # noqa: BLE001 -- private API moved: let compilation try
+                why = None
+        _UNAVAILABLE[device_type] = why
+    return _UNAVAILABLE[device_type]
+
+
+def _first_error(e: BaseException) -> str:
+    """The first line of an exception that says something (compilers bury it)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "error:" in ln]
+    return (errors or lines or [type(e).__name__])[0][:200]
 
 
 class _LeanFunction(torch.autograd.Function):
@@ -196,15 +239,31 @@ class ElementwiseKernel:
         return _native.available()
 
     def _want_compiled(self, mode: str, x: Tensor) -> bool:
-        if mode == "compiled":
-            return True
         dev = x.device.type
-        return (
+        if mode != "compiled" and not (
             dev not in self._broken
             and dev in ("cpu", "cuda")
             and x.numel() >= _min_numel()
             and not torch.jit.is_scripting()
-        )
+        ):
+            return False
+        why = compile_unavailable(dev)
+        if why is None:
+            return True
+        if mode == "compiled":
+            raise RuntimeError(
+                f"actlab: kernel mode 'compiled' is unavailable on {dev}: {why}; "
+                "use ACTLAB_KERNEL=auto (eager or native there) or eager"
+            )
+        if dev not in _warned_unavailable:
+            _warned_unavailable.add(dev)
+            warnings.warn(
+                f"actlab: fused kernels use the eager lean path on {dev}: {why}. "
+                "Set ACTLAB_KERNEL=eager to silence this.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        return False
 
     def __call__(self, x: Tensor, *theta: Tensor) -> Tensor:
         mode = get_kernel_mode()
@@ -236,11 +295,14 @@ class ElementwiseKernel:
             return thunk()
         except Exception as e:  # compiler missing or failing: degrade, never crash
             if mode == "compiled":
-                raise
+                raise RuntimeError(
+                    f"actlab: fused kernel for {self.name} failed to compile on {x.device.type} "
+                    f"({type(e).__name__}: {_first_error(e)}); use ACTLAB_KERNEL=auto or eager"
+                ) from e
             self._broken.add(x.device.type)
             warnings.warn(
                 f"actlab: fused kernel for {self.name} failed to compile on {x.device.type} "
-                f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); using the eager lean path. "
+                f"({type(e).__name__}: {_first_error(e)}); using the eager lean path. "
                 "Set ACTLAB_KERNEL=eager to silence this.",
                 RuntimeWarning,
                 stacklevel=3,

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from actlab.activations._base import Activation, scalar
-from actlab.registry import register_activation
+from actlab.registry import ParamRule, register_activation
 
 INF = math.inf
 NAN = math.nan
@@ -43,6 +43,12 @@ def _phi_cdf(x: Tensor) -> Tensor:
 
 def _sigmoid64(x: Tensor) -> Tensor:
     return 1.0 / (1.0 + torch.exp(-x))
+
+
+def _nonzero(value: float) -> float:
+    if value == 0:
+        raise ValueError("celu: alpha must be non-zero (it divides x)")
+    return value
 
 
 @register_activation(
@@ -121,12 +127,11 @@ class ELU(Activation):
     paper="Barron 2017, Continuously Differentiable Exponential Linear Units",
     reference=lambda x, m: torch.where(x > 0, x, m.alpha * torch.expm1(x / m.alpha)),
     limits=(-1.0, INF),
+    rules={"alpha": ParamRule("float", check=_nonzero)},
 )
 class CELU(Activation):
     def __init__(self, *, alpha: float = 1.0, inplace: bool = False) -> None:
         super().__init__(inplace=inplace)
-        if alpha == 0:
-            raise ValueError("celu: alpha must be non-zero")
         self.alpha = float(alpha)
         self._set_hparams(alpha=self.alpha)
 
@@ -151,9 +156,11 @@ class SELU(Activation):
     formula="x * Phi(x)   (Phi: standard normal CDF, exact erf form)",
     paper="Hendrycks & Gimpel 2016, Gaussian Error Linear Units (GELUs)",
     reference=lambda x, m: x * _phi_cdf(x),
-    limits=(NAN, NAN),
+    limits=(NAN, INF),
+    limits_vary=((), (NAN,)),
     aliases=("gelu_erf",),
-    notes="PyTorch's native kernel returns nan at +-inf; kept as is (documented).",
+    notes="f(+inf) is platform-dependent: inf or nan (PyTorch's own kernel differs by CPU "
+    "and dtype); f(-inf) is nan. Not guarded, to keep the baseline at PyTorch's speed.",
 )
 class GELU(Activation):
     def forward(self, x: Tensor) -> Tensor:
@@ -205,12 +212,11 @@ class Mish(Activation):
         m.beta * x > m.threshold, x, torch.log1p(torch.exp(m.beta * x)) / m.beta
     ),
     limits=(0.0, INF),
+    rules={"beta": ParamRule("float", gt=0)},
 )
 class Softplus(Activation):
     def __init__(self, *, beta: float = 1.0, threshold: float = 20.0, inplace: bool = False) -> None:
         super().__init__(inplace=inplace)
-        if beta <= 0:
-            raise ValueError("softplus: beta must be > 0")
         self.beta, self.threshold = float(beta), float(threshold)
         self._set_hparams(beta=self.beta, threshold=self.threshold)
 

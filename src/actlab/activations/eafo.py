@@ -40,19 +40,22 @@ import torch
 from torch import Tensor
 
 from actlab.activations._base import Activation, scalar
-from actlab.activations._eafo_bases import BASES, normal_pdf
+from actlab.activations._eafo_bases import BASES, REFUSED, normal_pdf
 from actlab.activations._fused import ElementwiseKernel, acc_sum
-from actlab.registry import register_activation
+from actlab.registry import ParamRule, register_activation
 
 _CLAMP = 40.0  # x·e^{-x²/2} and φ(x) are exactly 0 in float32/float64 beyond |x| = 40
 
 
 # ---------------------------------------------------------------- CRReLU
-# For |x| >= 40, x·e^{-x²/2} and φ(x) are exactly 0 in float32 and float64. Mapping such x to 0
-# before the bump keeps f(±inf) at its limit instead of inf·0 = nan. A `where` is used, not a
-# clamp: Inductor's vectorised NaN-propagating min/max made the whole CPU kernel ~3x slower.
+# For |x| >= 40, e^{-x²/2}, x·e^{-x²/2} and (1 - x²)·e^{-x²/2} are exactly 0 in float32 and
+# float64 (e^{-800} underflows). Mapping such x (and ±inf, and nan) to 40 before the bump keeps
+# every bump term at its limit 0 instead of inf·0 = nan, and the derivative at 1[x>0]. (Mapping
+# to 0 instead made the bump's derivative e^0 = 1, i.e. a gradient of 1[x>0] + ε for |x| >= 40.)
+# A `where` is used, not a clamp: Inductor's vectorised NaN-propagating min/max made the whole
+# CPU kernel ~3x slower.
 def _bump_arg(x: Tensor) -> Tensor:
-    return torch.where(x.abs() < _CLAMP, x, 0.0)
+    return torch.where(x.abs() < _CLAMP, x, _CLAMP)
 
 
 def _crrelu_fwd(x: Tensor, eps: Tensor) -> Tensor:
@@ -179,7 +182,12 @@ def eafo_reference(x: Tensor, m: Any) -> Tensor:
     limits=(math.nan, math.inf),
     family="eafo",
     fused=True,
-    notes="Bases: " + ", ".join(BASES) + ". Correction is 0 outside the base's monotone branch.",
+    notes="Bases: " + ", ".join(BASES) + " (elu is refused: its f'' jumps at 0, so the "
+    "correction would too). Correction is 0 outside the base's monotone branch.",
+    rules={
+        "base": ParamRule("str", choices=tuple(BASES), refused=tuple(REFUSED.items())),
+        "tau": ParamRule("float", gt=0),
+    },
 )
 class EAFO(Activation):
     """First-order entropy correction of a smooth ``base`` with one learnable ε."""
@@ -198,11 +206,7 @@ class EAFO(Activation):
         inplace: bool = False,
     ) -> None:
         super().__init__(inplace=inplace)
-        base = str(base).lower()
-        if base not in BASES:
-            raise ValueError(f"eafo: unsupported base {base!r}; choose one of {', '.join(BASES)}")
-        if not tau > 0:
-            raise ValueError("eafo: tau must be > 0")
+        base = str(base).lower()  # validated by the registry's rules (ParamRule)
         self.base = base
         scalar(self, "eps", eps, learnable)
         self.register_buffer("tau", torch.tensor(float(tau)))
@@ -252,6 +256,7 @@ WAFBC_KERNEL = ElementwiseKernel("wafbc", _wafbc_fwd, _wafbc_bwd)
     limits=(0.0, 1.0),
     family="eafo",
     fused=True,
+    rules={"width": ParamRule("float", gt=0)},
     notes="A baseline: maximises output entropy for Gaussian inputs; every real activation should beat it.",
 )
 class WAFBC(Activation):
@@ -270,8 +275,6 @@ class WAFBC(Activation):
         inplace: bool = False,
     ) -> None:
         super().__init__(inplace=inplace)
-        if not width > 0:
-            raise ValueError("wafbc: width must be > 0")
         for n, v in (("scale", scale), ("shift", shift), ("loc", loc), ("width", width)):
             scalar(self, n, v, learnable=False)
         self._set_hparams(scale=float(scale), shift=float(shift), loc=float(loc), width=float(width))

@@ -36,7 +36,7 @@ from actlab.expr.ir import Expr, ExprError, param_default, param_names, to_strin
 from actlab.expr.parser import parse
 from actlab.expr.reference import evaluate
 from actlab.expr.torch_eval import Program
-from actlab.registry import register_activation
+from actlab.registry import ParamRule, register_activation
 
 __all__ = ["ExprActivation"]
 
@@ -49,6 +49,35 @@ def _reference(x: Tensor, m: nn.Module) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(out)).to(x.device)
 
 
+def _formula(value: object) -> str | Expr:
+    """A formula string in its canonical text (so equivalent formulas give one spec)."""
+    if isinstance(value, str):
+        return to_string(parse(value))
+    if isinstance(value, Expr):
+        return value
+    raise TypeError(f"expr: formula must be a string, got {type(value).__name__}")
+
+
+def _params(value: object) -> dict[str, float] | None:
+    """Initial values: a mapping of names to finite numbers; those equal to the documented
+    default are dropped (they change nothing), so equivalent specs give one text."""
+    if not isinstance(value, Mapping):
+        raise TypeError(f"expr: params must be a dict of name: number, got {type(value).__name__}")
+    rule = ParamRule("float")
+    out: dict[str, float] = {}
+    for name in sorted(value, key=str):
+        if not isinstance(name, str):
+            raise TypeError(f"expr: params keys must be names, got {name!r}")
+        v = rule.apply("expr", f"params[{name!r}]", value[name])
+        try:
+            if v == param_default(name):
+                continue
+        except ExprError:
+            pass  # not a learnable scalar name: the constructor says so
+        out[name] = v
+    return out or None
+
+
 @register_activation(
     "expr",
     formula="any formula of the actlab.expr language, e.g. x*sigmoid(beta*x) (the default)",
@@ -58,6 +87,10 @@ def _reference(x: Tensor, m: nn.Module) -> Tensor:
     family="search",
     smooth=False,
     fused=True,
+    rules={
+        "formula": ParamRule("any", check=_formula),
+        "params": ParamRule("any", optional=True, check=_params),
+    },
     notes="Learnable scalars are 0-dim parameters; see actlab.expr for the grammar. "
     "limits are those of the default formula (Swish); any other formula has its own.",
 )

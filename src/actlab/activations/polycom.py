@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from actlab.activations._base import Activation
 from actlab.activations._fused import ElementwiseKernel, acc_sum
-from actlab.registry import register_activation
+from actlab.registry import ParamRule, register_activation
 
 
 def _poly_fwd(x: Tensor, coef: Tensor) -> Tensor:
@@ -50,6 +50,18 @@ def _poly_bwd(x: Tensor, g: Tensor, coef: Tensor) -> tuple[Tensor, Tensor]:
 
 POLYRELU = ElementwiseKernel("polyrelu", _poly_fwd, _poly_bwd)
 
+MAX_ORDER = 32  # Horner is unrolled into the compiled kernel; PolyCom uses order 3
+
+
+def _coefficients(value: object) -> tuple[float, ...]:
+    """``init``: a tuple or list of at most MAX_ORDER + 1 finite numbers, as floats."""
+    if not isinstance(value, (tuple, list)):
+        raise TypeError(f"polyrelu: init must be a tuple of numbers, got {type(value).__name__}")
+    if not 2 <= len(value) <= MAX_ORDER + 1:
+        raise ValueError(f"polyrelu: init needs 2 to {MAX_ORDER + 1} coefficients, got {len(value)}")
+    rule = ParamRule("float")
+    return tuple(rule.apply("polyrelu", f"init[{i}]", v) for i, v in enumerate(value))
+
 
 def _poly_ref(x: Tensor, m: Any) -> Tensor:
     r = torch.where(x > 0, x, torch.zeros_like(x))
@@ -66,6 +78,10 @@ def _poly_ref(x: Tensor, m: Any) -> Tensor:
     family="polycom",
     smooth=False,
     fused=True,
+    rules={
+        "order": ParamRule("int", ge=1, le=MAX_ORDER),
+        "init": ParamRule("any", optional=True, check=_coefficients),
+    },
 )
 class PolyReLU(Activation):
     coef: Tensor
@@ -80,9 +96,7 @@ class PolyReLU(Activation):
         inplace: bool = False,
     ) -> None:
         super().__init__(inplace=inplace)
-        if int(order) < 1:
-            raise ValueError("polyrelu: order must be >= 1")
-        order = int(order)
+        order = int(order)  # validated by the registry's rules (1 <= order <= MAX_ORDER)
         coef = list(init) if init is not None else [0.0] + [1.0 / order] * order
         if len(coef) != order + 1:
             raise ValueError(f"polyrelu: init needs order+1 = {order + 1} coefficients, got {len(coef)}")

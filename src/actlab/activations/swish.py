@@ -25,9 +25,14 @@ def _fwd(x: Tensor, beta: Tensor) -> Tensor:
 
 
 def _bwd(x: Tensor, g: Tensor, beta: Tensor) -> tuple[Tensor, Tensor]:
-    s = torch.sigmoid(beta * x)
+    bx = beta * x
+    s = torch.sigmoid(bx)
     ds = s * (1 - s)
-    return g * (s + beta * x * ds), acc_sum(g * x * x * ds)
+    # where σ'(βx) underflowed to 0 (|βx| > ~100, or ±inf) both products take their limit 0:
+    # βx·σ'(βx) and x²·σ'(βx) would otherwise be inf·0 = nan at ±inf and at huge finite x
+    live = ds > 0
+    gx = g * (s + torch.where(live, bx * ds, 0.0))
+    return gx, acc_sum(g * torch.where(live, x * x * ds, 0.0))
 
 
 SWISH = ElementwiseKernel("swish", _fwd, _bwd)
