@@ -49,23 +49,19 @@ MAX_EPOCHS = 100_000  # epochs of one run
 def canonical_activation(spec: str) -> str:
     """The canonical form of an activation spec; raises ``ValueError`` for unknown names.
 
-    The spec is also built once with :func:`actlab.create_activation`, so bad parameters fail
-    here, before any training starts.
+    :func:`actlab.registry.canonical_spec`: defaults left out, numbers normalised to their
+    parameter's type, keys sorted (``crrelu``, ``crrelu(eps=0.01)`` and ``crrelu(eps=1e-2)`` are
+    one run; so are ``eps=1`` and ``eps=1.0``). The spec is built once with
+    :func:`actlab.create_activation`, so bad parameters fail here, before any training starts.
     """
-    from actlab.registry import create_activation, get_activation_info, parse_spec
+    from actlab.registry import canonical_spec
 
     if not isinstance(spec, str):
         raise ValueError(
             f"compare needs activation specs as strings (got {type(spec).__name__}); "
             "register custom classes with actlab.register_activation and pass their name"
         )
-    name, kwargs = parse_spec(spec)
-    info = get_activation_info(name)
-    create_activation(spec)
-    if not kwargs:
-        return info.name
-    args = ", ".join(f"{k}={kwargs[k]!r}" for k in sorted(kwargs))
-    text = f"{info.name}({args})"
+    text = canonical_spec(spec)
     if len(text) > MAX_SPEC_LEN:
         raise ValueError(
             f"activation spec {spec!r} is longer than {MAX_SPEC_LEN} characters; "
