@@ -5,6 +5,9 @@
    sentences, swap its 6 GELU sites for CRReLU, print the swap report and how far the
    embeddings moved (cosine to the original, and whether the similarity ranking survived);
 3. an identity swap (GELU -> actlab's GELU) as a control: the outputs must not move.
+
+``--target`` (a spec, or a bare formula in x such as ``x*sigmoid(1.702*x)``) is built once
+before the model is loaded, so a bad one is a one-line error (exit 2) at once.
 """
 
 from __future__ import annotations
@@ -27,7 +30,18 @@ SENTENCES = [
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--target", default="crrelu", help="activation spec that replaces GELU (default crrelu)")
+    p.add_argument("--target", default="crrelu",
+                   help="activation spec or formula in x that replaces GELU (default crrelu)")
+
+
+def _target(text: str) -> str:
+    """The ``--target`` spec, checked by building it once (bare formulas become expr specs)."""
+    from actlab import create_activation
+    from actlab.bench.plan import formula_spec
+
+    spec = formula_spec(text)
+    create_activation(spec)
+    return spec
 
 
 def _rank_agreement(a: Any, b: Any) -> float:
@@ -49,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     import actlab
     from actlab.models.pretrained import embed_sentences, load_minilm
 
+    args.target = _target(args.target)  # before anything is loaded
     con = Console()
     names = actlab.list_activations()
     con.rule(f"1. the zoo: {len(names)} activations (`actlab ls` for the full table)")

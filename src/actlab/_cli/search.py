@@ -11,11 +11,17 @@ on digits: benchmarks/bench_search.py measured that an 8-epoch level there is sa
 ``--funnel 3,8,20`` to add levels. Rerunning the
 same command (same ``--study``) resumes: nothing finished is redone, and a finished search
 only re-reads its results.
+
+Every flag is checked before the study is opened or anything is evaluated (:func:`validate`):
+a bad value or a contradictory combination is one line ``actlab search: error: ...``, exit
+status 2. A search that stops because its space yields nothing trainable (every candidate
+rejected before training) says so and exits with status 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from typing import Any
@@ -36,7 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strategy", default="eafo", choices=["random", "evolution", "eafo", "bo"],
                    help="search strategy (default eafo: evolution + EAFO correction mutations)")
     p.add_argument("--form", default=None, help="formula whose constants --strategy bo optimises")
-    p.add_argument("--sampler", default="tpe", choices=["tpe", "gp"], help="BO sampler (default tpe)")
+    p.add_argument("--sampler", default=None, choices=["tpe", "gp"],
+                   help="BO sampler of --strategy bo (default tpe)")
     p.add_argument("--study", default=None, help="study name; reuse it to resume (default "
                                                   "<task>-<strategy>-s<seed>)")
     p.add_argument("--storage", default=None,
@@ -53,7 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-seeds", type=int, default=1,
                    help="training runs averaged per evaluation at the last funnel level (with --funnel; "
                         "default 1): ranks the finalists on a mean instead of one noisy run")
-    p.add_argument("--keep", type=float, default=0.1,
+    p.add_argument("--keep", type=float, default=None,
                    help="fraction of each funnel level promoted to the next (default 0.1)")
     p.add_argument("--floor", default="auto",
                    help="quality floor VALUE@EPOCHS (EvoNorm), e.g. 0.3@1; 'none' to disable "
@@ -63,8 +70,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-cost", type=float, default=8.0,
                    help="reject candidates slower than this many times GELU per step (default 8)")
     p.add_argument("--max-steps", type=int, default=None, help="cap optimizer steps per training")
-    p.add_argument("--top", type=int, default=3, help="candidates re-evaluated at the end (default 3)")
-    p.add_argument("--final-seeds", type=int, default=5, help="fresh seeds of the re-evaluation")
+    p.add_argument("--top", type=int, default=None, help="candidates re-evaluated at the end (default 3)")
+    p.add_argument("--final-seeds", type=int, default=None,
+                   help="fresh seeds of the re-evaluation (default 5)")
     p.add_argument("--no-final", action="store_true", help="skip the re-evaluation")
     p.add_argument("--db", default=None, help="results database of the re-evaluation "
                                               "(default: that of actlab compare)")
@@ -74,7 +82,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no line per evaluation")
 
 
-def _floor(text: str, task: str) -> Any:
+def _floor(text: str, task: str, objective: Any = None) -> Any:
     from actlab.search import QualityFloor
 
     t = text.strip().lower()
@@ -84,19 +92,140 @@ def _floor(text: str, task: str) -> Any:
         return None if task.startswith("curve:") or task.endswith("-char") else QualityFloor(0.2, 1.0)
     value, _, after = t.partition("@")
     try:
-        return QualityFloor(float(value), float(after or 1))
+        v, a = float(value), float(after or 1)
     except ValueError:
         raise ValueError(f"--floor must be VALUE@EPOCHS such as 0.3@1, or none; got {text!r}") from None
+    if not (math.isfinite(v) and math.isfinite(a) and a > 0):
+        raise ValueError(f"--floor {text}: VALUE must be finite and EPOCHS a finite number > 0, "
+                         "e.g. 0.3@1")
+    if getattr(objective, "metric", "") == "accuracy" and not 0 <= v <= 1:
+        raise ValueError(f"--floor {text}: an accuracy floor is in 0..1, e.g. 0.3@1")
+    return QualityFloor(v, a)
 
 
 def _levels(text: str | None, task: str) -> tuple[float, ...] | None:
+    from actlab.bench.plan import MAX_EPOCHS
+
     spec = text or _DEFAULT_FUNNEL.get(task)
     if spec is None:
         return None
     try:
-        return tuple(float(x) for x in spec.split(",") if x.strip())
+        levels = tuple(float(x) for x in spec.split(",") if x.strip())
     except ValueError:
         raise ValueError(f"--funnel must be a comma list of budgets such as 3,8,20; got {spec!r}") from None
+    if not levels:
+        raise ValueError(f"--funnel must be a comma list of budgets such as 3,8,20; got {spec!r}")
+    for x in levels:
+        if not (math.isfinite(x) and 0 < x <= MAX_EPOCHS):
+            raise ValueError(f"--funnel {spec}: every budget must be a finite number in "
+                             f"(0, {MAX_EPOCHS}], got {x:g}")
+    if any(b < a for a, b in zip(levels, levels[1:])):
+        raise ValueError(f"--funnel {spec}: budgets must not decrease, e.g. 3,8,20")
+    return levels
+
+
+_TOP_MAX = 100
+
+
+def validate(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """Check every flag and combination before anything is opened or evaluated; returns
+    ``(budget, objective, pipeline)``. Fills the defaults of ``--top``, ``--final-seeds``,
+    ``--keep`` and ``--sampler``; ``args.report`` becomes a checked path or None."""
+    from actlab._cli.compare import (
+        MAX_STEPS,
+        check_float,
+        check_int,
+        check_report,
+        check_study,
+        check_workers,
+    )
+    from actlab.bench.plan import MAX_RUNS, MAX_SEED, MAX_SEEDS
+    from actlab.expr import ExprError
+    from actlab.search import CostFilter, Pipeline, form_constants, make_objective, parse_budget
+    from actlab.search._pipeline import MAX_TOP_SEEDS
+
+    curve = args.task.strip().startswith("curve:")
+    # combinations first: they need no work at all
+    if args.form is not None and args.strategy != "bo":
+        raise ValueError(f"--form is the formula of --strategy bo; drop it or add --strategy bo "
+                         f"(--strategy is {args.strategy})")
+    if args.sampler is not None and args.strategy != "bo":
+        raise ValueError("--sampler chooses the sampler of --strategy bo; drop it or add --strategy bo")
+    if args.no_final:
+        given = [f for f, v in (("--top", args.top), ("--final-seeds", args.final_seeds),
+                                ("--db", args.db)) if v is not None]
+        if given:
+            verb = "configures" if len(given) == 1 else "configure"
+            raise ValueError(f"{', '.join(given)} {verb} the re-evaluation, which --no-final skips")
+    if curve:
+        given = [f for f, v in (("--model", args.model), ("--max-steps", args.max_steps),
+                                ("--db", args.db)) if v is not None]
+        if given:
+            verb = "applies" if len(given) == 1 else "apply"
+            raise ValueError(f"{', '.join(given)} {verb} to training tasks; a curve: task trains "
+                             "nothing")
+    if args.ray is not None and args.workers != 1:
+        raise ValueError("--workers starts local processes; with --ray the cluster's CPUs set the "
+                         "parallelism: drop --workers")
+    if args.ray is not None and not args.ray.strip():
+        raise ValueError("--ray needs an address: auto, local or ray://host:port")
+    # values
+    budget = parse_budget(args.budget)
+    check_workers(args.workers)
+    check_int("--seed", args.seed, 0, MAX_SEED)
+    check_int("--top-seeds", args.top_seeds, 1, MAX_TOP_SEEDS)
+    check_int("--max-nodes", args.max_nodes, 1, 256)
+    check_float("--max-cost", args.max_cost, lo=0.0)
+    check_int("--max-steps", args.max_steps, 1, MAX_STEPS)
+    args.top = check_int("--top", args.top, 1, _TOP_MAX) or 3
+    args.final_seeds = check_int("--final-seeds", args.final_seeds, 1, MAX_SEEDS) or 5
+    if not args.no_final and not curve and (args.top + 3) * args.final_seeds > MAX_RUNS:
+        raise ValueError(f"--top {args.top} x --final-seeds {args.final_seeds} is more than "
+                         f"{MAX_RUNS} re-evaluation runs")
+    check_study(args.study)
+    for flag, v in (("--storage", args.storage), ("--db", args.db)):
+        if v is not None and not v.strip():
+            raise ValueError(f"{flag} must name a file or an SQLAlchemy URL")
+    report = check_report(args.report, args.no_report, "search.html")
+    args.report = report if args.report is not None else None
+    if args.strategy == "bo":
+        if not args.form:
+            raise ValueError("strategy 'bo' optimises the constants of a formula: give one, "
+                             "e.g. --form 'x*sigmoid(1.702*x)'")
+        try:
+            constants = form_constants(args.form)
+        except (ExprError, RecursionError) as e:
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". Write a")[0]
+            raise ValueError(f"--form {args.form!r} is not a formula in x ({why}); "
+                             "e.g. --form 'x*sigmoid(1.702*x)'") from None
+        if not constants:
+            raise ValueError(f"--form {args.form!r} has no numeric constant for bo to optimise; "
+                             "e.g. --form 'x*sigmoid(1.702*x)'")
+    args.sampler = args.sampler or "tpe"
+    # the objective: task, model and the target curve resolved here, not in every evaluation
+    kw: dict[str, Any] = {}
+    if not curve:
+        from actlab.train import get_task
+
+        get_task(args.task).resolve_model(args.model)
+        kw = {"model": args.model, "record_density": args.strategy == "eafo",
+              "overrides": {"max_steps": args.max_steps} if args.max_steps else {}}
+    objective = make_objective(args.task.strip(), **kw)
+    levels = _levels(args.funnel, objective.task)
+    n_levels = len(levels) if levels is not None else 1
+    if args.keep is not None:
+        check_float("--keep", args.keep, lo=0.0, hi=1.0)
+        if n_levels < 2:
+            raise ValueError("--keep is the fraction promoted between funnel levels; add a funnel "
+                             "of two or more levels (e.g. --funnel 3,8) or drop --keep")
+    args.keep = args.keep if args.keep is not None else 0.1
+    if args.top_seeds > 1 and n_levels < 2:
+        raise ValueError("--top-seeds averages runs at the last level of a funnel of two or more levels; "
+                         "add --funnel (e.g. --funnel 3,8)")
+    pipeline = Pipeline(cost=CostFilter(args.max_cost),
+                        floor=_floor(args.floor, objective.task, objective),
+                        budgets=levels, max_nodes=args.max_nodes, top_seeds=args.top_seeds)
+    return budget, objective, pipeline
 
 
 class _Printer:
@@ -131,6 +260,8 @@ def _summary(console: Any, res: Any) -> None:
     console.print(f"\nstudy {res.study!r} ({res.storage}): {c['trials']} trials, {c['ok']} ok, "
                   f"{c['rejected']} rejected, {c['failed']} failed, {c['promotions']} promotions; "
                   f"{res.duplicates} duplicates skipped; stopped: {res.stopped}")
+    if res.message:
+        console.print(f"[yellow]{escape(res.message)}[/]")
     console.print(f"units spent {res.units_spent():.1f}; {100 * res.wasted_fraction():.1f}% on "
                   f"candidates rejected after training started")
     for k, v in res.rejections().items():
@@ -163,31 +294,24 @@ def _final_table(console: Any, final: Any) -> None:
     console.print(table_note(final.comparison.summary), style="dim")
 
 
+def _check_databases(args: argparse.Namespace, task: str) -> None:
+    """Check --storage and (when the re-evaluation will use it, or it is given) --db before
+    the search starts, writing nothing: one-line errors instead of a crash after the search."""
+    from actlab.bench.plan import DEFAULT_DB
+    from actlab.bench.store import check_results_db
+    from actlab.search import check_storage
+
+    check_storage(args.storage)
+    if args.db is not None or not (args.no_final or task.startswith("curve:")):
+        check_results_db(args.db or DEFAULT_DB)
+
+
 def run(args: argparse.Namespace) -> int:
-    from actlab.search import (
-        CostFilter,
-        Pipeline,
-        finalize,
-        make_objective,
-        parse_budget,
-        run_search,
-    )
+    from actlab.search import finalize, run_search
     from actlab.search._report import write_search_report
 
-    if args.workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {args.workers}")
-    budget = parse_budget(args.budget)
-    kw: dict[str, Any] = {}
-    if not args.task.startswith("curve:"):
-        kw = {"model": args.model, "record_density": args.strategy == "eafo",
-              "overrides": {"max_steps": args.max_steps} if args.max_steps else {}}
-    objective = make_objective(args.task, **kw)
-    pipeline = Pipeline(cost=CostFilter(args.max_cost), floor=_floor(args.floor, args.task),
-                        budgets=_levels(args.funnel, objective.task), max_nodes=args.max_nodes,
-                        top_seeds=args.top_seeds)
-    if args.top_seeds > 1 and len(pipeline.levels(objective)) < 2:
-        raise ValueError("--top-seeds averages runs at the last level of a funnel of two or more levels; "
-                         "add --funnel (e.g. --funnel 3,8)")
+    budget, objective, pipeline = validate(args)  # every flag, before any work
+    _check_databases(args, objective.task)  # a bad --storage or --db fails now, not later
     printer = _Printer(budget, args.quiet)
     console = printer.console
     console.print(f"actlab search: task {objective.task}, strategy {args.strategy}, budget {budget}, "
@@ -195,7 +319,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     res = run_search(objective, args.strategy, budget=budget, study=args.study, storage=args.storage,
                      pipeline=pipeline, workers=args.workers, ray=args.ray, seed=args.seed,
-                     form=args.form, keep=args.keep, on_result=printer)
+                     form=args.form, keep=args.keep, on_result=printer, sampler=args.sampler)
     _summary(console, res)
     final = None
     if not args.no_final:
@@ -209,4 +333,7 @@ def run(args: argparse.Namespace) -> int:
         path = write_search_report(res, args.report or f"search-{safe}.html", final)
         console.print(f"report: {path}")
     console.print(f"done in {time.perf_counter() - t0:.0f} s")
+    if res.stopped == "rejections" and not res.ranked():
+        print(f"actlab search: {res.message}", file=sys.stderr)
+        return 1
     return 0

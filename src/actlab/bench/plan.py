@@ -77,6 +77,25 @@ def _uses_x(expr: Any) -> bool:
     return any(isinstance(n, Var) for _, n in nodes(expr))
 
 
+def _keyword_call_of_registered(text: str) -> bool:
+    """Whether ``text`` is a call with keyword arguments of a registered activation."""
+    import ast
+
+    from actlab.registry import ActivationSpecError, get_activation_info
+
+    try:
+        tree = ast.parse(text, mode="eval").body
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False
+    if not (isinstance(tree, ast.Call) and isinstance(tree.func, ast.Name) and tree.keywords):
+        return False
+    try:
+        get_activation_info(tree.func.id)
+    except ActivationSpecError:
+        return False
+    return True
+
+
 def _canonical_formula(text: str) -> str:
     from actlab.expr import canonical, parse, to_string
 
@@ -84,15 +103,13 @@ def _canonical_formula(text: str) -> str:
 
 
 def formula_spec(spec: str) -> str:
-    """A spec with every formula of :mod:`actlab.expr` in canonical form.
+    """``spec`` itself, or ``expr(formula="...")`` for a bare formula of :mod:`actlab.expr`.
 
-    - a bare formula (it uses ``x`` and is not a registered name or call, e.g.
-      ``"x*sigmoid(1.702*x)"``) becomes ``expr(formula="<canonical formula>")``;
-    - ``expr(formula="...")`` gets the canonical formula (other arguments kept);
-    - any other spec is returned unchanged (stripped).
-
-    Raises ``ValueError`` (one line) for text that is neither a spec nor a formula in ``x``.
-    The formula is parsed by the safe parser of :mod:`actlab.expr`, never evaluated.
+    A bare formula uses ``x`` and is not a registered name or call (``"x*sigmoid(1.702*x)"``);
+    it is parsed by the safe parser of :mod:`actlab.expr` (never evaluated) and written in
+    canonical form. :func:`canonical_activation` then keys ``expr`` specs by the canonical
+    formula, so both spellings are one run. Raises ``ValueError`` (one line) for text that
+    is neither a spec nor a formula in ``x``.
     """
     from actlab.expr import ExprError, parse
     from actlab.registry import ActivationSpecError, get_activation_info, parse_spec
@@ -101,27 +118,18 @@ def formula_spec(spec: str) -> str:
         return spec
     text = spec.strip()
     try:
-        name, kwargs = parse_spec(text)
+        name, _ = parse_spec(text)
     except ActivationSpecError as e:
         spec_error: ActivationSpecError | None = e
     else:
         spec_error = None
         try:
-            info = get_activation_info(name)
+            get_activation_info(name)
+            return text  # a registered name or call
         except ActivationSpecError:
-            info = None
-        if info is not None:
-            formula = kwargs.get("formula")
-            if info.name != "expr" or not isinstance(formula, str):
-                return text
-            try:
-                kwargs["formula"] = _canonical_formula(formula)
-            except ExprError as e:
-                raise ValueError(f"activation spec {text!r}: {e}") from None
-            args = ", ".join(
-                f'formula="{v}"' if k == "formula" else f"{k}={v!r}" for k, v in kwargs.items()
-            )
-            return f"{info.name}({args})"
+            pass
+    if spec_error is not None and _keyword_call_of_registered(text):
+        raise spec_error  # e.g. crrelu(eps=nan): the spec's own error says what to fix
     # not a registered name or call: a formula in x?
     try:
         expr = parse(text)

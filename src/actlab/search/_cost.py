@@ -17,6 +17,7 @@ kernel, forward and backward), so the default limit is 8x.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -69,8 +70,9 @@ class CostFilter:
     repeats: int = 5
 
     def __post_init__(self) -> None:
-        if not self.max_ratio > 0:
-            raise ValueError(f"max_ratio must be > 0, got {self.max_ratio}")
+        if not (math.isfinite(self.max_ratio) and self.max_ratio > 0):
+            raise ValueError(f"max_ratio must be a finite number > 0, got {self.max_ratio} "
+                             "(no cost filter: Pipeline(cost=None))")
 
     def measure(self, module: nn.Module) -> float:
         """The step-time ratio of ``module`` to GELU."""

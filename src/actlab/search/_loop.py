@@ -22,9 +22,19 @@ processes cooperate on one study; two of them may evaluate the same new candidat
 that window, unless ``refresh_seconds=0``, which re-reads the study before every new trial.
 An evaluation whose worker process died (killed, out of memory) is re-queued, not failed.
 
-The loop stops when the budget is spent (in-flight evaluations are counted ahead), when
-the strategy proposes ``max_duplicates`` duplicates in a row (the space is exhausted), or
-after ``max_cheap_rejections`` cheap rejections in a row (a broken setup).
+The loop stops (``SearchResult.stopped``, with a one-line ``message`` for the last three)
+
+- ``budget``: the units or the time are spent (in-flight evaluations are counted ahead);
+- ``trials``: a units budget allows :data:`~actlab.search._budget.TRIALS_PER_UNIT` trials
+  per unit, rejected ones included (they cost no units but do cost time);
+- ``rejections``: ``max_cheap_rejections`` candidates in a row were rejected before any
+  training (the search space yields nothing trainable, or the setup is broken); the
+  message counts their reasons;
+- ``duplicates``: the strategy proposed ``max_duplicates`` duplicates in a row (the space
+  is exhausted).
+
+Every trial counts toward the trial cap, also on resume, so a resumed search that hit it
+stops at once, like one whose units are spent.
 """
 
 from __future__ import annotations
@@ -32,18 +42,19 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from typing import Any
 
-from actlab.search._budget import Budget, parse_budget
+from actlab.search._budget import TRIALS_PER_UNIT, Budget, parse_budget
 from actlab.search._candidate import Candidate, EvalResult
 from actlab.search._executors import make_executor
 from actlab.search._factory import make_strategy
 from actlab.search._objectives import Objective, make_objective
 from actlab.search._pipeline import Pipeline, evaluate_candidate
-from actlab.search._result import SearchResult
+from actlab.search._result import SearchResult, reason_pattern
 from actlab.search._strategy import Strategy
 from actlab.search._study import SearchStudy, TrialRecord, storage_url
 
@@ -84,15 +95,19 @@ def run_search(
     keep: float | tuple[float, ...] = 0.2,
     on_result: Callable[[SearchEvent], None] | None = None,
     max_duplicates: int = 500,
-    max_cheap_rejections: int = 2000,
+    max_cheap_rejections: int = 200,
     refresh_seconds: float = 10.0,
+    sampler: str = "tpe",
 ) -> SearchResult:
     """Run or resume a search (see the module docstring); returns the study's results.
 
     ``strategy`` given by name is built by :func:`make_strategy` (funnel-wrapped when the
     pipeline has several budgets) and seeded with ``seed`` plus the number of stored trials,
-    so a resumed search does not replay the random choices it already made.
+    so a resumed search does not replay the random choices it already made. ``sampler``
+    is the Optuna sampler of the ``bo`` strategy (``tpe`` or ``gp``).
     """
+    if int(max_duplicates) < 1 or int(max_cheap_rejections) < 1:
+        raise ValueError("max_duplicates and max_cheap_rejections must be >= 1")
     obj = make_objective(objective) if isinstance(objective, str) else objective
     pipe = pipeline or Pipeline()
     levels = pipe.levels(obj)
@@ -108,7 +123,8 @@ def run_search(
         if isinstance(strategy, str):
             extra: dict[str, Any] = {"max_nodes": pipe.max_nodes} if strategy.strip().lower() in ("evolution", "eafo") else {}
             strat = make_strategy(strategy, seed=seed + len(records), higher_is_better=obj.higher_is_better,
-                                  levels=len(levels), keep=keep, form=form, **extra)
+                                  levels=len(levels), keep=keep, form=form, sampler=sampler,
+                                  **extra)
         assert not isinstance(strat, str)
         loop = _Loop(st, strat, obj, pipe, bud, seed, on_result, max_duplicates, max_cheap_rejections,
                      refresh_seconds)
@@ -123,7 +139,7 @@ def run_search(
             else type(storage).__name__
         return SearchResult(name, where, obj.task, obj.metric, obj.higher_is_better, levels,
                             st.records(), loop.stopped, loop.evaluated, loop.duplicates,
-                            time.perf_counter() - loop.t0)
+                            time.perf_counter() - loop.t0, message=loop.message)
     finally:
         st.close()
 
@@ -158,6 +174,10 @@ class _Loop:
         self.evaluated = self.duplicates = self._dups_in_row = self._cheap_in_row = self.lost = 0
         self.max_lost = 20
         self.stopped = "budget"
+        self.message = ""
+        self.max_trials = budget.max_trials()
+        self.n_trials = 0  # trials of the study (all sessions and processes) known here
+        self._streak: Counter[tuple[str, str]] = Counter()  # reasons of the cheap-rejection run
         self.t0 = time.perf_counter()
         self.elapsed0 = float(st.get_attr(_ELAPSED, 0.0) or 0.0)
         self.pending: dict[Future[Any], tuple[int, Candidate]] = {}
@@ -180,6 +200,7 @@ class _Loop:
     def replay(self, records: list[TrialRecord]) -> None:
         """Tell the strategy every stored result not seen yet (trial order)."""
         self.foreign = set()
+        self.n_trials = max(self.n_trials, len(records))
         for r in sorted(records, key=lambda r: r.number):
             if r.trial_id in self.known_trials:
                 continue
@@ -208,6 +229,9 @@ class _Loop:
                     self.st.finish(tid, self.done[cand.key])
                     continue
                 return claimed
+            if self.max_trials is not None and self.n_trials >= self.max_trials:
+                self._stop_trials()  # re-queued trials above still run; no new ones
+                return None
             cand = self.strategy.ask()
             if cand.level >= len(self.pipe.levels(self.obj)):
                 raise ValueError(f"strategy proposed funnel level {cand.level}, but the pipeline has "
@@ -222,6 +246,8 @@ class _Loop:
                     self.waiters.setdefault(cand.key, []).append(cand)
                 if self._dups_in_row >= self.max_dups:
                     self.stopped = "duplicates"
+                    self.message = (f"the strategy proposed {self.max_dups} known candidates in a "
+                                    "row: the search space looks exhausted")
                     return None
                 if cand.key not in self.done and self.pending:
                     return None  # wait for the evaluation it duplicates
@@ -229,6 +255,7 @@ class _Loop:
             if self.refresh <= 0 and self._sync_says_done(cand):
                 continue
             self._dups_in_row = 0
+            self.n_trials += 1
             return self.st.create(cand), cand
 
     def _sync_says_done(self, cand: Candidate) -> bool:
@@ -273,13 +300,32 @@ class _Loop:
         self.known_trials.add(tid)
         self.evaluated += 1
         self._absorb(cand, res)
-        self._cheap_in_row = self._cheap_in_row + 1 if (res.units == 0 and not res.ok) else 0
-        if self._cheap_in_row >= self.max_cheap:
-            self.stopped = "rejections"
+        if res.units == 0 and not res.ok:  # refused before any training
+            self._cheap_in_row += 1
+            self._streak[(res.stage, reason_pattern(res.reason))] += 1
+        else:
+            self._cheap_in_row = 0
+            self._streak.clear()
+        if self._cheap_in_row >= self.max_cheap and self.stopped == "budget":
+            self._stop_rejections()
         self.st.set_attr(_ELAPSED, self._elapsed())
         if self.on_result is not None:
             number = self.st.storage.get_trial_number_from_id(tid)
             self.on_result(SearchEvent(number, cand, res, self.used, self.best, self.evaluated))
+
+    def _stop_trials(self) -> None:
+        self.stopped = "trials"
+        self.message = (f"stopped after {self.n_trials} trials: a budget of {self.budget.units or 0:g} "
+                        f"evaluation units allows at most {self.max_trials} trials "
+                        f"({TRIALS_PER_UNIT} per unit), rejected candidates included; give a larger "
+                        "budget or a time")
+
+    def _stop_rejections(self) -> None:
+        self.stopped = "rejections"
+        top = "; ".join(f"{n}x {stage}: {why[:80]}" for (stage, why), n in self._streak.most_common(3))
+        self.message = (f"the last {self._cheap_in_row} candidates were all rejected before "
+                        f"training ({top}): this search space yields nothing trainable; change "
+                        "--form / --strategy or relax --max-nodes / --max-cost")
 
     def run(self, ex: Any) -> None:
         self.st.start_heartbeat()

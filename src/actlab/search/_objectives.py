@@ -52,6 +52,12 @@ class QualityFloor:
     threshold: float
     after: float = 1.0
 
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.threshold):
+            raise ValueError(f"quality floor threshold must be finite, got {self.threshold!r}")
+        if not (math.isfinite(self.after) and self.after > 0):
+            raise ValueError(f"quality floor 'after' must be a finite budget > 0, got {self.after!r}")
+
     def passes(self, value: float, higher_is_better: bool = True) -> bool:
         if not math.isfinite(value):
             return False
@@ -214,6 +220,29 @@ class CurveObjective:
     metric: str = "neg_rmse"
     higher_is_better: bool = True
     _y: np.ndarray | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        lo, hi = (float(v) for v in self.xlim)
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ValueError(f"xlim must be two finite increasing numbers, got {self.xlim}")
+        if not 2 <= int(self.n) <= 1_000_000:
+            raise ValueError(f"n must be in 2..1000000, got {self.n}")
+        for name in ("noise", "sleep"):
+            v = float(getattr(self, name))
+            if not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        if not (math.isfinite(self.default_budget) and self.default_budget > 0):
+            raise ValueError(f"default_budget must be a finite number > 0, got {self.default_budget!r}")
+        try:  # the target fails here, not in every evaluation
+            y = self.target_curve()
+        except Exception as e:  # noqa: BLE001 -- any error of the target is the user's to fix
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". Write a")[0]
+            raise ValueError(f"curve target {self.target!r} is neither a registered activation nor "
+                             f"a formula in x ({why}); e.g. curve:gelu or curve:x*sigmoid(1.702*x)"
+                             ) from None
+        if not np.isfinite(y).all():
+            raise ValueError(f"curve target {self.target!r} is not finite on [{lo:g}, {hi:g}]; "
+                             "choose a target defined on the whole grid")
 
     @property
     def task(self) -> str:

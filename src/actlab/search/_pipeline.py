@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 __all__ = ["Pipeline", "evaluate_candidate", "stage_counts"]
 
 SEED_STRIDE = 1000  # training seeds of the extra runs at the top level: seed + level + 1000 j
+MAX_TOP_SEEDS = 100
+MAX_LEVELS = 16
 
 
 @dataclass(frozen=True)
@@ -66,10 +68,16 @@ class Pipeline:
     def __post_init__(self) -> None:
         if int(self.top_seeds) != self.top_seeds or self.top_seeds < 1:
             raise ValueError(f"top_seeds must be a whole number >= 1, got {self.top_seeds}")
+        if self.top_seeds > MAX_TOP_SEEDS:
+            raise ValueError(f"top_seeds must be at most {MAX_TOP_SEEDS}, got {self.top_seeds}")
+        if self.max_nodes is not None and (int(self.max_nodes) != self.max_nodes or self.max_nodes < 1):
+            raise ValueError(f"max_nodes must be a whole number >= 1 (or None), got {self.max_nodes}")
         if self.budgets is not None:
             b = tuple(float(x) for x in self.budgets)
-            if not b or any(not (x > 0) for x in b) or any(y < x for x, y in zip(b, b[1:])):
-                raise ValueError(f"funnel budgets must be positive and non-decreasing, got {b}")
+            if not b or any(not (math.isfinite(x) and x > 0) for x in b) or any(y < x for x, y in zip(b, b[1:])):
+                raise ValueError(f"funnel budgets must be finite, positive and non-decreasing, got {b}")
+            if len(b) > MAX_LEVELS:
+                raise ValueError(f"a funnel has at most {MAX_LEVELS} levels, got {len(b)}")
             object.__setattr__(self, "budgets", b)
 
     def levels(self, objective: Objective) -> tuple[float, ...]:

@@ -19,14 +19,20 @@ from dataclasses import dataclass, field
 from actlab.search._pareto import pareto_front
 from actlab.search._study import TrialRecord
 
-__all__ = ["SearchResult"]
+__all__ = ["SearchResult", "reason_pattern"]
 
 _NUM = re.compile(r"[-+]?\d+(\.\d+)?([eE][-+]?\d+)?")
 
 
+def reason_pattern(reason: str) -> str:
+    """A rejection reason with its numbers replaced by ``#`` (to count similar reasons)."""
+    return _NUM.sub("#", reason)[:160]
+
+
 @dataclass
 class SearchResult:
-    """Trials of one study plus how this session ended (``stopped``: why it stopped)."""
+    """Trials of one study plus how this session ended (``stopped``: why it stopped;
+    ``message``: one line explaining a stop other than a spent budget)."""
 
     study: str
     storage: str
@@ -39,6 +45,7 @@ class SearchResult:
     evaluated_now: int = 0
     duplicates: int = 0
     seconds: float = 0.0
+    message: str = ""
 
     # ------------------------------------------------------------------ selections
     @property
@@ -97,7 +104,7 @@ class SearchResult:
         for r in self.finished:
             assert r.result is not None
             if not r.result.ok:
-                pattern = _NUM.sub("#", r.result.reason)[:160]
+                pattern = reason_pattern(r.result.reason)
                 c[(r.result.stage, pattern)] += 1
         return [(s, p, n) for (s, p), n in c.most_common(top)]
 
