@@ -72,7 +72,11 @@ API_CASES: list[tuple[str, Callable[[], Any], str]] = [
     ("where-empty-list", lambda: use(where=[]), "where"),
     ("where-empty-str", lambda: use(where=""), "where"),
     ("where-int", lambda: use(where=123), "where"),
-    ("probe-where-no-match", lambda: use(probes=[P.SparsityProbe(where="x*")]), "matches no module"),
+    (
+        "probe-where-no-match",
+        lambda: use(probes=[P.SparsityProbe(where="x*")]),
+        "matches no module",
+    ),
     ("sample-0", lambda: use(sample=0), "sample"),
     ("sample-neg", lambda: use(sample=-5), "sample"),
     ("sample-nan", lambda: use(sample=NAN), "sample"),
@@ -89,18 +93,31 @@ API_CASES: list[tuple[str, Callable[[], Any], str]] = [
     ("log-to-suffix", lambda: use(log_to="out.txt"), ".jsonl or .csv"),
     ("massive-top-k-0", lambda: use_probe(lambda: P.MassiveActivationProbe(top_k=0)), "top_k"),
     ("massive-top-k-neg", lambda: use_probe(lambda: P.MassiveActivationProbe(top_k=-1)), "top_k"),
-    ("massive-median-0", lambda: use_probe(lambda: P.MassiveActivationProbe(median_elems=0)),
-     "median_elems"),
-    ("massive-abs-nan", lambda: use_probe(lambda: P.MassiveActivationProbe(abs_threshold=NAN)),
-     "abs_threshold"),
-    ("massive-ratio-neg", lambda: use_probe(lambda: P.MassiveActivationProbe(ratio_threshold=-1)),
-     "ratio_threshold"),
+    (
+        "massive-median-0",
+        lambda: use_probe(lambda: P.MassiveActivationProbe(median_elems=0)),
+        "median_elems",
+    ),
+    (
+        "massive-abs-nan",
+        lambda: use_probe(lambda: P.MassiveActivationProbe(abs_threshold=NAN)),
+        "abs_threshold",
+    ),
+    (
+        "massive-ratio-neg",
+        lambda: use_probe(lambda: P.MassiveActivationProbe(ratio_threshold=-1)),
+        "ratio_threshold",
+    ),
     ("sparsity-tau-nan", lambda: use_probe(lambda: P.SparsityProbe(tau=NAN)), "tau"),
     ("sparsity-near-neg", lambda: use_probe(lambda: P.SparsityProbe(near_zero=-1)), "near_zero"),
     ("sparsity-window-0", lambda: use_probe(lambda: P.SparsityProbe(window=0)), "window"),
     ("sparsity-history-0", lambda: use_probe(lambda: P.SparsityProbe(history=0)), "history"),
-    ("sparsity-criterion", lambda: use_probe(lambda: P.SparsityProbe(criterion="x")), "criterion"),
-    ("dist-edges-nan", lambda: use_probe(lambda: P.DistributionProbe(edges=[1.0, NAN, 3.0])), "edges"),
+    ("sparsity-criterion", lambda: use_probe(lambda: P.SparsityProbe(criterion="x")), "criterion"),  # type: ignore[arg-type]
+    (
+        "dist-edges-nan",
+        lambda: use_probe(lambda: P.DistributionProbe(edges=[1.0, NAN, 3.0])),
+        "edges",
+    ),
     ("dist-max-elems-0", lambda: use_probe(lambda: P.DistributionProbe(max_elems=0)), "max_elems"),
     ("entropy-bins-0", lambda: use_probe(lambda: P.EntropyProbe(n_bins=0)), "n_bins"),
     ("entropy-rows-0", lambda: use_probe(lambda: P.EntropyProbe(rows=0)), "rows"),
@@ -136,8 +153,13 @@ def _write_inputs(tmp: Path) -> dict[str, str]:
     (tmp / "bin.txt").write_bytes(b"\xff\xfe\x00\x81garbage")
     (tmp / "empty.txt").write_text("  \n\n", encoding="utf-8")
     (tmp / "file").write_text("x", encoding="utf-8")
-    return {"DIR": str(tmp / "dir"), "BIN": str(tmp / "bin.txt"), "EMPTY": str(tmp / "empty.txt"),
-            "MISSING": str(tmp / "missing.txt"), "FILE": str(tmp / "file")}
+    return {
+        "DIR": str(tmp / "dir"),
+        "BIN": str(tmp / "bin.txt"),
+        "EMPTY": str(tmp / "empty.txt"),
+        "MISSING": str(tmp / "missing.txt"),
+        "FILE": str(tmp / "file"),
+    }
 
 
 # (case id, argv after "probe", substring of the one-line error); --out is appended unless
@@ -180,9 +202,12 @@ CLI_CASES: list[tuple[str, list[str], str]] = [
 
 
 @pytest.mark.parametrize("case", CLI_CASES, ids=[c[0] for c in CLI_CASES])
-def test_cli_hostile_inputs(case: tuple[str, list[str], str], tmp_path: Path,
-                            capsys: pytest.CaptureFixture[str],
-                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_hostile_inputs(
+    case: tuple[str, list[str], str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     _, argv, expect = case
     paths = _write_inputs(tmp_path)
     argv = [paths.get(a, a) for a in argv]

@@ -225,3 +225,47 @@ def test_fit_noisy_curve_reaches_noise_level() -> None:
     assert np.max(np.abs(fit(t) - y)) < 4 * noise
     with pytest.raises(ValueError):
         fit_ratio_curve([1, 2, 3], [1, 2, 3])
+
+
+def _known_median_tensor(shape: tuple[int, ...], seed: int) -> tuple[torch.Tensor, float]:
+    """|h| is a shuffled 1..n (random signs): the lower median is (n - 1) // 2 + 1."""
+    n = math.prod(shape)
+    g = torch.Generator().manual_seed(seed)
+    mag = (torch.randperm(n, generator=g) + 1).double()
+    sign = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0).double()
+    return (mag * sign).reshape(shape).float(), float((n - 1) // 2 + 1)
+
+
+def test_massive_median_is_exact_over_every_entry() -> None:
+    h, med = _known_median_tensor((4, 300, 96), seed=5)  # 115,200 entries, 1,200 tokens
+    p = MassiveActivationProbe()  # default median_elems = 2**18 >= 115,200: exact
+    p.update("b", DUMMY, h)
+    row = p.summary()["b"]
+    assert row["median_abs"] == med and row["median_estimated_calls"] == 0
+    assert row["max_abs"] == float(h.numel()) and row["ratio"] == float(h.numel()) / med
+    # over two calls: the mean of the per-call medians, the max over both
+    h2, med2 = _known_median_tensor((2, 10, 96), seed=6)
+    p.update("b", DUMMY, h2)
+    row = p.summary()["b"]
+    assert row["median_abs"] == pytest.approx((med + med2) / 2)
+    assert row["max_abs"] == float(h.numel())
+
+
+def test_massive_median_estimate_meets_its_stated_bound() -> None:
+    """Above median_elems entries: the median of m uniform element draws; its rank q in the
+    call obeys P(|q - 1/2| > eps) <= 2 exp(-2 m eps^2) (DKW). eps for a 1e-6 failure rate."""
+    m = 4096
+    eps = math.sqrt(math.log(2e6) / (2 * m))  # 0.042
+    h, _ = _known_median_tensor((8, 512, 64), seed=7)  # 262,144 entries
+    n = h.numel()
+    p = MassiveActivationProbe(median_elems=m)
+    ranks = []
+    for call in range(20):
+        p.reset()
+        p.ctx = ProbeContext(seed=call)
+        p.update("b", DUMMY, h)
+        row = p.summary()["b"]
+        assert row["median_estimated_calls"] == 1 and row["max_abs"] == float(n)  # max exact
+        ranks.append(row["median_abs"] / n)  # |h| = 1..n: the value is its rank
+    assert max(abs(q - 0.5) for q in ranks) <= eps
+    assert abs(float(np.mean(ranks)) - 0.5) < 4 * 0.5 / math.sqrt(m * 20)  # unbiased in rank

@@ -126,17 +126,20 @@ def massive_figure(rows: Sequence[Row], tokens: Sequence[str] | None = None) -> 
 
 
 def infoplane_figure(history: Sequence[Row]) -> Any:
-    """I(X;T) vs I(T;Y) (EBAB) per layer across epochs."""
-    rows = [r for r in history if "I_XT_ebab" in r]
+    """I(X;T) vs I(T;Y) (EBAB) per layer across epochs; rows without input ids plot H(T),
+    the upper bound on I(X;T), and the axis says so."""
+    rows = [r for r in history if "I_TY_ebab" in r and ("I_XT_ebab" in r or "H_T_ebab" in r)]
     if not rows:
         return None
+    exact = all("I_XT_ebab" in r for r in rows)
+    key = "I_XT_ebab" if exact else "H_T_ebab"
     fig = _figure(6.0, 4.5)
     ax = fig.add_subplot(1, 1, 1)
     for layer in dict.fromkeys(str(r["layer"]) for r in rows):
         pts = sorted((r for r in rows if r["layer"] == layer), key=lambda r: r.get("epoch", 0))
-        xs, ys = [p["I_XT_ebab"] for p in pts], [p["I_TY_ebab"] for p in pts]
+        xs, ys = [p[key] for p in pts], [p["I_TY_ebab"] for p in pts]
         ax.plot(xs, ys, "-o", ms=3, label=_short(layer))
-    ax.set_xlabel("I(X;T) bits (EBAB)")
+    ax.set_xlabel("I(X;T) bits (EBAB)" if exact else "H(T) bits (EBAB), an upper bound on I(X;T)")
     ax.set_ylabel("I(T;Y) bits (EBAB)")
     ax.set_title("information plane across epochs", fontsize=9)
     ax.legend(fontsize=7)
