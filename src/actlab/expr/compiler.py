@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from actlab.expr.ir import Expr
+from actlab.expr.ir import Binary, Const, Expr, ExprError, Param, Unary, Var
 
 if TYPE_CHECKING:
     from actlab.activations.expr_act import ExprActivation
@@ -27,6 +27,10 @@ def compile_expr(
     """An ``nn.Module`` computing ``expr`` with torch ops; learnable scalars are parameters."""
     from actlab.activations.expr_act import ExprActivation
 
+    if not isinstance(expr, (str, Var, Const, Param, Unary, Binary)):
+        raise ExprError(
+            f"compile_expr needs a formula string or an expression tree, got {type(expr).__name__}"
+        )
     return ExprActivation(
         formula=expr, params=params, learnable=learnable, weight_decay=weight_decay
     )

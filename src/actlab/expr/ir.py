@@ -21,19 +21,31 @@ folding; the set is the Swish search space of Ramachandran, Zoph & Le 2017, plus
 Learnable scalars have documented defaults: alpha = beta = gamma = 1 (scales, Swish's β),
 delta = 0 (shift), eps = 0.01 (CRReLU's ε), theta = 0.5 (mixing weight). A name may carry an
 index (``beta2``) to get a separate parameter with the same default.
+
+Bounds, in one place: every node checks its children when it is built, so *any* tree, built
+through this API or by the parser, has depth <= :data:`MAX_TREE_DEPTH` and at most
+:data:`MAX_TREE_SIZE` nodes (counting a shared sub-tree once per use), else
+:class:`ExprError`. Each node caches its depth and size, so the checks cost O(1) per node,
+and every walker (printer, canonical form, interpreters, pickling, ``==``, ``hash``) recurses
+at most MAX_TREE_DEPTH levels: far from Python's recursion limit. Formula text has the
+stricter language bounds :data:`MAX_DEPTH` and :data:`MAX_SIZE` (checked by the parser).
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "BINARY_OPS",
     "MAX_CONST",
     "MAX_DEPTH",
     "MAX_SIZE",
+    "MAX_TREE_DEPTH",
+    "MAX_TREE_SIZE",
     "PARAM_DEFAULTS",
     "UNARY_OPS",
     "Binary",
@@ -43,6 +55,7 @@ __all__ = [
     "Param",
     "Unary",
     "Var",
+    "children",
     "depth",
     "format_const",
     "has_var",
@@ -71,16 +84,31 @@ _PARAM_RE = re.compile(r"(alpha|beta|gamma|delta|eps|theta)([1-9][0-9]?)?")
 
 MAX_CONST = 1e6  # |constant| bound, literals and folded values alike
 MAX_POW = 4.0  # |exponent| bound of **
-MAX_DEPTH = 48  # node depth bound (a leaf has depth 1)
-MAX_SIZE = 256  # node count bound
+MAX_DEPTH = 48  # node depth bound of formula text (a leaf has depth 1)
+MAX_SIZE = 256  # node count bound of formula text
+MAX_TREE_DEPTH = 128  # depth bound of any IR tree (canonical forms of text included)
+MAX_TREE_SIZE = 4096  # node count bound of any IR tree
 
 
 class ExprError(ValueError):
     """A formula or IR that is not a valid actlab expression; the message says why."""
 
 
+class _Node:
+    """Shared behaviour of the node types: immutable, so copies are the node itself."""
+
+    _depth = 1  # leaves; Unary and Binary set their own in __post_init__
+    _size = 1
+
+    def __copy__(self) -> Any:
+        return self
+
+    def __deepcopy__(self, memo: dict) -> Any:
+        return self
+
+
 @dataclass(frozen=True)
-class Var:
+class Var(_Node):
     """The activation's input ``x``."""
 
     name: str = "x"
@@ -91,53 +119,84 @@ class Var:
 
 
 @dataclass(frozen=True)
-class Const:
+class Const(_Node):
     """A finite numeric constant with |value| <= MAX_CONST."""
 
     value: float
 
     def __post_init__(self) -> None:
         v = self.value
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
             raise ExprError(f"constant must be a real number, got {type(v).__name__}")
-        if not math.isfinite(v) or abs(v) > MAX_CONST:
-            raise ExprError(f"constant {v!r} is out of range (|c| <= {MAX_CONST:g})")
-        object.__setattr__(self, "value", float(v) + 0.0)  # int -> float, -0.0 -> 0.0
+        try:
+            f = float(v)
+        except (OverflowError, ValueError, TypeError):
+            f = math.inf
+        if not math.isfinite(f) or abs(f) > MAX_CONST:
+            shown = repr(v) if len(repr(v)) <= 40 else repr(v)[:37] + "..."
+            raise ExprError(f"constant {shown} is out of range (|c| <= {MAX_CONST:g})")
+        object.__setattr__(self, "value", f + 0.0)  # int -> float, -0.0 -> 0.0
 
 
 @dataclass(frozen=True)
-class Param:
+class Param(_Node):
     """A learnable scalar: alpha, beta, gamma, delta, eps, theta, optionally indexed."""
 
     name: str
 
     def __post_init__(self) -> None:
-        if not _PARAM_RE.fullmatch(self.name):
+        if not isinstance(self.name, str) or not _PARAM_RE.fullmatch(self.name):
             raise ExprError(
                 f"unknown learnable scalar {self.name!r}; use one of "
                 f"{', '.join(PARAM_DEFAULTS)} (optionally indexed, e.g. beta2)"
             )
 
 
+def _bounded(node: Unary | Binary, kids: tuple[object, ...]) -> None:
+    """Check the operands of a new node and cache its depth and size (O(1) per node)."""
+    for k in kids:
+        if not isinstance(k, _Node):
+            raise ExprError(
+                f"operand of {node.op!r} must be an expression node (Var, Const, Param, Unary, "
+                f"Binary), got {type(k).__name__}"
+            )
+    d = 1 + max(k._depth for k in kids)  # type: ignore[attr-defined]
+    n = 1 + sum(k._size for k in kids)  # type: ignore[attr-defined]
+    if d > MAX_TREE_DEPTH:
+        raise ExprError(
+            f"expression is nested too deeply: depth {d} > {MAX_TREE_DEPTH} (the bound of any "
+            "actlab expression); simplify the formula"
+        )
+    if n > MAX_TREE_SIZE:
+        raise ExprError(
+            f"expression is too large: {n} nodes > {MAX_TREE_SIZE} (shared sub-trees count once "
+            "per use); simplify the formula"
+        )
+    object.__setattr__(node, "_depth", d)
+    object.__setattr__(node, "_size", n)
+
+
 @dataclass(frozen=True)
-class Unary:
+class Unary(_Node):
     op: str
     arg: Expr
 
     def __post_init__(self) -> None:
-        if self.op not in UNARY_OPS:
+        if not isinstance(self.op, str) or self.op not in UNARY_OPS:
             raise ExprError(f"unknown unary op {self.op!r}; allowed: {', '.join(UNARY_OPS)}")
+        _bounded(self, (self.arg,))
 
 
 @dataclass(frozen=True)
-class Binary:
+class Binary(_Node):
     op: str
     a: Expr
     b: Expr
 
     def __post_init__(self) -> None:
-        if self.op not in BINARY_OPS:
+        if not isinstance(self.op, str) or self.op not in BINARY_OPS:
             raise ExprError(f"unknown binary op {self.op!r}; allowed: {', '.join(BINARY_OPS)}")
+        _bounded(self, (self.a, self.b))
         if self.op == "pow":
             if not isinstance(self.b, Const) or abs(self.b.value) > MAX_POW:
                 raise ExprError(
@@ -166,15 +225,21 @@ def children(e: Expr) -> tuple[Expr, ...]:
     return ()
 
 
+def _check_node(e: object) -> None:
+    if not isinstance(e, _Node):
+        raise ExprError(f"not an expression node: {type(e).__name__}")
+
+
 def depth(e: Expr) -> int:
-    """Nesting depth: 1 for a leaf."""
-    kids = children(e)
-    return 1 + max((depth(k) for k in kids), default=0)
+    """Nesting depth: 1 for a leaf (cached when the node was built)."""
+    _check_node(e)
+    return e._depth
 
 
 def size(e: Expr) -> int:
-    """Number of nodes."""
-    return 1 + sum(size(k) for k in children(e))
+    """Number of nodes, a shared sub-tree counted once per use (cached when built)."""
+    _check_node(e)
+    return e._size
 
 
 def param_names(e: Expr) -> tuple[str, ...]:
@@ -191,7 +256,14 @@ def param_names(e: Expr) -> tuple[str, ...]:
 
 def has_var(e: Expr) -> bool:
     """Whether ``e`` depends on x at all."""
-    return isinstance(e, Var) or any(has_var(k) for k in children(e))
+    _check_node(e)
+    stack = [e]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, Var):
+            return True
+        stack.extend(children(n))
+    return False
 
 
 # ---------------------------------------------------------------- printing
@@ -232,6 +304,7 @@ def to_string(e: Expr) -> str:
     Parentheses follow the tree exactly (``a*(b*c)`` stays so), hence raw and canonical
     trees both round-trip.
     """
+    _check_node(e)
     if isinstance(e, Var):
         return "x"
     if isinstance(e, Const):
