@@ -27,7 +27,7 @@ def _fwd(x: Tensor, beta: Tensor) -> Tensor:
 def _bwd(x: Tensor, g: Tensor, beta: Tensor) -> tuple[Tensor, Tensor]:
     bx = beta * x
     s = torch.sigmoid(bx)
-    ds = s * (1 - s)
+    ds = s * torch.sigmoid(-bx)  # σ'(βx); s·(1 - s) would lose it where s rounds to 1
     # where σ'(βx) underflowed to 0 (|βx| > ~100, or ±inf) both products take their limit 0:
     # βx·σ'(βx) and x²·σ'(βx) would otherwise be inf·0 = nan at ±inf and at huge finite x
     live = ds > 0
