@@ -9,7 +9,14 @@ from bench_helpers import fake_metric, fake_train
 
 from actlab.bench import compare
 from actlab.bench._workers import threads_per_worker
-from actlab.bench.plan import plan_runs
+from actlab.bench.plan import (
+    MAX_RUNS,
+    MAX_SEEDS,
+    canonical_activation,
+    formula_spec,
+    parse_seeds,
+    plan_runs,
+)
 from actlab.bench.runner import MatrixEvents, run_matrix
 from actlab.bench.store import ResultsStore, RunRecord
 from actlab.bench.summary import summarize
@@ -120,3 +127,51 @@ def test_worker_errors_are_clear(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="module:function"):
         compare(["relu"], task="t", seeds=1, db=tmp_path / "r.sqlite", train_fn="nocolon")
     assert threads_per_worker(1) >= 1 and threads_per_worker(10_000) == 1
+
+
+def test_bare_formula_is_one_run_with_its_expr_spec(tmp_path: Path) -> None:
+    """``x*sigmoid(1.702*x)`` means ``expr(formula=...)``, keyed by the canonical formula."""
+    db = tmp_path / "r.sqlite"
+    res = compare(["x*sigmoid(1.702*x)"], task="t", seeds=1, db=db, train_fn=fake_train)
+    act = res.specs[0].activation
+    assert act == canonical_activation('expr(formula="x * sigmoid(1.702 * x)")')
+    again = compare(['expr(formula="x*sigmoid(1.702*x)")'], task="t", seeds=1, db=db,
+                    train_fn=fake_train)  # fmt: skip
+    assert again.report.records == [] and len(again.report.skipped) == 1
+    with pytest.raises(ValueError, match="listed twice"):
+        plan_runs(["x*sigmoid(1.702*x)", 'expr(formula="x*sigmoid(1.702*x)")'], 1, task="t")
+    assert formula_spec("relu") == "relu" and formula_spec("x*sigmoid(beta*x)").startswith("expr(")
+    with pytest.raises(ValueError, match=r"formula in x \(unknown name 'y'\).*expr\(formula="):
+        plan_runs(["x*y"], 1, task="t")
+    with pytest.raises(ValueError, match="must use the input x"):
+        plan_runs(["2*pi"], 1, task="t")
+
+
+@pytest.mark.parametrize(
+    ("seeds", "needle"),
+    [
+        ("100000000", "at most 10000 seeds"),
+        (10**20, "at most 10000 seeds"),
+        (",".join(map(str, range(10_001))), "at most 10000 seeds"),
+        ([0, 2**40], "seeds must be in"),
+        ([0, 1.5], "whole numbers"),
+        ("3,3", "duplicate seeds"),
+    ],
+)
+def test_seed_and_run_caps_refuse_before_building(seeds: object, needle: str) -> None:
+    with pytest.raises(ValueError, match=needle):
+        parse_seeds(seeds)  # type: ignore[arg-type]
+
+
+def test_run_cap_and_epochs(tmp_path: Path) -> None:
+    acts = [f"x*sigmoid({k}*x)" for k in range(1, 12)]
+    with pytest.raises(ValueError, match=f"at most {MAX_RUNS}"):
+        plan_runs(acts, MAX_SEEDS, task="t")
+    for bad in (0, -1, 10**20):
+        with pytest.raises(ValueError, match="epochs"):
+            compare(["relu"], task="t", seeds=1, epochs=bad, db=tmp_path / "r.sqlite",
+                    train_fn=fake_train)  # fmt: skip
+    with pytest.raises(ValueError, match="max_steps"):
+        compare(["relu"], task="t", seeds=1, max_steps=0, db=tmp_path / "r.sqlite",
+                train_fn=fake_train)  # fmt: skip
+    assert not (tmp_path / "r.sqlite").exists()

@@ -14,8 +14,8 @@ only re-reads its results.
 
 Every flag is checked before the study is opened or anything is evaluated (:func:`validate`):
 a bad value or a contradictory combination is one line ``actlab search: error: ...``, exit
-status 2. A search that stops because its space yields nothing trainable (every candidate
-rejected before training) says so and exits with status 1.
+status 2. A search that ends without any successful candidate (e.g. its space yields nothing
+trainable: every candidate rejected before training) says why on stderr, exit status 1.
 """
 
 from __future__ import annotations
@@ -333,7 +333,8 @@ def run(args: argparse.Namespace) -> int:
         path = write_search_report(res, args.report or f"search-{safe}.html", final)
         console.print(f"report: {path}")
     console.print(f"done in {time.perf_counter() - t0:.0f} s")
-    if res.stopped == "rejections" and not res.ranked():
-        print(f"actlab search: {res.message}", file=sys.stderr)
+    if not res.ranked():  # nothing trainable found: say why on stderr, exit status 1
+        why = res.message or f"no candidate finished successfully (stopped: {res.stopped})"
+        print(f"actlab search: {why}", file=sys.stderr)
         return 1
     return 0

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from actlab.bench.plan import RunSpec, config_hash, parse_seeds, plan_runs
+from actlab.bench.plan import MAX_EPOCHS, RunSpec, config_hash, parse_seeds, plan_runs
 from actlab.bench.runner import MatrixEvents, MatrixReport, TrainRef, run_matrix
 from actlab.bench.store import DEFAULT_DB, ResultsStore, RunRecord
 from actlab.bench.summary import CompareSummary, summarize
@@ -95,6 +95,14 @@ def compare(
     the default trainer the task's default model, epochs and training recipe are resolved
     first (see :func:`resolve_task_defaults`); a custom ``train_fn`` gets the values as given.
     """
+    if epochs is not None and (isinstance(epochs, bool) or not 1 <= epochs <= MAX_EPOCHS):
+        raise ValueError(f"epochs must be in 1..{MAX_EPOCHS} (None: the task's own), got {epochs}")
+    if max_steps is not None and (
+        isinstance(max_steps, bool) or int(max_steps) != max_steps or max_steps < 1
+    ):
+        raise ValueError(f"max_steps must be a whole number >= 1 (or None), got {max_steps}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     config: dict[str, Any] = {"device": device, "dtype": dtype, **(extra_config or {})}
     if max_steps is not None:
         config["max_steps"] = int(max_steps)
