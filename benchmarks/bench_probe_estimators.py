@@ -50,6 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     y = rng.integers(0, 4, n)
     t = (y * 2.0 + 1.0)[:, None]
     rows.append(("I(T;Y), T = f(Y), 4 classes", "EBAB", P.discrete_entropy(y), P.ebab_mi_labels(t, y)))
+    # repeated inputs with noise: X uniform on 4 ids, T = X + U, U ~ Bernoulli(1/2);
+    # I(X;T) = H(T) - H(T|X) = 2.25 - 1 = 1.25 bits, while H(T) (the old "I_XT") says 2.25
+    xs = rng.integers(0, 4, n)
+    tx = (xs + rng.integers(0, 2, n)).astype(float)[:, None]
+    rows.append(("I(X;T), T = X + Bernoulli", "EBAB with input ids", 1.25, P.ebab_mi_inputs(tx, xs)))
+    rows.append(("I(X;T), T = X + Bernoulli", "H(T) (bound, no ids)", 1.25, P.ebab_entropy(tx)))
     z = rng.standard_normal((n, 2)) * np.array([1.0, 3.0])
     rows.append(("H Gaussian 2-d", "Kozachenko-Leonenko k=3",
                  0.5 * math.log2((2 * math.pi * math.e) ** 2 * 9.0), P.kl_entropy(z)))

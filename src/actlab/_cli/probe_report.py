@@ -50,7 +50,10 @@ def layer_heatmap(rows: Sequence[Row], stats: Sequence[str], title: str) -> Any:
     if not rows:
         return None
     vals = np.array([[float(r.get(s, math.nan)) for s in stats] for r in rows], dtype=float)
-    lo, hi = np.nanmin(vals, axis=0), np.nanmax(vals, axis=0)
+    finite = np.isfinite(vals)
+    # columns with no value at all (cls_8 of layers without a sequence axis) stay blank
+    lo = np.where(finite, vals, np.inf).min(axis=0)
+    hi = np.where(finite, vals, -np.inf).max(axis=0)
     norm = (vals - lo) / np.where(hi > lo, hi - lo, 1.0)
     fig = _figure(1.6 + 1.3 * len(stats), 0.9 + 0.32 * len(rows))
     ax = fig.add_subplot(1, 1, 1)

@@ -14,12 +14,17 @@ against closed forms or brute force in ``tests/probes``:
     MassiveActivationProbe   max|h| / median|h| per block, where it sits; fit_ratio_curve
     AttentionEntropyProbe    per-head attention entropy, normalised, entropy_bands
     EntropyProbe             EBAB entropy of activations
-    InfoPlaneProbe           I(X;T), I(T;Y): EBAB, aKDE (explicit σ²), PCA-compressed kNN
+    InfoPlaneProbe           H(T); I(X;T) (with input ids), I(T;Y): EBAB, aKDE (explicit σ²),
+                             PCA-compressed kNN
     DSEProbe                 diffusion spectral entropy, DSMI
     RoutingProbe             MoE routing entropy, expert load; routing_fluctuation
 
+Padded batches: the ``attention_mask=`` keyword of the model call (or
+``p.set_context(attention_mask=m)``) leaves padded tokens out of every per-token statistic.
+Side information per batch: ``p.set_context(labels=y, input_ids=ids)``.
+
 The estimators are plain functions too (bits throughout): ``ebab_entropy``,
-``ebab_mi_labels``, ``kde_entropy``, ``kde_mi_xt``, ``kde_mi_labels``, ``ksg_mi``,
+``ebab_mi_inputs``, ``ebab_mi_labels``, ``kde_entropy``, ``kde_mi_xt``, ``kde_mi_labels``, ``ksg_mi``,
 ``kl_entropy``, ``compressed_mi``, ``diffusion_spectral_entropy``, ``dsmi``.
 """
 
@@ -31,12 +36,13 @@ from actlab.probes.attention import (
     row_entropy,
     use_eager_attention,
 )
-from actlab.probes.base import Probe, ProbeContext, Reservoir
+from actlab.probes.base import Probe, ProbeArgumentError, ProbeContext, Reservoir
 from actlab.probes.binning import (
     discrete_entropy,
     ebab_edges,
     ebab_entropy,
     ebab_mi,
+    ebab_mi_inputs,
     ebab_mi_labels,
 )
 from actlab.probes.callback import ProbeCallback
@@ -67,6 +73,7 @@ __all__ = [
     "InfoPlaneProbe",
     "MassiveActivationProbe",
     "Probe",
+    "ProbeArgumentError",
     "ProbeCallback",
     "ProbeContext",
     "ProbeManager",
@@ -86,6 +93,7 @@ __all__ = [
     "ebab_edges",
     "ebab_entropy",
     "ebab_mi",
+    "ebab_mi_inputs",
     "ebab_mi_labels",
     "entropy_bands",
     "fit_ratio_curve",

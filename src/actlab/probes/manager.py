@@ -14,6 +14,11 @@ disabled and never modify what they read, so they change neither outputs nor gra
 and they work on pretrained models in eval mode. Probe ops run with one intra-op CPU thread
 (the previous thread count is restored after each hook).
 
+Padding: two more hooks on the root module (a pre-hook with kwargs and a forward hook that
+always runs) hold the ``attention_mask=`` keyword of the call in progress in
+``ProbeContext.forward_mask``; probes then count only the real tokens of (B, T, ...) outputs
+whose (B, T) matches the mask (see ``ProbeContext.token_mask``).
+
 Memory: every probe keeps fixed-size state (running sums, per-unit vectors, reservoirs of at
 most ``max_tokens`` rows, top-k lists), so it does not grow with the number of steps.
 """
@@ -70,7 +75,7 @@ PROBES: dict[str, str] = {
     "massive": "max|h| / median|h| on block outputs, where the maxima sit",
     "attention": "attention entropy per head, normalised, collapse / overload bands",
     "entropy": "EBAB entropy of token activations",
-    "infoplane": "I(X;T), I(T;Y) with EBAB, aKDE and PCA-compressed kNN (needs labels)",
+    "infoplane": "H(T); I(X;T) (needs input ids), I(T;Y) (needs labels): EBAB, aKDE, PCA-kNN",
     "dse": "diffusion spectral entropy (and DSMI with labels)",
     "routing": "MoE routing entropy, expert load, top-1 record for fluctuation",
 }
@@ -451,6 +456,13 @@ def probe(
     module (nothing at all on the others); ``train_stride``: in train mode, take sampled
     statistics on every n-th call only (exact ones, dead units and maxima, on every call);
     ``mode``: probe in train mode, eval mode or both.
+
+    Padding: a pre-hook on ``model`` captures the ``attention_mask=`` keyword of each call, so
+    padded tokens of (B, T, ...) outputs are left out of every per-token statistic. Side
+    information per batch: ``set_context(labels=..., input_ids=..., attention_mask=...)``.
+    Every argument is checked here (a one-line ``ValueError``: sizes are integers >= 1, the
+    seed an integer >= 0, ``log_to`` ends in .jsonl or .csv); ``where`` globs that match no
+    module fail when the hooks are attached.
     """
     return ProbeManager(model, probes, where=where, sample=sample, seed=seed,
                         max_tokens=max_tokens, every=every, train_stride=train_stride,
