@@ -8,6 +8,8 @@ Each subcommand lives in ``actlab/_cli/<name>.py`` and exposes
 
 Errors a user can fix (bad names, missing files) raise :class:`CLIError` or any
 ``ValueError``/``FileNotFoundError``; they are printed as one line, no traceback, exit 2.
+Database errors that escape the checks made when a database is opened (SQLAlchemy, sqlite3
+and Optuna storage errors) are printed the same way, with any password in a URL masked.
 Set ACTLAB_DEBUG=1 to see the traceback.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 from typing import NoReturn
 
@@ -61,6 +64,29 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_PASSWORD = re.compile(r"(\b[a-zA-Z][\w+.-]*://[^:/@\s]*:)[^@\s]*@")
+
+
+def _database_error(e: BaseException) -> str | None:
+    """The one-line message of a database driver / storage error, or None for other errors."""
+    kinds: list[type[BaseException]] = []
+    for module, name in (
+        ("sqlalchemy.exc", "SQLAlchemyError"),
+        ("sqlite3", "Error"),
+        ("optuna.exceptions", "StorageInternalError"),
+    ):
+        kind = getattr(sys.modules.get(module), name, None)
+        if isinstance(kind, type) and issubclass(kind, BaseException):
+            kinds.append(kind)
+    if not kinds or not isinstance(e, tuple(kinds)):
+        return None
+    inner = getattr(e, "orig", None) or e.__cause__ or e
+    text = next((ln.strip() for ln in str(inner).splitlines() if ln.strip()), type(e).__name__)
+    fix = "check the database file or URL (--db / --storage), or pass another one"
+    masked = _PASSWORD.sub(r"\1***@", text)
+    return f"database error: {masked}; {fix}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
@@ -76,7 +102,14 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("ACTLAB_DEBUG"):
             raise
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = _PASSWORD.sub(r"\1***@", msg)  # never print a password of a database URL
         print(f"actlab {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        db_msg = _database_error(e)
+        if db_msg is None or os.environ.get("ACTLAB_DEBUG"):
+            raise
+        print(f"actlab {args.command}: error: {db_msg}", file=sys.stderr)
         return 2
 
 

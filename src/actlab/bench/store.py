@@ -79,8 +79,12 @@ __all__ = [
     "RunRecord",
     "check_results_db",
     "check_sqlite_file",
+    "check_url",
     "database_error",
+    "describe_bytes",
     "mask_url",
+    "readonly_sqlite_creator",
+    "sqlite_file",
 ]
 
 FINISHED, FAILED = "finished", "failed"
@@ -246,7 +250,8 @@ def _scrub(message: str, url: str | None = None) -> str:
     return _PASSWORD.sub(r"\1***@", line)
 
 
-def _describe(head: bytes) -> str:
+def describe_bytes(head: bytes) -> str:
+    """What the first bytes of a file look like (for an error message)."""
     if head.startswith(b"\x1f\x8b"):
         return "gzip data"
     if head.startswith(b"PK\x03\x04"):
@@ -270,6 +275,13 @@ def sqlite_file(url: str) -> Path | None:
     if db.startswith("file:") or u.query.get("uri"):
         return None
     return Path(db).expanduser().resolve()
+
+
+def readonly_sqlite_creator(path: Path) -> Any:
+    """A ``creator`` for :func:`sqlalchemy.create_engine` opening ``path`` read-only."""
+    with open(path, "rb") as f:
+        uri = _ro_uri(path, f.read(100))
+    return lambda: sqlite3.connect(uri, uri=True, timeout=60, check_same_thread=False)
 
 
 def _ro_uri(path: Path, head: bytes) -> str:
@@ -310,7 +322,7 @@ def check_sqlite_file(path: Path, *, what: str, flag: str, write: bool) -> None:
             ) from None
         if head and not head.startswith(_SQLITE_MAGIC):
             raise DatabaseError(
-                f"{what} {path} is not a SQLite database (the file is {_describe(head)}); "
+                f"{what} {path} is not a SQLite database (the file is {describe_bytes(head)}); "
                 f"pass a new path with {flag}"
             )
         if head:
@@ -362,7 +374,7 @@ def database_error(
     return DatabaseError(f"{what} {where}: {msg}; {hint}")
 
 
-def _check_url(url: str, *, what: str, flag: str) -> None:
+def check_url(url: str, *, what: str, flag: str) -> None:
     """Refuse URLs SQLAlchemy cannot parse, unknown dialects and missing drivers."""
     try:
         u = make_url(url)
@@ -390,27 +402,36 @@ def _check_url(url: str, *, what: str, flag: str) -> None:
 def _schema(engine: Engine, *, what: str, flag: str) -> dict[str, str]:
     """Which of our tables exist: ``{"runs": "current" | "legacy" | "absent", ...}``.
 
-    Raises :class:`DatabaseError` for a table named like ours (``actlab_runs``...) whose
-    columns are not ours.
+    Raises :class:`DatabaseError` for a table named like ours (``actlab_runs``, or ``runs``
+    and ``claims`` of a store written before the prefix) whose columns are not ours; a
+    ``studies`` table may also be Optuna's (a study storage in the same file).
     """
     insp = inspect(engine)
     names = set(insp.get_table_names())
     out: dict[str, str] = {}
+
+    def refuse(name: str, missing: set[str]) -> DatabaseError:
+        cols = ", ".join(sorted(missing)[:3])
+        return DatabaseError(
+            f"{what} {mask_url(str(engine.url))} has a table {name!r} that is not actlab's "
+            f"(no column {cols}; another program's database?); pass another {flag}"
+        )
+
     for key, table in _CURRENT.items():
         want = {c.name for c in table.columns}
         if table.name in names:
             have = {c["name"] for c in insp.get_columns(table.name)}
             if not want <= have:
-                missing = ", ".join(sorted(want - have)[:4])
-                raise DatabaseError(
-                    f"{what} {mask_url(str(engine.url))} has a table {table.name!r} that is "
-                    f"not actlab's (no column {missing}); pass another {flag}"
-                )
+                raise refuse(table.name, want - have)
             out[key] = "current"
-        elif key in names and want <= {c["name"] for c in insp.get_columns(key)}:
-            out[key] = "legacy"  # written before the table prefix
-        else:
-            out[key] = "absent"
+            continue
+        out[key] = "absent"
+        if key in names:
+            have = {c["name"] for c in insp.get_columns(key)}
+            if want <= have:
+                out[key] = "legacy"  # written before the table prefix
+            elif not (key == "studies" and {"study_id", "study_name"} <= have):  # not Optuna's
+                raise refuse(key, want - have)
     return out
 
 
@@ -424,7 +445,7 @@ def check_results_db(db: str | Path, *, write: bool = True) -> str:
         if not path.exists() or path.stat().st_size == 0:
             return mask_url(url)
     else:
-        _check_url(url, what=WHAT, flag="--db")
+        check_url(url, what=WHAT, flag="--db")
     store = ResultsStore(db, read_only=True, _probe=True)
     store.close()
     return mask_url(url)
@@ -454,14 +475,10 @@ class ResultsStore:
                 check_sqlite_file(path, what=WHAT, flag="--db", write=not read_only)
             self.url = f"sqlite:///{path}"
         else:
-            _check_url(self.url, what=WHAT, flag="--db")
+            check_url(self.url, what=WHAT, flag="--db")
         kwargs: dict[str, Any] = {"echo": echo}
         if path is not None and read_only:
-            with open(path, "rb") as f:
-                uri = _ro_uri(path, f.read(100))
-            kwargs["creator"] = lambda: sqlite3.connect(
-                uri, uri=True, timeout=60, check_same_thread=False
-            )
+            kwargs["creator"] = readonly_sqlite_creator(path)
         elif self.url.startswith("sqlite"):
             kwargs["connect_args"] = {"timeout": 60}
         try:

@@ -39,7 +39,8 @@ from typing import Any, Literal
 from actlab._proc import pid_alive
 from actlab.search._candidate import Candidate, EvalResult
 
-__all__ = ["DEFAULT_STORAGE", "SearchStudy", "TrialRecord", "open_storage", "storage_url"]
+__all__ = ["DEFAULT_STORAGE", "SearchStudy", "TrialRecord", "check_storage", "open_storage",
+           "storage_url"]
 
 DEFAULT_STORAGE = "actlab-search.db"
 _HB_ATTR = "actlab_heartbeat"
@@ -64,7 +65,15 @@ def open_storage(
     storage: str | os.PathLike[str] | None = None, *, heartbeat_interval: int = 10,
     grace_period: int | None = None, max_retry: int = 3,
 ) -> Any:
-    """An Optuna storage for ``storage`` (see the module docstring)."""
+    """An Optuna storage for ``storage`` (see the module docstring).
+
+    The storage is checked before Optuna touches it: a folder, a text or damaged file, a
+    read-only file or folder, a URL of an unknown database type or without its driver, a
+    file whose tables are not Optuna's raise a one-line :class:`~actlab.bench.store.DatabaseError`
+    (``FileNotFoundError`` for a missing folder) naming it (password masked) and the fix,
+    and nothing is written. A results database of actlab before the ``actlab_`` table prefix
+    (whose ``studies`` table clashed with Optuna's) is migrated first.
+    """
     import optuna
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
@@ -79,25 +88,142 @@ def open_storage(
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
         path = Path(url[len("journal:"):])
-        if not path.parent.is_dir():
-            raise FileNotFoundError(f"folder {path.parent} of the journal file does not exist")
-        return JournalStorage(JournalFileBackend(str(path)))
-    if url.startswith("sqlite:///"):
-        folder = Path(url[len("sqlite:///"):]).parent
-        if not folder.is_dir():
-            raise FileNotFoundError(f"folder {folder} of the study database does not exist")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # heartbeat arguments are flagged experimental
-        rdb = optuna.storages.RDBStorage(
-            url,
-            engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
-            heartbeat_interval=heartbeat_interval,
-            grace_period=grace_period,
-            heartbeat_stale_trial_callback=retry,
-        )
+        _check_journal(path)
+        try:
+            return JournalStorage(JournalFileBackend(str(path)))
+        except (OSError, ValueError) as e:
+            raise _storage_error(e, str(path)) from None
+    _check_rdb(url)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # heartbeat arguments are flagged experimental
+            rdb = optuna.storages.RDBStorage(
+                url,
+                engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                heartbeat_stale_trial_callback=retry,
+            )
+    except Exception as e:  # a missing driver, an old schema, any SQLAlchemy error
+        storage_kinds = (ImportError, RuntimeError, optuna.exceptions.OptunaError)
+        if isinstance(e, storage_kinds) or type(e).__module__.startswith("sqlalchemy"):
+            raise _storage_error(e, url) from None
+        raise
     if url.startswith("sqlite:"):
         _fast_sqlite(rdb.engine)
     return rdb
+
+
+_WHAT, _FLAG = "study storage", "--storage"
+
+
+def _storage_error(exc: BaseException, where: str) -> Exception:
+    from actlab.bench.store import database_error
+
+    return database_error(exc, where, what=_WHAT, flag=_FLAG)
+
+
+def _check_journal(path: Path) -> None:
+    """Refuse a folder, a file that is no Optuna journal, a read-only file or folder."""
+    import json
+
+    from actlab.bench.store import DatabaseError, describe_bytes
+
+    if path.is_dir():
+        raise DatabaseError(f"{_WHAT} {path} is a folder, not a journal file; pass a file path "
+                            f"with {_FLAG}")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"folder {path.parent} of the journal file does not exist")
+    if path.exists():
+        try:
+            with open(path, "rb") as f:
+                head = f.read(65536)
+        except OSError as e:
+            raise DatabaseError(f"{_WHAT} {path} cannot be read ({e.strerror or e}); fix its "
+                                f"permissions or pass another {_FLAG}") from None
+        first = head.split(b"\n", 1)[0]
+        try:
+            ok = head == b"" or "op_code" in json.loads(first)
+        except (ValueError, TypeError):
+            ok = False
+        if not ok:
+            raise DatabaseError(f"{_WHAT} {path} is not an Optuna journal file (the file is "
+                                f"{describe_bytes(head)}); pass a new path with {_FLAG}")
+        if not os.access(path, os.W_OK):
+            raise DatabaseError(f"{_WHAT} {path} is read-only (no write permission); make it "
+                                f"writable (chmod u+w) or pass another {_FLAG}")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise DatabaseError(f"{_WHAT} {path} is in a read-only folder {path.parent} "
+                            f"(the journal takes a lock file beside it); make it writable or "
+                            f"pass another {_FLAG}")
+
+
+def check_storage(storage: str | os.PathLike[str] | None) -> str:
+    """Check ``storage`` as :func:`open_storage` would, creating and writing nothing; returns
+    its URL with any password masked. Raises ``DatabaseError`` / ``FileNotFoundError``."""
+    from actlab.bench.store import mask_url
+
+    url = storage_url(storage)
+    if url.startswith("journal:"):
+        _check_journal(Path(url[len("journal:"):]))
+    elif url != "memory":
+        _check_rdb(url, migrate=False)
+    return mask_url(url) if "://" in url else url
+
+
+def _check_rdb(url: str, *, migrate: bool = True) -> None:
+    """Check an RDB storage URL before Optuna opens it (nothing is written unless an old
+    actlab results store must be migrated out of the way of Optuna's ``studies`` table)."""
+    from sqlalchemy import create_engine, inspect
+
+    from actlab.bench.store import (
+        DatabaseError,
+        ResultsStore,
+        check_sqlite_file,
+        check_url,
+        mask_url,
+        readonly_sqlite_creator,
+        sqlite_file,
+    )
+
+    path = sqlite_file(url)
+    if path is not None:
+        if not path.parent.is_dir():
+            raise FileNotFoundError(f"folder {path.parent} of the study database does not exist")
+        check_sqlite_file(path, what=_WHAT, flag=_FLAG, write=True)
+        if not path.exists() or path.stat().st_size == 0:
+            return
+        engine = create_engine(f"sqlite:///{path}", creator=readonly_sqlite_creator(path))
+    else:
+        check_url(url, what=_WHAT, flag=_FLAG)
+        engine = create_engine(url)
+    try:
+        insp = inspect(engine)
+        tables = set(insp.get_table_names())
+        cols = {t: {c["name"] for c in insp.get_columns(t)} for t in tables & _optuna_keys().keys()}
+    except Exception as e:  # noqa: BLE001 -- driver errors: one line naming the storage
+        raise _storage_error(e, url) from None
+    finally:
+        engine.dispose()
+    legacy = {"name", "activations_json", "seeds_json"} <= cols.get("studies", set())
+    if legacy:  # an actlab results store of before the table prefix: move its tables aside
+        if migrate:
+            ResultsStore(url).close()
+        cols.pop("studies")
+    for table, have in cols.items():
+        if not _optuna_keys()[table] <= have:
+            raise DatabaseError(f"{_WHAT} {mask_url(url)} has a table {table!r} that is not "
+                                f"Optuna's (it belongs to another program); pass another {_FLAG}")
+
+
+def _optuna_keys() -> dict[str, set[str]]:
+    """Optuna's RDB tables and their primary-key columns (stable across schema versions)."""
+    try:
+        from optuna.storages._rdb.models import BaseModel
+    except ImportError:  # pragma: no cover - a future Optuna layout
+        return {"studies": {"study_id"}, "trials": {"trial_id"}}
+    tables = BaseModel.metadata.sorted_tables
+    return {t.name: {c.name for c in t.primary_key.columns} for t in tables}
 
 
 def _fast_sqlite(engine: Any) -> None:
@@ -131,9 +257,6 @@ def _candidate(attrs: dict[str, Any]) -> Candidate:
     return Candidate.from_attrs({**(attrs.get("candidate") or {}), "formula": attrs["formula"]})
 
 
-    return True
-
-
 class SearchStudy:
     """The Optuna study of one search: create/load, record, heartbeat, reclaim dead trials."""
 
@@ -145,8 +268,16 @@ class SearchStudy:
         self.storage = storage if not isinstance(storage, (str, os.PathLike)) and storage is not None \
             else open_storage(storage)
         direction: Literal["maximize", "minimize"] = "maximize" if higher_is_better else "minimize"
-        self.study = optuna.create_study(study_name=name, storage=self.storage,
-                                         direction=direction, load_if_exists=True)
+        try:
+            self.study = optuna.create_study(study_name=name, storage=self.storage,
+                                             direction=direction, load_if_exists=True)
+        except Exception as e:  # a damaged database or journal: one line naming it
+            storage_kinds = (OSError, ValueError, optuna.exceptions.StorageInternalError)
+            if not isinstance(e, storage_kinds) and not type(e).__module__.startswith("sqlalchemy"):
+                raise
+            named = isinstance(storage, (str, os.PathLike)) or storage is None
+            where = storage_url(storage) if named else type(self.storage).__name__
+            raise _storage_error(e, where.removeprefix("journal:")) from None
         if self.study.direction.name.lower() != direction:
             raise ValueError(f"study {name!r} exists with direction {self.study.direction.name.lower()}"
                              f" but this search needs {direction}; use another --study name")
