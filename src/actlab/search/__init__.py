@@ -14,7 +14,7 @@ Pieces (one concern per private module, re-exported here):
     Strategy (ask/tell), RandomSearch, RegularizedEvolution, EAFOGuided, ConstantsBO, Funnel
     eafo_correction                           the EAFO entropy-correction mutation
     dominates, pareto_front, pareto_ranks     multi-objective ranking of (quality, cost)
-    SearchStudy, open_storage                 Optuna storage: SQLite, journal file, any RDB
+    SearchStudy, open_storage, check_storage  Optuna storage: SQLite, journal file, any RDB
     InlineExecutor, ProcessExecutor, RayExecutor   where evaluations run
     run_search, SearchResult, Budget          the resumable loop and what it returns
     simplify, finalize, write_search_report   the end of a search
@@ -58,6 +58,7 @@ from actlab.search._study import (
     DEFAULT_STORAGE,
     SearchStudy,
     TrialRecord,
+    check_storage,
     open_storage,
     storage_url,
 )
@@ -69,7 +70,8 @@ __all__ = [
     "ConstantsBO", "CostFilter", "CurveObjective", "EAFOGuided", "EvalResult", "Funnel",
     "InlineExecutor", "Objective", "Pipeline", "ProcessExecutor", "QualityFloor", "RandomSearch",
     "RayExecutor", "RegularizedEvolution", "Rejected", "Score", "SearchEvent", "SearchResult",
-    "SearchStudy", "Strategy", "TrainObjective", "TrialRecord", "as_candidate", "dominates",
+    "SearchStudy", "Strategy", "TrainObjective", "TrialRecord", "as_candidate", "check_storage",
+    "dominates",
     "eafo_correction", "eafo_mutation", "evaluate_candidate", "form_constants",
     "gaussian_density", "make_executor", "make_objective", "make_strategy", "measured_density",
     "open_storage", "parse_budget", "pareto_front", "pareto_ranks", "run_search",
