@@ -132,6 +132,9 @@ API_CASES: list[tuple[str, Callable[[], Any], str]] = [
     ("ctx-labels-str", lambda: with_context(labels="abc"), "labels"),
     ("ctx-mask-1d", lambda: with_context(attention_mask=torch.ones(3)), "attention_mask"),
     ("ctx-ids-str", lambda: with_context(input_ids="abc"), "input_ids"),
+    ("callback-sample-0", lambda: P.ProbeCallback(sample=0), "sample"),
+    ("callback-log-every-0", lambda: P.ProbeCallback(log_every=0), "log_every"),
+    ("callback-probe-unknown", lambda: P.ProbeCallback(probes=["nope"]), "unknown probe"),
     ("summary-unknown", lambda: summary_of("nope"), "nope"),
     ("item-unknown", lambda: item_of("nope"), "nope"),
     ("ebab-bins-float", lambda: P.ebab_entropy(torch.randn(10, 2), n_bins=1.5), "n_bins"),  # type: ignore[arg-type]

@@ -28,7 +28,7 @@ from typing import Any
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from actlab.probes.base import Probe
+from actlab.probes.base import Probe, check_int
 from actlab.probes.manager import Mode, ProbeManager
 from actlab.probes.table import ProbeTable
 
@@ -55,6 +55,10 @@ class ProbeCallback:
         self._owns = manager is None
         self._settings = dict(manager_kw, mode=mode, log_to=log_to)
         self._probes = probes
+        if manager is None:  # check every setting now, not at the first training forward
+            ProbeManager(nn.Module(), probes, **self._settings)
+        if log_every is not None:
+            check_int("log_every", log_every)
         self.log_to = log_to
         self.log_every = log_every
         self.reset_each_epoch = reset_each_epoch

@@ -167,9 +167,9 @@ class InfoPlaneProbe(Probe):
         b = z.shape[0]
         if (labels is not None and labels.shape[0] != b) or (ids is not None and ids.shape[0] != b):
             return  # a site whose rows are not the batch's samples
-        nan = torch.full((b,), float("nan"), dtype=torch.float64)
-        y = nan if labels is None else labels.detach().reshape(-1).cpu().double()
-        x = nan if ids is None else self._input_codes(ids)
+        nan = torch.full((b,), float("nan"), dtype=torch.float64, device=z.device)
+        y = nan if labels is None else labels.detach().reshape(-1).to(z.device, torch.float64)
+        x = nan if ids is None else self._input_codes(ids).to(z.device)
         r = self.res.get(name)
         if r is None:
             cap = min(self.points, self.ctx.max_tokens)
