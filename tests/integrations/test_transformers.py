@@ -275,3 +275,90 @@ def test_cache_writer_leaves_nothing_behind_on_failure(tmp_path) -> None:
         pretrained._write_cache(_tiny_llama(), _Tokenizer(fail=True), target, gguf)
     assert list(target.parent.iterdir()) == []
     assert not pretrained._cache_is_valid(target, gguf)
+
+
+# ---------------------------------------------------------------- from_pretrained picks the class
+def _tiny_causal_llama() -> nn.Module:
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    config = LlamaConfig(
+        vocab_size=50,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        tie_word_embeddings=False,  # a separate lm_head: dropping it would lose weights
+    )
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+def test_causal_lm_round_trips_with_lm_head_and_swapped_activation(tmp_path) -> None:
+    from transformers import LlamaForCausalLM, LlamaModel
+
+    model = _tiny_causal_llama()
+    ids = torch.randint(0, 50, (2, 6))
+    swap_activations(model, {"silu": "crrelu"})
+    assert model.config.hidden_act == "crrelu"
+    with torch.no_grad():
+        for i, layer in enumerate(model.model.layers):
+            layer.mlp.act_fn.eps.fill_(0.05 * (i + 1))
+        expected = model(input_ids=ids).logits
+    model.save_pretrained(tmp_path)
+    assert model.config.architectures == ["LlamaForCausalLM"]
+
+    loaded = hf.from_pretrained(tmp_path).eval()
+    assert type(loaded) is LlamaForCausalLM
+    torch.testing.assert_close(loaded.lm_head.weight, model.lm_head.weight, rtol=0, atol=0)
+    acts = [layer.mlp.act_fn for layer in loaded.model.layers]
+    assert all(isinstance(a, CRReLU) for a in acts)
+    assert [a.eps.item() for a in acts] == pytest.approx([0.05, 0.10])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).logits, expected)
+    # the explicit override still loads the bare backbone
+    base = hf.from_pretrained(str(tmp_path), auto_class="AutoModel")
+    assert type(base) is LlamaModel and not hasattr(base, "lm_head")
+
+
+def test_model_class_follows_config_architectures() -> None:
+    import transformers
+    from transformers import GPT2Config, LlamaConfig
+
+    llama = LlamaConfig(vocab_size=50, hidden_size=16, num_attention_heads=2)
+    gpt2 = GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=50)
+
+    def pick(config, archs, **kw):  # type: ignore[no-untyped-def]
+        config.architectures = archs
+        return hf.model_class(config, **kw)
+
+    assert pick(llama, ["LlamaForCausalLM"]) is transformers.LlamaForCausalLM
+    assert pick(gpt2, ["GPT2LMHeadModel"]) is transformers.GPT2LMHeadModel
+    assert pick(llama, ["LlamaForSequenceClassification"]) is (
+        transformers.LlamaForSequenceClassification
+    )
+    assert pick(llama, None) is transformers.AutoModel
+    assert pick(llama, []) is transformers.AutoModel
+    # a class for another config, or a name transformers lacks: the Auto class of its head
+    assert pick(llama, ["GPT2LMHeadModel"]) is transformers.AutoModelForCausalLM
+    assert pick(llama, ["MyRemoteModelForCausalLM"]) is transformers.AutoModelForCausalLM
+    assert pick(llama, ["MyRemoteModelForMaskedLM"]) is transformers.AutoModelForMaskedLM
+    # names that are not model classes are never used
+    for hostile in (["pipeline"], ["os.system"], ["__class__"], [5], "LlamaForCausalLM"):
+        assert pick(llama, hostile) is transformers.AutoModel
+    assert pick(llama, ["LlamaForCausalLM"], auto_class="AutoModel") is transformers.AutoModel
+    assert pick(llama, None, auto_class=transformers.LlamaModel) is transformers.LlamaModel
+    with pytest.raises(ValueError, match="auto_class='pipeline' is not a transformers model"):
+        pick(llama, None, auto_class="pipeline")
+
+
+def test_gpt2_lm_head_round_trips(tmp_path) -> None:
+    from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=50, n_positions=16)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    model.save_pretrained(tmp_path)
+    loaded = hf.from_pretrained(tmp_path).eval()
+    assert type(loaded) is GPT2LMHeadModel
+    ids = torch.randint(0, 50, (1, 5))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).logits, model(input_ids=ids).logits)

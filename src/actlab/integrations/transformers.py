@@ -22,13 +22,17 @@ in the process, so a process that *loads* the model must register first:
     model = AutoModel.from_pretrained(path)
 
 or simply ``model = t.from_pretrained(path)``, which registers the activations its config
-names before loading. transformers itself is imported only inside these functions.
+names before loading and picks the model class from ``config.architectures`` (a saved
+``LlamaForCausalLM`` comes back with its LM head). transformers itself is imported only
+inside these functions.
 """
 
 from __future__ import annotations
 
+import pickle
 import warnings
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -49,13 +53,21 @@ __all__ = [
     "from_pretrained",
     "hidden_act_for",
     "hidden_act_kind",
+    "model_class",
     "register",
     "register_config",
 ]
 
 PREFIX = "actlab:"
 _CONFIG_ATTRS = ("hidden_act", "hidden_activation")
-_HUB_KWARGS = ("cache_dir", "local_files_only", "revision", "subfolder", "token", "trust_remote_code")
+_HUB_KWARGS = (
+    "cache_dir",
+    "local_files_only",
+    "revision",
+    "subfolder",
+    "token",
+    "trust_remote_code",
+)
 
 
 def _activations() -> Any:
@@ -119,7 +131,9 @@ def register(spec: str | Iterable[str] | None = None) -> list[str]:
     added: list[str] = []
     for key in keys:
         if not isinstance(key, str) or not key.strip():
-            raise ActivationSpecError(f"cannot register {key!r}: give an activation name or call string")
+            raise ActivationSpecError(
+                f"cannot register {key!r}: give an activation name or call string"
+            )
         current = acts.ACT2CLS.get(key, dict.get(acts.ACT2FN, key))
         if current is not None and not _is_ours(current):
             if explicit:
@@ -215,18 +229,132 @@ def register_config(config: Any) -> list[str]:
     return added
 
 
-def from_pretrained(path: str, *args: Any, auto_class: str | type = "AutoModel", **kwargs: Any) -> Any:
-    """``AutoModel.from_pretrained(path, ...)`` after registering the config's activations.
+# Auto class for an architecture name transformers does not define (remote code, renamed
+# classes), by the head its name announces.
+_HEADS = (
+    ("ForCausalLM", "AutoModelForCausalLM"),
+    ("LMHeadModel", "AutoModelForCausalLM"),
+    ("ForMaskedLM", "AutoModelForMaskedLM"),
+    ("ForSequenceClassification", "AutoModelForSequenceClassification"),
+    ("ForTokenClassification", "AutoModelForTokenClassification"),
+    ("ForQuestionAnswering", "AutoModelForQuestionAnswering"),
+    ("ForImageClassification", "AutoModelForImageClassification"),
+)
 
-    ``auto_class`` is a transformers class or its name (``"AutoModelForCausalLM"``, ...).
-    All other arguments go to ``from_pretrained``.
+
+def model_class(config: Any, auto_class: str | type | None = None) -> Any:
+    """The transformers class that :func:`from_pretrained` loads ``config`` with.
+
+    ``auto_class`` (a class, or the name of one in ``transformers``) wins when given. Else the
+    first entry of ``config.architectures``: the transformers class of that name when it
+    exists, is a ``PreTrainedModel`` and takes this config (``LlamaForCausalLM``, keeping the
+    LM head); otherwise the Auto class its suffix names (``...ForCausalLM`` ->
+    ``AutoModelForCausalLM``); ``AutoModel`` when the config names no architecture.
     """
     import transformers
 
-    cls: Any = getattr(transformers, auto_class) if isinstance(auto_class, str) else auto_class
+    if auto_class is not None:
+        cls: Any = auto_class
+        if isinstance(auto_class, str):
+            ok_name = auto_class.isidentifier() and not auto_class.startswith("_")
+            cls = getattr(transformers, auto_class, None) if ok_name else None
+        if not isinstance(cls, type) or not callable(getattr(cls, "from_pretrained", None)):
+            raise ValueError(
+                f"auto_class={auto_class!r} is not a transformers model class; give one such as "
+                "'AutoModelForCausalLM' or 'AutoModel' (or leave it out to follow the config)"
+            )
+        return cls
+    archs = getattr(config, "architectures", None)
+    name = archs[0] if isinstance(archs, (list, tuple)) and archs else None
+    if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
+        return transformers.AutoModel
+    try:
+        named = getattr(transformers, name, None)
+    except Exception:  # a lazy import of an optional backend failed
+        named = None
+    if isinstance(named, type) and issubclass(named, transformers.PreTrainedModel):
+        config_class = getattr(named, "config_class", None)
+        if not isinstance(config_class, type) or isinstance(config, config_class):
+            return named
+    for suffix, auto in _HEADS:
+        if name.endswith(suffix):
+            return getattr(transformers, auto)
+    return transformers.AutoModel
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def _local_folder(path: str) -> bool:
+    """Whether ``path`` can only mean a local folder (not a hub id like ``org/name``)."""
+    p = Path(path).expanduser()
+    return p.is_absolute() or path.startswith((".", "~")) or p.exists()
+
+
+def _check_activations(where: str, config: Any) -> None:
+    """Every activation the config names must be transformers' or a valid actlab spec."""
+    acts = _activations()
+    for cfg in _configs(config):
+        for attr in _CONFIG_ATTRS:
+            value = getattr(cfg, attr, None)
+            if not isinstance(value, str) or value in acts.ACT2FN:
+                continue
+            spec = value[len(PREFIX) :] if value.startswith(PREFIX) else value
+            try:
+                create_activation(spec)
+                reason = "it could not be registered"
+            except ActivationSpecError as e:
+                reason = _one_line(e)
+            except Exception as e:  # noqa: BLE001 - any failure to build it is the reason
+                reason = f"{type(e).__name__}: {_one_line(e)}"
+            raise ValueError(
+                f"{where}: config.{attr}={value!r} is neither a transformers activation nor an "
+                f"actlab one ({reason})"
+            )
+
+
+def from_pretrained(
+    path: str | Path, *args: Any, auto_class: str | type | None = None, **kwargs: Any
+) -> Any:
+    """Load a saved model after registering the actlab activations its config names.
+
+    The class comes from the config (:func:`model_class`: ``LlamaForCausalLM`` for a saved
+    causal LM, so its ``lm_head`` is kept), unless ``auto_class`` (a transformers class or
+    its name, e.g. ``"AutoModel"``) says otherwise. All other arguments go to
+    ``from_pretrained``. A missing folder, an unreadable config or weights file, or an
+    activation that neither transformers nor actlab knows raises ValueError or OSError with
+    one line naming the folder; nothing in the folder is executed (``trust_remote_code``
+    stays off unless passed).
+    """
+    import transformers
+
+    where = str(path)
+    if _local_folder(where):
+        folder = Path(where).expanduser()
+        if not folder.exists():
+            raise FileNotFoundError(f"{where}: no such model folder (save_pretrained writes one)")
+        if not folder.is_dir():
+            raise ValueError(
+                f"{where}: is a file; pass the folder that holds config.json and the weights"
+            )
+        path = str(folder)
     config = kwargs.pop("config", None)
     if config is None:
         hub = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
-        config = transformers.AutoConfig.from_pretrained(path, **hub)
+        try:
+            config = transformers.AutoConfig.from_pretrained(path, **hub)
+        except (OSError, ValueError, KeyError) as e:
+            raise ValueError(f"{where}: cannot read the model config: {_one_line(e)}") from e
+    cls = model_class(config, auto_class)
     register_config(config)
-    return cls.from_pretrained(path, *args, config=config, **kwargs)
+    _check_activations(where, config)
+    try:
+        return cls.from_pretrained(path, *args, config=config, **kwargs)
+    except (OSError, ValueError, KeyError, RuntimeError, pickle.UnpicklingError) as e:
+        raise ValueError(f"{where}: cannot load the model: {_one_line(e)}") from e
+    except Exception as e:
+        if type(e).__name__ != "SafetensorError":
+            raise
+        raise ValueError(f"{where}: the weights file is corrupt: {_one_line(e)}") from e
