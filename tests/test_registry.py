@@ -48,7 +48,7 @@ def test_unknown_name_suggests_close_matches() -> None:
         ("crrelu(", "cannot parse"),
         ("", "empty"),
         ("crrelu(bogus=1)", "no parameter 'bogus'"),
-        ("eafo(base='nope')", "unsupported base"),
+        ("eafo(base='nope')", "unsupported value 'nope'"),
         ("x" * 2000, "longer than"),
     ],
 )

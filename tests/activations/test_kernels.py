@@ -11,10 +11,15 @@ from kernel_helpers import run_fwd_bwd
 
 import actlab
 from actlab.activations import _fused, kernel_mode, set_kernel_mode
-from actlab.activations._fused import ElementwiseKernel, get_kernel_mode
+from actlab.activations._fused import ElementwiseKernel, compile_unavailable, get_kernel_mode
 
 FUSED = [n for n in actlab.list_activations() if actlab.get_activation_info(n).fused]
-EAFO_BASES = ["gelu", "silu", "softplus", "sigmoid", "tanh", "elu", "relu"]
+EAFO_BASES = ["gelu", "silu", "softplus", "sigmoid", "tanh", "relu"]
+# Inductor cannot build these kernels without a vector ISA (ATEN_CPU_CAPABILITY=default)
+NO_COMPILE = compile_unavailable("cpu")
+needs_compile = pytest.mark.skipif(
+    NO_COMPILE is not None, reason=f"compiled mode unavailable: {NO_COMPILE}"
+)
 
 
 _run = run_fwd_bwd
@@ -27,6 +32,7 @@ def _perturb(m: torch.nn.Module) -> torch.nn.Module:
     return m
 
 
+@needs_compile
 @pytest.mark.parametrize("spec", FUSED)
 def test_compiled_matches_reference(spec: str) -> None:
     m = _perturb(actlab.create_activation(spec))
@@ -39,6 +45,7 @@ def test_compiled_matches_reference(spec: str) -> None:
 
 
 @pytest.mark.slow
+@needs_compile
 @pytest.mark.parametrize("base", EAFO_BASES)
 def test_compiled_eafo_bases(base: str) -> None:
     m = _perturb(actlab.create_activation(f"eafo(base={base!r})"))
@@ -70,7 +77,7 @@ def test_lean_paths_save_only_the_input(spec: str) -> None:
         sizes[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
         return t
 
-    for mode in ("eager", "compiled"):
+    for mode in ("eager",) if NO_COMPILE else ("eager", "compiled"):
         sizes.clear()
         with kernel_mode(mode), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             y = m(x)
@@ -104,6 +111,31 @@ def test_eafo_gelu_matches_first_order_formula_on_monotone_branch() -> None:
     torch.testing.assert_close(m(x), f - 0.05 * phi * (f2 / f1 + x))
 
 
+@pytest.mark.parametrize("base", EAFO_BASES)
+def test_eafo_correction_is_continuous_for_every_base(base: str) -> None:
+    """eafo.md: c(x) is continuous. Steps across the joints (x = 0, the end of the monotone
+    branch, where f' crosses tau) on a fine grid must shrink with the step: no jumps."""
+    m = actlab.create_activation(f"eafo(base={base!r}, eps=1.0)").double()
+    b = actlab.create_activation(base).double()
+    joints = [0.0, -0.751791524693564, -1.278464542761074]  # relu/elu kink, gelu/silu f' = 0
+    with torch.no_grad():
+        grid = torch.linspace(-4, 4, 8001, dtype=torch.float64)
+        f1 = torch.func.vmap(torch.func.grad(lambda t: b(t)))(grid)
+        near_tau = grid[:-1][((f1[:-1] - 0.1) * (f1[1:] - 0.1)) <= 0]  # where f' crosses tau
+        for h in (1e-5, 1e-8):
+            x = torch.cat([grid, *(j + torch.linspace(-100 * h, 100 * h, 201, dtype=torch.float64)
+                                   for j in [*joints, *near_tau.tolist()])]).sort().values
+            corr = b(x) - m(x)  # ε·c(x)
+            steps = corr.diff().abs() / x.diff().clamp_min(h)
+            assert steps.max() < 50, (base, h, float(steps.max()))  # a bounded slope: no jump
+
+
+def test_eafo_refuses_elu_whose_correction_jumps() -> None:
+    """ELU's f'' jumps at 0 (1 -> 0), so its correction would jump by eps*phi(0) there."""
+    with pytest.raises(ValueError, match="'elu' is refused.*second derivative jumps"):
+        actlab.create_activation("eafo(base='elu')")
+
+
 def test_eafo_correction_continuous_and_zero_off_branch() -> None:
     m = actlab.create_activation("eafo(base='gelu', eps=1.0)").double()
     base = actlab.create_activation("gelu").double()
@@ -113,12 +145,39 @@ def test_eafo_correction_continuous_and_zero_off_branch() -> None:
     assert corr.diff().abs().max() < 1e-2  # no jumps on a 1e-4 grid
 
 
+def test_compile_unavailable_under_portable_dispatch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No vector ISA for Inductor (ATEN_CPU_CAPABILITY=default): auto uses the eager lean path
+    with one warning per process; an explicit "compiled" is a one-line RuntimeError at once."""
+    monkeypatch.setattr(_fused, "_UNAVAILABLE", {"cpu": "Inductor has no vector ISA (test)"})
+    monkeypatch.setattr(_fused, "_warned_unavailable", set())
+    m = actlab.create_activation("swish(beta=1.3)")
+    x = torch.randn(100_000, requires_grad=True)
+    with kernel_mode("auto"), warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        y = m(x)
+        y.sum().backward()
+        m(x)
+    msgs = [str(i.message) for i in w if "actlab" in str(i.message)]
+    assert len(msgs) == 1 and "eager lean path" in msgs[0], msgs
+    with kernel_mode("reference"):
+        torch.testing.assert_close(y, m(x))
+    with kernel_mode("compiled"), pytest.raises(RuntimeError) as err:
+        m(x)
+    assert "\n" not in str(err.value) and "'compiled' is unavailable on cpu" in str(err.value)
+
+
+@pytest.mark.skipif(NO_COMPILE is None, reason="only under the portable dispatch")
+def test_this_process_detects_the_portable_dispatch() -> None:
+    assert "vector instruction set" in str(NO_COMPILE)
+
+
 def test_compile_failure_falls_back_to_eager_with_warning(monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(*a, **k):  # type: ignore[no-untyped-def]
         raise RuntimeError("no compiler here")
 
     k = ElementwiseKernel("test_crrelu", lambda x, e: x * e, lambda x, g, e: (g * e, (g * x).sum()))
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: broken)
+    monkeypatch.setattr(_fused, "_UNAVAILABLE", {"cpu": None})
     x = torch.randn(100_000, requires_grad=True)
     e = torch.tensor(2.0, requires_grad=True)
     with kernel_mode("auto"), warnings.catch_warnings(record=True) as w:
@@ -153,7 +212,9 @@ def test_mode_control(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_small_tensors_stay_eager_in_auto_mode() -> None:
     k = ElementwiseKernel("probe", lambda x: x * 2, lambda x, g: (g * 2,))
     assert not k._want_compiled("auto", torch.randn(10))
-    assert k._want_compiled("auto", torch.randn(1 << 17))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the portable dispatch warns (once) and says no
+        assert k._want_compiled("auto", torch.randn(1 << 17)) is (NO_COMPILE is None)
 
 
 def test_bf16_input_with_float32_parameter() -> None:
@@ -164,6 +225,7 @@ def test_bf16_input_with_float32_parameter() -> None:
     assert y.dtype == torch.bfloat16 and m.eps.grad is not None and m.eps.grad.dtype == torch.float32
 
 
+@needs_compile
 @pytest.mark.parametrize("spec", ["crrelu", "eafo"])
 def test_compiled_float64_against_oracle_and_gradcheck(spec: str) -> None:
     """The fused path in float64: values vs the registry's float64 oracle, gradients by gradcheck."""
