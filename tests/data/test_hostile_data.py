@@ -160,6 +160,7 @@ IDX_CASES: dict[str, Case] = {
     "idx-garbage-after-gzip": _idx_file("after.gz", b"", gz=False),
     "idx-truncated-gzip": _idx_file("trunc.gz", gzip.compress(_good_images())[:200]),
     "idx-zero-length-array": _idx_file("zero.idx", idx_bytes(np.zeros((0, 28, 28), np.uint8))),
+    "idx-nan-floats": _idx_file("nan.idx", idx_bytes(np.array([0.5, np.nan, 1.0], ">f4"), 0x0D)),
     "idx-float-labels": _idx_dataset(
         _good_images(), idx_bytes(np.arange(4, dtype=np.float32), 0x0D), "train-labels"
     ),

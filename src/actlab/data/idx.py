@@ -10,8 +10,12 @@ Format (LeCun et al., "The MNIST database"; Xiao et al. 2017, "Fashion-MNIST"):
     then        prod(dims) elements, row-major
 
 Compression is detected from the gzip magic bytes (1f 8b), not from the file name. The
-header, the element count and (for a dataset) the image/label agreement are all checked;
-a truncated or corrupt file raises :class:`DatasetFormatError` naming the file.
+header is read first from a streaming reader and checked (type, at least one dimension, no
+empty array, payload size overflow-free and at most ``max_bytes``, and for gzip within what
+deflate can expand the file to); then exactly the declared payload is read and trailing
+bytes are refused, so a small file never makes the reader allocate much. Float files must
+hold finite numbers; a dataset needs uint8 (N, H, W) images and integer labels in range.
+Every problem raises :class:`DatasetFormatError` naming the file.
 """
 
 from __future__ import annotations
@@ -164,7 +168,15 @@ def read_idx(path: str | Path, *, max_bytes: int = MAX_BYTES) -> np.ndarray:
                 path, f"file has trailing bytes after the {expected} bytes of data of shape {dims}"
             )
     arr = np.frombuffer(data, dtype=dtype).reshape(dims)  # writable: data is a bytearray
-    return arr if dtype.itemsize == 1 else arr.astype(dtype.newbyteorder("="))
+    arr = arr if dtype.itemsize == 1 else arr.astype(dtype.newbyteorder("="))
+    if dtype.kind == "f":
+        bad = np.flatnonzero(~np.isfinite(arr))
+        if bad.size:
+            raise DatasetFormatError(
+                f"{path}: holds {bad.size} NaN or infinite values (the first at flat index "
+                f"{int(bad[0])}); a dataset file must hold finite numbers"
+            )
+    return arr
 
 
 def _find(root: Path, stem: str) -> Path | None:
