@@ -267,7 +267,7 @@ def sqlite_file(url: str) -> Path | None:
     """The file of a ``sqlite:///PATH`` URL; None for other dialects, memory and ``file:`` URIs."""
     try:
         u = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         return None
     db = u.database
     if not u.drivername.startswith("sqlite") or not db or db == ":memory:":
@@ -285,12 +285,20 @@ def readonly_sqlite_creator(path: Path) -> Any:
 
 
 def _ro_uri(path: Path, head: bytes) -> str:
-    """A read-only SQLite URI for ``path``. A WAL database whose folder we cannot write and
-    that has no ``-shm`` file cannot be opened even read-only, unless declared immutable."""
+    """A read-only SQLite URI for ``path`` that creates no file beside it.
+
+    A reader of a WAL database normally creates ``-wal`` and ``-shm`` files (and cannot open
+    it at all in a folder it may not write). When no ``-wal`` file exists the database file
+    holds every committed row, so it is opened ``immutable`` (a snapshot: no locks, no side
+    files); with a ``-wal`` file (a writer is active) it is opened ``mode=ro``.
+    """
     uri = f"file:{quote(str(path))}?mode=ro"
     wal = len(head) > 18 and head[18] == 2
-    shm = path.with_name(path.name + "-shm")
-    if wal and not shm.exists() and not os.access(path.parent, os.W_OK | os.X_OK):
+    side = path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")
+    if wal and (
+        not side[0].exists()
+        or (not side[1].exists() and not os.access(path.parent, os.W_OK | os.X_OK))
+    ):
         uri += "&immutable=1"
     return uri
 
@@ -378,7 +386,7 @@ def check_url(url: str, *, what: str, flag: str) -> None:
     """Refuse URLs SQLAlchemy cannot parse, unknown dialects and missing drivers."""
     try:
         u = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         raise DatabaseError(
             f"{what} {mask_url(url)!r} is not a database URL; give a file path or a URL such "
             f"as sqlite:///results.db or postgresql://user@host/db with {flag}"
@@ -455,8 +463,9 @@ class ResultsStore:
     """Runs, studies and claims in one database; safe to share between processes.
 
     ``read_only=True`` opens an existing store without writing anything (SQLite: a
-    ``mode=ro`` connection and no WAL switch), so a store you cannot write can still be
-    read; its writing methods raise :class:`DatabaseError`.
+    ``mode=ro`` connection, ``immutable`` when no writer is active, and no WAL switch), so
+    a store you cannot write can still be read; its writing methods raise
+    :class:`DatabaseError`.
     """
 
     def __init__(
