@@ -277,11 +277,11 @@ def test_read_only_storages_are_refused_without_writing() -> None:
         err = base / "err.txt"
         err.touch()
         err.chmod(0o666)
-        def files() -> dict[str, bytes]:
+        def snapshot() -> dict[str, bytes]:
             return {str(p): p.read_bytes() if p.is_file() else b"" for p in base.rglob("*")
                     if p != err}  # fmt: skip
 
-        before = files()
+        before = snapshot()
         args = [str(f) for f in (*files, new_in_folder)]
         proc = subprocess.run([*prefix, sys.executable, "-c", _RO_SCRIPT, *args, str(err)],
                               capture_output=True, text=True, cwd=str(base), timeout=300,
@@ -293,7 +293,7 @@ def test_read_only_storages_are_refused_without_writing() -> None:
             line = text.strip()
             assert line.startswith("actlab search: error: study storage") and "read-only" in line
             assert len(line.splitlines()) == 1 and Path(storage).name in line
-        assert files() == before  # nothing written, no journal lock or -wal file created
+        assert snapshot() == before  # nothing written, no journal lock or -wal file created
     finally:
         for p in (base, *base.rglob("*")):
             if p.is_dir():
