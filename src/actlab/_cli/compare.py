@@ -123,7 +123,7 @@ def check_device(text: str) -> str:
             f"--device {text!r} is not a torch device; use cpu, cuda, cuda:1 or mps"
         ) from None
     if dev.type == "cpu":
-        return str(dev)
+        return "cpu"  # cpu:0 is the same device (and the same run key)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             build = "a CPU-only build" if torch.version.cuda is None else "no GPU visible"

@@ -75,6 +75,10 @@ def finalize(
     objective: Any = None,
 ) -> FinalResult:
     """Re-evaluate the ``top`` candidates of ``result`` against ``baselines`` (see above)."""
+    if isinstance(top, bool) or int(top) != top or top < 1:
+        raise ValueError(f"top must be a whole number >= 1, got {top!r}")
+    if isinstance(seeds, int) and not isinstance(seeds, bool) and seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}")
     skipped: list[str] = []
     picked = _top(result, top, skipped)
     final = FinalResult([(f, c.formula) for f, c in picked], [c.spec for _, c in picked],

@@ -238,7 +238,14 @@ def list_tasks() -> list[str]:
 
 def get_task(name: str) -> Task:
     """The task called ``name``; unknown names fail with the closest matches."""
+    if not isinstance(name, str):
+        raise UnknownTaskError(f"a task is named by a string, got {type(name).__name__}")
     key = name.strip().lower().replace("_", "-")
+    if key.startswith("curve:"):
+        raise UnknownTaskError(
+            f"task {name!r} is a toy objective of `actlab search` that trains nothing; "
+            f"training tasks are: {', '.join(list_tasks())}"
+        )
     if key not in _TASKS:
         hint = did_you_mean(key, _TASKS, cutoff=0.4)
         raise UnknownTaskError(f"unknown task {name!r}.{hint} Available: {', '.join(list_tasks())}")
