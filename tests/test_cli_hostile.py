@@ -54,7 +54,7 @@ CASES: list[tuple[list[str], str]] = [
     ([*COMPARE, "--workers", "0"], "--workers"),
     ([*COMPARE, "--workers", "100000"], "--workers"),
     ([*COMPARE, "--task", "nosuch"], "unknown task"),
-    ([*COMPARE, "--task", "curve:gelu"], "unknown task"),
+    ([*COMPARE, "--task", "curve:gelu"], "trains nothing"),
     ([*COMPARE, "--model", "nosuch"], "unknown model"),
     ([*COMPARE, "--model", "gpt_char_mini"], "text model"),
     ([*COMPARE, "--dtype", "float16"], "invalid choice"),
