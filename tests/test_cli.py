@@ -70,3 +70,50 @@ def test_demo_runs_on_real_minilm() -> None:
     out = cli("demo").stdout
     assert "gelu x6" in out
     assert "max |embedding change| = 0.00e+00" in out
+
+
+def test_database_errors_are_one_line_from_the_console_script(tmp_path: Path) -> None:
+    notes = tmp_path / "notes.db"
+    notes.write_text("not a database\n")
+    out = cli("search", "--task", "curve:gelu", "--no-final", "--storage", str(notes), check=False)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip() == (
+        f"actlab search: error: study storage {notes} is not a SQLite database (the file is a "
+        "text file); pass a new path with --storage"
+    )
+    assert notes.read_text() == "not a database\n"
+
+
+def test_database_errors_reaching_the_boundary_are_one_line_without_password(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The safety net: a driver error raised after the checks (a disk that fails, a server
+    that goes away) is one line, and a password in any URL of the message is masked."""
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    import actlab._cli.zoo as zoo
+    from actlab.cli import main
+
+    errors = [
+        OperationalError("INSERT ...", {}, sqlite3.OperationalError("disk I/O error")),
+        OperationalError("connect", {}, Exception("postgresql://bob:hunter2@db/x: refused\nmore")),
+        sqlite3.DatabaseError("database disk image is malformed"),
+        ValueError("cannot reach mysql://root:hunter2@host/db"),
+    ]
+    for e in errors:
+
+        def boom(args: object, e: Exception = e) -> int:
+            raise e
+
+        monkeypatch.setattr(zoo, "run", boom)
+        monkeypatch.delenv("ACTLAB_DEBUG", raising=False)
+        assert main(["ls"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("actlab ls: error: ") and len(err.strip().splitlines()) == 1
+        assert "hunter2" not in err and "Traceback" not in err
+    # any other exception is a bug: it keeps its traceback
+    monkeypatch.setattr(zoo, "run", lambda args: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        main(["ls"])

@@ -227,7 +227,6 @@ def test_store_written_beside_a_crashed_shared_file_is_usable(tmp_path: Path) ->
     assert len(SearchStudy("s", str(db)).records()) >= 2
 
 
-@pytest.mark.slow
 def test_search_cli_with_one_file_for_storage_and_db(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
