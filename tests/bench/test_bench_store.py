@@ -165,3 +165,25 @@ def test_store_ages_heartbeat(tmp_path: Path) -> None:
         assert after["heartbeat"] > before["heartbeat"] and after["pid"] == os.getpid()
         store.release(token)
         assert store.active_claims() == []
+
+
+def test_checks_and_read_only_opens_create_nothing(tmp_path: Path) -> None:
+    from actlab.bench.store import DatabaseError, check_results_db
+
+    new = tmp_path / "new.sqlite"
+    assert check_results_db(new) == f"sqlite:///{new}" and not new.exists()
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ResultsStore(new, read_only=True)
+    assert list(tmp_path.iterdir()) == []
+    empty = tmp_path / "empty.sqlite"
+    empty.touch()  # an empty file is a new SQLite database
+    with pytest.raises(DatabaseError, match="holds no actlab results"):
+        ResultsStore(empty, read_only=True)
+    assert empty.read_bytes() == b""
+    with ResultsStore(empty) as store:
+        assert store.record(_rec(_spec()))
+    with ResultsStore(empty, read_only=True) as ro:
+        assert [r.metric_value for r in ro.all_records()] == [0.9]
+        with pytest.raises(DatabaseError, match="read-only"):
+            ro.claim(_spec())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.sqlite"]  # no -wal, -shm

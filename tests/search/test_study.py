@@ -140,3 +140,18 @@ def test_study_refuses_another_task(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         run_search("curve:gelu", "random", budget=1, storage=tmp_path / "no" / "t.db")
     assert os.path.exists(tmp_path / "t.db")
+
+
+def test_check_storage_creates_nothing_and_shares_a_results_file(tmp_path: Path) -> None:
+    from actlab.bench.store import ResultsStore
+    from actlab.search import check_storage
+
+    for arg in ("s.db", "s.journal", "journal:s.log"):
+        path = tmp_path / arg.removeprefix("journal:")
+        check_storage(str(tmp_path / arg) if ":" not in arg else f"journal:{path}")
+    assert list(tmp_path.iterdir()) == []
+    shared = tmp_path / "shared.db"
+    ResultsStore(shared).close()  # a results store first, then a study in the same file
+    st = SearchStudy("s", str(shared))
+    st.close()
+    assert optuna.load_study(study_name="s", storage=storage_url(shared)).study_name == "s"
