@@ -98,7 +98,7 @@ class ParamRule:
             except (OverflowError, ValueError):
                 as_float = math.inf
             if not math.isfinite(as_float):
-                raise ValueError(f"{where} must be a finite number, got {_short(value)}")
+                raise ValueError(f"{where} must be finite, got {_short(value)}")
             if self.kind == "int":
                 if as_float != int(as_float) and not isinstance(value, numbers.Integral):
                     raise ValueError(f"{where} must be a whole number, got {_short(value)}")

@@ -59,8 +59,8 @@ def _formula(value: object) -> str | Expr:
 
 
 def _params(value: object) -> dict[str, float] | None:
-    """Initial values: a mapping of names to finite numbers; those equal to the documented
-    default are dropped (they change nothing), so equivalent specs give one text."""
+    """Initial values: a mapping of names to finite numbers, as floats sorted by name. (Entries
+    equal to a default are kept: the constructor must still refuse names the formula lacks.)"""
     if not isinstance(value, Mapping):
         raise TypeError(f"expr: params must be a dict of name: number, got {type(value).__name__}")
     rule = ParamRule("float")
@@ -68,13 +68,7 @@ def _params(value: object) -> dict[str, float] | None:
     for name in sorted(value, key=str):
         if not isinstance(name, str):
             raise TypeError(f"expr: params keys must be names, got {name!r}")
-        v = rule.apply("expr", f"params[{name!r}]", value[name])
-        try:
-            if v == param_default(name):
-                continue
-        except ExprError:
-            pass  # not a learnable scalar name: the constructor says so
-        out[name] = v
+        out[name] = rule.apply("expr", f"params[{name!r}]", value[name])
     return out or None
 
 
