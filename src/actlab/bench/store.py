@@ -483,7 +483,6 @@ class ResultsStore:
         if path is not None:
             if not _probe:
                 check_sqlite_file(path, what=WHAT, flag="--db", write=not read_only)
-            self.url = f"sqlite:///{path}"
         else:
             check_url(self.url, what=WHAT, flag="--db")
         kwargs: dict[str, Any] = {"echo": echo}

@@ -40,7 +40,6 @@ stops at once, like one whose units are spent.
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -56,7 +55,7 @@ from actlab.search._objectives import Objective, make_objective
 from actlab.search._pipeline import Pipeline, evaluate_candidate
 from actlab.search._result import SearchResult, reason_pattern
 from actlab.search._strategy import Strategy
-from actlab.search._study import SearchStudy, TrialRecord, storage_url
+from actlab.search._study import SearchStudy, TrialRecord, display_storage
 
 __all__ = ["SearchEvent", "run_search"]
 
@@ -135,8 +134,7 @@ def run_search(
         finally:
             if executor is None:
                 ex.close()
-        where = storage_url(storage) if storage is None or isinstance(storage, (str, os.PathLike)) \
-            else type(storage).__name__
+        where = display_storage(storage)  # password masked: printed and reported
         return SearchResult(name, where, obj.task, obj.metric, obj.higher_is_better, levels,
                             st.records(), loop.stopped, loop.evaluated, loop.duplicates,
                             time.perf_counter() - loop.t0, message=loop.message)

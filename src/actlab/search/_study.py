@@ -61,6 +61,17 @@ def storage_url(storage: str | os.PathLike[str] | None) -> str:
     return "sqlite:///" + str(path.resolve())
 
 
+def display_storage(storage: Any) -> str:
+    """What to print for a storage argument: its URL with any password masked, or the type
+    of a storage object."""
+    if storage is not None and not isinstance(storage, (str, os.PathLike)):
+        return type(storage).__name__
+    from actlab.bench.store import mask_url
+
+    url = storage_url(storage)
+    return mask_url(url) if "://" in url else url
+
+
 def open_storage(
     storage: str | os.PathLike[str] | None = None, *, heartbeat_interval: int = 10,
     grace_period: int | None = None, max_retry: int = 3,
