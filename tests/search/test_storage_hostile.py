@@ -232,8 +232,25 @@ def test_search_cli_with_one_file_for_storage_and_db(
 ) -> None:
     """The reported crash, end to end: a real (one-step) search then its re-evaluation."""
     monkeypatch.chdir(tmp_path)
-    args = ["search", "--task", "digits-mlp", "--budget", "1", "--max-steps", "1", "--top", "1",
-            "--final-seeds", "1", "--no-report", "--quiet", "--storage", "x.db", "--db", "x.db"]
+    args = [
+        "search",
+        "--task",
+        "digits-mlp",
+        "--budget",
+        "1",
+        "--max-steps",
+        "1",
+        "--top",
+        "1",
+        "--final-seeds",
+        "1",
+        "--no-report",
+        "--quiet",
+        "--storage",
+        "x.db",
+        "--db",
+        "x.db",
+    ]
     assert main(args) == 0, capsys.readouterr().err
     assert "re-evaluation with fresh seeds" in capsys.readouterr().out
     with ResultsStore(tmp_path / "x.db", read_only=True) as store:
@@ -260,8 +277,11 @@ print(json.dumps(out))
 def test_read_only_storages_are_refused_without_writing() -> None:
     if os.geteuid() == 0 and shutil.which("setpriv") is None:
         pytest.skip("running as root without setpriv: cannot make a file read-only")
-    prefix = [] if os.geteuid() != 0 else [
-        str(shutil.which("setpriv")), "--reuid=65534", "--regid=65534", "--clear-groups"]
+    prefix = (
+        []
+        if os.geteuid() != 0
+        else [str(shutil.which("setpriv")), "--reuid=65534", "--regid=65534", "--clear-groups"]
+    )
     base = Path(tempfile.mkdtemp(prefix="actlab-ro-"))
     try:
         base.chmod(0o777)
@@ -276,15 +296,21 @@ def test_read_only_storages_are_refused_without_writing() -> None:
         err = base / "err.txt"
         err.touch()
         err.chmod(0o666)
+
         def snapshot() -> dict[str, bytes]:
             return {str(p): p.read_bytes() if p.is_file() else b"" for p in base.rglob("*")
                     if p != err}  # fmt: skip
 
         before = snapshot()
         args = [str(f) for f in (*files, new_in_folder)]
-        proc = subprocess.run([*prefix, sys.executable, "-c", _RO_SCRIPT, *args, str(err)],
-                              capture_output=True, text=True, cwd=str(base), timeout=300,
-                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+        proc = subprocess.run(
+            [*prefix, sys.executable, "-c", _RO_SCRIPT, *args, str(err)],
+            capture_output=True,
+            text=True,
+            cwd=str(base),
+            timeout=300,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        )
         assert proc.returncode == 0, proc.stderr
         out = json.loads(proc.stdout.strip().splitlines()[-1])
         for storage, (rc, text) in out.items():
