@@ -239,3 +239,17 @@ def test_compiled_float64_against_oracle_and_gradcheck(spec: str) -> None:
     e = m.eps.detach().clone().requires_grad_(True)
     with kernel_mode("compiled"):
         assert torch.autograd.gradcheck(lambda x, e: torch.func.functional_call(m, {"eps": e}, (x,)), (xs, e))
+
+
+def test_forced_capability_gets_its_own_inductor_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inductor's graph cache is not keyed by vector width: a forced ATEN_CPU_CAPABILITY must
+    not share it with the default dispatch (half-wrong results or a crash, seen with torch 2.13)."""
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    _fused._separate_inductor_cache()
+    import os
+
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"].endswith("-avx2")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/somewhere/else")
+    _fused._separate_inductor_cache()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/somewhere/else"  # an explicit choice wins

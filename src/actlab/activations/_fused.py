@@ -33,6 +33,13 @@ generated C++ for these kernels does not build (torch 2.13: "'at::vec' has not b
 declared"). That is detected before compiling: "auto" uses the eager lean path (or native)
 with one warning per process, and "compiled" raises a one-line RuntimeError at once.
 
+Inductor's on-disk FX graph cache (torch 2.13) does not key its entries by the vector ISA:
+a graph generated 16 lanes wide under the AVX-512 dispatch and reloaded under
+``ATEN_CPU_CAPABILITY=avx2`` (or the reverse) is rebuilt with the other ISA's flags and
+computes half of its elements wrong, or crashes. So when ``ATEN_CPU_CAPABILITY`` is set and
+``TORCHINDUCTOR_CACHE_DIR`` is not, the first compile here points the latter at a cache of
+its own for that capability (``<default>-<capability>``) and logs it.
+
 Values and gradients at large and infinite inputs: every kernel's eager, compiled and native
 paths give the limits at ±inf (no inf·0 = nan in the hand-written backward) and match the
 float64 formula at large finite inputs; see tests/activations/test_extremes.py.
@@ -141,6 +148,21 @@ def compile_unavailable(device_type: str) -> str | None:
     return _UNAVAILABLE[device_type]
 
 
+def _separate_inductor_cache() -> None:
+    """One Inductor cache per forced ATen capability (see the module docstring)."""
+    cap = os.environ.get("ATEN_CPU_CAPABILITY", "").strip().lower()
+    if not cap or os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+        return
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+        safe = "".join(ch for ch in cap if ch.isalnum())
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = f"{default_cache_dir()}-{safe}"
+        log.info("ATEN_CPU_CAPABILITY=%s: Inductor cache %s", cap, os.environ["TORCHINDUCTOR_CACHE_DIR"])
+    except Exception:  # noqa: BLE001 -- private API moved: leave torch's default alone
+        return
+
+
 def _first_error(e: BaseException) -> str:
     """The first line of an exception that says something (compilers bury it)."""
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
@@ -202,11 +224,13 @@ class ElementwiseKernel:
     # compiled functions are built lazily: nothing is compiled at import time
     def compiled_fwd(self) -> Callable[..., Tensor]:
         if "fwd" not in self._compiled:
+            _separate_inductor_cache()
             self._compiled["fwd"] = torch.compile(self.fwd, dynamic=True, fullgraph=True)
         return self._compiled["fwd"]
 
     def compiled_bwd(self) -> Callable[..., tuple[Tensor, ...]]:
         if "bwd" not in self._compiled:
+            _separate_inductor_cache()
             self._compiled["bwd"] = torch.compile(self.bwd, dynamic=True, fullgraph=True)
         return self._compiled["bwd"]
 
