@@ -37,8 +37,9 @@ Inductor's on-disk FX graph cache (torch 2.13) does not key its entries by the v
 a graph generated 16 lanes wide under the AVX-512 dispatch and reloaded under
 ``ATEN_CPU_CAPABILITY=avx2`` (or the reverse) is rebuilt with the other ISA's flags and
 computes half of its elements wrong, or crashes. So when ``ATEN_CPU_CAPABILITY`` is set and
-``TORCHINDUCTOR_CACHE_DIR`` is not, the first compile here points the latter at a cache of
-its own for that capability (``<default>-<capability>``) and logs it.
+``TORCHINDUCTOR_CACHE_DIR`` is not, importing actlab points the latter at a cache of its own
+for that capability (``<default>-<capability>``, e.g. /tmp/torchinductor_<user>-avx2). It is
+done at import because torch fills in the variable itself the first time Inductor runs.
 
 Values and gradients at large and infinite inputs: every kernel's eager, compiled and native
 paths give the limits at ±inf (no inf·0 = nan in the hand-written backward) and match the
@@ -149,18 +150,26 @@ def compile_unavailable(device_type: str) -> str | None:
 
 
 def _separate_inductor_cache() -> None:
-    """One Inductor cache per forced ATen capability (see the module docstring)."""
+    """One Inductor cache per forced ATen capability (see the module docstring). Mirrors
+    torch's default location (tempdir/torchinductor_<user>) without importing Inductor."""
     cap = os.environ.get("ATEN_CPU_CAPABILITY", "").strip().lower()
     if not cap or os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
         return
-    try:
-        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    import getpass
+    import tempfile
 
-        safe = "".join(ch for ch in cap if ch.isalnum())
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = f"{default_cache_dir()}-{safe}"
-        log.info("ATEN_CPU_CAPABILITY=%s: Inductor cache %s", cap, os.environ["TORCHINDUCTOR_CACHE_DIR"])
-    except Exception:  # noqa: BLE001 -- private API moved: leave torch's default alone
-        return
+    try:
+        user = getpass.getuser()
+    except Exception:  # noqa: BLE001 -- no user name: torch uses the uid
+        user = f"uid_{os.getuid()}" if hasattr(os, "getuid") else "unknown_user"
+    safe_user = "".join("_" if ch in '\\/:*?"<>|' else ch for ch in user)
+    safe_cap = "".join(ch for ch in cap if ch.isalnum())
+    where = os.path.join(tempfile.gettempdir(), f"torchinductor_{safe_user}-{safe_cap}")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = where
+    log.info("ATEN_CPU_CAPABILITY=%s: Inductor cache %s", cap, where)
+
+
+_separate_inductor_cache()  # at import: before torch sets the variable to its shared default
 
 
 def _first_error(e: BaseException) -> str:
