@@ -42,10 +42,15 @@ CASES: dict[str, dict[str, object]] = {
     "wafbc(scale=2.0, shift=-0.5, loc=0.3, width=1.7)": {},
     "polyrelu": {"coef": [0.1, 0.5, -0.2, 0.3]},
     "relu2": {},
-    **{f"eafo(base={b!r}, eps=0.5)": {} for b in ("gelu", "silu", "softplus", "sigmoid", "tanh", "relu")},
+    **{
+        f"eafo(base={b!r}, eps=0.5)": {}
+        for b in ("gelu", "silu", "softplus", "sigmoid", "tanh", "relu")
+    },
     "expr(formula='x*sigmoid(beta*x)', params={'beta': 1.3})": {},
 }
-SLOW_COMPILED = {f"eafo(base={b!r}, eps=0.5)" for b in ("silu", "softplus", "sigmoid", "tanh", "relu")}
+SLOW_COMPILED = {
+    f"eafo(base={b!r}, eps=0.5)" for b in ("silu", "softplus", "sigmoid", "tanh", "relu")
+}
 
 
 def _finite_points(dtype: torch.dtype) -> list[float]:
@@ -191,8 +196,13 @@ def _mode(mode: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         yield
 
 
-def _run(m: torch.nn.Module, xs: list[float], dtype: torch.dtype, mode: str,
-         monkeypatch: pytest.MonkeyPatch) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+def _run(
+    m: torch.nn.Module,
+    xs: list[float],
+    dtype: torch.dtype,
+    mode: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     m = m.to(dtype)
     m.zero_grad()
     x = torch.tensor(xs, dtype=dtype, requires_grad=True)
@@ -215,15 +225,18 @@ def _skip_unavailable(spec: str, mode: str) -> None:
         pytest.skip("compiled mode is unavailable here (portable dispatch); tested in test_kernels")
 
 
-def _close(got: torch.Tensor, want: list[float], dtype: torch.dtype, what: str,
-           atol: float | None = None) -> None:
+def _close(
+    got: torch.Tensor, want: list[float], dtype: torch.dtype, what: str, atol: float | None = None
+) -> None:
     w = torch.tensor(want, dtype=torch.float64).to(dtype).double()
     # atol: terms below ~1e-12 are lost to cancellation in both the kernels and torch's own ops
     # (sigmoid'(30) as s(1 - s) with s = 1.0); the bugs this guards against are O(1) or nan
     tol = dict(rtol=2e-5, atol=1e-12) if dtype == torch.float32 else dict(rtol=1e-11, atol=1e-12)
     if atol is not None:
         tol["atol"] = atol
-    torch.testing.assert_close(got.double(), w, equal_nan=False, msg=lambda m: f"{what}: {m}", **tol)  # type: ignore[arg-type]
+    torch.testing.assert_close(
+        got.double(), w, equal_nan=False, msg=lambda m: f"{what}: {m}", **tol
+    )  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
@@ -247,13 +260,17 @@ def test_large_finite_inputs_match_the_oracle(
         if total is None:  # polyrelu: sum of r^i overflows in float32 exactly like the kernel
             per = [float(w[2][i]) for w in want]
             total = math.fsum(per) if all(math.isfinite(p) for p in per) else math.inf
-        _close(g.reshape(-1)[i:i + 1] if g.numel() > 1 else g.reshape(1), [total], dtype,
-               f"{spec} {mode} parameter gradient {i}",
-               # a sum over the points: 1 - sigmoid(45) is 0 in float32 and float64, so terms
-               # below ~1e-16 of the largest are lost; the bugs this guards against are O(eps).
-               # reference = torch's autograd: sigmoid's backward s(1 - s) loses x²σ'(βx) where
-               # s rounds to 1 in float32 (the lean paths use σ(βx)σ(-βx))
-               atol=2e-6 if mode == "reference" and dtype == torch.float32 else 1e-12)
+        _close(
+            g.reshape(-1)[i : i + 1] if g.numel() > 1 else g.reshape(1),
+            [total],
+            dtype,
+            f"{spec} {mode} parameter gradient {i}",
+            # a sum over the points: 1 - sigmoid(45) is 0 in float32 and float64, so terms
+            # below ~1e-16 of the largest are lost; the bugs this guards against are O(eps).
+            # reference = torch's autograd: sigmoid's backward s(1 - s) loses x²σ'(βx) where
+            # s rounds to 1 in float32 (the lean paths use σ(βx)σ(-βx))
+            atol=2e-6 if mode == "reference" and dtype == torch.float32 else 1e-12,
+        )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
@@ -274,8 +291,12 @@ def test_infinite_inputs_give_the_limits(
             torch.testing.assert_close(a, b, equal_nan=True)
         return
     f0, f1, d0, d1, dps = LIMITS[spec]
-    torch.testing.assert_close(y.double(), torch.tensor([f0, f1], dtype=torch.float64),
-                               equal_nan=True, msg=lambda s: f"{spec} {mode} f(±inf): {s}")
+    torch.testing.assert_close(
+        y.double(),
+        torch.tensor([f0, f1], dtype=torch.float64),
+        equal_nan=True,
+        msg=lambda s: f"{spec} {mode} f(±inf): {s}",
+    )
     if mode == "reference" and spec.startswith(("swish", "eafo")):
         return  # plain autograd: inf*0 = nan in its gradients at ±inf (documented)
     assert gx.double().tolist() == [d0, d1], f"{spec} {mode}: f'(±inf) = {gx.tolist()}"

@@ -78,8 +78,9 @@ HOSTILE_SPECS = [
 
 
 @pytest.mark.parametrize("spec, words", HOSTILE_SPECS, ids=[s[:40] for s, _ in HOSTILE_SPECS])
-def test_hostile_specs_get_one_line_errors(spec: str, words: str, tmp_path: Path,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hostile_specs_get_one_line_errors(
+    spec: str, words: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ActivationSpecError) as err:
         actlab.create_activation(spec)
@@ -110,7 +111,9 @@ def test_constructors_validate_too(build: object, words: str) -> None:
 def test_overrides_and_classes_are_validated_and_wrapped() -> None:
     with pytest.raises(ActivationSpecError, match="eps must be finite"):
         actlab.create_activation("crrelu", eps=math.inf)
-    with pytest.raises(ActivationSpecError, match="cannot build CRReLU: crrelu: eps must be finite"):
+    with pytest.raises(
+        ActivationSpecError, match="cannot build CRReLU: crrelu: eps must be finite"
+    ):
         actlab.create_activation(CRReLU, eps=math.nan)
     assert CRReLU(eps=1).eps.item() == 1.0  # ints are numbers: normalised to float
     assert CRReLU(eps=1)._hparams["eps"] == 1.0 and isinstance(CRReLU(eps=1)._hparams["eps"], float)
@@ -134,13 +137,17 @@ def test_every_registered_activation_has_rules_for_every_parameter() -> None:
     [
         (["crrelu", "crrelu(eps=0.01)", "CRReLU(eps=1e-2)", "crrelu( inplace=True )"], "crrelu"),
         (["crrelu(eps=1)", "crrelu(eps=1.0)", "crrelu(eps=1.00)"], "crrelu(eps=1.0)"),
-        (["crrelu(learnable=False, eps=0.5)", "crrelu(eps=0.5, learnable=False)"],
-         "crrelu(eps=0.5, learnable=False)"),
+        (
+            ["crrelu(learnable=False, eps=0.5)", "crrelu(eps=0.5, learnable=False)"],
+            "crrelu(eps=0.5, learnable=False)",
+        ),
         (["eafo(base='GELU')", "eafo(tau=0.1)", "eafo"], "eafo"),
         (["eafo(base='tanh', eps=2)", "eafo(eps=2.0, base='TANH ')"], "eafo(base='tanh', eps=2.0)"),
         (["polyrelu(order=3.0)", "polyrelu(init=None)"], "polyrelu"),
-        (["polyrelu(init=[0, 1, 2, 3])", "polyrelu(init=(0.0, 1, 2.0, 3))"],
-         "polyrelu(init=(0.0, 1.0, 2.0, 3.0))"),
+        (
+            ["polyrelu(init=[0, 1, 2, 3])", "polyrelu(init=(0.0, 1, 2.0, 3))"],
+            "polyrelu(init=(0.0, 1.0, 2.0, 3.0))",
+        ),
         (["gelu_new", "gelu_tanh", "GELU_PYTORCH_TANH"], "gelu_tanh"),
         (["expr", "expr(params={})", "expr(formula='x * sigmoid(beta * x)')"], "expr"),
         (["expr(params={'beta': 1})", "expr(params={'beta': 1.0})"], "expr(params={'beta': 1.0})"),
@@ -164,15 +171,50 @@ def test_canonical_activation_of_the_bench_plan_uses_it() -> None:
 
 
 _NAMES = st.sampled_from(sorted(actlab.list_activations()) + ["gleu", "x", "CRReLU", "os"])
-_KEYS = st.sampled_from(["eps", "beta", "order", "init", "base", "tau", "inplace", "alpha",
-                         "threshold", "width", "formula", "params", "learnable", "zz"])
+_KEYS = st.sampled_from(
+    [
+        "eps",
+        "beta",
+        "order",
+        "init",
+        "base",
+        "tau",
+        "inplace",
+        "alpha",
+        "threshold",
+        "width",
+        "formula",
+        "params",
+        "learnable",
+        "zz",
+    ]
+)
 _VALUES = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
-    st.integers(min_value=-10**30, max_value=10**30).map(repr),
+    st.integers(min_value=-(10**30), max_value=10**30).map(repr),
     st.booleans().map(repr),
-    st.sampled_from(["'gelu'", "'elu'", "'nan'", "None", "(1, 2)", "[0, 1, 2, 3]", "{'beta': 2}",
-                     "'x*sigmoid(beta*x)'", "'x*'", "1e999", "-1e999", "1e300", "0", "-0.0",
-                     "(0.0, 1e999, 0, 0)", "x", "f()", "1+1"]),
+    st.sampled_from(
+        [
+            "'gelu'",
+            "'elu'",
+            "'nan'",
+            "None",
+            "(1, 2)",
+            "[0, 1, 2, 3]",
+            "{'beta': 2}",
+            "'x*sigmoid(beta*x)'",
+            "'x*'",
+            "1e999",
+            "-1e999",
+            "1e300",
+            "0",
+            "-0.0",
+            "(0.0, 1e999, 0, 0)",
+            "x",
+            "f()",
+            "1+1",
+        ]
+    ),
 )
 
 
@@ -190,7 +232,9 @@ def _only_spec_errors(spec: str) -> None:
         assert "\n" not in str(e)
         return
     canonical = canonical_spec(spec)  # succeeds whenever create_activation does
-    assert "inf" not in canonical.replace("info", "") and "nan" not in canonical.replace("'nan'", "")
+    assert "inf" not in canonical.replace("info", "") and "nan" not in canonical.replace(
+        "'nan'", ""
+    )
     assert canonical_spec(canonical) == canonical
     assert type(actlab.create_activation(canonical)) is type(m)
 
@@ -218,8 +262,17 @@ def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]
     return code, out, err
 
 
-@pytest.mark.parametrize("spec", ["relu(inplace=True)", "silu(inplace=True)", "elu(inplace=True)",
-                                  "fatrelu(inplace=True)", "gelu", "crrelu(eps=0.2)"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "relu(inplace=True)",
+        "silu(inplace=True)",
+        "elu(inplace=True)",
+        "fatrelu(inplace=True)",
+        "gelu",
+        "crrelu(eps=0.2)",
+    ],
+)
 def test_show_accepts_inplace_specs(spec: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = _cli(capsys, "show", spec)
     assert code == 0 and "Traceback" not in out + err and "f'(x)" in out
@@ -254,9 +307,13 @@ CLI_HOSTILE = [
 
 
 @pytest.mark.parametrize("argv, words", CLI_HOSTILE, ids=[" ".join(a)[:40] for a, _ in CLI_HOSTILE])
-def test_cli_hostile_input_exit_2_one_line(argv: list[str], words: str, tmp_path: Path,
-                                           monkeypatch: pytest.MonkeyPatch,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_hostile_input_exit_2_one_line(
+    argv: list[str],
+    words: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     monkeypatch.chdir(tmp_path)
     code, out, err = _cli(capsys, *argv)
     lines = [ln for ln in err.splitlines() if ln.strip()]
