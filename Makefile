@@ -12,7 +12,7 @@ test: venv
 # native builds under this machine's own dispatch. Native builds are cached under
 # ACTLAB_CACHE (~30 s each, first run only); compiled-mode tests skip under the portable
 # dispatch, where actlab refuses that mode (README, Kernels).
-PORTABLE = .venv/bin/python -m pytest -q -m "not slow" -p no:cacheprovider
+PORTABLE = .venv/bin/python -m pytest -q -rfE -m "not slow" -p no:cacheprovider
 test-portable: venv
 	ATEN_CPU_CAPABILITY=avx2 $(PORTABLE) tests/activations
 	ATEN_CPU_CAPABILITY=default $(PORTABLE) tests/activations

@@ -48,6 +48,14 @@ CASES: dict[str, dict[str, object]] = {
     },
     "expr(formula='x*sigmoid(beta*x)', params={'beta': 1.3})": {},
 }
+# the native mode exists for crrelu and eafo(gelu) only (_modes below says the same at run time)
+_NATIVE_SPECS = {s for s in CASES if s.startswith("crrelu") or "'gelu'" in s}
+SPEC_MODES = [
+    (spec, mode)
+    for spec in CASES
+    for mode in ("reference", "eager", "compiled", "native", "auto")
+    if mode != "native" or spec in _NATIVE_SPECS
+]
 SLOW_COMPILED = {
     f"eafo(base={b!r}, eps=0.5)" for b in ("silu", "softplus", "sigmoid", "tanh", "relu")
 }
@@ -240,8 +248,7 @@ def _close(
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("mode", ["reference", "eager", "compiled", "native", "auto"])
-@pytest.mark.parametrize("spec", list(CASES))
+@pytest.mark.parametrize(("spec", "mode"), SPEC_MODES)
 def test_large_finite_inputs_match_the_oracle(
     spec: str, mode: str, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -274,8 +281,7 @@ def test_large_finite_inputs_match_the_oracle(
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("mode", ["reference", "eager", "compiled", "native", "auto"])
-@pytest.mark.parametrize("spec", list(CASES))
+@pytest.mark.parametrize(("spec", "mode"), SPEC_MODES)
 def test_infinite_inputs_give_the_limits(
     spec: str, mode: str, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
 ) -> None:
