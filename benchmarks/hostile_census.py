@@ -151,6 +151,8 @@ class Case:
     ok: bool = False  # a legitimate input: success is the right answer
     setup: str = ""  # shell run in the folder first (chmod, mkdir, ...)
     expect: tuple[str, ...] = field(default_factory=tuple)  # words the error should contain
+    exits: tuple[int, ...] = (2,)  # exit statuses of a clear refusal (1: a bounded search that
+    # stopped with its reason, e.g. nothing in the space was trainable)
 
 
 def _cli(id: str, *argv: str, **kw: object) -> Case:
@@ -462,6 +464,7 @@ def cases() -> list[Case]:
             "--budget",
             "10",
             timeout=120,
+            exits=(1, 2),
         )
     )
     c.append(
@@ -610,14 +613,14 @@ def _run(case: Case, src: str | None) -> tuple[str, str]:
         if "Traceback" in err or (case.code is not None and proc.returncode != 2):
             tail = err.splitlines()[-1] if err else f"exit {proc.returncode}"
             return "traceback", tail[:160]
-        if proc.returncode != 2:
+        if proc.returncode not in case.exits:
             tail = lines[-1] if lines else ""
             return "late", f"exit {proc.returncode}: {tail[:140]}"
         if case.ok:
             return "refused-ok", (lines[-1] if lines else "")[:160]
         if len(lines) != 1:
             return "traceback", f"{len(lines)} lines: " + " | ".join(lines[:3])[:160]
-        if new:
+        if new and proc.returncode == 2:  # a search stopped with its reason keeps its study
             return "leaky", f"{lines[0][:120]} (left {', '.join(new[:3])})"
         return "clear", lines[0][:160]
 
