@@ -25,7 +25,6 @@ are all ``"crrelu"``.
 from __future__ import annotations
 
 import ast
-import fnmatch
 import functools
 import inspect
 import math
@@ -36,10 +35,14 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from actlab._names import did_you_mean
+from actlab._names import Registry, RegistryError
 
 __all__ = [
+    "ACTIVATIONS",
     "ActivationInfo",
+    "Registry",
+    "RegistryError",
+    "activation_aliases",
     "ActivationSpecError",
     "ParamRule",
     "canonical_spec",
@@ -184,8 +187,14 @@ class ActivationInfo:
         return tuple(n for n, _ in self.cls().named_parameters())
 
 
-_REGISTRY: dict[str, ActivationInfo] = {}
-_ALIASES: dict[str, str] = {}
+# The zoo registers itself when `actlab.activations` is imported; the registry imports it by
+# name before the first lookup, so `registry` stays below `activations` in the import graph.
+ACTIVATIONS: Registry[ActivationInfo] = Registry(
+    "activation",
+    loader="actlab.activations",
+    error=ActivationSpecError,
+    hint="Run `actlab ls` to list them all.",
+)
 
 
 def _keyword_defaults(cls: type) -> dict[str, Any]:
@@ -226,8 +235,6 @@ def register_activation(
     key = name.lower()
 
     def deco(cls: type[nn.Module]) -> type[nn.Module]:
-        if key in _REGISTRY or key in _ALIASES:
-            raise ValueError(f"activation {key!r} is already registered")
         sig = inspect.signature(cls.__init__)
         if "inplace" not in sig.parameters:
             raise TypeError(f"{cls.__name__}.__init__ must accept inplace= to be registered")
@@ -260,9 +267,7 @@ def register_activation(
             rules=all_rules,
             limits_vary=limits_vary,
         )
-        _REGISTRY[key] = info
-        for a in info.aliases:
-            _ALIASES[a] = key
+        ACTIVATIONS.add(key, info, aliases=info.aliases, family=family)
         cls.activation_name = key  # type: ignore[attr-defined]
         cls.__init__ = _validating_init(cls.__init__, info)  # type: ignore[method-assign]
         return cls
@@ -299,37 +304,19 @@ def _validating_init(init: Callable[..., None], info: ActivationInfo) -> Callabl
     return __init__
 
 
-def _ensure_loaded() -> None:
-    # The zoo registers itself on import; importing here keeps `registry` free of cycles.
-    from actlab import activations  # noqa: F401
-
-
-def _unknown(name: str) -> ActivationSpecError:
-    names = sorted(_REGISTRY) + sorted(_ALIASES)
-    hint = did_you_mean(name, names)
-    return ActivationSpecError(
-        f"unknown activation {name!r}.{hint} Run `actlab ls` to list all {len(_REGISTRY)}."
-    )
-
-
 def get_activation_info(name: str) -> ActivationInfo:
     """The :class:`ActivationInfo` of a registered name or alias (case-insensitive)."""
-    _ensure_loaded()
-    key = name.strip().lower()
-    key = _ALIASES.get(key, key)
-    if key not in _REGISTRY:
-        raise _unknown(name)
-    return _REGISTRY[key]
+    return ACTIVATIONS.get(name)
 
 
 def list_activations(pattern: str = "*", *, family: str | None = None) -> list[str]:
     """Sorted registered names matching a glob ``pattern`` (and ``family`` if given)."""
-    _ensure_loaded()
-    return sorted(
-        n
-        for n, info in _REGISTRY.items()
-        if fnmatch.fnmatch(n, pattern.lower()) and (family is None or info.family == family)
-    )
+    return ACTIVATIONS.names(pattern, **({} if family is None else {"family": family}))
+
+
+def activation_aliases() -> dict[str, str]:
+    """alias -> registered activation name (``"swish"`` is its own activation, not an alias)."""
+    return ACTIVATIONS.aliases()
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:

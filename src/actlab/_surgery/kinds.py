@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from actlab._names import did_you_mean
-from actlab.registry import _ALIASES, canonical_name, list_activations
+from actlab.registry import activation_aliases, canonical_name, list_activations
 
 __all__ = [
     "EXTRA_KINDS",
@@ -171,11 +171,12 @@ def resolve_kind(key: str) -> str:
     k = key.strip().lower()
     if k == WILDCARD:
         return k
-    k = _ALIASES.get(k, k)
+    aliases = activation_aliases()
+    k = aliases.get(k, k)
     kinds = known_kinds()
     if k in kinds:
         return k
-    hint = did_you_mean(k, kinds + sorted(_ALIASES))
+    hint = did_you_mean(k, kinds + sorted(aliases))
     raise ValueError(
         f"unknown activation kind {key!r} in the mapping.{hint} Keys are kinds such as "
         f"'gelu', 'silu', 'relu' or '*' for any activation; all kinds: {', '.join(kinds)}"

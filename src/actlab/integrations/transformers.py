@@ -39,8 +39,8 @@ from torch import nn
 
 from actlab._surgery.kinds import identify_activation
 from actlab.registry import (
-    _ALIASES,
     ActivationSpecError,
+    activation_aliases,
     canonical_name,
     create_activation,
     get_activation_info,
@@ -123,7 +123,7 @@ def register(spec: str | Iterable[str] | None = None) -> list[str]:
     acts = _activations()
     explicit = spec is not None
     if spec is None:
-        keys = list_activations() + sorted(_ALIASES)
+        keys = list_activations() + sorted(activation_aliases())
     elif isinstance(spec, str):
         keys = [spec]
     else:
