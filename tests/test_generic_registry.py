@@ -79,3 +79,23 @@ def test_the_activation_registry_is_one_instance() -> None:
     assert "crrelu" in ACTIVATIONS and ACTIVATIONS.meta("crrelu")["family"] == "eafo"
     with pytest.raises(ActivationSpecError, match="Did you mean: gelu"):
         ACTIVATIONS.get("gleu")
+
+
+def test_a_package_loader_imports_every_module_of_the_folder(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    r: Registry[str] = Registry("gizmo", loader="_actlab_gizmos.*")
+    sys.modules["_actlab_gizmo_registry"] = types.SimpleNamespace(R=r)  # type: ignore[assignment]
+    pkg = tmp_path / "_actlab_gizmos"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    for name in ("first", "second"):
+        (pkg / f"{name}.py").write_text(
+            f"import sys\nsys.modules['_actlab_gizmo_registry'].R.add({name!r}, {name!r})\n"
+        )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        assert r.names() == ["first", "second"]
+    finally:
+        for m in [m for m in sys.modules if m.startswith("_actlab_gizmo")]:
+            sys.modules.pop(m)

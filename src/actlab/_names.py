@@ -14,7 +14,9 @@ defines the thing:
     TASKS.meta("digits-mlp") # {"kind": "image"}
 
 ``loader`` names modules imported (by name, with :mod:`importlib`) before the first lookup, so
-a registry low in the import graph can be filled by modules above it without an import cycle.
+a registry low in the import graph can be filled by modules above it without an import cycle;
+``"pkg.*"`` imports every module of the package ``pkg``, so adding a plug-in is adding one file
+to that folder.
 Registering something opts it into that registry's parametrised test matrix.
 """
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import importlib
+import pkgutil
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -108,7 +111,12 @@ class Registry(Generic[T]):
         if not self._loaded:
             self._loaded = True
             for mod in self._loader:
-                importlib.import_module(mod)
+                if mod.endswith(".*"):
+                    pkg = importlib.import_module(mod[:-2])
+                    for info in pkgutil.iter_modules(pkg.__path__, pkg.__name__ + "."):
+                        importlib.import_module(info.name)
+                else:
+                    importlib.import_module(mod)
 
     def resolve(self, name: str) -> str:
         """The registered key of ``name`` or one of its aliases; the close-match error else."""
