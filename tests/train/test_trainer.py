@@ -146,12 +146,10 @@ def test_task_errors() -> None:
 
 def test_cifar_without_files_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ACTLAB_DATA_DIR", str(tmp_path))
-    from actlab.train import tasks
-
-    tasks._image_source.cache_clear()
+    get_task("cifar10").clear_cache()
     with pytest.raises(DatasetNotFoundError, match="python version"):
         run_training("cifar10", "relu", seed=0, max_steps=1)
-    tasks._image_source.cache_clear()
+    get_task("cifar10").clear_cache()
 
 
 def test_shakespeare_char_smoke() -> None:
