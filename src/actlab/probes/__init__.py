@@ -6,8 +6,11 @@
     p.summary().print()
 
 A probe implements ``update(name, module, output)`` and ``summary() -> dict``; the manager
-(:class:`ProbeManager`) owns hooks, sampling and memory bounds. Probes, each validated
-against closed forms or brute force in ``tests/probes``:
+(:class:`ProbeManager`) owns hooks, sampling and memory bounds. :data:`PROBES` is the probe
+registry (``PROBES.names()``, ``PROBES.meta("sparsity")["description"]``), filled by
+``@register_probe`` on each probe class: adding a probe is adding one module to this folder
+(or registering your own class). Probes, each validated against closed forms or brute force
+in ``tests/probes``:
 
     SparsityProbe            zero / near-zero fractions, dead units, TLS, CLS_8
     DistributionProbe        pre-activation histogram + moments, to_density() -> (x, p, p')
@@ -52,6 +55,7 @@ from actlab.probes.information import EntropyProbe, InfoPlaneProbe
 from actlab.probes.kde import adaptive_noise_var, kde_entropy, kde_mi_labels, kde_mi_xt
 from actlab.probes.knn import compressed_mi, compressed_mi_labels, kl_entropy, ksg_mi
 from actlab.probes.manager import (
+    DEFAULT_PROBES,
     PROBES,
     ProbeManager,
     default_probes,
@@ -65,6 +69,7 @@ from actlab.probes.sparsity import SparsityProbe
 from actlab.probes.table import ProbeTable
 
 __all__ = [
+    "DEFAULT_PROBES",
     "PROBES",
     "AttentionEntropyProbe",
     "DSEProbe",

@@ -46,6 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from actlab.probes.base import Probe, ProbeArgumentError, Row, draw
+from actlab.probes.manager import register_probe
 
 __all__ = [
     "AttentionEntropyProbe",
@@ -100,6 +101,7 @@ def _row_max(p: Tensor, q_idx: Tensor, norm: Norm) -> Tensor:
     return torch.log(n)
 
 
+@register_probe(description="attention entropy per head, normalised, collapse / overload bands")
 class AttentionEntropyProbe(Probe):
     """Per-head mean row entropy (nats) and row entropy normalised by its maximum."""
 

@@ -36,6 +36,7 @@ from actlab.probes.base import (
     first_tensor,
     sample_rows,
 )
+from actlab.probes.manager import register_probe
 
 __all__ = ["DistributionProbe", "density_from_histogram"]
 
@@ -65,6 +66,7 @@ def density_from_histogram(
     return grid, p, dp
 
 
+@register_probe(description="pre-activation histogram (fixed edges) and moments; to_density()")
 class DistributionProbe(Probe):
     """Histogram (fixed edges) and moments of each activation layer's input."""
 

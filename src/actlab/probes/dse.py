@@ -38,6 +38,7 @@ from actlab.probes.base import (
     first_tensor,
     pooled_samples,
 )
+from actlab.probes.manager import register_probe
 
 __all__ = ["diffusion_spectral_entropy", "dsmi", "DSEProbe"]
 
@@ -95,6 +96,7 @@ def dsmi(
     return total
 
 
+@register_probe(description="diffusion spectral entropy (and DSMI with labels)")
 class DSEProbe(Probe):
     """DSE (and DSMI when labels are supplied) of each layer's per-sample representation."""
 

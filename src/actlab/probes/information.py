@@ -59,6 +59,7 @@ from actlab.probes.base import (
 from actlab.probes.binning import conditional_entropy, digitize, discrete_entropy, ebab_edges
 from actlab.probes.kde import adaptive_noise_var, kde_mi_labels, kde_mi_xt
 from actlab.probes.knn import compressed_mi_labels
+from actlab.probes.manager import register_probe
 
 __all__ = ["EntropyProbe", "InfoPlaneProbe"]
 
@@ -78,6 +79,7 @@ def input_codes(ids: Tensor) -> Tensor:
                                               "little")) for r in arr], dtype=torch.float64)
 
 
+@register_probe(description="EBAB entropy of token activations")
 class EntropyProbe(Probe):
     """EBAB entropy of token activations: joint H(T) and mean per-unit H (bits)."""
 
@@ -123,6 +125,10 @@ class EntropyProbe(Probe):
         return out
 
 
+@register_probe(
+    description="H(T); I(X;T) (needs input ids), I(T;Y) (needs labels): EBAB, aKDE, PCA-kNN",
+    needs_labels=True,
+)
 class InfoPlaneProbe(Probe):
     """H(T), I(X;T) and I(T;Y) per layer with EBAB, aKDE and (wide layers) PCA-compressed kNN.
 

@@ -26,8 +26,8 @@ most ``max_tokens`` rows, top-k lists), so it does not grow with the number of s
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from typing import Any, Literal
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, TypeVar, overload
 
 import torch
 from torch import nn
@@ -43,42 +43,33 @@ from actlab.probes.base import (
 )
 from actlab.probes.sites import find_sites, glob_sites
 from actlab.probes.table import ProbeTable, scalar_items
+from actlab.registry import Registry, RegistryError
 
-__all__ = ["ProbeManager", "probe", "PROBES", "make_probe", "default_probes", "register_probe",
-           "UnknownProbeKeyError"]
+__all__ = [
+    "DEFAULT_PROBES",
+    "PROBES",
+    "ProbeManager",
+    "UnknownProbeKeyError",
+    "default_probes",
+    "make_probe",
+    "probe",
+    "register_probe",
+]
 
 Mode = Literal["both", "train", "eval"]
+P = TypeVar("P", bound=Probe)
 
 
-def _registry() -> dict[str, type[Probe]]:
-    from actlab.probes.attention import AttentionEntropyProbe
-    from actlab.probes.distribution import DistributionProbe
-    from actlab.probes.dse import DSEProbe
-    from actlab.probes.information import EntropyProbe, InfoPlaneProbe
-    from actlab.probes.massive import MassiveActivationProbe
-    from actlab.probes.routing import RoutingProbe
-    from actlab.probes.sparsity import SparsityProbe
-
-    classes: list[type[Probe]] = [
-        SparsityProbe, DistributionProbe, MassiveActivationProbe, AttentionEntropyProbe,
-        EntropyProbe, InfoPlaneProbe, DSEProbe, RoutingProbe,
-    ]
-    return {**{c.name: c for c in classes}, **_USER_PROBES}
-
-
-_USER_PROBES: dict[str, type[Probe]] = {}
-
-
-PROBES: dict[str, str] = {
-    "sparsity": "zero / near-zero fractions, dead units over a window, TLS, CLS_8",
-    "distribution": "pre-activation histogram (fixed edges) and moments; to_density()",
-    "massive": "max|h| / median|h| on block outputs, where the maxima sit",
-    "attention": "attention entropy per head, normalised, collapse / overload bands",
-    "entropy": "EBAB entropy of token activations",
-    "infoplane": "H(T); I(X;T) (needs input ids), I(T;Y) (needs labels): EBAB, aKDE, PCA-kNN",
-    "dse": "diffusion spectral entropy (and DSMI with labels)",
-    "routing": "MoE routing entropy, expert load, top-1 record for fluctuation",
-}
+#: every probe class by name (its ``name`` attribute), with a one-line ``description``; filled
+#: by :func:`register_probe` in the module defining each probe (every module of this folder is
+#: imported before the first lookup, so adding a probe is adding one file here)
+PROBES: Registry[type[Probe]] = Registry(
+    "probe",
+    loader="actlab.probes.*",
+    error=ProbeArgumentError,
+    hint="Any Probe subclass registered with register_probe() is available too.",
+    cutoff=0.6,
+)
 
 DEFAULT_PROBES = ("sparsity", "distribution", "massive", "attention")
 _LOG_SUFFIXES = (".jsonl", ".json", ".ndjson", ".csv")
@@ -91,15 +82,38 @@ class UnknownProbeKeyError(KeyError, ValueError):
         return str(self.args[0]) if self.args else ""
 
 
-def register_probe(cls: type[Probe], description: str = "") -> type[Probe]:
+@overload
+def register_probe(cls: type[P], description: str = "", **meta: Any) -> type[P]: ...
+
+
+@overload
+def register_probe(
+    cls: None = None, description: str = "", **meta: Any
+) -> Callable[[type[P]], type[P]]: ...
+
+
+def register_probe(
+    cls: type[P] | None = None, description: str = "", **meta: Any
+) -> type[P] | Callable[[type[P]], type[P]]:
     """Make a Probe subclass available by its ``name`` (``probes=["mine"]``, ``actlab probe
-    --probes mine``); usable as a class decorator."""
+    --probes mine``) in :data:`PROBES`. A class decorator, bare or with arguments:
+    ``@register_probe`` or ``@register_probe(description="...", needs_labels=True)``.
+
+    ``description`` defaults to the first line of the docstring; ``meta`` is stored with it
+    (``PROBES.meta(name)``). Registering a name again replaces the earlier probe.
+    """
+    if cls is None:
+        return lambda c: register_probe(c, description, **meta)
     if not (isinstance(cls, type) and issubclass(cls, Probe)):
         raise TypeError(f"register_probe needs a Probe subclass, got {cls!r}")
     if not cls.name or cls.name == Probe.name:
         raise ValueError(f"{cls.__name__} needs its own class attribute `name`")
-    _USER_PROBES[cls.name] = cls
-    PROBES[cls.name] = description or (cls.__doc__ or cls.__name__).strip().splitlines()[0]
+    text = description or (cls.__doc__ or cls.__name__).strip().splitlines()[0]
+    try:
+        PROBES.add(cls.name, cls, description=text, **meta)
+    except RegistryError:  # a second registration of the name replaces the first
+        PROBES.remove(cls.name)
+        PROBES.add(cls.name, cls, description=text, **meta)
     return cls
 
 
@@ -110,10 +124,7 @@ def make_probe(spec: str | Probe | type[Probe]) -> Probe:
     if isinstance(spec, type) and issubclass(spec, Probe):
         return spec()
     if isinstance(spec, str):
-        reg = _registry()
-        if spec not in reg:
-            raise ProbeArgumentError(f"unknown probe {spec!r}; available: {', '.join(sorted(reg))}")
-        return reg[spec]()
+        return PROBES.get(spec)()
     raise ProbeArgumentError(f"a probe is a name, a Probe class or a Probe instance, got {spec!r}")
 
 
@@ -159,7 +170,9 @@ class ProbeManager:
                                      f"got {probes!r}")
         specs = list(DEFAULT_PROBES) if probes is None else list(probes)
         if not specs:
-            raise ProbeArgumentError(f"probes= lists no probe; available: {', '.join(sorted(_registry()))}")
+            raise ProbeArgumentError(
+                f"probes= lists no probe; available: {', '.join(PROBES.names())}"
+            )
         self.probes: dict[str, Probe] = {}
         for spec in specs:
             p = make_probe(spec)

@@ -53,10 +53,12 @@ import torch
 from torch import Tensor, nn
 
 from actlab.probes.base import Probe, Row, check_float, check_int, draw, first_tensor
+from actlab.probes.manager import register_probe
 
 __all__ = ["MassiveActivationProbe", "RatioCurveFit", "fit_ratio_curve", "ratio_curve"]
 
 
+@register_probe(description="max|h| / median|h| on block outputs, where the maxima sit")
 class MassiveActivationProbe(Probe):
     """max|h| / median|h| per block output, the >100 & >=1000x rule, and where maxima sit."""
 

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from actlab.probes.base import Probe, Row, first_tensor
+from actlab.probes.manager import register_probe
 
 __all__ = ["RoutingProbe", "routing_entropy", "routing_fluctuation"]
 
@@ -64,6 +65,7 @@ def routing_fluctuation(a: Tensor | Probe, b: Tensor | Probe,
                     f"and {type(b).__name__}")
 
 
+@register_probe(description="MoE routing entropy, expert load, top-1 record for fluctuation")
 class RoutingProbe(Probe):
     """Token-mean routing entropy, expert load and a top-1 record for fluctuation."""
 

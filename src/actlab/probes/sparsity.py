@@ -43,6 +43,7 @@ from actlab.probes.base import (
     sample_chunks,
     sample_rows,
 )
+from actlab.probes.manager import register_probe
 
 __all__ = ["SparsityProbe", "active_mask", "tls", "cls"]
 
@@ -72,6 +73,7 @@ def cls(a: Tensor, length: int = 8, tau: float = 0.0, criterion: Criterion = "po
     return float(1.0 - m.any(dim=1).float().mean())
 
 
+@register_probe(description="zero / near-zero fractions, dead units over a window, TLS, CLS_8")
 class SparsityProbe(Probe):
     """Zero / near-zero fractions, dead-unit rate over a window, TLS and CLS_L per layer."""
 
