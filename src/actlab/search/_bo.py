@@ -28,6 +28,7 @@ from typing import Any
 from actlab.expr import Binary, Const, Expr, canonical, parse, to_string
 from actlab.expr.grammar import nodes, replace_at
 from actlab.search._candidate import Candidate, EvalResult
+from actlab.search._strategy import STRATEGIES, Strategy
 
 __all__ = ["ConstantsBO", "form_constants"]
 
@@ -131,3 +132,15 @@ class ConstantsBO:
         params = {n: min(max(float(values[n]), lo), hi) for n, (lo, hi) in self.ranges.items()}
         self.study.add_trial(optuna.trial.create_trial(
             params=params, distributions=self._distributions(), value=value, state=state))
+
+
+@STRATEGIES.register(
+    "bo", description="Bayesian optimisation (Optuna TPE/GP) of the constants of --form", form=True
+)
+def _bo(*, seed: int, higher_is_better: bool, form: str | None, sampler: str, **kw: Any) -> Strategy:
+    if not form:
+        raise ValueError(
+            "strategy 'bo' optimises the constants of a formula: give one, "
+            "e.g. --form 'x*sigmoid(1.702*x)'"
+        )
+    return ConstantsBO(form, seed=seed, higher_is_better=higher_is_better, sampler=sampler, **kw)

@@ -31,12 +31,14 @@ from __future__ import annotations
 import random
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from actlab.expr import Expr, ExprError, parse, random_expr, size
 from actlab.expr.grammar import MUTATIONS as GRAMMAR_MUTATIONS
 from actlab.search._candidate import WARM_START, Candidate, EvalResult
 from actlab.search._eafo import eafo_mutation
 from actlab.search._pareto import pareto_ranks
+from actlab.search._strategy import STRATEGIES, Strategy
 
 __all__ = ["MUTATIONS", "EAFOGuided", "Mutation", "RegularizedEvolution"]
 
@@ -168,3 +170,23 @@ class EAFOGuided(RegularizedEvolution):
         share = (1.0 - eafo_weight) / len(GRAMMAR_MUTATIONS)
         weights = {**dict.fromkeys(GRAMMAR_MUTATIONS, share), "eafo": eafo_weight}
         super().__init__(mutations=weights, **kw)  # type: ignore[arg-type]
+
+
+@STRATEGIES.register(
+    "evolution", description="regularised evolution with warm start (tournament, oldest dies)"
+)
+def _evolution(
+    *, seed: int, higher_is_better: bool, form: str | None, sampler: str, **kw: Any
+) -> Strategy:
+    return RegularizedEvolution(seed=seed, higher_is_better=higher_is_better, **kw)
+
+
+@STRATEGIES.register(
+    "eafo",
+    description="evolution with EAFO entropy-correction mutations (Gaussian or measured density)",
+    density=True,
+)
+def _eafo(
+    *, seed: int, higher_is_better: bool, form: str | None, sampler: str, **kw: Any
+) -> Strategy:
+    return EAFOGuided(seed=seed, higher_is_better=higher_is_better, **kw)

@@ -5,26 +5,19 @@
     eafo       evolution whose mutations add the EAFO entropy correction half the time
     bo         Optuna Bayesian optimisation of the constants of one formula (``form``)
 
-With a funnel (``levels > 1``) the strategy is wrapped in :class:`~actlab.search.Funnel`.
+The names come from :data:`~actlab.search.STRATEGIES` (one registry, filled by a decorator
+next to each strategy). With a funnel (``levels > 1``) the strategy is wrapped in
+:class:`~actlab.search.Funnel`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from actlab.search._bo import ConstantsBO
-from actlab.search._evolution import EAFOGuided, RegularizedEvolution
 from actlab.search._funnel import Funnel
-from actlab.search._strategy import RandomSearch, Strategy
+from actlab.search._strategy import STRATEGIES, Strategy
 
 __all__ = ["STRATEGIES", "make_strategy"]
-
-STRATEGIES: dict[str, str] = {
-    "random": "uniform samples of the grammar (baseline)",
-    "evolution": "regularised evolution with warm start (tournament, oldest dies)",
-    "eafo": "evolution with EAFO entropy-correction mutations (Gaussian or measured density)",
-    "bo": "Bayesian optimisation (Optuna TPE/GP) of the constants of --form",
-}
 
 
 def make_strategy(
@@ -39,21 +32,8 @@ def make_strategy(
     **kw: Any,
 ) -> Strategy:
     """A strategy by ``name`` (see :data:`STRATEGIES`), funnel-wrapped when ``levels > 1``."""
-    key = name.strip().lower()
-    inner: Strategy
-    if key == "random":
-        inner = RandomSearch(seed=seed, **kw)
-    elif key == "evolution":
-        inner = RegularizedEvolution(seed=seed, higher_is_better=higher_is_better, **kw)
-    elif key == "eafo":
-        inner = EAFOGuided(seed=seed, higher_is_better=higher_is_better, **kw)
-    elif key == "bo":
-        if not form:
-            raise ValueError("strategy 'bo' optimises the constants of a formula: give one, "
-                             "e.g. --form 'x*sigmoid(1.702*x)'")
-        inner = ConstantsBO(form, seed=seed, higher_is_better=higher_is_better, sampler=sampler, **kw)
-    else:
-        raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+    build = STRATEGIES.get(name)  # unknown names fail with the closest matches
+    inner = build(seed=seed, higher_is_better=higher_is_better, form=form, sampler=sampler, **kw)
     if levels > 1:
         return Funnel(inner, levels=levels, keep=keep, higher_is_better=higher_is_better)
     return inner
