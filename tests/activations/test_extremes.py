@@ -197,10 +197,9 @@ def _modes(m: torch.nn.Module) -> list[str]:
 
 @contextmanager
 def _mode(mode: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    with monkeypatch.context() as mpatch, kernel_mode(mode), warnings.catch_warnings():
+    # min_numel=1: let auto pick the compiled path for small tensors too
+    with kernel_mode(mode, min_numel=1 if mode == "auto" else None), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if mode == "auto":  # let auto pick the compiled path for small tensors too
-            mpatch.setenv("ACTLAB_FUSE_MIN_NUMEL", "1")
         yield
 
 

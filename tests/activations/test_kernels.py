@@ -123,8 +123,19 @@ def test_eafo_correction_is_continuous_for_every_base(base: str) -> None:
         f1 = torch.func.vmap(torch.func.grad(lambda t: b(t)))(grid)
         near_tau = grid[:-1][((f1[:-1] - 0.1) * (f1[1:] - 0.1)) <= 0]  # where f' crosses tau
         for h in (1e-5, 1e-8):
-            x = torch.cat([grid, *(j + torch.linspace(-100 * h, 100 * h, 201, dtype=torch.float64)
-                                   for j in [*joints, *near_tau.tolist()])]).sort().values
+            x = (
+                torch.cat(
+                    [
+                        grid,
+                        *(
+                            j + torch.linspace(-100 * h, 100 * h, 201, dtype=torch.float64)
+                            for j in [*joints, *near_tau.tolist()]
+                        ),
+                    ]
+                )
+                .sort()
+                .values
+            )
             corr = b(x) - m(x)  # ε·c(x)
             steps = corr.diff().abs() / x.diff().clamp_min(h)
             assert steps.max() < 50, (base, h, float(steps.max()))  # a bounded slope: no jump
@@ -198,15 +209,68 @@ def test_mode_control(monkeypatch: pytest.MonkeyPatch) -> None:
     set_kernel_mode("reference")
     try:
         assert get_kernel_mode() == "reference"
+        with kernel_mode("eager"):  # a context wins over the process-wide setting
+            assert get_kernel_mode() == "eager"
+        assert get_kernel_mode() == "reference"
     finally:
-        _fused._global_mode.clear()
+        set_kernel_mode(None)
+    # the environment is read once: a change is seen after set_kernel_mode(None), not before
     monkeypatch.setenv("ACTLAB_KERNEL", "eager")
-    assert get_kernel_mode() == "eager"
-    monkeypatch.setenv("ACTLAB_KERNEL", "bogus")
-    with pytest.raises(ValueError, match="ACTLAB_KERNEL"):
-        get_kernel_mode()
-    with pytest.raises(ValueError):
+    assert get_kernel_mode() == "auto"
+    try:
+        set_kernel_mode(None)
+        assert get_kernel_mode() == "eager"
+        monkeypatch.setenv("ACTLAB_KERNEL", "bogus")
+        with pytest.raises(ValueError, match="ACTLAB_KERNEL='bogus' is not one of"):
+            set_kernel_mode(None)
+        with pytest.raises(ValueError, match="ACTLAB_KERNEL"):
+            get_kernel_mode()  # an invalid value is never kept: every lookup says so
+    finally:
+        monkeypatch.delenv("ACTLAB_KERNEL")
+        set_kernel_mode(None)
+    assert get_kernel_mode() == "auto"
+    for bad in ("fast", "", None, 3):
+        with pytest.raises(ValueError, match="is not one of auto, compiled, eager, native"):
+            with kernel_mode(bad):  # type: ignore[arg-type]
+                pass
+    with pytest.raises(ValueError, match="is not one of"):
         set_kernel_mode("fast")
+
+
+def test_mode_is_per_thread_and_setting_per_process() -> None:
+    import threading
+
+    seen: dict[str, str] = {}
+    set_kernel_mode("eager")
+    try:
+        with kernel_mode("reference"):
+            t = threading.Thread(target=lambda: seen.update(other=get_kernel_mode()))
+            t.start()
+            t.join()
+            seen["this"] = get_kernel_mode()
+    finally:
+        set_kernel_mode(None)
+    assert seen == {"other": "eager", "this": "reference"}
+
+
+def test_min_numel_from_context_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _fused.fuse_min_numel() == 65536
+    with kernel_mode("auto", min_numel=1):
+        assert _fused.fuse_min_numel() == 1
+    assert _fused.fuse_min_numel() == 65536
+    monkeypatch.setenv("ACTLAB_FUSE_MIN_NUMEL", "128")
+    try:
+        set_kernel_mode(None)
+        assert _fused.fuse_min_numel() == 128
+        monkeypatch.setenv("ACTLAB_FUSE_MIN_NUMEL", "many")
+        with pytest.raises(ValueError, match="ACTLAB_FUSE_MIN_NUMEL='many' is not a whole"):
+            set_kernel_mode(None)
+    finally:
+        monkeypatch.delenv("ACTLAB_FUSE_MIN_NUMEL")
+        set_kernel_mode(None)
+    with pytest.raises(ValueError, match="min_numel"):
+        with kernel_mode("auto", min_numel=-1):
+            pass
 
 
 def test_small_tensors_stay_eager_in_auto_mode() -> None:
@@ -222,7 +286,9 @@ def test_bf16_input_with_float32_parameter() -> None:
     x = torch.randn(1000, dtype=torch.bfloat16, requires_grad=True)
     y = m(x)
     y.float().sum().backward()
-    assert y.dtype == torch.bfloat16 and m.eps.grad is not None and m.eps.grad.dtype == torch.float32
+    assert (
+        y.dtype == torch.bfloat16 and m.eps.grad is not None and m.eps.grad.dtype == torch.float32
+    )
 
 
 @needs_compile
@@ -233,12 +299,16 @@ def test_compiled_float64_against_oracle_and_gradcheck(spec: str) -> None:
     x = torch.linspace(-6, 6, 3001, dtype=torch.float64)
     with kernel_mode("compiled"), torch.no_grad():
         y = m(x)
-    torch.testing.assert_close(y, actlab.get_activation_info(spec).reference(x, m), rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(
+        y, actlab.get_activation_info(spec).reference(x, m), rtol=1e-12, atol=1e-13
+    )
     xs = (torch.randn(40, dtype=torch.float64) * 2).requires_grad_(True)
     xs = torch.where(xs.detach().abs() < 1e-3, xs + 0.01, xs)
     e = m.eps.detach().clone().requires_grad_(True)
     with kernel_mode("compiled"):
-        assert torch.autograd.gradcheck(lambda x, e: torch.func.functional_call(m, {"eps": e}, (x,)), (xs, e))
+        assert torch.autograd.gradcheck(
+            lambda x, e: torch.func.functional_call(m, {"eps": e}, (x,)), (xs, e)
+        )
 
 
 def test_forced_capability_gets_its_own_inductor_cache(monkeypatch: pytest.MonkeyPatch) -> None:

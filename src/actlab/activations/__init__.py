@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from actlab.activations import classic, eafo, expr_act, polycom, swish  # noqa: F401  (registration)
 from actlab.activations._base import Activation
-from actlab.activations._fused import get_kernel_mode, kernel_mode, set_kernel_mode
+from actlab.activations._fused import (
+    MODES as KERNEL_MODES,
+    check_kernel_mode,
+    get_kernel_mode,
+    kernel_mode,
+    kernel_unavailable,
+    set_kernel_mode,
+)
 from actlab.activations.classic import (
     CELU,
     ELU,
@@ -34,5 +41,6 @@ __all__ = [
     "Activation", "CELU", "CRReLU", "EAFO", "ELU", "FATReLU", "GELU", "GELUTanh", "Hardswish",
     "LeakyReLU", "Mish", "PReLU", "PolyReLU", "ReLU", "ReLU2", "SELU", "Sigmoid", "SiLU",
     "Softplus", "Swish", "Tanh", "WAFBC",
-    "get_kernel_mode", "kernel_mode", "set_kernel_mode",
+    "KERNEL_MODES", "check_kernel_mode", "get_kernel_mode", "kernel_mode", "kernel_unavailable",
+    "set_kernel_mode",
 ]

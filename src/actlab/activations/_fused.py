@@ -22,8 +22,10 @@ and :class:`ElementwiseKernel` runs them in one of five modes:
                  when the compiler works on that device, else eager.  Inside an outer
                  torch.compile the reference formula is used so that the outer graph fuses it.
 
-The mode comes from ``set_kernel_mode`` / ``kernel_mode(...)`` or the environment variable
-ACTLAB_KERNEL.  If compilation fails once (no C++ compiler, no Triton on the GPU) a warning is
+The mode has one resolver, :func:`get_kernel_mode`: the innermost ``with kernel_mode(...)`` of
+the thread (how a run's ``kernel`` setting is applied), else ``set_kernel_mode(...)``, else
+the environment variable ACTLAB_KERNEL, read once per process (``set_kernel_mode(None)``
+re-reads it), else ``auto``. Nothing reads the environment per call.  If compilation fails once (no C++ compiler, no Triton on the GPU) a warning is
 issued and that kernel falls back to eager for the rest of the process; nothing crashes.
 An explicit "compiled" raises instead: a one-line RuntimeError that names the failure.
 
@@ -60,48 +62,124 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["ElementwiseKernel", "acc_sum", "set_kernel_mode", "get_kernel_mode", "kernel_mode", "MODES"]
+__all__ = [
+    "ElementwiseKernel",
+    "MODES",
+    "acc_sum",
+    "check_kernel_mode",
+    "fuse_min_numel",
+    "get_kernel_mode",
+    "kernel_mode",
+    "kernel_unavailable",
+    "set_kernel_mode",
+]
 
 log = logging.getLogger("actlab.kernels")
 
 MODES = ("auto", "compiled", "eager", "native", "reference")
-_state = threading.local()
-_global_mode: list[str] = []
+_DEFAULT_MIN_NUMEL = 65536
 
 
-def _env_mode() -> str:
-    mode = os.environ.get("ACTLAB_KERNEL", "auto").strip().lower()
-    if mode not in MODES:
-        raise ValueError(f"ACTLAB_KERNEL={mode!r} is not one of {', '.join(MODES)}")
+def check_kernel_mode(mode: object, what: str = "kernel mode ") -> str:
+    """``mode`` if it is one of :data:`MODES`; else a one-line ValueError naming them."""
+    if not isinstance(mode, str) or mode not in MODES:
+        raise ValueError(f"{what}{mode!r} is not one of {', '.join(MODES)}")
     return mode
 
 
+class _Resolver(threading.local):
+    """The one place the kernel mode lives (the order is :func:`get_kernel_mode`'s).
+
+    Per thread (instance attributes of this ``threading.local``): the innermost
+    ``kernel_mode(...)`` context (``ctx``, ``ctx_numel``). Per process (class attributes,
+    shared by every thread): the ``set_kernel_mode`` setting (``explicit``) and the two
+    environment variables, read once on first use (``env``, ``env_numel``) and again only
+    when :func:`set_kernel_mode` is called; nothing reads the environment per call.
+    """
+
+    ctx: str | None = None
+    ctx_numel: int | None = None
+    explicit: str | None = None
+    env: str | None = None  # ACTLAB_KERNEL, validated (None: not read yet)
+    env_numel: int | None = None  # ACTLAB_FUSE_MIN_NUMEL (None: not read yet)
+
+    @staticmethod
+    def read_env() -> str:
+        raw = os.environ.get("ACTLAB_KERNEL", "").strip().lower() or "auto"
+        _Resolver.env = check_kernel_mode(raw, "ACTLAB_KERNEL=")  # an invalid value is not kept
+        return _Resolver.env
+
+    @staticmethod
+    def read_env_numel() -> int:
+        raw = os.environ.get("ACTLAB_FUSE_MIN_NUMEL", "").strip()
+        try:
+            n = int(raw) if raw else _DEFAULT_MIN_NUMEL
+        except ValueError:
+            raise ValueError(
+                f"ACTLAB_FUSE_MIN_NUMEL={raw!r} is not a whole number; unset it for the default "
+                f"{_DEFAULT_MIN_NUMEL}"
+            ) from None
+        _Resolver.env_numel = n
+        return n
+
+    @staticmethod
+    def reread() -> None:
+        _Resolver.env = _Resolver.env_numel = None
+        _Resolver.read_env()
+        _Resolver.read_env_numel()
+
+
+_MODE = _Resolver()
+
+
 def get_kernel_mode() -> str:
-    """The kernel mode in force (context manager > set_kernel_mode > ACTLAB_KERNEL > auto)."""
-    local = getattr(_state, "mode", None)
-    if local is not None:
-        return str(local)
-    return _global_mode[-1] if _global_mode else _env_mode()
+    """The kernel mode in force: the innermost ``with kernel_mode(...)`` of this thread, else
+    :func:`set_kernel_mode`'s setting, else ``ACTLAB_KERNEL`` (read once), else ``auto``."""
+    mode = _MODE.ctx
+    if mode is None:
+        mode = _Resolver.explicit or _Resolver.env or _Resolver.read_env()
+    return mode
 
 
-def set_kernel_mode(mode: str) -> None:
-    """Set the process-wide kernel mode: one of auto, compiled, eager, reference."""
-    if mode not in MODES:
-        raise ValueError(f"kernel mode {mode!r} is not one of {', '.join(MODES)}")
-    _global_mode[:] = [mode]
+def fuse_min_numel() -> int:
+    """Elements from which ``auto`` takes the compiled (or, for ``expr``, the lean) path:
+    ``kernel_mode(..., min_numel=n)``, else ``ACTLAB_FUSE_MIN_NUMEL`` (read once), else 65536."""
+    n = _MODE.ctx_numel
+    if n is None:
+        n = _Resolver.env_numel
+        if n is None:
+            n = _Resolver.read_env_numel()
+    return n
+
+
+def set_kernel_mode(mode: str | None) -> None:
+    """Set the process-wide kernel mode (one of :data:`MODES`); a ``kernel_mode`` context
+    still wins inside it. ``None`` drops the setting and re-reads the environment
+    (``ACTLAB_KERNEL``, ``ACTLAB_FUSE_MIN_NUMEL``), which is otherwise read once."""
+    if mode is None:
+        _Resolver.explicit = None
+        _Resolver.reread()
+        return
+    _Resolver.explicit = check_kernel_mode(mode)
 
 
 @contextlib.contextmanager
-def kernel_mode(mode: str) -> Iterator[None]:
-    """Temporarily use ``mode`` in this thread."""
-    if mode not in MODES:
-        raise ValueError(f"kernel mode {mode!r} is not one of {', '.join(MODES)}")
-    old = getattr(_state, "mode", None)
-    _state.mode = mode
+def kernel_mode(mode: str, *, min_numel: int | None = None) -> Iterator[None]:
+    """Temporarily use ``mode`` in this thread (and, if given, ``min_numel`` as the size from
+    which ``auto`` fuses; see :func:`fuse_min_numel`)."""
+    check_kernel_mode(mode)
+    if min_numel is not None and (
+        isinstance(min_numel, bool) or not isinstance(min_numel, int) or min_numel < 0
+    ):
+        raise ValueError(f"min_numel must be a whole number >= 0, got {min_numel!r}")
+    old, old_numel = _MODE.ctx, _MODE.ctx_numel
+    _MODE.ctx = mode
+    if min_numel is not None:
+        _MODE.ctx_numel = min_numel
     try:
         yield
     finally:
-        _state.mode = old
+        _MODE.ctx, _MODE.ctx_numel = old, old_numel
 
 
 def _own_code(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
@@ -118,10 +196,6 @@ def _own_code(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
 def acc_sum(t: Tensor) -> Tensor:
     """Sum of all elements, accumulated in float32 (float64 for float64 input)."""
     return t.sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32)
-
-
-def _min_numel() -> int:
-    return int(os.environ.get("ACTLAB_FUSE_MIN_NUMEL", "65536"))
 
 
 _UNAVAILABLE: dict[str, str | None] = {}  # device type -> why Inductor cannot build there
@@ -147,6 +221,22 @@ def compile_unavailable(device_type: str) -> str | None:
                 why = None
         _UNAVAILABLE[device_type] = why
     return _UNAVAILABLE[device_type]
+
+
+def kernel_unavailable(mode: str, device: str = "cpu") -> str | None:
+    """Why kernel ``mode`` cannot run on ``device`` (None: it can). Checked before a run
+    starts: ``native`` needs its C++ library on the CPU (built once, cached), ``compiled``
+    needs Inductor to build there; the other modes always run."""
+    check_kernel_mode(mode)
+    dev = torch.device(device).type
+    if mode == "native" and dev == "cpu":
+        from actlab.activations import _native
+
+        if not _native.available():
+            return f"the native kernels cannot be built here: {_native.unavailable_reason()}"
+    if mode == "compiled":
+        return compile_unavailable(dev)
+    return None
 
 
 def _separate_inductor_cache() -> None:
@@ -183,7 +273,9 @@ class _LeanFunction(torch.autograd.Function):
     """Saves only x and the scalar parameters; backward is the kernel's hand-derived bwd."""
 
     @staticmethod
-    def forward(ctx: Any, kernel: ElementwiseKernel, path: str, x: Tensor, *theta: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(
+        ctx: Any, kernel: ElementwiseKernel, path: str, x: Tensor, *theta: Tensor
+    ) -> Tensor:  # type: ignore[override]
         ctx.kernel = kernel
         ctx.path = path
         ctx.save_for_backward(x, *theta)
@@ -251,7 +343,11 @@ class ElementwiseKernel:
 
             ops = _native.native_ops(self.native) if self.native else None
             if ops is None:
-                why = _native.unavailable_reason() if self.native else "this kernel has no native version"
+                why = (
+                    _native.unavailable_reason()
+                    if self.native
+                    else "this kernel has no native version"
+                )
                 raise RuntimeError(f"native kernel for {self.name} is unavailable: {why}")
             self._native_ops = ops
         return self._native_ops
@@ -276,7 +372,7 @@ class ElementwiseKernel:
         if mode != "compiled" and not (
             dev not in self._broken
             and dev in ("cpu", "cuda")
-            and x.numel() >= _min_numel()
+            and x.numel() >= fuse_min_numel()
             and not torch.jit.is_scripting()
         ):
             return False

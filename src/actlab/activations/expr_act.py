@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from actlab.activations._base import Activation, scalar
-from actlab.activations._fused import _min_numel, get_kernel_mode
+from actlab.activations._fused import fuse_min_numel, get_kernel_mode
 from actlab.expr.canonical import canonical
 from actlab.expr.ir import Expr, ExprError, param_default, param_names, to_string
 from actlab.expr.parser import parse
@@ -121,15 +121,19 @@ class ExprActivation(Activation):
         self.weight_decay = bool(weight_decay)
         self._program = Program(expr)
         self._set_hparams(
-            formula=self.formula, params=init, learnable=bool(learnable),
+            formula=self.formula,
+            params=init,
+            learnable=bool(learnable),
             weight_decay=self.weight_decay,
         )
 
     def forward(self, x: Tensor) -> Tensor:
         params = [getattr(self, n) for n in self.param_names]
-        needs_grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
+        needs_grad = torch.is_grad_enabled() and (
+            x.requires_grad or any(p.requires_grad for p in params)
+        )
         mode = get_kernel_mode()
-        plain = mode == "reference" or (mode == "auto" and x.numel() < _min_numel())
+        plain = mode == "reference" or (mode == "auto" and x.numel() < fuse_min_numel())
         if not needs_grad or plain or torch.compiler.is_compiling():
             return self._program(x, dict(zip(self.param_names, params)))
         return _Recompute.apply(self._program, self.param_names, x, *params)
@@ -139,7 +143,9 @@ class _Recompute(torch.autograd.Function):
     """Saves x and the scalars only; backward re-evaluates the program under autograd."""
 
     @staticmethod
-    def forward(ctx: Any, program: Program, names: tuple[str, ...], x: Tensor, *params: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(
+        ctx: Any, program: Program, names: tuple[str, ...], x: Tensor, *params: Tensor
+    ) -> Tensor:  # type: ignore[override]
         ctx.program, ctx.names = program, names
         ctx.save_for_backward(x, *params)
         with torch.no_grad():
@@ -152,10 +158,17 @@ class _Recompute(torch.autograd.Function):
         # grad mode is on here exactly when the caller asked for create_graph: then the
         # recomputation must hang off the saved inputs themselves (higher derivatives)
         create = torch.is_grad_enabled()
-        leaves = [x, *params] if create else [t.detach().requires_grad_(w) for t, w in zip([x, *params], want)]
+        leaves = (
+            [x, *params]
+            if create
+            else [t.detach().requires_grad_(w) for t, w in zip([x, *params], want)]
+        )
         inputs = [t for t, w in zip(leaves, want) if w]
         with torch.enable_grad():
             y = ctx.program(leaves[0], dict(zip(ctx.names, leaves[1:])))
-            grads = iter(torch.autograd.grad(y, inputs, g, allow_unused=True, create_graph=create)
-                         if y.requires_grad else [None] * len(inputs))
+            grads = iter(
+                torch.autograd.grad(y, inputs, g, allow_unused=True, create_graph=create)
+                if y.requires_grad
+                else [None] * len(inputs)
+            )
         return (None, None, *(next(grads) if w else None for w in want))
