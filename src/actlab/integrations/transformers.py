@@ -11,8 +11,9 @@ tables, so that
 
 transformers' own keys (gelu, silu, swish, relu, ...) are never overwritten.
 
-Saving and loading a swapped model: ``actlab.swap_activations`` sets ``config.hidden_act``
-to such a string and registers it, so ``save_pretrained`` writes a config that names the
+Saving and loading a swapped model: after ``actlab.swap_activations`` (or any
+``actlab.surgery.replace_modules``) the ``"transformers-config"`` replacement hook
+(:func:`sync_hidden_act`) sets ``config.hidden_act`` to such a string and registers it, so ``save_pretrained`` writes a config that names the
 new activation and a state dict that holds its parameters (CRReLU's ε). Registration lives
 in the process, so a process that *loads* the model must register first:
 
@@ -37,7 +38,6 @@ from typing import Any
 
 from torch import nn
 
-from actlab._surgery.kinds import identify_activation
 from actlab.registry import (
     ActivationSpecError,
     activation_aliases,
@@ -47,6 +47,7 @@ from actlab.registry import (
     list_activations,
     parse_spec,
 )
+from actlab.surgery import ReplacementReport, find_modules, identify_activation, on_replaced
 
 __all__ = [
     "PREFIX",
@@ -56,6 +57,7 @@ __all__ = [
     "model_class",
     "register",
     "register_config",
+    "sync_hidden_act",
 ]
 
 PREFIX = "actlab:"
@@ -358,3 +360,72 @@ def from_pretrained(
         if type(e).__name__ != "SafetensorError":
             raise
         raise ValueError(f"{where}: the weights file is corrupt: {_one_line(e)}") from e
+
+
+def _is_transformers_config(config: object) -> bool:
+    return any(c.__module__.startswith("transformers") for c in type(config).__mro__)
+
+
+@on_replaced("transformers-config")
+def sync_hidden_act(model: nn.Module, report: ReplacementReport) -> None:
+    """Point ``config.hidden_act`` at the new activation when every site of its kind moved.
+
+    Registered as the ``"transformers-config"`` hook of :func:`actlab.surgery.on_replaced`,
+    so it runs after every successful replacement on a model with a transformers ``config``.
+    When ``config.hidden_act`` (``hidden_activation`` for Gemma) names a kind whose every
+    site was replaced by modules with one config string, the attribute is set to that string
+    (through ``report.setattr``, so a rollback restores it) and the string is registered
+    here. Otherwise the config is left alone and ``report.notes`` says why. Nested configs
+    (``config.text_config``) are never changed.
+    """
+    config = getattr(model, "config", None)
+    if config is None or not _is_transformers_config(config) or not report.sites:
+        return
+    swapped = {k for r in report.sites if (k := identify_activation(r.old)) is not None}
+    if not swapped:
+        return
+    attrs = [a for a in _CONFIG_ATTRS if isinstance(getattr(config, a, None), str)]
+    if not attrs:
+        nested = [
+            f"config.{name}.{a}"
+            for name, sub in vars(config).items()
+            for a in _CONFIG_ATTRS
+            if hasattr(sub, "to_dict") and isinstance(getattr(sub, a, None), str)
+        ]
+        if nested:
+            report.notes.append(
+                f"{', '.join(nested)} not updated (nested configs are left alone); set them "
+                "by hand before save_pretrained if the swap should survive a reload"
+            )
+        return
+    inserted = {id(r.new) for r in report.sites}
+    try:
+        for attr in attrs:
+            old = getattr(config, attr)
+            kind = hidden_act_kind(old)
+            if kind is None or kind not in swapped:
+                continue
+            sites = find_modules(model, lambda path, m: identify_activation(m) is not None)
+            left = [p for p, m in sites if identify_activation(m) == kind and id(m) not in inserted]
+            keys = {
+                hidden_act_for(r.new) for r in report.sites if identify_activation(r.old) == kind
+            }
+            if left or len(keys) != 1 or None in keys:
+                why = (
+                    f"{len(left)} {kind} site(s) were not swapped"
+                    if left
+                    else "the new activations have no single config string"
+                )
+                report.notes.append(
+                    f"config.{attr} left as {old!r}: {why}, so a model rebuilt from this config "
+                    "(from_pretrained) would not match; save the state dict instead"
+                )
+                continue
+            key = keys.pop()
+            assert key is not None
+            if key != old:
+                register(key)
+                report.setattr(config, attr, key)
+                report.config[attr] = [old, key]
+    except ImportError as e:
+        report.notes.append(f"config left unchanged: {e}")

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from actlab._surgery.kinds import functional_kind, gelu_kind_of_call, identify_activation
+from actlab.surgery._kinds import functional_kind, gelu_kind_of_call, identify_activation
 
 __all__ = ["FunctionalCall", "dynamic_functional_calls", "static_functional_calls"]
 

@@ -1,4 +1,9 @@
-"""Model surgery: replace the activation modules of any ``nn.Module``, and prove it worked.
+"""``swap_activations``: replace the activation modules of any ``nn.Module``, and prove it.
+
+It is a client of :func:`actlab.surgery.replace_modules`: it plans the sites (activation
+kinds, ``where``), runs the checks that need no change first, then lets ``replace_modules``
+install the new modules, run the post-checks below as its ``check`` and roll everything
+back when one fails.
 
     report = swap_activations(model, {"gelu": "crrelu"})               # every GELU site
     report = swap_activations(model, {"*": "crrelu(eps=0.02)"}, where="encoder.layer.[0-2]")
@@ -29,8 +34,11 @@ Verification (each problem raises :class:`SurgeryError` when ``strict``; with
 Checks 1-2 run before the model is touched. When check 3 or 4 fails under ``strict`` (or the
 example forward pass raises), every replaced module is put back before the error propagates,
 so a failed call leaves the model as it was. On success the model is modified in place.
+A module shared by several paths gets one fresh activation per path.
 
-Hugging Face models: when ``model.config.hidden_act`` (``hidden_activation`` for Gemma)
+Hugging Face models (the ``"transformers-config"`` hook of
+:mod:`actlab.integrations.transformers`, run by ``replace_modules``): when
+``model.config.hidden_act`` (``hidden_activation`` for Gemma)
 names a kind whose every site was replaced by one target spec, the config is set to a string
 that rebuilds that target and the string is registered with
 :mod:`actlab.integrations.transformers`, so ``save_pretrained`` / ``from_pretrained`` round-trip
@@ -42,8 +50,6 @@ alone and say so in ``report.notes``.
 from __future__ import annotations
 
 import copy
-import fnmatch
-import warnings
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -51,21 +57,23 @@ from typing import Any
 
 from torch import nn
 
-from actlab._surgery.checks import FunctionalCall, dynamic_functional_calls, static_functional_calls
-from actlab._surgery.kinds import NOT_WILDCARD, WILDCARD, identify_activation, resolve_kind
-from actlab._surgery.report import SurgeryError, SurgeryWarning, SwapReport, SwapSite
 from actlab.registry import ActivationSpec, canonical_name, create_activation
+from actlab.surgery._checks import (
+    FunctionalCall,
+    dynamic_functional_calls,
+    static_functional_calls,
+)
+from actlab.surgery._kinds import NOT_WILDCARD, WILDCARD, identify_activation, resolve_kind
+from actlab.surgery._replace import _warn_or_raise, replace_modules
+from actlab.surgery._report import (
+    ReplacementReport,
+    SurgeryInputError,
+    SwapReport,
+    SwapSite,
+)
+from actlab.surgery._walk import Globs, globs_of, in_scope, iter_slots, unique_slots
 
-__all__ = [
-    "SurgeryError",
-    "SurgeryWarning",
-    "SwapReport",
-    "SwapSite",
-    "identify_activation",
-    "swap_activations",
-]
-
-_CONFIG_ATTRS = ("hidden_act", "hidden_activation")
+__all__ = ["spec_string", "swap_activations"]
 
 
 @dataclass
@@ -78,58 +86,42 @@ class _Site:
     in_scope: bool
 
 
-def _globs(where: str | Iterable[str] | None) -> tuple[str, ...] | None:
-    if where is None:
-        return None
-    globs = (where,) if isinstance(where, str) else tuple(where)
-    if not globs or not all(isinstance(g, str) and g for g in globs):
-        raise ValueError("where= must be a non-empty glob string or a list of them, e.g. 'encoder.*'")
-    return globs
-
-
-def _matches(path: str, globs: tuple[str, ...] | None) -> bool:
-    return globs is None or any(fnmatch.fnmatchcase(path, g) for g in globs)
-
-
-def _in_scope(path: str, globs: tuple[str, ...] | None) -> bool:
-    """True when ``path`` or one of its ancestors' paths matches a glob."""
-    if globs is None:
-        return True
-    parts = path.split(".") if path else [""]
-    return any(_matches(".".join(parts[: i + 1]), globs) for i in range(len(parts)))
-
-
 def _walk(
-    model: nn.Module, globs: tuple[str, ...] | None, skip: set[int] | None = None
+    model: nn.Module, globs: Globs, skip: set[int] | None = None
 ) -> Iterator[tuple[str, nn.Module, bool, _Site | None]]:
-    """Yield ``(path, module, in_scope, site)`` for each module once (first path wins).
+    """Yield ``(path, module, in_scope, site)``: the root, then every activation slot (with
+    ``site`` set) and every other module once (its in-scope path winning).
 
-    ``site`` is set for activation modules; the walk does not descend into activations or
-    into modules whose id is in ``skip``.
+    The walk does not descend into activations or into modules whose id is in ``skip``
+    (those are not yielded unless they are activations).
     """
-    seen: set[int] = set()
     skip = skip or set()
 
-    def visit(module: nn.Module, prefix: str, scoped: bool) -> Iterator[tuple[str, nn.Module, bool, _Site | None]]:
-        for name, child in list(module._modules.items()):
-            if child is None:
-                continue
-            path = f"{prefix}.{name}" if prefix else name
-            in_scope = scoped or _matches(path, globs)
-            kind = identify_activation(child)
-            if kind is not None:
-                yield path, child, in_scope, _Site(path, module, name, child, kind, in_scope)
-                continue
-            if id(child) in seen or id(child) in skip:
-                continue
-            seen.add(id(child))
-            yield path, child, in_scope, None
-            yield from visit(child, path, in_scope)
+    def descend(slot: Any) -> bool:
+        return identify_activation(slot.module) is None and id(slot.module) not in skip
 
-    root_scoped = _matches("", globs)
-    yield "", model, root_scoped, None
-    seen.add(id(model))
-    yield from visit(model, "", root_scoped)
+    yield "", model, globs is None or in_scope("", globs), None
+    others: dict[int, tuple[str, nn.Module, bool]] = {id(model): ("", model, True)}
+    order: list[tuple[str, nn.Module, bool, _Site | None] | int] = []
+    for slot in unique_slots(iter_slots(model, globs, descend=descend)):
+        kind = identify_activation(slot.module)
+        if kind is not None:
+            site = _Site(slot.path, slot.parent, slot.name, slot.module, kind, slot.in_scope)
+            order.append((slot.path, slot.module, slot.in_scope, site))
+            continue
+        key = id(slot.module)
+        if key in skip:
+            continue
+        if key not in others:
+            others[key] = (slot.path, slot.module, slot.in_scope)
+            order.append(key)
+        elif slot.in_scope and not others[key][2]:
+            others[key] = (slot.path, slot.module, True)
+    for item in order:
+        if isinstance(item, int):
+            yield (*others[item], None)
+        else:
+            yield item
 
 
 def _target_for(kind: str, targets: dict[str, ActivationSpec]) -> ActivationSpec | None:
@@ -145,7 +137,9 @@ def _build(spec: ActivationSpec) -> nn.Module:
         return copy.deepcopy(spec)
     module = create_activation(spec)
     if not isinstance(module, nn.Module):
-        raise TypeError(f"target {spec!r} did not build an nn.Module (got {type(module).__name__})")
+        raise SurgeryInputError(
+            f"target {spec!r} did not build an nn.Module (got {type(module).__name__})"
+        )
     return module
 
 
@@ -167,7 +161,7 @@ def _functional_message(call: FunctionalCall) -> str:
 
 def _normalise_mapping(mapping: Mapping[str, ActivationSpec]) -> dict[str, ActivationSpec]:
     if not isinstance(mapping, Mapping) or not mapping:
-        raise TypeError(
+        raise SurgeryInputError(
             "mapping must be a non-empty dict from activation kind to target spec, "
             "e.g. {'gelu': 'crrelu'}"
         )
@@ -184,11 +178,11 @@ def _normalise_mapping(mapping: Mapping[str, ActivationSpec]) -> dict[str, Activ
 def _raise_or_warn(problems: list[str], strict: bool, report: SwapReport) -> None:
     if not problems:
         return
-    if strict:
-        raise SurgeryError("; ".join(problems) if len(problems) == 1 else "\n- " + "\n- ".join(problems))
-    for p in problems:
-        report.warnings.append(p)
-        warnings.warn(p, SurgeryWarning, stacklevel=3)
+    if strict and len(problems) > 1:
+        problems = ["\n- " + "\n- ".join(problems)]  # the historical multi-problem form
+    lenient = ReplacementReport()
+    _warn_or_raise(problems, strict, lenient, stacklevel=4)
+    report.warnings += lenient.warnings
 
 
 def swap_activations(
@@ -204,11 +198,17 @@ def swap_activations(
     See the module docstring for the mapping, ``where`` and the verification steps.
     ``example_inputs`` (a tensor, a tuple of positional arguments or a mapping of keyword
     arguments) enables the run-time check. Returns a :class:`SwapReport`.
+
+    Example:
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 2))
+        >>> swap_activations(model, {"gelu": "crrelu"}).counts()
+        {'gelu': 1}
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"swap_activations needs an nn.Module, got {type(model).__name__}")
+        raise SurgeryInputError(f"swap_activations needs an nn.Module, got {type(model).__name__}")
     targets = _normalise_mapping(mapping)
-    globs = _globs(where)
+    globs = globs_of(where)
     root_kind = identify_activation(model)
     if root_kind is not None and _target_for(root_kind, targets) is not None:
         raise ValueError(
@@ -218,7 +218,9 @@ def swap_activations(
     walked = list(_walk(model, globs))
     if globs is not None and not any(scoped for _, _, scoped, _ in walked):
         examples = ", ".join(repr(p) for p, _, _, _ in walked[1:6])
-        raise ValueError(f"where={where!r} matches no module path; paths look like {examples}")
+        raise SurgeryInputError(
+            f"where={where!r} matches no module path; paths look like {examples}"
+        )
 
     report = SwapReport()
     scoped_sites = [s for _, _, _, s in walked if s is not None and s.in_scope]
@@ -229,44 +231,55 @@ def swap_activations(
     problems: list[str] = []
     found = ", ".join(sorted(report.found)) or "none"
     for key in targets:
-        hit = any(s.kind not in NOT_WILDCARD for s in scoped_sites) if key == WILDCARD else key in report.found
+        if key == WILDCARD:
+            hit = any(s.kind not in NOT_WILDCARD for s in scoped_sites)
+        else:
+            hit = key in report.found
         if not hit:
             report.unmatched.append(key)
             what = "activation" if key == WILDCARD else f"{key} activation"
             problems.append(f"no {what} found; found kinds: {found}")
     scope_modules = [(p, m) for p, m, scoped, site in walked if scoped and site is None]
-    problems += [_functional_message(c) for c in static_functional_calls(scope_modules, source_kinds)]
+    calls = static_functional_calls(scope_modules, source_kinds)
+    problems += [_functional_message(c) for c in calls]
     _raise_or_warn(problems, strict, report)
 
-    undo: list[tuple[nn.Module, str, nn.Module]] = []
-    config_undo: list[tuple[Any, str, Any]] = []
-    try:
-        inserted: set[int] = set()
-        for site, spec in planned:
-            new = _build(spec)
-            setattr(site.parent, site.name, new)
-            undo.append((site.parent, site.name, site.module))
-            inserted.add(id(new))
-            report.sites.append(
-                SwapSite(site.path, type(site.module).__qualname__, site.kind, spec_string(new), repr(new))
+    plan = {s.path: (s, spec) for s, spec in planned}
+    kinds = {s.path: s.kind for s, _ in planned}
+
+    def verify(model: nn.Module, done: ReplacementReport) -> None:
+        report.sites = [
+            SwapSite(
+                r.path, type(r.old).__qualname__, kinds[r.path], spec_string(r.new), repr(r.new)
             )
+            for r in done.sites
+        ]
+        inserted = {id(r.new) for r in done.sites}
         post = _residual_problems(model, globs, source_kinds, inserted)
         if example_inputs is not None and source_kinds:
             calls = dynamic_functional_calls(model, example_inputs, source_kinds, inserted)
-            post += [_functional_message(c) for c in calls if _in_scope(c.path, globs)]
+            post += [_functional_message(c) for c in calls if in_scope(c.path, globs)]
         _raise_or_warn(post, strict, report)
-        _sync_config(model, report, inserted, config_undo)
-    except BaseException:
-        for parent, name, old in reversed(undo):
-            setattr(parent, name, old)
-        for config, attr, value in config_undo:
-            setattr(config, attr, value)
-        raise
+
+    if not plan:  # nothing to replace (lenient: the unmatched keys were warned about)
+        verify(model, ReplacementReport())
+        return report
+    done = replace_modules(
+        model,
+        lambda path, module: path in plan and plan[path][0].module is module,
+        lambda path, old: _build(plan[path][1]),
+        where=where,
+        strict=strict,
+        check=verify,
+    )
+    report.config.update(done.config)
+    report.notes += done.notes
+    report.warnings += [w for w in done.warnings if w not in report.warnings]
     return report
 
 
 def _residual_problems(
-    model: nn.Module, globs: tuple[str, ...] | None, kinds: set[str], inserted: set[int]
+    model: nn.Module, globs: Globs, kinds: set[str], inserted: set[int]
 ) -> list[str]:
     left: dict[str, list[str]] = {}
     for path, module, scoped, site in _walk(model, globs, skip=inserted):
@@ -277,60 +290,3 @@ def _residual_problems(
         "its parent did not accept the replacement - replace it by hand or pass strict=False"
         for kind, paths in left.items()
     ]
-
-
-def _is_transformers_config(config: object) -> bool:
-    return any(c.__module__.startswith("transformers") for c in type(config).__mro__)
-
-
-def _sync_config(
-    model: nn.Module, report: SwapReport, inserted: set[int], undo: list[tuple[Any, str, Any]]
-) -> None:
-    """Point ``config.hidden_act`` at the new activation when every site of its kind moved."""
-    config = getattr(model, "config", None)
-    if config is None or not _is_transformers_config(config) or not report.sites:
-        return
-    swapped = {s.old_kind for s in report.sites}
-    attrs = [a for a in _CONFIG_ATTRS if isinstance(getattr(config, a, None), str)]
-    if not attrs:
-        nested = [
-            f"config.{name}.{a}"
-            for name, sub in vars(config).items()
-            for a in _CONFIG_ATTRS
-            if hasattr(sub, "to_dict") and isinstance(getattr(sub, a, None), str)
-        ]
-        if nested:
-            report.notes.append(
-                f"{', '.join(nested)} not updated (nested configs are left alone); set them "
-                "by hand before save_pretrained if the swap should survive a reload"
-            )
-        return
-    try:
-        from actlab.integrations import transformers as hf
-
-        for attr in attrs:
-            old = getattr(config, attr)
-            kind = hf.hidden_act_kind(old)
-            if kind is None or kind not in swapped:
-                continue
-            sites = [s for _, _, _, s in _walk(model, None) if s is not None]
-            left = [s.path for s in sites if s.kind == kind and id(s.module) not in inserted]
-            now = {s.path: s.module for s in sites}
-            keys = {hf.hidden_act_for(now[r.path]) for r in report.sites if r.old_kind == kind}
-            if left or len(keys) != 1 or None in keys:
-                why = (f"{len(left)} {kind} site(s) were not swapped" if left
-                       else "the new activations have no single config string")
-                report.notes.append(
-                    f"config.{attr} left as {old!r}: {why}, so a model rebuilt from this config "
-                    "(from_pretrained) would not match; save the state dict instead"
-                )
-                continue
-            key = keys.pop()
-            assert key is not None
-            if key != old:
-                hf.register(key)
-                undo.append((config, attr, old))
-                setattr(config, attr, key)
-                report.config[attr] = [old, key]
-    except ImportError as e:
-        report.notes.append(f"config left unchanged: {e}")

@@ -30,6 +30,7 @@ from actlab.registry import activation_aliases, canonical_name, list_activations
 
 __all__ = [
     "EXTRA_KINDS",
+    "NOT_WILDCARD",
     "WILDCARD",
     "functional_kind",
     "functional_ops",
@@ -164,8 +165,11 @@ def known_kinds() -> list[str]:
     return sorted(set(list_activations()) | EXTRA_KINDS)
 
 
-def resolve_kind(key: str) -> str:
-    """Canonical kind of a mapping key (aliases resolved); raises ValueError with close matches."""
+def resolve_kind(key: str, *, where: str = "in the mapping") -> str:
+    """Canonical kind of a mapping key (aliases resolved); raises ValueError with close matches.
+
+    ``where`` names the argument in the message ("in the mapping", "for match=").
+    """
     if not isinstance(key, str):
         raise TypeError(f"mapping keys must be activation kinds (str), got {type(key).__name__}")
     k = key.strip().lower()
@@ -178,7 +182,7 @@ def resolve_kind(key: str) -> str:
         return k
     hint = did_you_mean(k, kinds + sorted(aliases))
     raise ValueError(
-        f"unknown activation kind {key!r} in the mapping.{hint} Keys are kinds such as "
+        f"unknown activation kind {key!r} {where}.{hint} Keys are kinds such as "
         f"'gelu', 'silu', 'relu' or '*' for any activation; all kinds: {', '.join(kinds)}"
     )
 

@@ -1,1 +1,0 @@
-"""Internals of :mod:`actlab.surgery`: activation kinds, functional-call checks, the report."""
