@@ -325,7 +325,7 @@ def run(args: argparse.Namespace) -> int:
         events.console.print(f"{len(missing)} run(s) are being trained by another process; "
                              "rerun later to include them")  # fmt: skip
     if args.report is not None:
-        from actlab.report.html import write_report
+        from actlab.report import write_report
 
         path = write_report(result, args.report)
         events.console.print(f"report: {path}")

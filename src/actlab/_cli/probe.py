@@ -215,12 +215,12 @@ def _task(args: argparse.Namespace, probes: list[str], out: Path) -> tuple[Any, 
 
 def run(args: argparse.Namespace) -> int:
     import actlab.probes as P
-    from actlab._cli import probe_report as R
+    from actlab.report import write_probe_report
 
     probes = validate(args)
     out = Path(args.out or f"probe-{args.model or args.task}")
     out.mkdir(parents=True, exist_ok=True)
-    sections: list[tuple[str, Any, str]] = []
+    plane: list[dict[str, Any]] | None = None
     if args.model:
         mgr, tokens = _pretrained(args, probes)
         table = mgr.summary()
@@ -230,26 +230,12 @@ def run(args: argparse.Namespace) -> int:
         table = cb.history[-1] if cb.history else P.ProbeTable([])
         tokens = None
         title = f"actlab probe --task {args.task} --act {args.act}"
-        sections.append(("information plane (fixed validation batch)", R.infoplane_figure(plane), ""))
-        sections.append(("dead units per epoch (fixed validation batch)", R.layer_heatmap(
-            [r for r in plane if r["probe"] == "sparsity" and r["epoch"] == plane[-1]["epoch"]],
-            ["dead_rate", "zero_frac", "tls", "cls_8"], "sparsity, last epoch"), ""))
         with (out / "infoplane.jsonl").open("w", encoding="utf-8") as f:
             for r in plane:
                 f.write(json.dumps(r) + "\n")
     table.to_jsonl(out / "summary.jsonl")
     _print_findings(table, tokens)
-    sections += [
-        ("sparsity per layer", R.layer_heatmap(table.where(probe="sparsity").rows,
-                                               ["zero_frac", "near_zero_frac", "tls", "cls_8", "dead_rate"],
-                                               "sparsity"), ""),
-        ("pre-activation moments", R.layer_heatmap(table.where(probe="distribution").rows,
-                                                   ["mean", "std", "skew", "kurtosis", "min", "max"],
-                                                   "pre-activation distribution"), ""),
-        ("attention entropy per head", R.attention_heatmap(table.where(probe="attention").rows), ""),
-        ("massive activations", R.massive_figure(table.where(probe="massive").rows, tokens), ""),
-    ]
-    page = R.write_html(out / "report.html", title, [s for s in sections if s[1] is not None])
+    page = write_probe_report(out / "report.html", title, table.rows, plane=plane, tokens=tokens)
     print(f"wrote {page} and {out / 'summary.jsonl'}")
     return 0
 
@@ -259,7 +245,7 @@ def _print_findings(table: Any, tokens: list[str] | None) -> None:
     from rich.table import Table
 
     import actlab.probes as P
-    from actlab._cli.probe_report import short_name
+    from actlab.report import short_name
 
     con = Console()
     mass = table.where(probe="massive").rows

@@ -307,8 +307,8 @@ def _check_databases(args: argparse.Namespace, task: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from actlab.report import write_search_report
     from actlab.search import finalize, run_search
-    from actlab.search._report import write_search_report
 
     budget, objective, pipeline = validate(args)  # every flag, before any work
     _check_databases(args, objective.task)  # a bad --storage or --db fails now, not later

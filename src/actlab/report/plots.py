@@ -122,7 +122,7 @@ def distribution_figure(
 ) -> Figure | None:
     """Box plot plus jittered points of the final metric per activation."""
     groups = _by_activation(records, acts)
-    data = [[float(r.metric_value) for r in groups[a] if r.ok] for a in acts]  # type: ignore[arg-type]
+    data = [[float(r.metric_value or 0.0) for r in groups[a] if r.ok] for a in acts]
     if not any(data):
         return None
     fig = new_figure(max(4.0, 1.3 * len(acts) + 2.0), 3.8)
@@ -197,12 +197,3 @@ def trajectory_figure(records: Sequence[RunRecord], acts: Sequence[str]) -> Figu
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
     return fig
-
-
-def figure_png(fig: Any, dpi: int = 96) -> bytes:
-    """PNG bytes of a figure."""
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    return buf.getvalue()

@@ -5,17 +5,9 @@ from __future__ import annotations
 import math
 
 from actlab.bench.summary import ActivationSummary, CompareSummary
+from actlab.report.page import fmt_num
 
 __all__ = ["fmt_num", "fmt_p", "summary_table", "table_note"]
-
-
-def fmt_num(v: float | None, digits: int = 4, *, signed: bool = False) -> str:
-    """A number with ``digits`` decimals; ``–`` for missing or nan."""
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "–"
-    if math.isinf(v):
-        return "∞" if v > 0 else "-∞"
-    return f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
 
 
 def fmt_p(p: float | None) -> str:

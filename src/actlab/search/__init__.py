@@ -17,7 +17,8 @@ Pieces (one concern per private module, re-exported here):
     SearchStudy, open_storage, check_storage  Optuna storage: SQLite, journal file, any RDB
     InlineExecutor, ProcessExecutor, RayExecutor   where evaluations run
     run_search, SearchResult, Budget          the resumable loop and what it returns
-    simplify, finalize, write_search_report   the end of a search
+    simplify, finalize                        the end of a search (the page of it:
+                                              actlab.report.write_search_report)
 
 Methods: regularised evolution (Real et al. 2019), Lion's symbolic search with funnels and
 hashing (Chen et al. 2023), EvoNorm's rejection protocols (Liu et al. 2020), EEEA-Net's
@@ -50,7 +51,6 @@ from actlab.search._objectives import (
 )
 from actlab.search._pareto import dominates, pareto_front, pareto_ranks
 from actlab.search._pipeline import Pipeline, evaluate_candidate
-from actlab.search._report import render_search_report, write_search_report
 from actlab.search._result import SearchResult
 from actlab.search._simplify import equivalent, simplify
 from actlab.search._strategy import RandomSearch, Strategy
@@ -64,8 +64,7 @@ from actlab.search._study import (
 )
 
 __all__ = [
-    "BASELINES", "FinalResult", "equivalent", "finalize", "render_search_report", "simplify",
-    "write_search_report",
+    "BASELINES", "FinalResult", "equivalent", "finalize", "simplify",
     "DEFAULT_STORAGE", "MUTATIONS", "STAGES", "STRATEGIES", "WARM_START", "Budget", "Candidate",
     "ConstantsBO", "CostFilter", "CurveObjective", "EAFOGuided", "EvalResult", "Funnel",
     "InlineExecutor", "Objective", "Pipeline", "ProcessExecutor", "QualityFloor", "RandomSearch",

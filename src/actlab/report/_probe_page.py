@@ -1,13 +1,16 @@
-"""Figures and the HTML page of ``actlab probe``: heatmaps, attention heads, massive sites.
+"""The HTML page of ``actlab probe`` and its figures: heatmaps, attention heads, massive sites.
 
-Every function takes probe rows (dicts from :meth:`ProbeManager.summary`) and returns a
-matplotlib Figure on an Agg canvas (no pyplot), or None when there is nothing to draw.
+    from actlab.report import write_probe_report
+    write_probe_report("probe-minilm/report.html", "actlab probe minilm", table.rows)
+
+Every figure function takes probe rows (dicts from :meth:`ProbeManager.summary`) and
+returns a matplotlib Figure on an Agg canvas (no pyplot), or None when there is nothing to
+draw. The page is built with the report kit; each figure is also saved as a PNG file next
+to the page (``fig00.png``, ...). The probes package does not import this: the CLI calls it.
 """
 
 from __future__ import annotations
 
-import base64
-import html
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,13 +18,16 @@ from typing import Any
 
 import numpy as np
 
+from actlab.report.page import Page, figure_png, write_atomic
+
 __all__ = [
-    "short_name",
-    "layer_heatmap",
     "attention_heatmap",
-    "massive_figure",
     "infoplane_figure",
-    "write_html",
+    "layer_heatmap",
+    "massive_figure",
+    "probe_figures",
+    "short_name",
+    "write_probe_report",
 ]
 
 Row = dict[str, Any]
@@ -41,7 +47,9 @@ def short_name(name: str) -> str:
 
 def _short(name: str) -> str:
     parts = name.split(".")
-    return ".".join(p for p in parts if p not in ("model", "encoder", "layer", "layers", "blocks"))[:28]
+    return ".".join(p for p in parts if p not in ("model", "encoder", "layer", "layers", "blocks"))[
+        :28
+    ]
 
 
 def layer_heatmap(rows: Sequence[Row], stats: Sequence[str], title: str) -> Any:
@@ -61,8 +69,15 @@ def layer_heatmap(rows: Sequence[Row], stats: Sequence[str], title: str) -> Any:
     for i in range(vals.shape[0]):
         for j in range(vals.shape[1]):
             if not math.isnan(vals[i, j]):
-                ax.text(j, i, f"{vals[i, j]:.3g}", ha="center", va="center", fontsize=7,
-                        color="white" if norm[i, j] < 0.6 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{vals[i, j]:.3g}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if norm[i, j] < 0.6 else "black",
+                )
     ax.set_xticks(range(len(stats)), list(stats), rotation=30, ha="right", fontsize=8)
     ax.set_yticks(range(len(rows)), [_short(str(r["layer"])) for r in rows], fontsize=7)
     ax.set_title(title + " (colour: column-wise min..max)", fontsize=9)
@@ -116,14 +131,23 @@ def massive_figure(rows: Sequence[Row], tokens: Sequence[str] | None = None) -> 
         for t in r.get("top_tokens", [])[:3]:
             if t["dim"] < 0:
                 continue  # the token holds no dim's maximum: no single dim to show
-            ax2.scatter(i, t["dim"], s=8 + 60 * t["value"] / max(rows[i]["max_abs"], 1e-9),
-                        c="tab:red" if r["massive"] else "tab:gray", alpha=0.7)
+            ax2.scatter(
+                i,
+                t["dim"],
+                s=8 + 60 * t["value"] / max(rows[i]["max_abs"], 1e-9),
+                c="tab:red" if r["massive"] else "tab:gray",
+                alpha=0.7,
+            )
     ax2.set_xlabel("block")
     ax2.set_ylabel("hidden dim of the top tokens")
     top = max(rows, key=lambda r: float(r["max_abs"]))
     if top.get("top_tokens"):
         t = top["top_tokens"][0]
-        label = tokens[t["position"]] if tokens and t["position"] < len(tokens) else f"pos {t['position']}"
+        label = (
+            tokens[t["position"]]
+            if tokens and t["position"] < len(tokens)
+            else f"pos {t['position']}"
+        )
         ax2.set_title(f"largest: {t['value']:.4g} at dim {t['dim']}, token {label!r}", fontsize=9)
     return fig
 
@@ -149,22 +173,63 @@ def infoplane_figure(history: Sequence[Row]) -> Any:
     return fig
 
 
-def write_html(path: Path, title: str, sections: Sequence[tuple[str, Any, str]]) -> Path:
-    """One self-contained page: (heading, figure or None, html text) per section; figures
-    are also saved as PNG files next to the page."""
-    from actlab.report.plots import figure_png
+def _probe(rows: Sequence[Row], name: str) -> list[Row]:
+    return [r for r in rows if r.get("probe") == name]
 
-    parts = [f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
-             "img{max-width:100%}pre{font-size:12px}</style>", f"<h1>{html.escape(title)}</h1>"]
-    for i, (heading, fig, text) in enumerate(sections):
-        parts.append(f"<h2>{html.escape(heading)}</h2>")
-        if fig is not None:
-            png = figure_png(fig)
-            (path.parent / f"fig{i:02d}.png").write_bytes(png)
-            data = base64.b64encode(png).decode("ascii")
-            parts.append(f"<img alt='{html.escape(heading)}' src='data:image/png;base64,{data}'>")
-        if text:
-            parts.append(text)
-    path.write_text("\n".join(parts), encoding="utf-8")
-    return path
+
+def probe_figures(
+    rows: Sequence[Row],
+    *,
+    plane: Sequence[Row] | None = None,
+    tokens: Sequence[str] | None = None,
+) -> list[tuple[str, Any]]:
+    """(heading, figure or None) of every section of the probe page, in page order.
+
+    ``rows`` are the probe rows of the model; ``plane`` the per-epoch rows of a task run
+    (information plane and sparsity on a fixed validation batch), None for a pretrained model.
+    """
+    out: list[tuple[str, Any]] = []
+    if plane is not None:
+        last = plane[-1]["epoch"] if plane else None
+        dead = [r for r in _probe(plane, "sparsity") if r.get("epoch") == last]
+        out.append(("information plane (fixed validation batch)", infoplane_figure(plane)))
+        out.append(
+            (
+                "dead units per epoch (fixed validation batch)",
+                layer_heatmap(
+                    dead, ["dead_rate", "zero_frac", "tls", "cls_8"], "sparsity, last epoch"
+                ),
+            )
+        )
+    sparsity = ["zero_frac", "near_zero_frac", "tls", "cls_8", "dead_rate"]
+    moments = ["mean", "std", "skew", "kurtosis", "min", "max"]
+    out += [
+        ("sparsity per layer", layer_heatmap(_probe(rows, "sparsity"), sparsity, "sparsity")),
+        (
+            "pre-activation moments",
+            layer_heatmap(_probe(rows, "distribution"), moments, "pre-activation distribution"),
+        ),
+        ("attention entropy per head", attention_heatmap(_probe(rows, "attention"))),
+        ("massive activations", massive_figure(_probe(rows, "massive"), tokens)),
+    ]
+    return out
+
+
+def write_probe_report(
+    path: str | Path,
+    title: str,
+    rows: Sequence[Row],
+    *,
+    plane: Sequence[Row] | None = None,
+    tokens: Sequence[str] | None = None,
+) -> Path:
+    """Write the probe page (atomically) to ``path``, one section per figure that has
+    something to draw; each figure is also saved as ``figNN.png`` next to the page."""
+    out = Path(path)
+    page = Page(title)
+    figures = [(h, f) for h, f in probe_figures(rows, plane=plane, tokens=tokens) if f is not None]
+    for i, (heading, fig) in enumerate(figures):
+        png = figure_png(fig)
+        write_atomic(out.parent / f"fig{i:02d}.png", png)
+        page.section(heading).figure(png, heading)
+    return page.write(out)
