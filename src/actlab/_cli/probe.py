@@ -25,16 +25,18 @@ from typing import Any
 HELP = "probe a model's activations (sparsity, massive activations, attention entropy, ...) and write a report"
 
 _PRETRAINED = ("minilm", "smollm2")
-_DEFAULT_PROBES = "sparsity,distribution,massive,attention"
 MAX_TOKENS = 8192  # SmolLM2's context length
 MAX_LINES = 1024
 MAX_EPOCHS = 1000
-_LABELLED = ("infoplane",)  # probes that need labelled batches (--task)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from actlab.probes import DEFAULT_PROBES, PROBES
+    from actlab.train import TASKS
+
     p.add_argument("model", nargs="?", choices=_PRETRAINED, help="an offline pretrained model")
-    p.add_argument("--task", default=None, help="train a task's model with probes instead")
+    p.add_argument("--task", default=None,
+                   help=f"train a task's model with probes instead: {', '.join(TASKS.names())}")
     p.add_argument("--arch", default=None, help="model preset of --task (default: the task's)")
     p.add_argument("--act", default=None, help="activation spec for --task (default gelu)")
     p.add_argument("--epochs", type=int, default=None,
@@ -46,7 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lines", type=int, default=None,
                    help=f"text lines (sentences) for minilm, 1..{MAX_LINES} (default 16)")
     p.add_argument("--probes", default=None,
-                   help="comma list (default: sparsity,distribution,massive,attention)")
+                   help=f"comma list of {', '.join(PROBES.names())} "
+                        f"(default: {','.join(DEFAULT_PROBES)})")
     p.add_argument("--sample", type=int, default=512, help="rows sampled per hook call (512)")
     p.add_argument("--seed", type=int, default=0, help="sampling / training seed, 0..2**32-1")
     p.add_argument("--out", default=None, help="output folder (default probe-<model or task>)")
@@ -80,12 +83,12 @@ def validate(args: argparse.Namespace) -> list[str]:
 
     if (args.model is None) == (args.task is None):
         raise ValueError("give a pretrained model (minilm, smollm2) or --task NAME, not both")
-    probes = [s.strip() for s in (args.probes if args.probes is not None else _DEFAULT_PROBES)
+    default = ",".join(P.DEFAULT_PROBES)
+    probes = [s.strip() for s in (args.probes if args.probes is not None else default)
               .split(",") if s.strip()]
     if not probes:
-        raise ValueError(f"--probes lists no probe name; e.g. --probes {_DEFAULT_PROBES}")
-    for name in probes:
-        P.make_probe(name)  # unknown names fail here, listing the available ones
+        raise ValueError(f"--probes lists no probe name; e.g. --probes {default}")
+    probes = [P.PROBES.resolve(name) for name in probes]  # unknown names fail with close matches
     _int_flag("--sample", args.sample, 1)
     _int_flag("--seed", args.seed, 0, 2**32 - 1)
     if args.model:
@@ -93,7 +96,7 @@ def validate(args: argparse.Namespace) -> list[str]:
                             ("--epochs", args.epochs), ("--max-steps", args.max_steps)):
             if value is not None:
                 raise ValueError(f"{flag} applies to --task runs, not to a pretrained model")
-        labelled = [n for n in probes if n in _LABELLED]
+        labelled = [n for n in probes if n in P.PROBES.names(needs_labels=True)]
         if labelled:
             raise ValueError(f"--probes {labelled[0]} needs labelled data: use it with --task")
         other = "--lines" if args.model == "smollm2" else "--tokens"

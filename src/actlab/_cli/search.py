@@ -32,14 +32,17 @@ _DEFAULT_FUNNEL = {"digits-mlp": "3"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from actlab.search import STRATEGIES
+    from actlab.train import TASKS
+
     p.add_argument("--task", default="digits-mlp",
-                   help="training task (digits-mlp, fashion-mnist, ...) or curve:SPEC, a toy "
+                   help=f"training task ({', '.join(TASKS.names())}) or curve:SPEC, a toy "
                         "objective matching SPEC's curve without training (default digits-mlp)")
     p.add_argument("--model", default=None, help="model of the task (default: the task's own)")
     p.add_argument("--budget", default="8m",
                    help="evaluations (e.g. 200; one = one training at the first funnel budget) "
                         "or a time such as 10m, 1h (default 8m)")
-    p.add_argument("--strategy", default="eafo", choices=["random", "evolution", "eafo", "bo"],
+    p.add_argument("--strategy", default="eafo", choices=STRATEGIES.names(),
                    help="search strategy (default eafo: evolution + EAFO correction mutations)")
     p.add_argument("--form", default=None, help="formula whose constants --strategy bo optimises")
     p.add_argument("--sampler", default=None, choices=["tpe", "gp"],
@@ -141,16 +144,26 @@ def validate(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     )
     from actlab.bench.plan import MAX_RUNS, MAX_SEED, MAX_SEEDS
     from actlab.expr import ExprError
-    from actlab.search import CostFilter, Pipeline, form_constants, make_objective, parse_budget
+    from actlab.search import (
+        STRATEGIES,
+        CostFilter,
+        Pipeline,
+        form_constants,
+        make_objective,
+        parse_budget,
+    )
     from actlab.search._pipeline import MAX_TOP_SEEDS
 
     curve = args.task.strip().startswith("curve:")
     # combinations first: they need no work at all
-    if args.form is not None and args.strategy != "bo":
-        raise ValueError(f"--form is the formula of --strategy bo; drop it or add --strategy bo "
-                         f"(--strategy is {args.strategy})")
-    if args.sampler is not None and args.strategy != "bo":
-        raise ValueError("--sampler chooses the sampler of --strategy bo; drop it or add --strategy bo")
+    formed = "/".join(STRATEGIES.names(form=True))  # they optimise the constants of --form
+    uses_form = bool(STRATEGIES.meta(args.strategy).get("form"))
+    if args.form is not None and not uses_form:
+        raise ValueError(f"--form is the formula of --strategy {formed}; drop it or add "
+                         f"--strategy {formed} (--strategy is {args.strategy})")
+    if args.sampler is not None and not uses_form:
+        raise ValueError(f"--sampler chooses the sampler of --strategy {formed}; drop it or add "
+                         f"--strategy {formed}")
     if args.no_final:
         given = [f for f, v in (("--top", args.top), ("--final-seeds", args.final_seeds),
                                 ("--db", args.db)) if v is not None]
@@ -188,10 +201,10 @@ def validate(args: argparse.Namespace) -> tuple[Any, Any, Any]:
             raise ValueError(f"{flag} must name a file or an SQLAlchemy URL")
     report = check_report(args.report, args.no_report, "search.html")
     args.report = report if args.report is not None else None
-    if args.strategy == "bo":
+    if uses_form:
         if not args.form:
-            raise ValueError("strategy 'bo' optimises the constants of a formula: give one, "
-                             "e.g. --form 'x*sigmoid(1.702*x)'")
+            raise ValueError(f"strategy {args.strategy!r} optimises the constants of a formula: "
+                             "give one, e.g. --form 'x*sigmoid(1.702*x)'")
         try:
             constants = form_constants(args.form)
         except (ExprError, RecursionError) as e:
@@ -199,7 +212,8 @@ def validate(args: argparse.Namespace) -> tuple[Any, Any, Any]:
             raise ValueError(f"--form {args.form!r} is not a formula in x ({why}); "
                              "e.g. --form 'x*sigmoid(1.702*x)'") from None
         if not constants:
-            raise ValueError(f"--form {args.form!r} has no numeric constant for bo to optimise; "
+            raise ValueError(f"--form {args.form!r} has no numeric constant for {args.strategy} "
+                             "to optimise; "
                              "e.g. --form 'x*sigmoid(1.702*x)'")
     args.sampler = args.sampler or "tpe"
     # the objective: task, model and the target curve resolved here, not in every evaluation
@@ -208,7 +222,8 @@ def validate(args: argparse.Namespace) -> tuple[Any, Any, Any]:
         from actlab.train import get_task
 
         get_task(args.task).resolve_model(args.model)
-        kw = {"model": args.model, "record_density": args.strategy == "eafo",
+        density = bool(STRATEGIES.meta(args.strategy).get("density"))
+        kw = {"model": args.model, "record_density": density,
               "overrides": {"max_steps": args.max_steps} if args.max_steps else {}}
     objective = make_objective(args.task.strip(), **kw)
     levels = _levels(args.funnel, objective.task)

@@ -5,7 +5,7 @@
     print(r.metric, r.value, r.trajectories)
 
 See :mod:`actlab.train.trainer` for what a run writes and :mod:`actlab.train.tasks` for the
-task list.
+task list (:data:`TASKS`, the task registry; :func:`register_task` adds one).
 """
 
 from __future__ import annotations
@@ -15,10 +15,19 @@ from actlab.train.checkpoint import activation_scalars, load_checkpoint, save_ch
 from actlab.train.config import TrainConfig, lr_at
 from actlab.train.result import RunResult
 from actlab.train.seed import determinism, seed_everything
-from actlab.train.tasks import Task, TaskData, UnknownTaskError, get_task, list_tasks
+from actlab.train.tasks import (
+    TASKS,
+    Task,
+    TaskData,
+    UnknownTaskError,
+    get_task,
+    list_tasks,
+    register_task,
+)
 from actlab.train.trainer import evaluate, run_training, train_model
 
 __all__ = [
+    "TASKS",
     "Callback",
     "ProgressBar",
     "RunResult",
@@ -34,6 +43,7 @@ __all__ = [
     "list_tasks",
     "load_checkpoint",
     "lr_at",
+    "register_task",
     "run_training",
     "save_checkpoint",
     "seed_everything",
