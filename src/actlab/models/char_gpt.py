@@ -7,6 +7,12 @@
 
 The activation sits in the MLP blocks (where GPT-2 has GELU and the EAFO paper put CRReLU),
 one instance per block. Residual projections use the GPT-2 init std 0.02/sqrt(2 n_layer).
+
+Layer slots (timm-style; specs of :mod:`actlab.layers` or factories): ``act_layer`` (default
+gelu), ``norm_layer`` (default ``layernorm(bias=cfg.bias)``: every LN above), ``mlp_layer``
+(default: the GPT-2 block with its parameter names ``c_fc``/``c_proj``; a registered block
+such as ``mlp`` or ``glu`` has its own names) and ``attn_score`` (default softmax through the
+fused causal ``scaled_dot_product_attention``; another function sees the causal mask).
 """
 
 from __future__ import annotations
@@ -18,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from actlab.models._act import make_act
-from actlab.registry import ActivationSpec
+from actlab.layers import LayerSpec
+from actlab.models._act import ActLayer, make_act, make_layer
+from actlab.models.vit import MLP_KINDS, NORM_KINDS, attention, make_score
 
 __all__ = ["CharGPT", "GPTConfig"]
 
@@ -43,13 +50,14 @@ class GPTConfig:
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, cfg: GPTConfig) -> None:
+    def __init__(self, cfg: GPTConfig, attn_score: LayerSpec | None = None) -> None:
         super().__init__()
         self.n_head = cfg.n_head
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = cfg.dropout
         self.resid_drop = nn.Dropout(cfg.dropout)
+        self.score = make_score(attn_score)  # None (softmax) adds no module
 
     def forward(self, x: Tensor) -> Tensor:
         B, T, D = x.shape
@@ -58,13 +66,15 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, self.n_head, D // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, D // self.n_head).transpose(1, 2)
         p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)  # (B, h, T, d)
+        y = attention(q, k, v, self.score, p, causal=True)  # (B, h, T, d)
         y = y.transpose(1, 2).reshape(B, T, D)
         return self.resid_drop(self.c_proj(y))
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg: GPTConfig, act: ActivationSpec) -> None:
+    """The GPT-2 MLP block: c_fc (D -> rD), act, c_proj (rD -> D), dropout."""
+
+    def __init__(self, cfg: GPTConfig, act: ActLayer) -> None:
         super().__init__()
         hidden = int(cfg.mlp_ratio * cfg.n_embd)
         self.c_fc = nn.Linear(cfg.n_embd, hidden, bias=cfg.bias)
@@ -77,12 +87,26 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: GPTConfig, act: ActivationSpec) -> None:
+    def __init__(
+        self,
+        cfg: GPTConfig,
+        act: ActLayer,
+        norm_layer: LayerSpec,
+        mlp_layer: LayerSpec | None = None,
+        attn_score: LayerSpec | None = None,
+    ) -> None:
         super().__init__()
-        self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
-        self.attn = CausalSelfAttention(cfg)
-        self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
-        self.mlp = MLP(cfg, act)
+        d = cfg.n_embd
+        self.ln_1 = make_layer(norm_layer, "norm_layer", NORM_KINDS, num_features=d)
+        self.attn = CausalSelfAttention(cfg, attn_score)
+        self.ln_2 = make_layer(norm_layer, "norm_layer", NORM_KINDS, num_features=d)
+        if mlp_layer is None:
+            self.mlp: nn.Module = MLP(cfg, act)
+        else:
+            self.mlp = make_layer(
+                mlp_layer, "mlp_layer", MLP_KINDS, in_features=d, hidden_features=int(cfg.mlp_ratio * d),
+                out_features=d, act_layer=act, drop=cfg.dropout, bias=cfg.bias,
+            )  # fmt: skip
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.attn(self.ln_1(x))
@@ -90,19 +114,34 @@ class Block(nn.Module):
 
 
 class CharGPT(nn.Module):
-    def __init__(self, cfg: GPTConfig, act: ActivationSpec = "gelu") -> None:
+    """The char-level GPT; ``act_layer`` and the ``*_layer``/``attn_score`` slots: see above."""
+
+    layer_slots = ("norm_layer", "mlp_layer", "attn_score")
+
+    def __init__(
+        self,
+        cfg: GPTConfig,
+        act_layer: ActLayer = "gelu",
+        *,
+        norm_layer: LayerSpec | None = None,
+        mlp_layer: LayerSpec | None = None,
+        attn_score: LayerSpec | None = None,
+    ) -> None:
         super().__init__()
+        norm = norm_layer if norm_layer is not None else f"layernorm(bias={cfg.bias})"
         self.cfg = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg, act) for _ in range(cfg.n_layer))
-        self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.blocks = nn.ModuleList(
+            Block(cfg, act_layer, norm, mlp_layer, attn_score) for _ in range(cfg.n_layer)
+        )
+        self.ln_f = make_layer(norm, "norm_layer", NORM_KINDS, num_features=cfg.n_embd)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # weight tying
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
-            if name.endswith("c_proj.weight"):
+            if name.endswith(("c_proj.weight", "mlp.fc2.weight")):  # residual projections
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
 
     @staticmethod

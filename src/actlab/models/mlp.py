@@ -5,6 +5,9 @@
     logits = Linear(x)                                   (B, num_classes)
 
 One activation instance per hidden layer, built through :func:`actlab.create_activation`.
+
+Layer slots: ``act_layer`` (default relu) and ``norm_layer`` (default ``identity``: no norm
+and no module; a norm such as ``layernorm`` goes between each Linear and its activation).
 """
 
 from __future__ import annotations
@@ -13,8 +16,8 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from actlab.models._act import make_act
-from actlab.registry import ActivationSpec
+from actlab.layers import LayerSpec, get_layer_info
+from actlab.models._act import ActLayer, make_act, make_layer
 
 __all__ = ["MLP", "MLPConfig"]
 
@@ -32,14 +35,38 @@ class MLPConfig:
             raise ValueError(f"MLP needs at least one hidden width >= 1, got {self.hidden}")
 
 
+def _is_identity(spec: LayerSpec | None) -> bool:
+    if spec is None:
+        return True
+    if isinstance(spec, str):
+        from actlab.registry import parse_spec
+
+        name, kwargs = parse_spec(spec)
+        return not kwargs and get_layer_info(name).name == "identity"
+    return False
+
+
 class MLP(nn.Module):
-    def __init__(self, cfg: MLPConfig, act: ActivationSpec = "relu") -> None:
+    """MLP classifier; ``act_layer`` and ``norm_layer`` are the layer slots (see above)."""
+
+    layer_slots = ("norm_layer",)
+
+    def __init__(
+        self, cfg: MLPConfig, act_layer: ActLayer = "relu", *, norm_layer: LayerSpec | None = None
+    ) -> None:
         super().__init__()
         self.cfg = cfg
         layers: list[nn.Module] = []
         d = cfg.in_features
+        no_norm = _is_identity(norm_layer)  # no module: parameter names stay as before
         for h in cfg.hidden:
-            layers += [nn.Linear(d, h), make_act(act)]
+            layers.append(nn.Linear(d, h))
+            if not no_norm:
+                assert norm_layer is not None
+                layers.append(
+                    make_layer(norm_layer, "norm_layer", ("norm", "basic"), num_features=h)
+                )
+            layers.append(make_act(act_layer))
             if cfg.dropout > 0:
                 layers.append(nn.Dropout(cfg.dropout))
             d = h

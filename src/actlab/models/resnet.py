@@ -8,6 +8,9 @@
 depth = 6n + 2 (n = 3 gives ResNet-20, 0.27M parameters). Shortcuts are the paper's option A
 (identity with stride-2 subsampling and zero-padded channels), so they add no parameters.
 Every activation site builds its own instance through :func:`actlab.create_activation`.
+
+Layer slots (timm-style): ``act_layer`` (default relu) and ``norm_layer`` (default
+``batchnorm``, every BN above; a norm over channels, dim 1, such as ``identity``).
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from actlab.models._act import make_act
-from actlab.registry import ActivationSpec
+from actlab.layers import LayerSpec
+from actlab.models._act import ActLayer, make_act, make_layer
 
 __all__ = ["ResNetCifar", "ResNetConfig"]
 
@@ -32,17 +35,25 @@ class ResNetConfig:
 
     def __post_init__(self) -> None:
         if (self.depth - 2) % 6 or self.depth < 8:
-            raise ValueError(f"CIFAR ResNet depth must be 6n + 2 (20, 32, 44, 56, ...), got {self.depth}")
+            raise ValueError(
+                f"CIFAR ResNet depth must be 6n + 2 (20, 32, 44, 56, ...), got {self.depth}"
+            )
+
+
+def _norm(spec: LayerSpec, channels: int) -> nn.Module:
+    return make_layer(spec, "norm_layer", ("norm", "basic"), "first", num_features=channels)
 
 
 class BasicBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, stride: int, act: ActivationSpec) -> None:
+    def __init__(
+        self, c_in: int, c_out: int, stride: int, act: ActLayer, norm: LayerSpec = "batchnorm"
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out)
+        self.bn1 = _norm(norm, c_out)
         self.act1 = make_act(act)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
+        self.bn2 = _norm(norm, c_out)
         self.act2 = make_act(act)
         self.stride, self.pad = stride, c_out - c_in
 
@@ -60,19 +71,31 @@ class BasicBlock(nn.Module):
 
 
 class ResNetCifar(nn.Module):
-    def __init__(self, cfg: ResNetConfig, act: ActivationSpec = "relu") -> None:
+    """CIFAR ResNet; ``act_layer`` and ``norm_layer`` are the layer slots (see above)."""
+
+    layer_slots = ("norm_layer",)
+
+    def __init__(
+        self,
+        cfg: ResNetConfig,
+        act_layer: ActLayer = "relu",
+        *,
+        norm_layer: LayerSpec | None = None,
+    ) -> None:
         super().__init__()
         self.cfg = cfg
+        act = act_layer
+        norm = norm_layer if norm_layer is not None else "batchnorm"
         n, w = (cfg.depth - 2) // 6, cfg.width
         self.conv = nn.Conv2d(cfg.in_chans, w, 3, 1, 1, bias=False)
-        self.bn = nn.BatchNorm2d(w)
+        self.bn = _norm(norm, w)
         self.act = make_act(act)
         blocks: list[nn.Module] = []
         c_in = w
         for stage, c_out in enumerate((w, 2 * w, 4 * w)):
             for i in range(n):
                 stride = 2 if stage > 0 and i == 0 else 1
-                blocks.append(BasicBlock(c_in, c_out, stride, act))
+                blocks.append(BasicBlock(c_in, c_out, stride, act, norm))
                 c_in = c_out
         self.blocks = nn.Sequential(*blocks)
         self.fc = nn.Linear(c_in, cfg.num_classes)

@@ -10,6 +10,12 @@ The activation sits only in the MLP blocks, as in the EAFO paper's experiments, 
 block builds its own instance through :func:`actlab.create_activation` (so a CRReLU gets one
 ε per block). Stochastic depth (Huang et al. 2016) rises linearly from 0 to ``drop_path``.
 
+Layer slots (timm-style; specs of :mod:`actlab.layers` or factories): ``act_layer`` (the
+activation, default gelu), ``norm_layer`` (default ``layernorm``: every LN above),
+``mlp_layer`` (default ``mlp``: fc1 -> act -> fc2; e.g. ``glu``) and ``attn_score`` (default
+``softmax``, computed by the fused ``scaled_dot_product_attention``; another score function
+gets the scaled scores and its weights multiply v).
+
 ``vit_tiny_patch4_32`` is the CIFAR configuration of the EAFO authors' code base (embed 192,
 depth 12, heads 3, MLP ratio 4, drop-path 0.1); the ``*_28`` presets are small enough to train
 on Fashion-MNIST in minutes on 2 CPU cores.
@@ -23,10 +29,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from actlab.models._act import make_act
-from actlab.registry import ActivationSpec
+from actlab.layers import LayerSpec, Mlp, Softmax
+from actlab.models._act import ActLayer, make_layer
 
-__all__ = ["ViT", "ViTConfig", "DropPath"]
+__all__ = ["ViT", "ViTConfig", "DropPath", "Mlp", "attention", "make_score"]
+
+NORM_KINDS = ("norm", "basic")
+MLP_KINDS = ("mlp", "basic")
+SCORE_KINDS = ("attn_score",)
 
 
 @dataclass
@@ -73,13 +83,39 @@ class DropPath(nn.Module):
         return f"p={self.p}"
 
 
+def attention(
+    q: Tensor, k: Tensor, v: Tensor, score: nn.Module | None, dropout: float, causal: bool = False
+) -> Tensor:
+    """Multi-head attention of (B, h, N, d) tensors; ``score=None`` is the fused softmax."""
+    if score is None:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=causal)
+    s = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5  # (B, h, Nq, Nk)
+    mask = None
+    if causal:
+        n_q, n_k = s.shape[-2:]
+        mask = torch.ones(n_q, n_k, dtype=torch.bool, device=s.device).tril()
+    p = score(s, mask)  # (B, h, Nq, Nk)
+    if dropout > 0:
+        p = F.dropout(p, dropout)
+    return p @ v  # (B, h, Nq, d)
+
+
+def make_score(spec: LayerSpec | None) -> nn.Module | None:
+    """The attention-score module of ``spec``; None for softmax (the fused kernel)."""
+    if spec is None:
+        return None
+    module = make_layer(spec, "attn_score", SCORE_KINDS)
+    return None if type(module) is Softmax else module
+
+
 class Attention(nn.Module):
-    def __init__(self, cfg: ViTConfig) -> None:
+    def __init__(self, cfg: ViTConfig, attn_score: LayerSpec | None = None) -> None:
         super().__init__()
         self.n_head = cfg.num_heads
         self.qkv = nn.Linear(cfg.embed_dim, 3 * cfg.embed_dim, bias=cfg.qkv_bias)
         self.proj = nn.Linear(cfg.embed_dim, cfg.embed_dim)
         self.dropout = cfg.dropout
+        self.score = make_score(attn_score)  # None (softmax) adds no module
 
     def forward(self, x: Tensor) -> Tensor:
         B, N, D = x.shape
@@ -88,32 +124,30 @@ class Attention(nn.Module):
         k = k.view(B, N, self.n_head, D // self.n_head).transpose(1, 2)
         v = v.view(B, N, self.n_head, D // self.n_head).transpose(1, 2)
         p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, h, N, d)
+        y = attention(q, k, v, self.score, p)  # (B, h, N, d)
         y = y.transpose(1, 2).reshape(B, N, D)
         return self.proj(y)
 
 
-class Mlp(nn.Module):
-    """fc1 -> act -> dropout -> fc2 -> dropout; ``act`` is built once per block."""
-
-    def __init__(self, dim: int, hidden: int, act: ActivationSpec, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = make_act(act)
-        self.fc2 = nn.Linear(hidden, dim)
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
-
-
 class Block(nn.Module):
-    def __init__(self, cfg: ViTConfig, act: ActivationSpec, drop_path: float) -> None:
+    def __init__(
+        self,
+        cfg: ViTConfig,
+        act_layer: ActLayer,
+        drop_path: float,
+        norm_layer: LayerSpec = "layernorm",
+        mlp_layer: LayerSpec = "mlp",
+        attn_score: LayerSpec | None = None,
+    ) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(cfg.embed_dim)
-        self.attn = Attention(cfg)
-        self.norm2 = nn.LayerNorm(cfg.embed_dim)
-        self.mlp = Mlp(cfg.embed_dim, int(cfg.embed_dim * cfg.mlp_ratio), act, cfg.dropout)
+        d = cfg.embed_dim
+        self.norm1 = make_layer(norm_layer, "norm_layer", NORM_KINDS, num_features=d)
+        self.attn = Attention(cfg, attn_score)
+        self.norm2 = make_layer(norm_layer, "norm_layer", NORM_KINDS, num_features=d)
+        self.mlp = make_layer(
+            mlp_layer, "mlp_layer", MLP_KINDS, in_features=d, hidden_features=int(d * cfg.mlp_ratio),
+            out_features=d, act_layer=act_layer, drop=cfg.dropout, bias=True,
+        )  # fmt: skip
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -122,10 +156,26 @@ class Block(nn.Module):
 
 
 class ViT(nn.Module):
-    """A plain ViT classifier with a class token and learned position embeddings."""
+    """A plain ViT classifier with a class token and learned position embeddings.
 
-    def __init__(self, cfg: ViTConfig, act: ActivationSpec = "gelu") -> None:
+    ``act_layer``, ``norm_layer``, ``mlp_layer`` and ``attn_score`` are the layer slots (see
+    the module docstring); None means the default.
+    """
+
+    layer_slots = ("norm_layer", "mlp_layer", "attn_score")
+
+    def __init__(
+        self,
+        cfg: ViTConfig,
+        act_layer: ActLayer = "gelu",
+        *,
+        norm_layer: LayerSpec | None = None,
+        mlp_layer: LayerSpec | None = None,
+        attn_score: LayerSpec | None = None,
+    ) -> None:
         super().__init__()
+        norm_layer = norm_layer if norm_layer is not None else "layernorm"
+        mlp_layer = mlp_layer if mlp_layer is not None else "mlp"
         self.cfg = cfg
         n_patches = (cfg.img_size // cfg.patch_size) ** 2
         self.patch_embed = nn.Conv2d(cfg.in_chans, cfg.embed_dim, cfg.patch_size, cfg.patch_size)
@@ -133,8 +183,10 @@ class ViT(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, n_patches + 1, cfg.embed_dim))
         self.pos_drop = nn.Dropout(cfg.dropout)
         rates = torch.linspace(0, cfg.drop_path, cfg.depth).tolist() if cfg.depth > 1 else [0.0]
-        self.blocks = nn.ModuleList(Block(cfg, act, r) for r in rates)
-        self.norm = nn.LayerNorm(cfg.embed_dim)
+        self.blocks = nn.ModuleList(
+            Block(cfg, act_layer, r, norm_layer, mlp_layer, attn_score) for r in rates
+        )
+        self.norm = make_layer(norm_layer, "norm_layer", NORM_KINDS, num_features=cfg.embed_dim)
         self.head = nn.Linear(cfg.embed_dim, cfg.num_classes)
         self.apply(self._init_weights)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
@@ -147,8 +199,10 @@ class ViT(nn.Module):
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+            if m.weight is not None:
+                nn.init.ones_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
 
     def forward(self, img: Tensor) -> Tensor:
         B, C, H, W = img.shape
