@@ -94,7 +94,7 @@ def _describe(match: object) -> str:
         return "(" + ", ".join(_describe(m) for m in match) + ")"
     if isinstance(match, str):
         return repr(match)
-    return getattr(match, "__qualname__", type(match).__name__)
+    return str(getattr(match, "__name__", type(match).__name__))
 
 
 def _is_module_class(obj: object) -> bool:
@@ -133,9 +133,16 @@ def _matcher(match: Matcher) -> Callable[[str, nn.Module], bool]:
             return result
 
         return checked
+    if isinstance(match, type):
+        got = f"the class {match.__name__}, which is not an nn.Module"
+    elif isinstance(match, tuple):
+        bad = [t for t in match if not _is_module_class(t)]
+        got = f"a tuple holding {type(bad[0]).__name__} {bad[0]!r}" if bad else "an empty tuple"
+    else:
+        got = type(match).__name__
     raise SurgeryInputError(
         "match= must be a callable (name, module) -> bool, an nn.Module class or a tuple of "
-        f"them, or an activation kind such as 'gelu'; got {type(match).__name__}"
+        f"them, or an activation kind such as 'gelu'; got {got}"
     )
 
 
@@ -200,6 +207,11 @@ def _build_all(model: nn.Module, sites: list[Slot], build: Builder) -> list[tupl
     for slot in sites:
         new = build(slot.path, slot.module)
         where = repr(slot.path)
+        if _is_module_class(new):
+            cls = getattr(new, "__name__", "?")
+            raise SurgeryInputError(
+                f"build returned the class {cls} for {where}; return an instance, e.g. {cls}()"
+            )
         if not isinstance(new, nn.Module):
             raise SurgeryInputError(
                 f"build returned {type(new).__name__} for {where}; it must return an nn.Module "
@@ -372,8 +384,9 @@ def replace_modules(
             "build= must be a callable (path, old_module) -> new module, e.g. "
             f"lambda path, old: nn.SiLU(); got {type(build).__name__}"
         )
-    if not isinstance(strict, bool) or not isinstance(hooks, bool):
-        raise SurgeryInputError("strict= and hooks= must be True or False")
+    for flag, value in (("strict", strict), ("hooks", hooks)):
+        if not isinstance(value, bool):
+            raise SurgeryInputError(f"{flag}= must be True or False, got {value!r}")
     extra = _callables(on_replaced, "on_replaced")
     checks = _callables(check, "check")
     globs = globs_of(where)
