@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import base64
 import sys
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from report_helpers import check_png_page
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from bench_helpers import compare_main, fake_train  # noqa: E402
@@ -15,50 +14,7 @@ from bench_helpers import compare_main, fake_train  # noqa: E402
 from actlab.bench import compare  # noqa: E402
 from actlab.report import render_report, write_report  # noqa: E402
 
-VOID = {"meta", "img", "br", "hr", "link", "input"}
-PNG = b"\x89PNG\r\n\x1a\n"
-
-
-class _Checker(HTMLParser):
-    """Collects images, external references and checks that tags are balanced."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stack: list[str] = []
-        self.images: list[str] = []
-        self.external: list[str] = []
-        self.text: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        a = dict(attrs)
-        if tag == "img":
-            self.images.append(a.get("src") or "")
-        for key in ("src", "href"):
-            if a.get(key) and not str(a[key]).startswith("data:"):
-                self.external.append(str(a[key]))
-        if tag not in VOID:
-            self.stack.append(tag)
-
-    def handle_endtag(self, tag: str) -> None:
-        assert self.stack and self.stack[-1] == tag, f"unbalanced </{tag}> after {self.stack}"
-        self.stack.pop()
-
-    def handle_data(self, data: str) -> None:
-        self.text.append(data)
-
-
-def _check(html: str) -> _Checker:
-    assert html.startswith("<!DOCTYPE html>")
-    p = _Checker()
-    p.feed(html)
-    p.close()
-    assert p.stack == [], f"unclosed tags: {p.stack}"
-    assert p.external == [], "the report must not load anything"
-    for src in p.images:
-        head, _, data = src.partition(",")
-        assert head == "data:image/png;base64"
-        assert base64.b64decode(data, validate=True).startswith(PNG)
-    return p
+_check = check_png_page
 
 
 def test_report_has_all_sections(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import base64
 import os
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from report_helpers import PNG, parse
 
 from actlab.report import Page, escape, write_atomic
 from actlab.report.page import CSS, figure_png
 
-PNG = b"\x89PNG\r\n\x1a\n"
 HOSTILE = [
     "<script>alert('x')</script>",
     '" onmouseover="alert(1)',
@@ -22,38 +21,6 @@ HOSTILE = [
     "σ(x)·β — ü 中文 🙂",
     "",
 ]
-
-
-class _Parsed(HTMLParser):
-    """Tags, attributes and text of a page, as a browser's parser sees them."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.tags: list[str] = []
-        self.attrs: list[tuple[str, str | None]] = []
-        self.text: list[str] = []
-        self.stack: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.tags.append(tag)
-        self.attrs += attrs
-        if tag not in ("meta", "img"):
-            self.stack.append(tag)
-
-    def handle_endtag(self, tag: str) -> None:
-        assert self.stack and self.stack[-1] == tag, f"unbalanced </{tag}> after {self.stack}"
-        self.stack.pop()
-
-    def handle_data(self, data: str) -> None:
-        self.text.append(data)
-
-
-def _parse(text: str) -> _Parsed:
-    p = _Parsed()
-    p.feed(text)
-    p.close()
-    assert p.stack == []
-    return p
 
 
 def _png() -> bytes:
@@ -81,7 +48,7 @@ def test_hostile_text_stays_text_everywhere(s: str) -> None:
     sec.table([{s: s, "n": 1}])
     sec.figure(_png(), alt=s, note=s)
     html = page.render()
-    p = _parse(html)
+    p = parse(html)
     assert "script" not in p.tags and "x" not in [v for k, v in p.attrs if k == "src"]
     assert set(p.tags) <= {
         "html",
@@ -129,7 +96,7 @@ def test_figures_embed_png_and_svg_and_nothing_external() -> None:
     svg = '<svg xmlns="http://www.w3.org/2000/svg" width="4" height="4"><rect width="4"/></svg>'
     page = Page("f")
     page.figure(png, "png").figure(svg, "svg")
-    srcs = [v for k, v in _parse(page.render()).attrs if k == "src"]
+    srcs = [v for k, v in parse(page.render()).attrs if k == "src"]
     assert len(srcs) == 2 and all(str(s).startswith("data:image/") for s in srcs)
     assert base64.b64decode(str(srcs[0]).split(",", 1)[1]) == png
     assert base64.b64decode(str(srcs[1]).split(",", 1)[1]).decode() == svg
@@ -147,7 +114,7 @@ def test_plot_says_why_a_figure_is_missing() -> None:
     page = Page("p")
     page.plot(lambda: None, "a", empty="nothing recorded.").plot(broken, "b")
     page.plot(_png, "c", note="a note")
-    text = " ".join(_parse(page.render()).text)
+    text = " ".join(parse(page.render()).text)
     assert "nothing recorded." in text and "not drawn: RuntimeError: no <data>" in text
     assert "second line" not in text and "a note" in text
 
