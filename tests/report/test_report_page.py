@@ -140,3 +140,5 @@ def test_write_is_atomic_and_checks_the_folder(
     with pytest.raises(ValueError, match="is a folder"):
         write_atomic(tmp_path, "x")
     assert write_atomic(tmp_path / "b.png", PNG).read_bytes() == PNG
+    (tmp_path / "plain.txt").write_bytes(PNG)  # the usual permissions, not mkstemp's 0600
+    assert (tmp_path / "b.png").stat().st_mode == (tmp_path / "plain.txt").stat().st_mode

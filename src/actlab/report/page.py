@@ -23,7 +23,7 @@ import base64
 import html
 import math
 import os
-import tempfile
+import secrets
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -84,15 +84,18 @@ def write_atomic(path: str | Path, data: str | bytes) -> Path:
     if out.is_dir():
         raise ValueError(f"{out} is a folder; give a file name such as {out / 'report.html'}")
     raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    # a unique name in the same folder (so the rename is atomic), opened exclusively; unlike
+    # mkstemp it gets the usual permissions (umask), as a page written in place would
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    f = open(tmp, "xb")  # before the try: a failed open created nothing to remove
     try:
-        with os.fdopen(fd, "wb") as f:
+        with f:
             f.write(raw)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, out)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return out
 
