@@ -35,13 +35,14 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from actlab._names import Registry, RegistryError
+from actlab._names import Registry, RegistryError, did_you_mean
 
 __all__ = [
     "ACTIVATIONS",
     "ActivationInfo",
     "Registry",
     "RegistryError",
+    "did_you_mean",
     "activation_aliases",
     "ActivationSpecError",
     "ParamRule",

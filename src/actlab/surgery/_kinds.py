@@ -25,8 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from actlab._names import did_you_mean
-from actlab.registry import activation_aliases, canonical_name, list_activations
+from actlab.registry import activation_aliases, canonical_name, did_you_mean, list_activations
 
 __all__ = [
     "EXTRA_KINDS",

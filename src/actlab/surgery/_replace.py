@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from torch import nn
 
-from actlab._names import Registry
+from actlab.registry import Registry
 from actlab.surgery._kinds import NOT_WILDCARD, WILDCARD, identify_activation, resolve_kind
 from actlab.surgery._report import (
     Replacement,
