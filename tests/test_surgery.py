@@ -109,12 +109,25 @@ def test_identify_subclasses_only_when_forward_is_inherited() -> None:
 def test_identify_transformers_activations() -> None:
     acts = pytest.importorskip("transformers.activations")
     expected = {
-        "gelu": "gelu", "gelu_python": "gelu", "gelu_new": "gelu_tanh",
-        "gelu_pytorch_tanh": "gelu_tanh", "gelu_python_tanh": "gelu_tanh",
-        "gelu_fast": "gelu_tanh", "gelu_accurate": "gelu_tanh", "quick_gelu": "quick_gelu",
-        "gelu_10": "clipped_gelu", "silu": "silu", "swish": "silu", "relu": "relu",
-        "relu2": "relu2", "relu6": "relu6", "mish": "mish", "tanh": "tanh",
-        "sigmoid": "sigmoid", "laplace": "laplace", "linear": "linear",
+        "gelu": "gelu",
+        "gelu_python": "gelu",
+        "gelu_new": "gelu_tanh",
+        "gelu_pytorch_tanh": "gelu_tanh",
+        "gelu_python_tanh": "gelu_tanh",
+        "gelu_fast": "gelu_tanh",
+        "gelu_accurate": "gelu_tanh",
+        "quick_gelu": "quick_gelu",
+        "gelu_10": "clipped_gelu",
+        "silu": "silu",
+        "swish": "silu",
+        "relu": "relu",
+        "relu2": "relu2",
+        "relu6": "relu6",
+        "mish": "mish",
+        "tanh": "tanh",
+        "sigmoid": "sigmoid",
+        "laplace": "laplace",
+        "linear": "linear",
     }
     for key, kind in expected.items():
         assert identify_activation(acts.ACT2FN[key]) == kind, key
@@ -306,11 +319,16 @@ def test_dynamic_check_finds_hidden_calls_and_rolls_back() -> None:
     x = torch.randn(2, 4)
     swap_activations(model, {"gelu": "crrelu"})  # static check cannot see the helper
     model = nn.Sequential(HiddenGelu())
-    with pytest.raises(SurgeryError, match=r"gelu is still called functionally in 0 \(HiddenGelu.forward, seen at run time\)"):
+    with pytest.raises(
+        SurgeryError,
+        match=r"gelu is still called functionally in 0 \(HiddenGelu.forward, seen at run time\)",
+    ):
         swap_activations(model, {"gelu": "crrelu"}, example_inputs=x)
     assert isinstance(model[0].act, nn.GELU)  # rolled back
     with pytest.raises(SurgeryError, match="relu is still called functionally in 0"):
-        swap_activations(nn.Sequential(HiddenGelu(), nn.ReLU()), {"relu": "tanh"}, example_inputs=(x,))
+        swap_activations(
+            nn.Sequential(HiddenGelu(), nn.ReLU()), {"relu": "tanh"}, example_inputs=(x,)
+        )
 
 
 def test_dynamic_check_ignores_calls_inside_activations_and_removes_hooks() -> None:
@@ -333,3 +351,10 @@ def test_hooks_removed_when_forward_raises() -> None:
 def test_root_activation_cannot_be_replaced() -> None:
     with pytest.raises(ValueError, match="cannot be replaced in place"):
         swap_activations(nn.GELU(), {"gelu": "relu"})
+
+
+def test_new_activations_follow_the_device_of_their_site() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.GELU(), nn.ReLU6(), nn.PReLU()).to("meta")
+    report = swap_activations(model, {"gelu": nn.PReLU, "relu6": nn.PReLU, "prelu": nn.PReLU})
+    assert len(report) == 3 and all(isinstance(m, nn.PReLU) for m in model[1:])
+    assert all(p.device.type == "meta" for p in model.parameters())  # not left on the CPU

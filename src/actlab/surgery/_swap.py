@@ -34,7 +34,8 @@ Verification (each problem raises :class:`SurgeryError` when ``strict``; with
 Checks 1-2 run before the model is touched. When check 3 or 4 fails under ``strict`` (or the
 example forward pass raises), every replaced module is put back before the error propagates,
 so a failed call leaves the model as it was. On success the model is modified in place.
-A module shared by several paths gets one fresh activation per path.
+A module shared by several paths gets one fresh activation per path, placed on the device
+of the module it replaces (or of its parent, for a parameterless activation).
 
 Hugging Face models (the ``"transformers-config"`` hook of
 :mod:`actlab.integrations.transformers`, run by ``replace_modules``): when
@@ -141,6 +142,13 @@ def _build(spec: ActivationSpec) -> nn.Module:
             f"target {spec!r} did not build an nn.Module (got {type(module).__name__})"
         )
     return module
+
+
+def _on_device_of(new: nn.Module, old: nn.Module, parent: nn.Module) -> nn.Module:
+    """``new`` moved to the device of the old module (or, parameterless, of its parent)."""
+    modules = (old, parent)
+    ref = next((t for m in modules for t in (*m.parameters(), *m.buffers())), None)
+    return new.to(device=ref.device) if ref is not None else new
 
 
 def spec_string(module: nn.Module) -> str:
@@ -267,7 +275,7 @@ def swap_activations(
     done = replace_modules(
         model,
         lambda path, module: path in plan and plan[path][0].module is module,
-        lambda path, old: _build(plan[path][1]),
+        lambda path, old: _on_device_of(_build(plan[path][1]), old, plan[path][0].parent),
         where=where,
         strict=strict,
         check=verify,
