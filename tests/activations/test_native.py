@@ -20,8 +20,9 @@ from actlab.activations import _native, kernel_mode
 
 NATIVE = ["crrelu(eps=0.3)", "eafo(base='gelu', eps=0.2)"]
 
-pytestmark = pytest.mark.skipif(os.environ.get("ACTLAB_NATIVE", "1") == "0",
-                                reason="native kernels disabled by ACTLAB_NATIVE=0")
+pytestmark = pytest.mark.skipif(
+    os.environ.get("ACTLAB_NATIVE", "1") == "0", reason="native kernels disabled by ACTLAB_NATIVE=0"
+)
 
 
 def test_library_builds_and_registers_every_op() -> None:
@@ -87,7 +88,9 @@ def test_native_autograd_runs_in_cpp(spec: str) -> None:
     m = actlab.create_activation(spec)
     with kernel_mode("native"):
         y = m(torch.randn(100, requires_grad=True))
-    assert y.grad_fn is not None and "Function>" in y.grad_fn.name() and "CppNode" in y.grad_fn.name()
+    assert (
+        y.grad_fn is not None and "Function>" in y.grad_fn.name() and "CppNode" in y.grad_fn.name()
+    )
     with kernel_mode("native"), torch.no_grad():
         assert m(torch.randn(100)).grad_fn is None
 
@@ -124,7 +127,9 @@ def test_native_handles_layouts_empty_and_non_finite(spec: str) -> None:
         e = torch.empty(0, 4, requires_grad=True)
         m(e).sum().backward()
         assert e.grad is not None and e.grad.shape == e.shape
-        special = torch.tensor([float("inf"), float("-inf"), float("nan"), 60.0, -60.0], requires_grad=True)
+        special = torch.tensor(
+            [float("inf"), float("-inf"), float("nan"), 60.0, -60.0], requires_grad=True
+        )
         y = m(special)
         y.backward(torch.ones_like(y))
     with kernel_mode("reference"), torch.no_grad():
@@ -165,12 +170,18 @@ def test_other_dtypes_and_kernels_fall_back() -> None:
 
 
 def _python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          env={**os.environ, **env}, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=300,
+    )
 
 
 def test_disabled_by_environment_uses_the_other_paths() -> None:
-    r = _python("""
+    r = _python(
+        """
         import torch, actlab
         from actlab.activations import _native, kernel_mode
         m = actlab.create_activation("crrelu")
@@ -182,14 +193,17 @@ def test_disabled_by_environment_uses_the_other_paths() -> None:
                 m(x)
         except RuntimeError as e:
             print("raised", e)
-    """, ACTLAB_NATIVE="0")
+    """,
+        ACTLAB_NATIVE="0",
+    )
     assert r.returncode == 0, r.stderr
     assert "available False disabled by ACTLAB_NATIVE=0" in r.stdout
     assert "raised native kernel for crrelu is unavailable: disabled" in r.stdout
 
 
 def test_failed_build_warns_once_and_falls_back(tmp_path: object) -> None:
-    r = _python("""
+    r = _python(
+        """
         import warnings, torch, actlab
         from actlab.activations import _native
         m = actlab.create_activation("crrelu")
@@ -204,59 +218,31 @@ def test_failed_build_warns_once_and_falls_back(tmp_path: object) -> None:
         msgs = [str(i.message) for i in w if "native CPU kernels could not be built" in str(i.message)]
         print("warnings", len(msgs), "available", _native.available())
         print("same", torch.allclose(y.detach(), ref, atol=1e-6))
-    """, ACTLAB_CACHE=str(tmp_path), CXX="/nonexistent/c++")
+    """,
+        ACTLAB_CACHE=str(tmp_path),
+        CXX="/nonexistent/c++",
+    )
     assert r.returncode == 0, r.stderr
     assert "warnings 1 available False" in r.stdout and "same True" in r.stdout
 
 
-def test_ninja_from_the_wheel_is_put_on_path_for_the_build(monkeypatch: pytest.MonkeyPatch) -> None:
-    ninja = pytest.importorskip("ninja")
-    monkeypatch.setattr(_native.shutil, "which", lambda name: None)
-    before = os.environ["PATH"]
-    with _native._ninja_on_path():
-        assert os.environ["PATH"].split(os.pathsep)[0] == str(ninja.BIN_DIR)
-    assert os.environ["PATH"] == before
+def test_the_kernels_are_one_extension_of_the_shared_builder() -> None:
+    """Build, cache, lock and fallback are actlab._ext's (tested in tests/ext); this module
+    declares the sources and ops, and reads its state from the builder."""
+    from actlab import _ext
 
-
-def test_a_stale_torch_build_lock_is_removed(tmp_path: object) -> None:
-    from pathlib import Path
-
-    where = Path(str(tmp_path))
-    (where / "lock").write_text("left by a killed build")
-    with _native._build_lock(where):
-        assert not (where / "lock").exists()
-
-
-def test_a_cached_library_loads_without_a_build_and_a_broken_one_is_rebuilt(
-    tmp_path: object, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import torch.utils.cpp_extension as cpp
-
-    monkeypatch.setenv("ACTLAB_CACHE", str(tmp_path))
-    where = _native.build_dir()
-    where.mkdir(parents=True)
-    so = where / f"actlab_native_{where.name}.so"
-    calls: list[str] = []
-    monkeypatch.setattr(cpp, "load", lambda **kw: calls.append(kw["name"]))
-    loaded: list[str] = []
-    monkeypatch.setattr(torch.ops, "load_library", lambda path: loaded.append(path))
-    so.write_bytes(b"\x7fELF")
-    _native._build()  # cached: loaded directly, no build
-    assert loaded == [str(so)] and calls == []
-
-    def broken(path: str) -> None:
-        raise OSError(f"{path}: file too short")
-
-    monkeypatch.setattr(torch.ops, "load_library", broken)
-    _native._build()  # unusable leftover: rebuilt
-    assert calls == [so.stem]
+    assert _native.KERNELS.namespace == "actlab_native"
+    assert _native.build_dir() == _ext.build_dir(_native.KERNELS)
+    lib = _ext.load(_native.KERNELS)  # the library test_library_builds... loaded
+    assert lib.isa == _ext.capability() and lib.path.parent == _native.build_dir()
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("isa", ["AVX2", "DEFAULT"])
 def test_lesser_instruction_sets_match_the_float64_formula(isa: str, tmp_path: object) -> None:
     """The AVX2 and portable builds (ACTLAB_NATIVE_ISA) have their own code paths; ~30 s each."""
-    r = _python("""
+    r = _python(
+        """
         import torch, actlab
         from actlab.activations import _native, kernel_mode
         assert _native.available(), _native.unavailable_reason()
@@ -279,15 +265,23 @@ def test_lesser_instruction_sets_match_the_float64_formula(isa: str, tmp_path: o
                 for a, b in zip(outs[dt], outs["ref"]):
                     err = float(((a - b).abs() / (1 + b.abs())).max())
                     assert err <= tol, (spec, dt, err)
-        print("ok", _native._capability())
-    """, ACTLAB_CACHE=str(tmp_path), ACTLAB_NATIVE_ISA=isa)
+        from actlab import _ext
+        print("ok", _ext.capability())
+    """,
+        ACTLAB_CACHE=str(tmp_path),
+        ACTLAB_NATIVE_ISA=isa,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"ok {isa}" in r.stdout
 
 
 def test_isa_override_is_validated(monkeypatch: pytest.MonkeyPatch) -> None:
+    from actlab import _ext
+
     monkeypatch.setenv("ACTLAB_NATIVE_ISA", "avx2")
-    assert _native._capability() == "AVX2" and "-DCPU_CAPABILITY_AVX2" in _native._flags()
+    assert _ext.capability() == "AVX2" and _native.build_dir() == _ext.build_dir(
+        _native.KERNELS, "AVX2"
+    )
     monkeypatch.setenv("ACTLAB_NATIVE_ISA", "sse9")
     with pytest.raises(ValueError, match="expected one of AVX512, AVX2, DEFAULT"):
-        _native._capability()
+        _ext.capability()
