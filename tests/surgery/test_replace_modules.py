@@ -303,6 +303,41 @@ def test_lenient_no_match_warns_and_changes_nothing() -> None:
     assert_unchanged(model, snap)
 
 
+class Stubborn(nn.Module):
+    """A parent whose ``__setattr__`` ignores (or refuses) new modules for ``act``."""
+
+    def __init__(self, refuse: bool = False) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.act = nn.GELU()
+        self.refuse = refuse
+        self.ready = True
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "act" and getattr(self, "ready", False) and not isinstance(value, nn.GELU):
+            if self.refuse:
+                raise AttributeError("act is read-only here")
+            return  # silently ignored
+        super().__setattr__(name, value)
+
+
+def test_a_parent_that_ignores_or_refuses_the_new_module() -> None:
+    model = nn.Sequential(Stubborn(), nn.Sequential(nn.Linear(4, 4), nn.GELU()))
+    snap = snapshot(model)
+    with pytest.raises(SurgeryError, match=r"Stubborn at '0' did not accept the replacement"):
+        replace_modules(model, nn.GELU, lambda p, o: nn.SiLU())
+    assert_unchanged(model, snap)
+    with pytest.warns(SurgeryWarning, match="did not accept"):
+        report = replace_modules(model, nn.GELU, lambda p, o: nn.SiLU(), strict=False)
+    assert report.paths == ["1.1"] and isinstance(model[0].act, nn.GELU)
+
+    model = nn.Sequential(nn.Sequential(nn.Linear(4, 4), nn.GELU()), Stubborn(refuse=True))
+    snap = snapshot(model)
+    with pytest.raises(AttributeError, match="read-only"):
+        replace_modules(model, nn.GELU, lambda p, o: nn.SiLU())
+    assert_unchanged(model, snap)
+
+
 # ---------------------------------------------------------------- hooks and parameters
 def test_untouched_hooks_and_parameters_are_left_alone() -> None:
     model = Net()

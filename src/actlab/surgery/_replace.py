@@ -313,11 +313,13 @@ def _notes(slots: list[Slot], sites: list[Replacement]) -> list[str]:
 
 
 def _put_back(parent: nn.Module, name: str, old: nn.Module) -> None:
+    """Restore ``parent.<name>``; never raises, so one stubborn parent cannot stop a rollback."""
     try:
         setattr(parent, name, old)
-    finally:
-        if parent._modules.get(name) is not old:
-            parent._modules[name] = old
+    except Exception:  # noqa: BLE001 - the slot is restored directly below
+        pass
+    if parent._modules.get(name) is not old:
+        parent._modules[name] = old
 
 
 def replace_modules(
