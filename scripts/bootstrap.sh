@@ -33,10 +33,11 @@ import torch
 assert torch.__version__.startswith("2.13.0"), torch.__version__
 assert not torch.version.cuda, "a CUDA build of torch was installed; expected the CPU build 2.13.0"
 PY
-# Build the native CPU kernels now (once per machine, ~30 s; cached under $ACTLAB_CACHE) rather
-# than in the middle of the first training or test. Best effort: without a C++ compiler the
-# kernels fall back to their compiled / eager paths with a warning.
-"$VENV/bin/python" -c "from actlab.activations import _native; import sys; sys.exit(0 if _native.available() else 1)" \
-  || echo "[bootstrap] warning: native CPU kernels not built; using the slower fallback paths" >&2
+# Build the native extensions now (once per machine, ~30 s each; cached under $ACTLAB_CACHE)
+# rather than in the middle of the first training or test: each module named here declares an
+# actlab._ext.Extension. Best effort: without a C++ compiler the kernels fall back to their
+# compiled / eager paths with a warning.
+"$VENV/bin/python" -m actlab._ext actlab.activations._native \
+  || echo "[bootstrap] warning: native extensions not built; using the slower fallback paths" >&2
 echo "$want" > "$stamp"
 echo "[bootstrap] ready: $VENV" >&2
