@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from actlab.surgery import SurgeryError, find_modules, replace_modules
+from actlab.surgery import SurgeryError, find_modules, replace_modules, swap_activations
 
 
 class Net(nn.Module):
@@ -194,6 +194,32 @@ def test_hostile_replace_modules(case: Case) -> None:
     assert model.head.weight is model.embed.weight
 
 
+def sw(model: nn.Module, mapping: Any, **kw: Any) -> Any:
+    return swap_activations(model, mapping, **kw)
+
+
+# swap_activations, a client of replace_modules: the same contract
+SWAP_CASES: list[Case] = [
+    ("swap-model-str", lambda m: sw("m", {"gelu": "relu"}), "nn.Module"),
+    ("swap-model-none", lambda m: sw(None, {"gelu": "relu"}), "nn.Module"),  # type: ignore[arg-type]
+    ("swap-mapping-empty", lambda m: sw(m, {}), "non-empty dict"),
+    ("swap-mapping-list", lambda m: sw(m, [("gelu", "relu")]), "non-empty dict"),
+    ("swap-key-int", lambda m: sw(m, {3: "relu"}), "mapping keys must be"),
+    ("swap-key-unknown", lambda m: sw(m, {"gleu": "relu"}), "Did you mean: gelu"),
+    ("swap-target-unknown", lambda m: sw(m, {"gelu": "nope"}), "unknown activation"),
+    ("swap-target-none", lambda m: sw(m, {"gelu": None}), "activation"),
+    ("swap-where-no-match", lambda m: sw(m, {"gelu": "relu"}, where="x.*"), "matches no module"),
+    ("swap-where-int", lambda m: sw(m, {"gelu": "relu"}, where=3), "where="),
+    ("swap-no-match", lambda m: sw(m, {"silu": "relu"}), "no silu activation found"),
+    ("swap-root", lambda m: sw(nn.GELU(), {"gelu": "relu"}), "cannot be replaced in place"),
+]
+
+
+@pytest.mark.parametrize("case", SWAP_CASES, ids=[c[0] for c in SWAP_CASES])
+def test_hostile_swap_activations(case: Case) -> None:
+    test_hostile_replace_modules(case)
+
+
 def test_lenient_still_reports_in_one_line() -> None:
     model = Net()
     with pytest.warns(UserWarning) as record:
@@ -210,7 +236,7 @@ def test_errors_are_surgery_errors_or_input_errors() -> None:
 
 if __name__ == "__main__":
     counts: dict[str, int] = {}
-    for c in CASES:
+    for c in CASES + SWAP_CASES:
         v = classify(c)
         counts[v] = counts.get(v, 0) + 1
         print(f"{c[0]:32s} {v}")

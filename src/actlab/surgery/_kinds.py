@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from actlab.registry import activation_aliases, canonical_name, did_you_mean, list_activations
+from actlab.surgery._report import SurgeryInputError
 
 __all__ = [
     "EXTRA_KINDS",
@@ -170,7 +171,9 @@ def resolve_kind(key: str, *, where: str = "in the mapping") -> str:
     ``where`` names the argument in the message ("in the mapping", "for match=").
     """
     if not isinstance(key, str):
-        raise TypeError(f"mapping keys must be activation kinds (str), got {type(key).__name__}")
+        raise SurgeryInputError(
+            f"mapping keys must be activation kinds (str), got {type(key).__name__}"
+        )
     k = key.strip().lower()
     if k == WILDCARD:
         return k
