@@ -132,6 +132,14 @@ CASES: list[tuple[list[str], str]] = [
     (["demo", "--target", "3"], "must use the input x"),
     (["demo", "--target", "crrelu(eps=nan)"], "literal"),
     (["demo", "--target", "crrelu(eps='nan')"], "eps"),
+    # ------------------------------------------------------------------ run settings
+    *[([*COMPARE, "--threads", t], "--threads") for t in ("0", "-2", BIG, "100000")],
+    ([*COMPARE, "--threads", "two"], "invalid int"),
+    ([*COMPARE, "--kernel", "fast"], "invalid choice"),
+    ([*COMPARE, "--kernel", ""], "invalid choice"),
+    ([*COMPARE, "--kernel"], "expected one argument"),
+    *[([*SEARCH, "--threads", t], "--threads") for t in ("0", BIG)],
+    ([*SEARCH, "--kernel", "Native"], "invalid choice"),
 ]
 
 
@@ -145,6 +153,7 @@ def tripwires(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
         raise AssertionError("work started before every flag was checked")
 
     monkeypatch.setattr(actlab.bench.comparison, "compare", tripped)
+    monkeypatch.setattr(actlab.bench.comparison, "run_compare", tripped)
     monkeypatch.setattr(actlab.search, "run_search", tripped)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "adir.html").mkdir()

@@ -85,3 +85,14 @@ def fake_train(
     )
     config = {"task": task, "model": model, "epochs": epochs, **kwargs}
     return FakeResult("accuracy", final, True, history, traj, 0.01 * n, config)
+
+
+def settings_train(task: str, activation: str, seed: int, **kwargs: Any) -> FakeResult:
+    """``fake_train`` that also records the kernel mode and torch threads it ran under."""
+    import torch
+
+    from actlab.activations import get_kernel_mode
+
+    res = fake_train(task, activation, seed, **kwargs)
+    res.config.update(seen_kernel=get_kernel_mode(), seen_threads=torch.get_num_threads())
+    return res

@@ -24,7 +24,6 @@ HELP = "compare activations over several seeds: mean ± CI, paired tests, HTML r
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from actlab.bench.plan import DEFAULT_DB  # light: no SQLAlchemy at --help time
-    from actlab.train import TASKS
 
     p.add_argument(
         "activations",
@@ -36,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--task",
         required=True,
-        help=f"one of {', '.join(TASKS.names())}",
+        help="e.g. digits-mlp, fashion-mnist, cifar10, shakespeare-char (a wrong name lists all)",
     )
     p.add_argument("--model", default=None, help="model of the task (default: the task's own)")
     p.add_argument(
@@ -73,9 +72,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="cap optimizer steps per run (quick smoke tests)",
     )
+    add_run_settings(p)
     p.add_argument("--study", default=None, help="study name stored with the runs (<= 200 chars)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--train-fn", default=None, help=argparse.SUPPRESS)  # module:function, tests
+
+
+def add_run_settings(p: argparse.ArgumentParser) -> None:
+    """``--kernel`` and ``--threads``: run settings that are part of each run's key (shared
+    with ``search``)."""
+    from actlab.activations import KERNEL_MODES
+
+    p.add_argument(
+        "--kernel",
+        default=None,
+        choices=list(KERNEL_MODES),
+        help="activation kernel mode of every run (default: ACTLAB_KERNEL, else auto); "
+        "another mode is another run",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads of every run (default: torch's, split between --workers); "
+        "part of the run's key",
+    )
 
 
 # ---------------------------------------------------------------------------- flag checks
@@ -177,30 +199,38 @@ def check_study(name: str | None) -> str | None:
     return name
 
 
-def validate(args: argparse.Namespace) -> list[Any]:
-    """Check every flag (see the module docstring); returns the planned runs.
+def check_threads(threads: int | None) -> int | None:
+    """``--threads``: None (torch's default) or 1..cores."""
+    return check_int("--threads", threads, 1, os.cpu_count() or 1)
 
-    Normalises ``args.device``, ``args.report`` (a path or None) and ``args.activations``
-    (bare formulas become ``expr(formula=...)``). Reads nothing from the results database
-    and writes nothing.
+
+def validate(args: argparse.Namespace) -> Any:
+    """Check every flag (see the module docstring); returns the checked plan
+    (:class:`~actlab.bench.comparison.ComparePlan`), which :func:`run` runs as it is.
+
+    Normalises ``args.device`` and ``args.report`` (a path or None); bare formulas become
+    ``expr(formula=...)`` in the plan. Reads nothing from the results database and writes
+    nothing.
     """
-    from actlab.bench.comparison import resolve_task_defaults
-    from actlab.bench.plan import MAX_EPOCHS, formula_spec, plan_runs
+    from actlab.bench.comparison import plan_compare
+    from actlab.bench.plan import MAX_EPOCHS
 
     check_workers(args.workers)
     check_int("--epochs", args.epochs, 1, MAX_EPOCHS)
     check_int("--max-steps", args.max_steps, 1, MAX_STEPS)
+    check_threads(args.threads)
     args.device = check_device(args.device)
     check_study(args.study)
     if not args.db or not str(args.db).strip():
         raise ValueError("--db must name a file or an SQLAlchemy URL")
-    args.activations = [formula_spec(a) for a in args.activations]
-    # task and model first: an unknown task names every task
-    if args.train_fn is None:
-        resolve_task_defaults(args.task, args.model, args.epochs)
-    specs = plan_runs(args.activations, args.seeds, task=args.task, epochs=args.epochs)
+    # formulas, then task and model (an unknown task names every task), then the matrix
+    plan = plan_compare(
+        args.activations, task=args.task, model=args.model, seeds=args.seeds,
+        epochs=args.epochs, device=args.device, dtype=args.dtype, max_steps=args.max_steps,
+        kernel=args.kernel, threads=args.threads, task_defaults=args.train_fn is None,
+    )  # fmt: skip
     args.report = check_report(args.report, args.no_report, f"compare-{args.task}.html")
-    return specs
+    return plan
 
 
 def _events(show_bar: bool) -> Any:
@@ -293,23 +323,16 @@ def _print_table(result: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from actlab.bench.comparison import compare
+    from actlab.bench.comparison import run_compare
 
-    validate(args)  # every flag, before touching the database or starting anything
+    plan = validate(args)  # every flag, before touching the database or starting anything
     events = _events(show_bar=not args.no_progress and sys.stderr.isatty())
     t0 = time.perf_counter()
-    try:
-        result = compare(
-            args.activations,
-            task=args.task,
-            model=args.model,
-            seeds=args.seeds,
-            epochs=args.epochs,
+    try:  # the checked plan runs as it is: nothing is validated twice
+        result = run_compare(
+            plan,
             db=args.db,
             workers=args.workers,
-            device=args.device,
-            dtype=args.dtype,
-            max_steps=args.max_steps,
             study=args.study,
             train_fn=args.train_fn,
             events=events,
@@ -326,7 +349,7 @@ def run(args: argparse.Namespace) -> int:
         events.console.print(f"{len(missing)} run(s) are being trained by another process; "
                              "rerun later to include them")  # fmt: skip
     if args.report is not None:
-        from actlab.report import write_report
+        from actlab.report.html import write_report
 
         path = write_report(result, args.report)
         events.console.print(f"report: {path}")

@@ -73,6 +73,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-cost", type=float, default=8.0,
                    help="reject candidates slower than this many times GELU per step (default 8)")
     p.add_argument("--max-steps", type=int, default=None, help="cap optimizer steps per training")
+    from actlab._cli.compare import add_run_settings
+
+    add_run_settings(p)  # --kernel, --threads: of every training, and what the cost filter times
     p.add_argument("--top", type=int, default=None, help="candidates re-evaluated at the end (default 3)")
     p.add_argument("--final-seeds", type=int, default=None,
                    help="fresh seeds of the re-evaluation (default 5)")
@@ -140,6 +143,7 @@ def validate(args: argparse.Namespace) -> tuple[Any, Any, Any]:
         check_int,
         check_report,
         check_study,
+        check_threads,
         check_workers,
     )
     from actlab.bench.plan import MAX_RUNS, MAX_SEED, MAX_SEEDS
@@ -172,7 +176,7 @@ def validate(args: argparse.Namespace) -> tuple[Any, Any, Any]:
             raise ValueError(f"{', '.join(given)} {verb} the re-evaluation, which --no-final skips")
     if curve:
         given = [f for f, v in (("--model", args.model), ("--max-steps", args.max_steps),
-                                ("--db", args.db)) if v is not None]
+                                ("--db", args.db), ("--threads", args.threads)) if v is not None]
         if given:
             verb = "applies" if len(given) == 1 else "apply"
             raise ValueError(f"{', '.join(given)} {verb} to training tasks; a curve: task trains "
@@ -190,6 +194,7 @@ def validate(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     check_int("--max-nodes", args.max_nodes, 1, 256)
     check_float("--max-cost", args.max_cost, lo=0.0)
     check_int("--max-steps", args.max_steps, 1, MAX_STEPS)
+    check_threads(args.threads)
     args.top = check_int("--top", args.top, 1, _TOP_MAX) or 3
     args.final_seeds = check_int("--final-seeds", args.final_seeds, 1, MAX_SEEDS) or 5
     if not args.no_final and not curve and (args.top + 3) * args.final_seeds > MAX_RUNS:
@@ -224,8 +229,9 @@ def validate(args: argparse.Namespace) -> tuple[Any, Any, Any]:
         get_task(args.task).resolve_model(args.model)
         density = bool(STRATEGIES.meta(args.strategy).get("density"))
         kw = {"model": args.model, "record_density": density,
-              "overrides": {"max_steps": args.max_steps} if args.max_steps else {}}
-    objective = make_objective(args.task.strip(), **kw)
+              "overrides": {"max_steps": args.max_steps} if args.max_steps else {},
+              "threads": args.threads}
+    objective = make_objective(args.task.strip(), kernel=args.kernel, **kw)  # --kernel checked
     levels = _levels(args.funnel, objective.task)
     n_levels = len(levels) if levels is not None else 1
     if args.keep is not None:

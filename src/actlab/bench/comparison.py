@@ -16,12 +16,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from actlab.bench.plan import MAX_EPOCHS, RunSpec, config_hash, parse_seeds, plan_runs
+from actlab.bench.plan import (
+    MAX_EPOCHS,
+    RunSpec,
+    config_hash,
+    formula_spec,
+    parse_seeds,
+    plan_runs,
+)
 from actlab.bench.runner import MatrixEvents, MatrixReport, TrainRef, run_matrix
 from actlab.bench.store import DEFAULT_DB, ResultsStore, RunRecord
 from actlab.bench.summary import CompareSummary, summarize
 
-__all__ = ["CompareResult", "compare", "default_study_name", "resolve_task_defaults"]
+__all__ = [
+    "ComparePlan",
+    "CompareResult",
+    "compare",
+    "default_study_name",
+    "plan_compare",
+    "resolve_task_defaults",
+    "kernel_config",
+    "run_compare",
+]
 
 
 @dataclass
@@ -69,6 +85,89 @@ def resolve_task_defaults(
     return name, int(epochs or defaults["epochs"]), defaults
 
 
+@dataclass(frozen=True)
+class ComparePlan:
+    """A checked comparison, ready to run: its matrix and the config shared by its runs.
+
+    Built once by :func:`plan_compare` (every argument checked, nothing read or written);
+    :func:`run_compare` runs it. The CLI plans while it checks its flags and runs that plan,
+    so nothing is validated twice.
+    """
+
+    task: str
+    specs: list[RunSpec]
+    seeds: list[int]
+    config: dict[str, Any]
+
+    @property
+    def activations(self) -> list[str]:
+        return list(dict.fromkeys(s.activation for s in self.specs))
+
+
+def kernel_config(kernel: str | None, threads: int | None, device: str = "cpu") -> dict[str, Any]:
+    """The config entries of a run's kernel mode and CPU threads (checked, one-line errors).
+
+    ``kernel=None`` takes the mode in force (``set_kernel_mode`` / ``ACTLAB_KERNEL``, else
+    ``auto``); ``auto`` and ``threads=None`` add nothing, so runs planned before these
+    settings existed keep their keys. Another mode (or a thread count) is another run.
+    """
+    from actlab.activations import check_kernel_mode, get_kernel_mode, kernel_unavailable
+
+    mode = get_kernel_mode() if kernel is None else check_kernel_mode(kernel, "--kernel ")
+    why = kernel_unavailable(mode, device)
+    if why:
+        raise ValueError(f"--kernel {mode} cannot run on {device}: {why}; use --kernel auto")
+    out: dict[str, Any] = {}
+    if mode != "auto":
+        out["kernel_mode"] = mode
+    if threads is not None:
+        whole = isinstance(threads, int) and not isinstance(threads, bool)
+        if not (whole and 1 <= threads <= MAX_THREADS):
+            raise ValueError(f"--threads must be a whole number in 1..{MAX_THREADS}, got {threads}")
+        out["num_threads"] = threads
+    return out
+
+
+MAX_THREADS = 1024  # torch threads of one run
+
+
+def plan_compare(
+    activations: Sequence[str],
+    *,
+    task: str,
+    model: str | None = None,
+    seeds: int | str | Sequence[int] = 3,
+    epochs: int | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+    max_steps: int | None = None,
+    kernel: str | None = None,
+    threads: int | None = None,
+    extra_config: dict[str, Any] | None = None,
+    task_defaults: bool = True,
+) -> ComparePlan:
+    """Check every argument of :func:`compare` and plan its matrix (reads and writes nothing).
+
+    ``task_defaults=False`` (a custom train function) keeps model and epochs as given.
+    """
+    if epochs is not None and (isinstance(epochs, bool) or not 1 <= epochs <= MAX_EPOCHS):
+        raise ValueError(f"epochs must be in 1..{MAX_EPOCHS} (None: the task's own), got {epochs}")
+    if max_steps is not None and (
+        isinstance(max_steps, bool) or int(max_steps) != max_steps or max_steps < 1
+    ):
+        raise ValueError(f"max_steps must be a whole number >= 1 (or None), got {max_steps}")
+    config: dict[str, Any] = {"device": device, "dtype": dtype, **(extra_config or {})}
+    config.update(kernel_config(kernel, threads, device))
+    if max_steps is not None:
+        config["max_steps"] = int(max_steps)
+    activations = [formula_spec(a) for a in activations]  # a bad formula first, then the task
+    if task_defaults:
+        model, epochs, config["_task_defaults"] = resolve_task_defaults(task, model, epochs)
+    seed_list = parse_seeds(seeds)
+    specs = plan_runs(activations, seed_list, task=task, model=model, epochs=epochs, config=config)
+    return ComparePlan(task, specs, seed_list, config)
+
+
 def compare(
     activations: Sequence[str],
     *,
@@ -81,6 +180,8 @@ def compare(
     device: str = "cpu",
     dtype: str = "float32",
     max_steps: int | None = None,
+    kernel: str | None = None,
+    threads: int | None = None,
     study: str | None = None,
     train_fn: TrainRef = None,
     events: MatrixEvents | None = None,
@@ -90,27 +191,44 @@ def compare(
     """Run (or resume) the activation x seed matrix and summarise it.
 
     ``activations[0]`` is the baseline of the paired tests. ``seeds`` is a count (seeds
-    ``0..n-1``) or explicit seeds. ``device``, ``dtype``, ``max_steps`` and ``extra_config``
-    (extra keyword arguments for the train function) are part of each run's identity. With
-    the default trainer the task's default model, epochs and training recipe are resolved
-    first (see :func:`resolve_task_defaults`); a custom ``train_fn`` gets the values as given.
+    ``0..n-1``) or explicit seeds. ``device``, ``dtype``, ``max_steps``, ``kernel`` (the
+    activation kernel mode of every run; None: the mode in force), ``threads`` (CPU threads
+    of every run) and ``extra_config`` (extra keyword arguments for the train function) are
+    part of each run's identity. With the default trainer the task's default model, epochs
+    and training recipe are resolved first (see :func:`resolve_task_defaults`); a custom
+    ``train_fn`` gets the values as given. Same as ``run_compare(plan_compare(...), ...)``.
     """
-    if epochs is not None and (isinstance(epochs, bool) or not 1 <= epochs <= MAX_EPOCHS):
-        raise ValueError(f"epochs must be in 1..{MAX_EPOCHS} (None: the task's own), got {epochs}")
-    if max_steps is not None and (
-        isinstance(max_steps, bool) or int(max_steps) != max_steps or max_steps < 1
-    ):
-        raise ValueError(f"max_steps must be a whole number >= 1 (or None), got {max_steps}")
+    _check_confidence(confidence)
+    plan = plan_compare(
+        activations, task=task, model=model, seeds=seeds, epochs=epochs, device=device,
+        dtype=dtype, max_steps=max_steps, kernel=kernel, threads=threads,
+        extra_config=extra_config, task_defaults=train_fn is None,
+    )  # fmt: skip
+    return run_compare(
+        plan, db=db, workers=workers, study=study, train_fn=train_fn, events=events,
+        confidence=confidence,
+    )  # fmt: skip
+
+
+def _check_confidence(confidence: float) -> None:
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    config: dict[str, Any] = {"device": device, "dtype": dtype, **(extra_config or {})}
-    if max_steps is not None:
-        config["max_steps"] = int(max_steps)
-    if train_fn is None:
-        model, epochs, config["_task_defaults"] = resolve_task_defaults(task, model, epochs)
-    seed_list = parse_seeds(seeds)
-    specs = plan_runs(activations, seed_list, task=task, model=model, epochs=epochs, config=config)
-    acts = list(dict.fromkeys(s.activation for s in specs))
+
+
+def run_compare(
+    plan: ComparePlan,
+    *,
+    db: str | Path | ResultsStore = DEFAULT_DB,
+    workers: int = 1,
+    study: str | None = None,
+    train_fn: TrainRef = None,
+    events: MatrixEvents | None = None,
+    confidence: float = 0.95,
+) -> CompareResult:
+    """Run (or resume) a planned comparison (:func:`plan_compare`) and summarise it."""
+    _check_confidence(confidence)
+    specs, config, task = plan.specs, plan.config, plan.task
+    acts = plan.activations
     first = specs[0]
     name = study or default_study_name(task, first.model, acts, config_hash(config))
     store = db if isinstance(db, ResultsStore) else ResultsStore(db)
@@ -120,7 +238,7 @@ def compare(
             task=task,
             model=first.model,
             activations=acts,
-            seeds=seed_list,
+            seeds=plan.seeds,
             epochs=first.epochs,
             config=config,
         )

@@ -20,13 +20,14 @@ function or a ``"module:function"`` string.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,7 @@ __all__ = [
     "execute_run",
     "resolve_train_fn",
     "run_matrix",
+    "run_settings",
 ]
 
 TrainFn = Callable[..., Any]
@@ -118,11 +120,34 @@ def _train_kwargs(spec: RunSpec) -> dict[str, Any]:
     return kwargs
 
 
+@contextlib.contextmanager
+def run_settings(spec: RunSpec) -> Iterator[None]:
+    """Apply the run's kernel mode (``auto`` unless its config names another) and CPU threads
+    (``num_threads``, if given) around its training, whatever the train function: a run is
+    trained the same way inline, in a worker process or elsewhere."""
+    import torch
+
+    from actlab.activations import kernel_mode
+
+    threads = spec.config.get("num_threads")
+    old = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    try:
+        with kernel_mode(str(spec.config.get("kernel_mode") or "auto")):
+            yield
+    finally:
+        if threads is not None:
+            torch.set_num_threads(old)
+
+
 def execute_run(spec: RunSpec, fn: TrainFn) -> dict[str, Any]:
     """Train one run; never raises for a failing run (the error goes into the payload)."""
     started, t0 = utc_now(), time.perf_counter()
     try:
-        payload = result_payload(fn(spec.task, spec.activation, spec.seed, **_train_kwargs(spec)))
+        with run_settings(spec):
+            result = fn(spec.task, spec.activation, spec.seed, **_train_kwargs(spec))
+        payload = result_payload(result)
         payload["status"] = FINISHED
         if payload.pop("diverged"):
             payload["error"] = "training diverged (non-finite loss); stopped early"

@@ -14,12 +14,16 @@ error); ``stage`` names the last stage reached (``checks``, ``cost``, ``quality`
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from actlab.expr import Expr, canonical, expr_hash, parse, to_string
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = ["WARM_START", "Candidate", "EvalResult", "STAGES", "as_candidate"]
 
@@ -45,6 +49,8 @@ class Candidate:
     level: int = 0
     meta: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
     _hash: str = field(init=False, repr=False, compare=False, hash=False, default="")
+    # the compiled program (an ExprActivation built from ``expr``), built once on first use
+    _module: Any = field(init=False, repr=False, compare=False, hash=False, default=None)
 
     def __post_init__(self) -> None:
         e = canonical(self.expr)
@@ -70,8 +76,27 @@ class Candidate:
 
     @property
     def spec(self) -> str:
-        """The activation spec that :func:`actlab.create_activation` and the trainer accept."""
+        """The activation spec of the candidate as text, for storage and reports
+        (:func:`actlab.create_activation` accepts it); evaluations use :meth:`module`."""
         return f'expr(formula="{self.formula}")'
+
+    def module(self) -> nn.Module:
+        """A fresh activation module computing ``expr`` (its scalars at their defaults).
+
+        The expression is compiled once per candidate (no text, no parser) and each call
+        returns a deep copy of that program: the cheap stages check one copy and the
+        trainer hands another to the model, which copies it for each of its sites.
+        """
+        if self._module is None:
+            from actlab.expr import compile_expr
+
+            object.__setattr__(self, "_module", compile_expr(self.expr))
+        return copy.deepcopy(self._module)
+
+    def __getstate__(self) -> dict[str, Any]:  # the compiled program stays in its process
+        state = dict(self.__dict__)
+        state.pop("_module", None)
+        return state
 
     def promoted(self, level: int) -> Candidate:
         """The same expression at funnel ``level`` (origin ``funnel``, parent = itself)."""

@@ -13,6 +13,10 @@ measurement, and both run on one torch thread (multi-threaded timings of small t
 busy machine vary by an order of magnitude). A candidate with ``ratio > max_ratio`` is
 rejected at stage ``cost``. Elementwise compositions cost several GELUs (each op is its own
 kernel, forward and backward), so the default limit is 8x.
+
+The candidate is timed in the kernel mode its training runs in (the objective's ``kernel``,
+e.g. ``actlab search --kernel native``; by default the mode in force, ``auto`` unless set),
+so the filter judges the code path the search will actually train with.
 """
 
 from __future__ import annotations
@@ -74,21 +78,23 @@ class CostFilter:
             raise ValueError(f"max_ratio must be a finite number > 0, got {self.max_ratio} "
                              "(no cost filter: Pipeline(cost=None))")
 
-    def measure(self, module: nn.Module) -> float:
-        """The step-time ratio of ``module`` to GELU."""
-        from actlab.activations import kernel_mode
+    def measure(self, module: nn.Module, kernel: str | None = None) -> float:
+        """The step-time ratio of ``module`` to GELU under kernel mode ``kernel`` (None: the
+        mode in force), which should be the mode the candidate's training runs in."""
+        from actlab.activations import get_kernel_mode, kernel_mode
 
+        mode = get_kernel_mode() if kernel is None else kernel
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # one thread: stable timings on a shared machine
         try:
-            with kernel_mode("eager"), torch.enable_grad():
+            with kernel_mode(mode), torch.enable_grad():
                 return step_time_ratio(module, shape=self.shape, repeats=self.repeats)
         finally:
             torch.set_num_threads(threads)
 
-    def check(self, module: nn.Module) -> tuple[bool, float, str]:
-        """``(ok, ratio, reason)``."""
-        ratio = self.measure(module)
+    def check(self, module: nn.Module, kernel: str | None = None) -> tuple[bool, float, str]:
+        """``(ok, ratio, reason)``, timed under kernel mode ``kernel`` (see :meth:`measure`)."""
+        ratio = self.measure(module, kernel)
         if ratio > self.max_ratio:
             return False, ratio, (
                 f"too slow: {ratio:.2f}x GELU per forward+backward step "

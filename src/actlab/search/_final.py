@@ -109,6 +109,7 @@ def finalize(
         [*baselines, *final.specs], task=result.task, model=model, seeds=seed_list, epochs=epochs,
         db=db or DEFAULT_DB, workers=workers, study=f"search:{result.study}/final",
         train_fn=train_fn, events=events, max_steps=max_steps, extra_config=over or None,
+        kernel=getattr(objective, "kernel", None), threads=getattr(objective, "threads", None),
     )
     return final
 

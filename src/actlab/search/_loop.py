@@ -114,7 +114,8 @@ def run_search(
     name = study or _default_study(obj, strategy if isinstance(strategy, str) else "custom", seed)
     st = SearchStudy(name, storage, higher_is_better=obj.higher_is_better,
                      attrs={"task": obj.task, "metric": obj.metric, "levels": list(levels),
-                            "strategy": strategy if isinstance(strategy, str) else type(strategy).__name__})
+                            "strategy": strategy if isinstance(strategy, str) else type(strategy).__name__,
+                            "kernel": getattr(obj, "kernel", None) or "auto"})
     try:
         st.reclaim()
         records = st.records()

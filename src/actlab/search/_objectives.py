@@ -89,6 +89,21 @@ class Objective(Protocol):
     ) -> Score: ...
 
 
+def _run_settings(kernel: str | None, threads: int | None, device: str) -> tuple[str, int | None]:
+    """The kernel mode (None: the mode in force, resolved now so that worker processes and
+    Ray tasks use the same) and thread count of an objective's runs, checked (one line)."""
+    from actlab.activations import check_kernel_mode, get_kernel_mode, kernel_unavailable
+
+    mode = get_kernel_mode() if kernel is None else check_kernel_mode(kernel, "--kernel ")
+    why = kernel_unavailable(mode, device)
+    if why:
+        raise ValueError(f"--kernel {mode} cannot run on {device}: {why}; use --kernel auto")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                or not 1 <= threads <= 1024):
+        raise ValueError(f"--threads must be a whole number in 1..1024, got {threads!r}")
+    return mode, threads
+
+
 # ----------------------------------------------------------------------------- training
 class _FloorCallback:
     """Stop training when the validation metric misses the floor at epoch ``after``."""
@@ -149,10 +164,13 @@ class TrainObjective:
     default_budget: float = 0.0
     metric: str = ""
     higher_is_better: bool = True
+    kernel: str | None = None  # activation kernel mode of every training (None: the mode in force)
+    threads: int | None = None  # CPU threads of every training (None: the process's)
 
     def __post_init__(self) -> None:
         from actlab.train import get_task
 
+        self.kernel, self.threads = _run_settings(self.kernel, self.threads, self.device)
         t = get_task(self.task)
         self.task = t.name
         self.metric, self.higher_is_better = t.metric, t.higher_is_better
@@ -174,8 +192,9 @@ class TrainObjective:
         if dens_cb is not None:
             cbs.append(dens_cb)
         cfg = dict(checkpoint="none", eval_test_each_epoch=False, **self.overrides)
-        r = run_training(self.task, candidate.spec, seed, model=self.model, epochs=epochs,
-                         device=self.device, callbacks=cbs, **cfg)
+        cfg.update(kernel_mode=self.kernel, num_threads=self.threads)
+        r = run_training(self.task, candidate.module(), seed, model=self.model,
+                         epochs=epochs, device=self.device, callbacks=cbs, **cfg)
         curve = [float(h.get(f"val_{self.metric}", math.nan)) for h in r.history]
         extra: dict[str, Any] = {"val_curve": curve, "seconds_train": r.seconds, "steps": r.steps}
         if dens_cb is not None:
@@ -219,9 +238,11 @@ class CurveObjective:
     default_budget: float = 1.0
     metric: str = "neg_rmse"
     higher_is_better: bool = True
+    kernel: str | None = None  # the kernel mode the cost filter times (None: the mode in force)
     _y: np.ndarray | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self.kernel = _run_settings(self.kernel, None, "cpu")[0]
         lo, hi = (float(v) for v in self.xlim)
         if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
             raise ValueError(f"xlim must be two finite increasing numbers, got {self.xlim}")

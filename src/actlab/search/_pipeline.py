@@ -134,7 +134,7 @@ def evaluate_candidate(
             return done(EvalResult.rejected("checks", f"error: {_error(e)}"))
         if pipeline.cost is not None:
             try:
-                ok, cost, reason = pipeline.cost.check(module)
+                ok, cost, reason = pipeline.cost.check(module, getattr(objective, "kernel", None))
             except Exception as e:  # noqa: BLE001
                 return done(EvalResult.rejected("cost", f"error while timing: {_error(e)}"))
             if not ok:
@@ -190,7 +190,6 @@ def _cheap_stages(candidate: Candidate, pipeline: Pipeline, proxies: dict[str, f
         check_gradients,
         check_numerics,
         check_stability,
-        compile_expr,
         run_checks,
         size,
     )
@@ -199,7 +198,7 @@ def _cheap_stages(candidate: Candidate, pipeline: Pipeline, proxies: dict[str, f
     n = size(candidate.expr)
     if pipeline.max_nodes is not None and n > pipeline.max_nodes:
         raise Rejected("checks", f"too complex: {n} nodes > {pipeline.max_nodes}")
-    module = compile_expr(candidate.expr)
+    module = candidate.module()  # the candidate's compiled program (a copy of it)
     if pipeline.checks and pipeline.proxies:
         report = run_checks(module)
         if not report.ok:

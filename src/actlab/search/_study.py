@@ -296,7 +296,7 @@ class SearchStudy:
         self.study_id = self.storage.get_study_id_from_name(name)
         old = self.study.user_attrs
         for key, value in (attrs or {}).items():
-            if key in old and old[key] != value and key in ("task", "metric", "levels"):
+            if key in old and old[key] != value and key in ("task", "metric", "levels", "kernel"):
                 raise ValueError(f"study {name!r} was created with {key}={old[key]!r}, not "
                                  f"{value!r}; use another --study name or the same {key}")
             if key not in old:

@@ -48,7 +48,7 @@ class TrainConfig:
     eval_windows: int = 256  # text tasks: held-out windows per evaluation
     max_steps: int | None = None
     deterministic: bool = True
-    kernel_mode: str | None = None  # actlab activation kernels: auto/compiled/eager/reference
+    kernel_mode: str | None = None  # activation kernels: auto/compiled/eager/native/reference
     num_threads: int | None = None  # CPU threads during the run (None: leave torch's setting)
     checkpoint: str = "last"  # "last" (one file, overwritten each epoch) or "none"
     eval_test_each_epoch: bool = True
@@ -68,6 +68,10 @@ class TrainConfig:
             raise ValueError("max_steps must be >= 1 or None")
         if self.num_threads is not None and self.num_threads < 1:
             raise ValueError("num_threads must be >= 1 or None")
+        if self.kernel_mode is not None:
+            from actlab.activations import check_kernel_mode
+
+            check_kernel_mode(self.kernel_mode)
         if self.checkpoint not in ("last", "none"):
             raise ValueError("checkpoint must be 'last' or 'none'")
         self.betas = (float(self.betas[0]), float(self.betas[1]))
