@@ -329,7 +329,7 @@ def replace_modules(
     *,
     where: str | Iterable[str] | None = None,
     strict: bool = True,
-    check: Hook | None = None,
+    check: Hook | Sequence[Hook] | None = None,
     on_replaced: Hook | Sequence[Hook] | None = None,
     hooks: bool = True,
 ) -> ReplacementReport:
@@ -347,10 +347,12 @@ def replace_modules(
             ``old_module`` and its parameters (that is how weight tying is kept).
         where: glob(s) over dotted module paths; a module is in scope when its path or an
             ancestor's matches (``"encoder.layer.0"`` covers that block). Must match a path.
-        strict: when True (default), matching nothing or cutting a weight tie raises
-            :class:`SurgeryError`; when False it is a :class:`SurgeryWarning` recorded in
-            ``report.warnings``.
-        check: ``(model, report) -> None`` run after installation; raise to roll back.
+        strict: when True (default), matching nothing, cutting a weight tie or a parent
+            that does not accept its new module raises :class:`SurgeryError` (after the
+            rollback); when False each is a :class:`SurgeryWarning` recorded in
+            ``report.warnings`` (a refused slot keeps its old module).
+        check: ``(model, report) -> None`` (or a list) run after installation; raise to roll
+            back.
         on_replaced: extra hooks ``(model, report) -> None`` for this call, run after the
             registered global ones (:func:`on_replaced`); ``hooks=False`` skips the global
             ones.
