@@ -107,3 +107,19 @@ def test_workers_apply_the_settings(tmp_path: Path, workers: int) -> None:
 
 def test_settings_train_is_importable() -> None:  # the workers import it by name
     assert callable(settings_train)
+
+
+@pytest.mark.parametrize(
+    ("var", "attr", "value", "needle"),
+    [("ACTLAB_KERNEL", "env", "bogus", "ACTLAB_KERNEL='bogus' is not one of"),
+     ("ACTLAB_FUSE_MIN_NUMEL", "env_numel", "many", "ACTLAB_FUSE_MIN_NUMEL='many'")],
+)  # fmt: skip
+def test_a_bad_environment_is_refused_before_work(
+    monkeypatch: pytest.MonkeyPatch, var: str, attr: str, value: str, needle: str
+) -> None:
+    from actlab.activations import _fused
+
+    monkeypatch.setenv(var, value)
+    monkeypatch.setattr(_fused._Resolver, attr, None)  # as in a fresh process
+    with pytest.raises(ValueError, match=needle):
+        plan_compare(["relu"], **PLAN)  # type: ignore[arg-type]

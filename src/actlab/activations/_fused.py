@@ -228,6 +228,7 @@ def kernel_unavailable(mode: str, device: str = "cpu") -> str | None:
     starts: ``native`` needs its C++ library on the CPU (built once, cached), ``compiled``
     needs Inductor to build there; the other modes always run."""
     check_kernel_mode(mode)
+    fuse_min_numel()  # a malformed ACTLAB_FUSE_MIN_NUMEL fails here, before any run starts
     dev = torch.device(device).type
     if mode == "native" and dev == "cpu":
         from actlab.activations import _native
