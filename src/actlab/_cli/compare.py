@@ -73,6 +73,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="cap optimizer steps per run (quick smoke tests)",
     )
     add_run_settings(p)
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="overrides",
+        metavar="model.KEY=VALUE",
+        help="override the model: a layer slot (model.norm_layer=rmsnorm, "
+        "model.mlp_layer=\"glu(act='silu')\", model.attn_score=relu_attn) or a config field "
+        "(model.depth=6); repeatable, part of each run's key (a wrong key lists the valid ones)",
+    )
     p.add_argument("--study", default=None, help="study name stored with the runs (<= 200 chars)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--train-fn", default=None, help=argparse.SUPPRESS)  # module:function, tests
@@ -213,7 +223,7 @@ def validate(args: argparse.Namespace) -> Any:
     nothing.
     """
     from actlab.bench.comparison import plan_compare
-    from actlab.bench.plan import MAX_EPOCHS
+    from actlab.bench.plan import MAX_EPOCHS, parse_set_overrides
 
     check_workers(args.workers)
     check_int("--epochs", args.epochs, 1, MAX_EPOCHS)
@@ -228,6 +238,7 @@ def validate(args: argparse.Namespace) -> Any:
         args.activations, task=args.task, model=args.model, seeds=args.seeds,
         epochs=args.epochs, device=args.device, dtype=args.dtype, max_steps=args.max_steps,
         kernel=args.kernel, threads=args.threads, task_defaults=args.train_fn is None,
+        model_overrides=parse_set_overrides(args.overrides),
     )  # fmt: skip
     args.report = check_report(args.report, args.no_report, f"compare-{args.task}.html")
     return plan

@@ -21,6 +21,7 @@ from actlab.bench.plan import (
     RunSpec,
     config_hash,
     formula_spec,
+    model_overrides_config,
     parse_seeds,
     plan_runs,
 )
@@ -145,10 +146,13 @@ def plan_compare(
     threads: int | None = None,
     extra_config: dict[str, Any] | None = None,
     task_defaults: bool = True,
+    model_overrides: dict[str, Any] | None = None,
 ) -> ComparePlan:
     """Check every argument of :func:`compare` and plan its matrix (reads and writes nothing).
 
     ``task_defaults=False`` (a custom train function) keeps model and epochs as given.
+    ``model_overrides`` (``{"norm_layer": "rmsnorm"}``) are checked against the model and
+    stored canonically in the config (:func:`~actlab.bench.plan.model_overrides_config`).
     """
     if epochs is not None and (isinstance(epochs, bool) or not 1 <= epochs <= MAX_EPOCHS):
         raise ValueError(f"epochs must be in 1..{MAX_EPOCHS} (None: the task's own), got {epochs}")
@@ -163,6 +167,7 @@ def plan_compare(
     activations = [formula_spec(a) for a in activations]  # a bad formula first, then the task
     if task_defaults:
         model, epochs, config["_task_defaults"] = resolve_task_defaults(task, model, epochs)
+    config.update(model_overrides_config(task, model, model_overrides))
     seed_list = parse_seeds(seeds)
     specs = plan_runs(activations, seed_list, task=task, model=model, epochs=epochs, config=config)
     return ComparePlan(task, specs, seed_list, config)
@@ -187,6 +192,7 @@ def compare(
     events: MatrixEvents | None = None,
     confidence: float = 0.95,
     extra_config: dict[str, Any] | None = None,
+    model_overrides: dict[str, Any] | None = None,
 ) -> CompareResult:
     """Run (or resume) the activation x seed matrix and summarise it.
 
@@ -196,13 +202,17 @@ def compare(
     of every run) and ``extra_config`` (extra keyword arguments for the train function) are
     part of each run's identity. With the default trainer the task's default model, epochs
     and training recipe are resolved first (see :func:`resolve_task_defaults`); a custom
-    ``train_fn`` gets the values as given. Same as ``run_compare(plan_compare(...), ...)``.
+    ``train_fn`` gets the values as given. ``model_overrides`` set the model's layer slots
+    and config fields (``{"norm_layer": "rmsnorm", "mlp_layer": "glu(act='silu')"}``, like
+    ``--set model.KEY=VALUE``); they are part of each run's identity and unknown keys fail at
+    once. Same as ``run_compare(plan_compare(...), ...)``.
     """
     _check_confidence(confidence)
     plan = plan_compare(
         activations, task=task, model=model, seeds=seeds, epochs=epochs, device=device,
         dtype=dtype, max_steps=max_steps, kernel=kernel, threads=threads,
         extra_config=extra_config, task_defaults=train_fn is None,
+        model_overrides=model_overrides,
     )  # fmt: skip
     return run_compare(
         plan, db=db, workers=workers, study=study, train_fn=train_fn, events=events,

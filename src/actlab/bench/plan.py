@@ -16,6 +16,11 @@ finished (in this study or any other) reuses its result.
 - ``config`` holds every other setting that can change the result (device, dtype,
   max_steps, ...); ``config_hash`` is the first 16 hex digits of the SHA-256 of its
   canonical JSON.
+- Model overrides (``--set model.norm_layer=rmsnorm``, :func:`parse_set_overrides`) are
+  checked and written canonically by :func:`model_overrides_config` into
+  ``config["model_kwargs"]`` (keys sorted, layer specs canonical): another norm layer is
+  another run, the same overrides in another order the same run. No overrides add nothing,
+  so runs planned before overrides existed keep their keys.
 """
 
 from __future__ import annotations
@@ -33,7 +38,9 @@ __all__ = [
     "canonical_activation",
     "config_hash",
     "formula_spec",
+    "model_overrides_config",
     "parse_seeds",
+    "parse_set_overrides",
     "plan_runs",
 ]
 
@@ -147,6 +154,78 @@ def formula_spec(spec: str) -> str:
             f"activation {text!r}: a formula must use the input x, e.g. x*sigmoid(1.702*x)"
         )
     return f'expr(formula="{_canonical_formula(text)}")'
+
+
+SET_PREFIX = "model."  # the only section --set reaches today
+MAX_SET_ITEMS = 64
+
+
+def _set_value(text: str) -> Any:
+    """A Python literal (``6``, ``2.0``, ``True``, ``(64, 32)``), else the text itself."""
+    import ast
+
+    try:
+        return ast.literal_eval(text.strip())
+    except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
+        return text.strip()
+
+
+def parse_set_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``["model.norm_layer=rmsnorm", "model.depth=6"]`` -> ``{"norm_layer": "rmsnorm", "depth": 6}``.
+
+    A value is a Python literal when it parses as one (numbers, True/False, tuples, quoted
+    strings), else the text (a layer spec such as ``glu(act='silu')``); nothing is evaluated.
+    Keys must start with ``model.``; a key given twice is refused.
+    """
+    if isinstance(items, str):
+        items = [items]
+    if len(items) > MAX_SET_ITEMS:
+        raise ValueError(f"--set: at most {MAX_SET_ITEMS} overrides, got {len(items)}")
+    out: dict[str, Any] = {}
+    for item in items:
+        if not isinstance(item, str):
+            raise ValueError(f"--set takes KEY=VALUE strings, got {type(item).__name__}")
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not value.strip():
+            raise ValueError(
+                f"--set {item[:60]!r}: write KEY=VALUE, e.g. --set model.norm_layer=rmsnorm"
+            )
+        if not key.startswith(SET_PREFIX) or key == SET_PREFIX:
+            raise ValueError(
+                f"--set {key[:60]!r}: keys start with {SET_PREFIX!r}, e.g. model.norm_layer "
+                "(a wrong key lists the valid ones)"
+            )
+        name = key[len(SET_PREFIX) :]
+        if name in out:
+            raise ValueError(f"--set: {key} is given twice")
+        out[name] = _set_value(value)
+    return out
+
+
+def model_overrides_config(
+    task: str, model: str | None, overrides: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The config entries of a run's model overrides: ``{"model_kwargs": {...}}`` or ``{}``.
+
+    ``model`` is a preset name (None: the task's default model). Keys and values are checked
+    by :func:`actlab.models.factory.check_model_overrides` (one-line errors naming the valid
+    keys) before anything trains.
+    """
+    if not overrides:
+        return {}
+    if not isinstance(overrides, dict) or not all(isinstance(k, str) for k in overrides):
+        raise ValueError("model overrides are a dict of option name -> value")
+    from actlab.models.factory import check_model_overrides
+
+    if model is None or model == DEFAULT_MODEL:
+        from actlab.train import get_task
+
+        model = get_task(task).resolve_model(None)
+    overrides = {
+        k[len(SET_PREFIX) :] if k.startswith(SET_PREFIX) else k: v for k, v in overrides.items()
+    }
+    return {"model_kwargs": check_model_overrides(model, overrides)}
 
 
 def config_hash(config: dict[str, Any]) -> str:

@@ -60,7 +60,7 @@ def check_slot_spec(spec: str, slot: str, kinds: tuple[str, ...], layout: str = 
     ]
     if info.name not in fits:
         raise LayerSpecError(
-            f"{slot}: {info.name!r} is a {info.kind} layer"
+            f"{slot}: {info.name!r} is a layer of kind {info.kind}"
             + (f" (feature axis {info.layout})" if info.kind == "norm" else "")
             + f" and does not fit this slot; choose one of {', '.join(sorted(fits))}"
         )

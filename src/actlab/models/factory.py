@@ -197,7 +197,47 @@ def check_model_overrides(name: str, overrides: dict[str, Any]) -> dict[str, Any
                 raise ValueError(f"model.{key}={value}: {e}") from None
         else:
             out[key] = _field_value(preset, key, value)
+    _dry_build(preset, out)
     return out
+
+
+def _stand_in(preset: ModelPreset, values: dict[str, Any]) -> dict[str, Any]:
+    """Small data fields (the task sets the real ones) that fit the preset's config."""
+    names = {f.name for f in dataclasses.fields(preset.config_cls)}
+    data = {"num_classes": 2, "in_chans": 1, "in_features": 4, "vocab_size": 8}
+    if "img_size" in names:
+        patch = values.get("patch_size", 1)
+        data["img_size"] = 2 * patch if isinstance(patch, int) and patch > 0 else 8
+    return {k: v for k, v in data.items() if k in names}
+
+
+def _dry_build(preset: ModelPreset, overrides: dict[str, Any]) -> None:
+    """Build the model on the meta device (no memory) so bad values fail before training.
+
+    Data fields get small stand-ins; if the preset's defaults alone do not build that way,
+    nothing is concluded (the task's real data decides).
+    """
+    import torch
+
+    slots = {k: v for k, v in overrides.items() if k in preset.slots}
+    fields = {k: v for k, v in overrides.items() if k not in preset.slots}
+
+    def build(extra: dict[str, Any], slot_args: dict[str, Any]) -> None:
+        values = {**preset.defaults, **extra}
+        cfg = preset.config_cls(**{**values, **_stand_in(preset, values)})
+        with torch.device("meta"):
+            preset.model_cls(cfg, "relu", **slot_args)
+
+    try:
+        build({}, {})
+    except Exception:  # noqa: BLE001 -- the defaults need the real data: nothing to conclude
+        return
+    try:
+        build(fields, slots)
+    except Exception as e:  # noqa: BLE001 -- any construction error is the overrides' fault
+        given = ", ".join(f"model.{k}={v!r}" for k, v in overrides.items())
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise ValueError(f"model {preset.name!r} cannot be built with {given}: {why}") from None
 
 
 def _config(preset: ModelPreset, values: dict[str, Any]) -> Any:

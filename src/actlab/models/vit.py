@@ -182,7 +182,11 @@ class ViT(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, n_patches + 1, cfg.embed_dim))
         self.pos_drop = nn.Dropout(cfg.dropout)
-        rates = torch.linspace(0, cfg.drop_path, cfg.depth).tolist() if cfg.depth > 1 else [0.0]
+        rates = (
+            torch.linspace(0, cfg.drop_path, cfg.depth, device="cpu").tolist()
+            if cfg.depth > 1
+            else [0.0]
+        )
         self.blocks = nn.ModuleList(
             Block(cfg, act_layer, r, norm_layer, mlp_layer, attn_score) for r in rates
         )
