@@ -234,6 +234,24 @@ def test_a_builder_waits_for_the_lock_and_a_killed_one_leaves_none(tmp_path: Pat
     assert waited == []  # the killed holder's lock died with it
 
 
+def test_a_read_only_cache_is_used_without_the_lock(
+    source: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ext = _ext(source)
+    where = ext_api.build_dir(ext)
+    where.mkdir(parents=True)
+    so = _builder.library_path(ext, where)
+    so.write_bytes(b"\x7fELF")
+
+    def read_only(path: object, mode: str = "r", *a: object, **kw: object) -> object:
+        raise PermissionError(13, "Read-only file system", str(path))
+
+    monkeypatch.setattr(_builder, "open", read_only, raising=False)
+    loaded: list[str] = []
+    monkeypatch.setattr(torch.ops, "load_library", lambda path: loaded.append(path))
+    assert not _builder.build(ext).built and loaded == [str(so)]
+
+
 def test_ninja_from_the_wheel_is_put_on_path_for_the_build(monkeypatch: pytest.MonkeyPatch) -> None:
     ninja = pytest.importorskip("ninja")
     monkeypatch.setattr(_builder.shutil, "which", lambda name: None)

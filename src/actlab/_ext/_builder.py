@@ -233,7 +233,12 @@ def build_lock(where: Path, on_wait: Callable[[], None] | None = None) -> Iterat
     except ImportError:  # not POSIX: torch's lock only
         yield
         return
-    with open(where / "actlab-build.lock", "a+") as fh:
+    try:
+        fh = open(where / "actlab-build.lock", "a+")  # noqa: SIM115 -- closed below
+    except OSError:  # a read-only cache (shared, installed): nobody can build there either
+        yield
+        return
+    with fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -390,6 +395,11 @@ def load(ext: Extension) -> NativeLibrary:
 
 def try_load(ext: Extension) -> NativeLibrary | None:
     """:func:`load`, or None when the extension is unavailable (see :func:`unavailable_reason`)."""
+    got = _results.get(ext)  # the fast answer on every kernel call after the first
+    if isinstance(got, NativeLibrary):
+        return got
+    if got is not None:
+        return None
     try:
         return load(ext)
     except NativeUnavailable:
