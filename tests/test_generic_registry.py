@@ -40,6 +40,9 @@ def test_unknown_names_get_one_line_with_close_matches_or_the_list() -> None:
     with pytest.raises(RegistryError, match="must be a string"):
         r.get(3)  # type: ignore[arg-type]
     assert isinstance(e.value, KeyError) and isinstance(e.value, ValueError)
+    with pytest.raises(RegistryError) as long:
+        r.get("q" * 5000)
+    assert len(str(long.value)) < 200
 
 
 def test_duplicates_and_empty_names_are_refused_and_remove_forgets_aliases() -> None:

@@ -136,7 +136,8 @@ class Registry(Generic[T]):
         if not hint:
             hint = f" Available: {', '.join(sorted(self._items))}."
         tail = f" {self._hint}" if self._hint else ""
-        return f"unknown {self.kind} {name!r}.{hint}{tail}"
+        shown = repr(name) if len(name) <= 80 else repr(name[:77] + "...")
+        return f"unknown {self.kind} {shown}.{hint}{tail}"
 
     def get(self, name: str) -> T:
         """The object registered under ``name`` (or an alias)."""
