@@ -206,6 +206,8 @@ def test_dtype_and_device_moves(name: str, device: str) -> None:
 
 def test_create_layer_accepts_classes_factories_and_call_strings() -> None:
     assert isinstance(create_layer(nn.BatchNorm2d, num_features=3), nn.BatchNorm2d)
+    ln = create_layer(nn.LayerNorm, num_features=3)  # size positionally, as timm does
+    assert isinstance(ln, nn.LayerNorm) and ln.normalized_shape == (3,)
     m = create_layer(lambda num_features: nn.LayerNorm(num_features, eps=1e-3), num_features=5)
     assert isinstance(m, nn.LayerNorm) and m.eps == 1e-3
     r = create_layer("RMSNorm(eps=1e-5)", num_features=4)

@@ -229,7 +229,9 @@ def create_layer(spec: LayerSpec, **slot_args: Any) -> nn.Module:
     """Build a layer from a registered name, a call string, a class or a callable factory.
 
     ``slot_args`` are the model's arguments for this site (``num_features=64``; see the module
-    docstring); a registered layer may be given fewer when it sizes itself lazily.
+    docstring); a registered layer may be given fewer when it sizes itself lazily. A class or
+    factory that takes a norm's size positionally only (``nn.LayerNorm``, as timm calls its
+    ``norm_layer``) is called with the size.
     """
     if isinstance(spec, nn.Module):
         raise LayerSpecError(
@@ -247,7 +249,12 @@ def create_layer(spec: LayerSpec, **slot_args: Any) -> nn.Module:
             f"layer spec must be a str, class or factory, got {type(spec).__name__}"
         )
     try:
-        out = factory(**slot_args, **kwargs)
+        try:
+            out = factory(**slot_args, **kwargs)
+        except TypeError:
+            if isinstance(spec, str) or list(slot_args) != ["num_features"]:
+                raise
+            out = factory(slot_args["num_features"])  # timm-style: nn.LayerNorm(dim)
     except LayerSpecError:
         raise
     except Exception as e:  # noqa: BLE001 -- any construction error is the spec's fault

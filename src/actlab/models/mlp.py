@@ -41,8 +41,11 @@ def _is_identity(spec: LayerSpec | None) -> bool:
     if isinstance(spec, str):
         from actlab.registry import parse_spec
 
-        name, kwargs = parse_spec(spec)
-        return not kwargs and get_layer_info(name).name == "identity"
+        try:
+            name, kwargs = parse_spec(spec)
+            return not kwargs and get_layer_info(name).name == "identity"
+        except ValueError:  # make_layer says what is wrong, worded for layers
+            return False
     return False
 
 
