@@ -24,6 +24,7 @@ HELP = "compare activations over several seeds: mean ± CI, paired tests, HTML r
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from actlab.bench.plan import DEFAULT_DB  # light: no SQLAlchemy at --help time
+    from actlab.train import TASKS
 
     p.add_argument(
         "activations",
@@ -35,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--task",
         required=True,
-        help="e.g. digits-mlp, fashion-mnist, cifar10, shakespeare-char (a wrong name lists all)",
+        help=f"one of {', '.join(TASKS.names())}",
     )
     p.add_argument("--model", default=None, help="model of the task (default: the task's own)")
     p.add_argument(
@@ -360,7 +361,7 @@ def run(args: argparse.Namespace) -> int:
         events.console.print(f"{len(missing)} run(s) are being trained by another process; "
                              "rerun later to include them")  # fmt: skip
     if args.report is not None:
-        from actlab.report.html import write_report
+        from actlab.report import write_report
 
         path = write_report(result, args.report)
         events.console.print(f"report: {path}")
