@@ -8,7 +8,9 @@ from collections.abc import Callable
 import torch
 
 
-def interleaved_samples(fns: dict[str, Callable[[], None]], repeats: int, warmup: int = 3) -> dict[str, list[float]]:
+def interleaved_samples(
+    fns: dict[str, Callable[[], None]], repeats: int, warmup: int = 3
+) -> dict[str, list[float]]:
     """Seconds of each call of each fn, measured round-robin (round r of every fn is at index r)."""
     for fn in fns.values():
         for _ in range(warmup):

@@ -36,14 +36,28 @@ from actlab.activations import kernel_mode  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--numel", default="4000000", help="elements per tensor; a comma list for several sizes")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--numel", default="4000000", help="elements per tensor; a comma list for several sizes"
+    )
     ap.add_argument("--repeats", type=int, default=30)
-    ap.add_argument("--only", default="", help="comma-separated activation specs (default: whole zoo)")
-    ap.add_argument("--modes", default="auto", help="kernel modes for fused activations, e.g. auto,eager,reference")
+    ap.add_argument(
+        "--only", default="", help="comma-separated activation specs (default: whole zoo)"
+    )
+    ap.add_argument(
+        "--modes",
+        default="auto",
+        help="kernel modes for fused activations, e.g. auto,eager,reference",
+    )
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"])
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"]
+    )
+    ap.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)"
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -73,9 +87,13 @@ def _table(x0, g, specs, modes, args, sync) -> None:  # type: ignore[no-untyped-
 
         return step
 
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {dev}, "
-          f"{args.dtype}, numel {x0.numel():,}, repeats {args.repeats}, cpus {os.cpu_count()}")
-    print(f"{'activation':<22}{'mode':<10}{'fwd+bwd ratio':>14}{'(IQR)':>13}{'saved/input':>13}{'first call s':>14}")
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {dev}, "
+        f"{args.dtype}, numel {x0.numel():,}, repeats {args.repeats}, cpus {os.cpu_count()}"
+    )
+    print(
+        f"{'activation':<22}{'mode':<10}{'fwd+bwd ratio':>14}{'(IQR)':>13}{'saved/input':>13}{'first call s':>14}"
+    )
     x_bytes = x0.numel() * x0.element_size()
     gelu_step = step_for(F.gelu)
     for spec in specs:
@@ -94,7 +112,9 @@ def _table(x0, g, specs, modes, args, sync) -> None:  # type: ignore[no-untyped-
             r = [ta / tg for ta, tg in zip(t["act"], t["gelu"])]
             q1, _, q3 = statistics.quantiles(r, n=4)
             iqr = f"{q1:.2f}-{q3:.2f}"
-            print(f"{spec:<22}{mode:<10}{statistics.median(r):>14.2f}{iqr:>13}{sb / x_bytes:>13.2f}{first:>14.1f}")
+            print(
+                f"{spec:<22}{mode:<10}{statistics.median(r):>14.2f}{iqr:>13}{sb / x_bytes:>13.2f}{first:>14.1f}"
+            )
     gb = saved_bytes(lambda: F.gelu(x0.clone().requires_grad_(True)))
     print(f"{'(F.gelu itself)':<22}{'torch':<10}{1.0:>14.2f}{'':>13}{gb / x_bytes:>13.2f}")
 

@@ -41,30 +41,52 @@ def main(argv: list[str] | None = None) -> int:
     for rho in (0.5, 0.9):
         truth = -0.5 * math.log2(1 - rho**2)
         x, y = gauss(rho, n)
-        rows.append(("I(X;Y) corr. Gaussians", f"EBAB 30 bins, rho={rho}, n={n}", truth, P.ebab_mi(x, y)))
+        rows.append(
+            ("I(X;Y) corr. Gaussians", f"EBAB 30 bins, rho={rho}, n={n}", truth, P.ebab_mi(x, y))
+        )
         x, y = gauss(rho, n)
         rows.append(("I(X;Y) corr. Gaussians", f"KSG k=3, rho={rho}, n={n}", truth, P.ksg_mi(x, y)))
     for k in (8, 30):
         v = rng.integers(0, k, size=(n, 1)).astype(float)
-        rows.append(("H(T) discrete uniform", f"EBAB, K={k}, n={n}", math.log2(k), P.ebab_entropy(v)))
+        rows.append(
+            ("H(T) discrete uniform", f"EBAB, K={k}, n={n}", math.log2(k), P.ebab_entropy(v))
+        )
     y = rng.integers(0, 4, n)
     t = (y * 2.0 + 1.0)[:, None]
-    rows.append(("I(T;Y), T = f(Y), 4 classes", "EBAB", P.discrete_entropy(y), P.ebab_mi_labels(t, y)))
+    rows.append(
+        ("I(T;Y), T = f(Y), 4 classes", "EBAB", P.discrete_entropy(y), P.ebab_mi_labels(t, y))
+    )
     # repeated inputs with noise: X uniform on 4 ids, T = X + U, U ~ Bernoulli(1/2);
     # I(X;T) = H(T) - H(T|X) = 2.25 - 1 = 1.25 bits, while H(T) (the old "I_XT") says 2.25
     xs = rng.integers(0, 4, n)
     tx = (xs + rng.integers(0, 2, n)).astype(float)[:, None]
-    rows.append(("I(X;T), T = X + Bernoulli", "EBAB with input ids", 1.25, P.ebab_mi_inputs(tx, xs)))
+    rows.append(
+        ("I(X;T), T = X + Bernoulli", "EBAB with input ids", 1.25, P.ebab_mi_inputs(tx, xs))
+    )
     rows.append(("I(X;T), T = X + Bernoulli", "H(T) (bound, no ids)", 1.25, P.ebab_entropy(tx)))
     z = rng.standard_normal((n, 2)) * np.array([1.0, 3.0])
-    rows.append(("H Gaussian 2-d", "Kozachenko-Leonenko k=3",
-                 0.5 * math.log2((2 * math.pi * math.e) ** 2 * 9.0), P.kl_entropy(z)))
+    rows.append(
+        (
+            "H Gaussian 2-d",
+            "Kozachenko-Leonenko k=3",
+            0.5 * math.log2((2 * math.pi * math.e) ** 2 * 9.0),
+            P.kl_entropy(z),
+        )
+    )
     m, d, s2 = min(n, 1500), 2, 0.25
     z = rng.standard_normal((m, d))
     h_true = 0.5 * d * math.log2(2 * math.pi * math.e * (1 + s2))
-    rows.append(("H(T+noise) Gaussian", f"aKDE upper bound, s2={s2}, n={m}", h_true, P.kde_entropy(z, s2)))
-    rows.append(("H(T+noise) Gaussian", f"aKDE lower bound, s2={s2}, n={m}", h_true,
-                 P.kde_entropy(z, s2, "lower")))
+    rows.append(
+        ("H(T+noise) Gaussian", f"aKDE upper bound, s2={s2}, n={m}", h_true, P.kde_entropy(z, s2))
+    )
+    rows.append(
+        (
+            "H(T+noise) Gaussian",
+            f"aKDE lower bound, s2={s2}, n={m}",
+            h_true,
+            P.kde_entropy(z, s2, "lower"),
+        )
+    )
     clusters = np.repeat(np.arange(8.0)[:, None] * 10, 100, axis=0)
     rows.append(("I(X;T), 8 far-apart states", "aKDE, s2=0.01", 3.0, P.kde_mi_xt(clusters, 0.01)))
     rho, m = 0.8, min(n, 3000)
@@ -72,18 +94,38 @@ def main(argv: list[str] | None = None) -> int:
     lat2 = rho * lat + math.sqrt(1 - rho**2) * rng.standard_normal((m, 2))
     x50 = lat @ rng.standard_normal((2, 50)) + 0.01 * rng.standard_normal((m, 50))
     t40 = lat2 @ rng.standard_normal((2, 40)) + 0.01 * rng.standard_normal((m, 40))
-    rows.append(("I(X;T) 2 pairs in 50/40-d", "PCA(2) + KSG", -math.log2(1 - rho**2),
-                 P.compressed_mi(x50, t40, dims=2)))
+    rows.append(
+        (
+            "I(X;T) 2 pairs in 50/40-d",
+            "PCA(2) + KSG",
+            -math.log2(1 - rho**2),
+            P.compressed_mi(x50, t40, dims=2),
+        )
+    )
     y = rng.integers(0, 4, m)
     tt = rng.standard_normal((4, 30))[y] * 20 + rng.standard_normal((m, 30))
-    rows.append(("I(T;Y) 4 separated classes, 30-d", "PCA(3) + KL", P.discrete_entropy(y),
-                 P.compressed_mi_labels(tt, y, dims=3)))
+    rows.append(
+        (
+            "I(T;Y) 4 separated classes, 30-d",
+            "PCA(3) + KL",
+            P.discrete_entropy(y),
+            P.compressed_mi_labels(tt, y, dims=3),
+        )
+    )
     centres = rng.standard_normal((6, 8)) * 1000
     zc = np.repeat(centres, 20, axis=0) + 1e-5 * rng.standard_normal((120, 8))
-    rows.append(("DSE of 6 tight clusters", "sigma=1, t=1", math.log2(6),
-                 P.diffusion_spectral_entropy(zc, sigma=1.0)))
+    rows.append(
+        (
+            "DSE of 6 tight clusters",
+            "sigma=1, t=1",
+            math.log2(6),
+            P.diffusion_spectral_entropy(zc, sigma=1.0),
+        )
+    )
     yc = np.repeat(np.arange(6), 20)
-    rows.append(("DSMI, clusters = classes", "sigma=1, 5 repeats", math.log2(6), P.dsmi(zc, yc, sigma=1.0)))
+    rows.append(
+        ("DSMI, clusters = classes", "sigma=1, 5 repeats", math.log2(6), P.dsmi(zc, yc, sigma=1.0))
+    )
     q = 0.3
     act = torch.from_numpy(rng.random((64, 64, 256)) < q).float()
     sp = P.SparsityProbe(window=10**9)
@@ -94,7 +136,14 @@ def main(argv: list[str] | None = None) -> int:
     rows.append(("CLS_8, Bernoulli(0.3) units", "SparsityProbe", (1 - q) ** 8, srow["cls_8"]))
     ap_ = P.AttentionEntropyProbe()
     ap_.update("a", torch.nn.Identity().eval(), torch.full((2, 4, 16, 16), 1 / 16))
-    rows.append(("attention entropy, uniform (nats)", "T=16", math.log(16), ap_.summary()["a#h0"]["entropy"]))
+    rows.append(
+        (
+            "attention entropy, uniform (nats)",
+            "T=16",
+            math.log(16),
+            ap_.summary()["a#h0"]["entropy"],
+        )
+    )
     steps = np.linspace(0, 1000, 40)
     fit = P.fit_ratio_curve(steps, ratio_curve(steps, 50.0, 0.5, 0.01, 1.5, 10.0))
     rows.append(("massive fit: lambda", "A=50 lam=0.5 gamma=0.01 t0=1.5 K=10", 0.5, fit.lam))

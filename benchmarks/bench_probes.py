@@ -36,7 +36,9 @@ def _model() -> tuple[nn.Module, str]:
     try:
         from actlab.models.factory import build_model
 
-        return build_model("vit_mini_28", "gelu", num_classes=10, in_chans=1, img_size=28), "vit_mini_28"
+        return build_model(
+            "vit_mini_28", "gelu", num_classes=10, in_chans=1, img_size=28
+        ), "vit_mini_28"
     except ImportError:  # pragma: no cover - fallback when the models package is absent
         layer = nn.TransformerEncoderLayer(64, 4, 128, batch_first=True, norm_first=True)
 
@@ -46,7 +48,8 @@ def _model() -> tuple[nn.Module, str]:
                 self.embed = nn.Conv2d(1, 64, 7, 7)
                 self.blocks = nn.ModuleList(
                     nn.TransformerEncoderLayer(64, 4, 128, batch_first=True, norm_first=True)
-                    for _ in range(4))
+                    for _ in range(4)
+                )
                 self.head = nn.Linear(64, 10)
 
             def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -74,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--memory-steps", type=int, default=600)
-    ap.add_argument("--sample", type=int, default=None, help="rows per hook call (default: the manager default)")
+    ap.add_argument(
+        "--sample", type=int, default=None, help="rows per hook call (default: the manager default)"
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -104,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     wall: dict[str, list[float]] = {k: [] for k in arms}
     cpu: dict[str, list[float]] = {k: [] for k in arms}
     for i in range(args.steps):
-        for arm in (("off", "on") if i % 2 == 0 else ("on", "off")):
+        for arm in ("off", "on") if i % 2 == 0 else ("on", "off"):
             if arm == "on":
                 mgr.attach()
             c0, t0 = time.process_time(), time.perf_counter()
@@ -114,14 +119,18 @@ def main(argv: list[str] | None = None) -> int:
             if arm == "on":
                 mgr.detach()
     print(f"model: {label}, batch {args.batch}, threads {args.threads}, {args.steps} steps per arm")
-    print(f"probes: {', '.join(mgr.probes)}; sites: "
-          + ", ".join(f"{k}={len(v)}" for k, v in mgr.sites.items()))
+    print(
+        f"probes: {', '.join(mgr.probes)}; sites: "
+        + ", ".join(f"{k}={len(v)}" for k, v in mgr.sites.items())
+    )
     for what, tab in (("wall", wall), ("cpu ", cpu)):
         med = {k: statistics.median(v) for k, v in tab.items()}
         low = {k: min(v) for k, v in tab.items()}
-        print(f"{what} step  off {med['off'] * 1e3:8.2f} ms   on {med['on'] * 1e3:8.2f} ms   "
-              f"overhead {100 * (med['on'] / med['off'] - 1):+.2f}% (median), "
-              f"{100 * (low['on'] / low['off'] - 1):+.2f}% (min)   target <= 5%, stretch 2%")
+        print(
+            f"{what} step  off {med['off'] * 1e3:8.2f} ms   on {med['on'] * 1e3:8.2f} ms   "
+            f"overhead {100 * (med['on'] / med['off'] - 1):+.2f}% (median), "
+            f"{100 * (low['on'] / low['off'] - 1):+.2f}% (min)   target <= 5%, stretch 2%"
+        )
 
     # memory growth with the number of probed steps
     gc.collect()
@@ -130,8 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     marks = sorted({10, 50, 100, 200, 400, args.memory_steps})
     tracemalloc.start()
     print(f"memory over {args.memory_steps} probed steps ({', '.join(probes_all)}):")
-    print(f"{'steps':>6} {'tensors KiB':>14} {'after flush':>14} {'python heap KiB':>18} "
-          f"{'RSS MiB':>10}")
+    print(
+        f"{'steps':>6} {'tensors KiB':>14} {'after flush':>14} {'python heap KiB':>18} "
+        f"{'RSS MiB':>10}"
+    )
     with mgr2, torch.no_grad():
         xb = x[:16]
         for i in range(1, args.memory_steps + 1):
@@ -141,8 +152,10 @@ def main(argv: list[str] | None = None) -> int:
                 mgr2.flush()  # staging queues cycle; after a flush only the fixed state is left
                 gc.collect()
                 heap = tracemalloc.get_traced_memory()[0] / 1024
-                print(f"{i:>6} {staged:>14.1f} {mgr2.nbytes() / 1024:>14.1f} {heap:>18.1f} "
-                      f"{_rss_mb():>10.1f}")
+                print(
+                    f"{i:>6} {staged:>14.1f} {mgr2.nbytes() / 1024:>14.1f} {heap:>18.1f} "
+                    f"{_rss_mb():>10.1f}"
+                )
     tracemalloc.stop()
     return 0
 

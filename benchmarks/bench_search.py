@@ -53,8 +53,10 @@ FRESH_PROXY = (2000, 2001, 2002, 2003, 2004)  # re-evaluation at the level-0 bud
 def _pipelines() -> dict[str, tuple[str, Pipeline]]:
     rej = dict(cost=CostFilter(8.0), floor=QualityFloor(0.3, after=1))
     return {
-        "random": ("random", Pipeline(checks=False, cost=None, proxies=False, max_nodes=None,
-                                      budgets=(3,))),
+        "random": (
+            "random",
+            Pipeline(checks=False, cost=None, proxies=False, max_nodes=None, budgets=(3,)),
+        ),
         "random+rej": ("random", Pipeline(budgets=(3,), **rej)),  # type: ignore[arg-type]
         "evolution": ("evolution", Pipeline(budgets=(3, 8), **rej)),  # type: ignore[arg-type]
         "evo-nofunnel": ("evolution", Pipeline(budgets=(3,), **rej)),  # type: ignore[arg-type]
@@ -63,7 +65,9 @@ def _pipelines() -> dict[str, tuple[str, Pipeline]]:
     }
 
 
-def _retrain(spec: str, seeds: tuple[int, ...] = FRESH, epochs: int | None = None) -> tuple[float, float]:
+def _retrain(
+    spec: str, seeds: tuple[int, ...] = FRESH, epochs: int | None = None
+) -> tuple[float, float]:
     """Mean (val, test) accuracy of ``spec`` trained on fresh ``seeds`` (task epochs if None)."""
     from actlab.train import run_training
 
@@ -79,18 +83,39 @@ def _one(config: str, seed: int, budget: int, population: int) -> dict[str, Any]
     name, pipe = _pipelines()[config]
     obj = TrainObjective(TASK, record_density=name == "eafo")
     levels = len(pipe.levels(obj))
-    strat = RandomSearch(seed=seed) if name == "random" else make_strategy(
-        name, seed=seed, levels=levels, keep=0.15, population_size=population,
-        sample_size=max(2, population // 3), max_nodes=pipe.max_nodes)
+    strat = (
+        RandomSearch(seed=seed)
+        if name == "random"
+        else make_strategy(
+            name,
+            seed=seed,
+            levels=levels,
+            keep=0.15,
+            population_size=population,
+            sample_size=max(2, population // 3),
+            max_nodes=pipe.max_nodes,
+        )
+    )
     t0 = time.perf_counter()
-    res = run_search(obj, strat, budget=budget, storage="memory", study=f"{config}-{seed}",
-                     pipeline=pipe, seed=seed)
+    res = run_search(
+        obj,
+        strat,
+        budget=budget,
+        storage="memory",
+        study=f"{config}-{seed}",
+        pipeline=pipe,
+        seed=seed,
+    )
     secs = time.perf_counter() - t0
     l0 = [r.result.quality for r in res.level0() if r.result is not None]
     best = res.best()
     val, test = _retrain(best.candidate.spec) if best is not None else (math.nan, math.nan)
-    proxy, _ = _retrain(best.candidate.spec, FRESH_PROXY, 3) if best is not None else (math.nan, 0.0)
-    cheap = sum(1 for r in res.finished if r.result is not None and not r.result.ok and r.result.units == 0)
+    proxy, _ = (
+        _retrain(best.candidate.spec, FRESH_PROXY, 3) if best is not None else (math.nan, 0.0)
+    )
+    cheap = sum(
+        1 for r in res.finished if r.result is not None and not r.result.ok and r.result.units == 0
+    )
     return {
         "best_l0": max(l0) if l0 else math.nan,
         "proxy": proxy,
@@ -118,37 +143,50 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
-    print(f"task {TASK}, budget {args.budget} units per search, seeds 0..{args.seeds - 1}, "
-          f"evolution population {args.population}, torch threads 1")
+    print(
+        f"task {TASK}, budget {args.budget} units per search, seeds 0..{args.seeds - 1}, "
+        f"evolution population {args.population}, torch threads 1"
+    )
     gelu_val, gelu_test = _retrain("gelu")
-    print(f"reference gelu re-trained (20 epochs, seeds {FRESH}): val {gelu_val:.4f} test {gelu_test:.4f}")
+    print(
+        f"reference gelu re-trained (20 epochs, seeds {FRESH}): val {gelu_val:.4f} test {gelu_test:.4f}"
+    )
     rows: dict[str, list[dict[str, Any]]] = {}
     for config in configs:
         rows[config] = []
         for seed in range(args.seeds):
             r = _one(config, seed, args.budget, args.population)
             rows[config].append(r)
-            print(f"  {config:11s} seed {seed}: best L0 val {r['best_l0']:.4f}  top-1 3-epoch fresh "
-                  f"{r['proxy']:.4f}  20-epoch val {r['retrain_val']:.4f} test {r['retrain_test']:.4f}  wasted "
-                  f"{100 * r['wasted']:.0f}%  cheap rejections {r['cheap']}  ({r['seconds']:.0f} s)  "
-                  f"{r['formula'][:60]}", flush=True)
+            print(
+                f"  {config:11s} seed {seed}: best L0 val {r['best_l0']:.4f}  top-1 3-epoch fresh "
+                f"{r['proxy']:.4f}  20-epoch val {r['retrain_val']:.4f} test {r['retrain_test']:.4f}  wasted "
+                f"{100 * r['wasted']:.0f}%  cheap rejections {r['cheap']}  ({r['seconds']:.0f} s)  "
+                f"{r['formula'][:60]}",
+                flush=True,
+            )
     print("\nmedian [min, max] over search seeds")
-    print(f"{'config':12s} {'best L0 val (raw)':>26s} {'top-1 3ep fresh val':>26s} "
-          f"{'top-1 20ep val':>26s} {'top-1 20ep test':>26s} {'on rejected':>11s} {'cheap':>6s}")
+    print(
+        f"{'config':12s} {'best L0 val (raw)':>26s} {'top-1 3ep fresh val':>26s} "
+        f"{'top-1 20ep val':>26s} {'top-1 20ep test':>26s} {'on rejected':>11s} {'cheap':>6s}"
+    )
     for config, rs in rows.items():
-        print(f"{config:12s} {_med([r['best_l0'] for r in rs]):>26s} {_med([r['proxy'] for r in rs]):>26s} "
-              f"{_med([r['retrain_val'] for r in rs]):>26s} {_med([r['retrain_test'] for r in rs]):>26s} "
-              f"{100 * statistics.median(r['wasted'] for r in rs):>10.1f}% "
-              f"{statistics.median(r['cheap'] for r in rs):>6.0f}")
+        print(
+            f"{config:12s} {_med([r['best_l0'] for r in rs]):>26s} {_med([r['proxy'] for r in rs]):>26s} "
+            f"{_med([r['retrain_val'] for r in rs]):>26s} {_med([r['retrain_test'] for r in rs]):>26s} "
+            f"{100 * statistics.median(r['wasted'] for r in rs):>10.1f}% "
+            f"{statistics.median(r['cheap'] for r in rs):>6.0f}"
+        )
     for evo in ("evolution", "evo-nofunnel", "eafo"):
         for base in ("random", "random+rej"):
             if evo not in rows or base not in rows:
                 continue
             for key in ("best_l0", "proxy", "retrain_val"):
                 d = [e[key] - r[key] for e, r in zip(rows[evo], rows[base])]
-                print(f"{evo} - {base}, {key}: median {statistics.median(d):+.4f} "
-                      f"(ahead on {sum(x > 0 for x in d)}/{len(d)} seeds, behind on "
-                      f"{sum(x < 0 for x in d)})")
+                print(
+                    f"{evo} - {base}, {key}: median {statistics.median(d):+.4f} "
+                    f"(ahead on {sum(x > 0 for x in d)}/{len(d)} seeds, behind on "
+                    f"{sum(x < 0 for x in d)})"
+                )
 
 
 if __name__ == "__main__":

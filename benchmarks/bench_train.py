@@ -42,7 +42,12 @@ from _common import interleaved_samples  # noqa: E402
 from actlab.activations import kernel_mode  # noqa: E402
 from actlab.models.factory import build_model, get_model_preset, list_models  # noqa: E402
 
-VARIANTS: dict[str, str | type] = {"gelu": "gelu", "crrelu": "crrelu", "polyrelu": "polyrelu", "identity": nn.Identity}
+VARIANTS: dict[str, str | type] = {
+    "gelu": "gelu",
+    "crrelu": "crrelu",
+    "polyrelu": "polyrelu",
+    "identity": nn.Identity,
+}
 
 
 def input_shape(preset: str) -> tuple[int, int]:
@@ -50,7 +55,9 @@ def input_shape(preset: str) -> tuple[int, int]:
     return (1, 28) if preset.endswith("_28") else (3, 32)
 
 
-def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sync: Callable[[], object]) -> Callable[[], None]:
+def make_step(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, sync: Callable[[], object]
+) -> Callable[[], None]:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     model.train()
 
@@ -64,7 +71,9 @@ def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sync: Callable
     return step
 
 
-def bench_preset(preset: str, batch: int, repeats: int, device: torch.device, mode: str) -> dict[str, list[float]]:
+def bench_preset(
+    preset: str, batch: int, repeats: int, device: torch.device, mode: str
+) -> dict[str, list[float]]:
     c, size = input_shape(preset)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, c, size, size, generator=g).to(device)
@@ -80,14 +89,27 @@ def bench_preset(preset: str, batch: int, repeats: int, device: torch.device, mo
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="28x28 presets, batch 64, 20 repeats")
     ap.add_argument("--presets", default="", help="comma-separated ViT presets (default: all)")
     ap.add_argument("--batch", type=int, default=128, help="batch size of the small presets")
-    ap.add_argument("--tiny-batch", type=int, default=None,
-                    help="batch of vit_tiny_patch4_32 (default 32 on CPU, --batch on GPU)")
-    ap.add_argument("--repeats", type=int, default=None, help="interleaved repeats (default 15; 20 with --quick)")
-    ap.add_argument("--kernel", default="auto", choices=["auto", "native", "compiled", "eager", "reference"])
+    ap.add_argument(
+        "--tiny-batch",
+        type=int,
+        default=None,
+        help="batch of vit_tiny_patch4_32 (default 32 on CPU, --batch on GPU)",
+    )
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="interleaved repeats (default 15; 20 with --quick)",
+    )
+    ap.add_argument(
+        "--kernel", default="auto", choices=["auto", "native", "compiled", "eager", "reference"]
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
@@ -95,7 +117,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
-    presets = [p for p in args.presets.split(",") if p] or [p for p in list_models("image") if p.startswith("vit_")]
+    presets = [p for p in args.presets.split(",") if p] or [
+        p for p in list_models("image") if p.startswith("vit_")
+    ]
     batch, repeats = args.batch, args.repeats or 15
     if args.quick:
         presets = [p for p in presets if p.endswith("_28")] if not args.presets else presets
@@ -104,10 +128,14 @@ def main() -> None:
         get_model_preset(p)  # fail early on a typo
     tiny_batch = args.tiny_batch or (batch if dev.type == "cuda" else min(batch, 32))
 
-    print(f"torch {torch.__version__}, device {dev}, threads {torch.get_num_threads()}, "
-          f"kernel mode {args.kernel}, {repeats} interleaved repeats (median)")
-    head = (f"{'preset':<20} {'batch':>5} {'gelu img/s':>11} {'ms/step':>8} {'crrelu/gelu':>12} "
-            f"{'polyrelu/gelu':>14} {'identity/gelu':>14} {'act share crrelu':>17} {'act share gelu':>15}")
+    print(
+        f"torch {torch.__version__}, device {dev}, threads {torch.get_num_threads()}, "
+        f"kernel mode {args.kernel}, {repeats} interleaved repeats (median)"
+    )
+    head = (
+        f"{'preset':<20} {'batch':>5} {'gelu img/s':>11} {'ms/step':>8} {'crrelu/gelu':>12} "
+        f"{'polyrelu/gelu':>14} {'identity/gelu':>14} {'act share crrelu':>17} {'act share gelu':>15}"
+    )
     print(head)
     print("-" * len(head))
     for p in presets:
@@ -125,9 +153,12 @@ def main() -> None:
             "share_g": statistics.median((r[0] - r[3]) / r[0] for r in rounds),
         }
         q = statistics.quantiles([(r[1] - r[3]) / r[1] for r in rounds], n=4)
-        print(f"{p:<20} {b:>5} {b / g:>11.0f} {g * 1e3:>8.1f} {med['cr']:>12.3f} {med['po']:>14.3f} "
-              f"{med['id']:>14.3f} {med['share_cr']:>16.1%} {med['share_g']:>15.1%}   "
-              f"(crrelu share IQR {q[0]:.1%}..{q[2]:.1%})", flush=True)
+        print(
+            f"{p:<20} {b:>5} {b / g:>11.0f} {g * 1e3:>8.1f} {med['cr']:>12.3f} {med['po']:>14.3f} "
+            f"{med['id']:>14.3f} {med['share_cr']:>16.1%} {med['share_g']:>15.1%}   "
+            f"(crrelu share IQR {q[0]:.1%}..{q[2]:.1%})",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

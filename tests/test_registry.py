@@ -59,12 +59,19 @@ def test_bad_specs_fail_clearly(spec: str, msg: str) -> None:
 
 def test_parse_spec_literals_only() -> None:
     assert parse_spec("eafo(base='silu', eps=-0.1)") == ("eafo", {"base": "silu", "eps": -0.1})
-    assert parse_spec("polyrelu(init=(0, 1, 0.5, 0.25))") == ("polyrelu", {"init": (0, 1, 0.5, 0.25)})
+    assert parse_spec("polyrelu(init=(0, 1, 0.5, 0.25))") == (
+        "polyrelu",
+        {"init": (0, 1, 0.5, 0.25)},
+    )
     assert parse_spec(" relu ") == ("relu", {})
 
 
 def test_spec_round_trips_hyperparameters() -> None:
-    for spec in ["crrelu(eps=0.05, learnable=False)", "eafo(base='tanh', eps=0.2)", "leaky_relu(negative_slope=0.2)"]:
+    for spec in [
+        "crrelu(eps=0.05, learnable=False)",
+        "eafo(base='tanh', eps=0.2)",
+        "leaky_relu(negative_slope=0.2)",
+    ]:
         m = actlab.create_activation(spec)
         again = actlab.create_activation(m.spec())
         assert again.spec() == m.spec()
@@ -74,7 +81,9 @@ def test_spec_round_trips_hyperparameters() -> None:
 
 def test_registration_rules() -> None:
     with pytest.raises(ValueError, match="already registered"):
-        register_activation("relu", formula="f", paper="p")(type("X", (nn.Module,), {"__init__": lambda self, *, inplace=False: None}))
+        register_activation("relu", formula="f", paper="p")(
+            type("X", (nn.Module,), {"__init__": lambda self, *, inplace=False: None})
+        )
 
     class Positional(nn.Module):
         def __init__(self, alpha: float = 1.0, inplace: bool = False) -> None:
@@ -92,8 +101,12 @@ def test_registration_rules() -> None:
 
 
 def test_param_groups_respect_weight_decay_option() -> None:
-    model = nn.Sequential(nn.Linear(4, 4), actlab.create_activation("crrelu(weight_decay=False)"),
-                          nn.Linear(4, 2), actlab.create_activation("crrelu"))
+    model = nn.Sequential(
+        nn.Linear(4, 4),
+        actlab.create_activation("crrelu(weight_decay=False)"),
+        nn.Linear(4, 2),
+        actlab.create_activation("crrelu"),
+    )
     groups = actlab.param_groups(model, 0.05)
     by_wd = {g["weight_decay"]: g["names"] for g in groups}
     assert by_wd[0.0] == ["1.eps"]

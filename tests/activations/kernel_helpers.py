@@ -7,7 +7,9 @@ import torch
 from actlab.activations import kernel_mode
 
 
-def run_fwd_bwd(m: torch.nn.Module, x0: torch.Tensor, g: torch.Tensor, mode: str) -> list[torch.Tensor]:
+def run_fwd_bwd(
+    m: torch.nn.Module, x0: torch.Tensor, g: torch.Tensor, mode: str
+) -> list[torch.Tensor]:
     """[y, dL/dx, dL/dθ...] of one forward + backward of ``m`` in kernel ``mode``."""
     m.zero_grad()
     x = x0.clone().requires_grad_(True)

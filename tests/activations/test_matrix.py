@@ -33,7 +33,9 @@ def _perturbed(name: str) -> torch.nn.Module:
 
 
 def _grid(n: int = 2001) -> torch.Tensor:
-    return torch.cat([torch.linspace(-8, 8, n, dtype=torch.float64), 3 * torch.randn(500, dtype=torch.float64)])
+    return torch.cat(
+        [torch.linspace(-8, 8, n, dtype=torch.float64), 3 * torch.randn(500, dtype=torch.float64)]
+    )
 
 
 def _away_from_kinks(x: torch.Tensor, gap: float = 1e-3) -> torch.Tensor:
@@ -43,9 +45,28 @@ def _away_from_kinks(x: torch.Tensor, gap: float = 1e-3) -> torch.Tensor:
 
 def test_zoo_has_at_least_20_entries() -> None:
     assert len(NAMES) >= 20
-    for required in ["relu", "leaky_relu", "prelu", "elu", "celu", "selu", "gelu", "gelu_tanh", "silu",
-                     "swish", "mish", "softplus", "hardswish", "sigmoid", "tanh", "crrelu", "eafo",
-                     "wafbc", "polyrelu", "fatrelu"]:
+    for required in [
+        "relu",
+        "leaky_relu",
+        "prelu",
+        "elu",
+        "celu",
+        "selu",
+        "gelu",
+        "gelu_tanh",
+        "silu",
+        "swish",
+        "mish",
+        "softplus",
+        "hardswish",
+        "sigmoid",
+        "tanh",
+        "crrelu",
+        "eafo",
+        "wafbc",
+        "polyrelu",
+        "fatrelu",
+    ]:
         assert required in NAMES
 
 
@@ -112,7 +133,9 @@ def test_low_precision_forward(name: str, dtype: torch.dtype) -> None:
     tol = 1e-5 if dtype == torch.float32 else 3e-2
     # compare on the low-precision input (bf16 rounding of x alone moves f by f'·δx)
     ref_l = actlab.get_activation_info(name).reference(xl.double(), m64)
-    torch.testing.assert_close(y.double(), ref_l, rtol=tol, atol=tol * (1 + ref.abs().max().item()) * 0.1)
+    torch.testing.assert_close(
+        y.double(), ref_l, rtol=tol, atol=tol * (1 + ref.abs().max().item()) * 0.1
+    )
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -167,10 +190,13 @@ def test_empty_nan_inf_behaviour(name: str) -> None:
             assert math.isnan(y[0].item())
             for end, got in enumerate((y[1].item(), y[-1].item())):
                 ok = [
-                    (math.isnan(want) and math.isnan(got)) or got == pytest.approx(want, rel=1e-3, abs=1e-6)
+                    (math.isnan(want) and math.isnan(got))
+                    or got == pytest.approx(want, rel=1e-3, abs=1e-6)
                     for want in info.limit_values(end)
                 ]
-                assert any(ok), f"{name} {dtype}: f(±inf) = {got}, promised {info.limit_values(end)}"
+                assert any(ok), (
+                    f"{name} {dtype}: f(±inf) = {got}, promised {info.limit_values(end)}"
+                )
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -26,8 +26,10 @@ DEVICE = torch.device(_DEV)
 
 pytestmark = [
     pytest.mark.cuda,
-    pytest.mark.skipif(DEVICE.type == "cuda" and not torch.cuda.is_available(),
-                       reason="no CUDA device (ACTLAB_TEST_DEVICE=cpu runs these checks on the CPU)"),
+    pytest.mark.skipif(
+        DEVICE.type == "cuda" and not torch.cuda.is_available(),
+        reason="no CUDA device (ACTLAB_TEST_DEVICE=cpu runs these checks on the CPU)",
+    ),
 ]
 
 FUSED = [n for n in actlab.list_activations() if actlab.get_activation_info(n).fused]
@@ -62,7 +64,9 @@ def _assert_close(got: list[torch.Tensor], ref: list[torch.Tensor], tol: float, 
     for i, (a, b) in enumerate(zip(got, ref)):
         a64 = a.detach().to("cpu", torch.float64)
         if a64.numel() > 1 or i < 2:
-            torch.testing.assert_close(a64, b, rtol=tol, atol=tol, msg=lambda s, i=i: f"{what} [{i}]: {s}")
+            torch.testing.assert_close(
+                a64, b, rtol=tol, atol=tol, msg=lambda s, i=i: f"{what} [{i}]: {s}"
+            )
         else:  # a parameter gradient: a sum over all elements, compared relative to its size
             scale = max(1.0, float(b.abs().sum()))
             assert abs(float(a64) - float(b)) <= 10 * tol * scale * math.sqrt(got[0].numel()), what
@@ -115,7 +119,9 @@ def test_crrelu_and_eafo_gelu_in_bfloat16_training_dtype() -> None:
 
 
 def test_searched_formula_lean_path_on_the_device() -> None:
-    m = actlab.create_activation("expr(formula='x * sigmoid(1.5 * x) + eps * x * exp(-0.5 * square(x))')").to(DEVICE)
+    m = actlab.create_activation(
+        "expr(formula='x * sigmoid(1.5 * x) + eps * x * exp(-0.5 * square(x))')"
+    ).to(DEVICE)
     x = torch.randn(BIG, device=DEVICE)
     g = torch.randn_like(x)
     _assert_close(_run(m, x, g, "auto"), _cpu_reference(m, x, g), 2e-5, f"expr on {DEVICE}")
@@ -152,10 +158,14 @@ def test_vit_step_on_the_device() -> None:
 def test_probes_on_the_device() -> None:
     import actlab.probes as P
 
-    model = nn.Sequential(nn.Linear(16, 64), actlab.create_activation("crrelu"), nn.Linear(64, 4)).to(DEVICE)
+    model = nn.Sequential(
+        nn.Linear(16, 64), actlab.create_activation("crrelu"), nn.Linear(64, 4)
+    ).to(DEVICE)
     with P.probe(model, probes=["sparsity", "distribution"]) as p:
         for _ in range(3):
             model(torch.randn(32, 16, device=DEVICE))
     rows = {r["probe"]: r for r in p.summary()}
-    assert 0.0 <= rows["sparsity"]["near_zero_frac"] <= 1.0 and rows["sparsity"]["tokens_sampled"] > 0
+    assert (
+        0.0 <= rows["sparsity"]["near_zero_frac"] <= 1.0 and rows["sparsity"]["tokens_sampled"] > 0
+    )
     assert math.isfinite(rows["distribution"]["std"]) and rows["distribution"]["std"] > 0

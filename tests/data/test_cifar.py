@@ -49,11 +49,18 @@ def test_py2_style_writer_matches_the_original_format() -> None:
     assert b"numpy.core.multiarray\n_reconstruct" in raw and b"_codecs" not in raw
 
 
-def write_batch(path: Path, n: int, label_key: bytes, n_classes: int, seed: int) -> tuple[np.ndarray, list[int]]:
+def write_batch(
+    path: Path, n: int, label_key: bytes, n_classes: int, seed: int
+) -> tuple[np.ndarray, list[int]]:
     rng = np.random.default_rng(seed)
     data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
     labels = [int(v) for v in rng.integers(0, n_classes, n)]
-    batch = {b"batch_label": b"training batch", label_key: labels, b"data": data, b"filenames": [b"x.png"] * n}
+    batch = {
+        b"batch_label": b"training batch",
+        label_key: labels,
+        b"data": data,
+        b"filenames": [b"x.png"] * n,
+    }
     path.write_bytes(py2_pickle(batch))
     return data, labels
 

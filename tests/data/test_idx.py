@@ -19,7 +19,9 @@ def idx_bytes(arr: np.ndarray, code: int = 0x08) -> bytes:
     return header + arr.astype(arr.dtype.newbyteorder(">")).tobytes()
 
 
-def write_mnist_dir(root: Path, n_train: int = 12, n_test: int = 5, gz: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def write_mnist_dir(
+    root: Path, n_train: int = 12, n_test: int = 5, gz: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
     root.mkdir(parents=True, exist_ok=True)
     out = None
@@ -88,7 +90,9 @@ def test_bad_magic_and_type(tmp_path: Path) -> None:
 
 def test_label_count_mismatch(tmp_path: Path) -> None:
     write_mnist_dir(tmp_path)
-    (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(np.zeros(3, np.uint8))))
+    (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(
+        gzip.compress(idx_bytes(np.zeros(3, np.uint8)))
+    )
     with pytest.raises(DatasetFormatError, match="do not match"):
         load_idx_dataset(tmp_path, "train")
 

@@ -17,8 +17,9 @@ from actlab.data import (
 
 def _ds(n: int = 50, c: int = 1, hw: int = 6) -> ImageDataset:
     g = torch.Generator().manual_seed(1)
-    return ImageDataset(torch.randint(0, 256, (n, c, hw, hw), generator=g, dtype=torch.uint8),
-                        torch.arange(n) % 5)
+    return ImageDataset(
+        torch.randint(0, 256, (n, c, hw, hw), generator=g, dtype=torch.uint8), torch.arange(n) % 5
+    )
 
 
 def test_split_determinism() -> None:
@@ -44,7 +45,12 @@ def test_make_splits_and_normalisation() -> None:
 
 def test_loader_shuffle_is_seeded_per_epoch() -> None:
     ds = _ds(50)
-    mk = lambda seed: ImageLoader(ds, torch.zeros(1), torch.ones(1), batch_size=16, shuffle=True, seed=seed)  # noqa: E731
+
+    def mk(seed: int) -> ImageLoader:
+        return ImageLoader(
+            ds, torch.zeros(1), torch.ones(1), batch_size=16, shuffle=True, seed=seed
+        )
+
     a, b = mk(0), mk(0)
     ya = [y for _, y in a]
     assert [len(y) for y in ya] == [16, 16, 16, 2]
@@ -64,7 +70,9 @@ def test_random_crop_and_flip() -> None:
     assert y.shape == x.shape and y.dtype == torch.uint8
     for b in range(2):  # every crop is a shifted window of the zero-padded image
         padded = torch.nn.functional.pad(x[b], (2, 2, 2, 2))
-        assert any(torch.equal(padded[:, i : i + 4, j : j + 4], y[b]) for i in range(5) for j in range(5))
+        assert any(
+            torch.equal(padded[:, i : i + 4, j : j + 4], y[b]) for i in range(5) for j in range(5)
+        )
     aug = Augment(hflip=True)
     flipped = aug(x.repeat(32, 1, 1, 1), torch.Generator().manual_seed(0))
     n_flipped = sum(torch.equal(f, x[0].flip(-1)) for f in flipped[::2])

@@ -106,13 +106,17 @@ def test_raw_grammar_round_trip_and_semantics(rng: random.Random, units: int) ->
 
 
 _CONSTS = st.sampled_from([0.0, 1.0, -1.0, 2.0, 0.5, -3.0, 1.702, 0.001])
-_LEAVES = st.one_of(st.just(Var()), st.builds(Const, _CONSTS), st.sampled_from([Param("beta"), Param("eps")]))
+_LEAVES = st.one_of(
+    st.just(Var()), st.builds(Const, _CONSTS), st.sampled_from([Param("beta"), Param("eps")])
+)
 
 
 def _extend(children: st.SearchStrategy[Expr]) -> st.SearchStrategy[Expr]:
     return st.one_of(
         st.builds(Unary, st.sampled_from(UNARY_OPS), children),
-        st.builds(Binary, st.sampled_from(["add", "sub", "mul", "div", "max", "min"]), children, children),
+        st.builds(
+            Binary, st.sampled_from(["add", "sub", "mul", "div", "max", "min"]), children, children
+        ),
         st.builds(
             lambda a, p: Binary("pow", a, Const(p)),
             children,

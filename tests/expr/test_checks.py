@@ -20,8 +20,17 @@ from actlab.expr import (
 )
 from actlab.expr.checks import CheckResult, as_module
 
-GOOD = ["gelu", "relu", "swish", "crrelu", "x*sigmoid(1.702*x)", "x*sigmoid(beta*x)",
-        "max(x, sigmoid(x))", "relu(x)**2", "tanh(x)"]
+GOOD = [
+    "gelu",
+    "relu",
+    "swish",
+    "crrelu",
+    "x*sigmoid(1.702*x)",
+    "x*sigmoid(beta*x)",
+    "max(x, sigmoid(x))",
+    "relu(x)**2",
+    "tanh(x)",
+]
 
 
 @pytest.mark.parametrize("candidate", GOOD)
@@ -60,7 +69,11 @@ def test_known_bad_candidates_rejected_with_reason(candidate: str, stage: str, w
 
 def test_build_failures_are_rejections_not_crashes() -> None:
     report = run_checks("x.__class__")
-    assert not report.ok and report.reason.startswith("build: ") and "attribute access" in report.reason
+    assert (
+        not report.ok
+        and report.reason.startswith("build: ")
+        and "attribute access" in report.reason
+    )
     assert not run_checks("no_such_activation").ok
 
 

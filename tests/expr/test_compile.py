@@ -161,7 +161,9 @@ def test_dtype_shape_nan_empty_and_serialisation() -> None:
     assert m.inplace is False and compile_expr("x*sigmoid(x)").extra_repr()
 
 
-@pytest.mark.parametrize("formula", ["x*sigmoid(beta*x)", "relu(x) + eps*x*exp(-x**2/2)", "sin(x) + softplus(x) - eps"])
+@pytest.mark.parametrize(
+    "formula", ["x*sigmoid(beta*x)", "relu(x) + eps*x*exp(-x**2/2)", "sin(x) + softplus(x) - eps"]
+)
 def test_lean_path_saves_only_the_input_and_matches_autograd(formula: str) -> None:
     from actlab.activations import kernel_mode
 

@@ -21,7 +21,9 @@ def no_code_execution() -> Iterator[list[int]]:
     calls: list[int] = []
     real = (builtins.compile, builtins.eval, builtins.exec)
 
-    def guarded_compile(source: Any, filename: Any, mode: str, flags: int = 0, *a: Any, **k: Any) -> Any:
+    def guarded_compile(
+        source: Any, filename: Any, mode: str, flags: int = 0, *a: Any, **k: Any
+    ) -> Any:
         calls.append(flags)
         assert flags & ast.PyCF_ONLY_AST, "compile() to a code object during parsing"
         return real[0](source, filename, mode, flags, *a, **k)
@@ -88,7 +90,9 @@ def test_canonical_results(text: str, canonical: str) -> None:
 def test_raw_tree_structure() -> None:
     e = parse("x*sigmoid(beta*x) - 2", canonical=False)
     assert e == Binary(
-        "sub", Binary("mul", Var(), Unary("sigmoid", Binary("mul", Param("beta"), Var()))), Const(2.0)
+        "sub",
+        Binary("mul", Var(), Unary("sigmoid", Binary("mul", Param("beta"), Var()))),
+        Const(2.0),
     )
     assert parse("-3", canonical=False) == Const(-3.0)  # negative literals fold directly
     assert parse("pi", canonical=False) == Const(3.141592653589793)

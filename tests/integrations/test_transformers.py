@@ -33,8 +33,13 @@ def tiny_bert(hidden_act: str = "gelu") -> nn.Module:
     from transformers import AutoModel, BertConfig
 
     config = BertConfig(
-        vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=32, max_position_embeddings=32, hidden_act=hidden_act,
+        vocab_size=64,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+        hidden_act=hidden_act,
     )
     return AutoModel.from_config(config).eval()
 
@@ -200,7 +205,11 @@ def test_minilm_crrelu_save_and_load(minilm, tmp_path) -> None:  # type: ignore[
 @pytest.mark.realmodel
 def test_minilm_embeddings_rank_paraphrases(minilm) -> None:  # type: ignore[no-untyped-def]
     model, tokenizer = minilm
-    emb = embed_sentences(model, tokenizer, ["A man is eating food.", "A man eats a meal.", "The stock market crashed."])
+    emb = embed_sentences(
+        model,
+        tokenizer,
+        ["A man is eating food.", "A man eats a meal.", "The stock market crashed."],
+    )
     assert emb.shape == (3, 384)
     torch.testing.assert_close(emb.norm(dim=1), torch.ones(3))
     assert emb[0] @ emb[1] > emb[0] @ emb[2] + 0.3
@@ -238,8 +247,13 @@ def _tiny_llama() -> nn.Module:
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     config = LlamaConfig(
-        vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True,
+        vocab_size=50,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        tie_word_embeddings=True,
     )
     return AutoModelForCausalLM.from_config(config).eval()
 

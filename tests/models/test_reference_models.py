@@ -69,7 +69,9 @@ def test_one_activation_instance_per_site(name: str) -> None:
 
 def test_vit_tiny_preset_matches_authors_config() -> None:
     p = get_model_preset("vit_tiny_patch4_32")
-    assert p.defaults == dict(patch_size=4, embed_dim=192, depth=12, num_heads=3, mlp_ratio=4.0, drop_path=0.1)
+    assert p.defaults == dict(
+        patch_size=4, embed_dim=192, depth=12, num_heads=3, mlp_ratio=4.0, drop_path=0.1
+    )
     m = build_model("vit_tiny_patch4_32", "crrelu", depth=2)  # overrides any config field
     assert sum(isinstance(x, CRReLU) for x in m.modules()) == 2
     assert m(torch.randn(1, 3, 32, 32)).shape == (1, 10)

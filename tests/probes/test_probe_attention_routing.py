@@ -59,7 +59,8 @@ def test_random_attention_matches_brute_force() -> None:
     for head in range(4):
         assert rows[f"r#h{head}"]["entropy"] == pytest.approx(float(ent[:, head].mean()), rel=1e-5)
         assert rows[f"r#h{head}"]["entropy_norm"] == pytest.approx(
-            float(ent[:, head].mean() / math.log(7)), rel=1e-5)
+            float(ent[:, head].mean() / math.log(7)), rel=1e-5
+        )
     assert float(row_entropy(torch.tensor([0.5, 0.5, 0.0]))) == pytest.approx(math.log(2))
 
 
@@ -101,8 +102,14 @@ class FusedAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, t, d = x.shape
-        q, k, v = (z.view(b, t, self.num_heads, -1).transpose(1, 2) for z in self.qkv(x).split(d, 2))
-        return F.scaled_dot_product_attention(q, k, v, is_causal=self.is_causal).transpose(1, 2).reshape(b, t, d)
+        q, k, v = (
+            z.view(b, t, self.num_heads, -1).transpose(1, 2) for z in self.qkv(x).split(d, 2)
+        )
+        return (
+            F.scaled_dot_product_attention(q, k, v, is_causal=self.is_causal)
+            .transpose(1, 2)
+            .reshape(b, t, d)
+        )
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -153,8 +160,12 @@ def test_entropy_bands() -> None:
     assert bands["M"] == 4.0
     assert bands["band_of_row"] == ["collapse", "healthy", "healthy", "overload", "overload"]
     assert bands["verdict"] == "entropic overload"
-    assert entropy_bands([{"layer": "a", "entropy": 0.1}] * 3 + [{"layer": "a", "entropy": 4.0}])[
-        "verdict"] == "entropy collapse"
+    assert (
+        entropy_bands([{"layer": "a", "entropy": 0.1}] * 3 + [{"layer": "a", "entropy": 4.0}])[
+            "verdict"
+        ]
+        == "entropy collapse"
+    )
 
 
 # --- MoE routing -------------------------------------------------------------------------
@@ -216,13 +227,19 @@ def test_routing_entropy_load_and_fluctuation() -> None:
     assert fl["0.router"] == pytest.approx(brute) and brute > 0
     with torch.no_grad():
         new_1 = moe1.router(moe0(x)).reshape(-1, 4)
-    assert fl["1.router"] == pytest.approx(float((old_1.argmax(-1) != new_1.argmax(-1))[:48].float().mean()))
+    assert fl["1.router"] == pytest.approx(
+        float((old_1.argmax(-1) != new_1.argmax(-1))[:48].float().mean())
+    )
     or_none = P.routing_fluctuation(logits, new_logits)
-    assert or_none == pytest.approx(float((logits.argmax(-1) != new_logits.argmax(-1)).float().mean()))
+    assert or_none == pytest.approx(
+        float((logits.argmax(-1) != new_logits.argmax(-1)).float().mean())
+    )
 
 
 def test_uniform_router_has_max_entropy() -> None:
     p = RoutingProbe()
     p.update("r", nn.Identity(), torch.zeros(10, 6))
     row = p.summary()["r"]
-    assert row["entropy"] == pytest.approx(math.log(6)) and row["entropy_norm"] == pytest.approx(1.0)
+    assert row["entropy"] == pytest.approx(math.log(6)) and row["entropy_norm"] == pytest.approx(
+        1.0
+    )

@@ -22,8 +22,11 @@ def test_probe_cli_argument_errors(capsys: pytest.CaptureFixture[str], tmp_path:
 @pytest.mark.realmodel
 def test_probe_cli_minilm_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     text = tmp_path / "t.txt"
-    text.write_text("To be, or not to be: that is the question.\nThe rest is silence.\n"
-                    "Brevity is the soul of wit.\n", encoding="utf-8")
+    text.write_text(
+        "To be, or not to be: that is the question.\nThe rest is silence.\n"
+        "Brevity is the soul of wit.\n",
+        encoding="utf-8",
+    )
     out = tmp_path / "rep"
     assert main(["probe", "minilm", "--text", str(text), "--out", str(out)]) == 0
     printed = capsys.readouterr().out

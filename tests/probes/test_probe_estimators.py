@@ -160,8 +160,12 @@ def test_dse_closed_forms() -> None:
     assert diffusion_spectral_entropy(z_far, sigma=1.0) == pytest.approx(5.0, abs=1e-9)
     rng = np.random.default_rng(9)
     centres = rng.standard_normal((6, 8)) * 1000
-    z_clusters = np.repeat(centres, [10, 20, 5, 7, 30, 8], axis=0) + 1e-5 * rng.standard_normal((80, 8))
-    assert diffusion_spectral_entropy(z_clusters, sigma=1.0) == pytest.approx(math.log2(6), abs=1e-4)
+    z_clusters = np.repeat(centres, [10, 20, 5, 7, 30, 8], axis=0) + 1e-5 * rng.standard_normal(
+        (80, 8)
+    )
+    assert diffusion_spectral_entropy(z_clusters, sigma=1.0) == pytest.approx(
+        math.log2(6), abs=1e-4
+    )
 
 
 @pytest.mark.parametrize("t", [1, 3])

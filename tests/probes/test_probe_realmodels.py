@@ -73,7 +73,8 @@ def test_minilm_sparsity_of_gelu_sites(minilm: tuple[Any, Any]) -> None:
     captured: dict[str, torch.Tensor] = {}
     hooks = [
         m.register_forward_hook(lambda mod, a, o, n=n: captured.__setitem__(n, o.detach()))
-        for n, m in model.named_modules() if n.endswith("intermediate.intermediate_act_fn")
+        for n, m in model.named_modules()
+        if n.endswith("intermediate.intermediate_act_fn")
     ]
     try:
         with P.probe(model, probes=["sparsity"], sample=10_000) as p, torch.no_grad():
@@ -113,8 +114,12 @@ def test_smollm2_massive_activations(smollm2: tuple[Any, Any]) -> None:
     assert math.isfinite(rows[0]["ratio"])
 
 
-def _median_checks(exact_rows: list[dict[str, Any]], est_rows: list[dict[str, Any]],
-                   hidden: list[torch.Tensor], eps: float) -> list[float]:
+def _median_checks(
+    exact_rows: list[dict[str, Any]],
+    est_rows: list[dict[str, Any]],
+    hidden: list[torch.Tensor],
+    eps: float,
+) -> list[float]:
     """Exact rows equal the median over every entry; estimated rows lie within ``eps`` of
     rank 1/2; the max is exact in both. Returns the estimates' relative errors."""
     rel_errs = []
@@ -142,8 +147,12 @@ def test_minilm_median_exact_on_256_tokens(minilm: tuple[Any, Any]) -> None:
     sampled = P.MassiveActivationProbe(median_elems=1 << 14)
     with P.probe(model, probes=["massive", sampled]) as p, torch.no_grad():
         out = model(**enc, output_hidden_states=True)
-    errs = _median_checks(p.summary("massive").rows, p.summary("massive_1").rows,
-                          list(out.hidden_states[1:]), eps=0.02)
+    errs = _median_checks(
+        p.summary("massive").rows,
+        p.summary("massive_1").rows,
+        list(out.hidden_states[1:]),
+        eps=0.02,
+    )
     assert max(errs) < 0.1
 
 
@@ -159,7 +168,7 @@ def test_smollm2_median_exact_on_256_tokens_and_the_estimate_within_its_bound(
     from actlab.data.text import load_shakespeare
 
     text = load_shakespeare()
-    text = text[text.find("To be, or not to be"):][:4000]
+    text = text[text.find("To be, or not to be") :][:4000]
     ids = tok(text, return_tensors="pt").input_ids[:, :256]
     assert ids.shape[1] == 256
     sampled = P.MassiveActivationProbe(median_elems=1 << 16)

@@ -162,7 +162,7 @@ def test_to_density_standard_normal() -> None:
     for _ in range(4):
         p.update("l", DUMMY, torch.randn(4096, 64))
     grid, dens, ddens = p.to_density("l", smooth_bins=1.5)
-    phi = np.exp(-grid**2 / 2) / math.sqrt(2 * math.pi)
+    phi = np.exp(-(grid**2) / 2) / math.sqrt(2 * math.pi)
     inner = np.abs(grid) < 3.5
     assert np.max(np.abs(dens - phi)[inner]) < 0.01
     assert np.max(np.abs(ddens - (-grid * phi))[inner]) < 0.03

@@ -69,5 +69,10 @@ def fake_train(task: str, activation: str, seed: int, **kw: Any) -> dict[str, An
     """A stand-in trainer for the compare machinery: a deterministic accuracy per activation."""
     h = int(hashlib.sha256(f"{activation}:{seed}".encode()).hexdigest()[:6], 16) / 16**6
     base = 0.95 if "gelu" in activation else 0.9
-    return {"metric_name": "accuracy", "metric_value": base + 0.01 * h, "higher_is_better": True,
-            "history": [{"epoch": 1, "val_accuracy": base}], "seconds": 0.01}
+    return {
+        "metric_name": "accuracy",
+        "metric_value": base + 0.01 * h,
+        "higher_is_better": True,
+        "history": [{"epoch": 1, "val_accuracy": base}],
+        "seconds": 0.01,
+    }

@@ -33,10 +33,17 @@ def test_warm_start_formulas_parse() -> None:
         parse(formula)
 
 
-@pytest.mark.parametrize(("text", "units", "seconds"), [
-    ("200", 200.0, None), (50, 50.0, None), ("90s", None, 90.0), ("10m", None, 600.0),
-    ("1h30m", None, 5400.0), ("2.5h", None, 9000.0),
-])
+@pytest.mark.parametrize(
+    ("text", "units", "seconds"),
+    [
+        ("200", 200.0, None),
+        (50, 50.0, None),
+        ("90s", None, 90.0),
+        ("10m", None, 600.0),
+        ("1h30m", None, 5400.0),
+        ("2.5h", None, 9000.0),
+    ],
+)
 def test_parse_budget(text: str | int, units: float | None, seconds: float | None) -> None:
     b = parse_budget(text)
     assert (b.units, b.seconds) == (units, seconds)

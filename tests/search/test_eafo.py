@@ -77,9 +77,11 @@ def test_gelu_correction_fits_q_on_the_monotone_branch() -> None:
 def test_measured_gaussian_histogram_matches_the_gaussian_variant() -> None:
     edges = np.linspace(-6, 6, 61)
     centres = 0.5 * (edges[:-1] + edges[1:])
-    p = np.exp(-centres**2 / 2) / SQ2PI
+    p = np.exp(-(centres**2) / 2) / SQ2PI
     grid, dens, ddens = measured_density({"lo": -6.0, "hi": 6.0, "p": list(p)}, smooth_bins=0)
-    assert np.allclose(grid, centres) and np.allclose(ddens[5:-5], -centres[5:-5] * p[5:-5], atol=0.02)
+    assert np.allclose(grid, centres) and np.allclose(
+        ddens[5:-5], -centres[5:-5] * p[5:-5], atol=0.02
+    )
     from actlab.expr import evaluate
 
     measured = eafo_correction(parse("softplus(x)"), (grid, dens, ddens), degree=1)

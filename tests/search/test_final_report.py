@@ -30,8 +30,14 @@ def test_simplify_removes_dead_parts_and_keeps_the_function() -> None:
 
 
 def _search(tmp_path: Path, task: str = "curve:gelu") -> SearchResult:
-    return run_search(task, "evolution", budget=12, study="fin", storage=tmp_path / "f.db",
-                      pipeline=Pipeline(proxies=False))
+    return run_search(
+        task,
+        "evolution",
+        budget=12,
+        study="fin",
+        storage=tmp_path / "f.db",
+        pipeline=Pipeline(proxies=False),
+    )
 
 
 def test_finalize_on_a_curve_task_scores_baselines_and_top(tmp_path: Path) -> None:
@@ -67,8 +73,9 @@ def test_finalize_trains_the_model_the_search_trained(tmp_path: Path) -> None:
 
     obj = TrainObjective("fashion-mnist", model="mlp", overrides={"max_steps": 7})
     finalize(res, top=1, seeds=2, db=tmp_path / "r.sqlite", train_fn=recording_train, objective=obj)
-    assert seen and all(k["model"] == "mlp" and k["max_steps"] == 7 and k["task"] == "fashion-mnist"
-                        for k in seen), seen[:2]
+    assert seen and all(
+        k["model"] == "mlp" and k["max_steps"] == 7 and k["task"] == "fashion-mnist" for k in seen
+    ), seen[:2]
 
 
 def test_report_has_every_section(tmp_path: Path) -> None:
@@ -76,8 +83,13 @@ def test_report_has_every_section(tmp_path: Path) -> None:
     final = finalize(res, top=2)
     out = write_search_report(res, tmp_path / "r.html", final)
     text = out.read_text()
-    for section in ("Best formulas", "Pareto front", "Search progress", "Rejections",
-                    "Re-evaluation of the best candidates"):
+    for section in (
+        "Best formulas",
+        "Pareto front",
+        "Search progress",
+        "Rejections",
+        "Re-evaluation of the best candidates",
+    ):
         assert section in text
     assert text.count("data:image/png;base64,") >= 3
     assert "not drawn" not in text and "nothing to plot" not in text

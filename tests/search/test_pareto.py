@@ -9,8 +9,11 @@ from actlab.search import dominates, pareto_front, pareto_ranks
 
 
 def _brute_front(points: list[tuple[float, float]]) -> list[int]:
-    return [i for i, p in enumerate(points)
-            if not any(q[0] >= p[0] and q[1] <= p[1] and (q[0] > p[0] or q[1] < p[1]) for q in points)]
+    return [
+        i
+        for i, p in enumerate(points)
+        if not any(q[0] >= p[0] and q[1] <= p[1] and (q[0] > p[0] or q[1] < p[1]) for q in points)
+    ]
 
 
 def test_front_and_ranks_match_brute_force() -> None:

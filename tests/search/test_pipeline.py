@@ -60,9 +60,13 @@ def test_each_stage_records_its_reason() -> None:
         r = evaluate_candidate(as_candidate(formula), obj, pipe)
         assert (r.status, r.stage) == (status, stage), (formula, r)
         assert why in r.reason
-    big = evaluate_candidate(as_candidate("gelu(x)" + "".join(f" + sin({k}*x)" for k in range(2, 12))), obj, pipe)
+    big = evaluate_candidate(
+        as_candidate("gelu(x)" + "".join(f" + sin({k}*x)" for k in range(2, 12))), obj, pipe
+    )
     assert (big.status, big.stage) == ("rejected", "checks") and "too complex" in big.reason
-    slow = evaluate_candidate(as_candidate("gelu(x)"), obj, Pipeline(cost=CostFilter(max_ratio=1e-3)))
+    slow = evaluate_candidate(
+        as_candidate("gelu(x)"), obj, Pipeline(cost=CostFilter(max_ratio=1e-3))
+    )
     assert (slow.status, slow.stage) == ("rejected", "cost") and "too slow" in slow.reason
     assert slow.cost > 1e-3 and slow.units == 0.0
     ok = evaluate_candidate(as_candidate("gelu(x)"), obj, pipe)
@@ -86,8 +90,14 @@ def test_funnel_levels_train_on_a_fresh_seed() -> None:
 
 def test_rejections_are_trials_with_stage_and_reason(tmp_path: Path) -> None:
     strat = ListStrategy(["exp(exp(x))", "relu(x)", "tanh(x)", "gelu(x)"])
-    res = run_search(Exploding("gelu"), strat, budget=3, storage=tmp_path / "s.db", study="rej",
-                     pipeline=Pipeline(floor=QualityFloor(-0.05)))
+    res = run_search(
+        Exploding("gelu"),
+        strat,
+        budget=3,
+        storage=tmp_path / "s.db",
+        study="rej",
+        pipeline=Pipeline(floor=QualityFloor(-0.05)),
+    )
     import optuna
 
     study = optuna.load_study(study_name="rej", storage=f"sqlite:///{tmp_path / 's.db'}")
@@ -99,8 +109,10 @@ def test_rejections_are_trials_with_stage_and_reason(tmp_path: Path) -> None:
     assert by_formula["tanh(x)"].state.name == "FAIL"
     assert by_formula["gelu(x)"].state.name == "COMPLETE"
     assert by_formula["gelu(x)"].value == pytest.approx(0.0, abs=1e-6)
-    assert all({"formula", "hash", "candidate", "worker", "stage", "reason", "result"} <= set(t.user_attrs)
-               for t in study.trials)
+    assert all(
+        {"formula", "hash", "candidate", "worker", "stage", "reason", "result"} <= set(t.user_attrs)
+        for t in study.trials
+    )
     assert by_formula["relu(x)"].user_attrs["candidate"]["origin"] == "list"
     assert res.rejections() == {"rejected:checks": 1, "rejected:quality": 1, "failed:train": 1}
     assert [s for _, s in strat.told] == ["rejected", "rejected", "failed", "ok"]
@@ -125,8 +137,14 @@ def test_duplicates_are_never_evaluated_twice(tmp_path: Path) -> None:
 
 
 def test_a_strategy_stuck_on_duplicates_stops(tmp_path: Path) -> None:
-    res = run_search(CurveObjective("gelu"), ListStrategy(["gelu(x)"]), budget=10, storage="memory",
-                     pipeline=Pipeline(checks=False, cost=None), max_duplicates=20)
+    res = run_search(
+        CurveObjective("gelu"),
+        ListStrategy(["gelu(x)"]),
+        budget=10,
+        storage="memory",
+        pipeline=Pipeline(checks=False, cost=None),
+        max_duplicates=20,
+    )
     assert res.stopped == "duplicates" and len(res.finished) == 1
 
 
@@ -166,7 +184,9 @@ def test_the_last_funnel_level_averages_top_seeds_runs() -> None:
     top = evaluate_candidate(cand.promoted(2), obj, pipe, seed=7)
     assert seen == [9, 1009, 2009]  # fresh seeds, distinct from every other level's
     assert top.quality == pytest.approx((9 + 1009 + 2009) / 3) and top.units == 12.0
-    assert top.extra["seed_values"] == [9.0, 1009.0, 2009.0] and top.extra["seed_std"] == pytest.approx(1000.0)
+    assert top.extra["seed_values"] == [9.0, 1009.0, 2009.0] and top.extra[
+        "seed_std"
+    ] == pytest.approx(1000.0)
     assert top.extra["budget"] == 4.0
     # one level only: nothing to average, whatever top_seeds says
     assert Pipeline(top_seeds=3).seeds(0, obj) == 1
@@ -194,9 +214,22 @@ def test_top_seed_values_survive_the_study_and_a_resume(tmp_path: Path) -> None:
     kw = dict(budget=14, storage=tmp_path / "t.db", study="top", pipeline=pipe)
     strat = make_strategy("random", levels=2, keep=0.5, seed=0)
     res = run_search(CurveObjective("gelu"), strat, **kw)  # type: ignore[arg-type]
-    top = [r for r in res.finished if r.candidate.level == 1 and r.result is not None and r.result.ok]
+    top = [
+        r for r in res.finished if r.candidate.level == 1 and r.result is not None and r.result.ok
+    ]
     assert top and all(len(r.result.extra["seed_values"]) == 2 for r in top)  # type: ignore[union-attr]
-    again = run_search(CurveObjective("gelu"), make_strategy("random", levels=2, keep=0.5, seed=0), **kw)
-    assert {r.candidate.hash for r in again.finished if r.candidate.level == 1} >= {r.candidate.hash for r in top}
-    reloaded = next(r for r in again.finished if r.candidate.hash == top[0].candidate.hash and r.candidate.level == 1)
-    assert reloaded.result is not None and reloaded.result.extra["seed_values"] == top[0].result.extra["seed_values"]  # type: ignore[union-attr]
+    again = run_search(
+        CurveObjective("gelu"), make_strategy("random", levels=2, keep=0.5, seed=0), **kw
+    )
+    assert {r.candidate.hash for r in again.finished if r.candidate.level == 1} >= {
+        r.candidate.hash for r in top
+    }
+    reloaded = next(
+        r
+        for r in again.finished
+        if r.candidate.hash == top[0].candidate.hash and r.candidate.level == 1
+    )
+    assert (
+        reloaded.result is not None
+        and reloaded.result.extra["seed_values"] == top[0].result.extra["seed_values"]
+    )  # type: ignore[union-attr]

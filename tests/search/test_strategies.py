@@ -40,8 +40,12 @@ def test_evolution_beats_random_at_equal_budget() -> None:
     """Without warm start, so the test measures selection + mutation, not the seed list."""
     obj = CurveObjective("softplus(x) - 0.5*tanh(x)")
     seeds = range(6)
-    evo = [drive(RegularizedEvolution(seed=s, warm_start=(), population_size=16, sample_size=4),
-                 obj, 200) for s in seeds]
+    evo = [
+        drive(
+            RegularizedEvolution(seed=s, warm_start=(), population_size=16, sample_size=4), obj, 200
+        )
+        for s in seeds
+    ]
     rnd = [drive(RandomSearch(seed=s), obj, 200) for s in seeds]
     assert statistics.median(evo) > statistics.median(rnd), (evo, rnd)
 
@@ -61,8 +65,9 @@ def test_evolution_warm_starts_then_ages_out_the_oldest() -> None:
 
 
 def test_pareto_selection_prefers_cheap_equals() -> None:
-    ev = RegularizedEvolution(seed=0, population_size=2, sample_size=2, warm_start=(),
-                              selection="pareto")
+    ev = RegularizedEvolution(
+        seed=0, population_size=2, sample_size=2, warm_start=(), selection="pareto"
+    )
     fast, slow = Candidate(parse("relu(x)")), Candidate(parse("gelu(x)"))
     ev.tell(fast, EvalResult("ok", "done", quality=0.9, cost=1.0))
     ev.tell(slow, EvalResult("ok", "done", quality=0.9, cost=5.0))
@@ -72,11 +77,15 @@ def test_pareto_selection_prefers_cheap_equals() -> None:
 def test_parsimony_breaks_near_ties_towards_the_smaller_formula() -> None:
     small, big = Candidate(parse("relu(x)")), Candidate(parse("relu(x) + 0.1*sin(x)*tanh(x)"))
     for tol, parent in ((0.01, small), (0.0, big)):
-        ev = RegularizedEvolution(seed=0, population_size=2, sample_size=2, warm_start=(), parsimony=tol)
+        ev = RegularizedEvolution(
+            seed=0, population_size=2, sample_size=2, warm_start=(), parsimony=tol
+        )
         ev.tell(big, _ok(0.905))
         ev.tell(small, _ok(0.900))
         assert all(ev.ask().parents == (parent.hash,) for _ in range(10)), tol
-    ev = RegularizedEvolution(seed=0, population_size=2, sample_size=2, warm_start=(), parsimony=0.001)
+    ev = RegularizedEvolution(
+        seed=0, population_size=2, sample_size=2, warm_start=(), parsimony=0.001
+    )
     ev.tell(big, _ok(0.95))
     ev.tell(small, _ok(0.90))
     assert all(ev.ask().parents == (big.hash,) for _ in range(10))  # a real gap still wins
@@ -107,7 +116,11 @@ def test_eafo_guided_uses_gaussian_then_measured_density() -> None:
     import numpy as np
 
     xs = np.linspace(-5.9, 5.9, 60)
-    dens = {"lo": -6.0, "hi": 6.0, "p": list(np.exp(-0.5 * ((xs - 1) / 2) ** 2) / (2 * np.sqrt(2 * np.pi)))}
+    dens = {
+        "lo": -6.0,
+        "hi": 6.0,
+        "p": list(np.exp(-0.5 * ((xs - 1) / 2) ** 2) / (2 * np.sqrt(2 * np.pi))),
+    }
     ev2 = EAFOGuided(seed=0, population_size=2, sample_size=1, warm_start=(), eafo_weight=0.99)
     ev2.tell(relu, _ok(0.9, density=dens))
     ev2.tell(relu, _ok(0.9, density=dens))
@@ -120,8 +133,13 @@ def test_eafo_guided_uses_gaussian_then_measured_density() -> None:
 def test_bo_recovers_a_known_constant(sampler: str) -> None:
     obj = CurveObjective("x*sigmoid(1.702*x)")
     n = 40 if sampler == "tpe" else 14
-    bo = ConstantsBO("x*sigmoid(2*x)", ranges={"c0": (0.2, 4.0)}, sampler=sampler, seed=2,
-                     n_startup_trials=8 if sampler == "tpe" else 5)
+    bo = ConstantsBO(
+        "x*sigmoid(2*x)",
+        ranges={"c0": (0.2, 4.0)},
+        sampler=sampler,
+        seed=2,
+        n_startup_trials=8 if sampler == "tpe" else 5,
+    )
     drive(bo, obj, n)
     assert abs(bo.study.best_params["c0"] - 1.702) < (0.05 if sampler == "gp" else 0.1)
     assert len(bo.study.trials) >= n
@@ -153,14 +171,20 @@ def test_funnel_promotes_by_the_asha_rule_once() -> None:
         seen = quality[: i + 1]
         if len(seen) >= 4:  # rule: top 25% of the level's results so far, each promoted once
             t = np.quantile(seen, 0.75)
-            expected += [cands[j].hash for j in np.argsort(seen)[::-1]
-                         if seen[j] >= t and cands[j].hash not in expected]
+            expected += [
+                cands[j].hash
+                for j in np.argsort(seen)[::-1]
+                if seen[j] >= t and cands[j].hash not in expected
+            ]
     promoted = list(fun.queue)
     assert [p.hash for p in promoted] == expected
     assert cands[4].hash not in expected and cands[6].hash in expected  # worst never, best yes
     assert len(expected) <= 6
     assert {p.level for p in promoted} == {1} and {p.origin for p in promoted} == {"funnel"}
-    assert promoted[0].meta["cost"] == 1.0 + quality[cands.index(next(c for c in cands if c.hash == promoted[0].hash))]
+    assert (
+        promoted[0].meta["cost"]
+        == 1.0 + quality[cands.index(next(c for c in cands if c.hash == promoted[0].hash))]
+    )
     for _ in promoted:
         assert fun.ask().level == 1
     assert fun.ask().level == 0  # queue empty again: back to the inner strategy

@@ -39,8 +39,11 @@ run_search(CountingObjective("gelu", {log!r}, sleep={sleep}), "evolution", budge
 
 def _finished(db: Path, name: str) -> dict[int, tuple[str, float | None]]:
     st = optuna.load_study(study_name=name, storage=storage_url(db))
-    return {t.number: (f"{t.user_attrs['hash']}:{t.user_attrs['candidate']['level']}", t.value)
-            for t in st.trials if "result" in t.user_attrs}
+    return {
+        t.number: (f"{t.user_attrs['hash']}:{t.user_attrs['candidate']['level']}", t.value)
+        for t in st.trials
+        if "result" in t.user_attrs
+    }
 
 
 def test_resume_after_sigkill_loses_and_repeats_nothing(tmp_path: Path) -> None:
@@ -61,8 +64,15 @@ def test_resume_after_sigkill_loses_and_repeats_nothing(tmp_path: Path) -> None:
     st = optuna.load_study(study_name="killme", storage=storage_url(db))
     assert [t.state.name for t in st.trials].count("RUNNING") == 1
 
-    res = run_search(CountingObjective("gelu", str(log)), "evolution", budget=14, study="killme",
-                     storage=db, seed=3, pipeline=FAST)
+    res = run_search(
+        CountingObjective("gelu", str(log)),
+        "evolution",
+        budget=14,
+        study="killme",
+        storage=db,
+        seed=3,
+        pipeline=FAST,
+    )
     after = _finished(db, "killme")
     assert all(after[n] == v for n, v in before.items())  # nothing finished was lost or changed
     keys = Counter(k for k, _ in after.values())
@@ -90,12 +100,20 @@ def test_heartbeat_requeues_a_trial_of_a_dead_remote_worker(tmp_path: Path) -> N
         st._inflight.clear()  # as if that process were gone
     time.sleep(2.2)
     log = tmp_path / "evals.log"
-    run_search(CountingObjective("gelu", str(log)), "random", budget=2, study="hb",
-               storage=storage, pipeline=FAST)
+    run_search(
+        CountingObjective("gelu", str(log)),
+        "random",
+        budget=2,
+        study="hb",
+        storage=storage,
+        pipeline=FAST,
+    )
     assert f"{cand.hash}:0" in log.read_text().split()
     trials = optuna.load_study(study_name="hb", storage=storage).trials
     assert trials[0].state.name == "FAIL" and "result" not in trials[0].user_attrs
-    assert any(t.system_attrs.get("failed_trial") == 0 and t.state.name == "COMPLETE" for t in trials)
+    assert any(
+        t.system_attrs.get("failed_trial") == 0 and t.state.name == "COMPLETE" for t in trials
+    )
 
 
 def test_journal_storage_resumes_and_reclaims_dead_local_pids(tmp_path: Path) -> None:
@@ -111,19 +129,38 @@ def test_journal_storage_resumes_and_reclaims_dead_local_pids(tmp_path: Path) ->
         st._inflight.clear()
     st.close()
     log = tmp_path / "evals.log"
-    res = run_search(CountingObjective("gelu", str(log)), "random", budget=3, study="j",
-                     storage=path, pipeline=FAST)
+    res = run_search(
+        CountingObjective("gelu", str(log)),
+        "random",
+        budget=3,
+        study="j",
+        storage=path,
+        pipeline=FAST,
+    )
     assert f"{cand.hash}:0" in log.read_text().split()
-    res2 = run_search(CountingObjective("gelu", str(log)), "random", budget=5, study="j",
-                      storage=path, pipeline=FAST)
+    res2 = run_search(
+        CountingObjective("gelu", str(log)),
+        "random",
+        budget=5,
+        study="j",
+        storage=path,
+        pipeline=FAST,
+    )
     assert res2.evaluated_now == 2 and len(res2.finished) == 5 == len(res.finished) + 2
 
 
 def test_a_dying_worker_process_is_requeued(tmp_path: Path) -> None:
     ex = ProcessExecutor(2, threads=1)
     try:
-        res = run_search(SuicidalObjective("gelu", str(tmp_path / "killed")), "random", budget=6,
-                         storage=tmp_path / "w.db", study="w", pipeline=FAST, executor=ex)
+        res = run_search(
+            SuicidalObjective("gelu", str(tmp_path / "killed")),
+            "random",
+            budget=6,
+            storage=tmp_path / "w.db",
+            study="w",
+            pipeline=FAST,
+            executor=ex,
+        )
     finally:
         ex.close()
     assert len(res.finished) == 6 and all(r.result is not None for r in res.finished)
@@ -133,10 +170,13 @@ def test_a_dying_worker_process_is_requeued(tmp_path: Path) -> None:
 
 
 def test_study_refuses_another_task(tmp_path: Path) -> None:
-    run_search("curve:gelu", "random", budget=1, study="t", storage=tmp_path / "t.db", pipeline=FAST)
+    run_search(
+        "curve:gelu", "random", budget=1, study="t", storage=tmp_path / "t.db", pipeline=FAST
+    )
     with pytest.raises(ValueError, match="task"):
-        run_search("curve:relu", "random", budget=1, study="t", storage=tmp_path / "t.db",
-                   pipeline=FAST)
+        run_search(
+            "curve:relu", "random", budget=1, study="t", storage=tmp_path / "t.db", pipeline=FAST
+        )
     with pytest.raises(FileNotFoundError, match="does not exist"):
         run_search("curve:gelu", "random", budget=1, storage=tmp_path / "no" / "t.db")
     assert os.path.exists(tmp_path / "t.db")

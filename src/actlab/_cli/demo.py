@@ -30,8 +30,11 @@ SENTENCES = [
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--target", default="crrelu",
-                   help="activation spec or formula in x that replaces GELU (default crrelu)")
+    p.add_argument(
+        "--target",
+        default="crrelu",
+        help="activation spec or formula in x that replaces GELU (default crrelu)",
+    )
 
 
 def _target(text: str) -> str:
@@ -73,27 +76,39 @@ def run(args: argparse.Namespace) -> int:
     con.rule("2. swap GELU -> " + args.target + " in the real MiniLM-L6 encoder")
     t0 = time.perf_counter()
     model, tok = load_minilm()
-    con.print(f"loaded MiniLM-L6 ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params) "
-              f"in {time.perf_counter() - t0:.1f}s")
+    con.print(
+        f"loaded MiniLM-L6 ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params) "
+        f"in {time.perf_counter() - t0:.1f}s"
+    )
     base = embed_sentences(model, tok, SENTENCES)
     swapped = copy.deepcopy(model)
     report = actlab.swap_activations(swapped, {"gelu": args.target})
     con.print(report.table())
     new = embed_sentences(swapped, tok, SENTENCES)
     cos = (base * new).sum(-1)
-    con.print(f"cosine(original, swapped) per sentence: min {cos.min():.4f}, mean {cos.mean():.4f}, "
-              f"max {cos.max():.4f}")
-    con.print(f"similarity-ranking agreement (Spearman over sentence pairs): {_rank_agreement(base, new):.4f}")
+    con.print(
+        f"cosine(original, swapped) per sentence: min {cos.min():.4f}, mean {cos.mean():.4f}, "
+        f"max {cos.max():.4f}"
+    )
+    con.print(
+        f"similarity-ranking agreement (Spearman over sentence pairs): {_rank_agreement(base, new):.4f}"
+    )
     pairs = [(0, 1), (2, 3), (4, 5), (0, 2)]
     for i, j in pairs:
-        con.print(f"  sim({i},{j}) original {float(base[i] @ base[j]):.3f} -> swapped {float(new[i] @ new[j]):.3f}"
-                  f"   [{SENTENCES[i][:28]}... / {SENTENCES[j][:28]}...]")
+        con.print(
+            f"  sim({i},{j}) original {float(base[i] @ base[j]):.3f} -> swapped {float(new[i] @ new[j]):.3f}"
+            f"   [{SENTENCES[i][:28]}... / {SENTENCES[j][:28]}...]"
+        )
 
     con.rule("3. control: identity swap GELU -> actlab gelu")
     ident = copy.deepcopy(model)
     rep = actlab.swap_activations(ident, {"gelu": "gelu"})
     same = embed_sentences(ident, tok, SENTENCES)
-    con.print(f"{len(rep)} sites swapped; max |embedding change| = {float((same - base).abs().max()):.2e} "
-              "(must be ~0)")
-    con.print("\nnext: `actlab show crrelu`, `actlab plot gelu crrelu -o acts.png`, `actlab compare --help`")
+    con.print(
+        f"{len(rep)} sites swapped; max |embedding change| = {float((same - base).abs().max()):.2e} "
+        "(must be ~0)"
+    )
+    con.print(
+        "\nnext: `actlab show crrelu`, `actlab plot gelu crrelu -o acts.png`, `actlab compare --help`"
+    )
     return 0

@@ -35,21 +35,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from actlab.train import TASKS
 
     p.add_argument("model", nargs="?", choices=_PRETRAINED, help="an offline pretrained model")
-    p.add_argument("--task", default=None,
-                   help=f"train a task's model with probes instead: {', '.join(TASKS.names())}")
+    p.add_argument(
+        "--task",
+        default=None,
+        help=f"train a task's model with probes instead: {', '.join(TASKS.names())}",
+    )
     p.add_argument("--arch", default=None, help="model preset of --task (default: the task's)")
     p.add_argument("--act", default=None, help="activation spec for --task (default gelu)")
-    p.add_argument("--epochs", type=int, default=None,
-                   help=f"epochs for --task, 1..{MAX_EPOCHS} (default 1)")
+    p.add_argument(
+        "--epochs", type=int, default=None, help=f"epochs for --task, 1..{MAX_EPOCHS} (default 1)"
+    )
     p.add_argument("--max-steps", type=int, default=None, help="cap optimizer steps for --task")
     p.add_argument("--text", default=None, help="UTF-8 text file (default: Shakespeare)")
-    p.add_argument("--tokens", type=int, default=None,
-                   help=f"tokens of text for smollm2, 1..{MAX_TOKENS} (default 256)")
-    p.add_argument("--lines", type=int, default=None,
-                   help=f"text lines (sentences) for minilm, 1..{MAX_LINES} (default 16)")
-    p.add_argument("--probes", default=None,
-                   help=f"comma list of {', '.join(PROBES.names())} "
-                        f"(default: {','.join(DEFAULT_PROBES)})")
+    p.add_argument(
+        "--tokens",
+        type=int,
+        default=None,
+        help=f"tokens of text for smollm2, 1..{MAX_TOKENS} (default 256)",
+    )
+    p.add_argument(
+        "--lines",
+        type=int,
+        default=None,
+        help=f"text lines (sentences) for minilm, 1..{MAX_LINES} (default 16)",
+    )
+    p.add_argument(
+        "--probes",
+        default=None,
+        help=f"comma list of {', '.join(PROBES.names())} (default: {','.join(DEFAULT_PROBES)})",
+    )
     p.add_argument("--sample", type=int, default=512, help="rows sampled per hook call (512)")
     p.add_argument("--seed", type=int, default=0, help="sampling / training seed, 0..2**32-1")
     p.add_argument("--out", default=None, help="output folder (default probe-<model or task>)")
@@ -64,8 +78,9 @@ def _read_text(name: str) -> str:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(f"--text {path} is not UTF-8 text (byte {e.start}); "
-                         "convert it or give another file") from None
+        raise ValueError(
+            f"--text {path} is not UTF-8 text (byte {e.start}); convert it or give another file"
+        ) from None
     if not text.strip():
         raise ValueError(f"--text {path} holds no text")
     return text
@@ -84,16 +99,24 @@ def validate(args: argparse.Namespace) -> list[str]:
     if (args.model is None) == (args.task is None):
         raise ValueError("give a pretrained model (minilm, smollm2) or --task NAME, not both")
     default = ",".join(P.DEFAULT_PROBES)
-    probes = [s.strip() for s in (args.probes if args.probes is not None else default)
-              .split(",") if s.strip()]
+    probes = [
+        s.strip()
+        for s in (args.probes if args.probes is not None else default).split(",")
+        if s.strip()
+    ]
     if not probes:
         raise ValueError(f"--probes lists no probe name; e.g. --probes {default}")
     probes = [P.PROBES.resolve(name) for name in probes]  # unknown names fail with close matches
     _int_flag("--sample", args.sample, 1)
     _int_flag("--seed", args.seed, 0, 2**32 - 1)
     if args.model:
-        for flag, value in (("--task", args.task), ("--arch", args.arch), ("--act", args.act),
-                            ("--epochs", args.epochs), ("--max-steps", args.max_steps)):
+        for flag, value in (
+            ("--task", args.task),
+            ("--arch", args.arch),
+            ("--act", args.act),
+            ("--epochs", args.epochs),
+            ("--max-steps", args.max_steps),
+        ):
             if value is not None:
                 raise ValueError(f"{flag} applies to --task runs, not to a pretrained model")
         labelled = [n for n in probes if n in P.PROBES.names(needs_labels=True)]
@@ -101,21 +124,31 @@ def validate(args: argparse.Namespace) -> list[str]:
             raise ValueError(f"--probes {labelled[0]} needs labelled data: use it with --task")
         other = "--lines" if args.model == "smollm2" else "--tokens"
         if (args.lines if other == "--lines" else args.tokens) is not None:
-            raise ValueError(f"{other} does not apply to {args.model} "
-                             f"(use {'--tokens' if other == '--lines' else '--lines'})")
+            raise ValueError(
+                f"{other} does not apply to {args.model} "
+                f"(use {'--tokens' if other == '--lines' else '--lines'})"
+            )
         _int_flag("--tokens", args.tokens, 1, MAX_TOKENS)
         _int_flag("--lines", args.lines, 1, MAX_LINES)
         args.tokens = 256 if args.tokens is None else args.tokens
         args.lines = 16 if args.lines is None else args.lines
         args.text_value = _read_text(args.text) if args.text else None
-        if args.text_value is not None and args.model == "minilm" and not _lines(args.text_value, 1):
+        if (
+            args.text_value is not None
+            and args.model == "minilm"
+            and not _lines(args.text_value, 1)
+        ):
             raise ValueError(f"--text {args.text} has no line longer than 3 characters")
     else:
-        for flag, value in (("--text", args.text), ("--tokens", args.tokens),
-                            ("--lines", args.lines)):
+        for flag, value in (
+            ("--text", args.text),
+            ("--tokens", args.tokens),
+            ("--lines", args.lines),
+        ):
             if value is not None:
-                raise ValueError(f"{flag} applies to a pretrained model (minilm, smollm2), "
-                                 "not to --task runs")
+                raise ValueError(
+                    f"{flag} applies to a pretrained model (minilm, smollm2), not to --task runs"
+                )
         from actlab.models.factory import get_model_preset
         from actlab.registry import create_activation
         from actlab.train.tasks import get_task
@@ -149,7 +182,7 @@ def _text(args: argparse.Namespace) -> str:
 
     text = load_shakespeare()
     start = text.find("To be, or not to be")
-    return text[max(start, 0):]
+    return text[max(start, 0) :]
 
 
 def _pretrained(args: argparse.Namespace, probes: list[str]) -> tuple[Any, list[str]]:
@@ -178,7 +211,9 @@ def _pretrained(args: argparse.Namespace, probes: list[str]) -> tuple[Any, list[
     return mgr, tokens
 
 
-def _task(args: argparse.Namespace, probes: list[str], out: Path) -> tuple[Any, list[dict[str, Any]]]:
+def _task(
+    args: argparse.Namespace, probes: list[str], out: Path
+) -> tuple[Any, list[dict[str, Any]]]:
     import torch
 
     import actlab.probes as P
@@ -189,8 +224,9 @@ def _task(args: argparse.Namespace, probes: list[str], out: Path) -> tuple[Any, 
     cfg = task.config(epochs=args.epochs)
     data = task.loaders(cfg, args.seed, model=args.arch)
     x_val, y_val = next(iter(data.val))
-    train_cb = P.ProbeCallback(probes=probes, sample=args.sample, seed=args.seed,
-                               log_to=out / "train_probes.jsonl")
+    train_cb = P.ProbeCallback(
+        probes=probes, sample=args.sample, seed=args.seed, log_to=out / "train_probes.jsonl"
+    )
     plane: list[dict[str, Any]] = []
 
     class EpochPlane:
@@ -199,20 +235,43 @@ def _task(args: argparse.Namespace, probes: list[str], out: Path) -> tuple[Any, 
         def on_epoch_end(self, record: dict[str, Any], model: Any) -> None:
             was = model.training
             model.eval()
-            with P.probe(model, probes=["infoplane", "sparsity"], mode="eval",
-                         sample=args.sample, seed=args.seed) as m, torch.no_grad():
+            with (
+                P.probe(
+                    model,
+                    probes=["infoplane", "sparsity"],
+                    mode="eval",
+                    sample=args.sample,
+                    seed=args.seed,
+                ) as m,
+                torch.no_grad(),
+            ):
                 # distinct validation samples: I(X;T) with X = the sample's index
                 m.set_context(labels=y_val, input_ids=torch.arange(len(y_val)))
                 model(x_val)
             model.train(was)
             for r in m.summary():
                 plane.append({**r, "epoch": record.get("epoch")})
-            plane.append({"probe": "act_params", "layer": "", "epoch": record.get("epoch"),
-                          **{str(k): v for k, v in (record.get("act_params") or {}).items()}})
+            plane.append(
+                {
+                    "probe": "act_params",
+                    "layer": "",
+                    "epoch": record.get("epoch"),
+                    **{str(k): v for k, v in (record.get("act_params") or {}).items()},
+                }
+            )
 
-    result = run_training(task, args.act, args.seed, model=args.arch, epochs=args.epochs,
-                          max_steps=args.max_steps, callbacks=[train_cb, EpochPlane()])
-    print(f"{task.name} {args.act}: test {task.metric} {result.value:.4f} after {result.steps} steps")
+    result = run_training(
+        task,
+        args.act,
+        args.seed,
+        model=args.arch,
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        callbacks=[train_cb, EpochPlane()],
+    )
+    print(
+        f"{task.name} {args.act}: test {task.metric} {result.value:.4f} after {result.steps} steps"
+    )
     return train_cb, plane
 
 
@@ -262,9 +321,15 @@ def _print_findings(table: Any, tokens: list[str] | None) -> None:
             if top is not None:
                 label = tokens[top["position"]] if tokens and top["position"] < len(tokens) else ""
                 where = f"pos {top['position']} {label!r} dim {top['dim']}"
-            t.add_row(short_name(str(r["layer"])), f"{r['max_abs']:.4g}", f"{r['median_abs']:.3g}",
-                      f"{r['ratio']:.4g}", "yes" if r["massive"] else "",
-                      " ".join(str(d) for d, _ in r["top_dims"][:3]), where)
+            t.add_row(
+                short_name(str(r["layer"])),
+                f"{r['max_abs']:.4g}",
+                f"{r['median_abs']:.3g}",
+                f"{r['ratio']:.4g}",
+                "yes" if r["massive"] else "",
+                " ".join(str(d) for d, _ in r["top_dims"][:3]),
+                where,
+            )
         con.print(t)
     att = table.where(probe="attention").rows
     heads = [r for r in att if "head" in r]
@@ -275,9 +340,12 @@ def _print_findings(table: Any, tokens: list[str] | None) -> None:
             t.add_column(c)
         for layer, sh in bands["per_layer"].items():
             rows = [r for r in heads if r["layer"] == layer]
-            t.add_row(short_name(layer), *(f"{sh.get(b, 0):.2f}" for b in ("collapse", "healthy", "overload")),
-                      f"{sum(r['entropy'] for r in rows) / len(rows):.3f}",
-                      f"{sum(r['entropy_norm'] for r in rows) / len(rows):.3f}")
+            t.add_row(
+                short_name(layer),
+                *(f"{sh.get(b, 0):.2f}" for b in ("collapse", "healthy", "overload")),
+                f"{sum(r['entropy'] for r in rows) / len(rows):.3f}",
+                f"{sum(r['entropy_norm'] for r in rows) / len(rows):.3f}",
+            )
         con.print(t)
     elif att:
         con.print(att[0].get("note", ""))

@@ -35,55 +35,112 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from actlab.search import STRATEGIES
     from actlab.train import TASKS
 
-    p.add_argument("--task", default="digits-mlp",
-                   help=f"training task ({', '.join(TASKS.names())}) or curve:SPEC, a toy "
-                        "objective matching SPEC's curve without training (default digits-mlp)")
+    p.add_argument(
+        "--task",
+        default="digits-mlp",
+        help=f"training task ({', '.join(TASKS.names())}) or curve:SPEC, a toy "
+        "objective matching SPEC's curve without training (default digits-mlp)",
+    )
     p.add_argument("--model", default=None, help="model of the task (default: the task's own)")
-    p.add_argument("--budget", default="8m",
-                   help="evaluations (e.g. 200; one = one training at the first funnel budget) "
-                        "or a time such as 10m, 1h (default 8m)")
-    p.add_argument("--strategy", default="eafo", choices=STRATEGIES.names(),
-                   help="search strategy (default eafo: evolution + EAFO correction mutations)")
+    p.add_argument(
+        "--budget",
+        default="8m",
+        help="evaluations (e.g. 200; one = one training at the first funnel budget) "
+        "or a time such as 10m, 1h (default 8m)",
+    )
+    p.add_argument(
+        "--strategy",
+        default="eafo",
+        choices=STRATEGIES.names(),
+        help="search strategy (default eafo: evolution + EAFO correction mutations)",
+    )
     p.add_argument("--form", default=None, help="formula whose constants --strategy bo optimises")
-    p.add_argument("--sampler", default=None, choices=["tpe", "gp"],
-                   help="BO sampler of --strategy bo (default tpe)")
-    p.add_argument("--study", default=None, help="study name; reuse it to resume (default "
-                                                  "<task>-<strategy>-s<seed>)")
-    p.add_argument("--storage", default=None,
-                   help="study storage: SQLite file (default actlab-search.db), *.journal file "
-                        "for many local processes, or an SQLAlchemy URL")
+    p.add_argument(
+        "--sampler",
+        default=None,
+        choices=["tpe", "gp"],
+        help="BO sampler of --strategy bo (default tpe)",
+    )
+    p.add_argument(
+        "--study",
+        default=None,
+        help="study name; reuse it to resume (default <task>-<strategy>-s<seed>)",
+    )
+    p.add_argument(
+        "--storage",
+        default=None,
+        help="study storage: SQLite file (default actlab-search.db), *.journal file "
+        "for many local processes, or an SQLAlchemy URL",
+    )
     p.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
-    p.add_argument("--ray", default=None, metavar="ADDRESS",
-                   help="run evaluations as Ray tasks: auto, ray://host:port, or local")
-    p.add_argument("--seed", type=int, default=0, help="search seed; also the training seed of "
-                                                       "every candidate during the search")
-    p.add_argument("--funnel", default=None,
-                   help="comma list of training budgets (epochs) per funnel level, e.g. 3,8,20 "
-                        "(default: 3 on digits-mlp, else the task's epochs)")
-    p.add_argument("--top-seeds", type=int, default=1,
-                   help="training runs averaged per evaluation at the last funnel level (with --funnel; "
-                        "default 1): ranks the finalists on a mean instead of one noisy run")
-    p.add_argument("--keep", type=float, default=None,
-                   help="fraction of each funnel level promoted to the next (default 0.1)")
-    p.add_argument("--floor", default="auto",
-                   help="quality floor VALUE@EPOCHS (EvoNorm), e.g. 0.3@1; 'none' to disable "
-                        "(default: 0.2@1 for accuracy tasks)")
-    p.add_argument("--max-nodes", type=int, default=40,
-                   help="reject formulas with more nodes than this (default 40)")
-    p.add_argument("--max-cost", type=float, default=8.0,
-                   help="reject candidates slower than this many times GELU per step (default 8)")
+    p.add_argument(
+        "--ray",
+        default=None,
+        metavar="ADDRESS",
+        help="run evaluations as Ray tasks: auto, ray://host:port, or local",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="search seed; also the training seed of every candidate during the search",
+    )
+    p.add_argument(
+        "--funnel",
+        default=None,
+        help="comma list of training budgets (epochs) per funnel level, e.g. 3,8,20 "
+        "(default: 3 on digits-mlp, else the task's epochs)",
+    )
+    p.add_argument(
+        "--top-seeds",
+        type=int,
+        default=1,
+        help="training runs averaged per evaluation at the last funnel level (with --funnel; "
+        "default 1): ranks the finalists on a mean instead of one noisy run",
+    )
+    p.add_argument(
+        "--keep",
+        type=float,
+        default=None,
+        help="fraction of each funnel level promoted to the next (default 0.1)",
+    )
+    p.add_argument(
+        "--floor",
+        default="auto",
+        help="quality floor VALUE@EPOCHS (EvoNorm), e.g. 0.3@1; 'none' to disable "
+        "(default: 0.2@1 for accuracy tasks)",
+    )
+    p.add_argument(
+        "--max-nodes",
+        type=int,
+        default=40,
+        help="reject formulas with more nodes than this (default 40)",
+    )
+    p.add_argument(
+        "--max-cost",
+        type=float,
+        default=8.0,
+        help="reject candidates slower than this many times GELU per step (default 8)",
+    )
     p.add_argument("--max-steps", type=int, default=None, help="cap optimizer steps per training")
     from actlab._cli.compare import add_run_settings
 
     add_run_settings(p)  # --kernel, --threads: of every training, and what the cost filter times
-    p.add_argument("--top", type=int, default=None, help="candidates re-evaluated at the end (default 3)")
-    p.add_argument("--final-seeds", type=int, default=None,
-                   help="fresh seeds of the re-evaluation (default 5)")
+    p.add_argument(
+        "--top", type=int, default=None, help="candidates re-evaluated at the end (default 3)"
+    )
+    p.add_argument(
+        "--final-seeds", type=int, default=None, help="fresh seeds of the re-evaluation (default 5)"
+    )
     p.add_argument("--no-final", action="store_true", help="skip the re-evaluation")
-    p.add_argument("--db", default=None, help="results database of the re-evaluation "
-                                              "(default: that of actlab compare)")
-    p.add_argument("--report", default=None, metavar="HTML",
-                   help="report path (default search-<study>.html)")
+    p.add_argument(
+        "--db",
+        default=None,
+        help="results database of the re-evaluation (default: that of actlab compare)",
+    )
+    p.add_argument(
+        "--report", default=None, metavar="HTML", help="report path (default search-<study>.html)"
+    )
     p.add_argument("--no-report", action="store_true", help="do not write the HTML report")
     p.add_argument("--quiet", action="store_true", help="no line per evaluation")
 
@@ -95,15 +152,20 @@ def _floor(text: str, task: str, objective: Any = None) -> Any:
     if t == "none":
         return None
     if t == "auto":
-        return None if task.startswith("curve:") or task.endswith("-char") else QualityFloor(0.2, 1.0)
+        return (
+            None if task.startswith("curve:") or task.endswith("-char") else QualityFloor(0.2, 1.0)
+        )
     value, _, after = t.partition("@")
     try:
         v, a = float(value), float(after or 1)
     except ValueError:
-        raise ValueError(f"--floor must be VALUE@EPOCHS such as 0.3@1, or none; got {text!r}") from None
+        raise ValueError(
+            f"--floor must be VALUE@EPOCHS such as 0.3@1, or none; got {text!r}"
+        ) from None
     if not (math.isfinite(v) and math.isfinite(a) and a > 0):
-        raise ValueError(f"--floor {text}: VALUE must be finite and EPOCHS a finite number > 0, "
-                         "e.g. 0.3@1")
+        raise ValueError(
+            f"--floor {text}: VALUE must be finite and EPOCHS a finite number > 0, e.g. 0.3@1"
+        )
     if getattr(objective, "metric", "") == "accuracy" and not 0 <= v <= 1:
         raise ValueError(f"--floor {text}: an accuracy floor is in 0..1, e.g. 0.3@1")
     return QualityFloor(v, a)
@@ -118,13 +180,17 @@ def _levels(text: str | None, task: str) -> tuple[float, ...] | None:
     try:
         levels = tuple(float(x) for x in spec.split(",") if x.strip())
     except ValueError:
-        raise ValueError(f"--funnel must be a comma list of budgets such as 3,8,20; got {spec!r}") from None
+        raise ValueError(
+            f"--funnel must be a comma list of budgets such as 3,8,20; got {spec!r}"
+        ) from None
     if not levels:
         raise ValueError(f"--funnel must be a comma list of budgets such as 3,8,20; got {spec!r}")
     for x in levels:
         if not (math.isfinite(x) and 0 < x <= MAX_EPOCHS):
-            raise ValueError(f"--funnel {spec}: every budget must be a finite number in "
-                             f"(0, {MAX_EPOCHS}], got {x:g}")
+            raise ValueError(
+                f"--funnel {spec}: every budget must be a finite number in "
+                f"(0, {MAX_EPOCHS}], got {x:g}"
+            )
     if any(b < a for a, b in zip(levels, levels[1:])):
         raise ValueError(f"--funnel {spec}: budgets must not decrease, e.g. 3,8,20")
     return levels
@@ -163,27 +229,49 @@ def validate(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     formed = "/".join(STRATEGIES.names(form=True))  # they optimise the constants of --form
     uses_form = bool(STRATEGIES.meta(args.strategy).get("form"))
     if args.form is not None and not uses_form:
-        raise ValueError(f"--form is the formula of --strategy {formed}; drop it or add "
-                         f"--strategy {formed} (--strategy is {args.strategy})")
+        raise ValueError(
+            f"--form is the formula of --strategy {formed}; drop it or add "
+            f"--strategy {formed} (--strategy is {args.strategy})"
+        )
     if args.sampler is not None and not uses_form:
-        raise ValueError(f"--sampler chooses the sampler of --strategy {formed}; drop it or add "
-                         f"--strategy {formed}")
+        raise ValueError(
+            f"--sampler chooses the sampler of --strategy {formed}; drop it or add "
+            f"--strategy {formed}"
+        )
     if args.no_final:
-        given = [f for f, v in (("--top", args.top), ("--final-seeds", args.final_seeds),
-                                ("--db", args.db)) if v is not None]
+        given = [
+            f
+            for f, v in (
+                ("--top", args.top),
+                ("--final-seeds", args.final_seeds),
+                ("--db", args.db),
+            )
+            if v is not None
+        ]
         if given:
             verb = "configures" if len(given) == 1 else "configure"
             raise ValueError(f"{', '.join(given)} {verb} the re-evaluation, which --no-final skips")
     if curve:
-        given = [f for f, v in (("--model", args.model), ("--max-steps", args.max_steps),
-                                ("--db", args.db), ("--threads", args.threads)) if v is not None]
+        given = [
+            f
+            for f, v in (
+                ("--model", args.model),
+                ("--max-steps", args.max_steps),
+                ("--db", args.db),
+                ("--threads", args.threads),
+            )
+            if v is not None
+        ]
         if given:
             verb = "applies" if len(given) == 1 else "apply"
-            raise ValueError(f"{', '.join(given)} {verb} to training tasks; a curve: task trains "
-                             "nothing")
+            raise ValueError(
+                f"{', '.join(given)} {verb} to training tasks; a curve: task trains nothing"
+            )
     if args.ray is not None and args.workers != 1:
-        raise ValueError("--workers starts local processes; with --ray the cluster's CPUs set the "
-                         "parallelism: drop --workers")
+        raise ValueError(
+            "--workers starts local processes; with --ray the cluster's CPUs set the "
+            "parallelism: drop --workers"
+        )
     if args.ray is not None and not args.ray.strip():
         raise ValueError("--ray needs an address: auto, local or ray://host:port")
     # values
@@ -198,8 +286,10 @@ def validate(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     args.top = check_int("--top", args.top, 1, _TOP_MAX) or 3
     args.final_seeds = check_int("--final-seeds", args.final_seeds, 1, MAX_SEEDS) or 5
     if not args.no_final and not curve and (args.top + 3) * args.final_seeds > MAX_RUNS:
-        raise ValueError(f"--top {args.top} x --final-seeds {args.final_seeds} is more than "
-                         f"{MAX_RUNS} re-evaluation runs")
+        raise ValueError(
+            f"--top {args.top} x --final-seeds {args.final_seeds} is more than "
+            f"{MAX_RUNS} re-evaluation runs"
+        )
     check_study(args.study)
     for flag, v in (("--storage", args.storage), ("--db", args.db)):
         if v is not None and not v.strip():
@@ -208,18 +298,24 @@ def validate(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     args.report = report if args.report is not None else None
     if uses_form:
         if not args.form:
-            raise ValueError(f"strategy {args.strategy!r} optimises the constants of a formula: "
-                             "give one, e.g. --form 'x*sigmoid(1.702*x)'")
+            raise ValueError(
+                f"strategy {args.strategy!r} optimises the constants of a formula: "
+                "give one, e.g. --form 'x*sigmoid(1.702*x)'"
+            )
         try:
             constants = form_constants(args.form)
         except (ExprError, RecursionError) as e:
             why = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". Write a")[0]
-            raise ValueError(f"--form {args.form!r} is not a formula in x ({why}); "
-                             "e.g. --form 'x*sigmoid(1.702*x)'") from None
+            raise ValueError(
+                f"--form {args.form!r} is not a formula in x ({why}); "
+                "e.g. --form 'x*sigmoid(1.702*x)'"
+            ) from None
         if not constants:
-            raise ValueError(f"--form {args.form!r} has no numeric constant for {args.strategy} "
-                             "to optimise; "
-                             "e.g. --form 'x*sigmoid(1.702*x)'")
+            raise ValueError(
+                f"--form {args.form!r} has no numeric constant for {args.strategy} "
+                "to optimise; "
+                "e.g. --form 'x*sigmoid(1.702*x)'"
+            )
     args.sampler = args.sampler or "tpe"
     # the objective: task, model and the target curve resolved here, not in every evaluation
     kw: dict[str, Any] = {}
@@ -228,24 +324,35 @@ def validate(args: argparse.Namespace) -> tuple[Any, Any, Any]:
 
         get_task(args.task).resolve_model(args.model)
         density = bool(STRATEGIES.meta(args.strategy).get("density"))
-        kw = {"model": args.model, "record_density": density,
-              "overrides": {"max_steps": args.max_steps} if args.max_steps else {},
-              "threads": args.threads}
+        kw = {
+            "model": args.model,
+            "record_density": density,
+            "overrides": {"max_steps": args.max_steps} if args.max_steps else {},
+            "threads": args.threads,
+        }
     objective = make_objective(args.task.strip(), kernel=args.kernel, **kw)  # --kernel checked
     levels = _levels(args.funnel, objective.task)
     n_levels = len(levels) if levels is not None else 1
     if args.keep is not None:
         check_float("--keep", args.keep, lo=0.0, hi=1.0)
         if n_levels < 2:
-            raise ValueError("--keep is the fraction promoted between funnel levels; add a funnel "
-                             "of two or more levels (e.g. --funnel 3,8) or drop --keep")
+            raise ValueError(
+                "--keep is the fraction promoted between funnel levels; add a funnel "
+                "of two or more levels (e.g. --funnel 3,8) or drop --keep"
+            )
     args.keep = args.keep if args.keep is not None else 0.1
     if args.top_seeds > 1 and n_levels < 2:
-        raise ValueError("--top-seeds averages runs at the last level of a funnel of two or more levels; "
-                         "add --funnel (e.g. --funnel 3,8)")
-    pipeline = Pipeline(cost=CostFilter(args.max_cost),
-                        floor=_floor(args.floor, objective.task, objective),
-                        budgets=levels, max_nodes=args.max_nodes, top_seeds=args.top_seeds)
+        raise ValueError(
+            "--top-seeds averages runs at the last level of a funnel of two or more levels; "
+            "add --funnel (e.g. --funnel 3,8)"
+        )
+    pipeline = Pipeline(
+        cost=CostFilter(args.max_cost),
+        floor=_floor(args.floor, objective.task, objective),
+        budgets=levels,
+        max_nodes=args.max_nodes,
+        top_seeds=args.top_seeds,
+    )
     return budget, objective, pipeline
 
 
@@ -253,7 +360,9 @@ class _Printer:
     def __init__(self, budget: Any, quiet: bool) -> None:
         from rich.console import Console
 
-        self.console = Console(highlight=False, emoji=False, width=None if sys.stdout.isatty() else 140)
+        self.console = Console(
+            highlight=False, emoji=False, width=None if sys.stdout.isatty() else 140
+        )
         self.budget, self.quiet = budget, quiet
 
     def __call__(self, ev: Any) -> None:
@@ -266,31 +375,40 @@ class _Printer:
         units = f"{ev.units:.0f}/{self.budget.units:g}" if self.budget.units else f"{ev.units:.0f}"
         if r.ok:
             cost = f" {r.cost:.1f}x" if r.cost == r.cost else ""
-            self.console.print(f"[{units}] #{ev.number} L{c.level} [green]{r.quality:.4f}[/] "
-                               f"best {ev.best:.4f}{cost}  {escape(f)}  [dim]{escape(c.origin)}[/]")
+            self.console.print(
+                f"[{units}] #{ev.number} L{c.level} [green]{r.quality:.4f}[/] "
+                f"best {ev.best:.4f}{cost}  {escape(f)}  [dim]{escape(c.origin)}[/]"
+            )
         else:
             why = r.reason if len(r.reason) <= 60 else r.reason[:57] + "..."
-            self.console.print(f"[dim][{units}] #{ev.number} L{c.level} ✗ {r.stage}: {escape(why)}  "
-                               f"{escape(f)}[/]")
+            self.console.print(
+                f"[dim][{units}] #{ev.number} L{c.level} ✗ {r.stage}: {escape(why)}  {escape(f)}[/]"
+            )
 
 
 def _summary(console: Any, res: Any) -> None:
     from rich.markup import escape
 
     c = res.counts()
-    console.print(f"\nstudy {res.study!r} ({res.storage}): {c['trials']} trials, {c['ok']} ok, "
-                  f"{c['rejected']} rejected, {c['failed']} failed, {c['promotions']} promotions; "
-                  f"{res.duplicates} duplicates skipped; stopped: {res.stopped}")
+    console.print(
+        f"\nstudy {res.study!r} ({res.storage}): {c['trials']} trials, {c['ok']} ok, "
+        f"{c['rejected']} rejected, {c['failed']} failed, {c['promotions']} promotions; "
+        f"{res.duplicates} duplicates skipped; stopped: {res.stopped}"
+    )
     if res.message:
         console.print(f"[yellow]{escape(res.message)}[/]")
-    console.print(f"units spent {res.units_spent():.1f}; {100 * res.wasted_fraction():.1f}% on "
-                  f"candidates rejected after training started")
+    console.print(
+        f"units spent {res.units_spent():.1f}; {100 * res.wasted_fraction():.1f}% on "
+        f"candidates rejected after training started"
+    )
     for k, v in res.rejections().items():
         console.print(f"  {k}: {v}")
     console.print("best candidates (highest funnel level, then validation score):")
     for r in res.ranked()[:5]:
-        console.print(f"  L{r.candidate.level} {r.result.quality:.4f}  cost {r.result.cost:.2f}x  "
-                      f"{escape(r.candidate.formula)}")
+        console.print(
+            f"  L{r.candidate.level} {r.result.quality:.4f}  cost {r.result.cost:.2f}x  "
+            f"{escape(r.candidate.formula)}"
+        )
 
 
 def _final_table(console: Any, final: Any) -> None:
@@ -335,19 +453,41 @@ def run(args: argparse.Namespace) -> int:
     _check_databases(args, objective.task)  # a bad --storage or --db fails now, not later
     printer = _Printer(budget, args.quiet)
     console = printer.console
-    console.print(f"actlab search: task {objective.task}, strategy {args.strategy}, budget {budget}, "
-                  f"funnel {pipeline.levels(objective)}, seed {args.seed}")
+    console.print(
+        f"actlab search: task {objective.task}, strategy {args.strategy}, budget {budget}, "
+        f"funnel {pipeline.levels(objective)}, seed {args.seed}"
+    )
     t0 = time.perf_counter()
-    res = run_search(objective, args.strategy, budget=budget, study=args.study, storage=args.storage,
-                     pipeline=pipeline, workers=args.workers, ray=args.ray, seed=args.seed,
-                     form=args.form, keep=args.keep, on_result=printer, sampler=args.sampler)
+    res = run_search(
+        objective,
+        args.strategy,
+        budget=budget,
+        study=args.study,
+        storage=args.storage,
+        pipeline=pipeline,
+        workers=args.workers,
+        ray=args.ray,
+        seed=args.seed,
+        form=args.form,
+        keep=args.keep,
+        on_result=printer,
+        sampler=args.sampler,
+    )
     _summary(console, res)
     final = None
     if not args.no_final:
-        console.print(f"\nre-evaluating the top {args.top} against gelu, relu, crrelu "
-                      f"({args.final_seeds} fresh seeds)...")
-        final = finalize(res, top=args.top, seeds=args.final_seeds, db=args.db, workers=args.workers,
-                         objective=objective)
+        console.print(
+            f"\nre-evaluating the top {args.top} against gelu, relu, crrelu "
+            f"({args.final_seeds} fresh seeds)..."
+        )
+        final = finalize(
+            res,
+            top=args.top,
+            seeds=args.final_seeds,
+            db=args.db,
+            workers=args.workers,
+            objective=objective,
+        )
         _final_table(console, final)
     if not args.no_report:
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in res.study)

@@ -23,7 +23,9 @@ def run(args: argparse.Namespace) -> int:
     info = actlab.get_activation_info(name)
     m = actlab.create_activation(args.spec)
     con = Console()
-    con.print(f"[bold]{info.name}[/bold]  ({info.family}; {info.cls.__module__}.{info.cls.__qualname__})")
+    con.print(
+        f"[bold]{info.name}[/bold]  ({info.family}; {info.cls.__module__}.{info.cls.__qualname__})"
+    )
     if info.aliases:
         con.print(f"aliases: {', '.join(info.aliases)}")
     con.print(f"formula: {info.formula}")
@@ -42,7 +44,9 @@ def run(args: argparse.Namespace) -> int:
     if doc:
         con.print(f"doc: {doc}")
     if info.elementwise:
-        xs = torch.tensor([-3.0, -1.0, -0.5, 0.0, 0.5, 1.0, 3.0], dtype=torch.float64, requires_grad=True)
+        xs = torch.tensor(
+            [-3.0, -1.0, -0.5, 0.0, 0.5, 1.0, 3.0], dtype=torch.float64, requires_grad=True
+        )
         # the table needs autograd through a leaf: an in-place op cannot run on it, so the
         # values come from a twin built without inplace (same parameters)
         mm = actlab.create_activation(args.spec, inplace=False).double()

@@ -10,6 +10,8 @@ from actlab.activations import classic, eafo, expr_act, polycom, swish  # noqa: 
 from actlab.activations._base import Activation
 from actlab.activations._fused import (
     MODES as KERNEL_MODES,
+)
+from actlab.activations._fused import (
     check_kernel_mode,
     get_kernel_mode,
     kernel_mode,
@@ -38,9 +40,32 @@ from actlab.activations.polycom import PolyReLU, ReLU2
 from actlab.activations.swish import Swish
 
 __all__ = [
-    "Activation", "CELU", "CRReLU", "EAFO", "ELU", "FATReLU", "GELU", "GELUTanh", "Hardswish",
-    "LeakyReLU", "Mish", "PReLU", "PolyReLU", "ReLU", "ReLU2", "SELU", "Sigmoid", "SiLU",
-    "Softplus", "Swish", "Tanh", "WAFBC",
-    "KERNEL_MODES", "check_kernel_mode", "get_kernel_mode", "kernel_mode", "kernel_unavailable",
+    "Activation",
+    "CELU",
+    "CRReLU",
+    "EAFO",
+    "ELU",
+    "FATReLU",
+    "GELU",
+    "GELUTanh",
+    "Hardswish",
+    "LeakyReLU",
+    "Mish",
+    "PReLU",
+    "PolyReLU",
+    "ReLU",
+    "ReLU2",
+    "SELU",
+    "Sigmoid",
+    "SiLU",
+    "Softplus",
+    "Swish",
+    "Tanh",
+    "WAFBC",
+    "KERNEL_MODES",
+    "check_kernel_mode",
+    "get_kernel_mode",
+    "kernel_mode",
+    "kernel_unavailable",
     "set_kernel_mode",
 ]

@@ -93,7 +93,9 @@ class LeakyReLU(Activation):
 class PReLU(Activation):
     weight: Tensor
 
-    def __init__(self, *, init: float = 0.25, weight_decay: bool = False, inplace: bool = False) -> None:
+    def __init__(
+        self, *, init: float = 0.25, weight_decay: bool = False, inplace: bool = False
+    ) -> None:
         super().__init__(inplace=inplace)
         scalar(self, "weight", init, learnable=True)
         self.weight_decay = bool(weight_decay)
@@ -171,7 +173,9 @@ class GELU(Activation):
     "gelu_tanh",
     formula="0.5*x*(1 + tanh(sqrt(2/pi)*(x + 0.044715*x^3)))",
     paper="Hendrycks & Gimpel 2016, Gaussian Error Linear Units (GELUs)",
-    reference=lambda x, m: 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3))),
+    reference=lambda x, m: (
+        0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+    ),
     limits=(NAN, INF),
     aliases=("gelu_new", "gelu_pytorch_tanh"),
 )
@@ -215,7 +219,9 @@ class Mish(Activation):
     rules={"beta": ParamRule("float", gt=0)},
 )
 class Softplus(Activation):
-    def __init__(self, *, beta: float = 1.0, threshold: float = 20.0, inplace: bool = False) -> None:
+    def __init__(
+        self, *, beta: float = 1.0, threshold: float = 20.0, inplace: bool = False
+    ) -> None:
         super().__init__(inplace=inplace)
         self.beta, self.threshold = float(beta), float(threshold)
         self._set_hparams(beta=self.beta, threshold=self.threshold)

@@ -77,8 +77,10 @@ CRRELU = ElementwiseKernel("crrelu", _crrelu_fwd, _crrelu_bwd, native="crrelu")
     "crrelu",
     formula="max(0, x) + eps * x * exp(-x^2/2)   (eps learnable scalar, init 0.01)",
     paper="EAFO: A Method on Searching Better Activation Functions, arXiv 2405.12954 (ICLR 2025)",
-    reference=lambda x, m: torch.where(x > 0, x, torch.zeros_like(x))
-    + float(m.eps.detach()) * x * torch.exp(-(x**2) / 2),
+    reference=lambda x, m: (
+        torch.where(x > 0, x, torch.zeros_like(x))
+        + float(m.eps.detach()) * x * torch.exp(-(x**2) / 2)
+    ),
     limits=(0.0, math.inf),
     family="eafo",
     smooth=False,
@@ -144,14 +146,16 @@ _EAFO_KERNELS: dict[str, ElementwiseKernel] = {}
 def eafo_kernel(base: str) -> ElementwiseKernel:
     """The (lazily built) fused kernel of eafo for one base."""
     if base not in _EAFO_KERNELS:
+
         def fwd(x: Tensor, eps: Tensor, tau: Tensor) -> Tensor:
             return _eafo_fwd(base, x, eps, tau)
 
         def bwd(x: Tensor, g: Tensor, eps: Tensor, tau: Tensor) -> tuple[Tensor, Tensor]:
             return _eafo_bwd(base, x, g, eps, tau)
 
-        _EAFO_KERNELS[base] = ElementwiseKernel(f"eafo_{base}", fwd, bwd,
-                                                native="eafo_gelu" if base == "gelu" else None)
+        _EAFO_KERNELS[base] = ElementwiseKernel(
+            f"eafo_{base}", fwd, bwd, native="eafo_gelu" if base == "gelu" else None
+        )
     return _EAFO_KERNELS[base]
 
 
@@ -212,7 +216,11 @@ class EAFO(Activation):
         self.register_buffer("tau", torch.tensor(float(tau)))
         self.weight_decay = bool(weight_decay)
         self._set_hparams(
-            base=base, eps=float(eps), tau=float(tau), learnable=bool(learnable), weight_decay=self.weight_decay
+            base=base,
+            eps=float(eps),
+            tau=float(tau),
+            learnable=bool(learnable),
+            weight_decay=self.weight_decay,
         )
         self._kernel = eafo_kernel(base)
 
@@ -237,7 +245,9 @@ def _wafbc_fwd(x: Tensor, scale: Tensor, shift: Tensor, loc: Tensor, width: Tens
     return scale * 0.5 * (1 + torch.erf((x - loc) / width * _SQRT1_2)) + shift
 
 
-def _wafbc_bwd(x: Tensor, g: Tensor, scale: Tensor, shift: Tensor, loc: Tensor, width: Tensor) -> tuple[Tensor]:
+def _wafbc_bwd(
+    x: Tensor, g: Tensor, scale: Tensor, shift: Tensor, loc: Tensor, width: Tensor
+) -> tuple[Tensor]:
     z = (x - loc) / width
     return (g * scale * normal_pdf(z) / width,)
 
@@ -249,10 +259,17 @@ WAFBC_KERNEL = ElementwiseKernel("wafbc", _wafbc_fwd, _wafbc_bwd)
     "wafbc",
     formula="scale * Phi((x - loc)/width) + shift   (worst activation for N(loc, width^2) inputs)",
     paper="EAFO: A Method on Searching Better Activation Functions, arXiv 2405.12954 (WAFBC)",
-    reference=lambda x, m: float(m.scale.detach())
-    * 0.5
-    * (1 + torch.special.erf((x - float(m.loc.detach())) / (float(m.width.detach()) * math.sqrt(2))))
-    + float(m.shift.detach()),
+    reference=lambda x, m: (
+        float(m.scale.detach())
+        * 0.5
+        * (
+            1
+            + torch.special.erf(
+                (x - float(m.loc.detach())) / (float(m.width.detach()) * math.sqrt(2))
+            )
+        )
+        + float(m.shift.detach())
+    ),
     limits=(0.0, 1.0),
     family="eafo",
     fused=True,
@@ -277,7 +294,9 @@ class WAFBC(Activation):
         super().__init__(inplace=inplace)
         for n, v in (("scale", scale), ("shift", shift), ("loc", loc), ("width", width)):
             scalar(self, n, v, learnable=False)
-        self._set_hparams(scale=float(scale), shift=float(shift), loc=float(loc), width=float(width))
+        self._set_hparams(
+            scale=float(scale), shift=float(shift), loc=float(loc), width=float(width)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         d = x.dtype

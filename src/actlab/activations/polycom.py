@@ -58,7 +58,9 @@ def _coefficients(value: object) -> tuple[float, ...]:
     if not isinstance(value, (tuple, list)):
         raise TypeError(f"polyrelu: init must be a tuple of numbers, got {type(value).__name__}")
     if not 2 <= len(value) <= MAX_ORDER + 1:
-        raise ValueError(f"polyrelu: init needs 2 to {MAX_ORDER + 1} coefficients, got {len(value)}")
+        raise ValueError(
+            f"polyrelu: init needs 2 to {MAX_ORDER + 1} coefficients, got {len(value)}"
+        )
     rule = ParamRule("float")
     return tuple(rule.apply("polyrelu", f"init[{i}]", v) for i, v in enumerate(value))
 
@@ -99,7 +101,9 @@ class PolyReLU(Activation):
         order = int(order)  # validated by the registry's rules (1 <= order <= MAX_ORDER)
         coef = list(init) if init is not None else [0.0] + [1.0 / order] * order
         if len(coef) != order + 1:
-            raise ValueError(f"polyrelu: init needs order+1 = {order + 1} coefficients, got {len(coef)}")
+            raise ValueError(
+                f"polyrelu: init needs order+1 = {order + 1} coefficients, got {len(coef)}"
+            )
         t = torch.tensor(coef, dtype=torch.float32)
         if learnable:
             self.coef = nn.Parameter(t)

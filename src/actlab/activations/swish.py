@@ -61,7 +61,9 @@ class Swish(Activation):
         super().__init__(inplace=inplace)
         scalar(self, "beta", beta, learnable)
         self.weight_decay = bool(weight_decay)
-        self._set_hparams(beta=float(beta), learnable=bool(learnable), weight_decay=self.weight_decay)
+        self._set_hparams(
+            beta=float(beta), learnable=bool(learnable), weight_decay=self.weight_decay
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return SWISH(x, self.beta)

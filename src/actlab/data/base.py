@@ -142,4 +142,3 @@ def make_splits(
     train_part, val_part = train.subset(tr), train.subset(va)
     mean, std = channel_stats(train_part.images)
     return ImageSplits(train_part, val_part, test, mean, std)
-

@@ -20,7 +20,9 @@ def load_digits() -> ImageDataset:
     try:
         from sklearn.datasets import load_digits as sk_load_digits
     except ImportError:  # pragma: no cover - scikit-learn is a dependency
-        raise ImportError("the digits dataset needs scikit-learn: pip install scikit-learn") from None
+        raise ImportError(
+            "the digits dataset needs scikit-learn: pip install scikit-learn"
+        ) from None
     bunch = sk_load_digits()
     images = np.asarray(bunch.images, dtype=np.float64).round().clip(0, 255).astype(np.uint8)
     return ImageDataset(

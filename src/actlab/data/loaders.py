@@ -131,7 +131,9 @@ class TextLoader:
         if max_windows is not None:
             n_windows = min(n_windows, int(max_windows))
         span = ids.numel() - 1 - self.block_size
-        self._eval_starts = (torch.linspace(0, span, n_windows).round().long()) if n_windows else None
+        self._eval_starts = (
+            (torch.linspace(0, span, n_windows).round().long()) if n_windows else None
+        )
 
     @property
     def num_samples(self) -> int:
@@ -151,7 +153,9 @@ class TextLoader:
         self.epoch = int(epoch)
 
     def _windows(self, starts: Tensor) -> tuple[Tensor, Tensor]:
-        offs = starts.to(self.device)[:, None] + torch.arange(self.block_size + 1, device=self.device)
+        offs = starts.to(self.device)[:, None] + torch.arange(
+            self.block_size + 1, device=self.device
+        )
         chunk = self.ids[offs].long()  # (B, T+1)
         return chunk[:, :-1], chunk[:, 1:]
 

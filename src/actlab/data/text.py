@@ -104,7 +104,12 @@ class CharCorpus:
 
     @classmethod
     def from_text(
-        cls, text: str, *, name: str = "text", val_fraction: float = 0.05, test_fraction: float = 0.05
+        cls,
+        text: str,
+        *,
+        name: str = "text",
+        val_fraction: float = 0.05,
+        test_fraction: float = 0.05,
     ) -> CharCorpus:
         """Encode ``text``; the last ``test_fraction`` is test, the part before it is val."""
         if not text:
@@ -118,7 +123,9 @@ class CharCorpus:
         n = ids.numel()
         n_test, n_val = int(n * test_fraction), int(n * val_fraction)
         n_train = n - n_val - n_test
-        return cls(name, vocab, ids[:n_train], ids[n_train : n_train + n_val], ids[n_train + n_val :])
+        return cls(
+            name, vocab, ids[:n_train], ids[n_train : n_train + n_val], ids[n_train + n_val :]
+        )
 
     @property
     def vocab_size(self) -> int:

@@ -161,7 +161,7 @@ def check_gradients(candidate: Candidate) -> CheckResult:
     for (n, _), g in zip(named, grads[1:], strict=True):
         if g is not None and not bool(torch.isfinite(g).all()):
             return CheckResult(False, f"non-finite gradient of parameter {n!r}")
-    core = gx[-_core_grid().numel():]
+    core = gx[-_core_grid().numel() :]
     if float(core.abs().max()) <= 1e-8:
         return CheckResult(False, f"df/dx is zero everywhere on [-{CORE:g}, {CORE:g}]")
     return CheckResult(True, "ok")
@@ -211,7 +211,9 @@ def _gaussian_outputs(candidate: Candidate, n: int, seed: int) -> tuple[Tensor, 
     return x.double(), y.double()
 
 
-def output_entropy(candidate: Candidate, *, n: int = 65536, bins: int = 256, seed: int = 0) -> float:
+def output_entropy(
+    candidate: Candidate, *, n: int = 65536, bins: int = 256, seed: int = 0
+) -> float:
     """Histogram estimate of the differential entropy of f(X), X ~ N(0, 1) (nats)."""
     _, y = _gaussian_outputs(candidate, n, seed)
     if not bool(torch.isfinite(y).all()):

@@ -244,8 +244,9 @@ MUTATIONS: dict[str, Callable[[Expr, random.Random], Expr | None]] = {
 }
 
 
-def mutate(e: Expr, rng: random.Random, *, kinds: tuple[str, ...] = tuple(MUTATIONS),
-           tries: int = 100) -> Expr:
+def mutate(
+    e: Expr, rng: random.Random, *, kinds: tuple[str, ...] = tuple(MUTATIONS), tries: int = 100
+) -> Expr:
     """A random mutation of ``e`` (one of ``kinds``) with a different canonical form."""
     unknown = set(kinds) - set(MUTATIONS)
     if unknown or not kinds:

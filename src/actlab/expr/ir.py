@@ -66,9 +66,28 @@ __all__ = [
 ]
 
 UNARY_OPS: tuple[str, ...] = (
-    "neg", "abs", "square", "cube", "sqrt", "log", "exp", "sin", "cos", "sinh", "cosh",
-    "tanh", "asinh", "atan", "sinc", "relu", "sigmoid", "softplus", "gauss", "erf",
-    "gelu", "silu",
+    "neg",
+    "abs",
+    "square",
+    "cube",
+    "sqrt",
+    "log",
+    "exp",
+    "sin",
+    "cos",
+    "sinh",
+    "cosh",
+    "tanh",
+    "asinh",
+    "atan",
+    "sinc",
+    "relu",
+    "sigmoid",
+    "softplus",
+    "gauss",
+    "erf",
+    "gelu",
+    "silu",
 )
 BINARY_OPS: tuple[str, ...] = ("add", "sub", "mul", "div", "max", "min", "pow")
 

@@ -46,11 +46,22 @@ __all__ = ["FUNCTIONS", "MAX_LEN", "parse"]
 
 MAX_LEN = 4000  # characters of formula text
 FUNCTIONS: dict[str, int] = {**{op: 1 for op in UNARY_OPS if op != "neg"}, "max": 2, "min": 2}
-_ALIASES = {"α": "alpha", "β": "beta", "γ": "gamma", "δ": "delta", "ε": "eps", "θ": "theta",
-            "epsilon": "eps"}
+_ALIASES = {
+    "α": "alpha",
+    "β": "beta",
+    "γ": "gamma",
+    "δ": "delta",
+    "ε": "eps",
+    "θ": "theta",
+    "epsilon": "eps",
+}
 _NAMED_CONSTS = {"pi": math.pi, "π": math.pi}
 _BINOPS: dict[type[ast.operator], str] = {
-    ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div", ast.Pow: "pow",
+    ast.Add: "add",
+    ast.Sub: "sub",
+    ast.Mult: "mul",
+    ast.Div: "div",
+    ast.Pow: "pow",
 }
 _FORBIDDEN: dict[type[ast.AST], str] = {
     ast.Attribute: "attribute access ('.')",
@@ -210,8 +221,16 @@ class _Converter:
 
 def _opname(op: ast.AST) -> str:
     names = {
-        ast.FloorDiv: "//", ast.Mod: "%", ast.MatMult: "@", ast.LShift: "<<", ast.RShift: ">>",
-        ast.BitOr: "|", ast.BitXor: "^", ast.BitAnd: "&", ast.Invert: "~", ast.Not: "not",
+        ast.FloorDiv: "//",
+        ast.Mod: "%",
+        ast.MatMult: "@",
+        ast.LShift: "<<",
+        ast.RShift: ">>",
+        ast.BitOr: "|",
+        ast.BitXor: "^",
+        ast.BitAnd: "&",
+        ast.Invert: "~",
+        ast.Not: "not",
     }
     return names.get(type(op), type(op).__name__)
 

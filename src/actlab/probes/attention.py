@@ -159,8 +159,9 @@ class AttentionEntropyProbe(Probe):
             w = mask.to(a.device)[bi, qi].float()  # padded queries weigh 0
         self.stage(name, ("probs", a[bi, :, qi, :], qi, w))  # (k, H, Tk), (k,), (k,)
 
-    def _stage_qkv(self, name: str, qkv: Tensor, heads: int, scale: float | None,
-                   causal: bool) -> None:
+    def _stage_qkv(
+        self, name: str, qkv: Tensor, heads: int, scale: float | None, causal: bool
+    ) -> None:
         """Stage what is needed to recompute sampled rows from a fused qkv output (B, T, 3D).
 
         Short sequences (T <= sample): sample // T whole sequences are kept and all their
@@ -189,7 +190,9 @@ class AttentionEntropyProbe(Probe):
         self.stage(name, ("probs", torch.softmax(s, dim=-1), qi, None))
 
     @staticmethod
-    def _qkv_probs(sub: Tensor, heads: int, scale: float | None, causal: bool) -> tuple[Tensor, Tensor]:
+    def _qkv_probs(
+        sub: Tensor, heads: int, scale: float | None, causal: bool
+    ) -> tuple[Tensor, Tensor]:
         """All rows of softmax(q k^T · scale) for whole sequences: ((m*T, H, T), (m*T,))."""
         m, t, d3 = sub.shape
         d = d3 // 3
@@ -198,8 +201,9 @@ class AttentionEntropyProbe(Probe):
         kk = sub[..., d : 2 * d].float().reshape(m, t, heads, hd).transpose(1, 2)
         s = (q @ kk.transpose(-1, -2)) * (scale if scale is not None else hd**-0.5)
         if causal:
-            s = s.masked_fill(torch.triu(torch.ones(t, t, dtype=torch.bool, device=sub.device), 1),
-                              float("-inf"))
+            s = s.masked_fill(
+                torch.triu(torch.ones(t, t, dtype=torch.bool, device=sub.device), 1), float("-inf")
+            )
         p = torch.softmax(s, dim=-1).transpose(1, 2).reshape(-1, heads, t)
         return p, torch.arange(t, device=sub.device).repeat(m)
 
@@ -211,8 +215,9 @@ class AttentionEntropyProbe(Probe):
             qi = torch.cat([it[2] for it in items])
         w = None
         if any(it[3] is not None for it in items):
-            w = torch.cat([it[3] if it[3] is not None else p.new_ones(it[1].shape[0])
-                           for it in items])[:, None]  # (k, 1) query weights
+            w = torch.cat(
+                [it[3] if it[3] is not None else p.new_ones(it[1].shape[0]) for it in items]
+            )[:, None]  # (k, 1) query weights
         h, tk = p.shape[1], p.shape[2]
         ent = row_entropy(p)  # (k, H)
         lmax = _row_max(p, qi, self.norm)
@@ -270,13 +275,22 @@ def _qkv_layout(m: nn.Module) -> tuple[int, float | None, bool] | None:
     qkv = _fused_qkv(m)
     if qkv is None:
         return None
-    heads = next((getattr(m, a) for a in ("num_heads", "n_head", "n_heads", "heads")
-                  if isinstance(getattr(m, a, None), int)), None)
+    heads = next(
+        (
+            getattr(m, a)
+            for a in ("num_heads", "n_head", "n_heads", "heads")
+            if isinstance(getattr(m, a, None), int)
+        ),
+        None,
+    )
     if heads is None or (qkv.out_features // 3) % heads:
         return None
     scale = getattr(m, "scale", None)
-    causal = bool(getattr(m, "is_causal", False) or getattr(m, "causal", False)
-                  or "Causal" in type(m).__name__)
+    causal = bool(
+        getattr(m, "is_causal", False)
+        or getattr(m, "causal", False)
+        or "Causal" in type(m).__name__
+    )
     return heads, float(scale) if isinstance(scale, (int, float)) else None, causal
 
 
@@ -290,8 +304,13 @@ def entropy_bands(rows: list[Row], key: str = "entropy") -> dict[str, Any]:
     """
     vals = [float(r[key]) for r in rows if key in r and not math.isnan(float(r[key]))]
     if not vals:
-        return {"M": float("nan"), "band_of_row": ["" for _ in rows], "shares": {},
-                "per_layer": {}, "verdict": "no data"}
+        return {
+            "M": float("nan"),
+            "band_of_row": ["" for _ in rows],
+            "shares": {},
+            "per_layer": {},
+            "verdict": "no data",
+        }
     m = max(vals)
     names: list[str] = []
     for r in rows:
@@ -319,8 +338,13 @@ def entropy_bands(rows: list[Row], key: str = "entropy") -> dict[str, Any]:
         verdict = "entropic overload"
     else:
         verdict = "entropy collapse"
-    return {"M": m, "band_of_row": names, "shares": total,
-            "per_layer": {k: shares(v) for k, v in per_layer.items()}, "verdict": verdict}
+    return {
+        "M": m,
+        "band_of_row": names,
+        "shares": total,
+        "per_layer": {k: shares(v) for k, v in per_layer.items()},
+        "verdict": verdict,
+    }
 
 
 def use_eager_attention(model: nn.Module) -> str | None:

@@ -70,8 +70,9 @@ def check_int(name: str, value: Any, lo: int = 1, hi: int | None = None) -> int:
     return v
 
 
-def check_float(name: str, value: Any, lo: float | None = None, *, strict: bool = False,
-                hi: float | None = None) -> float:
+def check_float(
+    name: str, value: Any, lo: float | None = None, *, strict: bool = False, hi: float | None = None
+) -> float:
     """``value`` as a finite float, >= lo (> lo when ``strict``) and <= hi when given."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise ProbeArgumentError(f"{name} must be a number, got {value!r}")
@@ -101,8 +102,10 @@ class TokenMask:
     def _on(self, device: torch.device) -> tuple[Tensor, Tensor]:
         got = self._dev.get(device)
         if got is None:
-            got = self._dev[device] = (torch.from_numpy(self.rows).to(device),
-                                       torch.from_numpy(self.host).to(device))
+            got = self._dev[device] = (
+                torch.from_numpy(self.rows).to(device),
+                torch.from_numpy(self.host).to(device),
+            )
         return got
 
     def rows_on(self, device: torch.device) -> Tensor:
@@ -169,7 +172,11 @@ class ProbeContext:
     def attention_mask(self) -> Tensor | None:
         """The (B, T) padding mask in force: the model call's ``attention_mask`` keyword, else
         ``extras["attention_mask"]``, else None."""
-        m = self.forward_mask if self.forward_mask is not None else self.extras.get("attention_mask")
+        m = (
+            self.forward_mask
+            if self.forward_mask is not None
+            else self.extras.get("attention_mask")
+        )
         return m if isinstance(m, Tensor) and m.ndim == 2 else None
 
     def token_mask(self, t: Tensor) -> TokenMask | None:
@@ -307,7 +314,9 @@ def _shapes(item: tuple[Any, ...]) -> tuple[Any, ...]:
 
 
 def _compatible(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
-    return len(a) == len(b) and all(x is None or y is None or x == y for x, y in zip(a, b, strict=True))
+    return len(a) == len(b) and all(
+        x is None or y is None or x == y for x, y in zip(a, b, strict=True)
+    )
 
 
 def _merge(a: tuple[Any, ...], b: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -318,12 +327,16 @@ def _as_globs(where: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...
     """None, or a non-empty tuple of non-empty glob strings (anything else is refused)."""
     if where is None:
         return None
-    globs = (where,) if isinstance(where, str) else (
-        tuple(where) if isinstance(where, (list, tuple)) else None)
+    globs = (
+        (where,)
+        if isinstance(where, str)
+        else (tuple(where) if isinstance(where, (list, tuple)) else None)
+    )
     if not globs or not all(isinstance(g, str) and g.strip() for g in globs):
         raise ProbeArgumentError(
             f"where= takes a glob string or a non-empty list of glob strings over module names "
-            f"(e.g. 'layers.*.mlp.act_fn'), got {where!r}")
+            f"(e.g. 'layers.*.mlp.act_fn'), got {where!r}"
+        )
     return globs
 
 
@@ -419,8 +432,9 @@ def draw(rng: np.random.Generator, n: int, k: int, device: torch.device) -> Tens
     return torch.from_numpy(rng.integers(0, n, size=k)).to(device)
 
 
-def sample_rows(t: Tensor, k: int, rng: np.random.Generator,
-                mask: TokenMask | None = None) -> Tensor:
+def sample_rows(
+    t: Tensor, k: int, rng: np.random.Generator, mask: TokenMask | None = None
+) -> Tensor:
     """Up to ``k`` token rows (k, units) drawn uniformly with replacement (dtype kept).
 
     Tokens are the rows of ``t.reshape(-1, units)``; for 4-D conv maps (N, C, H, W) a token is
@@ -451,8 +465,9 @@ def sample_rows(t: Tensor, k: int, rng: np.random.Generator,
     return flat2.index_select(0, draw(rng, n, k, t.device))
 
 
-def sample_chunks(t: Tensor, length: int, k: int, rng: np.random.Generator,
-                  mask: TokenMask | None = None) -> Tensor | None:
+def sample_chunks(
+    t: Tensor, length: int, k: int, rng: np.random.Generator, mask: TokenMask | None = None
+) -> Tensor | None:
     """Up to ``k`` chunks of ``length`` consecutive tokens, shape (k, length, units).
 
     Sequences are the rows of a (B, T, D) tensor (or the raster order of the positions of

@@ -154,12 +154,14 @@ def ebab_mi(a: ArrayLike, b: ArrayLike, n_bins: int = 30, lower: Lower = "auto")
     (``lower`` resolved for each side separately)."""
     va, vb = _np(a), _np(b)
     va, vb = va.reshape(va.shape[0], -1), vb.reshape(vb.shape[0], -1)
-    return plugin_mi(digitize(va, ebab_edges(va, n_bins, lower)),
-                     digitize(vb, ebab_edges(vb, n_bins, lower)))
+    return plugin_mi(
+        digitize(va, ebab_edges(va, n_bins, lower)), digitize(vb, ebab_edges(vb, n_bins, lower))
+    )
 
 
-def ebab_mi_inputs(t: ArrayLike, x_ids: ArrayLike, n_bins: int = 30,
-                   lower: Lower = "auto") -> float:
+def ebab_mi_inputs(
+    t: ArrayLike, x_ids: ArrayLike, n_bins: int = 30, lower: Lower = "auto"
+) -> float:
     """I(X;T) = H(T) - Σ_x p(x) H(T | X = x) in bits. ``x_ids`` says which input each sample
     of t (n, units) came from: (n,) ids or (n, ...) rows (e.g. token ids), equal = same input.
     With every input distinct this is H(T); with repeated inputs and a T that varies for one
@@ -170,8 +172,7 @@ def ebab_mi_inputs(t: ArrayLike, x_ids: ArrayLike, n_bins: int = 30,
     return discrete_entropy(codes) - conditional_entropy(codes, x_ids)
 
 
-def ebab_mi_labels(t: ArrayLike, y: ArrayLike, n_bins: int = 30,
-                   lower: Lower = "auto") -> float:
+def ebab_mi_labels(t: ArrayLike, y: ArrayLike, n_bins: int = 30, lower: Lower = "auto") -> float:
     """I(T;Y) = H(T) - Σ_y p(y) H(T|Y=y) in bits; y holds discrete labels (n,)."""
     v = _np(t)
     v = v.reshape(v.shape[0], -1)

@@ -74,8 +74,14 @@ class ProbeCallback:
     def on_train_begin(self, info: dict[str, Any]) -> None:
         if self.manager is not None and not self._owns:
             return  # bound to a manager the user attached
-        model = next((v for k, v in info.items() if isinstance(v, nn.Module)
-                      and k in ("net", "model", "module")), None)
+        model = next(
+            (
+                v
+                for k, v in info.items()
+                if isinstance(v, nn.Module) and k in ("net", "model", "module")
+            ),
+            None,
+        )
         if model is not None:
             self._start(model)
             return

@@ -86,9 +86,13 @@ class DistributionProbe(Probe):
             e = torch.linspace(-8.0, 8.0, 161) if edges is None else torch.as_tensor(edges)
             e = e.to(torch.float32).flatten()
         except (TypeError, ValueError, RuntimeError):
-            raise ProbeArgumentError(f"edges must be a sequence of numbers, got {edges!r}") from None
+            raise ProbeArgumentError(
+                f"edges must be a sequence of numbers, got {edges!r}"
+            ) from None
         if e.numel() < 2 or not bool((e[1:] > e[:-1]).all()) or not bool(torch.isfinite(e).all()):
-            raise ProbeArgumentError("edges must be a strictly increasing sequence of >= 2 finite values")
+            raise ProbeArgumentError(
+                "edges must be a strictly increasing sequence of >= 2 finite values"
+            )
         self.edges = e
         self.max_elems = check_int("max_elems", max_elems)
         w = e[1:] - e[:-1]
@@ -140,7 +144,9 @@ class DistributionProbe(Probe):
             self.power[name] += pw
             self.n[name] += int(v.numel())
             old = self.extrema[name]
-            self.extrema[name] = torch.stack([torch.minimum(old[0], ex.min), torch.maximum(old[1], ex.max)])
+            self.extrema[name] = torch.stack(
+                [torch.minimum(old[0], ex.min), torch.maximum(old[1], ex.max)]
+            )
         else:
             self.counts[name], self.power[name], self.n[name] = c, pw, int(v.numel())
             self.extrema[name] = torch.stack([ex.min, ex.max])
@@ -170,7 +176,12 @@ class DistributionProbe(Probe):
         """(counts per bin, edges, underflow, overflow) for one layer."""
         self.flush()
         c = self.counts[name].cpu().numpy()
-        return c[1:-1].astype(np.int64), self.edges.numpy().astype(np.float64), int(c[0]), int(c[-1])
+        return (
+            c[1:-1].astype(np.int64),
+            self.edges.numpy().astype(np.float64),
+            int(c[0]),
+            int(c[-1]),
+        )
 
     def to_density(
         self, name: str, smooth_bins: float = 1.0
@@ -178,7 +189,9 @@ class DistributionProbe(Probe):
         """(grid, p, p') of the measured pre-activation density of one layer."""
         self.flush()
         if name not in self.counts:
-            raise KeyError(f"no distribution recorded for layer {name!r}; seen: {sorted(self.counts)}")
+            raise KeyError(
+                f"no distribution recorded for layer {name!r}; seen: {sorted(self.counts)}"
+            )
         counts, edges, under, over = self.histogram(name)
         total = float(counts.sum() + under + over)
         return density_from_histogram(counts, edges, total, smooth_bins)

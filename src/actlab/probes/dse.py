@@ -50,7 +50,10 @@ def _as_tensor(z: np.ndarray | Tensor) -> Tensor:
 
 
 def diffusion_spectral_entropy(
-    z: np.ndarray | Tensor, sigma: float = 10.0, t: int = 1, max_points: int = 10_000,
+    z: np.ndarray | Tensor,
+    sigma: float = 10.0,
+    t: int = 1,
+    max_points: int = 10_000,
     seed: int = 0,
 ) -> float:
     """DSE in bits of points z (n, d)."""
@@ -73,8 +76,13 @@ def diffusion_spectral_entropy(
 
 
 def dsmi(
-    z: np.ndarray | Tensor, y: np.ndarray | Tensor, sigma: float = 10.0, t: int = 1,
-    max_points: int = 10_000, repeats: int = 5, seed: int = 0,
+    z: np.ndarray | Tensor,
+    y: np.ndarray | Tensor,
+    sigma: float = 10.0,
+    t: int = 1,
+    max_points: int = 10_000,
+    repeats: int = 5,
+    seed: int = 0,
 ) -> float:
     """DSMI(Z; Y) in bits for discrete labels y (n,)."""
     x = _as_tensor(z)
@@ -104,7 +112,12 @@ class DSEProbe(Probe):
     target = "activation"
 
     def __init__(
-        self, *, sigma: float = 10.0, t: int = 1, points: int = 1000, repeats: int = 5,
+        self,
+        *,
+        sigma: float = 10.0,
+        t: int = 1,
+        points: int = 1000,
+        repeats: int = 5,
         where: str | list[str] | None = None,
     ) -> None:
         super().__init__(where=where)
@@ -138,14 +151,23 @@ class DSEProbe(Probe):
                 continue
             z = r.rows.cpu()
             row: Row = {
-                "dse": diffusion_spectral_entropy(z, self.sigma, self.t, self.points, self.ctx.seed),
+                "dse": diffusion_spectral_entropy(
+                    z, self.sigma, self.t, self.points, self.ctx.seed
+                ),
                 "dse_max": math.log2(len(r)),
                 "points": len(r),
                 "sigma": self.sigma,
                 "t": self.t,
             }
             if r.extra is not None:
-                row["dsmi"] = dsmi(z, r.extra.cpu().ravel(), self.sigma, self.t, self.points,
-                                   self.repeats, self.ctx.seed)
+                row["dsmi"] = dsmi(
+                    z,
+                    r.extra.cpu().ravel(),
+                    self.sigma,
+                    self.t,
+                    self.points,
+                    self.repeats,
+                    self.ctx.seed,
+                )
             out[name] = row
         return out

@@ -75,8 +75,13 @@ def input_codes(ids: Tensor) -> Tensor:
     rows = ids.detach().cpu().reshape(ids.shape[0], -1)
     rows = rows.double() if rows.dtype.is_floating_point else rows.long()
     arr = rows.numpy()
-    return torch.tensor([float(int.from_bytes(hashlib.blake2b(r.tobytes(), digest_size=6).digest(),
-                                              "little")) for r in arr], dtype=torch.float64)
+    return torch.tensor(
+        [
+            float(int.from_bytes(hashlib.blake2b(r.tobytes(), digest_size=6).digest(), "little"))
+            for r in arr
+        ],
+        dtype=torch.float64,
+    )
 
 
 @register_probe(description="EBAB entropy of token activations")
@@ -86,8 +91,9 @@ class EntropyProbe(Probe):
     name = "entropy"
     target = "activation"
 
-    def __init__(self, *, n_bins: int = 30, rows: int = 1024,
-                 where: str | list[str] | None = None) -> None:
+    def __init__(
+        self, *, n_bins: int = 30, rows: int = 1024, where: str | list[str] | None = None
+    ) -> None:
         super().__init__(where=where)
         self.n_bins, self.rows = check_int("n_bins", n_bins), check_int("rows", rows)
         self.reset()
@@ -141,12 +147,19 @@ class InfoPlaneProbe(Probe):
     target = "activation"
 
     def __init__(
-        self, *, n_bins: int = 30, noise_var: float | None = 0.01, points: int = 1000,
-        pca_dims: int = 4, k: int = 3, where: str | list[str] | None = None,
+        self,
+        *,
+        n_bins: int = 30,
+        noise_var: float | None = 0.01,
+        points: int = 1000,
+        pca_dims: int = 4,
+        k: int = 3,
+        where: str | list[str] | None = None,
     ) -> None:
         super().__init__(where=where)
-        self.noise_var = (None if noise_var is None
-                          else check_float("noise_var", noise_var, 0.0, strict=True))
+        self.noise_var = (
+            None if noise_var is None else check_float("noise_var", noise_var, 0.0, strict=True)
+        )
         self.n_bins, self.points = check_int("n_bins", n_bins), check_int("points", points, lo=4)
         self.pca_dims, self.k = check_int("pca_dims", pca_dims), check_int("k", k)
         self.reset()
@@ -214,7 +227,8 @@ class InfoPlaneProbe(Probe):
                 if ty.shape[1] > self.pca_dims:
                     counts = np.unique(y, return_counts=True)[1]
                     if counts.min() > self.k:
-                        row["I_TY_pca"] = compressed_mi_labels(ty, y, self.pca_dims, self.k,
-                                                               self.ctx.seed)
+                        row["I_TY_pca"] = compressed_mi_labels(
+                            ty, y, self.pca_dims, self.k, self.ctx.seed
+                        )
             out[name] = row
         return out

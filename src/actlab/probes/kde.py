@@ -67,8 +67,9 @@ def kde_mi_xt(t: np.ndarray | Tensor, noise_var: float, bound: Bound = "upper") 
     return kde_entropy(t, noise_var, bound) - h_noise
 
 
-def kde_mi_labels(t: np.ndarray | Tensor, y: np.ndarray | Tensor, noise_var: float,
-                  bound: Bound = "upper") -> float:
+def kde_mi_labels(
+    t: np.ndarray | Tensor, y: np.ndarray | Tensor, noise_var: float, bound: Bound = "upper"
+) -> float:
     """I(T;Y) in bits: H_KDE(T) - Σ_y p(y) H_KDE(T | Y = y)."""
     x = _t(t)
     labels = (y.detach().cpu().numpy() if isinstance(y, Tensor) else np.asarray(y)).ravel()

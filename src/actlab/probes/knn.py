@@ -88,15 +88,17 @@ def pca_compress(x: np.ndarray | Tensor, dims: int) -> np.ndarray:
     return (t @ v[:, :dims]).numpy()
 
 
-def compressed_mi(x: np.ndarray | Tensor, t: np.ndarray | Tensor, dims: int = 4,
-                  k: int = 3, seed: int = 0) -> float:
+def compressed_mi(
+    x: np.ndarray | Tensor, t: np.ndarray | Tensor, dims: int = 4, k: int = 3, seed: int = 0
+) -> float:
     """I(C(X); C(T)) in bits with PCA to ``dims`` dimensions each, then KSG."""
     torch.manual_seed(seed)
     return ksg_mi(pca_compress(x, dims), pca_compress(t, dims), k=k, seed=seed)
 
 
-def compressed_mi_labels(t: np.ndarray | Tensor, y: np.ndarray | Tensor, dims: int = 4,
-                         k: int = 3, seed: int = 0) -> float:
+def compressed_mi_labels(
+    t: np.ndarray | Tensor, y: np.ndarray | Tensor, dims: int = 4, k: int = 3, seed: int = 0
+) -> float:
     """I(C(T); Y) = H(C(T)) - Σ_y p(y) H(C(T) | Y=y) in bits (Kozachenko–Leonenko)."""
     torch.manual_seed(seed)
     c = pca_compress(t, dims)

@@ -159,15 +159,20 @@ class ProbeManager:
         if mode not in ("both", "train", "eval"):
             raise ProbeArgumentError(f"mode must be 'both', 'train' or 'eval', got {mode!r}")
         if log_to is not None and not os.fspath(log_to).lower().endswith(_LOG_SUFFIXES):
-            raise ProbeArgumentError(f"log file must end in .jsonl or .csv, got {os.fspath(log_to)!r}")
+            raise ProbeArgumentError(
+                f"log file must end in .jsonl or .csv, got {os.fspath(log_to)!r}"
+            )
         if tensorboard is not None:
             _tensorboard_writer_class()  # fails now, not at the first log, when it is missing
         self.model = model
-        if isinstance(probes, (str, Probe)) or (isinstance(probes, type) and issubclass(probes, Probe)):
+        if isinstance(probes, (str, Probe)) or (
+            isinstance(probes, type) and issubclass(probes, Probe)
+        ):
             probes = [probes]
         if probes is not None and not isinstance(probes, Sequence):
-            raise ProbeArgumentError(f"probes= takes a list of probe names, classes or instances, "
-                                     f"got {probes!r}")
+            raise ProbeArgumentError(
+                f"probes= takes a list of probe names, classes or instances, got {probes!r}"
+            )
         specs = list(DEFAULT_PROBES) if probes is None else list(probes)
         if not specs:
             raise ProbeArgumentError(
@@ -181,8 +186,9 @@ class ProbeManager:
                 key, i = f"{p.name}_{i}", i + 1
             self.probes[key] = p
         self.where = _as_globs(where)
-        self.ctx = ProbeContext(seed=seed, sample=sample, max_tokens=max_tokens,
-                                train_stride=train_stride)
+        self.ctx = ProbeContext(
+            seed=seed, sample=sample, max_tokens=max_tokens, train_stride=train_stride
+        )
         self.every, self.mode = every, mode
         self.log_to = log_to
         self.tensorboard = tensorboard
@@ -237,10 +243,12 @@ class ProbeManager:
                 self._handles.append(mods[mid].register_forward_hook(self._post_hook(targets)))
             # the root call's attention_mask keyword: padded tokens are left out of per-token
             # statistics (see ProbeContext.token_mask)
-            self._handles.append(self.model.register_forward_pre_hook(self._root_enter,
-                                                                      with_kwargs=True))
-            self._handles.append(self.model.register_forward_hook(self._root_exit,
-                                                                  always_call=True))
+            self._handles.append(
+                self.model.register_forward_pre_hook(self._root_enter, with_kwargs=True)
+            )
+            self._handles.append(
+                self.model.register_forward_hook(self._root_exit, always_call=True)
+            )
         except BaseException:
             self.detach()
             raise
@@ -253,7 +261,8 @@ class ProbeManager:
             g = globs[0] if len(globs) == 1 else list(globs)
             raise ProbeArgumentError(
                 f"{what}={g!r} matches no module of {type(self.model).__name__}; "
-                f"names look like: {shown or '(no submodules)'}")
+                f"names look like: {shown or '(no submodules)'}"
+            )
 
     def _root_enter(self, module: nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
         self._masks.append(self.ctx.forward_mask)
@@ -283,8 +292,9 @@ class ProbeManager:
         return n % self.every == 0
 
     @staticmethod
-    def _dispatch(targets: list[tuple[Probe, str, bool]], module: nn.Module, args: Any,
-                  output: Any) -> None:
+    def _dispatch(
+        targets: list[tuple[Probe, str, bool]], module: nn.Module, args: Any, output: Any
+    ) -> None:
         grad = torch.is_grad_enabled()
         torch._C._set_grad_enabled(False)  # cheaper than a no_grad() context per call
         # probe ops are small: run them on one intra-op thread. Waking a busy thread pool for
@@ -341,21 +351,29 @@ class ProbeManager:
     def summary(self, probe: str | None = None) -> ProbeTable:
         """One tidy row per (probe, layer[, head]) as a :class:`ProbeTable`."""
         if probe is not None and probe not in self.probes:
-            raise UnknownProbeKeyError(f"no probe {probe!r} in this manager; it has: "
-                                       f"{', '.join(self.probes)}")
+            raise UnknownProbeKeyError(
+                f"no probe {probe!r} in this manager; it has: {', '.join(self.probes)}"
+            )
         rows: list[dict[str, Any]] = []
         for key, p in self.probes.items():
             if probe is not None and key != probe:
                 continue
             for rk, row in p.summary().items():
-                rows.append({"probe": key, "layer": row.get("layer", rk), "key": rk,
-                             **{k: v for k, v in row.items() if k != "layer"}})
+                rows.append(
+                    {
+                        "probe": key,
+                        "layer": row.get("layer", rk),
+                        "key": rk,
+                        **{k: v for k, v in row.items() if k != "layer"},
+                    }
+                )
         return ProbeTable(rows)
 
     def __getitem__(self, key: str) -> Probe:
         if key not in self.probes:
-            raise UnknownProbeKeyError(f"no probe {key!r} in this manager; it has: "
-                                       f"{', '.join(self.probes)}")
+            raise UnknownProbeKeyError(
+                f"no probe {key!r} in this manager; it has: {', '.join(self.probes)}"
+            )
         return self.probes[key]
 
     def reset(self) -> None:
@@ -372,8 +390,9 @@ class ProbeManager:
         """Bytes held in tensors by all probes."""
         return sum(p.nbytes() for p in self.probes.values())
 
-    def log(self, step: int, path: str | os.PathLike[str] | None = None, *,
-            reset: bool = False) -> ProbeTable:
+    def log(
+        self, step: int, path: str | os.PathLike[str] | None = None, *, reset: bool = False
+    ) -> ProbeTable:
         """Append the current summary with ``step`` to JSONL (.jsonl) or long CSV (.csv), and
         to TensorBoard when ``tensorboard=`` was given; optionally reset afterwards."""
         table = self.summary()
@@ -385,7 +404,9 @@ class ProbeManager:
             elif suffix.endswith((".jsonl", ".json", ".ndjson")):
                 table.to_jsonl(target, step)
             else:
-                raise ProbeArgumentError(f"log file must end in .jsonl or .csv, got {os.fspath(target)!r}")
+                raise ProbeArgumentError(
+                    f"log file must end in .jsonl or .csv, got {os.fspath(target)!r}"
+                )
         if self.tensorboard is not None:
             self._tb_write(table, step)
         if reset:
@@ -417,22 +438,27 @@ def _context_value(key: str, value: Any) -> torch.Tensor:
         try:
             value = torch.as_tensor(value)
         except (TypeError, ValueError, RuntimeError):
-            raise ProbeArgumentError(f"set_context({key}=...) needs a tensor (or array / list "
-                                     f"of numbers), got {type(value).__name__}") from None
+            raise ProbeArgumentError(
+                f"set_context({key}=...) needs a tensor (or array / list "
+                f"of numbers), got {type(value).__name__}"
+            ) from None
     if value.dtype == torch.bool and key != "attention_mask":
         value = value.long()
     if value.is_complex():
         raise ProbeArgumentError(f"set_context({key}=...) needs real numbers, got {value.dtype}")
     want = _CONTEXT_DIMS[key]
     if key == "attention_mask" and value.ndim != 2:
-        raise ProbeArgumentError(f"attention_mask must be (batch, seq), got shape {tuple(value.shape)}")
+        raise ProbeArgumentError(
+            f"attention_mask must be (batch, seq), got shape {tuple(value.shape)}"
+        )
     if key == "labels" and value.ndim != 1:
         value = value.reshape(-1) if value.ndim == 2 and value.shape[1] == 1 else value
         if value.ndim != 1:
             raise ProbeArgumentError(f"labels must be (batch,), got shape {tuple(value.shape)}")
     if value.ndim < want or value.shape[0] == 0:
-        raise ProbeArgumentError(f"{key} must have a batch axis with >= 1 entry, got shape "
-                                 f"{tuple(value.shape)}")
+        raise ProbeArgumentError(
+            f"{key} must have a batch axis with >= 1 entry, got shape {tuple(value.shape)}"
+        )
     if value.dtype.is_floating_point and not bool(torch.isfinite(value).all()):
         raise ProbeArgumentError(f"{key} holds nan or inf")
     return value
@@ -442,7 +468,9 @@ def _tensorboard_writer_class() -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as e:
-        raise ImportError("tensorboard= needs the tensorboard package: pip install tensorboard") from e
+        raise ImportError(
+            "tensorboard= needs the tensorboard package: pip install tensorboard"
+        ) from e
     return SummaryWriter
 
 
@@ -477,6 +505,16 @@ def probe(
     seed an integer >= 0, ``log_to`` ends in .jsonl or .csv); ``where`` globs that match no
     module fail when the hooks are attached.
     """
-    return ProbeManager(model, probes, where=where, sample=sample, seed=seed,
-                        max_tokens=max_tokens, every=every, train_stride=train_stride,
-                        mode=mode, log_to=log_to, tensorboard=tensorboard)
+    return ProbeManager(
+        model,
+        probes,
+        where=where,
+        sample=sample,
+        seed=seed,
+        max_tokens=max_tokens,
+        every=every,
+        train_stride=train_stride,
+        mode=mode,
+        log_to=log_to,
+        tensorboard=tensorboard,
+    )

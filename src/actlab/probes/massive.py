@@ -137,8 +137,9 @@ class MassiveActivationProbe(Probe):
         ratio = top / med.clamp_min(torch.finfo(torch.float32).tiny)
         thr = torch.clamp_min(med * self.ratio_threshold, self.abs_threshold)
         n_massive = (tok > thr[:, None]).sum()
-        vec = torch.stack([med.sum().double(), ratio.sum().double(), ratio.max().double(),
-                           n_massive.double()])
+        vec = torch.stack(
+            [med.sum().double(), ratio.sum().double(), ratio.max().double(), n_massive.double()]
+        )
         vals, ridx = torch.topk(tok, min(self.top_k, tok.shape[1]), dim=1)  # (n, k) per call
         k = ridx.shape[1]
         # the dim of a top token: the dim whose maximum in that call equals the token's
@@ -184,11 +185,20 @@ class MassiveActivationProbe(Probe):
                 "ratio_max": ratio_max,
                 "massive": bool(max_abs > self.abs_threshold and ratio >= self.ratio_threshold),
                 "massive_tokens": int(n_massive),
-                "top_dims": [[int(i), float(v)] for v, i in zip(dv.tolist(), di.tolist(), strict=True)],
+                "top_dims": [
+                    [int(i), float(v)] for v, i in zip(dv.tolist(), di.tolist(), strict=True)
+                ],
                 "top_tokens": [
-                    {"value": float(v), "call": int(w[0]), "batch": int(w[1]),
-                     "position": int(w[2]), "dim": int(w[3])}
-                    for v, w in zip(self.top_vals[name].tolist(), self.top_where[name].tolist(), strict=True)
+                    {
+                        "value": float(v),
+                        "call": int(w[0]),
+                        "batch": int(w[1]),
+                        "position": int(w[2]),
+                        "dim": int(w[3]),
+                    }
+                    for v, w in zip(
+                        self.top_vals[name].tolist(), self.top_where[name].tolist(), strict=True
+                    )
                     if v >= 0  # padded tokens hold -1
                 ],
                 "calls": n,
@@ -198,13 +208,17 @@ class MassiveActivationProbe(Probe):
         return out
 
 
-def ratio_curve(t: np.ndarray, a: float, lam: float, gamma: float, t0: float, k: float) -> np.ndarray:
+def ratio_curve(
+    t: np.ndarray, a: float, lam: float, gamma: float, t0: float, k: float
+) -> np.ndarray:
     """f(t) = A · exp(-λ x) · log(x) + K with x = γ t + t0."""
     x = gamma * np.asarray(t, dtype=np.float64) + t0
     return np.asarray(a * np.exp(-lam * x) * np.log(x) + k)
 
 
-def _ratio_jac(t: np.ndarray, a: float, lam: float, gamma: float, t0: float, k: float) -> np.ndarray:
+def _ratio_jac(
+    t: np.ndarray, a: float, lam: float, gamma: float, t0: float, k: float
+) -> np.ndarray:
     x = gamma * t + t0
     e = np.exp(-lam * x)
     lg = np.log(x)
@@ -227,8 +241,14 @@ class RatioCurveFit:
         return ratio_curve(np.asarray(t), self.a, self.lam, self.gamma, self.t0, self.k)
 
     def as_dict(self) -> dict[str, float]:
-        return {"A": self.a, "lambda": self.lam, "gamma": self.gamma, "t0": self.t0,
-                "K": self.k, "rmse": self.rmse}
+        return {
+            "A": self.a,
+            "lambda": self.lam,
+            "gamma": self.gamma,
+            "t0": self.t0,
+            "K": self.k,
+            "rmse": self.rmse,
+        }
 
 
 def fit_ratio_curve(
@@ -246,7 +266,9 @@ def fit_ratio_curve(
     t = np.asarray(steps, dtype=np.float64).ravel()
     y = np.asarray(ratios, dtype=np.float64).ravel()
     if t.shape != y.shape or t.size < 5:
-        raise ValueError(f"need >= 5 (step, ratio) pairs of equal length, got {t.size} and {y.size}")
+        raise ValueError(
+            f"need >= 5 (step, ratio) pairs of equal length, got {t.size} and {y.size}"
+        )
     if not (np.all(np.isfinite(t)) and np.all(np.isfinite(y))):
         raise ValueError("steps and ratios must be finite")
     if t.min() < 0:
@@ -266,8 +288,13 @@ def fit_ratio_curve(
     for p0 in starts:
         try:  # the same trust-region solver curve_fit uses; keeps the iterate at max_nfev
             res = least_squares(
-                lambda p: ratio_curve(ts, *p) - ys, p0, jac=lambda p: _ratio_jac(ts, *p),
-                bounds=(lower, upper), method="trf", max_nfev=max_nfev, x_scale="jac",
+                lambda p: ratio_curve(ts, *p) - ys,
+                p0,
+                jac=lambda p: _ratio_jac(ts, *p),
+                bounds=(lower, upper),
+                method="trf",
+                max_nfev=max_nfev,
+                x_scale="jac",
             )
         except (RuntimeError, ValueError, FloatingPointError):
             continue
@@ -281,6 +308,10 @@ def fit_ratio_curve(
         raise RuntimeError("the five-parameter fit did not converge from any start")
     rmse, p = best
     return RatioCurveFit(
-        a=float(p[0]) * span_y, lam=float(p[1]), gamma=float(p[2]) / span_t, t0=float(p[3]),
-        k=float(p[4]) * span_y + y_min, rmse=rmse * span_y,
+        a=float(p[0]) * span_y,
+        lam=float(p[1]),
+        gamma=float(p[2]) / span_t,
+        t0=float(p[3]),
+        k=float(p[4]) * span_y + y_min,
+        rmse=rmse * span_y,
     )

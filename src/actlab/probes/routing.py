@@ -37,8 +37,9 @@ def routing_entropy(logits: Tensor) -> Tensor:
     return -(logp.exp() * logp).sum(dim=-1)
 
 
-def routing_fluctuation(a: Tensor | Probe, b: Tensor | Probe,
-                        layer: str | None = None) -> float | dict[str, float]:
+def routing_fluctuation(
+    a: Tensor | Probe, b: Tensor | Probe, layer: str | None = None
+) -> float | dict[str, float]:
     """Fraction of tokens whose top-1 expert changes between two checkpoints.
 
     With two logit tensors (..., E) of the same tokens: one float. With two RoutingProbes that
@@ -61,8 +62,10 @@ def routing_fluctuation(a: Tensor | Probe, b: Tensor | Probe,
                 raise ValueError(f"no tokens recorded for layer {name!r}")
             out[name] = float((ta[:n].cpu() != tb[:n].cpu()).float().mean())
         return out[layer] if layer is not None else out
-    raise TypeError(f"compare two logit tensors or two RoutingProbes, got {type(a).__name__} "
-                    f"and {type(b).__name__}")
+    raise TypeError(
+        f"compare two logit tensors or two RoutingProbes, got {type(a).__name__} "
+        f"and {type(b).__name__}"
+    )
 
 
 @register_probe(description="MoE routing entropy, expert load, top-1 record for fluctuation")
@@ -97,7 +100,12 @@ class RoutingProbe(Probe):
         e = int(z.shape[-1])
         ent = routing_entropy(z)
         top = z.argmax(dim=-1)
-        vec = torch.stack([ent.sum().double(), torch.tensor(float(z.shape[0]), dtype=torch.float64, device=z.device)])
+        vec = torch.stack(
+            [
+                ent.sum().double(),
+                torch.tensor(float(z.shape[0]), dtype=torch.float64, device=z.device),
+            ]
+        )
         counts = torch.bincount(top, minlength=e)
         if name in self.acc and self.load[name].numel() == e:
             self.acc[name] += vec

@@ -20,8 +20,15 @@ from torch import nn
 
 from actlab.probes.base import match_any
 
-__all__ = ["find_sites", "activation_sites", "block_sites", "attention_sites", "router_sites",
-           "glob_sites", "ROUTER_GLOBS"]
+__all__ = [
+    "find_sites",
+    "activation_sites",
+    "block_sites",
+    "attention_sites",
+    "router_sites",
+    "glob_sites",
+    "ROUTER_GLOBS",
+]
 
 Sites = list[tuple[str, nn.Module]]
 ROUTER_GLOBS = ("*router", "*.gate", "gate")
@@ -95,5 +102,7 @@ def find_sites(model: nn.Module, target: str) -> Sites:
     try:
         finder = _FINDERS[target]
     except KeyError:
-        raise ValueError(f"unknown probe target {target!r}; expected one of {sorted(_FINDERS)}") from None
+        raise ValueError(
+            f"unknown probe target {target!r}; expected one of {sorted(_FINDERS)}"
+        ) from None
     return finder(model)

@@ -164,12 +164,14 @@ class SparsityProbe(Probe):
             ch = torch.cat(chunk_list).float()  # (m, L, D)
             n_chunks = int(ch.shape[0])
             chunk_active = self._active(ch).any(dim=1).sum(dtype=torch.float32)
-        vec = torch.stack([
-            (x == 0).sum(dtype=torch.float32),
-            (mag <= self.near_zero).sum(dtype=torch.float32),
-            self._active(x, mag).sum(dtype=torch.float32),
-            chunk_active,
-        ]).double()
+        vec = torch.stack(
+            [
+                (x == 0).sum(dtype=torch.float32),
+                (mag <= self.near_zero).sum(dtype=torch.float32),
+                self._active(x, mag).sum(dtype=torch.float32),
+                chunk_active,
+            ]
+        ).double()
         if name in self.acc:
             self.acc[name] += vec
         else:
@@ -200,7 +202,9 @@ class SparsityProbe(Probe):
                 "zero_frac": z / cells if cells else float("nan"),
                 "near_zero_frac": near / cells if cells else float("nan"),
                 "tls": 1.0 - active / cells if cells else float("nan"),
-                f"cls_{self.chunk}": 1.0 - chunk_active / chunk_cells if chunk_cells else float("nan"),
+                f"cls_{self.chunk}": 1.0 - chunk_active / chunk_cells
+                if chunk_cells
+                else float("nan"),
                 "dead_rate": last if last is not None else partial,
                 "dead_rate_partial": partial,
                 "dead_window": self.window,

@@ -113,8 +113,16 @@ class ProbeTable:
                 w.writerow(["step", "probe", "layer", "key", "stat", "value"])
             for r in self.rows:
                 for stat, v in scalar_items(r):
-                    w.writerow([step if step is not None else "", r.get("probe", ""),
-                                r.get("layer", ""), r.get("key", ""), stat, repr(v)])
+                    w.writerow(
+                        [
+                            step if step is not None else "",
+                            r.get("probe", ""),
+                            r.get("layer", ""),
+                            r.get("key", ""),
+                            stat,
+                            repr(v),
+                        ]
+                    )
 
 
 def _fmt(v: Any) -> str:

@@ -65,18 +65,25 @@ class ConstantsBO:
         self.form = canonical(parse(form) if isinstance(form, str) else form)
         sites = _const_sites(self.form)
         if not sites:
-            raise ValueError(f"formula {to_string(self.form)!r} has no numeric constant to optimise")
+            raise ValueError(
+                f"formula {to_string(self.form)!r} has no numeric constant to optimise"
+            )
         names = {f"c{i}": s for i, s in enumerate(sites)}
         if ranges is not None:
             unknown = sorted(set(ranges) - set(names))
             if unknown:
-                raise ValueError(f"unknown constants {unknown}; the formula has "
-                                 f"{form_constants(self.form)}")
+                raise ValueError(
+                    f"unknown constants {unknown}; the formula has {form_constants(self.form)}"
+                )
         self.ranges: dict[str, tuple[float, float]] = {}
         for name, (_, v, is_exp) in names.items():
             if ranges is not None and name not in ranges:
                 continue
-            lo, hi = ranges[name] if ranges is not None else (v - 2 * max(abs(v), 0.5), v + 2 * max(abs(v), 0.5))
+            lo, hi = (
+                ranges[name]
+                if ranges is not None
+                else (v - 2 * max(abs(v), 0.5), v + 2 * max(abs(v), 0.5))
+            )
             if is_exp:
                 lo, hi = max(lo, -_MAX_POW), min(hi, _MAX_POW)
             if not lo < hi:
@@ -91,15 +98,18 @@ class ConstantsBO:
         else:
             raise ValueError(f"sampler must be 'tpe' or 'gp', got {sampler!r}")
         self.sampler_name = sampler
-        self.study = optuna.create_study(direction="maximize" if higher_is_better else "minimize",
-                                         sampler=smp)
+        self.study = optuna.create_study(
+            direction="maximize" if higher_is_better else "minimize", sampler=smp
+        )
         self._pending: dict[int, Any] = {}
         self._token = uuid.uuid4().hex[:12]  # tells this instance's asks from replayed ones
 
     def _distributions(self) -> dict[str, Any]:
         import optuna
 
-        return {n: optuna.distributions.FloatDistribution(lo, hi) for n, (lo, hi) in self.ranges.items()}
+        return {
+            n: optuna.distributions.FloatDistribution(lo, hi) for n, (lo, hi) in self.ranges.items()
+        }
 
     def build(self, values: Mapping[str, float]) -> Expr:
         """The form with the named constants replaced by ``values``."""
@@ -110,17 +120,26 @@ class ConstantsBO:
 
     def ask(self) -> Candidate:
         trial = self.study.ask()
-        values = {n: float(f"{trial.suggest_float(n, lo, hi):.4g}") for n, (lo, hi) in self.ranges.items()}
+        values = {
+            n: float(f"{trial.suggest_float(n, lo, hi):.4g}") for n, (lo, hi) in self.ranges.items()
+        }
         self._pending[trial.number] = trial
-        meta = {"bo": values, "bo_trial": f"{self._token}:{trial.number}",
-                "bo_form": to_string(self.form)}
+        meta = {
+            "bo": values,
+            "bo_trial": f"{self._token}:{trial.number}",
+            "bo_form": to_string(self.form),
+        }
         return Candidate(self.build(values), f"bo:{self.sampler_name}", (), 0, meta)
 
     def tell(self, candidate: Candidate, result: EvalResult) -> None:
         import optuna
 
         values = candidate.meta.get("bo")
-        if candidate.level != 0 or not isinstance(values, Mapping) or set(values) != set(self.ranges):
+        if (
+            candidate.level != 0
+            or not isinstance(values, Mapping)
+            or set(values) != set(self.ranges)
+        ):
             return
         token, _, number = str(candidate.meta.get("bo_trial", "")).partition(":")
         trial = self._pending.pop(int(number), None) if token == self._token else None
@@ -130,14 +149,19 @@ class ConstantsBO:
             self.study.tell(trial, value, state=state)
             return
         params = {n: min(max(float(values[n]), lo), hi) for n, (lo, hi) in self.ranges.items()}
-        self.study.add_trial(optuna.trial.create_trial(
-            params=params, distributions=self._distributions(), value=value, state=state))
+        self.study.add_trial(
+            optuna.trial.create_trial(
+                params=params, distributions=self._distributions(), value=value, state=state
+            )
+        )
 
 
 @STRATEGIES.register(
     "bo", description="Bayesian optimisation (Optuna TPE/GP) of the constants of --form", form=True
 )
-def _bo(*, seed: int, higher_is_better: bool, form: str | None, sampler: str, **kw: Any) -> Strategy:
+def _bo(
+    *, seed: int, higher_is_better: bool, form: str | None, sampler: str, **kw: Any
+) -> Strategy:
     if not form:
         raise ValueError(
             "strategy 'bo' optimises the constants of a formula: give one, "

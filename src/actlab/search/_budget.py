@@ -38,12 +38,17 @@ class Budget:
     def __post_init__(self) -> None:
         if self.units is None and self.seconds is None:
             raise ValueError("a budget needs evaluation units or a time, e.g. 200 or 10m")
-        for name, v, cap in (("units", self.units, MAX_UNITS), ("seconds", self.seconds, MAX_SECONDS)):
+        for name, v, cap in (
+            ("units", self.units, MAX_UNITS),
+            ("seconds", self.seconds, MAX_SECONDS),
+        ):
             if v is not None and not (math.isfinite(v) and v > 0):
                 raise ValueError(f"budget {name} must be a finite number > 0, got {v!r}")
             if v is not None and v > cap:
-                raise ValueError(f"budget {name} {v:g} is more than the maximum {cap:g}; "
-                                 "split the search into sessions of the same --study")
+                raise ValueError(
+                    f"budget {name} {v:g} is more than the maximum {cap:g}; "
+                    "split the search into sessions of the same --study"
+                )
 
     def max_trials(self) -> int | None:
         """The most trials a units budget allows (:data:`TRIALS_PER_UNIT` per unit), or None."""

@@ -75,8 +75,10 @@ class CostFilter:
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.max_ratio) and self.max_ratio > 0):
-            raise ValueError(f"max_ratio must be a finite number > 0, got {self.max_ratio} "
-                             "(no cost filter: Pipeline(cost=None))")
+            raise ValueError(
+                f"max_ratio must be a finite number > 0, got {self.max_ratio} "
+                "(no cost filter: Pipeline(cost=None))"
+            )
 
     def measure(self, module: nn.Module, kernel: str | None = None) -> float:
         """The step-time ratio of ``module`` to GELU under kernel mode ``kernel`` (None: the
@@ -96,8 +98,12 @@ class CostFilter:
         """``(ok, ratio, reason)``, timed under kernel mode ``kernel`` (see :meth:`measure`)."""
         ratio = self.measure(module, kernel)
         if ratio > self.max_ratio:
-            return False, ratio, (
-                f"too slow: {ratio:.2f}x GELU per forward+backward step "
-                f"(limit {self.max_ratio:g}x)"
+            return (
+                False,
+                ratio,
+                (
+                    f"too slow: {ratio:.2f}x GELU per forward+backward step "
+                    f"(limit {self.max_ratio:g}x)"
+                ),
             )
         return True, ratio, "ok"

@@ -141,8 +141,11 @@ def eafo_correction(
         raise ExprError("the EAFO correction of this expression vanishes on its monotone branch")
     coef = coef / top
     terms = [(k, _sig3(c)) for k, c in enumerate(coef) if abs(c) >= 0.02]
-    zexpr: Expr = Var() if off == 0 and inv == 1 else Binary(
-        "sub", Binary("mul", Const(inv), Var()), Const(off))
+    zexpr: Expr = (
+        Var()
+        if off == 0 and inv == 1
+        else Binary("sub", Binary("mul", Const(inv), Var()), Const(off))
+    )
     poly: Expr | None = None
     for k, c in terms:
         t: Expr = Const(c) if k == 0 else Binary("mul", Const(c), _power(zexpr, k))

@@ -58,7 +58,9 @@ MUTATIONS: dict[str, Mutation] = {
 
 
 def _warm(items: Sequence[str] | Mapping[str, str]) -> list[Candidate]:
-    pairs = items.items() if isinstance(items, Mapping) else ((s, WARM_START.get(s, s)) for s in items)
+    pairs = (
+        items.items() if isinstance(items, Mapping) else ((s, WARM_START.get(s, s)) for s in items)
+    )
     out = []
     for name, formula in pairs:
         try:
@@ -93,11 +95,15 @@ class RegularizedEvolution:
             raise ValueError("need population_size >= 2 and 1 <= sample_size <= population_size")
         if selection not in ("quality", "pareto"):
             raise ValueError(f"selection must be 'quality' or 'pareto', got {selection!r}")
-        weights = dict(mutations) if mutations is not None else dict.fromkeys(GRAMMAR_MUTATIONS, 1.0)
+        weights = (
+            dict(mutations) if mutations is not None else dict.fromkeys(GRAMMAR_MUTATIONS, 1.0)
+        )
         unknown = set(weights) - set(MUTATIONS)
         if unknown or not any(w > 0 for w in weights.values()):
-            raise ValueError(f"mutation weights must name some of {', '.join(MUTATIONS)} with a "
-                             f"positive weight, got {weights}")
+            raise ValueError(
+                f"mutation weights must name some of {', '.join(MUTATIONS)} with a "
+                f"positive weight, got {weights}"
+            )
         self.rng = random.Random(seed)
         self.population_size, self.sample_size = population_size, sample_size
         self.weights = {k: float(w) for k, w in weights.items() if w > 0}

@@ -59,8 +59,9 @@ class ProcessExecutor:
             raise ValueError(f"workers must be >= 1, got {workers}")
         per = threads or max(1, (os.cpu_count() or 1) // workers)
         self.slots = workers
-        self._make = lambda: ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
-                                                 initializer=_init_worker, initargs=(per,))
+        self._make = lambda: ProcessPoolExecutor(
+            workers, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(per,)
+        )
         self.pool = self._make()
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
@@ -80,12 +81,20 @@ class ProcessExecutor:
 class RayExecutor:
     """Evaluations as Ray tasks (see the module docstring)."""
 
-    def __init__(self, address: str = "auto", *, slots: int | None = None,
-                 num_cpus_per_task: float = 1.0, init_kwargs: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        address: str = "auto",
+        *,
+        slots: int | None = None,
+        num_cpus_per_task: float = 1.0,
+        init_kwargs: dict[str, Any] | None = None,
+    ) -> None:
         try:
             import ray
         except ImportError:
-            raise ImportError("--ray needs Ray: pip install 'actlab[ray]' (or pip install ray)") from None
+            raise ImportError(
+                "--ray needs Ray: pip install 'actlab[ray]' (or pip install ray)"
+            ) from None
         self.ray = ray
         self._owns = False
         if not ray.is_initialized():
@@ -113,7 +122,9 @@ def _call(fn: Callable[..., Any], *args: Any) -> Any:
     return fn(*args)
 
 
-def make_executor(workers: int = 1, ray: str | None = None) -> InlineExecutor | ProcessExecutor | RayExecutor:
+def make_executor(
+    workers: int = 1, ray: str | None = None
+) -> InlineExecutor | ProcessExecutor | RayExecutor:
     """``ray`` given: a :class:`RayExecutor`; ``workers > 1``: processes; else inline."""
     if ray:
         return RayExecutor(ray)

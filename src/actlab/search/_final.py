@@ -81,15 +81,18 @@ def finalize(
         raise ValueError(f"seeds must be >= 1, got {seeds}")
     skipped: list[str] = []
     picked = _top(result, top, skipped)
-    final = FinalResult([(f, c.formula) for f, c in picked], [c.spec for _, c in picked],
-                        list(baselines))
+    final = FinalResult(
+        [(f, c.formula) for f, c in picked], [c.spec for _, c in picked], list(baselines)
+    )
     if skipped:
         final.note = f"skipped {len(skipped)} formula(s) too long for the results store"
     if not picked:
         final.note = "no candidate finished successfully; nothing to re-evaluate"
         return final
     if result.task.startswith("curve:"):
-        obj = objective if isinstance(objective, CurveObjective) else CurveObjective(result.task[6:])
+        obj = (
+            objective if isinstance(objective, CurveObjective) else CurveObjective(result.task[6:])
+        )
         for spec, cand in [(b, None) for b in baselines] + [(c.spec, c) for _, c in picked]:
             c = cand if cand is not None else _baseline_candidate(spec)
             if c is None:
@@ -99,17 +102,29 @@ def finalize(
     from actlab.bench import compare
     from actlab.bench.plan import DEFAULT_DB
 
-    seed_list = list(range(FRESH_SEED0, FRESH_SEED0 + seeds)) if isinstance(seeds, int) else list(seeds)
+    seed_list = (
+        list(range(FRESH_SEED0, FRESH_SEED0 + seeds)) if isinstance(seeds, int) else list(seeds)
+    )
     # the re-evaluation trains the model the search trained (and its step cap), not the
     # task's default model
     model = getattr(objective, "model", None)
     over = dict(getattr(objective, "overrides", None) or {})
     max_steps = over.pop("max_steps", None)
     final.comparison = compare(
-        [*baselines, *final.specs], task=result.task, model=model, seeds=seed_list, epochs=epochs,
-        db=db or DEFAULT_DB, workers=workers, study=f"search:{result.study}/final",
-        train_fn=train_fn, events=events, max_steps=max_steps, extra_config=over or None,
-        kernel=getattr(objective, "kernel", None), threads=getattr(objective, "threads", None),
+        [*baselines, *final.specs],
+        task=result.task,
+        model=model,
+        seeds=seed_list,
+        epochs=epochs,
+        db=db or DEFAULT_DB,
+        workers=workers,
+        study=f"search:{result.study}/final",
+        train_fn=train_fn,
+        events=events,
+        max_steps=max_steps,
+        extra_config=over or None,
+        kernel=getattr(objective, "kernel", None),
+        threads=getattr(objective, "threads", None),
     )
     return final
 

@@ -46,12 +46,18 @@ class Funnel:
     ) -> None:
         if levels < 1:
             raise ValueError(f"a funnel needs >= 1 level, got {levels}")
-        keeps = [float(keep)] * (levels - 1) if isinstance(keep, (int, float)) else [float(k) for k in keep]
+        keeps = (
+            [float(keep)] * (levels - 1)
+            if isinstance(keep, (int, float))
+            else [float(k) for k in keep]
+        )
         if len(keeps) != levels - 1 or not all(0.0 < k <= 1.0 for k in keeps):
             raise ValueError(f"keep needs {levels - 1} fraction(s) in (0, 1], got {keep}")
         thr = list(thresholds) if thresholds is not None else [None] * (levels - 1)
         if len(thr) != levels - 1:
-            raise ValueError(f"thresholds needs {levels - 1} value(s) (None for none), got {thresholds}")
+            raise ValueError(
+                f"thresholds needs {levels - 1} value(s) (None for none), got {thresholds}"
+            )
         self.inner, self.levels, self.keep, self.thresholds = inner, levels, keeps, thr
         self.min_seen, self.higher = max(1, min_seen), higher_is_better
         self.results: list[dict[str, tuple[Candidate, EvalResult]]] = [{} for _ in range(levels)]
@@ -93,7 +99,8 @@ class Funnel:
             return
         sign = 1.0 if self.higher else -1.0
         ready = [
-            (c, r) for h, (c, r) in self.results[level].items()
+            (c, r)
+            for h, (c, r) in self.results[level].items()
             if h not in self.promoted[level] and sign * r.quality >= sign * t
         ]
         for c, r in sorted(ready, key=lambda cr: -sign * cr[1].quality):

@@ -112,22 +112,51 @@ def run_search(
     levels = pipe.levels(obj)
     bud = parse_budget(budget)
     name = study or _default_study(obj, strategy if isinstance(strategy, str) else "custom", seed)
-    st = SearchStudy(name, storage, higher_is_better=obj.higher_is_better,
-                     attrs={"task": obj.task, "metric": obj.metric, "levels": list(levels),
-                            "strategy": strategy if isinstance(strategy, str) else type(strategy).__name__,
-                            "kernel": getattr(obj, "kernel", None) or "auto"})
+    st = SearchStudy(
+        name,
+        storage,
+        higher_is_better=obj.higher_is_better,
+        attrs={
+            "task": obj.task,
+            "metric": obj.metric,
+            "levels": list(levels),
+            "strategy": strategy if isinstance(strategy, str) else type(strategy).__name__,
+            "kernel": getattr(obj, "kernel", None) or "auto",
+        },
+    )
     try:
         st.reclaim()
         records = st.records()
         strat = strategy
         if isinstance(strategy, str):
-            extra: dict[str, Any] = {"max_nodes": pipe.max_nodes} if strategy.strip().lower() in ("evolution", "eafo") else {}
-            strat = make_strategy(strategy, seed=seed + len(records), higher_is_better=obj.higher_is_better,
-                                  levels=len(levels), keep=keep, form=form, sampler=sampler,
-                                  **extra)
+            extra: dict[str, Any] = (
+                {"max_nodes": pipe.max_nodes}
+                if strategy.strip().lower() in ("evolution", "eafo")
+                else {}
+            )
+            strat = make_strategy(
+                strategy,
+                seed=seed + len(records),
+                higher_is_better=obj.higher_is_better,
+                levels=len(levels),
+                keep=keep,
+                form=form,
+                sampler=sampler,
+                **extra,
+            )
         assert not isinstance(strat, str)
-        loop = _Loop(st, strat, obj, pipe, bud, seed, on_result, max_duplicates, max_cheap_rejections,
-                     refresh_seconds)
+        loop = _Loop(
+            st,
+            strat,
+            obj,
+            pipe,
+            bud,
+            seed,
+            on_result,
+            max_duplicates,
+            max_cheap_rejections,
+            refresh_seconds,
+        )
         loop.replay(records)
         ex = executor if executor is not None else make_executor(workers, ray)
         try:
@@ -136,9 +165,20 @@ def run_search(
             if executor is None:
                 ex.close()
         where = display_storage(storage)  # password masked: printed and reported
-        return SearchResult(name, where, obj.task, obj.metric, obj.higher_is_better, levels,
-                            st.records(), loop.stopped, loop.evaluated, loop.duplicates,
-                            time.perf_counter() - loop.t0, message=loop.message)
+        return SearchResult(
+            name,
+            where,
+            obj.task,
+            obj.metric,
+            obj.higher_is_better,
+            levels,
+            st.records(),
+            loop.stopped,
+            loop.evaluated,
+            loop.duplicates,
+            time.perf_counter() - loop.t0,
+            message=loop.message,
+        )
     finally:
         st.close()
 
@@ -160,11 +200,26 @@ def _worker_lost() -> tuple[type[BaseException], ...]:
 class _Loop:
     """State of one session of the search loop."""
 
-    def __init__(self, st: SearchStudy, strategy: Strategy, obj: Objective, pipe: Pipeline,
-                 budget: Budget, seed: int, on_result: Callable[[SearchEvent], None] | None,
-                 max_dups: int, max_cheap: int, refresh: float) -> None:
+    def __init__(
+        self,
+        st: SearchStudy,
+        strategy: Strategy,
+        obj: Objective,
+        pipe: Pipeline,
+        budget: Budget,
+        seed: int,
+        on_result: Callable[[SearchEvent], None] | None,
+        max_dups: int,
+        max_cheap: int,
+        refresh: float,
+    ) -> None:
         self.st, self.strategy, self.obj, self.pipe, self.budget = st, strategy, obj, pipe, budget
-        self.seed, self.on_result, self.max_dups, self.max_cheap = seed, on_result, max_dups, max_cheap
+        self.seed, self.on_result, self.max_dups, self.max_cheap = (
+            seed,
+            on_result,
+            max_dups,
+            max_cheap,
+        )
         self.refresh = refresh
         self.done: dict[tuple[str, int], EvalResult] = {}
         self.known_trials: set[int] = set()
@@ -233,8 +288,10 @@ class _Loop:
                 return None
             cand = self.strategy.ask()
             if cand.level >= len(self.pipe.levels(self.obj)):
-                raise ValueError(f"strategy proposed funnel level {cand.level}, but the pipeline has "
-                                 f"{len(self.pipe.levels(self.obj))} level(s)")
+                raise ValueError(
+                    f"strategy proposed funnel level {cand.level}, but the pipeline has "
+                    f"{len(self.pipe.levels(self.obj))} level(s)"
+                )
             inflight = {c.key for _, c in self.pending.values()} | self.foreign
             if cand.key in self.done or cand.key in inflight:
                 self.duplicates += 1
@@ -245,8 +302,10 @@ class _Loop:
                     self.waiters.setdefault(cand.key, []).append(cand)
                 if self._dups_in_row >= self.max_dups:
                     self.stopped = "duplicates"
-                    self.message = (f"the strategy proposed {self.max_dups} known candidates in a "
-                                    "row: the search space looks exhausted")
+                    self.message = (
+                        f"the strategy proposed {self.max_dups} known candidates in a "
+                        "row: the search space looks exhausted"
+                    )
                     return None
                 if cand.key not in self.done and self.pending:
                     return None  # wait for the evaluation it duplicates
@@ -288,13 +347,18 @@ class _Loop:
             self.st.requeue(tid)
             self.lost += 1
             if self.lost > self.max_lost:
-                raise RuntimeError(f"{self.lost} evaluations lost to dying workers; last: {e!r}") from e
+                raise RuntimeError(
+                    f"{self.lost} evaluations lost to dying workers; last: {e!r}"
+                ) from e
             return
         except Exception as e:  # noqa: BLE001 -- an error in an evaluation fails only its trial
             lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
             msg = " ... ".join(dict.fromkeys([lines[0], lines[-1]])) if lines else ""
-            res = EvalResult.failed("worker", f"{type(e).__name__}: {msg}"[:500],
-                                    units=self.pipe.units(cand.level, self.obj))
+            res = EvalResult.failed(
+                "worker",
+                f"{type(e).__name__}: {msg}"[:500],
+                units=self.pipe.units(cand.level, self.obj),
+            )
         self.st.finish(tid, res)
         self.known_trials.add(tid)
         self.evaluated += 1
@@ -314,17 +378,23 @@ class _Loop:
 
     def _stop_trials(self) -> None:
         self.stopped = "trials"
-        self.message = (f"stopped after {self.n_trials} trials: a budget of {self.budget.units or 0:g} "
-                        f"evaluation units allows at most {self.max_trials} trials "
-                        f"({TRIALS_PER_UNIT} per unit), rejected candidates included; give a larger "
-                        "budget or a time")
+        self.message = (
+            f"stopped after {self.n_trials} trials: a budget of {self.budget.units or 0:g} "
+            f"evaluation units allows at most {self.max_trials} trials "
+            f"({TRIALS_PER_UNIT} per unit), rejected candidates included; give a larger "
+            "budget or a time"
+        )
 
     def _stop_rejections(self) -> None:
         self.stopped = "rejections"
-        top = "; ".join(f"{n}x {stage}: {why[:80]}" for (stage, why), n in self._streak.most_common(3))
-        self.message = (f"the last {self._cheap_in_row} candidates were all rejected before "
-                        f"training ({top}): this search space yields nothing trainable; change "
-                        "--form / --strategy or relax --max-nodes / --max-cost")
+        top = "; ".join(
+            f"{n}x {stage}: {why[:80]}" for (stage, why), n in self._streak.most_common(3)
+        )
+        self.message = (
+            f"the last {self._cheap_in_row} candidates were all rejected before "
+            f"training ({top}): this search space yields nothing trainable; change "
+            "--form / --strategy or relax --max-nodes / --max-cost"
+        )
 
     def run(self, ex: Any) -> None:
         self.st.start_heartbeat()
@@ -333,8 +403,9 @@ class _Loop:
             self._fill(ex)
             if not self.pending:
                 break
-            finished, _ = wait(list(self.pending), timeout=max(self.refresh, 1.0),
-                               return_when=FIRST_COMPLETED)
+            finished, _ = wait(
+                list(self.pending), timeout=max(self.refresh, 1.0), return_when=FIRST_COMPLETED
+            )
             for fut in finished:
                 self._collect(fut)
             if time.perf_counter() - last_sync >= max(self.refresh, 1.0):

@@ -38,7 +38,9 @@ __all__ = [
 class Rejected(Exception):
     """Raised by an objective to reject a candidate at ``stage`` after using ``fraction``."""
 
-    def __init__(self, stage: str, reason: str, fraction: float = 1.0, extra: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, stage: str, reason: str, fraction: float = 1.0, extra: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(f"{stage}: {reason}")
         self.stage, self.reason, self.fraction = stage, reason, float(fraction)
         self.extra = dict(extra or {})
@@ -56,7 +58,9 @@ class QualityFloor:
         if not math.isfinite(self.threshold):
             raise ValueError(f"quality floor threshold must be finite, got {self.threshold!r}")
         if not (math.isfinite(self.after) and self.after > 0):
-            raise ValueError(f"quality floor 'after' must be a finite budget > 0, got {self.after!r}")
+            raise ValueError(
+                f"quality floor 'after' must be a finite budget > 0, got {self.after!r}"
+            )
 
     def passes(self, value: float, higher_is_better: bool = True) -> bool:
         if not math.isfinite(value):
@@ -98,8 +102,9 @@ def _run_settings(kernel: str | None, threads: int | None, device: str) -> tuple
     why = kernel_unavailable(mode, device)
     if why:
         raise ValueError(f"--kernel {mode} cannot run on {device}: {why}; use --kernel auto")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
-                                or not 1 <= threads <= 1024):
+    if threads is not None and (
+        isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 1024
+    ):
         raise ValueError(f"--threads must be a whole number in 1..1024, got {threads!r}")
     return mode, threads
 
@@ -193,8 +198,16 @@ class TrainObjective:
             cbs.append(dens_cb)
         cfg = dict(checkpoint="none", eval_test_each_epoch=False, **self.overrides)
         cfg.update(kernel_mode=self.kernel, num_threads=self.threads)
-        r = run_training(self.task, candidate.module(), seed, model=self.model,
-                         epochs=epochs, device=self.device, callbacks=cbs, **cfg)
+        r = run_training(
+            self.task,
+            candidate.module(),
+            seed,
+            model=self.model,
+            epochs=epochs,
+            device=self.device,
+            callbacks=cbs,
+            **cfg,
+        )
         curve = [float(h.get(f"val_{self.metric}", math.nan)) for h in r.history]
         extra: dict[str, Any] = {"val_curve": curve, "seconds_train": r.seconds, "steps": r.steps}
         if dens_cb is not None:
@@ -202,19 +215,34 @@ class TrainObjective:
             if dens is not None:
                 extra["density"] = dens
         if r.diverged:
-            raise Rejected("train", "diverged: the training loss became non-finite",
-                           len(r.history) / epochs, extra)
+            raise Rejected(
+                "train",
+                "diverged: the training loss became non-finite",
+                len(r.history) / epochs,
+                extra,
+            )
         if floor_cb is not None and floor_cb.rejected is not None:
             ep, v = floor_cb.rejected
             raise Rejected(
                 "quality",
                 f"val {self.metric} {v:.4f} after {ep} epoch(s) misses the floor {floor.threshold:g}"
-                if floor is not None else "quality floor", ep / epochs, extra,
+                if floor is not None
+                else "quality floor",
+                ep / epochs,
+                extra,
             )
         value = curve[-1] if curve else math.nan
-        if floor is not None and floor_cb is None and not floor.passes(value, self.higher_is_better):
-            raise Rejected("quality", f"val {self.metric} {value:.4f} misses the floor {floor.threshold:g}",
-                           1.0, extra)
+        if (
+            floor is not None
+            and floor_cb is None
+            and not floor.passes(value, self.higher_is_better)
+        ):
+            raise Rejected(
+                "quality",
+                f"val {self.metric} {value:.4f} misses the floor {floor.threshold:g}",
+                1.0,
+                extra,
+            )
         extra["test"] = float(r.value)
         extra["act_params"] = {k: v[-1] for k, v in r.trajectories.items() if v}
         return Score(value, extra)
@@ -253,17 +281,22 @@ class CurveObjective:
             if not (math.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
         if not (math.isfinite(self.default_budget) and self.default_budget > 0):
-            raise ValueError(f"default_budget must be a finite number > 0, got {self.default_budget!r}")
+            raise ValueError(
+                f"default_budget must be a finite number > 0, got {self.default_budget!r}"
+            )
         try:  # the target fails here, not in every evaluation
             y = self.target_curve()
         except Exception as e:  # noqa: BLE001 -- any error of the target is the user's to fix
             why = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". Write a")[0]
-            raise ValueError(f"curve target {self.target!r} is neither a registered activation nor "
-                             f"a formula in x ({why}); e.g. curve:gelu or curve:x*sigmoid(1.702*x)"
-                             ) from None
+            raise ValueError(
+                f"curve target {self.target!r} is neither a registered activation nor "
+                f"a formula in x ({why}); e.g. curve:gelu or curve:x*sigmoid(1.702*x)"
+            ) from None
         if not np.isfinite(y).all():
-            raise ValueError(f"curve target {self.target!r} is not finite on [{lo:g}, {hi:g}]; "
-                             "choose a target defined on the whole grid")
+            raise ValueError(
+                f"curve target {self.target!r} is not finite on [{lo:g}, {hi:g}]; "
+                "choose a target defined on the whole grid"
+            )
 
     @property
     def task(self) -> str:
@@ -298,12 +331,18 @@ class CurveObjective:
             err = float(np.sqrt(np.mean((y - self.target_curve()) ** 2)))
         value = -err if math.isfinite(err) else math.nan
         if self.noise > 0 and math.isfinite(value):
-            h = int(hashlib.sha256(f"{seed}:{candidate.hash}:{budget}".encode()).hexdigest()[:8], 16)
-            value += float(np.random.default_rng(h).normal()) * self.noise / math.sqrt(max(budget, 1e-9))
+            h = int(
+                hashlib.sha256(f"{seed}:{candidate.hash}:{budget}".encode()).hexdigest()[:8], 16
+            )
+            value += (
+                float(np.random.default_rng(h).normal()) * self.noise / math.sqrt(max(budget, 1e-9))
+            )
         if not math.isfinite(value):
             raise Rejected("quality", "non-finite curve on the grid")
         if floor is not None and not floor.passes(value, True):
-            raise Rejected("quality", f"{self.metric} {value:.4g} misses the floor {floor.threshold:g}")
+            raise Rejected(
+                "quality", f"{self.metric} {value:.4g} misses the floor {floor.threshold:g}"
+            )
         return Score(value, {"rmse": err})
 
 

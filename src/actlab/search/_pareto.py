@@ -63,4 +63,6 @@ def pareto_ranks(points: Sequence[Point], maximize: Sequence[bool] = (True, Fals
 def pareto_front(points: Sequence[Point], maximize: Sequence[bool] = (True, False)) -> list[int]:
     """Indices of the non-dominated points (ascending), NaN points excluded."""
     ranks = pareto_ranks(points, maximize)
-    return [i for i, r in enumerate(ranks) if r == 0 and all(math.isfinite(float(v)) for v in points[i])]
+    return [
+        i for i, r in enumerate(ranks) if r == 0 and all(math.isfinite(float(v)) for v in points[i])
+    ]

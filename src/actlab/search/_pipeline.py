@@ -70,12 +70,22 @@ class Pipeline:
             raise ValueError(f"top_seeds must be a whole number >= 1, got {self.top_seeds}")
         if self.top_seeds > MAX_TOP_SEEDS:
             raise ValueError(f"top_seeds must be at most {MAX_TOP_SEEDS}, got {self.top_seeds}")
-        if self.max_nodes is not None and (int(self.max_nodes) != self.max_nodes or self.max_nodes < 1):
-            raise ValueError(f"max_nodes must be a whole number >= 1 (or None), got {self.max_nodes}")
+        if self.max_nodes is not None and (
+            int(self.max_nodes) != self.max_nodes or self.max_nodes < 1
+        ):
+            raise ValueError(
+                f"max_nodes must be a whole number >= 1 (or None), got {self.max_nodes}"
+            )
         if self.budgets is not None:
             b = tuple(float(x) for x in self.budgets)
-            if not b or any(not (math.isfinite(x) and x > 0) for x in b) or any(y < x for x, y in zip(b, b[1:])):
-                raise ValueError(f"funnel budgets must be finite, positive and non-decreasing, got {b}")
+            if (
+                not b
+                or any(not (math.isfinite(x) and x > 0) for x in b)
+                or any(y < x for x, y in zip(b, b[1:]))
+            ):
+                raise ValueError(
+                    f"funnel budgets must be finite, positive and non-decreasing, got {b}"
+                )
             if len(b) > MAX_LEVELS:
                 raise ValueError(f"a funnel has at most {MAX_LEVELS} levels, got {len(b)}")
             object.__setattr__(self, "budgets", b)
@@ -87,7 +97,9 @@ class Pipeline:
     def budget(self, level: int, objective: Objective) -> float:
         lv = self.levels(objective)
         if not 0 <= level < len(lv):
-            raise ValueError(f"funnel level {level} out of range: the pipeline has {len(lv)} level(s)")
+            raise ValueError(
+                f"funnel level {level} out of range: the pipeline has {len(lv)} level(s)"
+            )
         return lv[level]
 
     def seeds(self, level: int, objective: Objective) -> int:
@@ -147,23 +159,35 @@ def evaluate_candidate(
     for j in range(runs):
         spent = per_run * j  # units of the runs that finished before this one
         try:
-            score = objective.evaluate(candidate, budget, seed=seed + candidate.level + SEED_STRIDE * j,
-                                       floor=floor)
+            score = objective.evaluate(
+                candidate, budget, seed=seed + candidate.level + SEED_STRIDE * j, floor=floor
+            )
         except Rejected as r:
-            return done(EvalResult.rejected(r.stage, r.reason, extra=r.extra,
-                                            units=spent + per_run * min(max(r.fraction, 0.0), 1.0)))
+            return done(
+                EvalResult.rejected(
+                    r.stage,
+                    r.reason,
+                    extra=r.extra,
+                    units=spent + per_run * min(max(r.fraction, 0.0), 1.0),
+                )
+            )
         except Exception as e:  # noqa: BLE001
             return done(EvalResult.failed("train", f"error: {_error(e)}", units=spent + per_run))
         if not math.isfinite(score.value):
-            return done(EvalResult.rejected("train", "non-finite objective value", units=spent + per_run,
-                                            extra=score.extra))
+            return done(
+                EvalResult.rejected(
+                    "train", "non-finite objective value", units=spent + per_run, extra=score.extra
+                )
+            )
         values.append(float(score.value))
         if j == 0:  # the first run's details (curves, densities) stand for the evaluation
             extra = dict(score.extra)
     extra["budget"] = budget
     if runs > 1:
         extra.update(seed_values=values, seed_std=float(statistics.stdev(values)))
-    return done(EvalResult("ok", "done", "ok", quality=statistics.fmean(values), units=units, extra=extra))
+    return done(
+        EvalResult("ok", "done", "ok", quality=statistics.fmean(values), units=units, extra=extra)
+    )
 
 
 @contextlib.contextmanager
@@ -205,8 +229,11 @@ def _cheap_stages(candidate: Candidate, pipeline: Pipeline, proxies: dict[str, f
             raise Rejected("checks", report.reason)
         proxies.update(report.proxies)
     elif pipeline.checks:
-        for name, check in (("numerics", check_numerics), ("gradients", check_gradients),
-                            ("stability", check_stability)):
+        for name, check in (
+            ("numerics", check_numerics),
+            ("gradients", check_gradients),
+            ("stability", check_stability),
+        ):
             res = check(module)
             if not res.ok:
                 raise Rejected("checks", f"{name}: {res.reason}")

@@ -68,6 +68,7 @@ class SearchResult:
             key = (r.candidate.level, self._q(r.result.quality))
             if cur is None or key > (cur.candidate.level, self._q(cur.result.quality)):  # type: ignore[union-attr]
                 best[h] = r
+
         def order(r: TrialRecord) -> tuple[int, float, float]:
             assert r.result is not None
             cost = r.result.cost if math.isfinite(r.result.cost) else math.inf
@@ -80,7 +81,11 @@ class SearchResult:
         return ranked[0] if ranked else None
 
     def level0(self) -> list[TrialRecord]:
-        return [r for r in self.finished if r.candidate.level == 0 and r.result is not None and r.result.ok]
+        return [
+            r
+            for r in self.finished
+            if r.candidate.level == 0 and r.result is not None and r.result.ok
+        ]
 
     def pareto(self) -> list[TrialRecord]:
         """Level-0 records on the Pareto front of (quality, cost per step)."""
@@ -137,7 +142,9 @@ class SearchResult:
             "trials": len(self.records),
             "finished": len(fin),
             "ok": sum(1 for r in fin if r.result is not None and r.result.ok),
-            "rejected": sum(1 for r in fin if r.result is not None and r.result.status == "rejected"),
+            "rejected": sum(
+                1 for r in fin if r.result is not None and r.result.status == "rejected"
+            ),
             "failed": sum(1 for r in fin if r.result is not None and r.result.status == "failed"),
             "promotions": sum(1 for r in fin if r.candidate.level > 0),
         }

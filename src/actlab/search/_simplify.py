@@ -31,8 +31,11 @@ _GRID = np.linspace(-20.0, 20.0, 2001)
 def _param_sets(e: Expr) -> list[dict[str, float]]:
     names = param_names(e)
     base = {n: param_default(n) for n in names}
-    return [base, {n: v * 1.37 + 0.11 for n, v in base.items()},
-            {n: -0.6 * v + 0.29 for n, v in base.items()}]
+    return [
+        base,
+        {n: v * 1.37 + 0.11 for n, v in base.items()},
+        {n: -0.6 * v + 0.29 for n, v in base.items()},
+    ]
 
 
 def _values(e: Expr, params: dict[str, float]) -> np.ndarray:
@@ -98,8 +101,11 @@ def simplify(expr: Expr, *, tol: float = 1e-6, max_passes: int = 20) -> Expr:
         if not changed:
             for prop in _rounded(cur):
                 cand = _try(prop)
-                if (cand is not None and len(to_string(cand)) < len(to_string(cur))
-                        and equivalent(orig, cand, tol)):
+                if (
+                    cand is not None
+                    and len(to_string(cand)) < len(to_string(cur))
+                    and equivalent(orig, cand, tol)
+                ):
                     cur, changed = cand, True
                     break
         if not changed:

@@ -39,8 +39,14 @@ from typing import Any, Literal
 from actlab._proc import pid_alive
 from actlab.search._candidate import Candidate, EvalResult
 
-__all__ = ["DEFAULT_STORAGE", "SearchStudy", "TrialRecord", "check_storage", "open_storage",
-           "storage_url"]
+__all__ = [
+    "DEFAULT_STORAGE",
+    "SearchStudy",
+    "TrialRecord",
+    "check_storage",
+    "open_storage",
+    "storage_url",
+]
 
 DEFAULT_STORAGE = "actlab-search.db"
 _HB_ATTR = "actlab_heartbeat"
@@ -54,7 +60,7 @@ def storage_url(storage: str | os.PathLike[str] | None) -> str:
     if "://" in s:
         return s
     if s.startswith("journal:"):
-        return "journal:" + str(Path(s[len("journal:"):]).expanduser().resolve())
+        return "journal:" + str(Path(s[len("journal:") :]).expanduser().resolve())
     path = Path(s).expanduser()
     if path.suffix in (".journal", ".log", ".jsonl"):
         return "journal:" + str(path.resolve())
@@ -73,8 +79,11 @@ def display_storage(storage: Any) -> str:
 
 
 def open_storage(
-    storage: str | os.PathLike[str] | None = None, *, heartbeat_interval: int = 10,
-    grace_period: int | None = None, max_retry: int = 3,
+    storage: str | os.PathLike[str] | None = None,
+    *,
+    heartbeat_interval: int = 10,
+    grace_period: int | None = None,
+    max_retry: int = 3,
 ) -> Any:
     """An Optuna storage for ``storage`` (see the module docstring).
 
@@ -98,7 +107,7 @@ def open_storage(
     if url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-        path = Path(url[len("journal:"):])
+        path = Path(url[len("journal:") :])
         _check_journal(path)
         try:
             return JournalStorage(JournalFileBackend(str(path)))
@@ -110,7 +119,9 @@ def open_storage(
             warnings.simplefilter("ignore")  # heartbeat arguments are flagged experimental
             rdb = optuna.storages.RDBStorage(
                 url,
-                engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
+                engine_kwargs={"connect_args": {"timeout": 60}}
+                if url.startswith("sqlite")
+                else None,
                 heartbeat_interval=heartbeat_interval,
                 grace_period=grace_period,
                 heartbeat_stale_trial_callback=retry,
@@ -141,8 +152,9 @@ def _check_journal(path: Path) -> None:
     from actlab.bench.store import DatabaseError, describe_bytes
 
     if path.is_dir():
-        raise DatabaseError(f"{_WHAT} {path} is a folder, not a journal file; pass a file path "
-                            f"with {_FLAG}")
+        raise DatabaseError(
+            f"{_WHAT} {path} is a folder, not a journal file; pass a file path with {_FLAG}"
+        )
     if not path.parent.is_dir():
         raise FileNotFoundError(f"folder {path.parent} of the journal file does not exist")
     if path.exists():
@@ -150,23 +162,31 @@ def _check_journal(path: Path) -> None:
             with open(path, "rb") as f:
                 head = f.read(65536)
         except OSError as e:
-            raise DatabaseError(f"{_WHAT} {path} cannot be read ({e.strerror or e}); fix its "
-                                f"permissions or pass another {_FLAG}") from None
+            raise DatabaseError(
+                f"{_WHAT} {path} cannot be read ({e.strerror or e}); fix its "
+                f"permissions or pass another {_FLAG}"
+            ) from None
         first = head.split(b"\n", 1)[0]
         try:
             ok = head == b"" or "op_code" in json.loads(first)
         except (ValueError, TypeError):
             ok = False
         if not ok:
-            raise DatabaseError(f"{_WHAT} {path} is not an Optuna journal file (the file is "
-                                f"{describe_bytes(head)}); pass a new path with {_FLAG}")
+            raise DatabaseError(
+                f"{_WHAT} {path} is not an Optuna journal file (the file is "
+                f"{describe_bytes(head)}); pass a new path with {_FLAG}"
+            )
         if not os.access(path, os.W_OK):
-            raise DatabaseError(f"{_WHAT} {path} is read-only (no write permission); make it "
-                                f"writable (chmod u+w) or pass another {_FLAG}")
+            raise DatabaseError(
+                f"{_WHAT} {path} is read-only (no write permission); make it "
+                f"writable (chmod u+w) or pass another {_FLAG}"
+            )
     if not os.access(path.parent, os.W_OK | os.X_OK):
-        raise DatabaseError(f"{_WHAT} {path} is in a read-only folder {path.parent} "
-                            f"(the journal takes a lock file beside it); make it writable or "
-                            f"pass another {_FLAG}")
+        raise DatabaseError(
+            f"{_WHAT} {path} is in a read-only folder {path.parent} "
+            f"(the journal takes a lock file beside it); make it writable or "
+            f"pass another {_FLAG}"
+        )
 
 
 def check_storage(storage: str | os.PathLike[str] | None) -> str:
@@ -176,7 +196,7 @@ def check_storage(storage: str | os.PathLike[str] | None) -> str:
 
     url = storage_url(storage)
     if url.startswith("journal:"):
-        _check_journal(Path(url[len("journal:"):]))
+        _check_journal(Path(url[len("journal:") :]))
     elif url != "memory":
         _check_rdb(url, migrate=False)
     return mask_url(url) if "://" in url else url
@@ -223,8 +243,10 @@ def _check_rdb(url: str, *, migrate: bool = True) -> None:
         cols.pop("studies")
     for table, have in cols.items():
         if not _optuna_keys()[table] <= have:
-            raise DatabaseError(f"{_WHAT} {mask_url(url)} has a table {table!r} that is not "
-                                f"Optuna's (it belongs to another program); pass another {_FLAG}")
+            raise DatabaseError(
+                f"{_WHAT} {mask_url(url)} has a table {table!r} that is not "
+                f"Optuna's (it belongs to another program); pass another {_FLAG}"
+            )
 
 
 def _optuna_keys() -> dict[str, set[str]]:
@@ -271,17 +293,28 @@ def _candidate(attrs: dict[str, Any]) -> Candidate:
 class SearchStudy:
     """The Optuna study of one search: create/load, record, heartbeat, reclaim dead trials."""
 
-    def __init__(self, name: str, storage: Any, *, higher_is_better: bool = True,
-                 attrs: dict[str, Any] | None = None, grace_period: float | None = None,
-                 max_retry: int = 3) -> None:
+    def __init__(
+        self,
+        name: str,
+        storage: Any,
+        *,
+        higher_is_better: bool = True,
+        attrs: dict[str, Any] | None = None,
+        grace_period: float | None = None,
+        max_retry: int = 3,
+    ) -> None:
         import optuna
 
-        self.storage = storage if not isinstance(storage, (str, os.PathLike)) and storage is not None \
+        self.storage = (
+            storage
+            if not isinstance(storage, (str, os.PathLike)) and storage is not None
             else open_storage(storage)
+        )
         direction: Literal["maximize", "minimize"] = "maximize" if higher_is_better else "minimize"
         try:
-            self.study = optuna.create_study(study_name=name, storage=self.storage,
-                                             direction=direction, load_if_exists=True)
+            self.study = optuna.create_study(
+                study_name=name, storage=self.storage, direction=direction, load_if_exists=True
+            )
         except Exception as e:  # a damaged database or journal: one line naming it
             storage_kinds = (OSError, ValueError, optuna.exceptions.StorageInternalError)
             if not isinstance(e, storage_kinds) and not type(e).__module__.startswith("sqlalchemy"):
@@ -290,19 +323,25 @@ class SearchStudy:
             where = storage_url(storage) if named else type(self.storage).__name__
             raise _storage_error(e, where.removeprefix("journal:")) from None
         if self.study.direction.name.lower() != direction:
-            raise ValueError(f"study {name!r} exists with direction {self.study.direction.name.lower()}"
-                             f" but this search needs {direction}; use another --study name")
+            raise ValueError(
+                f"study {name!r} exists with direction {self.study.direction.name.lower()}"
+                f" but this search needs {direction}; use another --study name"
+            )
         self.name = name
         self.study_id = self.storage.get_study_id_from_name(name)
         old = self.study.user_attrs
         for key, value in (attrs or {}).items():
             if key in old and old[key] != value and key in ("task", "metric", "levels", "kernel"):
-                raise ValueError(f"study {name!r} was created with {key}={old[key]!r}, not "
-                                 f"{value!r}; use another --study name or the same {key}")
+                raise ValueError(
+                    f"study {name!r} was created with {key}={old[key]!r}, not "
+                    f"{value!r}; use another --study name or the same {key}"
+                )
             if key not in old:
                 self.study.set_user_attr(key, value)
         interval = self._hb_interval()
-        self.grace = grace_period if grace_period is not None else (2 * interval if interval else 60.0)
+        self.grace = (
+            grace_period if grace_period is not None else (2 * interval if interval else 60.0)
+        )
         self.max_retry = max_retry
         self.host, self.pid = socket.gethostname(), os.getpid()
         self._inflight: set[int] = set()
@@ -322,11 +361,16 @@ class SearchStudy:
             if "formula" not in t.user_attrs:
                 continue
             res = t.user_attrs.get("result")
-            out.append(TrialRecord(
-                t.number, t._trial_id, t.state.name, _candidate(t.user_attrs),
-                EvalResult.from_attrs(res) if isinstance(res, dict) else None,
-                t.datetime_start.timestamp() if t.datetime_start else 0.0,
-            ))
+            out.append(
+                TrialRecord(
+                    t.number,
+                    t._trial_id,
+                    t.state.name,
+                    _candidate(t.user_attrs),
+                    EvalResult.from_attrs(res) if isinstance(res, dict) else None,
+                    t.datetime_start.timestamp() if t.datetime_start else 0.0,
+                )
+            )
         return out
 
     def get_attr(self, key: str, default: Any = None) -> Any:
@@ -358,7 +402,9 @@ class SearchStudy:
         from optuna.exceptions import UpdateFinishedTrialError
         from optuna.trial import TrialState
 
-        for t in self.storage.get_all_trials(self.study_id, deepcopy=False, states=(TrialState.WAITING,)):
+        for t in self.storage.get_all_trials(
+            self.study_id, deepcopy=False, states=(TrialState.WAITING,)
+        ):
             if "formula" not in t.user_attrs:
                 continue
             try:
@@ -457,7 +503,11 @@ class SearchStudy:
             host, pid = worker.get("host"), worker.get("pid")
             dead = host == self.host and isinstance(pid, int) and not pid_alive(pid)
             beat = t.system_attrs.get(_HB_ATTR)
-            stale = not self._hb_interval() and isinstance(beat, (int, float)) and now - beat > self.grace
+            stale = (
+                not self._hb_interval()
+                and isinstance(beat, (int, float))
+                and now - beat > self.grace
+            )
             started = t.datetime_start.timestamp() if t.datetime_start else now
             orphan = (pid is None or "formula" not in t.user_attrs) and now - started > self.grace
             if dead or stale or orphan:
@@ -474,5 +524,6 @@ class SearchStudy:
     def _running(self) -> Iterable[Any]:
         from optuna.trial import TrialState
 
-        return list(self.storage.get_all_trials(self.study_id, deepcopy=False,
-                                                states=(TrialState.RUNNING,)))
+        return list(
+            self.storage.get_all_trials(self.study_id, deepcopy=False, states=(TrialState.RUNNING,))
+        )

@@ -70,9 +70,13 @@ class ProgressBar(Callback):
 
         if self._progress is None:
             self._progress = Progress(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(),
-                console=self.console, transient=False,
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}"),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=False,
             )
             self._progress.start()
         self._task = self._progress.add_task(f"{self.title} epoch {epoch}", total=steps, loss="-")
@@ -87,7 +91,9 @@ class ProgressBar(Callback):
         if self._progress is None:
             return
         metric = next((k for k in record if k.startswith("val_") and k != "val_loss"), "val_loss")
-        self._progress.update(self._task, loss=f"{record['train_loss']:.4f} {metric} {record[metric]:.4f}")
+        self._progress.update(
+            self._task, loss=f"{record['train_loss']:.4f} {metric} {record[metric]:.4f}"
+        )
 
     def on_train_end(self, result: Any) -> None:
         if self._progress is not None:

@@ -52,7 +52,9 @@ def write_json_atomic(path: str | Path, obj: Any) -> Path:
     return atomic_write(path, write)
 
 
-def save_checkpoint(model: nn.Module, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    model: nn.Module, path: str | Path, metadata: dict[str, Any] | None = None
+) -> Path:
     """Save ``model``'s weights to ``path`` (safetensors); ``metadata`` values are JSON-encoded."""
     from safetensors.torch import save_model
 

@@ -51,11 +51,15 @@ def _autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractCo
 
 def _loss(logits: Tensor, y: Tensor, smoothing: float = 0.0) -> Tensor:
     """Cross-entropy over the last axis: (B, K) vs (B,) or (B, T, V) vs (B, T)."""
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1), label_smoothing=smoothing)
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1), label_smoothing=smoothing
+    )
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Any, kind: str, *, device: torch.device, dtype: torch.dtype) -> dict[str, float]:
+def evaluate(
+    model: nn.Module, loader: Any, kind: str, *, device: torch.device, dtype: torch.dtype
+) -> dict[str, float]:
     """Mean loss and the task metric on every batch of ``loader``.
 
     Image: ``accuracy`` (fraction correct). Text: ``bpc`` = summed cross-entropy / tokens / ln 2.
@@ -66,7 +70,9 @@ def evaluate(model: nn.Module, loader: Any, kind: str, *, device: torch.device, 
     for x, y in loader:
         with _autocast(device, dtype):
             logits = model(x)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1), reduction="sum")
+        loss = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1), reduction="sum"
+        )
         total_loss += float(loss)
         count += y.numel()
         if kind == "image":
@@ -78,9 +84,16 @@ def evaluate(model: nn.Module, loader: Any, kind: str, *, device: torch.device, 
     return {"loss": mean, "bpc": mean / math.log(2)}
 
 
-_DTYPE_NAMES = {"float32": torch.float32, "fp32": torch.float32, "float64": torch.float64,
-                "fp64": torch.float64, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-                "float16": torch.float16, "fp16": torch.float16}
+_DTYPE_NAMES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float64": torch.float64,
+    "fp64": torch.float64,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 def _parse_dtype(dtype: torch.dtype | str) -> torch.dtype:
@@ -194,9 +207,16 @@ def train_model(
     if cfg.max_steps is not None:
         total = min(total, cfg.max_steps)
     loop = _Loop(
-        model, opt, torch.amp.GradScaler(device.type, enabled=dtype == torch.float16), cfg, device,
-        dtype, total, warmup=min(int(round(cfg.warmup_epochs * steps_per_epoch)), total),
-        smoothing=cfg.label_smoothing if task.kind == "image" else 0.0, callbacks=callbacks,
+        model,
+        opt,
+        torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
+        cfg,
+        device,
+        dtype,
+        total,
+        warmup=min(int(round(cfg.warmup_epochs * steps_per_epoch)), total),
+        smoothing=cfg.label_smoothing if task.kind == "image" else 0.0,
+        callbacks=callbacks,
     )
     metric = task.metric
     unit = "images_per_s" if task.kind == "image" else "tokens_per_s"
@@ -204,7 +224,11 @@ def train_model(
     trajectories: dict[str, list[Any]] = {k: [v] for k, v in activation_scalars(model).items()}
     jsonl = (out_dir / "metrics.jsonl").open("a", encoding="utf-8") if out_dir else None
     diverged, start = False, time.perf_counter()
-    notify(callbacks, "on_train_begin", dict(meta or {}, total_steps=total, steps_per_epoch=steps_per_epoch))
+    notify(
+        callbacks,
+        "on_train_begin",
+        dict(meta or {}, total_steps=total, steps_per_epoch=steps_per_epoch),
+    )
     model.train()
     try:
         for epoch in range(1, cfg.epochs + 1):
@@ -228,19 +252,30 @@ def train_model(
             for k, v in scalars.items():
                 trajectories.setdefault(k, []).append(v)
             record: dict[str, Any] = {
-                "epoch": epoch, "step": loop.step, "train_loss": train_loss,
-                "val_loss": val["loss"], f"val_{metric}": val[metric],
-                "test_loss": test["loss"], f"test_{metric}": test[metric],
-                "lr": loop.lr(max(loop.step - 1, 0)), "seconds": train_seconds,
-                "eval_seconds": time.perf_counter() - t1, "elapsed": time.perf_counter() - start,
-                unit: n_items / max(train_seconds, 1e-9), "act_params": scalars,
+                "epoch": epoch,
+                "step": loop.step,
+                "train_loss": train_loss,
+                "val_loss": val["loss"],
+                f"val_{metric}": val[metric],
+                "test_loss": test["loss"],
+                f"test_{metric}": test[metric],
+                "lr": loop.lr(max(loop.step - 1, 0)),
+                "seconds": train_seconds,
+                "eval_seconds": time.perf_counter() - t1,
+                "elapsed": time.perf_counter() - start,
+                unit: n_items / max(train_seconds, 1e-9),
+                "act_params": scalars,
             }
             history.append(record)
             if jsonl is not None:
                 jsonl.write(json.dumps(record, allow_nan=True) + "\n")
                 jsonl.flush()
             if out_dir is not None and cfg.checkpoint == "last":
-                save_checkpoint(model, out_dir / "last.safetensors", dict(meta or {}, epoch=epoch, step=loop.step))
+                save_checkpoint(
+                    model,
+                    out_dir / "last.safetensors",
+                    dict(meta or {}, epoch=epoch, step=loop.step),
+                )
             try:
                 notify(callbacks, "on_epoch_end", record, model)
             except StopTraining:
@@ -305,7 +340,9 @@ def run_training(
     with determinism(cfg.deterministic, dev), _runtime(cfg.kernel_mode, cfg.num_threads):
         seed_everything(seed)
         mkw = dict(model_kwargs or {})
-        data = t.loaders(cfg, seed, dev, _input_dtype(dtype), model=model_name, block_size=mkw.get("block_size"))
+        data = t.loaders(
+            cfg, seed, dev, _input_dtype(dtype), model=model_name, block_size=mkw.get("block_size")
+        )
         torch.manual_seed(seed)  # model init does not depend on how much data loading drew
         arch = {k: v for k, v in mkw.items() if k != "block_size"}  # block_size came via data
         net = t.build_model(model_name, act, data, **arch).to(dev)
@@ -329,9 +366,19 @@ def run_training(
         seconds=seconds,
         steps=steps,
         diverged=diverged,
-        config=dict(cfg.to_dict(), task=t.name, model=model_name, model_kwargs=mkw, act=label, seed=int(seed),
-                    device=str(dev), dtype=str(dtype).replace("torch.", "")),
-        checkpoint=str(out / "last.safetensors") if out is not None and cfg.checkpoint == "last" and history else None,
+        config=dict(
+            cfg.to_dict(),
+            task=t.name,
+            model=model_name,
+            model_kwargs=mkw,
+            act=label,
+            seed=int(seed),
+            device=str(dev),
+            dtype=str(dtype).replace("torch.", ""),
+        ),
+        checkpoint=str(out / "last.safetensors")
+        if out is not None and cfg.checkpoint == "last" and history
+        else None,
     )
     if out is not None:
         write_json_atomic(out / "result.json", result.to_dict())
