@@ -4,7 +4,7 @@ Every kind of plug-in (activations, layers, tasks, model presets, probes, search
 sparsity methods) is one ``Registry`` instance, filled by a decorator in the module that
 defines the thing:
 
-    TASKS: Registry[Task] = Registry("task", loader="actlab.train._tasks_builtin")
+    TASKS: Registry[Task] = Registry("task", loader="actlab.train.tasks.*")
 
     @TASKS.register("digits-mlp", kind="image")
     def _digits() -> Task: ...
