@@ -4,6 +4,7 @@ Public API (everything else is an implementation detail):
 
     create_activation, register_activation, list_activations, get_activation_info
     swap_activations, SwapReport          model surgery on any nn.Module
+    replace_modules, ReplacementReport    the primitive: replace any modules, all or nothing
     identify_activation                   what kind of activation a module is
     probe                                 streaming activation statistics from hooks
     param_groups                          weight-decay groups honouring activation options
@@ -15,8 +16,9 @@ Importing actlab computes nothing and touches no GPU; heavy optional dependencie
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
+from actlab._lazy import lazy_exports
 from actlab.activations import get_kernel_mode, kernel_mode, set_kernel_mode
 from actlab.optim import param_groups
 from actlab.registry import (
@@ -28,11 +30,22 @@ from actlab.registry import (
     register_activation,
 )
 
+if TYPE_CHECKING:
+    from actlab.probes import probe
+    from actlab.surgery import (
+        ReplacementReport,
+        SwapReport,
+        identify_activation,
+        replace_modules,
+        swap_activations,
+    )
+
 __version__ = "0.1.0"
 
 __all__ = [
     "ActivationInfo",
     "ActivationSpecError",
+    "ReplacementReport",
     "SwapReport",
     "create_activation",
     "get_activation_info",
@@ -43,21 +56,20 @@ __all__ = [
     "param_groups",
     "probe",
     "register_activation",
+    "replace_modules",
     "set_kernel_mode",
     "swap_activations",
 ]
 
-_LAZY = {
-    "swap_activations": "actlab.surgery",
-    "SwapReport": "actlab.surgery",
-    "identify_activation": "actlab.surgery",
-    "probe": "actlab.probes",
-}
-
-
-def __getattr__(name: str) -> Any:  # lazy re-exports keep `import actlab` cheap
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'actlab' has no attribute {name!r}")
+# lazy re-exports keep `import actlab` cheap (surgery and probes load on first use)
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "swap_activations": "actlab.surgery",
+        "SwapReport": "actlab.surgery",
+        "replace_modules": "actlab.surgery",
+        "ReplacementReport": "actlab.surgery",
+        "identify_activation": "actlab.surgery",
+        "probe": "actlab.probes",
+    },
+)

@@ -17,8 +17,17 @@ Submodules are imported lazily: ``import actlab.bench`` loads neither SQLAlchemy
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from typing import TYPE_CHECKING
+
+from actlab._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from actlab.bench import stats
+    from actlab.bench.comparison import CompareResult, compare
+    from actlab.bench.plan import RunSpec, plan_runs
+    from actlab.bench.runner import MatrixReport, run_matrix
+    from actlab.bench.store import ResultsStore, RunRecord
+    from actlab.bench.summary import ActivationSummary, CompareSummary, summarize
 
 __all__ = [
     "ActivationSummary",
@@ -35,24 +44,20 @@ __all__ = [
     "summarize",
 ]
 
-_LAZY = {
-    "ActivationSummary": "actlab.bench.summary",
-    "CompareSummary": "actlab.bench.summary",
-    "summarize": "actlab.bench.summary",
-    "CompareResult": "actlab.bench.comparison",
-    "compare": "actlab.bench.comparison",
-    "MatrixReport": "actlab.bench.runner",
-    "run_matrix": "actlab.bench.runner",
-    "ResultsStore": "actlab.bench.store",
-    "RunRecord": "actlab.bench.store",
-    "RunSpec": "actlab.bench.plan",
-    "plan_runs": "actlab.bench.plan",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name == "stats":
-        return importlib.import_module("actlab.bench.stats")
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'actlab.bench' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "ActivationSummary": "actlab.bench.summary",
+        "CompareSummary": "actlab.bench.summary",
+        "summarize": "actlab.bench.summary",
+        "CompareResult": "actlab.bench.comparison",
+        "compare": "actlab.bench.comparison",
+        "MatrixReport": "actlab.bench.runner",
+        "run_matrix": "actlab.bench.runner",
+        "ResultsStore": "actlab.bench.store",
+        "RunRecord": "actlab.bench.store",
+        "RunSpec": "actlab.bench.plan",
+        "plan_runs": "actlab.bench.plan",
+        "stats": None,  # the submodule actlab.bench.stats
+    },
+)

@@ -18,8 +18,9 @@ the work is done. matplotlib is imported only when a figure is drawn.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from actlab._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from actlab.report._probe_page import short_name, write_probe_report
@@ -43,23 +44,20 @@ __all__ = [
     "write_search_report",
 ]
 
-_LAZY = {
-    "Page": "actlab.report.page",
-    "Section": "actlab.report.page",
-    "escape": "actlab.report.page",
-    "write_atomic": "actlab.report.page",
-    "activation_curve": "actlab.report.curves",
-    "plot_activations": "actlab.report.curves",
-    "render_report": "actlab.report.html",
-    "write_report": "actlab.report.html",
-    "render_search_report": "actlab.report._search_page",
-    "write_search_report": "actlab.report._search_page",
-    "short_name": "actlab.report._probe_page",
-    "write_probe_report": "actlab.report._probe_page",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'actlab.report' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "Page": "actlab.report.page",
+        "Section": "actlab.report.page",
+        "escape": "actlab.report.page",
+        "write_atomic": "actlab.report.page",
+        "activation_curve": "actlab.report.curves",
+        "plot_activations": "actlab.report.curves",
+        "render_report": "actlab.report.html",
+        "write_report": "actlab.report.html",
+        "render_search_report": "actlab.report._search_page",
+        "write_search_report": "actlab.report._search_page",
+        "short_name": "actlab.report._probe_page",
+        "write_probe_report": "actlab.report._probe_page",
+    },
+)
