@@ -39,7 +39,6 @@ from actlab.search import (
     CostFilter,
     Pipeline,
     QualityFloor,
-    RandomSearch,
     TrainObjective,
     make_strategy,
     run_search,
@@ -84,7 +83,7 @@ def _one(config: str, seed: int, budget: int, population: int) -> dict[str, Any]
     obj = TrainObjective(TASK, record_density=name == "eafo")
     levels = len(pipe.levels(obj))
     strat = (
-        RandomSearch(seed=seed)
+        make_strategy("random", seed=seed)
         if name == "random"
         else make_strategy(
             name,

@@ -19,17 +19,15 @@ from actlab.expr import (
     Unary,
     Var,
     canonical,
-    depth,
     evaluate,
     expr_hash,
-    param_names,
     parse,
     random_expr,
     size,
     to_string,
 )
 from actlab.expr.grammar import random_raw
-from actlab.expr.ir import UNARY_OPS
+from actlab.expr.ir import UNARY_OPS, depth, param_names
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 GRID = np.linspace(-4.0, 4.0, 81)

@@ -7,18 +7,17 @@ import math
 import pytest
 import torch
 
-from actlab.expr import (
+from actlab.expr import compile_expr, parse, run_checks
+from actlab.expr.checks import (
+    CheckResult,
+    as_module,
     check_gradients,
     check_numerics,
     check_stability,
-    compile_expr,
     output_entropy,
-    parse,
     proxies,
-    run_checks,
     wafbc_distance,
 )
-from actlab.expr.checks import CheckResult, as_module
 
 GOOD = [
     "gelu",

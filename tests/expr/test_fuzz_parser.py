@@ -30,7 +30,6 @@ from actlab.expr import (
     Var,
     canonical,
     compile_expr,
-    depth,
     evaluate,
     expr_hash,
     parse,
@@ -38,7 +37,7 @@ from actlab.expr import (
     to_string,
 )
 from actlab.expr.grammar import nodes
-from actlab.expr.ir import MAX_TREE_DEPTH, MAX_TREE_SIZE
+from actlab.expr.ir import MAX_TREE_DEPTH, MAX_TREE_SIZE, depth
 from actlab.expr.torch_eval import Program
 
 FUZZ = settings(

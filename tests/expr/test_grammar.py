@@ -6,29 +6,19 @@ import random
 
 import pytest
 
-from actlab.expr import (
-    ExprError,
-    Var,
-    canonical,
-    depth,
-    mutate,
-    mutate_const,
-    parse,
-    random_expr,
-    size,
-    to_string,
-)
+from actlab.expr import ExprError, Var, canonical, mutate, parse, random_expr, size, to_string
 from actlab.expr.grammar import (
     BINARY_UNITS,
     MUTATIONS,
     UNARY_UNITS,
     delete_unit,
     insert_unit,
+    mutate_const,
     mutate_op,
     nodes,
     replace_at,
 )
-from actlab.expr.ir import MAX_DEPTH, MAX_SIZE, has_var
+from actlab.expr.ir import MAX_DEPTH, MAX_SIZE, depth, has_var
 
 
 def test_swish_search_space_is_covered() -> None:

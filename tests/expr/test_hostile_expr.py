@@ -33,7 +33,6 @@ from actlab.expr import (
     Var,
     canonical,
     compile_expr,
-    depth,
     evaluate,
     expr_hash,
     parse,
@@ -41,6 +40,7 @@ from actlab.expr import (
     to_string,
 )
 from actlab.expr.grammar import nodes
+from actlab.expr.ir import depth
 from actlab.expr.torch_eval import Program
 
 TIME_LIMIT_S = 20

@@ -8,23 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from actlab.probes import (
-    compressed_mi,
-    compressed_mi_labels,
-    diffusion_spectral_entropy,
+from actlab.probes.binning import (
+    digitize,
     discrete_entropy,
-    dsmi,
     ebab_edges,
     ebab_entropy,
     ebab_mi,
     ebab_mi_labels,
-    kde_entropy,
-    kde_mi_labels,
-    kde_mi_xt,
-    kl_entropy,
-    ksg_mi,
 )
-from actlab.probes.binning import digitize
+from actlab.probes.dse import diffusion_spectral_entropy, dsmi
+from actlab.probes.kde import kde_entropy, kde_mi_labels, kde_mi_xt
+from actlab.probes.knn import compressed_mi, compressed_mi_labels, kl_entropy, ksg_mi
 
 LOG2E = 1 / math.log(2)
 

@@ -10,16 +10,9 @@ import torch
 from scipy import stats
 from torch import nn
 
-from actlab.probes import (
-    DistributionProbe,
-    MassiveActivationProbe,
-    ProbeContext,
-    Reservoir,
-    SparsityProbe,
-    fit_ratio_curve,
-)
-from actlab.probes.base import sample_chunks, sample_rows
-from actlab.probes.massive import ratio_curve
+from actlab.probes import DistributionProbe, MassiveActivationProbe, ProbeContext, SparsityProbe
+from actlab.probes.base import Reservoir, sample_chunks, sample_rows
+from actlab.probes.massive import fit_ratio_curve, ratio_curve
 from actlab.probes.sparsity import cls, tls
 
 DUMMY = nn.Identity().eval()  # eval mode: every call is sampled

@@ -7,7 +7,8 @@ import math
 import pytest
 
 from actlab.expr import parse
-from actlab.search import WARM_START, Budget, Candidate, EvalResult, as_candidate, parse_budget
+from actlab.search import WARM_START, Budget, Candidate, EvalResult, parse_budget
+from actlab.search._candidate import as_candidate
 
 
 def test_equal_functions_written_differently_share_a_hash() -> None:

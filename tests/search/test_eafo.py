@@ -7,8 +7,10 @@ import math
 import numpy as np
 from scipy.optimize import brentq
 
-from actlab.expr import param_names, parse, to_string
-from actlab.search import eafo_correction, gaussian_density, measured_density
+from actlab.expr import parse, to_string
+from actlab.expr.ir import param_names
+from actlab.search import eafo_correction
+from actlab.search._eafo import gaussian_density, measured_density
 
 SQ2PI = math.sqrt(2 * math.pi)
 

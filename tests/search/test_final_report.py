@@ -9,7 +9,8 @@ from search_helpers import fake_train
 
 from actlab.expr import parse, to_string
 from actlab.report import render_search_report, write_search_report
-from actlab.search import Pipeline, SearchResult, equivalent, finalize, run_search, simplify
+from actlab.search import Pipeline, SearchResult, finalize, run_search, simplify
+from actlab.search._simplify import equivalent
 
 FAST = Pipeline(checks=False, cost=None, proxies=False)
 

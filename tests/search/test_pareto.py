@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 import random
 
-from actlab.search import dominates, pareto_front, pareto_ranks
+from actlab.search import pareto_front
+from actlab.search._pareto import dominates, pareto_ranks
 
 
 def _brute_front(points: list[tuple[float, float]]) -> list[int]:

@@ -17,10 +17,10 @@ from actlab.search import (
     Pipeline,
     QualityFloor,
     Score,
-    as_candidate,
-    evaluate_candidate,
     run_search,
 )
+from actlab.search._candidate import as_candidate
+from actlab.search._pipeline import evaluate_candidate
 
 
 class ListStrategy:

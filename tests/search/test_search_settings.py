@@ -10,18 +10,12 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-import actlab.activations.expr_act as expr_act
+import actlab.expr._activation as expr_act
 import actlab.expr.torch_eval as torch_eval
 from actlab.activations import get_kernel_mode, kernel_mode
-from actlab.search import (
-    CostFilter,
-    CurveObjective,
-    Pipeline,
-    TrainObjective,
-    as_candidate,
-    evaluate_candidate,
-    run_search,
-)
+from actlab.search import CostFilter, CurveObjective, Pipeline, TrainObjective, run_search
+from actlab.search._candidate import as_candidate
+from actlab.search._pipeline import evaluate_candidate
 
 CRRELU = "relu(x) + eps*x*exp(-x**2/2)"
 

@@ -8,18 +8,10 @@ import pytest
 from search_helpers import drive
 
 from actlab.expr import parse
-from actlab.search import (
-    Candidate,
-    ConstantsBO,
-    CurveObjective,
-    EAFOGuided,
-    EvalResult,
-    Funnel,
-    RandomSearch,
-    RegularizedEvolution,
-    Strategy,
-    make_strategy,
-)
+from actlab.search import Candidate, CurveObjective, EvalResult, Funnel, Strategy, make_strategy
+from actlab.search._bo import ConstantsBO
+from actlab.search._evolution import EAFOGuided, RegularizedEvolution
+from actlab.search._strategy import RandomSearch
 
 
 def _ok(q: float, **extra: object) -> EvalResult:

@@ -14,14 +14,9 @@ import optuna
 import pytest
 from search_helpers import CountingObjective, SuicidalObjective
 
-from actlab.search import (
-    Pipeline,
-    ProcessExecutor,
-    SearchStudy,
-    as_candidate,
-    run_search,
-    storage_url,
-)
+from actlab.search import Pipeline, ProcessExecutor, SearchStudy, run_search
+from actlab.search._candidate import as_candidate
+from actlab.search._study import storage_url
 
 HERE = Path(__file__).parent
 FAST = Pipeline(checks=False, cost=None, proxies=False)

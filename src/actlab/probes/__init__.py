@@ -26,45 +26,34 @@ Padded batches: the ``attention_mask=`` keyword of the model call (or
 ``p.set_context(attention_mask=m)``) leaves padded tokens out of every per-token statistic.
 Side information per batch: ``p.set_context(labels=y, input_ids=ids)``.
 
-The estimators are plain functions too (bits throughout): ``ebab_entropy``,
-``ebab_mi_inputs``, ``ebab_mi_labels``, ``kde_entropy``, ``kde_mi_xt``, ``kde_mi_labels``, ``ksg_mi``,
-``kl_entropy``, ``compressed_mi``, ``diffusion_spectral_entropy``, ``dsmi``.
+Also public: ``ProbeCallback`` (a trainer callback), ``ProbeTable`` (what ``summary()``
+returns), ``Probe`` / ``ProbeContext`` / ``ProbeArgumentError`` (writing a probe),
+``make_probe``, ``entropy_bands`` and ``use_eager_attention`` (attention probes on Hugging Face
+models). The estimators are plain functions in their modules (bits throughout):
+:mod:`~actlab.probes.binning` (``ebab_entropy``, ``ebab_mi_inputs``, ``ebab_mi_labels``),
+:mod:`~actlab.probes.kde` (``kde_entropy``, ``kde_mi_xt``, ``kde_mi_labels``),
+:mod:`~actlab.probes.knn` (``ksg_mi``, ``kl_entropy``, ``compressed_mi``),
+:mod:`~actlab.probes.dse` (``diffusion_spectral_entropy``, ``dsmi``).
 """
 
 from __future__ import annotations
 
-from actlab.probes.attention import (
-    AttentionEntropyProbe,
-    entropy_bands,
-    row_entropy,
-    use_eager_attention,
-)
-from actlab.probes.base import Probe, ProbeArgumentError, ProbeContext, Reservoir
-from actlab.probes.binning import (
-    discrete_entropy,
-    ebab_edges,
-    ebab_entropy,
-    ebab_mi,
-    ebab_mi_inputs,
-    ebab_mi_labels,
-)
+from actlab.probes.attention import AttentionEntropyProbe, entropy_bands, use_eager_attention
+from actlab.probes.base import Probe, ProbeArgumentError, ProbeContext
 from actlab.probes.callback import ProbeCallback
-from actlab.probes.distribution import DistributionProbe, density_from_histogram
-from actlab.probes.dse import DSEProbe, diffusion_spectral_entropy, dsmi
+from actlab.probes.distribution import DistributionProbe
+from actlab.probes.dse import DSEProbe
 from actlab.probes.information import EntropyProbe, InfoPlaneProbe
-from actlab.probes.kde import adaptive_noise_var, kde_entropy, kde_mi_labels, kde_mi_xt
-from actlab.probes.knn import compressed_mi, compressed_mi_labels, kl_entropy, ksg_mi
 from actlab.probes.manager import (
     DEFAULT_PROBES,
     PROBES,
     ProbeManager,
-    default_probes,
     make_probe,
     probe,
     register_probe,
 )
-from actlab.probes.massive import MassiveActivationProbe, RatioCurveFit, fit_ratio_curve
-from actlab.probes.routing import RoutingProbe, routing_entropy, routing_fluctuation
+from actlab.probes.massive import MassiveActivationProbe
+from actlab.probes.routing import RoutingProbe
 from actlab.probes.sparsity import SparsityProbe
 from actlab.probes.table import ProbeTable
 
@@ -83,35 +72,11 @@ __all__ = [
     "ProbeContext",
     "ProbeManager",
     "ProbeTable",
-    "RatioCurveFit",
-    "Reservoir",
     "RoutingProbe",
     "SparsityProbe",
-    "adaptive_noise_var",
-    "compressed_mi",
-    "compressed_mi_labels",
-    "default_probes",
-    "density_from_histogram",
-    "diffusion_spectral_entropy",
-    "discrete_entropy",
-    "dsmi",
-    "ebab_edges",
-    "ebab_entropy",
-    "ebab_mi",
-    "ebab_mi_inputs",
-    "ebab_mi_labels",
     "entropy_bands",
-    "fit_ratio_curve",
-    "kde_entropy",
-    "kde_mi_labels",
-    "kde_mi_xt",
-    "kl_entropy",
-    "ksg_mi",
     "make_probe",
     "probe",
     "register_probe",
-    "routing_entropy",
-    "routing_fluctuation",
-    "row_entropy",
     "use_eager_attention",
 ]

@@ -5,20 +5,24 @@
                      pipeline=Pipeline(floor=QualityFloor(0.5, after=1), budgets=(3, 8, 20)))
     res.best().candidate.formula, res.pareto(), res.rejections()
 
-Pieces (one concern per private module, re-exported here):
+Public API (everything else lives in private modules and may change):
 
+    run_search, SearchResult, SearchEvent, Budget, parse_budget   the resumable loop
     Candidate, EvalResult, WARM_START         expressions to evaluate and their outcomes
-    Pipeline, evaluate_candidate              checks -> cost filter -> quality floor -> train
+    Pipeline                                  checks -> cost filter -> quality floor -> train
     CostFilter                                EEEA-Net early exit: step time vs GELU
-    Objective, TrainObjective, CurveObjective, QualityFloor, Rejected, make_objective
-    Strategy (ask/tell), RandomSearch, RegularizedEvolution, EAFOGuided, ConstantsBO, Funnel
+    QualityFloor, Rejected                    rejection protocols
+    Objective, TrainObjective, CurveObjective, Score, make_objective   what is maximised
+    Strategy (ask/tell), STRATEGIES, make_strategy, Funnel   strategies by name (registry:
+                                              random, evolution, eafo, bo), funnel wrapper
+    form_constants                            the constants ``bo`` optimises in a formula
     eafo_correction                           the EAFO entropy-correction mutation
-    dominates, pareto_front, pareto_ranks     multi-objective ranking of (quality, cost)
+    pareto_front                              multi-objective ranking of (quality, cost)
     SearchStudy, open_storage, check_storage  Optuna storage: SQLite, journal file, any RDB
-    InlineExecutor, ProcessExecutor, RayExecutor   where evaluations run
-    run_search, SearchResult, Budget          the resumable loop and what it returns
-    simplify, finalize                        the end of a search (the page of it:
+    InlineExecutor, ProcessExecutor, RayExecutor   where evaluations run (``executor=``)
+    simplify, finalize, FinalResult           the end of a search (the page of it:
                                               actlab.report.write_search_report)
+    MAX_TOP_SEEDS                             the bound on ``Pipeline(top_seeds=...)``
 
 Methods: regularised evolution (Real et al. 2019), Lion's symbolic search with funnels and
 hashing (Chen et al. 2023), EvoNorm's rejection protocols (Liu et al. 2020), EEEA-Net's
@@ -29,15 +33,14 @@ is imported when a study or BO sampler is created, Ray only by :class:`RayExecut
 
 from __future__ import annotations
 
-from actlab.search._bo import ConstantsBO, form_constants
+from actlab.search._bo import form_constants
 from actlab.search._budget import Budget, parse_budget
-from actlab.search._candidate import STAGES, WARM_START, Candidate, EvalResult, as_candidate
-from actlab.search._cost import CostFilter, step_time_ratio
-from actlab.search._eafo import eafo_correction, eafo_mutation, gaussian_density, measured_density
-from actlab.search._evolution import MUTATIONS, EAFOGuided, RegularizedEvolution
-from actlab.search._executors import InlineExecutor, ProcessExecutor, RayExecutor, make_executor
+from actlab.search._candidate import WARM_START, Candidate, EvalResult
+from actlab.search._cost import CostFilter
+from actlab.search._eafo import eafo_correction
+from actlab.search._executors import InlineExecutor, ProcessExecutor, RayExecutor
 from actlab.search._factory import STRATEGIES, make_strategy
-from actlab.search._final import BASELINES, FinalResult, finalize
+from actlab.search._final import FinalResult, finalize
 from actlab.search._funnel import Funnel
 from actlab.search._loop import SearchEvent, run_search
 from actlab.search._objectives import (
@@ -49,47 +52,30 @@ from actlab.search._objectives import (
     TrainObjective,
     make_objective,
 )
-from actlab.search._pareto import dominates, pareto_front, pareto_ranks
-from actlab.search._pipeline import Pipeline, evaluate_candidate
+from actlab.search._pareto import pareto_front
+from actlab.search._pipeline import MAX_TOP_SEEDS, Pipeline
 from actlab.search._result import SearchResult
-from actlab.search._simplify import equivalent, simplify
-from actlab.search._strategy import RandomSearch, Strategy
-from actlab.search._study import (
-    DEFAULT_STORAGE,
-    SearchStudy,
-    TrialRecord,
-    check_storage,
-    open_storage,
-    storage_url,
-)
+from actlab.search._simplify import simplify
+from actlab.search._strategy import Strategy
+from actlab.search._study import SearchStudy, check_storage, open_storage
 
 __all__ = [
-    "BASELINES",
-    "FinalResult",
-    "equivalent",
-    "finalize",
-    "simplify",
-    "DEFAULT_STORAGE",
-    "MUTATIONS",
-    "STAGES",
+    "MAX_TOP_SEEDS",
     "STRATEGIES",
     "WARM_START",
     "Budget",
     "Candidate",
-    "ConstantsBO",
     "CostFilter",
     "CurveObjective",
-    "EAFOGuided",
     "EvalResult",
+    "FinalResult",
     "Funnel",
     "InlineExecutor",
     "Objective",
     "Pipeline",
     "ProcessExecutor",
     "QualityFloor",
-    "RandomSearch",
     "RayExecutor",
-    "RegularizedEvolution",
     "Rejected",
     "Score",
     "SearchEvent",
@@ -97,24 +83,15 @@ __all__ = [
     "SearchStudy",
     "Strategy",
     "TrainObjective",
-    "TrialRecord",
-    "as_candidate",
     "check_storage",
-    "dominates",
     "eafo_correction",
-    "eafo_mutation",
-    "evaluate_candidate",
+    "finalize",
     "form_constants",
-    "gaussian_density",
-    "make_executor",
     "make_objective",
     "make_strategy",
-    "measured_density",
     "open_storage",
     "parse_budget",
     "pareto_front",
-    "pareto_ranks",
     "run_search",
-    "step_time_ratio",
-    "storage_url",
+    "simplify",
 ]

@@ -210,14 +210,9 @@ def _cheap_stages(candidate: Candidate, pipeline: Pipeline, proxies: dict[str, f
     With proxies wanted this is exactly :func:`actlab.expr.run_checks`; without, the same
     checks in the same order, minus the proxies.
     """
-    from actlab.expr import (
-        check_gradients,
-        check_numerics,
-        check_stability,
-        run_checks,
-        size,
-    )
-    from actlab.expr import proxies as zero_cost
+    from actlab.expr import run_checks, size
+    from actlab.expr.checks import check_gradients, check_numerics, check_stability
+    from actlab.expr.checks import proxies as zero_cost
 
     n = size(candidate.expr)
     if pipeline.max_nodes is not None and n > pipeline.max_nodes:
