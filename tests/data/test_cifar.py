@@ -11,13 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from actlab.data import (
-    DatasetFormatError,
-    DatasetNotFoundError,
-    UnsafePickleError,
-    load_cifar,
-    safe_load_pickle,
-)
+from actlab.data import DatasetFormatError, DatasetNotFoundError, UnsafePickleError, load_cifar
+from actlab.data.cifar import safe_load_pickle
 
 
 class _Py2Pickler(pickle._Pickler):  # type: ignore[name-defined]

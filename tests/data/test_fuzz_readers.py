@@ -28,8 +28,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from actlab.data import DatasetFormatError, load_image_folder, read_idx, safe_load_pickle
-from actlab.data.cifar import _read_batch
+from actlab.data import DatasetFormatError, load_image_folder, read_idx
+from actlab.data.cifar import _read_batch, safe_load_pickle
 from actlab.data.idx import load_idx_dataset
 
 sys.path.insert(0, str(Path(__file__).parent))

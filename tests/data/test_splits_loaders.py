@@ -4,15 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from actlab.data import (
-    Augment,
-    ImageDataset,
-    ImageLoader,
-    TextLoader,
-    make_splits,
-    random_crop,
-    split_indices,
-)
+from actlab.data import Augment, ImageDataset, ImageLoader, TextLoader, make_splits
+from actlab.data.augment import random_crop
+from actlab.data.base import split_indices
 
 
 def _ds(n: int = 50, c: int = 1, hw: int = 6) -> ImageDataset:

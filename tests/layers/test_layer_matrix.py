@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from actlab.layers import LAYERS, create_layer, example_slot_args, get_layer_info
+from actlab.layers import LAYERS, create_layer, get_layer_info
+from actlab.layers._registry import example_slot_args
 
 NAMES = LAYERS.names()
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

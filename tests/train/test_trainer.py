@@ -20,9 +20,9 @@ from actlab.train import (
     evaluate,
     get_task,
     load_checkpoint,
-    lr_at,
     run_training,
 )
+from actlab.train.config import lr_at
 
 FAST = dict(kernel_mode="eager", num_threads=1)  # no kernel compilation; robust on busy CPUs
 TIMING = {"seconds", "eval_seconds", "elapsed", "images_per_s", "tokens_per_s"}

@@ -10,17 +10,20 @@ Readers (each raises a clear :class:`DatasetNotFoundError` saying how to get mis
 
 Splits and loading: ``make_splits`` (seeded train/val/test + normalisation statistics),
 ``ImageLoader`` / ``TextLoader`` (whole dataset in one tensor), ``Augment`` (crop + flip).
+Helpers stay in their modules (:mod:`.base` ``split_indices``, ``channel_stats``;
+:mod:`.augment` ``random_crop``, ``random_hflip``; :mod:`.cifar` ``safe_load_pickle``;
+:mod:`.idx` ``load_idx_dataset``).
 """
 
 from __future__ import annotations
 
-from actlab.data.augment import Augment, random_crop, random_hflip
-from actlab.data.base import ImageDataset, ImageSplits, channel_stats, make_splits, split_indices
-from actlab.data.cifar import SafeUnpickler, UnsafePickleError, load_cifar, safe_load_pickle
+from actlab.data.augment import Augment
+from actlab.data.base import ImageDataset, ImageSplits, make_splits
+from actlab.data.cifar import UnsafePickleError, load_cifar
 from actlab.data.digits import load_digits
 from actlab.data.errors import DatasetFormatError, DatasetNotFoundError
 from actlab.data.folder import load_image_folder
-from actlab.data.idx import load_fashion_mnist, load_idx_dataset, load_mnist, read_idx
+from actlab.data.idx import load_fashion_mnist, load_mnist, read_idx
 from actlab.data.loaders import ImageLoader, TextLoader
 from actlab.data.text import CharCorpus, load_kjv, load_shakespeare
 
@@ -32,22 +35,15 @@ __all__ = [
     "ImageDataset",
     "ImageLoader",
     "ImageSplits",
-    "SafeUnpickler",
     "TextLoader",
     "UnsafePickleError",
-    "channel_stats",
     "load_cifar",
     "load_digits",
     "load_fashion_mnist",
-    "load_idx_dataset",
     "load_image_folder",
     "load_kjv",
     "load_mnist",
     "load_shakespeare",
     "make_splits",
-    "random_crop",
-    "random_hflip",
     "read_idx",
-    "safe_load_pickle",
-    "split_indices",
 ]

@@ -11,8 +11,8 @@ task list (:data:`TASKS`, the task registry; :func:`register_task` adds one).
 from __future__ import annotations
 
 from actlab.train.callbacks import Callback, ProgressBar, StopTraining
-from actlab.train.checkpoint import activation_scalars, load_checkpoint, save_checkpoint
-from actlab.train.config import TrainConfig, lr_at
+from actlab.train.checkpoint import load_checkpoint, save_checkpoint
+from actlab.train.config import TrainConfig
 from actlab.train.result import RunResult
 from actlab.train.seed import determinism, seed_everything
 from actlab.train.tasks import (
@@ -36,13 +36,11 @@ __all__ = [
     "TaskData",
     "TrainConfig",
     "UnknownTaskError",
-    "activation_scalars",
     "determinism",
     "evaluate",
     "get_task",
     "list_tasks",
     "load_checkpoint",
-    "lr_at",
     "register_task",
     "run_training",
     "save_checkpoint",
