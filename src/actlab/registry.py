@@ -188,11 +188,12 @@ class ActivationInfo:
         return tuple(n for n, _ in self.cls().named_parameters())
 
 
-# The zoo registers itself when `actlab.activations` is imported; the registry imports it by
-# name before the first lookup, so `registry` stays below `activations` in the import graph.
+# The zoo registers itself when `actlab.activations` is imported, the formula activation
+# `expr` when `actlab.expr._activation` is; the registry imports both by name before the first
+# lookup, so `registry` stays below `activations` and `expr` in the import graph.
 ACTIVATIONS: Registry[ActivationInfo] = Registry(
     "activation",
-    loader="actlab.activations",
+    loader=("actlab.activations", "actlab.expr._activation"),
     error=ActivationSpecError,
     hint="Run `actlab ls` to list them all.",
 )

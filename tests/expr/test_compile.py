@@ -13,9 +13,8 @@ import pytest
 import torch
 from torch.autograd import gradcheck
 
-import actlab.activations.expr_act  # noqa: F401  (registers `expr` until the zoo imports it)
-from actlab.activations.expr_act import ExprActivation
 from actlab.expr import ExprError, compile_expr, evaluate, parse, random_expr, size
+from actlab.expr._activation import ExprActivation
 from actlab.registry import create_activation, get_activation_info
 
 # every primitive at least once; smooth at the test points below

@@ -6,13 +6,14 @@ Families live one per file; composite elementwise ones share the lean/fused mach
 
 from __future__ import annotations
 
-from actlab.activations import classic, eafo, expr_act, polycom, swish  # noqa: F401  (registration)
-from actlab.activations._base import Activation
+from actlab.activations import classic, eafo, polycom, swish  # noqa: F401  (registration)
+from actlab.activations._base import Activation, scalar
 from actlab.activations._fused import (
     MODES as KERNEL_MODES,
 )
 from actlab.activations._fused import (
     check_kernel_mode,
+    fuse_min_numel,
     get_kernel_mode,
     kernel_mode,
     kernel_unavailable,
@@ -64,8 +65,10 @@ __all__ = [
     "WAFBC",
     "KERNEL_MODES",
     "check_kernel_mode",
+    "fuse_min_numel",
     "get_kernel_mode",
     "kernel_mode",
     "kernel_unavailable",
+    "scalar",
     "set_kernel_mode",
 ]

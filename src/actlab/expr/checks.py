@@ -96,7 +96,7 @@ def as_module(candidate: Candidate) -> nn.Module:
 @contextlib.contextmanager
 def _eager() -> Iterator[None]:
     """Run zoo kernels eagerly: a check must not pay for torch.compile."""
-    from actlab.activations._fused import kernel_mode
+    from actlab.activations import kernel_mode
 
     with kernel_mode("eager"):
         yield

@@ -1,7 +1,7 @@
 """IR -> activation module: :func:`compile_expr` builds the registered ``expr`` activation.
 
-The module class lives in :mod:`actlab.activations.expr_act` (the zoo); it is imported here
-lazily so that :mod:`actlab.expr` stays importable without loading the zoo.
+The module class lives in :mod:`actlab.expr._activation`; it is imported here lazily so that
+:mod:`actlab.expr` stays importable without loading the zoo.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from actlab.expr.ir import Binary, Const, Expr, ExprError, Param, Unary, Var
 
 if TYPE_CHECKING:
-    from actlab.activations.expr_act import ExprActivation
+    from actlab.expr._activation import ExprActivation
 
 __all__ = ["compile_expr"]
 
@@ -25,7 +25,7 @@ def compile_expr(
     weight_decay: bool = True,
 ) -> ExprActivation:
     """An ``nn.Module`` computing ``expr`` with torch ops; learnable scalars are parameters."""
-    from actlab.activations.expr_act import ExprActivation
+    from actlab.expr._activation import ExprActivation
 
     if not isinstance(expr, (str, Var, Const, Param, Unary, Binary)):
         raise ExprError(
