@@ -92,7 +92,8 @@ def _table(x0, g, specs, modes, args, sync) -> None:  # type: ignore[no-untyped-
         f"{args.dtype}, numel {x0.numel():,}, repeats {args.repeats}, cpus {os.cpu_count()}"
     )
     print(
-        f"{'activation':<22}{'mode':<10}{'fwd+bwd ratio':>14}{'(IQR)':>13}{'saved/input':>13}{'first call s':>14}"
+        f"{'activation':<22}{'mode':<10}{'fwd+bwd ratio':>14}{'(IQR)':>13}"
+        f"{'saved/input':>13}{'first call s':>14}"
     )
     x_bytes = x0.numel() * x0.element_size()
     gelu_step = step_for(F.gelu)
@@ -113,7 +114,8 @@ def _table(x0, g, specs, modes, args, sync) -> None:  # type: ignore[no-untyped-
             q1, _, q3 = statistics.quantiles(r, n=4)
             iqr = f"{q1:.2f}-{q3:.2f}"
             print(
-                f"{spec:<22}{mode:<10}{statistics.median(r):>14.2f}{iqr:>13}{sb / x_bytes:>13.2f}{first:>14.1f}"
+                f"{spec:<22}{mode:<10}{statistics.median(r):>14.2f}{iqr:>13}"
+                f"{sb / x_bytes:>13.2f}{first:>14.1f}"
             )
     gb = saved_bytes(lambda: F.gelu(x0.clone().requires_grad_(True)))
     print(f"{'(F.gelu itself)':<22}{'torch':<10}{1.0:>14.2f}{'':>13}{gb / x_bytes:>13.2f}")

@@ -148,7 +148,8 @@ def main() -> None:
     )
     gelu_val, gelu_test = _retrain("gelu")
     print(
-        f"reference gelu re-trained (20 epochs, seeds {FRESH}): val {gelu_val:.4f} test {gelu_test:.4f}"
+        f"reference gelu re-trained (20 epochs, seeds {FRESH}): "
+        f"val {gelu_val:.4f} test {gelu_test:.4f}"
     )
     rows: dict[str, list[dict[str, Any]]] = {}
     for config in configs:
@@ -158,7 +159,8 @@ def main() -> None:
             rows[config].append(r)
             print(
                 f"  {config:11s} seed {seed}: best L0 val {r['best_l0']:.4f}  top-1 3-epoch fresh "
-                f"{r['proxy']:.4f}  20-epoch val {r['retrain_val']:.4f} test {r['retrain_test']:.4f}  wasted "
+                f"{r['proxy']:.4f}  20-epoch val {r['retrain_val']:.4f} "
+                f"test {r['retrain_test']:.4f}  wasted "
                 f"{100 * r['wasted']:.0f}%  cheap rejections {r['cheap']}  ({r['seconds']:.0f} s)  "
                 f"{r['formula'][:60]}",
                 flush=True,
@@ -170,8 +172,10 @@ def main() -> None:
     )
     for config, rs in rows.items():
         print(
-            f"{config:12s} {_med([r['best_l0'] for r in rs]):>26s} {_med([r['proxy'] for r in rs]):>26s} "
-            f"{_med([r['retrain_val'] for r in rs]):>26s} {_med([r['retrain_test'] for r in rs]):>26s} "
+            f"{config:12s} {_med([r['best_l0'] for r in rs]):>26s} "
+            f"{_med([r['proxy'] for r in rs]):>26s} "
+            f"{_med([r['retrain_val'] for r in rs]):>26s} "
+            f"{_med([r['retrain_test'] for r in rs]):>26s} "
             f"{100 * statistics.median(r['wasted'] for r in rs):>10.1f}% "
             f"{statistics.median(r['cheap'] for r in rs):>6.0f}"
         )

@@ -134,7 +134,8 @@ def main() -> None:
     )
     head = (
         f"{'preset':<20} {'batch':>5} {'gelu img/s':>11} {'ms/step':>8} {'crrelu/gelu':>12} "
-        f"{'polyrelu/gelu':>14} {'identity/gelu':>14} {'act share crrelu':>17} {'act share gelu':>15}"
+        f"{'polyrelu/gelu':>14} {'identity/gelu':>14} {'act share crrelu':>17} "
+        f"{'act share gelu':>15}"
     )
     print(head)
     print("-" * len(head))

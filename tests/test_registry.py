@@ -123,7 +123,8 @@ def test_import_is_cheap_and_cpu_only() -> None:
 
     code = (
         "import sys, actlab; actlab.list_activations();"
-        "bad=[m for m in ('transformers','matplotlib','torch._dynamo','torch._inductor') if m in sys.modules];"
+        "heavy=('transformers','matplotlib','torch._dynamo','torch._inductor');"
+        "bad=[m for m in heavy if m in sys.modules];"
         "print(','.join(bad))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -92,7 +92,7 @@ def test_lean_paths_save_only_the_input(spec: str) -> None:
 
 
 def test_eafo_relu_base_is_crrelu_positive_branch() -> None:
-    """eafo.md: for ReLU's positive branch the correction is x·φ(x) (CRReLU up to ε's sign/scale)."""
+    """eafo.md: on ReLU's positive branch the correction is x·φ(x), CRReLU up to ε's sign/scale."""
     x = torch.linspace(0.01, 5, 500, dtype=torch.float64)
     m = actlab.create_activation("eafo(base='relu', eps=0.3)").double()
     phi = torch.exp(-x * x / 2) / (2 * torch.pi) ** 0.5
@@ -294,7 +294,7 @@ def test_bf16_input_with_float32_parameter() -> None:
 @needs_compile
 @pytest.mark.parametrize("spec", ["crrelu", "eafo"])
 def test_compiled_float64_against_oracle_and_gradcheck(spec: str) -> None:
-    """The fused path in float64: values vs the registry's float64 oracle, gradients by gradcheck."""
+    """The fused path in float64: values vs the registry's float64 oracle; gradcheck gradients."""
     m = _perturb(actlab.create_activation(spec)).double()
     x = torch.linspace(-6, 6, 3001, dtype=torch.float64)
     with kernel_mode("compiled"), torch.no_grad():

@@ -104,7 +104,8 @@ def test_claims_live_dead_and_stale(tmp_path: Path) -> None:
     # a claim of a process that died is re-claimable at once
     other = _spec(seed=5)
     code = (
-        "import sys; from actlab.bench.store import ResultsStore; from actlab.bench.plan import RunSpec;"
+        "import sys; from actlab.bench.store import ResultsStore; "
+        "from actlab.bench.plan import RunSpec;"
         f"s = ResultsStore({str(db)!r}); print(s.claim(RunSpec('digits-mlp', 'mlp', 'gelu', 5, 2, "
         "{'device': 'cpu'})))"
     )

@@ -59,8 +59,15 @@ def test_parse_set_overrides_values_and_order() -> None:
 
 
 def test_python_compare_passes_overrides_to_the_real_trainer(tmp_path: Path) -> None:
-    res = compare(["relu"], task="digits-mlp", seeds=1, epochs=1, max_steps=2,
-                  db=tmp_path / "r.sqlite", model_overrides={"norm_layer": "layernorm"})  # fmt: skip
+    res = compare(
+        ["relu"],
+        task="digits-mlp",
+        seeds=1,
+        epochs=1,
+        max_steps=2,
+        db=tmp_path / "r.sqlite",
+        model_overrides={"norm_layer": "layernorm"},
+    )
     (rec,) = res.records
     assert rec.ok, rec.error
     assert res.specs[0].config["model_kwargs"] == {"norm_layer": "layernorm"}

@@ -26,8 +26,16 @@ def test_report_has_all_sections(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     text = " ".join(p.text)
     # distributions, learning curves, activation curves, trajectories (crrelu)
     assert len(p.images) == 4
-    for needle in ("A <b>test</b> & more", "Summary", "Learning curves", "Activation functions",
-                   "Learnable-parameter trajectories", "fake failure for tanh", "p (t)"):  # fmt: skip
+    needles = (
+        "A <b>test</b> & more",
+        "Summary",
+        "Learning curves",
+        "Activation functions",
+        "Learnable-parameter trajectories",
+        "fake failure for tanh",
+        "p (t)",
+    )
+    for needle in needles:
         assert needle in text
     assert not (tmp_path / "report.html.tmp").exists()
 

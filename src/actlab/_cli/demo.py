@@ -91,12 +91,14 @@ def run(args: argparse.Namespace) -> int:
         f"max {cos.max():.4f}"
     )
     con.print(
-        f"similarity-ranking agreement (Spearman over sentence pairs): {_rank_agreement(base, new):.4f}"
+        "similarity-ranking agreement (Spearman over sentence pairs): "
+        f"{_rank_agreement(base, new):.4f}"
     )
     pairs = [(0, 1), (2, 3), (4, 5), (0, 2)]
     for i, j in pairs:
         con.print(
-            f"  sim({i},{j}) original {float(base[i] @ base[j]):.3f} -> swapped {float(new[i] @ new[j]):.3f}"
+            f"  sim({i},{j}) original {float(base[i] @ base[j]):.3f} "
+            f"-> swapped {float(new[i] @ new[j]):.3f}"
             f"   [{SENTENCES[i][:28]}... / {SENTENCES[j][:28]}...]"
         )
 
@@ -105,10 +107,12 @@ def run(args: argparse.Namespace) -> int:
     rep = actlab.swap_activations(ident, {"gelu": "gelu"})
     same = embed_sentences(ident, tok, SENTENCES)
     con.print(
-        f"{len(rep)} sites swapped; max |embedding change| = {float((same - base).abs().max()):.2e} "
+        f"{len(rep)} sites swapped; "
+        f"max |embedding change| = {float((same - base).abs().max()):.2e} "
         "(must be ~0)"
     )
     con.print(
-        "\nnext: `actlab show crrelu`, `actlab plot gelu crrelu -o acts.png`, `actlab compare --help`"
+        "\nnext: `actlab show crrelu`, `actlab plot gelu crrelu -o acts.png`, "
+        "`actlab compare --help`"
     )
     return 0

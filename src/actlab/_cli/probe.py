@@ -22,7 +22,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-HELP = "probe a model's activations (sparsity, massive activations, attention entropy, ...) and write a report"
+HELP = (
+    "probe a model's activations (sparsity, massive activations, attention entropy, ...) "
+    "and write a report"
+)
 
 _PRETRAINED = ("minilm", "smollm2")
 MAX_TOKENS = 8192  # SmolLM2's context length

@@ -1,4 +1,4 @@
-"""`actlab show NAME`: everything about one activation (formula, paper, parameters, limits, values)."""
+"""`actlab show NAME`: one activation in full (formula, paper, parameters, limits, values)."""
 
 from __future__ import annotations
 

@@ -25,9 +25,10 @@ and :class:`ElementwiseKernel` runs them in one of five modes:
 The mode has one resolver, :func:`get_kernel_mode`: the innermost ``with kernel_mode(...)`` of
 the thread (how a run's ``kernel`` setting is applied), else ``set_kernel_mode(...)``, else
 the environment variable ACTLAB_KERNEL, read once per process (``set_kernel_mode(None)``
-re-reads it), else ``auto``. Nothing reads the environment per call.  If compilation fails once (no C++ compiler, no Triton on the GPU) a warning is
-issued and that kernel falls back to eager for the rest of the process; nothing crashes.
-An explicit "compiled" raises instead: a one-line RuntimeError that names the failure.
+re-reads it), else ``auto``. Nothing reads the environment per call.  If compilation fails once (no
+C++ compiler, no Triton on the GPU) a warning is issued and that kernel falls back to eager for the
+rest of the process; nothing crashes. An explicit "compiled" raises instead: a one-line RuntimeError
+that names the failure.
 
 Portable dispatch: with no vector instruction set for Inductor on the CPU (which is what
 ``ATEN_CPU_CAPABILITY=default`` forces, and what an x86 CPU without AVX2 has), Inductor's

@@ -180,7 +180,10 @@ def eafo_reference(x: Tensor, m: Any) -> Tensor:
 
 @register_activation(
     "eafo",
-    formula="f(x) - eps * phi(x) * (f''(x) + x f'(x)) * w(f'(x)),  w(u)=1/u (u>=tau), u/tau^2 (0<u<tau), 0",
+    formula=(
+        "f(x) - eps * phi(x) * (f''(x) + x f'(x)) * w(f'(x)),  "
+        "w(u)=1/u (u>=tau), u/tau^2 (0<u<tau), 0"
+    ),
     paper="derived from EAFO (arXiv 2405.12954) for any smooth base; extension, not in the paper",
     reference=eafo_reference,
     limits=(math.nan, math.inf),
@@ -274,7 +277,10 @@ WAFBC_KERNEL = ElementwiseKernel("wafbc", _wafbc_fwd, _wafbc_bwd)
     family="eafo",
     fused=True,
     rules={"width": ParamRule("float", gt=0)},
-    notes="A baseline: maximises output entropy for Gaussian inputs; every real activation should beat it.",
+    notes=(
+        "A baseline: maximises output entropy for Gaussian inputs; "
+        "every real activation should beat it."
+    ),
 )
 class WAFBC(Activation):
     scale: Tensor

@@ -171,7 +171,9 @@ def _set_value(text: str) -> Any:
 
 
 def parse_set_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """``["model.norm_layer=rmsnorm", "model.depth=6"]`` -> ``{"norm_layer": "rmsnorm", "depth": 6}``.
+    """``["model.norm_layer=rmsnorm", "model.depth=6"]`` -> a dict of model keyword overrides.
+
+    The example gives ``{"norm_layer": "rmsnorm", "depth": 6}``.
 
     A value is a Python literal when it parses as one (numbers, True/False, tuples, quoted
     strings), else the text (a layer spec such as ``glu(act='silu')``); nothing is evaluated.

@@ -16,8 +16,8 @@ Tables (prefixed ``actlab_`` so that one file can also hold an Optuna study stor
 A store written by actlab 0.x before the prefix (tables ``studies``, ``runs``, ``claims``
 with these columns) is migrated when opened for writing (the tables are renamed in one
 transaction; an older actlab still writing to the same file would then recreate empty
-old tables, so stop it first) and read as it is when opened read-only. A table named like ours with other
-columns is refused, and so is anything that is not a database: every problem found when the
+old tables, so stop it first) and read as it is when opened read-only. A table named like ours with
+other columns is refused, and so is anything that is not a database: every problem found when the
 database is opened -- a text file, a folder, a damaged file, a read-only file or folder, an
 unknown URL scheme, a missing driver -- raises :class:`DatabaseError`, one line naming the
 database (passwords masked) and the fix; nothing is written before the checks pass.

@@ -209,7 +209,8 @@ def load_idx_dataset(
     labels = read_idx(lbl_path)
     if images.ndim != 3 or images.dtype != np.uint8:
         raise DatasetFormatError(
-            f"{img_path}: expected uint8 images of shape (N, H, W), got {images.dtype} {images.shape}"
+            f"{img_path}: expected uint8 images of shape (N, H, W), "
+            f"got {images.dtype} {images.shape}"
         )
     if not np.issubdtype(labels.dtype, np.integer):
         raise DatasetFormatError(

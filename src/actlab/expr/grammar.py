@@ -10,7 +10,8 @@ generated expression is the one shared ``beta`` (init 1).
     child = mutate(e, rng)                # change an op / insert or delete a unit / a constant
 
 All functions return canonical expressions that depend on x and satisfy the IR's size and
-depth bounds and the parser's length bound (so they always re-parse); :func:`mutate` always returns an expression with a different hash.
+depth bounds and the parser's length bound (so they always re-parse); :func:`mutate` always returns
+an expression with a different hash.
 """
 
 from __future__ import annotations

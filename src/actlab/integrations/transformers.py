@@ -13,9 +13,10 @@ transformers' own keys (gelu, silu, swish, relu, ...) are never overwritten.
 
 Saving and loading a swapped model: after ``actlab.swap_activations`` (or any
 ``actlab.surgery.replace_modules``) the ``"transformers-config"`` replacement hook
-(:func:`sync_hidden_act`) sets ``config.hidden_act`` to such a string and registers it, so ``save_pretrained`` writes a config that names the
-new activation and a state dict that holds its parameters (CRReLU's ε). Registration lives
-in the process, so a process that *loads* the model must register first:
+(:func:`sync_hidden_act`) sets ``config.hidden_act`` to such a string and registers it, so
+``save_pretrained`` writes a config that names the new activation and a state dict that holds its
+parameters (CRReLU's ε). Registration lives in the process, so a process that *loads* the model must
+register first:
 
     import actlab.integrations.transformers as t
     t.register()                                   # every zoo name

@@ -104,8 +104,9 @@ class Block(nn.Module):
             self.mlp: nn.Module = MLP(cfg, act)
         else:
             self.mlp = make_layer(
-                mlp_layer, "mlp_layer", MLP_KINDS, in_features=d, hidden_features=int(cfg.mlp_ratio * d),
-                out_features=d, act_layer=act, drop=cfg.dropout, bias=cfg.bias,
+                mlp_layer, "mlp_layer", MLP_KINDS,
+                in_features=d, hidden_features=int(cfg.mlp_ratio * d), out_features=d,
+                act_layer=act, drop=cfg.dropout, bias=cfg.bias,
             )  # fmt: skip
 
     def forward(self, x: Tensor) -> Tensor:

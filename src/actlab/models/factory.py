@@ -83,7 +83,8 @@ def register_model(
 
 
 # fmt: off
-register_model("vit_tiny_patch4_32", "image", "ViT-Tiny, the EAFO authors' CIFAR config (5.4M params)",
+register_model("vit_tiny_patch4_32", "image",
+               "ViT-Tiny, the EAFO authors' CIFAR config (5.4M params)",
                ViTConfig, ViT, patch_size=4, embed_dim=192, depth=12, num_heads=3, mlp_ratio=4.0,
                drop_path=0.1)
 register_model("vit_small_28", "image", "ViT patch 4, dim 96, depth 6 (for 28x28; ~0.5M params)",
@@ -95,17 +96,21 @@ register_model("vit_mini_28", "image",
                drop_path=0.0)
 register_model("vit_micro", "image", "ViT patch 4, dim 32, depth 2 (smoke tests)", ViTConfig, ViT,
                patch_size=4, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0, drop_path=0.0)
-register_model("resnet20", "image", "CIFAR ResNet-20 (He et al. 2016, option A shortcuts, 0.27M params)",
+register_model("resnet20", "image",
+               "CIFAR ResNet-20 (He et al. 2016, option A shortcuts, 0.27M params)",
                ResNetConfig, ResNetCifar, depth=20)
 register_model("resnet8", "image", "CIFAR ResNet-8 (smoke tests)", ResNetConfig, ResNetCifar,
                depth=8, width=8)
 register_model("mlp", "image", "MLP 256-256 on flattened pixels", MLPConfig, MLP, hidden=(256, 256))
 register_model("mlp_small", "image", "MLP 64 on flattened pixels", MLPConfig, MLP, hidden=(64,))
-register_model("gpt_char_small", "text", "nanoGPT shakespeare-char config: 6 layers, 6 heads, 384 dim",
+register_model("gpt_char_small", "text",
+               "nanoGPT shakespeare-char config: 6 layers, 6 heads, 384 dim",
                GPTConfig, CharGPT, n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2)
-register_model("gpt_char_mini", "text", "char GPT: 4 layers, 4 heads, 128 dim, context 64 (~0.8M params)",
+register_model("gpt_char_mini", "text",
+               "char GPT: 4 layers, 4 heads, 128 dim, context 64 (~0.8M params)",
                GPTConfig, CharGPT, n_layer=4, n_head=4, n_embd=128, block_size=64)
-register_model("gpt_char_micro", "text", "char GPT: 2 layers, 2 heads, 32 dim, context 32 (smoke tests)",
+register_model("gpt_char_micro", "text",
+               "char GPT: 2 layers, 2 heads, 32 dim, context 32 (smoke tests)",
                GPTConfig, CharGPT, n_layer=2, n_head=2, n_embd=32, block_size=32)
 # fmt: on
 

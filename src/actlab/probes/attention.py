@@ -25,10 +25,10 @@ call) and the statistics are reduced on device.
 Fused-kernel attention (``F.scaled_dot_product_attention``) never materialises the
 probabilities. For modules in the timm / nanoGPT layout (a fused ``qkv`` or ``c_attn`` Linear
 child, a head count ``num_heads`` / ``n_head``; ``scale`` if set, else 1/sqrt(head_dim);
-causal when ``is_causal`` / ``causal`` is set or the class name contains "Causal") the probe hooks ``qkv`` instead and recomputes
-softmax(q k^T · scale) for the sampled queries only: the same probabilities, at a small
-fraction of the attention cost. Attention masks other than causal, and q/k normalisation
-layers, are not applied there.
+causal when ``is_causal`` / ``causal`` is set or the class name contains "Causal") the probe hooks
+``qkv`` instead and recomputes softmax(q k^T · scale) for the sampled queries only: the same
+probabilities, at a small fraction of the attention cost. Attention masks other than causal, and q/k
+normalisation layers, are not applied there.
 
 Padding: the ``attention_mask=`` keyword of the model call (captured by the manager), or
 ``p.set_context(attention_mask=mask)``, with the (B, T) mask of the batch gives the rows of

@@ -5,8 +5,8 @@ used by Saxe et al. (ICLR 2018) and Chelombiev et al. (ICLR 2019). Add isotropic
 noise of variance σ² to the activations T (n samples, d dims); T + Z is a mixture of n
 Gaussians N(t_i, σ²I), whose entropy is bounded by pairwise distances:
 
-    H_upper = d/2 · log(2πeσ²) - (1/n) Σ_i log (1/n) Σ_j exp(-||t_i - t_j||² / (2σ²))   (KL)
-    H_lower = d/2 · log(2πeσ²) - (1/n) Σ_i log (1/n) Σ_j exp(-||t_i - t_j||² / (8σ²))   (Bhattacharyya)
+    H_upper = d/2 · log(2πeσ²) - (1/n) Σ_i log (1/n) Σ_j exp(-||t_i - t_j||²/(2σ²))  (KL)
+    H_lower = d/2 · log(2πeσ²) - (1/n) Σ_i log (1/n) Σ_j exp(-||t_i - t_j||²/(8σ²))  (Bhattacharyya)
 
     I(X;T) = H(T + Z) - H(T + Z | X) = H_KDE(T) - (d/2)(log 2πσ² + 1)
     I(T;Y) = H_KDE(T) - Σ_y p(y) H_KDE(T | Y = y)

@@ -13,9 +13,9 @@ checkpoints t with five parameters:
 
     f(t) = A · exp(-λ x_t) · log(x_t) + K,   x_t = γ t + t0,   λ >= 0
 
-fitted by :func:`fit_ratio_curve` (scipy's trust-region reflective least squares, as ``curve_fit(method='trf')``, bounded;
-initialised A = range(y), K = min(y) + A/2, λ = 1/std(t), γ = 1/range(t), t0 = 1, plus a few
-extra starts so a bad initial scale cannot trap the fit).
+fitted by :func:`fit_ratio_curve` (scipy's trust-region reflective least squares, as
+``curve_fit(method='trf')``, bounded; initialised A = range(y), K = min(y) + A/2, λ = 1/std(t),
+γ = 1/range(t), t0 = 1, plus a few extra starts so a bad initial scale cannot trap the fit).
 
 The median (``median_abs``) is the lower median of |h| over ALL entries of a call (the
 ((n-1)//2)-th smallest of n, ``torch.median``'s convention), exact whenever the call holds at

@@ -225,7 +225,8 @@ class TrainObjective:
             ep, v = floor_cb.rejected
             raise Rejected(
                 "quality",
-                f"val {self.metric} {v:.4f} after {ep} epoch(s) misses the floor {floor.threshold:g}"
+                f"val {self.metric} {v:.4f} after {ep} epoch(s) misses the floor "
+                f"{floor.threshold:g}"
                 if floor is not None
                 else "quality floor",
                 ep / epochs,

@@ -21,9 +21,10 @@ funnel then counters the winner's curse instead of re-confirming it). With
 ``top_seeds=k > 1`` an evaluation at the last level of a funnel trains ``k`` times (seeds
 ``seed + level + 1000 j``, j < k) and its quality is the mean: that level decides the final
 ranking, and one training run of a small proxy can differ from the next by more than the
-candidates differ from each other. It costs ``k`` times the level's units. :func:`evaluate_candidate` never raises for a bad
-candidate: errors become ``failed`` results with the exception as reason. It is a plain
-function of picklable arguments, so executors can run it in other processes or on Ray.
+candidates differ from each other. It costs ``k`` times the level's units.
+:func:`evaluate_candidate` never raises for a bad candidate: errors become ``failed`` results with
+the exception as reason. It is a plain function of picklable arguments, so executors can run it in
+other processes or on Ray.
 """
 
 from __future__ import annotations

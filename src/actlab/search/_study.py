@@ -10,8 +10,8 @@ A trial's user attributes hold the candidate (``formula``, ``hash``, and ``candi
 origin, parents, funnel level, meta), the process that holds it (``worker``: host, pid)
 and, once evaluated, the result (``result``: status, stage, reason, quality, cost, units,
 proxies, extra; plus ``stage`` and ``reason`` on their own). Few attributes = few
-transactions: each is one commit. States: ``COMPLETE`` (value = quality), ``PRUNED`` (rejected by a stage),
-``FAIL`` with a result (the evaluation raised), ``FAIL`` without one (its process died),
+transactions: each is one commit. States: ``COMPLETE`` (value = quality), ``PRUNED`` (rejected by a
+stage), ``FAIL`` with a result (the evaluation raised), ``FAIL`` without one (its process died),
 ``RUNNING`` (in flight) and ``WAITING`` (re-queued).
 
 Dead workers: RDB storages get Optuna's heartbeat (``heartbeat_interval``, ``grace_period``)

@@ -13,8 +13,9 @@ back when one fails.
 ("gelu", "gelu_tanh", "silu", "relu", ...; see :func:`identify_activation`) or "*" for every
 activation (except identities such as transformers' ``LinearActivation``); an explicit kind
 wins over "*". Activation modules are recognised whatever their origin (actlab, ``torch.nn``,
-Hugging Face transformers, timm ``act_layer`` classes) without importing those libraries. A target is anything :func:`actlab.create_activation` accepts; every site gets
-a fresh module (an instance is deep-copied), so each site learns its own parameters.
+Hugging Face transformers, timm ``act_layer`` classes) without importing those libraries. A target
+is anything :func:`actlab.create_activation` accepts; every site gets a fresh module (an instance is
+deep-copied), so each site learns its own parameters.
 
 ``where`` is a glob (or several) over module paths, matched with :func:`fnmatch.fnmatchcase`;
 a module is in scope when its own path or the path of one of its ancestors matches, so
