@@ -16,8 +16,9 @@ autograd below (small search proxies stay fast); the other modes always take it.
 scalar of the formula (alpha, beta, gamma, delta, eps, theta, beta2, ...) becomes a 0-dim
 parameter initialised from ``params`` or its documented default (:mod:`actlab.expr.ir`).
 It lives in :mod:`actlab.expr` (above the zoo: it imports only public names of
-:mod:`actlab.activations`); the activation registry loads it by name. The primitives are those of the Swish search space (Ramachandran, Zoph & Le 2017,
-"Searching for Activation Functions") plus gelu and silu.
+:mod:`actlab.activations`); the activation registry loads it by name. The primitives are
+those of the Swish search space (Ramachandran, Zoph & Le 2017, "Searching for Activation
+Functions") plus gelu and silu.
 """
 
 from __future__ import annotations
