@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from actlab._lazy import lazy_exports
+from actlab._version import __version__ as __version__
 from actlab.activations import get_kernel_mode, kernel_mode, set_kernel_mode
 from actlab.optim import param_groups
 from actlab.registry import (
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
         swap_activations,
     )
 
-__version__ = "0.1.0"
 
 __all__ = [
     "ActivationInfo",

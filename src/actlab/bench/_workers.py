@@ -59,8 +59,8 @@ def _worker_main(conn: Connection, threads: int, train_ref: Any, parent_pid: int
         torch.set_num_interop_threads(1)
     except RuntimeError:
         pass
+    from actlab.bench._execute import execute_run, resolve_train_fn
     from actlab.bench._result import error_text
-    from actlab.bench.runner import execute_run, resolve_train_fn
 
     try:
         fn = resolve_train_fn(train_ref)
