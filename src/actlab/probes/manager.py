@@ -21,6 +21,9 @@ whose (B, T) matches the mask (see ``ProbeContext.token_mask``).
 
 Memory: every probe keeps fixed-size state (running sums, per-unit vectors, reservoirs of at
 most ``max_tokens`` rows, top-k lists), so it does not grow with the number of steps.
+
+The trainer callback :class:`ProbeCallback` (usage: :mod:`actlab.probes.callback`) lives
+here beside the manager it creates.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from actlab.registry import Registry, RegistryError
 __all__ = [
     "DEFAULT_PROBES",
     "PROBES",
+    "ProbeCallback",
     "ProbeManager",
     "UnknownProbeKeyError",
     "default_probes",
@@ -420,11 +424,98 @@ class ProbeManager:
             for stat, v in scalar_items(r):
                 self._writer.add_scalar(f"{r['probe']}/{r['key']}/{stat}", v, step)
 
-    def callback(self, *, log_every: int | None = None, reset_each_epoch: bool = False) -> Any:
+    def callback(
+        self, *, log_every: int | None = None, reset_each_epoch: bool = False
+    ) -> ProbeCallback:
         """A trainer callback bound to this manager (see :class:`ProbeCallback`)."""
-        from actlab.probes.callback import ProbeCallback
-
         return ProbeCallback(manager=self, log_every=log_every, reset_each_epoch=reset_each_epoch)
+
+
+class ProbeCallback:
+    """Attach probes when training starts, log them during and after each epoch."""
+
+    def __init__(
+        self,
+        probes: Sequence[str | Probe | type[Probe]] | None = None,
+        *,
+        manager: ProbeManager | None = None,
+        log_to: str | os.PathLike[str] | None = None,
+        log_every: int | None = None,
+        reset_each_epoch: bool = False,
+        mode: Mode = "train",
+        **manager_kw: Any,
+    ) -> None:
+        if manager is not None and (probes is not None or manager_kw):
+            raise ValueError("pass either manager= or the probe settings, not both")
+        self.manager = manager
+        self._owns = manager is None
+        self._settings = dict(manager_kw, mode=mode, log_to=log_to)
+        self._probes = probes
+        if manager is None:  # check every setting now, not at the first training forward
+            ProbeManager(nn.Module(), probes, **self._settings)
+        if log_every is not None:
+            check_int("log_every", log_every)
+        self.log_to = log_to
+        self.log_every = log_every
+        self.reset_each_epoch = reset_each_epoch
+        self.history: list[ProbeTable] = []
+        self._capture: RemovableHandle | None = None
+
+    def _start(self, model: nn.Module) -> None:
+        if self.manager is None:
+            self.manager = ProbeManager(model, self._probes, **self._settings)
+        if not self.manager.attached:
+            self.manager.attach()
+
+    def on_train_begin(self, info: dict[str, Any]) -> None:
+        if self.manager is not None and not self._owns:
+            return  # bound to a manager the user attached
+        model = next(
+            (
+                v
+                for k, v in info.items()
+                if isinstance(v, nn.Module) and k in ("net", "model", "module")
+            ),
+            None,
+        )
+        if model is not None:
+            self._start(model)
+            return
+
+        def capture(module: nn.Module, args: Any) -> None:
+            self._release_capture()
+            self._start(module)
+
+        self._capture = nn.modules.module.register_module_forward_pre_hook(capture)
+
+    def _release_capture(self) -> None:
+        if self._capture is not None:
+            self._capture.remove()
+            self._capture = None
+
+    def on_step_end(self, step: int, loss: Any) -> None:
+        if self.manager is not None and self.log_every and step % self.log_every == 0:
+            self.manager.log(step, self.log_to)
+
+    def on_epoch_end(self, record: dict[str, Any], model: Any) -> None:
+        if self.manager is None:
+            return
+        step = int(record.get("step", len(self.history)))
+        table = self.manager.log(step, self.log_to, reset=False)
+        for row in table:
+            row["epoch"] = record.get("epoch", len(self.history) + 1)
+        self.history.append(table)
+        if self.reset_each_epoch:
+            self.manager.reset()
+
+    def on_train_end(self, result: Any) -> None:
+        self._release_capture()
+        if self.manager is not None and self._owns:
+            self.manager.detach()
+
+    def close(self) -> None:
+        """Remove every hook this callback installed (also called at train end)."""
+        self.on_train_end(None)
 
 
 _CONTEXT_DIMS = {"labels": 1, "input_ids": 1, "attention_mask": 2}
