@@ -222,7 +222,7 @@ def validate(args: argparse.Namespace) -> tuple[Any, Any, Any]:
         make_objective,
         parse_budget,
     )
-    from actlab.search._pipeline import MAX_TOP_SEEDS
+    from actlab.search import MAX_TOP_SEEDS
 
     curve = args.task.strip().startswith("curve:")
     # combinations first: they need no work at all
