@@ -5,6 +5,7 @@ venv:
 run: venv
 	.venv/bin/actlab search
 test: venv
+	.venv/bin/lint-imports  # the one-way import flow ([tool.importlinter], DESIGN.md)
 	.venv/bin/python -m pytest -q -m "not slow"
 	@$(MAKE) --no-print-directory test-portable
 # The activation and native-kernel tests again on the code paths of other CPUs: PyTorch's AVX2
