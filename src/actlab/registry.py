@@ -123,7 +123,8 @@ class ParamRule:
                 why = dict(self.refused).get(value)
                 if why:
                     raise ValueError(
-                        f"{where} {value!r} is refused: {why}; choose one of {', '.join(self.choices)}"
+                        f"{where} {value!r} is refused: {why}; "
+                        f"choose one of {', '.join(self.choices)}"
                     )
                 if value not in self.choices:
                     raise ValueError(

@@ -215,6 +215,7 @@ def validate(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     from actlab.bench.plan import MAX_RUNS, MAX_SEED, MAX_SEEDS
     from actlab.expr import ExprError
     from actlab.search import (
+        MAX_TOP_SEEDS,
         STRATEGIES,
         CostFilter,
         Pipeline,
@@ -222,7 +223,6 @@ def validate(args: argparse.Namespace) -> tuple[Any, Any, Any]:
         make_objective,
         parse_budget,
     )
-    from actlab.search import MAX_TOP_SEEDS
 
     curve = args.task.strip().startswith("curve:")
     # combinations first: they need no work at all
