@@ -12,6 +12,7 @@ from torch import Tensor, nn
 import actlab.probes as P
 from actlab.probes import AttentionEntropyProbe, ProbeContext, RoutingProbe, entropy_bands
 from actlab.probes.attention import row_entropy
+from actlab.probes.routing import routing_fluctuation
 
 
 def _probe(norm: str = "support") -> AttentionEntropyProbe:
@@ -219,7 +220,7 @@ def test_routing_entropy_load_and_fluctuation() -> None:
         moe0.router.proj.weight.add_(0.5 * torch.randn(4, 8))
     with P.probe(moe, probes=["routing"], max_tokens=48) as p_b:
         moe(x)
-    fl = P.routing_fluctuation(p_a["routing"], p_b["routing"])
+    fl = routing_fluctuation(p_a["routing"], p_b["routing"])
     assert isinstance(fl, dict)
     with torch.no_grad():
         new_logits = moe0.router(x).reshape(-1, 4)
@@ -230,7 +231,7 @@ def test_routing_entropy_load_and_fluctuation() -> None:
     assert fl["1.router"] == pytest.approx(
         float((old_1.argmax(-1) != new_1.argmax(-1))[:48].float().mean())
     )
-    or_none = P.routing_fluctuation(logits, new_logits)
+    or_none = routing_fluctuation(logits, new_logits)
     assert or_none == pytest.approx(
         float((logits.argmax(-1) != new_logits.argmax(-1)).float().mean())
     )
