@@ -33,7 +33,7 @@ PACKAGES = [
     "actlab.train",
 ]
 LAZY_FACADES = ["actlab", "actlab.bench", "actlab.report"]
-HEAVY = ("transformers", "optuna", "sqlalchemy", "matplotlib", "ray")
+HEAVY = ("transformers", "optuna", "sqlalchemy", "matplotlib", "scipy", "ray")
 
 
 @pytest.mark.parametrize("pkg", PACKAGES)
