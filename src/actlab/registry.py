@@ -194,7 +194,7 @@ class ActivationInfo:
 # lookup, so `registry` stays below `activations` and `expr` in the import graph.
 ACTIVATIONS: Registry[ActivationInfo] = Registry(
     "activation",
-    loader=("actlab.activations", "actlab.expr._activation"),
+    loader=("actlab.activations.*", "actlab.expr._activation"),
     error=ActivationSpecError,
     hint="Run `actlab ls` to list them all.",
 )

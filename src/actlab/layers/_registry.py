@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 from actlab.registry import (
     ActivationSpecError,
@@ -91,6 +91,9 @@ class LayerInfo:
     layout: str = "last"  # where a norm's feature axis is: "last" or "first" (dim 1)
     formula: str = ""
     paper: str = ""
+    # reference(module, x, mask) -> float64 output: an independent plain formula that the
+    # layer test matrix checks the layer against (the built-in layers' live in the test file)
+    reference: Callable[..., Tensor] | None = None
 
 
 LAYERS: Registry[LayerInfo] = Registry(
@@ -107,6 +110,7 @@ def register_layer(
     lazy: tuple[str, ...] = (),
     layout: str = "last",
     aliases: tuple[str, ...] = (),
+    reference: Callable[..., Tensor] | None = None,
 ) -> Callable[[Any], Any]:
     """Decorator registering a layer class or factory function under ``name``.
 
@@ -127,7 +131,9 @@ def register_layer(
             and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
             and p.default is not p.empty
         }
-        info = LayerInfo(name.lower(), obj, kind, params, tuple(lazy), layout, formula, paper)
+        info = LayerInfo(
+            name.lower(), obj, kind, params, tuple(lazy), layout, formula, paper, reference
+        )
         LAYERS.add(name, info, aliases=aliases, kind=kind, layout=layout)
         return obj
 
