@@ -1,4 +1,5 @@
-"""The per-registry test matrices: registering a task, a probe or a strategy opts it in.
+"""The per-registry test matrices: registering a task, a probe, a strategy or a model preset
+opts it in (activations and layers have theirs in tests/activations and tests/layers).
 
 - every task builds its config, its loaders and its default model on a tiny configuration
   (skipped, with the reason, where its data is user-supplied or not installed here), and
@@ -6,7 +7,8 @@
 - every probe attaches to a tiny model holding every kind of site (activations, blocks,
   attention probabilities, a router), runs update on a few batches and summarises them;
 - every strategy is built by name and runs ask/tell a few times on a toy objective
-  (curve matching, no training), each told result being the objective's own score.
+  (curve matching, no training), each told result being the objective's own score;
+- every model preset builds, runs forward and backward on a tiny batch, finite throughout.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from torch import nn
 
 from actlab.data import DatasetNotFoundError
 from actlab.expr import parse
+from actlab.models.factory import MODELS, build_model, get_model_preset
 from actlab.probes import PROBES, Probe, make_probe, probe
 from actlab.search import (
     STRATEGIES,
@@ -170,3 +173,23 @@ def test_unknown_names_are_one_line_close_match_errors(kind: str, names: object)
         names.get(first[:-1] + "~")
     msg = str(info.value)
     assert "\n" not in msg and f"unknown {kind}" in msg and first in msg
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_model_preset_builds_and_runs_forward_and_backward(name: str) -> None:
+    preset = get_model_preset(name)
+    if preset.kind == "text":
+        model = build_model(name, "gelu", vocab_size=17)
+        x = torch.randint(0, 17, (2, 8))
+        want: tuple[int, ...] = (2, 8, 17)
+    else:
+        size = 32 if name.endswith("_32") else 28
+        model = build_model(name, "gelu", num_classes=10, in_chans=1, img_size=size)
+        x = torch.randn(2, 1, size, size)
+        want = (2, 10)
+    out = model(x)
+    y = out[0] if isinstance(out, tuple) else out
+    assert tuple(y.shape) == want and bool(torch.isfinite(y).all())
+    y.float().square().mean().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert grads and all(g is not None and bool(torch.isfinite(g).all()) for g in grads)
