@@ -1,0 +1,193 @@
+"""CETT probe: closed forms on synthetic data (W = identity / diagonal), a float64 brute force
+over every candidate threshold on a tiny random Llama (gated MLP: the down projection's input
+is act(gate(x)) * up(x), recomputed here from the MLP input), padding, thresholds that realise
+the truncation, and hostile arguments."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from actlab.probes import ProbeArgumentError, make_probe, probe
+from actlab.probes.cett import CETTProbe, cett, cett_search, down_projections
+
+transformers = pytest.importorskip("transformers")
+
+
+def _tiny_llama(seed: int = 0) -> Any:
+    cfg = transformers.LlamaConfig(
+        vocab_size=100,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(seed)
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+# ----------------------------------------------------------------- closed forms
+def test_identity_weight_known_answer() -> None:
+    # W = I: CETT(eps) = sqrt(sum of the cut h_i^2) / ||h||; |h| = 1, 2, 3, 4, ||h||^2 = 30
+    h = torch.tensor([[1.0, -2.0, 3.0, -4.0], [-4.0, 3.0, 2.0, 1.0]], dtype=torch.float64)
+    w = torch.eye(4, dtype=torch.float64)
+    assert cett(h, w, 2.0) == pytest.approx(math.sqrt(1 / 30))
+    assert cett(h, w, 3.0) == pytest.approx(math.sqrt(5 / 30))
+    assert cett(h, w, 0.5) == 0.0 and cett(h, w, math.inf) == pytest.approx(1.0)
+    pt = cett_search(h, w, tau=0.2)  # sqrt(1/30) = 0.183 <= 0.2 < sqrt(5/30) = 0.408
+    assert pt.eps == 2.0 and pt.cett == pytest.approx(math.sqrt(1 / 30))
+    assert pt.sparsity == 0.25 and pt.activation_ratio == 0.75 and pt.tokens == 2
+    assert pt.cut_max == 1.0 and pt.margin_eps == 1.5
+    assert cett_search(h, w, tau=0.5).eps == 3.0  # sqrt(5/30) = 0.408 <= 0.5 < sqrt(14/30)
+    assert cett_search(h, w, tau=0.5).sparsity == 0.5
+    assert cett_search(h, w, tau=0.1).sparsity == 0.0  # nothing can be cut
+
+
+def test_diagonal_weight_neuron_vs_magnitude() -> None:
+    # W = diag(10, 1, 1, 1), h = (1, 2, 3, 4): |n| = (10, 2, 3, 4), ||W h||^2 = 100 + 29 = 129
+    h = torch.tensor([[1.0, 2.0, 3.0, 4.0]], dtype=torch.float64)
+    w = torch.diag(torch.tensor([10.0, 1.0, 1.0, 1.0], dtype=torch.float64))
+    pt = cett_search(h, w, tau=0.2, criterion="neuron")  # cut {2}: 2/sqrt(129) = 0.176
+    assert pt.eps == 3.0 and pt.sparsity == 0.25
+    assert pt.cett == pytest.approx(2 / math.sqrt(129))
+    pt = cett_search(h, w, tau=0.2, criterion="magnitude")  # cutting |h|=1 costs 10/sqrt(129)
+    assert pt.eps == 1.0 and pt.sparsity == 0.0 and pt.cett == 0.0
+
+
+def _brute(h: torch.Tensor, w: torch.Tensor, tau: float) -> tuple[list[float], list[float]]:
+    """Every candidate threshold (distinct |h_i| ||W[:, i]||, then inf) and its mean CETT,
+    in float64 with plain loops over tokens."""
+    mags = h.abs() * w.norm(dim=0)
+    cands = sorted(set(mags.flatten().tolist())) + [math.inf]
+    curve = []
+    for eps in cands:
+        ratios = []
+        for t in range(h.shape[0]):
+            full = torch.linalg.vector_norm(w @ h[t])
+            if full == 0:
+                continue
+            cut = torch.where(mags[t] < eps, h[t], torch.zeros_like(h[t]))
+            ratios.append(float(torch.linalg.vector_norm(w @ cut) / full))
+        curve.append(sum(ratios) / len(ratios))
+    return cands, curve
+
+
+def test_tiny_llama_against_float64_brute_force() -> None:
+    model = _tiny_llama()
+    mlp_in: dict[int, torch.Tensor] = {}
+    hooks = [
+        layer.mlp.register_forward_hook(
+            lambda mod, a, o, i=i: mlp_in.__setitem__(i, a[0].detach().double())
+        )
+        for i, layer in enumerate(model.model.layers)
+    ]
+    ids = torch.randint(0, 100, (2, 12), generator=torch.Generator().manual_seed(1))
+    try:
+        cp = CETTProbe()
+        with probe(model, probes=[cp], sample=64) as p, torch.no_grad():
+            model(ids)
+    finally:
+        for hk in hooks:
+            hk.remove()
+    assert p.sites["cett"] == [f"model.layers.{i}.mlp.down_proj" for i in range(2)]
+    rows = {r["layer"]: r for r in p.summary().rows}
+    for i, layer in enumerate(model.model.layers):
+        mlp = layer.mlp
+        x = mlp_in[i].reshape(-1, 64)
+        wg, wu = mlp.gate_proj.weight.detach().double(), mlp.up_proj.weight.detach().double()
+        h = torch.nn.functional.silu(x @ wg.T) * (x @ wu.T)  # the gated MLP's down input
+        w = mlp.down_proj.weight.detach().double()
+        cands, curve = _brute(h, w, 0.2)
+        row = rows[f"model.layers.{i}.mlp.down_proj"]
+        assert row["tokens"] == 24 and row["units"] == 128
+        j = min(range(len(cands)), key=lambda k: abs(cands[k] - row["eps"]))
+        assert cands[j] == pytest.approx(row["eps"], rel=1e-5)  # a candidate threshold
+        assert curve[j] <= 0.2 + 1e-6 and curve[j + 1] > 0.2 - 1e-6  # a crossing of tau
+        assert row["cett"] == pytest.approx(curve[j], abs=1e-5)
+        mags = h.abs() * w.norm(dim=0)
+        want = float((mags < cands[j]).double().mean())
+        assert row["sparsity"] == pytest.approx(want, abs=2 / mags.numel())
+        assert row["activation_ratio"] == pytest.approx(1 - row["sparsity"])
+        # the float64 search on the same data lands on the same crossing
+        pt = cett_search(h, w, 0.2)
+        assert pt.eps == pytest.approx(row["eps"], rel=1e-5)
+        # the per-neuron thresholds realise the truncation: cut h_i where |h_i| < t_i
+        t = cp.thresholds()[f"model.layers.{i}.mlp.down_proj"].double()
+        cut = torch.where(h.abs() < t, h, torch.zeros_like(h))
+        ratios = (cut @ w.T).norm(dim=1) / (h @ w.T).norm(dim=1)
+        assert float(ratios.mean()) == pytest.approx(row["cett"], abs=1e-4)
+
+
+def test_padding_and_where_and_tau_override() -> None:
+    model = _tiny_llama(2)
+    ids = torch.randint(0, 100, (2, 10), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones(2, 10, dtype=torch.long)
+    mask[1, 6:] = 0
+    cett_p = CETTProbe(tau=0.1, where="*.down_proj")
+    with probe(model, probes=[cett_p], sample=64) as p, torch.no_grad():
+        model(ids, attention_mask=mask)
+    rows = p.summary().rows
+    assert len(rows) == 2 and all(r["tokens_seen"] == 16 for r in rows)
+    assert all(r["tau"] == 0.1 and r["cett"] <= 0.1 for r in rows)
+    loose = cett_p.search(0.4)
+    assert all(loose[r["layer"]].sparsity >= r["sparsity"] for r in rows)
+
+
+def test_sites_of_non_gated_mlp_and_reservoir_bound() -> None:
+    net = nn.Sequential(nn.Linear(8, 32), nn.GELU(), nn.Linear(32, 8))
+    assert down_projections(net) == []  # "2" is not a down projection's name
+    mlp = nn.Module()
+    mlp.fc1, mlp.act, mlp.fc2 = nn.Linear(8, 32), nn.GELU(), nn.Linear(32, 8)
+    assert [n for n, _ in down_projections(mlp, "mlp")] == ["mlp.fc2"]
+    p = CETTProbe(tokens=20, where="2")
+    net.eval()  # train mode samples every train_stride-th call only
+    with probe(net, probes=[p], sample=16) as mgr, torch.no_grad():
+        for _ in range(4):
+            net(torch.randn(3, 16, 8))
+    assert mgr.sites["cett"] == ["2"]
+    res = p.samples["2"]
+    assert len(res) == 20 and res.seen == 4 * 16
+    (row,) = mgr.summary().rows
+    assert row["tokens"] == 20 and 0.0 <= row["sparsity"] < 1.0 and row["cett"] <= 0.2
+
+
+# ------------------------------------------------------------------ hostile input
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"tau": -0.1},
+        {"tau": 1.0},
+        {"tau": float("nan")},
+        {"tau": True},
+        {"tau": "0.2"},
+        {"criterion": "l1"},
+        {"tokens": 0},
+        {"where": ""},
+    ],
+)
+def test_bad_arguments_are_one_line_errors(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ProbeArgumentError) as e:
+        CETTProbe(**kwargs)
+    assert "\n" not in str(e.value)
+
+
+def test_bad_data_and_sites_are_one_line_errors() -> None:
+    w = torch.eye(4)
+    for h, weight in [(torch.ones(3, 5), w), (torch.ones(4), w), (torch.ones(2, 4), torch.ones(4))]:
+        with pytest.raises(ProbeArgumentError, match="d_ff"):
+            cett_search(h, weight)
+    with pytest.raises(ProbeArgumentError, match="nonzero"):
+        cett_search(torch.zeros(3, 4), w)
+    with pytest.raises(ProbeArgumentError, match="tau"):
+        cett_search(torch.ones(3, 4), w, tau=2.0)
+    net = nn.Sequential(nn.Linear(8, 32), nn.GELU(), nn.Linear(32, 8))
+    with pytest.raises(ProbeArgumentError, match="down projection"):
+        with probe(net, probes=[CETTProbe(where="1")]):
+            pass
+    assert isinstance(make_probe("cett"), CETTProbe)
