@@ -1,0 +1,53 @@
+"""Training-free activation sparsity for LLM inference (TEAL, CATS; CHESS and WINA to come).
+
+A method (registered in :data:`METHODS`) calibrates thresholds on a dense model and applies
+them by wrapping modules (:func:`actlab.surgery.replace_modules`, all or nothing)::
+
+    from actlab.sparse import METHODS, load_state, apply_state, make_method
+
+    method = make_method("teal", sparsity=0.5, allocation="greedy")
+    state = method.calibrate(model, batches)     # batches: LongTensor token ids [B, T]
+    report = method.apply(model, state)          # SparseLinear on all 7 projections
+    model.generate(...)                          # works as before
+    print(report.table())                        # site | target | threshold | realised
+    state.save("sparse.safetensors")             # thresholds + JSON header (method, params)
+    apply_state(fresh_model, load_state("sparse.safetensors"))
+
+Sparsity 0 leaves every forward bit-identical to the dense model. The model's ``state_dict``
+keys do not change (the wrappers share the original parameters), so the weights are saved
+and loaded as usual and the thresholds travel in the state file.
+"""
+
+from __future__ import annotations
+
+from actlab.sparse._base import (
+    METHODS,
+    SparsityMethod,
+    SparsityReport,
+    apply_state,
+    install,
+    make_method,
+)
+from actlab.sparse._modules import SparseGatedMLP, SparseLinear, exact_quantile
+from actlab.sparse._sites import INPUT_OF, PROJECTIONS, Block, find_blocks
+from actlab.sparse._state import SparseError, SparsityState, check_sparsity, load_state
+
+__all__ = [
+    "INPUT_OF",
+    "METHODS",
+    "PROJECTIONS",
+    "Block",
+    "SparseError",
+    "SparseGatedMLP",
+    "SparseLinear",
+    "SparsityMethod",
+    "SparsityReport",
+    "SparsityState",
+    "apply_state",
+    "check_sparsity",
+    "exact_quantile",
+    "find_blocks",
+    "install",
+    "load_state",
+    "make_method",
+]

@@ -1,0 +1,150 @@
+"""The sparsity-method registry, the plug-in interface and the report of an application.
+
+A method is a class registered in :data:`METHODS` (one file in ``actlab/sparse/_methods/``)::
+
+    @METHODS.register("teal", paper="arXiv 2408.14690")
+    class Teal:
+        def __init__(self, sparsity: float, **params): ...
+        def calibrate(self, model, batches) -> SparsityState: ...
+        def apply(self, model, state) -> SparsityReport: ...
+
+``params`` (including ``sparsity``) are JSON values: they are stored in the state's header, so
+``METHODS.get(state.method)(**state.params).apply(model, state)`` rebuilds the method from a
+saved state (:func:`apply_state`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from torch import nn
+
+from actlab.registry import Registry
+from actlab.sparse._modules import SparseGatedMLP, SparseLinear
+from actlab.sparse._sites import Batch
+from actlab.sparse._state import SparseError, SparsityState
+from actlab.surgery import ReplacementReport, replace_modules
+
+__all__ = [
+    "METHODS",
+    "SparsityMethod",
+    "SparsityReport",
+    "apply_state",
+    "install",
+    "make_method",
+]
+
+
+@runtime_checkable
+class SparsityMethod(Protocol):
+    """The plug-in interface: ``calibrate(model, batches) -> state``, ``apply(model, state)``."""
+
+    params: dict[str, Any]
+
+    def calibrate(self, model: nn.Module, batches: Iterable[Batch]) -> SparsityState: ...
+
+    def apply(self, model: nn.Module, state: SparsityState) -> SparsityReport: ...
+
+
+METHODS: Registry[type[SparsityMethod]] = Registry(
+    "sparsity method",
+    loader="actlab.sparse._methods.*",
+    error=SparseError,
+    hint="Known methods: actlab.sparse.METHODS.names().",
+)
+
+
+def make_method(name: str, **params: Any) -> SparsityMethod:
+    """An instance of the method registered as ``name`` with ``params`` (one-line errors)."""
+    cls = METHODS.get(name)
+    try:
+        return cls(**params)
+    except TypeError as e:
+        raise SparseError(f"sparsity method {name!r}: {e}") from None
+
+
+def apply_state(model: nn.Module, state: SparsityState) -> SparsityReport:
+    """Sparsify ``model`` with a calibrated (or loaded) ``state`` of any registered method."""
+    if not isinstance(state, SparsityState):
+        raise SparseError(f"apply_state needs a SparsityState, got {type(state).__name__}")
+    return make_method(state.method, **state.params).apply(model, state)
+
+
+@dataclass
+class SparsityReport:
+    """What ``apply`` did: the sparsified modules by path, their targets and thresholds.
+
+    The modules count what they zero; :meth:`realised` reads those counts (run the model
+    first), :meth:`table` puts them next to the targets.
+    """
+
+    method: str
+    modules: dict[str, SparseLinear | SparseGatedMLP]
+    targets: dict[str, float]
+    replacement: ReplacementReport | None = field(default=None, repr=False)
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        return {p: m.threshold for p, m in self.modules.items()}
+
+    def realised(self) -> dict[str, float]:
+        """Per site, the fraction of entries zeroed since the last reset (nan: never ran)."""
+        return {p: m.realised for p, m in self.modules.items()}
+
+    def realised_total(self) -> float:
+        """Entries zeroed over entries seen, over all sites."""
+        seen = sum(m.seen for m in self.modules.values())
+        return sum(m.zeroed for m in self.modules.values()) / seen if seen else float("nan")
+
+    def reset_counts(self) -> None:
+        for m in self.modules.values():
+            m.reset_counts()
+
+    def table(self) -> str:
+        """Plain-text table: site | target | threshold | realised."""
+        rows = [("site", "target", "threshold", "realised")]
+        for p, m in self.modules.items():
+            t = self.targets.get(p, float("nan"))
+            rows.append((p, f"{t:.3f}", f"{m.threshold:.4g}", f"{m.realised:.3f}"))
+        width = [max(len(r[i]) for r in rows) for i in range(4)]
+        return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, width)) for r in rows)
+
+
+def install(
+    model: nn.Module, state: SparsityState, kind: type[SparseLinear] | type[SparseGatedMLP]
+) -> SparsityReport:
+    """Replace every site of ``state`` with a ``kind`` module holding its threshold.
+
+    All or nothing (:func:`actlab.surgery.replace_modules`); a site missing from the model,
+    of the wrong type or already sparsified is a one-line :class:`SparseError`.
+    """
+    modules = dict(model.named_modules())
+    for path in state.thresholds:
+        m = modules.get(path)
+        if m is None:
+            raise SparseError(
+                f"the state was calibrated on another model: it has no module {path!r}"
+            )
+        if isinstance(m, (SparseLinear, SparseGatedMLP)):
+            raise SparseError(f"{path!r} is already sparsified; start from a dense model")
+        if kind is SparseLinear and not isinstance(m, nn.Linear):
+            raise SparseError(f"{path!r} is a {type(m).__name__}, not an nn.Linear")
+
+    def build(path: str, old: nn.Module) -> nn.Module:
+        t = state.thresholds[path]
+        if kind is SparseLinear:
+            assert isinstance(old, nn.Linear)
+            return SparseLinear.wrap(old, t)
+        return SparseGatedMLP(old, t)
+
+    sites = set(state.thresholds)
+    rep = replace_modules(model, lambda path, m: path in sites, build) if sites else None
+    modules = dict(model.named_modules())
+    return SparsityReport(
+        method=state.method,
+        modules={p: modules[p] for p in state.thresholds},  # type: ignore[misc]
+        targets=dict(state.targets),
+        replacement=rep,
+    )

@@ -1,0 +1,232 @@
+"""TEAL: training-free magnitude sparsity on the inputs of all 7 projections of a block.
+
+Liu et al., "Training-Free Activation Sparsity in Large Language Models" (TEAL),
+arXiv 2408.14690, https://github.com/FasterDecoding/TEAL.
+
+For each projection P of a Llama block, ``P(x) ~ W s_t(x)`` with ``s_t(x)_i = x_i`` if
+``|x_i| > t`` else 0. q, k and v read the same attention input, gate and up the same MLP input;
+o and down their own. The threshold of a projection with target sparsity s is the exact
+s-quantile of |x| over the calibration tokens of its input (dense model), so about a fraction
+s of its input entries is zeroed. (The authors take icdf(0.5 + s/2) of a signed histogram,
+which assumes a symmetric zero-mean distribution; the exact quantile of |x| does not.)
+
+Allocation:
+
+- ``"uniform"``: every projection at s.
+- ``"greedy"`` (TEAL's per-block search): all 7 start at 0; repeatedly raise the projection
+  whose step ``step / w_P`` hurts the block output least (mean squared error against the
+  dense block output on dense block inputs) until the parameter-weighted sparsity
+  ``sum_P w_P s_P / sum_P w_P`` reaches s exactly (the last step is cut to land on it).
+  ``w_P`` is P's parameter count relative to q_proj, from the config: q = o = 1,
+  k = v = n_kv_heads / n_heads, gate = up = down = d_ff / (n_heads * head_dim)
+  (d_ff / d for Llama). The authors' table has wrong k/v weights for MHA/GQA models.
+
+Calibration order (``calibration=``):
+
+- ``"sequential"`` (default): block by block and, inside a block, input by input (attention
+  input, o input, MLP input, down input), each threshold is the quantile of the input that
+  site sees once everything before it is sparsified. The realised sparsity on the
+  calibration text then equals the target (up to ties).
+- ``"dense"`` (the authors'): every quantile is taken on the dense model's activations; the
+  sites after the first sparse one then zero more or less than their target.
+
+The greedy search scores a block on its own inputs (dense ones, or those of the sparsified
+blocks before it in ``"sequential"``), against that block's dense output on the same inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from actlab.sparse._base import METHODS, SparsityReport, install
+from actlab.sparse._modules import SparseLinear, exact_quantile
+from actlab.sparse._replay import Call, LayerReplay, record_block_calls
+from actlab.sparse._sites import INPUT_OF, PROJECTIONS, Batch, find_blocks, iter_batches
+from actlab.sparse._state import SparseError, SparsityState, check_sparsity
+
+__all__ = ["Teal", "block_weights", "greedy_allocation"]
+
+ALLOCATIONS = ("uniform", "greedy")
+GROUPS = ("attn_in", "o_in", "mlp_in", "down_in")  # the inputs in forward order
+READER = {"attn_in": "q_proj", "o_in": "o_proj", "mlp_in": "gate_proj", "down_in": "down_proj"}
+CALIBRATIONS = ("sequential", "dense")
+
+
+def block_weights(config: Any) -> dict[str, float]:
+    """Parameter count of each projection relative to q_proj, from a transformers config."""
+    try:
+        n_heads = int(config.num_attention_heads)
+        n_kv = int(getattr(config, "num_key_value_heads", None) or n_heads)
+        d = int(config.hidden_size)
+        d_ff = int(config.intermediate_size)
+    except (AttributeError, TypeError, ValueError):
+        raise SparseError(
+            "TEAL's greedy allocation needs a transformers config with num_attention_heads, "
+            "hidden_size and intermediate_size (model.config)"
+        ) from None
+    head_dim = int(getattr(config, "head_dim", None) or d // n_heads)
+    attn = n_heads * head_dim
+    kv = n_kv / n_heads
+    mlp = d_ff / attn
+    return {
+        "q_proj": 1.0,
+        "k_proj": kv,
+        "v_proj": kv,
+        "o_proj": 1.0,
+        "gate_proj": mlp,
+        "up_proj": mlp,
+        "down_proj": mlp,
+    }
+
+
+def greedy_allocation(
+    target: float,
+    weights: dict[str, float],
+    error: Any,
+    *,
+    step: float = 0.05,
+    cap: float = 0.99,
+) -> dict[str, float]:
+    """TEAL's greedy search: per-projection sparsities whose weighted mean is ``target``.
+
+    ``error(sparsities) -> float`` scores a candidate (lower is better). Each round tries
+    raising every projection by ``step / w`` (cut at ``cap`` and at the target) and keeps
+    the best; ties go to the first projection in ``weights`` order.
+    """
+    total = sum(weights.values())
+    cap = max(cap, target)
+    s = dict.fromkeys(weights, 0.0)
+    need = target * total
+    done = 0.0
+    while need - done > 1e-9 * total:
+        best: tuple[float, str, float] | None = None
+        for p, w in weights.items():
+            inc = min(step / w, cap - s[p], (need - done) / w)
+            if inc <= 0:
+                continue
+            err = float(error({**s, p: s[p] + inc}))
+            if best is None or err < best[0]:
+                best = (err, p, inc)
+        if best is None:  # every projection at the cap (cannot happen: cap >= target)
+            break
+        _, p, inc = best
+        s[p] += inc
+        done += weights[p] * inc
+    return s
+
+
+@METHODS.register("teal", paper="arXiv 2408.14690", sites="inputs of q,k,v,o,gate,up,down")
+class Teal:
+    """TEAL magnitude thresholds (see the module docstring).
+
+    Args:
+        sparsity: target fraction of zeroed input entries per block, in [0, 1).
+        allocation: ``"uniform"`` or ``"greedy"`` (parameter-weighted per block).
+        calibration: ``"sequential"`` (default) or ``"dense"`` (the authors').
+        step: greedy step in weighted sparsity (TEAL: 0.05).
+        min_tokens: calibration needs at least this many tokens.
+    """
+
+    def __init__(
+        self,
+        sparsity: float,
+        allocation: str = "uniform",
+        calibration: str = "sequential",
+        step: float = 0.05,
+        min_tokens: int = 64,
+    ) -> None:
+        self.sparsity = check_sparsity(sparsity)
+        for what, value, allowed in (
+            ("allocation", allocation, ALLOCATIONS),
+            ("calibration", calibration, CALIBRATIONS),
+        ):
+            if value not in allowed:
+                raise SparseError(f"TEAL {what} must be one of {', '.join(allowed)}; got {value!r}")
+        if isinstance(step, bool) or not isinstance(step, (int, float)) or not 0 < step <= 1:
+            raise SparseError(f"TEAL step must be in (0, 1], e.g. 0.05; got {step!r}")
+        if isinstance(min_tokens, bool) or not isinstance(min_tokens, int) or min_tokens < 1:
+            raise SparseError(f"min_tokens must be a positive integer; got {min_tokens!r}")
+        self.params: dict[str, Any] = {
+            "sparsity": self.sparsity,
+            "allocation": allocation,
+            "calibration": calibration,
+            "step": float(step),
+            "min_tokens": min_tokens,
+        }
+
+    def calibrate(self, model: nn.Module, batches: Iterable[Batch]) -> SparsityState:
+        """Thresholds for every projection of every block (the model is not changed)."""
+        blocks = find_blocks(model)
+        data = iter_batches(batches, min_tokens=self.params["min_tokens"])
+        greedy = self.params["allocation"] == "greedy" and self.sparsity > 0
+        weights = block_weights(getattr(model, "config", None)) if greedy else {}
+        sequential = self.params["calibration"] == "sequential"
+        calls = record_block_calls(model, data, blocks)
+        hidden: list[torch.Tensor] | None = None  # inputs of the current block (None: dense)
+        thresholds: dict[str, float] = {}
+        targets: dict[str, float] = {}
+        for block, block_calls in zip(blocks, calls):
+            replay = LayerReplay(model, block)
+            with replay.dense():
+                acts = replay.inputs([READER[g] for g in GROUPS], block_calls, hidden)
+            by_input = {g: acts[READER[g]] for g in GROUPS}
+            if self.sparsity == 0:
+                alloc = dict.fromkeys(PROJECTIONS, 0.0)
+            elif not greedy:
+                alloc = dict.fromkeys(PROJECTIONS, self.sparsity)
+            else:
+                alloc = self._greedy(replay, block_calls, hidden, by_input, weights)
+            for g in GROUPS:
+                if sequential and g != "attn_in":  # the input as the sparsified sites leave it
+                    by_input[g] = replay.inputs([READER[g]], block_calls, hidden)[READER[g]]
+                replay.set(
+                    {
+                        n: exact_quantile(by_input[g], alloc[n]) if alloc[n] > 0 else -1.0
+                        for n in PROJECTIONS
+                        if INPUT_OF[n] == g
+                    }
+                )
+            for n, path in block.projections().items():
+                thresholds[path] = replay.proj[n].threshold
+                targets[path] = alloc[n]
+            if sequential:
+                hidden = replay.run(block_calls, hidden)
+            del replay
+        return SparsityState("teal", dict(self.params), thresholds, targets)
+
+    def _greedy(
+        self,
+        replay: LayerReplay,
+        calls: list[Call],
+        hidden: list[torch.Tensor] | None,
+        by_input: dict[str, torch.Tensor],
+        weights: dict[str, float],
+    ) -> dict[str, float]:
+        with replay.dense():
+            dense = [y.float() for y in replay.run(calls, hidden)]
+        cache: dict[tuple[str, float], float] = {}
+
+        def thr(n: str, s: float) -> float:
+            key = (INPUT_OF[n], round(s, 12))
+            if key not in cache:
+                cache[key] = exact_quantile(by_input[key[0]], s) if s > 0 else -1.0
+            return cache[key]
+
+        def error(alloc: dict[str, float]) -> float:
+            replay.set({n: thr(n, s) for n, s in alloc.items()})
+            outs = replay.run(calls, hidden)
+            return sum(float((y.float() - d).pow(2).mean()) for y, d in zip(outs, dense))
+
+        try:
+            return greedy_allocation(self.sparsity, weights, error, step=self.params["step"])
+        finally:
+            replay.set(dict.fromkeys(PROJECTIONS, -1.0))
+
+    def apply(self, model: nn.Module, state: SparsityState) -> SparsityReport:
+        """Wrap every projection named in ``state`` in a :class:`SparseLinear`."""
+        find_blocks(model)
+        return install(model, state, SparseLinear)

@@ -1,0 +1,142 @@
+"""Sparsified modules and their installation: :class:`SparseLinear`, :class:`SparseGatedMLP`.
+
+- ``SparseLinear``: ``y = W s_t(x) + b`` with ``s_t(x)_i = x_i if |x_i| > t else 0`` (TEAL's
+  magnitude sparsification of a projection's input). It *is* an ``nn.Linear`` sharing the
+  original ``weight`` and ``bias`` parameters, so the model's ``state_dict`` keys do not
+  change (``save_pretrained`` and weight tying keep working) and the threshold lives in the
+  :class:`~actlab.sparse.SparsityState`, not in the weights.
+- ``SparseGatedMLP``: ``down(m ⊙ act(gate(x)) ⊙ up(x))`` with ``m_i = |act(gate(x))_i| > t``
+  (CATS): the up and down channels whose gated activation is zeroed are skipped (here
+  multiplied by zero; a kernel would not read them). Holds the original ``gate_proj``,
+  ``up_proj``, ``down_proj`` and ``act_fn`` under the same names.
+
+A negative threshold means *dense*: the forward is exactly the original one (bit-identical).
+Each module counts the entries it saw and zeroed (``seen``, ``zeroed``; ``realised``) while
+``counting`` is True.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from actlab.sparse._state import SparseError
+
+__all__ = ["SparseGatedMLP", "SparseLinear", "exact_quantile"]
+
+_GATED = ("gate_proj", "up_proj", "down_proj", "act_fn")
+
+
+class _Counter:
+    seen: int
+    zeroed: int
+    counting: bool
+
+    def _count(self, keep: torch.Tensor) -> None:
+        if self.counting:
+            self.seen += keep.numel()
+            self.zeroed += keep.numel() - int(keep.sum().item())
+
+    @property
+    def realised(self) -> float:
+        """Fraction of the entries seen that were zeroed (nan before any forward)."""
+        return self.zeroed / self.seen if self.seen else float("nan")
+
+    def reset_counts(self) -> None:
+        """Forget the counts (``seen = zeroed = 0``)."""
+        self.seen = 0
+        self.zeroed = 0
+
+
+class SparseLinear(_Counter, nn.Linear):
+    """An ``nn.Linear`` whose input entries with ``|x| <= threshold`` are zeroed first.
+
+    Build it from an existing linear with :meth:`wrap` (the parameters are shared, not
+    copied). ``threshold < 0`` leaves the layer dense and bit-identical.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
+        super().__init__(in_features, out_features, bias=bias)
+        self.threshold = -1.0
+        self.counting = True
+        self.reset_counts()
+
+    @classmethod
+    def wrap(cls, linear: nn.Linear, threshold: float = -1.0) -> SparseLinear:
+        """A SparseLinear sharing ``linear``'s weight and bias (no copy, ties kept)."""
+        if not isinstance(linear, nn.Linear) or isinstance(linear, SparseLinear):
+            what = "already sparse" if isinstance(linear, SparseLinear) else type(linear).__name__
+            raise SparseError(f"SparseLinear.wrap needs a plain nn.Linear, got {what}")
+        with torch.device("meta"):
+            new = cls(linear.in_features, linear.out_features, bias=linear.bias is not None)
+        new.weight = linear.weight
+        new.bias = linear.bias
+        new.threshold = float(threshold)
+        new.train(linear.training)
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.threshold < 0:
+            return super().forward(x)
+        keep = x.abs() > self.threshold
+        self._count(keep)
+        return super().forward(x * keep)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, threshold={self.threshold:.4g}"
+
+
+class SparseGatedMLP(_Counter, nn.Module):
+    """A gated MLP ``down(act(gate(x)) * up(x))`` whose gated channels with ``|act| <= t`` are
+    skipped in up and down (CATS). Holds the original submodules under their names."""
+
+    gate_proj: nn.Module
+    up_proj: nn.Module
+    down_proj: nn.Module
+    act_fn: nn.Module
+
+    def __init__(self, mlp: nn.Module, threshold: float = -1.0) -> None:
+        super().__init__()
+        for name in _GATED:
+            if not isinstance(getattr(mlp, name, None), nn.Module):
+                raise SparseError(
+                    f"{type(mlp).__name__} has no {name}; CATS needs a gated MLP "
+                    "(gate_proj, up_proj, down_proj, act_fn)"
+                )
+        for name in _GATED:  # the same modules under the same names: state_dict keys kept
+            setattr(self, name, getattr(mlp, name))
+        self.original_class = type(mlp).__name__
+        self.threshold = float(threshold)
+        self.counting = True
+        self.reset_counts()
+        self.train(mlp.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.act_fn(self.gate_proj(x))
+        if self.threshold < 0:
+            return self.down_proj(a * self.up_proj(x))
+        keep = a.abs() > self.threshold
+        self._count(keep)
+        return self.down_proj((a * keep) * self.up_proj(x))
+
+    def extra_repr(self) -> str:
+        return f"was={self.original_class}, threshold={self.threshold:.4g}"
+
+
+def exact_quantile(values: torch.Tensor, q: float) -> float:
+    """The ``q``-quantile of ``values`` (any shape), linear interpolation as ``torch.quantile``.
+
+    Works on any number of elements (``torch.quantile`` stops at 2**24); computed in float64.
+    """
+    v = values.detach().reshape(-1).double()
+    if v.numel() == 0:
+        raise SparseError("cannot take a quantile of no values (calibration captured nothing)")
+    if not 0.0 <= q <= 1.0:
+        raise SparseError(f"quantile level must be in [0, 1], got {q}")
+    pos = q * (v.numel() - 1)
+    lo = int(pos)
+    hi = min(lo + 1, v.numel() - 1)
+    # kthvalue is 1-based; two order statistics are all that is needed
+    a = torch.kthvalue(v, lo + 1).values.item()
+    b = torch.kthvalue(v, hi + 1).values.item() if hi != lo else a
+    return float(a + (b - a) * (pos - lo))

@@ -1,0 +1,142 @@
+"""Errors, argument checks and the saved state of a sparsity method (thresholds + a header).
+
+A :class:`SparsityState` is what ``calibrate`` returns and ``apply`` consumes: one threshold
+per site (a module path such as ``"model.layers.0.self_attn.q_proj"``), the target sparsity
+of each site, and the method's name and parameters. It saves to one safetensors file: the
+thresholds are 0-d float32 tensors keyed by site path, and the header (safetensors metadata
+``"actlab.sparse"``) is a small JSON object ``{"version", "method", "params", "targets"}``.
+Nothing is unpickled when loading.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["FORMAT_KEY", "SparseError", "SparsityState", "check_sparsity", "load_state"]
+
+FORMAT_KEY = "actlab.sparse"
+FORMAT_VERSION = 1
+
+
+class SparseError(ValueError):
+    """Bad input to actlab.sparse (a ValueError, so the CLI prints one line)."""
+
+
+def check_sparsity(sparsity: object, what: str = "sparsity") -> float:
+    """``sparsity`` as a float in [0, 1); a one-line :class:`SparseError` otherwise."""
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
+        raise SparseError(f"{what} must be a number in [0, 1), e.g. 0.5; got {sparsity!r}")
+    s = float(sparsity)
+    if not math.isfinite(s) or not 0.0 <= s < 1.0:
+        raise SparseError(f"{what} must be in [0, 1) (0.5 zeroes half the entries); got {s!r}")
+    return s
+
+
+@dataclass
+class SparsityState:
+    """Calibrated thresholds of one method, per site, with the method's name and parameters.
+
+    ``thresholds[site]`` is a float32-representable float; a negative threshold means the site
+    stays dense (nothing is zeroed, so sparsity 0 is bit-identical to the dense model).
+    ``targets[site]`` is the sparsity the threshold was calibrated for.
+    """
+
+    method: str
+    params: dict[str, Any]
+    thresholds: dict[str, float]
+    targets: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.thresholds = {k: _f32(v) for k, v in self.thresholds.items()}
+        self.targets = {k: float(v) for k, v in self.targets.items()}
+
+    def save(self, path: str | Path) -> Path:
+        """Write the state to ``path`` (one safetensors file); returns the path."""
+        from safetensors.torch import save_file
+
+        p = Path(path)
+        if p.is_dir():
+            raise SparseError(
+                f"{p} is a directory; give a file name such as {p / 'sparse.safetensors'}"
+            )
+        header = {
+            "version": FORMAT_VERSION,
+            "method": self.method,
+            "params": self.params,
+            "targets": self.targets,
+        }
+        try:
+            text = json.dumps(header, sort_keys=True)
+        except TypeError as e:
+            raise SparseError(f"the parameters of {self.method!r} are not JSON: {e}") from None
+        tensors = {k: torch.tensor(v, dtype=torch.float32) for k, v in self.thresholds.items()}
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(p.name + ".tmp")
+        save_file(tensors, str(tmp), metadata={FORMAT_KEY: text})
+        tmp.replace(p)  # never a half-written state under the final name
+        return p
+
+    @classmethod
+    def load(cls, path: str | Path) -> SparsityState:
+        """Read a state written by :meth:`save` (see :func:`load_state`)."""
+        return load_state(path)
+
+    def describe(self) -> str:
+        """One line: method, parameters, number of sites."""
+        params = ", ".join(f"{k}={v!r}" for k, v in sorted(self.params.items()))
+        return f"{self.method}({params}): {len(self.thresholds)} sites"
+
+
+def _f32(value: object) -> float:
+    if isinstance(value, torch.Tensor):
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SparseError(f"thresholds must be numbers, got {type(value).__name__}")
+    v = float(torch.tensor(float(value), dtype=torch.float32).item())
+    if math.isnan(v):
+        raise SparseError("a threshold is NaN; calibrate on finite activations")
+    return v
+
+
+def load_state(path: str | Path) -> SparsityState:
+    """Load a :class:`SparsityState` from a safetensors file written by ``state.save``."""
+    from safetensors import safe_open
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"no sparsity state at {p} (write one with state.save(path))")
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            meta: Mapping[str, str] = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - not a dict
+    except Exception as e:  # noqa: BLE001 - any parse failure is the same user error
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise SparseError(f"{p} is not a safetensors file ({first})") from None
+    if FORMAT_KEY not in meta:
+        raise SparseError(f"{p} is a safetensors file but not an actlab sparsity state")
+    try:
+        header = json.loads(meta[FORMAT_KEY])
+        method, params, targets = header["method"], header["params"], header["targets"]
+        version = header["version"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise SparseError(f"{p}: the actlab.sparse header is malformed ({e})") from None
+    if version != FORMAT_VERSION:
+        raise SparseError(
+            f"{p}: state format version {version}, this actlab reads {FORMAT_VERSION}"
+        )
+    bad = [k for k, t in tensors.items() if t.ndim != 0 or t.dtype != torch.float32]
+    if bad:
+        raise SparseError(f"{p}: threshold {bad[0]!r} is not a float32 scalar")
+    return SparsityState(
+        method=str(method),
+        params=dict(params),
+        thresholds={k: float(t.item()) for k, t in tensors.items()},
+        targets={str(k): float(v) for k, v in dict(targets).items()},
+    )

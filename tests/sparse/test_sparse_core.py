@@ -1,0 +1,230 @@
+"""actlab.sparse core: argument checks, exact quantile, SparseLinear / SparseGatedMLP against
+float64 brute force, block discovery, the state file, the registry."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from safetensors.torch import save_file
+from torch import nn
+
+from actlab.sparse import (
+    METHODS,
+    SparseError,
+    SparseGatedMLP,
+    SparseLinear,
+    SparsityState,
+    check_sparsity,
+    exact_quantile,
+    find_blocks,
+    load_state,
+    make_method,
+)
+
+BAD_SPARSITY = [-0.1, 1.0, 1.5, float("nan"), float("inf"), "0.5", True, None, [0.5]]
+
+
+@pytest.mark.parametrize("value", BAD_SPARSITY)
+def test_bad_sparsity_is_a_one_line_error(value: object) -> None:
+    with pytest.raises(SparseError) as e:
+        check_sparsity(value)
+    assert "\n" not in str(e.value) and "[0, 1)" in str(e.value)
+    for name in ("teal", "cats"):
+        with pytest.raises(SparseError, match=r"\[0, 1\)"):
+            make_method(name, sparsity=value)
+
+
+@pytest.mark.parametrize("value", [0, 0.0, 0.25, 0.999])
+def test_good_sparsity(value: float) -> None:
+    assert check_sparsity(value) == float(value)
+
+
+@settings(derandomize=True, max_examples=40, deadline=None)
+@given(
+    st.lists(st.floats(-1e3, 1e3, allow_nan=False), min_size=1, max_size=60),
+    st.floats(0.0, 1.0),
+)
+def test_exact_quantile_is_torch_quantile(values: list[float], q: float) -> None:
+    x = torch.tensor(values, dtype=torch.float64)
+    assert exact_quantile(x, q) == pytest.approx(float(torch.quantile(x, q)), rel=1e-12, abs=1e-12)
+
+
+def test_exact_quantile_errors() -> None:
+    with pytest.raises(SparseError, match="no values"):
+        exact_quantile(torch.empty(0), 0.5)
+    with pytest.raises(SparseError, match="quantile level"):
+        exact_quantile(torch.ones(3), 1.5)
+
+
+def _linear(bias: bool = True) -> nn.Linear:
+    torch.manual_seed(3)
+    return nn.Linear(16, 8, bias=bias)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_sparse_linear_against_float64(bias: bool) -> None:
+    lin = _linear(bias)
+    x = torch.randn(5, 7, 16)
+    t = float(torch.tensor(0.6, dtype=torch.float32))
+    sl = SparseLinear.wrap(lin, t)
+    assert sl.weight is lin.weight and sl.bias is lin.bias  # shared, not copied
+    assert set(sl.state_dict()) == set(lin.state_dict())  # keys unchanged
+    y = sl(x)
+    x64 = x.double()
+    mask = x64.abs() > t
+    ref = (x64 * mask) @ lin.weight.double().T
+    if bias:
+        ref = ref + lin.bias.double()
+    torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5)
+    assert sl.seen == x.numel()
+    assert sl.zeroed == int((~mask).sum())
+    assert sl.realised == pytest.approx(float((~mask).double().mean()))
+    sl.reset_counts()
+    assert sl.seen == 0 and math.isnan(sl.realised)
+
+
+def test_sparse_linear_dense_is_bit_identical() -> None:
+    lin = _linear()
+    x = torch.randn(4, 16)
+    sl = SparseLinear.wrap(lin)
+    assert torch.equal(sl(x), lin(x))
+    assert sl.seen == 0  # dense: nothing counted
+
+
+def test_sparse_linear_wrap_refuses() -> None:
+    with pytest.raises(SparseError, match="already sparse"):
+        SparseLinear.wrap(SparseLinear.wrap(_linear()))
+    with pytest.raises(SparseError, match="Conv1d"):
+        SparseLinear.wrap(nn.Conv1d(2, 2, 1))  # type: ignore[arg-type]
+
+
+class _MLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(4)
+        self.gate_proj = nn.Linear(12, 20, bias=False)
+        self.up_proj = nn.Linear(12, 20, bias=False)
+        self.down_proj = nn.Linear(20, 12, bias=False)
+        self.act_fn = nn.SiLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+def test_sparse_gated_mlp_against_float64() -> None:
+    mlp = _MLP()
+    x = torch.randn(6, 12)
+    t = 0.2
+    smlp = SparseGatedMLP(mlp, t)
+    assert set(smlp.state_dict()) == set(mlp.state_dict())
+    y = smlp(x)
+    x64 = x.double()
+    g = x64 @ mlp.gate_proj.weight.double().T
+    a = g * torch.sigmoid(g)
+    keep = a.abs() > t
+    u = x64 @ mlp.up_proj.weight.double().T
+    # brute force: skip the zeroed channels in up and down (drop the columns/rows)
+    for i in range(x.shape[0]):
+        idx = keep[i].nonzero().flatten()
+        h = a[i, idx] * u[i, idx]
+        ref = mlp.down_proj.weight.double()[:, idx] @ h
+        torch.testing.assert_close(y[i].double(), ref, rtol=1e-5, atol=1e-6)
+    assert smlp.zeroed == int((~keep).sum()) and smlp.seen == keep.numel()
+    dense = SparseGatedMLP(mlp)
+    assert torch.equal(dense(x), mlp(x))
+
+
+def test_sparse_gated_mlp_needs_a_gated_mlp() -> None:
+    with pytest.raises(SparseError, match="no gate_proj"):
+        SparseGatedMLP(nn.Sequential(nn.Linear(2, 2)))
+
+
+def test_find_blocks(llama: nn.Module) -> None:
+    blocks = find_blocks(llama)
+    assert [b.path for b in blocks] == ["model.layers.0", "model.layers.1"]
+    assert blocks[1].projections() == {
+        "q_proj": "model.layers.1.self_attn.q_proj",
+        "k_proj": "model.layers.1.self_attn.k_proj",
+        "v_proj": "model.layers.1.self_attn.v_proj",
+        "o_proj": "model.layers.1.self_attn.o_proj",
+        "gate_proj": "model.layers.1.mlp.gate_proj",
+        "up_proj": "model.layers.1.mlp.up_proj",
+        "down_proj": "model.layers.1.mlp.down_proj",
+    }
+    with pytest.raises(SparseError, match="unknown projection"):
+        blocks[0].proj("c_fc")
+
+
+@pytest.mark.parametrize(
+    "model", [nn.Sequential(nn.Linear(4, 4), nn.GELU()), nn.TransformerEncoderLayer(8, 2)]
+)
+def test_architecture_without_projections(model: nn.Module) -> None:
+    with pytest.raises(SparseError) as e:
+        find_blocks(model)
+    msg = str(e.value)
+    assert "\n" not in msg and "Llama-style blocks" in msg and type(model).__name__ in msg
+
+
+def test_find_blocks_needs_a_module() -> None:
+    with pytest.raises(SparseError, match="nn.Module"):
+        find_blocks("gpt2")  # type: ignore[arg-type]
+
+
+def test_state_round_trip(tmp_path) -> None:
+    s = SparsityState(
+        "teal",
+        {"sparsity": 0.4, "allocation": "greedy"},
+        {"a.q_proj": 0.1234567891, "a.k_proj": -1.0},
+        {"a.q_proj": 0.4, "a.k_proj": 0.0},
+    )
+    assert s.thresholds["a.q_proj"] == float(torch.tensor(0.1234567891, dtype=torch.float32))
+    p = s.save(tmp_path / "sub" / "s.safetensors")
+    back = load_state(p)
+    assert back == s
+    assert SparsityState.load(p) == s
+    assert "teal" in back.describe()
+    assert not list(tmp_path.glob("**/*.tmp"))
+
+
+def test_state_load_errors(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="no sparsity state"):
+        load_state(tmp_path / "missing.safetensors")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a safetensors file at all")
+    with pytest.raises(SparseError, match="not a safetensors file"):
+        load_state(junk)
+    other = tmp_path / "other.safetensors"
+    save_file({"w": torch.ones(2)}, str(other))
+    with pytest.raises(SparseError, match="not an actlab sparsity state"):
+        load_state(other)
+    bad = tmp_path / "bad.safetensors"
+    save_file({"w": torch.ones(1)}, str(bad), metadata={"actlab.sparse": "{not json"})
+    with pytest.raises(SparseError, match="malformed"):
+        load_state(bad)
+    vec = tmp_path / "vec.safetensors"
+    hdr = '{"version": 1, "method": "teal", "params": {}, "targets": {}}'
+    save_file({"w": torch.ones(2)}, str(vec), metadata={"actlab.sparse": hdr})
+    with pytest.raises(SparseError, match="float32 scalar"):
+        load_state(vec)
+    with pytest.raises(SparseError, match="directory"):
+        SparsityState("teal", {}, {}).save(tmp_path)
+
+
+def test_state_rejects_nan_and_non_numbers() -> None:
+    with pytest.raises(SparseError, match="NaN"):
+        SparsityState("teal", {}, {"x": float("nan")})
+    with pytest.raises(SparseError, match="numbers"):
+        SparsityState("teal", {}, {"x": "0.5"})  # type: ignore[dict-item]
+
+
+def test_registry() -> None:
+    assert {"teal", "cats"} <= set(METHODS.names())
+    assert METHODS.meta("teal")["paper"].startswith("arXiv")
+    with pytest.raises(SparseError, match="Did you mean: teal"):
+        METHODS.get("tael")
+    with pytest.raises(SparseError, match="unexpected keyword"):
+        make_method("teal", sparsity=0.5, bins=10)
