@@ -191,3 +191,42 @@ def test_bad_data_and_sites_are_one_line_errors() -> None:
         with probe(net, probes=[CETTProbe(where="1")]):
             pass
     assert isinstance(make_probe("cett"), CETTProbe)
+
+
+# ------------------------------------------------------------------- real model
+@pytest.mark.realmodel
+def test_smollm2_cett_sparsity_per_layer() -> None:
+    """SmolLM2-135M on 128 Shakespeare tokens: every FFN is found, each layer's CETT-0.2 point
+    is a crossing of the float64 curve, and its per-neuron thresholds realise it."""
+    pretrained = pytest.importorskip("actlab.models.pretrained")
+    from actlab.data import load_shakespeare
+
+    try:
+        model, tok = pretrained.load_smollm2()
+    except pretrained.ModelUnavailableError as e:
+        pytest.skip(str(e))
+    ids = tok(load_shakespeare()[:4000], return_tensors="pt")["input_ids"][:, :128]
+    captured: dict[str, torch.Tensor] = {}
+    last = model.model.layers[-1].mlp.down_proj
+    hk = last.register_forward_pre_hook(lambda m, a: captured.__setitem__("h", a[0].detach()))
+    cp = CETTProbe(tau=0.2, tokens=128)
+    try:
+        with probe(model, probes=[cp], sample=128) as p, torch.no_grad():
+            model(ids)
+    finally:
+        hk.remove()
+    n = len(model.model.layers)
+    assert p.sites["cett"] == [f"model.layers.{i}.mlp.down_proj" for i in range(n)]
+    rows = p.summary().rows
+    assert len(rows) == n
+    assert all(r["cett"] <= 0.2 and 0.0 < r["sparsity"] < 1.0 for r in rows)
+    h = captured["h"].reshape(-1, captured["h"].shape[-1]).double()
+    w = last.weight.detach().double()
+    label = f"model.layers.{n - 1}.mlp.down_proj"
+    row = next(r for r in rows if r["layer"] == label)
+    assert cett(h, w, row["eps"]) == pytest.approx(row["cett"], abs=1e-4)
+    t = cp.thresholds()[label].double()
+    cut = torch.where(h.abs() < t, h, torch.zeros_like(h))
+    ratios = (cut @ w.T).norm(dim=1) / (h @ w.T).norm(dim=1)
+    assert float(ratios.mean()) == pytest.approx(row["cett"], abs=1e-4)
+    assert float((h.abs() < t).double().mean()) == pytest.approx(row["sparsity"], abs=1e-3)
