@@ -92,7 +92,7 @@ def test_sparse_linear_dense_is_bit_identical() -> None:
     x = torch.randn(4, 16)
     sl = SparseLinear.wrap(lin)
     assert torch.equal(sl(x), lin(x))
-    assert sl.seen == 0  # dense: nothing counted
+    assert (sl.seen, sl.zeroed, sl.realised) == (x.numel(), 0, 0.0)  # dense: none zeroed
 
 
 def test_sparse_linear_wrap_refuses() -> None:

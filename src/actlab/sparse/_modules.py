@@ -77,6 +77,8 @@ class SparseLinear(_Counter, nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.threshold < 0:
+            if self.counting:
+                self.seen += x.numel()  # dense: seen, none zeroed
             return super().forward(x)
         keep = x.abs() > self.threshold
         self._count(keep)
@@ -114,6 +116,8 @@ class SparseGatedMLP(_Counter, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.act_fn(self.gate_proj(x))
         if self.threshold < 0:
+            if self.counting:
+                self.seen += a.numel()
             return self.down_proj(a * self.up_proj(x))
         keep = a.abs() > self.threshold
         self._count(keep)
