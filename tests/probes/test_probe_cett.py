@@ -186,6 +186,16 @@ def test_bad_data_and_sites_are_one_line_errors() -> None:
         cett_search(torch.zeros(3, 4), w)
     with pytest.raises(ProbeArgumentError, match="tau"):
         cett_search(torch.ones(3, 4), w, tau=2.0)
+    with pytest.raises(ProbeArgumentError, match="floating"):
+        cett_search(torch.ones(3, 4, dtype=torch.long), w)
+    with pytest.raises(ProbeArgumentError, match="NaN"):
+        cett_search(torch.ones(3, 4), torch.full((4, 4), float("inf")))
+    with pytest.raises(ProbeArgumentError, match="finite"):
+        cett_search(torch.full((3, 4), float("nan")), w)
+    # tokens holding NaN / inf are left out, the others give the closed form
+    h = torch.tensor([[1.0, 2.0, 3.0, 4.0], [float("nan"), 1.0, 1.0, 1.0], [float("inf")] * 4])
+    pt = cett_search(h, w, 0.2)
+    assert pt.tokens == 1 and pt.eps == 2.0 and pt.sparsity == 0.25
     net = nn.Sequential(nn.Linear(8, 32), nn.GELU(), nn.Linear(32, 8))
     with pytest.raises(ProbeArgumentError, match="down projection"):
         with probe(net, probes=[CETTProbe(where="1")]):

@@ -10,8 +10,8 @@ tail, the set D(ε) of neurons with ``|n_i| < ε``, leaves the per-token error
 (the bias of the down projection, if any, is never truncated and is left out of both norms;
 the paper's models have none). Aggregation, as in the Sparsing Law paper: a layer's CETT at ε
 is the mean of the per-token ratios over the sampled tokens (tokens whose ``W h`` is exactly
-zero have no ratio and are left out); its sparsity at ε is the fraction of (token, neuron)
-entries in D(ε), and the activation ratio is 1 - sparsity.
+zero, or that hold NaN / inf, have no ratio and are left out); its sparsity at ε is the
+fraction of (token, neuron) entries in D(ε), and the activation ratio is 1 - sparsity.
 
 CETT-τ sparsity: per layer, ε is the largest truncation threshold whose CETT is <= τ, found
 by bisection over the exact candidate set (the sorted distinct values of |n_i| over the
@@ -104,6 +104,10 @@ def _check_pair(h: Tensor, weight: Tensor) -> None:
             f"h must be (tokens, d_ff) and weight (d, d_ff) with the same d_ff, "
             f"got {tuple(h.shape)} and {tuple(weight.shape)}"
         )
+    if not h.is_floating_point() or not weight.is_floating_point():
+        raise ProbeArgumentError(
+            f"h and weight must be floating-point tensors, got {h.dtype} and {weight.dtype}"
+        )
 
 
 def neuron_magnitudes(h: Tensor, weight: Tensor, criterion: Criterion = "neuron") -> Tensor:
@@ -112,6 +116,11 @@ def neuron_magnitudes(h: Tensor, weight: Tensor, criterion: Criterion = "neuron"
     if criterion == "magnitude":
         return h.abs()
     return h.abs() * weight.norm(dim=0).to(h.dtype)
+
+
+def _usable(h: Tensor, full: Tensor) -> Tensor:
+    """Tokens with a finite, nonzero output and finite entries (the others have no ratio)."""
+    return (full > 0) & torch.isfinite(full) & torch.isfinite(h).all(dim=1)
 
 
 def _ratios(h: Tensor, weight: Tensor, mags: Tensor, eps: float, full: Tensor) -> Tensor:
@@ -124,9 +133,10 @@ def cett(h: Tensor, weight: Tensor, eps: float, criterion: Criterion = "neuron")
     (d, d_ff) when the entries with magnitude < ``eps`` are truncated (tokens with W h = 0
     are left out; NaN when none is left)."""
     _check_pair(h, weight)
-    w = weight.to(h.dtype)
+    w = weight.detach().to(h.dtype)
+    h = h.detach()
     full = (h @ w.T).norm(dim=1)
-    keep = full > 0
+    keep = _usable(h, full)
     if not bool(keep.any()):
         return float("nan")
     h = h[keep]
@@ -174,13 +184,16 @@ def cett_search(
     _check_pair(h, weight)
     tau = _check_tau(tau)
     _check_criterion(criterion)
-    w = weight.to(h.dtype)
+    w = weight.detach().to(h.dtype)
+    h = h.detach()
+    if not bool(torch.isfinite(w).all()):
+        raise ProbeArgumentError("weight holds NaN or inf; CETT needs a finite down projection")
     full = (h @ w.T).norm(dim=1)
-    keep = full > 0
+    keep = _usable(h, full)
     n = int(keep.sum())
     if n == 0:
         raise ProbeArgumentError(
-            "no token has a nonzero down-projection output; feed real activations"
+            "no token has a finite, nonzero down-projection output; feed real activations"
         )
     h, full = h[keep], full[keep]
     mags = neuron_magnitudes(h, w, criterion)
@@ -317,10 +330,12 @@ class CETTProbe(Probe):
             if res.rows is None:
                 continue
             h = res.rows
-            try:
-                out[name] = cett_search(h, self._weight(name, h), t, self.criterion)
-            except ProbeArgumentError:
-                continue  # every sampled token had a zero output: no ratio to report
+            w = self._weight(name, h)
+            if not bool(torch.isfinite(w).all()):
+                raise ProbeArgumentError(f"layer {name!r}: its weight holds NaN or inf")
+            if not bool(_usable(h, (h @ w.T).norm(dim=1)).any()):
+                continue  # no sampled token had a finite, nonzero output: no ratio to report
+            out[name] = cett_search(h, w, t, self.criterion)
         return out
 
     def thresholds(self, tau: float | None = None) -> dict[str, Tensor]:
