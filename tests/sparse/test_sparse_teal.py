@@ -238,6 +238,20 @@ def test_bad_arguments_are_one_line_errors(llama: nn.Module, batches: list[torch
             lambda: make_method("teal", sparsity=0.5).calibrate(nn.Linear(2, 2), batches),
             "Llama-style",
         ),
+        (
+            lambda: make_method("teal", sparsity=0.5).calibrate(llama, [batches[0] + 100]),
+            "outside [0, 97)",
+        ),
+        (
+            lambda: make_method("teal", sparsity=0.5).calibrate(llama, [batches[0] - 50]),
+            "outside [0, 97)",
+        ),
+        (
+            lambda: make_method("teal", sparsity=0.5).calibrate(
+                llama, [torch.zeros(0, 40, dtype=torch.long), *batches]
+            ),
+            "batch 0 is empty",
+        ),
     ]
     for fn, text in cases:
         with pytest.raises(SparseError) as e:

@@ -26,9 +26,11 @@ __all__ = [
     "MLP_PROJ",
     "PROJECTIONS",
     "Block",
+    "calibration_batches",
     "find_blocks",
     "iter_batches",
     "run_model",
+    "vocab_size",
 ]
 
 ATTN_PROJ = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -96,11 +98,14 @@ def find_blocks(model: nn.Module) -> list[Block]:
 Batch = torch.Tensor | dict[str, Any]
 
 
-def iter_batches(batches: Iterable[Batch] | torch.Tensor, *, min_tokens: int = 1) -> list[Batch]:
+def iter_batches(
+    batches: Iterable[Batch] | torch.Tensor, *, min_tokens: int = 1, vocab: int | None = None
+) -> list[Batch]:
     """The calibration batches as a list, checked: token ids ``[B, T]``/``[T]`` or dicts.
 
-    Raises a one-line :class:`SparseError` for an empty or non-token input and when the
-    batches hold fewer than ``min_tokens`` tokens in all.
+    Raises a one-line :class:`SparseError` for a non-token or empty batch, ids outside
+    ``[0, vocab)`` (when ``vocab`` is given), and when the batches hold fewer than
+    ``min_tokens`` tokens in all.
     """
     if isinstance(batches, torch.Tensor):
         batches = [batches]
@@ -124,6 +129,13 @@ def iter_batches(batches: Iterable[Batch] | torch.Tensor, *, min_tokens: int = 1
             b = {**b, "input_ids": ids} if isinstance(b, dict) else ids
         if ids.ndim != 2:
             raise SparseError(f"token ids must be [batch, seq]; got shape {tuple(ids.shape)}")
+        if ids.numel() == 0:
+            raise SparseError(f"calibration batch {len(out)} is empty (shape {tuple(ids.shape)})")
+        if vocab is not None and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+            raise SparseError(
+                f"calibration batch {len(out)} has token ids outside [0, {vocab}) (min "
+                f"{int(ids.min())}, max {int(ids.max())}); tokenize with the model's tokenizer"
+            )
         tokens += ids.numel()
         out.append(b)
     if tokens < max(min_tokens, 1):
@@ -132,6 +144,24 @@ def iter_batches(batches: Iterable[Batch] | torch.Tensor, *, min_tokens: int = 1
             "(pass more text)"
         )
     return out
+
+
+def vocab_size(model: nn.Module) -> int | None:
+    """Rows of the model's input embedding (``get_input_embeddings``), or None."""
+    get = getattr(model, "get_input_embeddings", None)
+    try:
+        emb = get() if callable(get) else None
+    except (NotImplementedError, AttributeError):
+        return None
+    n = getattr(emb, "num_embeddings", None)
+    return int(n) if isinstance(n, int) else None
+
+
+def calibration_batches(
+    model: nn.Module, batches: Iterable[Batch] | torch.Tensor, *, min_tokens: int
+) -> list[Batch]:
+    """:func:`iter_batches` checked against ``model``'s vocabulary."""
+    return iter_batches(batches, min_tokens=min_tokens, vocab=vocab_size(model))
 
 
 def _device(model: nn.Module) -> torch.device:

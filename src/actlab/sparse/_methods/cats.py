@@ -22,7 +22,7 @@ from torch import nn
 from actlab.sparse._base import METHODS, SparsityReport, install
 from actlab.sparse._modules import SparseGatedMLP, exact_quantile
 from actlab.sparse._replay import LayerReplay, gate_activations, record_block_calls
-from actlab.sparse._sites import Batch, find_blocks, iter_batches
+from actlab.sparse._sites import Batch, calibration_batches, find_blocks
 from actlab.sparse._state import SparseError, SparsityState, check_sparsity
 
 __all__ = ["Cats"]
@@ -47,7 +47,7 @@ class Cats:
         """One threshold per MLP: the s-quantile of |act(gate_proj(x))| on the inputs that
         MLP sees once the blocks before it are sparsified (so realised = target)."""
         blocks = find_blocks(model)
-        data = iter_batches(batches, min_tokens=self.params["min_tokens"])
+        data = calibration_batches(model, batches, min_tokens=self.params["min_tokens"])
         calls = record_block_calls(model, data, blocks)
         hidden: list[torch.Tensor] | None = None
         thresholds: dict[str, float] = {}

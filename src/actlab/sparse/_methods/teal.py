@@ -45,7 +45,7 @@ from torch import nn
 from actlab.sparse._base import METHODS, SparsityReport, install
 from actlab.sparse._modules import SparseLinear, exact_quantile
 from actlab.sparse._replay import Call, LayerReplay, record_block_calls
-from actlab.sparse._sites import INPUT_OF, PROJECTIONS, Batch, find_blocks, iter_batches
+from actlab.sparse._sites import INPUT_OF, PROJECTIONS, Batch, calibration_batches, find_blocks
 from actlab.sparse._state import SparseError, SparsityState, check_sparsity
 
 __all__ = ["Teal", "block_weights", "greedy_allocation"]
@@ -161,7 +161,7 @@ class Teal:
     def calibrate(self, model: nn.Module, batches: Iterable[Batch]) -> SparsityState:
         """Thresholds for every projection of every block (the model is not changed)."""
         blocks = find_blocks(model)
-        data = iter_batches(batches, min_tokens=self.params["min_tokens"])
+        data = calibration_batches(model, batches, min_tokens=self.params["min_tokens"])
         greedy = self.params["allocation"] == "greedy" and self.sparsity > 0
         weights = block_weights(getattr(model, "config", None)) if greedy else {}
         sequential = self.params["calibration"] == "sequential"
