@@ -13,13 +13,14 @@ import torch
 from torch import nn
 
 from actlab.probes import ProbeArgumentError, make_probe, probe
-from actlab.probes.cett import CETTProbe, cett, cett_search, down_projections
+from actlab.probes.cett import CETTProbe, cett, cett_search, down_projections, ppl_p_search
 
 transformers = pytest.importorskip("transformers")
 
 
-def _tiny_llama(seed: int = 0) -> Any:
+def _tiny_llama(seed: int = 0, init: float = 0.02) -> Any:
     cfg = transformers.LlamaConfig(
+        initializer_range=init,
         vocab_size=100,
         hidden_size=64,
         intermediate_size=128,
@@ -155,6 +156,70 @@ def test_sites_of_non_gated_mlp_and_reservoir_bound() -> None:
     assert len(res) == 20 and res.seen == 4 * 16
     (row,) = mgr.summary().rows
     assert row["tokens"] == 20 and 0.0 <= row["sparsity"] < 1.0 and row["cett"] <= 0.2
+
+
+# ------------------------------------------------------------------------ PPL-p%
+def test_ppl_p_search_closed_form() -> None:
+    # ratio(tau) = exp(loss - dense) = 1 + tau^2: PPL-1% at tau = 0.1; sparsity = tau
+    def loss_at(tau: float) -> tuple[float, float]:
+        return 2.0 + math.log1p(tau * tau), tau
+
+    pt = ppl_p_search(loss_at, 2.0, p=1.0, steps=14)
+    assert abs(pt.tau - 0.1) <= 0.99 / 2**14 and pt.ppl_ratio <= 1.01
+    assert pt.sparsity == pt.tau and pt.evaluations == 15
+    assert ppl_p_search(loss_at, 2.0, p=200.0).tau == 0.99  # tau_max already qualifies
+    never = ppl_p_search(lambda t: (3.0 if t > 0 else 2.0, t), 2.0, steps=4)
+    assert never.tau == 0.0 and never.ppl_ratio == 1.0 and never.evaluations == 6
+    nan = ppl_p_search(lambda t: (float("nan") if t > 0.5 else 2.0, t), 2.0, steps=6)
+    assert nan.tau <= 0.5 and nan.ppl_ratio == 1.0
+    for kw in ({"p": 0.0}, {"p": -1.0}, {"dense_loss": float("nan")}, {"steps": 0}):
+        args: dict[str, Any] = {"p": 1.0, "dense_loss": 2.0, **kw}
+        with pytest.raises(ProbeArgumentError):
+            ppl_p_search(loss_at, args["dense_loss"], args["p"], steps=int(kw.get("steps", 12)))
+
+
+def test_ppl_p_on_tiny_llama_with_test_side_truncation() -> None:
+    """How actlab.sparse plugs in: thresholds from the probe, h_i zeroed where |h_i| < t_i by
+    a pre-hook on each down projection (here in the test), the loss measured, tau bisected.
+
+    A random model's loss on random tokens does not depend on its MLPs, so the loss here is
+    the cross-entropy against the dense model's own next-token distribution (its entropy plus
+    the KL divergence from it): the dense model has the least, any truncation raises it."""
+    model = _tiny_llama(4, init=0.2)
+    ids = torch.randint(0, 100, (2, 16), generator=torch.Generator().manual_seed(5))
+    cp = CETTProbe(tokens=64)
+    with probe(model, probes=[cp], sample=64) as _, torch.no_grad():
+        target = model(ids).logits.softmax(-1)
+
+    def loss_of() -> float:
+        logp = model(ids).logits.log_softmax(-1)
+        return float(-(target * logp).sum(-1).mean())
+
+    with torch.no_grad():
+        dense = loss_of()
+    downs = {n: m for n, m in model.named_modules() if n.endswith("down_proj")}
+
+    def loss_at(tau: float) -> tuple[float, float]:
+        th = cp.thresholds(tau)
+        hooks = [
+            downs[n].register_forward_pre_hook(
+                lambda m, a, t=t: (torch.where(a[0].abs() < t, 0.0, a[0]),)
+            )
+            for n, t in th.items()
+        ]
+        try:
+            with torch.no_grad():
+                loss = loss_of()
+        finally:
+            for hk in hooks:
+                hk.remove()
+        return loss, cp.overall_sparsity(tau)
+
+    assert loss_at(0.0) == (dense, 0.0)  # tau = 0 cuts nothing: bit-identical
+    pt = ppl_p_search(loss_at, dense, p=1.0, steps=8)
+    assert 0.0 < pt.tau < 0.99 and pt.ppl_ratio <= 1.01
+    assert 0.0 < pt.sparsity < 1.0
+    assert math.exp(loss_at(min(pt.tau + 0.99 / 2**8, 0.99))[0] - dense) > 1.01 or pt.tau > 0.9
 
 
 # ------------------------------------------------------------------ hostile input

@@ -27,10 +27,11 @@ thresholds on |h_i| follow from ε: ``ε / ||W[:, i]||`` (neuron) or ``ε`` (mag
 :meth:`CETTProbe.thresholds`; zeroing ``h_i`` where ``|h_i| < t_i`` realises the truncation.
 
 PPL-p% sparsity (the paper's headline, p = 1) is a search over τ around this probe: for a
-given τ take every layer's thresholds, run the model with them applied to the down
-projections' inputs, and bisect τ until ``exp(loss_sparse - loss_dense) = 1 + p / 100``; the
-sparsity at that τ is the PPL-p% sparsity. It needs a sparsified evaluation, which lives in
-:mod:`actlab.sparse`, not here.
+given τ take every layer's thresholds (:meth:`CETTProbe.thresholds`), run the model with them
+applied to the down projections' inputs, and bisect τ until ``exp(loss_sparse - loss_dense)
+= 1 + p / 100``; the sparsity at that τ is the PPL-p% sparsity. :func:`ppl_p_search` is that
+bisection; the sparsified evaluation it calls (``loss_at(τ) -> (loss, sparsity)``) belongs to
+:mod:`actlab.sparse` (probes do not change what a model computes).
 
 Sites: the down projection (an ``nn.Linear``) of each transformer block's MLP, read through
 its input (``site = "input"``): a Linear child named ``down_proj``, ``fc2``, ``w2``,
@@ -48,6 +49,7 @@ evaluations of one (rows x d_ff) @ (d_ff x d) product per layer.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -74,6 +76,8 @@ __all__ = [
     "cett_search",
     "down_projections",
     "neuron_magnitudes",
+    "PPLPoint",
+    "ppl_p_search",
 ]
 
 Criterion = Literal["neuron", "magnitude"]
@@ -338,6 +342,16 @@ class CETTProbe(Probe):
             out[name] = cett_search(h, w, t, self.criterion)
         return out
 
+    def overall_sparsity(self, tau: float | None = None) -> float:
+        """The fraction of FFN neurons skipped at the CETT-τ points, over all layers
+        (per-layer sparsities weighted by their widths; NaN when no layer was seen)."""
+        pts = self.search(tau)
+        units = {n: int(self.samples[n].rows.shape[1]) for n in pts}  # type: ignore[union-attr]
+        total = sum(units.values())
+        if not total:
+            return float("nan")
+        return sum(pts[n].sparsity * units[n] for n in pts) / total
+
     def thresholds(self, tau: float | None = None) -> dict[str, Tensor]:
         """Per-layer, per-neuron thresholds on |h_i| (float32, d_ff) realising the CETT-τ
         truncation: zero ``h_i`` where ``|h_i| < t_i`` (the input of the layer's Linear).
@@ -372,3 +386,66 @@ class CETTProbe(Probe):
                 "tokens_seen": int(res.seen),
             }
         return out
+
+
+@dataclass(frozen=True)
+class PPLPoint:
+    """The result of a PPL-p% search: the largest CETT tolerance ``tau`` found whose
+    perplexity ratio ``exp(loss - dense_loss)`` is <= 1 + p / 100, that ratio, the sparsity
+    ``loss_at`` reported there, and the number of evaluations made."""
+
+    p: float
+    tau: float
+    ppl_ratio: float
+    sparsity: float
+    evaluations: int
+
+
+def ppl_p_search(
+    loss_at: Callable[[float], tuple[float, float]],
+    dense_loss: float,
+    p: float = 1.0,
+    *,
+    tau_max: float = 0.99,
+    steps: int = 12,
+) -> PPLPoint:
+    """PPL-p% sparsity (Sparsing Law): bisect the CETT tolerance τ in [0, tau_max] for the
+    largest τ whose perplexity rises by at most p%.
+
+    ``loss_at(τ)`` runs the model with every FFN truncated at its CETT-τ thresholds and
+    returns ``(mean token loss in nats, sparsity)``; ``dense_loss`` is the dense model's loss
+    on the same tokens. τ = 0 truncates nothing, so it is the starting point (its sparsity
+    is that of ``loss_at(0)``, evaluated only when no larger τ qualifies). ``steps``
+    bisection steps give τ to tau_max / 2**steps; like the paper's search this finds a
+    crossing when the loss is not monotone in τ."""
+    p = check_float("p", p, 0.0, strict=True)
+    dense = check_float("dense_loss", dense_loss)
+    hi_tau = _check_tau(tau_max)
+    steps = check_int("steps", steps, 1, 40)
+    limit = 1.0 + p / 100.0
+    evals = 0
+
+    def ratio(tau: float) -> tuple[float, float]:
+        nonlocal evals
+        loss, sparsity = loss_at(tau)
+        evals += 1
+        loss = float(loss)
+        if not math.isfinite(loss):
+            return math.inf, float(sparsity)
+        return math.exp(loss - dense), float(sparsity)
+
+    r_hi, s_hi = ratio(hi_tau)
+    if r_hi <= limit:
+        return PPLPoint(p, hi_tau, r_hi, s_hi, evals)
+    lo, hi = 0.0, hi_tau
+    best: tuple[float, float] | None = None
+    for _ in range(steps):
+        mid = 0.5 * (lo + hi)
+        r, s = ratio(mid)
+        if r <= limit:
+            lo, best = mid, (r, s)
+        else:
+            hi = mid
+    if best is None:
+        best = ratio(0.0)
+    return PPLPoint(p, lo, best[0], best[1], evals)
