@@ -228,3 +228,39 @@ def test_registry() -> None:
         METHODS.get("tael")
     with pytest.raises(SparseError, match="unexpected keyword"):
         make_method("teal", sparsity=0.5, bins=10)
+
+
+@pytest.mark.parametrize("mode", ["all", "decode", "last-half"])
+def test_modes_sparsify_the_right_positions(mode: str) -> None:
+    lin = _linear()
+    x = torch.randn(2, 6, 16)
+    t = 0.5
+    sl = SparseLinear.wrap(lin, t)
+    sl.mode = mode
+    x64 = x.double()
+    keep = x64.abs() > t
+    if mode == "decode":
+        keep[:] = True  # 6 positions: a prefill, dense
+    if mode == "last-half":
+        keep[:, :3] = True
+    ref = (x64 * keep) @ lin.weight.double().T + lin.bias.double()
+    torch.testing.assert_close(sl(x).double(), ref, rtol=1e-5, atol=1e-5)
+    counted = {"all": 2 * 6 * 16, "decode": 0, "last-half": 2 * 3 * 16}[mode]
+    assert sl.seen == counted
+    one = x[:, :1]  # a single decode step: sparse in every mode
+    sl.reset_counts()
+    torch.testing.assert_close(
+        sl(one).double(),
+        (one.double() * (one.double().abs() > t)) @ lin.weight.double().T + lin.bias.double(),
+    )
+    assert sl.seen == one.numel()
+
+
+def test_mode_checked() -> None:
+    from actlab.sparse import SparsityReport
+
+    report = SparsityReport("teal", {"l": SparseLinear.wrap(_linear(), 0.1)}, {"l": 0.5})
+    report.set_mode("decode")
+    assert report.modules["l"].mode == "decode"
+    with pytest.raises(SparseError, match="mode must be one of all, decode, last-half"):
+        report.set_mode("prefill")

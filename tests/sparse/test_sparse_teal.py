@@ -272,3 +272,24 @@ def test_apply_twice_and_foreign_state(llama: nn.Module, batches: list[torch.Ten
     assert [type(m) for m in small.modules()] == before  # nothing installed
     with pytest.raises(SparseError, match="SparsityState"):
         apply_state(small, {"method": "teal"})  # type: ignore[arg-type]
+
+
+def test_protocol_modes(llama: nn.Module, batches: list[torch.Tensor]) -> None:
+    """decode: prefill logits are the dense ones, decode steps are sparse; last-half: the
+    first half of the positions is dense (causal), the second half is not."""
+    dense = copy.deepcopy(llama)
+    method = make_method("teal", sparsity=0.5)
+    report = method.apply(llama, method.calibrate(llama, batches))
+    ref = logits(dense, batches)
+    report.set_mode("decode")
+    report.reset_counts()
+    for a, b in zip(logits(llama, batches), ref):
+        assert torch.equal(a, b)
+    assert report.realised_total() != report.realised_total()  # nan: nothing sparsified
+    llama.generate(batches[0][:1, :6], max_new_tokens=4, do_sample=False)
+    assert all(m.seen > 0 for m in report.modules.values())  # decode steps were sparse
+    report.set_mode("last-half")
+    for a, b in zip(logits(llama, batches), ref):
+        half = a.shape[1] // 2
+        torch.testing.assert_close(a[:, :half], b[:, :half], rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(a[:, half:], b[:, half:])

@@ -10,6 +10,7 @@ them by wrapping modules (:func:`actlab.surgery.replace_modules`, all or nothing
     report = method.apply(model, state)          # SparseLinear on all 7 projections
     model.generate(...)                          # works as before
     print(report.table())                        # site | target | threshold | realised
+    report.set_mode("decode")                    # prefill dense, decode sparse
     state.save("sparse.safetensors")             # thresholds + JSON header (method, params)
     apply_state(fresh_model, load_state("sparse.safetensors"))
 
@@ -28,13 +29,14 @@ from actlab.sparse._base import (
     install,
     make_method,
 )
-from actlab.sparse._modules import SparseGatedMLP, SparseLinear, exact_quantile
+from actlab.sparse._modules import MODES, SparseGatedMLP, SparseLinear, exact_quantile
 from actlab.sparse._sites import INPUT_OF, PROJECTIONS, Block, find_blocks
 from actlab.sparse._state import SparseError, SparsityState, check_sparsity, load_state
 
 __all__ = [
     "INPUT_OF",
     "METHODS",
+    "MODES",
     "PROJECTIONS",
     "Block",
     "SparseError",

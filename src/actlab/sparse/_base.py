@@ -22,7 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 from torch import nn
 
 from actlab.registry import Registry
-from actlab.sparse._modules import SparseGatedMLP, SparseLinear
+from actlab.sparse._modules import SparseGatedMLP, SparseLinear, check_mode
 from actlab.sparse._sites import Batch
 from actlab.sparse._state import SparseError, SparsityState
 from actlab.surgery import ReplacementReport, replace_modules
@@ -99,8 +99,15 @@ class SparsityReport:
         return sum(m.zeroed for m in self.modules.values()) / seen if seen else float("nan")
 
     def reset_counts(self) -> None:
+        """Forget the counts of every site."""
         for m in self.modules.values():
             m.reset_counts()
+
+    def set_mode(self, mode: str) -> None:
+        """The protocol of every site: ``"all"``, ``"decode"`` or ``"last-half"``."""
+        mode = check_mode(mode)
+        for m in self.modules.values():
+            m.mode = mode
 
     def table(self) -> str:
         """Plain-text table: site | target | threshold | realised."""

@@ -11,8 +11,9 @@
   ``up_proj``, ``down_proj`` and ``act_fn`` under the same names.
 
 A negative threshold means *dense*: the forward is exactly the original one (bit-identical).
-Each module counts the entries it saw and zeroed (``seen``, ``zeroed``; ``realised``) while
-``counting`` is True.
+``mode`` picks the evaluation protocol (``"all"``, ``"decode"``: prefill dense and decode
+sparse, ``"last-half"``: TEAL's); see :class:`_Site`. Each module counts the entries it saw
+and zeroed (``seen``, ``zeroed``; ``realised``) while ``counting`` is True.
 """
 
 from __future__ import annotations
@@ -22,20 +23,63 @@ from torch import nn
 
 from actlab.sparse._state import SparseError
 
-__all__ = ["SparseGatedMLP", "SparseLinear", "exact_quantile"]
+__all__ = ["MODES", "SparseGatedMLP", "SparseLinear", "check_mode", "exact_quantile"]
 
 _GATED = ("gate_proj", "up_proj", "down_proj", "act_fn")
 
 
-class _Counter:
+MODES = ("all", "decode", "last-half")
+
+
+def check_mode(mode: object) -> str:
+    """``mode`` if it is one of :data:`MODES`; a one-line :class:`SparseError` otherwise."""
+    if mode not in MODES:
+        raise SparseError(f"sparsity mode must be one of {', '.join(MODES)}; got {mode!r}")
+    return str(mode)
+
+
+class _Site:
+    """Threshold, protocol mode and counters shared by the sparse modules.
+
+    ``mode`` says which token positions are sparsified in a forward over ``[..., T, d]``:
+    ``"all"`` every position; ``"decode"`` only single-position forwards (prefill dense,
+    decode sparse: what real decoding does); ``"last-half"`` positions ``T // 2`` onwards
+    of a multi-position forward (TEAL's evaluation) and single-position forwards. A 1-D or
+    2-D input ``[tokens, d]`` is treated as single positions. Counts cover the sparsified
+    positions only.
+    """
+
+    threshold: float
+    mode: str
     seen: int
     zeroed: int
     counting: bool
 
-    def _count(self, keep: torch.Tensor) -> None:
+    def _init_site(self, threshold: float) -> None:
+        self.threshold = float(threshold)
+        self.mode = "all"
+        self.counting = True
+        self.reset_counts()
+
+    def _keep(self, v: torch.Tensor) -> torch.Tensor | None:
+        """The mask of entries of ``v`` kept, or None when this forward stays dense."""
+        if self.threshold < 0:
+            if self.counting:
+                self.seen += v.numel()  # dense: seen, none zeroed
+            return None
+        positions = v.shape[-2] if v.ndim >= 3 else 1
+        if self.mode == "decode" and positions > 1:
+            return None
+        keep = v.abs() > self.threshold
+        if self.mode == "last-half" and positions > 1:
+            keep[..., : positions // 2, :] = True
+            counted = keep[..., positions // 2 :, :]
+        else:
+            counted = keep
         if self.counting:
-            self.seen += keep.numel()
-            self.zeroed += keep.numel() - int(keep.sum().item())
+            self.seen += counted.numel()
+            self.zeroed += counted.numel() - int(counted.sum().item())
+        return keep
 
     @property
     def realised(self) -> float:
@@ -48,7 +92,7 @@ class _Counter:
         self.zeroed = 0
 
 
-class SparseLinear(_Counter, nn.Linear):
+class SparseLinear(_Site, nn.Linear):
     """An ``nn.Linear`` whose input entries with ``|x| <= threshold`` are zeroed first.
 
     Build it from an existing linear with :meth:`wrap` (the parameters are shared, not
@@ -57,9 +101,7 @@ class SparseLinear(_Counter, nn.Linear):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__(in_features, out_features, bias=bias)
-        self.threshold = -1.0
-        self.counting = True
-        self.reset_counts()
+        self._init_site(-1.0)
 
     @classmethod
     def wrap(cls, linear: nn.Linear, threshold: float = -1.0) -> SparseLinear:
@@ -71,24 +113,19 @@ class SparseLinear(_Counter, nn.Linear):
             new = cls(linear.in_features, linear.out_features, bias=linear.bias is not None)
         new.weight = linear.weight
         new.bias = linear.bias
-        new.threshold = float(threshold)
+        new._init_site(threshold)
         new.train(linear.training)
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.threshold < 0:
-            if self.counting:
-                self.seen += x.numel()  # dense: seen, none zeroed
-            return super().forward(x)
-        keep = x.abs() > self.threshold
-        self._count(keep)
-        return super().forward(x * keep)
+        keep = self._keep(x)
+        return super().forward(x if keep is None else x * keep)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, threshold={self.threshold:.4g}"
 
 
-class SparseGatedMLP(_Counter, nn.Module):
+class SparseGatedMLP(_Site, nn.Module):
     """A gated MLP ``down(act(gate(x)) * up(x))`` whose gated channels with ``|act| <= t`` are
     skipped in up and down (CATS). Holds the original submodules under their names."""
 
@@ -108,19 +145,14 @@ class SparseGatedMLP(_Counter, nn.Module):
         for name in _GATED:  # the same modules under the same names: state_dict keys kept
             setattr(self, name, getattr(mlp, name))
         self.original_class = type(mlp).__name__
-        self.threshold = float(threshold)
-        self.counting = True
-        self.reset_counts()
+        self._init_site(threshold)
         self.train(mlp.training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.act_fn(self.gate_proj(x))
-        if self.threshold < 0:
-            if self.counting:
-                self.seen += a.numel()
+        keep = self._keep(a)
+        if keep is None:
             return self.down_proj(a * self.up_proj(x))
-        keep = a.abs() > self.threshold
-        self._count(keep)
         return self.down_proj((a * keep) * self.up_proj(x))
 
     def extra_repr(self) -> str:
