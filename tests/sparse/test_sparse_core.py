@@ -264,3 +264,25 @@ def test_mode_checked() -> None:
     assert report.modules["l"].mode == "decode"
     with pytest.raises(SparseError, match="mode must be one of all, decode, last-half"):
         report.set_mode("prefill")
+
+
+def test_layer_replay_reproduces_the_blocks(llama: nn.Module, batches: list) -> None:
+    """Replaying recorded calls block by block gives the model's own block outputs."""
+    from actlab.sparse._replay import LayerReplay, record_block_calls
+
+    blocks = find_blocks(llama)
+    outs: list = []
+    h = llama.get_submodule(blocks[1].path).register_forward_hook(
+        lambda _m, _a, y: outs.append(y[0] if isinstance(y, tuple) else y)
+    )
+    calls_all = record_block_calls(llama, batches, blocks)
+    h.remove()
+    calls = record_block_calls(llama, batches, blocks, hidden="first")
+    hidden = LayerReplay(llama, blocks[0]).run(calls[0])
+    replay = LayerReplay(llama, blocks[1])
+    for got, want in zip(replay.run(calls[1], hidden), outs):
+        assert torch.equal(got, want)
+    for got, want in zip(replay.run(calls_all[1]), outs):
+        assert torch.equal(got, want)
+    with pytest.raises(RuntimeError, match="without its hidden states"):
+        replay.run(calls[1])

@@ -41,18 +41,27 @@ def _with_hidden(call: Call, hidden: torch.Tensor) -> Call:
     return args, {**kwargs, "hidden_states": hidden}
 
 
+_DROPPED = torch.empty(0)
+
+
 @torch.no_grad()
 def record_block_calls(
-    model: nn.Module, data: list[Batch], blocks: list[Block]
+    model: nn.Module, data: list[Batch], blocks: list[Block], *, hidden: str = "all"
 ) -> list[list[Call]]:
-    """Per block, per batch: the (args, kwargs) of its dense forward (no KV cache)."""
+    """Per block, per batch: the (args, kwargs) of its dense forward (no KV cache).
+
+    ``hidden="first"`` keeps the hidden states of the first block only (the others are
+    replaced by an empty tensor): a sequential calibration feeds each block the output of
+    the one before, so that saves ``blocks x tokens x d`` floats.
+    """
     modules = dict(model.named_modules())
     out: list[list[Call]] = [[] for _ in blocks]
     handles = []
     for i, b in enumerate(blocks):
 
         def pre(_m: nn.Module, args: Any, kwargs: Any, i: int = i) -> None:
-            out[i].append((tuple(args), dict(kwargs)))
+            call: Call = (tuple(args), dict(kwargs))
+            out[i].append(_with_hidden(call, _DROPPED) if hidden == "first" and i else call)
 
         handles.append(modules[b.path].register_forward_pre_hook(pre, with_kwargs=True))
     was = model.training
@@ -115,6 +124,8 @@ class LayerReplay:
         """Block outputs for each call (with its hidden states replaced by ``hidden[j]``)."""
         outs = []
         for j, call in enumerate(calls):
+            if hidden is None and _hidden(call) is _DROPPED:
+                raise RuntimeError("this call was recorded without its hidden states; pass them")
             args, kwargs = _with_hidden(call, hidden[j]) if hidden is not None else call
             y = self.layer(*args, **kwargs)
             outs.append(y[0] if isinstance(y, tuple) else y)

@@ -48,7 +48,7 @@ class Cats:
         MLP sees once the blocks before it are sparsified (so realised = target)."""
         blocks = find_blocks(model)
         data = calibration_batches(model, batches, min_tokens=self.params["min_tokens"])
-        calls = record_block_calls(model, data, blocks)
+        calls = record_block_calls(model, data, blocks, hidden="first")
         hidden: list[torch.Tensor] | None = None
         thresholds: dict[str, float] = {}
         targets: dict[str, float] = {}

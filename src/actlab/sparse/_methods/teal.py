@@ -165,7 +165,7 @@ class Teal:
         greedy = self.params["allocation"] == "greedy" and self.sparsity > 0
         weights = block_weights(getattr(model, "config", None)) if greedy else {}
         sequential = self.params["calibration"] == "sequential"
-        calls = record_block_calls(model, data, blocks)
+        calls = record_block_calls(model, data, blocks, hidden="first" if sequential else "all")
         hidden: list[torch.Tensor] | None = None  # inputs of the current block (None: dense)
         thresholds: dict[str, float] = {}
         targets: dict[str, float] = {}
