@@ -227,7 +227,7 @@ def test_registry() -> None:
     with pytest.raises(SparseError, match="Did you mean: teal"):
         METHODS.get("tael")
     with pytest.raises(SparseError, match="unexpected keyword"):
-        make_method("teal", sparsity=0.5, bins=10)
+        make_method("teal", sparsity=0.5, window=10)
 
 
 @pytest.mark.parametrize("mode", ["all", "decode", "last-half"])

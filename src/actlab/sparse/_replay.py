@@ -133,16 +133,23 @@ class LayerReplay:
 
     @torch.no_grad()
     def inputs(
-        self, names: Iterable[str], calls: list[Call], hidden: list[torch.Tensor] | None = None
+        self,
+        names: Iterable[str],
+        calls: list[Call],
+        hidden: list[torch.Tensor] | None = None,
+        *,
+        absolute: bool = True,
     ) -> dict[str, torch.Tensor]:
-        """|input| of the named projections over all calls, float32 ``[tokens, d]`` each."""
+        """Inputs (``|x|`` unless ``absolute=False``) of the named projections over all calls,
+        float32 ``[tokens, d]`` each."""
         got: dict[str, list[torch.Tensor]] = {n: [] for n in names}
         handles = []
         for n in got:
 
             def pre(_m: nn.Module, a: tuple[Any, ...], n: str = n) -> None:
                 x = a[0].detach()
-                got[n].append(x.reshape(-1, x.shape[-1]).abs().float().cpu())
+                x = x.reshape(-1, x.shape[-1])
+                got[n].append((x.abs() if absolute else x).float().cpu())
 
             handles.append(self.proj[n].register_forward_pre_hook(pre))
         try:

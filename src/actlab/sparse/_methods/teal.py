@@ -8,7 +8,8 @@ For each projection P of a Llama block, ``P(x) ~ W s_t(x)`` with ``s_t(x)_i = x_
 o and down their own. The threshold of a projection with target sparsity s is the exact
 s-quantile of |x| over the calibration tokens of its input (dense model), so about a fraction
 s of its input entries is zeroed. (The authors take icdf(0.5 + s/2) of a signed histogram,
-which assumes a symmetric zero-mean distribution; the exact quantile of |x| does not.)
+which assumes a symmetric zero-mean distribution; the exact quantile of |x| does not. The
+histogram is available as ``quantile="histogram"``.)
 
 Allocation:
 
@@ -43,6 +44,7 @@ import torch
 from torch import nn
 
 from actlab.sparse._base import METHODS, SparsityReport, install
+from actlab.sparse._histogram import histogram_icdf
 from actlab.sparse._modules import SparseLinear, exact_quantile
 from actlab.sparse._replay import Call, LayerReplay, record_block_calls
 from actlab.sparse._sites import INPUT_OF, PROJECTIONS, Batch, calibration_batches, find_blocks
@@ -54,6 +56,7 @@ ALLOCATIONS = ("uniform", "greedy")
 GROUPS = ("attn_in", "o_in", "mlp_in", "down_in")  # the inputs in forward order
 READER = {"attn_in": "q_proj", "o_in": "o_proj", "mlp_in": "gate_proj", "down_in": "down_proj"}
 CALIBRATIONS = ("sequential", "dense")
+QUANTILES = ("exact", "histogram")
 
 
 def block_weights(config: Any) -> dict[str, float]:
@@ -127,6 +130,9 @@ class Teal:
         sparsity: target fraction of zeroed input entries per block, in [0, 1).
         allocation: ``"uniform"`` or ``"greedy"`` (parameter-weighted per block).
         calibration: ``"sequential"`` (default) or ``"dense"`` (the authors').
+        quantile: ``"exact"`` (s-quantile of |x|, default) or ``"histogram"`` (the authors'
+            ``icdf(0.5 + s/2)`` of a signed histogram, :func:`histogram_icdf`).
+        bins: histogram bins between the 1st and 99th percentiles (TEAL: 10000).
         step: greedy step in weighted sparsity (TEAL: 0.05).
         min_tokens: calibration needs at least this many tokens.
     """
@@ -136,6 +142,8 @@ class Teal:
         sparsity: float,
         allocation: str = "uniform",
         calibration: str = "sequential",
+        quantile: str = "exact",
+        bins: int = 10_000,
         step: float = 0.05,
         min_tokens: int = 64,
     ) -> None:
@@ -143,9 +151,12 @@ class Teal:
         for what, value, allowed in (
             ("allocation", allocation, ALLOCATIONS),
             ("calibration", calibration, CALIBRATIONS),
+            ("quantile", quantile, QUANTILES),
         ):
             if value not in allowed:
                 raise SparseError(f"TEAL {what} must be one of {', '.join(allowed)}; got {value!r}")
+        if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+            raise SparseError(f"TEAL bins must be a positive integer, e.g. 10000; got {bins!r}")
         if isinstance(step, bool) or not isinstance(step, (int, float)) or not 0 < step <= 1:
             raise SparseError(f"TEAL step must be in (0, 1], e.g. 0.05; got {step!r}")
         if isinstance(min_tokens, bool) or not isinstance(min_tokens, int) or min_tokens < 1:
@@ -154,6 +165,8 @@ class Teal:
             "sparsity": self.sparsity,
             "allocation": allocation,
             "calibration": calibration,
+            "quantile": quantile,
+            "bins": bins,
             "step": float(step),
             "min_tokens": min_tokens,
         }
@@ -165,6 +178,7 @@ class Teal:
         greedy = self.params["allocation"] == "greedy" and self.sparsity > 0
         weights = block_weights(getattr(model, "config", None)) if greedy else {}
         sequential = self.params["calibration"] == "sequential"
+        ab = self.params["quantile"] == "exact"  # the histogram bins signed values
         calls = record_block_calls(model, data, blocks, hidden="first" if sequential else "all")
         hidden: list[torch.Tensor] | None = None  # inputs of the current block (None: dense)
         thresholds: dict[str, float] = {}
@@ -172,7 +186,7 @@ class Teal:
         for block, block_calls in zip(blocks, calls):
             replay = LayerReplay(model, block)
             with replay.dense():
-                acts = replay.inputs([READER[g] for g in GROUPS], block_calls, hidden)
+                acts = replay.inputs([READER[g] for g in GROUPS], block_calls, hidden, absolute=ab)
             by_input = {g: acts[READER[g]] for g in GROUPS}
             if self.sparsity == 0:
                 alloc = dict.fromkeys(PROJECTIONS, 0.0)
@@ -182,10 +196,11 @@ class Teal:
                 alloc = self._greedy(replay, block_calls, hidden, by_input, weights)
             for g in GROUPS:
                 if sequential and g != "attn_in":  # the input as the sparsified sites leave it
-                    by_input[g] = replay.inputs([READER[g]], block_calls, hidden)[READER[g]]
+                    x = replay.inputs([READER[g]], block_calls, hidden, absolute=ab)
+                    by_input[g] = x[READER[g]]
                 replay.set(
                     {
-                        n: exact_quantile(by_input[g], alloc[n]) if alloc[n] > 0 else -1.0
+                        n: self._threshold(by_input[g], alloc[n])
                         for n in PROJECTIONS
                         if INPUT_OF[n] == g
                     }
@@ -213,7 +228,7 @@ class Teal:
         def thr(n: str, s: float) -> float:
             key = (INPUT_OF[n], round(s, 12))
             if key not in cache:
-                cache[key] = exact_quantile(by_input[key[0]], s) if s > 0 else -1.0
+                cache[key] = self._threshold(by_input[key[0]], s)
             return cache[key]
 
         def error(alloc: dict[str, float]) -> float:
@@ -225,6 +240,14 @@ class Teal:
             return greedy_allocation(self.sparsity, weights, error, step=self.params["step"])
         finally:
             replay.set(dict.fromkeys(PROJECTIONS, -1.0))
+
+    def _threshold(self, x: torch.Tensor, s: float) -> float:
+        """Threshold of sparsity ``s`` on captured inputs (|x| for exact, signed x else)."""
+        if s <= 0:
+            return -1.0
+        if self.params["quantile"] == "exact":
+            return exact_quantile(x, s)
+        return histogram_icdf(x, 0.5 + s / 2, bins=self.params["bins"])
 
     def apply(self, model: nn.Module, state: SparsityState) -> SparsityReport:
         """Wrap every projection named in ``state`` in a :class:`SparseLinear`."""
