@@ -205,11 +205,14 @@ def test_state_load_errors(tmp_path) -> None:
     save_file({"w": torch.ones(1)}, str(bad), metadata={"actlab.sparse": "{not json"})
     with pytest.raises(SparseError, match="malformed"):
         load_state(bad)
-    vec = tmp_path / "vec.safetensors"
+    mat = tmp_path / "mat.safetensors"
     hdr = '{"version": 1, "method": "teal", "params": {}, "targets": {}}'
-    save_file({"w": torch.ones(2)}, str(vec), metadata={"actlab.sparse": hdr})
-    with pytest.raises(SparseError, match="float32 scalar"):
-        load_state(vec)
+    save_file({"w": torch.ones(2, 2)}, str(mat), metadata={"actlab.sparse": hdr})
+    with pytest.raises(SparseError, match="float32 scalar or vector"):
+        load_state(mat)
+    save_file({"w": torch.ones(2, dtype=torch.float64)}, str(mat), metadata={"actlab.sparse": hdr})
+    with pytest.raises(SparseError, match="float32 scalar or vector"):
+        load_state(mat)
     with pytest.raises(SparseError, match="directory"):
         SparsityState("teal", {}, {}).save(tmp_path)
 
@@ -286,3 +289,39 @@ def test_layer_replay_reproduces_the_blocks(llama: nn.Module, batches: list) -> 
         assert torch.equal(got, want)
     with pytest.raises(RuntimeError, match="without its hidden states"):
         replay.run(calls[1])
+
+
+def test_channel_thresholds_in_the_gated_mlp() -> None:
+    """A 1-D threshold: channel i of the gated activation is kept where |a_i| > t_i."""
+    mlp = _MLP()
+    x = torch.randn(9, 12)
+    t = torch.linspace(-1.0, 0.6, 20)  # channels with t < 0 always kept
+    smlp = SparseGatedMLP(mlp, t)
+    x64 = x.double()
+    g = x64 @ mlp.gate_proj.weight.double().T
+    a = g * torch.sigmoid(g)
+    keep = a.abs() > t.double()
+    ref = ((a * keep) * (x64 @ mlp.up_proj.weight.double().T)) @ mlp.down_proj.weight.double().T
+    torch.testing.assert_close(smlp(x).double(), ref, rtol=1e-5, atol=1e-6)
+    assert smlp.zeroed == int((~keep).sum())
+    assert "20 channels" in repr(smlp)
+    bad = SparseGatedMLP(mlp, torch.zeros(7))
+    with pytest.raises(SparseError, match="7 channel thresholds for 20 channels"):
+        bad(x)
+    with pytest.raises(SparseError, match="1-D float"):
+        SparseGatedMLP(mlp, torch.zeros(2, 10))
+
+
+def test_state_with_channel_thresholds(tmp_path) -> None:
+    vec = torch.tensor([0.1, -1.0, 0.3], dtype=torch.float64)
+    s = SparsityState("chess", {"sparsity": 0.5}, {"m": vec, "q": 0.2}, {"m": 0.5, "q": 0.5})
+    assert s.thresholds["m"].dtype == torch.float32
+    back = load_state(s.save(tmp_path / "c.safetensors"))
+    assert back == s and torch.equal(back.thresholds["m"], vec.float())
+    assert back != SparsityState("chess", {"sparsity": 0.5}, {"m": 0.1, "q": 0.2}, back.targets)
+    with pytest.raises(SparseError, match="NaN"):
+        SparsityState("chess", {}, {"m": torch.tensor([0.1, float("nan")])})
+    with pytest.raises(SparseError, match="floats"):
+        SparsityState("chess", {}, {"m": torch.tensor([1, 2])})
+    with pytest.raises(SparseError, match="scalars or 1-D"):
+        SparsityState("chess", {}, {"m": torch.zeros(2, 2)})

@@ -22,9 +22,9 @@ from typing import Any, Protocol, runtime_checkable
 from torch import nn
 
 from actlab.registry import Registry
-from actlab.sparse._modules import SparseGatedMLP, SparseLinear, check_mode
+from actlab.sparse._modules import SparseGatedMLP, SparseLinear, check_mode, show_threshold
 from actlab.sparse._sites import Batch
-from actlab.sparse._state import SparseError, SparsityState
+from actlab.sparse._state import SparseError, SparsityState, Threshold
 from actlab.surgery import ReplacementReport, replace_modules
 
 __all__ = [
@@ -86,7 +86,7 @@ class SparsityReport:
     replacement: ReplacementReport | None = field(default=None, repr=False)
 
     @property
-    def thresholds(self) -> dict[str, float]:
+    def thresholds(self) -> dict[str, Threshold]:
         return {p: m.threshold for p, m in self.modules.items()}
 
     def realised(self) -> dict[str, float]:
@@ -114,7 +114,7 @@ class SparsityReport:
         rows = [("site", "target", "threshold", "realised")]
         for p, m in self.modules.items():
             t = self.targets.get(p, float("nan"))
-            rows.append((p, f"{t:.3f}", f"{m.threshold:.4g}", f"{m.realised:.3f}"))
+            rows.append((p, f"{t:.3f}", show_threshold(m.threshold), f"{m.realised:.3f}"))
         width = [max(len(r[i]) for r in rows) for i in range(4)]
         return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, width)) for r in rows)
 

@@ -21,9 +21,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from actlab.sparse._state import SparseError
+from actlab.sparse._state import SparseError, Threshold
 
-__all__ = ["MODES", "SparseGatedMLP", "SparseLinear", "check_mode", "exact_quantile"]
+__all__ = [
+    "MODES",
+    "SparseGatedMLP",
+    "SparseLinear",
+    "check_mode",
+    "exact_quantile",
+    "show_threshold",
+]
 
 _GATED = ("gate_proj", "up_proj", "down_proj", "act_fn")
 
@@ -38,6 +45,20 @@ def check_mode(mode: object) -> str:
     return str(mode)
 
 
+def _threshold(value: Threshold) -> Threshold:
+    if isinstance(value, torch.Tensor):
+        if value.ndim != 1 or not value.is_floating_point():
+            raise SparseError("channel thresholds must be a 1-D float tensor")
+        return value.detach().float()
+    return float(value)
+
+
+def show_threshold(t: Threshold) -> str:
+    if isinstance(t, torch.Tensor):
+        return f"[{t.numel()} channels, median {float(t.median()):.4g}]"
+    return f"{t:.4g}"
+
+
 class _Site:
     """Threshold, protocol mode and counters shared by the sparse modules.
 
@@ -49,28 +70,34 @@ class _Site:
     positions only.
     """
 
-    threshold: float
+    threshold: Threshold
     mode: str
     seen: int
     zeroed: int
     counting: bool
 
-    def _init_site(self, threshold: float) -> None:
-        self.threshold = float(threshold)
+    def _init_site(self, threshold: Threshold) -> None:
+        self.threshold = _threshold(threshold)
         self.mode = "all"
         self.counting = True
         self.reset_counts()
 
     def _keep(self, v: torch.Tensor) -> torch.Tensor | None:
         """The mask of entries of ``v`` kept, or None when this forward stays dense."""
-        if self.threshold < 0:
+        t = self.threshold
+        if isinstance(t, float) and t < 0:
             if self.counting:
                 self.seen += v.numel()  # dense: seen, none zeroed
             return None
         positions = v.shape[-2] if v.ndim >= 3 else 1
         if self.mode == "decode" and positions > 1:
             return None
-        keep = v.abs() > self.threshold
+        if isinstance(t, torch.Tensor):
+            if t.shape[-1] != v.shape[-1]:
+                raise SparseError(f"{t.shape[-1]} channel thresholds for {v.shape[-1]} channels")
+            if t.device != v.device:
+                t = self.threshold = t.to(v.device)
+        keep = v.abs() > t
         if self.mode == "last-half" and positions > 1:
             keep[..., : positions // 2, :] = True
             counted = keep[..., positions // 2 :, :]
@@ -104,7 +131,7 @@ class SparseLinear(_Site, nn.Linear):
         self._init_site(-1.0)
 
     @classmethod
-    def wrap(cls, linear: nn.Linear, threshold: float = -1.0) -> SparseLinear:
+    def wrap(cls, linear: nn.Linear, threshold: Threshold = -1.0) -> SparseLinear:
         """A SparseLinear sharing ``linear``'s weight and bias (no copy, ties kept)."""
         if not isinstance(linear, nn.Linear) or isinstance(linear, SparseLinear):
             what = "already sparse" if isinstance(linear, SparseLinear) else type(linear).__name__
@@ -122,19 +149,20 @@ class SparseLinear(_Site, nn.Linear):
         return super().forward(x if keep is None else x * keep)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, threshold={self.threshold:.4g}"
+        return f"{super().extra_repr()}, threshold={show_threshold(self.threshold)}"
 
 
 class SparseGatedMLP(_Site, nn.Module):
     """A gated MLP ``down(act(gate(x)) * up(x))`` whose gated channels with ``|act| <= t`` are
-    skipped in up and down (CATS). Holds the original submodules under their names."""
+    skipped in up and down (CATS; a 1-D ``threshold`` gives one per channel, CHESS). Holds
+    the original submodules under their names."""
 
     gate_proj: nn.Module
     up_proj: nn.Module
     down_proj: nn.Module
     act_fn: nn.Module
 
-    def __init__(self, mlp: nn.Module, threshold: float = -1.0) -> None:
+    def __init__(self, mlp: nn.Module, threshold: Threshold = -1.0) -> None:
         super().__init__()
         for name in _GATED:
             if not isinstance(getattr(mlp, name, None), nn.Module):
@@ -156,7 +184,7 @@ class SparseGatedMLP(_Site, nn.Module):
         return self.down_proj((a * keep) * self.up_proj(x))
 
     def extra_repr(self) -> str:
-        return f"was={self.original_class}, threshold={self.threshold:.4g}"
+        return f"was={self.original_class}, threshold={show_threshold(self.threshold)}"
 
 
 def exact_quantile(values: torch.Tensor, q: float) -> float:

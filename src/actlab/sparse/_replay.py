@@ -12,7 +12,7 @@ calibration text matches the target.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -21,6 +21,7 @@ from torch import nn
 
 from actlab.sparse._modules import SparseGatedMLP, SparseLinear
 from actlab.sparse._sites import PROJECTIONS, Batch, Block, run_model
+from actlab.sparse._state import Threshold
 
 __all__ = ["Call", "LayerReplay", "gate_activations", "hidden_of", "record_block_calls"]
 
@@ -102,10 +103,10 @@ class LayerReplay:
             self.mlp.counting = False
             setattr(self.layer.get_submodule(parent), attr, self.mlp)
 
-    def set(self, thresholds: dict[str, float]) -> None:
+    def set(self, thresholds: Mapping[str, Threshold]) -> None:
         """Set the thresholds of some projections (by name, ``"q_proj"`` ...)."""
         for n, t in thresholds.items():
-            self.proj[n].threshold = float(t)
+            self.proj[n].threshold = t
 
     @contextmanager
     def dense(self) -> Iterator[None]:

@@ -3,7 +3,8 @@
 A :class:`SparsityState` is what ``calibrate`` returns and ``apply`` consumes: one threshold
 per site (a module path such as ``"model.layers.0.self_attn.q_proj"``), the target sparsity
 of each site, and the method's name and parameters. It saves to one safetensors file: the
-thresholds are 0-d float32 tensors keyed by site path, and the header (safetensors metadata
+thresholds are float32 tensors keyed by site path (0-d: one threshold per site; 1-D: one per
+channel, as CHESS has), and the header (safetensors metadata
 ``"actlab.sparse"``) is a small JSON object ``{"version", "method", "params", "targets"}``.
 Nothing is unpickled when loading.
 """
@@ -19,7 +20,16 @@ from typing import Any
 
 import torch
 
-__all__ = ["FORMAT_KEY", "SparseError", "SparsityState", "check_sparsity", "load_state"]
+__all__ = [
+    "FORMAT_KEY",
+    "SparseError",
+    "SparsityState",
+    "Threshold",
+    "check_sparsity",
+    "load_state",
+]
+
+Threshold = float | torch.Tensor  # one per site (float) or one per channel (1-D float32)
 
 FORMAT_KEY = "actlab.sparse"
 FORMAT_VERSION = 1
@@ -43,19 +53,37 @@ def check_sparsity(sparsity: object, what: str = "sparsity") -> float:
 class SparsityState:
     """Calibrated thresholds of one method, per site, with the method's name and parameters.
 
-    ``thresholds[site]`` is a float32-representable float; a negative threshold means the site
-    stays dense (nothing is zeroed, so sparsity 0 is bit-identical to the dense model).
+    ``thresholds[site]`` is a float32-representable float, or a 1-D float32 CPU tensor with one
+    threshold per channel; a negative threshold means the site (channel) stays dense (nothing
+    is zeroed, so sparsity 0 is bit-identical to the dense model).
     ``targets[site]`` is the sparsity the threshold was calibrated for.
     """
 
     method: str
     params: dict[str, Any]
-    thresholds: dict[str, float]
+    thresholds: dict[str, Threshold]
     targets: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.thresholds = {k: _f32(v) for k, v in self.thresholds.items()}
         self.targets = {k: float(v) for k, v in self.targets.items()}
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SparsityState):
+            return NotImplemented
+        if (self.method, self.params, self.targets) != (other.method, other.params, other.targets):
+            return False
+        if set(self.thresholds) != set(other.thresholds):
+            return False
+        for k, a in self.thresholds.items():
+            b = other.thresholds[k]
+            if isinstance(a, torch.Tensor) != isinstance(b, torch.Tensor):
+                return False
+            if isinstance(a, torch.Tensor) and not torch.equal(a, b):  # type: ignore[arg-type]
+                return False
+            if not isinstance(a, torch.Tensor) and a != b:
+                return False
+        return True
 
     def save(self, path: str | Path) -> Path:
         """Write the state to ``path`` (one safetensors file); returns the path."""
@@ -76,7 +104,12 @@ class SparsityState:
             text = json.dumps(header, sort_keys=True)
         except TypeError as e:
             raise SparseError(f"the parameters of {self.method!r} are not JSON: {e}") from None
-        tensors = {k: torch.tensor(v, dtype=torch.float32) for k, v in self.thresholds.items()}
+        tensors = {
+            k: v.contiguous()
+            if isinstance(v, torch.Tensor)
+            else torch.tensor(v, dtype=torch.float32)
+            for k, v in self.thresholds.items()
+        }
         p.parent.mkdir(parents=True, exist_ok=True)
         tmp = p.with_name(p.name + ".tmp")
         save_file(tensors, str(tmp), metadata={FORMAT_KEY: text})
@@ -94,8 +127,18 @@ class SparsityState:
         return f"{self.method}({params}): {len(self.thresholds)} sites"
 
 
-def _f32(value: object) -> float:
+def _f32(value: object) -> Threshold:
+    """A threshold as a float32-representable float, or a 1-D float32 CPU tensor."""
+    if isinstance(value, torch.Tensor) and value.ndim == 1:
+        if not value.is_floating_point():
+            raise SparseError(f"channel thresholds must be floats, got {value.dtype}")
+        t = value.detach().to("cpu", torch.float32).clone()
+        if bool(t.isnan().any()):
+            raise SparseError("a channel threshold is NaN; calibrate on finite activations")
+        return t
     if isinstance(value, torch.Tensor):
+        if value.ndim != 0:
+            raise SparseError(f"thresholds must be scalars or 1-D, got shape {tuple(value.shape)}")
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise SparseError(f"thresholds must be numbers, got {type(value).__name__}")
@@ -131,12 +174,12 @@ def load_state(path: str | Path) -> SparsityState:
         raise SparseError(
             f"{p}: state format version {version}, this actlab reads {FORMAT_VERSION}"
         )
-    bad = [k for k, t in tensors.items() if t.ndim != 0 or t.dtype != torch.float32]
+    bad = [k for k, t in tensors.items() if t.ndim > 1 or t.dtype != torch.float32]
     if bad:
-        raise SparseError(f"{p}: threshold {bad[0]!r} is not a float32 scalar")
+        raise SparseError(f"{p}: threshold {bad[0]!r} is not a float32 scalar or vector")
     return SparsityState(
         method=str(method),
         params=dict(params),
-        thresholds={k: float(t.item()) for k, t in tensors.items()},
+        thresholds={k: float(t.item()) if t.ndim == 0 else t for k, t in tensors.items()},
         targets={str(k): float(v) for k, v in dict(targets).items()},
     )

@@ -23,7 +23,7 @@ from actlab.sparse._base import METHODS, SparsityReport, install
 from actlab.sparse._modules import SparseGatedMLP, exact_quantile
 from actlab.sparse._replay import LayerReplay, gate_activations, record_block_calls
 from actlab.sparse._sites import Batch, calibration_batches, find_blocks
-from actlab.sparse._state import SparseError, SparsityState, check_sparsity
+from actlab.sparse._state import SparseError, SparsityState, Threshold, check_sparsity
 
 __all__ = ["Cats"]
 
@@ -50,7 +50,7 @@ class Cats:
         data = calibration_batches(model, batches, min_tokens=self.params["min_tokens"])
         calls = record_block_calls(model, data, blocks, hidden="first")
         hidden: list[torch.Tensor] | None = None
-        thresholds: dict[str, float] = {}
+        thresholds: dict[str, Threshold] = {}
         targets: dict[str, float] = {}
         s = self.sparsity
         for block, block_calls in zip(blocks, calls):

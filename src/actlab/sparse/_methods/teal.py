@@ -48,7 +48,7 @@ from actlab.sparse._histogram import histogram_icdf
 from actlab.sparse._modules import SparseLinear, exact_quantile
 from actlab.sparse._replay import Call, LayerReplay, record_block_calls
 from actlab.sparse._sites import INPUT_OF, PROJECTIONS, Batch, calibration_batches, find_blocks
-from actlab.sparse._state import SparseError, SparsityState, check_sparsity
+from actlab.sparse._state import SparseError, SparsityState, Threshold, check_sparsity
 
 __all__ = ["Teal", "block_weights", "greedy_allocation"]
 
@@ -181,7 +181,7 @@ class Teal:
         ab = self.params["quantile"] == "exact"  # the histogram bins signed values
         calls = record_block_calls(model, data, blocks, hidden="first" if sequential else "all")
         hidden: list[torch.Tensor] | None = None  # inputs of the current block (None: dense)
-        thresholds: dict[str, float] = {}
+        thresholds: dict[str, Threshold] = {}
         targets: dict[str, float] = {}
         for block, block_calls in zip(blocks, calls):
             replay = LayerReplay(model, block)
