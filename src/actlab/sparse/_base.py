@@ -120,14 +120,19 @@ class SparsityReport:
 
 
 def install(
-    model: nn.Module, state: SparsityState, kind: type[SparseLinear] | type[SparseGatedMLP]
+    model: nn.Module,
+    state: SparsityState,
+    kind: type[SparseLinear] | type[SparseGatedMLP] | None = None,
 ) -> SparsityReport:
-    """Replace every site of ``state`` with a ``kind`` module holding its threshold.
+    """Replace every site of ``state`` with a sparse module holding its threshold.
 
-    All or nothing (:func:`actlab.surgery.replace_modules`); a site missing from the model,
-    of the wrong type or already sparsified is a one-line :class:`SparseError`.
+    ``kind`` forces the module class; by default an ``nn.Linear`` site gets a
+    :class:`SparseLinear` and any other site a :class:`SparseGatedMLP`. All or nothing
+    (:func:`actlab.surgery.replace_modules`); a site missing from the model, of the wrong
+    type or already sparsified is a one-line :class:`SparseError`.
     """
     modules = dict(model.named_modules())
+    kinds: dict[str, type[SparseLinear] | type[SparseGatedMLP]] = {}
     for path in state.thresholds:
         m = modules.get(path)
         if m is None:
@@ -136,18 +141,18 @@ def install(
             )
         if isinstance(m, (SparseLinear, SparseGatedMLP)):
             raise SparseError(f"{path!r} is already sparsified; start from a dense model")
-        if kind is SparseLinear and not isinstance(m, nn.Linear):
+        kinds[path] = kind or (SparseLinear if isinstance(m, nn.Linear) else SparseGatedMLP)
+        if kinds[path] is SparseLinear and not isinstance(m, nn.Linear):
             raise SparseError(f"{path!r} is a {type(m).__name__}, not an nn.Linear")
 
     def build(path: str, old: nn.Module) -> nn.Module:
         t = state.thresholds[path]
-        if kind is SparseLinear:
+        if kinds[path] is SparseLinear:
             assert isinstance(old, nn.Linear)
             return SparseLinear.wrap(old, t)
         return SparseGatedMLP(old, t)
 
-    sites = set(state.thresholds)
-    rep = replace_modules(model, lambda path, m: path in sites, build) if sites else None
+    rep = replace_modules(model, lambda path, m: path in kinds, build) if kinds else None
     modules = dict(model.named_modules())
     return SparsityReport(
         method=state.method,

@@ -23,7 +23,14 @@ from actlab.sparse._modules import SparseGatedMLP, SparseLinear
 from actlab.sparse._sites import PROJECTIONS, Batch, Block, run_model
 from actlab.sparse._state import Threshold
 
-__all__ = ["Call", "LayerReplay", "gate_activations", "hidden_of", "record_block_calls"]
+__all__ = [
+    "Call",
+    "LayerReplay",
+    "ffn_terms",
+    "gate_activations",
+    "hidden_of",
+    "record_block_calls",
+]
 
 Call = tuple[tuple[Any, ...], dict[str, Any]]
 
@@ -181,6 +188,34 @@ def gate_activations(
     finally:
         h.remove()
     return torch.cat(got)
+
+
+@torch.no_grad()
+def ffn_terms(
+    replay: LayerReplay, calls: list[Call], hidden: list[torch.Tensor] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(act(gate_proj(x)), up_proj(x))`` of a gated replay over all calls, signed float32
+    ``[tokens, d_ff]`` each (what the MLP computes before any channel is zeroed)."""
+    mlp = replay.mlp
+    if mlp is None:
+        raise ValueError("ffn_terms needs LayerReplay(..., gated=True)")
+    gate: list[torch.Tensor] = []
+    up: list[torch.Tensor] = []
+
+    def on_gate(_m: nn.Module, _a: tuple[Any, ...], y: torch.Tensor) -> None:
+        a = mlp.act_fn(y.detach())
+        gate.append(a.reshape(-1, a.shape[-1]).float().cpu())
+
+    def on_up(_m: nn.Module, _a: tuple[Any, ...], y: torch.Tensor) -> None:
+        up.append(y.detach().reshape(-1, y.shape[-1]).float().cpu())
+
+    hs = [mlp.gate_proj.register_forward_hook(on_gate), mlp.up_proj.register_forward_hook(on_up)]
+    try:
+        replay.run(calls, hidden)
+    finally:
+        for h in hs:
+            h.remove()
+    return torch.cat(gate), torch.cat(up)
 
 
 def hidden_of(calls: list[Call]) -> list[torch.Tensor]:
