@@ -1,10 +1,11 @@
-"""Training-free activation sparsity for LLM inference (TEAL, CATS; CHESS and WINA to come).
+"""Training-free activation sparsity for LLM inference: TEAL, CATS, CHESS (WINA to come).
 
 A method (registered in :data:`METHODS`) calibrates thresholds on a dense model and applies
 them by wrapping modules (:func:`actlab.surgery.replace_modules`, all or nothing)::
 
     from actlab.sparse import METHODS, load_state, apply_state, make_method
 
+    METHODS.names()                              # ['cats', 'chess', 'teal']
     method = make_method("teal", sparsity=0.5, allocation="greedy")
     state = method.calibrate(model, batches)     # batches: LongTensor token ids [B, T]
     report = method.apply(model, state)          # SparseLinear on all 7 projections
@@ -31,7 +32,13 @@ from actlab.sparse._base import (
 )
 from actlab.sparse._modules import MODES, SparseGatedMLP, SparseLinear, exact_quantile
 from actlab.sparse._sites import INPUT_OF, PROJECTIONS, Block, find_blocks
-from actlab.sparse._state import SparseError, SparsityState, check_sparsity, load_state
+from actlab.sparse._state import (
+    SparseError,
+    SparsityState,
+    Threshold,
+    check_sparsity,
+    load_state,
+)
 
 __all__ = [
     "INPUT_OF",
@@ -45,6 +52,7 @@ __all__ = [
     "SparsityMethod",
     "SparsityReport",
     "SparsityState",
+    "Threshold",
     "apply_state",
     "check_sparsity",
     "exact_quantile",
