@@ -1,11 +1,11 @@
-"""Training-free activation sparsity for LLM inference: TEAL, CATS, CHESS (WINA to come).
+"""Training-free activation sparsity for LLM inference: TEAL, CATS, CHESS, WINA.
 
 A method (registered in :data:`METHODS`) calibrates thresholds on a dense model and applies
 them by wrapping modules (:func:`actlab.surgery.replace_modules`, all or nothing)::
 
     from actlab.sparse import METHODS, load_state, apply_state, make_method
 
-    METHODS.names()                              # ['cats', 'chess', 'teal']
+    METHODS.names()                              # ['cats', 'chess', 'teal', 'wina']
     method = make_method("teal", sparsity=0.5, allocation="greedy")
     state = method.calibrate(model, batches)     # batches: LongTensor token ids [B, T]
     report = method.apply(model, state)          # SparseLinear on all 7 projections
@@ -39,6 +39,7 @@ from actlab.sparse._state import (
     check_sparsity,
     load_state,
 )
+from actlab.sparse._topk import SparseTopKLinear
 
 __all__ = [
     "INPUT_OF",
@@ -49,6 +50,7 @@ __all__ = [
     "SparseError",
     "SparseGatedMLP",
     "SparseLinear",
+    "SparseTopKLinear",
     "SparsityMethod",
     "SparsityReport",
     "SparsityState",

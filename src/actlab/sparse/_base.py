@@ -142,14 +142,15 @@ def install(
         if isinstance(m, (SparseLinear, SparseGatedMLP)):
             raise SparseError(f"{path!r} is already sparsified; start from a dense model")
         kinds[path] = kind or (SparseLinear if isinstance(m, nn.Linear) else SparseGatedMLP)
-        if kinds[path] is SparseLinear and not isinstance(m, nn.Linear):
+        if issubclass(kinds[path], SparseLinear) and not isinstance(m, nn.Linear):
             raise SparseError(f"{path!r} is a {type(m).__name__}, not an nn.Linear")
 
     def build(path: str, old: nn.Module) -> nn.Module:
         t = state.thresholds[path]
-        if kinds[path] is SparseLinear:
+        k = kinds[path]
+        if issubclass(k, SparseLinear):  # SparseLinear or a subclass (WINA's top-k)
             assert isinstance(old, nn.Linear)
-            return SparseLinear.wrap(old, t)
+            return k.wrap(old, t)
         return SparseGatedMLP(old, t)
 
     rep = replace_modules(model, lambda path, m: path in kinds, build) if kinds else None

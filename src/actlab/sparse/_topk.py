@@ -1,0 +1,97 @@
+"""WINA's top-k linear: per token, keep the k input entries of largest ``|x_i| * ||W[:, i]||_2``.
+
+:class:`SparseTopKLinear` *is* a :class:`~actlab.sparse.SparseLinear` (same shared ``weight`` and
+``bias``, same ``mode`` protocol and counters) whose "threshold" is the fraction ``s`` of input
+entries to zero per token: ``round(s * in_features)`` of them, those with the smallest score
+``|x_i| * ||W[:, i]||_2`` (the column norms of this projection's own weight). A negative
+value means dense (bit-identical). The column norms are recomputed from the weight whenever
+the weight changes (in place or replaced), so a transform applied after installation is seen.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from actlab.sparse._modules import SparseLinear
+from actlab.sparse._state import SparseError, Threshold
+
+__all__ = ["SparseTopKLinear", "column_norms", "topk_keep"]
+
+
+def column_norms(weight: torch.Tensor) -> torch.Tensor:
+    """``||W[:, i]||_2`` for each input channel i of an ``[out, in]`` weight (float32)."""
+    return torch.linalg.vector_norm(weight.detach().float(), dim=0)
+
+
+def topk_keep(x: torch.Tensor, norms: torch.Tensor, zero: int) -> torch.Tensor:
+    """Boolean mask over ``x`` (``[..., d]``): per row, all but the ``zero`` entries of
+    smallest ``|x_i| * norms_i`` (ties: ``torch.topk``'s choice)."""
+    d = x.shape[-1]
+    keep = torch.zeros(x.shape, dtype=torch.bool, device=x.device)
+    if zero <= 0:
+        return keep.fill_(True)
+    if zero >= d:
+        return keep
+    score = x.detach().abs().float() * norms.to(x.device)
+    idx = torch.topk(score, d - zero, dim=-1, sorted=False).indices
+    return keep.scatter_(-1, idx, True)
+
+
+class SparseTopKLinear(SparseLinear):
+    """A :class:`SparseLinear` keeping, per token, the top ``1 - s`` of ``|x_i| ||W[:, i]||``.
+
+    ``threshold`` holds ``s`` (the fraction zeroed per token, in [0, 1)); negative: dense.
+    """
+
+    _norms: torch.Tensor | None
+    _norms_key: tuple[int, int, str] | None
+
+    def _init_site(self, threshold: Threshold) -> None:
+        if isinstance(threshold, torch.Tensor):
+            raise SparseError("a top-k site takes one sparsity fraction, not channel thresholds")
+        t = float(threshold)
+        if not t < 1.0:
+            raise SparseError(f"a top-k site's sparsity must be below 1; got {t!r}")
+        super()._init_site(t)
+        self._norms = None
+        self._norms_key = None
+
+    @property
+    def zero_count(self) -> int:
+        """Input entries zeroed per sparsified token: ``round(s * in_features)``."""
+        t = float(self.threshold)
+        return 0 if t < 0 else round(t * self.in_features)
+
+    def norms(self) -> torch.Tensor:
+        """The weight's column norms, cached until the weight changes."""
+        w = self.weight
+        key = (w.data_ptr(), w._version, str(w.device))
+        if self._norms is None or self._norms_key != key:
+            self._norms = column_norms(w)
+            self._norms_key = key
+        return self._norms
+
+    def _keep(self, v: torch.Tensor) -> torch.Tensor | None:
+        t = float(self.threshold)
+        if t < 0:
+            if self.counting:
+                self.seen += v.numel()
+            return None
+        positions = v.shape[-2] if v.ndim >= 3 else 1
+        if self.mode == "decode" and positions > 1:
+            return None
+        keep = topk_keep(v, self.norms(), self.zero_count)
+        if self.mode == "last-half" and positions > 1:
+            keep[..., : positions // 2, :] = True
+            counted = keep[..., positions // 2 :, :]
+        else:
+            counted = keep
+        if self.counting:
+            self.seen += counted.numel()
+            self.zeroed += counted.numel() - int(counted.sum().item())
+        return keep
+
+    def extra_repr(self) -> str:
+        t = float(self.threshold)
+        what = "dense" if t < 0 else f"top-k by |x|*||W[:, i]||, zero {self.zero_count}/token"
+        return f"in_features={self.in_features}, out_features={self.out_features}, {what}"
