@@ -31,6 +31,7 @@ from actlab.sparse._base import (
     make_method,
 )
 from actlab.sparse._modules import MODES, SparseGatedMLP, SparseLinear, exact_quantile
+from actlab.sparse._orthogonal import Orthogonalized, orthogonalize
 from actlab.sparse._sites import INPUT_OF, PROJECTIONS, Block, find_blocks
 from actlab.sparse._state import (
     SparseError,
@@ -45,6 +46,7 @@ __all__ = [
     "INPUT_OF",
     "METHODS",
     "MODES",
+    "Orthogonalized",
     "PROJECTIONS",
     "Block",
     "SparseError",
@@ -62,4 +64,5 @@ __all__ = [
     "install",
     "load_state",
     "make_method",
+    "orthogonalize",
 ]
