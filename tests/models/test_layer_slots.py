@@ -88,8 +88,12 @@ def test_default_models_reproduce_the_models_before_the_slots(case: str) -> None
     values, total, sha, n = GOLDEN[case]
     m, y = _run(name, act)
     assert _keys(m) == (sha, n)
-    torch.testing.assert_close(y.flatten()[:4].tolist(), values, rtol=1e-9, atol=1e-12)
-    assert float(y.sum()) == pytest.approx(total, rel=1e-9, abs=1e-12)
+    # the weights are initialised in float32 before .double(), and PyTorch's float32 init kernels
+    # differ in the last bits between CPU dispatches (AVX-512 / AVX2 / portable: up to 2e-6
+    # relative in these outputs), so the golden values are compared at float32 precision; a
+    # model built differently (other layers, order or init) differs at O(1)
+    torch.testing.assert_close(y.flatten()[:4].tolist(), values, rtol=1e-5, atol=1e-6)
+    assert float(y.sum()) == pytest.approx(total, rel=1e-5, abs=1e-6)
 
 
 @pytest.mark.parametrize("name", sorted(KEYS))
