@@ -92,12 +92,7 @@ class _Site:
         positions = v.shape[-2] if v.ndim >= 3 else 1
         if self.mode == "decode" and positions > 1:
             return None
-        if isinstance(t, torch.Tensor):
-            if t.shape[-1] != v.shape[-1]:
-                raise SparseError(f"{t.shape[-1]} channel thresholds for {v.shape[-1]} channels")
-            if t.device != v.device:
-                t = self.threshold = t.to(v.device)
-        keep = v.abs() > t
+        keep = self._criterion(v)
         if self.mode == "last-half" and positions > 1:
             keep[..., : positions // 2, :] = True
             counted = keep[..., positions // 2 :, :]
@@ -107,6 +102,16 @@ class _Site:
             self.seen += counted.numel()
             self.zeroed += counted.numel() - int(counted.sum().item())
         return keep
+
+    def _criterion(self, v: torch.Tensor) -> torch.Tensor:
+        """The mask of entries kept by this site's rule (here ``|v| > threshold``)."""
+        t = self.threshold
+        if isinstance(t, torch.Tensor):
+            if t.shape[-1] != v.shape[-1]:
+                raise SparseError(f"{t.shape[-1]} channel thresholds for {v.shape[-1]} channels")
+            if t.device != v.device:
+                t = self.threshold = t.to(v.device)
+        return v.abs() > t
 
     @property
     def realised(self) -> float:

@@ -71,25 +71,8 @@ class SparseTopKLinear(SparseLinear):
             self._norms_key = key
         return self._norms
 
-    def _keep(self, v: torch.Tensor) -> torch.Tensor | None:
-        t = float(self.threshold)
-        if t < 0:
-            if self.counting:
-                self.seen += v.numel()
-            return None
-        positions = v.shape[-2] if v.ndim >= 3 else 1
-        if self.mode == "decode" and positions > 1:
-            return None
-        keep = topk_keep(v, self.norms(), self.zero_count)
-        if self.mode == "last-half" and positions > 1:
-            keep[..., : positions // 2, :] = True
-            counted = keep[..., positions // 2 :, :]
-        else:
-            counted = keep
-        if self.counting:
-            self.seen += counted.numel()
-            self.zeroed += counted.numel() - int(counted.sum().item())
-        return keep
+    def _criterion(self, v: torch.Tensor) -> torch.Tensor:
+        return topk_keep(v, self.norms(), self.zero_count)
 
     def extra_repr(self) -> str:
         t = float(self.threshold)
