@@ -36,7 +36,33 @@ def _materialize(p: Any, n: int) -> None:
     cast(UninitializedParameter, p).materialize((n,))
 
 
-class LazyLayerNorm(LazyModuleMixin, nn.LayerNorm):  # type: ignore[misc]
+class _LazyLastAxis(LazyModuleMixin):
+    """Sizing shared by the lazy norms: ``normalized_shape`` and the affine parameters take
+    the size of the input's last axis (or of weights loaded from a state_dict)."""
+
+    normalized_shape: tuple[int, ...]
+
+    def reset_parameters(self) -> None:
+        if not self.has_uninitialized_params() and self.normalized_shape != (0,):  # type: ignore[misc]
+            super().reset_parameters()  # type: ignore[misc]
+
+    def initialize_parameters(self, x: Tensor, *args: Any, **kwargs: Any) -> None:
+        n = int(x.shape[-1])
+        weight = getattr(self, "weight", None)
+        if self.has_uninitialized_params():  # type: ignore[misc]
+            self.normalized_shape = (n,)
+            with torch.no_grad():
+                for p in (weight, getattr(self, "bias", None)):
+                    if p is not None:
+                        _materialize(p, n)
+                self.reset_parameters()
+        elif weight is not None:  # loaded from a state_dict before the first input
+            self.normalized_shape = tuple(weight.shape)
+        else:
+            self.normalized_shape = (n,)
+
+
+class LazyLayerNorm(_LazyLastAxis, nn.LayerNorm):  # type: ignore[misc]
     """``nn.LayerNorm`` over the last axis whose size is read from the first input."""
 
     cls_to_become = nn.LayerNorm  # type: ignore[assignment]
@@ -50,26 +76,8 @@ class LazyLayerNorm(LazyModuleMixin, nn.LayerNorm):  # type: ignore[misc]
             if bias:
                 self.register_parameter("bias", _lazy())
 
-    def reset_parameters(self) -> None:
-        if not self.has_uninitialized_params() and self.normalized_shape != (0,):
-            super().reset_parameters()
 
-    def initialize_parameters(self, x: Tensor, *args: Any, **kwargs: Any) -> None:
-        n = int(x.shape[-1])
-        if self.has_uninitialized_params():
-            self.normalized_shape = (n,)
-            with torch.no_grad():
-                _materialize(self.weight, n)
-                if self.bias is not None:
-                    _materialize(self.bias, n)
-                self.reset_parameters()
-        elif self.weight is not None:  # loaded from a state_dict before the first input
-            self.normalized_shape = tuple(self.weight.shape)
-        else:
-            self.normalized_shape = (n,)
-
-
-class LazyRMSNorm(LazyModuleMixin, nn.RMSNorm):  # type: ignore[misc]
+class LazyRMSNorm(_LazyLastAxis, nn.RMSNorm):  # type: ignore[misc]
     """``nn.RMSNorm`` over the last axis whose size is read from the first input."""
 
     cls_to_become = nn.RMSNorm  # type: ignore[assignment]
@@ -78,22 +86,6 @@ class LazyRMSNorm(LazyModuleMixin, nn.RMSNorm):  # type: ignore[misc]
         super().__init__(0, eps, elementwise_affine)
         if elementwise_affine:
             self.register_parameter("weight", _lazy())
-
-    def reset_parameters(self) -> None:
-        if not self.has_uninitialized_params() and self.normalized_shape != (0,):
-            super().reset_parameters()
-
-    def initialize_parameters(self, x: Tensor, *args: Any, **kwargs: Any) -> None:
-        n = int(x.shape[-1])
-        if self.has_uninitialized_params():
-            self.normalized_shape = (n,)
-            with torch.no_grad():
-                _materialize(self.weight, n)
-                self.reset_parameters()
-        elif self.weight is not None:
-            self.normalized_shape = tuple(self.weight.shape)
-        else:
-            self.normalized_shape = (n,)
 
 
 def _check(eps: float) -> None:
