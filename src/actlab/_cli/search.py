@@ -199,6 +199,14 @@ def _levels(text: str | None, task: str) -> tuple[float, ...] | None:
 _TOP_MAX = 100
 
 
+def _refuse_given(flags: list[tuple[str, object]], verbs: tuple[str, str], tail: str) -> None:
+    """One line naming the flags given (value not None) that do not apply here."""
+    given = [f for f, v in flags if v is not None]
+    if given:
+        verb = verbs[0] if len(given) == 1 else verbs[1]
+        raise ValueError(f"{', '.join(given)} {verb} {tail}")
+
+
 def validate(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     """Check every flag and combination before anything is opened or evaluated; returns
     ``(budget, objective, pipeline)``. Fills the defaults of ``--top``, ``--final-seeds``,
@@ -239,34 +247,22 @@ def validate(args: argparse.Namespace) -> tuple[Any, Any, Any]:
             f"--strategy {formed}"
         )
     if args.no_final:
-        given = [
-            f
-            for f, v in (
-                ("--top", args.top),
-                ("--final-seeds", args.final_seeds),
-                ("--db", args.db),
-            )
-            if v is not None
-        ]
-        if given:
-            verb = "configures" if len(given) == 1 else "configure"
-            raise ValueError(f"{', '.join(given)} {verb} the re-evaluation, which --no-final skips")
+        _refuse_given(
+            [("--top", args.top), ("--final-seeds", args.final_seeds), ("--db", args.db)],
+            ("configures", "configure"),
+            "the re-evaluation, which --no-final skips",
+        )
     if curve:
-        given = [
-            f
-            for f, v in (
+        _refuse_given(
+            [
                 ("--model", args.model),
                 ("--max-steps", args.max_steps),
                 ("--db", args.db),
                 ("--threads", args.threads),
-            )
-            if v is not None
-        ]
-        if given:
-            verb = "applies" if len(given) == 1 else "apply"
-            raise ValueError(
-                f"{', '.join(given)} {verb} to training tasks; a curve: task trains nothing"
-            )
+            ],
+            ("applies", "apply"),
+            "to training tasks; a curve: task trains nothing",
+        )
     if args.ray is not None and args.workers != 1:
         raise ValueError(
             "--workers starts local processes; with --ray the cluster's CPUs set the "
