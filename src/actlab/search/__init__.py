@@ -19,7 +19,8 @@ Public API (everything else lives in private modules and may change):
     eafo_correction                           the EAFO entropy-correction mutation
     pareto_front                              multi-objective ranking of (quality, cost)
     SearchStudy, open_storage, check_storage  Optuna storage: SQLite, journal file, any RDB
-    InlineExecutor, ProcessExecutor, RayExecutor   where evaluations run (``executor=``)
+    InlineExecutor, ProcessExecutor, RayExecutor   where evaluations run (``executor=``;
+                                              from actlab.executors, shared with compare)
     simplify, finalize, FinalResult           the end of a search (the page of it:
                                               actlab.report.write_search_report)
     MAX_TOP_SEEDS                             the bound on ``Pipeline(top_seeds=...)``
@@ -33,12 +34,12 @@ is imported when a study or BO sampler is created, Ray only by :class:`RayExecut
 
 from __future__ import annotations
 
+from actlab.executors import InlineExecutor, ProcessExecutor, RayExecutor
 from actlab.search._bo import form_constants
 from actlab.search._budget import Budget, parse_budget
 from actlab.search._candidate import WARM_START, Candidate, EvalResult
 from actlab.search._cost import CostFilter
 from actlab.search._eafo import eafo_correction
-from actlab.search._executors import InlineExecutor, ProcessExecutor, RayExecutor
 from actlab.search._factory import STRATEGIES, make_strategy
 from actlab.search._final import FinalResult, finalize
 from actlab.search._funnel import Funnel

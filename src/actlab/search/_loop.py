@@ -47,9 +47,9 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from typing import Any
 
+from actlab.executors import lost_errors, make_executor
 from actlab.search._budget import TRIALS_PER_UNIT, Budget, parse_budget
 from actlab.search._candidate import Candidate, EvalResult
-from actlab.search._executors import make_executor
 from actlab.search._factory import make_strategy
 from actlab.search._objectives import Objective, make_objective
 from actlab.search._pipeline import Pipeline, evaluate_candidate
@@ -181,20 +181,6 @@ def run_search(
         )
     finally:
         st.close()
-
-
-def _worker_lost() -> tuple[type[BaseException], ...]:
-    """Exceptions meaning the evaluating process died (not that the candidate failed)."""
-    from concurrent.futures.process import BrokenProcessPool
-
-    kinds: list[type[BaseException]] = [BrokenProcessPool]
-    try:
-        from ray.exceptions import NodeDiedError, WorkerCrashedError
-
-        kinds += [WorkerCrashedError, NodeDiedError]
-    except ImportError:
-        pass
-    return tuple(kinds)
 
 
 class _Loop:
@@ -343,7 +329,7 @@ class _Loop:
         tid, cand = self.pending.pop(fut)
         try:
             res = fut.result()
-        except _worker_lost() as e:  # the process died under it: re-queue, like a stale trial
+        except lost_errors() as e:  # the process died under it: re-queue, like a stale trial
             self.st.requeue(tid)
             self.lost += 1
             if self.lost > self.max_lost:
