@@ -11,6 +11,7 @@ Public API (everything else lives in private modules and may change):
     Candidate, EvalResult, WARM_START         expressions to evaluate and their outcomes
     Pipeline                                  checks -> cost filter -> quality floor -> train
     CostFilter                                EEEA-Net early exit: step time vs GELU
+    ShapeChecks, check_shape, ShapeResult     EAFO's boundary conditions before training
     QualityFloor, Rejected                    rejection protocols
     Objective, TrainObjective, CurveObjective, Score, make_objective   what is maximised
     Strategy (ask/tell), STRATEGIES, make_strategy, Funnel   strategies by name (registry:
@@ -56,6 +57,7 @@ from actlab.search._objectives import (
 from actlab.search._pareto import pareto_front
 from actlab.search._pipeline import MAX_TOP_SEEDS, Pipeline
 from actlab.search._result import SearchResult
+from actlab.search._shape import ShapeChecks, ShapeResult, check_shape
 from actlab.search._simplify import simplify
 from actlab.search._strategy import Strategy
 from actlab.search._study import SearchStudy, check_storage, open_storage
@@ -82,8 +84,11 @@ __all__ = [
     "SearchEvent",
     "SearchResult",
     "SearchStudy",
+    "ShapeChecks",
+    "ShapeResult",
     "Strategy",
     "TrainObjective",
+    "check_shape",
     "check_storage",
     "eafo_correction",
     "finalize",

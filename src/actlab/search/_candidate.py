@@ -36,7 +36,7 @@ WARM_START: dict[str, str] = {
 }
 
 # the stages of the evaluation pipeline, cheapest first
-STAGES: tuple[str, ...] = ("checks", "cost", "quality", "train", "done")
+STAGES: tuple[str, ...] = ("checks", "shape", "cost", "quality", "train", "done")
 
 
 @dataclass(frozen=True)

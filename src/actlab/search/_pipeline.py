@@ -3,16 +3,20 @@
 For a candidate at funnel level 0 the stages run in order, and the first that refuses it
 ends the evaluation with a recorded stage and reason:
 
-1. ``checks``: a size limit (``max_nodes``: long formulas are slow, hard to read and, in
+1. ``shape``: EAFO's boundary conditions (:class:`~actlab.search.ShapeChecks`, on by
+   default: at most linear growth as x -> +inf, bounded as x -> -inf, no pole or flat
+   gradient on the input range; optionally monotone and a sign of f(0)); float64 on a few
+   thousand points, milliseconds.
+2. ``checks``: a size limit (``max_nodes``: long formulas are slow, hard to read and, in
    practice, accretions of near-dead terms), then :func:`actlab.expr.run_checks`
    (numerics on a wide grid, gradients, stability of a deep MLP at init); the zero-cost
    proxies (output entropy on Gaussian inputs, distance from the WAFBC worst case of EAFO)
    are kept for ranking.
-2. ``cost``: the EEEA-Net early-exit filter (:class:`~actlab.search.CostFilter`): forward +
+3. ``cost``: the EEEA-Net early-exit filter (:class:`~actlab.search.CostFilter`): forward +
    backward time relative to GELU in the same process.
-3. ``quality``: EvoNorm's quality floor after a short training prefix
+4. ``quality``: EvoNorm's quality floor after a short training prefix
    (:class:`~actlab.search.QualityFloor`), enforced inside the objective.
-4. ``train``: the rest of the training budget of the level; a diverged run is rejected.
+5. ``train``: the rest of the training budget of the level; a diverged run is rejected.
 
 A promoted candidate (level > 0) passed the cheap stages already and is only trained, on
 the larger budget of its level, with training seed ``seed + level``: a fresh draw of the
@@ -40,6 +44,7 @@ from typing import TYPE_CHECKING
 from actlab.search._candidate import Candidate, EvalResult
 from actlab.search._cost import CostFilter
 from actlab.search._objectives import Objective, QualityFloor, Rejected
+from actlab.search._shape import ShapeChecks
 
 if TYPE_CHECKING:
     from torch import nn
@@ -65,6 +70,7 @@ class Pipeline:
     proxies: bool = True
     max_nodes: int | None = 40
     top_seeds: int = 1
+    shape: ShapeChecks | None = ShapeChecks()
 
     def __post_init__(self) -> None:
         if int(self.top_seeds) != self.top_seeds or self.top_seeds < 1:
@@ -219,6 +225,10 @@ def _cheap_stages(candidate: Candidate, pipeline: Pipeline, proxies: dict[str, f
     if pipeline.max_nodes is not None and n > pipeline.max_nodes:
         raise Rejected("checks", f"too complex: {n} nodes > {pipeline.max_nodes}")
     module = candidate.module()  # the candidate's compiled program (a copy of it)
+    if pipeline.shape is not None:
+        shape = pipeline.shape.check(module)
+        if not shape.ok:
+            raise Rejected("shape", shape.reason)
     if pipeline.checks and pipeline.proxies:
         report = run_checks(module)
         if not report.ok:
