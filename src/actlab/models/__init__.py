@@ -22,6 +22,8 @@ from actlab.models.mlp import MLP, MLPConfig
 from actlab.models.pretrained import (
     ModelUnavailableError,
     embed_sentences,
+    gemma3_gguf_path,
+    load_gemma3,
     load_minilm,
     load_smollm2,
 )
@@ -42,8 +44,10 @@ __all__ = [
     "ViTConfig",
     "build_model",
     "embed_sentences",
+    "gemma3_gguf_path",
     "get_model_preset",
     "list_models",
+    "load_gemma3",
     "load_minilm",
     "load_smollm2",
 ]

