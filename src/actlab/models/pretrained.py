@@ -179,9 +179,7 @@ def gemma3_gguf_path() -> Path:
         ) from None
 
 
-def load_gemma3(
-    dtype: torch.dtype = torch.float32, *, cache: bool = True
-) -> tuple[nn.Module, Any]:
+def load_gemma3(dtype: torch.dtype = torch.float32, *, cache: bool = True) -> tuple[nn.Module, Any]:
     """Gemma-3-270M as ``(Gemma3ForCausalLM, tokenizer)`` in eval mode (GeGLU MLPs with
     ``gelu_pytorch_tanh``, 18 layers, 4 query heads sharing 1 key/value head of width 256).
 
