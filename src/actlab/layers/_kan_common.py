@@ -1,0 +1,136 @@
+"""What the KAN-family layers share: the grid, the input-range contract, shape checks.
+
+Grid. Every KAN layer here works on the domain [-1, 1] split into ``grid`` intervals of width
+``h = 2 / grid``; a basis of order ``k`` has ``G = grid + k`` functions, function ``i``
+supported on [low_i, high_i] with
+
+    low_i = -1 + (i - k) h,   high_i = low_i + (k + 1) h,   i = 0 .. G - 1
+
+(the ReLU-KAN / AF-KAN phases ``arange(-k, g) / g`` of the authors' code, moved from [0, 1]
+to [-1, 1] by x -> 2x - 1, so that the same contract holds for the whole family).
+
+Input-range contract. A KAN layer's basis only resolves inputs inside [-1, 1]; beyond it the
+splines vanish or blow up and the layer silently loses its resolution (a known complaint about
+KAN code). Each layer therefore takes ``input_norm``:
+
+    "tanh"   u = tanh(x)           (default) every input lands inside (-1, 1); near 0 it is the
+                                   identity, so inputs already in range are barely changed
+    "none"   u = x                 the caller guarantees x in [-1, 1]; inputs outside are
+                                   counted on the device (no synchronisation per step) and a
+                                   warning naming the fraction outside is raised on the first
+                                   call and every ``CHECK_EVERY`` calls after it
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "CHECK_EVERY",
+    "INPUT_NORMS",
+    "InputRange",
+    "check_features",
+    "check_finite",
+    "check_grid",
+    "grid_phases",
+    "relu_basis",
+]
+
+INPUT_NORMS = ("tanh", "none")
+CHECK_EVERY = 50  # calls between two range checks with input_norm="none"
+
+
+def check_finite(name: str, **values: float) -> None:
+    """One-line ``ValueError`` for a non-finite constructor value."""
+    for key, v in values.items():
+        if not math.isfinite(float(v)):
+            raise ValueError(f"{name}: {key} must be finite, got {v!r}")
+
+
+def check_grid(name: str, grid: int, k: int) -> None:
+    """``grid`` >= 1 intervals, order ``k`` >= 0 (whole numbers)."""
+    if isinstance(grid, bool) or not isinstance(grid, int) or grid < 1:
+        raise ValueError(f"{name}: grid must be a whole number >= 1, got {grid!r}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ValueError(f"{name}: k must be a whole number >= 0, got {k!r}")
+
+
+def check_features(name: str, x: Tensor, in_features: int) -> None:
+    """One-line errors for an input that is not (..., in_features) floating point."""
+    if x.ndim < 1:
+        raise ValueError(f"{name} expects an input of shape (..., {in_features}), got a scalar")
+    if x.shape[-1] != in_features:
+        raise ValueError(
+            f"{name} expects {in_features} features on the last axis, got shape "
+            f"{tuple(x.shape)}; build it with in_features={x.shape[-1]} or fix the input"
+        )
+    if not x.is_floating_point():
+        raise ValueError(f"{name} expects a floating-point input, got {x.dtype}")
+
+
+def grid_phases(grid: int, k: int) -> tuple[Tensor, Tensor]:
+    """The (G,) float64 ``low`` and ``high`` ends of the G = grid + k basis supports."""
+    h = 2.0 / grid
+    low = -1.0 + (torch.arange(grid + k, dtype=torch.float64) - k) * h
+    return low, low + (k + 1) * h
+
+
+def relu_basis(x: Tensor, low: Tensor, high: Tensor) -> Tensor:
+    """ReLU-KAN basis [relu(x - low) relu(high - x) * 4 / (high - low)^2]^2, peak 1.
+
+    ``x`` (..., in, 1) against ``low``/``high`` broadcastable to (..., in, G). The peak is at
+    (low + high) / 2, where the product is ((high - low) / 2)^2, so the scale makes it 1.
+    """
+    width = high - low
+    r = torch.relu(x - low) * torch.relu(high - x) * (4.0 / (width * width))
+    return r * r
+
+
+class InputRange(nn.Module):
+    """The explicit input normalisation of a KAN layer (see the module docstring)."""
+
+    def __init__(self, owner: str, input_norm: str = "tanh") -> None:
+        super().__init__()
+        if input_norm not in INPUT_NORMS:
+            raise ValueError(
+                f"{owner}: input_norm must be one of {', '.join(INPUT_NORMS)}, got {input_norm!r}"
+            )
+        self.owner = owner
+        self.input_norm = input_norm
+        self._calls = 0
+        self._outside: Tensor | None = None  # device counters: [outside, total]
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.input_norm == "tanh":
+            return torch.tanh(x)
+        self._count(x.detach())
+        return x
+
+    def _count(self, x: Tensor) -> None:
+        out = (x.abs() > 1.0).sum().to(torch.float64)
+        total = torch.tensor(float(x.numel()), dtype=torch.float64, device=x.device)
+        now = torch.stack([out, total])
+        self._outside = (
+            now
+            if self._outside is None or self._outside.device != x.device
+            else (self._outside + now)
+        )
+        if self._calls % CHECK_EVERY == 0:
+            outside, seen = (float(v) for v in self._outside)
+            self._outside = None
+            if outside > 0:
+                warnings.warn(
+                    f"{self.owner}: {outside / seen:.1%} of the inputs seen lie outside the grid "
+                    "range [-1, 1], where the basis loses resolution; scale the inputs into "
+                    "[-1, 1] or build the layer with input_norm='tanh'",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+        self._calls += 1
+
+    def extra_repr(self) -> str:
+        return f"input_norm={self.input_norm!r}"

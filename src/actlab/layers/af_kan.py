@@ -1,0 +1,189 @@
+"""AF-KAN: a Kolmogorov-Arnold layer from activation-function phases and global attention.
+
+    u       = input_norm(x)                                          (..., in), in [-1, 1]
+    x1      = act(u - low_i),  x2 = act(high_i - u)                  (..., in, G)
+    f       = (x1 * x2)^2                                            func="quad1" (default)
+    f       = (f - min f) / (max f - min f)                          func_norm (see below)
+    a       = softmax((f @ w_g + b_g) / max(T, 1), over the in axis)   (..., in, 1)
+    z       = sum_i' f[..., i'] * a                                  (..., in): sum over G
+    layer   = W act(LayerNorm(z))                                    W: (out, in), no bias
+    block   = layer_2(layer_1(x))                                    in -> hidden -> out
+
+Hoang Thang Ta et al. 2025, "AF-KAN: Activation Function-Based Kolmogorov-Arnold Networks
+for Efficient Representation Learning" (arXiv 2503.06112); checked against
+hoangthangta/All-KAN ``models/af_kan.py`` (method ``global_attn``, the default):
+phases low = arange(-k, g) / g, high = low + (k + 1) / g, trainable and shared by all
+inputs; ``gk_linear``: Linear(G -> 1); temperature init sqrt(in) clamped >= 1; LayerNorm over
+the reduced features; then ``F.linear(act(x), base_weight)`` without bias. Defaults
+act = SiLU, grid 5, k 3.
+
+Choices (stated):
+
+- The code normalises f by its L2 norm over the whole tensor and then min-max scales it to
+  [0, 1]; min-max is invariant to the positive L2 scale, so only min-max is computed here.
+  ``func_norm="batch"`` (default, as the code) takes min and max over the whole input tensor,
+  so an output depends on the other rows of its batch; ``"sample"`` takes them over each
+  row's (in, G) values (batch-independent); ``"none"`` skips it. min == max gives 0.
+- Domain [-1, 1] (the code's phases moved by x -> 2x - 1) with the family's input-range
+  contract (``input_norm``; :mod:`actlab.layers._kan_common`).
+- ``act`` is the model's ``act_layer`` (SiLU by default; the ``act`` parameter overrides it);
+  one module serves both uses. The ``bias`` slot is ignored: the code's output has no bias.
+- bfloat16 / float16 inputs: the features, min-max, softmax and LayerNorm run in float32
+  (they normalise near-equal values, which half precision cannot resolve); the output
+  projection runs in the input dtype.
+- Combinations ``func``: quad1 (x1 x2)^2, quad2 x1 x2 + x1^2 + x2^2, sum x1 + x2, prod x1 x2,
+  sum_prod x1 + x2 + x1 x2, cubic1 (x1 + x2)(x1^2 + x2^2), cubic2 (x1 x2)^3 (the code's list).
+
+Parameters per layer: out * in + 2 in (LayerNorm) + G + 1 + 2 G + 1: about an MLP layer's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from actlab.layers._kan_common import InputRange, check_features, check_grid, grid_phases
+from actlab.layers._kan_ref import af_kan_ref
+from actlab.layers._registry import act_module, register_layer
+
+__all__ = ["AFKAN", "AFKANLayer", "FUNCS", "FUNC_NORMS"]
+
+FUNCS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "quad1": lambda a, b: (a * b) ** 2,
+    "quad2": lambda a, b: a * b + a * a + b * b,
+    "sum": lambda a, b: a + b,
+    "prod": lambda a, b: a * b,
+    "sum_prod": lambda a, b: a + b + a * b,
+    "cubic1": lambda a, b: (a + b) * (a * a + b * b),
+    "cubic2": lambda a, b: (a * b) ** 3,
+}
+FUNC_NORMS = ("batch", "sample", "none")
+_HALF = (torch.bfloat16, torch.float16)
+
+
+def minmax(f: Tensor, mode: str) -> Tensor:
+    """Min-max scale ``f`` (..., in, G) to [0, 1] over the tensor or each row (0 if flat)."""
+    if mode == "none":
+        return f
+    if mode == "batch":
+        lo, hi = f.amin(), f.amax()
+    else:
+        flat = f.flatten(-2)  # (..., in * G)
+        lo = flat.amin(-1).unsqueeze(-1).unsqueeze(-1)
+        hi = flat.amax(-1).unsqueeze(-1).unsqueeze(-1)
+    span = hi - lo
+    return (f - lo) / torch.where(span > 0, span, torch.ones_like(span))
+
+
+class AFKANLayer(nn.Module):
+    """One AF-KAN layer (..., in) -> (..., out) with the ``global_attn`` reduction."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        act: nn.Module,
+        grid: int = 5,
+        k: int = 3,
+        func: str = "quad1",
+        func_norm: str = "batch",
+        input_norm: str = "tanh",
+    ) -> None:
+        super().__init__()
+        check_grid("af_kan", grid, k)
+        if func not in FUNCS:
+            raise ValueError(f"af_kan: func must be one of {', '.join(FUNCS)}, got {func!r}")
+        if func_norm not in FUNC_NORMS:
+            raise ValueError(
+                f"af_kan: func_norm must be one of {', '.join(FUNC_NORMS)}, got {func_norm!r}"
+            )
+        if in_features < 1 or out_features < 1:
+            raise ValueError(f"af_kan: features must be >= 1, got {in_features}, {out_features}")
+        self.in_features, self.out_features = in_features, out_features
+        self.grid, self.k, self.func, self.func_norm = grid, k, func, func_norm
+        n = grid + k
+        low, high = grid_phases(grid, k)
+        dtype = torch.get_default_dtype()
+        self.low = nn.Parameter(low.to(dtype))
+        self.high = nn.Parameter(high.to(dtype))
+        self.temperature = nn.Parameter(torch.tensor(math.sqrt(in_features), dtype=dtype))
+        self.attn = nn.Linear(n, 1)  # the code's gk_linear
+        self.norm = nn.LayerNorm(in_features)
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=dtype))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        self.act = act
+        self.range = InputRange("af_kan", input_norm)
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_features("af_kan", x, self.in_features)
+        dtype = x.dtype
+        if dtype in _HALF:  # min-max, softmax and LayerNorm of near-equal values: in float32
+            with torch.autocast(x.device.type, enabled=False):
+                return F.linear(self._reduce(x.float()).to(dtype), self.weight)
+        return F.linear(self._reduce(x), self.weight)  # (..., out)
+
+    def _reduce(self, x: Tensor) -> Tensor:
+        """(..., in) -> (..., in): act(LayerNorm(attention-weighted sum of the features))."""
+        p = {n: t.to(x.dtype) for n, t in (("low", self.low), ("high", self.high))}
+        u = self.range(x).unsqueeze(-1)  # (..., in, 1)
+        f = FUNCS[self.func](self.act(u - p["low"]), self.act(p["high"] - u))  # (..., in, G)
+        f = minmax(f, self.func_norm)
+        w, b = self.attn.weight.to(x.dtype), self.attn.bias.to(x.dtype)
+        t = self.temperature.to(x.dtype).clamp(min=1.0)
+        a = torch.softmax(F.linear(f, w, b) / t, dim=-2)  # (..., in, 1)
+        z = (f * a).sum(-1)  # (..., in)
+        nw, nb = self.norm.weight.to(x.dtype), self.norm.bias.to(x.dtype)
+        z = F.layer_norm(z, (self.in_features,), nw, nb, self.norm.eps)
+        return self.act(z)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_features} -> {self.out_features}, grid={self.grid}, k={self.k}, "
+            f"func={self.func!r}, func_norm={self.func_norm!r}"
+        )
+
+
+@register_layer(
+    "af_kan",
+    kind="mlp",
+    formula="W act(LN(sum_G f * softmax(f w / T))), f = minmax((act(u - l) act(h - u))^2)",
+    paper="Ta et al. 2025, arXiv 2503.06112",
+    aliases=("afkan",),
+    reference=af_kan_ref,
+)
+class AFKAN(nn.Module):
+    """AF-KAN block [in, hidden, out] for a model's MLP slot; ``act_layer`` is its act."""
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int | None = None,
+        out_features: int | None = None,
+        act_layer: Any = "silu",
+        drop: float = 0.0,
+        bias: bool = True,
+        act: str | None = None,
+        grid: int = 5,
+        k: int = 3,
+        func: str = "quad1",
+        func_norm: str = "batch",
+        input_norm: str = "tanh",
+    ) -> None:
+        super().__init__()
+        hidden = hidden_features or in_features
+        out = out_features or in_features
+        kw: dict[str, Any] = dict(
+            grid=grid, k=k, func=func, func_norm=func_norm, input_norm=input_norm
+        )
+        a = act if act is not None else (act_layer if act_layer is not None else "silu")
+        self.layer1 = AFKANLayer(in_features, hidden, act_module(a), **kw)
+        self.layer2 = AFKANLayer(hidden, out, act_module(a), **kw)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.layer2(self.drop(self.layer1(x))))
