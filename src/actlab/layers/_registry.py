@@ -14,6 +14,8 @@ site; they depend on the layer's ``kind``:
     norm        num_features                     feature axis: last, or 1 (layout="first")
     mlp         in_features, hidden_features, out_features, act_layer, drop, bias
     attn_score  (none)   forward(scores (B, h, Nq, Nk), mask (Nq, Nk) bool or None)
+    act         (none)   an activation that is not elementwise, (..., D) -> (..., D) over the
+                         last axis (PolyNorm); activation slots and ``act=`` accept its spec
     basic       anything (ignored by identity)
 
 *Parameters* are everything else (``eps``, ``act``, ...); a call string may set parameters but
@@ -69,6 +71,7 @@ KINDS: dict[str, tuple[str, ...]] = {
     "norm": ("num_features",),
     "mlp": ("in_features", "hidden_features", "out_features", "act_layer", "drop", "bias"),
     "attn_score": (),
+    "act": (),
     "basic": (),
 }
 
@@ -167,6 +170,8 @@ def act_module(spec: Any) -> nn.Module:
     """
     if isinstance(spec, nn.Module):
         return copy.deepcopy(spec)
+    if isinstance(spec, str) and _act_layer_name(spec) is not None:
+        return create_layer(spec)  # a shaped activation of the layer registry (kind "act")
     if isinstance(spec, (str, type)):
         return create_activation(spec)
     if callable(spec):
@@ -179,6 +184,18 @@ def act_module(spec: Any) -> nn.Module:
     raise ActivationSpecError(
         f"activation must be a spec string, class, module or factory, got {type(spec).__name__}"
     )
+
+
+def _act_layer_name(spec: str) -> str | None:
+    """The registered name of ``spec`` if it names a layer of kind ``act``, else None."""
+    try:
+        name, _ = parse_spec(spec)
+    except ValueError:
+        return None
+    if name not in LAYERS:
+        return None
+    info = LAYERS.get(name)
+    return info.name if info.kind == "act" else None
 
 
 def _first_line(e: BaseException) -> str:
@@ -281,6 +298,10 @@ def _format(value: Any) -> str:
     raise LayerSpecError(f"value {_short(value)} cannot be written in a layer spec")
 
 
+def _canonical_act(spec: str) -> str:
+    return canonical_layer_spec(spec) if _act_layer_name(spec) else canonical_spec(spec)
+
+
 def canonical_layer_spec(spec: str) -> str:
     """The one text of every layer spec equivalent to ``spec``.
 
@@ -293,7 +314,7 @@ def canonical_layer_spec(spec: str) -> str:
     info, kwargs = _parse(spec)
     create_layer(spec, **example_slot_args(info.kind))
     kwargs = {
-        k: canonical_spec(v) if k == "act" and isinstance(v, str) else v for k, v in kwargs.items()
+        k: _canonical_act(v) if k == "act" and isinstance(v, str) else v for k, v in kwargs.items()
     }
     keep = {
         k: v

@@ -142,7 +142,9 @@ class CharGPT(nn.Module):
         self.lm_head.weight = self.wte.weight  # weight tying
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
-            if name.endswith(("c_proj.weight", "mlp.fc2.weight")):  # residual projections
+            if name.endswith(("c_proj.weight", "mlp.fc2.weight")) or (
+                ".mlp.experts." in name and name.endswith(".fc2.weight")  # MoE experts
+            ):  # residual projections
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
 
     @staticmethod

@@ -10,12 +10,17 @@ depth = 6n + 2 (n = 3 gives ResNet-20, 0.27M parameters). Shortcuts are the pape
 Every activation site builds its own instance through :func:`actlab.create_activation`.
 
 Layer slots (timm-style): ``act_layer`` (default relu) and ``norm_layer`` (default
-``batchnorm``, every BN above; a norm over channels, dim 1, such as ``identity``).
+``batchnorm``, every BN above; a norm over channels, dim 1, such as ``identity``). A
+normalisation-activation layer (``evonorm_b0``, ``evonorm_s0``: ``includes_act``) replaces
+each BN -> act pair, whose act becomes ``nn.Identity``; the BN before the residual add gets
+its affine part only (``apply_act=False``, as in the EvoNorm authors' ResNet), and the act
+after the add stays.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -40,8 +45,17 @@ class ResNetConfig:
             )
 
 
-def _norm(spec: LayerSpec, channels: int) -> nn.Module:
-    return make_layer(spec, "norm_layer", ("norm", "basic"), "first", num_features=channels)
+def _norm(spec: LayerSpec, channels: int, act: bool = True) -> nn.Module:
+    layer = make_layer(spec, "norm_layer", ("norm", "basic"), "first", num_features=channels)
+    if not act and getattr(layer, "includes_act", False):
+        without_act: Any = layer.without_act  # a norm-activation (EvoNorm) before the add
+        layer = without_act()
+    return layer
+
+
+def _act(norm: nn.Module, act: ActLayer) -> nn.Module:
+    """The activation after ``norm``: none when the norm includes it (EvoNorm)."""
+    return nn.Identity() if getattr(norm, "includes_act", False) else make_act(act)
 
 
 class BasicBlock(nn.Module):
@@ -51,9 +65,9 @@ class BasicBlock(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
         self.bn1 = _norm(norm, c_out)
-        self.act1 = make_act(act)
+        self.act1 = _act(self.bn1, act)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.bn2 = _norm(norm, c_out)
+        self.bn2 = _norm(norm, c_out, act=False)
         self.act2 = make_act(act)
         self.stride, self.pad = stride, c_out - c_in
 
@@ -89,7 +103,7 @@ class ResNetCifar(nn.Module):
         n, w = (cfg.depth - 2) // 6, cfg.width
         self.conv = nn.Conv2d(cfg.in_chans, w, 3, 1, 1, bias=False)
         self.bn = _norm(norm, w)
-        self.act = make_act(act)
+        self.act = _act(self.bn, act)
         blocks: list[nn.Module] = []
         c_in = w
         for stage, c_out in enumerate((w, 2 * w, 4 * w)):

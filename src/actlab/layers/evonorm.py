@@ -1,0 +1,230 @@
+"""EvoNorm-B0 and EvoNorm-S0: normalisation and activation in one layer, for conv nets (NCHW).
+
+Liu, Brock, Simonyan & Le 2020, "Evolving Normalization-Activation Layers" (arXiv 2004.02967),
+checked against the authors' TensorFlow code (tensorflow/tpu ``resnet_model.evonorm``) and
+timm's port. Input x (B, C, H, W); v, γ, β per channel; ε = 1e-5.
+
+    evonorm_b0  y = x / max( sqrt(var_{B,H,W}(x) + ε), v·x + sqrt(var_{H,W}(x) + ε) ) · γ + β
+    evonorm_s0  y = x · sigmoid(v·x) / sqrt(var_{H,W,C/G}(x) + ε) · γ + β
+
+Variances are the biased (population) ones of ``tf.nn.moments``. B0's batch variance is per
+channel; in eval mode a running variance replaces it (init 1, updated in training as
+``running = (1 - momentum)·running + momentum·batch_var``; ``momentum = 0.1`` is the TF code's
+decay 0.9; timm stores the unbiased n/(n-1) variance instead, we follow TF). S0 is batch
+independent: G groups of C/G channels (G = min(groups, C), default 32; C must be a multiple of
+G). Init v = 1, γ = 1, β = 0.
+
+``apply_act=False`` is the layer the authors put where a BatchNorm is *not* followed by a ReLU
+(the last norm of a residual branch): v is dropped and ``y = x·γ + β`` (as in the TF code and
+timm). The layers carry ``includes_act = True``: a model that builds one at a BN+ReLU site drops
+its own ReLU there (ResNet's ``norm_layer`` slot does; ``actlab.surgery.replace_bn_act`` does it
+for any model). float16/bfloat16 inputs are computed in float32 and returned in their dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from actlab.layers._registry import register_layer
+
+__all__ = ["EvoNorm2dB0", "EvoNorm2dS0", "evonorm_b0_reference", "evonorm_s0_reference"]
+
+
+def _var(x: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """Biased variance over ``dims`` (kept), as ``tf.nn.moments``."""
+    return x.var(dim=dims, unbiased=False, keepdim=True)
+
+
+def evonorm_b0_reference(
+    x: Tensor, v: Tensor | None, gamma: Tensor, beta: Tensor, var: Tensor | None, eps: float = 1e-5
+) -> Tensor:
+    """Plain float64 EvoNorm-B0; ``var`` (C,) is the running variance (eval) or None (train)."""
+    x = x.double()
+    c = (1, -1, 1, 1)
+    g, b = gamma.double().view(c), beta.double().view(c)
+    if v is None:
+        return x * g + b
+    batch_var = ((x - x.mean((0, 2, 3), keepdim=True)) ** 2).mean((0, 2, 3), keepdim=True)
+    bv = batch_var if var is None else var.double().view(c)
+    inst = ((x - x.mean((2, 3), keepdim=True)) ** 2).mean((2, 3), keepdim=True)
+    den = torch.maximum(torch.sqrt(bv + eps), v.double().view(c) * x + torch.sqrt(inst + eps))
+    return x / den * g + b
+
+
+def evonorm_s0_reference(
+    x: Tensor, v: Tensor | None, gamma: Tensor, beta: Tensor, groups: int, eps: float = 1e-5
+) -> Tensor:
+    """Plain float64 EvoNorm-S0 with ``groups`` groups (one loop per group)."""
+    x = x.double()
+    c = (1, -1, 1, 1)
+    g, b = gamma.double().view(c), beta.double().view(c)
+    if v is None:
+        return x * g + b
+    per = x.shape[1] // groups
+    stds = []
+    for k in range(groups):
+        xg = x[:, k * per : (k + 1) * per]  # (B, C/G, H, W)
+        var = ((xg - xg.mean((1, 2, 3), keepdim=True)) ** 2).mean((1, 2, 3), keepdim=True)
+        stds.append(torch.sqrt(var + eps).expand(-1, per, 1, 1))
+    std = torch.cat(stds, dim=1)  # (B, C, 1, 1)
+    return x * torch.sigmoid(v.double().view(c) * x) / std * g + b
+
+
+def _check_args(name: str, num_features: int, eps: float) -> None:
+    if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
+        raise ValueError(f"{name}: num_features must be a positive int, got {num_features!r}")
+    if not (math.isfinite(eps) and eps > 0):
+        raise ValueError(f"{name}: eps must be a finite number > 0, got {eps!r}")
+
+
+class _EvoNorm(nn.Module):
+    """Shared parts: parameters, input checks, the half-precision upcast."""
+
+    includes_act = True  # the layer is its site's activation too (see the module docstring)
+    name = "evonorm"
+    v: nn.Parameter | None
+
+    def __init__(self, num_features: int, eps: float, apply_act: bool) -> None:
+        super().__init__()
+        _check_args(self.name, num_features, eps)
+        self.num_features, self.eps, self.apply_act = num_features, float(eps), bool(apply_act)
+        self.weight = nn.Parameter(torch.ones(num_features))  # γ
+        self.bias = nn.Parameter(torch.zeros(num_features))  # β
+        self.v = nn.Parameter(torch.ones(num_features)) if apply_act else None
+
+    def without_act(self) -> _EvoNorm:
+        """This layer with ``apply_act=False`` (v dropped: ``y = x·γ + β``), in place."""
+        self.v = None
+        self.apply_act = False
+        return self
+
+    def _check(self, x: Tensor) -> None:
+        if x.ndim != 4:
+            raise ValueError(
+                f"{self.name} expects (B, C, H, W) input, got {x.ndim}-D shape {tuple(x.shape)}"
+            )
+        if x.shape[1] != self.num_features:
+            raise ValueError(
+                f"{self.name} was built for {self.num_features} channels, got {x.shape[1]} "
+                f"(input shape {tuple(x.shape)}); build it with num_features={x.shape[1]}"
+            )
+        ok = torch.stack([torch.isfinite(p).all() for p in self.parameters()]).all()
+        if not bool(ok):
+            raise ValueError(
+                f"{self.name}: non-finite parameters (v/weight/bias); reload finite weights"
+            )
+
+    def _affine(self, y: Tensor) -> Tensor:
+        return y * self.weight.to(y.dtype).view(1, -1, 1, 1) + self.bias.to(y.dtype).view(
+            1, -1, 1, 1
+        )
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, apply_act={self.apply_act}"
+
+
+def _b0_ref(m: Any, x: Tensor, mask: Tensor | None = None) -> Tensor:
+    return evonorm_b0_reference(
+        x, m.v, m.weight, m.bias, None if m.training else m.running_var, m.eps
+    )
+
+
+@register_layer(
+    "evonorm_b0",
+    kind="norm",
+    layout="first",
+    formula="x / max(sqrt(var_BHW(x) + eps), v*x + sqrt(var_HW(x) + eps)) * g + b",
+    paper="Liu et al. 2020, Evolving Normalization-Activation Layers, arXiv 2004.02967",
+    reference=_b0_ref,
+)
+class EvoNorm2dB0(_EvoNorm):
+    """EvoNorm-B0 (batch variance; running variance at eval)."""
+
+    name = "evonorm_b0"
+    running_var: Tensor
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+        apply_act: bool = True,
+    ) -> None:
+        super().__init__(num_features, eps, apply_act)
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"evonorm_b0: momentum must be in [0, 1], got {momentum}")
+        self.momentum = float(momentum)
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check(x)
+        dtype = x.dtype
+        if dtype in (torch.float16, torch.bfloat16):
+            x = x.float()
+        if self.v is None:
+            return self._affine(x).to(dtype)
+        if self.training:
+            var = _var(x, (0, 2, 3))  # (1, C, 1, 1)
+            with torch.no_grad():
+                new = var.detach().view(-1).to(self.running_var.dtype)
+                self.running_var.mul_(1 - self.momentum).add_(self.momentum * new)
+        else:
+            var = self.running_var.to(x.dtype).view(1, -1, 1, 1)
+        left = torch.sqrt(var + self.eps)  # (1, C, 1, 1)
+        right = self.v.to(x.dtype).view(1, -1, 1, 1) * x + torch.sqrt(
+            _var(x, (2, 3)) + self.eps
+        )  # (B, C, H, W)
+        return self._affine(x / torch.maximum(left, right)).to(dtype)
+
+
+def _s0_ref(m: Any, x: Tensor, mask: Tensor | None = None) -> Tensor:
+    return evonorm_s0_reference(x, m.v, m.weight, m.bias, m.groups, m.eps)
+
+
+@register_layer(
+    "evonorm_s0",
+    kind="norm",
+    layout="first",
+    formula="x * sigmoid(v*x) / sqrt(var_{HW,C/G}(x) + eps) * g + b",
+    paper="Liu et al. 2020, Evolving Normalization-Activation Layers, arXiv 2004.02967",
+    reference=_s0_ref,
+)
+class EvoNorm2dS0(_EvoNorm):
+    """EvoNorm-S0 (group standard deviation, batch independent)."""
+
+    name = "evonorm_s0"
+
+    def __init__(
+        self, num_features: int, groups: int = 32, eps: float = 1e-5, apply_act: bool = True
+    ) -> None:
+        super().__init__(num_features, eps, apply_act)
+        if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+            raise ValueError(f"evonorm_s0: groups must be a positive int, got {groups!r}")
+        g = min(groups, num_features)
+        if num_features % g:
+            raise ValueError(
+                f"evonorm_s0: {num_features} channels do not split into {g} groups; "
+                f"choose groups dividing {num_features}"
+            )
+        self.groups = g
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check(x)
+        dtype = x.dtype
+        if dtype in (torch.float16, torch.bfloat16):
+            x = x.float()
+        if self.v is None:
+            return self._affine(x).to(dtype)
+        B, C, H, W = x.shape
+        xg = x.reshape(B, self.groups, C // self.groups, H, W)  # (B, G, C/G, H, W)
+        std = torch.sqrt(_var(xg, (2, 3, 4)) + self.eps)  # (B, G, 1, 1, 1)
+        std = std.expand(-1, -1, C // self.groups, 1, 1).reshape(B, C, 1, 1)
+        v = self.v.to(x.dtype).view(1, -1, 1, 1)
+        return self._affine(x * torch.sigmoid(v * x) / std).to(dtype)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", groups={self.groups}"
