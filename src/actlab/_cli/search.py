@@ -142,7 +142,43 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--report", default=None, metavar="HTML", help="report path (default search-<study>.html)"
     )
     p.add_argument("--no-report", action="store_true", help="do not write the HTML report")
-    p.add_argument("--quiet", action="store_true", help="no line per evaluation")
+    p.add_argument(
+        "--transfer",
+        default=None,
+        metavar="TASK",
+        help="also re-evaluate the finalists and baselines on TASK (its default model and "
+        "recipe, same fresh seeds); the report shows both",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.add_argument(
+        "--verbose", action="store_true", help="one line per evaluation (besides the progress)"
+    )
+    g = p.add_argument_group(
+        "shape checks (EAFO's boundary conditions, before training; on by default)"
+    )
+    g.add_argument("--no-shape", action="store_true", help="skip the shape checks")
+    g.add_argument(
+        "--shape-negative",
+        default=None,
+        choices=["bounded", "linear", "any"],
+        help="required behaviour as x -> -inf (default bounded; linear allows leaky shapes)",
+    )
+    g.add_argument(
+        "--shape-range",
+        type=float,
+        default=None,
+        metavar="R",
+        help="input range [-R, R] free of poles and flat gradients (default 8)",
+    )
+    g.add_argument(
+        "--shape-monotone", action="store_true", help="require f non-decreasing on [-R, R]"
+    )
+    g.add_argument(
+        "--shape-f0",
+        default=None,
+        choices=["zero", "positive", "negative", "nonnegative", "nonpositive"],
+        help="require this sign of f(0)",
+    )
 
 
 def _floor(text: str, task: str, objective: Any = None) -> Any:
@@ -169,6 +205,23 @@ def _floor(text: str, task: str, objective: Any = None) -> Any:
     if getattr(objective, "metric", "") == "accuracy" and not 0 <= v <= 1:
         raise ValueError(f"--floor {text}: an accuracy floor is in 0..1, e.g. 0.3@1")
     return QualityFloor(v, a)
+
+
+def _shape(args: argparse.Namespace) -> Any:
+    """The shape checks of the flags (None with --no-shape); bad values fail in one line."""
+    from actlab.search import ShapeChecks
+
+    if args.no_shape:
+        return None
+    kw: dict[str, Any] = {"monotone": bool(args.shape_monotone), "f0": args.shape_f0}
+    if args.shape_negative is not None:
+        kw["negative"] = args.shape_negative
+    if args.shape_range is not None:
+        r = args.shape_range
+        if not (math.isfinite(r) and 1e-3 <= r <= 1e4):
+            raise ValueError(f"--shape-range must be a number in [0.001, 10000], got {r:g}")
+        kw["input_range"] = r
+    return ShapeChecks(**kw)
 
 
 def _levels(text: str | None, task: str) -> tuple[float, ...] | None:
@@ -263,6 +316,30 @@ def validate(args: argparse.Namespace) -> tuple[Any, Any, Any]:
             ("applies", "apply"),
             "to training tasks; a curve: task trains nothing",
         )
+    if args.no_shape:
+        _refuse_given(
+            [
+                ("--shape-negative", args.shape_negative),
+                ("--shape-range", args.shape_range),
+                ("--shape-monotone", args.shape_monotone or None),
+                ("--shape-f0", args.shape_f0),
+            ],
+            ("configures", "configure"),
+            "the shape checks, which --no-shape skips",
+        )
+    if args.transfer is not None:
+        if args.no_final:
+            raise ValueError(
+                "--transfer re-evaluates the finalists on a second task; drop --no-final "
+                "or --transfer"
+            )
+        if curve or args.transfer.strip().startswith("curve:"):
+            raise ValueError(
+                "--transfer needs training tasks on both sides; a curve: task trains nothing"
+            )
+        from actlab.train import get_task
+
+        args.transfer = get_task(args.transfer.strip()).name  # unknown: close matches
     if args.ray is not None and args.workers != 1:
         raise ValueError(
             "--workers starts local processes; with --ray the cluster's CPUs set the "
@@ -343,6 +420,7 @@ def validate(args: argparse.Namespace) -> tuple[Any, Any, Any]:
             "add --funnel (e.g. --funnel 3,8)"
         )
     pipeline = Pipeline(
+        shape=_shape(args),
         cost=CostFilter(args.max_cost),
         floor=_floor(args.floor, objective.task, objective),
         budgets=levels,
@@ -352,34 +430,10 @@ def validate(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     return budget, objective, pipeline
 
 
-class _Printer:
-    def __init__(self, budget: Any, quiet: bool) -> None:
-        from rich.console import Console
+def _console() -> Any:
+    from rich.console import Console
 
-        self.console = Console(
-            highlight=False, emoji=False, width=None if sys.stdout.isatty() else 140
-        )
-        self.budget, self.quiet = budget, quiet
-
-    def __call__(self, ev: Any) -> None:
-        from rich.markup import escape
-
-        if self.quiet:
-            return
-        r, c = ev.result, ev.candidate
-        f = c.formula if len(c.formula) <= 70 else c.formula[:67] + "..."
-        units = f"{ev.units:.0f}/{self.budget.units:g}" if self.budget.units else f"{ev.units:.0f}"
-        if r.ok:
-            cost = f" {r.cost:.1f}x" if r.cost == r.cost else ""
-            self.console.print(
-                f"[{units}] #{ev.number} L{c.level} [green]{r.quality:.4f}[/] "
-                f"best {ev.best:.4f}{cost}  {escape(f)}  [dim]{escape(c.origin)}[/]"
-            )
-        else:
-            why = r.reason if len(r.reason) <= 60 else r.reason[:57] + "..."
-            self.console.print(
-                f"[dim][{units}] #{ev.number} L{c.level} ✗ {r.stage}: {escape(why)}  {escape(f)}[/]"
-            )
+    return Console(highlight=False, emoji=False, width=None if sys.stdout.isatty() else 140)
 
 
 def _summary(console: Any, res: Any) -> None:
@@ -408,25 +462,40 @@ def _summary(console: Any, res: Any) -> None:
 
 
 def _final_table(console: Any, final: Any) -> None:
+    from rich.markup import escape
+
     if final.note:
         console.print(final.note)
     if final.comparison is None:
         for k, v in sorted(final.scores.items(), key=lambda kv: -kv[1]):
             console.print(f"  {v:.6f}  {k}")
         return
+    _compare_table(console, final.comparison, "re-evaluation with fresh seeds (test metric)")
+    if final.transfer is not None:
+        _compare_table(
+            console, final.transfer, f"transfer to {final.transfer_task} (same fresh seeds)"
+        )
+    for title, v in (("search task", final.verdict), ("transfer", final.transfer_verdict)):
+        if v is not None:
+            console.print(f"\n[bold]{title}[/]")
+            for line in v.lines:
+                console.print(escape(line))
+
+
+def _compare_table(console: Any, comparison: Any, title: str) -> None:
     from rich import box
     from rich.table import Table
 
     from actlab.report.table import summary_table, table_note
 
-    headers, rows = summary_table(final.comparison.summary)
-    table = Table(title="re-evaluation with fresh seeds (test metric)", box=box.SIMPLE_HEAD)
+    headers, rows = summary_table(comparison.summary)
+    table = Table(title=title, box=box.SIMPLE_HEAD)
     for h in headers:
         table.add_column(h)
     for row in rows:
         table.add_row(*row)
     console.print(table)
-    console.print(table_note(final.comparison.summary), style="dim")
+    console.print(table_note(comparison.summary), style="dim")
 
 
 def _check_databases(args: argparse.Namespace, task: str) -> None:
@@ -443,12 +512,14 @@ def _check_databases(args: argparse.Namespace, task: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from actlab.report import write_search_report
-    from actlab.search import finalize, run_search
+    from actlab.search import SearchProgress, finalize, run_search
 
     budget, objective, pipeline = validate(args)  # every flag, before any work
     _check_databases(args, objective.task)  # a bad --storage or --db fails now, not later
-    printer = _Printer(budget, args.quiet)
-    console = printer.console
+    console = _console()
+    progress = (
+        None if args.quiet else SearchProgress(budget, stream=sys.stdout, verbose=args.verbose)
+    )
     console.print(
         f"actlab search: task {objective.task}, strategy {args.strategy}, budget {budget}, "
         f"funnel {pipeline.levels(objective)}, seed {args.seed}"
@@ -466,9 +537,11 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         form=args.form,
         keep=args.keep,
-        on_result=printer,
+        on_result=progress,
         sampler=args.sampler,
     )
+    if progress is not None:
+        progress.close()
     _summary(console, res)
     final = None
     if not args.no_final:
@@ -483,6 +556,7 @@ def run(args: argparse.Namespace) -> int:
             db=args.db,
             workers=args.workers,
             objective=objective,
+            transfer=args.transfer,
         )
         _final_table(console, final)
     if not args.no_report:

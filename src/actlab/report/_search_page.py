@@ -133,6 +133,23 @@ def _best_rows(res: SearchResult, final: FinalResult | None, top: int) -> list[l
     return rows
 
 
+def _verdict_section(section: Section, final: FinalResult) -> None:
+    """The plain-words verdicts (search task, then transfer task) at the top of the page."""
+    parts = [
+        ("search task", final.verdict),
+        (f"transfer: {final.transfer_task}", final.transfer_verdict),
+    ]
+    shown = False
+    for title, v in parts:
+        if v is None:
+            continue
+        shown = True
+        section.paragraph(f"{title} -- {v.headline}")
+        section.pre("\n".join(v.lines[1:]))
+    if not shown:
+        section.note(final.note or "no verdict: the re-evaluation did not train anything")
+
+
 def _final_section(section: Section, final: FinalResult) -> None:
     if final.comparison is not None:
         from actlab.report.table import summary_table, table_note
@@ -144,6 +161,14 @@ def _final_section(section: Section, final: FinalResult) -> None:
             f"{table_note(s)} Candidates are re-trained with fresh seeds and the "
             "task's full training; test metric."
         )
+        if final.transfer is not None:
+            t = final.transfer.summary
+            headers, rows = summary_table(t)
+            section.paragraph(f"Transfer to {final.transfer_task} (same candidates and seeds):")
+            section.table(rows, headers)
+            section.note(
+                f"{table_note(t)} The task's own default model and training recipe; test metric."
+            )
     elif final.scores:
         rows = [[k, fmt_num(v, 6)] for k, v in sorted(final.scores.items(), key=lambda kv: -kv[1])]
         section.table(rows, ["activation", "objective"])
@@ -158,6 +183,8 @@ def build_search_report(
     c = res.counts()
     better = "higher" if res.higher_is_better else "lower"
     page = Page(f"actlab search: {res.study}")
+    if final is not None:
+        _verdict_section(page.section("Verdict"), final)
     page.facts(
         [
             ("study", res.study),

@@ -22,6 +22,8 @@ Public API (everything else lives in private modules and may change):
     SearchStudy, open_storage, check_storage  Optuna storage: SQLite, journal file, any RDB
     InlineExecutor, ProcessExecutor, RayExecutor   where evaluations run (``executor=``;
                                               from actlab.executors, shared with compare)
+    SearchProgress                            progress display (bar on a TTY, plain lines else)
+    verdict, Verdict, Contrast, minimum_detectable_effect   plain-words verdict (paired, power)
     simplify, finalize, FinalResult           the end of a search (the page of it:
                                               actlab.report.write_search_report)
     MAX_TOP_SEEDS                             the bound on ``Pipeline(top_seeds=...)``
@@ -56,11 +58,13 @@ from actlab.search._objectives import (
 )
 from actlab.search._pareto import pareto_front
 from actlab.search._pipeline import MAX_TOP_SEEDS, Pipeline
+from actlab.search._progress import SearchProgress
 from actlab.search._result import SearchResult
 from actlab.search._shape import ShapeChecks, ShapeResult, check_shape
 from actlab.search._simplify import simplify
 from actlab.search._strategy import Strategy
 from actlab.search._study import SearchStudy, check_storage, open_storage
+from actlab.search._verdict import Contrast, Verdict, minimum_detectable_effect, verdict
 
 __all__ = [
     "MAX_TOP_SEEDS",
@@ -68,6 +72,7 @@ __all__ = [
     "WARM_START",
     "Budget",
     "Candidate",
+    "Contrast",
     "CostFilter",
     "CurveObjective",
     "EvalResult",
@@ -82,12 +87,14 @@ __all__ = [
     "Rejected",
     "Score",
     "SearchEvent",
+    "SearchProgress",
     "SearchResult",
     "SearchStudy",
     "ShapeChecks",
     "ShapeResult",
     "Strategy",
     "TrainObjective",
+    "Verdict",
     "check_shape",
     "check_storage",
     "eafo_correction",
@@ -95,9 +102,11 @@ __all__ = [
     "form_constants",
     "make_objective",
     "make_strategy",
+    "minimum_detectable_effect",
     "open_storage",
     "parse_budget",
     "pareto_front",
     "run_search",
     "simplify",
+    "verdict",
 ]

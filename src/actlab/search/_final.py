@@ -10,6 +10,13 @@ first baseline, Holm-corrected; resumable in its results database), on the model
 step cap) the search's ``objective`` trained. For a toy ``curve:``
 objective, which needs no training, the objective is simply evaluated on each. Formulas
 whose spec is longer than the results store's key (255 characters) are skipped (noted).
+
+``transfer=TASK`` then re-evaluates the same finalists and baselines, with the same fresh
+seeds, on a second task (its own default model and training recipe): the Swish paper searched
+on a small proxy and transferred to larger models, and a formula that only suits the proxy
+shows it here. Each comparison gets a plain-words :class:`~actlab.search.Verdict`
+(``FinalResult.verdict``, ``FinalResult.transfer_verdict``): which candidate beat which
+baseline significantly, by how much, or the minimum detectable effect when none did.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from actlab.search._candidate import Candidate
 from actlab.search._objectives import CurveObjective
 from actlab.search._result import SearchResult
 from actlab.search._simplify import simplify
+from actlab.search._verdict import Verdict, verdict_from_records
 
 __all__ = ["BASELINES", "FinalResult", "finalize"]
 
@@ -39,6 +47,10 @@ class FinalResult:
     comparison: Any = None  # actlab.bench.CompareResult, for trained tasks
     scores: dict[str, float] = field(default_factory=dict)  # curve objectives
     note: str = ""
+    verdict: Verdict | None = None
+    transfer_task: str | None = None
+    transfer: Any = None  # actlab.bench.CompareResult on the transfer task
+    transfer_verdict: Verdict | None = None
 
 
 def _top(result: SearchResult, top: int, skipped: list[str]) -> list[tuple[str, Candidate]]:
@@ -73,8 +85,11 @@ def finalize(
     train_fn: Any = None,
     events: Any = None,
     objective: Any = None,
+    transfer: str | None = None,
 ) -> FinalResult:
     """Re-evaluate the ``top`` candidates of ``result`` against ``baselines`` (see above)."""
+    if transfer is not None and (result.task.startswith("curve:") or transfer.startswith("curve:")):
+        raise ValueError("transfer re-evaluates on a training task; curve: tasks train nothing")
     if isinstance(top, bool) or int(top) != top or top < 1:
         raise ValueError(f"top must be a whole number >= 1, got {top!r}")
     if isinstance(seeds, int) and not isinstance(seeds, bool) and seeds < 1:
@@ -126,7 +141,31 @@ def finalize(
         kernel=getattr(objective, "kernel", None),
         threads=getattr(objective, "threads", None),
     )
+    final.verdict = _verdict(final.comparison, final)
+    if transfer is not None:
+        final.transfer_task = transfer
+        final.transfer = compare(
+            [*baselines, *final.specs],
+            task=transfer,
+            seeds=seed_list,
+            db=db or DEFAULT_DB,
+            workers=workers,
+            study=f"search:{result.study}/transfer:{transfer}",
+            train_fn=train_fn,
+            events=events,
+            kernel=getattr(objective, "kernel", None),
+            threads=getattr(objective, "threads", None),
+        )
+        final.transfer_verdict = _verdict(final.transfer, final)
     return final
+
+
+def _verdict(comparison: Any, final: FinalResult) -> Verdict:
+    """The verdict on one comparison; the store names candidates by their normalised spec."""
+    names = comparison.activations  # [*baselines, *candidates], as the store spells them
+    nb = len(final.baselines)
+    labels = {k: formula for k, (_, formula) in zip(names[nb:], final.formulas)}
+    return verdict_from_records(comparison.records, names[nb:], names[:nb], labels=labels)
 
 
 def _baseline_candidate(spec: str) -> Candidate | None:

@@ -72,6 +72,7 @@ class SearchEvent:
     units: float  # spent so far (whole study)
     best: float  # best level-0 quality so far
     evaluated_now: int
+    elapsed: float = math.nan  # search time of the study so far (seconds, all sessions)
 
 
 def _default_study(objective: Objective, strategy: str, seed: int) -> str:
@@ -360,7 +361,11 @@ class _Loop:
         self.st.set_attr(_ELAPSED, self._elapsed())
         if self.on_result is not None:
             number = self.st.storage.get_trial_number_from_id(tid)
-            self.on_result(SearchEvent(number, cand, res, self.used, self.best, self.evaluated))
+            self.on_result(
+                SearchEvent(
+                    number, cand, res, self.used, self.best, self.evaluated, self._elapsed()
+                )
+            )
 
     def _stop_trials(self) -> None:
         self.stopped = "trials"
