@@ -8,7 +8,7 @@ import pytest
 from bench_helpers import fake_metric, fake_train
 
 from actlab.bench import compare
-from actlab.bench._workers import threads_per_worker
+from actlab.executors import threads_per_worker
 from actlab.bench.plan import (
     MAX_RUNS,
     MAX_SEEDS,

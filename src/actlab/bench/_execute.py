@@ -1,8 +1,9 @@
 """Execute one run of the matrix: resolve the train function, apply the run's settings
 (kernel mode, CPU threads), train and turn the result (or the failure) into a store payload.
 
-Shared by :func:`actlab.bench.runner.run_matrix` (inline runs) and the spawned workers of
-:mod:`actlab.bench._workers`; it imports neither, so the two stay acyclic.
+:func:`execute_run` is what :func:`actlab.bench.runner.run_matrix` submits to its executor
+(:mod:`actlab.executors`: inline, a local worker process or a Ray task), so a run is trained
+the same way wherever it runs.
 """
 
 from __future__ import annotations
@@ -91,10 +92,12 @@ def run_settings(spec: RunSpec) -> Iterator[None]:
             torch.set_num_threads(old)
 
 
-def execute_run(spec: RunSpec, fn: TrainFn) -> dict[str, Any]:
-    """Train one run; never raises for a failing run (the error goes into the payload)."""
+def execute_run(spec: RunSpec, fn: TrainRef) -> dict[str, Any]:
+    """Train one run with ``fn`` (a train function or its :data:`TrainRef`, resolved here);
+    never raises for a failing run (the error goes into the payload)."""
     started, t0 = utc_now(), time.perf_counter()
     try:
+        fn = resolve_train_fn(fn)
         with run_settings(spec):
             result = fn(spec.task, spec.activation, spec.seed, **_train_kwargs(spec))
         payload = result_payload(result)

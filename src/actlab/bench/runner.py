@@ -1,34 +1,40 @@
 """Run the activation x seed matrix: resume, claims, parallel workers, failures, progress.
 
 :func:`run_matrix` takes the planned :class:`~actlab.bench.plan.RunSpec` list and a
-:class:`~actlab.bench.store.ResultsStore`:
+:class:`~actlab.bench.store.ResultsStore`, and runs it through :func:`actlab.executors.drive`
+(the executor layer that ``actlab search`` uses too):
 
 - runs that already finished are skipped, so rerunning a comparison resumes it;
 - each run is claimed in the store before it starts (another process sharing the database
-  skips it while the claim is alive) and written in one transaction when it ends;
-- with ``workers > 1`` runs go to that many spawned worker processes, each limited to
-  ``cores // workers`` torch threads so the machine is not oversubscribed. Workers only
-  train; the parent alone writes to the database;
+  skips it while the claim's heartbeat is alive; with ``wait_busy`` it comes back to it and
+  takes it over once that heartbeat has expired) and written in one transaction when it ends;
+- runs execute inline (``workers=1``), in ``workers`` spawned processes (each limited to
+  ``cores // workers`` torch threads so the machine is not oversubscribed), as tasks on a
+  Ray cluster (``ray="auto"``, ``"local"`` or ``"ray://host:port"``) or on any
+  ``executor``. Executors only train; this process alone writes to the database;
 - an exception in a run is stored as a failed run with its traceback and the matrix goes
-  on; a worker process that dies (killed, out of memory) fails only the run it held.
+  on; a worker process that dies (killed, out of memory) fails only the run it held, and a
+  run whose Ray node died is re-run by Ray (``max_retries``) before it counts as failed.
 
 The train function is called as ``train_fn(task, activation, seed, model=..., epochs=...,
 device=..., dtype=..., max_steps=..., progress=False)`` and defaults to
-:func:`actlab.train.run_training`. For worker processes it must be importable: a top-level
+:func:`actlab.train.run_training`. Outside this process it must be importable: a top-level
 function or a ``"module:function"`` string.
 """
 
 from __future__ import annotations
 
-import threading
-from collections import deque
+import pickle
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 from actlab.bench._execute import TrainFn, TrainRef, execute_run, resolve_train_fn, run_settings
+from actlab.bench._result import error_text
 from actlab.bench.plan import RunSpec
-from actlab.bench.store import FAILED, ResultsStore, RunRecord
+from actlab.bench.store import FAILED, ResultsStore, RunRecord, utc_now
+from actlab.executors import Executor, drive, lost_errors, make_executor
 
 __all__ = [
     "MatrixEvents",
@@ -71,37 +77,36 @@ def _to_record(spec: RunSpec, payload: dict[str, Any], study: str | None) -> Run
     return RunRecord(spec=spec, study=study, **payload)
 
 
-class _Heartbeat:
-    """A daemon thread refreshing the claims this process holds."""
+def _outcome(fut: Future[Any]) -> dict[str, Any]:
+    """The store payload of a run's future: its payload, or a failure saying what happened."""
+    try:
+        return fut.result()  # type: ignore[no-any-return]
+    except lost_errors() as e:
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        error = (
+            f"worker process died while training this run ({why}); rerun the comparison to retry it"
+        )
+    except Exception as e:  # noqa: BLE001 -- a run that could not even be sent is a failure
+        error = error_text(e)
+    return {"status": FAILED, "error": error, "finished_at": utc_now()}
 
-    def __init__(self, store: ResultsStore, interval: float) -> None:
-        self.store, self.interval = store, interval
-        self.tokens: set[str] = set()
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._loop, name="actlab-heartbeat", daemon=True)
-        self._thread.start()
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            with self._lock:
-                tokens = list(self.tokens)
-            try:
-                self.store.heartbeat(tokens)
-            except Exception:  # a transient database error must not kill the runner
-                pass
-
-    def add(self, token: str) -> None:
-        with self._lock:
-            self.tokens.add(token)
-
-    def discard(self, token: str) -> None:
-        with self._lock:
-            self.tokens.discard(token)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+def _check_ref(train_fn: TrainRef) -> None:
+    """Outside this process the train function must resolve and travel by pickle."""
+    if train_fn is not None and not isinstance(train_fn, str):
+        try:
+            pickle.dumps(train_fn)
+        except Exception:
+            raise ValueError(
+                "with workers > 1 or Ray the train function must be importable: a top-level "
+                "function or a 'module:function' string (not a lambda or closure)"
+            ) from None
+    try:
+        resolve_train_fn(train_fn)
+    except (ImportError, ValueError) as e:
+        raise RuntimeError(
+            f"the train function could not start: {str(e).splitlines()[0]}"
+        ) from None
 
 
 def run_matrix(
@@ -110,69 +115,86 @@ def run_matrix(
     *,
     train_fn: TrainRef = None,
     workers: int = 1,
+    ray: str | None = None,
+    executor: Executor | None = None,
     study: str | None = None,
     events: MatrixEvents | None = None,
     stale_after: float = 120.0,
     heartbeat_s: float = 20.0,
+    wait_busy: bool = False,
+    poll_s: float = 5.0,
 ) -> MatrixReport:
     """Run every spec not yet finished; see the module docstring for the guarantees.
 
-    ``events`` receives progress notifications (see :class:`MatrixEvents`).
+    ``events`` receives progress notifications (see :class:`MatrixEvents`). ``executor``
+    (any :class:`actlab.executors.Executor`) overrides ``workers`` and ``ray`` and is not
+    closed here. ``wait_busy``: come back every ``poll_s`` seconds to runs claimed
+    elsewhere until they finished or their claim went stale (``stale_after`` seconds
+    without a heartbeat) and this process took them over.
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     report = MatrixReport()
     finished = store.finished(specs)
     report.skipped = [s for s in specs if s in finished]
-    todo = deque(s for s in specs if s not in finished)
+    todo = [s for s in specs if s not in finished]
     total = len(todo)
     ev = events or MatrixEvents()
+    inline = executor is None and not ray and workers == 1
+    if inline:
+        ref: TrainRef = resolve_train_fn(train_fn)  # any callable: it never leaves
+    else:
+        _check_ref(train_fn)
+        ref = train_fn
     ev.matrix_started(total, len(report.skipped))
-    beat = _Heartbeat(store, heartbeat_s)
     done = 0
 
     def claim(spec: RunSpec) -> str | None:
         token = store.claim(spec, study=study, stale_after=stale_after)
-        if token is None:
-            report.busy.append(spec)
-        elif store.finished([spec]):  # finished elsewhere since we looked
+        if token is not None and store.finished([spec]):  # finished elsewhere since we looked
             store.release(token)
             report.skipped.append(spec)
-            token = None
-        else:
-            beat.add(token)
+            return None
+        if token is not None:
             ev.run_started(spec)
         return token
 
-    def finish(spec: RunSpec, payload: dict[str, Any], token: str) -> None:
+    def finish(spec: RunSpec, token: str, fut: Future[Any]) -> None:
         nonlocal done
         done += 1
-        rec = _to_record(spec, payload, study)
+        rec = _to_record(spec, _outcome(fut), study)
         if store.record(rec, token):
             report.records.append(rec)
         else:
             report.skipped.append(spec)
-        beat.discard(token)
         ev.run_finished(rec, done, total)
 
-    try:
-        if workers == 1:
-            fn = resolve_train_fn(train_fn)
-            while todo:
-                spec = todo.popleft()
-                token = claim(spec)
-                if token is not None:
-                    try:
-                        payload = execute_run(spec, fn)
-                    except BaseException:
-                        store.release(token)
-                        raise
-                    finish(spec, payload, token)
-        else:
-            from actlab.bench._workers import WorkerPool
+    def finished_elsewhere(spec: RunSpec) -> bool:
+        if spec in report.skipped:  # seen finished when claimed
+            return True
+        if store.finished([spec]):
+            report.skipped.append(spec)
+            return True
+        return False
 
-            with WorkerPool(workers, train_fn) as pool:
-                pool.drive(todo, claim, finish, store.release)
+    ex = executor if executor is not None else make_executor(workers, ray)
+    try:
+        busy = drive(
+            todo,
+            ex,
+            claim=claim,
+            call=lambda spec: (execute_run, (spec, ref)),
+            finish=finish,
+            release=store.release,
+            heartbeat=store.heartbeat,
+            heartbeat_s=heartbeat_s,
+            wait_busy=wait_busy,
+            finished=finished_elsewhere,
+            poll_s=poll_s,
+        )
     finally:
-        beat.stop()
+        if executor is None:
+            ex.close()
+    skipped = set(report.skipped)
+    report.busy = [s for s in busy if s not in skipped]
     return report

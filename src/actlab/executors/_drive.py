@@ -156,7 +156,7 @@ def drive(
                 beat.discard(token)
                 finish(item, token, fut)
     except BaseException:
-        for item, token in pending.values():
+        for _item, token in pending.values():
             release(token)
         raise
     finally:
