@@ -68,13 +68,30 @@ def canonical_activation(spec: str) -> str:
             f"compare needs activation specs as strings (got {type(spec).__name__}); "
             "register custom classes with actlab.register_activation and pass their name"
         )
-    text = canonical_spec(spec)
+    if _is_act_layer(spec):  # a shaped activation of the layer registry (polynorm)
+        from actlab.layers import canonical_layer_spec
+
+        text = canonical_layer_spec(spec)
+    else:
+        text = canonical_spec(spec)
     if len(text) > MAX_SPEC_LEN:
         raise ValueError(
             f"activation spec {spec!r} is longer than {MAX_SPEC_LEN} characters; "
             "register it under a short name with actlab.register_activation"
         )
     return text
+
+
+def _is_act_layer(spec: str) -> bool:
+    """Whether ``spec`` names a layer of kind ``act`` (not elementwise; e.g. polynorm)."""
+    from actlab.layers import LAYERS
+    from actlab.registry import parse_spec
+
+    try:
+        name, _ = parse_spec(spec)
+    except ValueError:
+        return False
+    return name in LAYERS and LAYERS.get(name).kind == "act"
 
 
 def _uses_x(expr: Any) -> bool:
