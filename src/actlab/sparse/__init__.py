@@ -15,6 +15,15 @@ them by wrapping modules (:func:`actlab.surgery.replace_modules`, all or nothing
     state.save("sparse.safetensors")             # thresholds + JSON header (method, params)
     apply_state(fresh_model, load_state("sparse.safetensors"))
 
+Evaluation and saving (held-out text that calibration never sees; see ``_text.py``)::
+
+    calib = calibration_windows(tokenizer, tokens=2048)   # Shakespeare comedies
+    held = heldout_windows(tokenizer, tokens=4096)        # tragedies + KJV books, [16, 256]
+    dense = evaluate(model, held.ids, protocol="decode")  # prefill dense, decode with the cache
+    rows = sparsity_curves(model, calib.batches(), held.ids, methods=["teal", "cats"])
+    save_sparse("out", sparse_model, tokenizer, state, name="smollm2")
+    loaded = load_sparse("out")                           # .model .tokenizer .state .report
+
 Sparsity 0 leaves every forward bit-identical to the dense model. The model's ``state_dict``
 keys do not change (the wrappers share the original parameters), so the weights are saved
 and loaded as usual and the thresholds travel in the state file.
@@ -30,8 +39,17 @@ from actlab.sparse._base import (
     install,
     make_method,
 )
+from actlab.sparse._eval import DEFAULT_SPARSITIES, EvalResult, evaluate, sparsity_curves
 from actlab.sparse._modules import MODES, SparseGatedMLP, SparseLinear, exact_quantile
 from actlab.sparse._orthogonal import Orthogonalized, orthogonalize
+from actlab.sparse._saved import (
+    SparseModel,
+    apply_saved_state,
+    load_causal_lm,
+    load_sparse,
+    model_fingerprint,
+    save_sparse,
+)
 from actlab.sparse._sites import INPUT_OF, PROJECTIONS, Block, find_blocks
 from actlab.sparse._state import (
     SparseError,
@@ -40,9 +58,33 @@ from actlab.sparse._state import (
     check_sparsity,
     load_state,
 )
+from actlab.sparse._text import (
+    CALIBRATION_PLAYS,
+    HELDOUT_BOOKS,
+    HELDOUT_PLAYS,
+    TextWindows,
+    calibration_windows,
+    heldout_windows,
+)
 from actlab.sparse._topk import SparseTopKLinear
 
 __all__ = [
+    "CALIBRATION_PLAYS",
+    "DEFAULT_SPARSITIES",
+    "HELDOUT_BOOKS",
+    "HELDOUT_PLAYS",
+    "EvalResult",
+    "SparseModel",
+    "TextWindows",
+    "apply_saved_state",
+    "calibration_windows",
+    "evaluate",
+    "heldout_windows",
+    "load_causal_lm",
+    "load_sparse",
+    "model_fingerprint",
+    "save_sparse",
+    "sparsity_curves",
     "INPUT_OF",
     "METHODS",
     "MODES",

