@@ -9,6 +9,7 @@ The kit (:mod:`actlab.report.page`): ``Page(title)``, ``page.section(title)``, t
     render_report(compare_result) -> str;  write_report(compare_result, path) -> Path
     render_search_report(search_result, final) -> str;  write_search_report(res, path, final)
     write_probe_report(path, title, probe_rows, plane=None, tokens=None) -> Path
+    write_sparsify_report(path, curve_rows, title=, facts=, notes=) -> Path
     plot_activations(specs, out=None, *, xlim=(-4, 4), n=801, ax=None) -> Figure
     activation_curve(spec, xlim, n) -> (x, f, f')
 
@@ -25,6 +26,7 @@ from actlab._lazy import lazy_exports
 if TYPE_CHECKING:
     from actlab.report._probe_page import short_name, write_probe_report
     from actlab.report._search_page import render_search_report, write_search_report
+    from actlab.report._sparsify_page import write_sparsify_report
     from actlab.report.curves import activation_curve, plot_activations
     from actlab.report.html import render_report, write_report
     from actlab.report.page import Page, Section, escape, write_atomic
@@ -42,6 +44,7 @@ __all__ = [
     "write_probe_report",
     "write_report",
     "write_search_report",
+    "write_sparsify_report",
 ]
 
 __getattr__, __dir__ = lazy_exports(
@@ -59,5 +62,6 @@ __getattr__, __dir__ = lazy_exports(
         "write_search_report": "actlab.report._search_page",
         "short_name": "actlab.report._probe_page",
         "write_probe_report": "actlab.report._probe_page",
+        "write_sparsify_report": "actlab.report._sparsify_page",
     },
 )
