@@ -33,6 +33,7 @@ SUBCOMMANDS: dict[str, str] = {
     "compare": "compare",
     "search": "search",
     "probe": "probe",
+    "sparsify": "sparsify",
 }
 
 
