@@ -39,7 +39,13 @@ from actlab.sparse._base import (
     install,
     make_method,
 )
-from actlab.sparse._eval import DEFAULT_SPARSITIES, EvalResult, evaluate, sparsity_curves
+from actlab.sparse._eval import (
+    DEFAULT_SPARSITIES,
+    EvalResult,
+    curves_table,
+    evaluate,
+    sparsity_curves,
+)
 from actlab.sparse._modules import MODES, SparseGatedMLP, SparseLinear, exact_quantile
 from actlab.sparse._orthogonal import Orthogonalized, orthogonalize
 from actlab.sparse._saved import (
@@ -78,6 +84,7 @@ __all__ = [
     "TextWindows",
     "apply_saved_state",
     "calibration_windows",
+    "curves_table",
     "evaluate",
     "heldout_windows",
     "load_causal_lm",

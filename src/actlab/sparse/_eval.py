@@ -51,6 +51,7 @@ from actlab.sparse._state import SparseError, check_sparsity
 __all__ = [
     "DEFAULT_SPARSITIES",
     "EvalResult",
+    "curves_table",
     "evaluate",
     "realised_sparsity",
     "sparsity_curves",
@@ -341,3 +342,20 @@ def sparsity_curves(
                 f"calibration {calib_s:.1f} s, evaluation {res.seconds:.1f} s"
             )
     return rows
+
+
+def curves_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """A markdown table of curve rows: method, target, realised, ppl, Δ%, agreement, seconds."""
+    head = (
+        "| method | target | realised (block params) | ppl | Δ ppl % | agreement "
+        "| calib s | eval s |"
+    )
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        agree = r.get("agreement")
+        lines.append(
+            f"| {r['method']} | {r['target']:.2f} | {r['realised']:.3f} | {r['ppl']:.3f} "
+            f"| {r['delta_pct']:+.1f} | {'–' if agree is None else f'{agree:.3f}'} "
+            f"| {r.get('calib_seconds', 0.0):.1f} | {r.get('eval_seconds', 0.0):.1f} |"
+        )
+    return "\n".join(lines)

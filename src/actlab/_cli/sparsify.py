@@ -1,0 +1,381 @@
+"""``actlab sparsify MODEL``: calibrate activation sparsity, save it, measure its quality.
+
+    actlab sparsify smollm2 --method teal --sparsity 0.4 --out smollm2-teal40
+    actlab sparsify smollm2 --method chess --sparsity 0.5 --generate "To be, or not to be"
+    actlab sparsify smollm2 --method all --eval               # curves of every method
+    actlab sparsify ./my-llama --method teal --sparsity 0.5 --set allocation=greedy --eval
+
+MODEL is ``smollm2``, ``gemma3`` (when this actlab has its loader) or a local Hugging Face
+folder. Calibration reads ``--calib-tokens`` tokens of the Shakespeare comedies (or of a
+``--calib`` text file); ``--eval`` scores ``--eval-tokens`` tokens of held-out text (the
+tragedies and six KJV books, never seen by calibration) in windows of ``--window`` tokens
+under ``--protocol`` (``decode``: dense prefill of the first half of each window, then
+token-by-token sparse decoding with the KV cache; ``all``; ``last-half``), prints the
+perplexity / agreement table and writes an HTML report. ``--out DIR`` saves the model,
+tokenizer and thresholds; ``actlab.sparse.load_sparse(DIR)`` reloads them.
+
+Every flag is checked before the model is loaded; a bad value is one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HELP = "sparsify a causal LM's activations (TEAL, CATS, CHESS, WINA): calibrate, save, evaluate"
+
+_DTYPES = ("float32", "bfloat16", "float16")
+MAX_TOKENS = 1_000_000
+MAX_NEW_TOKENS = 1024
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from actlab.sparse import MODES
+
+    p.add_argument("model", help="smollm2, gemma3, or a local Hugging Face model folder")
+    p.add_argument(
+        "--method",
+        required=True,
+        help="teal, cats, chess, wina, or all (with --eval: every method)",
+    )
+    p.add_argument("--sparsity", type=float, default=None, help="target sparsity in [0, 1)")
+    p.add_argument(
+        "--sparsities",
+        default=None,
+        help="with --eval: comma list of targets (default 0,.25,.4,.5,.65,.8, or 0,S)",
+    )
+    p.add_argument(
+        "--calib",
+        default="shakespeare",
+        metavar="TEXT",
+        help="calibration text: 'shakespeare' (the 8 comedies, default) or a UTF-8 file",
+    )
+    p.add_argument(
+        "--calib-tokens", type=int, default=2048, help="calibration tokens (default 2048)"
+    )
+    p.add_argument("--eval", action="store_true", help="perplexity/agreement curves + report")
+    p.add_argument(
+        "--eval-tokens",
+        type=int,
+        default=4096,
+        help="held-out tokens, in whole windows (default 4096)",
+    )
+    p.add_argument("--window", type=int, default=256, help="tokens per window (default 256)")
+    p.add_argument(
+        "--prefill", type=int, default=None, help="dense context per window (default window/2)"
+    )
+    p.add_argument(
+        "--protocol", default="decode", choices=MODES, help="evaluation protocol (default decode)"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="overrides",
+        metavar="KEY=VALUE",
+        help="a method parameter, e.g. allocation=greedy (JSON values); with --method all "
+        "prefix the method: teal.allocation=greedy; repeatable",
+    )
+    p.add_argument("--out", default=None, metavar="DIR", help="save the sparsified model here")
+    p.add_argument("--force", action="store_true", help="write into a non-empty --out folder")
+    p.add_argument(
+        "--report",
+        default=None,
+        metavar="HTML",
+        help="report of --eval (default DIR/report.html with --out, else sparsify-MODEL.html)",
+    )
+    p.add_argument("--generate", default=None, metavar="PROMPT", help="greedy dense vs sparse")
+    p.add_argument(
+        "--max-new-tokens", type=int, default=32, help="tokens --generate adds (default 32)"
+    )
+    p.add_argument("--batch", type=int, default=16, help="windows per forward (default 16)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--dtype", default="float32", choices=_DTYPES, help="model dtype")
+
+
+# ---------------------------------------------------------------- validation
+def _int(flag: str, value: int | None, lo: int, hi: int) -> None:
+    if value is not None and not lo <= value <= hi:
+        raise ValueError(f"{flag} must be in {lo}..{hi}, got {value}")
+
+
+def _value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text  # a bare word: allocation=greedy
+
+
+def _parse_sets(overrides: list[str], methods: list[str], single: bool) -> dict[str, dict]:
+    from actlab.sparse import METHODS
+
+    out: dict[str, dict[str, Any]] = {m: {} for m in methods}
+    for item in overrides:
+        key, eq, raw = item.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise ValueError(f"--set {item!r} is not KEY=VALUE (e.g. --set allocation=greedy)")
+        owner, dot, name = key.rpartition(".")
+        if not dot:
+            if not single:
+                raise ValueError(
+                    f"--set {key}: with --method all prefix the method, e.g. --set teal.{key}=..."
+                )
+            owner = methods[0]
+        if owner not in out:
+            raise ValueError(f"--set {key}: method {owner!r} is not being run ({', '.join(out)})")
+        known = [
+            n
+            for n in inspect.signature(METHODS.get(owner).__init__).parameters
+            if n not in ("self", "sparsity")
+        ]
+        if name == "sparsity":
+            raise ValueError("--set sparsity: use --sparsity (or --sparsities with --eval)")
+        if name not in known:
+            raise ValueError(
+                f"unknown --set key {name!r} for {owner}; known: {', '.join(known) or 'none'}"
+            )
+        out[owner][name] = _value(raw)
+    return out
+
+
+def _read_text(name: str) -> str | None:
+    if name == "shakespeare":
+        return None
+    path = Path(name)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"--calib {name}: no such file (give 'shakespeare' or a UTF-8 text file)"
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"--calib {path} is not UTF-8 text (byte {e.start})") from None
+    if not text.strip():
+        raise ValueError(f"--calib {path} holds no text")
+    return text
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Check every flag before any work; fill ``methods``, ``targets``, ``params``, paths."""
+    from actlab._cli.compare import check_device
+    from actlab.sparse import DEFAULT_SPARSITIES, METHODS, check_sparsity, make_method
+    from actlab.sparse._saved import resolve_model
+
+    if args.method == "all":
+        args.methods = list(METHODS.names())
+        if not args.eval:
+            raise ValueError("--method all compares the methods: add --eval")
+        for flag, value in (("--out", args.out), ("--generate", args.generate)):
+            if value is not None:
+                raise ValueError(f"{flag} needs one method (--method teal|cats|chess|wina)")
+    else:
+        args.methods = [METHODS.resolve(args.method)]  # unknown names: one line, close matches
+    if args.sparsity is not None:
+        args.sparsity = check_sparsity(args.sparsity, "--sparsity")
+    if args.sparsities is not None:
+        if not args.eval:
+            raise ValueError("--sparsities applies to --eval")
+        parts = [s.strip() for s in args.sparsities.split(",") if s.strip()]
+        try:
+            values = [float(s) for s in parts]
+        except ValueError:
+            raise ValueError(
+                f"--sparsities {args.sparsities!r}: give numbers such as 0,.25,.5"
+            ) from None
+        if not values:
+            raise ValueError("--sparsities lists no value; e.g. --sparsities 0,.25,.5")
+        args.targets = sorted({check_sparsity(v, "--sparsities") for v in values} | {0.0})
+    elif args.eval:
+        args.targets = (
+            list(DEFAULT_SPARSITIES) if args.sparsity is None else sorted({0.0, args.sparsity})
+        )
+    else:
+        args.targets = []
+    needs_one = args.out is not None or args.generate is not None or not args.eval
+    if needs_one and args.sparsity is None:
+        raise ValueError("give --sparsity S (a number in [0, 1), e.g. 0.4)")
+    args.params = _parse_sets(args.overrides, args.methods, args.method != "all")
+    for m in args.methods:  # parameter values checked now (one-line SparseError)
+        make_method(m, sparsity=args.sparsity or 0.0, **args.params[m])
+    args.model_key = resolve_model(args.model)
+    args.calib_text = _read_text(args.calib)
+    _int("--calib-tokens", args.calib_tokens, 1, MAX_TOKENS)
+    _int("--eval-tokens", args.eval_tokens, 1, MAX_TOKENS)
+    _int("--window", args.window, 8, 1 << 20)
+    _int("--batch", args.batch, 1, 4096)
+    _int("--max-new-tokens", args.max_new_tokens, 1, MAX_NEW_TOKENS)
+    if args.eval and args.eval_tokens < args.window:
+        raise ValueError(
+            f"--eval-tokens {args.eval_tokens} is less than one --window of {args.window}"
+        )
+    if args.prefill is not None:
+        _int("--prefill", args.prefill, 1, args.window - 2)
+    if args.report is not None and not args.eval:
+        raise ValueError("--report applies to --eval")
+    if args.generate is not None and not args.generate.strip():
+        raise ValueError("--generate needs a non-empty prompt")
+    args.device = check_device(args.device)
+    if args.out is not None:
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out} exists and is not a folder")
+        if out.is_dir() and any(out.iterdir()) and not args.force:
+            raise ValueError(f"--out {out} exists and is not empty; pass --force to write into it")
+    name = Path(args.model_key).name if args.model_key not in ("smollm2", "gemma3") else args.model
+    args.name = name
+    if args.eval:
+        default = Path(args.out) / "report.html" if args.out else Path(f"sparsify-{name}.html")
+        args.report_path = Path(args.report) if args.report else default
+        if args.report_path.is_dir():
+            raise ValueError(f"--report {args.report_path} is a folder; give a file name")
+        if not args.out and not args.report_path.parent.is_dir():
+            raise ValueError(f"--report folder {args.report_path.parent} does not exist")
+
+
+# ---------------------------------------------------------------- work
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _generate(model: Any, tok: Any, prompt: str, n: int) -> str:
+    import torch
+
+    enc = tok(prompt, return_tensors="pt").to(next(model.parameters()).device)
+    with torch.inference_mode():
+        ids = model.generate(**enc, max_new_tokens=n, do_sample=False)
+    return str(tok.decode(ids[0, enc["input_ids"].shape[1] :], skip_special_tokens=True))
+
+
+def _sparsify_one(args: argparse.Namespace, model: Any, tok: Any, calib: Any) -> None:
+    """Calibrate the one method at --sparsity; print it; --generate; --out."""
+    import copy
+
+    import torch
+
+    from actlab.sparse import make_method, save_sparse
+
+    method = make_method(args.methods[0], sparsity=args.sparsity, **args.params[args.methods[0]])
+    t0 = time.perf_counter()
+    state = method.calibrate(model, calib.batches())
+    took = time.perf_counter() - t0
+    _say(f"calibrated {state.describe()} on {calib.tokens} tokens in {took:.1f} s")
+    dense_out = _generate(model, tok, args.generate, args.max_new_tokens) if args.generate else ""
+    sparse = copy.deepcopy(model)
+    report = method.apply(sparse, state)
+    report.set_mode("all")  # realised sparsity on the calibration text, every position
+    with torch.inference_mode():
+        for b in calib.batches():
+            sparse(input_ids=b.to(args.device), use_cache=False)
+    from actlab.sparse._eval import realised_sparsity
+
+    total, per = realised_sparsity(sparse)
+    per_text = ", ".join(f"{k.removesuffix('_proj')} {v:.3f}" for k, v in per.items())
+    print(
+        f"{args.methods[0]} at target {args.sparsity:.2f}: realised {total:.3f} of block "
+        f"parameters on the calibration text ({per_text})"
+    )
+    report.set_mode(args.protocol)
+    if args.generate:
+        print(f"dense : {dense_out!r}")
+        print(f"sparse: {_generate(sparse, tok, args.generate, args.max_new_tokens)!r}")
+    if args.out:
+        calibration = {"text": args.calib, "tokens": calib.tokens, "documents": calib.documents}
+        folder = save_sparse(
+            args.out,
+            sparse,
+            tok,
+            state,
+            name=args.name,
+            mode=args.protocol,
+            calibration=calibration,
+        )
+        print(f"wrote {folder} (reload with actlab.sparse.load_sparse({str(folder)!r}))")
+
+
+def _evaluate(args: argparse.Namespace, model: Any, tok: Any, calib: Any) -> None:
+    from actlab.report import write_sparsify_report
+    from actlab.sparse import curves_table, heldout_windows, sparsity_curves
+
+    held = heldout_windows(tok, tokens=args.eval_tokens, window=args.window)
+    rows = sparsity_curves(
+        model,
+        calib.batches(),
+        held.ids,
+        methods=args.methods,
+        sparsities=args.targets,
+        params=args.params,
+        protocol=args.protocol,
+        prefill=args.prefill,
+        batch_size=args.batch,
+        progress=_say,
+    )
+    for r in rows:
+        r["model"] = args.name
+    first = rows[0]
+    facts = [
+        ("model", args.name),
+        ("protocol", _protocol_text(args.protocol, first["prefill"], first["window"])),
+        ("calibration", f"{calib.tokens} tokens of {_calib_text(args)}"),
+        (
+            "evaluation",
+            f"{first['eval_tokens']} tokens ({first['eval_windows']} windows of "
+            f"{first['window']}), {first['scored']} scored predictions; documents: "
+            + ", ".join(held.documents),
+        ),
+        ("dense perplexity", f"{first['ppl']:.4f}"),
+    ]
+    print(curves_table(rows))
+    for k, v in facts:
+        print(f"{k}: {v}")
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+    path = write_sparsify_report(
+        args.report_path, rows, title=f"actlab sparsify {args.name}", facts=facts
+    )
+    data = path.with_suffix(".json")
+    data.write_text(json.dumps({"facts": dict(facts), "rows": rows}, indent=1, default=str))
+    print(f"wrote {path} and {data}")
+
+
+def _protocol_text(protocol: str, prefill: int, window: int) -> str:
+    scored = f"positions {prefill}..{window - 2} of each window scored"
+    if protocol == "decode":
+        return (
+            f"decode: dense prefill of {prefill} tokens, then sparse decoding with the KV "
+            f"cache; {scored}"
+        )
+    if protocol == "all":
+        return f"all: every position sparse in one forward; {scored}"
+    return f"last-half: positions {window // 2}.. sparse in one forward (TEAL); {scored}"
+
+
+def _calib_text(args: argparse.Namespace) -> str:
+    return "the Shakespeare comedies" if args.calib_text is None else f"{args.calib}"
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from actlab.sparse import calibration_windows, load_causal_lm
+
+    validate(args)
+    dtype = getattr(torch, args.dtype)
+    _say(f"loading {args.model} ({args.dtype}, {args.device})")
+    model, tok = load_causal_lm(args.model_key, device=args.device, dtype=dtype)
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if isinstance(limit, int) and args.window > limit:
+        raise ValueError(f"--window {args.window} exceeds the model's {limit} positions")
+    calib = calibration_windows(
+        tok, tokens=args.calib_tokens, window=args.window, text=args.calib_text
+    )
+    if args.out is not None or args.generate is not None or not args.eval:
+        _sparsify_one(args, model, tok, calib)
+    if args.eval:
+        _evaluate(args, model, tok, calib)
+    return 0

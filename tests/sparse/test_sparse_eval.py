@@ -1,0 +1,300 @@
+"""actlab.sparse evaluation: the held-out split, protocols, agreement, realised sparsity,
+curves, save/reload with a model fingerprint, and the HTML report."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from sparse_eval_helpers import BosTokenizer, char_llama, char_tokenizer
+from sparse_helpers import VOCAB, logits
+
+from actlab.data.errors import DatasetNotFoundError
+from actlab.sparse import (
+    CALIBRATION_PLAYS,
+    HELDOUT_PLAYS,
+    SparseError,
+    apply_saved_state,
+    calibration_windows,
+    evaluate,
+    heldout_windows,
+    load_sparse,
+    make_method,
+    save_sparse,
+    sparsity_curves,
+)
+from actlab.sparse._eval import realised_sparsity
+from actlab.sparse._text import document, heldout_documents, text_windows
+
+
+def _windows(n: int = 4, length: int = 24, seed: int = 3) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, VOCAB, (n, length), generator=g)
+
+
+def _sparse(model: torch.nn.Module, method: str, s: float, batches: list) -> torch.nn.Module:
+    m = copy.deepcopy(model)
+    meth = make_method(method, sparsity=s)
+    meth.apply(m, meth.calibrate(model, batches))
+    return m
+
+
+# ---------------------------------------------------------------- text split
+@pytest.fixture(scope="module")
+def texts() -> None:
+    try:
+        document(heldout_documents()[1])  # KJV
+        document(f"play:{CALIBRATION_PLAYS[0]}")
+    except (DatasetNotFoundError, SparseError) as e:
+        pytest.skip(f"offline text not installed: {e}")
+
+
+def test_split_is_disjoint_and_deterministic(texts: None) -> None:
+    tok = char_tokenizer()
+    calib = calibration_windows(tok, tokens=1000, window=64)
+    held = heldout_windows(tok, tokens=1024, window=64)
+    assert calib.tokens == 1000 and calib.ids.shape == (15, 64) and calib.tail is not None
+    assert held.ids.shape == (16, 64) and held.tokens == 1024
+    cal_docs, held_docs = set(calib.documents), set(held.documents)
+    assert cal_docs == {f"play:{p}" for p in CALIBRATION_PLAYS} and not cal_docs & held_docs
+    assert {d for d in held_docs if d.startswith("play:")} == {f"play:{p}" for p in HELDOUT_PLAYS}
+    assert sum(d.startswith("kjv:") for d in held_docs) == 6
+    calibration_text = "".join(document(d) for d in cal_docs)
+    for row, (doc, a, b) in zip(held.ids, held.spans):
+        text = tok.decode(row)
+        ids = tok(document(doc)[: b + 64], add_special_tokens=False)["input_ids"]
+        assert text == tok.decode(ids[a:b])
+        assert text not in calibration_text  # held-out text never seen by calibration
+    again = heldout_windows(tok, tokens=1024, window=64)
+    assert torch.equal(again.ids, held.ids) and again.spans == held.spans
+    # windows of one document do not overlap: consecutive chunks
+    spans = sorted((d, a, b) for d, a, b in held.spans)
+    for (d1, _, b1), (d2, a2, _) in zip(spans, spans[1:]):
+        assert d1 != d2 or b1 <= a2
+
+
+def test_kjv_books_read_as_prose(texts: None) -> None:
+    genesis = document("kjv:1:genesis")
+    assert genesis.startswith("In the beginning God created the heaven and the earth. And")
+    assert "[" not in genesis and " 2. " not in genesis[:500]
+    assert document("kjv:19:psalms").startswith("Blessed is the man")
+
+
+def test_bos_starts_every_window_and_counts_are_exact() -> None:
+    docs = {"a": "abcdefghij" * 20, "b": "klmnopqrst" * 20}
+    w = text_windows(BosTokenizer(), docs, tokens=50, window=10, ragged=True)
+    assert w.bos and w.tokens == 50 and w.ids.shape == (5, 10)
+    assert bool((w.ids[:, 0] == 1).all()) and w.tail is None
+    assert [s[0] for s in w.spans] == ["a", "b", "a", "b", "a"]
+    w = text_windows(BosTokenizer(), docs, tokens=55, window=10, ragged=True)
+    assert w.tokens == 55 and w.tail is not None and w.tail.shape == (1, 5)
+    assert int(w.tail[0, 0]) == 1
+
+
+def test_too_little_text_is_one_line() -> None:
+    with pytest.raises(SparseError, match="text too short") as e:
+        text_windows(BosTokenizer(), {"a": "short text"}, tokens=64, window=16)
+    assert "\n" not in str(e.value)
+    with pytest.raises(SparseError, match="less than one window"):
+        text_windows(BosTokenizer(), {"a": "x" * 100}, tokens=8, window=16)
+    with pytest.raises(SparseError, match="empty"):
+        calibration_windows(BosTokenizer(), tokens=8, window=4, text="  ")
+
+
+# ---------------------------------------------------------------- protocols
+def test_dense_decode_by_token_equals_the_full_forward(llama: torch.nn.Module) -> None:
+    win = _windows(5, 24)
+    dec = evaluate(llama, win, protocol="decode", batch_size=2)
+    assert dec.scored == 5 * (24 - 12 - 1) and dec.prefill == 12
+    # an independent reference: log-softmax of one plain full forward, float64
+    lp = torch.log_softmax(logits(llama, [win])[0].double(), -1)
+    ref = -lp[:, 12:-1].gather(-1, win[:, 13:, None]).mean()
+    assert dec.nll == pytest.approx(float(ref), rel=1e-5)
+    for protocol in ("all", "last-half"):
+        res = evaluate(llama, win, protocol=protocol)
+        assert res.nll == pytest.approx(dec.nll, rel=1e-5)
+        assert res.realised == 0.0
+    other = evaluate(llama, win, protocol="decode", prefill=5)
+    assert other.scored == 5 * (24 - 5 - 1)
+
+
+@pytest.mark.parametrize("method", ["teal", "chess"])
+def test_decode_is_sparse_only_after_the_prefill(
+    llama: torch.nn.Module, batches: list[torch.Tensor], method: str
+) -> None:
+    sparse = _sparse(llama, method, 0.5, batches)
+    win = _windows(4, 24)
+    dec = evaluate(sparse, win, protocol="decode")
+    # TEAL's last half of one full forward computes what decoding does when prefill = L/2
+    half = evaluate(sparse, win, protocol="last-half")
+    assert half.nll == pytest.approx(dec.nll, rel=1e-5)
+    assert 0.2 < dec.realised < 0.6
+    dense = evaluate(llama, win, protocol="decode")
+    assert dec.nll != dense.nll
+    every = evaluate(sparse, win, protocol="all")
+    assert every.nll != pytest.approx(dec.nll, rel=1e-9)
+
+
+@pytest.mark.parametrize("method", ["teal", "cats", "chess", "wina"])
+@pytest.mark.parametrize("protocol", ["decode", "all"])
+def test_sparsity_zero_is_identical_and_agrees(
+    llama: torch.nn.Module, batches: list[torch.Tensor], method: str, protocol: str
+) -> None:
+    win = _windows(3, 20)
+    dense = evaluate(llama, win, protocol=protocol)
+    res = evaluate(_sparse(llama, method, 0.0, batches), win, protocol=protocol, reference=dense)
+    assert res.nll == dense.nll and res.agreement == 1.0
+    assert torch.equal(res.argmax, dense.argmax)
+
+
+def test_agreement_counts_equal_argmaxes(llama: torch.nn.Module, batches: list) -> None:
+    win = _windows(3, 20)
+    dense = evaluate(llama, win, protocol="all")
+    sparse = _sparse(llama, "teal", 0.8, batches)
+    res = evaluate(sparse, win, protocol="all", reference=dense)
+    with torch.no_grad():
+        a = sparse(input_ids=win).logits[:, 10:-1].argmax(-1)
+        b = llama(input_ids=win).logits[:, 10:-1].argmax(-1)
+    assert res.agreement == pytest.approx(float((a == b).double().mean()))
+    assert res.agreement < 1.0
+
+
+def test_realised_sparsity_is_parameter_weighted(llama: torch.nn.Module, batches: list) -> None:
+    sparse = _sparse(llama, "cats", 0.5, batches)
+    res = evaluate(sparse, _windows(3, 20), protocol="all")
+    mlp = sparse.get_submodule("model.layers.0.mlp")
+    by = res.by_projection
+    assert by["q_proj"] == by["o_proj"] == by["gate_proj"] == 0.0
+    assert by["up_proj"] == by["down_proj"] > 0
+    attn = sparse.get_submodule("model.layers.0.self_attn")
+    block = sum(
+        m.weight.numel()
+        for m in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj)
+        + (mlp.gate_proj, mlp.up_proj, mlp.down_proj)
+    )
+    expected = by["up_proj"] * (mlp.up_proj.weight.numel() + mlp.down_proj.weight.numel()) / block
+    assert res.realised == pytest.approx(expected)
+    wina = _sparse(llama, "wina", 0.5, batches)
+    total, per = realised_sparsity(wina)
+    assert math.isnan(total)  # never ran
+    res = evaluate(wina, _windows(3, 20), protocol="decode")
+    assert res.realised == pytest.approx(0.5) and set(res.by_projection.values()) == {0.5}
+
+
+def test_evaluate_refuses_bad_input(llama: torch.nn.Module) -> None:
+    win = _windows(2, 10)
+    for kwargs, needle in (
+        ({"prefill": 9}, "prefill must be in 1..8"),
+        ({"prefill": 0}, "prefill"),
+        ({"protocol": "first-half"}, "mode must be one of"),
+        ({"batch_size": 0}, "batch_size"),
+    ):
+        with pytest.raises(SparseError, match=needle):
+            evaluate(llama, win, **kwargs)
+    with pytest.raises(SparseError, match="LongTensor"):
+        evaluate(llama, win.float())
+    ref = evaluate(llama, win, protocol="all")
+    with pytest.raises(SparseError, match="same protocol"):
+        evaluate(llama, win, protocol="decode", reference=ref)
+
+
+def test_curves_rows(llama: torch.nn.Module, batches: list[torch.Tensor]) -> None:
+    lines: list[str] = []
+    rows = sparsity_curves(
+        llama,
+        batches,
+        _windows(2, 16),
+        methods=["teal", "cats"],
+        sparsities=[0.5, 0, 0.25],
+        params={"teal": {"calibration": "dense"}},
+        progress=lines.append,
+    )
+    assert [(r["method"], r["target"]) for r in rows] == [
+        ("dense", 0.0),
+        ("teal", 0.25),
+        ("teal", 0.5),
+        ("cats", 0.25),
+        ("cats", 0.5),
+    ]
+    assert rows[1]["params"]["calibration"] == "dense"
+    for r in rows:
+        assert r["protocol"] == "decode" and r["calib_tokens"] == 96 and r["eval_tokens"] == 32
+        assert r["delta_pct"] == pytest.approx(100 * (r["ppl"] / rows[0]["ppl"] - 1))
+        assert 0.0 <= r["agreement"] <= 1.0
+    assert any("teal s=0.50" in ln for ln in lines)
+    assert not any(type(m).__name__.startswith("Sparse") for m in llama.modules())
+    with pytest.raises(SparseError, match="sparsity method"):
+        sparsity_curves(llama, batches, _windows(2, 16), methods=["teel"], progress=None)
+
+
+# ---------------------------------------------------------------- save / reload
+def test_save_and_load_sparse_round_trip(tmp_path, batches: list[torch.Tensor]) -> None:
+    model = char_llama()
+    tok = char_tokenizer()
+    g = torch.Generator().manual_seed(0)
+    calib = [torch.randint(4, 100, (2, 48), generator=g)]
+    method = make_method("chess", sparsity=0.5)
+    state = method.calibrate(model, calib)
+    sparse = copy.deepcopy(model)
+    method.apply(sparse, state).set_mode("decode")
+    save_sparse(tmp_path / "out", sparse, tok, state, name="char-llama", mode="decode")
+    loaded = load_sparse(tmp_path / "out")
+    assert loaded.state == state and loaded.info["method"] == "chess"
+    assert loaded.info["model"]["name"] == "char-llama"
+    ids = torch.randint(4, 100, (2, 30), generator=g)
+    for mode in ("all", "decode"):
+        loaded.report.set_mode(mode)
+        for m in sparse.modules():
+            if hasattr(m, "mode"):
+                m.mode = mode
+        assert torch.equal(logits(loaded.model, [ids])[0], logits(sparse, [ids])[0])
+    loaded.report.set_mode("decode")
+    prompt = tok("To be, or not", return_tensors="pt")
+    a = loaded.model.generate(**prompt, max_new_tokens=6, do_sample=False)
+    b = sparse.generate(**prompt, max_new_tokens=6, do_sample=False)
+    assert a.shape == (1, prompt["input_ids"].shape[1] + 6) and torch.equal(a, b)
+    assert "actlab_sparsity" not in loaded.model.config.to_dict()
+
+
+def test_a_state_refuses_another_model(tmp_path) -> None:
+    model = char_llama()
+    g = torch.Generator().manual_seed(0)
+    calib = [torch.randint(4, 100, (2, 48), generator=g)]
+    state = make_method("teal", sparsity=0.4).calibrate(model, calib)
+    save_sparse(tmp_path / "out", model, char_tokenizer(), state, name="char-llama")
+    apply_saved_state(char_llama(), tmp_path / "out")  # the same model: accepted
+    half = char_llama().to(torch.bfloat16)  # the same weights in bf16: accepted
+    apply_saved_state(half, tmp_path / "out")
+    for other, needle in (
+        (char_llama(layers=3), "this model is different"),
+        (char_llama(hidden=32), "this model is different"),
+        (char_llama(seed=1), "other weights"),
+    ):
+        with pytest.raises(SparseError, match=needle) as e:
+            apply_saved_state(other, tmp_path / "out")
+        assert "char-llama" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(SparseError, match="not a sparsified model"):
+        char_llama().save_pretrained(tmp_path / "plain")
+        load_sparse(tmp_path / "plain")
+
+
+# ---------------------------------------------------------------- report
+def test_report_page_is_written_and_escaped(tmp_path) -> None:
+    pytest.importorskip("matplotlib")
+    from actlab.report import write_sparsify_report
+
+    rows = [
+        {"method": "dense", "target": 0.0, "realised": 0.0, "ppl": 10.0, "delta_pct": 0.0,
+         "agreement": 1.0, "params": {}, "model": "m<1>"},
+        {"method": "<script>x</script>", "target": 0.5, "realised": 0.45, "ppl": 12.0,
+         "delta_pct": 20.0, "agreement": 0.8, "params": {"a": "<b>"}, "model": "m<1>"},
+    ]  # fmt: skip
+    path = write_sparsify_report(
+        tmp_path / "r.html", rows, title="t <&>", facts=[("protocol", "decode <x>")]
+    )
+    page = path.read_text()
+    assert "<script>" not in page and "&lt;script&gt;" in page and "&lt;b&gt;" in page
+    assert "t &lt;&amp;&gt;" in page and "decode &lt;x&gt;" in page
+    assert "data:image/png;base64," in page and "LM head stay dense" in page
