@@ -29,10 +29,15 @@ objects, same parameters); untouched modules keep their parameters and hooks; we
 root) is never replaced. Global :func:`on_replaced` hooks let integrations follow a
 replacement (the transformers one updates ``config.hidden_act``). :func:`find_modules` is a
 dry run. Activation kinds come from :func:`identify_activation`.
+
+:func:`replace_bn_act` (another client) turns each BatchNorm2d -> ReLU pair of a conv net,
+found by data flow, into one EvoNorm layer (``evonorm_b0``/``evonorm_s0``; the ReLU becomes
+``nn.Identity``), all or nothing, with a report.
 """
 
 from __future__ import annotations
 
+from actlab.surgery._evonorm import find_bn_act_pairs, replace_bn_act
 from actlab.surgery._kinds import identify_activation, known_kinds
 from actlab.surgery._replace import (
     Builder,
@@ -66,10 +71,12 @@ __all__ = [
     "SurgeryWarning",
     "SwapReport",
     "SwapSite",
+    "find_bn_act_pairs",
     "find_modules",
     "identify_activation",
     "known_kinds",
     "on_replaced",
+    "replace_bn_act",
     "replace_modules",
     "replacement_hooks",
     "swap_activations",
