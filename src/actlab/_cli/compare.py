@@ -57,6 +57,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="parallel worker processes; torch threads are split between them",
     )
     p.add_argument(
+        "--ray",
+        default=None,
+        metavar="ADDRESS",
+        help="train the runs as Ray tasks: auto (the cluster of `ray start`), "
+        "ray://host:port, or local",
+    )
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait for runs another process is training (sharing --db) and take them over "
+        "if its heartbeat stops, so this command ends with the whole table",
+    )
+    p.add_argument(
         "--report", default=None, metavar="HTML", help="report path (default compare-<task>.html)"
     )
     p.add_argument("--no-report", action="store_true", help="do not write the HTML report")
@@ -146,6 +159,19 @@ def check_workers(workers: int) -> int:
     return workers
 
 
+def check_ray(ray: str | None, workers: int) -> None:
+    """``--ray ADDRESS``: not empty, and not together with ``--workers``."""
+    if ray is None:
+        return
+    if not ray.strip():
+        raise ValueError("--ray needs an address: auto, local or ray://host:port")
+    if workers != 1:
+        raise ValueError(
+            "--workers starts local processes; with --ray the cluster's CPUs set the "
+            "parallelism: drop --workers"
+        )
+
+
 def check_device(text: str) -> str:
     """A torch device that exists on this machine, normalised (``"cuda:0"``, ``"cpu"``)."""
     import torch
@@ -227,6 +253,7 @@ def validate(args: argparse.Namespace) -> Any:
     from actlab.bench.plan import MAX_EPOCHS, parse_set_overrides
 
     check_workers(args.workers)
+    check_ray(args.ray, args.workers)
     check_int("--epochs", args.epochs, 1, MAX_EPOCHS)
     check_int("--max-steps", args.max_steps, 1, MAX_STEPS)
     check_threads(args.threads)
@@ -345,6 +372,8 @@ def run(args: argparse.Namespace) -> int:
             plan,
             db=args.db,
             workers=args.workers,
+            ray=args.ray,
+            wait_busy=args.wait,
             study=args.study,
             train_fn=args.train_fn,
             events=events,

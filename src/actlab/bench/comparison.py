@@ -182,6 +182,7 @@ def compare(
     epochs: int | None = None,
     db: str | Path | ResultsStore = DEFAULT_DB,
     workers: int = 1,
+    ray: str | None = None,
     device: str = "cpu",
     dtype: str = "float32",
     max_steps: int | None = None,
@@ -215,7 +216,7 @@ def compare(
         model_overrides=model_overrides,
     )  # fmt: skip
     return run_compare(
-        plan, db=db, workers=workers, study=study, train_fn=train_fn, events=events,
+        plan, db=db, workers=workers, ray=ray, study=study, train_fn=train_fn, events=events,
         confidence=confidence,
     )  # fmt: skip
 
@@ -230,12 +231,18 @@ def run_compare(
     *,
     db: str | Path | ResultsStore = DEFAULT_DB,
     workers: int = 1,
+    ray: str | None = None,
+    wait_busy: bool = False,
     study: str | None = None,
     train_fn: TrainRef = None,
     events: MatrixEvents | None = None,
     confidence: float = 0.95,
 ) -> CompareResult:
-    """Run (or resume) a planned comparison (:func:`plan_compare`) and summarise it."""
+    """Run (or resume) a planned comparison (:func:`plan_compare`) and summarise it.
+
+    ``workers`` local processes or ``ray`` (a Ray address) train the runs; ``wait_busy``
+    waits for runs claimed by another process (see :func:`~actlab.bench.runner.run_matrix`).
+    """
     _check_confidence(confidence)
     specs, config, task = plan.specs, plan.config, plan.task
     acts = plan.activations
@@ -253,8 +260,9 @@ def run_compare(
             config=config,
         )
         report = run_matrix(
-            specs, store, train_fn=train_fn, workers=workers, study=name, events=events
-        )
+            specs, store, train_fn=train_fn, workers=workers, ray=ray, wait_busy=wait_busy,
+            study=name, events=events,
+        )  # fmt: skip
         records = store.records(specs)
         url = store.display_url()
     finally:
