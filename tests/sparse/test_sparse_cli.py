@@ -1,0 +1,168 @@
+"""``actlab sparsify`` in-process: bad input is one line and exit 2; --out reloads; --eval."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from sparse_eval_helpers import save_char_llama
+from sparse_helpers import logits
+
+from actlab.cli import main
+from actlab.data.errors import DatasetNotFoundError
+from actlab.sparse import (
+    SparseError,
+    apply_state,
+    calibration_windows,
+    load_causal_lm,
+    load_sparse,
+    make_method,
+)
+from actlab.sparse._text import document
+
+SMALL = ["--window", "32", "--calib-tokens", "256"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama with a character tokenizer, saved as a Hugging Face folder."""
+    try:
+        document("play:comedies/twelfth-night")
+        document("kjv:1:genesis")
+    except (DatasetNotFoundError, SparseError) as e:
+        pytest.skip(f"offline text not installed: {e}")
+    return save_char_llama(tmp_path_factory.mktemp("tiny") / "tiny")
+
+
+def _error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.startswith("actlab sparsify: error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_bad_flags_are_refused_before_loading(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tiny: Path
+) -> None:
+    import actlab.sparse as S
+
+    def tripwire(*_a: object, **_k: object) -> None:
+        raise AssertionError("the model was loaded before the flags were checked")
+
+    monkeypatch.setattr(S, "load_causal_lm", tripwire)
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "x").write_text("x")
+    notes = tmp_path / "empty.txt"
+    notes.write_text("  \n")
+    m = str(tiny)
+    cases = [
+        ([m, "--method", "teal", "--sparsity", "1"], "[0, 1)"),
+        ([m, "--method", "teal", "--sparsity", "-0.1"], "[0, 1)"),
+        ([m, "--method", "teal", "--sparsity", "nan"], "[0, 1)"),
+        ([m, "--method", "teel", "--sparsity", ".5"], "teal"),
+        (["nosuchmodel", "--method", "teal", "--sparsity", ".5"], "unknown model"),
+        ([str(tmp_path), "--method", "teal", "--sparsity", ".5"], "no config.json"),
+        ([m, "--method", "teal"], "give --sparsity"),
+        ([m, "--method", "teal", "--sparsity", ".5", "--set", "alocation=greedy"], "allocation"),
+        ([m, "--method", "teal", "--sparsity", ".5", "--set", "allocation=best"], "allocation"),
+        ([m, "--method", "teal", "--sparsity", ".5", "--set", "sparsity=.3"], "--sparsity"),
+        ([m, "--method", "teal", "--sparsity", ".5", "--set", "novalue"], "KEY=VALUE"),
+        ([m, "--method", "all", "--eval", "--set", "step=.1"], "prefix the method"),
+        ([m, "--method", "all", "--eval", "--set", "cats.step=.1"], "unknown --set key"),
+        ([m, "--method", "all", "--sparsity", ".5"], "add --eval"),
+        ([m, "--method", "all", "--eval", "--out", "o"], "needs one method"),
+        ([m, "--method", "teal", "--sparsity", ".5", "--sparsities", ".1"], "applies to --eval"),
+        ([m, "--method", "teal", "--eval", "--sparsities", "a,b"], "give numbers"),
+        ([m, "--method", "teal", "--eval", "--sparsities", "0,1.5"], "[0, 1)"),
+        ([m, "--method", "teal", "--sparsity", ".5", "--out", str(full)], "--force"),
+        ([m, "--method", "teal", "--sparsity", ".5", "--out", str(notes)], "not a folder"),
+        ([m, "--method", "teal", "--sparsity", ".5", "--calib", "nofile.txt"], "no such file"),
+        ([m, "--method", "teal", "--sparsity", ".5", "--calib", str(notes)], "no text"),
+        ([m, "--method", "teal", "--sparsity", ".5", "--calib-tokens", "0"], "--calib-tokens"),
+        ([m, "--method", "teal", "--eval", "--eval-tokens", "100"], "less than one --window"),
+        ([m, "--method", "teal", "--eval", "--prefill", "255"], "--prefill"),
+        ([m, "--method", "teal", "--sparsity", ".5", "--report", "r.html"], "applies to --eval"),
+        ([m, "--method", "teal", "--sparsity", ".5", "--generate", " "], "non-empty prompt"),
+        ([m, "--method", "teal", "--sparsity", ".5", "--device", "tpu9"], "--device"),
+    ]
+    for argv, needle in cases:
+        line = _error(capsys, ["sparsify", *argv])
+        assert needle in line, (argv, line)
+    with pytest.raises(SystemExit) as e:
+        main(["sparsify", m, "--method", "teal", "--sparsity", "half"])
+    assert e.value.code == 2
+    assert not (tmp_path / "o").exists()
+
+
+def test_errors_found_after_loading_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], tiny: Path
+) -> None:
+    short = tmp_path / "short.txt"
+    short.write_text("Only a few words of calibration text.\n")
+    base = ["sparsify", str(tiny), "--method", "teal", "--sparsity", ".5"]
+    assert "text too short" in _error(capsys, [*base, "--window", "32", "--calib", str(short)])
+    assert "exceeds the model's 128" in _error(capsys, [*base, "--window", "256"])
+
+
+def test_out_saves_a_model_that_reloads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], tiny: Path
+) -> None:
+    out = tmp_path / "out"
+    argv = ["sparsify", str(tiny), "--method", "cats", "--sparsity", "0.4", *SMALL]
+    assert main([*argv, "--out", str(out), "--generate", "To be, or", "--max-new-tokens", "4"]) == 0
+    text = capsys.readouterr().out
+    assert "realised" in text and "dense :" in text and "sparse:" in text
+    info = json.loads((out / "config.json").read_text())["actlab_sparsity"]
+    assert info["method"] == "cats" and info["params"]["sparsity"] == 0.4
+    assert info["calibration"]["tokens"] == 256 and info["mode"] == "decode"
+    assert info["model"]["name"] == "tiny" and len(info["model"]["config_sha256"]) == 64
+    loaded = load_sparse(out)
+    # the same calibration by hand gives the same state and the same logits
+    model, tok = load_causal_lm(str(tiny))
+    calib = calibration_windows(tok, tokens=256, window=32)
+    state = make_method("cats", sparsity=0.4).calibrate(model, calib.batches())
+    assert loaded.state == state
+    apply_state(model, state).set_mode("decode")
+    ids = torch.randint(4, 100, (2, 20), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(logits(loaded.model, [ids])[0], logits(model, [ids])[0])
+    prompt = tok("To be", return_tensors="pt")
+    assert loaded.model.generate(**prompt, max_new_tokens=3, do_sample=False).shape == (1, 8)
+    # a second run into the same folder needs --force
+    assert main([*argv, "--out", str(out)]) == 2
+    capsys.readouterr()
+    assert main([*argv, "--out", str(out), "--force"]) == 0
+
+
+def test_eval_prints_the_table_and_writes_the_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], tiny: Path
+) -> None:
+    pytest.importorskip("matplotlib")
+    report = tmp_path / "r.html"
+    argv = ["sparsify", str(tiny), "--method", "all", "--eval", *SMALL, "--eval-tokens", "64"]
+    argv += ["--sparsities", "0.5", "--protocol", "last-half", "--report", str(report)]
+    argv += ["--set", "teal.calibration=dense"]
+    assert main(argv) == 0
+    cap = capsys.readouterr()
+    assert "| method | target |" in cap.out and "| wina | 0.50 |" in cap.out
+    assert "teal s=0.50" in cap.err  # progress on stderr
+    page = report.read_text()
+    assert "last-half" in page and "64 tokens (2 windows of 32)" in page and "256 tokens" in page
+    data = json.loads(report.with_suffix(".json").read_text())
+    methods = [(r["method"], r["target"]) for r in data["rows"]]
+    assert methods == [("dense", 0.0)] + [(m, 0.5) for m in ("cats", "chess", "teal", "wina")]
+    teal = next(r for r in data["rows"] if r["method"] == "teal")
+    assert teal["params"]["calibration"] == "dense" and teal["protocol"] == "last-half"
+
+
+def test_unavailable_model_name_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from actlab.models import pretrained
+    from actlab.sparse._saved import resolve_model
+
+    monkeypatch.delattr(pretrained, "load_gemma3", raising=False)
+    with pytest.raises(SparseError, match="not available in this actlab"):
+        resolve_model("gemma3")
