@@ -89,10 +89,11 @@ def _af_layer(layer: Any, x: Tensor) -> Tensor:
     a = torch.exp(e - e.max(-1, keepdim=True).values)
     a = a / a.sum(-1, keepdim=True)  # softmax over the input nodes
     z = torch.stack([a[..., i] * full[..., i, :].sum(-1) for i in range(n_in)], -1)
-    mean = z.mean(-1, keepdim=True)
-    var = ((z - mean) ** 2).mean(-1, keepdim=True)
-    ln = (z - mean) / torch.sqrt(var + layer.norm.eps) * layer.norm.weight + layer.norm.bias
-    h = act(ln)
+    if layer.use_norm:
+        mean = z.mean(-1, keepdim=True)
+        var = ((z - mean) ** 2).mean(-1, keepdim=True)
+        z = (z - mean) / torch.sqrt(var + layer.norm.eps) * layer.norm.weight + layer.norm.bias
+    h = act(z)
     return torch.stack(
         [
             sum(layer.weight[j, i] * h[..., i] for i in range(n_in))

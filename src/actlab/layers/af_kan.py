@@ -31,6 +31,10 @@ Choices (stated):
 - bfloat16 / float16 inputs: the features, min-max, softmax and LayerNorm run in float32
   (they normalise near-equal values, which half precision cannot resolve); the output
   projection runs in the input dtype.
+- ``norm``: the LayerNorm over the reduced features (``"layer"``, the code's default) is
+  constant for a single input feature, which would make a layer on 1-D inputs output a
+  constant; ``"auto"`` (default) uses it when in_features > 1 and skips it otherwise;
+  ``"none"`` always skips it (the code's ``norm_type=None``).
 - Combinations ``func``: quad1 (x1 x2)^2, quad2 x1 x2 + x1^2 + x2^2, sum x1 + x2, prod x1 x2,
   sum_prod x1 + x2 + x1 x2, cubic1 (x1 + x2)(x1^2 + x2^2), cubic2 (x1 x2)^3 (the code's list).
 
@@ -63,6 +67,7 @@ FUNCS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "cubic2": lambda a, b: (a * b) ** 3,
 }
 FUNC_NORMS = ("batch", "sample", "none")
+NORMS = ("auto", "layer", "none")
 _HALF = (torch.bfloat16, torch.float16)
 
 
@@ -93,9 +98,12 @@ class AFKANLayer(nn.Module):
         func: str = "quad1",
         func_norm: str = "batch",
         input_norm: str = "tanh",
+        norm: str = "auto",
     ) -> None:
         super().__init__()
         check_grid("af_kan", grid, k)
+        if norm not in NORMS:
+            raise ValueError(f"af_kan: norm must be one of {', '.join(NORMS)}, got {norm!r}")
         if func not in FUNCS:
             raise ValueError(f"af_kan: func must be one of {', '.join(FUNCS)}, got {func!r}")
         if func_norm not in FUNC_NORMS:
@@ -113,7 +121,8 @@ class AFKANLayer(nn.Module):
         self.high = nn.Parameter(high.to(dtype))
         self.temperature = nn.Parameter(torch.tensor(math.sqrt(in_features), dtype=dtype))
         self.attn = nn.Linear(n, 1)  # the code's gk_linear
-        self.norm = nn.LayerNorm(in_features)
+        self.use_norm = norm == "layer" or (norm == "auto" and in_features > 1)
+        self.norm = nn.LayerNorm(in_features)  # kept (unused) without use_norm: fixed keys
         self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=dtype))
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         self.act = act
@@ -129,17 +138,26 @@ class AFKANLayer(nn.Module):
 
     def _reduce(self, x: Tensor) -> Tensor:
         """(..., in) -> (..., in): act(LayerNorm(attention-weighted sum of the features))."""
-        p = {n: t.to(x.dtype) for n, t in (("low", self.low), ("high", self.high))}
+        p = self._params(x.dtype)
         u = self.range(x).unsqueeze(-1)  # (..., in, 1)
         f = FUNCS[self.func](self.act(u - p["low"]), self.act(p["high"] - u))  # (..., in, G)
         f = minmax(f, self.func_norm)
-        w, b = self.attn.weight.to(x.dtype), self.attn.bias.to(x.dtype)
-        t = self.temperature.to(x.dtype).clamp(min=1.0)
-        a = torch.softmax(F.linear(f, w, b) / t, dim=-2)  # (..., in, 1)
+        t = p["temperature"].clamp(min=1.0)
+        a = torch.softmax(F.linear(f, p["attn_w"], p["attn_b"]) / t, dim=-2)  # (..., in, 1)
         z = (f * a).sum(-1)  # (..., in)
-        nw, nb = self.norm.weight.to(x.dtype), self.norm.bias.to(x.dtype)
-        z = F.layer_norm(z, (self.in_features,), nw, nb, self.norm.eps)
+        if self.use_norm:
+            z = F.layer_norm(z, (self.in_features,), p["norm_w"], p["norm_b"], self.norm.eps)
         return self.act(z)
+
+    def _params(self, dtype: torch.dtype) -> dict[str, Tensor]:
+        p = {
+            "low": self.low, "high": self.high, "temperature": self.temperature,
+            "attn_w": self.attn.weight, "attn_b": self.attn.bias,
+            "norm_w": self.norm.weight, "norm_b": self.norm.bias,
+        }  # fmt: skip
+        if self.low.dtype == dtype:
+            return p
+        return {k: v.to(dtype) for k, v in p.items()}
 
     def extra_repr(self) -> str:
         return (
@@ -173,12 +191,13 @@ class AFKAN(nn.Module):
         func: str = "quad1",
         func_norm: str = "batch",
         input_norm: str = "tanh",
+        norm: str = "auto",
     ) -> None:
         super().__init__()
         hidden = hidden_features or in_features
         out = out_features or in_features
         kw: dict[str, Any] = dict(
-            grid=grid, k=k, func=func, func_norm=func_norm, input_norm=input_norm
+            grid=grid, k=k, func=func, func_norm=func_norm, input_norm=input_norm, norm=norm
         )
         a = act if act is not None else (act_layer if act_layer is not None else "silu")
         self.layer1 = AFKANLayer(in_features, hidden, act_module(a), **kw)
