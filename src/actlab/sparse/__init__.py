@@ -46,6 +46,7 @@ from actlab.sparse._eval import (
     evaluate,
     sparsity_curves,
 )
+from actlab.sparse._kernels import KernelReport, drop_kernels, kernels_available, use_kernels
 from actlab.sparse._modules import MODES, SparseGatedMLP, SparseLinear, exact_quantile
 from actlab.sparse._orthogonal import Orthogonalized, orthogonalize
 from actlab.sparse._saved import (
@@ -93,6 +94,7 @@ __all__ = [
     "save_sparse",
     "sparsity_curves",
     "INPUT_OF",
+    "KernelReport",
     "METHODS",
     "MODES",
     "Orthogonalized",
@@ -108,10 +110,13 @@ __all__ = [
     "Threshold",
     "apply_state",
     "check_sparsity",
+    "drop_kernels",
     "exact_quantile",
     "find_blocks",
     "install",
+    "kernels_available",
     "load_state",
     "make_method",
     "orthogonalize",
+    "use_kernels",
 ]

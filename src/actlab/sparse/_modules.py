@@ -18,6 +18,9 @@ and zeroed (``seen``, ``zeroed``; ``realised``) while ``counting`` is True.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -75,6 +78,8 @@ class _Site:
     seen: int
     zeroed: int
     counting: bool
+    # the fused CPU kernel (actlab.sparse.use_kernels): called first; None = torch path
+    _kernel: Callable[[Any, torch.Tensor], torch.Tensor | None] | None = None
 
     def _init_site(self, threshold: Threshold) -> None:
         self.threshold = _threshold(threshold)
@@ -150,6 +155,8 @@ class SparseLinear(_Site, nn.Linear):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._kernel is not None and (y := self._kernel(self, x)) is not None:
+            return y
         keep = self._keep(x)
         return super().forward(x if keep is None else x * keep)
 
@@ -182,6 +189,8 @@ class SparseGatedMLP(_Site, nn.Module):
         self.train(mlp.training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._kernel is not None and (y := self._kernel(self, x)) is not None:
+            return y
         a = self.act_fn(self.gate_proj(x))
         keep = self._keep(a)
         if keep is None:

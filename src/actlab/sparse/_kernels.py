@@ -1,0 +1,354 @@
+"""Fused CPU decode kernels for the sparsified modules: :func:`use_kernels`, :func:`drop_kernels`.
+
+Decoding one token is a chain of matrix-vector products bound by memory bandwidth. When a
+fraction ``s`` of a layer's inputs are zeroed (TEAL, CATS, CHESS, WINA), only the matching
+weight columns need to be read, so the ideal speed-up is ``1 / (1 - s)``. Gathering columns
+with torch indexing is slower than the dense product; the kernels in ``csrc/sparse_gemv.cpp``
+read only the needed weights, in one pass:
+
+- ``sparse_linear``: ``y = W s_t(x) + b`` for a :class:`~actlab.sparse.SparseLinear`; the
+  threshold ``|x_i| > t`` (scalar or per input) is applied while the survivor list is built,
+  weights are stored input-major (``W^T``, one contiguous row per input), so each surviving
+  input streams one row; a small batch reads the union of its rows' survivors once.
+- ``gated_mlp``: ``down(m * act(gate(x)) * up(x))`` for a :class:`~actlab.sparse.SparseGatedMLP`
+  (CATS / CHESS): the gate dense, then for each surviving channel its up row and down column,
+  stored together, in one pass; ``act`` is silu (Llama, SmolLM2) or gelu_tanh (Gemma).
+
+:func:`use_kernels` packs those layouts (float32 or bfloat16 copies of the weights: bf16
+halves the bytes a token reads; accumulation is float32) and turns the kernel path on; the
+modules then call it for forwards of at most ``max_rows`` positions (decoding), on CPU, without
+autograd, and keep the torch path for everything else (prefill, training, CUDA, TEAL's
+``last-half`` protocol). The masks are the torch path's masks (same rule, same threshold), so
+the results agree within float32 rounding (bf16: of the bf16-rounded weights). The packed
+copies are extra memory (one more copy of each sparsified weight, half for bf16) and follow
+in-place changes of the weights (repacked on the next call). The op is compiled through
+:mod:`actlab._ext` for the CPU's ISA (AVX512, AVX2 or portable code; ``ACTLAB_NATIVE_ISA``);
+without a compiler (or with ``ACTLAB_NATIVE=0``) :func:`use_kernels` warns once and the torch
+path stays in use.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from actlab._ext import Extension, NativeLibrary, try_load
+from actlab._ext import unavailable_reason as _ext_reason
+from actlab.sparse._modules import SparseGatedMLP, SparseLinear, _Site
+from actlab.sparse._state import SparseError
+
+__all__ = [
+    "KERNELS",
+    "KernelReport",
+    "drop_kernels",
+    "kernel_isa",
+    "kernels_available",
+    "use_kernels",
+]
+
+KERNELS = Extension(
+    name="actlab_sparse",
+    package="actlab.sparse",
+    sources=("csrc/sparse_gemv.cpp",),
+    namespace="actlab_sparse",
+    ops=("sparse_linear", "gated_mlp", "isa"),
+    openmp=True,
+    title="sparse decode kernels",
+    fallback="the sparse modules use their torch path",
+)
+
+_DTYPES = (torch.float32, torch.bfloat16)
+_ACTS = {"silu": 0, "gelu_tanh": 1}
+
+
+def kernels_available() -> bool:
+    """Whether the sparse kernels are loaded (building them on the first call)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return try_load(KERNELS) is not None
+
+
+@dataclass
+class KernelReport:
+    """What :func:`use_kernels` did: the modules now on the kernel path and those left out."""
+
+    dtype: torch.dtype
+    isa: str = ""
+    modules: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # path -> why
+    packed_bytes: int = 0
+    reason: str = ""  # why nothing was enabled (kernels unavailable), else ''
+
+    def __str__(self) -> str:
+        if self.reason:
+            return f"sparse kernels off: {self.reason}"
+        head = (
+            f"sparse kernels ({self.isa}, {str(self.dtype).replace('torch.', '')} weights): "
+            f"{len(self.modules)} modules, {self.packed_bytes / 2**20:.1f} MiB packed"
+        )
+        return "\n".join([head, *(f"  skipped {p}: {why}" for p, why in self.skipped.items())])
+
+
+def _vec(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.detach().float().contiguous()
+
+
+def _key(*ts: torch.Tensor | None) -> tuple[int, ...]:
+    return tuple(v for t in ts if t is not None for v in (t.data_ptr(), t._version))
+
+
+class _Kernel:
+    """The packed layout of one module and the call that replaces its forward when it applies."""
+
+    def __init__(self, lib: NativeLibrary, dtype: torch.dtype, max_rows: int) -> None:
+        self.lib = lib
+        self.dtype = dtype
+        self.max_rows = max_rows
+        self.counts = torch.zeros(2, dtype=torch.long)
+        self.key: tuple[int, ...] = ()
+        self.nbytes = 0
+
+    def rows(self, x: torch.Tensor, width: int) -> int | None:
+        """Positions in ``x`` if the kernel applies to this call, else None."""
+        if x.device.type != "cpu" or not x.is_floating_point():
+            return None
+        if x.requires_grad and torch.is_grad_enabled():
+            return None
+        if x.shape[-1] != width:
+            return None  # let torch raise its own shape error
+        rows = x.numel() // width
+        return rows if 0 < rows <= self.max_rows else None
+
+    def count(self, site: _Site) -> torch.Tensor | None:
+        if not site.counting:
+            return None
+        self.counts.zero_()
+        return self.counts
+
+    def add_counts(self, site: _Site, counts: torch.Tensor | None) -> None:
+        if counts is not None:
+            seen, zeroed = counts.tolist()
+            site.seen += seen
+            site.zeroed += zeroed
+
+
+def _plan(site: _Site, x: torch.Tensor, width: int) -> tuple[str, float, torch.Tensor | None]:
+    """How a site sparsifies this forward of ``x`` (its masked values have ``width`` channels):
+    ``("dense" | "fused" | "torch", t, channel_t)``; ``torch``: the kernel does not cover it
+    (TEAL's last-half over several positions)."""
+    t = site.threshold
+    positions = x.shape[-2] if x.ndim >= 3 else 1
+    if isinstance(t, float) and t < 0:
+        return "dense", -math.inf, None
+    if site.mode == "decode" and positions > 1:
+        return "dense", -math.inf, None
+    if site.mode == "last-half" and positions > 1:
+        return "torch", 0.0, None
+    if isinstance(t, torch.Tensor):
+        if t.shape[-1] != width:
+            raise SparseError(f"{t.shape[-1]} channel thresholds for {width} channels")
+        return "fused", 0.0, t
+    return "fused", float(t), None
+
+
+class _LinearKernel(_Kernel):
+    """``sparse_linear`` for a :class:`SparseLinear` (weights packed as ``W^T``)."""
+
+    def __init__(self, m: SparseLinear, lib: NativeLibrary, dtype: torch.dtype, rows: int) -> None:
+        super().__init__(lib, dtype, rows)
+        self.op = lib.op("sparse_linear")
+        # a subclass with its own keep rule (WINA's top-k) masks in torch, skips zeros here
+        self.fused = type(m)._criterion is SparseLinear._criterion
+        self.pack(m)
+
+    def pack(self, m: SparseLinear) -> None:
+        w = m.weight.detach()
+        self.wt = w.t().contiguous().to(self.dtype)  # [in, out]: one row per input
+        self.bias = _vec(m.bias)
+        self.key = _key(m.weight, m.bias)
+        self.nbytes = self.wt.numel() * self.wt.element_size()
+
+    def __call__(self, m: SparseLinear, x: torch.Tensor) -> torch.Tensor | None:
+        rows = self.rows(x, m.in_features)
+        if rows is None:
+            return None
+        how, t, channel_t = _plan(m, x, m.in_features)
+        if how == "torch":
+            return None
+        if _key(m.weight, m.bias) != self.key:
+            self.pack(m)  # the weights changed since packing
+        x2 = x.reshape(rows, m.in_features).float().contiguous()  # [rows, in]
+        if how == "fused" and not self.fused:
+            keep = m._keep(x)  # the subclass's rule, counted there
+            if keep is not None:
+                x2 = (x * keep).reshape(rows, m.in_features).float().contiguous()
+            y = self.op(x2, self.wt, self.bias, -math.inf if keep is None else 0.0, None, None)
+        else:
+            counts = self.count(m)
+            thr = None if channel_t is None else channel_t.float().contiguous()
+            y = self.op(x2, self.wt, self.bias, t, thr, counts)
+            self.add_counts(m, counts)
+        return y.reshape(*x.shape[:-1], m.out_features).to(x.dtype)  # [..., out]
+
+
+def _act_code(act: nn.Module) -> int | None:
+    """0 if ``act`` computes silu, 1 if gelu_tanh (probed on a grid), None otherwise."""
+    z = torch.linspace(-8.0, 8.0, 161)
+    try:
+        with torch.no_grad():
+            out = act(z.clone())
+    except Exception:  # noqa: BLE001 -- an activation that cannot take this input: no kernel
+        return None
+    if not isinstance(out, torch.Tensor) or out.shape != z.shape:
+        return None
+    for name, ref in (("silu", F.silu(z)), ("gelu_tanh", F.gelu(z, approximate="tanh"))):
+        if torch.allclose(out.float(), ref, rtol=1e-5, atol=1e-6):
+            return _ACTS[name]
+    return None
+
+
+class _GatedKernel(_Kernel):
+    """``gated_mlp`` for a :class:`SparseGatedMLP` (gate ``W^T``; up rows | down columns)."""
+
+    def __init__(
+        self, m: SparseGatedMLP, lib: NativeLibrary, dtype: torch.dtype, rows: int, act: int
+    ) -> None:
+        super().__init__(lib, dtype, rows)
+        self.op = lib.op("gated_mlp")
+        self.act = act
+        self.pack(m)
+
+    @staticmethod
+    def linears(m: SparseGatedMLP) -> tuple[nn.Linear, nn.Linear, nn.Linear]:
+        g, u, d = m.gate_proj, m.up_proj, m.down_proj
+        assert isinstance(g, nn.Linear) and isinstance(u, nn.Linear) and isinstance(d, nn.Linear)
+        return g, u, d
+
+    def pack(self, m: SparseGatedMLP) -> None:
+        g, u, d = self.linears(m)
+        self.gate_t = g.weight.detach().t().contiguous().to(self.dtype)  # [d, F]
+        # row c = [up.weight[c, :] | down.weight[:, c]]: [F, 2d]
+        self.updown = torch.cat([u.weight.detach(), d.weight.detach().t()], dim=1).to(self.dtype)
+        self.biases = (_vec(g.bias), _vec(u.bias), _vec(d.bias))
+        self.key = _key(g.weight, u.weight, d.weight, g.bias, u.bias, d.bias)
+        self.nbytes = sum(t.numel() * t.element_size() for t in (self.gate_t, self.updown))
+        self.width = g.in_features
+
+    def __call__(self, m: SparseGatedMLP, x: torch.Tensor) -> torch.Tensor | None:
+        rows = self.rows(x, self.width)
+        if rows is None:
+            return None
+        g, u, d = self.linears(m)
+        how, t, channel_t = _plan(m, x, g.out_features)
+        if how == "torch":
+            return None
+        if _key(g.weight, u.weight, d.weight, g.bias, u.bias, d.bias) != self.key:
+            self.pack(m)
+        x2 = x.reshape(rows, self.width).float().contiguous()  # [rows, d]
+        counts = self.count(m)
+        thr = None if channel_t is None else channel_t.float().contiguous()
+        y = self.op(x2, self.gate_t, self.updown, *self.biases, t, thr, self.act, counts)
+        self.add_counts(m, counts)
+        return y.reshape(*x.shape[:-1], d.out_features).to(x.dtype)  # [..., d]
+
+
+def _load() -> tuple[NativeLibrary | None, str]:
+    """The library, or None and the reason (the builder's own warning is folded into ours)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        lib = try_load(KERNELS)
+    return lib, "" if lib is not None else _ext_reason(KERNELS)
+
+
+def _skip_reason(m: nn.Module, dtype: torch.dtype) -> str:
+    params = list(m.parameters())
+    if not params:
+        return "no weights"
+    if any(p.device.type != "cpu" for p in params):
+        return f"weights on {params[0].device.type}: the kernels are CPU-only (torch path kept)"
+    if any(not p.is_floating_point() for p in params):
+        return "non-float weights"
+    return ""
+
+
+def use_kernels(
+    model: nn.Module, dtype: torch.dtype = torch.float32, *, max_rows: int = 8
+) -> KernelReport:
+    """Pack the weights of every sparse module of ``model`` and turn its kernel path on.
+
+    ``dtype``: float32 or bfloat16 packed weights (activations stay in the model's dtype;
+    the kernel accumulates in float32). ``max_rows``: the kernel runs for forwards of at most
+    this many positions (decode steps, small batches); longer ones (prefill) use torch.
+    Returns a :class:`KernelReport`. Without the compiled library, warns once and changes
+    nothing. Call again to repack (e.g. with another dtype); :func:`drop_kernels` undoes it.
+    """
+    if dtype not in _DTYPES:
+        raise SparseError(f"use_kernels dtype must be torch.float32 or torch.bfloat16, got {dtype}")
+    if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
+        raise SparseError(f"use_kernels max_rows must be a positive int, got {max_rows!r}")
+    if not isinstance(model, nn.Module):
+        raise SparseError(f"use_kernels needs an nn.Module, got {type(model).__name__}")
+    sites = [
+        (p, m) for p, m in model.named_modules() if isinstance(m, (SparseLinear, SparseGatedMLP))
+    ]
+    if not sites:
+        raise SparseError(
+            "use_kernels found no sparse modules; sparsify the model first "
+            "(make_method(...).apply(model, state))"
+        )
+    report = KernelReport(dtype=dtype)
+    lib, reason = _load()
+    if lib is None:
+        report.reason = reason
+        warnings.warn(
+            f"actlab: sparse decode kernels unavailable ({reason}); the sparse modules keep "
+            "their torch path",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return report
+    report.isa = lib.isa
+    for path, m in sites:
+        why = _skip_reason(m, dtype)
+        kernel: _Kernel | None = None
+        if not why and isinstance(m, SparseLinear):
+            kernel = _LinearKernel(m, lib, dtype, max_rows)
+        elif not why and isinstance(m, SparseGatedMLP):
+            if not all(
+                type(getattr(m, n)) is nn.Linear for n in ("gate_proj", "up_proj", "down_proj")
+            ):
+                why = "gate/up/down are not plain nn.Linear"
+            elif (act := _act_code(m.act_fn)) is None:
+                why = f"act_fn {type(m.act_fn).__name__} is neither silu nor gelu_tanh"
+            else:
+                kernel = _GatedKernel(m, lib, dtype, max_rows, act)
+        if kernel is None:
+            report.skipped[path] = why
+            m.__dict__.pop("_kernel", None)
+            continue
+        m._kernel = cast(Callable[[Any, torch.Tensor], "torch.Tensor | None"], kernel)
+        report.modules.append(path)
+        report.packed_bytes += kernel.nbytes
+    return report
+
+
+def drop_kernels(model: nn.Module) -> int:
+    """Turn the kernel path off and free the packed weights; returns how many modules had it."""
+    n = 0
+    for m in model.modules():
+        if isinstance(m, (SparseLinear, SparseGatedMLP)) and m.__dict__.pop("_kernel", None):
+            n += 1
+    return n
+
+
+def kernel_isa() -> str:
+    """The ISA the loaded library was compiled for ('' when unavailable)."""
+    lib, _ = _load()
+    return "" if lib is None else str(lib.op("isa")())

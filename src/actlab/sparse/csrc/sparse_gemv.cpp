@@ -1,0 +1,490 @@
+// actlab sparse decode kernels: input-sparse matrix-vector products that read only the weight
+// rows of surviving inputs, with the threshold fused into the same call.
+//
+//   sparse_linear   y[b, :] = bias + sum_{k : keep[b, k]} x[b, k] * Wt[k, :]
+//                   keep[b, k] = !(|x[b, k]| <= t_k)            (t_k = thresholds[k] or t)
+//
+//   gated_mlp       g[b, :] = gate_b + sum_k x[b, k] * Gt[k, :]         (dense, input-major)
+//                   a = act(g) (silu or gelu_tanh),  keep[b, c] = !(|a[b, c]| <= t_c)
+//                   y[b, :] = down_b + sum_{c : keep[b, c]} a[b, c] * (up_b[c] + <U[c], x[b]>) * D[c]
+//                   with U[c] = up_proj.weight[c, :] and D[c] = down_proj.weight[:, c] stored
+//                   together as one row UD[c] = [U[c] | D[c]] (2 d values).
+//
+// Layouts. Wt = W^T, [in, out] contiguous: the weights of one input are one contiguous row, so
+// a surviving input streams exactly one row and a skipped one is never read (x = 0 in ->
+// weights untouched: the 1 / (1 - s) limit). Weights are float32 or bfloat16 (converted to
+// float32 in registers); x, bias and accumulation are float32.
+//
+// "keep" is written !(|x| <= t) so that NaN inputs survive: NaN then reaches every output,
+// as it does through torch's x * mask followed by a matmul (NaN * 0 = NaN). A small batch B
+// reads the union of the rows its B inputs keep, each row once, with each batch row's own
+// zeros applied.
+//
+// Threading: ATen's at::parallel_for (the process's own OpenMP pool; a private OpenMP
+// runtime inside torch's process ran 2x slower than dense). sparse_linear splits the outputs
+// into one contiguous slice per thread (multiples of 32 values, so the vector / scalar split
+// of each output depends on its index only): every output sums the same products in the same
+// order whatever the thread count, so results are bit-identical across thread counts.
+// gated_mlp's second phase splits the surviving channels into fixed groups whose partial
+// outputs are summed in group order: also independent of the thread count.
+//
+// Prefetch: while the rows of one group of survivors are streamed, the rows of the next group
+// are prefetched into L2 at the same offsets (the jump to a new row is what the hardware
+// prefetcher cannot guess; a strip-by-strip walk without it reached 1.13-1.15x at 25-40%).
+// Into L2, not L1 or non-temporal: for long rows the next group is up to 4 rows ahead, more
+// than L1 holds; a non-temporal prefetch (L1 only) was evicted before use and ran 0.36x of
+// dense at s = 0 on 2048x8192 where the L2 prefetch ran ~1x (same process, same weights).
+//
+// Vector code: at::vec::Vectorized<float> compiled for the ISA actlab._ext selects (AVX512,
+// AVX2 or portable code, ACTLAB_NATIVE_ISA), loads of bfloat16 through at::vec's converter.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace {
+
+using at::BFloat16;
+using Vec = at::vec::Vectorized<float>;
+
+constexpr int64_t kVec = Vec::size();
+constexpr int64_t kLine = 32;         // values per inner step: 128 B of float32, 64 B of bf16
+constexpr int64_t kGroupRows = 4;     // survivors streamed together (batch 1)
+constexpr int64_t kSerialWork = 1 << 16;  // below this many multiply-adds: one thread
+
+// ----------------------------------------------------------------------------- loads
+template <typename W>
+inline Vec load_w(const W* p);
+template <>
+inline Vec load_w<float>(const float* p) {
+  return Vec::loadu(p);
+}
+template <>
+inline Vec load_w<BFloat16>(const BFloat16* p) {
+  Vec out;
+  at::vec::load_fp32_from_bf16(p, out);
+  return out;
+}
+inline float to_f(float v) { return v; }
+inline float to_f(BFloat16 v) { return static_cast<float>(v); }
+
+template <typename W>
+inline void prefetch_line(const W* p) {
+  __builtin_prefetch(static_cast<const void*>(p), 0, 1);  // into L2
+}
+// Prefetch the kLine values at p (one or two cache lines).
+template <typename W>
+inline void prefetch_step(const W* p) {
+  prefetch_line(p);
+  if constexpr (sizeof(W) * kLine > 64) prefetch_line(p + 64 / sizeof(W));
+}
+
+// ----------------------------------------------------------------------------- checks
+void check_x(const at::Tensor& x, const char* op) {
+  TORCH_CHECK(x.device().is_cpu(), op, ": expected CPU tensors, got x on ", x.device());
+  TORCH_CHECK(x.scalar_type() == at::kFloat, op, ": x must be float32, got ", x.scalar_type());
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), op, ": x must be a contiguous [rows, in] tensor");
+}
+
+void check_w(const at::Tensor& w, const char* op, const char* name) {
+  TORCH_CHECK(w.device().is_cpu(), op, ": ", name, " must be on the CPU");
+  TORCH_CHECK(w.scalar_type() == at::kFloat || w.scalar_type() == at::kBFloat16, op, ": ", name,
+              " must be float32 or bfloat16, got ", w.scalar_type());
+  TORCH_CHECK(w.dim() == 2 && w.is_contiguous(), op, ": ", name, " must be contiguous 2-D");
+}
+
+const float* opt_vec(const std::optional<at::Tensor>& t, int64_t n, const char* op,
+                     const char* name) {
+  if (!t.has_value() || !t->defined()) return nullptr;
+  TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kFloat && t->is_contiguous() &&
+                  t->numel() == n,
+              op, ": ", name, " must be a contiguous float32 CPU tensor of ", n, " values, got ",
+              t->numel());
+  return t->data_ptr<float>();
+}
+
+void add_counts(const std::optional<at::Tensor>& counts, int64_t seen, int64_t zeroed) {
+  if (!counts.has_value() || !counts->defined()) return;
+  TORCH_CHECK(counts->scalar_type() == at::kLong && counts->numel() == 2 && counts->is_contiguous(),
+              "counts must be a contiguous int64 tensor of 2 values");
+  int64_t* c = counts->data_ptr<int64_t>();
+  c[0] += seen;
+  c[1] += zeroed;
+}
+
+// ----------------------------------------------------------------------------- survivors
+// The inputs kept by any batch row: idx[0..S) ascending, xs[s * B + b] the value of row b at
+// input idx[s] (0 where row b drops it). Returns the number of (row, input) entries dropped.
+int64_t survivors(const float* x, int64_t B, int64_t K, float t, const float* thr,
+                  std::vector<int64_t>& idx, std::vector<float>& xs) {
+  idx.clear();
+  xs.clear();
+  idx.reserve(K);
+  xs.reserve(K * B);
+  int64_t dropped = 0;
+  if (B == 1) {
+    for (int64_t k = 0; k < K; ++k) {
+      const float v = x[k];
+      const float tk = thr ? thr[k] : t;
+      if (!(std::fabs(v) <= tk)) {
+        idx.push_back(k);
+        xs.push_back(v);
+      }
+    }
+    return K - static_cast<int64_t>(idx.size());
+  }
+  std::vector<float> col(B);
+  for (int64_t k = 0; k < K; ++k) {
+    const float tk = thr ? thr[k] : t;
+    bool any = false;
+    for (int64_t b = 0; b < B; ++b) {
+      const float v = x[b * K + k];
+      const bool keep = !(std::fabs(v) <= tk);
+      col[b] = keep ? v : 0.f;
+      any |= keep;
+      dropped += keep ? 0 : 1;
+    }
+    if (any) {
+      idx.push_back(k);
+      xs.insert(xs.end(), col.begin(), col.end());
+    }
+  }
+  return dropped;
+}
+
+// ----------------------------------------------------------------------------- axpy core
+// y[b, n0:n1] += sum_s xs[s * B + b] * W[idx[s], n0:n1]   (W row stride ldw; y row stride ldy)
+// n0 is a multiple of kLine or n1 is the row end: which elements take the vector or the scalar
+// path depends on the element index only. The sum over s runs in order, one fma per term.
+template <typename W>
+void axpy_rows(const W* w, int64_t ldw, const int64_t* idx, const float* xs, int64_t S,
+               int64_t B, float* y, int64_t ldy, int64_t n0, int64_t n1) {
+  const int64_t nl = n0 + (n1 - n0) / kLine * kLine;  // end of full lines
+  const int64_t nv = nl + (n1 - nl) / kVec * kVec;    // end of full vectors
+  if (B == 1) {
+    int64_t s = 0;
+    for (; s + kGroupRows <= S; s += kGroupRows) {
+      const W* r0 = w + idx[s] * ldw;
+      const W* r1 = w + idx[s + 1] * ldw;
+      const W* r2 = w + idx[s + 2] * ldw;
+      const W* r3 = w + idx[s + 3] * ldw;
+      // the next group's rows (or this group's again at the end: harmless)
+      const int64_t s2 = s + kGroupRows < S ? s + kGroupRows : s;
+      const W* p0 = w + idx[s2] * ldw;
+      const W* p1 = w + idx[std::min(s2 + 1, S - 1)] * ldw;
+      const W* p2 = w + idx[std::min(s2 + 2, S - 1)] * ldw;
+      const W* p3 = w + idx[std::min(s2 + 3, S - 1)] * ldw;
+      const Vec x0(xs[s]), x1(xs[s + 1]), x2(xs[s + 2]), x3(xs[s + 3]);
+      for (int64_t j = n0; j < nl; j += kLine) {
+        prefetch_step(p0 + j);
+        prefetch_step(p1 + j);
+        prefetch_step(p2 + j);
+        prefetch_step(p3 + j);
+        for (int64_t v = 0; v < kLine; v += kVec) {
+          Vec acc = Vec::loadu(y + j + v);
+          acc = at::vec::fmadd(x0, load_w(r0 + j + v), acc);
+          acc = at::vec::fmadd(x1, load_w(r1 + j + v), acc);
+          acc = at::vec::fmadd(x2, load_w(r2 + j + v), acc);
+          acc = at::vec::fmadd(x3, load_w(r3 + j + v), acc);
+          acc.store(y + j + v);
+        }
+      }
+      for (int64_t j = nl; j < nv; j += kVec) {
+        Vec acc = Vec::loadu(y + j);
+        acc = at::vec::fmadd(x0, load_w(r0 + j), acc);
+        acc = at::vec::fmadd(x1, load_w(r1 + j), acc);
+        acc = at::vec::fmadd(x2, load_w(r2 + j), acc);
+        acc = at::vec::fmadd(x3, load_w(r3 + j), acc);
+        acc.store(y + j);
+      }
+      for (int64_t j = nv; j < n1; ++j) {
+        float acc = y[j];
+        acc = std::fma(xs[s], to_f(r0[j]), acc);
+        acc = std::fma(xs[s + 1], to_f(r1[j]), acc);
+        acc = std::fma(xs[s + 2], to_f(r2[j]), acc);
+        acc = std::fma(xs[s + 3], to_f(r3[j]), acc);
+        y[j] = acc;
+      }
+    }
+    for (; s < S; ++s) {  // the last < kGroupRows survivors
+      const W* r0 = w + idx[s] * ldw;
+      const Vec x0(xs[s]);
+      int64_t j = n0;
+      for (; j < nv; j += kVec) at::vec::fmadd(x0, load_w(r0 + j), Vec::loadu(y + j)).store(y + j);
+      for (; j < n1; ++j) y[j] = std::fma(xs[s], to_f(r0[j]), y[j]);
+    }
+    return;
+  }
+  // small batch: each surviving row is read once and applied to every batch row
+  for (int64_t s = 0; s < S; ++s) {
+    const W* r0 = w + idx[s] * ldw;
+    const W* p0 = w + idx[s + 1 < S ? s + 1 : s] * ldw;
+    const float* xb = xs + s * B;
+    for (int64_t j = n0; j < nl; j += kLine) {
+      prefetch_step(p0 + j);
+      for (int64_t v = 0; v < kLine; v += kVec) {
+        const Vec wv = load_w(r0 + j + v);
+        for (int64_t b = 0; b < B; ++b) {
+          float* yb = y + b * ldy + j + v;
+          at::vec::fmadd(Vec(xb[b]), wv, Vec::loadu(yb)).store(yb);
+        }
+      }
+    }
+    for (int64_t j = nl; j < nv; j += kVec) {
+      const Vec wv = load_w(r0 + j);
+      for (int64_t b = 0; b < B; ++b) {
+        float* yb = y + b * ldy + j;
+        at::vec::fmadd(Vec(xb[b]), wv, Vec::loadu(yb)).store(yb);
+      }
+    }
+    for (int64_t j = nv; j < n1; ++j) {
+      const float wv = to_f(r0[j]);
+      for (int64_t b = 0; b < B; ++b) y[b * ldy + j] = std::fma(xb[b], wv, y[b * ldy + j]);
+    }
+  }
+}
+
+// y [B, N] = bias + the survivors' rows of W, in parallel over output slices (one per thread,
+// multiples of kLine).
+template <typename W>
+void sparse_matvec(const W* w, int64_t N, const std::vector<int64_t>& idx,
+                   const std::vector<float>& xs, int64_t B, const float* bias, float* y) {
+  for (int64_t b = 0; b < B; ++b) {
+    float* yb = y + b * N;
+    if (bias) std::copy(bias, bias + N, yb);
+    else std::fill(yb, yb + N, 0.f);
+  }
+  const int64_t S = static_cast<int64_t>(idx.size());
+  if (S == 0) return;
+  const int64_t threads = S * N * B < kSerialWork ? 1 : at::get_num_threads();
+  int64_t slice = (N + threads - 1) / threads;
+  slice = (slice + kLine - 1) / kLine * kLine;
+  const int64_t slices = (N + slice - 1) / slice;
+  at::parallel_for(0, slices, 1, [&](int64_t a, int64_t e) {
+    for (int64_t i = a; i < e; ++i) {
+      const int64_t n0 = i * slice;
+      axpy_rows(w, N, idx.data(), xs.data(), S, B, y, N, n0, std::min(N, n0 + slice));
+    }
+  });
+}
+
+// ----------------------------------------------------------------------------- sparse_linear
+at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& wt,
+                         const std::optional<at::Tensor>& bias, double threshold,
+                         const std::optional<at::Tensor>& thresholds,
+                         const std::optional<at::Tensor>& counts) {
+  const char* op = "actlab_sparse.sparse_linear";
+  check_x(x, op);
+  check_w(wt, op, "wt");
+  const int64_t B = x.size(0), K = x.size(1), N = wt.size(1);
+  TORCH_CHECK(wt.size(0) == K, op, ": wt is [", wt.size(0), ", ", N, "], x has ", K, " inputs");
+  const float* b = opt_vec(bias, N, op, "bias");
+  const float* thr = opt_vec(thresholds, K, op, "thresholds");
+  auto y = at::empty({B, N}, x.options());
+  std::vector<int64_t> idx;
+  std::vector<float> xs;
+  const int64_t dropped =
+      survivors(x.data_ptr<float>(), B, K, static_cast<float>(threshold), thr, idx, xs);
+  if (wt.scalar_type() == at::kFloat) {
+    sparse_matvec(wt.data_ptr<float>(), N, idx, xs, B, b, y.data_ptr<float>());
+  } else {
+    sparse_matvec(wt.data_ptr<BFloat16>(), N, idx, xs, B, b, y.data_ptr<float>());
+  }
+  add_counts(counts, B * K, dropped);
+  return y;
+}
+
+// ----------------------------------------------------------------------------- gated_mlp
+inline float silu(float g) { return g / (1.f + std::exp(-g)); }
+inline float gelu_tanh(float g) {
+  constexpr float kAlpha = 0.7978845608028654f;  // sqrt(2 / pi)
+  return 0.5f * g * (1.f + std::tanh(kAlpha * (g + 0.044715f * g * g * g)));
+}
+
+// dot(u, x) over d values, float32 accumulation in kLine-wide steps (fixed order).
+template <typename W>
+inline float dot_row(const W* u, const float* x, int64_t d, const W* prefetch) {
+  const int64_t dl = d / kLine * kLine;
+  const int64_t dv = dl + (d - dl) / kVec * kVec;
+  Vec acc[kLine / kVec];
+  for (auto& a : acc) a = Vec(0.f);
+  for (int64_t j = 0; j < dl; j += kLine) {
+    prefetch_step(prefetch + j);
+    for (int64_t v = 0; v < kLine / kVec; ++v) {
+      acc[v] = at::vec::fmadd(load_w(u + j + v * kVec), Vec::loadu(x + j + v * kVec), acc[v]);
+    }
+  }
+  for (int64_t j = dl; j < dv; j += kVec) {
+    acc[0] = at::vec::fmadd(load_w(u + j), Vec::loadu(x + j), acc[0]);
+  }
+  Vec sum = acc[0];
+  for (int64_t v = 1; v < kLine / kVec; ++v) sum = sum + acc[v];
+  float out = at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return a + b; }, sum);
+  for (int64_t j = dv; j < d; ++j) out = std::fma(to_f(u[j]), x[j], out);
+  return out;
+}
+
+// acc[0:d] += h * D[0:d], prefetching the next row's D at the same offsets.
+template <typename W>
+inline void axpy_row(const W* dcol, float h, float* acc, int64_t d, const W* prefetch) {
+  const int64_t dl = d / kLine * kLine;
+  const int64_t dv = dl + (d - dl) / kVec * kVec;
+  const Vec hv(h);
+  for (int64_t j = 0; j < dl; j += kLine) {
+    prefetch_step(prefetch + j);
+    for (int64_t v = 0; v < kLine; v += kVec) {
+      at::vec::fmadd(hv, load_w(dcol + j + v), Vec::loadu(acc + j + v)).store(acc + j + v);
+    }
+  }
+  for (int64_t j = dl; j < dv; j += kVec) {
+    at::vec::fmadd(hv, load_w(dcol + j), Vec::loadu(acc + j)).store(acc + j);
+  }
+  for (int64_t j = dv; j < d; ++j) acc[j] = std::fma(h, to_f(dcol[j]), acc[j]);
+}
+
+constexpr int64_t kChannelGroup = 64;  // channels per partial output (phase 2)
+
+template <typename W>
+int64_t gated_impl(const float* x, int64_t B, int64_t d, int64_t F, const W* gt, const W* ud,
+                   const float* gate_b, const float* up_b, const float* down_b, float t,
+                   const float* thr, int64_t act, float* y) {
+  // phase 1: gate, dense (every input row), input-major like sparse_linear
+  std::vector<int64_t> all(d);
+  for (int64_t k = 0; k < d; ++k) all[k] = k;
+  std::vector<float> xs(d * B);
+  for (int64_t k = 0; k < d; ++k)
+    for (int64_t b = 0; b < B; ++b) xs[k * B + b] = x[b * d + k];
+  std::vector<float> g(B * F);
+  sparse_matvec(gt, F, all, xs, B, gate_b, g.data());
+  // activation, channel survivors (any batch row), a = 0 where dropped
+  std::vector<int64_t> idx;
+  idx.reserve(F);
+  int64_t dropped = 0;
+  for (int64_t c = 0; c < F; ++c) {
+    const float tc = thr ? thr[c] : t;
+    bool any = false;
+    for (int64_t b = 0; b < B; ++b) {
+      float& v = g[b * F + c];
+      v = act == 0 ? silu(v) : gelu_tanh(v);
+      const bool keep = !(std::fabs(v) <= tc);
+      if (!keep) v = 0.f;
+      any |= keep;
+      dropped += keep ? 0 : 1;
+    }
+    if (any) idx.push_back(c);
+  }
+  // phase 2: per surviving channel, up = <U[c], x>, h = a * up, partial += h * D[c]; partials
+  // of fixed channel groups summed in group order (independent of the thread count)
+  const int64_t S = static_cast<int64_t>(idx.size());
+  const int64_t groups = (S + kChannelGroup - 1) / kChannelGroup;
+  std::vector<float> part(std::max<int64_t>(groups, 1) * B * d, 0.f);
+  const int64_t ld = 2 * d;
+  auto run_group = [&](int64_t grp) {
+    float* acc = part.data() + grp * B * d;
+    const int64_t s1 = std::min(S, (grp + 1) * kChannelGroup);
+    for (int64_t s = grp * kChannelGroup; s < s1; ++s) {
+      const int64_t c = idx[s];
+      const W* u = ud + c * ld;
+      const W* next = ud + idx[s + 1 < S ? s + 1 : s] * ld;
+      for (int64_t b = 0; b < B; ++b) {
+        const float a = g[b * F + c];
+        if (a == 0.f) continue;  // this row dropped the channel
+        const float up = dot_row(u, x + b * d, d, next) + (up_b ? up_b[c] : 0.f);
+        axpy_row(u + d, a * up, acc + b * d, d, next + d);  // D[c] = u + d
+      }
+    }
+  };
+  const int64_t threads = S * d * 2 * B < kSerialWork ? 1 : at::get_num_threads();
+  if (threads == 1 || groups <= 1) {
+    for (int64_t grp = 0; grp < groups; ++grp) run_group(grp);
+  } else {
+    at::parallel_for(0, groups, 1, [&](int64_t a, int64_t e) {
+      for (int64_t grp = a; grp < e; ++grp) run_group(grp);
+    });
+  }
+  for (int64_t b = 0; b < B; ++b) {
+    float* yb = y + b * d;
+    if (down_b) std::copy(down_b, down_b + d, yb);
+    else std::fill(yb, yb + d, 0.f);
+    for (int64_t grp = 0; grp < groups; ++grp) {
+      const float* pb = part.data() + (grp * B + b) * d;
+      int64_t j = 0;
+      for (; j + kVec <= d; j += kVec) (Vec::loadu(yb + j) + Vec::loadu(pb + j)).store(yb + j);
+      for (; j < d; ++j) yb[j] += pb[j];
+    }
+  }
+  return dropped;
+}
+
+at::Tensor gated_mlp(const at::Tensor& x, const at::Tensor& gate_t, const at::Tensor& updown,
+                     const std::optional<at::Tensor>& gate_b, const std::optional<at::Tensor>& up_b,
+                     const std::optional<at::Tensor>& down_b, double threshold,
+                     const std::optional<at::Tensor>& thresholds, int64_t act,
+                     const std::optional<at::Tensor>& counts) {
+  const char* op = "actlab_sparse.gated_mlp";
+  check_x(x, op);
+  check_w(gate_t, op, "gate_t");
+  check_w(updown, op, "updown");
+  const int64_t B = x.size(0), d = x.size(1), F = gate_t.size(1);
+  TORCH_CHECK(gate_t.size(0) == d, op, ": gate_t is [", gate_t.size(0), ", ", F, "], x has ", d,
+              " inputs");
+  TORCH_CHECK(updown.size(0) == F && updown.size(1) == 2 * d, op, ": updown must be [", F, ", ",
+              2 * d, "], got [", updown.size(0), ", ", updown.size(1), "]");
+  TORCH_CHECK(updown.scalar_type() == gate_t.scalar_type(), op,
+              ": gate_t and updown must have one dtype");
+  TORCH_CHECK(act == 0 || act == 1, op, ": act must be 0 (silu) or 1 (gelu_tanh), got ", act);
+  const float* gb = opt_vec(gate_b, F, op, "gate_b");
+  const float* ub = opt_vec(up_b, F, op, "up_b");
+  const float* db = opt_vec(down_b, d, op, "down_b");
+  const float* thr = opt_vec(thresholds, F, op, "thresholds");
+  auto y = at::empty({B, d}, x.options());
+  const float t = static_cast<float>(threshold);
+  int64_t dropped;
+  if (gate_t.scalar_type() == at::kFloat) {
+    dropped = gated_impl(x.data_ptr<float>(), B, d, F, gate_t.data_ptr<float>(),
+                         updown.data_ptr<float>(), gb, ub, db, t, thr, act, y.data_ptr<float>());
+  } else {
+    dropped = gated_impl(x.data_ptr<float>(), B, d, F, gate_t.data_ptr<BFloat16>(),
+                         updown.data_ptr<BFloat16>(), gb, ub, db, t, thr, act,
+                         y.data_ptr<float>());
+  }
+  add_counts(counts, B * F, dropped);
+  return y;
+}
+
+// The ISA this library was compiled for (tests check that ACTLAB_NATIVE_ISA took effect).
+std::string isa() {
+#if defined(CPU_CAPABILITY_AVX512)
+  return "AVX512";
+#elif defined(CPU_CAPABILITY_AVX2)
+  return "AVX2";
+#else
+  return "DEFAULT";
+#endif
+}
+
+}  // namespace
+
+TORCH_LIBRARY(actlab_sparse, m) {
+  m.def(
+      "sparse_linear(Tensor x, Tensor wt, Tensor? bias, float threshold, Tensor? thresholds, "
+      "Tensor? counts) -> Tensor");
+  m.def(
+      "gated_mlp(Tensor x, Tensor gate_t, Tensor updown, Tensor? gate_b, Tensor? up_b, "
+      "Tensor? down_b, float threshold, Tensor? thresholds, int act, Tensor? counts) -> Tensor");
+  m.def("isa() -> str", isa);
+}
+
+TORCH_LIBRARY_IMPL(actlab_sparse, CPU, m) {
+  m.impl("sparse_linear", sparse_linear);
+  m.impl("gated_mlp", gated_mlp);
+}
