@@ -164,8 +164,13 @@ def _read_text(name: str) -> str | None:
 def validate(args: argparse.Namespace) -> None:
     """Check every flag before any work; fill ``methods``, ``targets``, ``params``, paths."""
     from actlab._cli.compare import check_device
-    from actlab.sparse import DEFAULT_SPARSITIES, METHODS, check_sparsity, make_method
-    from actlab.sparse._saved import resolve_model
+    from actlab.sparse import (
+        DEFAULT_SPARSITIES,
+        METHODS,
+        check_sparsity,
+        make_method,
+        resolve_model,
+    )
 
     if args.method == "all":
         args.methods = list(METHODS.names())
@@ -258,7 +263,7 @@ def _sparsify_one(args: argparse.Namespace, model: Any, tok: Any, calib: Any) ->
 
     import torch
 
-    from actlab.sparse import make_method, save_sparse
+    from actlab.sparse import make_method, realised_sparsity, save_sparse
 
     method = make_method(args.methods[0], sparsity=args.sparsity, **args.params[args.methods[0]])
     t0 = time.perf_counter()
@@ -272,8 +277,6 @@ def _sparsify_one(args: argparse.Namespace, model: Any, tok: Any, calib: Any) ->
     with torch.inference_mode():
         for b in calib.batches():
             sparse(input_ids=b.to(args.device), use_cache=False)
-    from actlab.sparse._eval import realised_sparsity
-
     total, per = realised_sparsity(sparse)
     per_text = ", ".join(f"{k.removesuffix('_proj')} {v:.3f}" for k, v in per.items())
     print(

@@ -44,6 +44,7 @@ from actlab.sparse._eval import (
     EvalResult,
     curves_table,
     evaluate,
+    realised_sparsity,
     sparsity_curves,
 )
 from actlab.sparse._kernels import KernelReport, drop_kernels, kernels_available, use_kernels
@@ -55,6 +56,7 @@ from actlab.sparse._saved import (
     load_causal_lm,
     load_sparse,
     model_fingerprint,
+    resolve_model,
     save_sparse,
 )
 from actlab.sparse._sites import INPUT_OF, PROJECTIONS, Block, find_blocks
@@ -91,6 +93,8 @@ __all__ = [
     "load_causal_lm",
     "load_sparse",
     "model_fingerprint",
+    "realised_sparsity",
+    "resolve_model",
     "save_sparse",
     "sparsity_curves",
     "INPUT_OF",
