@@ -42,8 +42,8 @@ FORM = "x*sigmoid(1.702*x)"  # for strategies that optimise the constants of a f
 def test_task_builds_config_loaders_and_model(name: str) -> None:
     task = get_task(name)
     meta = TASKS.meta(name)
-    assert task.name == name and meta["kind"] == task.kind in ("image", "text")
-    assert task.metric == ("accuracy" if task.kind == "image" else "bpc")
+    assert task.name == name and meta["kind"] == task.kind in ("image", "text", "regression")
+    assert task.metric == {"image": "accuracy", "text": "bpc", "regression": "rmse"}[task.kind]
     assert task.default_model in task.models and task.description.strip()
     cfg = task.config(batch_size=4, eval_batch_size=4, steps_per_epoch=2, eval_windows=4)
     assert isinstance(cfg, TrainConfig) and cfg.batch_size == 4
@@ -65,6 +65,8 @@ def test_task_builds_config_loaders_and_model(name: str) -> None:
         assert (
             out.shape == (x.shape[0], data.model_kwargs["num_classes"]) and y.shape == x.shape[:1]
         )
+    elif task.kind == "regression":
+        assert out.shape == y.shape == (x.shape[0], data.model_kwargs["out_features"])
     else:
         assert out.shape == (*x.shape, data.model_kwargs["vocab_size"]) and y.shape == x.shape
         assert x.shape[1] == block
@@ -182,6 +184,9 @@ def test_model_preset_builds_and_runs_forward_and_backward(name: str) -> None:
         model = build_model(name, "gelu", vocab_size=17)
         x = torch.randint(0, 17, (2, 8))
         want: tuple[int, ...] = (2, 8, 17)
+    elif preset.kind == "regression":
+        model = build_model(name, "gelu", in_features=3, out_features=2)
+        x, want = torch.rand(2, 3) * 2 - 1, (2, 2)
     else:
         size = 32 if name.endswith("_32") else 28
         model = build_model(name, "gelu", num_classes=10, in_chans=1, img_size=size)

@@ -3,7 +3,7 @@
 Reference models (each takes an activation spec, one instance per activation site):
 
     build_model(name, act, num_classes=..., in_chans=..., img_size=...)   named presets
-    ViT, ResNetCifar, MLP, CharGPT (+ their *Config dataclasses)          see list_models()
+    ViT, ResNetCifar, MLP, CharGPT, FitNet (+ their *Config dataclasses)  see list_models()
 
 Pretrained models installed offline: see :mod:`.pretrained`.
 """
@@ -18,6 +18,7 @@ from actlab.models.factory import (
     get_model_preset,
     list_models,
 )
+from actlab.models.fit import FitConfig, FitNet, match_hidden
 from actlab.models.mlp import MLP, MLPConfig
 from actlab.models.pretrained import (
     ModelUnavailableError,
@@ -32,6 +33,8 @@ from actlab.models.vit import ViT, ViTConfig
 
 __all__ = [
     "CharGPT",
+    "FitConfig",
+    "FitNet",
     "GPTConfig",
     "MLP",
     "MLPConfig",
@@ -50,4 +53,5 @@ __all__ = [
     "load_gemma3",
     "load_minilm",
     "load_smollm2",
+    "match_hidden",
 ]

@@ -27,6 +27,7 @@ from torch import nn
 from actlab.layers import LayerSpecError, canonical_layer_spec
 from actlab.models._act import check_slot_spec
 from actlab.models.char_gpt import CharGPT, GPTConfig
+from actlab.models.fit import FitConfig, FitNet
 from actlab.models.mlp import MLP, MLPConfig
 from actlab.models.resnet import ResNetCifar, ResNetConfig
 from actlab.models.vit import ViT, ViTConfig
@@ -103,6 +104,9 @@ register_model("resnet8", "image", "CIFAR ResNet-8 (smoke tests)", ResNetConfig,
                depth=8, width=8)
 register_model("mlp", "image", "MLP 256-256 on flattened pixels", MLPConfig, MLP, hidden=(256, 256))
 register_model("mlp_small", "image", "MLP 64 on flattened pixels", MLPConfig, MLP, hidden=(64,))
+register_model("fit_net", "regression",
+               "one MLP-slot block [d_in, 32, d_out] for function fitting (mlp or a KAN block)",
+               FitConfig, FitNet, hidden=32)
 register_model("gpt_char_small", "text",
                "nanoGPT shakespeare-char config: 6 layers, 6 heads, 384 dim",
                GPTConfig, CharGPT, n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2)
@@ -127,7 +131,9 @@ def get_model_preset(name: str) -> ModelPreset:
 
 
 # fields a task sets from its data: not overridable through model_kwargs / --set
-_DATA_FIELDS = ("num_classes", "in_chans", "img_size", "in_features", "vocab_size")
+_DATA_FIELDS = (
+    "num_classes", "in_chans", "img_size", "in_features", "out_features", "vocab_size"
+)  # fmt: skip
 _SLOT_KINDS: dict[str, tuple[str, ...]] = {
     "norm_layer": ("norm", "basic"),
     "mlp_layer": ("mlp", "basic"),
@@ -284,6 +290,8 @@ def build_model(
         values.update(num_classes=num_classes, in_chans=in_chans, img_size=img_size)
     elif preset.config_cls is ResNetConfig:
         values.update(num_classes=num_classes, in_chans=in_chans)
+    elif preset.kind == "regression":
+        pass  # in_features / out_features come from the task's data (in overrides)
     else:
         values.update(num_classes=num_classes, in_features=in_chans * img_size * img_size)
     slots = {k: overrides.pop(k) for k in list(overrides) if k in preset.slots}

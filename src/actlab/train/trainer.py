@@ -49,8 +49,11 @@ def _autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractCo
     return contextlib.nullcontext()
 
 
-def _loss(logits: Tensor, y: Tensor, smoothing: float = 0.0) -> Tensor:
-    """Cross-entropy over the last axis: (B, K) vs (B,) or (B, T, V) vs (B, T)."""
+def _loss(logits: Tensor, y: Tensor, smoothing: float = 0.0, kind: str = "image") -> Tensor:
+    """Cross-entropy over the last axis: (B, K) vs (B,) or (B, T, V) vs (B, T); for a
+    regression task the mean squared error of (B, d) predictions against (B, d) targets."""
+    if kind == "regression":
+        return F.mse_loss(logits.float(), y.float())
     return F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1), label_smoothing=smoothing
     )
@@ -63,6 +66,7 @@ def evaluate(
     """Mean loss and the task metric on every batch of ``loader``.
 
     Image: ``accuracy`` (fraction correct). Text: ``bpc`` = summed cross-entropy / tokens / ln 2.
+    Regression: ``loss`` = mean squared error over every target value, ``rmse`` its root.
     """
     was_training = model.training
     model.eval()
@@ -70,6 +74,10 @@ def evaluate(
     for x, y in loader:
         with _autocast(device, dtype):
             logits = model(x)
+        if kind == "regression":
+            total_loss += float((logits.float() - y.float()).square().sum())
+            count += y.numel()
+            continue
         loss = F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1), reduction="sum"
         )
@@ -79,6 +87,8 @@ def evaluate(
             correct += int((logits.argmax(-1) == y).sum())
     model.train(was_training)
     mean = total_loss / max(count, 1)
+    if kind == "regression":
+        return {"loss": mean, "rmse": math.sqrt(mean)}
     if kind == "image":
         return {"loss": mean, "accuracy": correct / max(count, 1)}
     return {"loss": mean, "bpc": mean / math.log(2)}
@@ -141,6 +151,7 @@ class _Loop:
     warmup: int
     smoothing: float
     callbacks: Sequence[Any]
+    kind: str = "image"
     step: int = 0
     stop: bool = False
 
@@ -152,7 +163,7 @@ class _Loop:
             g["lr"] = self.lr(self.step)
         with _autocast(self.device, self.dtype):
             logits = self.model(x)
-        loss = _loss(logits, y, self.smoothing)
+        loss = _loss(logits, y, self.smoothing, self.kind)
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.cfg.grad_clip is not None and self.cfg.grad_clip > 0:
@@ -217,9 +228,10 @@ def train_model(
         warmup=min(int(round(cfg.warmup_epochs * steps_per_epoch)), total),
         smoothing=cfg.label_smoothing if task.kind == "image" else 0.0,
         callbacks=callbacks,
+        kind=task.kind,
     )
     metric = task.metric
-    unit = "images_per_s" if task.kind == "image" else "tokens_per_s"
+    unit = {"image": "images_per_s", "regression": "samples_per_s"}.get(task.kind, "tokens_per_s")
     history: list[dict[str, Any]] = []
     trajectories: dict[str, list[Any]] = {k: [v] for k, v in activation_scalars(model).items()}
     jsonl = (out_dir / "metrics.jsonl").open("a", encoding="utf-8") if out_dir else None

@@ -35,6 +35,7 @@ from actlab.data.augment import Augment
 from actlab.models.factory import build_model, get_model_preset, list_models
 from actlab.registry import ActivationSpec, Registry
 from actlab.train.config import TrainConfig
+from actlab.train.tasks._regression import RegressionLoader
 
 __all__ = [
     "TASKS",
@@ -64,15 +65,16 @@ TASKS: Registry[Task] = Registry(
 class TaskData:
     """The loaders of one run plus what the model factory needs to know about the data."""
 
-    train: ImageLoader | TextLoader
-    val: ImageLoader | TextLoader
-    test: ImageLoader | TextLoader
+    train: ImageLoader | TextLoader | RegressionLoader
+    val: ImageLoader | TextLoader | RegressionLoader
+    test: ImageLoader | TextLoader | RegressionLoader
     model_kwargs: dict[str, Any]
 
 
 @dataclass(frozen=True)
 class Task:
-    """A named benchmark: ``kind`` is "image" (accuracy) or "text" (bits per character)."""
+    """A named benchmark: ``kind`` is "image" (accuracy), "text" (bits per character) or
+    "regression" (RMSE, lower is better)."""
 
     name: str
     kind: str
@@ -84,7 +86,7 @@ class Task:
 
     @property
     def metric(self) -> str:
-        return "accuracy" if self.kind == "image" else "bpc"
+        return {"image": "accuracy", "text": "bpc", "regression": "rmse"}[self.kind]
 
     @property
     def higher_is_better(self) -> bool:
@@ -123,6 +125,9 @@ class Task:
         For text tasks the window length is ``block_size``, else the context length of
         ``model`` (the task's default model when None).
         """
+        if self.kind == "regression":  # the source builds them (train/tasks/function_fit.py)
+            data: TaskData = self.source().loaders(cfg, seed, device, dtype)
+            return data
         if self.kind == "image":
             s = self.image_splits(cfg)
             train = ImageLoader(
@@ -205,12 +210,16 @@ def register_task(
     """Decorator: register the data loader it decorates as task ``name``; returns the Task.
 
     The loader returns ``(train, test)`` image datasets (``kind="image"``, ``test`` may be
-    None) or the whole text (``kind="text"``: a character corpus is built from it); it is
+    None), the whole text (``kind="text"``: a character corpus is built from it) or an object
+    whose ``loaders(cfg, seed, device, dtype)`` returns the :class:`TaskData` of a run
+    (``kind="regression"``: float targets, MSE loss, RMSE metric); it is
     called once, on the first run of the task. ``user_data=True`` marks tasks whose files
     the user brings (they are skipped where nothing can be read offline).
     """
-    if kind not in ("image", "text"):
-        raise ValueError(f"task {name!r}: kind must be 'image' or 'text', got {kind!r}")
+    if kind not in ("image", "text", "regression"):
+        raise ValueError(
+            f"task {name!r}: kind must be 'image', 'text' or 'regression', got {kind!r}"
+        )
 
     def deco(load: Callable[[], Any]) -> Task:
         source: Callable[[], Any]
