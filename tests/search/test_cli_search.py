@@ -27,10 +27,13 @@ def test_search_cli_runs_resumes_and_reports(
         str(html),
         "--study",
         "cli",
+        "--verbose",
     ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "warm:gelu" in out and "re-evaluating the top 3" in out and html.exists()
+    assert "\x1b" not in out and "\r" not in out  # not a TTY: plain lines
+    assert "100% 8/8 units" in out  # the closing status line
     assert main(args) == 0  # resume: nothing left to do
     out = capsys.readouterr().out
     assert "warm:" not in out and "stopped: budget" in out

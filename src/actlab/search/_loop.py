@@ -384,7 +384,8 @@ class _Loop:
         self.message = (
             f"the last {self._cheap_in_row} candidates were all rejected before "
             f"training ({top}): this search space yields nothing trainable; change "
-            "--form / --strategy or relax --max-nodes / --max-cost"
+            "--form / --strategy or relax --max-nodes / --max-cost / the shape checks "
+            "(--shape-negative, --shape-range, --no-shape)"
         )
 
     def run(self, ex: Any) -> None:

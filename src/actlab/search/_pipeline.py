@@ -3,15 +3,16 @@
 For a candidate at funnel level 0 the stages run in order, and the first that refuses it
 ends the evaluation with a recorded stage and reason:
 
-1. ``shape``: EAFO's boundary conditions (:class:`~actlab.search.ShapeChecks`, on by
-   default: at most linear growth as x -> +inf, bounded as x -> -inf, no pole or flat
-   gradient on the input range; optionally monotone and a sign of f(0)); float64 on a few
-   thousand points, milliseconds.
-2. ``checks``: a size limit (``max_nodes``: long formulas are slow, hard to read and, in
+1. ``checks``: a size limit (``max_nodes``: long formulas are slow, hard to read and, in
    practice, accretions of near-dead terms), then :func:`actlab.expr.run_checks`
    (numerics on a wide grid, gradients, stability of a deep MLP at init); the zero-cost
    proxies (output entropy on Gaussian inputs, distance from the WAFBC worst case of EAFO)
    are kept for ranking.
+2. ``shape``: EAFO's boundary conditions (:class:`~actlab.search.ShapeChecks`, on by
+   default: at most linear growth as x -> +inf, bounded as x -> -inf, no pole or flat
+   gradient on the input range; optionally monotone and a sign of f(0)); float64 on a few
+   thousand points, milliseconds. The general checks run first, so a formula that is not
+   finite or constant keeps that reason; ``checks=False`` turns both off.
 3. ``cost``: the EEEA-Net early-exit filter (:class:`~actlab.search.CostFilter`): forward +
    backward time relative to GELU in the same process.
 4. ``quality``: EvoNorm's quality floor after a short training prefix
@@ -225,10 +226,6 @@ def _cheap_stages(candidate: Candidate, pipeline: Pipeline, proxies: dict[str, f
     if pipeline.max_nodes is not None and n > pipeline.max_nodes:
         raise Rejected("checks", f"too complex: {n} nodes > {pipeline.max_nodes}")
     module = candidate.module()  # the candidate's compiled program (a copy of it)
-    if pipeline.shape is not None:
-        shape = pipeline.shape.check(module)
-        if not shape.ok:
-            raise Rejected("shape", shape.reason)
     if pipeline.checks and pipeline.proxies:
         report = run_checks(module)
         if not report.ok:
@@ -245,6 +242,10 @@ def _cheap_stages(candidate: Candidate, pipeline: Pipeline, proxies: dict[str, f
                 raise Rejected("checks", f"{name}: {res.reason}")
     elif pipeline.proxies:
         proxies.update(zero_cost(module))
+    if pipeline.checks and pipeline.shape is not None:
+        shape = pipeline.shape.check(module)
+        if not shape.ok:
+            raise Rejected("shape", shape.reason)
     return module
 
 
