@@ -327,3 +327,59 @@ def test_use_kernels_bad_input() -> None:
         use_kernels(nn.Linear(4, 4))
     with pytest.raises(SparseError, match="max_rows"):
         use_kernels(nn.Sequential(SparseLinear.wrap(nn.Linear(4, 4), 0.1)), max_rows=0)
+
+
+# ----------------------------------------------------------------------------- lean decode loop
+def _tiny_gemma3() -> nn.Module:
+    import transformers
+
+    cfg = transformers.Gemma3TextConfig(
+        vocab_size=97,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=16,
+        sliding_window=4,  # shorter than the prompt: windows in prefill and in decode
+        max_position_embeddings=64,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+        query_pre_attn_scalar=16,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    torch.manual_seed(0)
+    return transformers.Gemma3ForCausalLM(cfg).eval()
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_lean_decoder_logits_match_full_forward(arch: str) -> None:
+    from actlab.sparse._decode import LeanDecoder
+
+    model = tiny_llama(2, seed=3) if arch == "llama" else _tiny_gemma3()
+    ids = torch.randint(3, 97, (1, 14), generator=torch.Generator().manual_seed(0))
+    dec = LeanDecoder(model, 16)
+    with torch.no_grad():
+        full = model(input_ids=ids, use_cache=False).logits[0]  # [T, vocab]
+        got = [dec.forward(ids[:, :9], 0)]  # prefill 9 positions, then one at a time
+        got += [dec.forward(ids[:, p : p + 1], p) for p in range(9, 14)]
+    assert torch.allclose(torch.stack(got), full[8:], rtol=1e-4, atol=1e-4)
+    want = model.generate(ids[:, :9], max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    assert torch.equal(LeanDecoder(model, 16).generate(ids[:, :9], 6), want)
+    with pytest.raises(SparseError, match="max_len"):
+        dec.forward(ids[:, :1], 16)
+
+
+def test_lean_decoder_with_kernels_same_tokens(batches) -> None:  # noqa: ANN001
+    from actlab.sparse._decode import LeanDecoder
+
+    model = tiny_llama(2, seed=3)
+    method = make_method("cats", sparsity=0.5)
+    method.apply(model, method.calibrate(model, batches))
+    prompt = batches[0][:1, :8]
+    want = model.generate(prompt, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+    use_kernels(model)
+    assert torch.equal(LeanDecoder(model, 16).generate(prompt, 8), want)
+    with pytest.raises(SparseError, match="Llama-family"):
+        LeanDecoder(nn.Linear(2, 2), 8)

@@ -39,6 +39,7 @@ from actlab.sparse._base import (
     install,
     make_method,
 )
+from actlab.sparse._decode import LeanDecoder
 from actlab.sparse._eval import (
     DEFAULT_SPARSITIES,
     EvalResult,
@@ -99,6 +100,7 @@ __all__ = [
     "sparsity_curves",
     "INPUT_OF",
     "KernelReport",
+    "LeanDecoder",
     "METHODS",
     "MODES",
     "Orthogonalized",
