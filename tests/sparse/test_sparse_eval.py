@@ -137,6 +137,18 @@ def test_decode_is_sparse_only_after_the_prefill(
     assert every.nll != pytest.approx(dec.nll, rel=1e-9)
 
 
+def test_a_reused_dense_prefill_is_exact(llama: torch.nn.Module, batches: list) -> None:
+    win = _windows(5, 24)
+    dense = evaluate(llama, win, protocol="decode", batch_size=2, keep_prefill=True)
+    assert dense.caches is not None and len(dense.caches) == 3
+    sparse = _sparse(llama, "chess", 0.5, batches)
+    own = evaluate(sparse, win, protocol="decode", batch_size=2)  # runs its own prefill
+    for _ in range(2):  # the kept caches are copied, never consumed
+        reused = evaluate(sparse, win, protocol="decode", batch_size=2, reference=dense)
+        assert reused.nll == own.nll and torch.equal(reused.argmax, own.argmax)
+        assert reused.realised == own.realised
+
+
 @pytest.mark.parametrize("method", ["teal", "cats", "chess", "wina"])
 @pytest.mark.parametrize("protocol", ["decode", "all"])
 def test_sparsity_zero_is_identical_and_agrees(

@@ -93,7 +93,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-new-tokens", type=int, default=32, help="tokens --generate adds (default 32)"
     )
-    p.add_argument("--batch", type=int, default=16, help="windows per forward (default 16)")
+    p.add_argument(
+        "--batch", type=int, default=64, help="windows decoded side by side (default 64)"
+    )
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--dtype", default="float32", choices=_DTYPES, help="model dtype")
 

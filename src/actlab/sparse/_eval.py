@@ -78,6 +78,8 @@ class EvalResult:
     realised: float = 0.0
     by_projection: dict[str, float] = field(default_factory=dict)
     argmax: torch.Tensor | None = field(default=None, repr=False)  # [windows, scored/window]
+    batch_size: int = 0
+    caches: list[Any] | None = field(default=None, repr=False)  # dense prefill KV, per batch
 
     def row(self) -> dict[str, Any]:
         """The numbers as a flat dict (no tensors)."""
@@ -132,11 +134,18 @@ def realised_sparsity(model: nn.Module) -> tuple[float, dict[str, float]]:
     return (weighted / total if total else math.nan), by_projection
 
 
+_ACCEPTS: dict[tuple[type, str], bool] = {}
+
+
 def _takes(model: nn.Module, name: str) -> bool:
-    try:
-        return name in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
+    """Whether ``model.forward`` has a parameter ``name`` (cached per class)."""
+    key = (type(model), name)
+    if key not in _ACCEPTS:
+        try:
+            _ACCEPTS[key] = name in inspect.signature(model.forward).parameters
+        except (TypeError, ValueError):
+            _ACCEPTS[key] = False
+    return _ACCEPTS[key]
 
 
 def _forward(model: nn.Module, ids: torch.Tensor, keep: int, cache: Any = None) -> Any:
@@ -161,13 +170,24 @@ def _score(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, t
     return nll, lf.argmax(-1)
 
 
+Scores = tuple[torch.Tensor, torch.Tensor, Any]  # NLL [B, S], argmax [B, S], prefill cache
+
+
 @torch.inference_mode()
-def _decode(model: nn.Module, ids: torch.Tensor, prefill: int) -> tuple[torch.Tensor, ...]:
-    """Dense prefill forward, then one position at a time with the KV cache; ids ``[B, L]``."""
-    out = _forward(model, ids[:, :prefill], 1, cache=True)
-    cache = _cache_of(out)
+def _decode(model: nn.Module, ids: torch.Tensor, prefill: int, cache: Any = None) -> Scores:
+    """Dense prefill forward, then one position at a time with the KV cache; ids ``[B, L]``.
+
+    ``cache``: the KV cache of a dense prefill of the same ids (it is what the prefill
+    forward here would compute, bit for bit: multi-position forwards stay dense in mode
+    ``"decode"``), used instead of running the prefill; a copy of the cache after the
+    prefill is returned for reuse.
+    """
     if cache is None:
-        raise SparseError(f"{type(model).__name__} returned no KV cache; 'decode' needs one")
+        out = _forward(model, ids[:, :prefill], 1, cache=True)
+        cache = _cache_of(out)
+        if cache is None:
+            raise SparseError(f"{type(model).__name__} returned no KV cache; 'decode' needs one")
+    kept = copy.deepcopy(cache)
     nlls, tops = [], []
     for t in range(prefill, ids.shape[1] - 1):
         out = _forward(model, ids[:, t : t + 1], 1, cache=cache)
@@ -176,16 +196,16 @@ def _decode(model: nn.Module, ids: torch.Tensor, prefill: int) -> tuple[torch.Te
         nll, top = _score(out.logits[:, -1:], ids[:, t + 1 : t + 2])
         nlls.append(nll)
         tops.append(top)
-    return torch.cat(nlls, 1), torch.cat(tops, 1)
+    return torch.cat(nlls, 1), torch.cat(tops, 1), kept
 
 
 @torch.inference_mode()
-def _full(model: nn.Module, ids: torch.Tensor, prefill: int) -> tuple[torch.Tensor, ...]:
+def _full(model: nn.Module, ids: torch.Tensor, prefill: int, cache: Any = None) -> Scores:
     """One forward over the whole window; the logits of positions prefill..L-2 scored."""
     length = ids.shape[1]
     out = _forward(model, ids, length - prefill)
     logits = out.logits[:, -(length - prefill) :][:, :-1]  # positions prefill .. L-2
-    return _score(logits, ids[:, prefill + 1 :])
+    return (*_score(logits, ids[:, prefill + 1 :]), None)
 
 
 def evaluate(
@@ -195,13 +215,18 @@ def evaluate(
     protocol: str = "decode",
     prefill: int | None = None,
     reference: EvalResult | None = None,
-    batch_size: int = 16,
+    batch_size: int = 64,
+    keep_prefill: bool = False,
     progress: Progress | None = None,
 ) -> EvalResult:
     """Perplexity (and agreement with ``reference``) of ``model`` on ``windows [n, L]``.
 
     The sparse modules of ``model`` are put in mode ``protocol`` and their counts reset
     first; ``reference`` is the dense model's result under the same protocol and windows.
+    ``batch_size`` windows are decoded side by side (more is faster: decoding reads every
+    weight once per step). ``keep_prefill=True`` (decode) keeps the dense prefill KV caches
+    in the result; a later evaluation with that result as ``reference`` (same prefill and
+    batch size) starts from copies of them instead of running the prefill again.
     """
     protocol = check_mode(protocol)
     if not isinstance(windows, torch.Tensor) or windows.ndim != 2 or windows.dtype != torch.long:
@@ -225,12 +250,21 @@ def evaluate(
         site.reset_counts()
     device = next(model.parameters()).device
     run = _decode if protocol == "decode" else _full
+    given_caches: list[Any] | None = None
+    if (
+        reference is not None
+        and reference.caches is not None
+        and (reference.prefill, reference.batch_size) == (prefill, batch_size)
+    ):
+        given_caches = reference.caches
     start = time.perf_counter()
-    nlls, tops = [], []
-    for i in range(0, n, batch_size):
-        nll, top = run(model, windows[i : i + batch_size].to(device), prefill)
+    nlls, tops, caches = [], [], []
+    for k, i in enumerate(range(0, n, batch_size)):
+        given = None if given_caches is None else copy.deepcopy(given_caches[k])
+        nll, top, cache = run(model, windows[i : i + batch_size].to(device), prefill, given)
         nlls.append(nll.cpu())
         tops.append(top.cpu())
+        caches.append(cache)
         if progress is not None and n > batch_size:
             progress(f"  {protocol}: {min(i + batch_size, n)}/{n} windows")
     nll_all = torch.cat(nlls).double()
@@ -250,6 +284,8 @@ def evaluate(
         realised=realised,
         by_projection=by_projection or dict.fromkeys(PROJECTIONS, 0.0),
         argmax=top_all,
+        batch_size=batch_size,
+        caches=caches if keep_prefill and protocol == "decode" else None,
     )
 
 
@@ -273,7 +309,7 @@ def sparsity_curves(
     params: Mapping[str, Mapping[str, Any]] | None = None,
     protocol: str = "decode",
     prefill: int | None = None,
-    batch_size: int = 16,
+    batch_size: int = 64,
     progress: Progress | None = _stderr,
 ) -> list[dict[str, Any]]:
     """One row per (method, sparsity): calibrate on ``calibration``, evaluate on ``windows``.
@@ -292,7 +328,13 @@ def sparsity_curves(
         make_method(m, sparsity=0.0, **dict((params or {}).get(m, {})))
     say(f"dense: evaluating {windows.shape[0]} windows x {windows.shape[1]} tokens ({protocol})")
     dense = evaluate(
-        model, windows, protocol=protocol, prefill=prefill, batch_size=batch_size, progress=say
+        model,
+        windows,
+        protocol=protocol,
+        prefill=prefill,
+        batch_size=batch_size,
+        keep_prefill=True,
+        progress=say,
     )
     say(f"dense: ppl {dense.ppl:.3f} in {dense.seconds:.1f} s")
     common = {"calib_tokens": calib_tokens}
