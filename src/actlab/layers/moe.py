@@ -16,8 +16,9 @@ Mixing: dense by default (``top_k=0``: every expert with a non-zero gate runs), 
 papers define it; ``top_k=k`` keeps the k largest gates per token (softmax/act: the softmax
 over the k kept logits, i.e. renormalised as in Mixtral; blockffn: the kept values as they
 are; with the relu router act, logits tied at 0 are broken in ``torch.topk``'s order, so
-prefer a smooth ``router_act`` with top-k). Experts whose gate is zero for a token are not computed for it (tokens are gathered per
-expert), so blockffn's relu sparsity and top-k save compute. No load-balancing loss is added.
+prefer a smooth ``router_act`` with top-k). Experts whose gate is zero for a token are not
+computed for it (tokens are gathered per expert), so blockffn's relu sparsity and top-k save
+compute. No load-balancing loss is added.
 
 Sizing: ``expert_hidden=0`` (default) sizes each expert so that the parameters *active per
 token* (router + k experts, k = top_k or all experts) equal those of the dense MLP
