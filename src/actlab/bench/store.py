@@ -31,6 +31,7 @@ and are retried by the next comparison that asks for them; finished runs are nev
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -39,7 +40,7 @@ import socket
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,7 @@ __all__ = [
     "describe_bytes",
     "mask_url",
     "readonly_sqlite_creator",
+    "schema_lock",
     "sqlite_file",
 ]
 
@@ -444,6 +446,30 @@ def _schema(engine: Engine, *, what: str, flag: str) -> dict[str, str]:
     return out
 
 
+_SCHEMA_LOCK = 0x6163746C  # "actl": the advisory lock key of schema creation
+
+
+@contextlib.contextmanager
+def schema_lock(engine: Engine) -> Iterator[None]:
+    """Serialise schema creation between processes opening one PostgreSQL database at once.
+
+    ``CREATE TABLE`` of several processes racing on an empty PostgreSQL database fails with a
+    unique violation (``pg_type_typname_nsp_index``); a session-level advisory lock held
+    around it makes them take turns. Other databases need none (SQLite serialises writers).
+    """
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    with engine.connect() as conn:
+        conn.execute(text(f"SELECT pg_advisory_lock({_SCHEMA_LOCK})"))
+        conn.commit()
+        try:
+            yield
+        finally:
+            conn.execute(text(f"SELECT pg_advisory_unlock({_SCHEMA_LOCK})"))
+            conn.commit()
+
+
 def check_results_db(db: str | Path, *, write: bool = True) -> str:
     """Check ``db`` as :class:`ResultsStore` would, creating and writing nothing; returns its
     display URL (password masked). Raises :class:`DatabaseError` / ``FileNotFoundError``."""
@@ -494,8 +520,13 @@ class ResultsStore:
             self.engine: Engine = create_engine(self.url, **kwargs)
         except (SQLAlchemyError, ImportError) as e:
             raise database_error(e, self.url) from None
+        lock = contextlib.nullcontext() if read_only or _probe else schema_lock(self.engine)
         try:
-            self._open(path, probe=_probe)
+            with lock:
+                self._open(path, probe=_probe)
+        except SQLAlchemyError as e:  # taking the lock: the server is down, auth failed, ...
+            self.engine.dispose()
+            raise database_error(e, self.url) from None
         except BaseException:
             self.engine.dispose()
             raise

@@ -26,12 +26,13 @@ re-queued. The search loop claims ``WAITING`` trials before asking for new candi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -115,7 +116,7 @@ def open_storage(
             raise _storage_error(e, str(path)) from None
     _check_rdb(url)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _schema_lock(url):
             warnings.simplefilter("ignore")  # heartbeat arguments are flagged experimental
             rdb = optuna.storages.RDBStorage(
                 url,
@@ -137,6 +138,25 @@ def open_storage(
 
 
 _WHAT, _FLAG = "study storage", "--storage"
+
+
+@contextlib.contextmanager
+def _schema_lock(url: str) -> Iterator[None]:
+    """Optuna creates its tables when the storage opens: on PostgreSQL, processes starting
+    together on an empty database take turns (see :func:`actlab.bench.store.schema_lock`)."""
+    if not url.startswith("postgresql"):
+        yield
+        return
+    from sqlalchemy import create_engine
+
+    from actlab.bench.store import schema_lock
+
+    engine = create_engine(url)
+    try:
+        with schema_lock(engine):
+            yield
+    finally:
+        engine.dispose()
 
 
 def _storage_error(exc: BaseException, where: str) -> Exception:
@@ -382,10 +402,12 @@ class SearchStudy:
     # ------------------------------------------------------------------ writing
     def _own(self, trial_id: int, attrs: dict[str, Any]) -> None:
         # holder and heartbeat first: a process killed while writing the candidate still
-        # leaves a trial that reclaim() recognises as dead
+        # leaves a trial that reclaim() recognises as dead. The first beat (which inserts the
+        # trial's heartbeat row) comes before the heartbeat thread may beat it: two inserts at
+        # once fail on PostgreSQL (unique trial_id), where SQLite would serialise them
+        self._beat(trial_id)
         with self._lock:
             self._inflight.add(trial_id)
-        self._beat(trial_id)
         for k, v in {"worker": {"host": self.host, "pid": self.pid}, **attrs}.items():
             self.storage.set_trial_user_attr(trial_id, k, v)
 
