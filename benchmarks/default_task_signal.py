@@ -2,7 +2,7 @@
 
 For each candidate task (a task name plus model settings), train gelu, relu and crrelu with
 the same fresh seeds (1000, 1001, ...) that the search's re-evaluation uses, at the task's
-full default training, and print per activation the mean test accuracy ± 95% CI, the paired
+full default training, and print per activation the mean test metric ± 95% CI, the paired
 t-test p-value of every pair of baselines (raw and Holm-corrected over the three pairs) and
 the wall time of the candidate. A good default task separates at least one pair at p < 0.05
 with the seeds of the default ``actlab search`` (5) and trains fast enough for a 10-minute run.
@@ -33,6 +33,18 @@ CANDIDATES: list[tuple[str, str, str | None, dict[str, Any], dict[str, Any]]] = 
     ("digits, MLP 6 x 32, 20 ep", "digits-mlp", "mlp", {"hidden": (32,) * 6}, {}),
     ("digits, MLP 8 x 32, 20 ep", "digits-mlp", "mlp", {"hidden": (32,) * 8}, {}),
     ("digits, MLP 10 x 24, 20 ep", "digits-mlp", "mlp", {"hidden": (24,) * 10}, {}),
+    ("digits, MLP 6 x 32, 40 ep", "digits-mlp", "mlp", {"hidden": (32,) * 6}, {"epochs": 40}),
+    (
+        "digits, MLP 8 x 32 + LayerNorm, 20 ep",
+        "digits-mlp",
+        "mlp",
+        {"hidden": (32,) * 8, "norm_layer": "layernorm"},
+        {},
+    ),
+    ("fit-bessel (fit_net, 60 ep)", "fit-bessel", None, {}, {}),
+    ("fit-exp-sin (fit_net, 60 ep)", "fit-exp-sin", None, {}, {}),
+    ("fit-xy (fit_net, 60 ep)", "fit-xy", None, {}, {}),
+    ("fit-feynman-i-6-2 (fit_net, 60 ep)", "fit-feynman-i-6-2", None, {}, {}),
 ]
 FASHION = (
     "fashion-mnist, MLP 6 x 32, 600 steps",
@@ -57,16 +69,21 @@ def main() -> None:
     for label, task, model, mkw, over in cands:
         t0 = time.perf_counter()
         vals: dict[str, list[float]] = {}
+        metric = ""
         for act in BASELINES:
-            vals[act] = [
-                run_training(task, act, seed=s, model=model, model_kwargs=mkw or None, **over).value
-                for s in seeds
-            ]
+            vals[act] = []
+            for s in seeds:
+                r = run_training(task, act, seed=s, model=model, model_kwargs=mkw or None, **over)
+                vals[act].append(r.value)
+                metric = r.metric
         wall = time.perf_counter() - t0
-        print(f"\n{label}: {len(seeds)} seeds, {wall:.0f} s ({wall / (3 * len(seeds)):.1f} s/run)")
+        print(
+            f"\n{label}: test {metric}, {len(seeds)} seeds, {wall:.0f} s "
+            f"({wall / (3 * len(seeds)):.1f} s/run)"
+        )
         for act, v in vals.items():
             m, h = mean_ci(v)
-            print(f"  {act:7s} {m:.4f} ± {h:.4f}")
+            print(f"  {act:7s} {m:.4f} ± {h:.4f}", flush=True)
         pairs = list(itertools.combinations(BASELINES, 2))
         ps = [paired_ttest(vals[a], vals[b]).pvalue for a, b in pairs]
         for (a, b), p, ph in zip(pairs, ps, holm(ps)):

@@ -187,10 +187,11 @@ def _floor(text: str, task: str, objective: Any = None) -> Any:
     t = text.strip().lower()
     if t == "none":
         return None
-    if t == "auto":
-        return (
-            None if task.startswith("curve:") or task.endswith("-char") else QualityFloor(0.2, 1.0)
-        )
+    if t == "auto":  # a floor of 0.2 means something for accuracies only (not bpc or rmse)
+        metric = getattr(objective, "metric", None)
+        if task.startswith("curve:") or task.endswith("-char") or metric not in (None, "accuracy"):
+            return None
+        return QualityFloor(0.2, 1.0)
     value, _, after = t.partition("@")
     try:
         v, a = float(value), float(after or 1)
