@@ -163,3 +163,33 @@ def test_usable_as_the_mlp_activation_of_vit_and_char_gpt() -> None:
     assert gpt(torch.randint(0, 11, (2, 8))).shape == (2, 8, 11)
     assert canonical_layer_spec("mlp(act='polynorm(eps=1e-6)')") == "mlp(act='polynorm')"
     assert canonical_activation("polynorm(eps=1e-5)") == "polynorm(eps=1e-05)"
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_lean_function_matches_plain_autograd(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(4)
+    fast, plain = PolyNorm(), PolyNorm(fused=False)
+    with torch.no_grad():
+        fast.weight.copy_(torch.tensor([0.5, -0.3, 0.8]))
+        fast.bias.fill_(0.2)
+    plain.load_state_dict(fast.state_dict())
+    fast, plain = fast.to(dtype), plain.to(dtype)
+    x = 2 * torch.randn(3, 4, 9, generator=g).to(dtype)
+    up = torch.randn(3, 4, 9, generator=g).to(dtype)
+    xs = [x.clone().requires_grad_(True) for _ in range(2)]
+    ys = [m(t) for m, t in zip((fast, plain), xs, strict=True)]
+    for y in ys:
+        (y * up).sum().backward()
+    tol = {"rtol": 1e-12, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-4}
+    torch.testing.assert_close(ys[0], ys[1], **tol)
+    torch.testing.assert_close(xs[0].grad, xs[1].grad, **tol)
+    torch.testing.assert_close(fast.weight.grad, plain.weight.grad, **tol)
+    torch.testing.assert_close(fast.bias.grad, plain.bias.grad, **tol)
+    if dtype == torch.float64:
+        names = ["weight", "bias"]
+
+        def fn(inp: Tensor, w: Tensor, b: Tensor) -> Tensor:
+            return torch.func.functional_call(fast, dict(zip(names, (w, b), strict=True)), (inp,))
+
+        args = (x[:1, :2].clone(), fast.weight.detach().clone(), fast.bias.detach().clone())
+        assert torch.autograd.gradcheck(fn, tuple(a.requires_grad_(True) for a in args))

@@ -167,18 +167,23 @@ class EvoNorm2dB0(_EvoNorm):
             x = x.float()
         if self.v is None:
             return self._affine(x).to(dtype)
+        B, C, H, W = x.shape
+        xv = x.reshape(B, C, H * W)  # (B, C, HW): contiguous reductions over space
+        ivar, imean = torch.var_mean(xv, dim=-1, unbiased=False, keepdim=True)  # (B, C, 1)
         if self.training:
-            var = _var(x, (0, 2, 3))  # (1, C, 1, 1)
+            # law of total variance: the batch variance per channel from instance moments
+            var = ivar.mean(0) + imean.var(0, unbiased=False)  # (C, 1)
             with torch.no_grad():
                 new = var.detach().view(-1).to(self.running_var.dtype)
                 self.running_var.mul_(1 - self.momentum).add_(self.momentum * new)
         else:
-            var = self.running_var.to(x.dtype).view(1, -1, 1, 1)
-        left = torch.sqrt(var + self.eps)  # (1, C, 1, 1)
-        right = self.v.to(x.dtype).view(1, -1, 1, 1) * x + torch.sqrt(
-            _var(x, (2, 3)) + self.eps
-        )  # (B, C, H, W)
-        return self._affine(x / torch.maximum(left, right)).to(dtype)
+            var = self.running_var.to(x.dtype).view(C, 1)
+        left = torch.sqrt(var + self.eps)  # (C, 1)
+        v = self.v.to(x.dtype).view(C, 1)
+        right = torch.addcmul(torch.sqrt(ivar + self.eps), v, xv)  # (B, C, HW)
+        y = xv / right.clamp_min(left)  # max(right, left); cheaper backward than maximum
+        w, b = self.weight.to(x.dtype).view(C, 1), self.bias.to(x.dtype).view(C, 1)
+        return torch.addcmul(b, y, w).view(B, C, H, W).to(dtype)
 
 
 def _s0_ref(m: Any, x: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -220,11 +225,14 @@ class EvoNorm2dS0(_EvoNorm):
         if self.v is None:
             return self._affine(x).to(dtype)
         B, C, H, W = x.shape
-        xg = x.reshape(B, self.groups, C // self.groups, H, W)  # (B, G, C/G, H, W)
-        std = torch.sqrt(_var(xg, (2, 3, 4)) + self.eps)  # (B, G, 1, 1, 1)
-        std = std.expand(-1, -1, C // self.groups, 1, 1).reshape(B, C, 1, 1)
-        v = self.v.to(x.dtype).view(1, -1, 1, 1)
-        return self._affine(x * torch.sigmoid(v * x) / std).to(dtype)
+        G = self.groups
+        var = x.reshape(B, G, -1).var(-1, unbiased=False, keepdim=True)  # (B, G, 1)
+        inv = torch.rsqrt(var + self.eps).repeat_interleave(C // G, dim=1)  # (B, C, 1)
+        xv = x.reshape(B, C, H * W)  # (B, C, HW)
+        v = self.v.to(x.dtype).view(C, 1)
+        w, b = self.weight.to(x.dtype).view(C, 1), self.bias.to(x.dtype).view(C, 1)
+        y = xv * torch.sigmoid(xv * v)
+        return torch.addcmul(b, y, inv * w).view(B, C, H, W).to(dtype)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", groups={self.groups}"
