@@ -273,6 +273,39 @@ def test_bf16_module_and_topk_site() -> None:
     assert twin.zeroed == top.zeroed == 16
 
 
+class _Attn(nn.Module):
+    def __init__(self, thresholds: tuple[float, float, float]) -> None:
+        super().__init__()
+        torch.manual_seed(6)
+        for name, n, t in zip(("q_proj", "k_proj", "v_proj"), (24, 8, 8), thresholds):
+            setattr(self, name, SparseLinear.wrap(nn.Linear(16, n, bias=name != "k_proj"), t))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], -1)
+
+
+@pytest.mark.parametrize("thresholds", [(0.5, 0.5, 0.5), (0.5, 0.2, 0.5)])
+def test_siblings_reading_one_input_share_one_call(thresholds) -> None:  # noqa: ANN001
+    plain = _Attn(thresholds)
+    fast = copy.deepcopy(plain)
+    use_kernels(fast)
+    packs = {id(m._kernel.packed) for m in (fast.q_proj, fast.k_proj, fast.v_proj)}
+    assert len(packs) == (1 if thresholds[0] == thresholds[1] else 2)  # q|k|v or q|v + k
+    with torch.no_grad():
+        for shape in ((1, 16), (3, 1, 16)):
+            x = torch.randn(shape)
+            assert torch.allclose(fast(x), plain(x), rtol=1e-5, atol=1e-5)
+            x.mul_(2.0)  # in place: the cached output must not be reused
+            assert torch.allclose(fast(x), plain(x), rtol=1e-5, atol=1e-5)
+        fast.k_proj.weight.mul_(3.0)  # a sibling's weight changes: repacked
+        plain.k_proj.weight.mul_(3.0)
+        x = torch.randn(1, 16)
+        assert torch.allclose(fast(x), plain(x), rtol=1e-5, atol=1e-5)
+    for name in ("q_proj", "k_proj", "v_proj"):
+        a, b = getattr(fast, name), getattr(plain, name)
+        assert (a.seen, a.zeroed) == (b.seen, b.zeroed)
+
+
 @pytest.mark.parametrize("method", ["teal", "cats", "chess"])
 def test_sparsified_llama_same_tokens_with_kernels(method: str, batches) -> None:  # noqa: ANN001
     model = tiny_llama(2, seed=3)

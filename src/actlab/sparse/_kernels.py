@@ -42,6 +42,7 @@ from torch import nn
 from actlab._ext import Extension, NativeLibrary, try_load
 from actlab._ext import unavailable_reason as _ext_reason
 from actlab.sparse._modules import SparseGatedMLP, SparseLinear, _Site
+from actlab.sparse._sites import INPUT_OF
 from actlab.sparse._state import SparseError
 
 __all__ = [
@@ -158,44 +159,122 @@ def _plan(site: _Site, x: torch.Tensor, width: int) -> tuple[str, float, torch.T
     return "fused", float(t), None
 
 
-class _LinearKernel(_Kernel):
-    """``sparse_linear`` for a :class:`SparseLinear` (weights packed as ``W^T``)."""
+class _Packed:
+    """One packed ``W^T`` layout, ``[in, sum of outs]``, for sibling :class:`SparseLinear` sites
+    that read the same input with the same rule (q | k | v, gate | up under TEAL: the
+    fused shapes), or for one site; and the output of its last call.
 
-    def __init__(self, m: SparseLinear, lib: NativeLibrary, dtype: torch.dtype, rows: int) -> None:
-        super().__init__(lib, dtype, rows)
+    The first member called with a new input computes every member's output in one kernel
+    call (one survivor pass, one stream over the rows); the others, called with the same
+    tensor (same object, same version, same plan), take their slice of it.
+    """
+
+    def __init__(self, members: list[SparseLinear], dtype: torch.dtype) -> None:
+        self.members = members
+        self.dtype = dtype
+        self.offsets: list[int] = []
+        off = 0
+        for m in members:
+            self.offsets.append(off)
+            off += m.out_features
+        self.pack()
+
+    def state(self) -> list[tuple[torch.Tensor, int, int]]:
+        return [
+            (m.weight, m.weight._version, -1 if m.bias is None else m.bias._version)
+            for m in self.members
+        ]
+
+    def pack(self) -> None:
+        ms = self.members
+        wt = torch.cat([m.weight.detach().t() for m in ms], dim=1)  # [in, sum of outs]
+        self.wt = wt.to(self.dtype).contiguous()
+        self.bias: torch.Tensor | None = None
+        if any(m.bias is not None for m in ms):
+            self.bias = torch.cat(
+                [
+                    torch.zeros(m.out_features) if m.bias is None else m.bias.detach().float()
+                    for m in ms
+                ]
+            ).contiguous()
+        self.packed_state = self.state()
+        self.nbytes = self.wt.numel() * self.wt.element_size()
+        self.last_x: torch.Tensor | None = None  # the input of the last call ...
+        self.last_key: tuple[Any, ...] = ()  # ... its version and plan
+        self.last_y = torch.empty(0)  # [rows, sum of outs]
+        self.last_counts = (0, 0)
+
+    def refresh(self) -> None:
+        """Repack if any member's weight or bias was replaced or changed in place."""
+        now = self.state()
+        if any(a[0] is not b[0] or a[1:] != b[1:] for a, b in zip(now, self.packed_state)):
+            self.pack()
+
+
+class _LinearKernel(_Kernel):
+    """``sparse_linear`` for a :class:`SparseLinear`: member ``index`` of a :class:`_Packed`."""
+
+    def __init__(
+        self, m: SparseLinear, packed: _Packed, index: int, lib: NativeLibrary, rows: int
+    ) -> None:
+        super().__init__(lib, packed.dtype, rows)
         self.op = lib.op("sparse_linear")
         # a subclass with its own keep rule (WINA's top-k) masks in torch, skips zeros here
         self.fused = type(m)._criterion is SparseLinear._criterion
-        self.pack(m)
-
-    def pack(self, m: SparseLinear) -> None:
-        w = m.weight.detach()
-        self.wt = w.t().contiguous().to(self.dtype)  # [in, out]: one row per input
-        self.bias = _vec(m.bias)
-        self.key = _key(m.weight, m.bias)
-        self.nbytes = self.wt.numel() * self.wt.element_size()
+        self.packed = packed
+        self.index = index
+        self.lo = packed.offsets[index]
+        self.hi = self.lo + m.out_features
+        self.width = m.in_features
+        self.nbytes = packed.nbytes if index == 0 else 0
 
     def __call__(self, m: SparseLinear, x: torch.Tensor) -> torch.Tensor | None:
-        rows = self.rows(x, m.in_features)
-        if rows is None:
+        if x.requires_grad and torch.is_grad_enabled():
             return None
-        how, t, channel_t = _plan(m, x, m.in_features)
+        k = self.width
+        if x.shape[-1] != k or not x.is_cpu or not x.is_floating_point():
+            return None  # torch raises its own shape errors
+        rows = x.numel() // k
+        if rows == 0 or rows > self.max_rows:
+            return None
+        how, t, channel_t = _plan(m, x, k)
         if how == "torch":
             return None
-        if _key(m.weight, m.bias) != self.key:
-            self.pack(m)  # the weights changed since packing
-        x2 = x.reshape(rows, m.in_features).float().contiguous()  # [rows, in]
-        if how == "fused" and not self.fused:
-            keep = m._keep(x)  # the subclass's rule, counted there
-            if keep is not None:
-                x2 = (x * keep).reshape(rows, m.in_features).float().contiguous()
-            y = self.op(x2, self.wt, self.bias, -math.inf if keep is None else 0.0, None, None)
+        p = self.packed
+        w, ver, _ = p.packed_state[self.index]
+        if m.weight is not w or m.weight._version != ver or m.bias is not None:
+            p.refresh()  # the weights changed since packing (bias: checked on every call)
+        key = (x._version, how, t, id(channel_t))
+        if p.last_x is x and p.last_key == key and self.fused:
+            seen, zeroed = p.last_counts  # a sibling computed this output: take the slice
         else:
+            x2 = x.reshape(rows, k)  # [rows, in]
+            if x2.dtype != torch.float32 or not x2.is_contiguous():
+                x2 = x2.float().contiguous()
+            if how == "fused" and not self.fused:
+                keep = m._keep(x)  # the subclass's rule, counted there
+                if keep is not None:
+                    x2 = (x * keep).reshape(rows, k).float().contiguous()
+                y = self.op(x2, p.wt, p.bias, -math.inf if keep is None else 0.0, None, None)
+                return y.view(*x.shape[:-1], self.hi - self.lo).to(x.dtype)
             counts = self.count(m)
             thr = None if channel_t is None else channel_t.float().contiguous()
-            y = self.op(x2, self.wt, self.bias, t, thr, counts)
-            self.add_counts(m, counts)
-        return y.reshape(*x.shape[:-1], m.out_features).to(x.dtype)  # [..., out]
+            p.last_y = self.op(x2, p.wt, p.bias, t, thr, counts)
+            p.last_x, p.last_key = x, key
+            seen, zeroed = p.last_counts = (
+                (int(counts[0]), int(counts[1])) if counts is not None else (rows * k, -1)
+            )
+        if m.counting:
+            if zeroed < 0:  # the sibling that computed it was not counting: count here
+                keep = m._criterion(x) if how == "fused" else None
+                zeroed = 0 if keep is None else x.numel() - int(keep.sum())
+            m.seen += seen
+            m.zeroed += zeroed
+        y = p.last_y[:, self.lo : self.hi]  # [rows, out]
+        if rows > 1 and len(p.members) > 1:
+            y = y.contiguous()
+        y = y.view(*x.shape[:-1], self.hi - self.lo)  # [..., out]
+        return y if y.dtype == x.dtype else y.to(x.dtype)
 
 
 def _act_code(act: nn.Module) -> int | None:
@@ -278,6 +357,43 @@ def _skip_reason(m: nn.Module, dtype: torch.dtype) -> str:
     return ""
 
 
+def _same_threshold(a: SparseLinear, b: SparseLinear) -> bool:
+    ta, tb = a.threshold, b.threshold
+    if isinstance(ta, torch.Tensor) or isinstance(tb, torch.Tensor):
+        return (
+            isinstance(ta, torch.Tensor)
+            and isinstance(tb, torch.Tensor)
+            and ta.shape == tb.shape
+            and bool(torch.equal(ta, tb))
+        )
+    return ta == tb
+
+
+def _sibling_groups(model: nn.Module) -> dict[int, list[SparseLinear]]:
+    """Plain :class:`SparseLinear` children of one module that read one input (``INPUT_OF``:
+    q/k/v, gate/up) with equal thresholds, by ``id`` of each member (groups of 2+ only)."""
+    out: dict[int, list[SparseLinear]] = {}
+    for parent in model.modules():
+        by_input: dict[str, list[SparseLinear]] = {}
+        for name, child in parent.named_children():
+            if type(child) is SparseLinear and name in INPUT_OF:
+                by_input.setdefault(INPUT_OF[name], []).append(child)
+        for members in by_input.values():
+            while members:
+                head = members[0]
+                same = [
+                    c
+                    for c in members
+                    if c.in_features == head.in_features
+                    and c.weight.dtype == head.weight.dtype
+                    and _same_threshold(c, head)
+                ]
+                if len(same) > 1:
+                    out.update({id(c): same for c in same})
+                members = [c for c in members if c not in same]
+    return out
+
+
 def use_kernels(
     model: nn.Module, dtype: torch.dtype = torch.float32, *, max_rows: int = 8
 ) -> KernelReport:
@@ -315,11 +431,20 @@ def use_kernels(
         )
         return report
     report.isa = lib.isa
+    groups = _sibling_groups(model)
+    packs: dict[int, tuple[_Packed, int]] = {}
     for path, m in sites:
         why = _skip_reason(m, dtype)
         kernel: _Kernel | None = None
         if not why and isinstance(m, SparseLinear):
-            kernel = _LinearKernel(m, lib, dtype, max_rows)
+            if id(m) not in packs:
+                members = [g for g in groups.get(id(m), [m]) if not _skip_reason(g, dtype)]
+                if m not in members:
+                    members = [m]
+                pk = _Packed(members, dtype)
+                packs.update({id(g): (pk, i) for i, g in enumerate(members)})
+            pk, index = packs[id(m)]
+            kernel = _LinearKernel(m, pk, index, lib, max_rows)
         elif not why and isinstance(m, SparseGatedMLP):
             if not all(
                 type(getattr(m, n)) is nn.Linear for n in ("gate_proj", "up_proj", "down_proj")

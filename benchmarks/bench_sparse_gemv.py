@@ -1,0 +1,189 @@
+"""Fused sparse matvec kernels vs the dense torch product, measured side by side in one run.
+
+For each weight shape (``in -> out``: SmolLM2-135M's fused qkv, o, fused gate|up and down,
+Gemma-3-270M's, and a large 2048 <-> 8192 pair), each sparsity s (the fraction of input
+entries at or below the threshold) and 1 and 2 threads, times one batch-1 product:
+
+- ``dense``   torch ``F.linear(x, W)`` in float32 (MKL / oneDNN): the baseline;
+- ``k32``     ``actlab_sparse.sparse_linear`` with float32 weights (threshold fused);
+- ``kbf16``   the same kernel with bfloat16 weights (float32 accumulation);
+- ``tbf16``   torch ``F.linear`` with bfloat16 x and W (what a bf16 model would run).
+
+Ratios are dense time / variant time (> 1: faster than dense), and the fraction of the
+bandwidth limit they reach: ``1 / (1 - s)`` for float32, ``2 / (1 - s)`` for bf16 weights.
+Decode reads every weight once per token, so each variant cycles through enough distinct
+copies of the weights (``--mb`` MiB of float32) that they do not stay in cache between calls.
+Single calls of all variants run round-robin (``--repeats`` passes over the copies) and the
+medians are compared.
+
+    python benchmarks/bench_sparse_gemv.py            # ~2-3 min on 2 cores
+    python benchmarks/bench_sparse_gemv.py --quick    # fewer shapes/repeats (smoke test)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from actlab._ext import load
+from actlab.sparse._kernels import KERNELS
+
+SHAPES = {  # name: (in, out)
+    "smollm2 qkv": (576, 960),
+    "smollm2 o": (576, 576),
+    "smollm2 gate|up": (576, 3072),
+    "smollm2 down": (1536, 576),
+    "gemma3 qkv": (640, 1536),
+    "gemma3 o": (1024, 640),
+    "gemma3 gate|up": (640, 4096),
+    "gemma3 down": (2048, 640),
+    "large 2048->8192": (2048, 8192),
+    "large 8192->2048": (8192, 2048),
+}
+SPARSITY = (0.0, 0.25, 0.4, 0.5, 0.65, 0.8)
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def masked_input(k: int, s: float, g: torch.Generator) -> tuple[torch.Tensor, float]:
+    """x [1, k] and a threshold t such that exactly round(s k) entries have |x| <= t."""
+    x = torch.randn(1, k, generator=g)
+    zero = round(s * k)
+    if zero == 0:
+        return x, -1.0
+    t = float(x.abs().flatten().kthvalue(zero).values)
+    return x, t
+
+
+def per_call_samples(
+    calls: dict[str, tuple[Callable[..., Any], list[tuple[Any, ...]]]], rounds: int
+) -> dict[str, list[float]]:
+    """Seconds of single calls, round-robin over the variants: round r calls every variant on
+    its weight copy r mod copies. Many short samples per variant, so a time slice lost to
+    another process spoils a few samples, not a whole measurement; medians are compared."""
+    for fn, arg_list in calls.values():  # warm-up: one pass over the copies
+        for a in arg_list:
+            fn(*a)
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    for r in range(rounds):
+        for key, (fn, arg_list) in calls.items():
+            a = arg_list[r % len(arg_list)]
+            t0 = time.perf_counter()
+            fn(*a)
+            times[key].append(time.perf_counter() - t0)
+    return times
+
+
+def run(shapes: dict[str, tuple[int, int]], repeats: int, mb: float, threads: list[int]) -> None:
+    op = load(KERNELS).op("sparse_linear")
+    g = torch.Generator().manual_seed(0)
+    print(
+        f"{'shape':18s} {'thr':>3s} {'s':>4s} {'dense us':>9s} | {'k32':>5s} {'%lim':>5s} | "
+        f"{'kbf16':>5s} {'%lim':>5s} | {'tbf16':>5s}"
+    )
+    summary: list[tuple[str, int, float, float, float]] = []
+    for name, (k, n) in shapes.items():
+        copies = max(2, min(64, round(mb * 2**20 / (4 * k * n))))
+        ws = [torch.randn(n, k, generator=g) / k**0.5 for _ in range(copies)]  # [out, in]
+        wt32 = [w.t().contiguous() for w in ws]  # [in, out]: the kernel's layout
+        wtbf = [w.to(torch.bfloat16) for w in wt32]
+        wbf = [w.to(torch.bfloat16) for w in ws]
+        for nt in threads:
+            torch.set_num_threads(nt)
+            for s in SPARSITY:
+                x, t = masked_input(k, s, g)
+                xm = x * (x.abs() > t)  # what the dense baseline multiplies
+                xmb = xm.to(torch.bfloat16)
+
+                args = {
+                    "dense": (F.linear, [(xm, w) for w in ws]),
+                    "k32": (op, [(x, w, None, t, None, None) for w in wt32]),
+                    "kbf16": (op, [(x, w, None, t, None, None) for w in wtbf]),
+                    "tbf16": (F.linear, [(xmb, w) for w in wbf]),
+                }
+                times = per_call_samples(args, rounds=repeats * copies)
+                med = {key: statistics.median(v) for key, v in times.items()}
+                r32 = med["dense"] / med["k32"]
+                rbf = med["dense"] / med["kbf16"]
+                rtb = med["dense"] / med["tbf16"]
+                lim = 1.0 / (1.0 - s)
+                print(
+                    f"{name:18s} {nt:3d} {s:4.2f} {med['dense'] * 1e6:9.1f} | {r32:5.2f} "
+                    f"{100 * r32 / lim:4.0f}% | {rbf:5.2f} {100 * rbf / (2 * lim):4.0f}% | "
+                    f"{rtb:5.2f}",
+                    flush=True,
+                )
+                summary.append((name, nt, s, r32, 100 * r32 / lim))
+    print("\nTargets (float32 kernel vs dense float32 torch):")
+    for nt in threads:
+        at0 = [r for (_, t, s, r, _) in summary if t == nt and s == 0.0]
+        print(
+            f"  {nt} thread(s): s = 0 ratio min {min(at0):.2f} / median "
+            f"{statistics.median(at0):.2f} (target >= 0.95)"
+        )
+        for group, target in (("large", 90), ("smollm2", 80), ("gemma3", 80)):
+            pts = [
+                p
+                for (nm, t, s, _, p) in summary
+                if t == nt and nm.startswith(group) and s in (0.4, 0.5)
+            ]
+            if pts:
+                print(
+                    f"  {nt} thread(s): {group} at s = 0.4, 0.5: % of 1/(1-s) min {min(pts):.0f}% "
+                    f"median {statistics.median(pts):.0f}% (target >= {target}%)"
+                )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=5, help="interleaved rounds (median taken)")
+    ap.add_argument("--mb", type=float, default=64.0, help="MiB of float32 weights cycled per call")
+    ap.add_argument("--threads", default="1,2", help="thread counts, comma-separated")
+    ap.add_argument("--quick", action="store_true", help="3 shapes, 3 repeats, 32 MiB")
+    args = ap.parse_args()
+    if args.repeats < 1 or args.mb <= 0:
+        ap.error("--repeats must be >= 1 and --mb > 0")
+    try:
+        threads = [int(v) for v in args.threads.split(",")]
+    except ValueError:
+        ap.error(f"--threads must be comma-separated integers, got {args.threads!r}")
+    shapes = SHAPES
+    if args.quick:
+        shapes = {k: SHAPES[k] for k in ("smollm2 qkv", "smollm2 down", "large 8192->2048")}
+        args.repeats, args.mb = 3, 32.0
+    lib = load(KERNELS)
+    print(
+        f"bench_sparse_gemv: {cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"kernel ISA {lib.isa}, load average {os.getloadavg()[0]:.1f} at start"
+    )
+    print(
+        "ratio = dense float32 torch time / variant time; %lim = ratio / (1/(1-s)) for k32, "
+        "ratio / (2/(1-s)) for kbf16 (bf16 halves the bytes); medians of interleaved rounds"
+    )
+    t0 = time.perf_counter()
+    run(shapes, args.repeats, args.mb, threads)
+    print(
+        f"\n{time.perf_counter() - t0:.0f} s; load average {os.getloadavg()[0]:.1f} at the end "
+        "(other processes on a shared machine make these figures noisy)"
+    )
+
+
+if __name__ == "__main__":
+    main()
