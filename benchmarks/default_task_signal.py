@@ -41,10 +41,10 @@ CANDIDATES: list[tuple[str, str, str | None, dict[str, Any], dict[str, Any]]] = 
         {"hidden": (32,) * 8, "norm_layer": "layernorm"},
         {},
     ),
-    ("fit-bessel (fit_net, 60 ep)", "fit-bessel", None, {}, {}),
-    ("fit-exp-sin (fit_net, 60 ep)", "fit-exp-sin", None, {}, {}),
-    ("fit-xy (fit_net, 60 ep)", "fit-xy", None, {}, {}),
-    ("fit-feynman-i-6-2 (fit_net, 60 ep)", "fit-feynman-i-6-2", None, {}, {}),
+    ("fit-bessel (fit_net, task defaults: 100 ep)", "fit-bessel", None, {}, {}),
+    ("fit-exp-sin (fit_net, task defaults: 100 ep)", "fit-exp-sin", None, {}, {}),
+    ("fit-xy (fit_net, task defaults: 100 ep)", "fit-xy", None, {}, {}),
+    ("fit-feynman-i-6-2 (fit_net, task defaults: 100 ep)", "fit-feynman-i-6-2", None, {}, {}),
 ]
 FASHION = (
     "fashion-mnist, MLP 6 x 32, 600 steps",
