@@ -92,13 +92,21 @@ def test_relu_basis_peaks_at_one_at_the_midpoint_and_vanishes_outside() -> None:
     assert not far.any()
 
 
-@pytest.mark.parametrize("name", ["relu_kan", "s_kan"])
-def test_phases_and_selection_of_the_reference_after_pruning(name: str) -> None:
-    m = _kan("s_kan")
+def test_pruned_s_kan_evaluates_each_space_on_its_nodes_only_and_matches_the_reference() -> None:
+    m = _kan("s_kan", hidden=8)
     assert isinstance(m, SKAN)
     m.prune()
     assert m.layer1.phase == m.layer2.phase == "pruned"
+    assert len(set(m.layer2.selection())) > 1  # mixed choices: the grouped path is exercised
     _check_values_and_grads(m, s_kan_ref, _x(4, 3))
+    # a loaded choice replaces the cached node groups
+    other = _kan("s_kan", hidden=8)
+    with torch.no_grad():
+        other.layer2.logits.copy_(torch.randn(other.layer2.logits.shape, dtype=torch.float64))
+    other.prune()
+    m.load_state_dict(other.state_dict())
+    assert m.layer2.selection() == other.layer2.selection()
+    _check_values_and_grads(m, s_kan_ref, _x(4, 3, seed=1))
 
 
 @pytest.mark.parametrize("name", KANS)

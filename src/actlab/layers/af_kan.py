@@ -55,7 +55,7 @@ from actlab.layers._kan_common import InputRange, check_features, check_grid, gr
 from actlab.layers._kan_ref import af_kan_ref
 from actlab.layers._registry import act_module, register_layer
 
-__all__ = ["AFKAN", "AFKANLayer", "FUNCS", "FUNC_NORMS"]
+__all__ = ["AFKAN", "AFKANLayer", "FUNCS", "FUNC_NORMS", "minmax", "minmax_range"]
 
 FUNCS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "quad1": lambda a, b: (a * b) ** 2,
@@ -71,18 +71,25 @@ NORMS = ("auto", "layer", "none")
 _HALF = (torch.bfloat16, torch.float16)
 
 
-def minmax(f: Tensor, mode: str) -> Tensor:
-    """Min-max scale ``f`` (..., in, G) to [0, 1] over the tensor or each row (0 if flat)."""
-    if mode == "none":
-        return f
+def minmax_range(f: Tensor, mode: str) -> tuple[Tensor, Tensor]:
+    """``lo`` and ``span`` (1 where the values are all equal) of ``f`` (..., in, G) over the
+    whole tensor ("batch") or each row's (in, G) values ("sample"), broadcastable to f."""
     if mode == "batch":
         lo, hi = f.amin(), f.amax()
     else:
         flat = f.flatten(-2)  # (..., in * G)
-        lo = flat.amin(-1).unsqueeze(-1).unsqueeze(-1)
+        lo = flat.amin(-1).unsqueeze(-1).unsqueeze(-1)  # (..., 1, 1)
         hi = flat.amax(-1).unsqueeze(-1).unsqueeze(-1)
     span = hi - lo
-    return (f - lo) / torch.where(span > 0, span, torch.ones_like(span))
+    return lo, torch.where(span > 0, span, torch.ones_like(span))
+
+
+def minmax(f: Tensor, mode: str) -> Tensor:
+    """Min-max scale ``f`` (..., in, G) to [0, 1] over the tensor or each row (0 if flat)."""
+    if mode == "none":
+        return f
+    lo, span = minmax_range(f, mode)
+    return (f - lo) / span
 
 
 class AFKANLayer(nn.Module):
@@ -141,10 +148,17 @@ class AFKANLayer(nn.Module):
         p = self._params(x.dtype)
         u = self.range(x).unsqueeze(-1)  # (..., in, 1)
         f = FUNCS[self.func](self.act(u - p["low"]), self.act(p["high"] - u))  # (..., in, G)
-        f = minmax(f, self.func_norm)
+        # f is only contracted over G (with the attention weights w and with ones), and the
+        # min-max scale is affine, so it is applied to the two contractions instead of to
+        # every element of f: (f - lo) / span . v = (f . v - lo sum v) / span
+        v = torch.stack([p["attn_w"][0], torch.ones_like(p["attn_w"][0])], -1)  # (G, 2)
+        s = f @ v  # (..., in, 2): f . w and sum_G f
+        if self.func_norm != "none":
+            lo, span = minmax_range(f, self.func_norm)  # scalars or (..., 1, 1)
+            s = (s - lo * v.sum(0)) / span
         t = p["temperature"].clamp(min=1.0)
-        a = torch.softmax(F.linear(f, p["attn_w"], p["attn_b"]) / t, dim=-2)  # (..., in, 1)
-        z = (f * a).sum(-1)  # (..., in)
+        a = torch.softmax((s[..., 0] + p["attn_b"][0]) / t, dim=-1)  # (..., in) over inputs
+        z = a * s[..., 1]  # (..., in)
         if self.use_norm:
             z = F.layer_norm(z, (self.in_features,), p["norm_w"], p["norm_b"], self.norm.eps)
         return self.act(z)

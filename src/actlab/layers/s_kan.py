@@ -149,6 +149,13 @@ class SKANLayer(nn.Module):
         self.range = InputRange("s_kan", input_norm)
         self.register_buffer("step", torch.zeros((), dtype=torch.int64))
         self.register_buffer("chosen", torch.full((in_features,), -1, dtype=torch.int64))
+        # after pruning: (space, node indices) groups, rebuilt when ``chosen`` changes
+        self._groups: list[tuple[str, Tensor]] | None = None
+        self._inverse: Tensor | None = None
+        self.register_load_state_dict_post_hook(lambda module, keys: module._forget_groups())
+
+    def _forget_groups(self) -> None:
+        self._groups, self._inverse = None, None
 
     # ------------------------------------------------------------------ schedule
     @property
@@ -170,6 +177,7 @@ class SKANLayer(nn.Module):
         """Keep one space per node: the one with the largest logit (idempotent)."""
         if self.phase != "pruned":
             self.chosen.copy_(self.logits.argmax(-1))
+            self._forget_groups()
 
     def selection(self) -> list[str]:
         """The space of every node (empty strings before pruning)."""
@@ -191,9 +199,30 @@ class SKANLayer(nn.Module):
     def basis(self, x: Tensor) -> Tensor:
         """(..., in) -> (..., in, G): every node's basis, mixed over its spaces."""
         u = self.range(x).unsqueeze(-1)  # (..., in, 1)
-        pool = torch.stack([SPACES[s](u, self.grid, self.k) for s in self.spaces], -2)
-        # pool: (..., in, P, G); alpha: (in, P)
-        return (pool * self.alpha().unsqueeze(-1)).sum(-2)  # (..., in, G)
+        if self.phase == "pruned":
+            return self._pruned_basis(u)
+        alpha = self.alpha()  # (in, P)
+        phi = u.new_zeros(())
+        for p, s in enumerate(self.spaces):  # P spaces, each for all nodes at once
+            phi = phi + SPACES[s](u, self.grid, self.k) * alpha[:, p : p + 1]  # (..., in, G)
+        return phi
+
+    def _pruned_basis(self, u: Tensor) -> Tensor:
+        """One space per node: each space is evaluated only on the nodes that chose it."""
+        if self._groups is None:
+            self._groups = [
+                (s, (self.chosen == p).nonzero().flatten()) for p, s in enumerate(self.spaces)
+            ]
+            self._groups = [(s, idx) for s, idx in self._groups if idx.numel()]
+            order = torch.cat([idx for _, idx in self._groups])
+            self._inverse = torch.argsort(order)  # node i sits at _inverse[i] in the parts
+        parts = [
+            SPACES[s](u.index_select(-2, idx.to(u.device)), self.grid, self.k)
+            for s, idx in self._groups
+        ]  # each (..., n_s, G)
+        inverse = self._inverse
+        assert inverse is not None
+        return torch.cat(parts, -2).index_select(-2, inverse.to(u.device))  # (..., in, G)
 
     def forward(self, x: Tensor) -> Tensor:
         check_features("s_kan", x, self.in_features)
