@@ -165,8 +165,11 @@ class _Packed:
     fused shapes), or for one site; and the output of its last call.
 
     The first member called with a new input computes every member's output in one kernel
-    call (one survivor pass, one stream over the rows); the others, called with the same
-    tensor (same object, same version, same plan), take their slice of it.
+    call (one survivor pass, one stream over the rows); each other member, called next with
+    the same tensor (same object, same version, same plan), takes its slice of it once. A
+    member called twice, or with another tensor, computes again. (Inference-mode tensors
+    keep no version counter: siblings must read their input before it is changed in place,
+    as every attention and gated MLP does.)
     """
 
     def __init__(self, members: list[SparseLinear], dtype: torch.dtype) -> None:
@@ -203,6 +206,7 @@ class _Packed:
         self.last_key: tuple[Any, ...] = ()  # ... its version and plan
         self.last_y = torch.empty(0)  # [rows, sum of outs]
         self.last_counts = (0, 0)
+        self.pending: set[int] = set()  # members that have not yet taken their slice
 
     def refresh(self) -> None:
         """Repack if any member's weight or bias was replaced or changed in place."""
@@ -244,9 +248,11 @@ class _LinearKernel(_Kernel):
         w, ver, _ = p.packed_state[self.index]
         if m.weight is not w or m.weight._version != ver or m.bias is not None:
             p.refresh()  # the weights changed since packing (bias: checked on every call)
-        key = (x._version, how, t, id(channel_t))
-        if p.last_x is x and p.last_key == key and self.fused:
-            seen, zeroed = p.last_counts  # a sibling computed this output: take the slice
+        # inference tensors keep no version counter: identity (and the one-use rule) only
+        key = (-1 if x.is_inference() else x._version, how, t, id(channel_t))
+        if p.last_x is x and p.last_key == key and self.index in p.pending:
+            p.pending.discard(self.index)  # a sibling computed this output: take the slice
+            seen, zeroed = p.last_counts
         else:
             x2 = x.reshape(rows, k)  # [rows, in]
             if x2.dtype != torch.float32 or not x2.is_contiguous():
@@ -261,6 +267,7 @@ class _LinearKernel(_Kernel):
             thr = None if channel_t is None else channel_t.float().contiguous()
             p.last_y = self.op(x2, p.wt, p.bias, t, thr, counts)
             p.last_x, p.last_key = x, key
+            p.pending = set(range(len(p.members))) - {self.index}
             seen, zeroed = p.last_counts = (
                 (int(counts[0]), int(counts[1])) if counts is not None else (rows * k, -1)
             )
