@@ -116,7 +116,7 @@ def _keyword_call_of_registered(text: str) -> bool:
     try:
         get_activation_info(tree.func.id)
     except ActivationSpecError:
-        return False
+        return _is_act_layer(tree.func.id)
     return True
 
 
