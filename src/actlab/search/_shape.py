@@ -9,20 +9,23 @@ away from WAFBC by corrections η with EL = p'(y) y' + p(y) y''/y' (see
 ``shared/methods/eafo.md``). Each check below keeps a candidate inside the class of
 functions on which that argument is made:
 
-- ``growth`` -- at most linear growth as x -> +inf [derived]. The first variation
-  H[y + η] - H[y] = ∫ EL·η dx drops the boundary term [∂G/∂y' · η] after integrating by
-  parts; it vanishes only when f keeps the asymptotics of its base (CRReLU = ReLU + ε x
-  e^{-x²/2}: the correction decays, f ~ x). The paper's unbounded side is ReLU's linear
-  one (why ReLU beats the bounded WAFBC-like sigmoid/tanh); a faster growth (x³, e^x) is
-  outside that family and, in a deep net, blows the forward signal up for inputs a few
-  standard deviations out -- the failure a small proxy task with small inputs cannot see.
+- ``growth`` -- at most linear growth as x -> +inf [derived]. The EAFO step is a
+  variation with the boundary conditions held fixed: integrating ∫ (∂G/∂y') η' dx by parts
+  leaves the boundary term [∂G/∂y' · η], and H[y + η] - H[y] = ∫ EL·η dx only for
+  corrections η that vanish at the ends -- corrections that keep the asymptotics of the
+  base function (CRReLU = ReLU + ε x e^{-x²/2}: the correction decays, f ~ x as x -> +inf).
+  The base the paper corrects is ReLU, whose unbounded side is linear (the paper's reason
+  why ReLU beats the bounded, WAFBC-like sigmoid/tanh); a faster growth (x³, e^x) is outside
+  that class and, in a deep net, blows the forward signal up for inputs a few standard
+  deviations out -- a failure a small proxy task with small inputs cannot show.
   Measured as the exponent k of |f| ~ x^k between the windows [R1/2, R1] and [R2/2, R2]
   (R1 = 1e2, R2 = 1e6, float64): k = log((M2 + 1) / (M1 + 1)) / log(R2 / R1), M = max |f|
   on the window; reject when k > 1 + ``growth_tol`` or f is not finite there.
 - ``negative`` -- bounded as x -> -inf (default ``"bounded"``; ``"linear"`` allows at most
-  linear growth, e.g. leaky ReLU / PReLU; ``"any"`` no condition) [paper: boundary
-  condition f(-inf) = C2 of WAFBC and of every ReLU-based correction, which keeps ReLU's
-  sparsity: CRReLU(x) -> 0 as x -> -inf]. Same exponent on [-R1, -R1/2] and [-R2, -R2/2];
+  linear growth, e.g. leaky ReLU / PReLU; ``"any"`` no condition) [paper: WAFBC's boundary
+  value f(-inf) = C2, and CRReLU(x) -> 0 as x -> -inf, keeping ReLU's sparsity; derived:
+  by the argument above, a correction of ReLU keeps f bounded there]. Same exponent on
+  [-R1, -R1/2] and [-R2, -R2/2];
   bounded means k <= ``bounded_tol``.
 - ``range`` -- no pole, non-finite value or flat gradient on the input range [-r, r] seen
   in training (pre-activations are standardised by the model's init and norms; EAFO
