@@ -1,0 +1,268 @@
+"""Forward+backward step time and memory of the structured layers vs what they replace.
+
+One run, four groups; in each, every entry is timed round-robin with the group's baseline
+(``_common.interleaved_samples``: this machine is shared and its speed drifts), and the
+table gives the median step time, the median of the per-round time ratios to the baseline
+with their interquartile range, the ratio of the fastest steps (``min``: the least disturbed
+estimate when other processes burst), the parameters, and the bytes autograd saves for backward
+(on CPU the activation-memory proxy; on CUDA also the peak allocated bytes of one step):
+
+  mlp-slot (transformer)   x (64, 17, 64) tokens, D 64: mlp(gelu) with hidden 128 vs af_kan,
+                           relu_kan, s_kan at equal parameters (widths from
+                           actlab.models.match_hidden; s_kan in its full phase, all four
+                           spaces, and pruned, one space per node), polynorm_mlp, moe (equal
+                           *active* parameters, its default), pykan [64, H, 64] at equal
+                           parameters
+  mlp-slot (fit)           x (100, 2) -> 1, 600 parameters: the function-fitting setting of
+                           the fit-* tasks; mlp(silu) vs the KANs and pykan
+  attention score          q, k, v (64, 4, 17, 16): softmax module + p @ v vs the fused
+                           scaled_dot_product_attention and fourier_karat(heads=4)
+                           (softmax has no parameters: "equal parameters" does not apply)
+  norm + act (NCHW)        x (32, 32, 16, 16): BatchNorm2d + ReLU vs evonorm_b0 / evonorm_s0
+
+A step is: zero grads, y = layer(x), y.square().mean().backward(). pykan
+(``pip install --no-deps pykan`` + pandas; the ``bench`` extra) runs in its speed mode
+(``model.speed()``: no symbolic branch, no saved activations); without it the pykan rows are
+skipped with the reason printed. Figures from a shared 2-core machine are preliminary.
+
+    python benchmarks/bench_layers.py [--repeats 30] [--threads 1] [--device cpu]
+        [--groups transformer,fit,attention,norm]
+
+Targets (issue 14): KAN layers <= 2x an MLP of equal parameters; PolyNorm <= 1.3x GELU's
+MLP; EvoNorm <= 1.5x BN+ReLU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import interleaved_samples, saved_bytes  # noqa: E402
+
+from actlab.layers import create_layer, list_layers  # noqa: E402
+from actlab.models import match_hidden  # noqa: E402
+from actlab.models.vit import attention  # noqa: E402
+
+
+@dataclass
+class Entry:
+    name: str
+    forward: Callable[[], Tensor]  # one forward pass (inputs bound)
+    params: int
+    note: str = ""
+    inputs: list[Tensor] = field(default_factory=list)  # inputs whose gradients count too
+
+
+def _n(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters() if p.requires_grad)
+
+
+def _pykan(width: list[int], target: int, device: str) -> tuple[nn.Module | None, str]:
+    """pykan's KAN [in, H, out] with H chosen for ~target parameters, or (None, reason)."""
+    try:
+        from kan import KAN
+    except Exception as e:  # noqa: BLE001 -- any import failure is a reason to skip
+        return None, f"pykan unavailable ({type(e).__name__}: {e}); pip install --no-deps pykan"
+    ckpt = tempfile.mkdtemp(prefix="pykan-")
+
+    def build(h: int) -> nn.Module:
+        m = KAN(width=[width[0], h, width[1]], grid=5, k=3, seed=0, auto_save=False,
+                ckpt_path=ckpt, device=device)  # fmt: skip
+        return m.speed()
+
+    p1, p2 = _n(build(1)), _n(build(2))
+    h = max(1, round((target - p1) / (p2 - p1)) + 1)
+    return build(h), f"H={h}"
+
+
+def _step(forward: Callable[[], Tensor], params: list[Tensor]) -> Callable[[], None]:
+    def run() -> None:
+        for p in params:
+            p.grad = None
+        forward().float().square().mean().backward()
+
+    return run
+
+
+def _kan_entries(
+    x: Tensor, d_out: int, target: int, act: str, device: str, base_hidden: int | None
+) -> list[tuple[Entry, nn.Module]]:
+    d_in = x.shape[-1]
+    out: list[tuple[Entry, nn.Module]] = []
+    specs = ["mlp", "af_kan", "relu_kan", "s_kan"]
+    for spec in specs:
+        h = (
+            base_hidden
+            if spec == "mlp" and base_hidden
+            else match_hidden(spec, d_in, d_out, target)
+        )
+        torch.manual_seed(0)
+        m = create_layer(spec, in_features=d_in, hidden_features=h, out_features=d_out,
+                         act_layer=act).to(device)  # fmt: skip
+        out.append((Entry(spec if spec != "mlp" else f"mlp({act})", lambda m=m: m(x), _n(m),
+                          f"H={h}"), m))  # fmt: skip
+        if spec == "s_kan":  # after the schedule: one space per node
+            torch.manual_seed(0)
+            pruned = create_layer(spec, in_features=d_in, hidden_features=h,
+                                  out_features=d_out).to(device)  # fmt: skip
+            with torch.no_grad():  # spread the choices over the pool, then prune
+                for lay in (pruned.layer1, pruned.layer2):
+                    lay.logits.normal_()
+            pruned.prune()
+            out.append((Entry("s_kan (pruned)", lambda m=pruned: m(x), _n(pruned), f"H={h}"),
+                        pruned))  # fmt: skip
+    return out
+
+
+def group_transformer(device: str) -> tuple[list[tuple[Entry, nn.Module]], list[str]]:
+    x = torch.randn(64, 17, 64, device=device)
+    base = create_layer("mlp", in_features=64, hidden_features=128, out_features=64,
+                        act_layer="gelu").to(device)  # fmt: skip
+    target = _n(base)
+    rows = _kan_entries(x, 64, target, "gelu", device, 128)
+    skipped: list[str] = []
+    extra = {"polynorm_mlp": {}, "moe": {}}
+    for name, kw in extra.items():
+        if name not in list_layers():
+            skipped.append(f"{name}: not registered")
+            continue
+        torch.manual_seed(0)
+        m = create_layer(name, in_features=64, hidden_features=128, out_features=64,
+                         act_layer="gelu", **kw).to(device)  # fmt: skip
+        note = "equal active params" if name == "moe" else "hidden 128"
+        rows.append((Entry(name, lambda m=m: m(x), _n(m), note), m))
+    kan, why = _pykan([64, 64], target, device)
+    if kan is None:
+        skipped.append(f"pykan: {why}")
+    else:
+        flat = x.reshape(-1, 64)  # pykan takes (B, in)
+        rows.append((Entry("pykan", lambda: kan(flat), _n(kan), why), kan))
+    return rows, skipped
+
+
+def group_fit(device: str) -> tuple[list[tuple[Entry, nn.Module]], list[str]]:
+    x = torch.rand(100, 2, device=device) * 2 - 1
+    rows = _kan_entries(x, 1, 600, "silu", device, None)
+    kan, why = _pykan([2, 1], 600, device)
+    if kan is None:
+        return rows, [f"pykan: {why}"]
+    rows.append((Entry("pykan", lambda: kan(x), _n(kan), why), kan))
+    return rows, []
+
+
+def group_attention(device: str) -> tuple[list[tuple[Entry, nn.Module]], list[str]]:
+    g = torch.Generator(device="cpu").manual_seed(0)
+    q, k, v = (torch.randn(64, 4, 17, 16, generator=g).to(device).requires_grad_(True)
+               for _ in range(3))  # fmt: skip
+    soft = create_layer("softmax")
+    torch.manual_seed(0)
+    karat = create_layer("fourier_karat(heads=4, max_keys=17)").to(device)
+    qkv = [q, k, v]  # their gradients are part of the step
+    rows = [
+        (Entry("softmax", lambda: attention(q, k, v, soft, 0.0), 0, "module + p @ v", qkv), soft),
+        (Entry("sdpa (fused)", lambda: attention(q, k, v, None, 0.0), 0, "the ViT default", qkv),
+         nn.Module()),
+        (Entry("fourier_karat", lambda: attention(q, k, v, karat, 0.0), _n(karat),
+               "G=3, r=8, heads=4", qkv), karat),
+    ]  # fmt: skip
+    return rows, []
+
+
+def group_norm(device: str) -> tuple[list[tuple[Entry, nn.Module]], list[str]]:
+    x = torch.randn(32, 32, 16, 16, device=device)
+    bn = nn.Sequential(nn.BatchNorm2d(32), nn.ReLU()).to(device)
+    rows = [(Entry("batchnorm+relu", lambda: bn(x), _n(bn)), bn)]
+    skipped = []
+    for name in ("evonorm_b0", "evonorm_s0"):
+        if name not in list_layers():
+            skipped.append(f"{name}: not registered")
+            continue
+        m = create_layer(name, num_features=32).to(device)
+        rows.append((Entry(name, lambda m=m: m(x), _n(m)), m))
+    return rows, skipped
+
+
+GROUPS = {
+    "transformer": ("mlp-slot (transformer) x (64, 17, 64)", group_transformer),
+    "fit": ("mlp-slot (fit) x (100, 2) -> 1, 600 params", group_fit),
+    "attention": ("attention score q, k, v (64, 4, 17, 16)", group_attention),
+    "norm": ("norm + act (NCHW) x (32, 32, 16, 16)", group_norm),
+}
+
+
+def _peak(step: Callable[[], None], device: str) -> str:
+    if not device.startswith("cuda"):
+        return "-"
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    torch.cuda.synchronize()
+    return f"{torch.cuda.max_memory_allocated() / 2**20:.1f} MiB"
+
+
+def run_group(key: str, repeats: int, device: str) -> None:
+    title, build = GROUPS[key]
+    rows, skipped = build(device)
+    steps: dict[str, Callable[[], None]] = {}
+    for entry, module in rows:
+        params = [p for p in module.parameters() if p.requires_grad] + entry.inputs
+        step = _step(entry.forward, params)
+        if device.startswith("cuda"):
+            inner = step
+
+            def step(inner: Callable[[], None] = inner) -> None:
+                inner()
+                torch.cuda.synchronize()
+
+        steps[entry.name] = step
+    times = interleaved_samples(steps, repeats, warmup=3)
+    base = rows[0][0].name
+    print(f"\n## {title}   (baseline: {base}; {repeats} interleaved rounds)")
+    head = f"{'layer':16s} {'params':>7s} {'median ms':>10s} {'x base':>7s} {'IQR of x':>13s} "
+    print(head + f"{'x (min)':>8s} {'saved KiB':>10s} {'x base':>7s} {'cuda peak':>10s}  note")
+    saved0 = max(saved_bytes(rows[0][0].forward), 1)
+    for entry, _ in rows:
+        t = times[entry.name]
+        ratios = sorted(a / b for a, b in zip(t, times[base], strict=True))
+        q1, q3 = statistics.quantiles(ratios, n=4)[0], statistics.quantiles(ratios, n=4)[2]
+        sb = saved_bytes(entry.forward)
+        print(f"{entry.name:16s} {entry.params:7d} {statistics.median(t) * 1e3:10.3f} "
+              f"{statistics.median(ratios):7.2f} {f'{q1:.2f}-{q3:.2f}':>13s} "
+              f"{min(t) / min(times[base]):8.2f} "
+              f"{sb / 1024:10.1f} {sb / saved0:7.2f} {_peak(steps[entry.name], device):>10s}"
+              f"  {entry.note}")  # fmt: skip
+    for s in skipped:
+        print(f"skipped {s}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--groups", default=",".join(GROUPS))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    keys = [g.strip() for g in args.groups.split(",") if g.strip()]
+    bad = [k for k in keys if k not in GROUPS]
+    if bad:
+        sys.exit(f"bench_layers: unknown group {', '.join(bad)}; choose from {', '.join(GROUPS)}")
+    print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}; "
+          "preliminary: shared machine")  # fmt: skip
+    for key in keys:
+        run_group(key, args.repeats, args.device)
+
+
+if __name__ == "__main__":
+    main()
