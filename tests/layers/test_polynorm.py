@@ -147,7 +147,7 @@ def test_width_rule_matches_a_gated_mlp_in_parameters() -> None:
 
 
 def test_usable_as_the_mlp_activation_of_vit_and_char_gpt() -> None:
-    from actlab.bench.plan import canonical_activation
+    from actlab.bench.plan import canonical_activation, formula_spec
     from actlab.models.char_gpt import CharGPT, GPTConfig
     from actlab.models.vit import ViT, ViTConfig
 
@@ -163,6 +163,10 @@ def test_usable_as_the_mlp_activation_of_vit_and_char_gpt() -> None:
     assert gpt(torch.randint(0, 11, (2, 8))).shape == (2, 8, 11)
     assert canonical_layer_spec("mlp(act='polynorm(eps=1e-6)')") == "mlp(act='polynorm')"
     assert canonical_activation("polynorm(eps=1e-5)") == "polynorm(eps=1e-05)"
+    for bad, words in [("polynorm(eps=nan)", "literal"), ("polynorm(eps=-1)", "eps must be")]:
+        with pytest.raises(ValueError, match=words) as e:
+            canonical_activation(formula_spec(bad))
+        assert "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
