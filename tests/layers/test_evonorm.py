@@ -232,3 +232,25 @@ def test_surgery_refuses_what_it_cannot_do_and_leaves_the_model_alone() -> None:
         replace_bn_act(net, "layernorm")
     with pytest.raises(SurgeryInputError, match="did not run"):
         replace_bn_act(net, example_inputs=torch.randn(2, 5, 8, 8))
+
+
+@pytest.mark.parametrize("which", ["b0", "s0"])
+def test_gradients_match_the_plain_twin(which: str) -> None:
+    from actlab.layers.evonorm import evonorm_b0_reference
+
+    gen = torch.Generator().manual_seed(5)
+    m = _params(EvoNorm2dB0(4) if which == "b0" else EvoNorm2dS0(4, groups=2)).double().train()
+    x = torch.randn(3, 4, 3, 3, generator=gen, dtype=torch.float64)
+    up = torch.randn(3, 4, 3, 3, generator=gen, dtype=torch.float64)
+    xa = x.clone().requires_grad_(True)
+    (m(xa) * up).sum().backward()
+    got = [xa.grad] + [p.grad.clone() for p in (m.v, m.weight, m.bias)]
+    xb = x.clone().requires_grad_(True)
+    ps = [p.detach().clone().requires_grad_(True) for p in (m.v, m.weight, m.bias)]
+    if which == "b0":
+        ref = evonorm_b0_reference(xb, *ps, None)
+    else:
+        ref = evonorm_s0_reference(xb, *ps, 2)
+    (ref * up).sum().backward()
+    for a, b in zip(got, [xb.grad] + [p.grad for p in ps], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
