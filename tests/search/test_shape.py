@@ -10,7 +10,7 @@ from actlab.search._candidate import as_candidate
 from actlab.search._objectives import CurveObjective
 from actlab.search._pipeline import evaluate_candidate
 
-ISSUE = "silu(sigmoid(x) - x) + (sigmoid(x * silu(x)) - x)**3 - 0.01 * (x - 0.905)"
+ISSUE = "silu(sigmoid(x) - x) + cube(sigmoid(x * silu(x)) - x) - eps * (x - 0.905)"  # issue 15
 
 
 def _check(formula: str, **kw: object) -> tuple[bool, str]:
