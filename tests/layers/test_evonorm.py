@@ -254,3 +254,24 @@ def test_gradients_match_the_plain_twin(which: str) -> None:
     (ref * up).sum().backward()
     for a, b in zip(got, [xb.grad] + [p.grad for p in ps], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_b0_lean_function_matches_plain_autograd(train: bool) -> None:
+    gen = torch.Generator().manual_seed(6)
+    fast, plain = _params(EvoNorm2dB0(4)).double(), EvoNorm2dB0(4, fused=False).double()
+    with torch.no_grad():
+        fast.running_var.uniform_(0.5, 2.0, generator=gen)
+    plain.load_state_dict(fast.state_dict())
+    fast.train(train), plain.train(train)
+    x = 1.5 * torch.randn(3, 4, 5, 5, generator=gen, dtype=torch.float64) + 0.3
+    up = torch.randn(3, 4, 5, 5, generator=gen, dtype=torch.float64)
+    xs = [x.clone().requires_grad_(True) for _ in range(2)]
+    ys = [m(t) for m, t in zip((fast, plain), xs, strict=True)]
+    for y in ys:
+        (y * up).sum().backward()
+    torch.testing.assert_close(ys[0], ys[1], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(xs[0].grad, xs[1].grad, rtol=1e-10, atol=1e-12)
+    for p, q in zip(fast.parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(fast.running_var, plain.running_var)

@@ -19,6 +19,8 @@ G). Init v = 1, γ = 1, β = 0.
 timm). The layers carry ``includes_act = True``: a model that builds one at a BN+ReLU site drops
 its own ReLU there (ResNet's ``norm_layer`` slot does; ``actlab.surgery.replace_bn_act`` does it
 for any model). float16/bfloat16 inputs are computed in float32 and returned in their dtype.
+B0's default path is a custom autograd Function with a hand-derived backward (saves x and the
+per-(b, c) moments; ``fused=False`` is the plain-autograd twin it is tested against).
 """
 
 from __future__ import annotations
@@ -72,6 +74,60 @@ def evonorm_s0_reference(
         stds.append(torch.sqrt(var + eps).expand(-1, per, 1, 1))
     std = torch.cat(stds, dim=1)  # (B, C, 1, 1)
     return x * torch.sigmoid(v.double().view(c) * x) / std * g + b
+
+
+class _B0Fn(torch.autograd.Function):
+    """EvoNorm-B0 on x (B, C, n) with a hand-derived backward; saves x and per-row moments.
+
+    Forward: μ, σ² per (b, c) over n; V = mean_b σ² + var_b μ (the batch variance, or the
+    running one in eval: ``var`` given); L = sqrt(V + ε), s = sqrt(σ² + ε), R = v·x + s,
+    D = max(R, L), y = x/D·γ + β. Backward with h = g·γ, a = h/D, ∂D = -a·x/D, m = [R > L]:
+        ∂x = a + v·m·∂D + (2/n)·∂σ²·(x - μ) + (2/(B·n))·∂V·(x - μ_c)
+        ∂σ² = Σ_n m·∂D / (2s),  ∂V = Σ_{b,n} (1 - m)·∂D / (2L)   (0 in eval)
+        ∂v = Σ m·∂D·x,  ∂γ = Σ g·x/D,  ∂β = Σ g
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: Tensor, v: Tensor, w: Tensor, b: Tensor, var: Tensor | None, eps: float
+    ) -> tuple[Tensor, Tensor]:
+        ivar, imean = torch.var_mean(x, dim=-1, unbiased=False, keepdim=True)  # (B, C, 1)
+        batch = var is None
+        if var is None:
+            var = ivar.mean(0) + imean.var(0, unbiased=False)  # (C, 1) total variance
+        left = torch.sqrt(var + eps)  # (C, 1)
+        s = torch.sqrt(ivar + eps)  # (B, C, 1)
+        den = torch.addcmul(s, v, x).clamp_min_(left)  # (B, C, n)
+        y = torch.addcmul(b, x / den, w)
+        ctx.save_for_backward(x, v, w, imean, s, left)
+        ctx.batch = batch
+        ctx.mark_non_differentiable(var)
+        return y, var
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor, _gvar: Tensor | None) -> tuple[Tensor | None, ...]:
+        x, v, w, imean, s, left = ctx.saved_tensors
+        B, _, n = x.shape
+        right = torch.addcmul(s, v, x)
+        m = right > left  # (B, C, n): where the instance term is the larger one
+        inv = right.clamp_min_(left).reciprocal_()  # 1/D
+        q = x * inv  # x/D
+        gw = (g * q).sum((0, 2)).unsqueeze(-1)  # (C, 1)
+        gb = g.sum((0, 2)).unsqueeze(-1)
+        a = g * w * inv  # the direct term
+        dden = -a * q  # ∂L/∂D
+        dright = dden * m
+        gv = (dright * x).sum((0, 2)).unsqueeze(-1)
+        ds = dright.sum(-1, keepdim=True)  # (B, C, 1)
+        coef = ds / s / n  # (2/n)·∂σ² with ∂σ² = ∂s / (2s)
+        shift = coef * imean
+        if ctx.batch:
+            dleft = (dden.sum((0, 2)) - dright.sum((0, 2))).unsqueeze(-1)  # (C, 1)
+            cv = dleft / left / (B * n)  # (2/(B n))·∂V with ∂V = ∂L / (2L)
+            coef = coef + cv
+            shift = shift + cv * imean.mean(0)
+        gx = torch.addcmul(a, v, dright).addcmul_(x, coef).sub_(shift)
+        return gx, gv, gw, gb, None, None
 
 
 def _check_args(name: str, num_features: int, eps: float) -> None:
@@ -153,8 +209,10 @@ class EvoNorm2dB0(_EvoNorm):
         eps: float = 1e-5,
         momentum: float = 0.1,
         apply_act: bool = True,
+        fused: bool = True,
     ) -> None:
         super().__init__(num_features, eps, apply_act)
+        self.fused = bool(fused)  # the lean autograd Function; False: plain autograd
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"evonorm_b0: momentum must be in [0, 1], got {momentum}")
         self.momentum = float(momentum)
@@ -169,6 +227,16 @@ class EvoNorm2dB0(_EvoNorm):
             return self._affine(x).to(dtype)
         B, C, H, W = x.shape
         xv = x.reshape(B, C, H * W)  # (B, C, HW): contiguous reductions over space
+        w, b = self.weight.to(x.dtype).view(C, 1), self.bias.to(x.dtype).view(C, 1)
+        v = self.v.to(x.dtype).view(C, 1)
+        if self.fused and not torch.compiler.is_compiling():
+            run = None if self.training else self.running_var.to(x.dtype).view(C, 1)
+            y, var = _B0Fn.apply(xv, v, w, b, run, self.eps)
+            if self.training:
+                with torch.no_grad():
+                    new = var.view(-1).to(self.running_var.dtype)
+                    self.running_var.mul_(1 - self.momentum).add_(self.momentum * new)
+            return y.view(B, C, H, W).to(dtype)
         ivar, imean = torch.var_mean(xv, dim=-1, unbiased=False, keepdim=True)  # (B, C, 1)
         if self.training:
             # law of total variance: the batch variance per channel from instance moments
@@ -179,10 +247,8 @@ class EvoNorm2dB0(_EvoNorm):
         else:
             var = self.running_var.to(x.dtype).view(C, 1)
         left = torch.sqrt(var + self.eps)  # (C, 1)
-        v = self.v.to(x.dtype).view(C, 1)
         right = torch.addcmul(torch.sqrt(ivar + self.eps), v, xv)  # (B, C, HW)
         y = xv / right.clamp_min(left)  # max(right, left); cheaper backward than maximum
-        w, b = self.weight.to(x.dtype).view(C, 1), self.bias.to(x.dtype).view(C, 1)
         return torch.addcmul(b, y, w).view(B, C, H, W).to(dtype)
 
 
