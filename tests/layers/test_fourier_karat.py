@@ -83,6 +83,10 @@ def test_bad_input_is_one_line() -> None:
         with pytest.raises(ValueError, match=words) as info:
             m(*args)
         assert "\n" not in str(info.value)
+    with torch.no_grad():
+        m.up[0, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match="fourier_karat: non-finite parameters"):
+        m(torch.zeros(1, 2, 4, 4, dtype=torch.float64))
     for spec, words in [
         ("fourier_karat(terms=0)", "terms must be a whole number >= 1"),
         ("fourier_karat(rank=0)", "rank must be"),

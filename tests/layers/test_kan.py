@@ -141,6 +141,11 @@ def test_bad_input_is_one_line(name: str) -> None:
         with pytest.raises(ValueError, match=words) as info:
             m(bad)
         assert "\n" not in str(info.value) and name in str(info.value)
+    with torch.no_grad():
+        next(m.parameters()).view(-1)[0] = math.nan
+    with pytest.raises(ValueError, match=f"{name}: non-finite parameters") as info:
+        m(torch.zeros(2, 3, dtype=torch.float64))
+    assert "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize(

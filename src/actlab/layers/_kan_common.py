@@ -35,6 +35,7 @@ __all__ = [
     "InputRange",
     "check_features",
     "check_finite",
+    "check_finite_params",
     "check_grid",
     "grid_phases",
     "relu_basis",
@@ -49,6 +50,16 @@ def check_finite(name: str, **values: float) -> None:
     for key, v in values.items():
         if not math.isfinite(float(v)):
             raise ValueError(f"{name}: {key} must be finite, got {v!r}")
+
+
+def check_finite_params(name: str, module: nn.Module) -> None:
+    """One-line ``ValueError`` if a parameter of ``module`` holds NaN or inf (checked at every
+    forward: a diverged or corrupted checkpoint must not turn into silent NaN outputs)."""
+    ps = [p for p in module.parameters()]
+    if ps and not bool(torch.stack([torch.isfinite(p).all() for p in ps]).all()):
+        raise ValueError(
+            f"{name}: non-finite parameters (NaN or inf); reload finite weights or rebuild it"
+        )
 
 
 def check_grid(name: str, grid: int, k: int) -> None:

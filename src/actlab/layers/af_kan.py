@@ -51,7 +51,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from actlab.layers._kan_common import InputRange, check_features, check_grid, grid_phases
+from actlab.layers._kan_common import (
+    InputRange,
+    check_features,
+    check_finite_params,
+    check_grid,
+    grid_phases,
+)
 from actlab.layers._kan_ref import af_kan_ref
 from actlab.layers._registry import act_module, register_layer
 
@@ -219,4 +225,5 @@ class AFKAN(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: Tensor) -> Tensor:
+        check_finite_params("af_kan", self)
         return self.drop(self.layer2(self.drop(self.layer1(x))))

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from actlab.layers._kan_common import (
     InputRange,
     check_features,
+    check_finite_params,
     check_grid,
     grid_phases,
     relu_basis,
@@ -123,4 +124,5 @@ class ReLUKAN(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: Tensor) -> Tensor:
+        check_finite_params("relu_kan", self)
         return self.drop(self.layer2(self.drop(self.layer1(x))))

@@ -48,6 +48,7 @@ from actlab.layers._kan_common import (
     InputRange,
     check_features,
     check_finite,
+    check_finite_params,
     check_grid,
     grid_phases,
     relu_basis,
@@ -278,6 +279,7 @@ class SKAN(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: Tensor) -> Tensor:
+        check_finite_params("s_kan", self)
         return self.drop(self.layer2(self.drop(self.layer1(x))))
 
     def prune(self) -> None:
