@@ -234,8 +234,7 @@ def validate(args: argparse.Namespace) -> None:
             raise ValueError(f"--out {out} exists and is not a folder")
         if out.is_dir() and any(out.iterdir()) and not args.force:
             raise ValueError(f"--out {out} exists and is not empty; pass --force to write into it")
-    name = Path(args.model_key).name if args.model_key not in ("smollm2", "gemma3") else args.model
-    args.name = name
+    name = args.name = Path(args.model_key).name  # smollm2, gemma3 or the folder's name
     if args.eval:
         default = Path(args.out) / "report.html" if args.out else Path(f"sparsify-{name}.html")
         args.report_path = Path(args.report) if args.report else default
