@@ -104,15 +104,18 @@ def test_compare_and_search_on_two_nodes_equal_local(
           f"cluster start {cluster.started_s:.1f} s")  # type: ignore[attr-defined]  # fmt: skip
 
 
-def _kill_worker_node_when_busy(cluster: Cluster, log: Path, done: threading.Event) -> list[str]:
-    """Kill the worker node as soon as a run starts in one of its processes."""
+def _kill_worker_node_when_busy(
+    cluster: Cluster, log: Path, done: threading.Event, pid_field: int = -1
+) -> list[str]:
+    """Kill the worker node as soon as a line of ``log`` (its pid in ``pid_field``) shows
+    that a run started in one of its processes; returns [that line] once it happened."""
     killed: list[str] = []
 
     def watch() -> None:
         while not done.is_set():
             pids = cluster.worker_pids()
             for line in log.read_text().splitlines() if log.exists() else []:
-                if int(line.split()[-1]) in pids:
+                if int(line.split()[pid_field]) in pids:
                     cluster.kill_worker()
                     killed.append(line)
                     return
@@ -160,3 +163,40 @@ def test_a_worker_node_killed_mid_run_loses_nothing(
     with ResultsStore(tmp_path / "k.db") as store:
         assert len(store.all_records()) == 6 and store.active_claims() == []  # nothing twice
     print(f"\nworker node killed during {act} seed {seed}; 6 runs done in {took:.1f} s")
+
+
+def test_a_worker_node_killed_mid_search_loses_nothing(cluster: Cluster, tmp_path: Path) -> None:
+    """Search on the cluster; the worker node dies during an evaluation: the evaluation is
+    re-run (by Ray, or re-queued by the loop), every trial ends with one result."""
+    import optuna
+    import ray
+    from executor_helpers import logging_objective
+
+    from actlab.search import Pipeline, RayExecutor, run_search
+
+    if len([n for n in cluster.nodes if n.poll() is None]) < 2:
+        cluster.add_worker()
+    log = tmp_path / "evals.log"
+    ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False,
+             _node_ip_address="127.0.0.1")  # fmt: skip
+    done = threading.Event()
+    try:
+        killed = _kill_worker_node_when_busy(cluster, log, done, pid_field=1)
+        res = run_search(
+            logging_objective("gelu", str(log), 1.0), "random", budget=6, study="k",
+            storage=tmp_path / "k.db", pipeline=Pipeline(checks=False, cost=None, proxies=False),
+            executor=RayExecutor("auto"),
+        )  # fmt: skip
+    finally:
+        done.set()
+        ray.shutdown()
+    assert killed, "no evaluation started on the worker node"
+    key = killed[0].split()[2]
+    lines = [ln.split() for ln in log.read_text().splitlines()]
+    assert sum(w == "start" and k == key for w, _, k in lines) >= 2  # evaluated again
+    finished = [r for r in res.finished if r.result is not None]
+    keys = Counter(r.candidate.key for r in finished)
+    assert len(finished) >= 6 and max(keys.values()) == 1  # nothing lost, nothing twice
+    assert key in {f"{h}:{lvl}" for h, lvl in keys}
+    st = optuna.load_study(study_name="k", storage=f"sqlite:///{tmp_path / 'k.db'}")
+    assert all(t.state.name != "RUNNING" for t in st.trials)
