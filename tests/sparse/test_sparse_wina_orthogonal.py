@@ -70,6 +70,7 @@ def test_errors(llama: nn.Module, batches: list[torch.Tensor]) -> None:
         orthogonalize(llama)
     sparse = copy.deepcopy(llama)
     del sparse.actlab_wina_orthogonal
+    del sparse.config.actlab_rotation
     method = make_method("wina", sparsity=0.5)
     method.apply(sparse, method.calibrate(sparse, batches))
     with pytest.raises(SparseError, match="dense model first"):

@@ -50,7 +50,13 @@ from actlab.sparse._eval import (
 )
 from actlab.sparse._kernels import KernelReport, drop_kernels, kernels_available, use_kernels
 from actlab.sparse._modules import MODES, SparseGatedMLP, SparseLinear, exact_quantile
-from actlab.sparse._orthogonal import Orthogonalized, orthogonalize
+from actlab.sparse._orthogonal import (
+    Orthogonalized,
+    orthogonalize,
+    pca_bases,
+    restore_rotation,
+    rotation_missing,
+)
 from actlab.sparse._saved import (
     SparseModel,
     apply_saved_state,
@@ -124,5 +130,8 @@ __all__ = [
     "load_state",
     "make_method",
     "orthogonalize",
+    "pca_bases",
+    "restore_rotation",
+    "rotation_missing",
     "use_kernels",
 ]

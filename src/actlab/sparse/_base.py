@@ -23,6 +23,7 @@ from torch import nn
 
 from actlab.registry import Registry
 from actlab.sparse._modules import SparseGatedMLP, SparseLinear, check_mode, show_threshold
+from actlab.sparse._orthogonal import orthogonalize, restore_rotation, rotation_missing
 from actlab.sparse._sites import Batch
 from actlab.sparse._state import SparseError, SparsityState, Threshold
 from actlab.surgery import ReplacementReport, replace_modules
@@ -119,6 +120,29 @@ class SparsityReport:
         return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, width)) for r in rows)
 
 
+def _rotate_for(model: nn.Module, state: SparsityState) -> None:
+    """Put ``model`` in the basis ``state`` was calibrated in (rotate it, or give a reloaded
+    rotated model its between-block rotations back); one-line errors for mismatches."""
+    if not state.bases:
+        raise SparseError(
+            "this model was saved rotated but the state has no rotation bases; load it with "
+            "actlab.sparse.load_sparse from the folder it was saved to"
+        )
+    if rotation_missing(model):
+        restore_rotation(model, state.bases)
+    elif getattr(model, "actlab_wina_orthogonal", False):
+        raise SparseError(
+            "the model is already rotated; apply a rotating state to the unrotated model "
+            "(apply rotates it)"
+        )
+    else:
+        modules = dict(model.named_modules())
+        for path in state.thresholds:
+            if not isinstance(modules.get(path), nn.Linear):
+                raise SparseError(f"the state was calibrated on another model: no linear {path!r}")
+        orthogonalize(model, "pca", bases=state.bases)
+
+
 def install(
     model: nn.Module,
     state: SparsityState,
@@ -132,6 +156,9 @@ def install(
     type or already sparsified is a one-line :class:`SparseError`.
     """
     modules = dict(model.named_modules())
+    if state.bases or rotation_missing(model):
+        _rotate_for(model, state)
+        modules = dict(model.named_modules())
     kinds: dict[str, type[SparseLinear] | type[SparseGatedMLP]] = {}
     for path in state.thresholds:
         m = modules.get(path)

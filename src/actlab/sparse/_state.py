@@ -6,6 +6,8 @@ of each site, and the method's name and parameters. It saves to one safetensors 
 thresholds are float32 tensors keyed by site path (0-d: one threshold per site; 1-D: one per
 channel, as CHESS has), and the header (safetensors metadata
 ``"actlab.sparse"``) is a small JSON object ``{"version", "method", "params", "targets"}``.
+A state of a method that rotates the model first (TEAL with ``rotation="pca"``) also holds one
+orthogonal ``[d, d]`` basis per block (``bases``, saved under ``"basis:" + block path``).
 Nothing is unpickled when loading.
 """
 
@@ -33,6 +35,7 @@ Threshold = float | torch.Tensor  # one per site (float) or one per channel (1-D
 
 FORMAT_KEY = "actlab.sparse"
 FORMAT_VERSION = 1
+BASIS = "basis:"  # key prefix of the rotation bases in the state file
 
 
 class SparseError(ValueError):
@@ -63,10 +66,15 @@ class SparsityState:
     params: dict[str, Any]
     thresholds: dict[str, Threshold]
     targets: dict[str, float] = field(default_factory=dict)
+    bases: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.thresholds = {k: _f32(v) for k, v in self.thresholds.items()}
         self.targets = {k: float(v) for k, v in self.targets.items()}
+        for k, q in self.bases.items():
+            if not isinstance(q, torch.Tensor) or q.ndim != 2 or q.shape[0] != q.shape[1]:
+                raise SparseError(f"rotation basis {k!r} must be a square matrix")
+        self.bases = {k: q.detach().to("cpu", torch.float64) for k, q in self.bases.items()}
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SparsityState):
@@ -83,7 +91,9 @@ class SparsityState:
                 return False
             if not isinstance(a, torch.Tensor) and a != b:
                 return False
-        return True
+        if set(self.bases) != set(other.bases):
+            return False
+        return all(torch.equal(q, other.bases[k]) for k, q in self.bases.items())
 
     def save(self, path: str | Path) -> Path:
         """Write the state to ``path`` (one safetensors file); returns the path."""
@@ -110,6 +120,7 @@ class SparsityState:
             else torch.tensor(v, dtype=torch.float32)
             for k, v in self.thresholds.items()
         }
+        tensors.update({BASIS + k: q.contiguous() for k, q in self.bases.items()})
         p.parent.mkdir(parents=True, exist_ok=True)
         tmp = p.with_name(p.name + ".tmp")
         save_file(tensors, str(tmp), metadata={FORMAT_KEY: text})
@@ -174,12 +185,18 @@ def load_state(path: str | Path) -> SparsityState:
         raise SparseError(
             f"{p}: state format version {version}, this actlab reads {FORMAT_VERSION}"
         )
+    bases = {k[len(BASIS) :]: t for k, t in tensors.items() if k.startswith(BASIS)}
+    tensors = {k: t for k, t in tensors.items() if not k.startswith(BASIS)}
     bad = [k for k, t in tensors.items() if t.ndim > 1 or t.dtype != torch.float32]
     if bad:
         raise SparseError(f"{p}: threshold {bad[0]!r} is not a float32 scalar or vector")
+    bad = [k for k, t in bases.items() if t.ndim != 2 or t.dtype != torch.float64]
+    if bad:
+        raise SparseError(f"{p}: rotation basis {bad[0]!r} is not a float64 matrix")
     return SparsityState(
         method=str(method),
         params=dict(params),
         thresholds={k: float(t.item()) if t.ndim == 0 else t for k, t in tensors.items()},
         targets={str(k): float(v) for k, v in dict(targets).items()},
+        bases=bases,
     )
