@@ -26,7 +26,9 @@ def _values(effects: dict[str, float], n: int, noise: float = 0.003, seed: int =
 def test_win_names_the_candidate_the_baseline_the_gain_and_its_ci() -> None:
     vals = _values({"gelu": 0.0, "relu": -0.02, "crrelu": 0.0, "cand": 0.012}, n=10)
     v = verdict(vals, ["cand"], BASES, labels={"cand": "x*tanh(softplus(x))"})
-    assert v.headline.startswith("Verdict: x*tanh(softplus(x)) beat ")
+    assert v.headline.startswith(
+        "Verdict: significant wins over gelu (1 candidate), relu (1 candidate), crrelu (1 candidate). Best over gelu: x*tanh(softplus(x)), gain +0.0"
+    )
     assert {c.other for c in v.winners} == set(BASES)
     line = next(ln for ln in v.lines if ln.startswith("- x*tanh(softplus(x)) beat gelu by +"))
     c = next(c for c in v.winners if c.other == "gelu")
@@ -97,3 +99,13 @@ def test_mde_by_simulation() -> None:
     rng = np.random.default_rng(1)
     hits = sum(paired_ttest(np.zeros(n), rng.normal(mde, sd, n)).pvalue < 0.05 for _ in range(4000))
     assert hits / 4000 == pytest.approx(0.8, abs=0.025)
+
+
+def test_mixed_outcome_names_the_unbeaten_baselines() -> None:
+    vals = _values({"gelu": 0.0, "relu": -0.03, "crrelu": 0.0, "cand": 0.0}, n=8)
+    v = verdict(vals, ["cand"], BASES)
+    assert v.headline.startswith(
+        "Verdict: significant wins over relu (1 candidate); nothing beat gelu, crrelu. "
+        "Best over relu: cand, gain +0.0"
+    )
+    assert any(ln.startswith("- nothing beat gelu significantly") for ln in v.lines)

@@ -193,8 +193,9 @@ def verdict(
     direction = "higher" if higher_is_better else "lower"
     v.lines.append(_headline(v, cands, bases, name))
     v.lines.append(
-        f"({metric}, {direction} is better; {n_seeds} fresh seeds paired by seed; "
-        f"paired t-tests, Holm over {len(contrasts)} candidate-baseline contrasts)"
+        f"({metric}, {direction} is better; gains are signed so that + means better"
+        f"{'' if higher_is_better else f' ({metric} reduced)'}; {n_seeds} fresh seeds paired "
+        f"by seed; paired t-tests, Holm over {len(contrasts)} candidate-baseline contrasts)"
     )
     for b in bases:
         wins = [c for c in v.winners if c.other == b]
@@ -247,14 +248,17 @@ def _headline(
     v: Verdict, cands: Sequence[str], bases: Sequence[str], nm: Callable[[str], str]
 ) -> str:
     if v.winners:
-        beaten: dict[str, list[str]] = {}
-        for c in v.winners:
-            beaten.setdefault(c.better, []).append(nm(c.other))
-        best = v.winners[0]
-        who = "; ".join(f"{nm(k)} beat {', '.join(bs)}" for k, bs in beaten.items())
+        counts = {b: sum(1 for c in v.winners if c.other == b) for b in bases}
+        won = ", ".join(f"{nm(b)} ({n} candidate{'s' if n > 1 else ''})" for b, n in
+                        counts.items() if n)  # fmt: skip
+        unbeaten = [nm(b) for b, n in counts.items() if not n]
+        rest = f"; nothing beat {', '.join(unbeaten)}" if unbeaten else ""
+        first = next(b for b in bases if counts[b])  # the first baseline beaten (gelu first)
+        best = max((c for c in v.winners if c.other == first), key=lambda c: c.diff)
         return (
-            f"Verdict: {who} significantly (largest: {_fmt(best.diff)} {v.metric} over "
-            f"{nm(best.other)}, 95% CI {_fmt(best.ci[0])} .. {_fmt(best.ci[1])})."
+            f"Verdict: significant wins over {won}{rest}. Best over {nm(first)}: "
+            f"{nm(best.better)}, gain {_fmt(best.diff)} {v.metric} "
+            f"(95% CI {_fmt(best.ci[0])} .. {_fmt(best.ci[1])})."
         )
     if v.seeds < 2:
         return f"Verdict: not testable with {v.seeds} seed(s); use at least 2 (5-10 advised)."
