@@ -27,7 +27,8 @@ def test_win_names_the_candidate_the_baseline_the_gain_and_its_ci() -> None:
     vals = _values({"gelu": 0.0, "relu": -0.02, "crrelu": 0.0, "cand": 0.012}, n=10)
     v = verdict(vals, ["cand"], BASES, labels={"cand": "x*tanh(softplus(x))"})
     assert v.headline.startswith(
-        "Verdict: significant wins over gelu (1 candidate), relu (1 candidate), crrelu (1 candidate). Best over gelu: x*tanh(softplus(x)), gain +0.0"
+        "Verdict: significant wins over gelu (1 candidate), relu (1 candidate), crrelu "
+        "(1 candidate). Best over gelu: x*tanh(softplus(x)), gain +0.0"
     )
     assert {c.other for c in v.winners} == set(BASES)
     line = next(ln for ln in v.lines if ln.startswith("- x*tanh(softplus(x)) beat gelu by +"))
@@ -102,7 +103,8 @@ def test_mde_by_simulation() -> None:
 
 
 def test_mixed_outcome_names_the_unbeaten_baselines() -> None:
-    vals = _values({"gelu": 0.0, "relu": -0.03, "crrelu": 0.0, "cand": 0.0}, n=8)
+    vals = _values({"gelu": 0.0, "relu": -0.03, "crrelu": 0.0}, n=8)
+    vals["cand"] = {s: g + 0.002 * (-1) ** i for i, (s, g) in enumerate(vals["gelu"].items())}
     v = verdict(vals, ["cand"], BASES)
     assert v.headline.startswith(
         "Verdict: significant wins over relu (1 candidate); nothing beat gelu, crrelu. "
