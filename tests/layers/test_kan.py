@@ -93,6 +93,24 @@ def test_relu_basis_peaks_at_one_at_the_midpoint_and_vanishes_outside() -> None:
     assert not far.any()
 
 
+@pytest.mark.parametrize("low_shape", [(3, 5), (5,)])
+def test_relu_basis_backward_matches_autograd_of_the_formula(low_shape: tuple[int, ...]) -> None:
+    g = torch.Generator().manual_seed(4)
+    x = (torch.rand(4, 3, 1, generator=g, dtype=torch.float64) * 2 - 1).requires_grad_(True)
+    low = (-1.2 + 0.4 * torch.arange(5, dtype=torch.float64)).expand(*low_shape).clone()
+    low = (low + 0.05 * torch.randn(low_shape, generator=g, dtype=torch.float64)).requires_grad_()
+    high = (low.detach() + 1.1).requires_grad_(True)
+    out = relu_basis(x, low, high)
+    plain = (torch.relu(x - low) * torch.relu(high - x) * 4 / (high - low) ** 2) ** 2
+    torch.testing.assert_close(out, plain, rtol=1e-12, atol=1e-14)
+    w = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    got = torch.autograd.grad((out * w).sum(), [x, low, high])
+    want = torch.autograd.grad((plain * w).sum(), [x, low, high])
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(relu_basis, (x, low, high))
+
+
 def test_pruned_s_kan_evaluates_each_space_on_its_nodes_only_and_matches_the_reference() -> None:
     m = _kan("s_kan", hidden=8)
     assert isinstance(m, SKAN)
