@@ -16,7 +16,7 @@ copies of the weights (``--mb`` MiB of float32) that they do not stay in cache b
 Single calls of all variants run round-robin (``--repeats`` passes over the copies) and the
 medians are compared.
 
-    python benchmarks/bench_sparse_gemv.py            # ~2-3 min on 2 cores
+    python benchmarks/bench_sparse_gemv.py            # ~2-3 min on 2 quiet cores
     python benchmarks/bench_sparse_gemv.py --quick    # fewer shapes/repeats (smoke test)
 """
 
@@ -73,16 +73,23 @@ def masked_input(k: int, s: float, g: torch.Generator) -> tuple[torch.Tensor, fl
 
 
 def per_call_samples(
-    calls: dict[str, tuple[Callable[..., Any], list[tuple[Any, ...]]]], rounds: int
+    calls: dict[str, tuple[Callable[..., Any], list[tuple[Any, ...]]]],
+    rounds: int,
+    budget: float,
 ) -> dict[str, list[float]]:
     """Seconds of single calls, round-robin over the variants: round r calls every variant on
     its weight copy r mod copies. Many short samples per variant, so a time slice lost to
-    another process spoils a few samples, not a whole measurement; medians are compared."""
+    another process spoils a few samples, not a whole measurement; medians are compared.
+    Stops after ``rounds`` rounds, or after ``budget`` seconds once every copy was used."""
     for fn, arg_list in calls.values():  # warm-up: one pass over the copies
         for a in arg_list:
             fn(*a)
     times: dict[str, list[float]] = {k: [] for k in calls}
+    copies = min(len(a) for _, a in calls.values())
+    start = time.perf_counter()
     for r in range(rounds):
+        if r >= copies and time.perf_counter() - start > budget:
+            break
         for key, (fn, arg_list) in calls.items():
             a = arg_list[r % len(arg_list)]
             t0 = time.perf_counter()
@@ -91,7 +98,9 @@ def per_call_samples(
     return times
 
 
-def run(shapes: dict[str, tuple[int, int]], repeats: int, mb: float, threads: list[int]) -> None:
+def run(
+    shapes: dict[str, tuple[int, int]], repeats: int, mb: float, threads: list[int], budget: float
+) -> None:
     op = load(KERNELS).op("sparse_linear")
     g = torch.Generator().manual_seed(0)
     print(
@@ -118,7 +127,7 @@ def run(shapes: dict[str, tuple[int, int]], repeats: int, mb: float, threads: li
                     "kbf16": (op, [(x, w, None, t, None, None) for w in wtbf]),
                     "tbf16": (F.linear, [(xmb, w) for w in wbf]),
                 }
-                times = per_call_samples(args, rounds=repeats * copies)
+                times = per_call_samples(args, rounds=repeats * copies, budget=budget)
                 med = {key: statistics.median(v) for key, v in times.items()}
                 r32 = med["dense"] / med["k32"]
                 rbf = med["dense"] / med["kbf16"]
@@ -156,6 +165,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5, help="interleaved rounds (median taken)")
     ap.add_argument("--mb", type=float, default=64.0, help="MiB of float32 weights cycled per call")
     ap.add_argument("--threads", default="1,2", help="thread counts, comma-separated")
+    ap.add_argument(
+        "--budget", type=float, default=0.8, help="seconds per (shape, threads, s) measurement"
+    )
     ap.add_argument("--quick", action="store_true", help="3 shapes, 3 repeats, 32 MiB")
     args = ap.parse_args()
     if args.repeats < 1 or args.mb <= 0:
@@ -178,7 +190,7 @@ def main() -> None:
         "ratio / (2/(1-s)) for kbf16 (bf16 halves the bytes); medians of interleaved rounds"
     )
     t0 = time.perf_counter()
-    run(shapes, args.repeats, args.mb, threads)
+    run(shapes, args.repeats, args.mb, threads, args.budget)
     print(
         f"\n{time.perf_counter() - t0:.0f} s; load average {os.getloadavg()[0]:.1f} at the end "
         "(other processes on a shared machine make these figures noisy)"

@@ -28,12 +28,12 @@
 // gated_mlp's second phase splits the surviving channels into fixed groups whose partial
 // outputs are summed in group order: also independent of the thread count.
 //
-// Prefetch: while the rows of one group of survivors are streamed, the rows of the next group
-// are prefetched into L2 at the same offsets (the jump to a new row is what the hardware
-// prefetcher cannot guess; a strip-by-strip walk without it reached 1.13-1.15x at 25-40%).
-// Into L2, not L1 or non-temporal: for long rows the next group is up to 4 rows ahead, more
-// than L1 holds; a non-temporal prefetch (L1 only) was evicted before use and ran 0.36x of
-// dense at s = 0 on 2048x8192 where the L2 prefetch ran ~1x (same process, same weights).
+// Prefetch: 8 survivor rows are streamed together (y loaded and stored once per 8 rows); for
+// bf16 weights the rows of the next group are prefetched into L2 at the same offsets (the
+// jump to a new row is what the hardware prefetcher cannot guess), float32 rows rely on the
+// hardware prefetcher (see prefetch_step for the measurements). Into L2, not non-temporal:
+// the next group is up to 8 rows ahead, more than L1 holds; a non-temporal prefetch was
+// evicted before use and ran 0.36x of dense at s = 0 on 2048x8192.
 //
 // Vector code: at::vec::Vectorized<float> compiled for the ISA actlab._ext selects (AVX512,
 // AVX2 or portable code, ACTLAB_NATIVE_ISA), loads of bfloat16 through at::vec's converter.
@@ -58,7 +58,8 @@ using Vec = at::vec::Vectorized<float>;
 
 constexpr int64_t kVec = Vec::size();
 constexpr int64_t kLine = 32;         // values per inner step: 128 B of float32, 64 B of bf16
-constexpr int64_t kGroupRows = 4;     // survivors streamed together (batch 1)
+constexpr int64_t kGroupRows = 8;     // survivors streamed together (batch 1): 8 beat 4 by 3-10
+                                      // points of the limit on SmolLM2 shapes
 constexpr int64_t kSerialWork = 1 << 16;  // below this many multiply-adds: one thread
 
 // ----------------------------------------------------------------------------- loads
@@ -81,11 +82,14 @@ template <typename W>
 inline void prefetch_line(const W* p) {
   __builtin_prefetch(static_cast<const void*>(p), 0, 1);  // into L2
 }
-// Prefetch the kLine values at p (one or two cache lines).
+// Prefetch the kLine values at p: bf16 weights only (one cache line). Measured side by side
+// (each variant on its own weight copies, 1 thread, AVX-512 Xeon, shared machine): for bf16
+// rows the prefetch gave 80-87% of the 2/(1-s) limit at s = 0 on 1536->576 where none gave
+// 55-57%; for float32 rows it cost 3-10 points on SmolLM2's shapes, so float32 relies on the
+// hardware prefetcher alone.
 template <typename W>
 inline void prefetch_step(const W* p) {
-  prefetch_line(p);
-  if constexpr (sizeof(W) * kLine > 64) prefetch_line(p + 64 / sizeof(W));
+  if constexpr (sizeof(W) < 4) prefetch_line(p);
 }
 
 // ----------------------------------------------------------------------------- checks
@@ -161,6 +165,34 @@ int64_t survivors(const float* x, int64_t B, int64_t K, float t, const float* th
   return dropped;
 }
 
+// y[n0:n1] += sum_g xv[g] * r[g][n0:n1] for G rows streamed together (one load and one store
+// of y per G rows), prefetching the rows p[g] at the same offsets. The G products of an
+// element are added in g order, one fma each, whatever path (line, vector, scalar) it takes.
+template <typename W, int G>
+inline void group_rows(const W* const* r, const W* const* p, const float* xv, float* y,
+                       int64_t n0, int64_t nl, int64_t nv, int64_t n1) {
+  Vec xs[G];
+  for (int g = 0; g < G; ++g) xs[g] = Vec(xv[g]);
+  for (int64_t j = n0; j < nl; j += kLine) {
+    for (int g = 0; g < G; ++g) prefetch_step(p[g] + j);
+    for (int64_t v = 0; v < kLine; v += kVec) {
+      Vec acc = Vec::loadu(y + j + v);
+      for (int g = 0; g < G; ++g) acc = at::vec::fmadd(xs[g], load_w(r[g] + j + v), acc);
+      acc.store(y + j + v);
+    }
+  }
+  for (int64_t j = nl; j < nv; j += kVec) {
+    Vec acc = Vec::loadu(y + j);
+    for (int g = 0; g < G; ++g) acc = at::vec::fmadd(xs[g], load_w(r[g] + j), acc);
+    acc.store(y + j);
+  }
+  for (int64_t j = nv; j < n1; ++j) {
+    float acc = y[j];
+    for (int g = 0; g < G; ++g) acc = std::fma(xv[g], to_f(r[g][j]), acc);
+    y[j] = acc;
+  }
+}
+
 // ----------------------------------------------------------------------------- axpy core
 // y[b, n0:n1] += sum_s xs[s * B + b] * W[idx[s], n0:n1]   (W row stride ldw; y row stride ldy)
 // n0 is a multiple of kLine or n1 is the row end: which elements take the vector or the scalar
@@ -172,55 +204,20 @@ void axpy_rows(const W* w, int64_t ldw, const int64_t* idx, const float* xs, int
   const int64_t nv = nl + (n1 - nl) / kVec * kVec;    // end of full vectors
   if (B == 1) {
     int64_t s = 0;
+    const W* r[kGroupRows];
+    const W* p[kGroupRows];
     for (; s + kGroupRows <= S; s += kGroupRows) {
-      const W* r0 = w + idx[s] * ldw;
-      const W* r1 = w + idx[s + 1] * ldw;
-      const W* r2 = w + idx[s + 2] * ldw;
-      const W* r3 = w + idx[s + 3] * ldw;
-      // the next group's rows (or this group's again at the end: harmless)
+      // this group's rows and the next group's (or this group's again at the end: harmless)
       const int64_t s2 = s + kGroupRows < S ? s + kGroupRows : s;
-      const W* p0 = w + idx[s2] * ldw;
-      const W* p1 = w + idx[std::min(s2 + 1, S - 1)] * ldw;
-      const W* p2 = w + idx[std::min(s2 + 2, S - 1)] * ldw;
-      const W* p3 = w + idx[std::min(s2 + 3, S - 1)] * ldw;
-      const Vec x0(xs[s]), x1(xs[s + 1]), x2(xs[s + 2]), x3(xs[s + 3]);
-      for (int64_t j = n0; j < nl; j += kLine) {
-        prefetch_step(p0 + j);
-        prefetch_step(p1 + j);
-        prefetch_step(p2 + j);
-        prefetch_step(p3 + j);
-        for (int64_t v = 0; v < kLine; v += kVec) {
-          Vec acc = Vec::loadu(y + j + v);
-          acc = at::vec::fmadd(x0, load_w(r0 + j + v), acc);
-          acc = at::vec::fmadd(x1, load_w(r1 + j + v), acc);
-          acc = at::vec::fmadd(x2, load_w(r2 + j + v), acc);
-          acc = at::vec::fmadd(x3, load_w(r3 + j + v), acc);
-          acc.store(y + j + v);
-        }
+      for (int64_t g = 0; g < kGroupRows; ++g) {
+        r[g] = w + idx[s + g] * ldw;
+        p[g] = w + idx[std::min(s2 + g, S - 1)] * ldw;
       }
-      for (int64_t j = nl; j < nv; j += kVec) {
-        Vec acc = Vec::loadu(y + j);
-        acc = at::vec::fmadd(x0, load_w(r0 + j), acc);
-        acc = at::vec::fmadd(x1, load_w(r1 + j), acc);
-        acc = at::vec::fmadd(x2, load_w(r2 + j), acc);
-        acc = at::vec::fmadd(x3, load_w(r3 + j), acc);
-        acc.store(y + j);
-      }
-      for (int64_t j = nv; j < n1; ++j) {
-        float acc = y[j];
-        acc = std::fma(xs[s], to_f(r0[j]), acc);
-        acc = std::fma(xs[s + 1], to_f(r1[j]), acc);
-        acc = std::fma(xs[s + 2], to_f(r2[j]), acc);
-        acc = std::fma(xs[s + 3], to_f(r3[j]), acc);
-        y[j] = acc;
-      }
+      group_rows<W, kGroupRows>(r, p, xs + s, y, n0, nl, nv, n1);
     }
     for (; s < S; ++s) {  // the last < kGroupRows survivors
-      const W* r0 = w + idx[s] * ldw;
-      const Vec x0(xs[s]);
-      int64_t j = n0;
-      for (; j < nv; j += kVec) at::vec::fmadd(x0, load_w(r0 + j), Vec::loadu(y + j)).store(y + j);
-      for (; j < n1; ++j) y[j] = std::fma(xs[s], to_f(r0[j]), y[j]);
+      r[0] = w + idx[s] * ldw;
+      group_rows<W, 1>(r, r, xs + s, y, n0, nl, nv, n1);
     }
     return;
   }
