@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -77,13 +78,56 @@ run_search(logging_objective("gelu", {log!r}, {sleep}), "random", budget={budget
 """
 
 
+def _compare_worker(url: str, acts: list[str], seeds: int, env: dict[str, str]) -> None:
+    os.environ.update(env)
+    from bench_helpers import fake_train
+
+    from actlab.bench.plan import plan_runs
+    from actlab.bench.runner import run_matrix
+    from actlab.bench.store import ResultsStore
+
+    specs = plan_runs(acts, seeds, task="t", config={})
+    with ResultsStore(url) as store:
+        run_matrix(specs, store, train_fn=fake_train, wait_busy=True, poll_s=0.1,
+                   heartbeat_s=0.2, stale_after=5.0)  # fmt: skip
+
+
+def _search_worker(url: str, log: str, seed: int) -> None:
+    from executor_helpers import logging_objective
+
+    from actlab.search import Pipeline, run_search
+
+    run_search(logging_objective("gelu", log, 0.2), "random", budget=10, study="pg",
+               storage=url, seed=seed, refresh_seconds=0,
+               pipeline=Pipeline(checks=False, cost=None, proxies=False))  # fmt: skip
+
+
+class _Forked:
+    """A forked worker process (no interpreter start, no imports: fast) with Popen's API."""
+
+    def __init__(self, target: object, *args: object) -> None:
+        import multiprocessing as mp
+
+        self.proc = mp.get_context("fork").Process(target=target, args=args, daemon=True)
+        self.proc.start()
+        self.pid = self.proc.pid
+
+    def poll(self) -> int | None:
+        return self.proc.exitcode
+
+    def send_signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        self.proc.join(timeout)
+        return self.proc.exitcode
+
+
 def _start(code: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-c", code], env={**os.environ, **env})
 
 
-def _kill_when(
-    procs: list[subprocess.Popen[bytes]], log: Path, pid_field: int, n: int, first: str = ""
-) -> int:
+def _kill_when(procs: list[Any], log: Path, pid_field: int, n: int, first: str = "") -> int:
     """SIGKILL the first process once ``n`` lines of ``log`` carry its pid (field
     ``pid_field``; lines starting with ``first``): inside its n-th run. Waits for the others;
     returns its pid."""
@@ -103,28 +147,33 @@ def _kill_when(
     return victim.pid
 
 
-@pytest.mark.slow  # ~30 s here: four processes importing torch on two busy cores
-def test_four_compare_workers_one_killed(pg: PgServer, tmp_path: Path) -> None:
+def test_four_forked_compare_workers_one_killed(pg: PgServer, tmp_path: Path) -> None:
+    """The fast version (forked workers) of the next test, for the default suite."""
     sys.path.insert(0, str(BENCH))
     from bench_helpers import fake_metric
 
     from actlab.bench.plan import plan_runs
-    from actlab.bench.store import ResultsStore
 
-    url, log = pg.new_database("compare"), tmp_path / "runs.log"
-    acts, seeds = ["relu", "gelu", "silu", "tanh"], 3
-    code = COMPARE.format(bench=str(BENCH), acts=acts, seeds=seeds, url=url)
-    env = {"ACTLAB_FAKE_SLEEP": "0.3", "ACTLAB_FAKE_LOG": str(log), "OMP_NUM_THREADS": "1"}
-    procs = [_start(code, env) for _ in range(4)]
-    victim = _kill_when(procs, log, 2, 2)  # killed inside its second run
+    url, log = pg.new_database("fcompare"), tmp_path / "runs.log"
+    acts, seeds = ["relu", "gelu", "tanh"], 3
+    env = {"ACTLAB_FAKE_SLEEP": "0.15", "ACTLAB_FAKE_LOG": str(log)}
+    procs = [_Forked(_compare_worker, url, acts, seeds, env) for _ in range(4)]
+    victim = _kill_when(procs, log, 2, 1)  # inside its first run
+    _check_compare(url, log, victim, plan_runs(acts, seeds, task="t", config={}), procs,
+                   fake_metric)  # fmt: skip
+
+
+def _check_compare(url: str, log: Path, victim: int, specs: list[Any], procs: list[Any],
+                   fake_metric: Any) -> None:  # fmt: skip
+    """Every run stored once with its own value, the killed one trained again by a survivor."""
+    from actlab.bench.store import ResultsStore
 
     started = [ln.split() for ln in log.read_text().splitlines()]  # activation seed pid
     killed = [(a, int(s)) for a, s, pid in started if int(pid) == victim][-1]
     with ResultsStore(url) as store:
-        specs = plan_runs(acts, seeds, task="t", config={})
         recs = store.all_records()
         assert store.active_claims(stale_after=1e9) == []
-    assert len(recs) == len(specs) == 12 and all(r.ok for r in recs)  # nothing lost
+    assert len(recs) == len(specs) and all(r.ok for r in recs)  # nothing lost
     assert {r.spec for r in recs} == set(specs)
     for r in recs:  # each finished once, with its own deterministic value
         assert r.metric_value == pytest.approx(fake_metric(r.spec.activation, r.spec.seed))
@@ -135,13 +184,33 @@ def test_four_compare_workers_one_killed(pg: PgServer, tmp_path: Path) -> None:
     assert again.pid in {p.pid for p in procs[1:]}  # by a survivor
 
 
+@pytest.mark.slow  # ~30 s here: four processes importing torch on two busy cores
+def test_four_compare_workers_one_killed(pg: PgServer, tmp_path: Path) -> None:
+    sys.path.insert(0, str(BENCH))
+    from bench_helpers import fake_metric
+
+    from actlab.bench.plan import plan_runs
+
+    url, log = pg.new_database("compare"), tmp_path / "runs.log"
+    acts, seeds = ["relu", "gelu", "silu", "tanh"], 3
+    code = COMPARE.format(bench=str(BENCH), acts=acts, seeds=seeds, url=url)
+    env = {"ACTLAB_FAKE_SLEEP": "0.3", "ACTLAB_FAKE_LOG": str(log), "OMP_NUM_THREADS": "1"}
+    procs = [_start(code, env) for _ in range(4)]
+    victim = _kill_when(procs, log, 2, 2)  # killed inside its second run
+    _check_compare(url, log, victim, plan_runs(acts, seeds, task="t", config={}), procs,
+                   fake_metric)  # fmt: skip
+
+
+def test_four_forked_search_workers_one_killed(pg: PgServer, tmp_path: Path) -> None:
+    """The fast version (forked workers) of the next test, for the default suite."""
+    url, log = pg.new_database("fsearch"), tmp_path / "evals.log"
+    procs = [_Forked(_search_worker, url, str(log), i) for i in range(4)]
+    victim = _kill_when(procs, log, 1, 1, "start")  # inside its first evaluation
+    _check_search(url, log, victim, budget=10)
+
+
 @pytest.mark.slow  # ~40 s here
 def test_four_search_workers_one_killed(pg: PgServer, tmp_path: Path) -> None:
-    import optuna
-    from executor_helpers import logging_objective
-
-    from actlab.search import Pipeline, run_search
-
     url, log = pg.new_database("search"), tmp_path / "evals.log"
     budget = 16
     procs = [
@@ -152,6 +221,17 @@ def test_four_search_workers_one_killed(pg: PgServer, tmp_path: Path) -> None:
         for i in range(4)
     ]
     victim = _kill_when(procs, log, 1, 2, "start")  # inside its second evaluation
+    _check_search(url, log, victim, budget)
+
+
+def _check_search(url: str, log: Path, victim: int, budget: int) -> None:
+    """Finished trials unchanged by a late resume, none twice, the killed one re-queued and
+    evaluated again; every evaluation that ended stored once."""
+    import optuna
+    from executor_helpers import logging_objective
+
+    from actlab.search import Pipeline, run_search
+
     lines = [ln.split() for ln in log.read_text().splitlines()]
     killed = [k for w, pid, k in lines if w == "start" and int(pid) == victim][-1]
     assert ("done", str(victim), killed) not in {tuple(x) for x in lines}

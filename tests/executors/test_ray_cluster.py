@@ -200,3 +200,24 @@ def test_a_worker_node_killed_mid_search_loses_nothing(cluster: Cluster, tmp_pat
     assert key in {f"{h}:{lvl}" for h, lvl in keys}
     st = optuna.load_study(study_name="k", storage=f"sqlite:///{tmp_path / 'k.db'}")
     assert all(t.state.name != "RUNNING" for t in st.trials)
+
+
+def test_compare_cli_on_the_cluster(cluster: Cluster, tmp_path: Path) -> None:
+    """``actlab compare --ray ADDRESS`` as a user runs it: exit 0, every run stored."""
+    import subprocess
+
+    from actlab.bench.store import ResultsStore
+
+    if len([n for n in cluster.nodes if n.poll() is None]) < 2:
+        cluster.add_worker()
+    db = tmp_path / "cli.db"
+    argv = ["relu", "gelu", "--task", "digits-mlp", "--seeds", "2", "--db", str(db), "--no-report",
+            "--train-fn", "bench_helpers:fake_train", "--ray", cluster.address]  # fmt: skip
+    code = f"import sys, bench_helpers; sys.exit(bench_helpers.compare_main({argv!r}))"
+    out = subprocess.run([sys.executable, "-c", code], env=cluster.env, capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    with ResultsStore(db) as store:
+        recs = store.all_records()
+    assert len(recs) == 4 and all(r.ok for r in recs)
+    assert os.getpid() not in {r.pid for r in recs}
