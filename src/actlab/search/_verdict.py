@@ -226,7 +226,7 @@ def verdict(
     if pairs:
         sep = [c for c in pairs if c.significant(alpha)]
         words = "; ".join(
-            f"{name(c.better)} - {name(c.other)} {_fmt(c.diff)} ({_p(c)})" for c in pairs
+            f"{name(c.better)} vs {name(c.other)} {_fmt(c.diff)} ({_p(c)})" for c in pairs
         )
         v.lines.append(
             f"Baselines among themselves (Holm over {len(pairs)}): {words} -- "
