@@ -23,6 +23,7 @@ PACKAGES = [
     "actlab.activations",
     "actlab.bench",
     "actlab.data",
+    "actlab.executors",
     "actlab.expr",
     "actlab.layers",
     "actlab.models",
