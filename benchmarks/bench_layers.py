@@ -26,7 +26,10 @@ A step is: zero grads, y = layer(x), y.square().mean().backward(). pykan
 skipped with the reason printed. Figures from a shared 2-core machine are preliminary.
 
     python benchmarks/bench_layers.py [--repeats 30] [--threads 1] [--device cpu]
-        [--groups transformer,fit,attention,norm]
+        [--groups transformer,fit,attention,norm] [--compile]
+
+``--compile`` adds relu_kan under ``torch.compile`` (inductor fuses the basis and its
+backward into a few loops; the first step compiles for about a minute on 2 busy cores).
 
 Targets (issue 14): KAN layers <= 2x an MLP of equal parameters; PolyNorm <= 1.3x GELU's
 MLP; EvoNorm <= 1.5x BN+ReLU.
@@ -110,6 +113,9 @@ def _kan_entries(
                          act_layer=act).to(device)  # fmt: skip
         out.append((Entry(spec if spec != "mlp" else f"mlp({act})", lambda m=m: m(x), _n(m),
                           f"H={h}"), m))  # fmt: skip
+        if spec == "relu_kan" and COMPILE:  # the fused path that eager mode lacks
+            c = torch.compile(m)
+            out.append((Entry("relu_kan compiled", lambda c=c: c(x), _n(m), f"H={h}"), m))
         if spec == "s_kan":  # after the schedule: one space per node
             torch.manual_seed(0)
             pruned = create_layer(spec, in_features=d_in, hidden_features=h,
@@ -209,6 +215,9 @@ def _peak(step: Callable[[], None], device: str) -> str:
     return f"{torch.cuda.max_memory_allocated() / 2**20:.1f} MiB"
 
 
+COMPILE = False  # --compile: add torch.compile rows (inductor; compiling takes minutes here)
+
+
 def run_group(key: str, repeats: int, device: str) -> None:
     title, build = GROUPS[key]
     rows, skipped = build(device)
@@ -227,7 +236,7 @@ def run_group(key: str, repeats: int, device: str) -> None:
     times = interleaved_samples(steps, repeats, warmup=3)
     base = rows[0][0].name
     print(f"\n## {title}   (baseline: {base}; {repeats} interleaved rounds)")
-    head = f"{'layer':16s} {'params':>7s} {'median ms':>10s} {'x base':>7s} {'IQR of x':>13s} "
+    head = f"{'layer':18s} {'params':>7s} {'median ms':>10s} {'x base':>7s} {'IQR of x':>13s} "
     print(head + f"{'x (min)':>8s} {'saved KiB':>10s} {'x base':>7s} {'cuda peak':>10s}  note")
     saved0 = max(saved_bytes(rows[0][0].forward), 1)
     for entry, _ in rows:
@@ -235,7 +244,7 @@ def run_group(key: str, repeats: int, device: str) -> None:
         ratios = sorted(a / b for a, b in zip(t, times[base], strict=True))
         q1, q3 = statistics.quantiles(ratios, n=4)[0], statistics.quantiles(ratios, n=4)[2]
         sb = saved_bytes(entry.forward)
-        print(f"{entry.name:16s} {entry.params:7d} {statistics.median(t) * 1e3:10.3f} "
+        print(f"{entry.name:18s} {entry.params:7d} {statistics.median(t) * 1e3:10.3f} "
               f"{statistics.median(ratios):7.2f} {f'{q1:.2f}-{q3:.2f}':>13s} "
               f"{min(t) / min(times[base]):8.2f} "
               f"{sb / 1024:10.1f} {sb / saved0:7.2f} {_peak(steps[entry.name], device):>10s}"
@@ -252,7 +261,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--groups", default=",".join(GROUPS))
+    ap.add_argument(
+        "--compile", action="store_true", help="add a torch.compile'd relu_kan row (slow start)"
+    )
     args = ap.parse_args()
+    global COMPILE
+    COMPILE = args.compile
     torch.set_num_threads(args.threads)
     keys = [g.strip() for g in args.groups.split(",") if g.strip()]
     bad = [k for k in keys if k not in GROUPS]
