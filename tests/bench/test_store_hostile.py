@@ -76,7 +76,8 @@ def _bad_url(d: Path) -> str:
 
 
 def _missing_driver(d: Path) -> str:
-    return f"postgresql://alice:{SECRET}@localhost:1/db"
+    # pg8000: a PostgreSQL driver actlab does not install (psycopg comes with actlab[postgres])
+    return f"postgresql+pg8000://alice:{SECRET}@localhost:1/db"
 
 
 def _foreign_prefixed(d: Path) -> str:

@@ -73,7 +73,11 @@ BAD: dict[str, tuple[Callable[[Path], str], str]] = {
     "path-missing-folder": (lambda d: str(d / "nope" / "x.db"), "does not exist"),
     "unknown-dialect": (lambda d: "foo://bar/x", "unknown database type"),
     "bad-url": (lambda d: "postgresql://alice@host:notaport/db", "not a database URL"),
-    "missing-driver": (lambda d: f"postgresql://alice:{SECRET}@localhost:1/db", "not installed"),
+    # pg8000: a PostgreSQL driver actlab does not install (psycopg comes with actlab[postgres])
+    "missing-driver": (
+        lambda d: f"postgresql+pg8000://alice:{SECRET}@localhost:1/db",
+        "not installed",
+    ),
     "foreign-studies": (lambda d: _sqlite(d / "f.db", "CREATE TABLE studies (x TEXT)"),
                         "not Optuna's"),
     "foreign-trials": (lambda d: _sqlite(d / "t.db", "CREATE TABLE trials (id INTEGER)"),
