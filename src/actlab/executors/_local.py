@@ -18,6 +18,7 @@ import multiprocessing as mp
 import os
 import pickle
 import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -90,17 +91,20 @@ def _answer(fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[str, Any]:
     return out
 
 
+def _limit_torch(threads: int) -> None:
+    """Torch's intra-op threads, once torch is imported (by the worker's first call or its
+    arguments: a worker that never uses torch never pays for importing it)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 def _worker_main(conn: Connection, threads: int, parent_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    import torch
-
-    torch.set_num_threads(threads)
-    try:
-        torch.set_num_interop_threads(1)
-    except RuntimeError:
-        pass
+    # read by torch (and OpenMP / MKL) when first imported: the first call is limited too
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
     while True:
         try:
             msg = conn.recv()
@@ -108,6 +112,7 @@ def _worker_main(conn: Connection, threads: int, parent_pid: int) -> None:
             return
         if msg is None:
             return
+        _limit_torch(threads)
         try:
             conn.send(_answer(*msg))
         except (BrokenPipeError, OSError):
@@ -175,6 +180,9 @@ class ProcessExecutor:
 
     def _dispatch(self) -> None:
         with self._lock:
+            for w in [w for w in self._workers if w.fut is None and not w.proc.is_alive()]:
+                self._workers.remove(w)  # died while idle (killed, out of memory): replace it
+                w.kill()
             while self._queue:
                 idle = [w for w in self._workers if w.fut is None]
                 if not idle and len(self._workers) >= self.slots:
