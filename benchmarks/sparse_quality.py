@@ -5,6 +5,9 @@
         [--calib-tokens 2048] [--eval-tokens 4096] [--window 256] [--prefill 128] \\
         [--set teal.allocation=greedy] [--threads 1] [--json rows.json] [--report page.html]
 
+A method entry ``LABEL=METHOD`` runs a variant under its own label, its parameters set with
+``--set LABEL.KEY=VALUE``: ``--methods teal,teal-pca=teal --set 'teal-pca.rotation="pca"'``.
+
 For every (method, target sparsity) the method is calibrated once on ``--calib-tokens``
 tokens of the Shakespeare comedies and evaluated on ``--eval-tokens`` held-out tokens (the
 tragedies and six KJV books; see ``actlab.sparse._text``) under ``--protocol`` (``decode``:

@@ -165,3 +165,46 @@ def test_rotation_lowers_the_error_on_correlated_inputs() -> None:
         return float((y - x @ w.T).pow(2).sum() / (x @ w.T).pow(2).sum())
 
     assert err(x @ q, w @ q) < 0.2 * err(x, w)
+
+
+def test_rotation_overhead_counts_the_between_block_rotations(
+    llama: nn.Module, batches: list[torch.Tensor]
+) -> None:
+    from actlab.sparse import rotation_overhead
+
+    assert rotation_overhead(llama) == 0.0
+    state = make_method("teal", sparsity=0.5, rotation="pca").calibrate(llama, batches)
+    apply_state(llama, state)
+    blocks = find_blocks(llama)
+    d = llama.config.hidden_size
+    params = sum(
+        llama.get_submodule(p).weight.numel() for b in blocks for p in b.projections().values()
+    )
+    assert rotation_overhead(llama) == pytest.approx((len(blocks) - 1) * d * d / params)
+
+
+def test_curves_run_variants_under_their_labels(
+    llama: nn.Module, batches: list[torch.Tensor]
+) -> None:
+    from actlab.sparse import sparsity_curves
+
+    windows = torch.cat(batches)[:, :16]
+    rows = sparsity_curves(
+        llama,
+        batches,
+        windows,
+        methods=["teal", "teal-pca=teal"],
+        sparsities=[0.5],
+        params={"teal-pca": {"rotation": "pca"}},
+        protocol="all",
+        progress=None,
+    )
+    by = {r["method"]: r for r in rows}
+    assert set(by) == {"dense", "teal", "teal-pca"}
+    assert by["teal"]["overhead"] == 0.0 and by["teal-pca"]["overhead"] > 0
+    assert by["teal-pca"]["effective"] == pytest.approx(
+        by["teal-pca"]["realised"] - by["teal-pca"]["overhead"]
+    )
+    assert by["teal-pca"]["params"]["rotation"] == "pca"
+    with pytest.raises(SparseError, match="LABEL=METHOD"):
+        sparsity_curves(llama, batches, windows, methods=["=teal"], progress=None)

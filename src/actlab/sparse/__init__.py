@@ -46,6 +46,7 @@ from actlab.sparse._eval import (
     curves_table,
     evaluate,
     realised_sparsity,
+    rotation_overhead,
     sparsity_curves,
 )
 from actlab.sparse._kernels import KernelReport, drop_kernels, kernels_available, use_kernels
@@ -101,6 +102,7 @@ __all__ = [
     "load_sparse",
     "model_fingerprint",
     "realised_sparsity",
+    "rotation_overhead",
     "resolve_model",
     "save_sparse",
     "sparsity_curves",

@@ -26,7 +26,10 @@ same protocol on the same windows. *Realised sparsity* is read from the modules'
 the sparsified forwards: per projection (q, k, v, o, gate, up, down; a gated-MLP site counts
 for up and down, whose channels it skips, and leaves gate dense) and over block parameters,
 ``sum_P numel(W_P) s_P / sum_P numel(W_P)`` over the 7 projections of every block. The
-embeddings and the LM head stay dense and are not counted.
+embeddings and the LM head stay dense and are not counted. A rotated model (TEAL with
+``rotation="pca"``) also reads one dense ``d x d`` change of basis per block per token: its
+*overhead* is those entries over the block parameters, and its *effective* sparsity, the
+fraction of block weight reads saved, is ``realised - overhead`` (``realised`` otherwise).
 
 :func:`sparsity_curves` calibrates each (method, sparsity) once on the calibration windows,
 evaluates it on the held-out windows and returns one row per point (sparsity 0 is the dense
@@ -59,6 +62,7 @@ __all__ = [
     "curves_table",
     "evaluate",
     "realised_sparsity",
+    "rotation_overhead",
     "sparsity_curves",
 ]
 
@@ -81,6 +85,7 @@ class EvalResult:
     seconds: float  # wall clock
     agreement: float | None = None
     realised: float = 0.0
+    overhead: float = 0.0  # dense rotation entries read per token / block parameters
     by_projection: dict[str, float] = field(default_factory=dict)
     argmax: torch.Tensor | None = field(default=None, repr=False)  # [windows, scored/window]
     batch_size: int = 0
@@ -94,6 +99,8 @@ class EvalResult:
             "ppl": self.ppl,
             "agreement": self.agreement,
             "realised": self.realised,
+            "overhead": self.overhead,
+            "effective": self.realised - self.overhead,
             **{f"realised_{k.removesuffix('_proj')}": v for k, v in self.by_projection.items()},
             "eval_windows": self.windows,
             "window": self.window,
@@ -107,6 +114,21 @@ class EvalResult:
 
 def _sites(model: nn.Module) -> list[SparseLinear | SparseGatedMLP]:
     return [m for m in model.modules() if isinstance(m, (SparseLinear, SparseGatedMLP))]
+
+
+def rotation_overhead(model: nn.Module) -> float:
+    """Entries of the between-block rotations (``wina_rotation`` buffers of a rotated model)
+    over the block projections' parameters: dense work a sparsified model adds per token."""
+    extra = sum(int(b.numel()) for n, b in model.named_buffers() if n.endswith("wina_rotation"))
+    if not extra:
+        return 0.0
+    total = 0
+    for block in find_blocks(model):
+        for n in PROJECTIONS:
+            w = model.get_submodule(block.proj(n)).weight
+            assert isinstance(w, torch.Tensor)
+            total += int(w.numel())
+    return extra / total if total else 0.0
 
 
 def realised_sparsity(model: nn.Module) -> tuple[float, dict[str, float]]:
@@ -290,6 +312,7 @@ def evaluate(
         cpu_seconds=time.process_time() - cpu,
         agreement=None if reference is None else _agreement(top_all, reference.argmax),
         realised=realised,
+        overhead=rotation_overhead(model),
         by_projection=by_projection or dict.fromkeys(PROJECTIONS, 0.0),
         argmax=top_all,
         batch_size=batch_size,
@@ -323,7 +346,9 @@ def sparsity_curves(
     """One row per (method, sparsity): calibrate on ``calibration``, evaluate on ``windows``.
 
     The first row is the dense model (method ``"dense"``, sparsity 0). ``params[method]``
-    are extra parameters of that method. ``model`` itself is never changed (each point
+    are extra parameters of that method. A method entry ``"LABEL=METHOD"`` (e.g.
+    ``"teal-pca=teal"`` with ``params["teal-pca"] = {"rotation": "pca"}``) runs a variant of a
+    registered method under its own label. ``model`` itself is never changed (each point
     sparsifies a copy). Rows: method, params, target, realised (block parameters),
     realised_<proj>, ppl, delta_pct, agreement, protocol, token counts, seconds.
     """
@@ -332,8 +357,9 @@ def sparsity_curves(
     calib = list(calibration)
     calib_tokens = sum(int(b.numel()) for b in calib)
     say = progress or (lambda _line: None)
-    for m in methods:  # every name and parameter checked before any work
-        make_method(m, sparsity=0.0, **dict((params or {}).get(m, {})))
+    variants = [_variant(m) for m in methods]
+    for label, m in variants:  # every name and parameter checked before any work
+        make_method(m, sparsity=0.0, **dict((params or {}).get(label, {})))
     say(f"dense: evaluating {windows.shape[0]} windows x {windows.shape[1]} tokens ({protocol})")
     dense = evaluate(
         model,
@@ -359,8 +385,8 @@ def sparsity_curves(
             **common,
         }
     ]
-    for m in methods:
-        extra = dict((params or {}).get(m, {}))
+    for label, m in variants:
+        extra = dict((params or {}).get(label, {}))
         for s in (t for t in targets if t > 0):
             method = make_method(m, sparsity=s, **extra)
             t0, c0 = time.perf_counter(), time.process_time()
@@ -378,7 +404,7 @@ def sparsity_curves(
             )
             del sparse
             row = {
-                "method": m,
+                "method": label,
                 "params": {k: v for k, v in state.params.items() if k != "sparsity"},
                 "target": s,
                 **res.row(),
@@ -389,25 +415,40 @@ def sparsity_curves(
             }
             rows.append(row)
             say(
-                f"{m} s={s:.2f}: realised {res.realised:.3f}, ppl {res.ppl:.3f} "
+                f"{label} s={s:.2f}: realised {res.realised:.3f}"
+                + (f" (effective {res.realised - res.overhead:.3f})" if res.overhead else "")
+                + f", ppl {res.ppl:.3f} "
                 f"({row['delta_pct']:+.1f}%), agreement {res.agreement:.3f}; "
                 f"calibration {calib_s:.1f} s, evaluation {res.seconds:.1f} s"
             )
     return rows
 
 
+def _variant(entry: str) -> tuple[str, str]:
+    """``"label=method"`` -> (label, method); a plain name is its own label."""
+    label, sep, method = str(entry).partition("=")
+    if not sep:
+        return label, label
+    if not label or not method:
+        raise SparseError(f"a method variant is LABEL=METHOD (e.g. teal-pca=teal); got {entry!r}")
+    return label, method
+
+
 def curves_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """A markdown table of curve rows: method, target, realised, ppl, Δ%, agreement, and the
-    wall-clock (CPU) seconds of calibration and evaluation."""
+    """A markdown table of curve rows: method, target, realised, effective (realised minus a
+    rotation's dense overhead), ppl, Δ%, agreement, and the wall-clock (CPU) seconds of
+    calibration and evaluation."""
     head = (
-        "| method | target | realised (block params) | ppl | Δ ppl % | agreement "
+        "| method | target | realised (block params) | effective | ppl | Δ ppl % | agreement "
         "| calib s (cpu) | eval s (cpu) |"
     )
-    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         agree = r.get("agreement")
+        eff = r.get("effective", r["realised"])
         lines.append(
-            f"| {r['method']} | {r['target']:.2f} | {r['realised']:.3f} | {r['ppl']:.3f} "
+            f"| {r['method']} | {r['target']:.2f} | {r['realised']:.3f} | {eff:.3f} "
+            f"| {r['ppl']:.3f} "
             f"| {r['delta_pct']:+.1f} | {'–' if agree is None else f'{agree:.3f}'} "
             f"| {_secs(r, 'calib')} | {_secs(r, 'eval')} |"
         )
