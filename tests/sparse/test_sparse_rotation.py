@@ -208,3 +208,27 @@ def test_curves_run_variants_under_their_labels(
     assert by["teal-pca"]["params"]["rotation"] == "pca"
     with pytest.raises(SparseError, match="LABEL=METHOD"):
         sparsity_curves(llama, batches, windows, methods=["=teal"], progress=None)
+
+
+@pytest.mark.parametrize("group", [0, 2])
+def test_grouped_bases_skip_the_change_of_basis(
+    llama: nn.Module, batches: list[torch.Tensor], group: int, tmp_path: Path
+) -> None:
+    from actlab.sparse import rotation_overhead
+
+    _randomise_norms(llama)
+    dense = copy.deepcopy(llama)
+    state = make_method("teal", sparsity=0.5, rotation="pca", rotation_group=group).calibrate(
+        llama, batches
+    )
+    qs = list(state.bases.values())
+    assert len(qs) == 2 and torch.equal(qs[0], qs[1])
+    state.save(tmp_path / "s.safetensors")  # shared tensors save (copied)
+    assert load_state(tmp_path / "s.safetensors") == state
+    rotated = copy.deepcopy(dense)
+    orthogonalize(rotated, "pca", bases=state.bases)
+    assert rotation_overhead(rotated) == 0.0
+    for a, b in zip(logits(rotated, batches), logits(dense, batches)):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-4)
+    with pytest.raises(SparseError, match="rotation_group"):
+        make_method("teal", sparsity=0.5, rotation="pca", rotation_group=-1)

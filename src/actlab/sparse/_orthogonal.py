@@ -142,12 +142,20 @@ def _rotate_hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any
 
 
 @torch.no_grad()
-def pca_bases(model: nn.Module, batches: Iterable[Batch]) -> dict[str, torch.Tensor]:
+def pca_bases(
+    model: nn.Module, batches: Iterable[Batch], *, group: int = 1
+) -> dict[str, torch.Tensor]:
     """Per block, the eigenvectors (columns, largest eigenvalue first) of ``E[x x^T]`` over the
     weightless-normalised inputs ``x = h / rms(h)`` of its two RMSNorms on ``batches``.
 
-    float64 ``[d, d]`` orthogonal matrices keyed by block path (one dense forward, no KV cache).
+    ``group=k`` pools k consecutive blocks into one basis (the same tensor for each of them),
+    so the residual changes basis only every k blocks: 1/k of the dense overhead, at some
+    cost in how well the basis fits each block. ``group=0`` is one basis for the whole model
+    (no change of basis at all). float64 ``[d, d]`` orthogonal matrices keyed by block path
+    (one dense forward, no KV cache).
     """
+    if isinstance(group, bool) or not isinstance(group, int) or group < 0:
+        raise SparseError(f"rotation group must be an integer >= 0 (0: one basis); got {group!r}")
     blocks = find_blocks(model)
     norms = [_block_norms(model, b) for b in blocks]
     data = iter_batches(batches, vocab=vocab_size(model))
@@ -176,12 +184,18 @@ def pca_bases(model: nn.Module, batches: Iterable[Batch]) -> dict[str, torch.Ten
         for h in handles:
             h.remove()
         model.train(was)
-    bases = {}
-    for b in blocks:
-        if b.path not in cov:
-            raise SparseError(f"block {b.path} never ran on the calibration batches")
-        _, vecs = torch.linalg.eigh(cov[b.path])
-        bases[b.path] = vecs.flip(-1).contiguous()  # largest eigenvalue first
+    missing = [b.path for b in blocks if b.path not in cov]
+    if missing:
+        raise SparseError(f"block {missing[0]} never ran on the calibration batches")
+    size = group or len(blocks)
+    bases: dict[str, torch.Tensor] = {}
+    for start in range(0, len(blocks), size):
+        members = blocks[start : start + size]
+        c = sum((cov[b.path] for b in members), torch.zeros_like(cov[members[0].path]))
+        _, vecs = torch.linalg.eigh(c)
+        q = vecs.flip(-1).contiguous()  # largest eigenvalue first
+        for b in members:
+            bases[b.path] = q
     return bases
 
 
@@ -225,7 +239,7 @@ def restore_rotation(model: nn.Module, bases: Mapping[str, torch.Tensor]) -> Non
     previous: torch.Tensor | None = None
     for b in blocks:
         layer = model.get_submodule(b.path)
-        if previous is not None:
+        if previous is not None and not torch.equal(previous, q[b.path]):
             _install_hook(layer, previous.T @ q[b.path])
         previous = q[b.path]
     setattr(model, "actlab_wina_orthogonal", True)  # noqa: B010 - a marker, not an attribute
@@ -317,7 +331,7 @@ def orthogonalize(
         layer = model.get_submodule(b.path)
         if previous is None:
             emb.weight.copy_((emb.weight.detach().double() @ q).to(emb.weight.dtype))
-        else:
+        elif not torch.equal(previous, q):  # same basis as the block before: nothing to do
             _install_hook(layer, previous.T @ q)
         used[b.path] = q
         previous = q

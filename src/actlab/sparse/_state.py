@@ -120,7 +120,7 @@ class SparsityState:
             else torch.tensor(v, dtype=torch.float32)
             for k, v in self.thresholds.items()
         }
-        tensors.update({BASIS + k: q.contiguous() for k, q in self.bases.items()})
+        tensors.update({BASIS + k: q.contiguous().clone() for k, q in self.bases.items()})
         p.parent.mkdir(parents=True, exist_ok=True)
         tmp = p.with_name(p.name + ".tmp")
         save_file(tensors, str(tmp), metadata={FORMAT_KEY: text})

@@ -40,8 +40,10 @@ Rotation (``rotation=``, an addition of actlab's, not in the paper):
   is unchanged; the inputs of q/k/v/gate/up concentrate their energy in few coordinates, so
   the same sparsity costs far less quality. The state carries the bases and ``apply`` rotates
   the model before wrapping it. Price: one dense ``d x d`` change of basis of the residual per
-  block per token (counted by the reports as dense work); Llama-style RMSNorm blocks only
-  (not Gemma's sandwich norms).
+  block per token (counted by the reports as dense work: ~9% of SmolLM2's block
+  parameters); ``rotation_group=k`` shares one basis among k consecutive blocks (1/k of that
+  overhead; ``0``: one basis for the whole model, no overhead). Llama-style RMSNorm blocks
+  only (not Gemma's sandwich norms).
 
 The greedy search scores a block on its own inputs (dense ones, or those of the sparsified
 blocks before it in ``"sequential"``), against that block's dense output on the same inputs.
@@ -150,6 +152,7 @@ class Teal:
         bins: histogram bins between the 1st and 99th percentiles (TEAL: 10000).
         step: greedy step in weighted sparsity (TEAL: 0.05).
         rotation: ``None`` or ``"pca"`` (rotate the model first, see the module docstring).
+        rotation_group: blocks sharing one basis (1: one per block; 0: one for the model).
         min_tokens: calibration needs at least this many tokens.
     """
 
@@ -162,6 +165,7 @@ class Teal:
         bins: int = 10_000,
         step: float = 0.05,
         rotation: str | None = None,
+        rotation_group: int = 1,
         min_tokens: int = 64,
     ) -> None:
         self.sparsity = check_sparsity(sparsity)
@@ -178,6 +182,10 @@ class Teal:
             raise SparseError(f"TEAL step must be in (0, 1], e.g. 0.05; got {step!r}")
         if rotation not in ROTATIONS:
             raise SparseError(f"TEAL rotation must be None or 'pca'; got {rotation!r}")
+        if isinstance(rotation_group, bool) or not isinstance(rotation_group, int):
+            raise SparseError(f"rotation_group must be an integer >= 0; got {rotation_group!r}")
+        if rotation_group < 0:
+            raise SparseError(f"rotation_group must be >= 0 (0: one basis); got {rotation_group}")
         if isinstance(min_tokens, bool) or not isinstance(min_tokens, int) or min_tokens < 1:
             raise SparseError(f"min_tokens must be a positive integer; got {min_tokens!r}")
         self.params: dict[str, Any] = {
@@ -188,6 +196,7 @@ class Teal:
             "bins": bins,
             "step": float(step),
             "rotation": rotation,
+            "rotation_group": rotation_group,
             "min_tokens": min_tokens,
         }
 
@@ -197,7 +206,7 @@ class Teal:
         data = calibration_batches(model, batches, min_tokens=self.params["min_tokens"])
         bases: dict[str, torch.Tensor] = {}
         if self.params["rotation"] == "pca" and self.sparsity > 0:
-            bases = pca_bases(model, data)
+            bases = pca_bases(model, data, group=self.params["rotation_group"])
             model = copy.deepcopy(model)  # the caller's model is not changed
             orthogonalize(model, "pca", bases=bases)
         greedy = self.params["allocation"] == "greedy" and self.sparsity > 0
