@@ -91,8 +91,7 @@ def test_heartbeat_requeues_a_trial_of_a_dead_remote_worker(tmp_path: Path) -> N
     cand = as_candidate("x*sigmoid(beta*x)")
     tid = st.create(cand)
     storage.set_trial_user_attr(tid, "worker", {"host": "some-other-machine", "pid": 1})
-    with st._lock:
-        st._inflight.clear()  # as if that process were gone
+    st._held.discard(tid)  # as if that process were gone
     time.sleep(2.2)
     log = tmp_path / "evals.log"
     run_search(
@@ -120,8 +119,7 @@ def test_journal_storage_resumes_and_reclaims_dead_local_pids(tmp_path: Path) ->
     cand = as_candidate("softplus(x)")
     tid = st.create(cand)
     st.storage.set_trial_user_attr(tid, "worker", {"host": st.host, "pid": dead.pid})  # gone
-    with st._lock:
-        st._inflight.clear()
+    st._held.discard(tid)
     st.close()
     log = tmp_path / "evals.log"
     res = run_search(

@@ -22,13 +22,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from actlab.executors._local import WorkerLost
 
 __all__ = ["Executor", "Heartbeat", "drive", "lost_errors"]
 
 T = TypeVar("T")
+K = TypeVar("K")
 
 
 class Executor(Protocol):
@@ -55,21 +56,31 @@ def lost_errors() -> tuple[type[BaseException], ...]:
     return tuple(kinds)
 
 
-class Heartbeat:
-    """A daemon thread calling ``beat(tokens)`` every ``interval`` seconds for held claims.
+class Heartbeat(Generic[K]):
+    """The claims this process holds, and a daemon thread calling ``beat(tokens)`` every
+    ``interval`` seconds for them once :meth:`start` ran (the results store's claim tokens
+    for compare, the Optuna trial ids for search).
 
     A failing beat (a transient database error) is ignored: the next one retries.
     """
 
-    def __init__(self, beat: Callable[[list[str]], None], interval: float) -> None:
-        if interval <= 0:
-            raise ValueError(f"heartbeat interval must be > 0 seconds, got {interval}")
-        self.beat, self.interval = beat, interval
-        self.tokens: set[str] = set()
+    def __init__(self, beat: Callable[[list[K]], None], interval: float | None = None) -> None:
+        self.beat = beat
+        self.tokens: set[K] = set()
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._loop, name="actlab-heartbeat", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if interval is not None:
+            self.start(interval)
+
+    def start(self, interval: float) -> None:
+        """Start beating every ``interval`` seconds (a no-op when already started)."""
+        if interval <= 0:
+            raise ValueError(f"heartbeat interval must be > 0 seconds, got {interval}")
+        if self._thread is None:
+            self.interval = interval
+            self._thread = threading.Thread(target=self._loop, name="actlab-heartbeat", daemon=True)
+            self._thread.start()
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
@@ -81,19 +92,25 @@ class Heartbeat:
                 except Exception:  # noqa: BLE001 -- must not kill the runner
                     pass
 
-    def add(self, token: str) -> None:
+    def add(self, token: K) -> None:
         with self._lock:
             self.tokens.add(token)
 
-    def discard(self, token: str) -> None:
+    def discard(self, token: K) -> None:
         with self._lock:
             self.tokens.discard(token)
 
+    def __contains__(self, token: object) -> bool:
+        with self._lock:
+            return token in self.tokens
+
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
 
-    def __enter__(self) -> Heartbeat:
+    def __enter__(self) -> Heartbeat[K]:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -123,7 +140,7 @@ def drive(
     todo: deque[T] = deque(items)
     busy: deque[tuple[float, T]] = deque()  # (when to try again, item)
     pending: dict[Future[Any], tuple[T, str]] = {}
-    beat = Heartbeat(heartbeat, heartbeat_s)
+    beat: Heartbeat[str] = Heartbeat(heartbeat, heartbeat_s)
     try:
         while todo or pending or (wait_busy and busy):
             now = time.monotonic()
@@ -154,7 +171,11 @@ def drive(
             for fut in done:
                 item, token = pending.pop(fut)
                 beat.discard(token)
-                finish(item, token, fut)
+                try:
+                    finish(item, token, fut)
+                except BaseException:
+                    release(token)  # a no-op when finish stored it (that drops the claim)
+                    raise
     except BaseException:
         for _item, token in pending.values():
             release(token)

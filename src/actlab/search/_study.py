@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import threading
 import time
 import warnings
 from collections.abc import Iterable, Iterator
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from actlab._proc import pid_alive
+from actlab.executors import Heartbeat
 from actlab.search._candidate import Candidate, EvalResult
 
 __all__ = [
@@ -364,10 +364,7 @@ class SearchStudy:
         )
         self.max_retry = max_retry
         self.host, self.pid = socket.gethostname(), os.getpid()
-        self._inflight: set[int] = set()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._held: Heartbeat[int] = Heartbeat(self._beat_all)  # in-flight trial ids
 
     # ------------------------------------------------------------------ reading
     def _hb_interval(self) -> float | None:
@@ -406,8 +403,7 @@ class SearchStudy:
         # trial's heartbeat row) comes before the heartbeat thread may beat it: two inserts at
         # once fail on PostgreSQL (unique trial_id), where SQLite would serialise them
         self._beat(trial_id)
-        with self._lock:
-            self._inflight.add(trial_id)
+        self._held.add(trial_id)
         for k, v in {"worker": {"host": self.host, "pid": self.pid}, **attrs}.items():
             self.storage.set_trial_user_attr(trial_id, k, v)
 
@@ -451,8 +447,7 @@ class SearchStudy:
             self.storage.set_trial_state_values(trial_id, TrialState.PRUNED)
         else:
             self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
-        with self._lock:
-            self._inflight.discard(trial_id)
+        self._held.discard(trial_id)
 
     def requeue(self, trial_id: int) -> None:
         """Fail a trial whose worker died and re-queue its candidate (as a stale trial is)."""
@@ -460,8 +455,7 @@ class SearchStudy:
         from optuna.storages import RetryHeartbeatStaleTrialCallback
         from optuna.trial import TrialState
 
-        with self._lock:
-            self._inflight.discard(trial_id)
+        self._held.discard(trial_id)
         try:
             if self.storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
                 with warnings.catch_warnings():
@@ -478,30 +472,20 @@ class SearchStudy:
         else:
             self.storage.set_trial_system_attr(trial_id, _HB_ATTR, time.time())
 
+    def _beat_all(self, trial_ids: list[int]) -> None:
+        for tid in trial_ids:
+            try:
+                self._beat(tid)
+            except Exception:  # noqa: BLE001 -- a missed beat is retried next time
+                pass
+
     def start_heartbeat(self, interval: float | None = None) -> None:
-        """Beat for every in-flight trial every ``interval`` s (default: the storage's or 10)."""
-        if self._thread is not None:
-            return
-        every = interval or self._hb_interval() or 10.0
-
-        def loop() -> None:
-            while not self._stop.wait(every):
-                with self._lock:
-                    ids = list(self._inflight)
-                for tid in ids:
-                    try:
-                        self._beat(tid)
-                    except Exception:  # noqa: BLE001 -- a missed beat is retried next time
-                        pass
-
-        self._thread = threading.Thread(target=loop, name="actlab-search-heartbeat", daemon=True)
-        self._thread.start()
+        """Beat for every in-flight trial every ``interval`` s (default: the storage's or 10),
+        with the heartbeat of :mod:`actlab.executors` (compare's claims use the same)."""
+        self._held.start(interval or self._hb_interval() or 10.0)
 
     def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        self._held.stop()
 
     # ------------------------------------------------------------------ dead workers
     def reclaim(self) -> list[int]:
@@ -517,9 +501,7 @@ class SearchStudy:
             retry = RetryHeartbeatStaleTrialCallback(max_retry=self.max_retry)
         now = time.time()
         for t in self._running():
-            with self._lock:
-                mine = t._trial_id in self._inflight
-            if mine:
+            if t._trial_id in self._held:
                 continue
             worker = t.user_attrs.get("worker") or {}
             host, pid = worker.get("host"), worker.get("pid")
