@@ -273,6 +273,7 @@ def validate(args: argparse.Namespace) -> tuple[Any, Any, Any]:
         MAX_STEPS,
         check_float,
         check_int,
+        check_ray,
         check_report,
         check_study,
         check_threads,
@@ -345,13 +346,7 @@ def validate(args: argparse.Namespace) -> tuple[Any, Any, Any]:
         from actlab.train import get_task
 
         args.transfer = get_task(args.transfer.strip()).name  # unknown: close matches
-    if args.ray is not None and args.workers != 1:
-        raise ValueError(
-            "--workers starts local processes; with --ray the cluster's CPUs set the "
-            "parallelism: drop --workers"
-        )
-    if args.ray is not None and not args.ray.strip():
-        raise ValueError("--ray needs an address: auto, local or ray://host:port")
+    check_ray(args.ray, args.workers)  # shared with compare --ray
     # values
     budget = parse_budget(args.budget)
     check_workers(args.workers)
