@@ -152,6 +152,22 @@ def test_greedy_block_sparsity_equals_target(
         assert state.thresholds[path] == pytest.approx(t, rel=1e-5, abs=1e-7), path
 
 
+def test_greedy_scores_on_greedy_tokens_only(llama: nn.Module, batches: list[torch.Tensor]) -> None:
+    """Scoring on the first batch only still lands on the target; thresholds use every token."""
+    few = make_method("teal", sparsity=0.5, allocation="greedy", step=0.1, greedy_tokens=1)
+    state = few.calibrate(llama, batches)
+    w = block_weights(llama.config)
+    for block in find_blocks(llama):
+        proj = block.projections()
+        weighted = sum(w[n] * state.targets[p] for n, p in proj.items()) / sum(w.values())
+        assert weighted == pytest.approx(0.5, abs=1e-9)
+    ref = brute_force_teal(llama, batches, state.targets, sequential=True)
+    for path, t in ref.items():
+        assert state.thresholds[path] == pytest.approx(t, rel=1e-5, abs=1e-7), path
+    with pytest.raises(SparseError, match="greedy_tokens"):
+        make_method("teal", sparsity=0.5, greedy_tokens=0)
+
+
 @pytest.mark.parametrize("allocation", ["uniform", "greedy"])
 def test_sparsity_zero_is_bit_identical(
     llama: nn.Module, batches: list[torch.Tensor], allocation: str

@@ -76,6 +76,12 @@ CALIBRATIONS = ("sequential", "dense")
 QUANTILES = ("exact", "histogram")
 
 
+def _tokens(call: Call) -> int:
+    args, kwargs = call
+    h = args[0] if args else kwargs.get("hidden_states")
+    return int(h.shape[0] * h.shape[1]) if isinstance(h, torch.Tensor) and h.ndim == 3 else 1
+
+
 def block_weights(config: Any) -> dict[str, float]:
     """Parameter count of each projection relative to q_proj, from a transformers config."""
     try:
@@ -151,6 +157,9 @@ class Teal:
             ``icdf(0.5 + s/2)`` of a signed histogram, :func:`histogram_icdf`).
         bins: histogram bins between the 1st and 99th percentiles (TEAL: 10000).
         step: greedy step in weighted sparsity (TEAL: 0.05).
+        greedy_tokens: the greedy search scores a block on (at least) this many calibration
+            tokens, whole batches from the first (thresholds always use every token); the
+            search runs the block ~7 x target x (sum of weights) / step times.
         rotation: ``None`` or ``"pca"`` (rotate the model first, see the module docstring).
         rotation_group: blocks sharing one basis (1: one per block; 0: one for the model).
         min_tokens: calibration needs at least this many tokens.
@@ -164,6 +173,7 @@ class Teal:
         quantile: str = "exact",
         bins: int = 10_000,
         step: float = 0.05,
+        greedy_tokens: int = 512,
         rotation: str | None = None,
         rotation_group: int = 1,
         min_tokens: int = 64,
@@ -180,6 +190,12 @@ class Teal:
             raise SparseError(f"TEAL bins must be a positive integer, e.g. 10000; got {bins!r}")
         if isinstance(step, bool) or not isinstance(step, (int, float)) or not 0 < step <= 1:
             raise SparseError(f"TEAL step must be in (0, 1], e.g. 0.05; got {step!r}")
+        if (
+            isinstance(greedy_tokens, bool)
+            or not isinstance(greedy_tokens, int)
+            or greedy_tokens < 1
+        ):
+            raise SparseError(f"greedy_tokens must be a positive integer; got {greedy_tokens!r}")
         if rotation not in ROTATIONS:
             raise SparseError(f"TEAL rotation must be None or 'pca'; got {rotation!r}")
         if isinstance(rotation_group, bool) or not isinstance(rotation_group, int):
@@ -195,6 +211,7 @@ class Teal:
             "quantile": quantile,
             "bins": bins,
             "step": float(step),
+            "greedy_tokens": greedy_tokens,
             "rotation": rotation,
             "rotation_group": rotation_group,
             "min_tokens": min_tokens,
@@ -255,6 +272,13 @@ class Teal:
         by_input: dict[str, torch.Tensor],
         weights: dict[str, float],
     ) -> dict[str, float]:
+        # score on the first batches holding greedy_tokens tokens (thresholds use them all)
+        keep, seen = 0, 0
+        while keep < len(calls) and seen < self.params["greedy_tokens"]:
+            seen += _tokens(calls[keep])
+            keep += 1
+        calls = calls[:keep]
+        hidden = hidden[:keep] if hidden is not None else None
         with replay.dense():
             dense = [y.float() for y in replay.run(calls, hidden)]
         cache: dict[tuple[str, float], float] = {}
