@@ -4,6 +4,10 @@ Runs the activation x seed matrix (resuming from the results database), prints o
 activation -- mean ± CI of the test metric and paired tests against the first activation --
 and writes a self-contained HTML report. Exit status 1 if some run of the matrix failed.
 
+An ACT may be an *arm* ``[LABEL=]ACT[@model.KEY=VALUE ...]`` with model overrides of its own
+(``relu_kan=silu@model.mlp_layer=relu_kan``), so layers compare in one table; the arm's value
+wins over ``--set`` for its key (:func:`actlab.bench.plan.parse_arm`).
+
 Every flag is checked before anything is trained or written (:func:`validate`): a bad value
 is one line ``actlab compare: error: ...`` and exit status 2. The checks of flags that
 ``search`` and ``demo`` share live here too (``check_*``).
@@ -31,7 +35,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         nargs="+",
         metavar="ACT",
         help="activation specs or formulas in x; the first is the baseline, e.g. gelu "
-        "'crrelu(eps=0.02)' 'x*sigmoid(1.702*x)'",
+        "'crrelu(eps=0.02)' 'x*sigmoid(1.702*x)'. An arm [LABEL=]ACT[@model.KEY=VALUE ...] "
+        "adds model overrides of its own and names the row, e.g. mlp=silu "
+        "'relu_kan=silu@model.mlp_layer=relu_kan' (its overrides win over --set for their "
+        "keys; the label defaults to the canonical arm and is not part of the run's key)",
     )
     p.add_argument(
         "--task",
@@ -95,7 +102,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="model.KEY=VALUE",
         help="override the model: a layer slot (model.norm_layer=rmsnorm, "
         "model.mlp_layer=\"glu(act='silu')\", model.attn_score=relu_attn) or a config field "
-        "(model.depth=6); repeatable, part of each run's key (a wrong key lists the valid ones)",
+        "(model.depth=6) of every arm; repeatable, part of each run's key (a wrong key lists "
+        "the valid ones); an arm's own @model.KEY=VALUE wins for its key",
     )
     p.add_argument("--study", default=None, help="study name stored with the runs (<= 200 chars)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -346,7 +354,8 @@ def _print_table(result: Any) -> None:
 
     from actlab.report.table import summary_table, table_note
 
-    headers, rows = summary_table(result.summary)
+    header = "arm" if result.labelled else "activation"
+    headers, rows = summary_table(result.summary, row_header=header)
     first = result.specs[0]
     title = f"{first.task} / {first.model}: final {result.summary.metric_name}"
     table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)

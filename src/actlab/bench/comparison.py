@@ -7,6 +7,11 @@
 
 Rerunning the same call resumes: finished runs are read back from the store, only missing
 or failed ones are trained.
+
+An activation may be an *arm* with its own model overrides and a label
+(:func:`~actlab.bench.plan.parse_arm`), so structured layers compare in one table:
+
+    compare(["mlp=silu", "relu_kan=silu@model.mlp_layer=relu_kan"], task="fit-bessel")
 """
 
 from __future__ import annotations
@@ -22,8 +27,10 @@ from actlab.bench.plan import (
     config_hash,
     formula_spec,
     model_overrides_config,
+    parse_arm,
     parse_seeds,
     plan_runs,
+    resolve_arms,
 )
 from actlab.bench.runner import MatrixEvents, MatrixReport, TrainRef, run_matrix
 from actlab.bench.store import DEFAULT_DB, ResultsStore, RunRecord
@@ -32,6 +39,8 @@ from actlab.bench.summary import CompareSummary, summarize
 __all__ = [
     "ComparePlan",
     "CompareResult",
+    "arm_labels",
+    "arm_table",
     "compare",
     "default_study_name",
     "plan_compare",
@@ -54,13 +63,40 @@ class CompareResult:
 
     @property
     def activations(self) -> list[str]:
+        """The distinct canonical activations (arms may share one)."""
         return list(dict.fromkeys(s.activation for s in self.specs))
+
+    @property
+    def arms(self) -> list[str]:
+        """The row labels, first = baseline (the activations when no arm has a label)."""
+        return arm_labels(self.specs)
+
+    @property
+    def labelled(self) -> bool:
+        """Whether some arm has a label or overrides of its own (tables say "arm")."""
+        return any(s.arm for s in self.specs)
 
     @property
     def missing(self) -> list[RunSpec]:
         """Runs of the matrix with no stored record (e.g. still running elsewhere)."""
         have = {r.spec for r in self.records}
         return [s for s in self.specs if s not in have]
+
+
+def arm_labels(specs: Sequence[RunSpec]) -> list[str]:
+    """The distinct row labels of ``specs`` in plan order."""
+    return list(dict.fromkeys(s.arm_label for s in specs))
+
+
+def arm_table(specs: Sequence[RunSpec]) -> dict[str, dict[str, Any]]:
+    """``{label: {"activation": ..., "model_kwargs": {...}}}`` of the arms of ``specs``."""
+    out: dict[str, dict[str, Any]] = {}
+    for s in specs:
+        out.setdefault(
+            s.arm_label,
+            {"activation": s.activation, "model_kwargs": dict(s.config.get("model_kwargs", {}))},
+        )
+    return out
 
 
 def default_study_name(task: str, model: str, activations: Sequence[str], chash: str) -> str:
@@ -102,7 +138,21 @@ class ComparePlan:
 
     @property
     def activations(self) -> list[str]:
+        """The distinct canonical activations (arms may share one)."""
         return list(dict.fromkeys(s.activation for s in self.specs))
+
+    @property
+    def arms(self) -> list[str]:
+        """The row labels, first = baseline."""
+        return arm_labels(self.specs)
+
+    @property
+    def study_config(self) -> dict[str, Any]:
+        """The config stored with the study: :attr:`config`, plus ``arms`` (label ->
+        activation and model overrides) when some arm has a label or overrides of its own."""
+        if not any(s.arm for s in self.specs):
+            return self.config
+        return {**self.config, "arms": arm_table(self.specs)}
 
 
 def kernel_config(kernel: str | None, threads: int | None, device: str = "cpu") -> dict[str, Any]:
@@ -153,6 +203,9 @@ def plan_compare(
     ``task_defaults=False`` (a custom train function) keeps model and epochs as given.
     ``model_overrides`` (``{"norm_layer": "rmsnorm"}``) are checked against the model and
     stored canonically in the config (:func:`~actlab.bench.plan.model_overrides_config`).
+    ``activations`` may be arms ``[LABEL=]ACT[@model.KEY=VALUE ...]``
+    (:func:`~actlab.bench.plan.resolve_arms`): an arm's own overrides win over
+    ``model_overrides`` for their keys and go into that arm's run config.
     """
     if epochs is not None and (isinstance(epochs, bool) or not 1 <= epochs <= MAX_EPOCHS):
         raise ValueError(f"epochs must be in 1..{MAX_EPOCHS} (None: the task's own), got {epochs}")
@@ -164,12 +217,15 @@ def plan_compare(
     config.update(kernel_config(kernel, threads, device))
     if max_steps is not None:
         config["max_steps"] = int(max_steps)
-    activations = [formula_spec(a) for a in activations]  # a bad formula first, then the task
+    texts = list(activations)
+    for text in texts:  # bad arm syntax or a bad formula first, then the task
+        formula_spec(parse_arm(text)[1])
     if task_defaults:
         model, epochs, config["_task_defaults"] = resolve_task_defaults(task, model, epochs)
     config.update(model_overrides_config(task, model, model_overrides))
     seed_list = parse_seeds(seeds)
-    specs = plan_runs(activations, seed_list, task=task, model=model, epochs=epochs, config=config)
+    arms = resolve_arms(texts, task=task, model=model, overrides=model_overrides)
+    specs = plan_runs(arms, seed_list, task=task, model=model, epochs=epochs, config=config)
     return ComparePlan(task, specs, seed_list, config)
 
 
@@ -244,17 +300,17 @@ def run_compare(
     waits for runs claimed by another process (see :func:`~actlab.bench.runner.run_matrix`).
     """
     _check_confidence(confidence)
-    specs, config, task = plan.specs, plan.config, plan.task
-    acts = plan.activations
+    specs, config, task = plan.specs, plan.study_config, plan.task
+    arms = plan.arms
     first = specs[0]
-    name = study or default_study_name(task, first.model, acts, config_hash(config))
+    name = study or default_study_name(task, first.model, arms, config_hash(config))
     store = db if isinstance(db, ResultsStore) else ResultsStore(db)
     try:
         store.save_study(
             name,
             task=task,
             model=first.model,
-            activations=acts,
+            activations=arms,
             seeds=plan.seeds,
             epochs=first.epochs,
             config=config,
@@ -268,5 +324,5 @@ def run_compare(
     finally:
         if not isinstance(db, ResultsStore):
             store.close()
-    summary = summarize(records, acts, confidence=confidence)
+    summary = summarize(records, arms, confidence=confidence)
     return CompareResult(name, specs, records, summary, report, url)

@@ -21,27 +21,39 @@ finished (in this study or any other) reuses its result.
   ``config["model_kwargs"]`` (keys sorted, layer specs canonical): another norm layer is
   another run, the same overrides in another order the same run. No overrides add nothing,
   so runs planned before overrides existed keep their keys.
+- An *arm* (:func:`parse_arm`, :func:`resolve_arms`) is one row of the comparison:
+  ``[LABEL=]ACT[@model.KEY=VALUE ...]``, an activation with its own model overrides and a
+  label, e.g. ``relu_kan=silu@model.mlp_layer=relu_kan``. The arm's overrides are merged
+  over the global ones (the arm's value wins for its key) and written into that arm's
+  ``config["model_kwargs"]``, so arms with one activation and different layers are different
+  runs. The label (:attr:`RunSpec.arm`) names the row in tables and is not part of the
+  key: ``mlp=silu`` is the same run as ``silu``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "ARM_SEP",
     "DEFAULT_DB",
     "DEFAULT_MODEL",
+    "Arm",
     "RunSpec",
     "canonical_activation",
     "config_hash",
     "formula_spec",
     "model_overrides_config",
+    "parse_arm",
     "parse_seeds",
     "parse_set_overrides",
     "plan_runs",
+    "resolve_arms",
 ]
 
 DEFAULT_MODEL = "default"
@@ -187,39 +199,176 @@ def _set_value(text: str) -> Any:
         return text.strip()
 
 
-def parse_set_overrides(items: Sequence[str]) -> dict[str, Any]:
+def parse_set_overrides(items: Sequence[str], *, what: str = "--set") -> dict[str, Any]:
     """``["model.norm_layer=rmsnorm", "model.depth=6"]`` -> a dict of model keyword overrides.
 
     The example gives ``{"norm_layer": "rmsnorm", "depth": 6}``.
 
     A value is a Python literal when it parses as one (numbers, True/False, tuples, quoted
     strings), else the text (a layer spec such as ``glu(act='silu')``); nothing is evaluated.
-    Keys must start with ``model.``; a key given twice is refused.
+    Keys must start with ``model.``; a key given twice is refused. ``what`` names the source
+    in errors (``--set``, or an arm).
     """
     if isinstance(items, str):
         items = [items]
     if len(items) > MAX_SET_ITEMS:
-        raise ValueError(f"--set: at most {MAX_SET_ITEMS} overrides, got {len(items)}")
+        raise ValueError(f"{what}: at most {MAX_SET_ITEMS} overrides, got {len(items)}")
     out: dict[str, Any] = {}
     for item in items:
         if not isinstance(item, str):
-            raise ValueError(f"--set takes KEY=VALUE strings, got {type(item).__name__}")
+            raise ValueError(f"{what} takes KEY=VALUE strings, got {type(item).__name__}")
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or not key or not value.strip():
             raise ValueError(
-                f"--set {item[:60]!r}: write KEY=VALUE, e.g. --set model.norm_layer=rmsnorm"
+                f"{what} {item[:60]!r}: write KEY=VALUE, e.g. model.norm_layer=rmsnorm"
             )
         if not key.startswith(SET_PREFIX) or key == SET_PREFIX:
             raise ValueError(
-                f"--set {key[:60]!r}: keys start with {SET_PREFIX!r}, e.g. model.norm_layer "
+                f"{what} {key[:60]!r}: keys start with {SET_PREFIX!r}, e.g. model.norm_layer "
                 "(a wrong key lists the valid ones)"
             )
         name = key[len(SET_PREFIX) :]
         if name in out:
-            raise ValueError(f"--set: {key} is given twice")
+            raise ValueError(f"{what}: {key} is given twice")
         out[name] = _set_value(value)
     return out
+
+
+# ---------------------------------------------------------------------------------- arms
+ARM_SEP = "@"  # never part of an activation spec or formula (the formula parser refuses @)
+MAX_LABEL_LEN = 64
+_LABEL = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_.+\-]*)\s*=(?!=)")
+ARM_HELP = (
+    "write an arm as [LABEL=]ACT[@model.KEY=VALUE ...], e.g. "
+    "'relu_kan=silu@model.mlp_layer=relu_kan'"
+)
+
+
+def _split_top(text: str, sep: str) -> list[str]:
+    """``text`` split at ``sep`` outside quotes and brackets."""
+    parts, depth, quote, start = [], 0, "", 0
+    for i, ch in enumerate(text):
+        if quote:
+            if ch == quote:
+                quote = ""
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == sep and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return parts
+
+
+def parse_arm(text: str) -> tuple[str | None, str, dict[str, Any]]:
+    """``"[LABEL=]ACT[@model.KEY=VALUE ...]"`` -> ``(label or None, ACT, own overrides)``.
+
+    ``"relu_kan=silu@model.mlp_layer=relu_kan"`` gives
+    ``("relu_kan", "silu", {"mlp_layer": "relu_kan"})``; a plain ``"gelu"`` gives
+    ``(None, "gelu", {})``. A label is a name (letters, digits, ``_ . + -``, not starting with
+    a digit) before the first ``=``, so ``crrelu(eps=0.02)`` is never read as one. ``@`` is
+    split outside quotes and brackets. Nothing is checked against the model here
+    (:func:`resolve_arms` does).
+    """
+    if not isinstance(text, str):
+        raise ValueError(
+            f"compare needs activation specs as strings (got {type(text).__name__}); "
+            "register custom classes with actlab.register_activation and pass their name"
+        )
+    label = None
+    rest = text
+    m = _LABEL.match(text)
+    if m is not None:
+        label, rest = m.group(1), text[m.end() :]
+        if len(label) > MAX_LABEL_LEN:
+            raise ValueError(f"arm {text[:80]!r}: a label is at most {MAX_LABEL_LEN} characters")
+    parts = _split_top(rest, ARM_SEP)
+    act = parts[0].strip()
+    if not act:
+        raise ValueError(f"arm {text[:80]!r} names no activation; {ARM_HELP}")
+    if len(parts) > 1 and not all(p.strip() for p in parts[1:]):
+        raise ValueError(f"arm {text[:80]!r} has an empty override after {ARM_SEP!r}; {ARM_HELP}")
+    own = parse_set_overrides([p.strip() for p in parts[1:]], what=f"arm {text[:80]!r}: override")
+    return label, act, own
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One row of a comparison: a canonical activation, its model overrides and its label.
+
+    ``model_kwargs`` are the run's overrides after merging (global ones, then the arm's
+    own), canonical; ``own`` are the arm's own keys (canonical values), which its default
+    label shows.
+    """
+
+    activation: str
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    own: dict[str, Any] = field(default_factory=dict)
+    label: str = ""
+
+    @property
+    def spec(self) -> str:
+        """The canonical arm: ``silu@model.mlp_layer=relu_kan`` (the activation alone if no
+        own overrides); the default label."""
+        tail = "".join(f"{ARM_SEP}{SET_PREFIX}{k}={_fmt_value(v)}" for k, v in self.own.items())
+        return self.activation + tail
+
+
+def _fmt_value(v: Any) -> str:
+    return v if isinstance(v, str) else repr(v).replace(" ", "")
+
+
+def resolve_arms(
+    texts: Iterable[str],
+    *,
+    task: str,
+    model: str | None,
+    overrides: dict[str, Any] | None = None,
+) -> list[Arm]:
+    """Parse, check and canonicalise the arms of a comparison (first = baseline).
+
+    Each arm's own overrides are merged over ``overrides`` (the global ``--set``; the arm's
+    value wins for its key) and checked against the model (:func:`model_overrides_config`),
+    so unknown keys and bad layer specs fail here, one line naming the arm. Labels default
+    to :attr:`Arm.spec`; two arms with one label are refused (two arms that are the same
+    runs are refused by :func:`plan_runs`).
+    """
+    glob = {
+        (k[len(SET_PREFIX) :] if k.startswith(SET_PREFIX) else k): v
+        for k, v in (overrides or {}).items()
+    }
+    glob_kw = model_overrides_config(task, model, glob).get("model_kwargs", {})
+    arms: list[Arm] = []
+    for text in texts:
+        label, act_text, own = parse_arm(text)
+        act = canonical_activation(formula_spec(act_text))
+        kw = glob_kw
+        if own:
+            try:
+                kw = model_overrides_config(task, model, {**glob, **own})["model_kwargs"]
+            except ValueError as e:
+                raise ValueError(f"arm {text[:80]!r}: {e}") from None
+        arm = Arm(act, kw, {k: kw[k] for k in sorted(own)})
+        arms.append(Arm(act, kw, arm.own, label or arm.spec))
+    if not arms:
+        raise ValueError("name at least one activation, e.g. `actlab compare relu gelu`")
+    _check_distinct(arms)
+    return arms
+
+
+def _check_distinct(arms: Sequence[Arm]) -> None:
+    """Labels name rows, so they are distinct (same runs are refused by :func:`plan_runs`)."""
+    seen: set[str] = set()
+    for a in arms:
+        if a.label in seen:
+            what = "activation" if a.label == a.activation else "arm label"
+            raise ValueError(f"{what} listed twice: {a.label}")
+        seen.add(a.label)
 
 
 def model_overrides_config(
@@ -263,6 +412,7 @@ class RunSpec:
     seed: int
     epochs: int
     config: dict[str, Any] = field(default_factory=dict)
+    arm: str = ""  # the arm's label in tables, not part of the key ("": the activation)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, RunSpec) and self.key == other.key
@@ -284,8 +434,13 @@ class RunSpec:
         """A short digest of :attr:`key`, used to name claims."""
         return hashlib.sha256(json.dumps(list(self.key)).encode()).hexdigest()[:32]
 
+    @property
+    def arm_label(self) -> str:
+        """The row this run belongs to: its arm's label, else its activation."""
+        return self.arm or self.activation
+
     def label(self) -> str:
-        return f"{self.activation} seed={self.seed}"
+        return f"{self.arm_label} seed={self.seed}"
 
 
 def _seed_count(n: int, text: object) -> int:
@@ -343,7 +498,7 @@ def parse_seeds(seeds: int | str | Sequence[int]) -> list[int]:
 
 
 def plan_runs(
-    activations: Iterable[str],
+    activations: Iterable[str | Arm],
     seeds: int | str | Sequence[int],
     *,
     task: str,
@@ -351,29 +506,56 @@ def plan_runs(
     epochs: int | None = None,
     config: dict[str, Any] | None = None,
 ) -> list[RunSpec]:
-    """The activation x seed matrix, seed-major (every activation of seed 0 first).
+    """The arm x seed matrix, seed-major (every arm of seed 0 first).
 
-    Seed-major order means an interrupted comparison already holds complete pairs.
+    ``activations`` are activation specs (each run gets ``config``) or resolved arms
+    (:func:`resolve_arms`; each run gets ``config`` with the arm's ``model_kwargs`` in place
+    of the global ones, and the arm's label). Seed-major order means an interrupted
+    comparison already holds complete pairs.
     """
-    acts = [canonical_activation(formula_spec(a)) for a in activations]
-    if not acts:
+    cfg = dict(config or {})
+    items = list(activations)
+    if not items:
         raise ValueError("name at least one activation, e.g. `actlab compare relu gelu`")
-    dupes = sorted({a for a in acts if acts.count(a) > 1})
-    if dupes:
-        raise ValueError(f"activation listed twice: {', '.join(dupes)}")
+    arms = [
+        a if isinstance(a, Arm) else Arm(canonical_activation(formula_spec(a)), label="")
+        for a in items
+    ]
+    plain = [not isinstance(a, Arm) for a in items]
+    configs = [cfg if p else _arm_config(cfg, a) for a, p in zip(arms, plain, strict=True)]
+    seen: dict[tuple[str, str], Arm] = {}
+    for a, c in zip(arms, configs, strict=True):
+        run = (a.activation, config_hash(c))
+        if run in seen:
+            if not (seen[run].label or a.label):
+                raise ValueError(f"activation listed twice: {a.activation}")
+            first = seen[run].label or seen[run].activation
+            raise ValueError(
+                f"arms {first!r} and {a.label or a.activation!r} are the same runs "
+                f"({a.activation} with the same model overrides); drop one"
+            )
+        seen[run] = a
     if not task:
         raise ValueError("a task is required, e.g. --task digits-mlp")
     if epochs is not None and not 1 <= epochs <= MAX_EPOCHS:
         raise ValueError(f"epochs must be in 1..{MAX_EPOCHS}, got {epochs}")
     seed_list = parse_seeds(seeds)
-    if len(acts) * len(seed_list) > MAX_RUNS:
+    if len(arms) * len(seed_list) > MAX_RUNS:
         raise ValueError(
-            f"{len(acts)} activations x {len(seed_list)} seeds = "
-            f"{len(acts) * len(seed_list)} runs; one comparison holds at most {MAX_RUNS}"
+            f"{len(arms)} activations x {len(seed_list)} seeds = "
+            f"{len(arms) * len(seed_list)} runs; one comparison holds at most {MAX_RUNS}"
         )
-    cfg = dict(config or {})
+    labels = [a.label if a.label != a.activation else "" for a in arms]
     return [
-        RunSpec(task, model or DEFAULT_MODEL, act, seed, int(epochs or 0), cfg)
+        RunSpec(task, model or DEFAULT_MODEL, a.activation, seed, int(epochs or 0), c, lab)
         for seed in seed_list
-        for act in acts
+        for a, c, lab in zip(arms, configs, labels, strict=True)
     ]
+
+
+def _arm_config(config: dict[str, Any], arm: Arm) -> dict[str, Any]:
+    """``config`` with the arm's model overrides in place of the global ones."""
+    out = {k: v for k, v in config.items() if k != "model_kwargs"}
+    if arm.model_kwargs:
+        out["model_kwargs"] = dict(arm.model_kwargs)
+    return out

@@ -1,6 +1,8 @@
-"""Summarise stored runs per activation: mean ± CI and paired tests against a baseline.
+"""Summarise stored runs per arm: mean ± CI and paired tests against a baseline.
 
-The baseline is the first activation. Each other activation is paired with it on the seeds
+A row is an arm of the comparison: its label (:attr:`~actlab.bench.plan.RunSpec.arm_label`,
+the activation when the arm has no label), so arms with one activation and different layers
+are different rows. The baseline is the first arm. Each other arm is paired with it on the seeds
 where both runs finished; the paired t-test and the Wilcoxon signed-rank test are computed on
 ``d = metric(activation) - metric(baseline)`` and each family of p-values is Holm-corrected
 across the comparisons. Significance marks use the Holm-corrected paired t-test; the
@@ -21,9 +23,9 @@ __all__ = ["ActivationSummary", "CompareSummary", "summarize"]
 
 @dataclass(frozen=True)
 class ActivationSummary:
-    """One activation's row of the comparison table."""
+    """One arm's row of the comparison table."""
 
-    activation: str
+    activation: str  # the arm's label (its activation when it has none)
     seeds: tuple[int, ...]  # seeds with a finite final metric
     values: tuple[float, ...]  # their final metrics
     n_failed: int  # failed or diverged runs
@@ -78,14 +80,17 @@ def summarize(
     confidence: float = 0.95,
     alpha: float = 0.05,
 ) -> CompareSummary:
-    """Build the comparison table of ``activations`` (first = baseline) from ``records``."""
+    """Build the comparison table of ``activations`` (first = baseline) from ``records``.
+
+    ``activations`` are row labels: a record belongs to the row of its spec's ``arm_label``.
+    """
     if not activations:
         raise ValueError("no activations to summarise")
     metric, higher = _metric_info(records)
     by_act: dict[str, dict[int, float]] = {a: {} for a in activations}
     failed = dict.fromkeys(activations, 0)
     for r in records:
-        act = r.spec.activation
+        act = r.spec.arm_label
         if act not in by_act:
             continue
         if r.ok:

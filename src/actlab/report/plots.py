@@ -31,8 +31,8 @@ _MAX_PANELS = 4
 def _by_activation(records: Sequence[RunRecord], acts: Sequence[str]) -> dict[str, list[RunRecord]]:
     out: dict[str, list[RunRecord]] = {a: [] for a in acts}
     for r in records:
-        if r.status == "finished" and r.spec.activation in out:
-            out[r.spec.activation].append(r)
+        if r.status == "finished" and r.spec.arm_label in out:
+            out[r.spec.arm_label].append(r)
     return out
 
 

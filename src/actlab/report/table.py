@@ -37,15 +37,16 @@ def _delta(row: ActivationSummary) -> str:
 
 
 def summary_table(
-    summary: CompareSummary, *, raw: bool = False
+    summary: CompareSummary, *, raw: bool = False, row_header: str = "activation"
 ) -> tuple[list[str], list[list[str]]]:
     """``(headers, rows)`` of the comparison table, every cell a string.
 
     ``p (t)`` is the paired t-test and ``p (W)`` the Wilcoxon signed-rank test, both
     Holm-corrected; ``raw=True`` adds the uncorrected p-values as two more columns.
+    ``row_header`` heads the first column (``"arm"`` when rows are labelled arms).
     """
     conf = f"{summary.confidence * 100:g}%"
-    headers = ["activation", "n", f"mean ± {conf} CI", f"Δ vs {summary.baseline}", "d_z"]
+    headers = [row_header, "n", f"mean ± {conf} CI", f"Δ vs {summary.baseline}", "d_z"]
     headers += ["p (t)", "p (W)"] + (["raw p (t)", "raw p (W)"] if raw else [])
     headers += ["sig", "verdict"]
     rows = []
