@@ -1,0 +1,167 @@
+"""Across-layer allocation: one sparsity per block from measured end-to-end damage curves.
+
+TEAL's greedy search spreads a block's sparsity over its 7 projections; it does not move
+sparsity *between* blocks, although the first and last blocks of a small model are far more
+fragile than the middle ones. Here each block ``l`` gets a damage curve
+
+    D_l(s) = KL(p_dense || p_l,s)   (mean over calibration positions)
+
+where ``p_l,s`` is the model with only block ``l`` sparsified, every projection at sparsity
+``s`` (dense-quantile thresholds), measured at a few ``levels`` and linearly interpolated with
+``D_l(0) = 0`` (made non-decreasing). :func:`allocate` then raises, step by step, the block
+whose damage grows least per unit of parameter-weighted sparsity, until the weighted mean
+reaches the target: the greedy solution of ``min sum_l D_l(s_l)`` subject to
+``sum_l w_l s_l = target sum_l w_l``, optimal when the curves are convex (tested against a
+brute-force grid search). Treating the damages as additive ignores their interaction; the
+measured perplexities say how far that carries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from actlab.sparse._modules import exact_quantile
+from actlab.sparse._replay import LayerReplay, _with_hidden, record_block_calls
+from actlab.sparse._sites import INPUT_OF, PROJECTIONS, Batch, Block, run_model
+from actlab.sparse._state import SparseError
+
+__all__ = ["LEVELS", "allocate", "block_damage", "interpolate"]
+
+LEVELS = (0.15, 0.3, 0.45, 0.6, 0.75, 0.9)
+
+
+def interpolate(levels: Sequence[float], values: Sequence[float], s: float) -> float:
+    """Piecewise-linear ``D(s)`` through ``(0, 0)`` and ``(levels[i], values[i])``; flat after
+    the last level."""
+    if len(levels) != len(values) or not levels:
+        raise SparseError("a damage curve needs one value per level")
+    px, py = 0.0, 0.0
+    for x, y in zip(levels, values):
+        if s <= x:
+            return py + (y - py) * (s - px) / (x - px) if x > px else y
+        px, py = x, y
+    return py
+
+
+def monotone(values: Sequence[float]) -> list[float]:
+    """``values`` made non-decreasing (running maximum, starting from 0)."""
+    out, top = [], 0.0
+    for v in values:
+        top = max(top, float(v))
+        out.append(top)
+    return out
+
+
+def allocate(
+    curves: Mapping[str, Sequence[float]],
+    levels: Sequence[float],
+    weights: Mapping[str, float],
+    target: float,
+    *,
+    step: float = 0.01,
+    cap: float | None = None,
+) -> dict[str, float]:
+    """Per-site sparsities with ``sum w s / sum w = target`` minimising the summed damage
+    greedily (see the module docstring). ``cap`` (default: the last level) bounds each site."""
+    if set(curves) != set(weights):
+        raise SparseError("damage curves and weights must name the same sites")
+    cap = max(float(levels[-1]) if cap is None else cap, target)
+    total = sum(weights.values())
+    s = dict.fromkeys(curves, 0.0)
+    curve = {k: monotone(v) for k, v in curves.items()}
+    need, done = target * total, 0.0
+    while need - done > 1e-9 * total:
+        best: tuple[float, str, float] | None = None
+        for k, w in weights.items():
+            inc = min(step, cap - s[k], (need - done) / w)
+            if inc <= 1e-12:
+                continue
+            cost = interpolate(levels, curve[k], s[k] + inc) - interpolate(levels, curve[k], s[k])
+            rate = cost / (inc * w)
+            if best is None or rate < best[0]:
+                best = (rate, k, inc)
+        if best is None:
+            break
+        _, k, inc = best
+        s[k] += inc
+        done += inc * weights[k]
+    return s
+
+
+def _head(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Final norm + LM head (+ Gemma's logit soft-cap) of a transformers causal LM."""
+    base = getattr(model, "model", None)
+    norm = getattr(base, "norm", None)
+    get_out = getattr(model, "get_output_embeddings", None)
+    head = get_out() if callable(get_out) else None
+    if not isinstance(norm, nn.Module) or not isinstance(head, nn.Module):
+        raise SparseError(
+            "layer allocation needs a transformers causal LM with model.norm and an LM head "
+            "(Llama, Mistral, Qwen2, Gemma); use layer_allocation='uniform'"
+        )
+    cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+
+    def logits(h: torch.Tensor) -> torch.Tensor:
+        z = head(norm(h)).float()
+        return torch.tanh(z / cap) * cap if cap else z
+
+    return logits
+
+
+@torch.no_grad()
+def block_damage(
+    model: nn.Module,
+    blocks: list[Block],
+    data: list[Batch],
+    *,
+    levels: Sequence[float] = LEVELS,
+    tokens: int = 512,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, list[float]]:
+    """``D_l(s)`` at ``levels`` for every block (see the module docstring), on the first
+    batches of ``data`` holding ``tokens`` tokens."""
+    use, seen = [], 0
+    for b in data:
+        ids = b.get("input_ids") if isinstance(b, dict) else b
+        use.append(b)
+        seen += int(ids.numel()) if isinstance(ids, torch.Tensor) else 0
+        if seen >= tokens:
+            break
+    head = _head(model)
+    calls = record_block_calls(model, use, blocks, hidden="all")
+    dense_logp = [F.log_softmax(run_model(model, b).logits.float(), -1) for b in use]
+    layers = [model.get_submodule(b.path) for b in blocks]
+    readers = {"attn_in": "q_proj", "o_in": "o_proj", "mlp_in": "gate_proj", "down_in": "down_proj"}
+    curves: dict[str, list[float]] = {}
+    for i, block in enumerate(blocks):
+        replay = LayerReplay(model, block)
+        with replay.dense():
+            acts = replay.inputs(list(readers.values()), calls[i])
+        row = []
+        for s in levels:
+            t = {g: exact_quantile(acts[r], s) for g, r in readers.items()}
+            replay.set({n: t[INPUT_OF[n]] for n in PROJECTIONS})
+            kl = 0.0
+            n = 0
+            for j, call in enumerate(calls[i]):
+                h = replay.run([call])[0]
+                for k in range(i + 1, len(blocks)):
+                    args, kwargs = _with_hidden(calls[k][j], h)
+                    y: Any = layers[k](*args, **kwargs)
+                    h = y[0] if isinstance(y, tuple) else y
+                logp = F.log_softmax(head(h), -1)
+                ref = dense_logp[j]
+                kl += float((ref.exp() * (ref - logp)).sum())
+                n += ref.shape[0] * ref.shape[1]
+            row.append(kl / n)
+        replay.set(dict.fromkeys(PROJECTIONS, -1.0))
+        curves[block.path] = row
+        if progress is not None:
+            progress(f"  damage of {block.path}: " + ", ".join(f"{v:.4f}" for v in row))
+        del replay
+    return curves
