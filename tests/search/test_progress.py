@@ -69,3 +69,9 @@ def test_tty_redraws_one_line_in_place() -> None:
     text = out.getvalue()
     assert text.count("\r\x1b[2K[") == 6 and text.endswith("\n") and text.count("\n") == 1
     assert "[####----------------]  20% 2/10 units" in text
+
+
+def test_nothing_is_shown_when_nothing_ran() -> None:
+    out = io.StringIO()
+    SearchProgress(Budget(units=10), stream=out).close()
+    assert out.getvalue() == ""

@@ -113,7 +113,10 @@ class SearchProgress:
             self._last = now
 
     def close(self) -> None:
-        """Show the final status (a plain line; the bar line is finished with a newline)."""
+        """Show the final status (a plain line; the bar line is finished with a newline);
+        nothing when no evaluation ran (a finished study only re-read)."""
+        if self.trials == 0:
+            return
         if self.tty:
             self._draw()
             self.stream.write("\n")
