@@ -63,3 +63,31 @@ def test_unknown_transfer_task_names_close_matches(
                "--storage", str(tmp_path / "e.db")])  # fmt: skip
     err = capsys.readouterr().err
     assert rc == 2 and "fashion-mnist" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_near_copies_of_a_finalist_are_skipped() -> None:
+    from types import SimpleNamespace
+
+    from actlab.search._candidate import as_candidate
+    from actlab.search._final import _top
+
+    ranked = [
+        SimpleNamespace(candidate=as_candidate(f))
+        for f in (
+            "relu(x) + 0.01*x*exp(-x**2/2)",
+            "relu(x) + 0.0101*x*exp(-x**2/2)",
+            "x*sigmoid(1.702*x)",
+            "gelu(x)",
+        )  # fmt: skip
+    ]
+    skipped: list[str] = []
+    near: list[str] = []
+    res = SimpleNamespace(ranked=lambda: ranked)
+    picked = _top(res, 3, skipped, near)  # type: ignore[arg-type]
+    # the 1% change of eps is the same function within 1%; sigmoid-GELU is not GELU
+    assert [c.formula for _, c in picked] == [
+        "relu(x) + 0.01 * x * exp(-0.5 * square(x))",
+        "x * sigmoid(1.702 * x)",
+        "gelu(x)",
+    ]
+    assert near == ["relu(x) + 0.0101 * x * exp(-0.5 * square(x))"] and not skipped

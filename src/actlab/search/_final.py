@@ -9,7 +9,10 @@ the ``baselines`` (gelu, relu, crrelu) through the compare machinery of
 first baseline, Holm-corrected; resumable in its results database), on the model (and
 step cap) the search's ``objective`` trained. For a toy ``curve:``
 objective, which needs no training, the objective is simply evaluated on each. Formulas
-whose spec is longer than the results store's key (255 characters) are skipped (noted).
+whose spec is longer than the results store's key (255 characters) are skipped (noted), and
+so are near-copies of a finalist (equal within 1% relative on the simplifier's grid for three
+settings of the learnable scalars, e.g. the same formula with a constant 0.001 instead of
+0.0009): the finalists are distinct functions.
 
 ``transfer=TASK`` then re-evaluates the same finalists and baselines, with the same fresh
 seeds, on a second task (its own default model and training recipe): the Swish paper searched
@@ -28,13 +31,14 @@ from typing import Any
 from actlab.search._candidate import Candidate
 from actlab.search._objectives import CurveObjective
 from actlab.search._result import SearchResult
-from actlab.search._simplify import simplify
+from actlab.search._simplify import equivalent, simplify
 from actlab.search._verdict import Verdict, verdict_from_records
 
 __all__ = ["BASELINES", "FinalResult", "finalize"]
 
 BASELINES: tuple[str, ...] = ("gelu", "relu", "crrelu")
 FRESH_SEED0 = 1000
+NEAR_TOL = 1e-2  # finalists agreeing within 1% everywhere on the grid count as one
 
 
 @dataclass
@@ -53,7 +57,9 @@ class FinalResult:
     transfer_verdict: Verdict | None = None
 
 
-def _top(result: SearchResult, top: int, skipped: list[str]) -> list[tuple[str, Candidate]]:
+def _top(
+    result: SearchResult, top: int, skipped: list[str], near: list[str] | None = None
+) -> list[tuple[str, Candidate]]:
     from actlab.bench.plan import MAX_SPEC_LEN
 
     out: list[tuple[str, Candidate]] = []
@@ -62,6 +68,11 @@ def _top(result: SearchResult, top: int, skipped: list[str]) -> list[tuple[str, 
         found = rec.candidate.formula
         simple = Candidate(simplify(rec.candidate.expr), "simplified", (rec.candidate.hash,))
         if simple.hash in seen:
+            continue
+        if any(equivalent(c.expr, simple.expr, NEAR_TOL) for _, c in out):
+            seen.add(simple.hash)  # a near-copy of a finalist: a wasted slot of the matrix
+            if near is not None:
+                near.append(simple.formula)
             continue
         if len(simple.spec) > MAX_SPEC_LEN:  # the results store keys runs by spec
             skipped.append(simple.formula)
@@ -95,12 +106,20 @@ def finalize(
     if isinstance(seeds, int) and not isinstance(seeds, bool) and seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
     skipped: list[str] = []
-    picked = _top(result, top, skipped)
+    near: list[str] = []
+    picked = _top(result, top, skipped, near)
     final = FinalResult(
         [(f, c.formula) for f, c in picked], [c.spec for _, c in picked], list(baselines)
     )
+    notes = []
     if skipped:
-        final.note = f"skipped {len(skipped)} formula(s) too long for the results store"
+        notes.append(f"skipped {len(skipped)} formula(s) too long for the results store")
+    if near:
+        notes.append(
+            f"skipped {len(near)} near-copies of a finalist (within {NEAR_TOL:g} relative "
+            "on the grid)"
+        )
+    final.note = "; ".join(notes)
     if not picked:
         final.note = "no candidate finished successfully; nothing to re-evaluate"
         return final
