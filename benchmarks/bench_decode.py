@@ -21,7 +21,7 @@ token (sparse kernels, dense linears split into projections and lm_head, attenti
 ops, and the rest: Python and dispatch), and the llama.cpp anchor (``llama-cpp-python`` on the
 same GGUF file, which it reads quantised) when that package is installed.
 
-    python benchmarks/bench_decode.py                    # SmolLM2, 1 thread, ~15 min on 2 busy cores
+    python benchmarks/bench_decode.py        # SmolLM2, 1 thread, ~15 min on 2 busy cores
     python benchmarks/bench_decode.py --model all --threads 2
 """
 
