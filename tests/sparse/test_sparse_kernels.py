@@ -416,3 +416,12 @@ def test_lean_decoder_with_kernels_same_tokens(batches) -> None:  # noqa: ANN001
     assert torch.equal(LeanDecoder(model, 16).generate(prompt, 8), want)
     with pytest.raises(SparseError, match="Llama-family"):
         LeanDecoder(nn.Linear(2, 2), 8)
+
+
+def test_non_cpu_weights_keep_the_torch_path() -> None:
+    with torch.device("meta"):  # stands for CUDA here: any non-CPU device is left alone
+        model = nn.Sequential(SparseLinear.wrap(nn.Linear(8, 8), 0.1))
+    report = use_kernels(model)
+    assert not report.modules and "CPU-only" in report.skipped["0"]
+    assert model[0]._kernel is None
+    assert "skipped 0" in str(report)
