@@ -184,6 +184,8 @@ CLI_CASES: list[tuple[str, list[str], str]] = [
     ("lines-huge", ["minilm", "--lines", "100000000"], "--lines"),
     ("tokens-for-minilm", ["minilm", "--tokens", "64"], "--tokens"),
     ("lines-for-smollm2", ["smollm2", "--lines", "4"], "--lines"),
+    ("lines-for-gemma3", ["gemma3", "--lines", "4"], "--lines"),
+    ("tokens-huge-gemma3", ["gemma3", "--tokens", "100000000"], "--tokens"),
     ("act-for-pretrained", ["minilm", "--act", "relu"], "--act"),
     ("epochs-for-pretrained", ["minilm", "--epochs", "3"], "--epochs"),
     ("text-for-task", ["--task", "fashion-mnist", "--text", "MISSING"], "--text"),
@@ -224,6 +226,7 @@ def test_cli_hostile_inputs(
 
     monkeypatch.setattr(pretrained, "load_minilm", work_started)
     monkeypatch.setattr(pretrained, "load_smollm2", work_started)
+    monkeypatch.setattr(pretrained, "load_gemma3", work_started)
     monkeypatch.setattr(tasks.Task, "loaders", work_started)
     out = tmp_path / "out"
     if "--out" not in argv:

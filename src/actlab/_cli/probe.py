@@ -1,6 +1,7 @@
 """``actlab probe``: run a probe set over a model on data and write a report with plots.
 
     actlab probe smollm2                       SmolLM2-135M on a Shakespeare passage
+    actlab probe gemma3 --probes cett           Gemma-3-270M (CETT of its GeGLU FFNs)
     actlab probe minilm --text notes.txt       MiniLM-L6 on the lines of a text file
     actlab probe --task fashion-mnist --act crrelu --epochs 1 --max-steps 200
 
@@ -27,7 +28,8 @@ HELP = (
     "and write a report"
 )
 
-_PRETRAINED = ("minilm", "smollm2")
+_PRETRAINED = ("minilm", "smollm2", "gemma3")
+_CAUSAL = ("smollm2", "gemma3")
 MAX_TOKENS = 8192  # SmolLM2's context length
 MAX_LINES = 1024
 MAX_EPOCHS = 1000
@@ -54,7 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--tokens",
         type=int,
         default=None,
-        help=f"tokens of text for smollm2, 1..{MAX_TOKENS} (default 256)",
+        help=f"tokens of text for smollm2 / gemma3, 1..{MAX_TOKENS} (default 256)",
     )
     p.add_argument(
         "--lines",
@@ -100,7 +102,9 @@ def validate(args: argparse.Namespace) -> list[str]:
     import actlab.probes as P
 
     if (args.model is None) == (args.task is None):
-        raise ValueError("give a pretrained model (minilm, smollm2) or --task NAME, not both")
+        raise ValueError(
+            "give a pretrained model (minilm, smollm2, gemma3) or --task NAME, not both"
+        )
     default = ",".join(P.DEFAULT_PROBES)
     probes = [
         s.strip()
@@ -125,7 +129,7 @@ def validate(args: argparse.Namespace) -> list[str]:
         labelled = [n for n in probes if n in P.PROBES.names(needs_labels=True)]
         if labelled:
             raise ValueError(f"--probes {labelled[0]} needs labelled data: use it with --task")
-        other = "--lines" if args.model == "smollm2" else "--tokens"
+        other = "--lines" if args.model in _CAUSAL else "--tokens"
         if (args.lines if other == "--lines" else args.tokens) is not None:
             raise ValueError(
                 f"{other} does not apply to {args.model} "
@@ -150,7 +154,8 @@ def validate(args: argparse.Namespace) -> list[str]:
         ):
             if value is not None:
                 raise ValueError(
-                    f"{flag} applies to a pretrained model (minilm, smollm2), not to --task runs"
+                    f"{flag} applies to a pretrained model (minilm, smollm2, gemma3), not to "
+                    "--task runs"
                 )
         from actlab.models.factory import get_model_preset
         from actlab.registry import create_activation
@@ -201,7 +206,8 @@ def _pretrained(args: argparse.Namespace, probes: list[str]) -> tuple[Any, list[
         enc = tok(lines, return_tensors="pt", padding=True, truncation=True, max_length=128)
         tokens = tok.convert_ids_to_tokens(enc["input_ids"][0])
     else:
-        model, tok = pretrained.load_smollm2()
+        load = pretrained.load_gemma3 if args.model == "gemma3" else pretrained.load_smollm2
+        model, tok = load()
         enc = tok(text[: args.tokens * 8], return_tensors="pt")
         enc = {k: v[:, : args.tokens] for k, v in enc.items()}
         tokens = tok.convert_ids_to_tokens(enc["input_ids"][0])
