@@ -58,6 +58,7 @@ from actlab.sparse._orthogonal import (
     restore_rotation,
     rotation_missing,
 )
+from actlab.sparse._pplp import PPLPSparsity, ppl_p_sparsity
 from actlab.sparse._saved import (
     SparseModel,
     apply_saved_state,
@@ -133,6 +134,8 @@ __all__ = [
     "make_method",
     "orthogonalize",
     "pca_bases",
+    "ppl_p_sparsity",
+    "PPLPSparsity",
     "restore_rotation",
     "rotation_missing",
     "use_kernels",
