@@ -19,7 +19,7 @@ CASES: list[tuple[Any, dict[str, Any], str]] = [
     ("   ", NORM, "layer spec"),
     ("rmsnorm(", NORM, "cannot parse layer spec"),
     ("rmsnrom", NORM, "Did you mean: rmsnorm"),
-    ("nosuch", NORM, "Available: batchnorm"),
+    ("nosuch", NORM, "unknown layer 'nosuch'. Available: "),
     ("rmsnorm(1e-5)", NORM, "by keyword"),
     ("rmsnorm(**{'eps': 1})", NORM, "'**' is not allowed"),
     ("rmsnorm(eps=1, eps=2)", NORM, "given twice"),
