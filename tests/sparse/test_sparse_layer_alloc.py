@@ -63,6 +63,9 @@ def test_damage_curves_and_teal_layer_allocation(
 ) -> None:
     blocks = find_blocks(llama)
     curves = block_damage(llama, blocks, batches, tokens=48)
+    one_row = block_damage(llama, blocks, batches, tokens=20)  # the first sequence only
+    first = block_damage(llama, blocks, [batches[0][:1]], tokens=10_000)
+    assert one_row == first
     assert set(curves) == {b.path for b in blocks}
     for row in curves.values():
         assert len(row) == len(LEVELS) and all(v >= -1e-7 for v in row)

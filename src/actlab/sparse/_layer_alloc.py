@@ -125,11 +125,17 @@ def block_damage(
 ) -> dict[str, list[float]]:
     """``D_l(s)`` at ``levels`` for every block (see the module docstring), on the first
     batches of ``data`` holding ``tokens`` tokens."""
-    use, seen = [], 0
-    for b in data:
+    use: list[Batch] = []
+    seen = 0
+    for b in data:  # whole rows (sequences) until ``tokens`` tokens
         ids = b.get("input_ids") if isinstance(b, dict) else b
-        use.append(b)
-        seen += int(ids.numel()) if isinstance(ids, torch.Tensor) else 0
+        assert isinstance(ids, torch.Tensor)
+        rows = min(ids.shape[0], -(-(tokens - seen) // ids.shape[1]))
+        if isinstance(b, dict):
+            use.append({k: v[:rows] if isinstance(v, torch.Tensor) else v for k, v in b.items()})
+        else:
+            use.append(b[:rows])
+        seen += rows * ids.shape[1]
         if seen >= tokens:
             break
     head = _head(model)
