@@ -290,7 +290,10 @@ def parse_arm(text: str) -> tuple[str | None, str, dict[str, Any]]:
     parts = _split_top(rest, ARM_SEP)
     act = parts[0].strip()
     if not act:
-        raise ValueError(f"arm {text[:80]!r} names no activation; {ARM_HELP}")
+        raise ValueError(
+            f"arm {text[:80]!r} names no activation (a registered name, a call string or a "
+            f"formula in x); {ARM_HELP}"
+        )
     if len(parts) > 1 and not all(p.strip() for p in parts[1:]):
         raise ValueError(f"arm {text[:80]!r} has an empty override after {ARM_SEP!r}; {ARM_HELP}")
     own = parse_set_overrides([p.strip() for p in parts[1:]], what=f"arm {text[:80]!r}: override")
