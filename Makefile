@@ -7,6 +7,9 @@ run: venv
 test: venv
 	.venv/bin/lint-imports  # the one-way import flow ([tool.importlinter], DESIGN.md)
 	.venv/bin/python -m pytest -q -m "not slow"
+	# the PostgreSQL kill tests with separate worker interpreters (skip with a reason when no
+	# Debian postgresql binaries are present)
+	.venv/bin/python -m pytest -q -rs -m slow tests/executors/test_postgres.py -k "not forked_search"
 	@$(MAKE) --no-print-directory test-portable
 # The activation and native-kernel tests again on the code paths of other CPUs: PyTorch's AVX2
 # and portable dispatch (which also select the AVX2 / portable native builds), then those

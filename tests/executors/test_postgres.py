@@ -201,8 +201,14 @@ def test_four_compare_workers_one_killed(pg: PgServer, tmp_path: Path) -> None:
                    fake_metric)  # fmt: skip
 
 
+@pytest.mark.slow  # forked from the pytest process: hung once in a full busy run (see below)
 def test_four_forked_search_workers_one_killed(pg: PgServer, tmp_path: Path) -> None:
-    """The fast version (forked workers) of the next test, for the default suite."""
+    """The fast version (forked workers) of the next test. Slow-marked: forking the pytest
+    process after torch, Ray and SQLAlchemy have started threads can leave a child blocked on a
+    lock it inherited (one full-suite run on a loaded machine waited out its 180 s); and with
+    its budget of 10 the killed trial is sometimes not re-evaluated before the budget is spent
+    (1 run in ~10 failed `killed in keys`). `make test` runs the separate-interpreter
+    versions instead (a fresh process each)."""
     url, log = pg.new_database("fsearch"), tmp_path / "evals.log"
     procs = [_Forked(_search_worker, url, str(log), i) for i in range(4)]
     victim = _kill_when(procs, log, 1, 1, "start")  # inside its first evaluation

@@ -19,7 +19,8 @@ trial is created *before* the evaluation starts, and closed with the result. Eve
 ``refresh_seconds`` the trials written by other processes sharing the study are read and
 told too (and dead workers' trials re-queued), so several ``actlab search --study NAME``
 processes cooperate on one study; two of them may evaluate the same new candidate within
-that window, unless ``refresh_seconds=0``, which re-reads the study before every new trial.
+that window, unless ``refresh_seconds=0``, which re-reads the study before every new trial
+(on PostgreSQL under an advisory lock, so the check and the trial's creation are one step).
 An evaluation whose worker process died (killed, out of memory) is re-queued, not failed.
 
 The loop stops (``SearchResult.stopped``, with a one-line ``message`` for the last three)
@@ -297,8 +298,13 @@ class _Loop:
                 if cand.key not in self.done and self.pending:
                     return None  # wait for the evaluation it duplicates
                 continue
-            if self.refresh <= 0 and self._sync_says_done(cand):
-                continue
+            if self.refresh <= 0:  # check and create as one step across processes
+                with self.st.creating():
+                    if self._sync_says_done(cand):
+                        continue
+                    self._dups_in_row = 0
+                    self.n_trials += 1
+                    return self.st.create(cand), cand
             self._dups_in_row = 0
             self.n_trials += 1
             return self.st.create(cand), cand

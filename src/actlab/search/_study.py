@@ -371,6 +371,32 @@ class SearchStudy:
         get = getattr(self.storage, "get_heartbeat_interval", None)
         return float(get()) if callable(get) and get() else None
 
+    @contextlib.contextmanager
+    def creating(self) -> Iterator[None]:
+        """Make "is this candidate known? if not, create its trial" atomic between processes
+        sharing a PostgreSQL study: a session-level advisory lock keyed by the study name is
+        held around it, so two workers never both start the same new candidate. SQLite and
+        journal storages get nothing here (two processes may then evaluate one candidate
+        twice within the refresh window, as the loop's docstring says)."""
+        engine = getattr(self.storage, "engine", None)
+        if engine is None or engine.dialect.name != "postgresql":
+            yield
+            return
+        import hashlib
+
+        from sqlalchemy import text
+
+        digest = hashlib.sha256(f"actlab-search:{self.study.study_name}".encode()).digest()
+        key = int.from_bytes(digest[:8], "big", signed=True)
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                conn.commit()
+
     def records(self) -> list[TrialRecord]:
         """Every trial that holds a candidate, in trial-number order."""
         out = []
