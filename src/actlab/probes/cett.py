@@ -342,23 +342,28 @@ class CETTProbe(Probe):
             out[name] = cett_search(h, w, t, self.criterion)
         return out
 
-    def overall_sparsity(self, tau: float | None = None) -> float:
+    def overall_sparsity(
+        self, tau: float | None = None, *, points: dict[str, CETTPoint] | None = None
+    ) -> float:
         """The fraction of FFN neurons skipped at the CETT-τ points, over all layers
-        (per-layer sparsities weighted by their widths; NaN when no layer was seen)."""
-        pts = self.search(tau)
+        (per-layer sparsities weighted by their widths; NaN when no layer was seen).
+        ``points``: the result of :meth:`search` at ``tau``, when already computed."""
+        pts = self.search(tau) if points is None else points
         units = {n: int(self.samples[n].rows.shape[1]) for n in pts}  # type: ignore[union-attr]
         total = sum(units.values())
         if not total:
             return float("nan")
         return sum(pts[n].sparsity * units[n] for n in pts) / total
 
-    def thresholds(self, tau: float | None = None) -> dict[str, Tensor]:
+    def thresholds(
+        self, tau: float | None = None, *, points: dict[str, CETTPoint] | None = None
+    ) -> dict[str, Tensor]:
         """Per-layer, per-neuron thresholds on |h_i| (float32, d_ff) realising the CETT-τ
         truncation: zero ``h_i`` where ``|h_i| < t_i`` (the input of the layer's Linear).
         Derived from :attr:`CETTPoint.margin_eps` (same truncation of the sample as ``eps``,
-        robust to rounding)."""
+        robust to rounding). ``points``: the result of :meth:`search` at ``tau``, if at hand."""
         out: dict[str, Tensor] = {}
-        for name, pt in self.search(tau).items():
+        for name, pt in (self.search(tau) if points is None else points).items():
             h = self.samples[name].rows
             assert h is not None
             eps = pt.margin_eps

@@ -78,19 +78,20 @@ def ppl_p_sparsity(
     per_layer: dict[float, dict[str, float]] = {}
 
     def loss_at(tau: float) -> tuple[float, float]:
+        points = cp.search(tau)  # one CETT search per tolerance (it sorts every sample)
         hooks = [
             downs[name].register_forward_pre_hook(
                 lambda _m, a, t=t: (torch.where(a[0].abs() < t.to(a[0].device), 0.0, a[0]),)
             )
-            for name, t in cp.thresholds(tau).items()
+            for name, t in cp.thresholds(tau, points=points).items()
         ]
         try:
             loss = _loss(model, windows)
         finally:
             for h in hooks:
                 h.remove()
-        per_layer[tau] = {n: pt.sparsity for n, pt in cp.search(tau).items()}
-        return loss, cp.overall_sparsity(tau)
+        per_layer[tau] = {n: pt.sparsity for n, pt in points.items()}
+        return loss, cp.overall_sparsity(tau, points=points)
 
     point = ppl_p_search(loss_at, dense, p=p, steps=steps)
     layers = per_layer.get(point.tau) or {n: pt.sparsity for n, pt in cp.search(point.tau).items()}
