@@ -166,3 +166,21 @@ def test_unavailable_model_name_is_one_line(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.delattr(pretrained, "load_gemma3", raising=False)
     with pytest.raises(SparseError, match="not available in this actlab"):
         resolve_model("gemma3")
+
+
+def test_bench_prints_tokens_per_second_for_each_path(
+    capsys: pytest.CaptureFixture[str], tiny: Path
+) -> None:
+    argv = ["sparsify", str(tiny), "--method", "teal", "--sparsity", "0.0", *SMALL]
+    assert main([*argv, "--bench", "--max-new-tokens", "4"]) == 0
+    text = capsys.readouterr().out
+    rows = [ln for ln in text.splitlines() if ln.startswith("| ") and "tok/s" not in ln]
+    paths = {(r.split("|")[1].strip(), r.split("|")[2].strip()) for r in rows}
+    assert ("dense", "lean loop") in paths and ("dense", "generate") in paths
+    assert ("teal 0.00 (torch)", "generate") in paths
+    # sparsity 0 is the dense function: every generated token equals the dense one
+    assert all(r.split("|")[5].strip() == "1.000" for r in rows)
+    assert "LM head stays dense" in text
+    assert "needs one method" in _error(
+        capsys, ["sparsify", str(tiny), "--method", "all", "--eval", "--bench"]
+    )

@@ -39,7 +39,7 @@ from actlab.sparse._base import (
     install,
     make_method,
 )
-from actlab.sparse._decode import LeanDecoder
+from actlab.sparse._decode import DecodeTiming, LeanDecoder, time_decode
 from actlab.sparse._eval import (
     DEFAULT_SPARSITIES,
     EvalResult,
@@ -107,8 +107,10 @@ __all__ = [
     "resolve_model",
     "save_sparse",
     "sparsity_curves",
+    "time_decode",
     "INPUT_OF",
     "KernelReport",
+    "DecodeTiming",
     "LeanDecoder",
     "METHODS",
     "MODES",
