@@ -326,7 +326,7 @@ def _bench(args: argparse.Namespace, dense: Any, sparse: Any, tok: Any) -> None:
     )
     if dense.get_output_embeddings().weight is dense.get_input_embeddings().weight:
         params += head  # tied: the head is still read once per token
-    _say(f"benchmark: 64-token prompt + {n} greedy tokens, batch 1, best of 2 rounds")
+    _say(f"benchmark: 64-token prompt + {n} greedy tokens, batch 1, best of 2 timed rounds")
     variants = [("dense", dense), (f"{args.methods[0]} {args.sparsity:.2f} (torch)", sparse)]
     if kernels_available():
         fused = copy.deepcopy(sparse)
@@ -340,7 +340,7 @@ def _bench(args: argparse.Namespace, dense: Any, sparse: Any, tok: Any) -> None:
             ref = base.setdefault(lean, t)
             same = float((t.tokens == ref.tokens).double().mean())
             rows.append((name, "lean loop" if lean else "generate", t, ref, same))
-    print("| model | path | tok/s | x dense | tokens equal to dense |")
+    print("| model | path | tok/s | x dense | generated tokens equal to dense |")
     print("|---|---|---:|---:|---:|")
     for name, path, t, ref, same in rows:
         print(
@@ -349,7 +349,9 @@ def _bench(args: argparse.Namespace, dense: Any, sparse: Any, tok: Any) -> None:
         )
     print(
         f"the LM head stays dense: {head / params:.0%} of the per-token weights read, which "
-        "caps the end-to-end speed-up; figures from one run on this machine"
+        "caps the end-to-end speed-up; figures from one run on this machine. Generated tokens "
+        "are free-running: after the first difference the sequences diverge (use --eval for "
+        "next-token agreement)"
     )
 
 
