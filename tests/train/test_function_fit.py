@@ -9,10 +9,10 @@ import pytest
 import scipy.special
 import torch
 
+from actlab.data import RegressionLoader
 from actlab.models import FitConfig, FitNet, build_model, match_hidden
 from actlab.models.fit import block_params
 from actlab.train import TASKS, get_task, run_training
-from actlab.train.tasks._regression import RegressionLoader
 from actlab.train.tasks.function_fit import FUNCTIONS, SPLIT_SIZES
 from actlab.train.trainer import evaluate
 

@@ -24,7 +24,7 @@ from actlab.data.digits import load_digits
 from actlab.data.errors import DatasetFormatError, DatasetNotFoundError
 from actlab.data.folder import load_image_folder
 from actlab.data.idx import load_fashion_mnist, load_mnist, read_idx
-from actlab.data.loaders import ImageLoader, TextLoader
+from actlab.data.loaders import ImageLoader, RegressionLoader, TextLoader
 from actlab.data.text import CharCorpus, load_kjv, load_shakespeare
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "DatasetNotFoundError",
     "ImageDataset",
     "ImageLoader",
+    "RegressionLoader",
     "ImageSplits",
     "TextLoader",
     "UnsafePickleError",

@@ -20,14 +20,47 @@ from torch import Tensor
 from actlab.data.augment import Augment
 from actlab.data.base import ImageDataset
 
-__all__ = ["ImageLoader", "TextLoader"]
+__all__ = ["ImageLoader", "RegressionLoader", "TextLoader"]
 
 
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
 
 
-class ImageLoader:
+class _IndexBatches:
+    """Seeded index batches over ``num_samples`` rows (shared by the in-memory loaders)."""
+
+    batch_size: int
+    shuffle: bool
+    seed: int
+    drop_last: bool
+    epoch: int
+    device: torch.device
+
+    @property
+    def num_samples(self) -> int:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        n = self.num_samples
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the shuffling (and augmentation) of ``epoch`` on the next iteration."""
+        self.epoch = int(epoch)
+
+    def _index_batches(self) -> Iterator[tuple[Tensor, torch.Generator]]:
+        """The row indices of each batch of this epoch, with the epoch's generator."""
+        g = _epoch_generator(self.seed, self.epoch)
+        self.epoch += 1
+        n = self.num_samples
+        order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
+        order = order.to(self.device)
+        for b in range(len(self)):
+            yield order[b * self.batch_size : (b + 1) * self.batch_size], g
+
+
+class ImageLoader(_IndexBatches):
     """Batches ``(x, y)`` of a whole in-memory :class:`ImageDataset`.
 
     ``mean``/``std`` (C,) are in uint8 units; ``x`` comes out as ``dtype`` on ``device``.
@@ -71,22 +104,8 @@ class ImageLoader:
     def num_samples(self) -> int:
         return int(self.images.shape[0])
 
-    def __len__(self) -> int:
-        n = self.num_samples
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Use the shuffling and augmentation of ``epoch`` on the next iteration."""
-        self.epoch = int(epoch)
-
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        g = _epoch_generator(self.seed, self.epoch)
-        self.epoch += 1
-        n = self.num_samples
-        order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
-        order = order.to(self.device)
-        for b in range(len(self)):
-            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+        for idx, g in self._index_batches():
             x = self.images[idx]
             if self.augment is not None:
                 x = self.augment(x, g)
@@ -170,3 +189,46 @@ class TextLoader:
         high = self.ids.numel() - self.block_size
         for _ in range(self.steps):
             yield self._windows(torch.randint(0, high, (self.batch_size,), generator=g))
+
+
+class RegressionLoader(_IndexBatches):
+    """Batches ``(x, y)`` of in-memory float tensors (rows are samples), for regression tasks.
+
+    x: (N, d_in)  y: (N, d_out); shuffling follows the image loader's seeded rule.
+    """
+
+    def __init__(
+        self,
+        x: Tensor,
+        y: Tensor,
+        *,
+        batch_size: int = 128,
+        shuffle: bool = False,
+        seed: int = 0,
+        drop_last: bool = False,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
+            raise ValueError(
+                f"regression data must be x (N, d_in) and y (N, d_out) with N >= 1, got "
+                f"{tuple(x.shape)} and {tuple(y.shape)}"
+            )
+        self.device = torch.device(device)
+        self.x = x.to(self.device, dtype)
+        self.y = y.to(self.device, dtype)
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.seed = int(seed)
+        self.drop_last = drop_last and x.shape[0] > batch_size
+        self.epoch = 0
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.x.shape[0])
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        for idx, _ in self._index_batches():
+            yield self.x[idx], self.y[idx]

@@ -28,6 +28,7 @@ from actlab.data import (
     CharCorpus,
     ImageLoader,
     ImageSplits,
+    RegressionLoader,
     TextLoader,
     make_splits,
 )
@@ -35,7 +36,6 @@ from actlab.data.augment import Augment
 from actlab.models.factory import build_model, get_model_preset, list_models
 from actlab.registry import ActivationSpec, Registry
 from actlab.train.config import TrainConfig
-from actlab.train.tasks._regression import RegressionLoader
 
 __all__ = [
     "TASKS",

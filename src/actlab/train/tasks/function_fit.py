@@ -41,9 +41,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from actlab.data.loaders import RegressionLoader
 from actlab.train.config import TrainConfig
 from actlab.train.tasks._base import TaskData, register_task
-from actlab.train.tasks._regression import RegressionLoader
 
 __all__ = ["FUNCTIONS", "FitFunction", "SPLIT_SIZES", "bessel_j0"]
 
