@@ -218,6 +218,12 @@ class EvoNorm2dB0(_EvoNorm):
         self.momentum = float(momentum)
         self.register_buffer("running_var", torch.ones(num_features))
 
+    @torch.no_grad()
+    def _update_running(self, var: Tensor) -> None:
+        """running_var <- (1 - momentum) running_var + momentum var (var: (C, 1))."""
+        new = var.detach().view(-1).to(self.running_var.dtype)
+        self.running_var.mul_(1 - self.momentum).add_(self.momentum * new)
+
     def forward(self, x: Tensor) -> Tensor:
         self._check(x)
         dtype = x.dtype
@@ -233,17 +239,13 @@ class EvoNorm2dB0(_EvoNorm):
             run = None if self.training else self.running_var.to(x.dtype).view(C, 1)
             y, var = _B0Fn.apply(xv, v, w, b, run, self.eps)
             if self.training:
-                with torch.no_grad():
-                    new = var.view(-1).to(self.running_var.dtype)
-                    self.running_var.mul_(1 - self.momentum).add_(self.momentum * new)
+                self._update_running(var)
             return y.view(B, C, H, W).to(dtype)
         ivar, imean = torch.var_mean(xv, dim=-1, unbiased=False, keepdim=True)  # (B, C, 1)
         if self.training:
             # law of total variance: the batch variance per channel from instance moments
             var = ivar.mean(0) + imean.var(0, unbiased=False)  # (C, 1)
-            with torch.no_grad():
-                new = var.detach().view(-1).to(self.running_var.dtype)
-                self.running_var.mul_(1 - self.momentum).add_(self.momentum * new)
+            self._update_running(var)
         else:
             var = self.running_var.to(x.dtype).view(C, 1)
         left = torch.sqrt(var + self.eps)  # (C, 1)
