@@ -50,16 +50,10 @@ __all__ = [
 ]
 
 
-@dataclass
-class CompareResult:
-    """Everything a comparison produced: table, stored records, what ran now."""
+class _Arms:
+    """The arms of a matrix, derived from its run specs."""
 
-    study: str
     specs: list[RunSpec]
-    records: list[RunRecord]  # every stored record of the matrix (this call or earlier)
-    summary: CompareSummary
-    report: MatrixReport
-    db_url: str
 
     @property
     def activations(self) -> list[str]:
@@ -75,6 +69,18 @@ class CompareResult:
     def labelled(self) -> bool:
         """Whether some arm has a label or overrides of its own (tables say "arm")."""
         return any(s.arm for s in self.specs)
+
+
+@dataclass
+class CompareResult(_Arms):
+    """Everything a comparison produced: table, stored records, what ran now."""
+
+    study: str
+    specs: list[RunSpec]
+    records: list[RunRecord]  # every stored record of the matrix (this call or earlier)
+    summary: CompareSummary
+    report: MatrixReport
+    db_url: str
 
     @property
     def missing(self) -> list[RunSpec]:
@@ -123,7 +129,7 @@ def resolve_task_defaults(
 
 
 @dataclass(frozen=True)
-class ComparePlan:
+class ComparePlan(_Arms):
     """A checked comparison, ready to run: its matrix and the config shared by its runs.
 
     Built once by :func:`plan_compare` (every argument checked, nothing read or written);
@@ -137,20 +143,10 @@ class ComparePlan:
     config: dict[str, Any]
 
     @property
-    def activations(self) -> list[str]:
-        """The distinct canonical activations (arms may share one)."""
-        return list(dict.fromkeys(s.activation for s in self.specs))
-
-    @property
-    def arms(self) -> list[str]:
-        """The row labels, first = baseline."""
-        return arm_labels(self.specs)
-
-    @property
     def study_config(self) -> dict[str, Any]:
         """The config stored with the study: :attr:`config`, plus ``arms`` (label ->
         activation and model overrides) when some arm has a label or overrides of its own."""
-        if not any(s.arm for s in self.specs):
+        if not self.labelled:
             return self.config
         return {**self.config, "arms": arm_table(self.specs)}
 
