@@ -72,7 +72,7 @@ from actlab.sparse._histogram import histogram_icdf
 from actlab.sparse._layer_alloc import LEVELS, allocate, block_damage
 from actlab.sparse._modules import SparseLinear, exact_quantile
 from actlab.sparse._orthogonal import orthogonalize, pca_bases
-from actlab.sparse._replay import Call, LayerReplay, record_block_calls
+from actlab.sparse._replay import Call, LayerReplay, hidden_of, record_block_calls
 from actlab.sparse._sites import INPUT_OF, PROJECTIONS, Batch, calibration_batches, find_blocks
 from actlab.sparse._state import SparseError, SparsityState, Threshold, check_sparsity
 
@@ -85,12 +85,6 @@ GROUPS = ("attn_in", "o_in", "mlp_in", "down_in")  # the inputs in forward order
 READER = {"attn_in": "q_proj", "o_in": "o_proj", "mlp_in": "gate_proj", "down_in": "down_proj"}
 CALIBRATIONS = ("sequential", "dense")
 QUANTILES = ("exact", "histogram")
-
-
-def _tokens(call: Call) -> int:
-    args, kwargs = call
-    h = args[0] if args else kwargs.get("hidden_states")
-    return int(h.shape[0] * h.shape[1]) if isinstance(h, torch.Tensor) and h.ndim == 3 else 1
 
 
 def _block_params(model: nn.Module, block: Any) -> float:
@@ -304,9 +298,10 @@ class Teal:
         target: float,
     ) -> dict[str, float]:
         # score on the first batches holding greedy_tokens tokens (thresholds use them all)
+        inputs = hidden if hidden is not None else hidden_of(calls)  # [B, T, d] each
         keep, seen = 0, 0
         while keep < len(calls) and seen < self.params["greedy_tokens"]:
-            seen += _tokens(calls[keep])
+            seen += int(inputs[keep].shape[:-1].numel())
             keep += 1
         calls = calls[:keep]
         hidden = hidden[:keep] if hidden is not None else None
