@@ -5,11 +5,13 @@ Reference models (each takes an activation spec, one instance per activation sit
     build_model(name, act, num_classes=..., in_chans=..., img_size=...)   named presets
     ViT, ResNetCifar, MLP, CharGPT, FitNet (+ their *Config dataclasses)  see list_models()
 
-Pretrained models installed offline: see :mod:`.pretrained`.
+Pretrained models installed offline: see :mod:`.pretrained`. ``export_gguf(model, path)``
+writes a HF Llama / Gemma-3 model as a float GGUF file for llama.cpp.
 """
 
 from __future__ import annotations
 
+from actlab.models._gguf_export import GGUFExportError, export_gguf
 from actlab.models.char_gpt import CharGPT, GPTConfig
 from actlab.models.factory import (
     ModelPreset,
@@ -35,6 +37,7 @@ __all__ = [
     "CharGPT",
     "FitConfig",
     "FitNet",
+    "GGUFExportError",
     "GPTConfig",
     "MLP",
     "MLPConfig",
@@ -47,6 +50,7 @@ __all__ = [
     "ViTConfig",
     "build_model",
     "embed_sentences",
+    "export_gguf",
     "gemma3_gguf_path",
     "get_model_preset",
     "list_models",
