@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from actlab.sparse._decode_native import NativeStack, build_native
 from actlab.sparse._state import SparseError
 
 __all__ = ["DecodeTiming", "LeanDecoder", "time_decode"]
@@ -49,7 +50,7 @@ class LeanDecoder:
     inner: Any
     layers: Any
 
-    def __init__(self, model: nn.Module, max_len: int) -> None:
+    def __init__(self, model: nn.Module, max_len: int, *, native: bool | None = None) -> None:
         inner: Any = getattr(model, "model", None)
         layers = getattr(inner, "layers", None)
         if inner is None or not isinstance(layers, nn.ModuleList) or not hasattr(model, "lm_head"):
@@ -82,6 +83,12 @@ class LeanDecoder:
         self.v = torch.zeros(shape, device=self.device, dtype=self.dtype)
         self.rope = self._rope_tables()
         self.profile = False  # True: label the stages for torch.profiler
+        self.native: NativeStack | None = None
+        self.native_reason = "not requested (native=False)"
+        if native is None or native:
+            self.native, self.native_reason = build_native(self)
+            if native and self.native is None:
+                raise SparseError(f"the native decode step cannot run: {self.native_reason}")
 
     @torch.no_grad()
     def _rope_tables(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -131,7 +138,14 @@ class LeanDecoder:
             raise SparseError(f"sequence of {end} tokens exceeds max_len={self.max_len}")
         with self._stage("embed"):
             h = self.inner.embed_tokens(ids)  # [1, T, d]
+        if t == 1 and self.native is not None:
+            with self._stage("native step"):
+                h = self.native.step(h.reshape(-1), start).view(1, 1, -1)  # [1, 1, d]
+            return self._head(h)
         for i, layer in enumerate(self.layers):
+            rotation = getattr(layer, "wina_rotation", None)  # rotated models: the block's
+            if rotation is not None:  # forward pre-hook, which this loop does not call
+                h = h @ rotation.to(h.dtype)
             a = layer.self_attn
             cos, sin = self.rope[self.types[i]]
             cos, sin = cos[start:end], sin[start:end]  # [T, hd]
@@ -167,6 +181,10 @@ class LeanDecoder:
                     x = layer.post_attention_layernorm(h)
                 with self._stage("mlp"):
                     h = h + layer.mlp(x)
+        return self._head(h)
+
+    def _head(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits ``[vocab]`` of the last position of ``h`` ``[1, T, d]``."""
         with self._stage("norm"):
             last = self.inner.norm(h[:, -1:])
         with self._stage("lm_head"):
@@ -188,7 +206,14 @@ class LeanDecoder:
             nxt = int(logits.argmax())
             out.append(nxt)
             tok = torch.tensor([[nxt]], device=self.device)
+        self.flush_counts()
         return torch.tensor([out], dtype=torch.long)
+
+    def flush_counts(self) -> None:
+        """Add what the native step counted (entries seen / zeroed per sparse site) to the
+        modules' counters; :meth:`generate` does this at its end."""
+        if self.native is not None:
+            self.native.flush_counts()
 
     @contextlib.contextmanager
     def profiled(self) -> Iterator[None]:
@@ -214,18 +239,26 @@ class DecodeTiming:
 
 @torch.inference_mode()
 def time_decode(
-    model: nn.Module, ids: torch.Tensor, new_tokens: int, *, lean: bool = True, rounds: int = 2
+    model: nn.Module,
+    ids: torch.Tensor,
+    new_tokens: int,
+    *,
+    lean: bool = True,
+    rounds: int = 2,
+    native: bool | None = None,
 ) -> DecodeTiming:
     """Greedy decoding of ``new_tokens`` after ``ids`` ``[1, T]`` (batch 1), best of ``rounds``:
-    through :class:`LeanDecoder` (``lean=True``) or the model's ``generate``, after one untimed
-    warm-up round. The prefill is part of the time, as a user sees it."""
+    through :class:`LeanDecoder` (``lean=True``; ``native``: its native step, see there) or the
+    model's ``generate``, after one untimed warm-up round. The prefill is part of the time, as
+    a user sees it."""
     if isinstance(new_tokens, bool) or not isinstance(new_tokens, int) or new_tokens < 1:
         raise SparseError(f"new_tokens must be a positive int, got {new_tokens!r}")
     best, out = float("inf"), torch.empty(0, dtype=torch.long)
     for r in range(max(1, rounds) + 1):  # round 0 warms up (allocations, lazy inits): untimed
         t0 = time.perf_counter()
         if lean:
-            seq = LeanDecoder(model, ids.shape[1] + new_tokens).generate(ids, new_tokens)
+            dec = LeanDecoder(model, ids.shape[1] + new_tokens, native=native)
+            seq = dec.generate(ids, new_tokens)
         else:
             dev = next(model.parameters()).device
             seq = model.generate(  # type: ignore[operator]
