@@ -25,6 +25,12 @@ Choices where the paper is silent or differs from the code (stated, not guessed)
 Parameters per KAN layer: out * in * G + out (+ 2 * in * G phases). An MLP block of width H
 has in * H + H + H * out + out; ``actlab.models.fit.match_hidden`` sizes blocks equally.
 The basis is evaluated for all nodes and functions at once (no Python loop over nodes).
+
+Speed: on CPU float32 / float64 a layer runs as one native op (``fused=True``, default;
+:mod:`actlab.layers._kan_native`): the basis is written in the (in G, N) layout the GEMM reads
+through its transpose flag, and the backward recomputes it with its derivatives in one pass,
+saving only u. ``fused=False``, CUDA and other dtypes run the torch path below (the plain
+twin the kernels are tested against).
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from actlab.layers._kan_common import (
     grid_phases,
     relu_basis,
 )
+from actlab.layers._kan_native import ops_for
 from actlab.layers._kan_ref import relu_kan_ref
 from actlab.layers._registry import register_layer
 
@@ -61,12 +68,14 @@ class ReLUKANLayer(nn.Module):
         input_norm: str = "tanh",
         train_phases: bool = True,
         bias: bool = True,
+        fused: bool = True,
     ) -> None:
         super().__init__()
         check_grid("relu_kan", grid, k)
         if in_features < 1 or out_features < 1:
             raise ValueError(f"relu_kan: features must be >= 1, got {in_features}, {out_features}")
         self.in_features, self.out_features, self.grid, self.k = in_features, out_features, grid, k
+        self.fused = bool(fused)
         n = grid + k
         low, high = grid_phases(grid, k)
         dtype = torch.get_default_dtype()
@@ -84,6 +93,13 @@ class ReLUKANLayer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         check_features("relu_kan", x, self.in_features)
+        lin = self.linear
+        ops = ops_for(x, self.low, self.high, lin.weight, lin.bias) if self.fused else None
+        if ops is not None:  # the fused native kernels (CPU float32 / float64)
+            tanh = self.range.input_norm == "tanh"
+            u = x if tanh else self.range(x)  # "none": the range check, u = x
+            y: Tensor = ops.relu_kan_layer(u, self.low, self.high, lin.weight, lin.bias, tanh)
+            return y  # (..., out)
         r = self.basis(x)  # (..., in, G)
         return self.linear(r.flatten(-2))  # (..., out)
 
@@ -114,11 +130,12 @@ class ReLUKAN(nn.Module):
         k: int = 3,
         input_norm: str = "tanh",
         train_phases: bool = True,
+        fused: bool = True,
     ) -> None:
         super().__init__()
         hidden = hidden_features or in_features
         out = out_features or in_features
-        kw: dict[str, Any] = dict(grid=grid, k=k, input_norm=input_norm, bias=bias)
+        kw: dict[str, Any] = dict(grid=grid, k=k, input_norm=input_norm, bias=bias, fused=fused)
         self.layer1 = ReLUKANLayer(in_features, hidden, train_phases=train_phases, **kw)
         self.layer2 = ReLUKANLayer(hidden, out, train_phases=train_phases, **kw)
         self.drop = nn.Dropout(drop)

@@ -33,6 +33,13 @@ the choice are buffers, so they survive ``state_dict`` round trips):
                                                  one space per node, reported by ``selection()``
 
 Input range: the family's contract (``input_norm``; :mod:`actlab.layers._kan_common`).
+
+Speed: on CPU float32 / float64 a layer runs as one native op (``fused=True``, default;
+:mod:`actlab.layers._kan_native`): every node's spaces are evaluated in one pass, in the
+(in G, N) layout the GEMM reads through its transpose flag (a space whose weight is 0 is
+skipped, so a pruned layer evaluates one space per node), and the backward recomputes the
+basis with its derivatives in one pass, saving only u. ``fused=False``, CUDA and other dtypes
+run the torch path below (the plain twin the kernels are tested against).
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ from actlab.layers._kan_common import (
     grid_phases,
     relu_basis,
 )
+from actlab.layers._kan_native import SPACE_CODES, ops_for
 from actlab.layers._kan_ref import s_kan_ref
 from actlab.layers._registry import register_layer
 
@@ -131,6 +139,7 @@ class SKANLayer(nn.Module):
         select_steps: int = 400,
         tau_min: float = 0.01,
         bias: bool = True,
+        fused: bool = True,
     ) -> None:
         super().__init__()
         check_grid("s_kan", grid, k)
@@ -142,6 +151,8 @@ class SKANLayer(nn.Module):
         if in_features < 1 or out_features < 1:
             raise ValueError(f"s_kan: features must be >= 1, got {in_features}, {out_features}")
         self.spaces = parse_spaces(spaces)
+        self.fused = bool(fused)
+        self._codes = [SPACE_CODES[s] for s in self.spaces]
         self.in_features, self.out_features, self.grid, self.k = in_features, out_features, grid, k
         self.full_steps, self.select_steps, self.tau_min = full_steps, select_steps, tau_min
         n = grid + k
@@ -227,7 +238,17 @@ class SKANLayer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         check_features("s_kan", x, self.in_features)
-        y = self.linear(self.basis(x).flatten(-2))  # (..., out)
+        lin = self.linear
+        ops = ops_for(x, self.logits, lin.weight, lin.bias) if self.fused else None
+        if ops is not None:  # the fused native kernels (CPU float32 / float64)
+            tanh = self.range.input_norm == "tanh"
+            u = x if tanh else self.range(x)  # "none": the range check, u = x
+            alpha = self.alpha()  # (in, P); one-hot after pruning: one space per node
+            y = ops.s_kan_layer(
+                u, alpha, self._codes, self.grid, self.k, lin.weight, lin.bias, tanh
+            )
+        else:
+            y = self.linear(self.basis(x).flatten(-2))  # (..., out)
         if self.training and y.requires_grad:
             y.register_hook(self._advance)  # one call per backward pass = one training step
         return y
@@ -266,13 +287,14 @@ class SKAN(nn.Module):
         full_steps: int = 400,
         select_steps: int = 400,
         tau_min: float = 0.01,
+        fused: bool = True,
     ) -> None:
         super().__init__()
         hidden = hidden_features or in_features
         out = out_features or in_features
         kw: dict[str, Any] = dict(
             spaces=spaces, grid=grid, k=k, input_norm=input_norm, full_steps=full_steps,
-            select_steps=select_steps, tau_min=tau_min, bias=bias,
+            select_steps=select_steps, tau_min=tau_min, bias=bias, fused=fused,
         )  # fmt: skip
         self.layer1 = SKANLayer(in_features, hidden, **kw)
         self.layer2 = SKANLayer(hidden, out, **kw)

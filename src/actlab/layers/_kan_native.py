@@ -1,0 +1,89 @@
+"""Native CPU kernels for the KAN layers: the basis expansion fused with its backward.
+
+ReLU-KAN and S-KAN layers are ``y = W vec(B(u)) + b`` with ``u = tanh(x)`` (or ``x``) and G
+basis functions per input node. The ops ``torch.ops.actlab_kan.relu_kan_layer`` and
+``s_kan_layer`` compute the basis in the transposed layout ``(in G, N)`` (one contiguous row
+per (node, function), vector lanes along the rows N) and contract it with one GEMM; their
+backward is ``torch::autograd::Function`` in C++ (no Python per call): one GEMM for the basis
+gradient, one kernel pass that recomputes the basis and its derivatives (input gradient,
+ReLU-KAN phase sums, S-KAN mixing-weight sums), one GEMM for the weight gradient. Only
+``u`` (in, N) is saved between forward and backward, never the expanded basis. Formulas and
+numerical notes are in ``csrc/kan_kernels.cpp``.
+
+They apply to CPU float32 / float64 inputs with parameters of the same dtype, outside
+``torch.compile``, TorchScript and autocast (:func:`ops_for`); CUDA, other dtypes and machines
+where the library cannot be built use the layers' torch paths, which stay the tested plain
+twins (``fused=False`` on a layer selects that path). Build, cache, ISA
+(``ACTLAB_NATIVE_ISA``) and fallback are :mod:`actlab._ext`'s: without a C++ compiler the
+first use warns once and the torch paths run; ``ACTLAB_NATIVE=0`` turns the kernels off
+without a warning. The kernels have no second derivative: a backward with
+``create_graph=True`` through them raises one line naming ``fused=False``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from actlab._ext import Extension, try_load
+from actlab._ext import unavailable_reason as _ext_reason
+
+__all__ = ["KERNELS", "SPACE_CODES", "available", "kernel_isa", "ops_for", "unavailable_reason"]
+
+KERNELS = Extension(
+    name="actlab_kan",
+    package="actlab.layers",
+    sources=("csrc/kan_kernels.cpp",),
+    namespace="actlab_kan",
+    ops=(
+        "relu_basis_t",
+        "relu_basis_t_bwd",
+        "s_basis_t",
+        "s_basis_t_bwd",
+        "relu_kan_layer",
+        "s_kan_layer",
+        "isa",
+    ),
+    openmp=True,
+    title="native KAN kernels",
+    fallback="ReLU-KAN and S-KAN use their torch paths",
+)
+
+SPACE_CODES = {"bspline": 0, "rbf": 1, "chebyshev": 2, "relu": 3}  # csrc/kan_kernels.cpp Space
+_DTYPES = (torch.float32, torch.float64)
+
+
+def available() -> bool:
+    """Whether the library is loaded (building it on the first call; warns once if it cannot)."""
+    return try_load(KERNELS) is not None
+
+
+def unavailable_reason() -> str:
+    """Why :func:`available` is False ('' when it is True or was not asked yet)."""
+    return _ext_reason(KERNELS)
+
+
+def kernel_isa() -> str:
+    """The ISA the loaded library was compiled for ('' when unavailable)."""
+    lib = try_load(KERNELS)
+    return "" if lib is None else str(lib.op("isa")())
+
+
+def ops_for(x: Tensor, *params: Tensor | None) -> Any | None:
+    """``torch.ops.actlab_kan`` when the kernels apply to input ``x`` and ``params`` (CPU,
+    float32 / float64, one dtype; outside ``torch.compile``, TorchScript and CPU autocast;
+    library loaded), else None."""
+    dtype = x.dtype
+    if (
+        x.device.type != "cpu"
+        or dtype not in _DTYPES
+        or any(p is not None and (p.dtype != dtype or p.device.type != "cpu") for p in params)
+        or torch.compiler.is_compiling()
+        or torch.jit.is_scripting()
+        or torch.is_autocast_enabled("cpu")
+    ):
+        return None
+    lib = try_load(KERNELS)
+    return None if lib is None else lib.ops

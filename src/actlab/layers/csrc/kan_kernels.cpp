@@ -1,0 +1,632 @@
+// actlab KAN kernels: the basis expansion of ReLU-KAN and S-KAN fused with its backward.
+//
+// A KAN layer is y = W vec(B(u)) + b with u = tanh(x) (or x) of shape (N, in) and a basis of G
+// functions per input node, vec(B) of shape (N, in G), feature i G + j = function j of node i.
+// Here the basis is computed in the transposed layout Bt = vec(B)^T, (in G, N) contiguous: for
+// a fixed (node, function) the N values are one contiguous row, so the kernels run along N in
+// vector lanes with the node's constants (phases, knots, centres) broadcast, and the GEMMs
+// read Bt^T through their transpose flags (no copy):
+//
+//   forward    ut = u^T (in, N);  Bt = basis(ut);  y = Bt^T W^T + b              (one GEMM)
+//   backward   gBt = W^T gy^T (in G, N)                                          (one GEMM)
+//              one pass over (ut, gBt): Bt again (for dW), du, and the basis-parameter sums
+//              dW = gy^T Bt^T,  db = sum_n gy                                     (one GEMM)
+//
+// Only ut (in, N) is saved: the expanded basis is never kept between forward and backward.
+// With tanh, du/dx = 1 - u^2 is applied in the same pass. The input gradient comes back as
+// the (N, in) view of the (in, N) result, which is what the layer below needs for its own
+// gBt GEMM (a layer that feeds another reads gy^T contiguously).
+//
+// ReLU-KAN (Qiu et al. 2024, arXiv 2406.02075), per node i and function j with phases l, h:
+//   a = max(u - l, 0), b = max(h - u, 0), c = 4 / (h - l)^2, r = a b c, R = r^2
+//   dR/du = 2 r c (b - a),  dR/dl = 2 r (2 r / (h - l) - c b),  dR/dh = 2 r (c a - 2 r / (h - l))
+//
+// S-KAN (Yang et al. 2024, arXiv 2408.08338): phi_j(u_i) = sum_p alpha_ip B^p_j(u_i) over a pool
+// of spaces (0 bspline, 1 rbf, 2 chebyshev, 3 relu with the fixed grid phases), as in
+// actlab/layers/s_kan.py: B-splines by the Cox-de Boor recurrence on uniform knots (with its
+// derivative carried along the same recurrence), rbf exp(-((u - c_j) / w)^2), Chebyshev by
+// T_j+1 = 2 u T_j - T_j-1 (T'_j+1 = 2 T_j + 2 u T'_j - T'_j-1).
+//   du_i = sum_j g_ij sum_p alpha_ip B^p_j'(u_i),  dalpha_ip = sum_n sum_j g_ij B^p_j(u_i)
+// A space with alpha_ip = 0 is skipped unless dalpha is needed (a pruned S-KAN: one space per
+// node, alpha one-hot, evaluates only that space).
+//
+// Every formula is written in the operation order of the torch path (the plain twin), so NaN
+// and inf propagate as there (max propagates NaN, 0 * inf = NaN). Knots and centres are built
+// with the same ATen calls as the torch path (arange, linspace), so interval tests agree.
+//
+// Threads: at::parallel_for over nodes; a node's rows, gradients and parameter sums are
+// computed by one thread in a fixed order (per-lane sums flushed into double every kFlush
+// vectors), so results do not depend on the number of threads.
+//
+// Built and loaded at run time by actlab/layers/_kan_native.py (actlab._ext), registered as
+// torch.ops.actlab_kan.*: the basis kernels (relu_basis_t, relu_basis_t_bwd, s_basis_t,
+// s_basis_t_bwd) and the differentiable layer ops (relu_kan_layer, s_kan_layer:
+// torch::autograd::Function in C++, no Python per call).
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <vector>
+
+namespace {
+
+using at::vec::Vectorized;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+constexpr int64_t kGrainValues = 16384;  // basis values per parallel task, at least
+constexpr int64_t kFlush = 64;           // vectors summed in lanes before adding to double
+
+enum Space : int64_t { kBspline = 0, kRbf = 1, kChebyshev = 2, kRelu = 3 };
+
+// ----------------------------------------------------------------------------- helpers
+template <typename T>
+T hsum(const Vectorized<T>& v) {
+  T lanes[Vectorized<T>::size()];
+  v.store(lanes);
+  T s = T(0);
+  for (int64_t l = 0; l < Vectorized<T>::size(); ++l) s += lanes[l];
+  return s;
+}
+
+// A sum over N in vector lanes, added to a double every kFlush vectors (fixed order).
+template <typename T>
+struct LaneSum {
+  Vectorized<T> acc{T(0)};
+  double total = 0.0;
+  int64_t count = 0;
+  void add(const Vectorized<T>& v) {
+    acc = acc + v;
+    if (++count == kFlush) flush();
+  }
+  void flush() {
+    total += static_cast<double>(hsum(acc));
+    acc = Vectorized<T>(T(0));
+    count = 0;
+  }
+  double value() {
+    flush();
+    return total;
+  }
+};
+
+// Zero the lanes at and past c (a partial last vector): masked loads fill them with 0, but a
+// product of those zeros with a finite constant need not be 0 (rbf: exp(-c^2) != 0).
+template <typename T>
+inline Vectorized<T> head(const Vectorized<T>& v, int64_t c) {
+  if (c >= Vectorized<T>::size()) return v;
+  return Vectorized<T>::set(Vectorized<T>(T(0)), v, c);
+}
+
+int64_t grain_nodes(int64_t per_node) { return std::max<int64_t>(1, kGrainValues / std::max<int64_t>(per_node, 1)); }
+
+void check_ut(const at::Tensor& ut, const char* op) {
+  TORCH_CHECK(ut.device().is_cpu(), op, ": expected CPU tensors, got ", ut.device());
+  TORCH_CHECK(ut.scalar_type() == at::kFloat || ut.scalar_type() == at::kDouble, op,
+              ": expected float32 or float64, got ", ut.scalar_type());
+  TORCH_CHECK(ut.dim() == 2 && ut.is_contiguous(), op, ": ut must be a contiguous (in, N) tensor");
+}
+
+void check_like(const at::Tensor& t, const at::Tensor& ut, at::IntArrayRef shape, const char* op,
+                const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == ut.scalar_type(), op, ": ", name,
+              " must be a CPU tensor of ", ut.scalar_type());
+  TORCH_CHECK(t.sizes() == shape, op, ": ", name, " must have shape ", shape, ", got ", t.sizes());
+}
+
+// ----------------------------------------------------------------------------- ReLU-KAN
+// Bt (in G, N) from ut (in, N) and the phases low, high (in, G).
+template <typename T>
+void relu_fwd_kernel(const T* ut, const T* lo, const T* hi, T* bt, int64_t nin, int64_t G,
+                     int64_t N) {
+  using V = Vectorized<T>;
+  constexpr int64_t S = V::size();
+  at::parallel_for(0, nin, grain_nodes(G * N), [&](int64_t i0, int64_t i1) {
+    const V zero(T(0));
+    for (int64_t i = i0; i < i1; ++i) {
+      const T* u = ut + i * N;
+      for (int64_t j = 0; j < G; ++j) {
+        const int64_t f = i * G + j;
+        const T w = hi[f] - lo[f];
+        const V vl(lo[f]), vh(hi[f]), vc(T(4) / (w * w));
+        T* out = bt + f * N;
+        int64_t n = 0;
+        for (; n + S <= N; n += S) {
+          const V x = V::loadu(u + n);
+          const V r = at::vec::maximum(x - vl, zero) * at::vec::maximum(vh - x, zero) * vc;
+          (r * r).store(out + n);
+        }
+        if (n < N) {
+          const V x = V::loadu(u + n, N - n);
+          const V r = at::vec::maximum(x - vl, zero) * at::vec::maximum(vh - x, zero) * vc;
+          (r * r).store(out + n, N - n);
+        }
+      }
+    }
+  });
+}
+
+// One pass: Bt again (if bt), gut = du (times 1 - u^2 with tanh; if gut), and the phase sums
+// glo, ghi (in, G) (if glo).
+template <typename T>
+void relu_bwd_kernel(const T* ut, const T* gbt, const T* lo, const T* hi, T* bt, T* gut, T* glo,
+                     T* ghi, bool tanh, int64_t nin, int64_t G, int64_t N) {
+  using V = Vectorized<T>;
+  constexpr int64_t S = V::size();
+  at::parallel_for(0, nin, grain_nodes(G * N), [&](int64_t i0, int64_t i1) {
+    const V zero(T(0)), two(T(2)), one(T(1));
+    std::vector<LaneSum<T>> sl(glo ? G : 0), sh(glo ? G : 0);
+    std::vector<V> vl(G), vh(G), vc(G), vt(G);  // the node's phases, 4 / w^2, 2 / w
+    for (int64_t i = i0; i < i1; ++i) {
+      const T* u = ut + i * N;
+      for (int64_t j = 0; j < G; ++j) {
+        const T w = hi[i * G + j] - lo[i * G + j];
+        vl[j] = V(lo[i * G + j]);
+        vh[j] = V(hi[i * G + j]);
+        vc[j] = V(T(4) / (w * w));
+        vt[j] = V(T(2) / w);
+      }
+      for (auto& s : sl) s = LaneSum<T>();
+      for (auto& s : sh) s = LaneSum<T>();
+      for (int64_t n = 0; n < N; n += S) {
+        const int64_t c = std::min<int64_t>(S, N - n);
+        const V x = V::loadu(u + n, c);
+        V du(T(0));
+        for (int64_t j = 0; j < G; ++j) {
+          const int64_t f = i * G + j;
+          const V a = at::vec::maximum(x - vl[j], zero), b = at::vec::maximum(vh[j] - x, zero);
+          const V r = a * b * vc[j];
+          if (bt) (r * r).store(bt + f * N + n, c);
+          const V g2r = two * V::loadu(gbt + f * N + n, c) * r;  // dL/dR dR/dr
+          if (gut) du = du + g2r * vc[j] * (b - a);
+          if (glo) {
+            const V t = r * vt[j];
+            sl[j].add(head(g2r * (t - vc[j] * b), c));
+            sh[j].add(head(g2r * (vc[j] * a - t), c));
+          }
+        }
+        if (gut) {
+          if (tanh) du = du * (one - x * x);
+          du.store(gut + i * N + n, c);
+        }
+      }
+      if (glo) {
+        for (int64_t j = 0; j < G; ++j) {
+          glo[i * G + j] = static_cast<T>(sl[j].value());
+          ghi[i * G + j] = static_cast<T>(sh[j].value());
+        }
+      }
+    }
+  });
+}
+
+void check_phases(const at::Tensor& ut, const at::Tensor& lo, const at::Tensor& hi, const char* op) {
+  TORCH_CHECK(lo.dim() == 2 && lo.size(0) == ut.size(0) && lo.is_contiguous() && hi.is_contiguous(),
+              op, ": low and high must be contiguous (in, G) tensors with in = ", ut.size(0));
+  check_like(lo, ut, lo.sizes(), op, "low");
+  check_like(hi, ut, lo.sizes(), op, "high");
+}
+
+at::Tensor relu_basis_t(const at::Tensor& ut, const at::Tensor& lo, const at::Tensor& hi) {
+  check_ut(ut, "relu_basis_t");
+  check_phases(ut, lo, hi, "relu_basis_t");
+  const int64_t nin = ut.size(0), N = ut.size(1), G = lo.size(1);
+  auto bt = at::empty({nin * G, N}, ut.options());
+  AT_DISPATCH_FLOATING_TYPES(ut.scalar_type(), "relu_basis_t", [&] {
+    relu_fwd_kernel<scalar_t>(ut.data_ptr<scalar_t>(), lo.data_ptr<scalar_t>(),
+                              hi.data_ptr<scalar_t>(), bt.data_ptr<scalar_t>(), nin, G, N);
+  });
+  return bt;
+}
+
+// (bt, gut, glo, ghi); each undefined unless asked for.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> relu_basis_t_bwd(
+    const at::Tensor& ut, const at::Tensor& gbt_, const at::Tensor& lo, const at::Tensor& hi,
+    bool tanh, bool need_basis, bool need_u, bool need_phases) {
+  check_ut(ut, "relu_basis_t_bwd");
+  check_phases(ut, lo, hi, "relu_basis_t_bwd");
+  const int64_t nin = ut.size(0), N = ut.size(1), G = lo.size(1);
+  check_like(gbt_, ut, {nin * G, N}, "relu_basis_t_bwd", "the basis gradient");
+  auto gbt = gbt_.contiguous();
+  at::Tensor bt, gut, glo, ghi;
+  if (need_basis) bt = at::empty({nin * G, N}, ut.options());
+  if (need_u) gut = at::empty({nin, N}, ut.options());
+  if (need_phases) {
+    glo = at::empty({nin, G}, ut.options());
+    ghi = at::empty({nin, G}, ut.options());
+  }
+  AT_DISPATCH_FLOATING_TYPES(ut.scalar_type(), "relu_basis_t_bwd", [&] {
+    auto ptr = [](at::Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
+    relu_bwd_kernel<scalar_t>(ut.data_ptr<scalar_t>(), gbt.data_ptr<scalar_t>(),
+                              lo.data_ptr<scalar_t>(), hi.data_ptr<scalar_t>(), ptr(bt), ptr(gut),
+                              ptr(glo), ptr(ghi), tanh, nin, G, N);
+  });
+  return {bt, gut, glo, ghi};
+}
+
+// ----------------------------------------------------------------------------- S-KAN spaces
+// The constants of the pool for one (grid, k, dtype), built with the torch path's own ops.
+template <typename T>
+struct Pool {
+  int64_t grid, k, G;
+  std::vector<T> knots;      // grid + 2k + 1 uniform knots (bspline)
+  std::vector<T> ph;         // p h for p = 1 .. k, as the torch path's python float, in T
+  std::vector<T> centres;    // G rbf centres (linspace)
+  T rbf_w;                   // rbf width
+  std::vector<T> rlo, rhi;   // relu phases (G)
+  Pool(int64_t grid_, int64_t k_, at::ScalarType dt) : grid(grid_), k(k_), G(grid_ + k_) {
+    const double h = 2.0 / static_cast<double>(grid);
+    auto kn = (at::arange(grid + 2 * k + 1, at::TensorOptions().dtype(dt)) - static_cast<double>(k)) * h - 1.0;
+    // the torch path: -1.0 + (arange - k) * h; addition is commutative in IEEE arithmetic
+    kn = kn.contiguous();
+    knots.assign(kn.data_ptr<T>(), kn.data_ptr<T>() + kn.numel());
+    ph.resize(k + 1);
+    for (int64_t p = 1; p <= k; ++p) ph[p] = static_cast<T>(static_cast<double>(p) * h);
+    auto ce = at::linspace(-1.0, 1.0, G, at::TensorOptions().dtype(dt)).contiguous();
+    centres.assign(ce.data_ptr<T>(), ce.data_ptr<T>() + G);
+    rbf_w = static_cast<T>(G > 1 ? 2.0 / static_cast<double>(G - 1) : 2.0);
+    rlo.resize(G);
+    rhi.resize(G);
+    for (int64_t j = 0; j < G; ++j) {  // grid_phases: float64, then cast
+      const double l = -1.0 + static_cast<double>(j - k) * h;
+      rlo[j] = static_cast<T>(l);
+      rhi[j] = static_cast<T>(l + static_cast<double>(k + 1) * h);
+    }
+  }
+};
+
+// The G values (and derivatives, if d) of space sp at x, into B[0..G) (and D[0..G)).
+// tmp / dtmp: scratch of grid + 2k vectors.
+template <typename T>
+inline void space_values(int64_t sp, const Pool<T>& P, const Vectorized<T>& x, Vectorized<T>* B,
+                         Vectorized<T>* D, Vectorized<T>* tmp, Vectorized<T>* dtmp) {
+  using V = Vectorized<T>;
+  const int64_t G = P.G;
+  switch (sp) {
+    case kBspline: {
+      const int64_t m = P.grid + 2 * P.k;  // order-0 functions
+      for (int64_t j = 0; j < m; ++j) {
+        tmp[j] = x.ge(V(P.knots[j])) * x.lt(V(P.knots[j + 1]));
+        if (D) dtmp[j] = V(T(0));
+      }
+      for (int64_t p = 1; p <= P.k; ++p) {
+        const V ph(P.ph[p]);
+        for (int64_t j = 0; j < m - p; ++j) {
+          const V lft = (x - V(P.knots[j])) / ph, rgt = (V(P.knots[j + p + 1]) - x) / ph;
+          if (D) {  // d/du of lft b_j + rgt b_j+1, along the same recurrence
+            dtmp[j] = (tmp[j] - tmp[j + 1]) / ph + lft * dtmp[j] + rgt * dtmp[j + 1];
+          }
+          tmp[j] = lft * tmp[j] + rgt * tmp[j + 1];
+        }
+      }
+      for (int64_t j = 0; j < G; ++j) {
+        B[j] = tmp[j];
+        if (D) D[j] = dtmp[j];
+      }
+      break;
+    }
+    case kRbf: {
+      const V w(P.rbf_w);
+      for (int64_t j = 0; j < G; ++j) {
+        const V z = (x - V(P.centres[j])) / w;
+        B[j] = (z * z).neg().exp();
+        if (D) D[j] = V(T(-2)) * z / w * B[j];
+      }
+      break;
+    }
+    case kChebyshev: {
+      B[0] = V(T(1));
+      if (D) D[0] = V(T(0));
+      if (G > 1) {
+        B[1] = x;
+        if (D) D[1] = V(T(1));
+      }
+      const V x2 = V(T(2)) * x;
+      for (int64_t j = 2; j < G; ++j) {
+        B[j] = x2 * B[j - 1] - B[j - 2];
+        if (D) D[j] = V(T(2)) * B[j - 1] + x2 * D[j - 1] - D[j - 2];
+      }
+      break;
+    }
+    default: {  // relu, fixed phases
+      const V zero(T(0));
+      for (int64_t j = 0; j < G; ++j) {
+        const T w = P.rhi[j] - P.rlo[j];
+        const V vc(T(4) / (w * w));
+        const V a = at::vec::maximum(x - V(P.rlo[j]), zero), b = at::vec::maximum(V(P.rhi[j]) - x, zero);
+        const V r = a * b * vc;
+        B[j] = r * r;
+        if (D) D[j] = V(T(2)) * r * vc * (b - a);
+      }
+    }
+  }
+}
+
+// phit (in G, N) = sum_p alpha_ip B^p(ut_i) for every node (spaces with alpha = 0 skipped);
+// backward (gbt given): phit again (if phit), gut, galpha (in, P).
+template <typename T>
+void s_kernel(const T* ut, const T* alpha, const std::vector<int64_t>& spaces, const Pool<T>& P,
+              const T* gbt, T* phit, T* gut, T* galpha, bool tanh, int64_t nin, int64_t N) {
+  using V = Vectorized<T>;
+  constexpr int64_t S = V::size();
+  const int64_t G = P.G, np = static_cast<int64_t>(spaces.size());
+  const int64_t scratch = P.grid + 2 * P.k;
+  at::parallel_for(0, nin, grain_nodes(G * N * np), [&](int64_t i0, int64_t i1) {
+    std::vector<V> B(G), D(G), tmp(scratch), dtmp(scratch), acc(G);
+    std::vector<LaneSum<T>> sa(galpha ? np : 0);
+    const bool deriv = gut != nullptr;
+    const V one(T(1));
+    for (int64_t i = i0; i < i1; ++i) {
+      const T* u = ut + i * N;
+      for (auto& s : sa) s = LaneSum<T>();
+      for (int64_t n = 0; n < N; n += S) {
+        const int64_t c = std::min<int64_t>(S, N - n);
+        const V x = V::loadu(u + n, c);
+        V du(T(0));
+        bool first = true;
+        for (int64_t p = 0; p < np; ++p) {
+          const T a = alpha[i * np + p];
+          if (a == T(0) && !galpha) continue;
+          space_values<T>(spaces[p], P, x, B.data(), deriv ? D.data() : nullptr, tmp.data(),
+                          dtmp.data());
+          const V va(a);
+          for (int64_t j = 0; j < G; ++j) {  // phi = phi + B alpha (the torch path's order)
+            acc[j] = first ? B[j] * va : acc[j] + B[j] * va;
+          }
+          first = false;
+          if (gbt) {
+            V ga(T(0));
+            for (int64_t j = 0; j < G; ++j) {
+              const V g = V::loadu(gbt + (i * G + j) * N + n, c);
+              if (deriv) du = du + g * va * D[j];
+              if (galpha) ga = ga + g * B[j];
+            }
+            if (galpha) sa[p].add(head(ga, c));
+          }
+        }
+        if (phit) {
+          for (int64_t j = 0; j < G; ++j) {
+            (first ? V(T(0)) : acc[j]).store(phit + (i * G + j) * N + n, c);
+          }
+        }
+        if (deriv) {
+          if (tanh) du = du * (one - x * x);
+          du.store(gut + i * N + n, c);
+        }
+      }
+      for (int64_t p = 0; p < static_cast<int64_t>(sa.size()); ++p) {
+        galpha[i * np + p] = static_cast<T>(sa[p].value());
+      }
+    }
+  });
+}
+
+std::vector<int64_t> check_pool(const at::Tensor& ut, const at::Tensor& alpha,
+                                at::IntArrayRef spaces, int64_t grid, int64_t k, const char* op) {
+  TORCH_CHECK(grid >= 1 && k >= 0, op, ": grid must be >= 1 and k >= 0, got ", grid, ", ", k);
+  TORCH_CHECK(!spaces.empty(), op, ": give at least one space");
+  for (auto s : spaces) TORCH_CHECK(s >= 0 && s <= 3, op, ": space codes are 0..3, got ", s);
+  check_like(alpha, ut, {ut.size(0), static_cast<int64_t>(spaces.size())}, op, "alpha");
+  return std::vector<int64_t>(spaces.begin(), spaces.end());
+}
+
+at::Tensor s_basis_t(const at::Tensor& ut, const at::Tensor& alpha_, at::IntArrayRef spaces,
+                     int64_t grid, int64_t k) {
+  check_ut(ut, "s_basis_t");
+  auto sp = check_pool(ut, alpha_, spaces, grid, k, "s_basis_t");
+  auto alpha = alpha_.contiguous();
+  const int64_t nin = ut.size(0), N = ut.size(1), G = grid + k;
+  auto phit = at::empty({nin * G, N}, ut.options());
+  AT_DISPATCH_FLOATING_TYPES(ut.scalar_type(), "s_basis_t", [&] {
+    Pool<scalar_t> P(grid, k, ut.scalar_type());
+    s_kernel<scalar_t>(ut.data_ptr<scalar_t>(), alpha.data_ptr<scalar_t>(), sp, P, nullptr,
+                       phit.data_ptr<scalar_t>(), nullptr, nullptr, false, nin, N);
+  });
+  return phit;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> s_basis_t_bwd(
+    const at::Tensor& ut, const at::Tensor& gbt_, const at::Tensor& alpha_, at::IntArrayRef spaces,
+    int64_t grid, int64_t k, bool tanh, bool need_basis, bool need_u, bool need_alpha) {
+  check_ut(ut, "s_basis_t_bwd");
+  auto sp = check_pool(ut, alpha_, spaces, grid, k, "s_basis_t_bwd");
+  auto alpha = alpha_.contiguous();
+  const int64_t nin = ut.size(0), N = ut.size(1), G = grid + k;
+  check_like(gbt_, ut, {nin * G, N}, "s_basis_t_bwd", "the basis gradient");
+  auto gbt = gbt_.contiguous();
+  at::Tensor phit, gut, galpha;
+  if (need_basis) phit = at::empty({nin * G, N}, ut.options());
+  if (need_u) gut = at::empty({nin, N}, ut.options());
+  if (need_alpha) galpha = at::empty(alpha.sizes(), ut.options());
+  AT_DISPATCH_FLOATING_TYPES(ut.scalar_type(), "s_basis_t_bwd", [&] {
+    auto ptr = [](at::Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
+    Pool<scalar_t> P(grid, k, ut.scalar_type());
+    s_kernel<scalar_t>(ut.data_ptr<scalar_t>(), alpha.data_ptr<scalar_t>(), sp, P,
+                       gbt.data_ptr<scalar_t>(), ptr(phit), ptr(gut), ptr(galpha), tanh, nin, N);
+  });
+  return {phit, gut, galpha};
+}
+
+// ----------------------------------------------------------------------------- layers
+// ut = (tanh of) x^T as (in, N) contiguous; x (..., in).
+at::Tensor transposed_input(const at::Tensor& x, bool tanh) {
+  TORCH_CHECK(x.dim() >= 1, "kan layer: expected an input of shape (..., in)");
+  auto ut = x.reshape({-1, x.size(-1)}).t().contiguous();  // (in, N)
+  if (tanh) ut.tanh_();
+  return ut;
+}
+
+// y (..., out) = Bt^T W^T + b
+at::Tensor project(const at::Tensor& bt, const at::Tensor& w, const std::optional<at::Tensor>& bias,
+                   const at::Tensor& x) {
+  TORCH_CHECK(w.dim() == 2 && w.size(1) == bt.size(0), "kan layer: weight must be (out, ",
+              bt.size(0), "), got ", w.sizes());
+  at::Tensor y = bias.has_value() && bias->defined() ? at::addmm(*bias, bt.t(), w.t())
+                                                     : at::mm(bt.t(), w.t());  // (N, out)
+  auto shape = x.sizes().vec();
+  shape.back() = w.size(0);
+  return y.view(shape);
+}
+
+// The kernels have no second derivative: refuse a backward that would record one.
+void no_double_backward(const char* name) {
+  TORCH_CHECK(!at::GradMode::is_enabled(), name,
+              ": the native kernel has no second derivative (backward with create_graph=True); "
+              "run the layer on its torch path (actlab.layers.kan_native(False)) for that");
+}
+
+at::Tensor relu_kan_layer_plain(const at::Tensor& x, const at::Tensor& lo, const at::Tensor& hi,
+                                const at::Tensor& w, const std::optional<at::Tensor>& bias,
+                                bool tanh) {
+  auto ut = transposed_input(x, tanh);
+  return project(relu_basis_t(ut, lo, hi), w, bias, x);
+}
+
+at::Tensor s_kan_layer_plain(const at::Tensor& x, const at::Tensor& alpha, at::IntArrayRef spaces,
+                             int64_t grid, int64_t k, const at::Tensor& w,
+                             const std::optional<at::Tensor>& bias, bool tanh) {
+  auto ut = transposed_input(x, tanh);
+  return project(s_basis_t(ut, alpha, spaces, grid, k), w, bias, x);
+}
+
+// The weight and bias gradients and the input gradient's (..., in) view of gut (in, N).
+void finish_grads(variable_list& out, const at::Tensor& gy2, const at::Tensor& bt,
+                  const at::Tensor& gut, AutogradContext* ctx, size_t w_edge, size_t w_slot,
+                  bool has_bias, const std::vector<int64_t>& xshape) {
+  if (gut.defined()) out[0] = gut.t().reshape(xshape);
+  if (ctx->needs_input_grad(w_edge)) out[w_slot] = at::mm(gy2.t(), bt.t());  // (out, in G)
+  if (has_bias && ctx->needs_input_grad(w_edge + 1)) out[w_slot + 1] = gy2.sum(0);
+}
+
+struct ReLUKANFunction : public torch::autograd::Function<ReLUKANFunction> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& lo,
+                            const at::Tensor& hi, const at::Tensor& w,
+                            const std::optional<at::Tensor>& bias, bool tanh) {
+    auto ut = transposed_input(x, tanh);
+    ctx->save_for_backward({ut, lo, hi, w});
+    ctx->saved_data["tanh"] = tanh;
+    ctx->saved_data["bias"] = bias.has_value() && bias->defined();
+    ctx->saved_data["xshape"] = x.sizes().vec();
+    return project(relu_basis_t(ut, lo, hi), w, bias, x);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    no_double_backward("relu_kan");
+    auto saved = ctx->get_saved_variables();
+    const auto &ut = saved[0], &lo = saved[1], &hi = saved[2], &w = saved[3];
+    const bool has_bias = ctx->saved_data["bias"].toBool();
+    variable_list out(6);
+    if (!grads[0].defined()) return out;
+    auto gy2 = grads[0].reshape({-1, w.size(0)});  // (N, out)
+    auto gbt = at::mm(w.t(), gy2.t());              // (in G, N)
+    const bool need_w = ctx->needs_input_grad(3);
+    auto [bt, gut, glo, ghi] = relu_basis_t_bwd(
+        ut, gbt, lo, hi, ctx->saved_data["tanh"].toBool(), need_w, ctx->needs_input_grad(0),
+        ctx->needs_input_grad(1) || ctx->needs_input_grad(2));
+    if (ctx->needs_input_grad(1)) out[1] = glo;
+    if (ctx->needs_input_grad(2)) out[2] = ghi;
+    finish_grads(out, gy2, bt, gut, ctx, 3, 3, has_bias, ctx->saved_data["xshape"].toIntVector());
+    return out;
+  }
+};
+
+struct SKANFunction : public torch::autograd::Function<SKANFunction> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& alpha,
+                            const at::Tensor& w, const std::optional<at::Tensor>& bias,
+                            std::vector<int64_t> spaces, int64_t grid, int64_t k, bool tanh) {
+    auto ut = transposed_input(x, tanh);
+    ctx->save_for_backward({ut, alpha, w});
+    ctx->saved_data["tanh"] = tanh;
+    ctx->saved_data["bias"] = bias.has_value() && bias->defined();
+    ctx->saved_data["xshape"] = x.sizes().vec();
+    ctx->saved_data["spaces"] = spaces;
+    ctx->saved_data["grid"] = grid;
+    ctx->saved_data["k"] = k;
+    return project(s_basis_t(ut, alpha, spaces, grid, k), w, bias, x);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    no_double_backward("s_kan");
+    auto saved = ctx->get_saved_variables();
+    const auto &ut = saved[0], &alpha = saved[1], &w = saved[2];
+    const bool has_bias = ctx->saved_data["bias"].toBool();
+    variable_list out(8);
+    if (!grads[0].defined()) return out;
+    // edges: x 0, alpha 1, w 2, bias 3 (if given)
+    const bool need_w = ctx->needs_input_grad(2);
+    auto gy2 = grads[0].reshape({-1, w.size(0)});
+    auto gbt = at::mm(w.t(), gy2.t());
+    auto spaces = ctx->saved_data["spaces"].toIntVector();
+    auto [phit, gut, galpha] = s_basis_t_bwd(
+        ut, gbt, alpha, spaces, ctx->saved_data["grid"].toInt(), ctx->saved_data["k"].toInt(),
+        ctx->saved_data["tanh"].toBool(), need_w, ctx->needs_input_grad(0),
+        ctx->needs_input_grad(1));
+    if (ctx->needs_input_grad(1)) out[1] = galpha;
+    finish_grads(out, gy2, phit, gut, ctx, 2, 2, has_bias, ctx->saved_data["xshape"].toIntVector());
+    return out;
+  }
+};
+
+at::Tensor relu_kan_layer_autograd(const at::Tensor& x, const at::Tensor& lo, const at::Tensor& hi,
+                                   const at::Tensor& w, const std::optional<at::Tensor>& bias,
+                                   bool tanh) {
+  return ReLUKANFunction::apply(x, lo, hi, w, bias, tanh);
+}
+
+at::Tensor s_kan_layer_autograd(const at::Tensor& x, const at::Tensor& alpha,
+                                at::IntArrayRef spaces, int64_t grid, int64_t k,
+                                const at::Tensor& w, const std::optional<at::Tensor>& bias,
+                                bool tanh) {
+  return SKANFunction::apply(x, alpha, w, bias, spaces.vec(), grid, k, tanh);
+}
+
+std::string isa() {
+#if defined(CPU_CAPABILITY_AVX512)
+  return "AVX512";
+#elif defined(CPU_CAPABILITY_AVX2)
+  return "AVX2";
+#else
+  return "DEFAULT";
+#endif
+}
+
+}  // namespace
+
+TORCH_LIBRARY(actlab_kan, m) {
+  m.def("relu_basis_t(Tensor ut, Tensor low, Tensor high) -> Tensor");
+  m.def(
+      "relu_basis_t_bwd(Tensor ut, Tensor gbt, Tensor low, Tensor high, bool tanh, "
+      "bool need_basis, bool need_u, bool need_phases) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("s_basis_t(Tensor ut, Tensor alpha, int[] spaces, int grid, int k) -> Tensor");
+  m.def(
+      "s_basis_t_bwd(Tensor ut, Tensor gbt, Tensor alpha, int[] spaces, int grid, int k, "
+      "bool tanh, bool need_basis, bool need_u, bool need_alpha) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "relu_kan_layer(Tensor x, Tensor low, Tensor high, Tensor weight, Tensor? bias, "
+      "bool tanh) -> Tensor");
+  m.def(
+      "s_kan_layer(Tensor x, Tensor alpha, int[] spaces, int grid, int k, Tensor weight, "
+      "Tensor? bias, bool tanh) -> Tensor");
+  m.def("isa() -> str", isa);
+}
+
+TORCH_LIBRARY_IMPL(actlab_kan, CPU, m) {
+  m.impl("relu_basis_t", relu_basis_t);
+  m.impl("relu_basis_t_bwd", relu_basis_t_bwd);
+  m.impl("s_basis_t", s_basis_t);
+  m.impl("s_basis_t_bwd", s_basis_t_bwd);
+  m.impl("relu_kan_layer", relu_kan_layer_plain);
+  m.impl("s_kan_layer", s_kan_layer_plain);
+}
+
+TORCH_LIBRARY_IMPL(actlab_kan, Autograd, m) {
+  m.impl("relu_kan_layer", relu_kan_layer_autograd);
+  m.impl("s_kan_layer", s_kan_layer_autograd);
+}
