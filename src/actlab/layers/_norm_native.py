@@ -33,7 +33,9 @@ KERNELS = Extension(
     sources=("csrc/norm_kernels.cpp",),
     namespace="actlab_norm",
     ops=tuple(
-        k + suffix for k in ("polynorm", "evonorm_b0", "evonorm_s0") for suffix in ("_fwd", "_bwd", "")
+        k + suffix
+        for k in ("polynorm", "evonorm_b0", "evonorm_s0")
+        for suffix in ("_fwd", "_bwd", "")
     )
     + ("isa",),
     openmp=True,
@@ -61,11 +63,12 @@ def kernel_isa() -> str:
 
 
 def ops_for(x: Tensor) -> Any | None:
-    """``torch.ops.actlab_norm`` when the kernels apply to ``x`` (a CPU float32 / float64
-    tensor, outside ``torch.compile`` and TorchScript, library loaded), else None."""
+    """``torch.ops.actlab_norm`` when the kernels apply to ``x`` (a non-empty CPU float32 /
+    float64 tensor, outside ``torch.compile`` and TorchScript, library loaded), else None."""
     if (
         x.device.type != "cpu"
         or x.dtype not in _DTYPES
+        or x.numel() == 0
         or torch.compiler.is_compiling()
         or torch.jit.is_scripting()
     ):

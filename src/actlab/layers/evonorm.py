@@ -19,8 +19,12 @@ G). Init v = 1, γ = 1, β = 0.
 timm). The layers carry ``includes_act = True``: a model that builds one at a BN+ReLU site drops
 its own ReLU there (ResNet's ``norm_layer`` slot does; ``actlab.surgery.replace_bn_act`` does it
 for any model). float16/bfloat16 inputs are computed in float32 and returned in their dtype.
-B0's default path is a custom autograd Function with a hand-derived backward (saves x and the
-per-(b, c) moments; ``fused=False`` is the plain-autograd twin it is tested against).
+Kernels: on CPU float32/float64 both layers run the native kernels of
+:mod:`actlab.layers._norm_native` (one C++ kernel forward, one backward: statistics and output
+in two passes over data in cache; saves x and the per-row / per-group moments). Elsewhere
+(CUDA, other dtypes, no compiler) B0 uses a custom autograd Function with the same
+hand-derived backward in torch ops and S0 plain autograd. ``fused=False`` is the
+plain-autograd torch path, the twin they are tested against with float64 references.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from actlab.layers._norm_native import ops_for
 from actlab.layers._registry import register_layer
 
 __all__ = ["EvoNorm2dB0", "EvoNorm2dS0", "evonorm_b0_reference", "evonorm_s0_reference"]
@@ -233,6 +238,14 @@ class EvoNorm2dB0(_EvoNorm):
             return self._affine(x).to(dtype)
         B, C, H, W = x.shape
         xv = x.reshape(B, C, H * W)  # (B, C, HW): contiguous reductions over space
+        ops = ops_for(x) if self.fused else None  # the native kernels (CPU float32/float64)
+        if ops is not None:
+            run = None if self.training else self.running_var.to(x.dtype)
+            v, w, b = (p.to(x.dtype) for p in (self.v, self.weight, self.bias))  # (C,)
+            y, var = ops.evonorm_b0(xv, v, w, b, run, self.eps)  # (B, C, HW), (C,)
+            if self.training:
+                self._update_running(var)
+            return y.view(B, C, H, W).to(dtype)  # type: ignore[no-any-return]
         w, b = self.weight.to(x.dtype).view(C, 1), self.bias.to(x.dtype).view(C, 1)
         v = self.v.to(x.dtype).view(C, 1)
         if self.fused and not torch.compiler.is_compiling():
@@ -272,9 +285,15 @@ class EvoNorm2dS0(_EvoNorm):
     name = "evonorm_s0"
 
     def __init__(
-        self, num_features: int, groups: int = 32, eps: float = 1e-5, apply_act: bool = True
+        self,
+        num_features: int,
+        groups: int = 32,
+        eps: float = 1e-5,
+        apply_act: bool = True,
+        fused: bool = True,
     ) -> None:
         super().__init__(num_features, eps, apply_act)
+        self.fused = bool(fused)  # the native kernel where it applies; False: plain autograd
         if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
             raise ValueError(f"evonorm_s0: groups must be a positive int, got {groups!r}")
         g = min(groups, num_features)
@@ -294,6 +313,11 @@ class EvoNorm2dS0(_EvoNorm):
             return self._affine(x).to(dtype)
         B, C, H, W = x.shape
         G = self.groups
+        ops = ops_for(x) if self.fused else None  # the native kernel (CPU float32/float64)
+        if ops is not None:
+            v, w, b = (p.to(x.dtype) for p in (self.v, self.weight, self.bias))
+            y = ops.evonorm_s0(x.reshape(B, C, H * W), v, w, b, G, self.eps)  # (B, C, HW)
+            return y.view(B, C, H, W).to(dtype)  # type: ignore[no-any-return]
         var = x.reshape(B, G, -1).var(-1, unbiased=False, keepdim=True)  # (B, G, 1)
         inv = torch.rsqrt(var + self.eps).repeat_interleave(C // G, dim=1)  # (B, C, 1)
         xv = x.reshape(B, C, H * W)  # (B, C, HW)
@@ -303,4 +327,8 @@ class EvoNorm2dS0(_EvoNorm):
         return torch.addcmul(b, y, inv * w).view(B, C, H, W).to(dtype)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", groups={self.groups}"
+        return (
+            super().extra_repr()
+            + f", groups={self.groups}"
+            + ("" if self.fused else ", fused=False")
+        )

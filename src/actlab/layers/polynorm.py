@@ -20,10 +20,13 @@ slot of a transformer MLP:
 PolyNorm -> fc2) widened x1.5 has the parameters of a gated MLP (SwiGLU: three D x H
 matrices) with the same ``hidden_features``; ``width=1.0`` equals ``mlp(act='polynorm')``.
 
-Kernels: the default path is a custom autograd Function (hand-derived backward, Horner form,
-saves x and three scalars per row; ~8 large kernels forward instead of ~20); ``fused=False``
-(and any outer ``torch.compile``) uses plain autograd through the formula, the twin it is
-tested against together with a float64 reference.
+Kernels: on CPU float32/float64 the default path is the native kernel of
+:mod:`actlab.layers._norm_native` (one C++ pass for the three row statistics and one for the
+output, the backward likewise; saves x and three scalars per row). Elsewhere (CUDA, other
+dtypes, no compiler) it is a custom autograd Function with the same hand-derived backward in
+torch ops (Horner form; ~8 large kernels forward instead of ~20). ``fused=False`` (and any
+outer ``torch.compile``) uses plain autograd through the formula, the twin both are tested
+against together with a float64 reference.
 
 Numerics: float16/bfloat16 inputs are computed in float32 (x³ overflows float16 from |x| > 40)
 and returned in the input dtype. A non-finite coefficient is refused at forward with one line.
@@ -37,6 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from actlab.layers._norm_native import ops_for
 from actlab.layers._registry import register_layer
 
 __all__ = ["PolyNorm", "PolyNormMlp", "polynorm_reference"]
@@ -153,6 +157,9 @@ class PolyNorm(nn.Module):
             x = x.float()
         w, b = self.weight.to(x.dtype), self.bias.to(x.dtype)
         if self.fused and not torch.compiler.is_compiling():
+            ops = ops_for(x)  # the native kernels (CPU float32/float64), else None
+            if ops is not None:
+                return ops.polynorm(x, w, b, self.eps).to(dtype)  # type: ignore[no-any-return]
             return _PolyNormFn.apply(x, w, b, self.eps).to(dtype)
         x2 = x * x
         y = w[0] * self._norm(x2 * x) + w[1] * self._norm(x2) + w[2] * self._norm(x) + b

@@ -387,9 +387,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> evonorm_b0_bwd(
         pgw[c] = T(sgq), pgb[c] = T(sg), pgv[c] = T(sv);
         const double L = pleft[c];
         const double cv = batch ? sleft / (L * B * n) : 0.0;  // (2/(B n)) dV, dV = dL / (2 L)
-        double mc = 0.0;
-        for (int64_t bi = 0; bi < B; ++bi) mc += pmean[bi * C + c];
-        mc /= B;
+        double mc = 0.0;  // the channel mean (batch mode only: in eval 0 * NaN would leak)
+        if (batch) {
+          for (int64_t bi = 0; bi < B; ++bi) mc += pmean[bi * C + c];
+          mc /= B;
+        }
         for (int64_t bi = 0; bi < B; ++bi) {  // pass 2: dx
           const double cs = ds[bi] / (double(psd[bi * C + c]) * n);  // (2/n) dsigma2
           const V coef(static_cast<T>(cs + cv)), shift(static_cast<T>(cs * pmean[bi * C + c] + cv * mc));
