@@ -50,7 +50,7 @@ PY
 # rather than in the middle of the first training or test: each module named here declares an
 # actlab._ext.Extension. Best effort: without a C++ compiler the kernels fall back to their
 # compiled / eager paths with a warning.
-"$VENV/bin/python" -m actlab._ext actlab.activations._native actlab.sparse._kernels \
+"$VENV/bin/python" -m actlab._ext actlab.activations._native actlab.sparse._kernels actlab.layers._norm_native \
   || echo "[bootstrap] warning: native extensions not built; using the slower fallback paths" >&2
 echo "$want" > "$stamp"
 echo "[bootstrap] ready: $VENV" >&2
