@@ -18,6 +18,15 @@ Attention is ``F.scaled_dot_product_attention`` over a preallocated ``[layers, k
 max_len, head_dim]`` cache (GQA through ``enable_gqa``). The final logit soft-capping of Gemma
 is monotone, so greedy tokens do not need it. Batch 1, no sampling: the loop is a measuring
 instrument for decode speed, checked against ``model.generate`` token for token in the tests.
+
+Native step (``native=None``, the default: when the model allows it; ``True``: required;
+``False``: never): each single-position forward runs every block in one C++ call
+(:mod:`actlab.sparse._decode_native`, ``csrc/decode_step.cpp``) over the same weights (the
+packed kernel layouts of :func:`~actlab.sparse.use_kernels` for sparse sites, the modules'
+float32 weights for dense ones) and the same KV cache; the prefill keeps the module path.
+``native_reason`` says why a model keeps the module path. Rotated models (TEAL
+``rotation="pca"``, WINA's orthogonalisation) carry a change of basis ``h <- h R`` as a forward
+pre-hook of each block; both paths apply it themselves (the loop does not call the blocks).
 """
 
 from __future__ import annotations

@@ -34,7 +34,10 @@ from actlab.sparse._kernels import _act_code, _GatedKernel, _key, _LinearKernel,
 from actlab.sparse._modules import SparseGatedMLP, SparseLinear
 from actlab.sparse._orthogonal import _rotate_hook
 
-__all__ = ["NativeStack", "build_native"]
+__all__ = ["PHASES", "NativeStack", "build_native"]
+
+# what the step's timers measure (csrc/decode_step.cpp, Phase)
+PHASES = ("rotation", "norms+residual", "q|k|v", "attention", "o", "mlp")
 
 _QKV, _O, _GATEUP, _DOWN = 0, 1, 2, 3
 
@@ -54,6 +57,15 @@ class NativeStack:
         """The residual stream ``[d]`` after every block, for the embedding ``h`` at ``pos``."""
         out: torch.Tensor = self.stack.step(h, pos)
         return out
+
+    def timing(self, on: bool) -> None:
+        """Measure the seconds of each phase of the step (:data:`PHASES`) from now on (or not)."""
+        self.stack.reset_timings()
+        self.stack.set_timing(on)
+
+    def phase_seconds(self) -> dict[str, float]:
+        """Seconds per phase since :meth:`timing` was turned on (all steps, all blocks)."""
+        return dict(zip(PHASES, self.stack.timings().tolist()))
 
     def flush_counts(self) -> None:
         """Add the entries seen / dropped since the last flush to the sparse modules' counts."""

@@ -33,6 +33,7 @@
 #include <torch/library.h>
 
 #include <array>
+#include <chrono>
 #include <limits>
 
 #include "sparse_gemv.h"
@@ -293,23 +294,49 @@ class DecodeStack : public torch::CustomClassHolder {
     for (auto& c : counts_) c = {0, 0};
   }
 
+  // Seconds spent per phase since the last reset (only while timing is on): rotation, norms
+  // and residual adds, q|k|v, attention (q/k norms, RoPE, cache, softmax), o, MLP.
+  void set_timing(bool on) { timing_ = on; }
+  at::Tensor timings() const {
+    auto out = at::empty({kPhases}, at::kDouble);
+    std::copy(seconds_.begin(), seconds_.end(), out.data_ptr<double>());
+    return out;
+  }
+  void reset_timings() { seconds_.fill(0.0); }
+
  private:
+  using Clock = std::chrono::steady_clock;
+  // Adds the time since the last mark to phase `phase` (when timing is on).
+  void mark(int phase) {
+    if (!timing_) return;
+    const auto now = Clock::now();
+    seconds_[phase] += std::chrono::duration<double>(now - last_).count();
+    last_ = now;
+  }
+
   void block(int64_t li, int64_t pos) {
     Layer& l = layers_[li];
     float* h = h_.data_ptr<float>();
     float* x = x_.data_ptr<float>();
+    if (timing_) last_ = Clock::now();
     if (l.rot_t.defined()) {  // h <- R^T h  (= h R as a row)
       at::mv_out(tmp_, l.rot_t, h_);
       std::copy(tmp_.data_ptr<float>(), tmp_.data_ptr<float>() + d_, h);
+      mark(kRotation);
     }
     rms_norm(h, fptr(l.g1), x, d_, eps_);
+    mark(kNorms);
     run_site(l.sites[kQKV], x, qkv_.data_ptr<float>());
+    mark(kQKVTime);
     attention(l, li, pos);
+    mark(kAttention);
     run_site(l.sites[kO], att_.data_ptr<float>(), o_.data_ptr<float>());
+    mark(kOTime);
     float* o = o_.data_ptr<float>();
     if (gemma_) rms_norm(o, fptr(l.g_pa), o, d_, eps_);
     for (int64_t i = 0; i < d_; ++i) h[i] += o[i];
     rms_norm(h, fptr(l.g2), x, d_, eps_);
+    mark(kNorms);
     float* m = m_.data_ptr<float>();
     if (l.gated.counter >= 0) {
       const Gated& g = l.gated;
@@ -332,8 +359,10 @@ class DecodeStack : public torch::CustomClassHolder {
       for (int64_t c = 0; c < ff_; ++c) a[c] = act_fn(gu[c], act_) * gu[ff_ + c];
       run_site(l.sites[kDown], a, m);
     }
+    mark(kMLP);
     if (gemma_) rms_norm(m, fptr(l.g_ff), m, d_, eps_);
     for (int64_t i = 0; i < d_; ++i) h[i] += m[i];
+    mark(kNorms);
   }
 
   void run_site(std::vector<Proj>& ms, const float* in, float* out) {
@@ -443,6 +472,10 @@ class DecodeStack : public torch::CustomClassHolder {
     return vec_of(*t, n, what);
   }
 
+  enum Phase : int { kRotation = 0, kNorms, kQKVTime, kAttention, kOTime, kMLP, kPhases };
+  bool timing_ = false;
+  std::array<double, kPhases> seconds_{};
+  Clock::time_point last_;
   int64_t d_, heads_, kv_, hd_, ff_;
   float eps_, scale_;
   int64_t act_;
@@ -471,5 +504,8 @@ TORCH_LIBRARY_FRAGMENT(actlab_sparse, m) {
       .def("finish", &DecodeStack::finish)
       .def("step", &DecodeStack::step)
       .def("counts", &DecodeStack::counts)
-      .def("reset_counts", &DecodeStack::reset_counts);
+      .def("reset_counts", &DecodeStack::reset_counts)
+      .def("set_timing", &DecodeStack::set_timing)
+      .def("timings", &DecodeStack::timings)
+      .def("reset_timings", &DecodeStack::reset_timings);
 }
