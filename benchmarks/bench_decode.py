@@ -5,20 +5,27 @@ prompt, 128 greedy tokens, batch 1, through ``model.generate`` and through actla
 decode loop (:class:`actlab.sparse.LeanDecoder`: static KV cache, minimal Python). Variants,
 all sharing the dense model's parameters (interleaved in rounds, medians reported):
 
-- ``dense``            the float32 model as loaded (torch / MKL matvecs): the baseline;
+- ``dense``            the float32 model as loaded (torch / MKL matvecs) through the lean
+  loop's module path: the baseline;
+- ``dense-native``     the same model through the lean loop's native step (every block in one
+  C++ call, dense projections through torch's mv on the same weights): the best dense figure;
 - ``teal40``/``teal50`` TEAL at 40 / 50% on all 7 projections (calibrated on 512 tokens of
   the comedies, exact quantiles), prefill dense / decode sparse, float32 fused kernels;
 - ``teal40-bf16``      the same with bfloat16 packed weights (lm_head stays float32 torch);
 - ``teal40-bf16-head`` and the lm_head through the dense bf16 kernel too (all weights bf16);
 - ``cats40``           CATS at 40% (MLP only, the gated-FFN kernel; attention dense torch).
 
-Reported per variant: decode tokens/s (128 tokens, prefill excluded; ``generate``'s from
+Every sparse variant runs the lean loop's native step (``LeanDecoder(native=None)``; its
+path is printed). Reported per variant: decode tokens/s (128 tokens, prefill excluded;
+``x dense`` over the dense module path, ``x d-nat`` over dense-native;
+``generate``'s from
 ``t(128 tokens) - t(1 token)``), the speed-up over dense, the next-token agreement with the
 dense greedy continuation of the same run (teacher-forced: the sparse model's argmax at each
 dense position), and perplexity / agreement on held-out windows under the decode protocol
 (:func:`actlab.sparse.evaluate`). Then a ``torch.profiler`` breakdown of the lean loop per
 token (sparse kernels, dense linears split into projections and lm_head, attention, other
-ops, and the rest: Python and dispatch), and the llama.cpp anchor (``llama-cpp-python`` on the
+ops, and the rest: Python and dispatch; for the native step its own per-phase timers:
+rotation, norms, q|k|v, attention, o, MLP), and the llama.cpp anchor (``llama-cpp-python`` on the
 same GGUF file, which it reads quantised) when that package is installed.
 
     python benchmarks/bench_decode.py        # SmolLM2, 1 thread, ~15 min on 2 busy cores
@@ -65,7 +72,7 @@ def shared_copy(model: nn.Module) -> nn.Module:
 
 
 def build_variants(dense: nn.Module, calib: torch.Tensor, names: list[str]) -> dict[str, nn.Module]:
-    out: dict[str, nn.Module] = {"dense": dense}
+    out: dict[str, nn.Module] = {"dense": dense, "dense-native": dense}
     states: dict[tuple[str, float], Any] = {}
     for name in names:
         method, rest = ("cats", name[4:]) if name.startswith("cats") else ("teal", name[4:])
@@ -88,9 +95,16 @@ def build_variants(dense: nn.Module, calib: torch.Tensor, names: list[str]) -> d
     return out
 
 
-def time_lean(model: nn.Module, prompt: torch.Tensor) -> tuple[float, list[int]]:
+def native_of(name: str) -> bool | None:
+    """The lean loop's path for a variant: module path for ``dense``, native step otherwise."""
+    return False if name == "dense" else True if name == "dense-native" else None
+
+
+def time_lean(
+    model: nn.Module, prompt: torch.Tensor, native: bool | None = None
+) -> tuple[float, list[int]]:
     """Seconds of the NEW decode steps (prefill excluded) and the greedy tokens."""
-    dec = LeanDecoder(model, PROMPT + NEW + 1)
+    dec = LeanDecoder(model, PROMPT + NEW + 1, native=native)
     logits = dec.forward(prompt, 0)
     toks = [int(logits.argmax())]
     t0 = time.perf_counter()
@@ -120,12 +134,17 @@ def teacher_forced(model: nn.Module, prompt: torch.Tensor, dense_toks: list[int]
     return same / len(dense_toks)
 
 
-def profile_lean(model: nn.Module, prompt: torch.Tensor, vocab: int, steps: int = 16) -> str:
-    """Per-token milliseconds of the lean loop by category, from torch.profiler."""
+def profile_lean(
+    model: nn.Module, prompt: torch.Tensor, vocab: int, native: bool | None, steps: int = 16
+) -> str:
+    """Per-token milliseconds of the lean loop by category, from torch.profiler (and the native
+    step's own timers: the torch ops it calls run inside its phases)."""
     from torch.profiler import ProfilerActivity, profile
 
-    dec = LeanDecoder(model, PROMPT + steps + 1)
+    dec = LeanDecoder(model, PROMPT + steps + 1, native=native)
     dec.forward(prompt, 0)
+    if dec.native is not None:
+        dec.native.timing(True)
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         t0 = time.perf_counter()
         for p in range(PROMPT, PROMPT + steps):
@@ -139,6 +158,8 @@ def profile_lean(model: nn.Module, prompt: torch.Tensor, vocab: int, steps: int 
         us = e.cpu_time_total
         shapes = e.input_shapes or []
         head = any(len(s) == 2 and vocab in s for s in shapes)
+        if dec.native is not None and e.name in ("aten::mv", "aten::addmv"):
+            continue  # inside the native step: counted in its phases
         if e.name.startswith("actlab_sparse::"):
             cats["lm_head" if head else "sparse kernels"] += us
         elif e.name in ("aten::linear", "aten::addmm", "aten::mm", "aten::matmul"):
@@ -148,6 +169,11 @@ def profile_lean(model: nn.Module, prompt: torch.Tensor, vocab: int, steps: int 
         else:
             other += us
     cats["other ops"] = other
+    if dec.native is not None:
+        for phase, sec in dec.native.phase_seconds().items():
+            if phase != "rotation" or sec > 0:
+                cats[f"step:{phase}"] = sec * 1e6
+        dec.native.timing(False)
     per_tok = {k: v / 1e3 / steps for k, v in cats.items()}
     wall_ms = wall * 1e3 / steps
     per_tok["python+dispatch"] = wall_ms - sum(per_tok.values())
@@ -211,25 +237,28 @@ def bench_model(name: str, loader: Callable[..., Any], gguf: Callable[[], Any], 
     with torch.no_grad():
         for _ in range(args.rounds):
             for k, m in variants.items():
-                s, toks[k] = time_lean(m, prompt)
+                s, toks[k] = time_lean(m, prompt, native_of(k))
                 lean[k].append(s)
-                if not args.no_generate:
+                if not args.no_generate and k != "dense-native":
                     t_all = time_generate(m, prompt, NEW)
                     t_one = time_generate(m, prompt, 1)
                     gen[k].append((t_all - t_one) / (NEW - 1))
     base_l = statistics.median(lean["dense"])
+    base_n = statistics.median(lean["dense-native"])
     base_g = statistics.median(gen["dense"]) if gen["dense"] else float("nan")
     say(
-        f"{'variant':18s} {'lean tok/s':>10s} {'x dense':>7s} | {'generate tok/s':>14s} "
+        f"{'variant':18s} {'lean tok/s':>10s} {'x dense':>7s} {'x d-nat':>7s} | "
+        f"{'generate tok/s':>14s} "
         f"{'x dense':>7s} | {'same tokens':>11s} {'teacher-forced':>14s}"
     )
     for k in variants:
         sl = statistics.median(lean[k])
         sg = statistics.median(gen[k]) if gen[k] else float("nan")
         same = sum(a == b for a, b in zip(toks[k], toks["dense"]))
-        tf = 1.0 if k == "dense" else teacher_forced(variants[k], prompt, toks["dense"])
+        tf = 1.0 if k.startswith("dense") else teacher_forced(variants[k], prompt, toks["dense"])
         say(
-            f"{k:18s} {1 / sl:10.1f} {base_l / sl:7.2f} | {1 / sg:14.1f} {base_g / sg:7.2f} | "
+            f"{k:18s} {1 / sl:10.1f} {base_l / sl:7.2f} {base_n / sl:7.2f} | {1 / sg:14.1f} "
+            f"{base_g / sg:7.2f} | "
             f"{same:5d}/{len(toks[k]):<5d} {tf:14.3f}"
         )
 
@@ -237,7 +266,7 @@ def bench_model(name: str, loader: Callable[..., Any], gguf: Callable[[], Any], 
     ref = evaluate(dense, held, protocol="decode", batch_size=held.shape[0])
     say(f"{'dense':18s} ppl {ref.ppl:8.3f}")
     for k, m in variants.items():
-        if k == "dense":
+        if k.startswith("dense"):
             continue
         for sub in m.modules():
             if hasattr(sub, "counting"):
@@ -250,7 +279,9 @@ def bench_model(name: str, loader: Callable[..., Any], gguf: Callable[[], Any], 
 
     say(f"=== {name}: where the time goes (lean loop, torch.profiler, 16 decode steps)")
     for k, m in variants.items():
-        say(f"{k:18s} {profile_lean(m, prompt, vocab)}")
+        path = LeanDecoder(m, 2, native=native_of(k)).native_reason or "native step"
+        say(f"{k:18s} lean loop path: {path}")
+        say(f"{k:18s} {profile_lean(m, prompt, vocab, native_of(k))}")
 
     say(f"=== {name}: llama.cpp anchor ({args.threads} thread(s))")
     anchor = llama_cpp_anchor(gguf(), prompt[0].tolist(), args.threads, toks["dense"])
