@@ -460,8 +460,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> s_basis_t_bwd(
 // ut = (tanh of) x^T as (in, N) contiguous; x (..., in).
 at::Tensor transposed_input(const at::Tensor& x, bool tanh) {
   TORCH_CHECK(x.dim() >= 1, "kan layer: expected an input of shape (..., in)");
-  auto ut = x.reshape({-1, x.size(-1)}).t().contiguous();  // (in, N)
-  if (tanh) ut.tanh_();
+  auto xt = x.reshape({-1, x.size(-1)}).t();  // (in, N) view
+  if (!tanh) return xt.contiguous();  // may be x itself (in or N is 1): only ever read
+  auto ut = at::empty(xt.sizes(), x.options());
+  at::tanh_out(ut, xt);  // one pass, never in place on x
   return ut;
 }
 
@@ -481,7 +483,7 @@ at::Tensor project(const at::Tensor& bt, const at::Tensor& w, const std::optiona
 void no_double_backward(const char* name) {
   TORCH_CHECK(!at::GradMode::is_enabled(), name,
               ": the native kernel has no second derivative (backward with create_graph=True); "
-              "run the layer on its torch path (actlab.layers.kan_native(False)) for that");
+              "build the layer with fused=False (its torch path) for that");
 }
 
 at::Tensor relu_kan_layer_plain(const at::Tensor& x, const at::Tensor& lo, const at::Tensor& hi,

@@ -1,0 +1,304 @@
+"""The native KAN kernels (relu_kan, s_kan) against their plain twins and the float64 references.
+
+The fused path (``fused=True``, the default on CPU float32 / float64) is compared with the torch
+path of the same module (``fused=False``) and with the registry's float64 references
+(``actlab.layers._kan_ref``): values and the gradients of the input and of every parameter
+(phases, mixing logits, weights, bias). The library is built on first use (~30 s once per
+machine, cached under $ACTLAB_CACHE); these tests fail, with the build error, if it cannot be
+built on a machine that should.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from actlab.layers import _kan_native as kn
+from actlab.layers import create_layer
+from actlab.layers._kan_common import grid_phases
+from actlab.layers._kan_ref import relu_kan_ref, s_kan_ref
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("ACTLAB_NATIVE", "1") == "0", reason="native kernels disabled by ACTLAB_NATIVE=0"
+)
+
+REFS = {"relu_kan": relu_kan_ref, "s_kan": s_kan_ref}
+# (spec, prune): S-KAN in its full phase (all spaces mix), mid-selection (tau < 1) and pruned
+CASES = [
+    ("relu_kan", False),
+    ("relu_kan(train_phases=False)", False),
+    ("relu_kan(grid=3, k=1)", False),
+    ("s_kan", False),
+    ("s_kan(full_steps=0, select_steps=10)", False),
+    ("s_kan(spaces='chebyshev,relu', grid=4, k=2)", False),
+    ("s_kan", True),
+    ("s_kan(grid=1, k=0)", True),
+]
+
+
+def _pair(spec: str, prune: bool, dtype: torch.dtype, d_in: int = 3, hidden: int = 5,
+          d_out: int = 2) -> tuple[nn.Module, nn.Module]:  # fmt: skip
+    """(fused module, its plain twin): equal parameters, the twin on the torch path."""
+    torch.manual_seed(0)
+    bias = "train_phases=False" not in spec  # that case also runs without biases
+    m = create_layer(spec, in_features=d_in, hidden_features=hidden, out_features=d_out, bias=bias)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    if "full_steps=0" in spec:  # into the selective phase: tau < 1
+        for layer in (m.layer1, m.layer2):
+            layer.step.fill_(4)
+    if prune:
+        m.prune()  # type: ignore[operator]
+    m = m.to(dtype)
+    twin = copy.deepcopy(m)
+    for layer in (twin.layer1, twin.layer2):
+        layer.fused = False
+    return m, twin
+
+
+def _grads(m: nn.Module, x: Tensor, w: Tensor | None = None) -> tuple[Tensor, list[Tensor | None]]:
+    x = x.detach().clone().requires_grad_(True)
+    y = m(x)
+    w = torch.ones_like(y) if w is None else w
+    params = [p for p in m.parameters() if p.requires_grad]
+    got = torch.autograd.grad((y * w).sum(), [x, *params], allow_unused=True)
+    return y.detach(), list(got)
+
+
+def _assert_same(a: tuple[Tensor, list[Tensor | None]], b: tuple[Tensor, list[Tensor | None]],
+                 rtol: float, atol: float) -> None:  # fmt: skip
+    torch.testing.assert_close(a[0], b[0], rtol=rtol, atol=atol, equal_nan=True)
+    assert len(a[1]) == len(b[1])
+    for ga, gb in zip(a[1], b[1], strict=True):
+        if ga is None or gb is None:
+            assert (ga is None or not ga.any()) and (gb is None or not gb.any())
+        else:
+            torch.testing.assert_close(ga, gb, rtol=rtol, atol=atol, equal_nan=True)
+
+
+def _x(
+    *shape: int, scale: float = 1.5, seed: int = 0, dtype: torch.dtype = torch.float64
+) -> Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype)
+
+
+def test_library_builds_and_registers_every_op() -> None:
+    assert kn.available(), kn.unavailable_reason()
+    assert kn.kernel_isa() in ("AVX512", "AVX2", "DEFAULT")
+    x = torch.randn(4, 3)
+    w = torch.zeros(2, 3 * 8)
+    assert kn.ops_for(x, w) is not None
+    assert kn.ops_for(x, w.double()) is None  # mixed dtypes: the torch path
+    assert kn.ops_for(x.half(), w.half()) is None
+
+
+@pytest.mark.parametrize("spec,prune", CASES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fused_matches_the_plain_twin(spec: str, prune: bool, dtype: torch.dtype) -> None:
+    m, twin = _pair(spec, prune, dtype)
+    x = _x(4, 7, 3, dtype=dtype)  # N = 28: one full vector and a tail on AVX-512 and AVX2
+    w = _x(4, 7, 2, seed=3, dtype=dtype)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-5)
+    _assert_same(_grads(m, x, w), _grads(twin, x, w), **tol)
+
+
+@pytest.mark.parametrize("spec,prune", CASES[::2])
+def test_fused_matches_the_float64_reference(spec: str, prune: bool) -> None:
+    m, _ = _pair(spec, prune, torch.float64)
+    m.eval()  # a training backward would advance the S-KAN schedule between the two calls
+    x = _x(5, 3, seed=4)
+    w = _x(5, 2, seed=5)
+    ref = REFS[spec.split("(")[0]]
+    _assert_same(_grads(m, x, w), _grads(_Ref(m, ref), x, w), rtol=1e-10, atol=1e-12)
+
+
+class _Ref(nn.Module):
+    """The float64 reference as a module over the same parameters."""
+
+    def __init__(self, m: nn.Module, ref: object) -> None:
+        super().__init__()
+        self.m, self.ref = m, ref
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.ref(self.m, x, None)  # type: ignore[operator,no-any-return]
+
+
+@pytest.mark.parametrize("tanh", [True, False])
+def test_gradcheck_the_ops_in_float64(tanh: bool) -> None:
+    ops = kn.ops_for(torch.zeros(1, dtype=torch.float64))
+    assert ops is not None
+    g = torch.Generator().manual_seed(0)
+
+    def t(*shape: int, scale: float = 1.0) -> Tensor:
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).requires_grad_(True)
+
+    x, w, b = t(3, 2, scale=0.6), t(2, 2 * 4), t(2)
+    low = torch.tensor([-1.5, -1.0, -0.5, 0.0], dtype=torch.float64).repeat(2, 1) + 0.01
+    high = (low + 1.0).detach().requires_grad_(True)
+    low.requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda *a: ops.relu_kan_layer(*a, tanh), (x, low, high, w, b), eps=1e-6, atol=1e-7
+    )
+    alpha = torch.softmax(t(2, 4), -1).detach().requires_grad_(True)
+    w2 = t(2, 2 * 4)
+    assert torch.autograd.gradcheck(
+        lambda x, a, w, b: ops.s_kan_layer(x, a, [0, 1, 2, 3], 2, 2, w, b, tanh),
+        (x, alpha, w2, b), eps=1e-6, atol=1e-7,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("n_rows", [1, 15, 16, 17, 33])
+def test_odd_sizes_one_node_and_vector_tails(n_rows: int) -> None:
+    for spec in ("relu_kan(grid=2, k=1)", "s_kan(grid=2, k=1)"):
+        m, twin = _pair(spec, False, torch.float32, d_in=1, hidden=3, d_out=1)
+        x = _x(n_rows, 1, seed=n_rows, dtype=torch.float32)
+        _assert_same(_grads(m, x), _grads(twin, x), rtol=2e-5, atol=2e-5)
+
+
+def test_inputs_at_and_outside_the_grid_edges() -> None:
+    """input_norm='none': inputs exactly on the knots and the edges +-1, and beyond them."""
+    h = 2.0 / 5
+    on_knots = [-1.0 + j * h for j in range(6)]
+    vals = torch.tensor([*on_knots, -1.2, 1.2, -3.0, 3.0, 0.0, 1e-7, -1e-7], dtype=torch.float64)
+    x = torch.stack([vals, vals.flip(0), vals.roll(3)], -1)  # (13, 3)
+    for spec in ("relu_kan(input_norm='none')", "s_kan(input_norm='none')"):
+        for prune in (False, True) if spec.startswith("s_kan") else (False,):
+            m, twin = _pair(spec, prune, torch.float64)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # the range warning: expected
+                _assert_same(_grads(m, x), _grads(twin, x), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("input_norm", ["tanh", "none"])
+def test_nan_and_inf_behave_like_the_torch_path(input_norm: str) -> None:
+    x = _x(6, 3, scale=0.5, seed=7)
+    x[0, 0], x[2, 1], x[4, 2] = float("nan"), float("inf"), float("-inf")
+    for spec in ("relu_kan", "s_kan"):
+        m, twin = _pair(f"{spec}(input_norm={input_norm!r})", False, torch.float64)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            got, want = _grads(m, x), _grads(twin, x)
+        assert torch.equal(got[0].isnan(), want[0].isnan())
+        _assert_same(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_thread_count_does_not_change_results() -> None:
+    """The basis kernels are bit-identical across thread counts (each node is summed by one
+    task, in order); whole layers agree within float32 rounding (MKL's GEMMs may split their
+    sums by thread)."""
+    ops = kn.ops_for(torch.zeros(1))
+    assert ops is not None
+    g = torch.Generator().manual_seed(9)
+    ut = torch.rand(16, 2048, generator=g) * 2 - 1  # (in, N): several tasks
+    gbt = torch.randn(16 * 8, 2048, generator=g)
+    low, high = (t.to(torch.float32).repeat(16, 1) for t in grid_phases(5, 3))
+    alpha = torch.softmax(torch.randn(16, 4, generator=g), -1)
+    m, _ = _pair("relu_kan", False, torch.float32, d_in=16, hidden=24, d_out=4)
+    s, _ = _pair("s_kan", False, torch.float32, d_in=16, hidden=24, d_out=4)
+    x = _x(2048, 16, seed=9, dtype=torch.float32)
+    before = torch.get_num_threads()
+    outs = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            kernels = [
+                ops.relu_basis_t(ut, low, high),
+                *ops.relu_basis_t_bwd(ut, gbt, low, high, True, True, True, True),
+                ops.s_basis_t(ut, alpha, [0, 1, 2, 3], 5, 3),
+                *ops.s_basis_t_bwd(ut, gbt, alpha, [0, 1, 2, 3], 5, 3, True, True, True, True),
+            ]
+            outs.append((kernels, _grads(m, x), _grads(s, x)))
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(outs[0][0], outs[1][0], strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(outs[0][1:], outs[1][1:], strict=True):
+        _assert_same(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_input_is_never_modified_and_strided_inputs_work() -> None:
+    m, twin = _pair("relu_kan", False, torch.float32, d_in=1, hidden=4, d_out=1)
+    x = _x(9, 1, dtype=torch.float32)  # (in, N) = (1, 9): its transpose is x's own memory
+    keep = x.clone()
+    m(x)
+    assert torch.equal(x, keep)
+    xt = _x(3, 8, seed=2, dtype=torch.float32).t()  # (8, 3) with strides (1, 8)
+    m3, twin3 = _pair("s_kan", False, torch.float32)
+    _assert_same(_grads(m3, xt), _grads(twin3, xt), rtol=2e-5, atol=2e-5)
+
+
+def test_no_second_derivative_is_one_line_naming_fused_false() -> None:
+    m, _ = _pair("relu_kan", False, torch.float64)
+    x = _x(4, 3).requires_grad_(True)
+    (gx,) = torch.autograd.grad(m(x).sum(), x, create_graph=False)
+    assert gx.shape == x.shape
+    with pytest.raises(RuntimeError, match="no second derivative.*fused=False"):
+        torch.autograd.grad(m(x).sum(), x, create_graph=True)
+
+
+def test_fused_path_saves_only_the_input() -> None:
+    """Autograd keeps u (in, N) per layer and the parameters, not the (N, in G) basis."""
+    m, twin = _pair("relu_kan", False, torch.float32, d_in=16, hidden=8, d_out=4)
+    x = _x(256, 16, dtype=torch.float32)
+
+    def saved(mod: nn.Module) -> int:
+        total = 0
+
+        def pack(t: Tensor) -> Tensor:
+            nonlocal total
+            total += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            mod(x.requires_grad_(True))
+        return total
+
+    basis_bytes = 256 * 16 * 8 * 4
+    assert saved(m) < basis_bytes / 2 < saved(twin)
+
+
+def _python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    full = {**os.environ, **env}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, env=full, timeout=300)  # fmt: skip
+
+
+def test_failed_build_warns_once_and_falls_back(tmp_path: object) -> None:
+    r = _python(
+        """
+        import copy, warnings, torch
+        from actlab.layers import create_layer
+        from actlab.layers import _kan_native as kn
+        torch.manual_seed(0)
+        x = torch.randn(8, 3)
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            outs = []
+            for spec in ("relu_kan", "s_kan", "relu_kan"):
+                torch.manual_seed(0)
+                m = create_layer(spec, in_features=3, hidden_features=4, out_features=2)
+                twin = copy.deepcopy(m)
+                twin.layer1.fused = twin.layer2.fused = False
+                y = m(x.requires_grad_(True))
+                y.sum().backward()
+                outs.append(torch.equal(y.detach(), twin(x).detach()))
+        failed = "native KAN kernels could not be built"
+        msgs = [str(i.message) for i in w if failed in str(i.message)]
+        print("warnings", len(msgs), "available", kn.available(), "same", all(outs))
+    """,
+        ACTLAB_CACHE=str(tmp_path),
+        CXX="/nonexistent/c++",
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "warnings 1 available False same True" in r.stdout, r.stdout + r.stderr[-2000:]
