@@ -51,6 +51,7 @@ PY
 # actlab._ext.Extension. Best effort: without a C++ compiler the kernels fall back to their
 # compiled / eager paths with a warning.
 "$VENV/bin/python" -m actlab._ext actlab.activations._native actlab.sparse._kernels actlab.layers._norm_native \
+  actlab.layers._kan_native \
   || echo "[bootstrap] warning: native extensions not built; using the slower fallback paths" >&2
 echo "$want" > "$stamp"
 echo "[bootstrap] ready: $VENV" >&2
