@@ -78,7 +78,7 @@ class NativeStack:
                     m.zeroed += dropped
 
 
-def _threshold(m: nn.Module) -> tuple[float, torch.Tensor | None]:
+def _threshold(m: SparseLinear | SparseGatedMLP) -> tuple[float, torch.Tensor | None]:
     t = m.threshold
     if isinstance(t, torch.Tensor):
         return 0.0, t.detach().float().contiguous()
@@ -92,7 +92,7 @@ def _dense_weight(m: nn.Linear, path: str) -> torch.Tensor:
     return w.contiguous()
 
 
-def _site(stack: Any, layer: int, site: int, mods: list[tuple[str, nn.Module]]) -> list[list]:
+def _site(stack: Any, layer: int, site: int, mods: list[tuple[str, Any]]) -> list[list[nn.Module]]:
     """Add the members of one site (modules in output order); their counted modules."""
     counted: list[list[nn.Module]] = []
     off = 0
@@ -156,7 +156,9 @@ def _mlp(stack: Any, i: int, mlp: Any, path: str, act: int) -> list[list[nn.Modu
         t, thr = _threshold(mlp)
         stack.set_gated(i, k.gate_t, k.updown, *k.biases, t, thr, k.act)
         return [[mlp]]
-    parts = [getattr(mlp, n, None) for n in ("gate_proj", "up_proj", "down_proj", "act_fn")]
+    parts: list[Any] = [
+        getattr(mlp, n, None) for n in ("gate_proj", "up_proj", "down_proj", "act_fn")
+    ]
     if not type(mlp).__name__.endswith("MLP") or any(p is None for p in parts):
         raise _Unsupported(f"{path}.mlp is a {type(mlp).__name__}, not a gated MLP")
     if _act_code(parts[3]) != act:
@@ -168,11 +170,11 @@ def _mlp(stack: Any, i: int, mlp: Any, path: str, act: int) -> list[list[nn.Modu
 
 
 def _build(dec: Any) -> NativeStack:
+    if dec.device.type != "cpu" or dec.dtype != torch.float32:
+        raise _Unsupported(f"the model is {dec.dtype} on {dec.device.type} (float32 CPU needed)")
     lib, reason = _load()
     if lib is None:
         raise _Unsupported(f"kernels unavailable ({reason})")
-    if dec.device.type != "cpu" or dec.dtype != torch.float32:
-        raise _Unsupported(f"the model is {dec.dtype} on {dec.device.type} (float32 CPU needed)")
     layers = dec.layers
     attn0, mlp0, norm0 = layers[0].self_attn, layers[0].mlp, layers[0].input_layernorm
     gate0 = getattr(mlp0, "gate_proj", None)
@@ -184,7 +186,8 @@ def _build(dec: Any) -> NativeStack:
     eps = getattr(norm0, "variance_epsilon", getattr(norm0, "eps", None))
     if not isinstance(eps, float):
         raise _Unsupported("model.layers.0.input_layernorm has no float eps")
-    act = 0 if isinstance(mlp0, SparseGatedMLP) else _act_code(getattr(mlp0, "act_fn", None))
+    act_fn: Any = getattr(mlp0, "act_fn", None)
+    act = 0 if isinstance(mlp0, SparseGatedMLP) else _act_code(act_fn)
     if act is None:
         raise _Unsupported("model.layers.0.mlp.act_fn is neither silu nor gelu_tanh")
     stack = torch.classes.actlab_sparse.DecodeStack(
