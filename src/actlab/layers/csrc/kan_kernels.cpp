@@ -23,8 +23,8 @@
 //
 // S-KAN (Yang et al. 2024, arXiv 2408.08338): phi_j(u_i) = sum_p alpha_ip B^p_j(u_i) over a pool
 // of spaces (0 bspline, 1 rbf, 2 chebyshev, 3 relu with the fixed grid phases), as in
-// actlab/layers/s_kan.py: B-splines by the Cox-de Boor recurrence on uniform knots (with its
-// derivative carried along the same recurrence), rbf exp(-((u - c_j) / w)^2), Chebyshev by
+// actlab/layers/s_kan.py: B-splines by the Cox-de Boor recurrence on uniform knots (derivative
+// (B_j,k-1 - B_j+1,k-1) / h from its last level), rbf exp(-((u - c_j) / w)^2), Chebyshev by
 // T_j+1 = 2 u T_j - T_j-1 (T'_j+1 = 2 T_j + 2 u T'_j - T'_j-1).
 //   du_i = sum_j g_ij sum_p alpha_ip B^p_j'(u_i),  dalpha_ip = sum_n sum_j g_ij B^p_j(u_i)
 // A space with alpha_ip = 0 is skipped unless dalpha is needed (a pruned S-KAN: one space per
@@ -259,7 +259,7 @@ template <typename T>
 struct Pool {
   int64_t grid, k, G;
   std::vector<T> knots;      // grid + 2k + 1 uniform knots (bspline)
-  std::vector<T> ph;         // p h for p = 1 .. k, as the torch path's python float, in T
+  std::vector<T> inv_ph;     // 1 / (p h) for p = 1 .. k (the torch path divides by p h)
   std::vector<T> centres;    // G rbf centres (linspace)
   T rbf_w;                   // rbf width
   std::vector<T> rlo, rhi;   // relu phases (G)
@@ -269,8 +269,10 @@ struct Pool {
     // the torch path: -1.0 + (arange - k) * h; addition is commutative in IEEE arithmetic
     kn = kn.contiguous();
     knots.assign(kn.data_ptr<T>(), kn.data_ptr<T>() + kn.numel());
-    ph.resize(k + 1);
-    for (int64_t p = 1; p <= k; ++p) ph[p] = static_cast<T>(static_cast<double>(p) * h);
+    inv_ph.resize(std::max<int64_t>(k + 1, 2));
+    for (int64_t p = 1; p < static_cast<int64_t>(inv_ph.size()); ++p) {
+      inv_ph[p] = static_cast<T>(1.0 / (static_cast<double>(p) * h));
+    }
     auto ce = at::linspace(-1.0, 1.0, G, at::TensorOptions().dtype(dt)).contiguous();
     centres.assign(ce.data_ptr<T>(), ce.data_ptr<T>() + G);
     rbf_w = static_cast<T>(G > 1 ? 2.0 / static_cast<double>(G - 1) : 2.0);
@@ -284,33 +286,32 @@ struct Pool {
   }
 };
 
-// The G values (and derivatives, if d) of space sp at x, into B[0..G) (and D[0..G)).
-// tmp / dtmp: scratch of grid + 2k vectors.
+// The G values (and derivatives, if D) of space sp at x, into B[0..G) (and D[0..G)).
+// tmp: scratch of grid + 2k vectors. B-splines multiply by 1 / (p h) where the torch path
+// divides by p h (within an ulp; a division costs several multiplications here).
 template <typename T>
 inline void space_values(int64_t sp, const Pool<T>& P, const Vectorized<T>& x, Vectorized<T>* B,
-                         Vectorized<T>* D, Vectorized<T>* tmp, Vectorized<T>* dtmp) {
+                         Vectorized<T>* D, Vectorized<T>* tmp) {
   using V = Vectorized<T>;
   const int64_t G = P.G;
   switch (sp) {
     case kBspline: {
       const int64_t m = P.grid + 2 * P.k;  // order-0 functions
-      for (int64_t j = 0; j < m; ++j) {
-        tmp[j] = x.ge(V(P.knots[j])) * x.lt(V(P.knots[j + 1]));
-        if (D) dtmp[j] = V(T(0));
-      }
+      for (int64_t j = 0; j < m; ++j) tmp[j] = x.ge(V(P.knots[j])) * x.lt(V(P.knots[j + 1]));
       for (int64_t p = 1; p <= P.k; ++p) {
-        const V ph(P.ph[p]);
+        if (D && p == P.k) {  // uniform knots: B'_j,k = (B_j,k-1 - B_j+1,k-1) / h
+          const V inv_h(P.inv_ph[1]);
+          for (int64_t j = 0; j < G; ++j) D[j] = (tmp[j] - tmp[j + 1]) * inv_h;
+        }
+        const V inv(P.inv_ph[p]);
         for (int64_t j = 0; j < m - p; ++j) {
-          const V lft = (x - V(P.knots[j])) / ph, rgt = (V(P.knots[j + p + 1]) - x) / ph;
-          if (D) {  // d/du of lft b_j + rgt b_j+1, along the same recurrence
-            dtmp[j] = (tmp[j] - tmp[j + 1]) / ph + lft * dtmp[j] + rgt * dtmp[j + 1];
-          }
+          const V lft = (x - V(P.knots[j])) * inv, rgt = (V(P.knots[j + p + 1]) - x) * inv;
           tmp[j] = lft * tmp[j] + rgt * tmp[j + 1];
         }
       }
-      for (int64_t j = 0; j < G; ++j) {
-        B[j] = tmp[j];
-        if (D) D[j] = dtmp[j];
+      for (int64_t j = 0; j < G; ++j) B[j] = tmp[j];
+      if (D && P.k == 0) {  // piecewise constant: no derivative (the torch path has no graph)
+        for (int64_t j = 0; j < G; ++j) D[j] = V(T(0));
       }
       break;
     }
@@ -361,7 +362,7 @@ void s_kernel(const T* ut, const T* alpha, const std::vector<int64_t>& spaces, c
   const int64_t G = P.G, np = static_cast<int64_t>(spaces.size());
   const int64_t scratch = P.grid + 2 * P.k;
   at::parallel_for(0, nin, grain_nodes(G * N * np), [&](int64_t i0, int64_t i1) {
-    std::vector<V> B(G), D(G), tmp(scratch), dtmp(scratch), acc(G);
+    std::vector<V> B(G), D(G), tmp(scratch), acc(G);
     std::vector<LaneSum<T>> sa(galpha ? np : 0);
     const bool deriv = gut != nullptr;
     const V one(T(1));
@@ -376,8 +377,7 @@ void s_kernel(const T* ut, const T* alpha, const std::vector<int64_t>& spaces, c
         for (int64_t p = 0; p < np; ++p) {
           const T a = alpha[i * np + p];
           if (a == T(0) && !galpha) continue;
-          space_values<T>(spaces[p], P, x, B.data(), deriv ? D.data() : nullptr, tmp.data(),
-                          dtmp.data());
+          space_values<T>(spaces[p], P, x, B.data(), deriv ? D.data() : nullptr, tmp.data());
           const V va(a);
           for (int64_t j = 0; j < G; ++j) {  // phi = phi + B alpha (the torch path's order)
             acc[j] = first ? B[j] * va : acc[j] + B[j] * va;
