@@ -30,6 +30,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from actlab.layers._kan_native import all_finite
+
 __all__ = [
     "CHECK_EVERY",
     "INPUT_NORMS",
@@ -56,8 +58,11 @@ def check_finite(name: str, **values: float) -> None:
 def check_finite_params(name: str, module: nn.Module) -> None:
     """One-line ``ValueError`` if a parameter of ``module`` holds NaN or inf (checked at every
     forward: a diverged or corrupted checkpoint must not turn into silent NaN outputs)."""
-    ps = [p for p in module.parameters()]
-    if ps and not bool(torch.stack([torch.isfinite(p).all() for p in ps]).all()):
+    ps = [p.detach() for p in module.parameters()]
+    ok = all_finite(ps)  # one native call on CPU; None: check with torch
+    if ok is None:
+        ok = not ps or bool(torch.stack([torch.isfinite(p).all() for p in ps]).all())
+    if not ok:
         raise ValueError(
             f"{name}: non-finite parameters (NaN or inf); reload finite weights or rebuild it"
         )

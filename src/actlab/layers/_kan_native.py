@@ -30,7 +30,15 @@ from torch import Tensor
 from actlab._ext import Extension, try_load
 from actlab._ext import unavailable_reason as _ext_reason
 
-__all__ = ["KERNELS", "SPACE_CODES", "available", "kernel_isa", "ops_for", "unavailable_reason"]
+__all__ = [
+    "KERNELS",
+    "SPACE_CODES",
+    "all_finite",
+    "available",
+    "kernel_isa",
+    "ops_for",
+    "unavailable_reason",
+]
 
 KERNELS = Extension(
     name="actlab_kan",
@@ -44,6 +52,7 @@ KERNELS = Extension(
         "s_basis_t_bwd",
         "relu_kan_layer",
         "s_kan_layer",
+        "all_finite",
         "isa",
     ),
     openmp=True,
@@ -87,3 +96,15 @@ def ops_for(x: Tensor, *params: Tensor | None) -> Any | None:
         return None
     lib = try_load(KERNELS)
     return None if lib is None else lib.ops
+
+
+def all_finite(tensors: list[Tensor]) -> bool | None:
+    """Whether every value of ``tensors`` is finite, in one native call (CPU float32 / float64
+    tensors; ~5 us per tensor less than ``isfinite().all()`` each), or None when the kernels do
+    not apply (then the caller checks with torch)."""
+    if not tensors or any(t.device.type != "cpu" or t.dtype not in _DTYPES for t in tensors):
+        return None
+    if torch.compiler.is_compiling() or torch.jit.is_scripting():
+        return None
+    lib = try_load(KERNELS)
+    return None if lib is None else bool(lib.ops.all_finite(tensors))

@@ -170,10 +170,19 @@ class SKANLayer(nn.Module):
         self._groups, self._inverse = None, None
 
     # ------------------------------------------------------------------ schedule
+    def _is_pruned(self) -> bool:
+        """Whether every node has chosen, remembered per version of the ``chosen`` buffer (an
+        in-place change or a new tensor asks again; one check costs ~5 us)."""
+        key = (self.chosen.data_ptr(), self.chosen._version, self.chosen.device)
+        if getattr(self, "_pruned_key", None) != key:
+            self._pruned_key = key
+            self._pruned = bool((self.chosen >= 0).all())
+        return self._pruned
+
     @property
     def phase(self) -> str:
         """ "full", "selective" or "pruned"."""
-        if bool((self.chosen >= 0).all()):
+        if self._is_pruned():
             return "pruned"
         return "full" if int(self.step) < self.full_steps else "selective"
 
@@ -206,6 +215,17 @@ class SKANLayer(nn.Module):
         if self.phase == "pruned":
             return nn.functional.one_hot(self.chosen, len(self.spaces)).to(self.logits.dtype)
         return torch.softmax(self.logits / self.tau(), dim=-1)
+
+    def _kernel_alpha(self) -> Tensor:
+        """:meth:`alpha` for the native op; after pruning the one-hot weights are built once per
+        ``chosen`` version and dtype (private: never handed out)."""
+        if not self._is_pruned():
+            return self.alpha()
+        key = (self._pruned_key, self.logits.dtype)
+        if getattr(self, "_alpha_key", None) != key:
+            self._alpha_key = key
+            self._alpha = self.alpha()
+        return self._alpha
 
     # ------------------------------------------------------------------ forward
     def basis(self, x: Tensor) -> Tensor:
@@ -243,7 +263,7 @@ class SKANLayer(nn.Module):
         if ops is not None:  # the fused native kernels (CPU float32 / float64)
             tanh = self.range.input_norm == "tanh"
             u = x if tanh else self.range(x)  # "none": the range check, u = x
-            alpha = self.alpha()  # (in, P); one-hot after pruning: one space per node
+            alpha = self._kernel_alpha()  # (in, P); one-hot after pruning: one space per node
             y = ops.s_kan_layer(
                 u, alpha, self._codes, self.grid, self.k, lin.weight, lin.bias, tanh
             )
