@@ -76,6 +76,9 @@ class ReLUKANLayer(nn.Module):
             raise ValueError(f"relu_kan: features must be >= 1, got {in_features}, {out_features}")
         self.in_features, self.out_features, self.grid, self.k = in_features, out_features, grid, k
         self.fused = bool(fused)
+        # fused path: return y as the (N, out) view of the (out, N) GEMM result; set by a block
+        # whose next layer reads it (no copy), never where in-place ops may follow
+        self.out_t = False
         n = grid + k
         low, high = grid_phases(grid, k)
         dtype = torch.get_default_dtype()
@@ -98,7 +101,9 @@ class ReLUKANLayer(nn.Module):
         if ops is not None:  # the fused native kernels (CPU float32 / float64)
             tanh = self.range.input_norm == "tanh"
             u = x if tanh else self.range(x)  # "none": the range check, u = x
-            y: Tensor = ops.relu_kan_layer(u, self.low, self.high, lin.weight, lin.bias, tanh)
+            y: Tensor = ops.relu_kan_layer(
+                u, self.low, self.high, lin.weight, lin.bias, tanh, self.out_t
+            )
             return y  # (..., out)
         r = self.basis(x)  # (..., in, G)
         return self.linear(r.flatten(-2))  # (..., out)
@@ -138,6 +143,7 @@ class ReLUKAN(nn.Module):
         kw: dict[str, Any] = dict(grid=grid, k=k, input_norm=input_norm, bias=bias, fused=fused)
         self.layer1 = ReLUKANLayer(in_features, hidden, train_phases=train_phases, **kw)
         self.layer2 = ReLUKANLayer(hidden, out, train_phases=train_phases, **kw)
+        self.layer1.out_t = True  # layer2 reads it (through a Dropout, not in place)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: Tensor) -> Tensor:

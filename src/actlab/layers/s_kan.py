@@ -153,6 +153,9 @@ class SKANLayer(nn.Module):
         self.spaces = parse_spaces(spaces)
         self.fused = bool(fused)
         self._codes = [SPACE_CODES[s] for s in self.spaces]
+        # fused path: return y as the (N, out) view of the (out, N) GEMM result; set by a block
+        # whose next layer reads it (no copy), never where in-place ops may follow
+        self.out_t = False
         self.in_features, self.out_features, self.grid, self.k = in_features, out_features, grid, k
         self.full_steps, self.select_steps, self.tau_min = full_steps, select_steps, tau_min
         n = grid + k
@@ -265,7 +268,7 @@ class SKANLayer(nn.Module):
             u = x if tanh else self.range(x)  # "none": the range check, u = x
             alpha = self._kernel_alpha()  # (in, P); one-hot after pruning: one space per node
             y = ops.s_kan_layer(
-                u, alpha, self._codes, self.grid, self.k, lin.weight, lin.bias, tanh
+                u, alpha, self._codes, self.grid, self.k, lin.weight, lin.bias, tanh, self.out_t
             )
         else:
             y = self.linear(self.basis(x).flatten(-2))  # (..., out)
@@ -318,6 +321,7 @@ class SKAN(nn.Module):
         )  # fmt: skip
         self.layer1 = SKANLayer(in_features, hidden, **kw)
         self.layer2 = SKANLayer(hidden, out, **kw)
+        self.layer1.out_t = True  # layer2 reads it (through a Dropout, not in place)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: Tensor) -> Tensor:

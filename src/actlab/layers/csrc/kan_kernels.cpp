@@ -496,16 +496,18 @@ at::Tensor transposed_input(const at::Tensor& x, bool tanh) {
   return ut;
 }
 
-// y (..., out) = Bt^T W^T + b
+// y (..., out) = Bt^T W^T + b, computed as y^T = W Bt + b (MKL is fastest on these operands
+// as they lie); out_t: y is returned as the (N, out) view of y^T (what the next KAN layer
+// reads without a copy), else as a contiguous copy.
 at::Tensor project(const at::Tensor& bt, const at::Tensor& w, const std::optional<at::Tensor>& bias,
-                   const at::Tensor& x) {
+                   const at::Tensor& x, bool out_t) {
   TORCH_CHECK(w.dim() == 2 && w.size(1) == bt.size(0), "kan layer: weight must be (out, ",
               bt.size(0), "), got ", w.sizes());
-  at::Tensor y = bias.has_value() && bias->defined() ? at::addmm(*bias, bt.t(), w.t())
-                                                     : at::mm(bt.t(), w.t());  // (N, out)
+  at::Tensor yt = bias.has_value() && bias->defined() ? at::addmm(bias->unsqueeze(1), w, bt)
+                                                      : at::mm(w, bt);  // (out, N)
   auto shape = x.sizes().vec();
   shape.back() = w.size(0);
-  return y.view(shape);
+  return (out_t ? yt.t() : yt.t().contiguous()).view(shape);
 }
 
 // The kernels have no second derivative: refuse a backward that would record one.
@@ -517,16 +519,16 @@ void no_double_backward(const char* name) {
 
 at::Tensor relu_kan_layer_plain(const at::Tensor& x, const at::Tensor& lo, const at::Tensor& hi,
                                 const at::Tensor& w, const std::optional<at::Tensor>& bias,
-                                bool tanh) {
+                                bool tanh, bool out_t) {
   auto ut = transposed_input(x, tanh);
-  return project(relu_basis_t(ut, lo, hi), w, bias, x);
+  return project(relu_basis_t(ut, lo, hi), w, bias, x, out_t);
 }
 
 at::Tensor s_kan_layer_plain(const at::Tensor& x, const at::Tensor& alpha, at::IntArrayRef spaces,
                              int64_t grid, int64_t k, const at::Tensor& w,
-                             const std::optional<at::Tensor>& bias, bool tanh) {
+                             const std::optional<at::Tensor>& bias, bool tanh, bool out_t) {
   auto ut = transposed_input(x, tanh);
-  return project(s_basis_t(ut, alpha, spaces, grid, k), w, bias, x);
+  return project(s_basis_t(ut, alpha, spaces, grid, k), w, bias, x, out_t);
 }
 
 // The weight and bias gradients and the input gradient's (..., in) view of gut (in, N).
@@ -534,27 +536,27 @@ void finish_grads(variable_list& out, const at::Tensor& gy2, const at::Tensor& b
                   const at::Tensor& gut, AutogradContext* ctx, size_t w_edge, size_t w_slot,
                   bool has_bias, const std::vector<int64_t>& xshape) {
   if (gut.defined()) out[0] = gut.t().reshape(xshape);
-  if (ctx->needs_input_grad(w_edge)) out[w_slot] = at::mm(gy2.t(), bt.t());  // (out, in G)
+  if (ctx->needs_input_grad(w_edge)) out[w_slot] = at::mm(bt, gy2).t().contiguous();  // (out, in G)
   if (has_bias && ctx->needs_input_grad(w_edge + 1)) out[w_slot + 1] = gy2.sum(0);
 }
 
 struct ReLUKANFunction : public torch::autograd::Function<ReLUKANFunction> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& lo,
                             const at::Tensor& hi, const at::Tensor& w,
-                            const std::optional<at::Tensor>& bias, bool tanh) {
+                            const std::optional<at::Tensor>& bias, bool tanh, bool out_t) {
     auto ut = transposed_input(x, tanh);
     ctx->save_for_backward({ut, lo, hi, w});
     ctx->saved_data["tanh"] = tanh;
     ctx->saved_data["bias"] = bias.has_value() && bias->defined();
     ctx->saved_data["xshape"] = x.sizes().vec();
-    return project(relu_basis_t(ut, lo, hi), w, bias, x);
+    return project(relu_basis_t(ut, lo, hi), w, bias, x, out_t);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     no_double_backward("relu_kan");
     auto saved = ctx->get_saved_variables();
     const auto &ut = saved[0], &lo = saved[1], &hi = saved[2], &w = saved[3];
     const bool has_bias = ctx->saved_data["bias"].toBool();
-    variable_list out(6);
+    variable_list out(7);
     if (!grads[0].defined()) return out;
     auto gy2 = grads[0].reshape({-1, w.size(0)});  // (N, out)
     auto gbt = at::mm(w.t(), gy2.t());              // (in G, N)
@@ -572,7 +574,8 @@ struct ReLUKANFunction : public torch::autograd::Function<ReLUKANFunction> {
 struct SKANFunction : public torch::autograd::Function<SKANFunction> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& alpha,
                             const at::Tensor& w, const std::optional<at::Tensor>& bias,
-                            std::vector<int64_t> spaces, int64_t grid, int64_t k, bool tanh) {
+                            std::vector<int64_t> spaces, int64_t grid, int64_t k, bool tanh,
+                            bool out_t) {
     auto ut = transposed_input(x, tanh);
     ctx->save_for_backward({ut, alpha, w});
     ctx->saved_data["tanh"] = tanh;
@@ -581,14 +584,14 @@ struct SKANFunction : public torch::autograd::Function<SKANFunction> {
     ctx->saved_data["spaces"] = spaces;
     ctx->saved_data["grid"] = grid;
     ctx->saved_data["k"] = k;
-    return project(s_basis_t(ut, alpha, spaces, grid, k), w, bias, x);
+    return project(s_basis_t(ut, alpha, spaces, grid, k), w, bias, x, out_t);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     no_double_backward("s_kan");
     auto saved = ctx->get_saved_variables();
     const auto &ut = saved[0], &alpha = saved[1], &w = saved[2];
     const bool has_bias = ctx->saved_data["bias"].toBool();
-    variable_list out(8);
+    variable_list out(9);
     if (!grads[0].defined()) return out;
     // edges: x 0, alpha 1, w 2, bias 3 (if given)
     const bool need_w = ctx->needs_input_grad(2);
@@ -607,15 +610,15 @@ struct SKANFunction : public torch::autograd::Function<SKANFunction> {
 
 at::Tensor relu_kan_layer_autograd(const at::Tensor& x, const at::Tensor& lo, const at::Tensor& hi,
                                    const at::Tensor& w, const std::optional<at::Tensor>& bias,
-                                   bool tanh) {
-  return ReLUKANFunction::apply(x, lo, hi, w, bias, tanh);
+                                   bool tanh, bool out_t) {
+  return ReLUKANFunction::apply(x, lo, hi, w, bias, tanh, out_t);
 }
 
 at::Tensor s_kan_layer_autograd(const at::Tensor& x, const at::Tensor& alpha,
                                 at::IntArrayRef spaces, int64_t grid, int64_t k,
                                 const at::Tensor& w, const std::optional<at::Tensor>& bias,
-                                bool tanh) {
-  return SKANFunction::apply(x, alpha, w, bias, spaces.vec(), grid, k, tanh);
+                                bool tanh, bool out_t) {
+  return SKANFunction::apply(x, alpha, w, bias, spaces.vec(), grid, k, tanh, out_t);
 }
 
 // Whether every value of every tensor is finite: sum(v * 0) is 0 unless some v is inf or NaN.
@@ -670,10 +673,10 @@ TORCH_LIBRARY(actlab_kan, m) {
       "bool tanh, bool need_basis, bool need_u, bool need_alpha) -> (Tensor, Tensor, Tensor)");
   m.def(
       "relu_kan_layer(Tensor x, Tensor low, Tensor high, Tensor weight, Tensor? bias, "
-      "bool tanh) -> Tensor");
+      "bool tanh, bool out_t=False) -> Tensor");
   m.def(
       "s_kan_layer(Tensor x, Tensor alpha, int[] spaces, int grid, int k, Tensor weight, "
-      "Tensor? bias, bool tanh) -> Tensor");
+      "Tensor? bias, bool tanh, bool out_t=False) -> Tensor");
   m.def("all_finite(Tensor[] tensors) -> bool");
   m.def("isa() -> str", isa);
 }
