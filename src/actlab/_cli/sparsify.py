@@ -96,8 +96,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--bench",
         action="store_true",
-        help="greedy decoding tokens/s, dense vs sparse (torch path and fused kernels), batch 1: "
-        "a 64-token held-out prompt + --max-new-tokens, through actlab's lean loop and generate",
+        help="greedy decoding tokens/s, dense vs sparse (torch path, fused float32 and bf16 "
+        "kernels), batch 1: a 64-token held-out prompt + --max-new-tokens, through actlab's lean "
+        "loop (module path and native step) and generate; threads: OMP_NUM_THREADS",
     )
     p.add_argument(
         "--batch", type=int, default=64, help="windows decoded side by side (default 64)"
