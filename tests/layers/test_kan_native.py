@@ -24,13 +24,14 @@ from torch import Tensor, nn
 from actlab.layers import _kan_native as kn
 from actlab.layers import create_layer
 from actlab.layers._kan_common import grid_phases
-from actlab.layers._kan_ref import relu_kan_ref, s_kan_ref
+from actlab.layers._kan_ref import af_kan_ref, relu_kan_ref, s_kan_ref
+from actlab.layers.af_kan import FUNC_NORMS, FUNCS
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("ACTLAB_NATIVE", "1") == "0", reason="native kernels disabled by ACTLAB_NATIVE=0"
 )
 
-REFS = {"relu_kan": relu_kan_ref, "s_kan": s_kan_ref}
+REFS = {"af_kan": af_kan_ref, "relu_kan": relu_kan_ref, "s_kan": s_kan_ref}
 # (spec, prune): S-KAN in its full phase (all spaces mix), mid-selection (tau < 1) and pruned
 CASES = [
     ("relu_kan", False),
@@ -41,15 +42,18 @@ CASES = [
     ("s_kan(spaces='chebyshev,relu', grid=4, k=2)", False),
     ("s_kan", True),
     ("s_kan(grid=1, k=0)", True),
+    ("af_kan", False),
+    ("af_kan(func_norm='sample', grid=3, k=1)", False),
 ]
 
 
 def _pair(spec: str, prune: bool, dtype: torch.dtype, d_in: int = 3, hidden: int = 5,
-          d_out: int = 2) -> tuple[nn.Module, nn.Module]:  # fmt: skip
+          d_out: int = 2, act: str = "silu") -> tuple[nn.Module, nn.Module]:  # fmt: skip
     """(fused module, its plain twin): equal parameters, the twin on the torch path."""
     torch.manual_seed(0)
     bias = "train_phases=False" not in spec  # that case also runs without biases
-    m = create_layer(spec, in_features=d_in, hidden_features=hidden, out_features=d_out, bias=bias)
+    m = create_layer(spec, in_features=d_in, hidden_features=hidden, out_features=d_out, bias=bias,
+                     act_layer=act)  # fmt: skip
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for p in m.parameters():
@@ -184,8 +188,9 @@ def test_inputs_at_and_outside_the_grid_edges() -> None:
 def test_nan_and_inf_behave_like_the_torch_path(input_norm: str) -> None:
     x = _x(6, 3, scale=0.5, seed=7)
     x[0, 0], x[2, 1], x[4, 2] = float("nan"), float("inf"), float("-inf")
-    for spec in ("relu_kan", "s_kan"):
-        m, twin = _pair(f"{spec}(input_norm={input_norm!r})", False, torch.float64)
+    for spec in ("relu_kan", "s_kan", "af_kan", "af_kan(func_norm='sample')"):
+        pre = spec.rstrip(")") + ", " if "(" in spec else spec + "("
+        m, twin = _pair(f"{pre}input_norm={input_norm!r})", False, torch.float64)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             got, want = _grads(m, x), _grads(twin, x)
@@ -206,6 +211,7 @@ def test_thread_count_does_not_change_results() -> None:
     alpha = torch.softmax(torch.randn(16, 4, generator=g), -1)
     m, _ = _pair("relu_kan", False, torch.float32, d_in=16, hidden=24, d_out=4)
     s, _ = _pair("s_kan", False, torch.float32, d_in=16, hidden=24, d_out=4)
+    a, _ = _pair("af_kan", False, torch.float32, d_in=16, hidden=24, d_out=4)
     x = _x(2048, 16, seed=9, dtype=torch.float32)
     before = torch.get_num_threads()
     outs = []
@@ -217,8 +223,10 @@ def test_thread_count_does_not_change_results() -> None:
                 *ops.relu_basis_t_bwd(ut, gbt, low, high, True, True, True, True),
                 ops.s_basis_t(ut, alpha, [0, 1, 2, 3], 5, 3),
                 *ops.s_basis_t_bwd(ut, gbt, alpha, [0, 1, 2, 3], 5, 3, True, True, True, True),
+                *ops.af_reduce_t(ut, low[0], high[0], alpha[:, 0].contiguous()[:8], 0, 0, 0),
+                *ops.af_reduce_t(ut, low[0], high[0], alpha[:, 0].contiguous()[:8], 1, 3, 1),
             ]
-            outs.append((kernels, _grads(m, x), _grads(s, x)))
+            outs.append((kernels, _grads(m, x), _grads(s, x), _grads(a, x)))
     finally:
         torch.set_num_threads(before)
     for a, b in zip(outs[0][0], outs[1][0], strict=True):
@@ -285,7 +293,7 @@ def test_failed_build_warns_once_and_falls_back(tmp_path: object) -> None:
         with warnings.catch_warnings(record=True) as w:
             warnings.simplefilter("always")
             outs = []
-            for spec in ("relu_kan", "s_kan", "relu_kan"):
+            for spec in ("relu_kan", "s_kan", "af_kan"):
                 torch.manual_seed(0)
                 m = create_layer(spec, in_features=3, hidden_features=4, out_features=2)
                 twin = copy.deepcopy(m)
@@ -302,3 +310,66 @@ def test_failed_build_warns_once_and_falls_back(tmp_path: object) -> None:
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "warnings 1 available False same True" in r.stdout, r.stdout + r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("func_norm", FUNC_NORMS)
+@pytest.mark.parametrize("func", sorted(FUNCS))
+def test_af_kan_every_combination_matches_the_plain_twin(func: str, func_norm: str) -> None:
+    m, twin = _pair(f"af_kan(func={func!r}, func_norm={func_norm!r})", False, torch.float64)
+    assert m.layer1._ops(torch.zeros(1, 3, dtype=torch.float64), m.layer1._params(torch.float64))
+    x, w = _x(4, 6, 3, seed=11), _x(4, 6, 2, seed=12)
+    _assert_same(_grads(m, x, w), _grads(twin, x, w), rtol=1e-10, atol=1e-11)
+
+
+@pytest.mark.parametrize("func_norm", ["batch", "sample"])
+def test_af_kan_gelu_and_tied_min_max_match_the_plain_twin(func_norm: str) -> None:
+    """Duplicated rows tie the min and max of f: the gradient is shared as torch's amin/amax."""
+    m, twin = _pair(f"af_kan(func_norm={func_norm!r})", False, torch.float64, act="gelu")
+    assert m.layer1._act_id[1] is None or m.layer1._act_id[1] == 1
+    x = _x(6, 3, seed=13)
+    x[3] = x[0]
+    x[5] = x[0]
+    _assert_same(_grads(m, x), _grads(twin, x), rtol=1e-10, atol=1e-11)
+    assert m.layer1._act_id[1] == 1  # the kernel ran (GELU)
+
+
+def test_af_kan_float32_is_as_close_to_float64_as_the_torch_path() -> None:
+    m, twin = _pair("af_kan(func='cubic2')", False, torch.float64)
+    x, w = _x(5, 7, 3, seed=14), _x(5, 7, 2, seed=15)
+    ref = _grads(m, x, w)
+    for mod in (m, twin):
+        got = _grads(copy.deepcopy(mod).float(), x.float(), w.float())
+        _assert_same(
+            (got[0].double(), [g.double() if g is not None else None for g in got[1]]),
+            ref, rtol=1e-3, atol=1e-3,
+        )  # fmt: skip
+
+
+def test_af_kan_other_acts_keep_the_torch_path() -> None:
+    m, twin = _pair("af_kan", False, torch.float64, act="relu")
+    x = _x(5, 3, seed=16)
+    _assert_same(_grads(m, x), _grads(twin, x), rtol=0.0, atol=0.0)
+    assert m.layer1._act_id[1] is None
+
+
+def test_af_kan_reduce_gradcheck_in_float64() -> None:
+    ops = kn.ops_for(torch.zeros(1, dtype=torch.float64))
+    assert ops is not None
+    g = torch.Generator().manual_seed(17)
+
+    def t(*shape: int, scale: float = 1.0) -> Tensor:
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).requires_grad_(True)
+
+    low = (torch.linspace(-1.4, 0.6, 4, dtype=torch.float64)).requires_grad_(True)
+    high = (low.detach() + 0.8).requires_grad_(True)
+    x, w = t(3, 2, scale=0.7), t(4)
+    for act in (0, 1):
+        for mode in (0, 1, 2):
+            outs = 4 if mode != 2 else 2
+
+            def f(
+                *a: Tensor, act: int = act, mode: int = mode, outs: int = outs
+            ) -> tuple[Tensor, ...]:
+                return tuple(ops.af_kan_reduce(*a, act, 0, mode, True))[:outs]
+
+            assert torch.autograd.gradcheck(f, (x, low, high, w), eps=1e-6, atol=1e-6)

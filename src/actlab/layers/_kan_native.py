@@ -31,8 +31,11 @@ from actlab._ext import Extension, try_load
 from actlab._ext import unavailable_reason as _ext_reason
 
 __all__ = [
+    "FUNC_CODES",
     "KERNELS",
+    "NORM_CODES",
     "SPACE_CODES",
+    "act_code",
     "all_finite",
     "available",
     "kernel_isa",
@@ -52,6 +55,8 @@ KERNELS = Extension(
         "s_basis_t_bwd",
         "relu_kan_layer",
         "s_kan_layer",
+        "af_reduce_t",
+        "af_kan_reduce",
         "all_finite",
         "isa",
     ),
@@ -61,6 +66,8 @@ KERNELS = Extension(
 )
 
 SPACE_CODES = {"bspline": 0, "rbf": 1, "chebyshev": 2, "relu": 3}  # csrc/kan_kernels.cpp Space
+FUNC_CODES = {"quad1": 0, "quad2": 1, "sum": 2, "prod": 3, "sum_prod": 4, "cubic1": 5, "cubic2": 6}
+NORM_CODES = {"batch": 0, "sample": 1, "none": 2}  # AF-KAN func_norm
 _DTYPES = (torch.float32, torch.float64)
 
 
@@ -108,3 +115,22 @@ def all_finite(tensors: list[Tensor]) -> bool | None:
         return None
     lib = try_load(KERNELS)
     return None if lib is None else bool(lib.ops.all_finite(tensors))
+
+
+def act_code(act: torch.nn.Module) -> int | None:
+    """0 if ``act`` computes SiLU, 1 if exact (erf) GELU, None otherwise (the AF-KAN kernel
+    knows these two): a module without parameters or buffers, probed in float64 on a grid."""
+    if any(True for _ in act.parameters()) or any(True for _ in act.buffers()):
+        return None
+    z = torch.linspace(-8.0, 8.0, 161, dtype=torch.float64)
+    try:
+        with torch.no_grad():
+            out = act(z.clone())
+    except Exception:  # noqa: BLE001 -- an activation that cannot take this input: no kernel
+        return None
+    if not isinstance(out, Tensor) or out.shape != z.shape or out.dtype != z.dtype:
+        return None
+    for code, ref in ((0, torch.nn.functional.silu(z)), (1, torch.nn.functional.gelu(z))):
+        if torch.allclose(out, ref, rtol=1e-12, atol=1e-14):
+            return code
+    return None

@@ -39,6 +39,13 @@ Choices (stated):
   sum_prod x1 + x2 + x1 x2, cubic1 (x1 + x2)(x1^2 + x2^2), cubic2 (x1 x2)^3 (the code's list).
 
 Parameters per layer: out * in + 2 in (LayerNorm) + G + 1 + 2 G + 1: about an MLP layer's.
+
+Speed: on CPU float32 / float64 with act SiLU or GELU (``fused=True``, default;
+:mod:`actlab.layers._kan_native`) one native op computes the two contractions over G and the
+min / max of f without writing f (N, in, G), and its backward recomputes f with its
+derivatives in one pass (a second, cheaper pass counts the min / max ties); softmax,
+LayerNorm, act and the projection stay torch ops. ``fused=False``, CUDA, other dtypes and
+other acts run the torch path (the plain twin the kernel is tested against).
 """
 
 from __future__ import annotations
@@ -58,6 +65,7 @@ from actlab.layers._kan_common import (
     check_grid,
     grid_phases,
 )
+from actlab.layers._kan_native import FUNC_CODES, NORM_CODES, act_code, ops_for
 from actlab.layers._kan_ref import af_kan_ref
 from actlab.layers._registry import act_module, register_layer
 
@@ -112,6 +120,7 @@ class AFKANLayer(nn.Module):
         func_norm: str = "batch",
         input_norm: str = "tanh",
         norm: str = "auto",
+        fused: bool = True,
     ) -> None:
         super().__init__()
         check_grid("af_kan", grid, k)
@@ -140,6 +149,8 @@ class AFKANLayer(nn.Module):
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         self.act = act
         self.range = InputRange("af_kan", input_norm)
+        self.fused = bool(fused)
+        self._act_id: tuple[int, int | None] = (0, None)  # (id of act, its kernel code)
 
     def forward(self, x: Tensor) -> Tensor:
         check_features("af_kan", x, self.in_features)
@@ -152,22 +163,56 @@ class AFKANLayer(nn.Module):
     def _reduce(self, x: Tensor) -> Tensor:
         """(..., in) -> (..., in): act(LayerNorm(attention-weighted sum of the features))."""
         p = self._params(x.dtype)
+        s0, s1 = self._contract(x, p)  # (..., in) each
+        t = p["temperature"].clamp(min=1.0)
+        a = torch.softmax((s0 + p["attn_b"][0]) / t, dim=-1)  # (..., in) over inputs
+        z = a * s1  # (..., in)
+        if self.use_norm:
+            z = F.layer_norm(z, (self.in_features,), p["norm_w"], p["norm_b"], self.norm.eps)
+        return self.act(z)
+
+    def _contract(self, x: Tensor, p: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """The min-max scaled contractions over G of f: f . w and sum_G f, each (..., in).
+
+        f is only contracted over G (with the attention weights w and with ones), and the
+        min-max scale is affine, so it is applied to the two contractions instead of to every
+        element of f: (f - lo) / span . v = (f . v - lo sum v) / span. The native kernel
+        (CPU float32 / float64, act SiLU or GELU) computes the contractions and lo / hi without
+        writing f; the torch path below is its plain twin."""
+        w = p["attn_w"][0]  # (G,)
+        ops = self._ops(x, p)
+        if ops is not None:
+            tanh = self.range.input_norm == "tanh"
+            u = x if tanh else self.range(x)  # "none": the range check, u = x
+            mode = NORM_CODES[self.func_norm]
+            s0, s1, lo, hi = ops.af_kan_reduce(
+                u, p["low"], p["high"], w, self._act_id[1], FUNC_CODES[self.func], mode, tanh
+            )
+            if self.func_norm == "none":
+                return s0, s1
+            if self.func_norm == "sample":
+                lo, hi = lo.unsqueeze(-1), hi.unsqueeze(-1)  # (..., 1)
+            span = hi - lo
+            span = torch.where(span > 0, span, torch.ones_like(span))
+            return (s0 - lo * w.sum()) / span, (s1 - lo * float(w.numel())) / span
         u = self.range(x).unsqueeze(-1)  # (..., in, 1)
         f = FUNCS[self.func](self.act(u - p["low"]), self.act(p["high"] - u))  # (..., in, G)
-        # f is only contracted over G (with the attention weights w and with ones), and the
-        # min-max scale is affine, so it is applied to the two contractions instead of to
-        # every element of f: (f - lo) / span . v = (f . v - lo sum v) / span
-        v = torch.stack([p["attn_w"][0], torch.ones_like(p["attn_w"][0])], -1)  # (G, 2)
+        v = torch.stack([w, torch.ones_like(w)], -1)  # (G, 2)
         s = f @ v  # (..., in, 2): f . w and sum_G f
         if self.func_norm != "none":
             lo, span = minmax_range(f, self.func_norm)  # scalars or (..., 1, 1)
             s = (s - lo * v.sum(0)) / span
-        t = p["temperature"].clamp(min=1.0)
-        a = torch.softmax((s[..., 0] + p["attn_b"][0]) / t, dim=-1)  # (..., in) over inputs
-        z = a * s[..., 1]  # (..., in)
-        if self.use_norm:
-            z = F.layer_norm(z, (self.in_features,), p["norm_w"], p["norm_b"], self.norm.eps)
-        return self.act(z)
+        return s[..., 0], s[..., 1]
+
+    def _ops(self, x: Tensor, p: dict[str, Tensor]) -> Any | None:
+        """The native ops when they apply (fused, CPU float32 / float64, act SiLU or GELU)."""
+        if not self.fused:
+            return None
+        if self._act_id[0] != id(self.act):  # probed once per act module (surgery may swap it)
+            self._act_id = (id(self.act), act_code(self.act))
+        if self._act_id[1] is None:
+            return None
+        return ops_for(x, p["low"], p["high"], p["attn_w"])
 
     def _params(self, dtype: torch.dtype) -> dict[str, Tensor]:
         p = {
@@ -212,13 +257,15 @@ class AFKAN(nn.Module):
         func_norm: str = "batch",
         input_norm: str = "tanh",
         norm: str = "auto",
+        fused: bool = True,
     ) -> None:
         super().__init__()
         hidden = hidden_features or in_features
         out = out_features or in_features
         kw: dict[str, Any] = dict(
-            grid=grid, k=k, func=func, func_norm=func_norm, input_norm=input_norm, norm=norm
-        )
+            grid=grid, k=k, func=func, func_norm=func_norm, input_norm=input_norm, norm=norm,
+            fused=fused,
+        )  # fmt: skip
         a = act if act is not None else (act_layer if act_layer is not None else "silu")
         self.layer1 = AFKANLayer(in_features, hidden, act_module(a), **kw)
         self.layer2 = AFKANLayer(hidden, out, act_module(a), **kw)
