@@ -22,7 +22,7 @@
 //
 // Threading: ATen's at::parallel_for (the process's own OpenMP pool; a private OpenMP
 // runtime inside torch's process ran 2x slower than dense). sparse_linear splits the outputs
-// into one contiguous slice per thread (multiples of 32 values, so the vector / scalar split
+// into one contiguous slice per thread (whole 32-value lines, so the vector / scalar split
 // of each output depends on its index only): every output sums the same products in the same
 // order whatever the thread count, so results are bit-identical across thread counts.
 // gated_mlp's second phase splits the surviving channels into fixed groups whose partial
@@ -233,14 +233,21 @@ void sparse_matvec(const W* w, int64_t N, const std::vector<int64_t>& idx,
   }
   const int64_t S = static_cast<int64_t>(idx.size());
   if (S == 0) return;
-  const int64_t threads = S * N * B < kSerialWork ? 1 : at::get_num_threads();
-  int64_t slice = (N + threads - 1) / threads;
-  slice = (slice + kLine - 1) / kLine * kLine;
-  const int64_t slices = (N + slice - 1) / slice;
-  at::parallel_for(0, slices, 1, [&](int64_t a, int64_t e) {
+  // One slice per thread, balanced in whole lines (576 outputs = 18 lines: 9 + 9 at 2 threads,
+  // where slices rounded up to a multiple of 32 values gave 320 + 256); slice boundaries are
+  // multiples of kLine, so which path an element takes still depends on its index only.
+  const int64_t lines = (N + kLine - 1) / kLine;
+  const int64_t threads =
+      S * N * B < kSerialWork ? 1 : std::min<int64_t>(at::get_num_threads(), lines);
+  if (threads <= 1) {
+    axpy_rows(w, N, idx.data(), xs.data(), S, B, y, N, 0, N);
+    return;
+  }
+  at::parallel_for(0, threads, 1, [&](int64_t a, int64_t e) {
     for (int64_t i = a; i < e; ++i) {
-      const int64_t n0 = i * slice;
-      axpy_rows(w, N, idx.data(), xs.data(), S, B, y, N, n0, std::min(N, n0 + slice));
+      const int64_t n0 = std::min(N, lines * i / threads * kLine);
+      const int64_t n1 = std::min(N, lines * (i + 1) / threads * kLine);
+      if (n1 > n0) axpy_rows(w, N, idx.data(), xs.data(), S, B, y, N, n0, n1);
     }
   });
 }
