@@ -340,11 +340,11 @@ def _bench(args: argparse.Namespace, dense: Any, sparse: Any, tok: Any) -> None:
     plans.append((f"{name} (torch)", sparse, [lean, gen]))
     if kernels_available():
         for dtype, label in ((torch.float32, "kernels"), (torch.bfloat16, "kernels, bf16")):
-            fused = copy.deepcopy(sparse)
+            shared = {id(t): t for t in (*sparse.parameters(), *sparse.buffers())}
+            fused = copy.deepcopy(sparse, shared)  # the modules copied, the weights shared
             use_kernels(fused, dtype)
-            plans.append(
-                (f"{name} ({label})", fused, [lean, native, gen][: 3 if label == "kernels" else 2])
-            )
+            paths = [lean, native, gen] if label == "kernels" else [native]  # bf16: native only
+            plans.append((f"{name} ({label})", fused, paths))
     rows = []
     base: dict[str, Any] = {}
     for label, m, paths in plans:
