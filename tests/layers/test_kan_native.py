@@ -325,12 +325,15 @@ def test_af_kan_every_combination_matches_the_plain_twin(func: str, func_norm: s
 def test_af_kan_gelu_and_tied_min_max_match_the_plain_twin(func_norm: str) -> None:
     """Duplicated rows tie the min and max of f: the gradient is shared as torch's amin/amax."""
     m, twin = _pair(f"af_kan(func_norm={func_norm!r})", False, torch.float64, act="gelu")
-    assert m.layer1._act_id[1] is None or m.layer1._act_id[1] == 1
     x = _x(6, 3, seed=13)
     x[3] = x[0]
     x[5] = x[0]
     _assert_same(_grads(m, x), _grads(twin, x), rtol=1e-10, atol=1e-11)
     assert m.layer1._act_id[1] == 1  # the kernel ran (GELU)
+    x = _x(600, 3, seed=18)  # ties across the kernel's row chunks (256 rows), and a flat block
+    x[300:600] = x[:300]
+    x[100:140] = 0.25
+    _assert_same(_grads(m, x), _grads(twin, x), rtol=1e-10, atol=1e-11)
 
 
 def test_af_kan_float32_is_as_close_to_float64_as_the_torch_path() -> None:

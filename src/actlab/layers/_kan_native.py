@@ -62,7 +62,7 @@ KERNELS = Extension(
     ),
     openmp=True,
     title="native KAN kernels",
-    fallback="ReLU-KAN and S-KAN use their torch paths",
+    fallback="ReLU-KAN, S-KAN and AF-KAN use their torch paths",
 )
 
 SPACE_CODES = {"bspline": 0, "rbf": 1, "chebyshev": 2, "relu": 3}  # csrc/kan_kernels.cpp Space

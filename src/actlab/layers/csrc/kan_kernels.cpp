@@ -495,8 +495,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> s_basis_t_bwd(
 // (the ties share the min / max gradient evenly, as torch's amin / amax), then
 //   du = sum_j gf (f_a act'(u - l_j) - f_b act'(h_j - u)),  dl_j = -sum gf f_a act'(u - l_j),
 //   dh_j = sum gf f_b act'(h_j - u),  dw_j = sum gs0 f.
-// The counts #lo, #hi come from a first backward pass that recomputes f (only when glo / ghi
-// are given). Rows run in fixed chunks of kChunk (parallel over chunks; per-chunk parameter
+// The tie counts #lo, #hi are kept by the forward pass (per lane while it runs the extremes),
+// so the backward is one pass. Rows run in fixed chunks of kChunk (parallel over chunks; per-chunk parameter
 // sums added in chunk order): results do not depend on the thread count.
 constexpr int64_t kChunk = 256;
 
@@ -563,21 +563,41 @@ struct AFArgs {
   bool tanh;
 };
 
-// Forward: s0t, s1t (in, N); per chunk min / max (mode 0) or per row (mode 1) into lo, hi.
+// A running minimum (or maximum) with the count of values equal to it. NaN propagates (and
+// then nothing counts), as in amin / amax.
+template <typename T>
+struct Extreme {
+  double m, c = 0.0;
+  void merge(T v, double cnt, bool is_min) {
+    if (std::isnan(m)) return;
+    if (std::isnan(static_cast<double>(v))) {
+      m = static_cast<double>(v), c = 0.0;
+    } else if (is_min ? v < m : v > m) {
+      m = static_cast<double>(v), c = cnt;
+    } else if (v == m) {
+      c += cnt;
+    }
+  }
+};
+
+// Forward: s0t, s1t (in, N); the min / max of f with their tie counts per row (mode 1: rmin,
+// rmax, rcmin, rcmax, N values each) or per chunk (cmin, cmax: kChunk rows each).
 template <typename T>
 void af_fwd_kernel(const T* ut, const T* lo_p, const T* hi_p, const T* w, T* s0t, T* s1t, T* rmin,
-                   T* rmax, std::vector<T>& cmin, std::vector<T>& cmax, const AFArgs& A) {
+                   T* rmax, double* rcmin, double* rcmax, std::vector<Extreme<T>>& cmin,
+                   std::vector<Extreme<T>>& cmax, const AFArgs& A) {
   using V = Vectorized<T>;
   constexpr int64_t S = V::size();
   const int64_t chunks = (A.N + kChunk - 1) / kChunk;
   const T inf = std::numeric_limits<T>::infinity();
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    const V one(T(1));
     for (int64_t ch = c0; ch < c1; ++ch) {
-      V mn(inf), mx(-inf);
+      Extreme<T> emn{static_cast<double>(inf)}, emx{static_cast<double>(-inf)};
       const int64_t n1 = std::min(A.N, (ch + 1) * kChunk);
       for (int64_t n = ch * kChunk; n < n1; n += S) {
         const int64_t c = std::min<int64_t>(S, n1 - n);
-        V rmn(inf), rmx(-inf);
+        V rmn(inf), rmx(-inf), cmn(T(0)), cmx(T(0));  // per row (lane): extremes and ties
         for (int64_t i = 0; i < A.nin; ++i) {
           const V u = V::loadu(ut + i * A.N + n, c);
           V s0(T(0)), s1(T(0));
@@ -588,33 +608,34 @@ void af_fwd_kernel(const T* ut, const T* lo_p, const T* hi_p, const T* w, T* s0t
             const V f = func_d<T>(A.func, x1, x2, nullptr, nullptr);
             s0 = s0 + f * V(w[j]);
             s1 = s1 + f;
-            rmn = at::vec::minimum(rmn, f);
-            rmx = at::vec::maximum(rmx, f);
+            if (A.mode != 2) {  // counts of a row stay below 2^24 (in G values) in float
+              cmn = V::blendv(cmn + f.eq(rmn), one, f < rmn);
+              cmx = V::blendv(cmx + f.eq(rmx), one, f > rmx);
+              rmn = at::vec::minimum(rmn, f);
+              rmx = at::vec::maximum(rmx, f);
+            }
           }
           s0.store(s0t + i * A.N + n, c);
           s1.store(s1t + i * A.N + n, c);
         }
-        if (A.mode == 1) {
-          rmn.store(rmin + n, c);
-          rmx.store(rmax + n, c);
+        if (A.mode == 2) continue;
+        T a[S], b[S], ca[S], cb[S];
+        rmn.store(a);
+        rmx.store(b);
+        cmn.store(ca);
+        cmx.store(cb);
+        for (int64_t l = 0; l < c; ++l) {
+          if (A.mode == 1) {
+            rmin[n + l] = a[l], rmax[n + l] = b[l];
+            rcmin[n + l] = ca[l], rcmax[n + l] = cb[l];
+          } else {
+            emn.merge(a[l], ca[l], true);
+            emx.merge(b[l], cb[l], false);
+          }
         }
-        if (c < S) {  // lanes past the end: neutral
-          rmn = V::set(V(inf), rmn, c);
-          rmx = V::set(V(-inf), rmx, c);
-        }
-        mn = at::vec::minimum(mn, rmn);
-        mx = at::vec::maximum(mx, rmx);
       }
-      T a[S], b[S];
-      mn.store(a);
-      mx.store(b);
-      T m0 = a[0], m1 = b[0];
-      for (int64_t l = 1; l < S; ++l) {  // NaN propagates, as in amin / amax
-        m0 = (std::isnan(m0) || a[l] < m0 || std::isnan(a[l])) ? (std::isnan(m0) ? m0 : a[l]) : m0;
-        m1 = (std::isnan(m1) || b[l] > m1 || std::isnan(b[l])) ? (std::isnan(m1) ? m1 : b[l]) : m1;
-      }
-      cmin[ch] = m0;
-      cmax[ch] = m1;
+      cmin[ch] = emn;
+      cmax[ch] = emx;
     }
   });
 }
@@ -623,57 +644,18 @@ void af_fwd_kernel(const T* ut, const T* lo_p, const T* hi_p, const T* w, T* s0t
 // gradient). Outputs gut (in, N) (if gut) and per-chunk sums of dl, dh, dw (3 G per chunk).
 template <typename T>
 void af_bwd_kernel(const T* ut, const T* l_p, const T* h_p, const T* w, const T* gs0t,
-                   const T* gs1t, const T* lo, const T* hi, const T* glo, const T* ghi, T* gut,
-                   std::vector<double>& part, const AFArgs& A) {
+                   const T* gs1t, const T* lo, const T* hi, const double* nlo, const double* nhi,
+                   const T* glo, const T* ghi, T* gut, std::vector<double>& part, const AFArgs& A) {
   using V = Vectorized<T>;
   constexpr int64_t S = V::size();
   const int64_t G = A.G, chunks = (A.N + kChunk - 1) / kChunk;
   const bool ties = glo != nullptr;
-  // the tie counts: per row (mode 1) or in total (mode 0)
-  std::vector<double> nlo(ties ? (A.mode == 1 ? A.N : chunks) : 0, 0.0), nhi(nlo.size(), 0.0);
-  auto lim = [&](const T* p, int64_t n, int64_t c) { return A.mode == 1 ? V::loadu(p + n, c) : V(p[0]); };
-  if (ties) {
-    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-      for (int64_t ch = c0; ch < c1; ++ch) {
-        const int64_t n1 = std::min(A.N, (ch + 1) * kChunk);
-        LaneSum<T> tl, th;
-        for (int64_t n = ch * kChunk; n < n1; n += S) {
-          const int64_t c = std::min<int64_t>(S, n1 - n);
-          const V vlo = lim(lo, n, c), vhi = lim(hi, n, c);
-          V rl(T(0)), rh(T(0));
-          for (int64_t i = 0; i < A.nin; ++i) {
-            const V u = V::loadu(ut + i * A.N + n, c);
-            for (int64_t j = 0; j < G; ++j) {
-              V x1, x2;
-              act_d<T>(A.act, u - V(l_p[j]), x1, nullptr);
-              act_d<T>(A.act, V(h_p[j]) - u, x2, nullptr);
-              const V f = func_d<T>(A.func, x1, x2, nullptr, nullptr);
-              rl = rl + f.eq(vlo);
-              rh = rh + f.eq(vhi);
-            }
-          }
-          if (A.mode == 1) {
-            T a[S], b[S];
-            rl.store(a);
-            rh.store(b);
-            for (int64_t l = 0; l < c; ++l) nlo[n + l] = a[l], nhi[n + l] = b[l];
-          } else {
-            tl.add(head(rl, c));
-            th.add(head(rh, c));
-          }
-        }
-        if (A.mode != 1) nlo[ch] = tl.value(), nhi[ch] = th.value();
-      }
-    });
-    if (A.mode != 1) {  // one total, summed in chunk order
-      double a = 0.0, b = 0.0;
-      for (int64_t ch = 0; ch < chunks; ++ch) a += nlo[ch], b += nhi[ch];
-      nlo.assign(1, a);
-      nhi.assign(1, b);
-    }
-  }
+  auto lim = [&](const T* p, int64_t n, int64_t c) {
+    return A.mode == 1 ? V::loadu(p + n, c) : V(p[0]);
+  };
   // the min / max gradient per tie: glo / #lo (per row in mode 1)
-  std::vector<T> slo(ties ? nlo.size() : 0), shi(slo.size());
+  const int64_t rows = A.mode == 1 ? A.N : 1;
+  std::vector<T> slo(ties ? rows : 0), shi(slo.size());
   for (size_t r = 0; r < slo.size(); ++r) {
     slo[r] = static_cast<T>(static_cast<double>(glo[r]) / std::max(nlo[r], 1.0));
     shi[r] = static_cast<T>(static_cast<double>(ghi[r]) / std::max(nhi[r], 1.0));
@@ -720,7 +702,8 @@ void af_bwd_kernel(const T* ut, const T* l_p, const T* h_p, const T* w, const T*
   });
 }
 
-// (s0t, s1t, lo, hi) of ut (in, N) with phases low, high (G) and attention weights w (G).
+// (s0t, s1t, lo, hi, #lo, #hi) of ut (in, N) with phases low, high (G) and attention weights
+// w (G); lo, hi and the tie counts (float64) are scalars (mode 0, 2) or (N,) (mode 1).
 std::vector<at::Tensor> af_reduce_t(const at::Tensor& ut, const at::Tensor& lo_p,
                                     const at::Tensor& hi_p, const at::Tensor& w, int64_t act,
                                     int64_t func, int64_t mode) {
@@ -733,28 +716,35 @@ std::vector<at::Tensor> af_reduce_t(const at::Tensor& ut, const at::Tensor& lo_p
   check_like(w, ut, {G}, "af_reduce_t", "w");
   const AFArgs A{ut.size(0), ut.size(1), G, act, func, mode, false};
   auto s0t = at::empty_like(ut), s1t = at::empty_like(ut);
-  at::Tensor lo = mode == 1 ? at::empty({A.N}, ut.options()) : at::empty({}, ut.options());
+  at::Tensor lo = mode == 1 ? at::empty({A.N}, ut.options()) : at::zeros({}, ut.options());
   at::Tensor hi = at::empty_like(lo);
+  auto dopt = ut.options().dtype(at::kDouble);
+  at::Tensor nlo = mode == 1 ? at::empty({A.N}, dopt) : at::zeros({}, dopt);
+  at::Tensor nhi = at::empty_like(nlo);
   AT_DISPATCH_FLOATING_TYPES(ut.scalar_type(), "af_reduce_t", [&] {
     const int64_t chunks = (A.N + kChunk - 1) / kChunk;
-    std::vector<scalar_t> cmin(chunks), cmax(chunks);
-    af_fwd_kernel<scalar_t>(ut.data_ptr<scalar_t>(), lo_p.contiguous().data_ptr<scalar_t>(),
-                            hi_p.contiguous().data_ptr<scalar_t>(), w.contiguous().data_ptr<scalar_t>(),
-                            s0t.data_ptr<scalar_t>(), s1t.data_ptr<scalar_t>(),
-                            mode == 1 ? lo.data_ptr<scalar_t>() : nullptr,
-                            mode == 1 ? hi.data_ptr<scalar_t>() : nullptr, cmin, cmax, A);
-    if (mode != 1) {
-      const scalar_t inf = std::numeric_limits<scalar_t>::infinity();
-      scalar_t m0 = inf, m1 = -inf;
+    std::vector<Extreme<scalar_t>> cmin(chunks), cmax(chunks);
+    const bool rows = mode == 1;
+    af_fwd_kernel<scalar_t>(
+        ut.data_ptr<scalar_t>(), lo_p.contiguous().data_ptr<scalar_t>(),
+        hi_p.contiguous().data_ptr<scalar_t>(), w.contiguous().data_ptr<scalar_t>(),
+        s0t.data_ptr<scalar_t>(), s1t.data_ptr<scalar_t>(), rows ? lo.data_ptr<scalar_t>() : nullptr,
+        rows ? hi.data_ptr<scalar_t>() : nullptr, rows ? nlo.data_ptr<double>() : nullptr,
+        rows ? nhi.data_ptr<double>() : nullptr, cmin, cmax, A);
+    if (mode == 0) {  // the chunks' extremes merged in chunk order
+      const double inf = std::numeric_limits<double>::infinity();
+      Extreme<scalar_t> emn{inf}, emx{-inf};
       for (int64_t ch = 0; ch < chunks; ++ch) {
-        if (std::isnan(cmin[ch]) || cmin[ch] < m0) m0 = std::isnan(m0) ? m0 : cmin[ch];
-        if (std::isnan(cmax[ch]) || cmax[ch] > m1) m1 = std::isnan(m1) ? m1 : cmax[ch];
+        emn.merge(static_cast<scalar_t>(cmin[ch].m), cmin[ch].c, true);
+        emx.merge(static_cast<scalar_t>(cmax[ch].m), cmax[ch].c, false);
       }
-      lo.fill_(m0);
-      hi.fill_(m1);
+      lo.fill_(emn.m);
+      hi.fill_(emx.m);
+      nlo.fill_(emn.c);
+      nhi.fill_(emx.c);
     }
   });
-  return {s0t, s1t, lo, hi};
+  return {s0t, s1t, lo, hi, nlo, nhi};
 }
 
 // (gut, glow, ghigh, gw); gut undefined unless need_u.
@@ -762,7 +752,8 @@ std::vector<at::Tensor> af_reduce_t_bwd(const at::Tensor& ut, const at::Tensor& 
                                         const at::Tensor& hi_p, const at::Tensor& w, int64_t act,
                                         int64_t func, int64_t mode, const at::Tensor& gs0t_,
                                         const at::Tensor& gs1t_, const at::Tensor& lo,
-                                        const at::Tensor& hi, const std::optional<at::Tensor>& glo_,
+                                        const at::Tensor& hi, const at::Tensor& nlo_,
+                                        const at::Tensor& nhi_, const std::optional<at::Tensor>& glo_,
                                         const std::optional<at::Tensor>& ghi_, bool tanh,
                                         bool need_u) {
   check_ut(ut, "af_reduce_t_bwd");
@@ -783,10 +774,12 @@ std::vector<at::Tensor> af_reduce_t_bwd(const at::Tensor& ut, const at::Tensor& 
   AT_DISPATCH_FLOATING_TYPES(ut.scalar_type(), "af_reduce_t_bwd", [&] {
     std::vector<double> part;
     auto lc = lo.contiguous(), hc = hi.contiguous();
+    auto nlo = nlo_.to(at::kDouble).contiguous(), nhi = nhi_.to(at::kDouble).contiguous();
     af_bwd_kernel<scalar_t>(ut.data_ptr<scalar_t>(), lo_p.contiguous().data_ptr<scalar_t>(),
                             hi_p.contiguous().data_ptr<scalar_t>(), w.contiguous().data_ptr<scalar_t>(),
                             gs0t.data_ptr<scalar_t>(), gs1t.data_ptr<scalar_t>(),
                             lc.data_ptr<scalar_t>(), hc.data_ptr<scalar_t>(),
+                            nlo.data_ptr<double>(), nhi.data_ptr<double>(),
                             ties ? glo.data_ptr<scalar_t>() : nullptr,
                             ties ? ghi.data_ptr<scalar_t>() : nullptr,
                             need_u ? gut.data_ptr<scalar_t>() : nullptr, part, A);
@@ -955,7 +948,7 @@ struct AFKANFunction : public torch::autograd::Function<AFKANFunction> {
                                int64_t func, int64_t mode, bool tanh) {
     auto ut = transposed_input(x, tanh);
     auto r = af_reduce_t(ut, lo_p, hi_p, w, act, func, mode);
-    ctx->save_for_backward({ut, lo_p, hi_p, w, r[2], r[3]});
+    ctx->save_for_backward({ut, lo_p, hi_p, w, r[2], r[3], r[4], r[5]});
     ctx->saved_data["act"] = act;
     ctx->saved_data["func"] = func;
     ctx->saved_data["mode"] = mode;
@@ -978,7 +971,8 @@ struct AFKANFunction : public torch::autograd::Function<AFKANFunction> {
     if (mode != 2 && grads[3].defined()) ghi = grads[3].reshape({-1});
     auto r = af_reduce_t_bwd(sv[0], sv[1], sv[2], sv[3], ctx->saved_data["act"].toInt(),
                              ctx->saved_data["func"].toInt(), mode, gsum(grads[0]),
-                             gsum(grads[1]), sv[4].reshape({-1}), sv[5].reshape({-1}), glo, ghi,
+                             gsum(grads[1]), sv[4].reshape({-1}), sv[5].reshape({-1}),
+                             sv[6].reshape({-1}), sv[7].reshape({-1}), glo, ghi,
                              ctx->saved_data["tanh"].toBool(), ctx->needs_input_grad(0));
     variable_list out(8);
     if (ctx->needs_input_grad(0)) out[0] = r[0].t().reshape(xshape);
