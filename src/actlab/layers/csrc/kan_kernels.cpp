@@ -925,13 +925,13 @@ struct SKANFunction : public torch::autograd::Function<SKANFunction> {
   }
 };
 
-// AF-KAN's basis reduction as a differentiable op: x (..., in) -> s0, s1 (..., in) (views of
-// the (in, N) results), lo, hi (mode 0: scalars; mode 1: (...); mode 2: unused zeros).
+// AF-KAN's basis reduction as a differentiable op: x (..., in) -> s0, s1 (..., in), lo, hi (mode 0: scalars; mode 1: (...); mode 2: unused zeros).
 std::vector<at::Tensor> af_outputs(const std::vector<at::Tensor>& r, const at::Tensor& x,
                                    int64_t mode) {
   auto lead = x.sizes().vec();
   lead.pop_back();
-  return {r[0].t().view(x.sizes()), r[1].t().view(x.sizes()),
+  // contiguous (N, in): the softmax and LayerNorm over `in` that follow need that layout
+  return {r[0].t().contiguous().view(x.sizes()), r[1].t().contiguous().view(x.sizes()),
           mode == 1 ? r[2].view(lead) : r[2], mode == 1 ? r[3].view(lead) : r[3]};
 }
 
