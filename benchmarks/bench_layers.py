@@ -26,10 +26,14 @@ A step is: zero grads, y = layer(x), y.square().mean().backward(). pykan
 skipped with the reason printed. Figures from a shared 2-core machine are preliminary.
 
     python benchmarks/bench_layers.py [--repeats 30] [--threads 1] [--device cpu]
-        [--groups transformer,fit,attention,norm] [--compile]
+        [--groups transformer,fit,attention,norm] [--compile] [--plain]
 
-``--compile`` adds relu_kan under ``torch.compile`` (inductor fuses the basis and its
-backward into a few loops; the first step compiles for about a minute on 2 busy cores).
+The KAN rows run their native CPU kernels (``actlab.layers._kan_native``: basis and backward
+fused, one GEMM each way; float32 / float64 on CPU) when the library builds, else their torch
+paths (the header says which). ``--plain`` adds each KAN on its torch path (``fused=False``) as
+a row beside it, so the kernels' gain is measured in the same interleaved rounds.
+``--compile`` adds relu_kan under ``torch.compile`` (inductor fuses the torch path's basis and
+its backward into a few loops; the first step compiles for about a minute on 2 busy cores).
 
 Targets (issue 14): KAN layers <= 2x an MLP of equal parameters; PolyNorm <= 1.3x GELU's
 MLP; EvoNorm <= 1.5x BN+ReLU.
@@ -38,6 +42,7 @@ MLP; EvoNorm <= 1.5x BN+ReLU.
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import tempfile
@@ -51,6 +56,7 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import interleaved_samples, saved_bytes  # noqa: E402
 
+from actlab.layers import _kan_native as kan_native  # noqa: E402
 from actlab.layers import create_layer, list_layers  # noqa: E402
 from actlab.models import match_hidden  # noqa: E402
 from actlab.models.vit import attention  # noqa: E402
@@ -113,7 +119,12 @@ def _kan_entries(
                          act_layer=act).to(device)  # fmt: skip
         out.append((Entry(spec if spec != "mlp" else f"mlp({act})", lambda m=m: m(x), _n(m),
                           f"H={h}"), m))  # fmt: skip
-        if spec == "relu_kan" and COMPILE:  # the fused path that eager mode lacks
+        if PLAIN and spec != "mlp":  # the same module on its torch path (fused=False)
+            twin = copy.deepcopy(m)
+            for lay in (twin.layer1, twin.layer2):
+                lay.fused = False
+            out.append((Entry(f"{spec} (torch)", lambda t=twin: t(x), _n(twin), f"H={h}"), twin))
+        if spec == "relu_kan" and COMPILE:  # inductor's fusion of the torch path
             c = torch.compile(m)
             out.append((Entry("relu_kan compiled", lambda c=c: c(x), _n(m), f"H={h}"), m))
         if spec == "s_kan":  # after the schedule: one space per node
@@ -126,6 +137,12 @@ def _kan_entries(
             pruned.prune()
             out.append((Entry("s_kan (pruned)", lambda m=pruned: m(x), _n(pruned), f"H={h}"),
                         pruned))  # fmt: skip
+            if PLAIN:
+                twin = copy.deepcopy(pruned)
+                for lay in (twin.layer1, twin.layer2):
+                    lay.fused = False
+                out.append((Entry("s_kan pruned (torch)", lambda t=twin: t(x), _n(twin),
+                                  f"H={h}"), twin))  # fmt: skip
     return out
 
 
@@ -216,6 +233,7 @@ def _peak(step: Callable[[], None], device: str) -> str:
 
 
 COMPILE = False  # --compile: add torch.compile rows (inductor; compiling takes minutes here)
+PLAIN = False  # --plain: add each KAN on its torch path (fused=False) beside its native kernels
 
 
 def run_group(key: str, repeats: int, device: str) -> None:
@@ -236,7 +254,7 @@ def run_group(key: str, repeats: int, device: str) -> None:
     times = interleaved_samples(steps, repeats, warmup=3)
     base = rows[0][0].name
     print(f"\n## {title}   (baseline: {base}; {repeats} interleaved rounds)")
-    head = f"{'layer':18s} {'params':>7s} {'median ms':>10s} {'x base':>7s} {'IQR of x':>13s} "
+    head = f"{'layer':20s} {'params':>7s} {'median ms':>10s} {'x base':>7s} {'IQR of x':>13s} "
     print(head + f"{'x (min)':>8s} {'saved KiB':>10s} {'x base':>7s} {'cuda peak':>10s}  note")
     saved0 = max(saved_bytes(rows[0][0].forward), 1)
     for entry, _ in rows:
@@ -244,7 +262,7 @@ def run_group(key: str, repeats: int, device: str) -> None:
         ratios = sorted(a / b for a, b in zip(t, times[base], strict=True))
         q1, q3 = statistics.quantiles(ratios, n=4)[0], statistics.quantiles(ratios, n=4)[2]
         sb = saved_bytes(entry.forward)
-        print(f"{entry.name:18s} {entry.params:7d} {statistics.median(t) * 1e3:10.3f} "
+        print(f"{entry.name:20s} {entry.params:7d} {statistics.median(t) * 1e3:10.3f} "
               f"{statistics.median(ratios):7.2f} {f'{q1:.2f}-{q3:.2f}':>13s} "
               f"{min(t) / min(times[base]):8.2f} "
               f"{sb / 1024:10.1f} {sb / saved0:7.2f} {_peak(steps[entry.name], device):>10s}"
@@ -264,16 +282,20 @@ def main() -> None:
     ap.add_argument(
         "--compile", action="store_true", help="add a torch.compile'd relu_kan row (slow start)"
     )
+    ap.add_argument(
+        "--plain", action="store_true", help="add the KANs' torch paths (fused=False) as rows"
+    )
     args = ap.parse_args()
-    global COMPILE
-    COMPILE = args.compile
+    global COMPILE, PLAIN
+    COMPILE, PLAIN = args.compile, args.plain
     torch.set_num_threads(args.threads)
     keys = [g.strip() for g in args.groups.split(",") if g.strip()]
     bad = [k for k in keys if k not in GROUPS]
     if bad:
         sys.exit(f"bench_layers: unknown group {', '.join(bad)}; choose from {', '.join(GROUPS)}")
-    print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}; "
-          "preliminary: shared machine")  # fmt: skip
+    isa = kan_native.kernel_isa() or f"unavailable ({kan_native.unavailable_reason()})"
+    print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, "
+          f"KAN kernels {isa}; preliminary: shared machine")  # fmt: skip
     for key in keys:
         run_group(key, args.repeats, args.device)
 
