@@ -15,13 +15,21 @@ greedy sampler does) - seconds per step, best of ``rounds`` after one untimed wa
 Through ``llama-cpp-python`` (``Llama.eval``: one ``llama_decode`` per token plus a few
 Python lines, which it also costs a user).
 
-Install (a benchmark extra, never a runtime dependency; it compiles llama.cpp, ~25 min on 2
-busy cores with the options below, so ``scripts/bootstrap.sh`` does not install it)::
+Install (the ``llamacpp`` extra: a benchmark tool, never a runtime dependency; pip compiles
+llama.cpp from the sdist, 16 min on 2 busy cores at ``nice 19`` with the lean options below,
+so ``scripts/bootstrap.sh`` does not install it)::
 
     CMAKE_ARGS="-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \\
       -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF \\
       -DLLAMA_OPENSSL=OFF -DGGML_NATIVE=ON" CMAKE_BUILD_PARALLEL_LEVEL=2 \\
       pip install --no-deps --no-binary llama-cpp-python llama-cpp-python diskcache
+
+On CPUs with AMX (Sapphire Rapids and later, ``AMX_INT8 = 1`` in llama.cpp's system info)
+llama.cpp's AMX int8 matmul segfaults on the quantised files (llama.cpp issue 20824; seen
+here on both shipped Q4 files; F32/F16/BF16 never take that path): build without AMX by
+replacing ``-DGGML_NATIVE=ON`` with ``-DGGML_NATIVE=OFF -DGGML_SSE42=ON -DGGML_AVX=ON
+-DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX_VNNI=ON -DGGML_AVX512=ON
+-DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON`` (the native ISA less AMX).
 
 Run on its own, it times llama.cpp against actlab (dense lean loop and TEAL 40% with the
 float32 fused kernels) for SmolLM2 and Gemma-3, 1 and 2 threads, interleaved in one run::
@@ -167,10 +175,9 @@ def llamacpp_rows(
 
 
 # ---------------------------------------------------------------- side-by-side run
-def _actlab_variants(
-    dense: Any, tok: Any
-) -> dict[str, Callable[[list[int]], tuple[float, list[int]]]]:
-    """actlab's timed decoders: the dense lean loop and TEAL 40% on the float32 kernels."""
+def _actlab_variants(dense: Any, tok: Any) -> dict[str, Callable[[list[int]], Any]]:
+    """actlab's timed decoders (lean loop): dense on the module path and on the native step,
+    TEAL 40% on the float32 kernels (native step where the model allows it)."""
     import torch
 
     from actlab.sparse import LeanDecoder, calibration_windows, make_method, use_kernels
@@ -186,9 +193,9 @@ def _actlab_variants(
         if hasattr(sub, "counting"):
             sub.counting = False
 
-    def lean(model: Any) -> Callable[[list[int]], tuple[float, list[int]]]:
+    def lean(model: Any, native: bool | None) -> Callable[[list[int]], tuple[float, list[int]]]:
         def run(prompt: list[int]) -> tuple[float, list[int]]:  # as bench_decode.time_lean
-            dec = LeanDecoder(model, PROMPT + NEW + 1)
+            dec = LeanDecoder(model, PROMPT + NEW + 1, native=native)
             with torch.no_grad():
                 toks = [int(dec.forward(torch.tensor([prompt]), 0).argmax())]
                 t0 = time.perf_counter()
@@ -198,7 +205,16 @@ def _actlab_variants(
 
         return run
 
-    return {"actlab dense": lean(dense), "actlab teal40": lean(sparse)}
+    out = {"actlab dense": lean(dense, False)}
+    probe = LeanDecoder(dense, 2)
+    if probe.native is not None:
+        out["actlab dense native"] = lean(dense, True)
+    else:
+        print(f"actlab native step unavailable: {probe.native_reason}")
+    out["actlab teal40"] = lean(sparse, None)
+    path = LeanDecoder(sparse, 2).native_reason or "native step"
+    print(f"actlab teal40 lean loop path: {path}")
+    return out
 
 
 def _bench(name: str, args: argparse.Namespace) -> None:
