@@ -308,17 +308,20 @@ inline Vectorized<T> exp_neg(const Vectorized<T>& v) {
 // The G values (and derivatives, if D) of space sp at x, into B[0..G) (and D[0..G)).
 // tmp: scratch of grid + 2k vectors. B-splines and rbf multiply by 1 / (p h) and 1 / w where
 // the torch path divides (within an ulp; a division costs several multiplications here).
-template <typename T>
+// GRID, KK > 0: the grid and order fixed at compile time (the default 5, 3: loops of constant
+// length the compiler unrolls and keeps in registers); 0: read from P.
+template <typename T, int GRID = 0, int KK = 0>
 inline void space_values(int64_t sp, const Pool<T>& P, const Vectorized<T>& x, Vectorized<T>* B,
                          Vectorized<T>* D, Vectorized<T>* tmp) {
   using V = Vectorized<T>;
-  const int64_t G = P.G;
+  const int64_t K = GRID ? KK : P.k;
+  const int64_t G = GRID ? GRID + KK : P.G;
   switch (sp) {
     case kBspline: {
-      const int64_t m = P.grid + 2 * P.k;  // order-0 functions
+      const int64_t m = G + K;  // order-0 functions: grid + 2k
       for (int64_t j = 0; j < m; ++j) tmp[j] = x.ge(V(P.knots[j])) * x.lt(V(P.knots[j + 1]));
-      for (int64_t p = 1; p <= P.k; ++p) {
-        if (D && p == P.k) {  // uniform knots: B'_j,k = (B_j,k-1 - B_j+1,k-1) / h
+      for (int64_t p = 1; p <= K; ++p) {
+        if (D && p == K) {  // uniform knots: B'_j,k = (B_j,k-1 - B_j+1,k-1) / h
           const V inv_h(P.inv_ph[1]);
           for (int64_t j = 0; j < G; ++j) D[j] = (tmp[j] - tmp[j + 1]) * inv_h;
         }
@@ -372,15 +375,23 @@ inline void space_values(int64_t sp, const Pool<T>& P, const Vectorized<T>& x, V
 
 // phit (in G, N) = sum_p alpha_ip B^p(ut_i) for every node (spaces with alpha = 0 skipped);
 // backward (gbt given): phit again (if phit), gut, galpha (in, P).
-template <typename T>
+template <typename T, int GRID = 0, int KK = 0>
 void s_kernel(const T* ut, const T* alpha, const std::vector<int64_t>& spaces, const Pool<T>& P,
               const T* gbt, T* phit, T* gut, T* galpha, bool tanh, int64_t nin, int64_t N) {
   using V = Vectorized<T>;
   constexpr int64_t S = V::size();
-  const int64_t G = P.G, np = static_cast<int64_t>(spaces.size());
+  const int64_t G = GRID ? GRID + KK : P.G, np = static_cast<int64_t>(spaces.size());
   const int64_t scratch = P.grid + 2 * P.k;
+  constexpr int64_t kFixed = GRID ? GRID + 2 * KK : 1;  // compile-time sizes when fixed
   at::parallel_for(0, nin, grain_nodes(G * N * np), [&](int64_t i0, int64_t i1) {
-    std::vector<V> B(G), D(G), tmp(scratch), acc(G);
+    std::vector<V> Bv(GRID ? 0 : G), Dv(GRID ? 0 : G), tv(GRID ? 0 : scratch), av(GRID ? 0 : G);
+    std::vector<V> gvv(GRID ? 0 : G);
+    V Bf[kFixed], Df[kFixed], tf[kFixed], af[kFixed], gf[kFixed];
+    V* gv = GRID ? gf : gvv.data();
+    V* B = GRID ? Bf : Bv.data();
+    V* D = GRID ? Df : Dv.data();
+    V* tmp = GRID ? tf : tv.data();
+    V* acc = GRID ? af : av.data();
     std::vector<LaneSum<T>> sa(galpha ? np : 0);
     const bool deriv = gut != nullptr;
     const V one(T(1));
@@ -392,22 +403,25 @@ void s_kernel(const T* ut, const T* alpha, const std::vector<int64_t>& spaces, c
         const V x = V::loadu(u + n, c);
         V du(T(0));
         bool first = true;
+        if (gbt) {  // the basis gradient of this node and rows, loaded once for all spaces
+          for (int64_t j = 0; j < G; ++j) gv[j] = V::loadu(gbt + (i * G + j) * N + n, c);
+        }
         for (int64_t p = 0; p < np; ++p) {
           const T a = alpha[i * np + p];
           if (a == T(0) && !galpha) continue;
-          space_values<T>(spaces[p], P, x, B.data(), deriv ? D.data() : nullptr, tmp.data());
+          space_values<T, GRID, KK>(spaces[p], P, x, B, deriv ? D : nullptr, tmp);
           const V va(a);
           for (int64_t j = 0; j < G; ++j) {  // phi = phi + B alpha (the torch path's order)
             acc[j] = first ? B[j] * va : acc[j] + B[j] * va;
           }
           first = false;
           if (gbt) {
-            V ga(T(0));
+            V ga(T(0)), gd(T(0));
             for (int64_t j = 0; j < G; ++j) {
-              const V g = V::loadu(gbt + (i * G + j) * N + n, c);
-              if (deriv) du = du + g * va * D[j];
-              if (galpha) ga = ga + g * B[j];
+              if (deriv) gd = gd + gv[j] * D[j];
+              if (galpha) ga = ga + gv[j] * B[j];
             }
+            if (deriv) du = du + va * gd;  // alpha_ip sum_j g_j B^p_j'
             if (galpha) sa[p].add(head(ga, c));
           }
         }
@@ -458,8 +472,9 @@ at::Tensor s_basis_t(const at::Tensor& ut, const at::Tensor& alpha_, at::IntArra
   auto phit = at::empty({nin * G, N}, ut.options());
   AT_DISPATCH_FLOATING_TYPES(ut.scalar_type(), "s_basis_t", [&] {
     const auto& P = pool_of<scalar_t>(grid, k, ut.scalar_type());
-    s_kernel<scalar_t>(ut.data_ptr<scalar_t>(), alpha.data_ptr<scalar_t>(), sp, P, nullptr,
-                       phit.data_ptr<scalar_t>(), nullptr, nullptr, false, nin, N);
+    auto run = grid == 5 && k == 3 ? s_kernel<scalar_t, 5, 3> : s_kernel<scalar_t>;
+    run(ut.data_ptr<scalar_t>(), alpha.data_ptr<scalar_t>(), sp, P, nullptr,
+        phit.data_ptr<scalar_t>(), nullptr, nullptr, false, nin, N);
   });
   return phit;
 }
@@ -480,7 +495,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> s_basis_t_bwd(
   AT_DISPATCH_FLOATING_TYPES(ut.scalar_type(), "s_basis_t_bwd", [&] {
     auto ptr = [](at::Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
     const auto& P = pool_of<scalar_t>(grid, k, ut.scalar_type());
-    s_kernel<scalar_t>(ut.data_ptr<scalar_t>(), alpha.data_ptr<scalar_t>(), sp, P,
+    auto run = grid == 5 && k == 3 ? s_kernel<scalar_t, 5, 3> : s_kernel<scalar_t>;
+    run(ut.data_ptr<scalar_t>(), alpha.data_ptr<scalar_t>(), sp, P,
                        gbt.data_ptr<scalar_t>(), ptr(phit), ptr(gut), ptr(galpha), tanh, nin, N);
   });
   return {phit, gut, galpha};
