@@ -31,6 +31,20 @@ Across layers (``layer_allocation=``, actlab's addition):
   over blocks is s (:mod:`actlab.sparse._layer_alloc`). The in-block ``allocation`` then
   spreads each block's own target. Costs ~``6 x blocks`` partial forwards of those tokens.
 
+- ``"fisher"``: one global allocation over every input of every block from the diagonal
+  empirical Fisher of the LM loss (:mod:`actlab.sparse._fisher`): site sparsities such that
+  the damage per weight not read, ``F_i x_i^2 / cost``, has one threshold for the whole model.
+  Replaces the in-block ``allocation``. One dense forward+backward of the calibration text.
+
+Criterion (``criterion=``, actlab's addition):
+
+- ``"magnitude"`` (TEAL): drop ``x_i`` when ``|x_i| <= t``.
+- ``"weighted"``: drop when ``|x_i| c_i <= t`` with ``c_i = ||W[:, i]||_2`` over the stacked
+  readers of that input (WINA's score, as a calibrated threshold instead of a per-token top-k).
+- ``"fisher"``: ``c_i = sqrt(E[(dL/dx_i)^2])`` (the loss sensitivity of that input channel).
+  Both give per-channel thresholds ``t / c_i`` (the kernels take them as they are); ``t`` is
+  the s-quantile of ``|x_i| c_i`` over the calibration tokens and channels.
+
 Calibration order (``calibration=``):
 
 - ``"sequential"`` (default): block by block and, inside a block, input by input (attention
@@ -68,6 +82,7 @@ import torch
 from torch import nn
 
 from actlab.sparse._base import METHODS, SparsityReport, install
+from actlab.sparse._fisher import FisherStats, fisher_allocation, fisher_stats
 from actlab.sparse._histogram import histogram_icdf
 from actlab.sparse._layer_alloc import LEVELS, allocate, block_damage
 from actlab.sparse._modules import SparseLinear, exact_quantile
@@ -79,11 +94,12 @@ from actlab.sparse._state import SparseError, SparsityState, Threshold, check_sp
 __all__ = ["Teal", "block_weights", "greedy_allocation"]
 
 ALLOCATIONS = ("uniform", "greedy")
-LAYER_ALLOCATIONS = ("uniform", "damage")
+LAYER_ALLOCATIONS = ("uniform", "damage", "fisher")
 ROTATIONS = (None, "pca")
 GROUPS = ("attn_in", "o_in", "mlp_in", "down_in")  # the inputs in forward order
 READER = {"attn_in": "q_proj", "o_in": "o_proj", "mlp_in": "gate_proj", "down_in": "down_proj"}
 CALIBRATIONS = ("sequential", "dense")
+CRITERIA = ("magnitude", "weighted", "fisher")
 QUANTILES = ("exact", "histogram")
 
 
@@ -176,7 +192,9 @@ class Teal:
             search runs the block ~7 x target x (sum of weights) / step times.
         rotation: ``None`` or ``"pca"`` (rotate the model first, see the module docstring).
         rotation_group: blocks sharing one basis (1: one per block; 0: one for the model).
-        layer_allocation: ``"uniform"`` or ``"damage"`` (per-block targets, see above).
+        layer_allocation: ``"uniform"``, ``"damage"`` (per-block targets) or ``"fisher"``
+            (per-input targets from one global Fisher allocation), see above.
+        criterion: ``"magnitude"`` (TEAL), ``"weighted"`` or ``"fisher"`` (per-channel).
         damage_tokens: calibration tokens the damage curves are measured on.
         min_tokens: calibration needs at least this many tokens.
     """
@@ -187,6 +205,7 @@ class Teal:
         allocation: str = "uniform",
         calibration: str = "sequential",
         quantile: str = "exact",
+        criterion: str = "magnitude",
         bins: int = 10_000,
         step: float = 0.05,
         greedy_tokens: int = 512,
@@ -201,10 +220,13 @@ class Teal:
             ("allocation", allocation, ALLOCATIONS),
             ("calibration", calibration, CALIBRATIONS),
             ("quantile", quantile, QUANTILES),
+            ("criterion", criterion, CRITERIA),
             ("layer_allocation", layer_allocation, LAYER_ALLOCATIONS),
         ):
             if value not in allowed:
                 raise SparseError(f"TEAL {what} must be one of {', '.join(allowed)}; got {value!r}")
+        if criterion != "magnitude" and quantile != "exact":
+            raise SparseError(f"TEAL criterion={criterion!r} needs quantile='exact'")
         if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
             raise SparseError(f"TEAL bins must be a positive integer, e.g. 10000; got {bins!r}")
         if isinstance(step, bool) or not isinstance(step, (int, float)) or not 0 < step <= 1:
@@ -225,6 +247,7 @@ class Teal:
             "allocation": allocation,
             "calibration": calibration,
             "quantile": quantile,
+            "criterion": criterion,
             "bins": bins,
             "step": float(step),
             "greedy_tokens": greedy_tokens,
@@ -245,6 +268,13 @@ class Teal:
             model = copy.deepcopy(model)  # the caller's model is not changed
             orthogonalize(model, "pca", bases=bases)
         per_block = {b.path: self.sparsity for b in blocks}
+        fisher: FisherStats | None = None
+        per_site: dict[tuple[str, str], float] | None = None
+        wants = (self.params["criterion"], self.params["layer_allocation"])
+        if "fisher" in wants and self.sparsity > 0:
+            fisher = fisher_stats(model, data, blocks)
+            if self.params["layer_allocation"] == "fisher":
+                per_site = fisher_allocation(fisher, self.sparsity)
         if self.params["layer_allocation"] == "damage" and self.sparsity > 0:
             curves = block_damage(model, blocks, data, tokens=self.params["damage_tokens"])
             size = {b.path: _block_params(model, b) for b in blocks}
@@ -262,20 +292,23 @@ class Teal:
             with replay.dense():
                 acts = replay.inputs([READER[g] for g in GROUPS], block_calls, hidden, absolute=ab)
             by_input = {g: acts[READER[g]] for g in GROUPS}
+            scales = self._scales(replay, block.path, fisher)
             target = per_block[block.path]
-            if target <= 0:
+            if per_site is not None:
+                alloc = {n: per_site[(block.path, INPUT_OF[n])] for n in PROJECTIONS}
+            elif target <= 0:
                 alloc = dict.fromkeys(PROJECTIONS, 0.0)
             elif not greedy:
                 alloc = dict.fromkeys(PROJECTIONS, target)
             else:
-                alloc = self._greedy(replay, block_calls, hidden, by_input, weights, target)
+                alloc = self._greedy(replay, block_calls, hidden, by_input, scales, weights, target)
             for g in GROUPS:
                 if sequential and g != "attn_in":  # the input as the sparsified sites leave it
                     x = replay.inputs([READER[g]], block_calls, hidden, absolute=ab)
                     by_input[g] = x[READER[g]]
                 replay.set(
                     {
-                        n: self._threshold(by_input[g], alloc[n])
+                        n: self._threshold(by_input[g], alloc[n], scales[g])
                         for n in PROJECTIONS
                         if INPUT_OF[n] == g
                     }
@@ -294,6 +327,7 @@ class Teal:
         calls: list[Call],
         hidden: list[torch.Tensor] | None,
         by_input: dict[str, torch.Tensor],
+        scales: dict[str, torch.Tensor | None],
         weights: dict[str, float],
         target: float,
     ) -> dict[str, float]:
@@ -307,12 +341,12 @@ class Teal:
         hidden = hidden[:keep] if hidden is not None else None
         with replay.dense():
             dense = [y.float() for y in replay.run(calls, hidden)]
-        cache: dict[tuple[str, float], float] = {}
+        cache: dict[tuple[str, float], Threshold] = {}
 
-        def thr(n: str, s: float) -> float:
+        def thr(n: str, s: float) -> Threshold:
             key = (INPUT_OF[n], round(s, 12))
             if key not in cache:
-                cache[key] = self._threshold(by_input[key[0]], s)
+                cache[key] = self._threshold(by_input[key[0]], s, scales[key[0]])
             return cache[key]
 
         def error(alloc: dict[str, float]) -> float:
@@ -325,10 +359,38 @@ class Teal:
         finally:
             replay.set(dict.fromkeys(PROJECTIONS, -1.0))
 
-    def _threshold(self, x: torch.Tensor, s: float) -> float:
-        """Threshold of sparsity ``s`` on captured inputs (|x| for exact, signed x else)."""
+    def _scales(
+        self, replay: LayerReplay, block: str, fisher: FisherStats | None
+    ) -> dict[str, torch.Tensor | None]:
+        """Per input: the channel weights ``c_i`` of the criterion (None: magnitude).
+
+        ``"weighted"``: ``c_i = ||W[:, i]||_2`` over the rows of every projection reading that
+        input (q|k|v stacked, gate|up stacked); ``"fisher"``: ``c_i = sqrt(E[(dL/dx_i)^2])``
+        of that input (:mod:`actlab.sparse._fisher`). Siblings share one threshold vector.
+        """
+        if self.params["criterion"] == "magnitude":
+            return dict.fromkeys(GROUPS, None)
+        out: dict[str, torch.Tensor | None] = {}
+        for g in GROUPS:
+            if fisher is not None and self.params["criterion"] == "fisher":
+                out[g] = fisher.fisher[(block, g)].sqrt()
+                continue
+            rows = [replay.proj[n].weight.detach().float() for n in PROJECTIONS if INPUT_OF[n] == g]
+            out[g] = torch.cat(rows).norm(dim=0).cpu()  # [d_in]
+        return out
+
+    def _threshold(self, x: torch.Tensor, s: float, scale: torch.Tensor | None = None) -> Threshold:
+        """Threshold of sparsity ``s`` on captured inputs (|x| for exact, signed x else).
+
+        With channel weights ``scale`` (criterion ``"weighted"``): the s-quantile ``t`` of
+        ``|x_i| c_i`` over tokens and channels, returned per channel as ``t / c_i``.
+        """
         if s <= 0:
             return -1.0
+        if scale is not None:
+            c = scale.clamp_min(torch.finfo(torch.float32).tiny)
+            t = exact_quantile(x * c, s)  # x is |x| here: [tokens, d_in] * [d_in]
+            return (t / c).float()
         if self.params["quantile"] == "exact":
             return exact_quantile(x, s)
         return histogram_icdf(x, 0.5 + s / 2, bins=self.params["bins"])
