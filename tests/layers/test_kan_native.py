@@ -231,8 +231,8 @@ def test_thread_count_does_not_change_results() -> None:
         torch.set_num_threads(before)
     for a, b in zip(outs[0][0], outs[1][0], strict=True):
         assert torch.equal(a, b)
-    for a, b in zip(outs[0][1:], outs[1][1:], strict=True):
-        _assert_same(a, b, rtol=1e-4, atol=1e-4)
+    for a, b in zip(outs[0][1:], outs[1][1:], strict=True):  # sums of ~50k float32 terms
+        _assert_same(a, b, rtol=1e-4, atol=1e-3)
 
 
 def test_input_is_never_modified_and_strided_inputs_work() -> None:
@@ -337,15 +337,23 @@ def test_af_kan_gelu_and_tied_min_max_match_the_plain_twin(func_norm: str) -> No
 
 
 def test_af_kan_float32_is_as_close_to_float64_as_the_torch_path() -> None:
+    """float32 min-max scaling, softmax and LayerNorm of near-equal values lose digits in both
+    paths; the fused one may not lose more than a few times what the torch path loses."""
     m, twin = _pair("af_kan(func='cubic2')", False, torch.float64)
     x, w = _x(5, 7, 3, seed=14), _x(5, 7, 2, seed=15)
     ref = _grads(m, x, w)
-    for mod in (m, twin):
-        got = _grads(copy.deepcopy(mod).float(), x.float(), w.float())
-        _assert_same(
-            (got[0].double(), [g.double() if g is not None else None for g in got[1]]),
-            ref, rtol=1e-3, atol=1e-3,
-        )  # fmt: skip
+
+    def err(mod: nn.Module) -> float:
+        y, gs = _grads(copy.deepcopy(mod).float(), x.float(), w.float())
+        pairs = [(y, ref[0])] + [(g, r) for g, r in zip(gs, ref[1], strict=True) if r is not None]
+        return max(
+            float((a.double() - b).abs().max()) / (float(b.abs().max()) + 1e-12)
+            for a, b in pairs
+            if a is not None
+        )
+
+    fused, plain = err(m), err(twin)
+    assert fused <= 5 * plain + 1e-5, (fused, plain)
 
 
 def test_af_kan_other_acts_keep_the_torch_path() -> None:
