@@ -5,7 +5,8 @@ two passes over data that stays in cache) and so is its backward (the sums, then
 gradient; parameter gradients reduced in a fixed order, so results do not depend on the
 thread count). The differentiable ops ``torch.ops.actlab_norm.polynorm`` / ``evonorm_b0`` /
 ``evonorm_s0`` are ``torch::autograd::Function`` s in C++ (no Python per call); formulas and
-numerical notes are in ``csrc/norm_kernels.cpp``.
+numerical notes are in ``csrc/norm_polynorm.cpp``, ``csrc/norm_evonorm.cpp`` and
+``csrc/norm_common.h``.
 
 They apply to CPU float32 / float64 tensors (:func:`ops_for`); other dtypes, CUDA, and a
 machine where the library cannot be built use the layers' torch paths, which stay the tested
@@ -30,7 +31,8 @@ __all__ = ["KERNELS", "available", "kernel_isa", "ops_for", "unavailable_reason"
 KERNELS = Extension(
     name="actlab_norm",
     package="actlab.layers",
-    sources=("csrc/norm_kernels.cpp",),
+    sources=("csrc/norm_polynorm.cpp", "csrc/norm_evonorm.cpp"),
+    headers=("csrc/norm_common.h",),
     namespace="actlab_norm",
     ops=tuple(
         k + suffix
