@@ -217,7 +217,7 @@ class EvoNorm2dB0(_EvoNorm):
         fused: bool = True,
     ) -> None:
         super().__init__(num_features, eps, apply_act)
-        self.fused = bool(fused)  # the lean autograd Function; False: plain autograd
+        self.fused = bool(fused)  # native kernel, else the lean Function; False: plain autograd
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"evonorm_b0: momentum must be in [0, 1], got {momentum}")
         self.momentum = float(momentum)

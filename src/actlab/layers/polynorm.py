@@ -133,7 +133,7 @@ class PolyNorm(nn.Module):
     def __init__(self, eps: float = EPS, fused: bool = True, inplace: bool = False) -> None:
         super().__init__()
         self.eps = _check_eps(eps)
-        self.fused = bool(fused)  # the lean autograd Function; False: plain autograd
+        self.fused = bool(fused)  # native kernel, else the lean Function; False: plain autograd
         self.weight = nn.Parameter(torch.full((3,), 1.0 / 3.0))
         self.bias = nn.Parameter(torch.zeros(1))
         self.inplace = bool(inplace)  # accepted like every activation's; never applied
