@@ -384,3 +384,21 @@ def test_af_kan_reduce_gradcheck_in_float64() -> None:
                 return tuple(ops.af_kan_reduce(*a, act, 0, mode, True))[:outs]
 
             assert torch.autograd.gradcheck(f, (x, low, high, w), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("spec", ["relu_kan", "s_kan", "af_kan"])
+def test_outputs_are_tensors_of_their_own_and_allow_in_place_changes(spec: str) -> None:
+    """Autograd forbids in-place changes of a custom Function's output that is a view."""
+    m, twin = _pair(spec, False, torch.float64)
+    x = _x(4, 6, 3, seed=19)
+    for mod in (m, twin):  # a forward hook on the first layer changes its output in place
+        mod.layer1.register_forward_hook(lambda _m, _i, out: out.mul_(0.5))
+    got, want = [], []
+    for mod, keep in ((m, got), (twin, want)):
+        xx = x.clone().requires_grad_(True)
+        y = mod(xx)
+        y.add_(1.0)
+        y.square().sum().backward()
+        keep += [y.detach(), xx.grad]
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

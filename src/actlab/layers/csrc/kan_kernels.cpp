@@ -830,17 +830,39 @@ at::Tensor transposed_input(const at::Tensor& x, bool tanh) {
 }
 
 // y (..., out) = Bt^T W^T + b, computed as y^T = W Bt + b (MKL is fastest on these operands
-// as they lie); out_t: y is returned as the (N, out) view of y^T (what the next KAN layer
-// reads without a copy), else as a contiguous copy.
+// as they lie). y is a tensor of its own (never a view: autograd allows in-place changes of a
+// custom Function's output only then). out_t: y keeps the (out, N) memory of y^T (strides 1
+// along the rows, N along out; what the next KAN layer reads without a copy), else y is
+// contiguous (one copy).
 at::Tensor project(const at::Tensor& bt, const at::Tensor& w, const std::optional<at::Tensor>& bias,
                    const at::Tensor& x, bool out_t) {
   TORCH_CHECK(w.dim() == 2 && w.size(1) == bt.size(0), "kan layer: weight must be (out, ",
               bt.size(0), "), got ", w.sizes());
-  at::Tensor yt = bias.has_value() && bias->defined() ? at::addmm(bias->unsqueeze(1), w, bt)
-                                                      : at::mm(w, bt);  // (out, N)
+  const int64_t out = w.size(0), N = bt.size(1);
   auto shape = x.sizes().vec();
-  shape.back() = w.size(0);
-  return (out_t ? yt.t() : yt.t().contiguous()).view(shape);
+  shape.back() = out;
+  const bool has_bias = bias.has_value() && bias->defined();
+  if (out_t) {
+    std::vector<int64_t> strides(shape.size());
+    strides.back() = std::max<int64_t>(N, 1);
+    int64_t unit = 1;  // the leading axes: row-major over the N rows
+    for (int64_t d = static_cast<int64_t>(shape.size()) - 2; d >= 0; --d) {
+      strides[d] = unit;
+      unit *= std::max<int64_t>(shape[d], 1);
+    }
+    auto y = at::empty_strided(shape, strides, bt.options());
+    auto yt = y.as_strided({out, N}, {std::max<int64_t>(N, 1), 1});  // (out, N) target
+    if (has_bias) {
+      at::addmm_out(yt, bias->unsqueeze(1), w, bt);
+    } else {
+      at::mm_out(yt, w, bt);
+    }
+    return y;
+  }
+  at::Tensor yt = has_bias ? at::addmm(bias->unsqueeze(1), w, bt) : at::mm(w, bt);  // (out, N)
+  auto y = at::empty(shape, bt.options());
+  y.view({N, out}).copy_(yt.t());
+  return y;
 }
 
 // The kernels have no second derivative: refuse a backward that would record one.
@@ -946,9 +968,15 @@ std::vector<at::Tensor> af_outputs(const std::vector<at::Tensor>& r, const at::T
                                    int64_t mode) {
   auto lead = x.sizes().vec();
   lead.pop_back();
-  // contiguous (N, in): the softmax and LayerNorm over `in` that follow need that layout
-  return {r[0].t().contiguous().view(x.sizes()), r[1].t().contiguous().view(x.sizes()),
-          mode == 1 ? r[2].view(lead) : r[2], mode == 1 ? r[3].view(lead) : r[3]};
+  // contiguous (N, in) tensors of their own (not views: in-place changes stay allowed); the
+  // softmax and LayerNorm over `in` that follow need that layout
+  auto own = [&](const at::Tensor& t) {
+    auto y = at::empty(x.sizes(), t.options());
+    y.view({t.size(1), t.size(0)}).copy_(t.t());
+    return y;
+  };
+  return {own(r[0]), own(r[1]), mode == 1 ? r[2].view(lead).clone() : r[2],
+          mode == 1 ? r[3].view(lead).clone() : r[3]};
 }
 
 std::vector<at::Tensor> af_kan_reduce_plain(const at::Tensor& x, const at::Tensor& lo_p,
