@@ -97,44 +97,59 @@ def float_gguf(model: Any, reference: Path, dtype: str = "f32") -> Path:
     return out
 
 
+class LlamaCppDecoder:
+    """A llama.cpp model and context (``threads`` threads); :meth:`decode` is one greedy run."""
+
+    def __init__(self, path: Path, prompt_len: int, threads: int) -> None:
+        mod, why = llama_cpp()
+        if mod is None:
+            raise RuntimeError(why)
+        self.mod = mod
+        self.llm = mod.Llama(
+            model_path=str(path),
+            n_ctx=prompt_len + NEW + 8,
+            n_batch=prompt_len,
+            n_threads=threads,
+            n_threads_batch=threads,
+            verbose=False,
+        )
+        self.n_vocab = int(self.llm.n_vocab())
+
+    def _argmax(self) -> int:  # logits of the last evaluated token, [n_vocab] float32, no copy
+        import numpy as np
+
+        ptr = self.mod.llama_get_logits_ith(self.llm.ctx, -1)
+        return int(np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).argmax())
+
+    def decode(self, prompt: Sequence[int]) -> tuple[float, list[int]]:
+        """Seconds per decode step (prefill excluded) and the ``NEW`` greedy tokens."""
+        self.llm.reset()  # the next eval overwrites the KV cache from position 0
+        self.llm.eval(list(prompt))
+        toks = [self._argmax()]
+        t0 = time.perf_counter()
+        for _ in range(NEW - 1):
+            self.llm.eval([toks[-1]])
+            toks.append(self._argmax())
+        return (time.perf_counter() - t0) / (NEW - 1), toks
+
+    def close(self) -> None:
+        self.llm.close()
+
+
 def time_llamacpp(
     path: Path, prompt: Sequence[int], threads: int, *, rounds: int = 3, label: str = ""
 ) -> LlamaCppTiming:
-    """Greedy decode of ``NEW`` tokens after ``prompt`` with llama.cpp (see the module doc)."""
-    import numpy as np
-
-    mod, why = llama_cpp()
-    if mod is None:
-        raise RuntimeError(why)
-    llm = mod.Llama(
-        model_path=str(path),
-        n_ctx=len(prompt) + NEW + 8,
-        n_batch=len(prompt),
-        n_threads=threads,
-        n_threads_batch=threads,
-        verbose=False,
-    )
-    n_vocab = llm.n_vocab()
-
-    def argmax() -> int:  # logits of the last evaluated token, [n_vocab] float32, no copy
-        ptr = mod.llama_get_logits_ith(llm.ctx, -1)
-        return int(np.ctypeslib.as_array(ptr, shape=(n_vocab,)).argmax())
-
+    """Greedy decode of ``NEW`` tokens after ``prompt`` with llama.cpp, best of ``rounds``
+    after one untimed warm-up round (page-in, allocations)."""
+    dec = LlamaCppDecoder(path, len(prompt), threads)
     out = LlamaCppTiming(label or path.name, threads)
     try:
-        for r in range(max(1, rounds) + 1):  # round 0 warms up (page-in, allocations)
-            llm.reset()  # the next eval overwrites the KV cache from position 0
-            llm.eval(list(prompt))
-            toks = [argmax()]
-            t0 = time.perf_counter()
-            for _ in range(NEW - 1):
-                llm.eval([toks[-1]])
-                toks.append(argmax())
-            if r:
-                out.runs.append((time.perf_counter() - t0) / (NEW - 1))
-            out.tokens = toks
+        dec.decode(prompt)
+        for _ in range(max(1, rounds)):
+            s, out.tokens = dec.decode(prompt)
+            out.runs.append(s)
     finally:
-        llm.close()
+        dec.close()
     return out
 
 
@@ -233,23 +248,27 @@ def _bench(name: str, args: argparse.Namespace) -> None:
     prompt = heldout_windows(tok, tokens=PROMPT * 4, window=PROMPT).ids[1].tolist()  # 64 ids
     files = {f"llama.cpp {d}": float_gguf(dense, reference, d) for d in DTYPES}
     files["llama.cpp Q4 (shipped)"] = reference
+    print(f"\n{name}: prompt {PROMPT} tokens, {NEW} greedy tokens; shipped file {reference.name}")
     torch.set_num_threads(1)
     actlab = _actlab_variants(dense, tok)
     for threads in args.threads:
         torch.set_num_threads(threads)
         load0 = os.getloadavg()[0]
-        runs: dict[str, list[float]] = {k: [] for k in (*files, *actlab)}
+        decs = {k: LlamaCppDecoder(p, len(prompt), threads) for k, p in files.items()}
+        fns: dict[str, Callable[[list[int]], tuple[float, list[int]]]] = {
+            **{k: d.decode for k, d in decs.items()},
+            **actlab,
+        }
+        runs: dict[str, list[float]] = {k: [] for k in fns}
         toks: dict[str, list[int]] = {}
-        for fn in actlab.values():  # warm-up round
+        for fn in fns.values():  # warm-up round
             fn(prompt)
-        for _ in range(args.rounds):  # interleaved: llama.cpp files, then actlab, each round
-            for k, path in files.items():
-                t = time_llamacpp(path, prompt, threads, rounds=1, label=k)
-                runs[k].append(t.runs[0])
-                toks[k] = t.tokens
-            for k, fn in actlab.items():
+        for _ in range(args.rounds):  # interleaved: every decoder once per round
+            for k, fn in fns.items():
                 s, toks[k] = fn(prompt)
                 runs[k].append(s)
+        for d in decs.values():
+            d.close()
         base = min(runs["actlab dense"])
         print(
             f"\n{name}, {threads} thread(s), best of {args.rounds} interleaved rounds, load "
