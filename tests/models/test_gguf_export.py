@@ -192,3 +192,27 @@ def test_bad_input_is_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(GGUFExportError, match="every 6th layer"):
         export_gguf(gemma, tmp_path / "c.gguf")
     assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+@pytest.mark.slow  # ~10 s: importing llama_cpp and generate on a loaded 2-core machine
+@pytest.mark.parametrize("build", [_llama, _gemma], ids=["llama", "gemma3"])
+def test_llama_cpp_decodes_the_export_like_transformers(tmp_path: Path, build: Any) -> None:
+    """Where llama-cpp-python is installed (the ``llamacpp`` extra): llama.cpp's greedy tokens
+    on the F32 export equal transformers' on the source model."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    model = build()
+    path = export_gguf(model, tmp_path / "m.gguf")
+    prompt = torch.randint(3, 96, (1, 8), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        want = model.generate(prompt, max_new_tokens=8, do_sample=False)[0, 8:].tolist()
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=32, n_threads=1, verbose=False)
+    try:
+        llm.eval(prompt[0].tolist())
+        got: list[int] = []
+        for _ in range(8):
+            logits = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+            got.append(int(np.ctypeslib.as_array(logits, shape=(96,)).argmax()))
+            llm.eval([got[-1]])
+    finally:
+        llm.close()
+    assert got == want
