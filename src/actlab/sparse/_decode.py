@@ -255,15 +255,18 @@ def time_decode(
     lean: bool = True,
     rounds: int = 2,
     native: bool | None = None,
+    warmup: bool = True,
 ) -> DecodeTiming:
     """Greedy decoding of ``new_tokens`` after ``ids`` ``[1, T]`` (batch 1), best of ``rounds``:
     through :class:`LeanDecoder` (``lean=True``; ``native``: its native step, see there) or the
-    model's ``generate``, after one untimed warm-up round. The prefill is part of the time, as
-    a user sees it."""
+    model's ``generate``, after one untimed warm-up round (``warmup=False``: none, e.g. when
+    the caller interleaves rounds of several models). The prefill is part of the time, as a
+    user sees it."""
     if isinstance(new_tokens, bool) or not isinstance(new_tokens, int) or new_tokens < 1:
         raise SparseError(f"new_tokens must be a positive int, got {new_tokens!r}")
     best, out = float("inf"), torch.empty(0, dtype=torch.long)
-    for r in range(max(1, rounds) + 1):  # round 0 warms up (allocations, lazy inits): untimed
+    first = 0 if warmup else 1
+    for r in range(first, max(1, rounds) + 1):  # round 0 warms up (allocations, lazy inits)
         t0 = time.perf_counter()
         if lean:
             dec = LeanDecoder(model, ids.shape[1] + new_tokens, native=native)
