@@ -1,4 +1,4 @@
-// actlab KAN kernels: the basis expansion of ReLU-KAN and S-KAN fused with its backward.
+// actlab KAN kernels: the basis expansion of ReLU-KAN, S-KAN and AF-KAN fused with its backward.
 //
 // A KAN layer is y = W vec(B(u)) + b with u = tanh(x) (or x) of shape (N, in) and a basis of G
 // functions per input node, vec(B) of shape (N, in G), feature i G + j = function j of node i.
@@ -7,10 +7,10 @@
 // vector lanes with the node's constants (phases, knots, centres) broadcast, and the GEMMs
 // read Bt^T through their transpose flags (no copy):
 //
-//   forward    ut = u^T (in, N);  Bt = basis(ut);  y = Bt^T W^T + b              (one GEMM)
+//   forward    ut = u^T (in, N);  Bt = basis(ut);  y^T = W Bt + b                (one GEMM)
 //   backward   gBt = W^T gy^T (in G, N)                                          (one GEMM)
 //              one pass over (ut, gBt): Bt again (for dW), du, and the basis-parameter sums
-//              dW = gy^T Bt^T,  db = sum_n gy                                     (one GEMM)
+//              dW = (Bt gy)^T,  db = sum_n gy                                     (one GEMM)
 //
 // Only ut (in, N) is saved: the expanded basis is never kept between forward and backward.
 // With tanh, du/dx = 1 - u^2 is applied in the same pass. The input gradient comes back as
@@ -31,8 +31,13 @@
 // node, alpha one-hot, evaluates only that space).
 //
 // Every formula is written in the operation order of the torch path (the plain twin), so NaN
-// and inf propagate as there (max propagates NaN, 0 * inf = NaN). Knots and centres are built
-// with the same ATen calls as the torch path (arange, linspace), so interval tests agree.
+// and inf propagate as there (max propagates NaN, 0 * inf = NaN), except that divisions by
+// constants are multiplications by their reciprocals and float32 rbf uses exp_u20 (both within
+// float rounding of the twin). Knots and centres are built with the same ATen calls as the
+// torch path (arange, linspace), so interval tests agree.
+//
+// AF-KAN (Ta et al. 2025, arXiv 2503.06112): see the AF-KAN section below; the kernel returns
+// the two contractions over G and the min / max of f, never f itself.
 //
 // Threads: at::parallel_for over nodes; a node's rows, gradients and parameter sums are
 // computed by one thread in a fixed order (per-lane sums flushed into double every kFlush
@@ -40,8 +45,9 @@
 //
 // Built and loaded at run time by actlab/layers/_kan_native.py (actlab._ext), registered as
 // torch.ops.actlab_kan.*: the basis kernels (relu_basis_t, relu_basis_t_bwd, s_basis_t,
-// s_basis_t_bwd) and the differentiable layer ops (relu_kan_layer, s_kan_layer:
-// torch::autograd::Function in C++, no Python per call).
+// s_basis_t_bwd, af_reduce_t), the differentiable ops (relu_kan_layer, s_kan_layer,
+// af_kan_reduce: torch::autograd::Function in C++, no Python per call), all_finite (the
+// per-forward parameter check in one call) and isa.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
