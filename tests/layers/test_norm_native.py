@@ -105,15 +105,22 @@ def test_kernels_match_the_torch_path_and_float64_references(
         torch_path(False)
         for a, b in zip(native, twin, strict=True):
             torch.testing.assert_close(a, b, **TOL[dtype], msg=lambda s, n=name: f"{n}: {s}")
-        # values against the float64 formula of each layer
+        # values and every gradient against the float64 formula of each layer
+        x64 = x.double().requires_grad_(True)
+        ps = {k: p.detach().double().requires_grad_(True) for k, p in m.named_parameters()}
         if name == "polynorm":
-            ref = polynorm_reference(x, m.weight, m.bias)
-        elif name.startswith("b0"):
-            var = None if m.training else run0
-            ref = evonorm_b0_reference(x, m.v, m.weight, m.bias, var)
+            ref = polynorm_reference(x64, ps["weight"], ps["bias"])
         else:
-            ref = evonorm_s0_reference(x, m.v, m.weight, m.bias, m.groups)
-        torch.testing.assert_close(native[0].double(), ref.detach(), **TOL[dtype])
+            vgb = (ps["v"], ps["weight"], ps["bias"])
+            if name.startswith("b0"):
+                ref = evonorm_b0_reference(x64, *vgb, None if m.training else run0)
+            else:
+                ref = evonorm_s0_reference(x64, *vgb, m.groups)
+        (ref * up.double()).sum().backward()
+        want = [ref.detach(), x64.grad] + [p.grad for p in ps.values()]  # parameters' order
+        for a, b in zip(native, want, strict=True):
+            scale = {"rtol": 0.0, "atol": TOL[dtype]["atol"] * max(1.0, float(b.abs().max()))}
+            torch.testing.assert_close(a.double(), b, **scale, msg=lambda s, n=name: f"{n}: {s}")
 
 
 def test_native_path_is_the_one_taken_and_saves_little() -> None:
