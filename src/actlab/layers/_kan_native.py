@@ -50,7 +50,8 @@ __all__ = [
 KERNELS = Extension(
     name="actlab_kan",
     package="actlab.layers",
-    sources=("csrc/kan_kernels.cpp",),
+    sources=("csrc/kan_kernels.cpp", "csrc/kan_relu_s.cpp", "csrc/kan_af.cpp"),
+    headers=("csrc/kan_common.h",),
     namespace="actlab_kan",
     ops=(
         "relu_basis_t",

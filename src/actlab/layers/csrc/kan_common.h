@@ -1,0 +1,133 @@
+// Shared by the KAN kernel sources (kan_kernels.cpp: design notes, layer plumbing, op
+// registration; kan_relu_s.cpp: ReLU-KAN and S-KAN; kan_af.cpp: AF-KAN): vector helpers,
+// checks and the op entry points.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+namespace actlab_kan {
+
+using at::vec::Vectorized;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+constexpr int64_t kGrainValues = 16384;  // basis values per parallel task, at least
+constexpr int64_t kFlush = 64;           // vectors summed in lanes before adding to double
+
+enum Space : int64_t { kBspline = 0, kRbf = 1, kChebyshev = 2, kRelu = 3 };
+
+// ----------------------------------------------------------------------------- helpers
+template <typename T>
+T hsum(const Vectorized<T>& v) {
+  T lanes[Vectorized<T>::size()];
+  v.store(lanes);
+  T s = T(0);
+  for (int64_t l = 0; l < Vectorized<T>::size(); ++l) s += lanes[l];
+  return s;
+}
+
+// A sum over N in vector lanes, added to a double every kFlush vectors (fixed order).
+template <typename T>
+struct LaneSum {
+  Vectorized<T> acc{T(0)};
+  double total = 0.0;
+  int64_t count = 0;
+  void add(const Vectorized<T>& v) {
+    acc = acc + v;
+    if (++count == kFlush) flush();
+  }
+  void flush() {
+    total += static_cast<double>(hsum(acc));
+    acc = Vectorized<T>(T(0));
+    count = 0;
+  }
+  double value() {
+    flush();
+    return total;
+  }
+};
+
+// Zero the lanes at and past c (a partial last vector): masked loads fill them with 0, but a
+// product of those zeros with a finite constant need not be 0 (rbf: exp(-c^2) != 0).
+template <typename T>
+inline Vectorized<T> head(const Vectorized<T>& v, int64_t c) {
+  if (c >= Vectorized<T>::size()) return v;
+  return Vectorized<T>::set(Vectorized<T>(T(0)), v, c);
+}
+
+inline int64_t grain_nodes(int64_t per_node) { return std::max<int64_t>(1, kGrainValues / std::max<int64_t>(per_node, 1)); }
+
+inline void check_ut(const at::Tensor& ut, const char* op) {
+  TORCH_CHECK(ut.device().is_cpu(), op, ": expected CPU tensors, got ", ut.device());
+  TORCH_CHECK(ut.scalar_type() == at::kFloat || ut.scalar_type() == at::kDouble, op,
+              ": expected float32 or float64, got ", ut.scalar_type());
+  TORCH_CHECK(ut.dim() == 2 && ut.is_contiguous(), op, ": ut must be a contiguous (in, N) tensor");
+}
+
+inline void check_like(const at::Tensor& t, const at::Tensor& ut, at::IntArrayRef shape, const char* op,
+                const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == ut.scalar_type(), op, ": ", name,
+              " must be a CPU tensor of ", ut.scalar_type());
+  TORCH_CHECK(t.sizes() == shape, op, ": ", name, " must have shape ", shape, ", got ", t.sizes());
+}
+
+// ----------------------------------------------------------------------------- layer plumbing
+// (kan_kernels.cpp)
+at::Tensor transposed_input(const at::Tensor& x, bool tanh);
+at::Tensor project(const at::Tensor& bt, const at::Tensor& w, const std::optional<at::Tensor>& bias,
+                   const at::Tensor& x, bool out_t);
+void no_double_backward(const char* name);
+
+// ----------------------------------------------------------------------------- ops
+// ReLU-KAN and S-KAN (kan_relu_s.cpp)
+at::Tensor relu_basis_t(const at::Tensor& ut, const at::Tensor& lo, const at::Tensor& hi);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> relu_basis_t_bwd(
+    const at::Tensor& ut, const at::Tensor& gbt, const at::Tensor& lo, const at::Tensor& hi,
+    bool tanh, bool need_basis, bool need_u, bool need_phases);
+at::Tensor s_basis_t(const at::Tensor& ut, const at::Tensor& alpha, at::IntArrayRef spaces,
+                     int64_t grid, int64_t k);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> s_basis_t_bwd(
+    const at::Tensor& ut, const at::Tensor& gbt, const at::Tensor& alpha, at::IntArrayRef spaces,
+    int64_t grid, int64_t k, bool tanh, bool need_basis, bool need_u, bool need_alpha);
+at::Tensor relu_kan_layer_plain(const at::Tensor& x, const at::Tensor& lo, const at::Tensor& hi,
+                                const at::Tensor& w, const std::optional<at::Tensor>& bias,
+                                bool tanh, bool out_t);
+at::Tensor s_kan_layer_plain(const at::Tensor& x, const at::Tensor& alpha, at::IntArrayRef spaces,
+                             int64_t grid, int64_t k, const at::Tensor& w,
+                             const std::optional<at::Tensor>& bias, bool tanh, bool out_t);
+at::Tensor relu_kan_layer_autograd(const at::Tensor& x, const at::Tensor& lo, const at::Tensor& hi,
+                                   const at::Tensor& w, const std::optional<at::Tensor>& bias,
+                                   bool tanh, bool out_t);
+at::Tensor s_kan_layer_autograd(const at::Tensor& x, const at::Tensor& alpha,
+                                at::IntArrayRef spaces, int64_t grid, int64_t k,
+                                const at::Tensor& w, const std::optional<at::Tensor>& bias,
+                                bool tanh, bool out_t);
+// AF-KAN (kan_af.cpp)
+std::vector<at::Tensor> af_reduce_t(const at::Tensor& ut, const at::Tensor& lo_p,
+                                    const at::Tensor& hi_p, const at::Tensor& w, int64_t act,
+                                    int64_t func, int64_t mode);
+std::vector<at::Tensor> af_kan_reduce_plain(const at::Tensor& x, const at::Tensor& lo_p,
+                                            const at::Tensor& hi_p, const at::Tensor& w,
+                                            int64_t act, int64_t func, int64_t mode, bool tanh);
+std::vector<at::Tensor> af_kan_reduce_autograd(const at::Tensor& x, const at::Tensor& lo_p,
+                                               const at::Tensor& hi_p, const at::Tensor& w,
+                                               int64_t act, int64_t func, int64_t mode, bool tanh);
+
+}  // namespace actlab_kan

@@ -1,0 +1,487 @@
+// ReLU-KAN and S-KAN: the basis kernels in the (in G, N) layout and the differentiable layer
+// ops (forward: basis + one GEMM; backward: one GEMM, one kernel pass, one GEMM). Formulas
+// and layout: kan_kernels.cpp.
+
+#include "kan_common.h"
+
+namespace actlab_kan {
+
+// ----------------------------------------------------------------------------- ReLU-KAN
+// Bt (in G, N) from ut (in, N) and the phases low, high (in, G).
+template <typename T>
+void relu_fwd_kernel(const T* ut, const T* lo, const T* hi, T* bt, int64_t nin, int64_t G,
+                     int64_t N) {
+  using V = Vectorized<T>;
+  constexpr int64_t S = V::size();
+  at::parallel_for(0, nin, grain_nodes(G * N), [&](int64_t i0, int64_t i1) {
+    const V zero(T(0));
+    for (int64_t i = i0; i < i1; ++i) {
+      const T* u = ut + i * N;
+      for (int64_t j = 0; j < G; ++j) {
+        const int64_t f = i * G + j;
+        const T w = hi[f] - lo[f];
+        const V vl(lo[f]), vh(hi[f]), vc(T(4) / (w * w));
+        T* out = bt + f * N;
+        int64_t n = 0;
+        for (; n + S <= N; n += S) {
+          const V x = V::loadu(u + n);
+          const V r = at::vec::maximum(x - vl, zero) * at::vec::maximum(vh - x, zero) * vc;
+          (r * r).store(out + n);
+        }
+        if (n < N) {
+          const V x = V::loadu(u + n, N - n);
+          const V r = at::vec::maximum(x - vl, zero) * at::vec::maximum(vh - x, zero) * vc;
+          (r * r).store(out + n, N - n);
+        }
+      }
+    }
+  });
+}
+
+// One pass: Bt again (if bt), gut = du (times 1 - u^2 with tanh; if gut), and the phase sums
+// glo, ghi (in, G) (if glo).
+template <typename T>
+void relu_bwd_kernel(const T* ut, const T* gbt, const T* lo, const T* hi, T* bt, T* gut, T* glo,
+                     T* ghi, bool tanh, int64_t nin, int64_t G, int64_t N) {
+  using V = Vectorized<T>;
+  constexpr int64_t S = V::size();
+  at::parallel_for(0, nin, grain_nodes(G * N), [&](int64_t i0, int64_t i1) {
+    const V zero(T(0)), two(T(2)), one(T(1));
+    std::vector<LaneSum<T>> sl(glo ? G : 0), sh(glo ? G : 0);
+    std::vector<V> vl(G), vh(G), vc(G), vt(G);  // the node's phases, 4 / w^2, 2 / w
+    for (int64_t i = i0; i < i1; ++i) {
+      const T* u = ut + i * N;
+      for (int64_t j = 0; j < G; ++j) {
+        const T w = hi[i * G + j] - lo[i * G + j];
+        vl[j] = V(lo[i * G + j]);
+        vh[j] = V(hi[i * G + j]);
+        vc[j] = V(T(4) / (w * w));
+        vt[j] = V(T(2) / w);
+      }
+      for (auto& s : sl) s = LaneSum<T>();
+      for (auto& s : sh) s = LaneSum<T>();
+      for (int64_t n = 0; n < N; n += S) {
+        const int64_t c = std::min<int64_t>(S, N - n);
+        const V x = V::loadu(u + n, c);
+        V du(T(0));
+        for (int64_t j = 0; j < G; ++j) {
+          const int64_t f = i * G + j;
+          const V a = at::vec::maximum(x - vl[j], zero), b = at::vec::maximum(vh[j] - x, zero);
+          const V r = a * b * vc[j];
+          if (bt) (r * r).store(bt + f * N + n, c);
+          const V g2r = two * V::loadu(gbt + f * N + n, c) * r;  // dL/dR dR/dr
+          if (gut) du = du + g2r * vc[j] * (b - a);
+          if (glo) {
+            const V t = r * vt[j];
+            sl[j].add(head(g2r * (t - vc[j] * b), c));
+            sh[j].add(head(g2r * (vc[j] * a - t), c));
+          }
+        }
+        if (gut) {
+          if (tanh) du = du * (one - x * x);
+          du.store(gut + i * N + n, c);
+        }
+      }
+      if (glo) {
+        for (int64_t j = 0; j < G; ++j) {
+          glo[i * G + j] = static_cast<T>(sl[j].value());
+          ghi[i * G + j] = static_cast<T>(sh[j].value());
+        }
+      }
+    }
+  });
+}
+
+void check_phases(const at::Tensor& ut, const at::Tensor& lo, const at::Tensor& hi, const char* op) {
+  TORCH_CHECK(lo.dim() == 2 && lo.size(0) == ut.size(0) && lo.is_contiguous() && hi.is_contiguous(),
+              op, ": low and high must be contiguous (in, G) tensors with in = ", ut.size(0));
+  check_like(lo, ut, lo.sizes(), op, "low");
+  check_like(hi, ut, lo.sizes(), op, "high");
+}
+
+at::Tensor relu_basis_t(const at::Tensor& ut, const at::Tensor& lo, const at::Tensor& hi) {
+  check_ut(ut, "relu_basis_t");
+  check_phases(ut, lo, hi, "relu_basis_t");
+  const int64_t nin = ut.size(0), N = ut.size(1), G = lo.size(1);
+  auto bt = at::empty({nin * G, N}, ut.options());
+  AT_DISPATCH_FLOATING_TYPES(ut.scalar_type(), "relu_basis_t", [&] {
+    relu_fwd_kernel<scalar_t>(ut.data_ptr<scalar_t>(), lo.data_ptr<scalar_t>(),
+                              hi.data_ptr<scalar_t>(), bt.data_ptr<scalar_t>(), nin, G, N);
+  });
+  return bt;
+}
+
+// (bt, gut, glo, ghi); each undefined unless asked for.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> relu_basis_t_bwd(
+    const at::Tensor& ut, const at::Tensor& gbt_, const at::Tensor& lo, const at::Tensor& hi,
+    bool tanh, bool need_basis, bool need_u, bool need_phases) {
+  check_ut(ut, "relu_basis_t_bwd");
+  check_phases(ut, lo, hi, "relu_basis_t_bwd");
+  const int64_t nin = ut.size(0), N = ut.size(1), G = lo.size(1);
+  check_like(gbt_, ut, {nin * G, N}, "relu_basis_t_bwd", "the basis gradient");
+  auto gbt = gbt_.contiguous();
+  at::Tensor bt, gut, glo, ghi;
+  if (need_basis) bt = at::empty({nin * G, N}, ut.options());
+  if (need_u) gut = at::empty({nin, N}, ut.options());
+  if (need_phases) {
+    glo = at::empty({nin, G}, ut.options());
+    ghi = at::empty({nin, G}, ut.options());
+  }
+  AT_DISPATCH_FLOATING_TYPES(ut.scalar_type(), "relu_basis_t_bwd", [&] {
+    auto ptr = [](at::Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
+    relu_bwd_kernel<scalar_t>(ut.data_ptr<scalar_t>(), gbt.data_ptr<scalar_t>(),
+                              lo.data_ptr<scalar_t>(), hi.data_ptr<scalar_t>(), ptr(bt), ptr(gut),
+                              ptr(glo), ptr(ghi), tanh, nin, G, N);
+  });
+  return {bt, gut, glo, ghi};
+}
+
+// ----------------------------------------------------------------------------- S-KAN spaces
+// The constants of the pool for one (grid, k, dtype), built with the torch path's own ops.
+template <typename T>
+struct Pool {
+  int64_t grid, k, G;
+  std::vector<T> knots;      // grid + 2k + 1 uniform knots (bspline)
+  std::vector<T> inv_ph;     // 1 / (p h) for p = 1 .. k (the torch path divides by p h)
+  std::vector<T> centres;    // G rbf centres (linspace)
+  T rbf_inv_w;               // 1 / rbf width (the torch path divides by the width)
+  std::vector<T> rlo, rhi, rc;  // relu phases (G) and 4 / (high - low)^2
+  Pool(int64_t grid_, int64_t k_, at::ScalarType dt) : grid(grid_), k(k_), G(grid_ + k_) {
+    const double h = 2.0 / static_cast<double>(grid);
+    auto kn = (at::arange(grid + 2 * k + 1, at::TensorOptions().dtype(dt)) - static_cast<double>(k)) * h - 1.0;
+    // the torch path: -1.0 + (arange - k) * h; addition is commutative in IEEE arithmetic
+    kn = kn.contiguous();
+    knots.assign(kn.data_ptr<T>(), kn.data_ptr<T>() + kn.numel());
+    inv_ph.resize(std::max<int64_t>(k + 1, 2));
+    for (int64_t p = 1; p < static_cast<int64_t>(inv_ph.size()); ++p) {
+      inv_ph[p] = static_cast<T>(1.0 / (static_cast<double>(p) * h));
+    }
+    auto ce = at::linspace(-1.0, 1.0, G, at::TensorOptions().dtype(dt)).contiguous();
+    centres.assign(ce.data_ptr<T>(), ce.data_ptr<T>() + G);
+    rbf_inv_w = static_cast<T>(1.0 / (G > 1 ? 2.0 / static_cast<double>(G - 1) : 2.0));
+    rlo.resize(G);
+    rhi.resize(G);
+    rc.resize(G);
+    for (int64_t j = 0; j < G; ++j) {  // grid_phases: float64, then cast
+      const double l = -1.0 + static_cast<double>(j - k) * h;
+      rlo[j] = static_cast<T>(l);
+      rhi[j] = static_cast<T>(l + static_cast<double>(k + 1) * h);
+      const T w = rhi[j] - rlo[j];
+      rc[j] = T(4) / (w * w);
+    }
+  }
+};
+
+// exp(-v) for v >= 0: float uses ATen's exp_u20 (20 ulp, ~2x faster than the 1-ulp exp; the
+// rbf values enter sums with other spaces' values), double the 1-ulp exp.
+template <typename T>
+inline Vectorized<T> exp_neg(const Vectorized<T>& v) {
+  if constexpr (std::is_same_v<T, float>) {
+    return v.neg().exp_u20();
+  } else {
+    return v.neg().exp();
+  }
+}
+
+// The G values (and derivatives, if D) of space sp at x, into B[0..G) (and D[0..G)).
+// tmp: scratch of grid + 2k vectors. B-splines and rbf multiply by 1 / (p h) and 1 / w where
+// the torch path divides (within an ulp; a division costs several multiplications here).
+// GRID, KK > 0: the grid and order fixed at compile time (the default 5, 3: loops of constant
+// length the compiler unrolls and keeps in registers); 0: read from P.
+template <typename T, int GRID = 0, int KK = 0>
+inline void space_values(int64_t sp, const Pool<T>& P, const Vectorized<T>& x, Vectorized<T>* B,
+                         Vectorized<T>* D, Vectorized<T>* tmp) {
+  using V = Vectorized<T>;
+  const int64_t K = GRID ? KK : P.k;
+  const int64_t G = GRID ? GRID + KK : P.G;
+  switch (sp) {
+    case kBspline: {
+      const int64_t m = G + K;  // order-0 functions: grid + 2k
+      for (int64_t j = 0; j < m; ++j) tmp[j] = x.ge(V(P.knots[j])) * x.lt(V(P.knots[j + 1]));
+      for (int64_t p = 1; p <= K; ++p) {
+        if (D && p == K) {  // uniform knots: B'_j,k = (B_j,k-1 - B_j+1,k-1) / h
+          const V inv_h(P.inv_ph[1]);
+          for (int64_t j = 0; j < G; ++j) D[j] = (tmp[j] - tmp[j + 1]) * inv_h;
+        }
+        const V inv(P.inv_ph[p]);
+        for (int64_t j = 0; j < m - p; ++j) {
+          const V lft = (x - V(P.knots[j])) * inv, rgt = (V(P.knots[j + p + 1]) - x) * inv;
+          tmp[j] = lft * tmp[j] + rgt * tmp[j + 1];
+        }
+      }
+      for (int64_t j = 0; j < G; ++j) B[j] = tmp[j];
+      if (D && P.k == 0) {  // piecewise constant: no derivative (the torch path has no graph)
+        for (int64_t j = 0; j < G; ++j) D[j] = V(T(0));
+      }
+      break;
+    }
+    case kRbf: {
+      const V inv_w(P.rbf_inv_w), dz(T(-2) * P.rbf_inv_w);
+      for (int64_t j = 0; j < G; ++j) {
+        const V z = (x - V(P.centres[j])) * inv_w;
+        B[j] = exp_neg(z * z);
+        if (D) D[j] = z * dz * B[j];
+      }
+      break;
+    }
+    case kChebyshev: {
+      B[0] = V(T(1));
+      if (D) D[0] = V(T(0));
+      if (G > 1) {
+        B[1] = x;
+        if (D) D[1] = V(T(1));
+      }
+      const V x2 = V(T(2)) * x;
+      for (int64_t j = 2; j < G; ++j) {
+        B[j] = x2 * B[j - 1] - B[j - 2];
+        if (D) D[j] = V(T(2)) * B[j - 1] + x2 * D[j - 1] - D[j - 2];
+      }
+      break;
+    }
+    default: {  // relu, fixed phases
+      const V zero(T(0));
+      for (int64_t j = 0; j < G; ++j) {
+        const V vc(P.rc[j]);
+        const V a = at::vec::maximum(x - V(P.rlo[j]), zero), b = at::vec::maximum(V(P.rhi[j]) - x, zero);
+        const V r = a * b * vc;
+        B[j] = r * r;
+        if (D) D[j] = V(T(2)) * r * vc * (b - a);
+      }
+    }
+  }
+}
+
+// phit (in G, N) = sum_p alpha_ip B^p(ut_i) for every node (spaces with alpha = 0 skipped);
+// backward (gbt given): phit again (if phit), gut, galpha (in, P).
+template <typename T, int GRID = 0, int KK = 0>
+void s_kernel(const T* ut, const T* alpha, const std::vector<int64_t>& spaces, const Pool<T>& P,
+              const T* gbt, T* phit, T* gut, T* galpha, bool tanh, int64_t nin, int64_t N) {
+  using V = Vectorized<T>;
+  constexpr int64_t S = V::size();
+  const int64_t G = GRID ? GRID + KK : P.G, np = static_cast<int64_t>(spaces.size());
+  const int64_t scratch = P.grid + 2 * P.k;
+  constexpr int64_t kFixed = GRID ? GRID + 2 * KK : 1;  // compile-time sizes when fixed
+  at::parallel_for(0, nin, grain_nodes(G * N * np), [&](int64_t i0, int64_t i1) {
+    std::vector<V> Bv(GRID ? 0 : G), Dv(GRID ? 0 : G), tv(GRID ? 0 : scratch), av(GRID ? 0 : G);
+    std::vector<V> gvv(GRID ? 0 : G);
+    V Bf[kFixed], Df[kFixed], tf[kFixed], af[kFixed], gf[kFixed];
+    V* gv = GRID ? gf : gvv.data();
+    V* B = GRID ? Bf : Bv.data();
+    V* D = GRID ? Df : Dv.data();
+    V* tmp = GRID ? tf : tv.data();
+    V* acc = GRID ? af : av.data();
+    std::vector<LaneSum<T>> sa(galpha ? np : 0);
+    const bool deriv = gut != nullptr;
+    const V one(T(1));
+    for (int64_t i = i0; i < i1; ++i) {
+      const T* u = ut + i * N;
+      for (auto& s : sa) s = LaneSum<T>();
+      for (int64_t n = 0; n < N; n += S) {
+        const int64_t c = std::min<int64_t>(S, N - n);
+        const V x = V::loadu(u + n, c);
+        V du(T(0));
+        bool first = true;
+        if (gbt) {  // the basis gradient of this node and rows, loaded once for all spaces
+          for (int64_t j = 0; j < G; ++j) gv[j] = V::loadu(gbt + (i * G + j) * N + n, c);
+        }
+        for (int64_t p = 0; p < np; ++p) {
+          const T a = alpha[i * np + p];
+          if (a == T(0) && !galpha) continue;
+          space_values<T, GRID, KK>(spaces[p], P, x, B, deriv ? D : nullptr, tmp);
+          const V va(a);
+          for (int64_t j = 0; j < G; ++j) {  // phi = phi + B alpha (the torch path's order)
+            acc[j] = first ? B[j] * va : acc[j] + B[j] * va;
+          }
+          first = false;
+          if (gbt) {
+            V ga(T(0)), gd(T(0));
+            for (int64_t j = 0; j < G; ++j) {
+              if (deriv) gd = gd + gv[j] * D[j];
+              if (galpha) ga = ga + gv[j] * B[j];
+            }
+            if (deriv) du = du + va * gd;  // alpha_ip sum_j g_j B^p_j'
+            if (galpha) sa[p].add(head(ga, c));
+          }
+        }
+        if (phit) {
+          for (int64_t j = 0; j < G; ++j) {
+            (first ? V(T(0)) : acc[j]).store(phit + (i * G + j) * N + n, c);
+          }
+        }
+        if (deriv) {
+          if (tanh) du = du * (one - x * x);
+          du.store(gut + i * N + n, c);
+        }
+      }
+      for (int64_t p = 0; p < static_cast<int64_t>(sa.size()); ++p) {
+        galpha[i * np + p] = static_cast<T>(sa[p].value());
+      }
+    }
+  });
+}
+
+std::vector<int64_t> check_pool(const at::Tensor& ut, const at::Tensor& alpha,
+                                at::IntArrayRef spaces, int64_t grid, int64_t k, const char* op) {
+  TORCH_CHECK(grid >= 1 && k >= 0, op, ": grid must be >= 1 and k >= 0, got ", grid, ", ", k);
+  TORCH_CHECK(!spaces.empty(), op, ": give at least one space");
+  for (auto s : spaces) TORCH_CHECK(s >= 0 && s <= 3, op, ": space codes are 0..3, got ", s);
+  check_like(alpha, ut, {ut.size(0), static_cast<int64_t>(spaces.size())}, op, "alpha");
+  return std::vector<int64_t>(spaces.begin(), spaces.end());
+}
+
+// The pool of one (grid, k, dtype), built once per process (its ATen calls cost ~15 us, more
+// than the kernel on small inputs).
+template <typename T>
+const Pool<T>& pool_of(int64_t grid, int64_t k, at::ScalarType dt) {
+  static std::mutex mu;
+  static std::map<std::pair<int64_t, int64_t>, std::unique_ptr<Pool<T>>> cache;
+  std::lock_guard<std::mutex> lock(mu);
+  auto& slot = cache[{grid, k}];
+  if (!slot) slot = std::make_unique<Pool<T>>(grid, k, dt);
+  return *slot;
+}
+
+at::Tensor s_basis_t(const at::Tensor& ut, const at::Tensor& alpha_, at::IntArrayRef spaces,
+                     int64_t grid, int64_t k) {
+  check_ut(ut, "s_basis_t");
+  auto sp = check_pool(ut, alpha_, spaces, grid, k, "s_basis_t");
+  auto alpha = alpha_.contiguous();
+  const int64_t nin = ut.size(0), N = ut.size(1), G = grid + k;
+  auto phit = at::empty({nin * G, N}, ut.options());
+  AT_DISPATCH_FLOATING_TYPES(ut.scalar_type(), "s_basis_t", [&] {
+    const auto& P = pool_of<scalar_t>(grid, k, ut.scalar_type());
+    auto run = grid == 5 && k == 3 ? s_kernel<scalar_t, 5, 3> : s_kernel<scalar_t>;
+    run(ut.data_ptr<scalar_t>(), alpha.data_ptr<scalar_t>(), sp, P, nullptr,
+        phit.data_ptr<scalar_t>(), nullptr, nullptr, false, nin, N);
+  });
+  return phit;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> s_basis_t_bwd(
+    const at::Tensor& ut, const at::Tensor& gbt_, const at::Tensor& alpha_, at::IntArrayRef spaces,
+    int64_t grid, int64_t k, bool tanh, bool need_basis, bool need_u, bool need_alpha) {
+  check_ut(ut, "s_basis_t_bwd");
+  auto sp = check_pool(ut, alpha_, spaces, grid, k, "s_basis_t_bwd");
+  auto alpha = alpha_.contiguous();
+  const int64_t nin = ut.size(0), N = ut.size(1), G = grid + k;
+  check_like(gbt_, ut, {nin * G, N}, "s_basis_t_bwd", "the basis gradient");
+  auto gbt = gbt_.contiguous();
+  at::Tensor phit, gut, galpha;
+  if (need_basis) phit = at::empty({nin * G, N}, ut.options());
+  if (need_u) gut = at::empty({nin, N}, ut.options());
+  if (need_alpha) galpha = at::empty(alpha.sizes(), ut.options());
+  AT_DISPATCH_FLOATING_TYPES(ut.scalar_type(), "s_basis_t_bwd", [&] {
+    auto ptr = [](at::Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
+    const auto& P = pool_of<scalar_t>(grid, k, ut.scalar_type());
+    auto run = grid == 5 && k == 3 ? s_kernel<scalar_t, 5, 3> : s_kernel<scalar_t>;
+    run(ut.data_ptr<scalar_t>(), alpha.data_ptr<scalar_t>(), sp, P,
+                       gbt.data_ptr<scalar_t>(), ptr(phit), ptr(gut), ptr(galpha), tanh, nin, N);
+  });
+  return {phit, gut, galpha};
+}
+
+at::Tensor relu_kan_layer_plain(const at::Tensor& x, const at::Tensor& lo, const at::Tensor& hi,
+                                const at::Tensor& w, const std::optional<at::Tensor>& bias,
+                                bool tanh, bool out_t) {
+  auto ut = transposed_input(x, tanh);
+  return project(relu_basis_t(ut, lo, hi), w, bias, x, out_t);
+}
+
+at::Tensor s_kan_layer_plain(const at::Tensor& x, const at::Tensor& alpha, at::IntArrayRef spaces,
+                             int64_t grid, int64_t k, const at::Tensor& w,
+                             const std::optional<at::Tensor>& bias, bool tanh, bool out_t) {
+  auto ut = transposed_input(x, tanh);
+  return project(s_basis_t(ut, alpha, spaces, grid, k), w, bias, x, out_t);
+}
+
+// The weight and bias gradients and the input gradient's (..., in) view of gut (in, N).
+void finish_grads(variable_list& out, const at::Tensor& gy2, const at::Tensor& bt,
+                  const at::Tensor& gut, AutogradContext* ctx, size_t w_edge, size_t w_slot,
+                  bool has_bias, const std::vector<int64_t>& xshape) {
+  if (gut.defined()) out[0] = gut.t().reshape(xshape);
+  if (ctx->needs_input_grad(w_edge)) out[w_slot] = at::mm(bt, gy2).t().contiguous();  // (out, in G)
+  if (has_bias && ctx->needs_input_grad(w_edge + 1)) out[w_slot + 1] = gy2.sum(0);
+}
+
+struct ReLUKANFunction : public torch::autograd::Function<ReLUKANFunction> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& lo,
+                            const at::Tensor& hi, const at::Tensor& w,
+                            const std::optional<at::Tensor>& bias, bool tanh, bool out_t) {
+    auto ut = transposed_input(x, tanh);
+    ctx->save_for_backward({ut, lo, hi, w});
+    ctx->saved_data["tanh"] = tanh;
+    ctx->saved_data["bias"] = bias.has_value() && bias->defined();
+    ctx->saved_data["xshape"] = x.sizes().vec();
+    return project(relu_basis_t(ut, lo, hi), w, bias, x, out_t);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    no_double_backward("relu_kan");
+    auto saved = ctx->get_saved_variables();
+    const auto &ut = saved[0], &lo = saved[1], &hi = saved[2], &w = saved[3];
+    const bool has_bias = ctx->saved_data["bias"].toBool();
+    variable_list out(7);
+    if (!grads[0].defined()) return out;
+    auto gy2 = grads[0].reshape({-1, w.size(0)});  // (N, out)
+    auto gbt = at::mm(w.t(), gy2.t());              // (in G, N)
+    const bool need_w = ctx->needs_input_grad(3);
+    auto [bt, gut, glo, ghi] = relu_basis_t_bwd(
+        ut, gbt, lo, hi, ctx->saved_data["tanh"].toBool(), need_w, ctx->needs_input_grad(0),
+        ctx->needs_input_grad(1) || ctx->needs_input_grad(2));
+    if (ctx->needs_input_grad(1)) out[1] = glo;
+    if (ctx->needs_input_grad(2)) out[2] = ghi;
+    finish_grads(out, gy2, bt, gut, ctx, 3, 3, has_bias, ctx->saved_data["xshape"].toIntVector());
+    return out;
+  }
+};
+
+struct SKANFunction : public torch::autograd::Function<SKANFunction> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& alpha,
+                            const at::Tensor& w, const std::optional<at::Tensor>& bias,
+                            std::vector<int64_t> spaces, int64_t grid, int64_t k, bool tanh,
+                            bool out_t) {
+    auto ut = transposed_input(x, tanh);
+    ctx->save_for_backward({ut, alpha, w});
+    ctx->saved_data["tanh"] = tanh;
+    ctx->saved_data["bias"] = bias.has_value() && bias->defined();
+    ctx->saved_data["xshape"] = x.sizes().vec();
+    ctx->saved_data["spaces"] = spaces;
+    ctx->saved_data["grid"] = grid;
+    ctx->saved_data["k"] = k;
+    return project(s_basis_t(ut, alpha, spaces, grid, k), w, bias, x, out_t);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    no_double_backward("s_kan");
+    auto saved = ctx->get_saved_variables();
+    const auto &ut = saved[0], &alpha = saved[1], &w = saved[2];
+    const bool has_bias = ctx->saved_data["bias"].toBool();
+    variable_list out(9);
+    if (!grads[0].defined()) return out;
+    // edges: x 0, alpha 1, w 2, bias 3 (if given)
+    const bool need_w = ctx->needs_input_grad(2);
+    auto gy2 = grads[0].reshape({-1, w.size(0)});
+    auto gbt = at::mm(w.t(), gy2.t());
+    auto spaces = ctx->saved_data["spaces"].toIntVector();
+    auto [phit, gut, galpha] = s_basis_t_bwd(
+        ut, gbt, alpha, spaces, ctx->saved_data["grid"].toInt(), ctx->saved_data["k"].toInt(),
+        ctx->saved_data["tanh"].toBool(), need_w, ctx->needs_input_grad(0),
+        ctx->needs_input_grad(1));
+    if (ctx->needs_input_grad(1)) out[1] = galpha;
+    finish_grads(out, gy2, phit, gut, ctx, 2, 2, has_bias, ctx->saved_data["xshape"].toIntVector());
+    return out;
+  }
+};
+
+at::Tensor relu_kan_layer_autograd(const at::Tensor& x, const at::Tensor& lo, const at::Tensor& hi,
+                                   const at::Tensor& w, const std::optional<at::Tensor>& bias,
+                                   bool tanh, bool out_t) {
+  return ReLUKANFunction::apply(x, lo, hi, w, bias, tanh, out_t);
+}
+
+at::Tensor s_kan_layer_autograd(const at::Tensor& x, const at::Tensor& alpha,
+                                at::IntArrayRef spaces, int64_t grid, int64_t k,
+                                const at::Tensor& w, const std::optional<at::Tensor>& bias,
+                                bool tanh, bool out_t) {
+  return SKANFunction::apply(x, alpha, w, bias, spaces.vec(), grid, k, tanh, out_t);
+}
+
+}  // namespace actlab_kan
