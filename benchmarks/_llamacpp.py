@@ -16,7 +16,7 @@ Through ``llama-cpp-python`` (``Llama.eval``: one ``llama_decode`` per token plu
 Python lines, which it also costs a user).
 
 Install (the ``llamacpp`` extra: a benchmark tool, never a runtime dependency; pip compiles
-llama.cpp from the sdist, 16 min on 2 busy cores at ``nice 19`` with the lean options below,
+llama.cpp from the sdist, 16-20 min on 2 busy cores at ``nice 19`` with the lean options below,
 so ``scripts/bootstrap.sh`` does not install it)::
 
     CMAKE_ARGS="-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \\
