@@ -25,8 +25,9 @@ dense position), and perplexity / agreement on held-out windows under the decode
 (:func:`actlab.sparse.evaluate`). Then a ``torch.profiler`` breakdown of the lean loop per
 token (sparse kernels, dense linears split into projections and lm_head, attention, other
 ops, and the rest: Python and dispatch; for the native step its own per-phase timers:
-rotation, norms, q|k|v, attention, o, MLP), and the llama.cpp anchor (``llama-cpp-python`` on the
-same GGUF file, which it reads quantised) when that package is installed.
+rotation, norms, q|k|v, attention, o, MLP), and the llama.cpp anchor (``llama-cpp-python``,
+``benchmarks/_llamacpp.py``: F32 / F16 / BF16 GGUF exports of the same dense weights and the
+shipped quantised file, with greedy-token agreement) when that package is installed.
 
     python benchmarks/bench_decode.py        # SmolLM2, 1 thread, ~15 min on 2 busy cores
     python benchmarks/bench_decode.py --model all --threads 2
@@ -179,40 +180,6 @@ def profile_lean(
     per_tok["python+dispatch"] = wall_ms - sum(per_tok.values())
     return f"{wall_ms:6.1f} ms/token (profiled) = " + ", ".join(
         f"{k} {v:.1f} ({100 * v / wall_ms:.0f}%)" for k, v in per_tok.items()
-    )
-
-
-def llama_cpp_anchor(gguf: Any, prompt: list[int], threads: int, dense_toks: list[int]) -> str:
-    try:
-        import llama_cpp  # type: ignore[import-not-found]
-    except Exception as e:  # noqa: BLE001 -- not installed / not buildable here
-        return f"not measured: llama-cpp-python unavailable ({type(e).__name__}: {e})"
-    import numpy as np
-
-    llm = llama_cpp.Llama(
-        model_path=str(gguf),
-        n_ctx=PROMPT + NEW + 8,
-        n_threads=threads,
-        n_batch=PROMPT,
-        verbose=False,
-    )
-    runs = []
-    toks: list[int] = []
-    for _ in range(2):
-        llm.reset()
-        llm.eval(prompt)
-        toks = [int(np.argmax(llm.scores[llm.n_tokens - 1]))]
-        t0 = time.perf_counter()
-        for _ in range(NEW - 1):
-            llm.eval([toks[-1]])
-            toks.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
-        runs.append((time.perf_counter() - t0) / (NEW - 1))
-    same = sum(a == b for a, b in zip(toks, dense_toks))
-    first = next((i for i, (a, b) in enumerate(zip(toks, dense_toks)) if a != b), len(toks))
-    return (
-        f"{1 / min(runs):6.1f} tok/s decode (best of 2; llama.cpp {llama_cpp.__version__}, "
-        f"quantised GGUF as shipped); same greedy tokens as actlab dense: {same}/{len(toks)}, "
-        f"first difference at {first}"
     )
 
 
