@@ -36,10 +36,17 @@ class _IndexBatches:
     drop_last: bool
     epoch: int
     device: torch.device
+    num_samples: int
 
-    @property
-    def num_samples(self) -> int:
-        raise NotImplementedError
+    def _init_batches(
+        self, num_samples: int, batch_size: int, shuffle: bool, seed: int, drop_last: bool
+    ) -> None:
+        self.num_samples = int(num_samples)
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.seed = int(seed)
+        self.drop_last = drop_last
+        self.epoch = 0
 
     def __len__(self) -> int:
         n = self.num_samples
@@ -93,16 +100,8 @@ class ImageLoader(_IndexBatches):
             raise ValueError(f"mean/std need {c} channel values, got {mean.numel()}/{std.numel()}")
         self.mean = mean.reshape(1, c, 1, 1).to(self.device, dtype)
         self.std = std.reshape(1, c, 1, 1).to(self.device, dtype)
-        self.batch_size = int(batch_size)
-        self.shuffle = shuffle
-        self.seed = int(seed)
         self.augment = augment if augment is not None and augment.active else None
-        self.drop_last = drop_last
-        self.epoch = 0
-
-    @property
-    def num_samples(self) -> int:
-        return int(self.images.shape[0])
+        self._init_batches(self.images.shape[0], batch_size, shuffle, seed, drop_last)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         for idx, g in self._index_batches():
@@ -219,15 +218,8 @@ class RegressionLoader(_IndexBatches):
         self.device = torch.device(device)
         self.x = x.to(self.device, dtype)
         self.y = y.to(self.device, dtype)
-        self.batch_size = int(batch_size)
-        self.shuffle = shuffle
-        self.seed = int(seed)
-        self.drop_last = drop_last and x.shape[0] > batch_size
-        self.epoch = 0
-
-    @property
-    def num_samples(self) -> int:
-        return int(self.x.shape[0])
+        drop = drop_last and x.shape[0] > batch_size  # never drop the only batch
+        self._init_batches(self.x.shape[0], batch_size, shuffle, seed, drop)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         for idx, _ in self._index_batches():
