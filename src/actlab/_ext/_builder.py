@@ -410,3 +410,9 @@ def unavailable_reason(ext: Extension) -> str:
     """Why ``ext`` could not be loaded in this process ('' when it was, or was not tried)."""
     got = _results.get(ext)
     return got.reason if isinstance(got, NativeUnavailable) else ""
+
+
+def compiled_isa(ext: Extension) -> str:
+    """The ISA ``ext``'s library was compiled for, from its ``isa`` op ('' when unavailable)."""
+    lib = try_load(ext)
+    return "" if lib is None else str(lib.op("isa")())

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from actlab._ext import Extension, try_load
+from actlab._ext import Extension, compiled_isa, try_load
 from actlab._ext import unavailable_reason as _ext_reason
 
 __all__ = [
@@ -88,8 +88,7 @@ def unavailable_reason() -> str:
 
 def kernel_isa() -> str:
     """The ISA the loaded library was compiled for ('' when unavailable)."""
-    lib = try_load(KERNELS)
-    return "" if lib is None else str(lib.op("isa")())
+    return compiled_isa(KERNELS)
 
 
 def ops_for(x: Tensor, *params: Tensor | None) -> Any | None:

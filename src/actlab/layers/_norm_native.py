@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from actlab._ext import Extension, try_load
+from actlab._ext import Extension, compiled_isa, try_load
 from actlab._ext import unavailable_reason as _ext_reason
 
 __all__ = ["KERNELS", "available", "kernel_isa", "ops_for", "unavailable_reason"]
@@ -60,8 +60,7 @@ def unavailable_reason() -> str:
 
 def kernel_isa() -> str:
     """The ISA the loaded library was compiled for ('' when unavailable)."""
-    lib = try_load(KERNELS)
-    return "" if lib is None else str(lib.op("isa")())
+    return compiled_isa(KERNELS)
 
 
 def ops_for(x: Tensor) -> Any | None:
