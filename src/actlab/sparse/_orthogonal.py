@@ -58,9 +58,11 @@ __all__ = [
     "BASES",
     "Orthogonalized",
     "orthogonalize",
+    "basis_loss",
     "pca_bases",
     "restore_rotation",
     "rotation_missing",
+    "sparse_basis",
 ]
 
 REFERENCES = ("k_proj", "gate_proj")
@@ -143,7 +145,12 @@ def _rotate_hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any
 
 @torch.no_grad()
 def pca_bases(
-    model: nn.Module, batches: Iterable[Batch], *, group: int = 1
+    model: nn.Module,
+    batches: Iterable[Batch],
+    *,
+    group: int = 1,
+    refine: int = 0,
+    sparsity: float = 0.5,
 ) -> dict[str, torch.Tensor]:
     """Per block, the eigenvectors (columns, largest eigenvalue first) of ``E[x x^T]`` over the
     weightless-normalised inputs ``x = h / rms(h)`` of its two RMSNorms on ``batches``.
@@ -153,26 +160,47 @@ def pca_bases(
     cost in how well the basis fits each block. ``group=0`` is one basis for the whole model
     (no change of basis at all). float64 ``[d, d]`` orthogonal matrices keyed by block path
     (one dense forward, no KV cache).
+
+    ``refine=n`` starts from that PCA basis and runs n rounds of :func:`sparse_basis` at
+    ``sparsity``: the basis then minimises the energy lost by zeroing the smallest ``sparsity``
+    fraction of each input, not the energy outside a fixed subspace (the inputs are kept in
+    float32 for it: 2 x blocks x tokens x d floats).
     """
     if isinstance(group, bool) or not isinstance(group, int) or group < 0:
         raise SparseError(f"rotation group must be an integer >= 0 (0: one basis); got {group!r}")
+    if isinstance(refine, bool) or not isinstance(refine, int) or refine < 0:
+        raise SparseError(f"rotation refine rounds must be an integer >= 0; got {refine!r}")
+    if refine and not 0 < sparsity < 1:
+        raise SparseError(f"refining a basis needs a sparsity in (0, 1); got {sparsity!r}")
+    kept: dict[str, list[torch.Tensor]] = {}
+    weight: dict[str, float] = {}
     blocks = find_blocks(model)
     norms = [_block_norms(model, b) for b in blocks]
     data = iter_batches(batches, vocab=vocab_size(model))
     cov: dict[str, torch.Tensor] = {}
     handles = []
     for b, pair in zip(blocks, norms):
-        for norm in pair:
+        for site, norm in enumerate(pair):
             eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)) or 1e-6)
+            readers = ("q_proj", "k_proj", "v_proj") if site == 0 else ("gate_proj", "up_proj")
+            weight[f"{b.path}#{site}"] = float(
+                sum(_linear(model, b.proj(r)).out_features for r in readers)
+            )
 
             def pre(
-                _m: nn.Module, a: tuple[Any, ...], path: str = b.path, eps: float = eps
+                _m: nn.Module,
+                a: tuple[Any, ...],
+                path: str = b.path,
+                eps: float = eps,
+                site: int = site,
             ) -> None:
                 h = a[0].detach().double()
                 x = h / (h.pow(2).mean(-1, keepdim=True) + eps).sqrt()
                 x = x.reshape(-1, x.shape[-1])  # [tokens, d]
                 c = (x.T @ x).cpu()
                 cov[path] = cov[path] + c if path in cov else c
+                if refine:
+                    kept.setdefault(f"{path}#{site}", []).append(x.float().cpu())
 
             handles.append(norm.register_forward_pre_hook(pre))
     was = model.training
@@ -194,9 +222,70 @@ def pca_bases(
         c = sum((cov[b.path] for b in members), torch.zeros_like(cov[members[0].path]))
         _, vecs = torch.linalg.eigh(c)
         q = vecs.flip(-1).contiguous()  # largest eigenvalue first
+        if refine:
+            sites = [f"{b.path}#{k}" for b in members for k in (0, 1)]
+            xs = [torch.cat(kept.pop(k)) for k in sites]
+            q = sparse_basis(xs, q, sparsity, rounds=refine, weights=[weight[k] for k in sites])
         for b in members:
             bases[b.path] = q
     return bases
+
+
+def _hard_threshold(z: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """``z`` with its ``sparsity`` fraction of smallest-magnitude entries set to 0 (one
+    threshold for the whole tensor, as TEAL's per-input threshold)."""
+    k = int(sparsity * z.numel())
+    if k <= 0:
+        return z
+    t = z.abs().flatten().kthvalue(k).values
+    return z * (z.abs() > t)
+
+
+def basis_loss(
+    xs: list[torch.Tensor], q: torch.Tensor, sparsity: float, weights: list[float]
+) -> float:
+    """``sum_k w_k ||X_k - H(X_k Q) Q^T||^2 / sum_k w_k ||X_k||^2``: the weighted fraction of
+    input energy lost when each input ``X_k`` [tokens, d] is thresholded in basis ``Q``."""
+    q = q.to(xs[0].dtype)
+    lost = sum(
+        w * float((x @ q - _hard_threshold(x @ q, sparsity)).pow(2).sum())
+        for x, w in zip(xs, weights)
+    )
+    total = sum(w * float(x.pow(2).sum()) for x, w in zip(xs, weights))
+    return lost / max(total, torch.finfo(torch.float64).tiny)
+
+
+@torch.no_grad()
+def sparse_basis(
+    xs: list[torch.Tensor],
+    start: torch.Tensor,
+    sparsity: float,
+    *,
+    rounds: int = 20,
+    weights: list[float] | None = None,
+) -> torch.Tensor:
+    """An orthogonal basis in which hard-thresholding the inputs loses little energy.
+
+    Minimises ``sum_k w_k ||X_k Q - Z_k||^2`` over orthogonal ``Q`` and codes ``Z_k`` with a
+    ``1 - sparsity`` fraction of nonzeros each, by alternating the two exact partial minimisers
+    (orthogonal dictionary learning with hard thresholding):
+
+    - codes: ``Z_k = H(X_k Q)``, the largest-magnitude entries of ``X_k Q`` kept;
+    - basis: ``Q = U V^T`` from the SVD ``sum_k w_k X_k^T Z_k = U S V^T`` (orthogonal
+      Procrustes: ``||X Q - Z||^2 = ||X||^2 + ||Z||^2 - 2 tr(Q^T X^T Z)``).
+
+    Neither step can raise the loss, so it is non-increasing from ``start`` (the PCA basis in
+    :func:`pca_bases`). ``xs``: inputs [tokens, d] (float32 is enough); returns float64 [d, d].
+    """
+    w = weights if weights is not None else [1.0] * len(xs)
+    q = start.to(xs[0].dtype)
+    for _ in range(rounds):
+        m = torch.zeros_like(q)
+        for x, wk in zip(xs, w):
+            m += wk * (x.T @ _hard_threshold(x @ q, sparsity))  # [d, d]
+        u, _, vh = torch.linalg.svd(m.double())
+        q = (u @ vh).to(xs[0].dtype)
+    return q.double().contiguous()
 
 
 def _check_bases(

@@ -67,6 +67,12 @@ Rotation (``rotation=``, an addition of actlab's, not in the paper):
   parameters); ``rotation_group=k`` shares one basis among k consecutive blocks (1/k of that
   overhead; ``0``: one basis for the whole model, no overhead). Llama-style RMSNorm blocks
   only (not Gemma's sandwich norms).
+- ``"sparse"``: the PCA basis refined for the target sparsity by ``rotation_rounds`` rounds of
+  hard-threshold orthogonal Procrustes (:func:`actlab.sparse.sparse_basis`): PCA packs energy
+  into a fixed subspace, while TEAL keeps a different set of coordinates for every token; the
+  refined basis minimises the energy the per-token threshold actually drops (on SmolLM2 at
+  50%, the relative output error of q|k|v and gate|up falls by 30-45% against PCA on the
+  calibration tokens). Same runtime cost and state as ``"pca"`` (only the bases differ).
 
 The greedy search scores a block on its own inputs (dense ones, or those of the sparsified
 blocks before it in ``"sequential"``), against that block's dense output on the same inputs.
@@ -95,7 +101,7 @@ __all__ = ["Teal", "block_weights", "greedy_allocation"]
 
 ALLOCATIONS = ("uniform", "greedy")
 LAYER_ALLOCATIONS = ("uniform", "damage", "fisher")
-ROTATIONS = (None, "pca")
+ROTATIONS = (None, "pca", "sparse")
 GROUPS = ("attn_in", "o_in", "mlp_in", "down_in")  # the inputs in forward order
 READER = {"attn_in": "q_proj", "o_in": "o_proj", "mlp_in": "gate_proj", "down_in": "down_proj"}
 CALIBRATIONS = ("sequential", "dense")
@@ -190,8 +196,10 @@ class Teal:
         greedy_tokens: the greedy search scores a block on (at least) this many calibration
             tokens, whole batches from the first (thresholds always use every token); the
             search runs the block ~7 x target x (sum of weights) / step times.
-        rotation: ``None`` or ``"pca"`` (rotate the model first, see the module docstring).
+        rotation: ``None``, ``"pca"`` or ``"sparse"`` (rotate the model first, see the module
+            docstring).
         rotation_group: blocks sharing one basis (1: one per block; 0: one for the model).
+        rotation_rounds: refinement rounds of the ``"sparse"`` basis.
         layer_allocation: ``"uniform"``, ``"damage"`` (per-block targets) or ``"fisher"``
             (per-input targets from one global Fisher allocation), see above.
         criterion: ``"magnitude"`` (TEAL), ``"weighted"`` or ``"fisher"`` (per-channel).
@@ -211,6 +219,7 @@ class Teal:
         greedy_tokens: int = 512,
         rotation: str | None = None,
         rotation_group: int = 1,
+        rotation_rounds: int = 20,
         layer_allocation: str = "uniform",
         damage_tokens: int = 512,
         min_tokens: int = 64,
@@ -235,11 +244,15 @@ class Teal:
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
                 raise SparseError(f"{what} must be a positive integer; got {n!r}")
         if rotation not in ROTATIONS:
-            raise SparseError(f"TEAL rotation must be None or 'pca'; got {rotation!r}")
+            raise SparseError(f"TEAL rotation must be None, 'pca' or 'sparse'; got {rotation!r}")
         if isinstance(rotation_group, bool) or not isinstance(rotation_group, int):
             raise SparseError(f"rotation_group must be an integer >= 0; got {rotation_group!r}")
         if rotation_group < 0:
             raise SparseError(f"rotation_group must be >= 0 (0: one basis); got {rotation_group}")
+        if isinstance(rotation_rounds, bool) or not isinstance(rotation_rounds, int):
+            raise SparseError(f"rotation_rounds must be an integer >= 1; got {rotation_rounds!r}")
+        if rotation_rounds < 1:
+            raise SparseError(f"rotation_rounds must be >= 1; got {rotation_rounds}")
         if isinstance(min_tokens, bool) or not isinstance(min_tokens, int) or min_tokens < 1:
             raise SparseError(f"min_tokens must be a positive integer; got {min_tokens!r}")
         self.params: dict[str, Any] = {
@@ -253,6 +266,7 @@ class Teal:
             "greedy_tokens": greedy_tokens,
             "rotation": rotation,
             "rotation_group": rotation_group,
+            "rotation_rounds": rotation_rounds,
             "layer_allocation": layer_allocation,
             "damage_tokens": damage_tokens,
             "min_tokens": min_tokens,
@@ -263,8 +277,15 @@ class Teal:
         blocks = find_blocks(model)
         data = calibration_batches(model, batches, min_tokens=self.params["min_tokens"])
         bases: dict[str, torch.Tensor] = {}
-        if self.params["rotation"] == "pca" and self.sparsity > 0:
-            bases = pca_bases(model, data, group=self.params["rotation_group"])
+        if self.params["rotation"] is not None and self.sparsity > 0:
+            refine = self.params["rotation_rounds"] if self.params["rotation"] == "sparse" else 0
+            bases = pca_bases(
+                model,
+                data,
+                group=self.params["rotation_group"],
+                refine=refine,
+                sparsity=self.sparsity,
+            )
             model = copy.deepcopy(model)  # the caller's model is not changed
             orthogonalize(model, "pca", bases=bases)
         per_block = {b.path: self.sparsity for b in blocks}
