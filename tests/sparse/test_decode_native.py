@@ -13,10 +13,17 @@ import copy
 
 import pytest
 import torch
-from sparse_helpers import VOCAB, tiny_llama
+from decode_helpers import tiny_gemma3
+from sparse_helpers import tiny_llama
 from torch import nn
 
-from actlab.sparse import SparseError, kernels_available, make_method, use_kernels
+from actlab.sparse import (
+    SparseError,
+    generate_routing,
+    kernels_available,
+    make_method,
+    use_kernels,
+)
 from actlab.sparse._decode import LeanDecoder, time_decode
 
 pytestmark = pytest.mark.skipif(not kernels_available(), reason="sparse kernels not built here")
@@ -24,37 +31,9 @@ pytestmark = pytest.mark.skipif(not kernels_available(), reason="sparse kernels 
 _MODELS: dict[str, nn.Module] = {}
 
 
-def _tiny_gemma3() -> nn.Module:
-    import transformers
-
-    cfg = transformers.Gemma3TextConfig(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=1,
-        head_dim=16,
-        sliding_window=4,  # shorter than the prompt: windows in prefill and in decode
-        max_position_embeddings=64,
-        layer_types=["sliding_attention", "sliding_attention", "full_attention"],
-        query_pre_attn_scalar=16,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    torch.manual_seed(0)
-    model = transformers.Gemma3ForCausalLM(cfg).eval()
-    with torch.no_grad():  # non-trivial norm weights (initialised at 0 = identity scale)
-        for n, p in model.named_parameters():
-            if "norm" in n:
-                p.normal_(0.0, 0.3)
-    return model
-
-
 def _model(arch: str) -> nn.Module:
     if arch not in _MODELS:
-        _MODELS[arch] = tiny_llama(3, seed=3) if arch == "llama" else _tiny_gemma3()
+        _MODELS[arch] = tiny_llama(3, seed=3) if arch == "llama" else tiny_gemma3()
     return copy.deepcopy(_MODELS[arch])
 
 
@@ -102,7 +81,8 @@ def test_native_step_matches_module_path(arch, method, dtype, batches) -> None: 
         use_kernels(model, dtype)
     prompt = batches[0][:1, :9]  # longer than Gemma's window of 4
     _same(_decode(model, prompt, True), _decode(model, prompt, False))
-    want = model.generate(prompt, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+    with generate_routing(model, False):  # Hugging Face's own generate (use_kernels routes it)
+        want = model.generate(prompt, max_new_tokens=8, min_new_tokens=8, do_sample=False)
     assert torch.equal(LeanDecoder(model, 17, native=True).generate(prompt, 8), want)
 
 

@@ -49,6 +49,7 @@ from actlab.sparse._eval import (
     rotation_overhead,
     sparsity_curves,
 )
+from actlab.sparse._generate import generate_routing, native_generate
 from actlab.sparse._kernels import KernelReport, drop_kernels, kernels_available, use_kernels
 from actlab.sparse._modules import MODES, SparseGatedMLP, SparseLinear, exact_quantile
 from actlab.sparse._orthogonal import (
@@ -141,4 +142,6 @@ __all__ = [
     "restore_rotation",
     "rotation_missing",
     "use_kernels",
+    "generate_routing",
+    "native_generate",
 ]

@@ -67,6 +67,9 @@ KERNELS = Extension(
 )
 
 _DTYPES = (torch.float32, torch.bfloat16)
+# (model, on) -> None: installs / removes the native routing of ``model.generate``; appended
+# by actlab.sparse._generate, which builds on this module (a call here would be a cycle)
+_GENERATE_HOOKS: list[Callable[[nn.Module, bool], None]] = []
 _ACTS = {"silu": 0, "gelu_tanh": 1}
 
 
@@ -403,7 +406,11 @@ def _sibling_groups(model: nn.Module) -> dict[int, list[SparseLinear]]:
 
 
 def use_kernels(
-    model: nn.Module, dtype: torch.dtype = torch.float32, *, max_rows: int = 8
+    model: nn.Module,
+    dtype: torch.dtype = torch.float32,
+    *,
+    max_rows: int = 8,
+    generate: bool = True,
 ) -> KernelReport:
     """Pack the weights of every sparse module of ``model`` and turn its kernel path on.
 
@@ -412,6 +419,8 @@ def use_kernels(
     this many positions (decode steps, small batches); longer ones (prefill) use torch.
     Returns a :class:`KernelReport`. Without the compiled library, warns once and changes
     nothing. Call again to repack (e.g. with another dtype); :func:`drop_kernels` undoes it.
+    ``generate``: also route the model's ``generate`` through the native decode step where it
+    serves the call exactly (:func:`~actlab.sparse.native_generate`; ``False``: leave it).
     """
     if dtype not in _DTYPES:
         raise SparseError(f"use_kernels dtype must be torch.float32 or torch.bfloat16, got {dtype}")
@@ -469,11 +478,16 @@ def use_kernels(
         m._kernel = cast(Callable[[Any, torch.Tensor], "torch.Tensor | None"], kernel)
         report.modules.append(path)
         report.packed_bytes += kernel.nbytes
+    for hook in _GENERATE_HOOKS if generate else ():
+        hook(model, True)
     return report
 
 
 def drop_kernels(model: nn.Module) -> int:
-    """Turn the kernel path off and free the packed weights; returns how many modules had it."""
+    """Turn the kernel path off and free the packed weights (and the native routing of
+    ``generate``); returns how many modules had it."""
+    for hook in _GENERATE_HOOKS:
+        hook(model, False)
     n = 0
     for m in model.modules():
         if isinstance(m, (SparseLinear, SparseGatedMLP)) and m.__dict__.pop("_kernel", None):
