@@ -24,7 +24,8 @@ from actlab.sparse import (
     make_method,
     use_kernels,
 )
-from actlab.sparse._decode import LeanDecoder, time_decode
+from actlab.sparse._decode import LeanDecoder
+from actlab.sparse._generate import time_decode
 
 pytestmark = pytest.mark.skipif(not kernels_available(), reason="sparse kernels not built here")
 

@@ -28,6 +28,7 @@ from actlab.sparse import (
     make_method,
     native_generate,
     save_sparse,
+    time_decode,
     use_kernels,
 )
 
@@ -230,3 +231,15 @@ def test_save_and_load_keep_working(tmp_path, batches) -> None:  # noqa: ANN001
     use_kernels(loaded, torch.bfloat16)
     got = _routed(loaded, prompt, max_new_tokens=8)
     assert torch.equal(got, _plain(loaded, prompt, max_new_tokens=8))
+
+
+def test_time_decode_through_generate(batches) -> None:  # noqa: ANN001
+    model = _model("llama", "teal", batches)
+    ids = _ids(batches)
+    with pytest.raises(SparseError, match="did not run the native step.*use_kernels"):
+        time_decode(model, ids, 3, lean=False, native=True, rounds=1, warmup=False)
+    use_kernels(model)
+    a = time_decode(model, ids, 5, lean=False, native=True, rounds=1, warmup=False)
+    b = time_decode(model, ids, 5, lean=False, native=False, rounds=1, warmup=False)
+    assert torch.equal(a.tokens, b.tokens) and a.tokens.shape == (5,)
+    assert model.actlab_native_generate is True  # the routing is restored

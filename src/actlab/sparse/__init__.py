@@ -39,7 +39,7 @@ from actlab.sparse._base import (
     install,
     make_method,
 )
-from actlab.sparse._decode import DecodeTiming, LeanDecoder, time_decode
+from actlab.sparse._decode import LeanDecoder
 from actlab.sparse._eval import (
     DEFAULT_SPARSITIES,
     EvalResult,
@@ -49,7 +49,7 @@ from actlab.sparse._eval import (
     rotation_overhead,
     sparsity_curves,
 )
-from actlab.sparse._generate import generate_routing, native_generate
+from actlab.sparse._generate import DecodeTiming, generate_routing, native_generate, time_decode
 from actlab.sparse._kernels import KernelReport, drop_kernels, kernels_available, use_kernels
 from actlab.sparse._modules import MODES, SparseGatedMLP, SparseLinear, exact_quantile
 from actlab.sparse._orthogonal import (

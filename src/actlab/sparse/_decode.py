@@ -32,9 +32,7 @@ pre-hook of each block; both paths apply it themselves (the loop does not call t
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -44,7 +42,7 @@ from torch import nn
 from actlab.sparse._decode_native import NativeStack, build_native
 from actlab.sparse._state import SparseError
 
-__all__ = ["DecodeTiming", "LeanDecoder", "time_decode"]
+__all__ = ["LeanDecoder"]
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -232,51 +230,3 @@ class LeanDecoder:
             yield
         finally:
             self.profile = False
-
-
-@dataclass(frozen=True)
-class DecodeTiming:
-    """Greedy decoding of ``new_tokens`` tokens after a prompt: the tokens and the seconds."""
-
-    tokens: torch.Tensor  # [new_tokens] the generated ids
-    seconds: float  # best of the rounds (wall clock)
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.tokens.numel() / self.seconds if self.seconds > 0 else float("inf")
-
-
-@torch.inference_mode()
-def time_decode(
-    model: nn.Module,
-    ids: torch.Tensor,
-    new_tokens: int,
-    *,
-    lean: bool = True,
-    rounds: int = 2,
-    native: bool | None = None,
-    warmup: bool = True,
-) -> DecodeTiming:
-    """Greedy decoding of ``new_tokens`` after ``ids`` ``[1, T]`` (batch 1), best of ``rounds``:
-    through :class:`LeanDecoder` (``lean=True``; ``native``: its native step, see there) or the
-    model's ``generate``, after one untimed warm-up round (``warmup=False``: none, e.g. when
-    the caller interleaves rounds of several models). The prefill is part of the time, as a
-    user sees it."""
-    if isinstance(new_tokens, bool) or not isinstance(new_tokens, int) or new_tokens < 1:
-        raise SparseError(f"new_tokens must be a positive int, got {new_tokens!r}")
-    best, out = float("inf"), torch.empty(0, dtype=torch.long)
-    first = 0 if warmup else 1
-    for r in range(first, max(1, rounds) + 1):  # round 0 warms up (allocations, lazy inits)
-        t0 = time.perf_counter()
-        if lean:
-            dec = LeanDecoder(model, ids.shape[1] + new_tokens, native=native)
-            seq = dec.generate(ids, new_tokens)
-        else:
-            dev = next(model.parameters()).device
-            seq = model.generate(  # type: ignore[operator]
-                ids.to(dev), max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False
-            ).cpu()
-        if r:
-            best = min(best, time.perf_counter() - t0)
-        out = seq[0, ids.shape[1] :]
-    return DecodeTiming(out, best)

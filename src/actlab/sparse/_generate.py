@@ -28,6 +28,9 @@ training mode, and models the native step cannot run (``LeanDecoder.native_reaso
 each call ``model.actlab_generate_reason`` is ``""`` (native step) or the reason it fell back
 (also logged at debug level on ``actlab.sparse``); ``model.actlab_native_generate = False``
 turns the routing off, ``native_generate(model, False)`` removes it.
+
+:func:`time_decode` times greedy decoding through the lean loop or ``generate`` (routed or
+plain) for the benchmarks.
 """
 
 from __future__ import annotations
@@ -35,8 +38,10 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import time
 import types
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -46,7 +51,7 @@ from actlab.sparse._decode import LeanDecoder
 from actlab.sparse._kernels import _GENERATE_HOOKS
 from actlab.sparse._state import SparseError
 
-__all__ = ["generate_routing", "native_generate"]
+__all__ = ["DecodeTiming", "generate_routing", "native_generate", "time_decode"]
 
 _log = logging.getLogger("actlab.sparse")
 
@@ -301,3 +306,62 @@ def _kernels_hook(model: nn.Module, on: bool) -> None:
 
 
 _GENERATE_HOOKS.append(_kernels_hook)
+
+
+def _time_generate(model: Any, ids: torch.Tensor, new: int, native: bool | None) -> torch.Tensor:
+    """``model.generate`` of exactly ``new`` greedy tokens (routed as ``native`` says)."""
+    dev = next(model.parameters()).device
+    routing = generate_routing(model, native) if native is not None else contextlib.nullcontext()
+    with routing:
+        seq = model.generate(ids.to(dev), max_new_tokens=new, min_new_tokens=new, do_sample=False)
+        why = getattr(model, "actlab_generate_reason", "")
+    if native and why:
+        raise SparseError(f"generate did not run the native step: {why}")
+    return seq.cpu()
+
+
+@dataclass(frozen=True)
+class DecodeTiming:
+    """Greedy decoding of ``new_tokens`` tokens after a prompt: the tokens and the seconds."""
+
+    tokens: torch.Tensor  # [new_tokens] the generated ids
+    seconds: float  # best of the rounds (wall clock)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens.numel() / self.seconds if self.seconds > 0 else float("inf")
+
+
+@torch.inference_mode()
+def time_decode(
+    model: nn.Module,
+    ids: torch.Tensor,
+    new_tokens: int,
+    *,
+    lean: bool = True,
+    rounds: int = 2,
+    native: bool | None = None,
+    warmup: bool = True,
+) -> DecodeTiming:
+    """Greedy decoding of ``new_tokens`` after ``ids`` ``[1, T]`` (batch 1), best of ``rounds``:
+    through :class:`LeanDecoder` (``lean=True``; ``native``: its native step, see there) or the
+    model's ``generate`` (``lean=False``; ``native=True``: routed through the native step,
+    :func:`~actlab.sparse.native_generate`, an error if it falls back; ``False``: Hugging
+    Face's plain ``generate``; ``None``: as the model is set up), after one untimed warm-up
+    round (``warmup=False``: none, e.g. when the caller interleaves rounds of several models).
+    The prefill is part of the time, as a user sees it."""
+    if isinstance(new_tokens, bool) or not isinstance(new_tokens, int) or new_tokens < 1:
+        raise SparseError(f"new_tokens must be a positive int, got {new_tokens!r}")
+    best, out = float("inf"), torch.empty(0, dtype=torch.long)
+    first = 0 if warmup else 1
+    for r in range(first, max(1, rounds) + 1):  # round 0 warms up (allocations, lazy inits)
+        t0 = time.perf_counter()
+        if lean:
+            dec = LeanDecoder(model, ids.shape[1] + new_tokens, native=native)
+            seq = dec.generate(ids, new_tokens)
+        else:
+            seq = _time_generate(model, ids, new_tokens, native)
+        if r:
+            best = min(best, time.perf_counter() - t0)
+        out = seq[0, ids.shape[1] :]
+    return DecodeTiming(out, best)
