@@ -17,9 +17,11 @@ all sharing the dense model's parameters (interleaved in rounds, medians reporte
 
 Every sparse variant runs the lean loop's native step (``LeanDecoder(native=None)``; its
 path is printed). Reported per variant: decode tokens/s (128 tokens, prefill excluded;
-``x dense`` over the dense module path, ``x d-nat`` over dense-native;
-``generate``'s from
-``t(128 tokens) - t(1 token)``), the speed-up over dense, the next-token agreement with the
+``x dense`` over the dense module path, ``x d-nat`` over dense-native), ``generate`` tokens/s
+(``t(128 tokens) - t(1 token)``) of Hugging Face's plain ``generate`` and of ``generate``
+routed through the native step (:func:`actlab.sparse.native_generate`, which ``use_kernels``
+installs; ``dense-native``: the dense model routed), both ``x dense`` over plain ``generate``
+on the dense model (what a user compares against), the next-token agreement with the
 dense greedy continuation of the same run (teacher-forced: the sparse model's argmax at each
 dense position), and perplexity / agreement on held-out windows under the decode protocol
 (:func:`actlab.sparse.evaluate`). Then a ``torch.profiler`` breakdown of the lean loop per
@@ -54,6 +56,7 @@ from actlab.sparse import (
     SparseLinear,
     calibration_windows,
     evaluate,
+    generate_routing,
     heldout_windows,
     make_method,
     use_kernels,
@@ -115,13 +118,20 @@ def time_lean(
     return (time.perf_counter() - t0) / (NEW - 1), toks
 
 
-def time_generate(model: Any, prompt: torch.Tensor, new: int) -> float:
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        model.generate(
-            prompt, max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0
-        )
-    return time.perf_counter() - t0
+def time_generate(model: Any, prompt: torch.Tensor, new: int, native: bool) -> float:
+    """Seconds of ``model.generate`` of ``new`` greedy tokens: Hugging Face's plain generate
+    (``native=False``) or routed through the native decode step (``True``; checked)."""
+    with generate_routing(model, native):
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            model.generate(
+                prompt, max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0
+            )
+        took = time.perf_counter() - t0
+        why = getattr(model, "actlab_generate_reason", "")
+    if native and why:
+        raise SystemExit(f"generate did not run the native step: {why}")
+    return took
 
 
 def teacher_forced(model: nn.Module, prompt: torch.Tensor, dense_toks: list[int]) -> float:
@@ -199,33 +209,40 @@ def bench_model(name: str, loader: Callable[..., Any], gguf: Callable[[], Any], 
 
     say(f"=== {name}: timing ({args.rounds} interleaved rounds, {args.threads} thread(s))")
     lean: dict[str, list[float]] = {k: [] for k in variants}
-    gen: dict[str, list[float]] = {k: [] for k in variants}
+    gen: dict[str, list[float]] = {k: [] for k in variants}  # HF's plain generate
+    gen_n: dict[str, list[float]] = {k: [] for k in variants}  # generate, native step
     toks: dict[str, list[int]] = {}
     with torch.no_grad():
         for _ in range(args.rounds):
             for k, m in variants.items():
                 s, toks[k] = time_lean(m, prompt, native_of(k))
                 lean[k].append(s)
-                if not args.no_generate and k != "dense-native":
-                    t_all = time_generate(m, prompt, NEW)
-                    t_one = time_generate(m, prompt, 1)
-                    gen[k].append((t_all - t_one) / (NEW - 1))
+                if args.no_generate:
+                    continue
+                for native, out in ((False, gen), (True, gen_n)):
+                    if k == ("dense-native" if native is False else "dense"):
+                        continue  # dense: plain generate; dense-native: routed generate
+                    t_all = time_generate(m, prompt, NEW, native)
+                    t_one = time_generate(m, prompt, 1, native)
+                    out[k].append((t_all - t_one) / (NEW - 1))
+    nan = float("nan")
     base_l = statistics.median(lean["dense"])
     base_n = statistics.median(lean["dense-native"])
-    base_g = statistics.median(gen["dense"]) if gen["dense"] else float("nan")
+    base_g = statistics.median(gen["dense"]) if gen["dense"] else nan
     say(
         f"{'variant':18s} {'lean tok/s':>10s} {'x dense':>7s} {'x d-nat':>7s} | "
-        f"{'generate tok/s':>14s} "
-        f"{'x dense':>7s} | {'same tokens':>11s} {'teacher-forced':>14s}"
+        f"{'generate tok/s':>14s} {'x dense':>7s} | {'gen native tok/s':>16s} {'x dense':>7s} | "
+        f"{'same tokens':>11s} {'teacher-forced':>14s}"
     )
     for k in variants:
         sl = statistics.median(lean[k])
-        sg = statistics.median(gen[k]) if gen[k] else float("nan")
+        sg = statistics.median(gen[k]) if gen[k] else nan
+        sn = statistics.median(gen_n[k]) if gen_n[k] else nan
         same = sum(a == b for a, b in zip(toks[k], toks["dense"]))
         tf = 1.0 if k.startswith("dense") else teacher_forced(variants[k], prompt, toks["dense"])
         say(
             f"{k:18s} {1 / sl:10.1f} {base_l / sl:7.2f} {base_n / sl:7.2f} | {1 / sg:14.1f} "
-            f"{base_g / sg:7.2f} | "
+            f"{base_g / sg:7.2f} | {1 / sn:16.1f} {base_g / sn:7.2f} | "
             f"{same:5d}/{len(toks[k]):<5d} {tf:14.3f}"
         )
 
