@@ -65,6 +65,10 @@ constexpr int64_t kLine = 32;         // values per inner step: 128 B of float32
 constexpr int64_t kGroupRows = 8;     // survivors streamed together (batch 1): 8 beat 4 by 3-10
                                       // points of the limit on SmolLM2 shapes
 constexpr int64_t kSerialWork = 1 << 16;  // below this many multiply-adds: one thread
+// Output vectors held in registers across a group's rows: 8 x 16 floats with AVX-512's 32
+// registers (8 accumulators + 8 broadcasts), 4 x 8 with AVX2's 16 (and the portable code).
+constexpr int kBlockVecs = kVec >= 16 ? 8 : 4;
+constexpr int64_t kRampLines = 4;  // cache lines prefetched at the start of each next row
 
 // ----------------------------------------------------------------------------- loads
 template <typename W>
@@ -95,6 +99,8 @@ template <typename W>
 inline void prefetch_step(const W* p) {
   if constexpr (sizeof(W) < 4) prefetch_line(p);
 }
+template <typename W>
+constexpr bool kPrefetchAll = sizeof(W) < 4;  // batch-1 groups: see axpy_rows
 
 // ----------------------------------------------------------------------------- survivors
 // The inputs kept by any batch row: idx[0..S) ascending, xs[s * B + b] the value of row b at
@@ -136,31 +142,68 @@ inline int64_t survivors(const float* x, int64_t B, int64_t K, float t, const fl
   return dropped;
 }
 
-// y[n0:n1] += sum_g xv[g] * r[g][n0:n1] for G rows streamed together (one load and one store
-// of y per G rows), prefetching the rows p[g] at the same offsets. The G products of an
-// element are added in g order, one fma each, whatever path (line, vector, scalar) it takes.
-template <typename W, int G>
-inline void group_rows(const W* const* r, const W* const* p, const float* xv, float* y,
-                       int64_t n0, int64_t nl, int64_t nv, int64_t n1) {
-  Vec xs[G];
-  for (int g = 0; g < G; ++g) xs[g] = Vec(xv[g]);
-  for (int64_t j = n0; j < nl; j += kLine) {
-    for (int g = 0; g < G; ++g) prefetch_step(p[g] + j);
-    for (int64_t v = 0; v < kLine; v += kVec) {
-      Vec acc = Vec::loadu(y + j + v);
-      for (int g = 0; g < G; ++g) acc = at::vec::fmadd(xs[g], load_w(r[g] + j + v), acc);
-      acc.store(y + j + v);
+// y[j : j + NB kVec] += sum_g xs[g] * r[g][j : ...]: NB output vectors held in registers across
+// the G rows (one load and one store of y per G rows; G fmas per element, in g order).
+template <typename W, int G, int NB, bool PF>
+inline void group_block(const W* const* r, const W* const* p, int64_t np, const Vec* xs, float* y,
+                        int64_t j) {
+  if constexpr (PF) {  // the np rows p at the same offsets, one cache line at a time
+    constexpr int64_t step = 64 / sizeof(W);
+    for (int64_t g = 0; g < np; ++g) {
+      for (int64_t q = 0; q < NB * kVec; q += step) prefetch_line(p[g] + j + q);
     }
   }
-  for (int64_t j = nl; j < nv; j += kVec) {
-    Vec acc = Vec::loadu(y + j);
-    for (int g = 0; g < G; ++g) acc = at::vec::fmadd(xs[g], load_w(r[g] + j), acc);
-    acc.store(y + j);
+  Vec acc[NB];
+  for (int v = 0; v < NB; ++v) acc[v] = Vec::loadu(y + j + v * kVec);
+  for (int g = 0; g < G; ++g) {
+    for (int v = 0; v < NB; ++v) acc[v] = at::vec::fmadd(xs[g], load_w(r[g] + j + v * kVec), acc[v]);
   }
-  for (int64_t j = nv; j < n1; ++j) {
+  for (int v = 0; v < NB; ++v) acc[v].store(y + j + v * kVec);
+}
+
+// y[n0:n1] += sum_g xv[g] * r[g][n0:n1] for G rows streamed together: the vector part in blocks
+// of kBlockVecs registers (then 4, 2, 1), the last n1 - nv < kVec elements one by one. The G
+// products of an element are added in g order, one fma each; whether an element takes the
+// vector or the scalar path depends on nv only (a property of the element's index: see
+// axpy_rows), so the block widths never change a result.
+// PF: prefetch the np rows p at the offsets being read (the next group's rows).
+template <typename W, int G, bool PF = false>
+inline void group_rows(const W* const* r, const W* const* p, int64_t np, const float* xv,
+                       float* y, int64_t n0, int64_t nv, int64_t n1) {
+  Vec xs[G];
+  for (int g = 0; g < G; ++g) xs[g] = Vec(xv[g]);
+  int64_t j = n0;
+  for (; j + kBlockVecs * kVec <= nv; j += kBlockVecs * kVec) {
+    group_block<W, G, kBlockVecs, PF>(r, p, np, xs, y, j);
+  }
+  if constexpr (kBlockVecs > 4) {
+    if (j + 4 * kVec <= nv) {
+      group_block<W, G, 4, PF>(r, p, np, xs, y, j);
+      j += 4 * kVec;
+    }
+  }
+  if (j + 2 * kVec <= nv) {
+    group_block<W, G, 2, PF>(r, p, np, xs, y, j);
+    j += 2 * kVec;
+  }
+  if (j + kVec <= nv) {
+    group_block<W, G, 1, PF>(r, p, np, xs, y, j);
+    j += kVec;
+  }
+  for (; j < n1; ++j) {
     float acc = y[j];
     for (int g = 0; g < G; ++g) acc = std::fma(xv[g], to_f(r[g][j]), acc);
     y[j] = acc;
+  }
+}
+
+// Prefetch the first kRampLines cache lines of the slice [n0, n1) of each row in p, into L2.
+template <typename W>
+inline void prefetch_ramp(const W* const* p, int64_t rows, int64_t n0, int64_t n1) {
+  constexpr int64_t step = 64 / sizeof(W);  // values per cache line
+  const int64_t end = std::min(n1, n0 + kRampLines * step);
+  for (int64_t g = 0; g < rows; ++g) {
+    for (int64_t j = n0; j < end; j += step) prefetch_line(p[g] + j);
   }
 }
 
@@ -177,18 +220,22 @@ void axpy_rows(const W* w, int64_t ldw, const int64_t* idx, const float* xs, int
     int64_t s = 0;
     const W* r[kGroupRows];
     const W* p[kGroupRows];
+    if (S > 0) {  // the first group's row starts, before anything else is read
+      for (int64_t g = 0; g < std::min(S, kGroupRows); ++g) p[g] = w + idx[g] * ldw;
+      prefetch_ramp(p, std::min(S, kGroupRows), n0, n1);
+    }
     for (; s + kGroupRows <= S; s += kGroupRows) {
-      // this group's rows and the next group's (or this group's again at the end: harmless)
-      const int64_t s2 = s + kGroupRows < S ? s + kGroupRows : s;
-      for (int64_t g = 0; g < kGroupRows; ++g) {
-        r[g] = w + idx[s + g] * ldw;
-        p[g] = w + idx[std::min(s2 + g, S - 1)] * ldw;
-      }
-      group_rows<W, kGroupRows>(r, p, xs + s, y, n0, nl, nv, n1);
+      // the next group's row starts, prefetched while this group streams
+      const int64_t next = std::min(kGroupRows, S - s - kGroupRows);
+      for (int64_t g = 0; g < next; ++g) p[g] = w + idx[s + kGroupRows + g] * ldw;
+      prefetch_ramp(p, next, n0, n1);
+      for (int64_t g = 0; g < kGroupRows; ++g) r[g] = w + idx[s + g] * ldw;
+      // bf16 also prefetches the next group's rows at this group's offsets (prefetch_step)
+      group_rows<W, kGroupRows, kPrefetchAll<W>>(r, p, next, xs + s, y, n0, nv, n1);
     }
     for (; s < S; ++s) {  // the last < kGroupRows survivors
       r[0] = w + idx[s] * ldw;
-      group_rows<W, 1>(r, r, xs + s, y, n0, nl, nv, n1);
+      group_rows<W, 1>(r, r, 0, xs + s, y, n0, nv, n1);
     }
     return;
   }
