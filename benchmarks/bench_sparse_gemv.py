@@ -18,6 +18,7 @@ medians are compared.
 
     python benchmarks/bench_sparse_gemv.py            # ~2-3 min on 2 quiet cores
     python benchmarks/bench_sparse_gemv.py --quick    # fewer shapes/repeats (smoke test)
+    python benchmarks/bench_sparse_gemv.py --quick --shapes smollm2 --threads 2  # SmolLM2's 4
 """
 
 from __future__ import annotations
@@ -169,6 +170,11 @@ def main() -> None:
         "--budget", type=float, default=0.8, help="seconds per (shape, threads, s) measurement"
     )
     ap.add_argument("--quick", action="store_true", help="3 shapes, 3 repeats, 32 MiB")
+    ap.add_argument(
+        "--shapes",
+        default="",
+        help="comma-separated shape-name prefixes (smollm2, gemma3, large, 'smollm2 o', ...)",
+    )
     args = ap.parse_args()
     if args.repeats < 1 or args.mb <= 0:
         ap.error("--repeats must be >= 1 and --mb > 0")
@@ -180,6 +186,11 @@ def main() -> None:
     if args.quick:
         shapes = {k: SHAPES[k] for k in ("smollm2 qkv", "smollm2 down", "large 8192->2048")}
         args.repeats, args.mb = 3, 32.0
+    if args.shapes:
+        prefixes = [p.strip() for p in args.shapes.split(",") if p.strip()]
+        shapes = {k: v for k, v in SHAPES.items() if any(k.startswith(p) for p in prefixes)}
+        if not shapes:
+            ap.error(f"--shapes {args.shapes!r} matches none of: {', '.join(SHAPES)}")
     lib = load(KERNELS)
     print(
         f"bench_sparse_gemv: {cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "

@@ -163,6 +163,53 @@ def test_thread_count_does_not_change_results(dtype) -> None:  # noqa: ANN001
     assert torch.equal(outs[0][1], outs[1][1])
 
 
+# Batch 1 streams 8 survivor rows at a time with up to 8 output vectors held in registers, then
+# blocks of 4, 2, 1 vectors and a scalar tail; the sizes below hit every block width at 16-
+# (AVX-512) and 8-float (AVX2, portable) vectors, survivor counts of every remainder mod 8,
+# and (n, k, s) where two threads split the outputs (k * n * (1 - s) >= 65536).
+OUTS = (1, 7, 8, 15, 16, 17, 33, 47, 64, 65, 113, 127, 128, 129, 200, 255, 257, 577)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_batch1_blocks_match_f_linear(dtype) -> None:  # noqa: ANN001
+    g = torch.Generator().manual_seed(21)
+    op = _op("sparse_linear")
+    for i, n in enumerate(OUTS):
+        k = (1, 3, 8, 9, 17, 30, 64, 119)[i % 8]
+        w, b = torch.randn(n, k, generator=g), torch.randn(n, generator=g)
+        wq, wt = w.to(dtype).float(), w.t().contiguous().to(dtype)
+        x = torch.randn(1, k, generator=g)
+        for t in (-math.inf, 0.0, 0.4, 1.2, math.inf):  # all survive ... none survives
+            keep = x.abs() > t
+            y = op(x, wt, b if i % 2 else None, t, None, None)
+            _check(y, *_linear_ref(x, wq, b if i % 2 else None, keep))
+            ref32 = F.linear(x * keep, wq, b if i % 2 else None)
+            assert torch.allclose(y, ref32, rtol=1e-5, atol=1e-5 * k), (n, k, t)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_batch1_thread_count_is_bitwise_invariant(dtype) -> None:  # noqa: ANN001
+    g = torch.Generator().manual_seed(22)
+    op = _op("sparse_linear")
+    cases = []
+    for k, n in ((300, 577), (700, 576), (129, 1000)):
+        wt = torch.randn(k, n, generator=g).to(dtype)
+        x = torch.randn(1, k, generator=g)
+        b = torch.randn(n, generator=g)
+        cases += [(x, wt, b, t) for t in (-math.inf, 0.0, 0.5)]
+    try:
+        outs = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            outs.append([op(x, wt, b, t, None, None) for x, wt, b, t in cases])
+    finally:
+        torch.set_num_threads(1)
+    for (x, wt, b, t), y1, y2 in zip(cases, *outs, strict=True):
+        assert torch.equal(y1, y2), (tuple(wt.shape), t)
+        keep = x.abs() > t
+        _check(y1, *_linear_ref(x, wt.float().t(), b, keep))
+
+
 def test_non_finite_and_extreme_inputs() -> None:
     g = torch.Generator().manual_seed(9)
     w = torch.randn(40, 30, generator=g)
