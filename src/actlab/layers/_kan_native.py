@@ -62,6 +62,7 @@ KERNELS = Extension(
         "s_kan_layer",
         "af_reduce_t",
         "af_kan_reduce",
+        "af_kan_layer",
         "all_finite",
         "isa",
     ),

@@ -158,6 +158,18 @@ class AFKANLayer(nn.Module):
         if dtype in _HALF:  # min-max, softmax and LayerNorm of near-equal values: in float32
             with torch.autocast(x.device.type, enabled=False):
                 return F.linear(self._reduce(x.float()).to(dtype), self.weight)
+        p = self._params(dtype)
+        ops = self._ops(x, p)
+        if ops is not None:  # the whole layer as one native op
+            tanh = self.range.input_norm == "tanh"
+            u = x if tanh else self.range(x)  # "none": the range check, u = x
+            nw, nb = (p["norm_w"], p["norm_b"]) if self.use_norm else (None, None)
+            y: Tensor = ops.af_kan_layer(
+                u, p["low"], p["high"], p["attn_w"][0], p["attn_b"], p["temperature"],
+                self.weight, nw, nb, self._act_id[1], FUNC_CODES[self.func],
+                NORM_CODES[self.func_norm], tanh, self.norm.eps,
+            )  # fmt: skip
+            return y
         return F.linear(self._reduce(x), self.weight)  # (..., out)
 
     def _reduce(self, x: Tensor) -> Tensor:
@@ -176,25 +188,8 @@ class AFKANLayer(nn.Module):
 
         f is only contracted over G (with the attention weights w and with ones), and the
         min-max scale is affine, so it is applied to the two contractions instead of to every
-        element of f: (f - lo) / span . v = (f . v - lo sum v) / span. The native kernel
-        (CPU float32 / float64, act SiLU or GELU) computes the contractions and lo / hi without
-        writing f; the torch path below is its plain twin."""
+        element of f: (f - lo) / span . v = (f . v - lo sum v) / span."""
         w = p["attn_w"][0]  # (G,)
-        ops = self._ops(x, p)
-        if ops is not None:
-            tanh = self.range.input_norm == "tanh"
-            u = x if tanh else self.range(x)  # "none": the range check, u = x
-            mode = NORM_CODES[self.func_norm]
-            s0, s1, lo, hi = ops.af_kan_reduce(
-                u, p["low"], p["high"], w, self._act_id[1], FUNC_CODES[self.func], mode, tanh
-            )
-            if self.func_norm == "none":
-                return s0, s1
-            if self.func_norm == "sample":
-                lo, hi = lo.unsqueeze(-1), hi.unsqueeze(-1)  # (..., 1)
-            span = hi - lo
-            span = torch.where(span > 0, span, torch.ones_like(span))
-            return (s0 - lo * w.sum()) / span, (s1 - lo * float(w.numel())) / span
         u = self.range(x).unsqueeze(-1)  # (..., in, 1)
         f = FUNCS[self.func](self.act(u - p["low"]), self.act(p["high"] - u))  # (..., in, G)
         v = torch.stack([w, torch.ones_like(w)], -1)  # (G, 2)
@@ -212,7 +207,8 @@ class AFKANLayer(nn.Module):
             self._act_id = (id(self.act), act_code(self.act))
         if self._act_id[1] is None:
             return None
-        return ops_for(x, p["low"], p["high"], p["attn_w"])
+        keys = ("low", "high", "attn_w", "attn_b", "temperature", "norm_w")
+        return ops_for(x, self.weight, *(p[k] for k in keys))
 
     def _params(self, dtype: torch.dtype) -> dict[str, Tensor]:
         p = {

@@ -182,16 +182,27 @@ class SKANLayer(nn.Module):
             self._pruned = bool((self.chosen >= 0).all())
         return self._pruned
 
+    def _step_version(self) -> tuple[int, int, torch.device]:
+        return (self.step.data_ptr(), self.step._version, self.step.device)
+
+    def _steps(self) -> int:
+        """``int(self.step)``, remembered per version of the buffer (``_advance`` keeps it
+        current; reading the tensor costs a few us per call, a device sync on CUDA)."""
+        key = self._step_version()
+        if getattr(self, "_step_key", None) != key:
+            self._step_key, self._step_val = key, int(self.step)
+        return self._step_val
+
     @property
     def phase(self) -> str:
         """ "full", "selective" or "pruned"."""
         if self._is_pruned():
             return "pruned"
-        return "full" if int(self.step) < self.full_steps else "selective"
+        return "full" if self._steps() < self.full_steps else "selective"
 
     def tau(self) -> float:
         """The softmax temperature of the current step (1 while full)."""
-        s = int(self.step) - self.full_steps
+        s = self._steps() - self.full_steps
         if s <= 0 or self.select_steps == 0:
             return 1.0
         return float(self.tau_min ** min(s / self.select_steps, 1.0))
@@ -208,8 +219,10 @@ class SKANLayer(nn.Module):
         return [self.spaces[i] if i >= 0 else "" for i in self.chosen.tolist()]
 
     def _advance(self, grad: Tensor) -> Tensor:
+        n = self._steps() + 1
         self.step.add_(1)
-        if int(self.step) >= self.full_steps + self.select_steps:
+        self._step_key, self._step_val = self._step_version(), n
+        if n >= self.full_steps + self.select_steps:
             self.prune()
         return grad
 
@@ -266,9 +279,12 @@ class SKANLayer(nn.Module):
         if ops is not None:  # the fused native kernels (CPU float32 / float64)
             tanh = self.range.input_norm == "tanh"
             u = x if tanh else self.range(x)  # "none": the range check, u = x
-            alpha = self._kernel_alpha()  # (in, P); one-hot after pruning: one space per node
+            if self._is_pruned():  # one-hot weights: one space per node
+                mix, tau = self._kernel_alpha(), 0.0
+            else:  # the kernel takes the logits: softmax(logits / tau) over the spaces inside
+                mix, tau = self.logits, self.tau()
             y = ops.s_kan_layer(
-                u, alpha, self._codes, self.grid, self.k, lin.weight, lin.bias, tanh, self.out_t
+                u, mix, self._codes, self.grid, self.k, lin.weight, lin.bias, tanh, self.out_t, tau
             )
         else:
             y = self.linear(self.basis(x).flatten(-2))  # (..., out)

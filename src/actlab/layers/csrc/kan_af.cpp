@@ -21,7 +21,7 @@ constexpr int64_t kChunk = 256;
 
 enum Act : int64_t { kSilu = 0, kGelu = 1 };
 
-// act(v) and act'(v) in the operation order of ATen's vectorised kernels.
+// act(v) and act'(v) in the operation order of ATen's vectorised kernels (the tail's act).
 template <typename T>
 inline void act_d(int64_t act, const Vectorized<T>& v, Vectorized<T>& y, Vectorized<T>* d) {
   using V = Vectorized<T>;
@@ -37,6 +37,83 @@ inline void act_d(int64_t act, const Vectorized<T>& v, Vectorized<T>& y, Vectori
     const V cdf = half * (V(T(1)) + (v * V(T(0.7071067811865476))).erf());
     y = v * cdf;
     if (d) *d = cdf + v * phi_c * (v * v * V(T(-0.5))).exp();
+  }
+}
+
+// float erf by Abramowitz-Stegun 7.1.26 (|error| < 1.5e-7; the formula ATen's AVX2 / AVX-512
+// float erf evaluates), returning exp(-z^2) too: erf(z) = 1 - t P(t) exp(-z^2), t = 1 / (1 +
+// p |z|). GELU's derivative needs phi(v) = exp(-v^2 / 2) / sqrt(2 pi), and with z = v / sqrt(2)
+// that is the same exponential: one exp per GELU value and derivative instead of two.
+inline Vectorized<float> erf_exp(const Vectorized<float>& z, Vectorized<float>& ez) {
+  using V = Vectorized<float>;
+  const V one(1.0f);
+  const V t = one / (V(0.3275911f) * z.abs() + one);
+  V r = V(1.061405429f) * t + V(-1.453152027f);
+  r = r * t + V(1.421413741f);
+  r = r * t + V(-0.284496736f);
+  r = r * t + V(0.254829592f);
+  ez = (z * z).neg().exp();
+  const V e = one - r * t * ez;  // erf(|z|)
+  return V::blendv(e, e.neg(), z < V(0.0f));
+}
+
+// x1 = act(a), x2 = act(b) of one phase pair (a = u - l_j, b = h_j - u) and, if d1, their
+// derivatives. SiLU shares one exp between the two sigmoids: exp(-b) = c_j / exp(-a) with
+// c_j = exp(-(h_j - l_j)) exactly (-b = -(h_j - l_j) + a), so with E = exp(-a) and
+// R = 1 / ((1 + E)(E + c_j)): sigmoid(a) = (E + c_j) R, sigmoid(b) = E (1 + E) R -- one exp and
+// one division for both (each apart: one exp and one division). Used where every lane has
+// |a|, |b| < 40 and |h_j - l_j| <= 20 (cj_ok), so nothing overflows; other vectors (inputs far
+// outside the grid with input_norm="none") take act_d for each. float GELU shares the exp of
+// erf with phi (erf_exp); double GELU keeps ATen's 1-ulp erf. The forward and the backward
+// call this same function, so the backward's recomputed f equals the forward's bit for bit
+// (the min / max tie test needs that).
+template <typename T>
+inline void act_pair(int64_t act, const Vectorized<T>& a, const Vectorized<T>& b, T cj, bool cj_ok,
+                     Vectorized<T>& x1, Vectorized<T>& x2, Vectorized<T>* d1, Vectorized<T>* d2) {
+  using V = Vectorized<T>;
+  const V one(T(1));
+  if (act == kSilu && cj_ok) {
+    const V big = at::vec::maximum(a.abs(), b.abs()) > V(T(40));
+    if (big.zero_mask() == (1 << V::size()) - 1) {  // no lane is big (NaN lanes propagate)
+      const V E = a.neg().exp(), Ec = E + V(cj), E1 = one + E;
+      const V R = one / (E1 * Ec);
+      const V s1 = Ec * R, s2 = E * E1 * R;
+      x1 = a * s1;
+      x2 = b * s2;
+      if (d1) {
+        *d1 = s1 * (one + a * (one - s1));
+        *d2 = s2 * (one + b * (one - s2));
+      }
+      return;
+    }
+  }
+  if constexpr (std::is_same_v<T, float>) {
+    if (act == kGelu) {
+      const V half(0.5f), phi_c(0.3989422804014327f), r2(0.7071067811865476f);
+      V ea, eb;
+      const V ca = half * (one + erf_exp(a * r2, ea)), cb = half * (one + erf_exp(b * r2, eb));
+      x1 = a * ca;
+      x2 = b * cb;
+      if (d1) {
+        *d1 = ca + a * phi_c * ea;
+        *d2 = cb + b * phi_c * eb;
+      }
+      return;
+    }
+  }
+  act_d<T>(act, a, x1, d1);
+  act_d<T>(act, b, x2, d2);
+}
+
+// c_j = exp(-(h_j - l_j)) and whether the shared-exp SiLU applies to phase j (|h_j - l_j| <= 20).
+template <typename T>
+void pair_consts(const T* l_p, const T* h_p, int64_t G, std::vector<T>& c, std::vector<char>& ok) {
+  c.resize(G);
+  ok.resize(G);
+  for (int64_t j = 0; j < G; ++j) {
+    const double w = static_cast<double>(h_p[j]) - static_cast<double>(l_p[j]);
+    ok[j] = std::isfinite(w) && std::abs(w) <= 20.0;
+    c[j] = static_cast<T>(ok[j] ? std::exp(-w) : 0.0);
   }
 }
 
@@ -109,6 +186,9 @@ void af_fwd_kernel(const T* ut, const T* lo_p, const T* hi_p, const T* w, T* s0t
   constexpr int64_t S = V::size();
   const int64_t chunks = (A.N + kChunk - 1) / kChunk;
   const T inf = std::numeric_limits<T>::infinity();
+  std::vector<T> cj;
+  std::vector<char> cj_ok;
+  pair_consts(lo_p, hi_p, A.G, cj, cj_ok);
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
     const V one(T(1));
     for (int64_t ch = c0; ch < c1; ++ch) {
@@ -122,8 +202,8 @@ void af_fwd_kernel(const T* ut, const T* lo_p, const T* hi_p, const T* w, T* s0t
           V s0(T(0)), s1(T(0));
           for (int64_t j = 0; j < A.G; ++j) {
             V x1, x2;
-            act_d<T>(A.act, u - V(lo_p[j]), x1, nullptr);
-            act_d<T>(A.act, V(hi_p[j]) - u, x2, nullptr);
+            act_pair<T>(A.act, u - V(lo_p[j]), V(hi_p[j]) - u, cj[j], cj_ok[j], x1, x2, nullptr,
+                        nullptr);
             const V f = func_d<T>(A.func, x1, x2, nullptr, nullptr);
             s0 = s0 + f * V(w[j]);
             s1 = s1 + f;
@@ -180,6 +260,9 @@ void af_bwd_kernel(const T* ut, const T* l_p, const T* h_p, const T* w, const T*
     shi[r] = static_cast<T>(static_cast<double>(ghi[r]) / std::max(nhi[r], 1.0));
   }
   part.assign(chunks * 3 * G, 0.0);
+  std::vector<T> cj;
+  std::vector<char> cj_ok;
+  pair_consts(l_p, h_p, G, cj, cj_ok);
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
     std::vector<LaneSum<T>> sums(3 * G);
     for (int64_t ch = c0; ch < c1; ++ch) {
@@ -199,8 +282,7 @@ void af_bwd_kernel(const T* ut, const T* l_p, const T* h_p, const T* w, const T*
           V du(T(0));
           for (int64_t j = 0; j < G; ++j) {
             V x1, x2, d1, d2, fa, fb;
-            act_d<T>(A.act, u - V(l_p[j]), x1, &d1);
-            act_d<T>(A.act, V(h_p[j]) - u, x2, &d2);
+            act_pair<T>(A.act, u - V(l_p[j]), V(h_p[j]) - u, cj[j], cj_ok[j], x1, x2, &d1, &d2);
             const V f = func_d<T>(A.func, x1, x2, &fa, &fb);
             V gf = g0 * V(w[j]) + g1;
             if (ties) gf = gf + f.eq(vlo) * tlo + f.eq(vhi) * thi;
@@ -389,6 +471,373 @@ std::vector<at::Tensor> af_kan_reduce_autograd(const at::Tensor& x, const at::Te
                                                const at::Tensor& hi_p, const at::Tensor& w,
                                                int64_t act, int64_t func, int64_t mode, bool tanh) {
   return AFKANFunction::apply(x, lo_p, hi_p, w, act, func, mode, tanh);
+}
+
+// ----------------------------------------------------------------------------- AF-KAN layer
+// The whole layer as one differentiable op: the reduction above, then the tail in one pass
+// over (in, N) (rows in vector lanes, the in axis looped), then the projection (one GEMM):
+//   s0n = (s0 - lo sum_j w_j) / span,  s1n = (s1 - lo G) / span     (func_norm; span = hi - lo,
+//                                                                    1 where it is not > 0)
+//   e_i = (s0n_i + b) / t,  t = max(T, 1),  a = softmax_i(e),  z_i = a_i s1n_i
+//   zh = (z - mean z) / sqrt(var z + eps),  q = zh gamma + beta     (LayerNorm; else q = z)
+//   o = act(q),  y = o W^T
+// Backward (one tail pass, which also recomputes o for dW; then the reduction's backward):
+//   gq = go act'(q);  LayerNorm: dgamma_i = sum gq zh, dbeta_i = sum gq,
+//   gz = (gh - mean gh - zh mean(gh zh)) / sqrt(var + eps) with gh = gq gamma
+//   ga = gz s1n, gs1n = gz a;  ge = a (ga - sum_k a_k ga_k);  gs0n = ge / t;
+//   db = sum ge / t,  dT = -sum ge e / t  (where T >= 1, as clamp's gradient)
+//   gs0 = gs0n / span, gs1 = gs1n / span; with A = sum gs0n, B = sum gs1n, C = sum gs0n s0n,
+//   D = sum gs1n s1n over a row: dlo = (C + D - A sum w - B G) / span, dhi = -(C + D) / span
+//   (span replaced by 1: dlo = -(A sum w + B G), dhi = 0), and dw_j gets -lo A / span more
+//   (the scale's sum w). Sums over rows run per chunk of kChunk rows, added in chunk order.
+template <typename T>
+struct Tail {
+  int64_t nin, N, G, act, mode;
+  bool norm;
+  T eps, b, t, cw;
+  const T *lo, *hi, *gam, *bet;  // lo, hi: 1 value (mode 0) or N (mode 1); gam, bet: (in)
+};
+
+template <typename T>
+struct TailRows {  // one vector of rows: the tail's values per node
+  std::vector<Vectorized<T>> s0n, s1n, a, zh, g;
+  Vectorized<T> vlo, span, raw, r;
+  explicit TailRows(int64_t nin) : s0n(nin), s1n(nin), a(nin), zh(nin), g(nin) {}
+};
+
+// s0n, s1n, a (softmax), zh (normalised z, or z), r (1 / std) for rows n .. n + c.
+template <typename T>
+void tail_rows(const Tail<T>& P, const T* s0t, const T* s1t, int64_t n, int64_t c,
+               TailRows<T>& W) {
+  using V = Vectorized<T>;
+  const V one(T(1));
+  W.vlo = V(T(0)), W.span = one, W.raw = one;
+  if (P.mode != 2) {
+    W.vlo = P.mode == 1 ? V::loadu(P.lo + n, c) : V(P.lo[0]);
+    const V vhi = P.mode == 1 ? V::loadu(P.hi + n, c) : V(P.hi[0]);
+    W.raw = vhi - W.vlo;
+    W.span = V::blendv(one, W.raw, W.raw > V(T(0)));  // torch.where(span > 0, span, 1)
+  }
+  const V vcw(P.cw), vG(static_cast<T>(P.G)), vb(P.b), vt(P.t);
+  V m(-std::numeric_limits<T>::infinity());
+  for (int64_t i = 0; i < P.nin; ++i) {
+    V s0 = V::loadu(s0t + i * P.N + n, c), s1 = V::loadu(s1t + i * P.N + n, c);
+    if (P.mode != 2) {
+      s0 = (s0 - W.vlo * vcw) / W.span;
+      s1 = (s1 - W.vlo * vG) / W.span;
+    }
+    W.s0n[i] = s0, W.s1n[i] = s1;
+    W.a[i] = (s0 + vb) / vt;
+    m = at::vec::maximum(m, W.a[i]);
+  }
+  V sum(T(0));
+  for (int64_t i = 0; i < P.nin; ++i) {
+    W.a[i] = (W.a[i] - m).exp();
+    sum = sum + W.a[i];
+  }
+  const V inv = one / sum;
+  V mu(T(0));
+  for (int64_t i = 0; i < P.nin; ++i) {
+    W.a[i] = W.a[i] * inv;
+    W.zh[i] = W.a[i] * W.s1n[i];
+    mu = mu + W.zh[i];
+  }
+  if (!P.norm) return;
+  const V vn(static_cast<T>(P.nin));
+  mu = mu / vn;
+  V var(T(0));
+  for (int64_t i = 0; i < P.nin; ++i) {
+    const V d = W.zh[i] - mu;
+    var = var + d * d;
+  }
+  W.r = one / (var / vn + V(P.eps)).sqrt();
+  for (int64_t i = 0; i < P.nin; ++i) W.zh[i] = (W.zh[i] - mu) * W.r;
+}
+
+// ot (in, N) = act(q) of every row.
+template <typename T>
+void tail_fwd_kernel(const Tail<T>& P, const T* s0t, const T* s1t, T* ot) {
+  using V = Vectorized<T>;
+  constexpr int64_t S = V::size();
+  const int64_t chunks = (P.N + kChunk - 1) / kChunk;
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    TailRows<T> W(P.nin);
+    for (int64_t n = c0 * kChunk; n < std::min(P.N, c1 * kChunk); n += S) {
+      const int64_t c = std::min<int64_t>(S, P.N - n);
+      tail_rows<T>(P, s0t, s1t, n, c, W);
+      for (int64_t i = 0; i < P.nin; ++i) {
+        const V q = P.norm ? W.zh[i] * V(P.gam[i]) + V(P.bet[i]) : W.zh[i];
+        V o;
+        act_d<T>(P.act, q, o, nullptr);
+        o.store(ot + i * P.N + n, c);
+      }
+    }
+  });
+}
+
+// Per chunk: dgamma (in), dbeta (in), then db, dT, dw extra, dlo, dhi (mode 0): 2 in + 5.
+template <typename T>
+void tail_bwd_kernel(const Tail<T>& P, const T* s0t, const T* s1t, const T* got, T* ot, T* gs0t,
+                     T* gs1t, T* glo_rows, T* ghi_rows, std::vector<double>& part) {
+  using V = Vectorized<T>;
+  constexpr int64_t S = V::size();
+  const int64_t chunks = (P.N + kChunk - 1) / kChunk, np = 2 * P.nin + 5;
+  part.assign(chunks * np, 0.0);
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    TailRows<T> W(P.nin);
+    std::vector<V> sg(P.norm ? P.nin : 0), sb(P.norm ? P.nin : 0);
+    const V one(T(1)), vt(P.t), vb(P.b), vcw(P.cw), vG(static_cast<T>(P.G));
+    const V vn(static_cast<T>(P.nin));
+    for (int64_t ch = c0; ch < c1; ++ch) {
+      for (auto& v : sg) v = V(T(0));
+      for (auto& v : sb) v = V(T(0));
+      V gbv(T(0)), gtv(T(0)), gwx(T(0)), glv(T(0)), ghv(T(0));
+      for (int64_t n = ch * kChunk; n < std::min(P.N, (ch + 1) * kChunk); n += S) {
+        const int64_t c = std::min<int64_t>(S, P.N - n);
+        tail_rows<T>(P, s0t, s1t, n, c, W);
+        V s1(T(0)), s2(T(0));
+        for (int64_t i = 0; i < P.nin; ++i) {  // o again (for dW) and gq
+          const V q = P.norm ? W.zh[i] * V(P.gam[i]) + V(P.bet[i]) : W.zh[i];
+          V o, d;
+          act_d<T>(P.act, q, o, &d);
+          o.store(ot + i * P.N + n, c);
+          const V gq = head(V::loadu(got + i * P.N + n, c) * d, c);
+          if (P.norm) {
+            sg[i] = sg[i] + gq * W.zh[i];
+            sb[i] = sb[i] + gq;
+            W.g[i] = gq * V(P.gam[i]);
+            s1 = s1 + W.g[i];
+            s2 = s2 + W.g[i] * W.zh[i];
+          } else {
+            W.g[i] = gq;
+          }
+        }
+        if (P.norm) {
+          s1 = s1 / vn, s2 = s2 / vn;
+          for (int64_t i = 0; i < P.nin; ++i) W.g[i] = W.r * (W.g[i] - s1 - W.zh[i] * s2);
+        }
+        V sga(T(0));
+        for (int64_t i = 0; i < P.nin; ++i) {  // g: gz -> gs1n; zh: -> ga
+          const V ga = W.g[i] * W.s1n[i];
+          W.g[i] = W.g[i] * W.a[i];
+          W.zh[i] = ga;
+          sga = sga + W.a[i] * ga;
+        }
+        V sA(T(0)), sB(T(0)), sC(T(0)), sD(T(0)), sge(T(0)), sgee(T(0));
+        for (int64_t i = 0; i < P.nin; ++i) {
+          const V ge = W.a[i] * (W.zh[i] - sga);
+          const V gs0n = ge / vt, gs1n = W.g[i];
+          sge = sge + ge;
+          sgee = sgee + ge * ((W.s0n[i] + vb) / vt);
+          if (P.mode != 2) {
+            sA = sA + gs0n, sB = sB + gs1n;
+            sC = sC + gs0n * W.s0n[i], sD = sD + gs1n * W.s1n[i];
+            (gs0n / W.span).store(gs0t + i * P.N + n, c);
+            (gs1n / W.span).store(gs1t + i * P.N + n, c);
+          } else {
+            gs0n.store(gs0t + i * P.N + n, c);
+            gs1n.store(gs1t + i * P.N + n, c);
+          }
+        }
+        gbv = gbv + head(sge / vt, c);
+        gtv = gtv + head(sgee / vt, c);
+        if (P.mode != 2) {
+          const V pos = W.raw > V(T(0));
+          const V gl = V::blendv(-(sA * vcw + sB * vG), (sC + sD - sA * vcw - sB * vG) / W.span, pos);
+          const V gh = V::blendv(V(T(0)), -(sC + sD) / W.span, pos);
+          gwx = gwx + head(-(W.vlo * sA) / W.span, c);
+          if (P.mode == 1) {
+            gl.store(glo_rows + n, c);
+            gh.store(ghi_rows + n, c);
+          } else {
+            glv = glv + head(gl, c);
+            ghv = ghv + head(gh, c);
+          }
+        }
+      }
+      double* pp = part.data() + ch * np;
+      for (int64_t i = 0; i < static_cast<int64_t>(sg.size()); ++i) {
+        pp[i] = static_cast<double>(hsum(sg[i]));
+        pp[P.nin + i] = static_cast<double>(hsum(sb[i]));
+      }
+      pp[2 * P.nin] = hsum(gbv), pp[2 * P.nin + 1] = -static_cast<double>(hsum(gtv));
+      pp[2 * P.nin + 2] = hsum(gwx), pp[2 * P.nin + 3] = hsum(glv), pp[2 * P.nin + 4] = hsum(ghv);
+    }
+  });
+}
+
+// The tail's constants; w (G) the attention weights, b (1,), temperature ().
+template <typename T>
+Tail<T> tail_args(const at::Tensor& ut, const at::Tensor& w, const at::Tensor& b,
+                  const at::Tensor& temp, const at::Tensor& gam, const at::Tensor& bet,
+                  const std::vector<at::Tensor>& r, int64_t act, int64_t mode, double eps) {
+  Tail<T> P;
+  P.nin = ut.size(0), P.N = ut.size(1), P.G = w.numel(), P.act = act, P.mode = mode;
+  P.norm = gam.defined();
+  P.eps = static_cast<T>(eps);
+  P.b = b.item<T>();
+  P.t = std::max(temp.item<T>(), T(1));
+  const T* pw = w.data_ptr<T>();
+  T cw = T(0);
+  for (int64_t j = 0; j < P.G; ++j) cw += pw[j];  // w.sum() (G terms, in order)
+  P.cw = cw;
+  P.lo = r[2].data_ptr<T>(), P.hi = r[3].data_ptr<T>();
+  P.gam = P.norm ? gam.data_ptr<T>() : nullptr;
+  P.bet = P.norm ? bet.data_ptr<T>() : nullptr;
+  return P;
+}
+
+void check_af_layer(const at::Tensor& ut, const at::Tensor& w, const at::Tensor& b,
+                    const at::Tensor& temp, const at::Tensor& weight,
+                    const std::optional<at::Tensor>& gam, const std::optional<at::Tensor>& bet) {
+  check_like(w, ut, {w.numel()}, "af_kan_layer", "w");
+  check_like(b, ut, {1}, "af_kan_layer", "the attention bias");
+  check_like(temp, ut, {}, "af_kan_layer", "the temperature");
+  check_like(weight, ut, {weight.size(0), ut.size(0)}, "af_kan_layer", "weight");
+  TORCH_CHECK(gam.has_value() == bet.has_value(), "af_kan_layer: give both norm_w and norm_b");
+  if (gam.has_value()) {
+    check_like(*gam, ut, {ut.size(0)}, "af_kan_layer", "norm_w");
+    check_like(*bet, ut, {ut.size(0)}, "af_kan_layer", "norm_b");
+  }
+}
+
+// y (..., out) = ot^T W^T: one GEMM straight into the contiguous (N, out) result.
+// (A tensor of its own, not a view: in-place changes of the op's output stay allowed.)
+at::Tensor af_project(const at::Tensor& ot, const at::Tensor& weight, const at::Tensor& x) {
+  auto shape = x.sizes().vec();
+  shape.back() = weight.size(0);
+  auto y = at::empty(shape, ot.options());
+  auto y2 = y.view({ot.size(1), weight.size(0)});  // (N, out)
+  at::mm_out(y2, ot.t(), weight.t());
+  return y;
+}
+
+// The forward: (ot, reduction outputs r).
+std::pair<at::Tensor, std::vector<at::Tensor>> af_layer_fwd(
+    const at::Tensor& ut, const at::Tensor& lo_p, const at::Tensor& hi_p, const at::Tensor& w,
+    const at::Tensor& b, const at::Tensor& temp, const at::Tensor& gam, const at::Tensor& bet,
+    int64_t act, int64_t func, int64_t mode, double eps) {
+  auto r = af_reduce_t(ut, lo_p, hi_p, w, act, func, mode);
+  auto ot = at::empty_like(ut);
+  AT_DISPATCH_FLOATING_TYPES(ut.scalar_type(), "af_kan_layer", [&] {
+    const auto P = tail_args<scalar_t>(ut, w, b, temp, gam, bet, r, act, mode, eps);
+    tail_fwd_kernel<scalar_t>(P, r[0].data_ptr<scalar_t>(), r[1].data_ptr<scalar_t>(),
+                              ot.data_ptr<scalar_t>());
+  });
+  return {ot, r};
+}
+
+at::Tensor af_kan_layer_plain(const at::Tensor& x, const at::Tensor& lo_p, const at::Tensor& hi_p,
+                              const at::Tensor& w, const at::Tensor& b, const at::Tensor& temp,
+                              const at::Tensor& weight, const std::optional<at::Tensor>& gam,
+                              const std::optional<at::Tensor>& bet, int64_t act, int64_t func,
+                              int64_t mode, bool tanh, double eps) {
+  auto ut = transposed_input(x, tanh);
+  check_af_layer(ut, w, b, temp, weight, gam, bet);
+  auto wc = w.contiguous();
+  auto [ot, r] = af_layer_fwd(ut, lo_p, hi_p, wc, b, temp, gam.value_or(at::Tensor()),
+                              bet.value_or(at::Tensor()), act, func, mode, eps);
+  return af_project(ot, weight, x);
+}
+
+struct AFKANLayerFunction : public torch::autograd::Function<AFKANLayerFunction> {
+  // edges: x 0, low 1, high 2, w 3, b 4, temperature 5, weight 6, norm_w 7, norm_b 8
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& lo_p,
+                            const at::Tensor& hi_p, const at::Tensor& w, const at::Tensor& b,
+                            const at::Tensor& temp, const at::Tensor& weight,
+                            const std::optional<at::Tensor>& gam,
+                            const std::optional<at::Tensor>& bet, int64_t act, int64_t func,
+                            int64_t mode, bool tanh, double eps) {
+    auto ut = transposed_input(x, tanh);
+    check_af_layer(ut, w, b, temp, weight, gam, bet);
+    auto wc = w.contiguous();
+    const at::Tensor g = gam.value_or(at::Tensor()), be = bet.value_or(at::Tensor());
+    auto [ot, r] = af_layer_fwd(ut, lo_p, hi_p, wc, b, temp, g, be, act, func, mode, eps);
+    // saved: ut and the two contractions (in, N), the min / max with tie counts; never f
+    ctx->save_for_backward({ut, lo_p, hi_p, wc, b, temp, weight, g, be, r[0], r[1], r[2], r[3],
+                            r[4], r[5]});
+    ctx->saved_data["act"] = act;
+    ctx->saved_data["func"] = func;
+    ctx->saved_data["mode"] = mode;
+    ctx->saved_data["tanh"] = tanh;
+    ctx->saved_data["eps"] = eps;
+    ctx->saved_data["xshape"] = x.sizes().vec();
+    return af_project(ot, weight, x);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    no_double_backward("af_kan");
+    auto sv = ctx->get_saved_variables();
+    const auto &ut = sv[0], &lo_p = sv[1], &hi_p = sv[2], &w = sv[3], &weight = sv[6];
+    const int64_t act = ctx->saved_data["act"].toInt(), mode = ctx->saved_data["mode"].toInt();
+    variable_list out(14);
+    if (!grads[0].defined()) return out;
+    const int64_t nin = ut.size(0), N = ut.size(1), G = w.numel();
+    auto gy2 = grads[0].reshape({N, weight.size(0)});  // (N, out)
+    auto got = at::mm(weight.t(), gy2.t());             // (in, N)
+    auto ot = at::empty_like(ut), gs0t = at::empty_like(ut), gs1t = at::empty_like(ut);
+    std::vector<at::Tensor> r{sv[9], sv[10], sv[11], sv[12], sv[13], sv[14]};
+    at::Tensor glo_rows, ghi_rows;
+    if (mode == 1) glo_rows = at::empty({N}, ut.options()), ghi_rows = at::empty({N}, ut.options());
+    std::vector<double> part;
+    double gb = 0, gt = 0, gwx = 0, glo = 0, ghi = 0;
+    std::vector<double> gg(nin, 0.0), gbe(nin, 0.0);
+    AT_DISPATCH_FLOATING_TYPES(ut.scalar_type(), "af_kan_layer_bwd", [&] {
+      const auto P = tail_args<scalar_t>(ut, w, sv[4], sv[5], sv[7], sv[8], r, act, mode,
+                                         ctx->saved_data["eps"].toDouble());
+      auto ptr = [](at::Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
+      tail_bwd_kernel<scalar_t>(P, r[0].data_ptr<scalar_t>(), r[1].data_ptr<scalar_t>(),
+                                got.data_ptr<scalar_t>(), ot.data_ptr<scalar_t>(),
+                                gs0t.data_ptr<scalar_t>(), gs1t.data_ptr<scalar_t>(),
+                                ptr(glo_rows), ptr(ghi_rows), part);
+      const int64_t np = 2 * nin + 5, chunks = (N + kChunk - 1) / kChunk;
+      for (int64_t ch = 0; ch < chunks; ++ch) {  // chunk order: independent of threads
+        const double* pp = part.data() + ch * np;
+        for (int64_t i = 0; i < nin; ++i) gg[i] += pp[i], gbe[i] += pp[nin + i];
+        gb += pp[2 * nin], gt += pp[2 * nin + 1], gwx += pp[2 * nin + 2];
+        glo += pp[2 * nin + 3], ghi += pp[2 * nin + 4];
+      }
+    });
+    const bool need_red = ctx->needs_input_grad(0) || ctx->needs_input_grad(1) ||
+                          ctx->needs_input_grad(2) || ctx->needs_input_grad(3);
+    if (need_red) {
+      std::optional<at::Tensor> glo_t, ghi_t;
+      if (mode == 1) glo_t = glo_rows, ghi_t = ghi_rows;
+      if (mode == 0) glo_t = at::full({1}, glo, ut.options()), ghi_t = at::full({1}, ghi, ut.options());
+      auto red = af_reduce_t_bwd(ut, lo_p, hi_p, w, act, ctx->saved_data["func"].toInt(), mode,
+                                 gs0t, gs1t, r[2].reshape({-1}), r[3].reshape({-1}),
+                                 r[4].reshape({-1}), r[5].reshape({-1}), glo_t, ghi_t,
+                                 ctx->saved_data["tanh"].toBool(), ctx->needs_input_grad(0));
+      if (ctx->needs_input_grad(0)) out[0] = red[0].t().reshape(ctx->saved_data["xshape"].toIntVector());
+      if (ctx->needs_input_grad(1)) out[1] = red[1];
+      if (ctx->needs_input_grad(2)) out[2] = red[2];
+      if (ctx->needs_input_grad(3)) out[3] = mode == 2 ? red[3] : red[3] + gwx;
+    }
+    auto opts = ut.options();
+    if (ctx->needs_input_grad(4)) out[4] = at::full({1}, gb, opts);
+    if (ctx->needs_input_grad(5)) {
+      const bool pass = sv[5].item<double>() >= 1.0;  // clamp(min=1)'s gradient mask
+      out[5] = at::full({}, pass ? gt : 0.0, opts);
+    }
+    if (ctx->needs_input_grad(6)) out[6] = at::mm(gy2.t(), ot.t());  // (out, in)
+    if (sv[7].defined()) {
+      auto to_t = [&](const std::vector<double>& v) {
+        return at::tensor(v, opts.dtype(at::kDouble)).to(ut.scalar_type());
+      };
+      if (ctx->needs_input_grad(7)) out[7] = to_t(gg);
+      if (ctx->needs_input_grad(8)) out[8] = to_t(gbe);
+    }
+    return out;
+  }
+};
+
+at::Tensor af_kan_layer_autograd(const at::Tensor& x, const at::Tensor& lo_p,
+                                 const at::Tensor& hi_p, const at::Tensor& w, const at::Tensor& b,
+                                 const at::Tensor& temp, const at::Tensor& weight,
+                                 const std::optional<at::Tensor>& gam,
+                                 const std::optional<at::Tensor>& bet, int64_t act, int64_t func,
+                                 int64_t mode, bool tanh, double eps) {
+  return AFKANLayerFunction::apply(x, lo_p, hi_p, w, b, temp, weight, gam, bet, act, func, mode,
+                                   tanh, eps);
 }
 
 }  // namespace actlab_kan

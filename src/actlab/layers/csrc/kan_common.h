@@ -111,14 +111,15 @@ at::Tensor relu_kan_layer_plain(const at::Tensor& x, const at::Tensor& lo, const
                                 bool tanh, bool out_t);
 at::Tensor s_kan_layer_plain(const at::Tensor& x, const at::Tensor& alpha, at::IntArrayRef spaces,
                              int64_t grid, int64_t k, const at::Tensor& w,
-                             const std::optional<at::Tensor>& bias, bool tanh, bool out_t);
+                             const std::optional<at::Tensor>& bias, bool tanh, bool out_t,
+                             double tau);
 at::Tensor relu_kan_layer_autograd(const at::Tensor& x, const at::Tensor& lo, const at::Tensor& hi,
                                    const at::Tensor& w, const std::optional<at::Tensor>& bias,
                                    bool tanh, bool out_t);
 at::Tensor s_kan_layer_autograd(const at::Tensor& x, const at::Tensor& alpha,
                                 at::IntArrayRef spaces, int64_t grid, int64_t k,
                                 const at::Tensor& w, const std::optional<at::Tensor>& bias,
-                                bool tanh, bool out_t);
+                                bool tanh, bool out_t, double tau);
 // AF-KAN (kan_af.cpp)
 std::vector<at::Tensor> af_reduce_t(const at::Tensor& ut, const at::Tensor& lo_p,
                                     const at::Tensor& hi_p, const at::Tensor& w, int64_t act,
@@ -129,5 +130,16 @@ std::vector<at::Tensor> af_kan_reduce_plain(const at::Tensor& x, const at::Tenso
 std::vector<at::Tensor> af_kan_reduce_autograd(const at::Tensor& x, const at::Tensor& lo_p,
                                                const at::Tensor& hi_p, const at::Tensor& w,
                                                int64_t act, int64_t func, int64_t mode, bool tanh);
+at::Tensor af_kan_layer_plain(const at::Tensor& x, const at::Tensor& lo_p, const at::Tensor& hi_p,
+                              const at::Tensor& w, const at::Tensor& b, const at::Tensor& temp,
+                              const at::Tensor& weight, const std::optional<at::Tensor>& gam,
+                              const std::optional<at::Tensor>& bet, int64_t act, int64_t func,
+                              int64_t mode, bool tanh, double eps);
+at::Tensor af_kan_layer_autograd(const at::Tensor& x, const at::Tensor& lo_p,
+                                 const at::Tensor& hi_p, const at::Tensor& w, const at::Tensor& b,
+                                 const at::Tensor& temp, const at::Tensor& weight,
+                                 const std::optional<at::Tensor>& gam,
+                                 const std::optional<at::Tensor>& bet, int64_t act, int64_t func,
+                                 int64_t mode, bool tanh, double eps);
 
 }  // namespace actlab_kan

@@ -57,12 +57,39 @@ namespace actlab_kan {
 
 // ----------------------------------------------------------------------------- layers
 // ut = (tanh of) x^T as (in, N) contiguous; x (..., in).
+// A row-major (N, in) input (the usual case) is transposed in 16 x 16 tiles
+// (at::vec::transpose_mxn; ATen's strided tanh / copy run element by element) and tanh then
+// runs in place on the contiguous result; an input that already lies as (in, N) (the previous
+// KAN layer's out_t output) is read directly.
 at::Tensor transposed_input(const at::Tensor& x, bool tanh) {
   TORCH_CHECK(x.dim() >= 1, "kan layer: expected an input of shape (..., in)");
-  auto xt = x.reshape({-1, x.size(-1)}).t();  // (in, N) view
-  if (!tanh) return xt.contiguous();  // may be x itself (in or N is 1): only ever read
-  auto ut = at::empty(xt.sizes(), x.options());
-  at::tanh_out(ut, xt);  // one pass, never in place on x
+  auto x2 = x.reshape({-1, x.size(-1)});  // (N, in)
+  auto xt = x2.t();                       // (in, N) view
+  if (xt.is_contiguous() || (x2.scalar_type() != at::kFloat && x2.scalar_type() != at::kDouble)) {
+    if (!tanh) return xt.contiguous();  // may be x itself (in or N is 1): only ever read
+    auto ut = at::empty(xt.sizes(), x.options());
+    at::tanh_out(ut, xt);  // one pass, never in place on x
+    return ut;
+  }
+  const auto xc = x2.contiguous();
+  const int64_t N = xc.size(0), nin = xc.size(1);
+  auto ut = at::empty({nin, N}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(xc.scalar_type(), "transposed_input", [&] {
+    const scalar_t* src = xc.data_ptr<scalar_t>();
+    scalar_t* dst = ut.data_ptr<scalar_t>();
+    constexpr int64_t kRows = 64;  // rows per task: 64 x in values in, in x 64 out
+    at::parallel_for(0, (N + kRows - 1) / kRows, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t n0 = b * kRows, rows = std::min(kRows, N - n0);
+        for (int64_t i0 = 0; i0 < nin; i0 += 16) {  // (rows, 16) tile -> (16, rows)
+          at::vec::transpose_mxn<scalar_t>(src + n0 * nin + i0, nin, dst + i0 * N + n0, N,
+                                           static_cast<int>(rows),
+                                           static_cast<int>(std::min<int64_t>(16, nin - i0)));
+        }
+      }
+    });
+  });
+  if (tanh) ut.tanh_();  // contiguous: ATen's vectorised tanh
   return ut;
 }
 
@@ -166,13 +193,17 @@ TORCH_LIBRARY(actlab_kan, m) {
       "bool tanh, bool out_t=False) -> Tensor");
   m.def(
       "s_kan_layer(Tensor x, Tensor alpha, int[] spaces, int grid, int k, Tensor weight, "
-      "Tensor? bias, bool tanh, bool out_t=False) -> Tensor");
+      "Tensor? bias, bool tanh, bool out_t=False, float tau=0.0) -> Tensor");
   m.def(
       "af_reduce_t(Tensor ut, Tensor low, Tensor high, Tensor w, int act, int func, int mode) "
       "-> Tensor[]");
   m.def(
       "af_kan_reduce(Tensor x, Tensor low, Tensor high, Tensor w, int act, int func, int mode, "
       "bool tanh) -> Tensor[]");
+  m.def(
+      "af_kan_layer(Tensor x, Tensor low, Tensor high, Tensor w, Tensor b, Tensor temperature, "
+      "Tensor weight, Tensor? norm_w, Tensor? norm_b, int act, int func, int mode, bool tanh, "
+      "float eps) -> Tensor");
   m.def("all_finite(Tensor[] tensors) -> bool");
   m.def("isa() -> str", isa);
 }
@@ -186,6 +217,7 @@ TORCH_LIBRARY_IMPL(actlab_kan, CPU, m) {
   m.impl("s_kan_layer", s_kan_layer_plain);
   m.impl("af_reduce_t", af_reduce_t);
   m.impl("af_kan_reduce", af_kan_reduce_plain);
+  m.impl("af_kan_layer", af_kan_layer_plain);
   m.impl("all_finite", all_finite);
 }
 
@@ -193,4 +225,5 @@ TORCH_LIBRARY_IMPL(actlab_kan, Autograd, m) {
   m.impl("relu_kan_layer", relu_kan_layer_autograd);
   m.impl("s_kan_layer", s_kan_layer_autograd);
   m.impl("af_kan_reduce", af_kan_reduce_autograd);
+  m.impl("af_kan_layer", af_kan_layer_autograd);
 }

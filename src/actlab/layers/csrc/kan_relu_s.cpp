@@ -387,11 +387,18 @@ at::Tensor relu_kan_layer_plain(const at::Tensor& x, const at::Tensor& lo, const
   return project(relu_basis_t(ut, lo, hi), w, bias, x, out_t);
 }
 
+// tau > 0: `alpha` holds the mixing logits and the weights are softmax(logits / tau) over
+// the spaces (the full and selective phases), computed here instead of as torch ops.
+at::Tensor mixing(const at::Tensor& alpha, double tau) {
+  return tau > 0 ? at::softmax(alpha / tau, -1) : alpha;
+}
+
 at::Tensor s_kan_layer_plain(const at::Tensor& x, const at::Tensor& alpha, at::IntArrayRef spaces,
                              int64_t grid, int64_t k, const at::Tensor& w,
-                             const std::optional<at::Tensor>& bias, bool tanh, bool out_t) {
+                             const std::optional<at::Tensor>& bias, bool tanh, bool out_t,
+                             double tau) {
   auto ut = transposed_input(x, tanh);
-  return project(s_basis_t(ut, alpha, spaces, grid, k), w, bias, x, out_t);
+  return project(s_basis_t(ut, mixing(alpha, tau), spaces, grid, k), w, bias, x, out_t);
 }
 
 // The weight and bias gradients and the input gradient's (..., in) view of gut (in, N).
@@ -438,23 +445,25 @@ struct SKANFunction : public torch::autograd::Function<SKANFunction> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& alpha,
                             const at::Tensor& w, const std::optional<at::Tensor>& bias,
                             std::vector<int64_t> spaces, int64_t grid, int64_t k, bool tanh,
-                            bool out_t) {
+                            bool out_t, double tau) {
     auto ut = transposed_input(x, tanh);
-    ctx->save_for_backward({ut, alpha, w});
+    const auto mix = mixing(alpha, tau);  // (in, P)
+    ctx->save_for_backward({ut, mix, w});
+    ctx->saved_data["tau"] = tau;
     ctx->saved_data["tanh"] = tanh;
     ctx->saved_data["bias"] = bias.has_value() && bias->defined();
     ctx->saved_data["xshape"] = x.sizes().vec();
     ctx->saved_data["spaces"] = spaces;
     ctx->saved_data["grid"] = grid;
     ctx->saved_data["k"] = k;
-    return project(s_basis_t(ut, alpha, spaces, grid, k), w, bias, x, out_t);
+    return project(s_basis_t(ut, mix, spaces, grid, k), w, bias, x, out_t);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     no_double_backward("s_kan");
     auto saved = ctx->get_saved_variables();
     const auto &ut = saved[0], &alpha = saved[1], &w = saved[2];
     const bool has_bias = ctx->saved_data["bias"].toBool();
-    variable_list out(9);
+    variable_list out(10);
     if (!grads[0].defined()) return out;
     // edges: x 0, alpha 1, w 2, bias 3 (if given)
     const bool need_w = ctx->needs_input_grad(2);
@@ -465,7 +474,11 @@ struct SKANFunction : public torch::autograd::Function<SKANFunction> {
         ut, gbt, alpha, spaces, ctx->saved_data["grid"].toInt(), ctx->saved_data["k"].toInt(),
         ctx->saved_data["tanh"].toBool(), need_w, ctx->needs_input_grad(0),
         ctx->needs_input_grad(1));
-    if (ctx->needs_input_grad(1)) out[1] = galpha;
+    if (ctx->needs_input_grad(1)) {
+      const double tau = ctx->saved_data["tau"].toDouble();
+      // softmax's backward: dlogits = alpha (dalpha - sum_p alpha dalpha) / tau
+      out[1] = tau > 0 ? alpha * (galpha - (alpha * galpha).sum(-1, true)) / tau : galpha;
+    }
     finish_grads(out, gy2, phit, gut, ctx, 2, 2, has_bias, ctx->saved_data["xshape"].toIntVector());
     return out;
   }
@@ -480,8 +493,8 @@ at::Tensor relu_kan_layer_autograd(const at::Tensor& x, const at::Tensor& lo, co
 at::Tensor s_kan_layer_autograd(const at::Tensor& x, const at::Tensor& alpha,
                                 at::IntArrayRef spaces, int64_t grid, int64_t k,
                                 const at::Tensor& w, const std::optional<at::Tensor>& bias,
-                                bool tanh, bool out_t) {
-  return SKANFunction::apply(x, alpha, w, bias, spaces.vec(), grid, k, tanh, out_t);
+                                bool tanh, bool out_t, double tau) {
+  return SKANFunction::apply(x, alpha, w, bias, spaces.vec(), grid, k, tanh, out_t, tau);
 }
 
 }  // namespace actlab_kan
