@@ -402,3 +402,85 @@ def test_outputs_are_tensors_of_their_own_and_allow_in_place_changes(spec: str) 
         keep += [y.detach(), xx.grad]
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_af_kan_layer_op_gradcheck_in_float64() -> None:
+    """The fused layer op (reduction, min-max scale, softmax with temperature, LayerNorm, act,
+    projection): every input's gradient against finite differences, each mode and act, with and
+    without the LayerNorm, the temperature above 1 and clamped below it."""
+    ops = kn.ops_for(torch.zeros(1, dtype=torch.float64))
+    assert ops is not None
+    g = torch.Generator().manual_seed(21)
+
+    def t(*shape: int, scale: float = 1.0) -> Tensor:
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).requires_grad_(True)
+
+    low = torch.linspace(-1.4, 0.6, 4, dtype=torch.float64).requires_grad_(True)
+    high = (low.detach() + 0.8).requires_grad_(True)
+    x, w, b, weight = t(3, 3, scale=0.7), t(4), t(1), t(2, 3)
+    nw, nb = (1 + 0.3 * t(3)).detach().requires_grad_(True), t(3, scale=0.3)
+    for act, mode, temp, norm in ((0, 0, 1.7, True), (1, 1, 0.5, True), (0, 2, 2.5, False),
+                                  (1, 0, 1.3, False), (0, 1, 3.0, True)):  # fmt: skip
+        tt = torch.tensor(temp, dtype=torch.float64, requires_grad=True)
+
+        def f(x: Tensor, lo: Tensor, hi: Tensor, w: Tensor, b: Tensor, tt: Tensor, wt: Tensor,
+              *n: Tensor, act: int = act, mode: int = mode) -> Tensor:  # fmt: skip
+            nwb = n if n else (None, None)
+            return ops.af_kan_layer(x, lo, hi, w, b, tt, wt, *nwb, act, 0, mode, True, 1e-5)  # type: ignore[no-any-return]
+
+        args = (x, low, high, w, b, tt, weight) + ((nw, nb) if norm else ())
+        assert torch.autograd.gradcheck(f, args, eps=1e-6, atol=1e-6), (act, mode, temp, norm)
+
+
+@pytest.mark.parametrize("act", ["silu", "gelu"])
+def test_af_kan_shared_exp_acts_far_outside_the_grid_and_in_float32(act: str) -> None:
+    """The phase pairs share one exp (SiLU) or erf's exp (float GELU); vectors with inputs far
+    outside the grid (|u - l| > 40, input_norm='none') take the separate formulas. Both agree
+    with the torch path, in float64 (to rounding) and float32."""
+    m, twin = _pair("af_kan(input_norm='none', func_norm='sample')", False, torch.float64,
+                    act=act)  # fmt: skip
+    x = _x(40, 3, seed=22)
+    x[3:20:2] *= 60.0  # some vectors far outside, some mixed lanes, some inside
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the range warning: expected
+        _assert_same(_grads(m, x), _grads(twin, x), rtol=1e-9, atol=1e-10)
+    m32, twin32 = _pair("af_kan", False, torch.float32, d_in=7, hidden=9, d_out=3, act=act)
+    x32, w32 = (
+        _x(5, 13, 7, seed=23, dtype=torch.float32),
+        _x(5, 13, 3, seed=24, dtype=torch.float32),
+    )
+    _assert_same(_grads(m32, x32, w32), _grads(twin32, x32, w32), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 4.0])
+def test_af_kan_temperature_clamp_matches_the_plain_twin(temperature: float) -> None:
+    """t = max(T, 1): below 1 the temperature gets no gradient, at exactly 1 it does (as
+    clamp's); without the LayerNorm (one input feature) as well."""
+    for d_in in (3, 1):
+        m, twin = _pair("af_kan", False, torch.float64, d_in=d_in)
+        for mod in (m, twin):
+            for layer in (mod.layer1, mod.layer2):
+                layer.temperature.data.fill_(temperature)
+        x, w = _x(4, 5, d_in, seed=25), _x(4, 5, 2, seed=26)
+        _assert_same(_grads(m, x, w), _grads(twin, x, w), rtol=1e-10, atol=1e-11)
+
+
+def test_s_kan_logits_mode_gradcheck_and_wide_transposed_input() -> None:
+    """s_kan_layer with tau > 0 takes the mixing logits (softmax over the spaces inside the
+    op); the tiled input transpose handles node and row counts off its 16 x 64 tiles."""
+    ops = kn.ops_for(torch.zeros(1, dtype=torch.float64))
+    assert ops is not None
+    g = torch.Generator().manual_seed(27)
+    x = (torch.randn(5, 2, generator=g, dtype=torch.float64) * 0.6).requires_grad_(True)
+    logits = torch.randn(2, 4, generator=g, dtype=torch.float64).requires_grad_(True)
+    w = torch.randn(3, 2 * 4, generator=g, dtype=torch.float64).requires_grad_(True)
+    for tau in (1.0, 0.3):
+        assert torch.autograd.gradcheck(
+            lambda x, a, w, tau=tau: ops.s_kan_layer(x, a, [0, 1, 2, 3], 2, 2, w, None, True,
+                                                     False, tau),
+            (x, logits, w), eps=1e-6, atol=1e-7,
+        )  # fmt: skip
+    for spec in ("relu_kan", "s_kan", "af_kan"):
+        m, twin = _pair(spec, False, torch.float32, d_in=37, hidden=6, d_out=2)
+        x32 = _x(70, 37, seed=28, dtype=torch.float32)
+        _assert_same(_grads(m, x32), _grads(twin, x32), rtol=1e-4, atol=1e-4)
