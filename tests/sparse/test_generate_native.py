@@ -189,6 +189,10 @@ def test_configured_settings_and_unsupported_models_fall_back(batches) -> None: 
     model.train()
     model.generate(ids, max_new_tokens=2)
     assert "training mode" in model.actlab_generate_reason
+    model.eval().to(torch.bfloat16)  # stands for CUDA too: the step runs float32 CPU models
+    got = model.generate(ids, max_new_tokens=3)
+    assert "float32 CPU models (this one: torch.bfloat16 on cpu)" in model.actlab_generate_reason
+    assert torch.equal(got, _plain(model, ids, max_new_tokens=3))
 
 
 def test_switches(batches) -> None:  # noqa: ANN001

@@ -116,6 +116,10 @@ def _plan(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Plan | 
         return "switched off (model.actlab_native_generate is False)"
     if model.training:
         return "the model is in training mode (dropout): call model.eval()"
+    p = next(model.parameters(), None)
+    if p is None or p.device.type != "cpu" or p.dtype != torch.float32:
+        where = "no parameters" if p is None else f"{p.dtype} on {p.device.type}"
+        return f"the native step runs float32 CPU models (this one: {where})"
     plain = type(model).generate
     try:
         bound = inspect.signature(plain).bind(model, *args, **kwargs)
@@ -139,6 +143,8 @@ def _plan(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Plan | 
         return f"the prompt is {tuple(inputs.shape)}: the native step serves batch 1"
     if inputs.dtype not in (torch.long, torch.int):
         return f"input_ids are {inputs.dtype}, not integer ids"
+    if inputs.device != p.device:
+        return f"input_ids are on {inputs.device}, the model on {p.device}"
     try:
         cfg, model_kwargs = model._prepare_generation_config(gen_config, **extra)
     except Exception as e:  # noqa: BLE001 -- the original generate raises its own error
