@@ -28,12 +28,14 @@
 // gated_mlp's second phase splits the surviving channels into fixed groups whose partial
 // outputs are summed in group order: also independent of the thread count.
 //
-// Prefetch: 8 survivor rows are streamed together (y loaded and stored once per 8 rows); for
-// bf16 weights the rows of the next group are prefetched into L2 at the same offsets (the
-// jump to a new row is what the hardware prefetcher cannot guess), float32 rows rely on the
-// hardware prefetcher (see prefetch_step for the measurements). Into L2, not non-temporal:
-// the next group is up to 8 rows ahead, more than L1 holds; a non-temporal prefetch was
-// evicted before use and ran 0.36x of dense at s = 0 on 2048x8192.
+// Batch 1: 8 survivor rows are streamed together, with up to 8 output vectors (128 floats with
+// AVX-512) held in registers across them (y loaded and stored once per 8 rows). While a group
+// streams, the first kRampLines cache lines of each row of the next group are prefetched into
+// L2: the jump to a new row is what the hardware prefetcher cannot guess, and once a row is
+// under way it follows. bf16 rows also prefetch the whole next group at the same offsets (see
+// prefetch_step for the measurements). Into L2, not non-temporal: the next group is up to 8
+// rows ahead, more than L1 holds; a non-temporal prefetch was evicted before use and ran 0.36x
+// of dense at s = 0 on 2048x8192.
 //
 // Vector code: at::vec::Vectorized<float> compiled for the ISA actlab._ext selects (AVX512,
 // AVX2 or portable code, ACTLAB_NATIVE_ISA), loads of bfloat16 through at::vec's converter.
@@ -112,16 +114,19 @@ inline int64_t survivors(const float* x, int64_t B, int64_t K, float t, const fl
   idx.reserve(K);
   xs.reserve(K * B);
   int64_t dropped = 0;
-  if (B == 1) {
+  if (B == 1) {  // branch-free: every entry is written, the count advances where it survives
+    idx.resize(K);
+    xs.resize(K);
+    int64_t n = 0;
     for (int64_t k = 0; k < K; ++k) {
       const float v = x[k];
-      const float tk = thr ? thr[k] : t;
-      if (!(std::fabs(v) <= tk)) {
-        idx.push_back(k);
-        xs.push_back(v);
-      }
+      idx[n] = k;
+      xs[n] = v;
+      n += !(std::fabs(v) <= (thr ? thr[k] : t)) ? 1 : 0;
     }
-    return K - static_cast<int64_t>(idx.size());
+    idx.resize(n);
+    xs.resize(n);
+    return K - n;
   }
   std::vector<float> col(B);
   for (int64_t k = 0; k < K; ++k) {
