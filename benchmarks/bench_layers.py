@@ -1,11 +1,11 @@
 """Forward+backward step time and memory of the structured layers vs what they replace.
 
-One run, four groups; in each, every entry is timed round-robin with the group's baseline
-(``_common.interleaved_samples``: this machine is shared and its speed drifts), and the
-table gives the median step time, the median of the per-round time ratios to the baseline
-with their interquartile range, the ratio of the fastest steps (``min``: the least disturbed
-estimate when other processes burst), the parameters, and the bytes autograd saves for backward
-(on CPU the activation-memory proxy; on CUDA also the peak allocated bytes of one step):
+One run, four groups (and an optional width sweep); in each, every entry is timed
+round-robin with the group's baseline (``_common.interleaved_samples``: this machine is shared
+and its speed drifts), and the table gives the median step time, the median of the per-round
+time ratios to the baseline with their interquartile range, the ratio of the fastest steps
+(``min``: the least disturbed estimate when other processes burst), the parameters, and the
+bytes autograd saves for backward (on CPU the activation-memory proxy; on CUDA also the peak allocated bytes of one step):
 
   mlp-slot (transformer)   x (64, 17, 64) tokens, D 64: mlp(gelu) with hidden 128 vs af_kan,
                            relu_kan, s_kan at equal parameters (widths from
@@ -19,6 +19,12 @@ estimate when other processes burst), the parameters, and the bytes autograd sav
                            scaled_dot_product_attention and fourier_karat(heads=4)
                            (softmax has no parameters: "equal parameters" does not apply)
   norm + act (NCHW)        x (32, 32, 16, 16): BatchNorm2d + ReLU vs evonorm_b0 / evonorm_s0
+  width (not by default)   the transformer slot at every D of --widths (default 64, 128, 256,
+                           512): mlp(gelu) with hidden 2 D vs the KAN rows at equal parameters,
+                           one table per D and a summary of the ratios. A KAN layer's basis
+                           costs per input element (G functions, AF-KAN 2 G act values) and is
+                           amortised over the output width, so the ratio depends on D; every
+                           width given is run and reported (pykan only in the transformer group)
 
 A step is: zero grads, y = layer(x), y.square().mean().backward(). pykan
 (``pip install --no-deps pykan`` + pandas; the ``bench`` extra) runs in its speed mode
@@ -26,7 +32,8 @@ A step is: zero grads, y = layer(x), y.square().mean().backward(). pykan
 skipped with the reason printed. Figures from a shared 2-core machine are preliminary.
 
     python benchmarks/bench_layers.py [--repeats 30] [--threads 1] [--device cpu]
-        [--groups transformer,fit,attention,norm] [--compile] [--plain]
+        [--groups transformer,fit,attention,norm,width] [--widths 64,128,256,512]
+        [--compile] [--plain]
 
 The KAN rows run their native CPU kernels (``actlab.layers._kan_native``: basis and backward
 fused, one GEMM each way; float32 / float64 on CPU) when the library builds, else their torch
@@ -43,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import sys
 import tempfile
@@ -146,12 +154,18 @@ def _kan_entries(
     return out
 
 
-def group_transformer(device: str) -> tuple[list[tuple[Entry, nn.Module]], list[str]]:
-    x = torch.randn(64, 17, 64, device=device)
-    base = create_layer("mlp", in_features=64, hidden_features=128, out_features=64,
+def _slot(d: int, device: str) -> tuple[Tensor, list[tuple[Entry, nn.Module]], int]:
+    """The transformer MLP slot at width d: x (64, 17, d), mlp(gelu) with hidden 2 d and the
+    KANs at its parameter count (their widths from match_hidden)."""
+    x = torch.randn(64, 17, d, device=device)
+    base = create_layer("mlp", in_features=d, hidden_features=2 * d, out_features=d,
                         act_layer="gelu").to(device)  # fmt: skip
     target = _n(base)
-    rows = _kan_entries(x, 64, target, "gelu", device, 128)
+    return x, _kan_entries(x, d, target, "gelu", device, 2 * d), target
+
+
+def group_transformer(device: str) -> tuple[list[tuple[Entry, nn.Module]], list[str]]:
+    x, rows, target = _slot(64, device)
     skipped: list[str] = []
     extra = {"polynorm_mlp": {}, "moe": {}}
     for name, kw in extra.items():
@@ -214,12 +228,23 @@ def group_norm(device: str) -> tuple[list[tuple[Entry, nn.Module]], list[str]]:
     return rows, skipped
 
 
-GROUPS = {
+def group_width(d: int) -> Builder:
+    """The transformer slot at width d, KAN rows only (the width sweep)."""
+
+    def build(device: str) -> tuple[list[tuple[Entry, nn.Module]], list[str]]:
+        return _slot(d, device)[1], ["pykan: not in the sweep (the transformer group has it)"]
+
+    return build
+
+
+Builder = Callable[[str], tuple[list[tuple[Entry, nn.Module]], list[str]]]
+GROUPS: dict[str, tuple[str, Builder]] = {
     "transformer": ("mlp-slot (transformer) x (64, 17, 64)", group_transformer),
     "fit": ("mlp-slot (fit) x (100, 2) -> 1, 600 params", group_fit),
     "attention": ("attention score q, k, v (64, 4, 17, 16)", group_attention),
     "norm": ("norm + act (NCHW) x (32, 32, 16, 16)", group_norm),
 }
+WIDTHS = "64,128,256,512"
 
 
 def _peak(step: Callable[[], None], device: str) -> str:
@@ -236,8 +261,11 @@ COMPILE = False  # --compile: add torch.compile rows (inductor; compiling takes 
 PLAIN = False  # --plain: add each KAN on its torch path (fused=False) beside its native kernels
 
 
-def run_group(key: str, repeats: int, device: str) -> None:
-    title, build = GROUPS[key]
+def run_group(
+    title: str, build: Builder, repeats: int, device: str
+) -> dict[str, tuple[float, ...]]:
+    """Time one group's rows interleaved; print its table; return name -> (median ratio, q1,
+    q3) of the per-round ratios to the group's baseline (its first row)."""
     rows, skipped = build(device)
     steps: dict[str, Callable[[], None]] = {}
     for entry, module in rows:
@@ -251,16 +279,20 @@ def run_group(key: str, repeats: int, device: str) -> None:
                 torch.cuda.synchronize()
 
         steps[entry.name] = step
+    load0 = os.getloadavg()[0]
     times = interleaved_samples(steps, repeats, warmup=3)
     base = rows[0][0].name
-    print(f"\n## {title}   (baseline: {base}; {repeats} interleaved rounds)")
+    print(f"\n## {title}   (baseline: {base}; {repeats} interleaved rounds; load average "
+          f"{load0:.2f} -> {os.getloadavg()[0]:.2f})")  # fmt: skip
     head = f"{'layer':20s} {'params':>7s} {'median ms':>10s} {'x base':>7s} {'IQR of x':>13s} "
     print(head + f"{'x (min)':>8s} {'saved KiB':>10s} {'x base':>7s} {'cuda peak':>10s}  note")
     saved0 = max(saved_bytes(rows[0][0].forward), 1)
+    summary: dict[str, tuple[float, ...]] = {}
     for entry, _ in rows:
         t = times[entry.name]
         ratios = sorted(a / b for a, b in zip(t, times[base], strict=True))
         q1, q3 = statistics.quantiles(ratios, n=4)[0], statistics.quantiles(ratios, n=4)[2]
+        summary[entry.name] = (statistics.median(ratios), q1, q3)
         sb = saved_bytes(entry.forward)
         print(f"{entry.name:20s} {entry.params:7d} {statistics.median(t) * 1e3:10.3f} "
               f"{statistics.median(ratios):7.2f} {f'{q1:.2f}-{q3:.2f}':>13s} "
@@ -269,6 +301,21 @@ def run_group(key: str, repeats: int, device: str) -> None:
               f"  {entry.note}")  # fmt: skip
     for s in skipped:
         print(f"skipped {s}")
+    return summary
+
+
+def print_sweep(results: dict[int, dict[str, tuple[float, ...]]]) -> None:
+    """One table: each KAN row's median step-time ratio to the MLP (IQR) at every width run."""
+    widths = sorted(results)
+    names = [n for n in next(iter(results.values())) if not n.startswith("mlp")]
+    print("\n## width sweep: step time x mlp(gelu) of equal parameters, median (IQR)")
+    print(f"{'layer':20s} " + " ".join(f"{f'D={d}':>17s}" for d in widths))
+    for n in names:
+        cells = []
+        for d in widths:
+            r = results[d].get(n)
+            cells.append(f"{r[0]:5.2f} ({r[1]:.2f}-{r[2]:.2f})" if r else "-")
+        print(f"{n:20s} " + " ".join(f"{c:>17s}" for c in cells))
 
 
 def main() -> None:
@@ -278,7 +325,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--groups", default=",".join(GROUPS))
+    ap.add_argument("--groups", default="transformer,fit,attention,norm")
+    ap.add_argument(
+        "--widths", default=WIDTHS, help="D values of the width group (transformer slot)"
+    )
     ap.add_argument(
         "--compile", action="store_true", help="add a torch.compile'd relu_kan row (slow start)"
     )
@@ -290,14 +340,32 @@ def main() -> None:
     COMPILE, PLAIN = args.compile, args.plain
     torch.set_num_threads(args.threads)
     keys = [g.strip() for g in args.groups.split(",") if g.strip()]
-    bad = [k for k in keys if k not in GROUPS]
+    bad = [k for k in keys if k not in GROUPS and k != "width"]
     if bad:
-        sys.exit(f"bench_layers: unknown group {', '.join(bad)}; choose from {', '.join(GROUPS)}")
+        sys.exit(
+            f"bench_layers: unknown group {', '.join(bad)}; choose from {', '.join(GROUPS)}, width"
+        )
+    try:
+        widths = [int(w) for w in args.widths.split(",") if w.strip()]
+    except ValueError:
+        widths = []
+    if not widths or min(widths) < 1:
+        sys.exit(
+            f"bench_layers: --widths takes positive integers like {WIDTHS}, got {args.widths!r}"
+        )
     isa = kan_native.kernel_isa() or f"unavailable ({kan_native.unavailable_reason()})"
     print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, "
           f"KAN kernels {isa}; preliminary: shared machine")  # fmt: skip
+    sweep: dict[int, dict[str, tuple[float, ...]]] = {}
     for key in keys:
-        run_group(key, args.repeats, args.device)
+        if key != "width":
+            run_group(*GROUPS[key], args.repeats, args.device)
+            continue
+        for d in widths:  # every width given is run and reported
+            title = f"width sweep: mlp-slot (transformer) x (64, 17, {d}), D {d}"
+            sweep[d] = run_group(title, group_width(d), args.repeats, args.device)
+    if sweep:
+        print_sweep(sweep)
 
 
 if __name__ == "__main__":
