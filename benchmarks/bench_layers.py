@@ -5,7 +5,8 @@ round-robin with the group's baseline (``_common.interleaved_samples``: this mac
 and its speed drifts), and the table gives the median step time, the median of the per-round
 time ratios to the baseline with their interquartile range, the ratio of the fastest steps
 (``min``: the least disturbed estimate when other processes burst), the parameters, and the
-bytes autograd saves for backward (on CPU the activation-memory proxy; on CUDA also the peak allocated bytes of one step):
+bytes autograd saves for backward (on CPU the activation-memory proxy; on CUDA also the peak
+allocated bytes of one step):
 
   mlp-slot (transformer)   x (64, 17, 64) tokens, D 64: mlp(gelu) with hidden 128 vs af_kan,
                            relu_kan, s_kan at equal parameters (widths from
