@@ -114,6 +114,12 @@ def test_fused_matches_the_plain_twin(spec: str, prune: bool, dtype: torch.dtype
     x = _x(4, 7, 3, dtype=dtype)  # N = 28: one full vector and a tail on AVX-512 and AVX2
     w = _x(4, 7, 2, seed=3, dtype=dtype)
     tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-5)
+    if dtype == torch.float32 and spec.startswith("af_kan"):
+        # the fused op and the torch path round the softmax / LayerNorm sums differently; each
+        # is up to ~5e-5 from the float64 result on these parameter gradients (measured), so
+        # they are compared at 1e-4 here and each against float64 in
+        # test_af_kan_float32_is_as_close_to_float64_as_the_torch_path
+        tol = dict(rtol=1e-4, atol=1e-4)
     _assert_same(_grads(m, x, w), _grads(twin, x, w), **tol)
 
 
