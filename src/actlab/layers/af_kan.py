@@ -41,11 +41,15 @@ Choices (stated):
 Parameters per layer: out * in + 2 in (LayerNorm) + G + 1 + 2 G + 1: about an MLP layer's.
 
 Speed: on CPU float32 / float64 with act SiLU or GELU (``fused=True``, default;
-:mod:`actlab.layers._kan_native`) one native op computes the two contractions over G and the
-min / max of f without writing f (N, in, G), and its backward recomputes f with its
-derivatives in one pass (a second, cheaper pass counts the min / max ties); softmax,
-LayerNorm, act and the projection stay torch ops. ``fused=False``, CUDA, other dtypes and
-other acts run the torch path (the plain twin the kernel is tested against).
+:mod:`actlab.layers._kan_native`) the whole layer is one native op, ``af_kan_layer``: the
+two contractions over G and the min / max of f without writing f (N, in, G); then one pass
+over (in, N) for the min-max scale, the softmax with its temperature, the LayerNorm and the
+act; then the projection (one GEMM). Its backward runs one tail pass (which also recomputes
+the act's output for the weight gradient) and recomputes f with its derivatives in one pass;
+autograd keeps u and the two contractions (3 x (N, in)), never f. The phase pairs share one
+exp: SiLU's two sigmoids come from exp(-(u - l)) and the constant exp(-(h - l)), float GELU's
+phi from its erf's exp. ``fused=False``, CUDA, half dtypes and other acts run the torch path
+(the plain twin the op is tested against); ``af_kan_reduce`` (the reduction alone) stays an op.
 """
 
 from __future__ import annotations
