@@ -186,6 +186,12 @@ def test_configured_settings_and_unsupported_models_fall_back(batches) -> None: 
     assert "forward hooks" in model.actlab_generate_reason
     handle.remove()
     assert torch.equal(got, _routed(model, ids, max_new_tokens=4))
+    base = type(model)
+    own = {"generate": lambda self, *a, **k: base.generate(self, *a, **k)}
+    model.__class__ = type("OwnGenerate", (base,), own)  # a model class with its own generate
+    got = model.generate(ids, max_new_tokens=3)
+    assert "OwnGenerate overrides generate" in model.actlab_generate_reason
+    model.__class__ = base
     model.train()
     model.generate(ids, max_new_tokens=2)
     assert "training mode" in model.actlab_generate_reason

@@ -121,6 +121,10 @@ def _plan(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Plan | 
         where = "no parameters" if p is None else f"{p.dtype} on {p.device.type}"
         return f"the native step runs float32 CPU models (this one: {where})"
     plain = type(model).generate
+    from transformers import GenerationMixin
+
+    if plain is not GenerationMixin.generate:  # the model's own generate: it may do more
+        return f"{type(model).__name__} overrides generate (only GenerationMixin's is served)"
     try:
         bound = inspect.signature(plain).bind(model, *args, **kwargs)
     except TypeError as e:
