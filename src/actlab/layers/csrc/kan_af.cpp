@@ -718,7 +718,7 @@ std::pair<at::Tensor, std::vector<at::Tensor>> af_layer_fwd(
     const at::Tensor& b, const at::Tensor& temp, const at::Tensor& gam, const at::Tensor& bet,
     int64_t act, int64_t func, int64_t mode, double eps) {
   auto r = af_reduce_t(ut, lo_p, hi_p, w, act, func, mode);
-  auto ot = at::empty_like(ut);
+  auto ot = scratch(0, ut.sizes(), ut);  // dead once projected
   AT_DISPATCH_FLOATING_TYPES(ut.scalar_type(), "af_kan_layer", [&] {
     const auto P = tail_args<scalar_t>(ut, w, b, temp, gam, bet, r, act, mode, eps);
     tail_fwd_kernel<scalar_t>(P, r[0].data_ptr<scalar_t>(), r[1].data_ptr<scalar_t>(),
@@ -773,8 +773,11 @@ struct AFKANLayerFunction : public torch::autograd::Function<AFKANLayerFunction>
     if (!grads[0].defined()) return out;
     const int64_t nin = ut.size(0), N = ut.size(1), G = w.numel();
     auto gy2 = grads[0].reshape({N, weight.size(0)});  // (N, out)
-    auto got = at::mm(weight.t(), gy2.t());             // (in, N)
-    auto ot = at::empty_like(ut), gs0t = at::empty_like(ut), gs1t = at::empty_like(ut);
+    auto got = scratch(2, ut.sizes(), ut);              // (in, N)
+    at::mm_out(got, weight.t(), gy2.t());
+    // scratch: all four are consumed before this backward returns
+    auto ot = scratch(1, ut.sizes(), ut), gs0t = scratch(3, ut.sizes(), ut);
+    auto gs1t = scratch(4, ut.sizes(), ut);
     std::vector<at::Tensor> r{sv[9], sv[10], sv[11], sv[12], sv[13], sv[14]};
     at::Tensor glo_rows, ghi_rows;
     if (mode == 1) glo_rows = at::empty({N}, ut.options()), ghi_rows = at::empty({N}, ut.options());

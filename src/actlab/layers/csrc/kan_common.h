@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -94,6 +95,9 @@ at::Tensor transposed_input(const at::Tensor& x, bool tanh);
 at::Tensor project(const at::Tensor& bt, const at::Tensor& w, const std::optional<at::Tensor>& bias,
                    const at::Tensor& x, bool out_t);
 void no_double_backward(const char* name);
+constexpr int kScratchSlots = 5;
+constexpr int64_t kScratchMax = int64_t(64) << 20;  // bytes per slot kept between calls
+at::Tensor scratch(int slot, at::IntArrayRef shape, const at::Tensor& like);
 
 // ----------------------------------------------------------------------------- ops
 // ReLU-KAN and S-KAN (kan_relu_s.cpp)

@@ -36,8 +36,9 @@
 // float rounding of the twin). Knots and centres are built with the same ATen calls as the
 // torch path (arange, linspace), so interval tests agree.
 //
-// AF-KAN (Ta et al. 2025, arXiv 2503.06112): see the AF-KAN section below; the kernel returns
-// the two contractions over G and the min / max of f, never f itself.
+// AF-KAN (Ta et al. 2025, arXiv 2503.06112): kan_af.cpp; the reduction returns the two
+// contractions over G and the min / max of f, never f itself, and af_kan_layer adds the tail
+// (min-max scale, softmax with temperature, LayerNorm, act) and the projection.
 //
 // Threads: at::parallel_for over nodes; a node's rows, gradients and parameter sums are
 // computed by one thread in a fixed order (per-lane sums flushed into double every kFlush
@@ -48,8 +49,8 @@
 // Built and loaded at run time by actlab/layers/_kan_native.py (actlab._ext), registered as
 // torch.ops.actlab_kan.*: the basis kernels (relu_basis_t, relu_basis_t_bwd, s_basis_t,
 // s_basis_t_bwd, af_reduce_t), the differentiable ops (relu_kan_layer, s_kan_layer,
-// af_kan_reduce: torch::autograd::Function in C++, no Python per call), all_finite (the
-// per-forward parameter check in one call) and isa.
+// af_kan_reduce, af_kan_layer: torch::autograd::Function in C++, no Python per call),
+// all_finite (the per-forward parameter check in one call) and isa.
 
 #include "kan_common.h"
 
@@ -127,6 +128,25 @@ at::Tensor project(const at::Tensor& bt, const at::Tensor& w, const std::optiona
   auto y = at::empty(shape, bt.options());
   y.view({N, out}).copy_(yt.t());
   return y;
+}
+
+// Per-thread scratch for an op's internal temporaries (the basis (in G, N) the forward GEMM
+// reads, the backward's basis and basis gradient, AF-KAN's (in, N) tail buffers): each is dead
+// when the op returns, and a fresh multi-MB allocation per call costs page faults (zeroed pages
+// from the kernel: ~15% of an S-KAN step at D 64, perf). Slots are distinct buffers live at the
+// same time; a buffer grows to the largest request and is kept (at most kScratchMax bytes per
+// slot: larger requests are plain allocations). Never handed out of an op.
+at::Tensor scratch(int slot, at::IntArrayRef shape, const at::Tensor& like) {
+  TORCH_CHECK(slot >= 0 && slot < kScratchSlots, "kan scratch: slot out of range");
+  int64_t n = 1;
+  for (auto d : shape) n *= d;
+  if (n * like.element_size() > kScratchMax) return at::empty(shape, like.options());
+  thread_local std::array<at::Tensor, kScratchSlots> bufs;
+  auto& b = bufs[slot];
+  if (!b.defined() || b.scalar_type() != like.scalar_type() || b.numel() < n) {
+    b = at::empty({std::max<int64_t>(n, 1)}, like.options());
+  }
+  return b.narrow(0, 0, n).view(shape);
 }
 
 // The kernels have no second derivative: refuse a backward that would record one.

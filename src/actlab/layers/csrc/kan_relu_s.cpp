@@ -99,11 +99,13 @@ void check_phases(const at::Tensor& ut, const at::Tensor& lo, const at::Tensor& 
   check_like(hi, ut, lo.sizes(), op, "high");
 }
 
-at::Tensor relu_basis_t(const at::Tensor& ut, const at::Tensor& lo, const at::Tensor& hi) {
+// ws: the result in the per-thread scratch (slot 0; the layer ops, whose GEMM consumes it)
+at::Tensor relu_basis_impl(const at::Tensor& ut, const at::Tensor& lo, const at::Tensor& hi,
+                           bool ws) {
   check_ut(ut, "relu_basis_t");
   check_phases(ut, lo, hi, "relu_basis_t");
   const int64_t nin = ut.size(0), N = ut.size(1), G = lo.size(1);
-  auto bt = at::empty({nin * G, N}, ut.options());
+  auto bt = ws ? scratch(0, {nin * G, N}, ut) : at::empty({nin * G, N}, ut.options());
   AT_DISPATCH_FLOATING_TYPES(ut.scalar_type(), "relu_basis_t", [&] {
     relu_fwd_kernel<scalar_t>(ut.data_ptr<scalar_t>(), lo.data_ptr<scalar_t>(),
                               hi.data_ptr<scalar_t>(), bt.data_ptr<scalar_t>(), nin, G, N);
@@ -111,17 +113,21 @@ at::Tensor relu_basis_t(const at::Tensor& ut, const at::Tensor& lo, const at::Te
   return bt;
 }
 
-// (bt, gut, glo, ghi); each undefined unless asked for.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> relu_basis_t_bwd(
+at::Tensor relu_basis_t(const at::Tensor& ut, const at::Tensor& lo, const at::Tensor& hi) {
+  return relu_basis_impl(ut, lo, hi, false);
+}
+
+// (bt, gut, glo, ghi); each undefined unless asked for. ws: bt in the scratch (slot 1).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> relu_basis_bwd_impl(
     const at::Tensor& ut, const at::Tensor& gbt_, const at::Tensor& lo, const at::Tensor& hi,
-    bool tanh, bool need_basis, bool need_u, bool need_phases) {
+    bool tanh, bool need_basis, bool need_u, bool need_phases, bool ws) {
   check_ut(ut, "relu_basis_t_bwd");
   check_phases(ut, lo, hi, "relu_basis_t_bwd");
   const int64_t nin = ut.size(0), N = ut.size(1), G = lo.size(1);
   check_like(gbt_, ut, {nin * G, N}, "relu_basis_t_bwd", "the basis gradient");
   auto gbt = gbt_.contiguous();
   at::Tensor bt, gut, glo, ghi;
-  if (need_basis) bt = at::empty({nin * G, N}, ut.options());
+  if (need_basis) bt = ws ? scratch(1, {nin * G, N}, ut) : at::empty({nin * G, N}, ut.options());
   if (need_u) gut = at::empty({nin, N}, ut.options());
   if (need_phases) {
     glo = at::empty({nin, G}, ut.options());
@@ -134,6 +140,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> relu_basis_t_bwd(
                               ptr(glo), ptr(ghi), tanh, nin, G, N);
   });
   return {bt, gut, glo, ghi};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> relu_basis_t_bwd(
+    const at::Tensor& ut, const at::Tensor& gbt, const at::Tensor& lo, const at::Tensor& hi,
+    bool tanh, bool need_basis, bool need_u, bool need_phases) {
+  return relu_basis_bwd_impl(ut, gbt, lo, hi, tanh, need_basis, need_u, need_phases, false);
 }
 
 // ----------------------------------------------------------------------------- S-KAN spaces
@@ -341,13 +353,13 @@ const Pool<T>& pool_of(int64_t grid, int64_t k, at::ScalarType dt) {
   return *slot;
 }
 
-at::Tensor s_basis_t(const at::Tensor& ut, const at::Tensor& alpha_, at::IntArrayRef spaces,
-                     int64_t grid, int64_t k) {
+at::Tensor s_basis_impl(const at::Tensor& ut, const at::Tensor& alpha_, at::IntArrayRef spaces,
+                        int64_t grid, int64_t k, bool ws) {
   check_ut(ut, "s_basis_t");
   auto sp = check_pool(ut, alpha_, spaces, grid, k, "s_basis_t");
   auto alpha = alpha_.contiguous();
   const int64_t nin = ut.size(0), N = ut.size(1), G = grid + k;
-  auto phit = at::empty({nin * G, N}, ut.options());
+  auto phit = ws ? scratch(0, {nin * G, N}, ut) : at::empty({nin * G, N}, ut.options());
   AT_DISPATCH_FLOATING_TYPES(ut.scalar_type(), "s_basis_t", [&] {
     const auto& P = pool_of<scalar_t>(grid, k, ut.scalar_type());
     auto run = grid == 5 && k == 3 ? s_kernel<scalar_t, 5, 3> : s_kernel<scalar_t>;
@@ -357,9 +369,14 @@ at::Tensor s_basis_t(const at::Tensor& ut, const at::Tensor& alpha_, at::IntArra
   return phit;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> s_basis_t_bwd(
+at::Tensor s_basis_t(const at::Tensor& ut, const at::Tensor& alpha, at::IntArrayRef spaces,
+                     int64_t grid, int64_t k) {
+  return s_basis_impl(ut, alpha, spaces, grid, k, false);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> s_basis_bwd_impl(
     const at::Tensor& ut, const at::Tensor& gbt_, const at::Tensor& alpha_, at::IntArrayRef spaces,
-    int64_t grid, int64_t k, bool tanh, bool need_basis, bool need_u, bool need_alpha) {
+    int64_t grid, int64_t k, bool tanh, bool need_basis, bool need_u, bool need_alpha, bool ws) {
   check_ut(ut, "s_basis_t_bwd");
   auto sp = check_pool(ut, alpha_, spaces, grid, k, "s_basis_t_bwd");
   auto alpha = alpha_.contiguous();
@@ -367,7 +384,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> s_basis_t_bwd(
   check_like(gbt_, ut, {nin * G, N}, "s_basis_t_bwd", "the basis gradient");
   auto gbt = gbt_.contiguous();
   at::Tensor phit, gut, galpha;
-  if (need_basis) phit = at::empty({nin * G, N}, ut.options());
+  if (need_basis) {
+    phit = ws ? scratch(1, {nin * G, N}, ut) : at::empty({nin * G, N}, ut.options());
+  }
   if (need_u) gut = at::empty({nin, N}, ut.options());
   if (need_alpha) galpha = at::empty(alpha.sizes(), ut.options());
   AT_DISPATCH_FLOATING_TYPES(ut.scalar_type(), "s_basis_t_bwd", [&] {
@@ -380,11 +399,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> s_basis_t_bwd(
   return {phit, gut, galpha};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> s_basis_t_bwd(
+    const at::Tensor& ut, const at::Tensor& gbt, const at::Tensor& alpha, at::IntArrayRef spaces,
+    int64_t grid, int64_t k, bool tanh, bool need_basis, bool need_u, bool need_alpha) {
+  return s_basis_bwd_impl(ut, gbt, alpha, spaces, grid, k, tanh, need_basis, need_u, need_alpha,
+                          false);
+}
+
 at::Tensor relu_kan_layer_plain(const at::Tensor& x, const at::Tensor& lo, const at::Tensor& hi,
                                 const at::Tensor& w, const std::optional<at::Tensor>& bias,
                                 bool tanh, bool out_t) {
   auto ut = transposed_input(x, tanh);
-  return project(relu_basis_t(ut, lo, hi), w, bias, x, out_t);
+  return project(relu_basis_impl(ut, lo, hi, true), w, bias, x, out_t);
 }
 
 // tau > 0: `alpha` holds the mixing logits and the weights are softmax(logits / tau) over
@@ -398,7 +424,7 @@ at::Tensor s_kan_layer_plain(const at::Tensor& x, const at::Tensor& alpha, at::I
                              const std::optional<at::Tensor>& bias, bool tanh, bool out_t,
                              double tau) {
   auto ut = transposed_input(x, tanh);
-  return project(s_basis_t(ut, mixing(alpha, tau), spaces, grid, k), w, bias, x, out_t);
+  return project(s_basis_impl(ut, mixing(alpha, tau), spaces, grid, k, true), w, bias, x, out_t);
 }
 
 // The weight and bias gradients and the input gradient's (..., in) view of gut (in, N).
@@ -419,7 +445,7 @@ struct ReLUKANFunction : public torch::autograd::Function<ReLUKANFunction> {
     ctx->saved_data["tanh"] = tanh;
     ctx->saved_data["bias"] = bias.has_value() && bias->defined();
     ctx->saved_data["xshape"] = x.sizes().vec();
-    return project(relu_basis_t(ut, lo, hi), w, bias, x, out_t);
+    return project(relu_basis_impl(ut, lo, hi, true), w, bias, x, out_t);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     no_double_backward("relu_kan");
@@ -429,11 +455,12 @@ struct ReLUKANFunction : public torch::autograd::Function<ReLUKANFunction> {
     variable_list out(7);
     if (!grads[0].defined()) return out;
     auto gy2 = grads[0].reshape({-1, w.size(0)});  // (N, out)
-    auto gbt = at::mm(w.t(), gy2.t());              // (in G, N)
+    auto gbt = scratch(2, {w.size(1), gy2.size(0)}, ut);
+    at::mm_out(gbt, w.t(), gy2.t());  // (in G, N)
     const bool need_w = ctx->needs_input_grad(3);
-    auto [bt, gut, glo, ghi] = relu_basis_t_bwd(
+    auto [bt, gut, glo, ghi] = relu_basis_bwd_impl(
         ut, gbt, lo, hi, ctx->saved_data["tanh"].toBool(), need_w, ctx->needs_input_grad(0),
-        ctx->needs_input_grad(1) || ctx->needs_input_grad(2));
+        ctx->needs_input_grad(1) || ctx->needs_input_grad(2), true);
     if (ctx->needs_input_grad(1)) out[1] = glo;
     if (ctx->needs_input_grad(2)) out[2] = ghi;
     finish_grads(out, gy2, bt, gut, ctx, 3, 3, has_bias, ctx->saved_data["xshape"].toIntVector());
@@ -456,7 +483,7 @@ struct SKANFunction : public torch::autograd::Function<SKANFunction> {
     ctx->saved_data["spaces"] = spaces;
     ctx->saved_data["grid"] = grid;
     ctx->saved_data["k"] = k;
-    return project(s_basis_t(ut, mix, spaces, grid, k), w, bias, x, out_t);
+    return project(s_basis_impl(ut, mix, spaces, grid, k, true), w, bias, x, out_t);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     no_double_backward("s_kan");
@@ -468,12 +495,13 @@ struct SKANFunction : public torch::autograd::Function<SKANFunction> {
     // edges: x 0, alpha 1, w 2, bias 3 (if given)
     const bool need_w = ctx->needs_input_grad(2);
     auto gy2 = grads[0].reshape({-1, w.size(0)});
-    auto gbt = at::mm(w.t(), gy2.t());
+    auto gbt = scratch(2, {w.size(1), gy2.size(0)}, ut);
+    at::mm_out(gbt, w.t(), gy2.t());  // (in G, N)
     auto spaces = ctx->saved_data["spaces"].toIntVector();
-    auto [phit, gut, galpha] = s_basis_t_bwd(
+    auto [phit, gut, galpha] = s_basis_bwd_impl(
         ut, gbt, alpha, spaces, ctx->saved_data["grid"].toInt(), ctx->saved_data["k"].toInt(),
         ctx->saved_data["tanh"].toBool(), need_w, ctx->needs_input_grad(0),
-        ctx->needs_input_grad(1));
+        ctx->needs_input_grad(1), true);
     if (ctx->needs_input_grad(1)) {
       const double tau = ctx->saved_data["tau"].toDouble();
       // softmax's backward: dlogits = alpha (dalpha - sum_p alpha dalpha) / tau
