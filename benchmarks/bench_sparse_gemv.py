@@ -13,8 +13,9 @@ Ratios are dense time / variant time (> 1: faster than dense), and the fraction 
 bandwidth limit they reach: ``1 / (1 - s)`` for float32, ``2 / (1 - s)`` for bf16 weights.
 Decode reads every weight once per token, so each variant cycles through enough distinct
 copies of the weights (``--mb`` MiB of float32) that they do not stay in cache between calls.
-Single calls of all variants run round-robin (``--repeats`` passes over the copies) and the
-medians are compared.
+Single calls of all variants run round-robin (``--repeats`` passes over the copies); a ratio
+is the median over rounds of dense time / variant time, both measured in the same round
+(``dense us`` is the median dense time).
 
     python benchmarks/bench_sparse_gemv.py            # ~2-3 min on 2 quiet cores
     python benchmarks/bench_sparse_gemv.py --quick    # fewer shapes/repeats (smoke test)
@@ -79,24 +80,37 @@ def per_call_samples(
     budget: float,
 ) -> dict[str, list[float]]:
     """Seconds of single calls, round-robin over the variants: round r calls every variant on
-    its weight copy r mod copies. Many short samples per variant, so a time slice lost to
-    another process spoils a few samples, not a whole measurement; medians are compared.
-    Stops after ``rounds`` rounds, or after ``budget`` seconds once every copy was used."""
+    its weight copy r mod copies, starting with variant r mod (number of variants) so that no
+    variant always runs first. Many short samples per variant, so a time slice lost to another
+    process spoils a few samples, not a whole measurement. Stops after ``rounds`` rounds, or
+    after ``budget`` seconds once every copy was used."""
     for fn, arg_list in calls.values():  # warm-up: one pass over the copies
         for a in arg_list:
             fn(*a)
     times: dict[str, list[float]] = {k: [] for k in calls}
     copies = min(len(a) for _, a in calls.values())
     start = time.perf_counter()
+    items = list(calls.items())
     for r in range(rounds):
         if r >= copies and time.perf_counter() - start > budget:
             break
-        for key, (fn, arg_list) in calls.items():
+        first = r % len(items)
+        for key, (fn, arg_list) in items[first:] + items[:first]:
             a = arg_list[r % len(arg_list)]
             t0 = time.perf_counter()
             fn(*a)
             times[key].append(time.perf_counter() - t0)
     return times
+
+
+VARIANTS = ("k32", "kbf16", "tbf16")
+
+
+def paired_ratio(dense: list[float], variant: list[float]) -> float:
+    """Median over rounds of dense time / variant time, both from the same round: a slowdown
+    of the whole machine for a while (another job's memory traffic) cancels in each round's
+    ratio, where it would shift one median more than the other."""
+    return statistics.median(d / v for d, v in zip(dense, variant, strict=True))
 
 
 def run(
@@ -122,7 +136,7 @@ def run(
                 xm = x * (x.abs() > t)  # what the dense baseline multiplies
                 xmb = xm.to(torch.bfloat16)
 
-                args = {
+                args: dict[str, tuple[Callable[..., Any], list[tuple[Any, ...]]]] = {
                     "dense": (F.linear, [(xm, w) for w in ws]),
                     "k32": (op, [(x, w, None, t, None, None) for w in wt32]),
                     "kbf16": (op, [(x, w, None, t, None, None) for w in wtbf]),
@@ -130,9 +144,7 @@ def run(
                 }
                 times = per_call_samples(args, rounds=repeats * copies, budget=budget)
                 med = {key: statistics.median(v) for key, v in times.items()}
-                r32 = med["dense"] / med["k32"]
-                rbf = med["dense"] / med["kbf16"]
-                rtb = med["dense"] / med["tbf16"]
+                r32, rbf, rtb = (paired_ratio(times["dense"], times[k]) for k in VARIANTS)
                 lim = 1.0 / (1.0 - s)
                 print(
                     f"{name:18s} {nt:3d} {s:4.2f} {med['dense'] * 1e6:9.1f} | {r32:5.2f} "
@@ -198,7 +210,7 @@ def main() -> None:
     )
     print(
         "ratio = dense float32 torch time / variant time; %lim = ratio / (1/(1-s)) for k32, "
-        "ratio / (2/(1-s)) for kbf16 (bf16 halves the bytes); medians of interleaved rounds"
+        "ratio / (2/(1-s)) for kbf16 (bf16 halves the bytes); medians of per-round ratios"
     )
     t0 = time.perf_counter()
     run(shapes, args.repeats, args.mb, threads, args.budget)
