@@ -490,3 +490,29 @@ def test_s_kan_logits_mode_gradcheck_and_wide_transposed_input() -> None:
         m, twin = _pair(spec, False, torch.float32, d_in=37, hidden=6, d_out=2)
         x32 = _x(70, 37, seed=28, dtype=torch.float32)
         _assert_same(_grads(m, x32), _grads(twin, x32), rtol=1e-4, atol=1e-4)
+
+
+def test_scratch_buffers_never_leak_into_results() -> None:
+    """The ops reuse per-thread scratch for their internal temporaries only: the public basis
+    ops return tensors of their own, and earlier outputs and gradients stay intact."""
+    ops = kn.ops_for(torch.zeros(1))
+    assert ops is not None
+    g = torch.Generator().manual_seed(29)
+    u1, u2 = (torch.rand(4, 40, generator=g) * 2 - 1 for _ in range(2))
+    low, high = (t.to(torch.float32).repeat(4, 1) for t in grid_phases(5, 3))
+    alpha = torch.softmax(torch.randn(4, 4, generator=g), -1)
+    for basis in (lambda u: ops.relu_basis_t(u, low, high),
+                  lambda u: ops.s_basis_t(u, alpha, [0, 1, 2, 3], 5, 3)):  # fmt: skip
+        b1 = basis(u1)
+        keep = b1.clone()
+        b2 = basis(u2)
+        assert b1.data_ptr() != b2.data_ptr() and torch.equal(b1, keep)
+    for spec in ("relu_kan", "s_kan", "af_kan"):
+        m, _ = _pair(spec, False, torch.float32, d_in=5, hidden=7, d_out=3)
+        x1, x2 = _x(30, 5, seed=30, dtype=torch.float32), _x(50, 5, seed=31, dtype=torch.float32)
+        y1, g1 = _grads(m, x1)
+        keep = [y1.clone()] + [t.clone() for t in g1 if t is not None]
+        _grads(m, x2)  # a second call of other shape through the same scratch
+        now = [y1] + [t for t in g1 if t is not None]
+        assert all(torch.equal(a, b) for a, b in zip(now, keep, strict=True))
+        torch.testing.assert_close(_grads(m, x1)[0], keep[0], rtol=0, atol=0)
