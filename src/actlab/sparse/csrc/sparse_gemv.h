@@ -161,7 +161,9 @@ inline void group_block(const W* const* r, const W* const* p, int64_t np, const 
   Vec acc[NB];
   for (int v = 0; v < NB; ++v) acc[v] = Vec::loadu(y + j + v * kVec);
   for (int g = 0; g < G; ++g) {
-    for (int v = 0; v < NB; ++v) acc[v] = at::vec::fmadd(xs[g], load_w(r[g] + j + v * kVec), acc[v]);
+    for (int v = 0; v < NB; ++v) {
+      acc[v] = at::vec::fmadd(xs[g], load_w(r[g] + j + v * kVec), acc[v]);
+    }
   }
   for (int v = 0; v < NB; ++v) acc[v].store(y + j + v * kVec);
 }
