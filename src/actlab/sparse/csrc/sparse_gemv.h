@@ -21,10 +21,13 @@
 // zeros applied.
 //
 // Threading: ATen's at::parallel_for (the process's own OpenMP pool; a private OpenMP
-// runtime inside torch's process ran 2x slower than dense). sparse_linear splits the outputs
-// into one contiguous slice per thread (whole 32-value lines, so the vector / scalar split
-// of each output depends on its index only): every output sums the same products in the same
-// order whatever the thread count, so results are bit-identical across thread counts.
+// runtime inside torch's process ran 2x slower than dense). sparse_linear at batch 1 (from
+// kSplitRows survivors) sums the two halves of the survivor list separately, each into its
+// own buffer, and adds them at the end, whatever the thread count: two threads then stream
+// whole rows, one half each. Other threads split the outputs into contiguous slices (whole
+// 32-value lines, so the vector / scalar split of each output depends on its index only).
+// Every output sums the same products in the same order whatever the thread count, so
+// results are bit-identical across thread counts.
 // gated_mlp's second phase splits the surviving channels into fixed groups whose partial
 // outputs are summed in group order: also independent of the thread count.
 //
@@ -71,6 +74,7 @@ constexpr int64_t kSerialWork = 1 << 16;  // below this many multiply-adds: one 
 // registers (8 accumulators + 8 broadcasts), 4 x 8 with AVX2's 16 (and the portable code).
 constexpr int kBlockVecs = kVec >= 16 ? 8 : 4;
 constexpr int64_t kRampLines = 4;  // cache lines prefetched at the start of each next row
+constexpr int64_t kSplitRows = 64;  // batch 1 from this many survivors: two halves (sparse_matvec)
 
 // ----------------------------------------------------------------------------- loads
 template <typename W>
@@ -287,23 +291,39 @@ void sparse_matvec(const W* w, int64_t N, const std::vector<int64_t>& idx,
   }
   const int64_t S = static_cast<int64_t>(idx.size());
   if (S == 0) return;
-  // One slice per thread, balanced in whole lines (576 outputs = 18 lines: 9 + 9 at 2 threads,
-  // where slices rounded up to a multiple of 32 values gave 320 + 256); slice boundaries are
-  // multiples of kLine, so which path an element takes still depends on its index only.
+  // Batch 1 with >= kSplitRows survivors: the survivors in two halves (whole groups), the
+  // second accumulated into its own buffer and added at the end, whatever the thread count;
+  // two threads then each stream whole rows of one half. Threads beyond the halves split the
+  // outputs into slices (multiples of kLine, so which path an element takes depends on its
+  // index only). Every output is summed in the same order for any thread count.
+  const bool halves = B == 1 && S >= kSplitRows;
   const int64_t lines = (N + kLine - 1) / kLine;
-  const int64_t threads =
-      S * N * B < kSerialWork ? 1 : std::min<int64_t>(at::get_num_threads(), lines);
-  if (threads <= 1) {
-    axpy_rows(w, N, idx.data(), xs.data(), S, B, y, N, 0, N);
-    return;
+  const int64_t parts = halves ? 2 : 1;
+  const int64_t threads = S * N * B < kSerialWork ? 1 : at::get_num_threads();
+  const int64_t slices = std::max<int64_t>(1, std::min(lines, (threads + parts - 1) / parts));
+  const int64_t h = halves ? (S / 2 + kGroupRows - 1) / kGroupRows * kGroupRows : S;
+  std::vector<float> second(halves ? N : 0, 0.f);
+  auto task = [&](int64_t i) {
+    const int64_t part = i / slices, sl = i % slices;
+    const int64_t n0 = std::min(N, lines * sl / slices * kLine);
+    const int64_t n1 = std::min(N, lines * (sl + 1) / slices * kLine);
+    if (n1 <= n0) return;
+    if (part == 0) axpy_rows(w, N, idx.data(), xs.data(), h, B, y, N, n0, n1);
+    else axpy_rows(w, N, idx.data() + h, xs.data() + h, S - h, B, second.data(), N, n0, n1);
+  };
+  if (threads <= 1 || parts * slices == 1) {
+    for (int64_t i = 0; i < parts * slices; ++i) task(i);
+  } else {
+    at::parallel_for(0, parts * slices, 1, [&](int64_t a, int64_t e) {
+      for (int64_t i = a; i < e; ++i) task(i);
+    });
   }
-  at::parallel_for(0, threads, 1, [&](int64_t a, int64_t e) {
-    for (int64_t i = a; i < e; ++i) {
-      const int64_t n0 = std::min(N, lines * i / threads * kLine);
-      const int64_t n1 = std::min(N, lines * (i + 1) / threads * kLine);
-      if (n1 > n0) axpy_rows(w, N, idx.data(), xs.data(), S, B, y, N, n0, n1);
-    }
-  });
+  if (halves) {  // y += second: one IEEE add per element on either path
+    const float* sec = second.data();
+    int64_t j = 0;
+    for (; j + kVec <= N; j += kVec) (Vec::loadu(y + j) + Vec::loadu(sec + j)).store(y + j);
+    for (; j < N; ++j) y[j] += sec[j];
+  }
 }
 
 // ----------------------------------------------------------------------------- gated_mlp
