@@ -155,11 +155,13 @@ struct Pool {
   int64_t grid, k, G;
   std::vector<T> knots;      // grid + 2k + 1 uniform knots (bspline)
   std::vector<T> inv_ph;     // 1 / (p h) for p = 1 .. k (the torch path divides by p h)
+  T h;                       // the knot spacing 2 / grid
   std::vector<T> centres;    // G rbf centres (linspace)
   T rbf_inv_w;               // 1 / rbf width (the torch path divides by the width)
   std::vector<T> rlo, rhi, rc;  // relu phases (G) and 4 / (high - low)^2
   Pool(int64_t grid_, int64_t k_, at::ScalarType dt) : grid(grid_), k(k_), G(grid_ + k_) {
     const double h = 2.0 / static_cast<double>(grid);
+    this->h = static_cast<T>(h);
     auto kn = (at::arange(grid + 2 * k + 1, at::TensorOptions().dtype(dt)) - static_cast<double>(k)) * h - 1.0;
     // the torch path: -1.0 + (arange - k) * h; addition is commutative in IEEE arithmetic
     kn = kn.contiguous();
@@ -195,6 +197,43 @@ inline Vectorized<T> exp_neg(const Vectorized<T>& v) {
   }
 }
 
+// Uniform cubic B-splines in closed form (the Cox-de Boor recurrence's values, rounded
+// differently): x lies in interval s, [knot_s, knot_s+1), found with the recurrence's own
+// comparisons (s = -1 below the first knot, m = G + 3 at or past the last: all zero), and only
+// B_s-3 .. B_s are non-zero there, with t = (x - knot_s) / h:
+//   B_s-3 = (1 - t)^3 / 6, B_s-2 = (3t^3 - 6t^2 + 4) / 6, B_s-1 = (-3t^3 + 3t^2 + 3t + 1) / 6,
+//   B_s = t^3 / 6;  derivatives d/dt / h: -(1 - t)^2 / 2, 3t^2 / 2 - 2t, -3t^2 / 2 + t + 1 / 2,
+//   t^2 / 2.  Each B_j picks its piece by s - j (blends): ~100 vector operations instead of the
+// recurrence's ~170. NaN and +-inf give NaN, as the recurrence (0 * inf) does.
+template <typename T>
+inline void bspline_cubic(const Pool<T>& P, const Vectorized<T>& x, Vectorized<T>* B,
+                          Vectorized<T>* D, int64_t G) {
+  using V = Vectorized<T>;
+  const V zero(T(0)), one(T(1)), half(T(0.5)), sixth(T(1) / T(6)), three(T(3));
+  V s(T(-1));
+  for (int64_t j = 0; j <= G + 3; ++j) s = s + x.ge(V(P.knots[j]));
+  const V t = (x - (V(P.knots[0]) + s * V(P.h))) * V(P.inv_ph[1]);
+  const V t2 = t * t, t3 = t2 * t, u = one - t;
+  const V p0 = u * u * u * sixth, p1 = (three * t3 - V(T(6)) * t2 + V(T(4))) * sixth;
+  const V p2 = (three * (t2 - t3 + t) + one) * sixth, p3 = t3 * sixth;
+  const V nanx = x - x;  // 0, or NaN for NaN / inf inputs
+  const V e0 = V(T(0)), e1 = V(T(1)), e2 = V(T(2)), e3 = V(T(3));
+  for (int64_t j = 0; j < G; ++j) {
+    const V d = s - V(static_cast<T>(j));
+    const V m0 = d == e3, m1 = d == e2, m2 = d == e1, m3 = d == e0;
+    B[j] = V::blendv(V::blendv(V::blendv(V::blendv(zero, p3, m3), p2, m2), p1, m1), p0, m0) + nanx;
+  }
+  if (!D) return;
+  const V inv_h(P.inv_ph[1]), t2h = half * t2;
+  const V q0 = -(half * u * u) * inv_h, q1 = (three * t2h - V(T(2)) * t) * inv_h;
+  const V q2 = (t + half - three * t2h) * inv_h, q3 = t2h * inv_h;
+  for (int64_t j = 0; j < G; ++j) {
+    const V d = s - V(static_cast<T>(j));
+    const V m0 = d == e3, m1 = d == e2, m2 = d == e1, m3 = d == e0;
+    D[j] = V::blendv(V::blendv(V::blendv(V::blendv(zero, q3, m3), q2, m2), q1, m1), q0, m0) + nanx;
+  }
+}
+
 // The G values (and derivatives, if D) of space sp at x, into B[0..G) (and D[0..G)).
 // tmp: scratch of grid + 2k vectors. B-splines and rbf multiply by 1 / (p h) and 1 / w where
 // the torch path divides (within an ulp; a division costs several multiplications here).
@@ -208,6 +247,10 @@ inline void space_values(int64_t sp, const Pool<T>& P, const Vectorized<T>& x, V
   const int64_t G = GRID ? GRID + KK : P.G;
   switch (sp) {
     case kBspline: {
+      if constexpr (KK == 3) {  // cubic on uniform knots: closed form (bspline_cubic)
+        bspline_cubic<T>(P, x, B, D, G);
+        break;
+      }
       const int64_t m = G + K;  // order-0 functions: grid + 2k
       for (int64_t j = 0; j < m; ++j) tmp[j] = x.ge(V(P.knots[j])) * x.lt(V(P.knots[j + 1]));
       for (int64_t p = 1; p <= K; ++p) {
