@@ -19,8 +19,11 @@ from actlab.sparse import INPUT_OF, PROJECTIONS, SparseError, find_blocks, make_
 from actlab.sparse._layer_alloc import input_damage
 
 
-def _brute_force(model: nn.Module, batches: list[torch.Tensor], g: str, s: float) -> float:
-    """KL(dense || only input type g zeroed below its dense s-quantile), per position."""
+def _brute_force(
+    model: nn.Module, batches: list[torch.Tensor], g: str, s: float, prefill: float
+) -> float:
+    """KL(dense || only input type g zeroed below its dense s-quantile after the first
+    ``prefill`` fraction of positions), per position after the prefill."""
     blocks = find_blocks(model)
     inputs: dict[str, list[torch.Tensor]] = {}
     hooks = []
@@ -45,7 +48,11 @@ def _brute_force(model: nn.Module, batches: list[torch.Tensor], g: str, s: float
         lin = sparse.get_submodule(path)
 
         def zero(_m: nn.Module, a: tuple[torch.Tensor, ...], t: float = t) -> tuple:
-            return (a[0] * (a[0].abs() > t),)
+            x = a[0]
+            p = int(prefill * x.shape[1])
+            out = x.clone()
+            out[:, p:] = x[:, p:] * (x[:, p:].abs() > t)
+            return (out,)
 
         lin.register_forward_pre_hook(zero)
     kl, n = 0.0, 0
@@ -53,18 +60,24 @@ def _brute_force(model: nn.Module, batches: list[torch.Tensor], g: str, s: float
         for x, ref in zip(batches, dense):
             logp = F.log_softmax(sparse(input_ids=x, use_cache=False).logits.double(), -1)
             r = F.log_softmax(ref, -1)
+            p = int(prefill * r.shape[1])
+            r, logp = r[:, p:], logp[:, p:]
             kl += float((r.exp() * (r - logp)).sum())
             n += r.shape[0] * r.shape[1]
     return kl / n
 
 
-def test_input_damage_matches_brute_force(llama: nn.Module, batches: list[torch.Tensor]) -> None:
+@pytest.mark.parametrize("prefill", [0.0, 0.5])
+def test_input_damage_matches_brute_force(
+    llama: nn.Module, batches: list[torch.Tensor], prefill: float
+) -> None:
     levels = (0.3, 0.7)
-    curves = input_damage(llama, find_blocks(llama), batches, levels=levels, tokens=10_000)
+    blocks = find_blocks(llama)
+    curves = input_damage(llama, blocks, batches, levels=levels, tokens=10_000, prefill=prefill)
     assert set(curves) == {"attn_in", "o_in", "mlp_in", "down_in"}
     for g, row in curves.items():
         for s, got in zip(levels, row):
-            want = _brute_force(llama, batches, g, s)
+            want = _brute_force(llama, batches, g, s, prefill)
             assert got == pytest.approx(want, rel=1e-3, abs=5e-8), (g, s)  # float32 logits
         assert row[0] >= 0.0 and row[1] > row[0]
 
@@ -91,6 +104,10 @@ def test_inputs_allocation_meets_the_weighted_target(
     assert len({next(iter(v)) for v in by_type.values()}) > 1  # and the types differ
 
 
-def test_inputs_allocation_is_refused_with_a_bad_name() -> None:
+def test_inputs_allocation_is_refused_with_a_bad_name(
+    llama: nn.Module, batches: list[torch.Tensor]
+) -> None:
     with pytest.raises(SparseError, match="layer_allocation must be one of"):
         make_method("teal", sparsity=0.5, layer_allocation="input")
+    with pytest.raises(SparseError, match="prefill must be a fraction"):
+        input_damage(llama, find_blocks(llama), batches, prefill=1.0)

@@ -187,6 +187,7 @@ def input_damage(
     *,
     levels: Sequence[float] = LEVELS,
     tokens: int = 512,
+    prefill: float = 0.5,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, list[float]]:
     """``D_g(s)`` at ``levels`` for each input type ``g`` (``attn_in``, ``o_in``, ``mlp_in``,
@@ -194,7 +195,14 @@ def input_damage(
     *every* block zeroed below their dense ``s``-quantile (all other inputs dense), on the first
     batches of ``data`` holding ``tokens`` tokens. Input types, not blocks: on a rotated model
     the attention input becomes far cheaper to sparsify than the MLP input (measured on
-    SmolLM2), which a per-block allocation cannot exploit."""
+    SmolLM2), which a per-block allocation cannot exploit.
+
+    As in decoding after a dense prefill, the first ``prefill`` fraction of each sequence stays
+    dense and the KL is taken over the positions after it: sparsifying the first tokens (the
+    attention sink) damages every later position through their keys and values, which real
+    decoding never does (on SmolLM2 that made the attention input look 3x too costly)."""
+    if not 0 <= prefill < 1:
+        raise SparseError(f"prefill must be a fraction in [0, 1); got {prefill!r}")
     use = first_tokens(data, tokens)
     readers = {"attn_in": "q_proj", "o_in": "o_proj", "mlp_in": "gate_proj", "down_in": "down_proj"}
     sites = {
@@ -232,14 +240,19 @@ def input_damage(
                 t = float(thresholds[(path, kind)][i])
 
                 def zero(_m: nn.Module, a: tuple[Any, ...], t: float = t) -> tuple[Any, ...]:
-                    x = a[0]
-                    return (x * (x.abs() > t), *a[1:])
+                    x = a[0]  # [B, T, d]
+                    p = int(prefill * x.shape[-2])
+                    keep = x.abs() > t
+                    keep[..., :p, :] = True  # the dense prefill
+                    return (x * keep, *a[1:])
 
                 hooks.extend(m.register_forward_pre_hook(zero) for m in mods)
             try:
                 kl, n = 0.0, 0
                 for batch, ref in zip(use, dense_logp):
                     logp = F.log_softmax(run_model(model, batch).logits.float(), -1)
+                    p = int(prefill * ref.shape[1])
+                    ref, logp = ref[:, p:], logp[:, p:]  # [B, T - p, vocab]
                     kl += float((ref.exp() * (ref - logp)).sum())
                     n += ref.shape[0] * ref.shape[1]
             finally:

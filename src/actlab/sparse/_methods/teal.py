@@ -39,7 +39,8 @@ Across layers (``layer_allocation=``, actlab's addition):
   the same in every block) from measured damage curves: the KL divergence from the dense model
   with that input type of every block sparsified at a few levels (dense quantiles, on
   ``damage_tokens`` calibration tokens), allocated greedily so the parameter-weighted mean is
-  s (:func:`actlab.sparse._layer_alloc.input_damage`). Replaces the in-block ``allocation``.
+  s (:func:`actlab.sparse._layer_alloc.input_damage`; the first half of each calibration
+  sequence stays dense, as a dense prefill does). Replaces the in-block ``allocation``.
   On a rotated model the attention input is several times cheaper to sparsify than the MLP
   input, which this moves sparsity to. Costs ``4 x 6`` forwards of those tokens.
 
