@@ -16,8 +16,8 @@ import torch
 from sparse_helpers import logits
 from torch import nn
 
-from actlab.sparse import SparseError, apply_state, make_method, pca_bases
-from actlab.sparse._orthogonal import _hard_threshold, basis_loss, sparse_basis
+from actlab.sparse import SparseError, apply_state, make_method, pca_bases, sparse_basis
+from actlab.sparse._orthogonal import _hard_threshold, basis_loss
 
 
 def _hidden_sparse(n: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -58,6 +58,7 @@ from actlab.sparse._orthogonal import (
     pca_bases,
     restore_rotation,
     rotation_missing,
+    sparse_basis,
 )
 from actlab.sparse._pplp import PPLPSparsity, ppl_p_sparsity
 from actlab.sparse._saved import (
@@ -141,6 +142,7 @@ __all__ = [
     "PPLPSparsity",
     "restore_rotation",
     "rotation_missing",
+    "sparse_basis",
     "use_kernels",
     "generate_routing",
     "native_generate",
