@@ -38,8 +38,10 @@ Speed: on CPU float32 / float64 a layer runs as one native op (``fused=True``, d
 :mod:`actlab.layers._kan_native`): every node's spaces are evaluated in one pass, in the
 (in G, N) layout the GEMM reads through its transpose flag (a space whose weight is 0 is
 skipped, so a pruned layer evaluates one space per node), and the backward recomputes the
-basis with its derivatives in one pass, saving only u. ``fused=False``, CUDA and other dtypes
-run the torch path below (the plain twin the kernels are tested against).
+basis with its derivatives in one pass, saving only u. Before pruning the op takes the logits
+and applies softmax(logits / tau) over the spaces itself; cubic B-splines (grid 5, k 3) are
+evaluated in closed form. ``fused=False``, CUDA and other dtypes run the torch path below (the
+plain twin the kernels are tested against).
 """
 
 from __future__ import annotations

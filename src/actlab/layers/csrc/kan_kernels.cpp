@@ -24,7 +24,8 @@
 // S-KAN (Yang et al. 2024, arXiv 2408.08338): phi_j(u_i) = sum_p alpha_ip B^p_j(u_i) over a pool
 // of spaces (0 bspline, 1 rbf, 2 chebyshev, 3 relu with the fixed grid phases), as in
 // actlab/layers/s_kan.py: B-splines by the Cox-de Boor recurrence on uniform knots (derivative
-// (B_j,k-1 - B_j+1,k-1) / h from its last level), rbf exp(-((u - c_j) / w)^2), Chebyshev by
+// (B_j,k-1 - B_j+1,k-1) / h from its last level; the default grid 5, k 3 in closed form,
+// kan_relu_s.cpp bspline_cubic), rbf exp(-((u - c_j) / w)^2), Chebyshev by
 // T_j+1 = 2 u T_j - T_j-1 (T'_j+1 = 2 T_j + 2 u T'_j - T'_j-1).
 //   du_i = sum_j g_ij sum_p alpha_ip B^p_j'(u_i),  dalpha_ip = sum_n sum_j g_ij B^p_j(u_i)
 // A space with alpha_ip = 0 is skipped unless dalpha is needed (a pruned S-KAN: one space per
