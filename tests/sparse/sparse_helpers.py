@@ -13,6 +13,15 @@ from actlab.sparse import SparsityState, apply_state
 VOCAB = 97
 
 
+def randomise_norms(model: nn.Module) -> None:
+    """Random RMSNorm weights in [0.5, 1.5): folding them is then exercised (init: all ones)."""
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(0.5 + torch.rand(p.shape, generator=g))
+
+
 def tiny_llama(layers: int = 2, seed: int = 0) -> nn.Module:
     """LlamaForCausalLM, hidden 64, 4 heads / 2 kv heads (GQA), d_ff 128, random weights."""
     cfg = transformers.LlamaConfig(

@@ -13,7 +13,7 @@ import copy
 
 import pytest
 import torch
-from sparse_helpers import logits
+from sparse_helpers import logits, randomise_norms
 from torch import nn
 
 from actlab.sparse import SparseError, apply_state, make_method, pca_bases, sparse_basis
@@ -72,18 +72,10 @@ def test_loss_never_rises_and_the_basis_stays_orthogonal() -> None:
     assert losses[-1] < losses[0]
 
 
-def _randomise_norms(model: nn.Module) -> None:
-    g = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.copy_(0.5 + torch.rand(p.shape, generator=g))
-
-
 def test_sparse_rotation_keeps_the_dense_function_and_meets_the_target(
     llama: nn.Module, batches: list[torch.Tensor]
 ) -> None:
-    _randomise_norms(llama)
+    randomise_norms(llama)
     dense = copy.deepcopy(llama)
     pca = pca_bases(llama, batches)
     refined = pca_bases(llama, batches, refine=5, sparsity=0.5)

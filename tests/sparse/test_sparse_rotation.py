@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from sparse_helpers import logits
+from sparse_helpers import logits, randomise_norms
 from torch import nn
 
 from actlab.sparse import (
@@ -24,14 +24,6 @@ from actlab.sparse import (
     pca_bases,
     restore_rotation,
 )
-
-
-def _randomise_norms(model: nn.Module) -> None:
-    g = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.copy_(0.5 + torch.rand(p.shape, generator=g))
 
 
 def test_pca_bases_match_brute_force(llama: nn.Module, batches: list[torch.Tensor]) -> None:
@@ -69,7 +61,7 @@ def test_pca_bases_match_brute_force(llama: nn.Module, batches: list[torch.Tenso
 def test_pca_rotation_keeps_the_dense_function(
     llama: nn.Module, batches: list[torch.Tensor]
 ) -> None:
-    _randomise_norms(llama)
+    randomise_norms(llama)
     dense = copy.deepcopy(llama)
     orthogonalize(llama, "pca", bases=pca_bases(llama, batches))
     for a, b in zip(logits(llama, batches), logits(dense, batches)):
@@ -80,7 +72,7 @@ def test_pca_rotation_keeps_the_dense_function(
 def test_rotated_teal_state_round_trip_and_function(
     llama: nn.Module, batches: list[torch.Tensor], tmp_path: Path
 ) -> None:
-    _randomise_norms(llama)
+    randomise_norms(llama)
     dense = copy.deepcopy(llama)
     method = make_method("teal", sparsity=0.5, rotation="pca")
     state = method.calibrate(llama, batches)
@@ -113,7 +105,7 @@ def test_saved_rotated_model_restores_or_refuses(
 ) -> None:
     import transformers
 
-    _randomise_norms(llama)
+    randomise_norms(llama)
     state = make_method("teal", sparsity=0.4, rotation="pca").calibrate(llama, batches)
     sparse = copy.deepcopy(llama)
     apply_state(sparse, state)
@@ -216,7 +208,7 @@ def test_grouped_bases_skip_the_change_of_basis(
 ) -> None:
     from actlab.sparse import rotation_overhead
 
-    _randomise_norms(llama)
+    randomise_norms(llama)
     dense = copy.deepcopy(llama)
     state = make_method("teal", sparsity=0.5, rotation="pca", rotation_group=group).calibrate(
         llama, batches

@@ -9,26 +9,17 @@ import copy
 import pytest
 import torch
 import transformers
-from sparse_helpers import logits
+from sparse_helpers import logits, randomise_norms
 from torch import nn
 
 from actlab.sparse import SparseError, find_blocks, make_method, orthogonalize
-
-
-def _randomise_norms(model: nn.Module) -> None:
-    """Random RMSNorm weights, so that folding them is exercised (init is all ones)."""
-    g = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.copy_(0.5 + torch.rand(p.shape, generator=g))
 
 
 @pytest.mark.parametrize("reference", ["k_proj", "gate_proj"])
 def test_dense_function_unchanged(
     llama: nn.Module, batches: list[torch.Tensor], reference: str
 ) -> None:
-    _randomise_norms(llama)
+    randomise_norms(llama)
     dense = copy.deepcopy(llama)
     keys = set(llama.state_dict())
     rep = orthogonalize(llama, reference=reference)
@@ -103,7 +94,7 @@ def test_tied_embeddings_untied(batches: list[torch.Tensor]) -> None:
     )
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(cfg).eval()
-    _randomise_norms(model)
+    randomise_norms(model)
     assert model.lm_head.weight is model.model.embed_tokens.weight
     dense = copy.deepcopy(model)
     orthogonalize(model)
