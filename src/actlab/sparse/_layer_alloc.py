@@ -33,6 +33,7 @@ from actlab.sparse._state import SparseError
 __all__ = ["LEVELS", "allocate", "block_damage", "first_tokens", "input_damage", "interpolate"]
 
 LEVELS = (0.15, 0.3, 0.45, 0.6, 0.75, 0.9)
+READER = {"attn_in": "q_proj", "o_in": "o_proj", "mlp_in": "gate_proj", "down_in": "down_proj"}
 
 
 def interpolate(levels: Sequence[float], values: Sequence[float], s: float) -> float:
@@ -113,6 +114,12 @@ def _head(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     return logits
 
 
+def _kl_add(kl: float, n: int, ref: torch.Tensor, logp: torch.Tensor) -> tuple[float, int]:
+    """``kl`` and position count ``n`` plus ``sum KL(ref || logp)`` over the positions of
+    log-probabilities ``[B, T, vocab]``."""
+    return kl + float((ref.exp() * (ref - logp)).sum()), n + ref.shape[0] * ref.shape[1]
+
+
 def first_tokens(data: list[Batch], tokens: int) -> list[Batch]:
     """The first whole rows (sequences) of ``data`` holding at least ``tokens`` tokens."""
     use: list[Batch] = []
@@ -148,15 +155,14 @@ def block_damage(
     calls = record_block_calls(model, use, blocks, hidden="all")
     dense_logp = [F.log_softmax(run_model(model, b).logits.float(), -1) for b in use]
     layers = [model.get_submodule(b.path) for b in blocks]
-    readers = {"attn_in": "q_proj", "o_in": "o_proj", "mlp_in": "gate_proj", "down_in": "down_proj"}
     curves: dict[str, list[float]] = {}
     for i, block in enumerate(blocks):
         replay = LayerReplay(model, block)
         with replay.dense():
-            acts = replay.inputs(list(readers.values()), calls[i])
+            acts = replay.inputs(list(READER.values()), calls[i])
         row = []
         for s in levels:
-            t = {g: exact_quantile(acts[r], s) for g, r in readers.items()}
+            t = {g: exact_quantile(acts[r], s) for g, r in READER.items()}
             replay.set({n: t[INPUT_OF[n]] for n in PROJECTIONS})
             kl = 0.0
             n = 0
@@ -166,10 +172,7 @@ def block_damage(
                     args, kwargs = _with_hidden(calls[k][j], h)
                     y: Any = layers[k](*args, **kwargs)
                     h = y[0] if isinstance(y, tuple) else y
-                logp = F.log_softmax(head(h), -1)
-                ref = dense_logp[j]
-                kl += float((ref.exp() * (ref - logp)).sum())
-                n += ref.shape[0] * ref.shape[1]
+                kl, n = _kl_add(kl, n, dense_logp[j], F.log_softmax(head(h), -1))
             row.append(kl / n)
         replay.set(dict.fromkeys(PROJECTIONS, -1.0))
         curves[block.path] = row
@@ -204,16 +207,15 @@ def input_damage(
     if not 0 <= prefill < 1:
         raise SparseError(f"prefill must be a fraction in [0, 1); got {prefill!r}")
     use = first_tokens(data, tokens)
-    readers = {"attn_in": "q_proj", "o_in": "o_proj", "mlp_in": "gate_proj", "down_in": "down_proj"}
     sites = {
         (b.path, g): [model.get_submodule(b.proj(n)) for n in PROJECTIONS if INPUT_OF[n] == g]
         for b in blocks
-        for g in readers
+        for g in READER
     }
     seen: dict[tuple[str, str], list[torch.Tensor]] = {}
     hooks = []
     for b in blocks:
-        for g, r in readers.items():
+        for g, r in READER.items():
 
             def grab(_m: nn.Module, a: tuple[Any, ...], key: tuple[str, str] = (b.path, g)) -> None:
                 seen.setdefault(key, []).append(a[0].detach().abs().reshape(-1, a[0].shape[-1]))
@@ -230,7 +232,7 @@ def input_damage(
     thresholds = {k: [exact_quantile(torch.cat(v), s) for s in levels] for k, v in seen.items()}
     seen.clear()
     curves: dict[str, list[float]] = {}
-    for g in readers:
+    for g in READER:
         row = []
         for i in range(len(levels)):
             hooks = []
@@ -252,9 +254,7 @@ def input_damage(
                 for batch, ref in zip(use, dense_logp):
                     logp = F.log_softmax(run_model(model, batch).logits.float(), -1)
                     p = int(prefill * ref.shape[1])
-                    ref, logp = ref[:, p:], logp[:, p:]  # [B, T - p, vocab]
-                    kl += float((ref.exp() * (ref - logp)).sum())
-                    n += ref.shape[0] * ref.shape[1]
+                    kl, n = _kl_add(kl, n, ref[:, p:], logp[:, p:])  # [B, T - p, vocab]
             finally:
                 for h in hooks:
                     h.remove()

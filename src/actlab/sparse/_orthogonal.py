@@ -173,7 +173,6 @@ def pca_bases(
     if refine and not 0 < sparsity < 1:
         raise SparseError(f"refining a basis needs a sparsity in (0, 1); got {sparsity!r}")
     kept: dict[str, list[torch.Tensor]] = {}
-    weight: dict[str, float] = {}
     blocks = find_blocks(model)
     norms = [_block_norms(model, b) for b in blocks]
     data = iter_batches(batches, vocab=vocab_size(model))
@@ -182,10 +181,6 @@ def pca_bases(
     for b, pair in zip(blocks, norms):
         for site, norm in enumerate(pair):
             eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)) or 1e-6)
-            readers = ("q_proj", "k_proj", "v_proj") if site == 0 else ("gate_proj", "up_proj")
-            weight[f"{b.path}#{site}"] = float(
-                sum(_linear(model, b.proj(r)).out_features for r in readers)
-            )
 
             def pre(
                 _m: nn.Module,
@@ -225,10 +220,18 @@ def pca_bases(
         if refine:
             sites = [f"{b.path}#{k}" for b in members for k in (0, 1)]
             xs = [torch.cat(kept.pop(k)) for k in sites]
-            q = sparse_basis(xs, q, sparsity, rounds=refine, weights=[weight[k] for k in sites])
+            rows = [_reader_rows(model, b, k) for b in members for k in (0, 1)]
+            q = sparse_basis(xs, q, sparsity, rounds=refine, weights=rows)
         for b in members:
             bases[b.path] = q
     return bases
+
+
+def _reader_rows(model: nn.Module, block: Block, site: int) -> float:
+    """Summed out_features of the projections reading norm ``site`` of ``block`` (0: q|k|v,
+    1: gate|up): the weight of that input in :func:`sparse_basis`."""
+    readers = ("q_proj", "k_proj", "v_proj") if site == 0 else ("gate_proj", "up_proj")
+    return float(sum(_linear(model, block.proj(r)).out_features for r in readers))
 
 
 def _hard_threshold(z: torch.Tensor, sparsity: float) -> torch.Tensor:
