@@ -6,6 +6,18 @@ import torch
 from sparse_helpers import VOCAB
 from torch import nn
 
+# (architecture, method, packed weight dtype) the native decode step and generate are checked on
+DECODE_CASES = [
+    ("llama", "dense", torch.float32),
+    ("llama", "teal", torch.float32),
+    ("llama", "teal", torch.bfloat16),
+    ("llama", "cats", torch.float32),
+    ("llama", "cats", torch.bfloat16),
+    ("gemma3", "dense", torch.float32),
+    ("gemma3", "teal", torch.float32),
+    ("gemma3", "cats", torch.bfloat16),
+]
+
 
 def tiny_gemma3() -> nn.Module:
     """Gemma3ForCausalLM: hidden 64, 4 heads / 1 kv head, window 4, 3 layers (2 sliding)."""

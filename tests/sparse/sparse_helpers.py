@@ -22,6 +22,19 @@ def randomise_norms(model: nn.Module) -> None:
                 p.copy_(0.5 + torch.rand(p.shape, generator=g))
 
 
+def assert_realised(
+    dense: nn.Module, state: SparsityState, batches: list[torch.Tensor], target: float
+) -> None:
+    """A copy of ``dense`` sparsified with ``state`` zeroes ``target`` (within 2 points) of
+    every site's inputs on ``batches``."""
+    fresh = copy.deepcopy(dense)
+    rep = apply_state(fresh, state)
+    rep.reset_counts()
+    logits(fresh, batches)
+    for path, r in rep.realised().items():
+        assert abs(r - target) <= 0.02, (path, r)
+
+
 def tiny_llama(layers: int = 2, seed: int = 0) -> nn.Module:
     """LlamaForCausalLM, hidden 64, 4 heads / 2 kv heads (GQA), d_ff 128, random weights."""
     cfg = transformers.LlamaConfig(

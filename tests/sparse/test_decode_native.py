@@ -13,7 +13,7 @@ import copy
 
 import pytest
 import torch
-from decode_helpers import tiny_gemma3
+from decode_helpers import DECODE_CASES, tiny_gemma3
 from sparse_helpers import tiny_llama
 from torch import nn
 
@@ -63,19 +63,7 @@ def _same(native: torch.Tensor, module: torch.Tensor) -> None:
     assert torch.equal(native.argmax(-1), module.argmax(-1))
 
 
-CASES = [
-    ("llama", "dense", torch.float32),
-    ("llama", "teal", torch.float32),
-    ("llama", "teal", torch.bfloat16),
-    ("llama", "cats", torch.float32),
-    ("llama", "cats", torch.bfloat16),
-    ("gemma3", "dense", torch.float32),
-    ("gemma3", "teal", torch.float32),
-    ("gemma3", "cats", torch.bfloat16),
-]
-
-
-@pytest.mark.parametrize("arch,method,dtype", CASES)
+@pytest.mark.parametrize("arch,method,dtype", DECODE_CASES)
 def test_native_step_matches_module_path(arch, method, dtype, batches) -> None:  # noqa: ANN001
     model = _sparse(arch, method, batches)
     if method != "dense":

@@ -14,7 +14,7 @@ import copy
 
 import pytest
 import torch
-from decode_helpers import tiny_gemma3
+from decode_helpers import DECODE_CASES, tiny_gemma3
 from sparse_eval_helpers import char_llama, char_tokenizer
 from sparse_helpers import tiny_llama
 from torch import nn
@@ -69,19 +69,7 @@ def _routed(model: nn.Module, *args: object, **kwargs: object) -> torch.Tensor:
     return out
 
 
-CASES = [
-    ("llama", "dense", torch.float32),
-    ("llama", "teal", torch.float32),
-    ("llama", "teal", torch.bfloat16),
-    ("llama", "cats", torch.float32),
-    ("llama", "cats", torch.bfloat16),
-    ("gemma3", "dense", torch.float32),
-    ("gemma3", "teal", torch.float32),
-    ("gemma3", "cats", torch.bfloat16),
-]
-
-
-@pytest.mark.parametrize("arch,method,dtype", CASES)
+@pytest.mark.parametrize("arch,method,dtype", DECODE_CASES)
 def test_routed_generate_equals_hf_generate(arch, method, dtype, batches) -> None:  # noqa: ANN001
     model = _model(arch, method, batches)
     prompt = batches[0][:1, :9]  # longer than Gemma's window of 4

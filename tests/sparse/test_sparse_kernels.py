@@ -15,6 +15,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from decode_helpers import tiny_gemma3
 from sparse_helpers import tiny_llama
 from torch import nn
 
@@ -410,34 +411,11 @@ def test_use_kernels_bad_input() -> None:
 
 
 # ----------------------------------------------------------------------------- lean decode loop
-def _tiny_gemma3() -> nn.Module:
-    import transformers
-
-    cfg = transformers.Gemma3TextConfig(
-        vocab_size=97,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=1,
-        head_dim=16,
-        sliding_window=4,  # shorter than the prompt: windows in prefill and in decode
-        max_position_embeddings=64,
-        layer_types=["sliding_attention", "sliding_attention", "full_attention"],
-        query_pre_attn_scalar=16,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    torch.manual_seed(0)
-    return transformers.Gemma3ForCausalLM(cfg).eval()
-
-
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
 def test_lean_decoder_logits_match_full_forward(arch: str) -> None:
     from actlab.sparse._decode import LeanDecoder
 
-    model = tiny_llama(2, seed=3) if arch == "llama" else _tiny_gemma3()
+    model = tiny_llama(2, seed=3) if arch == "llama" else tiny_gemma3()
     ids = torch.randint(3, 97, (1, 14), generator=torch.Generator().manual_seed(0))
     dec = LeanDecoder(model, 16)
     with torch.no_grad():
