@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from sparse_helpers import captured_inputs, logits, tiny_llama
 from torch import nn
 
@@ -15,39 +16,50 @@ GROUPS = ("attn_in", "o_in", "mlp_in", "down_in")
 NORM_OF = {"attn_in": "input_layernorm", "mlp_in": "post_attention_layernorm"}
 
 
-def _fisher_brute_force(model: nn.Module, batches: list[torch.Tensor], block: str, group: str):
+def _fisher_brute_force(
+    model: nn.Module, batches: list[torch.Tensor], block: str, group: str, prefill: float = 0.0
+):
     """E[(dL/dx)^2] of a block's attention / MLP input: a zero perturbation added to the norm's
-    output, differentiated by autograd (float64)."""
+    output, differentiated by autograd (float64). With ``prefill``: the loss of the predictions
+    made after the first ``p = int(prefill * T)`` positions, the gradient at those positions."""
     m = model  # float64
     total = torch.zeros(m.config.hidden_size, dtype=torch.float64)
     n = 0
     norm = m.get_submodule(f"{block}.{NORM_OF[group]}")
     for ids in batches:
+        p = int(prefill * ids.shape[1])
         delta = torch.zeros(*ids.shape, m.config.hidden_size, dtype=torch.float64)
         delta.requires_grad_(True)
         h = norm.register_forward_hook(lambda _m, _a, y, d=delta: y + d)
         try:
-            loss = m(input_ids=ids, labels=ids, use_cache=False).loss * ids.shape[0]
-            (g,) = torch.autograd.grad(loss, delta)
+            logits = m(input_ids=ids, use_cache=False).logits  # [B, T, vocab]
+            nll = F.cross_entropy(
+                logits[:, p:-1].reshape(-1, logits.shape[-1]), ids[:, p + 1 :].reshape(-1)
+            )
+            (g,) = torch.autograd.grad(nll * ids.shape[0], delta)
         finally:
             h.remove()
-        total += g.reshape(-1, g.shape[-1]).pow(2).sum(0)
-        n += ids.numel()
+        total += g[:, p:].reshape(-1, g.shape[-1]).pow(2).sum(0)
+        n += ids.shape[0] * (ids.shape[1] - p)
     return total / n
 
 
-def test_fisher_stats_match_autograd(batches: list[torch.Tensor]) -> None:
+@pytest.mark.parametrize("prefill", [0.0, 0.5])
+def test_fisher_stats_match_autograd(batches: list[torch.Tensor], prefill: float) -> None:
     model = tiny_llama(layers=2).double()
     blocks = find_blocks(model)
-    stats = fisher_stats(model, batches, blocks, sample_every=1)
-    assert stats.tokens == sum(b.numel() for b in batches)
+    stats = fisher_stats(model, batches, blocks, sample_every=1, prefill=prefill)
+    T = batches[0].shape[1]
+    p = int(prefill * T)
+    assert stats.tokens == sum(b.shape[0] * (b.shape[1] - p) for b in batches)
     for b in blocks:
         for g in ("attn_in", "mlp_in"):
-            ref = _fisher_brute_force(model, batches, b.path, g)
+            ref = _fisher_brute_force(model, batches, b.path, g, prefill)
             got = stats.fisher[(b.path, g)].double()
             assert torch.allclose(got, ref, rtol=1e-4, atol=1e-12), (b.path, g)
-        # the sampled inputs are |x| of the reading projection, every token kept here
-        x = captured_inputs(model, batches, b.proj("down_proj"))
+        # the sampled inputs are |x| of the reading projection after the prefill, every token
+        x = captured_inputs(model, batches, b.proj("down_proj"))  # [sequences * T, d]
+        x = x.reshape(-1, T, x.shape[-1])[:, p:].reshape(-1, x.shape[-1])
         assert torch.allclose(stats.sample[(b.path, "down_in")].double(), x.abs(), atol=1e-6)
     cfg = model.config
     assert stats.cost[(blocks[0].path, "attn_in")] == cfg.hidden_size + 2 * (
@@ -123,7 +135,7 @@ def test_channel_criteria_thresholds_and_realised_sparsity(
         w = torch.cat([llama.get_submodule(proj[n]).weight for n in ("q_proj", "k_proj", "v_proj")])
         c = w.detach().double().norm(dim=0)
     else:
-        stats = fisher_stats(llama, batches, [block])
+        stats = fisher_stats(llama, batches, [block], prefill=0.5)  # TEAL's default
         c = stats.fisher[(block.path, "attn_in")].double().sqrt()
     t = torch.quantile((x * c).reshape(-1), 0.5)
     assert torch.allclose(t_q.double(), t / c, rtol=1e-4)

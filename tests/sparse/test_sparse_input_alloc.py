@@ -1,14 +1,16 @@
-"""TEAL ``layer_allocation="inputs"``: one sparsity per input type from measured damage curves.
+"""TEAL ``layer_allocation="inputs"`` / ``"sites"``: sparsities per input type or per site
+from measured damage curves.
 
-``input_damage`` is checked against a brute force (the model with every site of one input type
-wrapped by a zeroing SparseLinear at the dense quantile, KL from the dense logits in float64),
-the curves are 0 at nothing zeroed and grow with the level, and the allocation's
-parameter-weighted sparsity equals the target, with each site calibrated to its type's share.
+``damage_curves`` (by input type, by site, by block) is checked against a brute force (the
+model with the chosen sites zeroed below the dense quantile after the prefill, KL from the dense
+logits in float64), the curves grow with the level, and each allocation's parameter-weighted
+sparsity equals the target, with each site calibrated to its share.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -16,20 +18,26 @@ import torch.nn.functional as F
 from torch import nn
 
 from actlab.sparse import INPUT_OF, PROJECTIONS, SparseError, find_blocks, make_method
-from actlab.sparse._layer_alloc import input_damage
+from actlab.sparse._layer_alloc import damage_curves, input_damage
 
 
 def _brute_force(
-    model: nn.Module, batches: list[torch.Tensor], g: str, s: float, prefill: float
+    model: nn.Module,
+    batches: list[torch.Tensor],
+    g: str | Callable[[str, str], bool],
+    s: float,
+    prefill: float,
 ) -> float:
-    """KL(dense || only input type g zeroed below its dense s-quantile after the first
-    ``prefill`` fraction of positions), per position after the prefill."""
+    """KL(dense || only the chosen sites zeroed below their dense s-quantile after the first
+    ``prefill`` fraction of positions), per position after the prefill. ``g``: an input type
+    (that input of every block) or a predicate on (block path, input type)."""
     blocks = find_blocks(model)
+    pick = g if callable(g) else lambda _path, kind: kind == g
     inputs: dict[str, list[torch.Tensor]] = {}
     hooks = []
     for b in blocks:
         for n in PROJECTIONS:
-            if INPUT_OF[n] != g:
+            if not pick(b.path, INPUT_OF[n]):
                 continue
             path = b.proj(n)
             hooks.append(
@@ -104,6 +112,51 @@ def test_inputs_allocation_meets_the_weighted_target(
     assert len({next(iter(v)) for v in by_type.values()}) > 1  # and the types differ
 
 
+def test_site_and_block_damage_match_brute_force(
+    llama: nn.Module, batches: list[torch.Tensor]
+) -> None:
+    levels, prefill = (0.3, 0.7), 0.5
+    blocks = find_blocks(llama)
+    kw = {"levels": levels, "tokens": 10_000, "prefill": prefill}
+    sites = damage_curves(llama, blocks, batches, by="site", **kw)
+    assert set(sites) == {(b.path, g) for b in blocks for g in set(INPUT_OF.values())}
+    for path, g in [(blocks[0].path, "attn_in"), (blocks[-1].path, "down_in")]:
+        pick = lambda p, kind, path=path, g=g: p == path and kind == g  # noqa: E731
+        for s, got in zip(levels, sites[(path, g)]):
+            want = _brute_force(llama, batches, pick, s, prefill)
+            assert got == pytest.approx(want, rel=1e-3, abs=5e-8), (path, g, s)
+    per_block = damage_curves(llama, blocks, batches, by="block", **kw)
+    assert set(per_block) == {b.path for b in blocks}
+    b0 = blocks[0].path
+    for s, got in zip(levels, per_block[b0]):
+        want = _brute_force(llama, batches, lambda p, _kind: p == b0, s, prefill)
+        # four sites in a row in float32: entries at a threshold may flip, hence 5e-3
+        assert got == pytest.approx(want, rel=5e-3, abs=5e-8), s
+    with pytest.raises(SparseError, match="group sites by one of"):
+        damage_curves(llama, blocks, batches, by="layer")
+
+
+def test_sites_allocation_meets_the_weighted_target(
+    llama: nn.Module, batches: list[torch.Tensor]
+) -> None:
+    target = 0.5
+    state = make_method(
+        "teal", sparsity=target, layer_allocation="sites", damage_tokens=64
+    ).calibrate(llama, batches)
+    size, weighted = 0.0, 0.0
+    per_site: dict[tuple[str, str], set[float]] = {}
+    for b in find_blocks(llama):
+        for n, path in b.projections().items():
+            s = state.targets[path]
+            per_site.setdefault((b.path, INPUT_OF[n]), set()).add(round(s, 9))
+            w = float(llama.get_submodule(path).weight.numel())
+            size += w
+            weighted += w * s
+    assert weighted / size == pytest.approx(target, abs=1e-6)
+    assert all(len(v) == 1 for v in per_site.values()), per_site  # siblings share a target
+    assert len({next(iter(v)) for v in per_site.values()}) > 2  # not one per type or block
+
+
 def test_inputs_allocation_is_refused_with_a_bad_name(
     llama: nn.Module, batches: list[torch.Tensor]
 ) -> None:
@@ -111,3 +164,5 @@ def test_inputs_allocation_is_refused_with_a_bad_name(
         make_method("teal", sparsity=0.5, layer_allocation="input")
     with pytest.raises(SparseError, match="prefill must be a fraction"):
         input_damage(llama, find_blocks(llama), batches, prefill=1.0)
+    with pytest.raises(SparseError, match="prefill must be a fraction"):
+        make_method("teal", sparsity=0.5, prefill=-0.1)

@@ -20,6 +20,12 @@ all from one dense forward+backward of the calibration text. This is actlab's cr
 a published method; ``F`` is the empirical Fisher (the true next tokens' loss), measured on
 the dense model, and the damages are treated as additive (the measured perplexity says how
 far that carries).
+
+With ``prefill`` (a fraction of each sequence) the statistics describe decoding after a dense
+prefill: the loss counts only the predictions made at positions ``>= prefill * T`` and ``F``
+and the sampled ``|x|`` are taken at those positions only. Without it, the first tokens (the
+attention sink, whose keys and values every later position reads) dominate the attention
+input's Fisher, although decoding never sparsifies them.
 """
 
 from __future__ import annotations
@@ -52,16 +58,24 @@ class FisherStats:
 
 
 def fisher_stats(
-    model: nn.Module, data: Sequence[Batch], blocks: Sequence[Block], *, sample_every: int = 4
+    model: nn.Module,
+    data: Sequence[Batch],
+    blocks: Sequence[Block],
+    *,
+    sample_every: int = 4,
+    prefill: float = 0.0,
 ) -> FisherStats:
     """One dense forward+backward of ``model`` per batch with the next-token loss.
 
     The parameters are frozen for the pass (their gradients are not computed) and given back
     their ``requires_grad`` afterwards; the model is not changed. ``sample_every``: every
-    k-th token's inputs are kept for :func:`fisher_allocation`.
+    k-th token's inputs are kept for :func:`fisher_allocation`. ``prefill``: the first
+    ``int(prefill * T)`` positions of each sequence count as a dense prefill (module docstring).
     """
     if isinstance(sample_every, bool) or not isinstance(sample_every, int) or sample_every < 1:
         raise SparseError(f"sample_every must be a positive integer; got {sample_every!r}")
+    if isinstance(prefill, bool) or not isinstance(prefill, (int, float)) or not 0 <= prefill < 1:
+        raise SparseError(f"prefill must be a fraction in [0, 1); got {prefill!r}")
     modules = dict(model.named_modules())
     fisher: dict[tuple[str, str], torch.Tensor] = {}
     sample: dict[tuple[str, str], list[torch.Tensor]] = {}
@@ -77,11 +91,13 @@ def fisher_stats(
         x = args[0]
         if not isinstance(x, torch.Tensor) or not x.requires_grad:
             return
-        flat = x.detach().reshape(-1, x.shape[-1])  # [tokens, d_in]
+        p = int(prefill * x.shape[-2])  # x: [B, T, d_in]
+        flat = x.detach()[..., p:, :].reshape(-1, x.shape[-1])  # [B * (T - p), d_in]
         sample.setdefault(key, []).append(flat[::sample_every].abs().float().cpu())
 
         def grad(gr: torch.Tensor) -> None:
-            sq = gr.detach().float().reshape(-1, gr.shape[-1]).pow(2).sum(0).cpu()  # [d_in]
+            tail = gr.detach()[..., p:, :].float().reshape(-1, gr.shape[-1])
+            sq = tail.pow(2).sum(0).cpu()  # [d_in]
             fisher[key] = fisher[key] + sq if key in fisher else sq
 
         x.register_hook(grad)
@@ -110,12 +126,20 @@ def fisher_stats(
                 ids = (batch["input_ids"] if isinstance(batch, dict) else batch).to(dev)
                 kwargs = {k: v.to(dev) for k, v in batch.items()} if isinstance(batch, dict) else {}
                 kwargs["input_ids"] = ids
-                out = model(**kwargs, labels=ids, use_cache=False)
+                p = int(prefill * ids.shape[1])
+                if ids.shape[1] - p < 2:
+                    raise SparseError(
+                        f"calibration sequences of {ids.shape[1]} tokens leave no prediction "
+                        f"after a prefill of {p}; use longer windows or a smaller prefill"
+                    )
+                labels = ids.clone()
+                labels[:, : p + 1] = -100  # label j is predicted at position j - 1 >= p
+                out = model(**kwargs, labels=labels, use_cache=False)
                 loss = out.loss
                 if loss is None or not loss.requires_grad:
                     raise SparseError("the model returned no differentiable loss for its labels")
                 (loss * ids.shape[0]).backward()  # sum over sequences of the per-token mean
-                tokens += int(ids.numel())
+                tokens += int(ids.shape[0] * (ids.shape[1] - p))
     finally:
         for h in handles:
             h.remove()

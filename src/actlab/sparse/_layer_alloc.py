@@ -1,4 +1,4 @@
-"""Across-layer allocation: one sparsity per block from measured end-to-end damage curves.
+"""Across-layer allocation: sparsities per block, input type or site from measured damage curves.
 
 TEAL's greedy search spreads a block's sparsity over its 7 projections; it does not move
 sparsity *between* blocks, although the first and last blocks of a small model are far more
@@ -14,24 +14,37 @@ reaches the target: the greedy solution of ``min sum_l D_l(s_l)`` subject to
 ``sum_l w_l s_l = target sum_l w_l``, optimal when the curves are convex (tested against a
 brute-force grid search). Treating the damages as additive ignores their interaction; the
 measured perplexities say how far that carries.
+
+The same curves per input type (``D_g``: that input of every block sparsified) or per site
+(``D_(l,g)``: one input of one block) feed the same greedy (:func:`damage_curves`). All of
+them keep the first half of each sequence dense and score the positions after it, as
+decoding after a dense prefill does.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from actlab.sparse._modules import exact_quantile
-from actlab.sparse._replay import LayerReplay, _with_hidden, record_block_calls
 from actlab.sparse._sites import INPUT_OF, PROJECTIONS, Batch, Block, run_model
 from actlab.sparse._state import SparseError
 
-__all__ = ["LEVELS", "allocate", "block_damage", "first_tokens", "input_damage", "interpolate"]
+__all__ = [
+    "LEVELS",
+    "allocate",
+    "block_damage",
+    "damage_curves",
+    "first_tokens",
+    "input_damage",
+    "interpolate",
+]
 
+K = TypeVar("K", bound=Hashable)
 LEVELS = (0.15, 0.3, 0.45, 0.6, 0.75, 0.9)
 READER = {"attn_in": "q_proj", "o_in": "o_proj", "mlp_in": "gate_proj", "down_in": "down_proj"}
 
@@ -59,14 +72,14 @@ def monotone(values: Sequence[float]) -> list[float]:
 
 
 def allocate(
-    curves: Mapping[str, Sequence[float]],
+    curves: Mapping[K, Sequence[float]],
     levels: Sequence[float],
-    weights: Mapping[str, float],
+    weights: Mapping[K, float],
     target: float,
     *,
     step: float = 0.01,
     cap: float | None = None,
-) -> dict[str, float]:
+) -> dict[K, float]:
     """Per-site sparsities with ``sum w s / sum w = target`` minimising the summed damage
     greedily (see the module docstring). ``cap`` (default: the last level) bounds each site."""
     if set(curves) != set(weights):
@@ -77,7 +90,7 @@ def allocate(
     curve = {k: monotone(v) for k, v in curves.items()}
     need, done = target * total, 0.0
     while need - done > 1e-9 * total:
-        best: tuple[float, str, float] | None = None
+        best: tuple[float, K, float] | None = None
         for k, w in weights.items():
             inc = min(step, cap - s[k], (need - done) / w)
             if inc <= 1e-12:
@@ -138,73 +151,54 @@ def first_tokens(data: list[Batch], tokens: int) -> list[Batch]:
     return use
 
 
-@torch.no_grad()
+BY = ("block", "type", "site")
+
+
 def block_damage(
-    model: nn.Module,
-    blocks: list[Block],
-    data: list[Batch],
-    *,
-    levels: Sequence[float] = LEVELS,
-    tokens: int = 512,
-    progress: Callable[[str], None] | None = None,
-) -> dict[str, list[float]]:
-    """``D_l(s)`` at ``levels`` for every block (see the module docstring), on the first
-    batches of ``data`` holding ``tokens`` tokens."""
-    use = first_tokens(data, tokens)
-    head = _head(model)
-    calls = record_block_calls(model, use, blocks, hidden="all")
-    dense_logp = [F.log_softmax(run_model(model, b).logits.float(), -1) for b in use]
-    layers = [model.get_submodule(b.path) for b in blocks]
-    curves: dict[str, list[float]] = {}
-    for i, block in enumerate(blocks):
-        replay = LayerReplay(model, block)
-        with replay.dense():
-            acts = replay.inputs(list(READER.values()), calls[i])
-        row = []
-        for s in levels:
-            t = {g: exact_quantile(acts[r], s) for g, r in READER.items()}
-            replay.set({n: t[INPUT_OF[n]] for n in PROJECTIONS})
-            kl = 0.0
-            n = 0
-            for j, call in enumerate(calls[i]):
-                h = replay.run([call])[0]
-                for k in range(i + 1, len(blocks)):
-                    args, kwargs = _with_hidden(calls[k][j], h)
-                    y: Any = layers[k](*args, **kwargs)
-                    h = y[0] if isinstance(y, tuple) else y
-                kl, n = _kl_add(kl, n, dense_logp[j], F.log_softmax(head(h), -1))
-            row.append(kl / n)
-        replay.set(dict.fromkeys(PROJECTIONS, -1.0))
-        curves[block.path] = row
-        if progress is not None:
-            progress(f"  damage of {block.path}: " + ", ".join(f"{v:.4f}" for v in row))
-        del replay
-    return curves
+    model: nn.Module, blocks: list[Block], data: list[Batch], **kwargs: Any
+) -> dict[Any, list[float]]:
+    """``D_l(s)`` at ``levels`` for every block ``l`` (the module docstring):
+    :func:`damage_curves` with ``by="block"``."""
+    return damage_curves(model, blocks, data, by="block", **kwargs)
+
+
+def input_damage(
+    model: nn.Module, blocks: list[Block], data: list[Batch], **kwargs: Any
+) -> dict[Any, list[float]]:
+    """``D_g(s)`` for each input type ``g`` (``attn_in``, ``o_in``, ``mlp_in``, ``down_in``)
+    with that input of *every* block sparsified: :func:`damage_curves` with ``by="type"``.
+    On a rotated model the attention input becomes far cheaper to sparsify than the MLP input
+    (measured on SmolLM2), which a per-block allocation cannot exploit."""
+    return damage_curves(model, blocks, data, by="type", **kwargs)
 
 
 @torch.no_grad()
-def input_damage(
+def damage_curves(
     model: nn.Module,
     blocks: list[Block],
     data: list[Batch],
     *,
+    by: str,
     levels: Sequence[float] = LEVELS,
     tokens: int = 512,
     prefill: float = 0.5,
     progress: Callable[[str], None] | None = None,
-) -> dict[str, list[float]]:
-    """``D_g(s)`` at ``levels`` for each input type ``g`` (``attn_in``, ``o_in``, ``mlp_in``,
-    ``down_in``): the KL divergence from the dense model with the inputs of type ``g`` of
-    *every* block zeroed below their dense ``s``-quantile (all other inputs dense), on the first
-    batches of ``data`` holding ``tokens`` tokens. Input types, not blocks: on a rotated model
-    the attention input becomes far cheaper to sparsify than the MLP input (measured on
-    SmolLM2), which a per-block allocation cannot exploit.
+) -> dict[Any, list[float]]:
+    """Damage curves ``D_k(s)`` at ``levels``: the KL divergence from the dense model with the
+    sites of group ``k`` zeroed below their dense ``s``-quantile (all other sites dense), on
+    the first batches of ``data`` holding ``tokens`` tokens. A site is one input (``attn_in``,
+    ``o_in``, ``mlp_in``, ``down_in``) of one block; ``by`` groups them: ``"block"`` (key: the
+    block's path; its four inputs together), ``"type"`` (key: the input type, in every block)
+    or ``"site"`` (key: ``(block path, input type)``; ``4 x blocks`` curves, each
+    ``len(levels)`` forwards of those tokens).
 
     As in decoding after a dense prefill, the first ``prefill`` fraction of each sequence stays
     dense and the KL is taken over the positions after it: sparsifying the first tokens (the
     attention sink) damages every later position through their keys and values, which real
     decoding never does (on SmolLM2 that made the attention input look 3x too costly)."""
-    if not 0 <= prefill < 1:
+    if by not in BY:
+        raise SparseError(f"damage curves group sites by one of {', '.join(BY)}; got {by!r}")
+    if isinstance(prefill, bool) or not isinstance(prefill, (int, float)) or not 0 <= prefill < 1:
         raise SparseError(f"prefill must be a fraction in [0, 1); got {prefill!r}")
     use = first_tokens(data, tokens)
     sites = {
@@ -212,6 +206,10 @@ def input_damage(
         for b in blocks
         for g in READER
     }
+
+    def key_of(site: tuple[str, str]) -> Any:
+        return site[0] if by == "block" else site[1] if by == "type" else site
+
     seen: dict[tuple[str, str], list[torch.Tensor]] = {}
     hooks = []
     for b in blocks:
@@ -231,15 +229,16 @@ def input_damage(
         raise SparseError(f"block {missing[0][0]} never ran on the calibration batches")
     thresholds = {k: [exact_quantile(torch.cat(v), s) for s in levels] for k, v in seen.items()}
     seen.clear()
-    curves: dict[str, list[float]] = {}
-    for g in READER:
+    groups: dict[Any, list[tuple[str, str]]] = {}
+    for site in sites:
+        groups.setdefault(key_of(site), []).append(site)
+    curves: dict[Any, list[float]] = {}
+    for key, members in groups.items():
         row = []
         for i in range(len(levels)):
             hooks = []
-            for (path, kind), mods in sites.items():
-                if kind != g:
-                    continue
-                t = float(thresholds[(path, kind)][i])
+            for site in members:
+                t = float(thresholds[site][i])
 
                 def zero(_m: nn.Module, a: tuple[Any, ...], t: float = t) -> tuple[Any, ...]:
                     x = a[0]  # [B, T, d]
@@ -248,7 +247,7 @@ def input_damage(
                     keep[..., :p, :] = True  # the dense prefill
                     return (x * keep, *a[1:])
 
-                hooks.extend(m.register_forward_pre_hook(zero) for m in mods)
+                hooks.extend(m.register_forward_pre_hook(zero) for m in sites[site])
             try:
                 kl, n = 0.0, 0
                 for batch, ref in zip(use, dense_logp):
@@ -259,7 +258,7 @@ def input_damage(
                 for h in hooks:
                     h.remove()
             row.append(kl / n)
-        curves[g] = row
+        curves[key] = row
         if progress is not None:
-            progress(f"  damage of {g}: " + ", ".join(f"{v:.4f}" for v in row))
+            progress(f"  damage of {key}: " + ", ".join(f"{v:.4f}" for v in row))
     return curves

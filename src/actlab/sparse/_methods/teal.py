@@ -29,7 +29,7 @@ Across layers (``layer_allocation=``, actlab's addition):
   from the dense model when only that block is sparsified, at a few levels, on
   ``damage_tokens`` calibration tokens), allocated greedily so that the parameter-weighted mean
   over blocks is s (:mod:`actlab.sparse._layer_alloc`). The in-block ``allocation`` then
-  spreads each block's own target. Costs ~``6 x blocks`` partial forwards of those tokens.
+  spreads each block's own target. Costs ``6 x blocks`` forwards of those tokens.
 
 - ``"fisher"``: one global allocation over every input of every block from the diagonal
   empirical Fisher of the LM loss (:mod:`actlab.sparse._fisher`): site sparsities such that
@@ -43,6 +43,15 @@ Across layers (``layer_allocation=``, actlab's addition):
   sequence stays dense, as a dense prefill does). Replaces the in-block ``allocation``.
   On a rotated model the attention input is several times cheaper to sparsify than the MLP
   input, which this moves sparsity to. Costs ``4 x 6`` forwards of those tokens.
+- ``"sites"``: one sparsity per site (one input of one block) from its own damage curve (that
+  input of that block sparsified alone), allocated by the same greedy: both the fragile
+  blocks and the fragile input types get less. Replaces the in-block ``allocation``. Costs
+  ``4 x blocks x 6`` forwards of ``damage_tokens`` tokens (SmolLM2: 720).
+
+The damage curves and the Fisher statistics treat the first ``prefill`` fraction (0.5) of
+each calibration sequence as a dense prefill: they score the positions after it and, for
+the curves, sparsify only those. Scoring every position sparsifies the attention sink, which
+decoding after a dense prefill never does, and overstates the attention input's damage.
 
 Criterion (``criterion=``, actlab's addition):
 
@@ -98,7 +107,7 @@ from torch import nn
 from actlab.sparse._base import METHODS, SparsityReport, install
 from actlab.sparse._fisher import FisherStats, fisher_allocation, fisher_stats
 from actlab.sparse._histogram import histogram_icdf
-from actlab.sparse._layer_alloc import LEVELS, allocate, block_damage, input_damage
+from actlab.sparse._layer_alloc import LEVELS, allocate, damage_curves
 from actlab.sparse._modules import SparseLinear, exact_quantile
 from actlab.sparse._orthogonal import orthogonalize, pca_bases
 from actlab.sparse._replay import Call, LayerReplay, hidden_of, record_block_calls
@@ -108,7 +117,7 @@ from actlab.sparse._state import SparseError, SparsityState, Threshold, check_sp
 __all__ = ["Teal", "block_weights", "greedy_allocation"]
 
 ALLOCATIONS = ("uniform", "greedy")
-LAYER_ALLOCATIONS = ("uniform", "damage", "fisher", "inputs")
+LAYER_ALLOCATIONS = ("uniform", "damage", "fisher", "inputs", "sites")
 ROTATIONS = (None, "pca", "sparse")
 GROUPS = ("attn_in", "o_in", "mlp_in", "down_in")  # the inputs in forward order
 READER = {"attn_in": "q_proj", "o_in": "o_proj", "mlp_in": "gate_proj", "down_in": "down_proj"}
@@ -224,6 +233,8 @@ class Teal:
             (per-input targets from one global Fisher allocation), see above.
         criterion: ``"magnitude"`` (TEAL), ``"weighted"`` or ``"fisher"`` (per-channel).
         damage_tokens: calibration tokens the damage curves are measured on.
+        prefill: fraction of each calibration sequence the damage curves and the Fisher
+            statistics treat as a dense prefill (0: score every position).
         min_tokens: calibration needs at least this many tokens.
     """
 
@@ -242,6 +253,7 @@ class Teal:
         rotation_rounds: int = 20,
         layer_allocation: str = "uniform",
         damage_tokens: int = 512,
+        prefill: float = 0.5,
         min_tokens: int = 64,
     ) -> None:
         self.sparsity = check_sparsity(sparsity)
@@ -273,6 +285,14 @@ class Teal:
             raise SparseError(f"rotation_rounds must be an integer >= 1; got {rotation_rounds!r}")
         if rotation_rounds < 1:
             raise SparseError(f"rotation_rounds must be >= 1; got {rotation_rounds}")
+        if (
+            isinstance(prefill, bool)
+            or not isinstance(prefill, (int, float))
+            or not 0 <= prefill < 1
+        ):
+            raise SparseError(
+                f"TEAL prefill must be a fraction in [0, 1), e.g. 0.5; got {prefill!r}"
+            )
         if isinstance(min_tokens, bool) or not isinstance(min_tokens, int) or min_tokens < 1:
             raise SparseError(f"min_tokens must be a positive integer; got {min_tokens!r}")
         self.params: dict[str, Any] = {
@@ -289,6 +309,7 @@ class Teal:
             "rotation_rounds": rotation_rounds,
             "layer_allocation": layer_allocation,
             "damage_tokens": damage_tokens,
+            "prefill": float(prefill),
             "min_tokens": min_tokens,
         }
 
@@ -313,18 +334,23 @@ class Teal:
         per_site: dict[tuple[str, str], float] | None = None
         wants = (self.params["criterion"], self.params["layer_allocation"])
         if "fisher" in wants and self.sparsity > 0:
-            fisher = fisher_stats(model, data, blocks)
+            fisher = fisher_stats(model, data, blocks, prefill=self.params["prefill"])
             if self.params["layer_allocation"] == "fisher":
                 per_site = fisher_allocation(fisher, self.sparsity)
+        measure = {"tokens": self.params["damage_tokens"], "prefill": self.params["prefill"]}
         if self.params["layer_allocation"] == "damage" and self.sparsity > 0:
-            curves = block_damage(model, blocks, data, tokens=self.params["damage_tokens"])
+            curves = damage_curves(model, blocks, data, by="block", **measure)
             size = {b.path: _block_params(model, b) for b in blocks}
             per_block = allocate(curves, LEVELS, size, self.sparsity)
         if self.params["layer_allocation"] == "inputs" and self.sparsity > 0:
-            curves = input_damage(model, blocks, data, tokens=self.params["damage_tokens"])
+            curves = damage_curves(model, blocks, data, by="type", **measure)
             share = _input_params(model, blocks)
             by_type = allocate(curves, LEVELS, share, self.sparsity)
             per_site = {(b.path, g): by_type[g] for b in blocks for g in GROUPS}
+        if self.params["layer_allocation"] == "sites" and self.sparsity > 0:
+            curves = damage_curves(model, blocks, data, by="site", **measure)
+            sizes = {(b.path, g): _input_params(model, [b])[g] for b in blocks for g in GROUPS}
+            per_site = allocate(curves, LEVELS, sizes, self.sparsity)
         greedy = self.params["allocation"] == "greedy" and self.sparsity > 0
         weights = block_weights(getattr(model, "config", None)) if greedy else {}
         sequential = self.params["calibration"] == "sequential"
