@@ -126,20 +126,20 @@ def fisher_stats(
                 ids = (batch["input_ids"] if isinstance(batch, dict) else batch).to(dev)
                 kwargs = {k: v.to(dev) for k, v in batch.items()} if isinstance(batch, dict) else {}
                 kwargs["input_ids"] = ids
-                p = int(prefill * ids.shape[1])
-                if ids.shape[1] - p < 2:
+                dense = int(prefill * ids.shape[1])  # prefill positions
+                if ids.shape[1] - dense < 2:
                     raise SparseError(
                         f"calibration sequences of {ids.shape[1]} tokens leave no prediction "
-                        f"after a prefill of {p}; use longer windows or a smaller prefill"
+                        f"after a prefill of {dense}; use longer windows or a smaller prefill"
                     )
                 labels = ids.clone()
-                labels[:, : p + 1] = -100  # label j is predicted at position j - 1 >= p
+                labels[:, : dense + 1] = -100  # label j is predicted at position j - 1 >= dense
                 out = model(**kwargs, labels=labels, use_cache=False)
                 loss = out.loss
                 if loss is None or not loss.requires_grad:
                     raise SparseError("the model returned no differentiable loss for its labels")
                 (loss * ids.shape[0]).backward()  # sum over sequences of the per-token mean
-                tokens += int(ids.shape[0] * (ids.shape[1] - p))
+                tokens += int(ids.shape[0] * (ids.shape[1] - dense))
     finally:
         for h in handles:
             h.remove()
