@@ -80,6 +80,9 @@ def test_input_damage_matches_brute_force(
     llama: nn.Module, batches: list[torch.Tensor], prefill: float
 ) -> None:
     levels = (0.3, 0.7)
+    # float64: the prefix-cached tail and the full forward then agree far below the thresholds'
+    # spacing (in float32 an entry at a threshold may flip between the two: ~0.5% of the KL)
+    llama = copy.deepcopy(llama).double()
     blocks = find_blocks(llama)
     curves = input_damage(llama, blocks, batches, levels=levels, tokens=10_000, prefill=prefill)
     assert set(curves) == {"attn_in", "o_in", "mlp_in", "down_in"}
@@ -116,6 +119,7 @@ def test_site_and_block_damage_match_brute_force(
     llama: nn.Module, batches: list[torch.Tensor]
 ) -> None:
     levels, prefill = (0.3, 0.7), 0.5
+    llama = copy.deepcopy(llama).double()  # see test_input_damage_matches_brute_force
     blocks = find_blocks(llama)
     kw = {"levels": levels, "tokens": 10_000, "prefill": prefill}
     sites = damage_curves(llama, blocks, batches, by="site", **kw)
@@ -130,8 +134,7 @@ def test_site_and_block_damage_match_brute_force(
     b0 = blocks[0].path
     for s, got in zip(levels, per_block[b0]):
         want = _brute_force(llama, batches, lambda p, _kind: p == b0, s, prefill)
-        # four sites in a row in float32: entries at a threshold may flip, hence 5e-3
-        assert got == pytest.approx(want, rel=5e-3, abs=5e-8), s
+        assert got == pytest.approx(want, rel=1e-3, abs=5e-8), s
     with pytest.raises(SparseError, match="group sites by one of"):
         damage_curves(llama, blocks, batches, by="layer")
 

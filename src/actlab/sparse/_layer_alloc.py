@@ -23,6 +23,7 @@ decoding after a dense prefill does.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -30,8 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from actlab.sparse._eval import _cache_of, _forward
 from actlab.sparse._modules import exact_quantile
-from actlab.sparse._sites import INPUT_OF, PROJECTIONS, Batch, Block, run_model
+from actlab.sparse._sites import INPUT_OF, PROJECTIONS, Batch, Block, _device, run_model
 from actlab.sparse._state import SparseError
 
 __all__ = [
@@ -133,6 +135,41 @@ def _kl_add(kl: float, n: int, ref: torch.Tensor, logp: torch.Tensor) -> tuple[f
     return kl + float((ref.exp() * (ref - logp)).sum()), n + ref.shape[0] * ref.shape[1]
 
 
+class _Tail:
+    """The logits of the positions after a dense prefill of one batch, recomputed on demand.
+
+    With token-id batches the prefill runs once, densely, into a KV cache, and each
+    :meth:`logits` call runs only the positions after it on a copy of that cache (half the
+    work at ``prefill=0.5``); otherwise (batches given as keyword dicts, or no prefill) the
+    whole sequence runs and the zeroing hooks keep the first ``dense_positions`` positions
+    dense (set around each call)."""
+
+    dense_positions = 0  # read by the zeroing hooks while a call runs
+
+    def __init__(self, model: nn.Module, batch: Batch, prefill: float) -> None:
+        self.model, self.batch = model, batch
+        ids = batch.get("input_ids") if isinstance(batch, dict) else batch
+        assert isinstance(ids, torch.Tensor)
+        self.p = int(prefill * ids.shape[1])
+        self.cache: Any = None
+        if self.p > 0 and not isinstance(batch, dict):
+            ids = ids.to(_device(model))
+            self.tail = ids[:, self.p :]
+            self.cache = _cache_of(_forward(model, ids[:, : self.p], 1, cache=True))
+
+    def logits(self) -> torch.Tensor:
+        """float64 logits ``[B, T - p, vocab]`` of the positions after the prefill (the KLs
+        are differences of nearby log-probabilities: float32 rounding is ~1% of them)."""
+        if self.cache is not None:
+            out = _forward(self.model, self.tail, self.tail.shape[1], copy.deepcopy(self.cache))
+            return out.logits.double()
+        _Tail.dense_positions = self.p
+        try:
+            return run_model(self.model, self.batch).logits.double()[:, self.p :]
+        finally:
+            _Tail.dense_positions = 0
+
+
 def first_tokens(data: list[Batch], tokens: int) -> list[Batch]:
     """The first whole rows (sequences) of ``data`` holding at least ``tokens`` tokens."""
     use: list[Batch] = []
@@ -220,7 +257,8 @@ def damage_curves(
 
             hooks.append(model.get_submodule(b.proj(r)).register_forward_pre_hook(grab))
     try:
-        dense_logp = [F.log_softmax(run_model(model, u).logits.float(), -1) for u in use]
+        for u in use:
+            run_model(model, u)
     finally:
         for h in hooks:
             h.remove()
@@ -229,6 +267,8 @@ def damage_curves(
         raise SparseError(f"block {missing[0][0]} never ran on the calibration batches")
     thresholds = {k: [exact_quantile(torch.cat(v), s) for s in levels] for k, v in seen.items()}
     seen.clear()
+    tails = [_Tail(model, u, prefill) for u in use]
+    dense_logp = [F.log_softmax(t.logits(), -1) for t in tails]  # [B, T - p, vocab]
     groups: dict[Any, list[tuple[str, str]]] = {}
     for site in sites:
         groups.setdefault(key_of(site), []).append(site)
@@ -241,19 +281,16 @@ def damage_curves(
                 t = float(thresholds[site][i])
 
                 def zero(_m: nn.Module, a: tuple[Any, ...], t: float = t) -> tuple[Any, ...]:
-                    x = a[0]  # [B, T, d]
-                    p = int(prefill * x.shape[-2])
-                    keep = x.abs() > t
-                    keep[..., :p, :] = True  # the dense prefill
+                    x = a[0]  # [B, T, d]: the positions after the prefill (all of them, or
+                    keep = x.abs() > t  # the whole sequence when there is no prefix cache)
+                    keep[..., : _Tail.dense_positions, :] = True
                     return (x * keep, *a[1:])
 
                 hooks.extend(m.register_forward_pre_hook(zero) for m in sites[site])
             try:
                 kl, n = 0.0, 0
-                for batch, ref in zip(use, dense_logp):
-                    logp = F.log_softmax(run_model(model, batch).logits.float(), -1)
-                    p = int(prefill * ref.shape[1])
-                    kl, n = _kl_add(kl, n, ref[:, p:], logp[:, p:])  # [B, T - p, vocab]
+                for tail, ref in zip(tails, dense_logp):
+                    kl, n = _kl_add(kl, n, ref, F.log_softmax(tail.logits(), -1))
             finally:
                 for h in hooks:
                     h.remove()
