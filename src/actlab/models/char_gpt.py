@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from actlab.layers import LayerSpec
 from actlab.models._act import ActLayer, make_act, make_layer
-from actlab.models.vit import MLP_KINDS, NORM_KINDS, attention, make_score
+from actlab.models.vit import MLP_KINDS, NORM_KINDS, make_score, multi_head
 
 __all__ = ["CharGPT", "GPTConfig"]
 
@@ -60,14 +60,8 @@ class CausalSelfAttention(nn.Module):
         self.score = make_score(attn_score)  # None (softmax) adds no module
 
     def forward(self, x: Tensor) -> Tensor:
-        B, T, D = x.shape
-        q, k, v = self.c_attn(x).split(D, dim=2)  # 3 x (B, T, D)
-        q = q.view(B, T, self.n_head, D // self.n_head).transpose(1, 2)  # (B, h, T, d)
-        k = k.view(B, T, self.n_head, D // self.n_head).transpose(1, 2)
-        v = v.view(B, T, self.n_head, D // self.n_head).transpose(1, 2)
         p = self.dropout if self.training else 0.0
-        y = attention(q, k, v, self.score, p, causal=True)  # (B, h, T, d)
-        y = y.transpose(1, 2).reshape(B, T, D)
+        y = multi_head(self.c_attn(x), self.n_head, self.score, p, causal=True)  # (B, T, D)
         return self.resid_drop(self.c_proj(y))
 
 

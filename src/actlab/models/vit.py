@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from actlab.layers import LayerSpec, Mlp, Softmax
 from actlab.models._act import ActLayer, make_layer
 
-__all__ = ["ViT", "ViTConfig", "DropPath", "Mlp", "attention", "make_score"]
+__all__ = ["ViT", "ViTConfig", "DropPath", "Mlp", "attention", "make_score", "multi_head"]
 
 NORM_KINDS = ("norm", "basic")
 MLP_KINDS = ("mlp", "basic")
@@ -100,6 +100,19 @@ def attention(
     return p @ v  # (B, h, Nq, d)
 
 
+def multi_head(
+    qkv: Tensor, n_head: int, score: nn.Module | None, dropout: float, causal: bool = False
+) -> Tensor:
+    """(B, N, 3D) packed q, k, v -> (B, N, D): :func:`attention` over ``n_head`` heads."""
+    B, N, D = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
+    q, k, v = qkv.split(D, dim=2)  # 3 x (B, N, D)
+    q = q.view(B, N, n_head, D // n_head).transpose(1, 2)  # (B, h, N, d)
+    k = k.view(B, N, n_head, D // n_head).transpose(1, 2)
+    v = v.view(B, N, n_head, D // n_head).transpose(1, 2)
+    y = attention(q, k, v, score, dropout, causal)  # (B, h, N, d)
+    return y.transpose(1, 2).reshape(B, N, D)
+
+
 def make_score(spec: LayerSpec | None) -> nn.Module | None:
     """The attention-score module of ``spec``; None for softmax (the fused kernel)."""
     if spec is None:
@@ -118,15 +131,8 @@ class Attention(nn.Module):
         self.score = make_score(attn_score)  # None (softmax) adds no module
 
     def forward(self, x: Tensor) -> Tensor:
-        B, N, D = x.shape
-        q, k, v = self.qkv(x).split(D, dim=2)  # 3 x (B, N, D)
-        q = q.view(B, N, self.n_head, D // self.n_head).transpose(1, 2)  # (B, h, N, d)
-        k = k.view(B, N, self.n_head, D // self.n_head).transpose(1, 2)
-        v = v.view(B, N, self.n_head, D // self.n_head).transpose(1, 2)
         p = self.dropout if self.training else 0.0
-        y = attention(q, k, v, self.score, p)  # (B, h, N, d)
-        y = y.transpose(1, 2).reshape(B, N, D)
-        return self.proj(y)
+        return self.proj(multi_head(self.qkv(x), self.n_head, self.score, p))
 
 
 class Block(nn.Module):
