@@ -1,4 +1,5 @@
-"""What the KAN-family layers share: the grid, the input-range contract, shape checks.
+"""What the KAN-family layers share: the grid, the input-range contract, shape checks and the
+two-layer block of a model's MLP slot (:class:`KANBlock`).
 
 Grid. Every KAN layer here works on the domain [-1, 1] split into ``grid`` intervals of width
 ``h = 2 / grid``; a basis of order ``k`` has ``G = grid + k`` functions, function ``i``
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -36,6 +38,7 @@ __all__ = [
     "CHECK_EVERY",
     "INPUT_NORMS",
     "InputRange",
+    "KANBlock",
     "check_features",
     "check_finite",
     "check_finite_params",
@@ -66,6 +69,32 @@ def check_finite_params(name: str, module: nn.Module) -> None:
         raise ValueError(
             f"{name}: non-finite parameters (NaN or inf); reload finite weights or rebuild it"
         )
+
+
+class KANBlock(nn.Module):
+    """Two KAN layers in -> hidden -> out (each size defaults to in), dropout after each: the
+    family's block for a model's MLP slot. ``make(i, o)`` builds a layer (..., i) -> (..., o);
+    ``name`` heads the errors (non-finite parameters are checked at every forward)."""
+
+    def __init__(
+        self,
+        name: str,
+        make: Callable[[int, int], nn.Module],
+        in_features: int,
+        hidden_features: int | None,
+        out_features: int | None,
+        drop: float,
+    ) -> None:
+        super().__init__()
+        self._kan_name = name
+        hidden = hidden_features or in_features
+        self.layer1 = make(in_features, hidden)
+        self.layer2 = make(hidden, out_features or in_features)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_finite_params(self._kan_name, self)
+        return self.drop(self.layer2(self.drop(self.layer1(x))))
 
 
 def check_grid(name: str, grid: int, k: int) -> None:

@@ -64,8 +64,8 @@ from torch import Tensor, nn
 
 from actlab.layers._kan_common import (
     InputRange,
+    KANBlock,
     check_features,
-    check_finite_params,
     check_grid,
     grid_phases,
 )
@@ -239,7 +239,7 @@ class AFKANLayer(nn.Module):
     aliases=("afkan",),
     reference=af_kan_ref,
 )
-class AFKAN(nn.Module):
+class AFKAN(KANBlock):
     """AF-KAN block [in, hidden, out] for a model's MLP slot; ``act_layer`` is its act."""
 
     def __init__(
@@ -259,18 +259,12 @@ class AFKAN(nn.Module):
         norm: str = "auto",
         fused: bool = True,
     ) -> None:
-        super().__init__()
-        hidden = hidden_features or in_features
-        out = out_features or in_features
         kw: dict[str, Any] = dict(
             grid=grid, k=k, func=func, func_norm=func_norm, input_norm=input_norm, norm=norm,
             fused=fused,
         )  # fmt: skip
         a = act if act is not None else (act_layer if act_layer is not None else "silu")
-        self.layer1 = AFKANLayer(in_features, hidden, act_module(a), **kw)
-        self.layer2 = AFKANLayer(hidden, out, act_module(a), **kw)
-        self.drop = nn.Dropout(drop)
-
-    def forward(self, x: Tensor) -> Tensor:
-        check_finite_params("af_kan", self)
-        return self.drop(self.layer2(self.drop(self.layer1(x))))
+        super().__init__(
+            "af_kan", lambda i, o: AFKANLayer(i, o, act_module(a), **kw),  # an act per layer
+            in_features, hidden_features, out_features, drop,
+        )  # fmt: skip

@@ -43,8 +43,8 @@ from torch import Tensor, nn
 
 from actlab.layers._kan_common import (
     InputRange,
+    KANBlock,
     check_features,
-    check_finite_params,
     check_grid,
     grid_phases,
     relu_basis,
@@ -120,8 +120,11 @@ class ReLUKANLayer(nn.Module):
     aliases=("relukan",),
     reference=relu_kan_ref,
 )
-class ReLUKAN(nn.Module):
+class ReLUKAN(KANBlock):
     """ReLU-KAN block [in, hidden, out] for a model's MLP slot (``act_layer`` unused)."""
+
+    layer1: ReLUKANLayer
+    layer2: ReLUKANLayer
 
     def __init__(
         self,
@@ -137,15 +140,12 @@ class ReLUKAN(nn.Module):
         train_phases: bool = True,
         fused: bool = True,
     ) -> None:
-        super().__init__()
-        hidden = hidden_features or in_features
-        out = out_features or in_features
-        kw: dict[str, Any] = dict(grid=grid, k=k, input_norm=input_norm, bias=bias, fused=fused)
-        self.layer1 = ReLUKANLayer(in_features, hidden, train_phases=train_phases, **kw)
-        self.layer2 = ReLUKANLayer(hidden, out, train_phases=train_phases, **kw)
+        kw: dict[str, Any] = dict(
+            grid=grid, k=k, input_norm=input_norm, train_phases=train_phases, bias=bias,
+            fused=fused,
+        )  # fmt: skip
+        super().__init__(
+            "relu_kan", lambda i, o: ReLUKANLayer(i, o, **kw),
+            in_features, hidden_features, out_features, drop,
+        )  # fmt: skip
         self.layer1.out_t = True  # layer2 reads it (through a Dropout, not in place)
-        self.drop = nn.Dropout(drop)
-
-    def forward(self, x: Tensor) -> Tensor:
-        check_finite_params("relu_kan", self)
-        return self.drop(self.layer2(self.drop(self.layer1(x))))

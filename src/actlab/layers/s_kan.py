@@ -55,9 +55,9 @@ from torch import Tensor, nn
 
 from actlab.layers._kan_common import (
     InputRange,
+    KANBlock,
     check_features,
     check_finite,
-    check_finite_params,
     check_grid,
     grid_phases,
     relu_basis,
@@ -310,8 +310,11 @@ class SKANLayer(nn.Module):
     aliases=("skan",),
     reference=s_kan_ref,
 )
-class SKAN(nn.Module):
+class SKAN(KANBlock):
     """S-KAN block [in, hidden, out] for a model's MLP slot (``act_layer`` unused)."""
+
+    layer1: SKANLayer
+    layer2: SKANLayer
 
     def __init__(
         self,
@@ -330,21 +333,15 @@ class SKAN(nn.Module):
         tau_min: float = 0.01,
         fused: bool = True,
     ) -> None:
-        super().__init__()
-        hidden = hidden_features or in_features
-        out = out_features or in_features
         kw: dict[str, Any] = dict(
             spaces=spaces, grid=grid, k=k, input_norm=input_norm, full_steps=full_steps,
             select_steps=select_steps, tau_min=tau_min, bias=bias, fused=fused,
         )  # fmt: skip
-        self.layer1 = SKANLayer(in_features, hidden, **kw)
-        self.layer2 = SKANLayer(hidden, out, **kw)
+        super().__init__(
+            "s_kan", lambda i, o: SKANLayer(i, o, **kw),
+            in_features, hidden_features, out_features, drop,
+        )  # fmt: skip
         self.layer1.out_t = True  # layer2 reads it (through a Dropout, not in place)
-        self.drop = nn.Dropout(drop)
-
-    def forward(self, x: Tensor) -> Tensor:
-        check_finite_params("s_kan", self)
-        return self.drop(self.layer2(self.drop(self.layer1(x))))
 
     def prune(self) -> None:
         """Prune both layers now (one space per node)."""
