@@ -143,7 +143,8 @@ def _check_args(name: str, num_features: int, eps: float) -> None:
 
 
 class _EvoNorm(nn.Module):
-    """Shared parts: parameters, input checks, the half-precision upcast."""
+    """Shared parts: parameters, input checks, the half-precision upcast (``forward``; each
+    layer's own math is its ``_normalise``)."""
 
     includes_act = True  # the layer is its site's activation too (see the module docstring)
     name = "evonorm"
@@ -178,6 +179,18 @@ class _EvoNorm(nn.Module):
             raise ValueError(
                 f"{self.name}: non-finite parameters (v/weight/bias); reload finite weights"
             )
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check(x)
+        dtype = x.dtype
+        if dtype in (torch.float16, torch.bfloat16):
+            x = x.float()
+        y = self._affine(x) if self.v is None else self._normalise(x, self.v)
+        return y.to(dtype)
+
+    def _normalise(self, x: Tensor, v: Tensor) -> Tensor:
+        """The layer with its act (``v``) on a float32 / float64 input (B, C, H, W)."""
+        raise NotImplementedError
 
     def _affine(self, y: Tensor) -> Tensor:
         return y * self.weight.to(y.dtype).view(1, -1, 1, 1) + self.bias.to(y.dtype).view(
@@ -229,31 +242,25 @@ class EvoNorm2dB0(_EvoNorm):
         new = var.detach().view(-1).to(self.running_var.dtype)
         self.running_var.mul_(1 - self.momentum).add_(self.momentum * new)
 
-    def forward(self, x: Tensor) -> Tensor:
-        self._check(x)
-        dtype = x.dtype
-        if dtype in (torch.float16, torch.bfloat16):
-            x = x.float()
-        if self.v is None:
-            return self._affine(x).to(dtype)
+    def _normalise(self, x: Tensor, v: Tensor) -> Tensor:
         B, C, H, W = x.shape
         xv = x.reshape(B, C, H * W)  # (B, C, HW): contiguous reductions over space
         ops = ops_for(x) if self.fused else None  # the native kernels (CPU float32/float64)
         if ops is not None:
             run = None if self.training else self.running_var.to(x.dtype)
-            v, w, b = (p.to(x.dtype) for p in (self.v, self.weight, self.bias))  # (C,)
+            v, w, b = (p.to(x.dtype) for p in (v, self.weight, self.bias))  # (C,)
             y, var = ops.evonorm_b0(xv, v, w, b, run, self.eps)  # (B, C, HW), (C,)
             if self.training:
                 self._update_running(var)
-            return y.view(B, C, H, W).to(dtype)  # type: ignore[no-any-return]
+            return y.view(B, C, H, W)  # type: ignore[no-any-return]
         w, b = self.weight.to(x.dtype).view(C, 1), self.bias.to(x.dtype).view(C, 1)
-        v = self.v.to(x.dtype).view(C, 1)
+        v = v.to(x.dtype).view(C, 1)
         if self.fused and not torch.compiler.is_compiling():
             run = None if self.training else self.running_var.to(x.dtype).view(C, 1)
             y, var = _B0Fn.apply(xv, v, w, b, run, self.eps)
             if self.training:
                 self._update_running(var)
-            return y.view(B, C, H, W).to(dtype)
+            return y.view(B, C, H, W)
         ivar, imean = torch.var_mean(xv, dim=-1, unbiased=False, keepdim=True)  # (B, C, 1)
         if self.training:
             # law of total variance: the batch variance per channel from instance moments
@@ -264,7 +271,7 @@ class EvoNorm2dB0(_EvoNorm):
         left = torch.sqrt(var + self.eps)  # (C, 1)
         right = torch.addcmul(torch.sqrt(ivar + self.eps), v, xv)  # (B, C, HW)
         y = xv / right.clamp_min(left)  # max(right, left); cheaper backward than maximum
-        return torch.addcmul(b, y, w).view(B, C, H, W).to(dtype)
+        return torch.addcmul(b, y, w).view(B, C, H, W)
 
 
 def _s0_ref(m: Any, x: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -304,27 +311,21 @@ class EvoNorm2dS0(_EvoNorm):
             )
         self.groups = g
 
-    def forward(self, x: Tensor) -> Tensor:
-        self._check(x)
-        dtype = x.dtype
-        if dtype in (torch.float16, torch.bfloat16):
-            x = x.float()
-        if self.v is None:
-            return self._affine(x).to(dtype)
+    def _normalise(self, x: Tensor, v: Tensor) -> Tensor:
         B, C, H, W = x.shape
         G = self.groups
         ops = ops_for(x) if self.fused else None  # the native kernel (CPU float32/float64)
         if ops is not None:
-            v, w, b = (p.to(x.dtype) for p in (self.v, self.weight, self.bias))
+            v, w, b = (p.to(x.dtype) for p in (v, self.weight, self.bias))
             y = ops.evonorm_s0(x.reshape(B, C, H * W), v, w, b, G, self.eps)  # (B, C, HW)
-            return y.view(B, C, H, W).to(dtype)  # type: ignore[no-any-return]
+            return y.view(B, C, H, W)  # type: ignore[no-any-return]
         var = x.reshape(B, G, -1).var(-1, unbiased=False, keepdim=True)  # (B, G, 1)
         inv = torch.rsqrt(var + self.eps).repeat_interleave(C // G, dim=1)  # (B, C, 1)
         xv = x.reshape(B, C, H * W)  # (B, C, HW)
-        v = self.v.to(x.dtype).view(C, 1)
+        v = v.to(x.dtype).view(C, 1)
         w, b = self.weight.to(x.dtype).view(C, 1), self.bias.to(x.dtype).view(C, 1)
         y = xv * torch.sigmoid(xv * v)
-        return torch.addcmul(b, y, inv * w).view(B, C, H, W).to(dtype)
+        return torch.addcmul(b, y, inv * w).view(B, C, H, W)
 
     def extra_repr(self) -> str:
         return (
