@@ -34,8 +34,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from actlab._ext import Extension, compiled_isa, try_load
-from actlab._ext import unavailable_reason as _ext_reason
+from actlab._ext import Extension, try_load
+from actlab.layers._native_common import status_functions
 
 __all__ = [
     "FUNC_CODES",
@@ -80,19 +80,7 @@ NORM_CODES = {"batch": 0, "sample": 1, "none": 2}  # AF-KAN func_norm
 _DTYPES = (torch.float32, torch.float64)
 
 
-def available() -> bool:
-    """Whether the library is loaded (building it on the first call; warns once if it cannot)."""
-    return try_load(KERNELS) is not None
-
-
-def unavailable_reason() -> str:
-    """Why :func:`available` is False ('' when it is True or was not asked yet)."""
-    return _ext_reason(KERNELS)
-
-
-def kernel_isa() -> str:
-    """The ISA the loaded library was compiled for ('' when unavailable)."""
-    return compiled_isa(KERNELS)
+available, unavailable_reason, kernel_isa = status_functions(KERNELS)
 
 
 def ops_for(x: Tensor, *params: Tensor | None) -> Any | None:

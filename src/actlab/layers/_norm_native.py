@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from actlab._ext import Extension, compiled_isa, try_load
-from actlab._ext import unavailable_reason as _ext_reason
+from actlab._ext import Extension, try_load
+from actlab.layers._native_common import status_functions
 
 __all__ = ["KERNELS", "available", "kernel_isa", "ops_for", "unavailable_reason"]
 
@@ -48,19 +48,7 @@ KERNELS = Extension(
 _DTYPES = (torch.float32, torch.float64)
 
 
-def available() -> bool:
-    """Whether the library is loaded (building it on the first call; warns once if it cannot)."""
-    return try_load(KERNELS) is not None
-
-
-def unavailable_reason() -> str:
-    """Why :func:`available` is False ('' when it is True or was not asked yet)."""
-    return _ext_reason(KERNELS)
-
-
-def kernel_isa() -> str:
-    """The ISA the loaded library was compiled for ('' when unavailable)."""
-    return compiled_isa(KERNELS)
+available, unavailable_reason, kernel_isa = status_functions(KERNELS)
 
 
 def ops_for(x: Tensor) -> Any | None:
