@@ -32,7 +32,7 @@ KERNELS = Extension(
     name="actlab_norm",
     package="actlab.layers",
     sources=("csrc/norm_polynorm.cpp", "csrc/norm_evonorm.cpp"),
-    headers=("csrc/norm_common.h",),
+    headers=("csrc/norm_common.h", "csrc/native_isa.h"),
     namespace="actlab_norm",
     ops=tuple(
         k + suffix

@@ -45,8 +45,9 @@
 // computed by one thread in a fixed order (per-lane sums flushed into double every kFlush
 // vectors), so results do not depend on the number of threads.
 //
-// Sources: this file (the layer plumbing shared by the ops, all_finite, isa, registration),
-// kan_relu_s.cpp (ReLU-KAN, S-KAN), kan_af.cpp (AF-KAN), kan_common.h (helpers, declarations).
+// Sources: this file (the layer plumbing shared by the ops, all_finite, registration),
+// kan_relu_s.cpp (ReLU-KAN, S-KAN), kan_af.cpp (AF-KAN), kan_common.h (helpers, declarations),
+// native_isa.h (isa, shared with the norm kernels).
 // Built and loaded at run time by actlab/layers/_kan_native.py (actlab._ext), registered as
 // torch.ops.actlab_kan.*: the basis kernels (relu_basis_t, relu_basis_t_bwd, s_basis_t,
 // s_basis_t_bwd, af_reduce_t), the differentiable ops (relu_kan_layer, s_kan_layer,
@@ -54,6 +55,7 @@
 // all_finite (the per-forward parameter check in one call) and isa.
 
 #include "kan_common.h"
+#include "native_isa.h"
 
 namespace actlab_kan {
 
@@ -184,16 +186,6 @@ bool all_finite(at::TensorList ts) {
     if (!ok) return false;
   }
   return true;
-}
-
-std::string isa() {
-#if defined(CPU_CAPABILITY_AVX512)
-  return "AVX512";
-#elif defined(CPU_CAPABILITY_AVX2)
-  return "AVX2";
-#else
-  return "DEFAULT";
-#endif
 }
 
 }  // namespace actlab_kan

@@ -11,6 +11,7 @@
 //
 // Helpers, numerics and build: norm_common.h.
 
+#include "native_isa.h"
 #include "norm_common.h"
 
 namespace {
@@ -166,16 +167,6 @@ at::Tensor polynorm_autograd(const at::Tensor& x, const at::Tensor& w, const at:
 at::Tensor polynorm_plain(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
                           double eps) {
   return std::get<0>(polynorm_fwd(x, w, b, eps)).view(x.sizes());
-}
-
-std::string isa() {
-#if defined(CPU_CAPABILITY_AVX512)
-  return "AVX512";
-#elif defined(CPU_CAPABILITY_AVX2)
-  return "AVX2";
-#else
-  return "DEFAULT";
-#endif
 }
 
 }  // namespace
