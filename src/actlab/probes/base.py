@@ -230,6 +230,15 @@ class Probe(abc.ABC):
         self._ticks[name] = n + 1
         return n % stride == 0
 
+    def reservoir(self, store: dict[str, Reservoir], name: str, capacity: int) -> Reservoir:
+        """``store[name]``, made on first use: a :class:`Reservoir` of at most ``capacity``
+        (and ``ctx.max_tokens``) rows, drawn with this probe's seeded generator for ``name``."""
+        r = store.get(name)
+        if r is None:
+            cap = min(capacity, self.ctx.max_tokens)
+            r = store[name] = Reservoir(cap, self.ctx.generator(f"{self.name}/{name}"))
+        return r
+
     def stage(self, name: str, item: tuple[Any, ...]) -> None:
         """Queue one call's samples; reduce the queue when it is full or a tensor's shape
         changes (None entries, samples skipped on this call, match any shape)."""

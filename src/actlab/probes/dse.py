@@ -138,10 +138,7 @@ class DSEProbe(Probe):
         extra = None
         if isinstance(labels, Tensor) and labels.shape[0] == z.shape[0]:
             extra = labels.reshape(-1, 1).to(z.device).double()
-        r = self.res.get(name)
-        if r is None:
-            cap = min(self.points, self.ctx.max_tokens)
-            r = self.res[name] = Reservoir(cap, self.ctx.generator(f"{self.name}/{name}"))
+        r = self.reservoir(self.res, name, self.points)
         r.add(z, extra)
 
     def summary(self) -> dict[str, Row]:

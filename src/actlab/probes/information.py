@@ -105,10 +105,7 @@ class EntropyProbe(Probe):
         t = first_tensor(output)
         if t is None or t.ndim < 2:
             return
-        r = self.res.get(name)
-        if r is None:
-            cap = min(self.rows, self.ctx.max_tokens)
-            r = self.res[name] = Reservoir(cap, self.ctx.generator(f"{self.name}/{name}"))
+        r = self.reservoir(self.res, name, self.rows)
         mask = self.ctx.token_mask(t)
         r.add(sample_rows(t, self.ctx.sample, self.ctx.rng(f"{self.name}/{name}"), mask))
 
@@ -189,10 +186,7 @@ class InfoPlaneProbe(Probe):
         nan = torch.full((b,), float("nan"), dtype=torch.float64, device=z.device)
         y = nan if labels is None else labels.detach().reshape(-1).to(z.device, torch.float64)
         x = nan if ids is None else self._input_codes(ids).to(z.device)
-        r = self.res.get(name)
-        if r is None:
-            cap = min(self.points, self.ctx.max_tokens)
-            r = self.res[name] = Reservoir(cap, self.ctx.generator(f"{self.name}/{name}"))
+        r = self.reservoir(self.res, name, self.points)
         r.add(z, torch.stack([y, x], dim=1).to(z.device))
 
     def summary(self) -> dict[str, Row]:
