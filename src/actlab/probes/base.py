@@ -42,6 +42,7 @@ __all__ = [
     "check_float",
     "check_int",
     "first_tensor",
+    "label_array",
     "draw",
     "sample_rows",
     "sample_chunks",
@@ -421,6 +422,15 @@ def first_tensor(output: Any) -> Tensor | None:
             if t is not None:
                 return t
     return None
+
+
+def label_array(y: Any, n: int, rows: str = "samples") -> np.ndarray:
+    """Discrete labels ``y`` (a tensor or array-like) as a flat numpy array, one per each of
+    the ``n`` rows; a one-line ``ValueError`` when the counts differ."""
+    labels = (y.detach().cpu().numpy() if isinstance(y, Tensor) else np.asarray(y)).ravel()
+    if labels.shape[0] != n:
+        raise ValueError(f"{n} {rows} but {labels.shape[0]} labels")
+    return labels
 
 
 def unit_count(t: Tensor) -> int:

@@ -37,7 +37,7 @@ from typing import Literal
 import numpy as np
 from torch import Tensor
 
-from actlab.probes.base import ProbeArgumentError, check_int
+from actlab.probes.base import ProbeArgumentError, check_int, label_array
 
 __all__ = [
     "ebab_edges",
@@ -176,9 +176,7 @@ def ebab_mi_labels(t: ArrayLike, y: ArrayLike, n_bins: int = 30, lower: Lower = 
     """I(T;Y) = H(T) - Σ_y p(y) H(T|Y=y) in bits; y holds discrete labels (n,)."""
     v = _np(t)
     v = v.reshape(v.shape[0], -1)
-    labels = np.asarray(y.detach().cpu().numpy() if isinstance(y, Tensor) else y).ravel()
-    if labels.shape[0] != v.shape[0]:
-        raise ValueError(f"{v.shape[0]} samples but {labels.shape[0]} labels")
+    labels = label_array(y, v.shape[0])
     codes = digitize(v, ebab_edges(v, n_bins, lower))
     h = discrete_entropy(codes)
     h_cond = 0.0

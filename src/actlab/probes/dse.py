@@ -36,6 +36,7 @@ from actlab.probes.base import (
     check_float,
     check_int,
     first_tensor,
+    label_array,
     pooled_samples,
 )
 from actlab.probes.manager import register_probe
@@ -86,9 +87,7 @@ def dsmi(
 ) -> float:
     """DSMI(Z; Y) in bits for discrete labels y (n,)."""
     x = _as_tensor(z)
-    labels = (y.detach().cpu().numpy() if isinstance(y, Tensor) else np.asarray(y)).ravel()
-    if labels.shape[0] != x.shape[0]:
-        raise ValueError(f"{x.shape[0]} points but {labels.shape[0]} labels")
+    labels = label_array(y, x.shape[0], "points")
     n = x.shape[0]
     gen = torch.Generator().manual_seed(seed)
     total = 0.0

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from actlab.probes.base import label_array
+
 __all__ = ["kde_entropy", "kde_mi_xt", "kde_mi_labels", "adaptive_noise_var"]
 
 Bound = Literal["upper", "lower"]
@@ -72,9 +74,7 @@ def kde_mi_labels(
 ) -> float:
     """I(T;Y) in bits: H_KDE(T) - Σ_y p(y) H_KDE(T | Y = y)."""
     x = _t(t)
-    labels = (y.detach().cpu().numpy() if isinstance(y, Tensor) else np.asarray(y)).ravel()
-    if labels.shape[0] != x.shape[0]:
-        raise ValueError(f"{x.shape[0]} samples but {labels.shape[0]} labels")
+    labels = label_array(y, x.shape[0])
     h = kde_entropy(x, noise_var, bound)
     h_cond = 0.0
     for lab in np.unique(labels):

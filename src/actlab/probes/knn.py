@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from actlab.probes.base import label_array
+
 __all__ = ["kl_entropy", "ksg_mi", "pca_compress", "compressed_mi", "compressed_mi_labels"]
 
 _LN2 = math.log(2.0)
@@ -103,9 +105,7 @@ def compressed_mi_labels(
     torch.manual_seed(seed)
     c = pca_compress(t, dims)
     c = (c - c.mean(0)) / np.maximum(c.std(0), 1e-12)
-    labels = (y.detach().cpu().numpy() if isinstance(y, Tensor) else np.asarray(y)).ravel()
-    if labels.shape[0] != c.shape[0]:
-        raise ValueError(f"{c.shape[0]} samples but {labels.shape[0]} labels")
+    labels = label_array(y, c.shape[0])
     h = kl_entropy(c, k, seed)
     h_cond = 0.0
     for lab in np.unique(labels):
