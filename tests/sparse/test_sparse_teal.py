@@ -24,6 +24,7 @@ from actlab.sparse import (
 from actlab.sparse._methods.teal import block_weights, greedy_allocation
 
 GROUPS = ("attn_in", "o_in", "mlp_in", "down_in")
+READ = {"attn_in": "q_proj", "o_in": "o_proj", "mlp_in": "gate_proj", "down_in": "down_proj"}
 
 
 def brute_force_teal(
@@ -150,6 +151,41 @@ def test_greedy_block_sparsity_equals_target(
     ref = brute_force_teal(llama, batches, state.targets, sequential=True)
     for path, t in ref.items():
         assert state.thresholds[path] == pytest.approx(t, rel=1e-5, abs=1e-7), path
+
+
+@pytest.mark.parametrize("prefill", [0.0, 0.5])
+def test_greedy_first_block_matches_a_brute_force_search(
+    llama: nn.Module, batches: list[torch.Tensor], prefill: float
+) -> None:
+    """Block 0's greedy allocation equals TEAL's greedy run on an independent scorer: the
+    full model with block 0's thresholds (dense quantiles of its inputs), block 0's output
+    against the dense one, squared error at the positions after the prefill only."""
+    model = copy.deepcopy(llama).double()
+    method = make_method("teal", sparsity=0.5, allocation="greedy", step=0.1, prefill=prefill)
+    state = method.calibrate(model, batches)
+    block = find_blocks(model)[0]
+    proj = block.projections()
+    x = {g: captured_inputs(model, batches, proj[READ[g]]) for g in GROUPS}  # dense inputs
+    dense_out = captured_inputs(model, batches, block.path, output=True)
+
+    def outputs(m: nn.Module) -> torch.Tensor:
+        return captured_inputs(m, batches, block.path, output=True)
+
+    def error(alloc: dict[str, float]) -> float:
+        th = {proj[n]: quantile64(x[INPUT_OF[n]], s) for n, s in alloc.items() if s > 0}
+        y = outputs(partial(model, "teal", {"sparsity": 0.5}, th))
+        err = 0.0
+        T = batches[0].shape[1]
+        p = int(prefill * T)
+        for i, _ in enumerate(batches):  # one mean per batch, as the method sums them
+            rows = slice(i * batches[i].numel(), (i + 1) * batches[i].numel())
+            d = (y[rows] - dense_out[rows]).reshape(batches[i].shape[0], T, -1)[:, p:]
+            err += float(d.pow(2).mean())
+        return err
+
+    want = greedy_allocation(0.5, block_weights(model.config), error, step=0.1)
+    for n, path in proj.items():
+        assert state.targets[path] == pytest.approx(want[n], abs=1e-9), (n, prefill)
 
 
 def test_greedy_scores_on_greedy_tokens_only(llama: nn.Module, batches: list[torch.Tensor]) -> None:

@@ -92,7 +92,9 @@ Rotation (``rotation=``, an addition of actlab's, not in the paper):
   calibration tokens). Same runtime cost and state as ``"pca"`` (only the bases differ).
 
 The greedy search scores a block on its own inputs (dense ones, or those of the sparsified
-blocks before it in ``"sequential"``), against that block's dense output on the same inputs.
+blocks before it in ``"sequential"``), against that block's dense output on the same inputs,
+at the positions after the ``prefill`` fraction of each sequence: the first positions carry
+the attention sink's massive hidden states, whose errors would otherwise decide the search.
 """
 
 from __future__ import annotations
@@ -233,8 +235,8 @@ class Teal:
             (per-input targets from one global Fisher allocation), see above.
         criterion: ``"magnitude"`` (TEAL), ``"weighted"`` or ``"fisher"`` (per-channel).
         damage_tokens: calibration tokens the damage curves are measured on.
-        prefill: fraction of each calibration sequence the damage curves and the Fisher
-            statistics treat as a dense prefill (0: score every position).
+        prefill: fraction of each calibration sequence the damage curves, the Fisher
+            statistics and the greedy search treat as a dense prefill (0: score every position).
         min_tokens: calibration needs at least this many tokens.
     """
 
@@ -423,8 +425,12 @@ class Teal:
 
         def error(alloc: dict[str, float]) -> float:
             replay.set({n: thr(n, s) for n, s in alloc.items()})
-            outs = replay.run(calls, hidden)
-            return sum(float((y.float() - d).pow(2).mean()) for y, d in zip(outs, dense))
+            outs = replay.run(calls, hidden)  # [B, T, d] each
+            err = 0.0
+            for y, d in zip(outs, dense):
+                p = int(self.params["prefill"] * y.shape[-2])  # score after the prefill
+                err += float((y[..., p:, :].float() - d[..., p:, :]).pow(2).mean())
+            return err
 
         try:
             return greedy_allocation(target, weights, error, step=self.params["step"])
