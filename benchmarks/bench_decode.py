@@ -12,7 +12,8 @@ all sharing the dense model's parameters (interleaved in rounds, medians reporte
 - ``teal40``/``teal50`` TEAL at 40 / 50% on all 7 projections (calibrated on 512 tokens of
   the comedies, exact quantiles), prefill dense / decode sparse, float32 fused kernels;
 - ``teal40-bf16``      the same with bfloat16 packed weights (lm_head stays float32 torch);
-- ``teal40-bf16-head`` and the lm_head through the dense bf16 kernel too (all weights bf16);
+- ``teal40-bf16-head`` and the lm_head through the dense bf16 kernel too (all weights bf16:
+  ``use_kernels(..., head=True)``, the head stays a plain, still tied ``nn.Linear``);
 - ``cats40``           CATS at 40% (MLP only, the gated-FFN kernel; attention dense torch).
 
 Every sparse variant runs the lean loop's native step (``LeanDecoder(native=None)``; its
@@ -53,7 +54,6 @@ from actlab.models import gemma3_gguf_path, load_gemma3, load_smollm2
 from actlab.models.pretrained import smollm2_gguf_path
 from actlab.sparse import (
     LeanDecoder,
-    SparseLinear,
     calibration_windows,
     evaluate,
     generate_routing,
@@ -88,9 +88,8 @@ def build_variants(dense: nn.Module, calib: torch.Tensor, names: list[str]) -> d
         m = shared_copy(dense)
         report = make_method(method, sparsity=s).apply(m, states[method, s])
         report.set_mode("decode")  # prefill dense, decode sparse: what real decoding does
-        if name.endswith("-head"):
-            m.lm_head = SparseLinear.wrap(m.lm_head, -1.0)  # dense, through the bf16 kernel
-        kr = use_kernels(m, torch.bfloat16 if "-bf16" in name else torch.float32)
+        dtype = torch.bfloat16 if "-bf16" in name else torch.float32
+        kr = use_kernels(m, dtype, head=name.endswith("-head"))  # -head: lm_head packed too
         for sub in m.modules():
             if hasattr(sub, "counting"):
                 sub.counting = False  # no per-call counter reads while timing

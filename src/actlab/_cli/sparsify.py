@@ -100,9 +100,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--bench",
         action="store_true",
         help="greedy decoding tokens/s, dense vs sparse (torch path, fused float32 and bf16 "
-        "kernels), batch 1: a 64-token held-out prompt + --max-new-tokens, through actlab's lean "
-        "loop (module path and native step) and generate (Hugging Face's plain generate and "
-        "generate routed through the native step); threads: OMP_NUM_THREADS",
+        "kernels, bf16 with the LM head packed too), batch 1: a 64-token held-out prompt + "
+        "--max-new-tokens, through actlab's lean loop (module path and native step) and "
+        "generate (Hugging Face's plain generate and generate routed through the native "
+        "step); threads: OMP_NUM_THREADS",
     )
     p.add_argument(
         "--batch", type=int, default=64, help="windows decoded side by side (default 64)"
@@ -348,10 +349,15 @@ def _bench(args: argparse.Namespace, dense: Any, sparse: Any, tok: Any) -> None:
     plans: list[tuple[str, Any, list[str]]] = [("dense", dense, [lean, native, gen, gen_n])]
     plans.append((f"{name} (torch)", sparse, [lean, gen]))
     if kernels_available():
-        for dtype, label in ((torch.float32, "kernels"), (torch.bfloat16, "kernels, bf16")):
+        variants = (
+            (torch.float32, "kernels", False),
+            (torch.bfloat16, "kernels, bf16", False),
+            (torch.bfloat16, "kernels, bf16 + bf16 head", True),  # the LM head packed too
+        )
+        for dtype, label, with_head in variants:
             shared = {id(t): t for t in (*sparse.parameters(), *sparse.buffers())}
             fused = copy.deepcopy(sparse, shared)  # the modules copied, the weights shared
-            use_kernels(fused, dtype)
+            use_kernels(fused, dtype, head=with_head)
             paths = [lean, native, gen, gen_n] if label == "kernels" else [native, gen_n]
             plans.append((f"{name} ({label})", fused, paths))
     ok = {id(m): _native_ok(m) for _, m, _ in plans}
@@ -390,13 +396,15 @@ def _bench(args: argparse.Namespace, dense: Any, sparse: Any, tok: Any) -> None:
         )
     print(
         f"the LM head stays dense: {head / params:.0%} of the per-token weights read, which "
-        "caps the end-to-end speed-up; 'x dense' compares lean rows with the dense model "
-        "through the lean loop's module path and generate rows with Hugging Face's plain "
-        "generate on the dense model, 'x best dense' with the fastest dense row; 'generate, "
-        "native step' is model.generate routed through the native decode step (use_kernels "
-        "installs it; actlab.sparse.native_generate for a dense model); figures from one run "
-        "on this machine. Generated tokens are free-running: after "
-        "the first difference the sequences diverge (use --eval for next-token agreement)"
+        "caps the end-to-end speed-up; it is float32 torch except in the '+ bf16 head' rows "
+        "(use_kernels(..., head=True): the dense kernel on a bf16 copy); 'x dense' compares "
+        "lean rows with the dense model through the lean loop's module path and generate rows "
+        "with Hugging Face's plain generate on the dense model, 'x best dense' with the "
+        "fastest dense row; 'generate, native step' is model.generate routed through the "
+        "native decode step (use_kernels installs it; actlab.sparse.native_generate for a "
+        "dense model); figures from one run on this machine. Generated tokens are "
+        "free-running: after the first difference the sequences diverge (use --eval for "
+        "next-token agreement)"
     )
 
 

@@ -5,7 +5,8 @@ through all blocks of a Llama-family or Gemma-3 decoder (RMSNorm, q|k|v, q/k nor
 attention over the static KV cache with GQA and sliding windows, o, the sandwich norms, the
 gated MLP, residual adds, and the change of basis between blocks of a rotated model): the
 formulas are in that file's header. Python then runs only the embedding, the final norm and
-the LM head, so the per-token cost is one call instead of ~10 module calls per block.
+the LM head (``model.lm_head``: the dense packed kernel after ``use_kernels(..., head=True)``,
+else torch), so the per-token cost is one call instead of ~10 module calls per block.
 
 Each projection becomes a member of its site:
 

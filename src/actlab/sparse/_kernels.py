@@ -25,11 +25,19 @@ in-place changes of the weights (repacked on the next call). The op is compiled 
 :mod:`actlab._ext` for the CPU's ISA (AVX512, AVX2 or portable code; ``ACTLAB_NATIVE_ISA``);
 without a compiler (or with ``ACTLAB_NATIVE=0``) :func:`use_kernels` warns once and the torch
 path stays in use.
+
+The LM head (``use_kernels(model, dtype, head=True)``, opt-in): the model's
+``get_output_embeddings()``, when it is a plain ``nn.Linear`` with float32 CPU weights, also
+runs the dense ``sparse_linear`` (threshold ``-inf``: every input survives, every row streams)
+on a packed ``W^T`` copy at ``dtype`` for the same decode-sized float32 forwards. It is often
+the largest matrix a token reads (21% of SmolLM2-135M's per-token weight bytes, 63% of
+Gemma-3-270M's), so bf16 blocks with a float32 head leave that share unhalved.
 """
 
 from __future__ import annotations
 
 import math
+import types
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -88,17 +96,26 @@ class KernelReport:
     isa: str = ""
     modules: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # path -> why
-    packed_bytes: int = 0
+    packed_bytes: int = 0  # every packed copy, the head's included
     reason: str = ""  # why nothing was enabled (kernels unavailable), else ''
+    head: str = ""  # path of the LM head on the kernel path (``head=True``), else ''
+    head_bytes: int = 0  # its packed copy (an extra copy: its weight, maybe tied, is kept)
 
     def __str__(self) -> str:
         if self.reason:
             return f"sparse kernels off: {self.reason}"
-        head = (
+        first = (
             f"sparse kernels ({self.isa}, {str(self.dtype).replace('torch.', '')} weights): "
-            f"{len(self.modules)} modules, {self.packed_bytes / 2**20:.1f} MiB packed"
+            f"{len(self.modules)} modules{f' + head {self.head}' if self.head else ''}, "
+            f"{self.packed_bytes / 2**20:.1f} MiB packed"
         )
-        return "\n".join([head, *(f"  skipped {p}: {why}" for p, why in self.skipped.items())])
+        lines = [first]
+        if self.head:
+            lines.append(
+                f"  head {self.head}: {self.head_bytes / 2**20:.1f} MiB packed (an extra copy; "
+                "its weight and a tied input embedding are unchanged)"
+            )
+        return "\n".join([*lines, *(f"  skipped {p}: {why}" for p, why in self.skipped.items())])
 
 
 def _vec(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -349,6 +366,99 @@ class _GatedKernel(_Kernel):
         return y.reshape(*x.shape[:-1], d.out_features).to(x.dtype)  # [..., d]
 
 
+class _HeadKernel:
+    """The LM head through ``sparse_linear`` at threshold ``-inf`` (dense: every input
+    survives, every packed row streams): a ``W^T`` copy ``[in, vocab]`` at ``dtype``."""
+
+    def __init__(self, head: nn.Linear, lib: NativeLibrary, dtype: torch.dtype, rows: int) -> None:
+        self.op = lib.op("sparse_linear")
+        self.dtype = dtype
+        self.max_rows = rows
+        self.pack(head)
+
+    def pack(self, head: nn.Linear) -> None:
+        w = head.weight.detach()
+        self.wt = torch.empty(w.shape[1], w.shape[0], dtype=self.dtype)
+        self.wt.copy_(w.t())  # one allocation, converted while transposed: [in, vocab]
+        self.bias = _vec(head.bias)
+        self.key = _key(head.weight, head.bias)
+        self.nbytes = self.wt.numel() * self.wt.element_size()
+
+    def __call__(self, head: nn.Linear, x: torch.Tensor) -> torch.Tensor | None:
+        if x.dtype != torch.float32 or not x.is_cpu:
+            return None
+        if x.requires_grad and torch.is_grad_enabled():
+            return None
+        k = head.in_features
+        if x.shape[-1] != k:
+            return None  # torch raises its own shape error
+        rows = x.numel() // k
+        if not 0 < rows <= self.max_rows:
+            return None
+        if _key(head.weight, head.bias) != self.key:
+            self.pack(head)  # the weight (or the tied embedding) changed since packing
+        y = self.op(x.reshape(rows, k).contiguous(), self.wt, self.bias, -math.inf, None, None)
+        return y.view(*x.shape[:-1], head.out_features)
+
+
+_HEAD_KERNEL = "_actlab_head_kernel"  # instance attributes of a head on the kernel path
+
+
+def _head_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``forward`` of an LM head on the kernel path: the packed kernel where it applies, else
+    ``nn.Linear.forward`` (torch)."""
+    kernel = self.__dict__.get(_HEAD_KERNEL)
+    if kernel is not None and (y := kernel(self, x)) is not None:
+        return cast(torch.Tensor, y)
+    return nn.Linear.forward(self, x)
+
+
+def _ours(m: nn.Module) -> bool:
+    f = m.__dict__.get("forward")
+    return isinstance(f, types.MethodType) and f.__func__ is _head_forward
+
+
+def _drop_heads(model: nn.Module) -> int:
+    """Take every head off the kernel path (the class's own forward again); how many."""
+    n = 0
+    for m in model.modules():
+        if _ours(m):
+            del m.__dict__["forward"]
+            m.__dict__.pop(_HEAD_KERNEL, None)
+            n += 1
+    return n
+
+
+def _use_head(
+    model: nn.Module, lib: NativeLibrary, dtype: torch.dtype, max_rows: int, report: KernelReport
+) -> None:
+    """Put the model's output embedding on the kernel path, or say in ``report`` why not."""
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    if not isinstance(head, nn.Module):
+        report.skipped["head"] = "the model has no output embeddings (get_output_embeddings)"
+        return
+    path = next((p for p, m in model.named_modules() if m is head), "head")
+    why = ""
+    if type(head) is not nn.Linear:
+        why = f"a {type(head).__name__}, not a plain nn.Linear (torch path kept)"
+    elif "forward" in head.__dict__:
+        why = "has an instance-level forward of its own (left alone)"
+    elif head.weight.device.type != "cpu" or head.weight.dtype != torch.float32:
+        w = head.weight
+        why = f"{w.dtype} weights on {w.device.type} (float32 CPU needed; torch path kept)"
+    if why:
+        report.skipped[path] = why
+        return
+    assert isinstance(head, nn.Linear)
+    kernel = _HeadKernel(head, lib, dtype, max_rows)
+    head.__dict__[_HEAD_KERNEL] = kernel
+    head.__dict__["forward"] = types.MethodType(_head_forward, head)
+    report.head = path
+    report.head_bytes = kernel.nbytes
+    report.packed_bytes += kernel.nbytes
+
+
 def _load() -> tuple[NativeLibrary | None, str]:
     """The library, or None and the reason (the builder's own warning is folded into ours)."""
     with warnings.catch_warnings():
@@ -411,6 +521,7 @@ def use_kernels(
     *,
     max_rows: int = 8,
     generate: bool = True,
+    head: bool = False,
 ) -> KernelReport:
     """Pack the weights of every sparse module of ``model`` and turn its kernel path on.
 
@@ -421,11 +532,30 @@ def use_kernels(
     nothing. Call again to repack (e.g. with another dtype); :func:`drop_kernels` undoes it.
     ``generate``: also route the model's ``generate`` through the native decode step where it
     serves the call exactly (:func:`~actlab.sparse.native_generate`; ``False``: leave it).
+
+    ``head=True``: also run the LM head (``model.get_output_embeddings()``, when it is a
+    plain ``nn.Linear`` with float32 CPU weights; otherwise it is listed in
+    ``report.skipped``) through the dense kernel on a packed copy at ``dtype``, for the same
+    forwards (at most ``max_rows`` positions, float32 CPU activations, no autograd; the
+    native decode step and routed ``generate`` call the head through it). The weight, and the
+    input embedding it may be tied to, are not touched: the packed copy is extra memory
+    (``report.head_bytes``, included in ``packed_bytes``) and is repacked after an in-place
+    change of the weight. Design: the head keeps its module object and its class (a plain
+    ``nn.Linear``, so ``isinstance`` / ``type`` checks, ``state_dict``, weight tying,
+    ``save_pretrained``, :func:`~actlab.sparse.save_sparse` and
+    :func:`~actlab.sparse.realised_sparsity` see no change); only an instance-level
+    ``forward`` is set (as :func:`~actlab.sparse.native_generate` sets ``generate``), which
+    calls the kernel where it applies and ``nn.Linear.forward`` otherwise. Wrapping it in a
+    :class:`SparseLinear` would change its type and make it a sparse site; a head object
+    only the decode loop calls would leave Hugging Face's own forwards on the float32 head.
+    Calling ``use_kernels`` again without ``head=True`` (or :func:`drop_kernels`) removes it.
     """
     if dtype not in _DTYPES:
         raise SparseError(f"use_kernels dtype must be torch.float32 or torch.bfloat16, got {dtype}")
     if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
         raise SparseError(f"use_kernels max_rows must be a positive int, got {max_rows!r}")
+    if not isinstance(head, bool):
+        raise SparseError(f"use_kernels head must be True or False, got {head!r}")
     if not isinstance(model, nn.Module):
         raise SparseError(f"use_kernels needs an nn.Module, got {type(model).__name__}")
     sites = [
@@ -478,6 +608,9 @@ def use_kernels(
         m._kernel = cast(Callable[[Any, torch.Tensor], "torch.Tensor | None"], kernel)
         report.modules.append(path)
         report.packed_bytes += kernel.nbytes
+    _drop_heads(model)
+    if head:
+        _use_head(model, lib, dtype, max_rows, report)
     for hook in _GENERATE_HOOKS if generate else ():
         hook(model, True)
     return report
@@ -485,9 +618,11 @@ def use_kernels(
 
 def drop_kernels(model: nn.Module) -> int:
     """Turn the kernel path off and free the packed weights (and the native routing of
-    ``generate``); returns how many modules had it."""
+    ``generate``, and the LM head's kernel: the same module object, its class's forward);
+    returns how many sparse modules had it."""
     for hook in _GENERATE_HOOKS:
         hook(model, False)
+    _drop_heads(model)
     n = 0
     for m in model.modules():
         if isinstance(m, (SparseLinear, SparseGatedMLP)) and m.__dict__.pop("_kernel", None):
