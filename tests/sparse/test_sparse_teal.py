@@ -21,7 +21,7 @@ from actlab.sparse import (
     load_state,
     make_method,
 )
-from actlab.sparse._methods.teal import block_weights, greedy_allocation
+from actlab.sparse._methods.teal import _split_first, block_weights, greedy_allocation
 
 GROUPS = ("attn_in", "o_in", "mlp_in", "down_in")
 READ = {"attn_in": "q_proj", "o_in": "o_proj", "mlp_in": "gate_proj", "down_in": "down_proj"}
@@ -186,6 +186,20 @@ def test_greedy_first_block_matches_a_brute_force_search(
     want = greedy_allocation(0.5, block_weights(model.config), error, step=0.1)
     for n, path in proj.items():
         assert state.targets[path] == pytest.approx(want[n], abs=1e-9), (n, prefill)
+
+
+def test_split_first_cuts_the_rows_the_greedy_scores() -> None:
+    ids = torch.arange(8 * 10).reshape(8, 10)
+    more = torch.ones(3, 10, dtype=torch.long)
+    out = _split_first([ids, more], 25)  # 3 rows of 10 hold >= 25 tokens
+    assert [b.shape[0] for b in out] == [3, 5, 3]
+    assert torch.equal(torch.cat(out[:2]), ids)
+    assert _split_first([ids], 80) == [ids]  # the whole batch is needed: unchanged
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "note": "x"}
+    a, b = _split_first([batch], 1)
+    assert isinstance(a, dict) and isinstance(b, dict)
+    assert a["input_ids"].shape == (1, 10) and b["attention_mask"].shape == (7, 10)
+    assert a["note"] == b["note"] == "x"
 
 
 def test_greedy_scores_on_greedy_tokens_only(llama: nn.Module, batches: list[torch.Tensor]) -> None:

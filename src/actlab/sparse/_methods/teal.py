@@ -148,6 +148,25 @@ def _input_params(model: nn.Module, blocks: list[Any]) -> dict[str, float]:
     return out
 
 
+def _split_first(data: list[Batch], tokens: int) -> list[Batch]:
+    """``data`` with its first batch cut after the first rows holding ``tokens`` tokens (the
+    greedy search scores whole recorded calls; a batch of 8 rows of 256 would make it score
+    2048 tokens for 512 asked). Thresholds still see every row."""
+    first = data[0]
+    ids = first.get("input_ids") if isinstance(first, dict) else first
+    assert isinstance(ids, torch.Tensor)
+    rows = max(1, -(-tokens // int(ids.shape[1])))
+    if rows >= ids.shape[0]:
+        return data
+
+    def cut(a: int, b: int | None) -> Batch:
+        if isinstance(first, dict):
+            return {k: v[a:b] if isinstance(v, torch.Tensor) else v for k, v in first.items()}
+        return first[a:b]
+
+    return [cut(0, rows), cut(rows, None), *data[1:]]
+
+
 def block_weights(config: Any) -> dict[str, float]:
     """Parameter count of each projection relative to q_proj, from a transformers config."""
     try:
@@ -224,8 +243,8 @@ class Teal:
         bins: histogram bins between the 1st and 99th percentiles (TEAL: 10000).
         step: greedy step in weighted sparsity (TEAL: 0.05).
         greedy_tokens: the greedy search scores a block on (at least) this many calibration
-            tokens, whole batches from the first (thresholds always use every token); the
-            search runs the block ~7 x target x (sum of weights) / step times.
+            tokens, the first whole rows (thresholds always use every token); the search runs
+            the block ~7 x target x (sum of weights) / step times.
         rotation: ``None``, ``"pca"`` or ``"sparse"`` (rotate the model first, see the module
             docstring).
         rotation_group: blocks sharing one basis (1: one per block; 0: one for the model).
@@ -355,6 +374,8 @@ class Teal:
             per_site = allocate(curves, LEVELS, sizes, self.sparsity)
         greedy = self.params["allocation"] == "greedy" and self.sparsity > 0
         weights = block_weights(getattr(model, "config", None)) if greedy else {}
+        if greedy:  # the search scores whole calls: give it the first rows it needs as one
+            data = _split_first(data, self.params["greedy_tokens"])
         sequential = self.params["calibration"] == "sequential"
         ab = self.params["quantile"] == "exact"  # the histogram bins signed values
         calls = record_block_calls(model, data, blocks, hidden="first" if sequential else "all")
