@@ -61,3 +61,16 @@ class BosTokenizer:
     def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
         ids = [ord(c) % 90 + 4 for c in text]
         return {"input_ids": ([1] if add_special_tokens else []) + ids}
+
+
+def teal_char_llama(sparsity: float = 0.5) -> tuple[nn.Module, Any, torch.Tensor]:
+    """A TEAL-sparsified :func:`char_llama` in ``"decode"`` mode, its state and a 12-token
+    prompt ``[1, 12]`` (calibrated on 96 random tokens, seed 0)."""
+    from actlab.sparse import make_method
+
+    model = char_llama()
+    method = make_method("teal", sparsity=sparsity)
+    g = torch.Generator().manual_seed(0)
+    state = method.calibrate(model, [torch.randint(4, 100, (2, 48), generator=g)])
+    method.apply(model, state).set_mode("decode")
+    return model, state, torch.randint(4, 100, (1, 12), generator=g)

@@ -15,7 +15,7 @@ import copy
 import pytest
 import torch
 from decode_helpers import DECODE_CASES, tiny_gemma3
-from sparse_eval_helpers import char_llama, char_tokenizer
+from sparse_eval_helpers import char_tokenizer, teal_char_llama
 from sparse_helpers import tiny_llama
 from torch import nn
 
@@ -214,12 +214,7 @@ def test_switches(batches) -> None:  # noqa: ANN001
 
 
 def test_save_and_load_keep_working(tmp_path, batches) -> None:  # noqa: ANN001
-    model = char_llama()
-    method = make_method("teal", sparsity=0.5)
-    g = torch.Generator().manual_seed(0)
-    state = method.calibrate(model, [torch.randint(4, 100, (2, 48), generator=g)])
-    method.apply(model, state).set_mode("decode")
-    prompt = torch.randint(4, 100, (1, 12), generator=g)
+    model, state, prompt = teal_char_llama()
     want = model.generate(prompt, max_new_tokens=8)  # HF, torch path
     use_kernels(model)
     assert torch.equal(_routed(model, prompt, max_new_tokens=8), want)

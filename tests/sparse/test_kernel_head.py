@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from decode_helpers import tiny_gemma3
 from safetensors import safe_open
-from sparse_eval_helpers import char_llama, char_tokenizer, save_char_llama
+from sparse_eval_helpers import char_tokenizer, save_char_llama, teal_char_llama
 from sparse_helpers import tiny_llama
 from torch import nn
 
@@ -228,12 +228,7 @@ def test_bad_head_argument(batches) -> None:  # noqa: ANN001
 
 
 def test_save_load_and_realised_sparsity_unaffected(tmp_path, batches) -> None:  # noqa: ANN001
-    model = char_llama()
-    method = make_method("teal", sparsity=0.5)
-    g = torch.Generator().manual_seed(0)
-    state = method.calibrate(model, [torch.randint(4, 100, (2, 48), generator=g)])
-    method.apply(model, state).set_mode("decode")
-    prompt = torch.randint(4, 100, (1, 12), generator=g)
+    model, state, prompt = teal_char_llama()
     twin = copy.deepcopy(model)
     use_kernels(twin, torch.float32)
     use_kernels(model, torch.float32, head=True)
