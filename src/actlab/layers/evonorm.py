@@ -30,6 +30,7 @@ plain-autograd torch path, the twin they are tested against with float64 referen
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -147,6 +148,8 @@ class _EvoNorm(nn.Module):
     layer's own math is its ``_normalise``)."""
 
     includes_act = True  # the layer is its site's activation too (see the module docstring)
+    # each layer's math with its act (``v``) on a float32 / float64 input (B, C, H, W)
+    _normalise: Callable[[Tensor, Tensor], Tensor]
     name = "evonorm"
     v: nn.Parameter | None
 
@@ -187,10 +190,6 @@ class _EvoNorm(nn.Module):
             x = x.float()
         y = self._affine(x) if self.v is None else self._normalise(x, self.v)
         return y.to(dtype)
-
-    def _normalise(self, x: Tensor, v: Tensor) -> Tensor:
-        """The layer with its act (``v``) on a float32 / float64 input (B, C, H, W)."""
-        raise NotImplementedError
 
     def _affine(self, y: Tensor) -> Tensor:
         return y * self.weight.to(y.dtype).view(1, -1, 1, 1) + self.bias.to(y.dtype).view(

@@ -254,13 +254,9 @@ class _LinearKernel(_Kernel):
         self.nbytes = packed.nbytes if index == 0 else 0
 
     def __call__(self, m: SparseLinear, x: torch.Tensor) -> torch.Tensor | None:
-        if x.requires_grad and torch.is_grad_enabled():
-            return None
         k = self.width
-        if x.shape[-1] != k or not x.is_cpu or not x.is_floating_point():
-            return None  # torch raises its own shape errors
-        rows = x.numel() // k
-        if rows == 0 or rows > self.max_rows:
+        rows = self.rows(x, k)
+        if rows is None:
             return None
         how, t, channel_t = _plan(m, x, k)
         if how == "torch":
@@ -366,14 +362,13 @@ class _GatedKernel(_Kernel):
         return y.reshape(*x.shape[:-1], d.out_features).to(x.dtype)  # [..., d]
 
 
-class _HeadKernel:
+class _HeadKernel(_Kernel):
     """The LM head through ``sparse_linear`` at threshold ``-inf`` (dense: every input
     survives, every packed row streams): a ``W^T`` copy ``[in, vocab]`` at ``dtype``."""
 
     def __init__(self, head: nn.Linear, lib: NativeLibrary, dtype: torch.dtype, rows: int) -> None:
+        super().__init__(lib, dtype, rows)
         self.op = lib.op("sparse_linear")
-        self.dtype = dtype
-        self.max_rows = rows
         self.pack(head)
 
     def pack(self, head: nn.Linear) -> None:
@@ -385,15 +380,9 @@ class _HeadKernel:
         self.nbytes = self.wt.numel() * self.wt.element_size()
 
     def __call__(self, head: nn.Linear, x: torch.Tensor) -> torch.Tensor | None:
-        if x.dtype != torch.float32 or not x.is_cpu:
-            return None
-        if x.requires_grad and torch.is_grad_enabled():
-            return None
         k = head.in_features
-        if x.shape[-1] != k:
-            return None  # torch raises its own shape error
-        rows = x.numel() // k
-        if not 0 < rows <= self.max_rows:
+        rows = self.rows(x, k) if x.dtype == torch.float32 else None
+        if rows is None:
             return None
         if _key(head.weight, head.bias) != self.key:
             self.pack(head)  # the weight (or the tied embedding) changed since packing

@@ -33,7 +33,16 @@ from torch import nn
 
 from actlab.sparse._eval import _cache_of, _forward
 from actlab.sparse._modules import exact_quantile
-from actlab.sparse._sites import INPUT_OF, PROJECTIONS, Batch, Block, _device, run_model
+from actlab.sparse._sites import (
+    INPUT_OF,
+    PROJECTIONS,
+    Batch,
+    Block,
+    _device,
+    batch_ids,
+    batch_rows,
+    run_model,
+)
 from actlab.sparse._state import SparseError
 
 __all__ = [
@@ -141,21 +150,19 @@ class _Tail:
     With token-id batches the prefill runs once, densely, into a KV cache, and each
     :meth:`logits` call runs only the positions after it on a copy of that cache (half the
     work at ``prefill=0.5``); otherwise (batches given as keyword dicts, or no prefill) the
-    whole sequence runs and the zeroing hooks keep the first ``dense_positions`` positions
-    dense (set around each call)."""
-
-    dense_positions = 0  # read by the zeroing hooks while a call runs
+    whole sequence runs and the zeroing hooks must keep its first ``dense`` positions dense
+    (``dense`` is 0 on the cached path)."""
 
     def __init__(self, model: nn.Module, batch: Batch, prefill: float) -> None:
         self.model, self.batch = model, batch
-        ids = batch.get("input_ids") if isinstance(batch, dict) else batch
-        assert isinstance(ids, torch.Tensor)
+        ids = batch_ids(batch)
         self.p = int(prefill * ids.shape[1])
         self.cache: Any = None
         if self.p > 0 and not isinstance(batch, dict):
             ids = ids.to(_device(model))
             self.tail = ids[:, self.p :]
             self.cache = _cache_of(_forward(model, ids[:, : self.p], 1, cache=True))
+        self.dense = 0 if self.cache is not None else self.p  # positions the hooks keep
 
     def logits(self) -> torch.Tensor:
         """float64 logits ``[B, T - p, vocab]`` of the positions after the prefill (the KLs
@@ -163,11 +170,7 @@ class _Tail:
         if self.cache is not None:
             out = _forward(self.model, self.tail, self.tail.shape[1], copy.deepcopy(self.cache))
             return out.logits.double()
-        _Tail.dense_positions = self.p
-        try:
-            return run_model(self.model, self.batch).logits.double()[:, self.p :]
-        finally:
-            _Tail.dense_positions = 0
+        return run_model(self.model, self.batch).logits.double()[:, self.p :]
 
 
 def first_tokens(data: list[Batch], tokens: int) -> list[Batch]:
@@ -175,13 +178,9 @@ def first_tokens(data: list[Batch], tokens: int) -> list[Batch]:
     use: list[Batch] = []
     seen = 0
     for b in data:
-        ids = b.get("input_ids") if isinstance(b, dict) else b
-        assert isinstance(ids, torch.Tensor)
+        ids = batch_ids(b)
         rows = min(ids.shape[0], -(-(tokens - seen) // ids.shape[1]))
-        if isinstance(b, dict):
-            use.append({k: v[:rows] if isinstance(v, torch.Tensor) else v for k, v in b.items()})
-        else:
-            use.append(b[:rows])
+        use.append(batch_rows(b, 0, rows))
         seen += rows * ids.shape[1]
         if seen >= tokens:
             break
@@ -273,6 +272,7 @@ def damage_curves(
     for site in sites:
         groups.setdefault(key_of(site), []).append(site)
     curves: dict[Any, list[float]] = {}
+    running = [0]  # the dense positions of the tail being run (read by the hooks)
     for key, members in groups.items():
         row = []
         for i in range(len(levels)):
@@ -283,13 +283,14 @@ def damage_curves(
                 def zero(_m: nn.Module, a: tuple[Any, ...], t: float = t) -> tuple[Any, ...]:
                     x = a[0]  # [B, T, d]: the positions after the prefill (all of them, or
                     keep = x.abs() > t  # the whole sequence when there is no prefix cache)
-                    keep[..., : _Tail.dense_positions, :] = True
+                    keep[..., : running[0], :] = True
                     return (x * keep, *a[1:])
 
                 hooks.extend(m.register_forward_pre_hook(zero) for m in sites[site])
             try:
                 kl, n = 0.0, 0
                 for tail, ref in zip(tails, dense_logp):
+                    running[0] = tail.dense
                     kl, n = _kl_add(kl, n, ref, F.log_softmax(tail.logits(), -1))
             finally:
                 for h in hooks:

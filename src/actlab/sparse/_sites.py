@@ -26,6 +26,8 @@ __all__ = [
     "MLP_PROJ",
     "PROJECTIONS",
     "Block",
+    "batch_ids",
+    "batch_rows",
     "calibration_batches",
     "find_blocks",
     "iter_batches",
@@ -144,6 +146,20 @@ def iter_batches(
             "(pass more text)"
         )
     return out
+
+
+def batch_ids(batch: Batch) -> torch.Tensor:
+    """The token ids ``[B, T]`` of a checked batch (a tensor, or a dict's ``input_ids``)."""
+    ids = batch.get("input_ids") if isinstance(batch, dict) else batch
+    assert isinstance(ids, torch.Tensor)
+    return ids
+
+
+def batch_rows(batch: Batch, start: int, stop: int | None) -> Batch:
+    """Rows (sequences) ``start:stop`` of a batch; a dict's tensors are cut, other values kept."""
+    if isinstance(batch, dict):
+        return {k: v[start:stop] if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return batch[start:stop]
 
 
 def vocab_size(model: nn.Module) -> int | None:

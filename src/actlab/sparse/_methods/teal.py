@@ -113,7 +113,15 @@ from actlab.sparse._layer_alloc import LEVELS, allocate, damage_curves
 from actlab.sparse._modules import SparseLinear, exact_quantile
 from actlab.sparse._orthogonal import orthogonalize, pca_bases
 from actlab.sparse._replay import Call, LayerReplay, hidden_of, record_block_calls
-from actlab.sparse._sites import INPUT_OF, PROJECTIONS, Batch, calibration_batches, find_blocks
+from actlab.sparse._sites import (
+    INPUT_OF,
+    PROJECTIONS,
+    Batch,
+    batch_ids,
+    batch_rows,
+    calibration_batches,
+    find_blocks,
+)
 from actlab.sparse._state import SparseError, SparsityState, Threshold, check_sparsity
 
 __all__ = ["Teal", "block_weights", "greedy_allocation"]
@@ -152,19 +160,11 @@ def _split_first(data: list[Batch], tokens: int) -> list[Batch]:
     """``data`` with its first batch cut after the first rows holding ``tokens`` tokens (the
     greedy search scores whole recorded calls; a batch of 8 rows of 256 would make it score
     2048 tokens for 512 asked). Thresholds still see every row."""
-    first = data[0]
-    ids = first.get("input_ids") if isinstance(first, dict) else first
-    assert isinstance(ids, torch.Tensor)
+    ids = batch_ids(data[0])
     rows = max(1, -(-tokens // int(ids.shape[1])))
     if rows >= ids.shape[0]:
         return data
-
-    def cut(a: int, b: int | None) -> Batch:
-        if isinstance(first, dict):
-            return {k: v[a:b] if isinstance(v, torch.Tensor) else v for k, v in first.items()}
-        return first[a:b]
-
-    return [cut(0, rows), cut(rows, None), *data[1:]]
+    return [batch_rows(data[0], 0, rows), batch_rows(data[0], rows, None), *data[1:]]
 
 
 def block_weights(config: Any) -> dict[str, float]:
@@ -370,7 +370,7 @@ class Teal:
             per_site = {(b.path, g): by_type[g] for b in blocks for g in GROUPS}
         if self.params["layer_allocation"] == "sites" and self.sparsity > 0:
             curves = damage_curves(model, blocks, data, by="site", **measure)
-            sizes = {(b.path, g): _input_params(model, [b])[g] for b in blocks for g in GROUPS}
+            sizes = {(b.path, g): n for b in blocks for g, n in _input_params(model, [b]).items()}
             per_site = allocate(curves, LEVELS, sizes, self.sparsity)
         greedy = self.params["allocation"] == "greedy" and self.sparsity > 0
         weights = block_weights(getattr(model, "config", None)) if greedy else {}
