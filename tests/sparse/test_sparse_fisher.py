@@ -176,3 +176,8 @@ def test_criterion_errors(llama: nn.Module) -> None:
     with pytest.raises(SparseError, match="sample_every"):
         ids = [torch.ones(1, 4, dtype=torch.long)]
         fisher_stats(llama, ids, find_blocks(llama), sample_every=0)
+    with pytest.raises(SparseError, match="prefill must be a fraction"):
+        fisher_stats(llama, ids, find_blocks(llama), prefill=1.0)
+    with pytest.raises(SparseError, match="leave no prediction after a prefill") as e:
+        fisher_stats(llama, [torch.ones(1, 2, dtype=torch.long)], find_blocks(llama), prefill=0.5)
+    assert "\n" not in str(e.value)
