@@ -7,6 +7,9 @@
 
 A method entry ``LABEL=METHOD`` runs a variant under its own label, its parameters set with
 ``--set LABEL.KEY=VALUE``: ``--methods teal,teal-pca=teal --set 'teal-pca.rotation="pca"'``.
+``--set LABEL.tune_steps=N`` (and ``tune_lr``, ``tune_batch``, ``tune_seed``) tunes the
+normalisation gains of that label's points after calibration (``actlab.sparse.tune_gains``),
+on ``--tune-tokens`` tokens of the comedies (default: the calibration windows).
 
 For every (method, target sparsity) the method is calibrated once on ``--calib-tokens``
 tokens of the Shakespeare comedies and evaluated on ``--eval-tokens`` held-out tokens (the
@@ -53,6 +56,13 @@ def main() -> None:
     ap.add_argument("--sparsities", default="0,.25,.4,.5,.65,.8")
     ap.add_argument("--protocol", default="decode", choices=("decode", "all", "last-half"))
     ap.add_argument("--calib-tokens", type=int, default=2048)
+    ap.add_argument(
+        "--tune-tokens",
+        type=int,
+        default=None,
+        help="windows of the comedies that --set LABEL.tune_steps=N tunes on (default: the "
+        "calibration windows; more: the same round robin, the calibration windows first)",
+    )
     ap.add_argument("--eval-tokens", type=int, default=4096)
     ap.add_argument("--window", type=int, default=256)
     ap.add_argument("--prefill", type=int, default=None, help="default window // 2")
@@ -81,6 +91,9 @@ def main() -> None:
     load_s = time.perf_counter() - t0
     calib = calibration_windows(tok, tokens=args.calib_tokens, window=args.window)
     held = heldout_windows(tok, tokens=args.eval_tokens, window=args.window)
+    tune = None
+    if args.tune_tokens is not None:
+        tune = calibration_windows(tok, tokens=args.tune_tokens, window=args.window).batches()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     sparsities = [float(s) for s in args.sparsities.split(",") if s.strip()]
     t0 = time.perf_counter()
@@ -94,6 +107,7 @@ def main() -> None:
         protocol=args.protocol,
         prefill=args.prefill,
         batch_size=args.batch,
+        tune_calibration=tune,
     )
     total_s = time.perf_counter() - t0
     name = Path(args.model).name
@@ -105,7 +119,8 @@ def main() -> None:
         f"{load_s:.1f} s)",
         "protocol": f"{args.protocol}; prefill {d['prefill']} of {d['window']}-token windows; "
         f"positions {d['prefill']}..{d['window'] - 2} scored",
-        "calibration": f"{calib.tokens} tokens of {', '.join(calib.documents)}",
+        "calibration": f"{calib.tokens} tokens of {', '.join(calib.documents)}"
+        + (f"; tuning windows from {args.tune_tokens} tokens of them" if tune else ""),
         "evaluation": f"{d['eval_tokens']} tokens ({d['eval_windows']} windows), "
         f"{d['scored']} scored predictions; {', '.join(held.documents)}",
         "dense perplexity": f"{d['ppl']:.4f}",

@@ -89,6 +89,14 @@ def test_bad_flags_are_refused_before_loading(
         ([m, "--method", "teal", "--sparsity", ".5", "--report", "r.html"], "applies to --eval"),
         ([m, "--method", "teal", "--sparsity", ".5", "--generate", " "], "non-empty prompt"),
         ([m, "--method", "teal", "--sparsity", ".5", "--device", "tpu9"], "--device"),
+        ([m, "--method", "teal", "--sparsity", ".5", "--tune-steps", "-1"], "--tune-steps"),
+        ([m, "--method", "teal", "--sparsity", ".5", "--tune-lr", ".1"], "need --tune-steps"),
+        ([m, "--method", "teal", "--sparsity", ".5", "--tune-tokens", "99"], "need --tune-steps"),
+        ([m, "--method", "teal", "--sparsity", ".5", "--tune-steps", "3", "--tune-lr", "0"], "lr"),
+        (
+            [m, "--method", "teal", "--sparsity", ".5", "--tune-steps", "3", "--tune-batch", "0"],
+            "batch",
+        ),
     ]
     for argv, needle in cases:
         line = _error(capsys, ["sparsify", *argv])
@@ -136,6 +144,30 @@ def test_out_saves_a_model_that_reloads(
     assert main([*argv, "--out", str(out)]) == 2
     capsys.readouterr()
     assert main([*argv, "--out", str(out), "--force"]) == 0
+
+
+def test_tune_steps_save_the_tuned_gains(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], tiny: Path
+) -> None:
+    out = tmp_path / "out"
+    argv = ["sparsify", str(tiny), "--method", "teal", "--sparsity", "0.5", *SMALL]
+    tune = ["--tune-steps", "3", "--tune-lr", "0.01", "--tune-tokens", "512"]
+    assert main([*argv, *tune, "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "tune: step 3/3" in err and "tuned" in err and "KL" in err
+    info = json.loads((out / "config.json").read_text())["actlab_sparsity"]
+    assert info["tuning"]["steps"] == 3 and info["tuning"]["lr"] == 0.01
+    assert info["tuning"]["windows"] == 512 // 32 and info["calibration"]["tokens"] == 256
+    loaded = load_sparse(out)
+    assert loaded.state.gains and loaded.state.tuning == info["tuning"]
+    params = dict(loaded.model.named_parameters())
+    for k, g in loaded.state.gains.items():
+        assert torch.equal(params[k].detach(), g)
+    # the saved state on the original dense model gives the reloaded model's logits
+    model, _ = load_causal_lm(str(tiny))
+    apply_state(model, loaded.state).set_mode("decode")
+    ids = torch.randint(4, 100, (2, 20), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(logits(loaded.model, [ids])[0], logits(model, [ids])[0])
 
 
 def test_eval_prints_the_table_and_writes_the_report(

@@ -4,6 +4,7 @@
     actlab sparsify smollm2 --method chess --sparsity 0.5 --generate "To be, or not to be"
     actlab sparsify smollm2 --method all --eval               # curves of every method
     actlab sparsify ./my-llama --method teal --sparsity 0.5 --set allocation=greedy --eval
+    actlab sparsify smollm2 --method teal --sparsity 0.4 --calib-tokens 32768 --tune-steps 120
 
 MODEL is ``smollm2``, ``gemma3`` (when this actlab has its loader) or a local Hugging Face
 folder. Calibration reads ``--calib-tokens`` tokens of the Shakespeare comedies (or of a
@@ -12,7 +13,10 @@ tragedies and six KJV books, never seen by calibration) in windows of ``--window
 under ``--protocol`` (``decode``: dense prefill of the first half of each window, then
 token-by-token sparse decoding with the KV cache; ``all``; ``last-half``), prints the
 perplexity / agreement table and writes an HTML report. ``--out DIR`` saves the model,
-tokenizer and thresholds; ``actlab.sparse.load_sparse(DIR)`` reloads them.
+tokenizer and thresholds; ``actlab.sparse.load_sparse(DIR)`` reloads them. ``--tune-steps N``
+then tunes the normalisation gains of the sparsified model to the dense model's predictions on
+the calibration text (:func:`actlab.sparse.tune_gains`: light training, not training-free;
+the gains are saved with the thresholds).
 
 Every flag is checked before the model is loaded; a bad value is one line and exit 2.
 """
@@ -80,6 +84,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="a method parameter, e.g. allocation=greedy (JSON values); with --method all "
         "prefix the method: teal.allocation=greedy; repeatable",
+    )
+    p.add_argument(
+        "--tune-steps",
+        type=int,
+        default=0,
+        help="after calibration, tune the normalisation gains to the dense model's predictions "
+        "for N Adam steps on the calibration text (actlab.sparse.tune_gains; trains ~0.03%% "
+        "of the weights; default 0: off)",
+    )
+    p.add_argument("--tune-lr", type=float, default=1e-3, help="tuning learning rate (1e-3)")
+    p.add_argument("--tune-batch", type=int, default=4, help="windows per tuning step (4)")
+    p.add_argument(
+        "--tune-tokens",
+        type=int,
+        default=None,
+        help="calibration tokens the tuning draws its windows from (default --calib-tokens; "
+        "more gives the gains more text: the thresholds still use the first --calib-tokens)",
     )
     p.add_argument("--out", default=None, metavar="DIR", help="save the sparsified model here")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out folder")
@@ -181,6 +202,7 @@ def validate(args: argparse.Namespace) -> None:
     from actlab.sparse import (
         DEFAULT_SPARSITIES,
         METHODS,
+        TuneConfig,
         check_sparsity,
         make_method,
         resolve_model,
@@ -224,6 +246,13 @@ def validate(args: argparse.Namespace) -> None:
     args.params = _parse_sets(args.overrides, args.methods, args.method != "all")
     for m in args.methods:  # parameter values checked now (one-line SparseError)
         make_method(m, sparsity=args.sparsity or 0.0, **args.params[m])
+    _int("--tune-steps", args.tune_steps, 0, 1_000_000)
+    args.tune = None
+    if args.tune_steps:
+        args.tune = TuneConfig(steps=args.tune_steps, lr=args.tune_lr, batch=args.tune_batch)
+    elif (args.tune_lr, args.tune_batch, args.tune_tokens) != (1e-3, 4, None):
+        raise ValueError("--tune-lr, --tune-batch and --tune-tokens need --tune-steps N")
+    _int("--tune-tokens", args.tune_tokens, 1, MAX_TOKENS)
     args.model_key = resolve_model(args.model)
     args.calib_text = _read_text(args.calib)
     _int("--calib-tokens", args.calib_tokens, 1, MAX_TOKENS)
@@ -280,13 +309,22 @@ def _sparsify_one(args: argparse.Namespace, model: Any, tok: Any, calib: Any) ->
 
     import torch
 
-    from actlab.sparse import make_method, realised_sparsity, save_sparse
+    from actlab.sparse import make_method, realised_sparsity, save_sparse, tune_gains
 
     method = make_method(args.methods[0], sparsity=args.sparsity, **args.params[args.methods[0]])
     t0 = time.perf_counter()
     state = method.calibrate(model, calib.batches())
     took = time.perf_counter() - t0
     _say(f"calibrated {state.describe()} on {calib.tokens} tokens in {took:.1f} s")
+    if args.tune is not None:
+        t0 = time.perf_counter()
+        state = tune_gains(model, state, _tune_windows(args, tok, calib), args.tune, progress=_say)
+        t = state.tuning
+        if t:
+            _say(
+                f"tuned {t['params']} gains in {time.perf_counter() - t0:.1f} s: KL "
+                f"{t['kl_first']:.4f} (first tenth of the steps) -> {t['kl_last']:.4f} (last)"
+            )
     dense_out = _generate(model, tok, args.generate, args.max_new_tokens) if args.generate else ""
     sparse = copy.deepcopy(model)
     report = method.apply(sparse, state)
@@ -422,17 +460,22 @@ def _evaluate(args: argparse.Namespace, model: Any, tok: Any, calib: Any) -> Non
     from actlab.sparse import curves_table, heldout_windows, sparsity_curves
 
     held = heldout_windows(tok, tokens=args.eval_tokens, window=args.window)
+    params = args.params
+    if args.tune is not None:
+        tune = {f"tune_{k}": v for k, v in vars(args.tune).items()}
+        params = {m: {**p, **tune} for m, p in params.items()}
     rows = sparsity_curves(
         model,
         calib.batches(),
         held.ids,
         methods=args.methods,
         sparsities=args.targets,
-        params=args.params,
+        params=params,
         protocol=args.protocol,
         prefill=args.prefill,
         batch_size=args.batch,
         progress=_say,
+        tune_calibration=_tune_windows(args, tok, calib) if args.tune is not None else None,
     )
     for r in rows:
         r["model"] = args.name
@@ -460,6 +503,19 @@ def _evaluate(args: argparse.Namespace, model: Any, tok: Any, calib: Any) -> Non
     data = path.with_suffix(".json")
     data.write_text(json.dumps({"facts": dict(facts), "rows": rows}, indent=1, default=str))
     print(f"wrote {path} and {data}")
+
+
+def _tune_windows(args: argparse.Namespace, tok: Any, calib: Any) -> list[Any]:
+    """The windows the tuning draws from: the calibration windows, or --tune-tokens of the
+    same text (the same round robin, so the calibration windows come first)."""
+    from actlab.sparse import calibration_windows
+
+    if args.tune_tokens is None or args.tune_tokens == calib.tokens:
+        return list(calib.batches())
+    more = calibration_windows(
+        tok, tokens=args.tune_tokens, window=args.window, text=args.calib_text
+    )
+    return list(more.batches())
 
 
 def _protocol_text(protocol: str, prefill: int, window: int) -> str:

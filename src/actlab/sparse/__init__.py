@@ -87,6 +87,7 @@ from actlab.sparse._text import (
     heldout_windows,
 )
 from actlab.sparse._topk import SparseTopKLinear
+from actlab.sparse._tune import TuneConfig, gain_parameters, tune_gains
 
 __all__ = [
     "CALIBRATION_PLAYS",
@@ -123,6 +124,9 @@ __all__ = [
     "SparseGatedMLP",
     "SparseLinear",
     "SparseTopKLinear",
+    "TuneConfig",
+    "gain_parameters",
+    "tune_gains",
     "SparsityMethod",
     "SparsityReport",
     "SparsityState",

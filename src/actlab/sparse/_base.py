@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+import torch
 from torch import nn
 
 from actlab.registry import Registry
@@ -153,8 +154,10 @@ def install(
     ``kind`` forces the module class; by default an ``nn.Linear`` site gets a
     :class:`SparseLinear` and any other site a :class:`SparseGatedMLP`. All or nothing
     (:func:`actlab.surgery.replace_modules`); a site missing from the model, of the wrong
-    type or already sparsified is a one-line :class:`SparseError`.
+    type or already sparsified is a one-line :class:`SparseError`. Last, the state's tuned
+    gains (:func:`actlab.sparse.tune_gains`) are written into the model's parameters.
     """
+    _check_gains(model, state)  # before the model is rotated or replaced: all or nothing
     modules = dict(model.named_modules())
     if state.bases or rotation_missing(model):
         _rotate_for(model, state)
@@ -181,6 +184,7 @@ def install(
         return SparseGatedMLP(old, t)
 
     rep = replace_modules(model, lambda path, m: path in kinds, build) if kinds else None
+    _write_gains(model, state)
     modules = dict(model.named_modules())
     return SparsityReport(
         method=state.method,
@@ -188,3 +192,27 @@ def install(
         targets=dict(state.targets),
         replacement=rep,
     )
+
+
+def _check_gains(model: nn.Module, state: SparsityState) -> None:
+    """One-line error unless every tuned gain of ``state`` names a parameter of its shape."""
+    params = dict(model.named_parameters())
+    for path, g in state.gains.items():
+        p = params.get(path)
+        if p is None:
+            raise SparseError(f"the state was tuned on another model: it has no parameter {path!r}")
+        if p.shape != g.shape:
+            raise SparseError(
+                f"the tuned gain {path!r} has shape {tuple(g.shape)}, the model's "
+                f"{tuple(p.shape)}: the state was tuned on another model"
+            )
+
+
+def _write_gains(model: nn.Module, state: SparsityState) -> None:
+    """Copy the tuned normalisation gains into the model (its dtype and device kept)."""
+    if not state.gains:
+        return
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for path, g in state.gains.items():
+            params[path].copy_(g)

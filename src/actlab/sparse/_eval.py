@@ -55,6 +55,7 @@ from actlab.sparse._base import make_method
 from actlab.sparse._modules import SparseGatedMLP, SparseLinear, check_mode
 from actlab.sparse._sites import PROJECTIONS, find_blocks
 from actlab.sparse._state import SparseError, check_sparsity
+from actlab.sparse._tune import split_tune, tune_gains
 
 __all__ = [
     "DEFAULT_SPARSITIES",
@@ -342,13 +343,19 @@ def sparsity_curves(
     prefill: int | None = None,
     batch_size: int = 64,
     progress: Progress | None = _stderr,
+    tune_calibration: Iterable[torch.Tensor] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per (method, sparsity): calibrate on ``calibration``, evaluate on ``windows``.
 
     The first row is the dense model (method ``"dense"``, sparsity 0). ``params[method]``
     are extra parameters of that method. A method entry ``"LABEL=METHOD"`` (e.g.
     ``"teal-pca=teal"`` with ``params["teal-pca"] = {"rotation": "pca"}``) runs a variant of a
-    registered method under its own label. ``model`` itself is never changed (each point
+    registered method under its own label. The keys ``tune_steps`` (``tune_lr``,
+    ``tune_batch``, ``tune_seed``) in a label's parameters tune the normalisation gains of each
+    of its points after calibration (:func:`actlab.sparse.tune_gains`, on
+    ``tune_calibration``, by default the calibration windows; its time counts in
+    ``calib_seconds``; what it did is the row's ``tuning``).
+    ``model`` itself is never changed (each point
     sparsifies a copy). Rows: method, params, target, realised (block parameters),
     realised_<proj>, ppl, delta_pct, agreement, protocol, token counts, seconds.
     """
@@ -356,10 +363,11 @@ def sparsity_curves(
     targets = sorted({check_sparsity(s) for s in sparsities})
     calib = list(calibration)
     calib_tokens = sum(int(b.numel()) for b in calib)
+    tune_windows = calib if tune_calibration is None else list(tune_calibration)
     say = progress or (lambda _line: None)
     variants = [_variant(m) for m in methods]
     for label, m in variants:  # every name and parameter checked before any work
-        make_method(m, sparsity=0.0, **dict((params or {}).get(label, {})))
+        make_method(m, sparsity=0.0, **split_tune(dict((params or {}).get(label, {})))[0])
     say(f"dense: evaluating {windows.shape[0]} windows x {windows.shape[1]} tokens ({protocol})")
     dense = evaluate(
         model,
@@ -376,6 +384,7 @@ def sparsity_curves(
         {
             "method": "dense",
             "params": {},
+            "tuning": {},
             "target": 0.0,
             **dense.row(),
             "agreement": 1.0,
@@ -386,11 +395,13 @@ def sparsity_curves(
         }
     ]
     for label, m in variants:
-        extra = dict((params or {}).get(label, {}))
+        extra, tune = split_tune(dict((params or {}).get(label, {})))
         for s in (t for t in targets if t > 0):
             method = make_method(m, sparsity=s, **extra)
             t0, c0 = time.perf_counter(), time.process_time()
             state = method.calibrate(model, calib)
+            if tune is not None:
+                state = tune_gains(model, state, tune_windows, tune, progress=say)
             calib_s, calib_cpu = time.perf_counter() - t0, time.process_time() - c0
             sparse = copy.deepcopy(model)
             method.apply(sparse, state)
@@ -406,6 +417,7 @@ def sparsity_curves(
             row = {
                 "method": label,
                 "params": {k: v for k, v in state.params.items() if k != "sparsity"},
+                "tuning": dict(state.tuning),
                 "target": s,
                 **res.row(),
                 "delta_pct": 100.0 * (res.ppl / dense.ppl - 1.0),

@@ -15,6 +15,11 @@ projections of the first and last block (compared to 1%, so a bf16 copy of the s
 matches and other weights do not). :func:`apply_saved_state` refuses a state calibrated on
 another model with one line.
 
+A state with tuned normalisation gains (:func:`actlab.sparse.tune_gains`) also names its
+``tuning`` in config.json; the weights file then holds the tuned gains (the model was saved
+with them applied) and the state file holds them too, so applying the state to the original
+dense model gives the same model.
+
 Model names: ``smollm2`` (SmolLM2-135M-Instruct), ``gemma3`` (Gemma-3-270M, when this actlab
 has its loader) or a local Hugging Face folder (``config.json`` + weights + tokenizer).
 """
@@ -269,6 +274,7 @@ def save_sparse(
         "mode": mode,
         "model": {k: v for k, v in fingerprint.items() if k != "weights"},
         "calibration": calibration or {},
+        **({"tuning": state.tuning} if state.gains else {}),
     }
     config = model.config  # type: ignore[union-attr]
     setattr(config, CONFIG_KEY, info)

@@ -8,6 +8,10 @@ channel, as CHESS has), and the header (safetensors metadata
 ``"actlab.sparse"``) is a small JSON object ``{"version", "method", "params", "targets"}``.
 A state of a method that rotates the model first (TEAL with ``rotation="pca"``) also holds one
 orthogonal ``[d, d]`` basis per block (``bases``, saved under ``"basis:" + block path``).
+A state whose normalisation gains were tuned to the sparse model
+(:func:`actlab.sparse.tune_gains`) holds them as ``gains`` (parameter path -> float32 tensor,
+saved under ``"gain:" + path``), with what the tuning did in ``tuning`` (a JSON object in the
+header); such a file is format version 2, every other file version 1.
 Nothing is unpickled when loading.
 """
 
@@ -34,8 +38,10 @@ __all__ = [
 Threshold = float | torch.Tensor  # one per site (float) or one per channel (1-D float32)
 
 FORMAT_KEY = "actlab.sparse"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # written when the state has no tuned gains
+GAINS_VERSION = 2  # written when it has (a reader of version 1 would take them for thresholds)
 BASIS = "basis:"  # key prefix of the rotation bases in the state file
+GAIN = "gain:"  # key prefix of the tuned normalisation gains
 
 
 class SparseError(ValueError):
@@ -59,7 +65,9 @@ class SparsityState:
     ``thresholds[site]`` is a float32-representable float, or a 1-D float32 CPU tensor with one
     threshold per channel; a negative threshold means the site (channel) stays dense (nothing
     is zeroed, so sparsity 0 is bit-identical to the dense model).
-    ``targets[site]`` is the sparsity the threshold was calibrated for.
+    ``targets[site]`` is the sparsity the threshold was calibrated for. ``gains`` are
+    normalisation weights (parameter path -> tensor) that ``apply`` writes into the model after
+    any rotation; ``tuning`` says how they were obtained.
     """
 
     method: str
@@ -67,6 +75,8 @@ class SparsityState:
     thresholds: dict[str, Threshold]
     targets: dict[str, float] = field(default_factory=dict)
     bases: dict[str, torch.Tensor] = field(default_factory=dict)
+    gains: dict[str, torch.Tensor] = field(default_factory=dict)
+    tuning: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.thresholds = {k: _f32(v) for k, v in self.thresholds.items()}
@@ -75,6 +85,14 @@ class SparsityState:
             if not isinstance(q, torch.Tensor) or q.ndim != 2 or q.shape[0] != q.shape[1]:
                 raise SparseError(f"rotation basis {k!r} must be a square matrix")
         self.bases = {k: q.detach().to("cpu", torch.float64) for k, q in self.bases.items()}
+        for k, g in self.gains.items():
+            if not isinstance(g, torch.Tensor) or not g.is_floating_point():
+                raise SparseError(f"gain {k!r} must be a float tensor")
+            if not bool(g.isfinite().all()):
+                raise SparseError(f"gain {k!r} is not finite; tune again with a smaller lr")
+        self.gains = {k: g.detach().to("cpu", torch.float32).clone() for k, g in self.gains.items()}
+        if self.gains and not self.tuning:
+            raise SparseError("a state with tuned gains must say how they were tuned (tuning)")
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SparsityState):
@@ -91,7 +109,11 @@ class SparsityState:
                 return False
             if not isinstance(a, torch.Tensor) and a != b:
                 return False
-        if set(self.bases) != set(other.bases):
+        if set(self.bases) != set(other.bases) or set(self.gains) != set(other.gains):
+            return False
+        if self.tuning != other.tuning:
+            return False
+        if not all(torch.equal(g, other.gains[k]) for k, g in self.gains.items()):
             return False
         return all(torch.equal(q, other.bases[k]) for k, q in self.bases.items())
 
@@ -104,12 +126,14 @@ class SparsityState:
             raise SparseError(
                 f"{p} is a directory; give a file name such as {p / 'sparse.safetensors'}"
             )
-        header = {
-            "version": FORMAT_VERSION,
+        header: dict[str, Any] = {
+            "version": GAINS_VERSION if self.gains else FORMAT_VERSION,
             "method": self.method,
             "params": self.params,
             "targets": self.targets,
         }
+        if self.gains:
+            header["tuning"] = self.tuning
         try:
             text = json.dumps(header, sort_keys=True)
         except TypeError as e:
@@ -121,6 +145,7 @@ class SparsityState:
             for k, v in self.thresholds.items()
         }
         tensors.update({BASIS + k: q.contiguous().clone() for k, q in self.bases.items()})
+        tensors.update({GAIN + k: g.contiguous().clone() for k, g in self.gains.items()})
         p.parent.mkdir(parents=True, exist_ok=True)
         tmp = p.with_name(p.name + ".tmp")
         save_file(tensors, str(tmp), metadata={FORMAT_KEY: text})
@@ -179,14 +204,27 @@ def load_state(path: str | Path) -> SparsityState:
         header = json.loads(meta[FORMAT_KEY])
         method, params, targets = header["method"], header["params"], header["targets"]
         version = header["version"]
-    except (ValueError, KeyError, TypeError) as e:
+        tuning = header.get("tuning", {})
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise SparseError(f"{p}: the actlab.sparse header is malformed ({e})") from None
-    if version != FORMAT_VERSION:
+    if version not in (FORMAT_VERSION, GAINS_VERSION):
         raise SparseError(
-            f"{p}: state format version {version}, this actlab reads {FORMAT_VERSION}"
+            f"{p}: state format version {version!r}, this actlab reads {FORMAT_VERSION} and "
+            f"{GAINS_VERSION}"
         )
+    if not isinstance(tuning, dict):
+        raise SparseError(f"{p}: the actlab.sparse header's tuning is not an object")
     bases = {k[len(BASIS) :]: t for k, t in tensors.items() if k.startswith(BASIS)}
-    tensors = {k: t for k, t in tensors.items() if not k.startswith(BASIS)}
+    gains = {k[len(GAIN) :]: t for k, t in tensors.items() if k.startswith(GAIN)}
+    if bool(gains) != (version == GAINS_VERSION) or bool(gains) != bool(tuning):
+        raise SparseError(
+            f"{p}: the header (version {version}, tuning {'given' if tuning else 'absent'}) "
+            f"does not match the {len(gains)} tuned gains; save the state again with actlab"
+        )
+    bad = [k for k, t in gains.items() if t.ndim != 1 or t.dtype != torch.float32]
+    if bad:
+        raise SparseError(f"{p}: gain {bad[0]!r} is not a float32 vector")
+    tensors = {k: t for k, t in tensors.items() if not k.startswith((BASIS, GAIN))}
     bad = [k for k, t in tensors.items() if t.ndim > 1 or t.dtype != torch.float32]
     if bad:
         raise SparseError(f"{p}: threshold {bad[0]!r} is not a float32 scalar or vector")
@@ -199,4 +237,6 @@ def load_state(path: str | Path) -> SparsityState:
         thresholds={k: float(t.item()) if t.ndim == 0 else t for k, t in tensors.items()},
         targets={str(k): float(v) for k, v in dict(targets).items()},
         bases=bases,
+        gains=gains,
+        tuning=tuning,
     )

@@ -1,0 +1,209 @@
+"""Tuning the normalisation gains of a sparsified model to the dense model's predictions.
+
+Thresholds fix *which* entries a sparsified model drops; the damage of dropping them is partly
+systematic (the dropped entries shrink every later hidden state, and the next blocks read
+smaller or shifted inputs), and a per-channel rescaling can undo that part. The gains of the
+model's normalisation layers (RMSNorm / LayerNorm weights: two per Llama block plus the final
+norm, ~35k parameters on SmolLM2-135M, 0.03% of its weights) are exactly such rescalings. With
+the thresholds held fixed, this module fits them by distillation:
+
+    min_g  E_windows [ 1/|P| sum_{t in P} KL( p_dense(. | x_<=t) || p_sparse,g(. | x_<=t) ) ]
+
+where ``P`` are the positions of the second half of each calibration window, which the sparse
+model computes sparsely after a dense first half (the sparse modules in mode ``"last-half"``:
+what decoding after a dense prefill computes, in one forward), ``p_dense`` is the unchanged
+dense model's next-token distribution (computed alongside, never stored) and Adam updates
+only the gains. Nothing else in the model changes; the tuned gains travel in the
+:class:`~actlab.sparse.SparsityState` (``gains``, ``tuning``) and ``apply`` writes them into
+the model after any rotation. This is a lightweight post-calibration step of actlab's, not a
+published method: it *trains* 35k parameters on the calibration text (the held-out text is
+never seen), which the strictly training-free methods do not. The thresholds were calibrated
+on the dense model and are not recalibrated: the realised sparsity is measured, as always, on
+held-out text. Cost: ``steps`` x (one dense forward + one sparse forward and backward) of
+``batch`` windows.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from actlab.sparse._base import apply_state
+from actlab.sparse._modules import SparseGatedMLP, SparseLinear
+from actlab.sparse._state import SparseError, SparsityState
+
+__all__ = ["TUNE_KEYS", "TuneConfig", "gain_parameters", "split_tune", "tune_gains"]
+
+TUNE_KEYS = ("tune_steps", "tune_lr", "tune_batch", "tune_seed")
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """``steps`` Adam steps at learning rate ``lr`` on ``batch`` calibration windows each,
+    drawn with seed ``seed``."""
+
+    steps: int
+    lr: float = 1e-3
+    batch: int = 4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for what, n, lo in (("steps", self.steps, 1), ("batch", self.batch, 1)) + (
+            ("seed", self.seed, 0),
+        ):
+            if isinstance(n, bool) or not isinstance(n, int) or n < lo:
+                raise SparseError(f"tune {what} must be an integer >= {lo}; got {n!r}")
+        lr = self.lr
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr):
+            raise SparseError(f"tune lr must be a positive number, e.g. 1e-3; got {lr!r}")
+        if lr <= 0:
+            raise SparseError(f"tune lr must be a positive number, e.g. 1e-3; got {lr!r}")
+
+
+def split_tune(params: dict[str, Any]) -> tuple[dict[str, Any], TuneConfig | None]:
+    """A method's parameters without the ``tune_*`` keys, and the tuning they ask for (None
+    without ``tune_steps`` or with ``tune_steps=0``)."""
+    rest = {k: v for k, v in params.items() if k not in TUNE_KEYS}
+    given = {k.removeprefix("tune_"): v for k, v in params.items() if k in TUNE_KEYS}
+    if not given.get("steps"):
+        if len(given) > ("steps" in given):
+            extra = ", ".join(f"tune_{k}" for k in sorted(given) if k != "steps")
+            raise SparseError(f"{extra} given without tune_steps; set tune_steps=N (e.g. 120)")
+        return rest, None
+    return rest, TuneConfig(**given)
+
+
+def gain_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The weights (and LayerNorm biases) of the model's normalisation layers, by path.
+
+    A normalisation layer is a module whose class name ends in ``Norm`` (``LlamaRMSNorm``,
+    ``Gemma3RMSNorm``, ``nn.LayerNorm``) and that has parameters of its own."""
+    out: dict[str, nn.Parameter] = {}
+    for path, m in model.named_modules():
+        if not type(m).__name__.endswith("Norm"):
+            continue
+        for name, p in m.named_parameters(recurse=False):
+            out[f"{path}.{name}" if path else name] = p
+    return out
+
+
+def _windows(batches: Iterable[torch.Tensor]) -> torch.Tensor:
+    """The calibration windows ``[n, T]`` of the most common length T (shorter ones dropped)."""
+    rows = [r for b in batches for r in (b if b.ndim == 2 else b.unsqueeze(0))]
+    if not rows:
+        raise SparseError("no calibration windows to tune on")
+    lengths = [int(r.numel()) for r in rows]
+    length = max(set(lengths), key=lambda n: (lengths.count(n), n))
+    if length < 4:
+        raise SparseError(f"tuning needs windows of at least 4 tokens; got {length}")
+    return torch.stack([r for r in rows if r.numel() == length])
+
+
+def _kl(dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+    """Mean over positions of KL(softmax(dense) || softmax(sparse)), logits ``[..., V]``."""
+    p = F.log_softmax(dense.float(), -1)
+    q = F.log_softmax(sparse.float(), -1)
+    return (p.exp() * (p - q)).sum(-1).mean()
+
+
+def tune_gains(
+    model: nn.Module,
+    state: SparsityState,
+    batches: Iterable[torch.Tensor],
+    config: TuneConfig,
+    *,
+    progress: Callable[[str], None] | None = None,
+) -> SparsityState:
+    """``state`` plus the normalisation gains of ``model`` tuned to it (module docstring).
+
+    ``model`` is the dense model ``state`` was calibrated on; it is not changed (a copy is
+    sparsified and tuned, in float32 whatever its dtype). ``batches`` are calibration token
+    ids ``[B, T]`` (the windows of the most common length are used). Returns a new state with
+    ``gains`` and ``tuning`` (the configuration, the windows and the mean KL of the first and
+    last tenth of the steps; no times, so the same inputs give an equal state). A state that
+    sparsifies nothing is returned unchanged.
+    """
+    if not isinstance(state, SparsityState):
+        raise SparseError(f"tune_gains needs a SparsityState, got {type(state).__name__}")
+    if state.gains:
+        raise SparseError("the state's gains are tuned already; tune the untuned state")
+    windows = _windows(batches)
+    n, length = windows.shape
+    if all(not isinstance(t, torch.Tensor) and t < 0 for t in state.thresholds.values()):
+        return state  # nothing sparsified: the dense gains are optimal (KL 0)
+    device = next(model.parameters()).device
+    student = copy.deepcopy(model).float()  # Adam on half-precision gains would stall
+    apply_state(student, state)
+    sites = [m for m in student.modules() if isinstance(m, (SparseLinear, SparseGatedMLP))]
+    gains = gain_parameters(student)
+    if not gains:
+        raise SparseError(
+            f"{type(model).__name__} has no normalisation layers (modules named *Norm) to tune"
+        )
+    modes = [(s.mode, s.counting) for s in sites]
+    for s in sites:
+        s.mode, s.counting = "last-half", False
+    was = model.training, student.training
+    model.eval()
+    student.eval()
+    req = [p.requires_grad for p in student.parameters()]
+    for p in student.parameters():
+        p.requires_grad_(False)
+    for p in gains.values():
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(list(gains.values()), lr=config.lr)
+    gen = torch.Generator().manual_seed(config.seed)
+    half = length // 2  # predictions at positions half .. T-2: sparse after a dense first half
+    kls: list[float] = []
+    start = time.perf_counter()
+    try:
+        for step in range(config.steps):
+            ids = windows[torch.randint(0, n, (min(config.batch, n),), generator=gen)].to(device)
+            with torch.no_grad():
+                dense = model(ids).logits[:, half:-1]
+            loss = _kl(dense, student(ids).logits[:, half:-1])
+            if not torch.isfinite(loss):
+                raise SparseError(
+                    f"tuning diverged at step {step} (KL {float(loss.detach())}); lower tune_lr"
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            kls.append(float(loss.detach()))
+            if progress is not None and (step % 20 == 0 or step == config.steps - 1):
+                progress(
+                    f"  tune: step {step + 1}/{config.steps}, KL {kls[-1]:.4f} "
+                    f"({time.perf_counter() - start:.0f} s)"
+                )
+    finally:
+        for s, (mode, counting) in zip(sites, modes):
+            s.mode, s.counting = mode, counting
+        for p, r in zip(student.parameters(), req):
+            p.requires_grad_(r)
+        model.train(was[0])
+    tenth = max(1, len(kls) // 10)
+    tuning = {
+        **asdict(config),
+        "windows": n,
+        "window": length,
+        "params": sum(int(p.numel()) for p in gains.values()),
+        "kl_first": sum(kls[:tenth]) / tenth,
+        "kl_last": sum(kls[-tenth:]) / tenth,
+    }
+    return SparsityState(
+        state.method,
+        dict(state.params),
+        dict(state.thresholds),
+        dict(state.targets),
+        dict(state.bases),
+        gains={k: p.detach() for k, p in gains.items()},
+        tuning=tuning,
+    )

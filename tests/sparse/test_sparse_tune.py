@@ -1,0 +1,234 @@
+"""tune_gains: distilling the normalisation gains of a sparsified model to the dense model."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from sparse_helpers import VOCAB, randomise_norms
+
+from actlab.sparse import (
+    SparseError,
+    SparsityState,
+    TuneConfig,
+    apply_state,
+    gain_parameters,
+    load_state,
+    make_method,
+    sparsity_curves,
+    tune_gains,
+)
+from actlab.sparse._state import FORMAT_KEY
+from actlab.sparse._tune import split_tune
+
+
+def _windows(n: int = 8, length: int = 24, seed: int = 1) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, VOCAB, (2, length), generator=g) for _ in range(n // 2)]
+
+
+def _kl(dense: torch.nn.Module, state: SparsityState, ids: torch.Tensor) -> float:
+    """Mean KL(dense || sparse) over the second half of ``ids``, the sparse model in mode
+    "last-half", computed in float64 from scratch (the oracle of the tuning loss)."""
+    sparse = copy.deepcopy(dense)
+    apply_state(sparse, state).set_mode("last-half")
+    half = ids.shape[1] // 2
+    with torch.no_grad():
+        p = F.log_softmax(dense(ids).logits[:, half:-1].double(), -1)
+        q = F.log_softmax(sparse(ids).logits[:, half:-1].double(), -1)
+    return float((p.exp() * (p - q)).sum(-1).mean())
+
+
+@pytest.fixture
+def tuned_setup(llama: torch.nn.Module) -> tuple[torch.nn.Module, SparsityState, list]:
+    randomise_norms(llama)
+    data = _windows()
+    state = make_method("teal", sparsity=0.5).calibrate(llama, data)
+    return llama, state, data
+
+
+def test_tuning_lowers_the_kl_and_changes_only_the_gains(tuned_setup: tuple) -> None:
+    model, state, data = tuned_setup
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tuned = tune_gains(model, state, data, TuneConfig(steps=40, lr=1e-2, batch=4))
+    for k, v in model.state_dict().items():  # the dense model is not changed
+        assert torch.equal(v, before[k]), k
+    assert tuned.thresholds.keys() == state.thresholds.keys()
+    for k, t in state.thresholds.items():
+        assert tuned.thresholds[k] == t
+    assert tuned.targets == state.targets and tuned.method == "teal"
+    assert set(tuned.gains) == set(gain_parameters(model))  # 2 per block + the final norm
+    assert len(tuned.gains) == 5
+    assert any(not torch.equal(g, before[k]) for k, g in tuned.gains.items())
+    t = tuned.tuning
+    assert (t["steps"], t["lr"], t["batch"], t["seed"]) == (40, 1e-2, 4, 0)
+    assert (t["windows"], t["window"], t["params"]) == (8, 24, 5 * 64)
+    ids = torch.cat(data)
+    kl0, kl1 = _kl(model, state, ids), _kl(model, tuned, ids)
+    assert kl1 < 0.8 * kl0, (kl0, kl1)
+    # the same seed gives the same gains
+    again = tune_gains(model, state, data, TuneConfig(steps=40, lr=1e-2, batch=4))
+    assert again == tuned
+
+
+def test_apply_writes_the_gains_and_the_state_round_trips(
+    tuned_setup: tuple, tmp_path: Path
+) -> None:
+    model, state, data = tuned_setup
+    tuned = tune_gains(model, state, data, TuneConfig(steps=3, lr=1e-2))
+    fresh = copy.deepcopy(model)
+    apply_state(fresh, tuned)
+    params = dict(fresh.named_parameters())
+    for k, g in tuned.gains.items():
+        assert torch.equal(params[k].detach(), g)
+    path = tuned.save(tmp_path / "tuned.safetensors")
+    assert load_state(path) == tuned
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        header = json.loads(f.metadata()[FORMAT_KEY])
+    assert header["version"] == 2 and header["tuning"]["steps"] == 3
+    plain = state.save(tmp_path / "plain.safetensors")
+    with safe_open(str(plain), framework="pt") as f:
+        assert json.loads(f.metadata()[FORMAT_KEY])["version"] == 1
+    assert load_state(plain).gains == {}
+
+
+def test_a_bf16_model_is_tuned_in_float32(tuned_setup: tuple) -> None:
+    model, state, data = tuned_setup
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    tuned = tune_gains(half, state, data, TuneConfig(steps=2, lr=1e-2))
+    assert all(g.dtype == torch.float32 for g in tuned.gains.values())
+    apply_state(half, tuned)
+    assert next(iter(gain_parameters(half).values())).dtype == torch.bfloat16
+
+
+def test_a_dense_state_is_returned_unchanged(llama: torch.nn.Module) -> None:
+    data = _windows()
+    state = make_method("teal", sparsity=0.0).calibrate(llama, data)
+    assert tune_gains(llama, state, data, TuneConfig(steps=5)) is state
+
+
+def test_gains_of_another_model_are_refused_before_any_change(tuned_setup: tuple) -> None:
+    model, state, data = tuned_setup
+    tuned = tune_gains(model, state, data, TuneConfig(steps=1))
+    wrong = copy.deepcopy(tuned)
+    wrong.gains["model.layers.9.input_layernorm.weight"] = torch.ones(64)
+    fresh = copy.deepcopy(model)
+    with pytest.raises(SparseError, match="no parameter 'model.layers.9.input_layernorm"):
+        apply_state(fresh, wrong)
+    assert not any("Sparse" in type(m).__name__ for m in fresh.modules())
+    wrong = copy.deepcopy(tuned)
+    wrong.gains["model.norm.weight"] = torch.ones(3)
+    with pytest.raises(SparseError, match=r"has shape \(3,\), the model's \(64,\)"):
+        apply_state(copy.deepcopy(model), wrong)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"steps": 0}, "steps must be an integer >= 1"),
+        ({"steps": True}, "steps must be an integer"),
+        ({"steps": 2, "batch": 0}, "batch must be an integer >= 1"),
+        ({"steps": 2, "seed": -1}, "seed must be an integer >= 0"),
+        ({"steps": 2, "lr": 0.0}, "lr must be a positive number"),
+        ({"steps": 2, "lr": float("nan")}, "lr must be a positive number"),
+        ({"steps": 2, "lr": "big"}, "lr must be a positive number"),
+    ],
+)
+def test_bad_tuning_settings_are_one_line(kwargs: dict, match: str) -> None:
+    with pytest.raises(SparseError, match=match):
+        TuneConfig(**kwargs)
+
+
+def test_split_tune() -> None:
+    assert split_tune({"allocation": "greedy"}) == ({"allocation": "greedy"}, None)
+    assert split_tune({"tune_steps": 0}) == ({}, None)
+    rest, cfg = split_tune({"allocation": "greedy", "tune_steps": 7, "tune_lr": 0.01})
+    assert rest == {"allocation": "greedy"} and cfg == TuneConfig(steps=7, lr=0.01)
+    with pytest.raises(SparseError, match="tune_lr given without tune_steps"):
+        split_tune({"tune_lr": 0.01})
+
+
+def test_bad_input_to_tune_gains(tuned_setup: tuple) -> None:
+    model, state, data = tuned_setup
+    cfg = TuneConfig(steps=1)
+    with pytest.raises(SparseError, match="needs a SparsityState"):
+        tune_gains(model, {"thresholds": {}}, data, cfg)  # type: ignore[arg-type]
+    with pytest.raises(SparseError, match="no calibration windows"):
+        tune_gains(model, state, [], cfg)
+    with pytest.raises(SparseError, match="at least 4 tokens"):
+        tune_gains(model, state, [torch.ones(2, 3, dtype=torch.long)], cfg)
+    tuned = tune_gains(model, state, data, cfg)
+    with pytest.raises(SparseError, match="tuned already"):
+        tune_gains(model, tuned, data, cfg)
+    with pytest.raises(SparseError, match="must say how they were tuned"):
+        SparsityState("teal", {}, {}, gains={"a": torch.ones(2)})
+    with pytest.raises(SparseError, match="not finite"):
+        SparsityState(
+            "teal", {}, {}, gains={"a": torch.tensor([1.0, float("inf")])}, tuning={"x": 1}
+        )
+
+
+def test_a_header_that_disagrees_with_the_gains_is_refused(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    def write(version: int, tensors: dict, tuning: object = None) -> Path:
+        header: dict = {"version": version, "method": "teal", "params": {}, "targets": {}}
+        if tuning is not None:
+            header["tuning"] = tuning
+        p = tmp_path / f"s{len(list(tmp_path.iterdir()))}.safetensors"
+        save_file(tensors, str(p), metadata={FORMAT_KEY: json.dumps(header)})
+        return p
+
+    gain = {"gain:model.norm.weight": torch.ones(4)}
+    with pytest.raises(SparseError, match="does not match the 0 tuned gains"):
+        load_state(write(2, {"a": torch.tensor(0.5)}, {"steps": 1}))
+    with pytest.raises(SparseError, match="does not match the 1 tuned gains"):
+        load_state(write(1, gain))
+    with pytest.raises(SparseError, match="tuning is not an object"):
+        load_state(write(2, gain, [1]))
+    with pytest.raises(SparseError, match="not a float32 vector"):
+        load_state(write(2, {"gain:x": torch.ones(2, 2)}, {"steps": 1}))
+    with pytest.raises(SparseError, match="version 3"):
+        load_state(write(3, gain, {"steps": 1}))
+    assert load_state(write(2, gain, {"steps": 1})).gains.keys() == {"model.norm.weight"}
+
+
+def test_sparsity_curves_tune_the_points_of_a_label(llama: torch.nn.Module) -> None:
+    data = _windows()
+    held = torch.randint(3, VOCAB, (2, 24), generator=torch.Generator().manual_seed(9))
+    rows = sparsity_curves(
+        llama,
+        data,
+        held,
+        methods=["teal", "tuned=teal"],
+        sparsities=[0.5],
+        params={"tuned": {"tune_steps": 2, "tune_lr": 0.01}},
+        protocol="last-half",
+        progress=None,
+    )
+    assert [(r["method"], r["tuning"].get("steps")) for r in rows] == [
+        ("dense", None),
+        ("teal", None),
+        ("tuned", 2),
+    ]
+    assert rows[2]["tuning"]["lr"] == 0.01 and "tune_steps" not in rows[2]["params"]
+    with pytest.raises(SparseError, match="tune_steps must be|tune steps must be"):
+        sparsity_curves(
+            llama, data, held, methods=["teal"], params={"teal": {"tune_steps": -1}}, progress=None
+        )
+
+
+def test_gains_tuned_on_a_rotated_model_apply_after_the_rotation(llama: torch.nn.Module) -> None:
+    randomise_norms(llama)
+    data = _windows()
+    state = make_method("teal", sparsity=0.5, rotation="pca").calibrate(llama, data)
+    tuned = tune_gains(llama, state, data, TuneConfig(steps=30, lr=1e-2))
+    ids = torch.cat(data)
+    kl0, kl1 = _kl(llama, state, ids), _kl(llama, tuned, ids)
+    assert kl1 < 0.8 * kl0, (kl0, kl1)  # gains written in the basis they were tuned in
