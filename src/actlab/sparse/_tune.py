@@ -13,13 +13,14 @@ where ``P`` are the positions of the second half of each calibration window, whi
 model computes sparsely after a dense first half (the sparse modules in mode ``"last-half"``:
 what decoding after a dense prefill computes, in one forward), ``p_dense`` is the unchanged
 dense model's next-token distribution (computed alongside, never stored) and Adam updates
-only the gains. Nothing else in the model changes; the tuned gains travel in the
-:class:`~actlab.sparse.SparsityState` (``gains``, ``tuning``) and ``apply`` writes them into
-the model after any rotation. This is a lightweight post-calibration step of actlab's, not a
-published method: it *trains* 35k parameters on the calibration text (the held-out text is
-never seen), which the strictly training-free methods do not. The thresholds were calibrated
-on the dense model and are not recalibrated: the realised sparsity is measured, as always, on
-held-out text. Cost: ``steps`` x (one dense forward + one sparse forward and backward) of
+only the gains, its learning rate decayed to 0 by a cosine over the steps. Nothing else in
+the model changes; the tuned gains travel in the :class:`~actlab.sparse.SparsityState`
+(``gains``, ``tuning``) and ``apply`` writes them into the model after any rotation. This is
+a lightweight post-calibration step of actlab's, not a published method: it *trains* 35k
+parameters on the calibration text (the held-out text is never seen), which the strictly
+training-free methods do not. The thresholds were calibrated on the dense model and are not
+recalibrated: the realised sparsity is measured, as always, on held-out text. Cost:
+``steps`` x (one dense forward + one sparse forward and backward) of
 ``batch`` windows.
 """
 
@@ -47,8 +48,8 @@ TUNE_KEYS = ("tune_steps", "tune_lr", "tune_batch", "tune_seed")
 
 @dataclass(frozen=True)
 class TuneConfig:
-    """``steps`` Adam steps at learning rate ``lr`` on ``batch`` calibration windows each,
-    drawn with seed ``seed``."""
+    """``steps`` Adam steps from learning rate ``lr`` (cosine decay to 0) on ``batch``
+    calibration windows each, drawn with seed ``seed``."""
 
     steps: int
     lr: float = 1e-3
@@ -160,6 +161,11 @@ def tune_gains(
     for p in gains.values():
         p.requires_grad_(True)
     opt = torch.optim.Adam(list(gains.values()), lr=config.lr)
+    # cosine decay to 0 over the steps: the small batches' noise settles instead of
+    # leaving the gains wherever the last steps threw them
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda t: 0.5 * (1.0 + math.cos(math.pi * t / config.steps))
+    )
     gen = torch.Generator().manual_seed(config.seed)
     half = length // 2  # predictions at positions half .. T-2: sparse after a dense first half
     kls: list[float] = []
@@ -177,6 +183,7 @@ def tune_gains(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            sched.step()
             kls.append(float(loss.detach()))
             if progress is not None and (step % 20 == 0 or step == config.steps - 1):
                 progress(
