@@ -20,6 +20,9 @@ allocated bytes of one step):
                            scaled_dot_product_attention and fourier_karat(heads=4)
                            (softmax has no parameters: "equal parameters" does not apply)
   norm + act (NCHW)        x (32, 32, 16, 16): BatchNorm2d + ReLU vs evonorm_b0 / evonorm_s0
+  phases (not by default)  the transformer slot (D 64) with AF-KAN at G = 2, 4, 8, 16 phases
+                           (one width), and the least-squares line of its ratio against G:
+                           what one phase costs and what does not scale with the phases
   width (not by default)   the transformer slot at every D of --widths (default 64, 128, 256,
                            512): mlp(gelu) with hidden 2 D vs the KAN rows at equal parameters,
                            one table per D and a summary of the ratios. A KAN layer's basis
@@ -33,7 +36,7 @@ A step is: zero grads, y = layer(x), y.square().mean().backward(). pykan
 skipped with the reason printed. Figures from a shared 2-core machine are preliminary.
 
     python benchmarks/bench_layers.py [--repeats 30] [--threads 1] [--device cpu]
-        [--groups transformer,fit,attention,norm,width] [--widths 64,128,256,512]
+        [--groups transformer,fit,attention,norm,phases,width] [--widths 64,128,256,512]
         [--compile] [--plain]
 
 The KAN rows run their native CPU kernels (``actlab.layers._kan_native``: basis and backward
@@ -238,12 +241,45 @@ def group_width(d: int) -> Builder:
     return build
 
 
+PHASES = ((1, 1), (2, 2), (5, 3), (10, 6))  # (grid, k): G = grid + k = 2, 4, 8 (default), 16
+
+
+def group_phases(device: str) -> tuple[list[tuple[Entry, nn.Module]], list[str]]:
+    """The transformer slot (D 64) with AF-KAN at G = 2, 4, 8, 16 phases, one width (the one
+    matched at the default G = 8): where its step time goes, per phase and fixed."""
+    x = torch.randn(64, 17, 64, device=device)
+    base = create_layer("mlp", in_features=64, hidden_features=128, out_features=64,
+                        act_layer="gelu").to(device)  # fmt: skip
+    h = match_hidden("af_kan", 64, 64, _n(base))
+    rows = [(Entry("mlp(gelu)", lambda: base(x), _n(base), "hidden 128"), base)]
+    for grid, k in PHASES:
+        torch.manual_seed(0)
+        m = create_layer("af_kan", in_features=64, hidden_features=h, out_features=64,
+                         grid=grid, k=k).to(device)  # fmt: skip
+        rows.append((Entry(f"af_kan G={grid + k}", lambda m=m: m(x), _n(m), f"H={h}"), m))
+    return rows, []
+
+
+def print_phases(summary: dict[str, tuple[float, ...]]) -> None:
+    """Least-squares line of AF-KAN's median ratio against G: the fixed part (G -> 0) and the
+    cost of one phase, both in MLP steps."""
+    gs = [float(g + k) for g, k in PHASES]
+    rs = [summary[f"af_kan G={int(g)}"][0] for g in gs]
+    mg, mr = sum(gs) / len(gs), sum(rs) / len(rs)
+    slope = sum((g - mg) * (r - mr) for g, r in zip(gs, rs)) / sum((g - mg) ** 2 for g in gs)
+    print(f"af_kan step / mlp step ~= {mr - slope * mg:.2f} + {slope:.3f} x G (least squares over "
+          f"G = {', '.join(str(int(g)) for g in gs)}): the part that does not scale with the "
+          "phases (GEMMs, min-max, softmax, LayerNorm, act, their backward) alone is the "
+          "intercept")  # fmt: skip
+
+
 Builder = Callable[[str], tuple[list[tuple[Entry, nn.Module]], list[str]]]
 GROUPS: dict[str, tuple[str, Builder]] = {
     "transformer": ("mlp-slot (transformer) x (64, 17, 64)", group_transformer),
     "fit": ("mlp-slot (fit) x (100, 2) -> 1, 600 params", group_fit),
     "attention": ("attention score q, k, v (64, 4, 17, 16)", group_attention),
     "norm": ("norm + act (NCHW) x (32, 32, 16, 16)", group_norm),
+    "phases": ("af_kan phases: mlp-slot (transformer) x (64, 17, 64), G = 2..16", group_phases),
 }
 WIDTHS = "64,128,256,512"
 
@@ -360,7 +396,9 @@ def main() -> None:
     sweep: dict[int, dict[str, tuple[float, ...]]] = {}
     for key in keys:
         if key != "width":
-            run_group(*GROUPS[key], args.repeats, args.device)
+            summary = run_group(*GROUPS[key], args.repeats, args.device)
+            if key == "phases":
+                print_phases(summary)
             continue
         for d in widths:  # every width given is run and reported
             title = f"width sweep: mlp-slot (transformer) x (64, 17, {d}), D {d}"
