@@ -149,13 +149,11 @@ def tune_gains(
         raise SparseError(
             f"{type(model).__name__} has no normalisation layers (modules named *Norm) to tune"
         )
-    modes = [(s.mode, s.counting) for s in sites]
-    for s in sites:
+    for s in sites:  # the student is a throw-away copy: its settings need no restoring
         s.mode, s.counting = "last-half", False
-    was = model.training, student.training
+    was = model.training
     model.eval()
     student.eval()
-    req = [p.requires_grad for p in student.parameters()]
     for p in student.parameters():
         p.requires_grad_(False)
     for p in gains.values():
@@ -191,11 +189,7 @@ def tune_gains(
                     f"({time.perf_counter() - start:.0f} s)"
                 )
     finally:
-        for s, (mode, counting) in zip(sites, modes):
-            s.mode, s.counting = mode, counting
-        for p, r in zip(student.parameters(), req):
-            p.requires_grad_(r)
-        model.train(was[0])
+        model.train(was)
     tenth = max(1, len(kls) // 10)
     tuning = {
         **asdict(config),
