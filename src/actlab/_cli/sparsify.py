@@ -303,7 +303,9 @@ def _generate(model: Any, tok: Any, prompt: str, n: int) -> str:
     return str(tok.decode(ids[0, enc["input_ids"].shape[1] :], skip_special_tokens=True))
 
 
-def _sparsify_one(args: argparse.Namespace, model: Any, tok: Any, calib: Any) -> None:
+def _sparsify_one(
+    args: argparse.Namespace, model: Any, tok: Any, calib: Any, tune_windows: list[Any] | None
+) -> None:
     """Calibrate the one method at --sparsity; print it; --generate; --out."""
     import copy
 
@@ -318,7 +320,8 @@ def _sparsify_one(args: argparse.Namespace, model: Any, tok: Any, calib: Any) ->
     _say(f"calibrated {state.describe()} on {calib.tokens} tokens in {took:.1f} s")
     if args.tune is not None:
         t0 = time.perf_counter()
-        state = tune_gains(model, state, _tune_windows(args, tok, calib), args.tune, progress=_say)
+        assert tune_windows is not None
+        state = tune_gains(model, state, tune_windows, args.tune, progress=_say)
         t = state.tuning
         if t:
             _say(
@@ -455,7 +458,9 @@ def _native_ok(model: Any) -> bool:
     return dec.native is not None
 
 
-def _evaluate(args: argparse.Namespace, model: Any, tok: Any, calib: Any) -> None:
+def _evaluate(
+    args: argparse.Namespace, model: Any, tok: Any, calib: Any, tune_windows: list[Any] | None
+) -> None:
     from actlab.report import write_sparsify_report
     from actlab.sparse import curves_table, heldout_windows, sparsity_curves
 
@@ -475,7 +480,7 @@ def _evaluate(args: argparse.Namespace, model: Any, tok: Any, calib: Any) -> Non
         prefill=args.prefill,
         batch_size=args.batch,
         progress=_say,
-        tune_calibration=_tune_windows(args, tok, calib) if args.tune is not None else None,
+        tune_calibration=tune_windows,
     )
     for r in rows:
         r["model"] = args.name
@@ -549,8 +554,9 @@ def run(args: argparse.Namespace) -> int:
     calib = calibration_windows(
         tok, tokens=args.calib_tokens, window=args.window, text=args.calib_text
     )
+    tune = _tune_windows(args, tok, calib) if args.tune is not None else None  # built once
     if args.out is not None or args.generate is not None or args.bench or not args.eval:
-        _sparsify_one(args, model, tok, calib)
+        _sparsify_one(args, model, tok, calib, tune)
     if args.eval:
-        _evaluate(args, model, tok, calib)
+        _evaluate(args, model, tok, calib, tune)
     return 0

@@ -30,7 +30,7 @@ import copy
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
@@ -42,8 +42,6 @@ from actlab.sparse._modules import SparseGatedMLP, SparseLinear
 from actlab.sparse._state import SparseError, SparsityState
 
 __all__ = ["TUNE_KEYS", "TuneConfig", "gain_parameters", "split_tune", "tune_gains"]
-
-TUNE_KEYS = ("tune_steps", "tune_lr", "tune_batch", "tune_seed")
 
 
 @dataclass(frozen=True)
@@ -67,6 +65,9 @@ class TuneConfig:
             raise SparseError(f"tune lr must be a positive number, e.g. 1e-3; got {lr!r}")
         if lr <= 0:
             raise SparseError(f"tune lr must be a positive number, e.g. 1e-3; got {lr!r}")
+
+
+TUNE_KEYS = tuple(f"tune_{f.name}" for f in fields(TuneConfig))  # method-parameter spelling
 
 
 def split_tune(params: dict[str, Any]) -> tuple[dict[str, Any], TuneConfig | None]:
