@@ -92,6 +92,7 @@ def test_bad_flags_are_refused_before_loading(
         ([m, "--method", "teal", "--sparsity", ".5", "--tune-steps", "-1"], "--tune-steps"),
         ([m, "--method", "teal", "--sparsity", ".5", "--tune-lr", ".1"], "need --tune-steps"),
         ([m, "--method", "teal", "--sparsity", ".5", "--tune-tokens", "99"], "need --tune-steps"),
+        ([m, "--method", "teal", "--sparsity", ".5", "--tune-rows"], "need --tune-steps"),
         ([m, "--method", "teal", "--sparsity", ".5", "--tune-steps", "3", "--tune-lr", "0"], "lr"),
         (
             [m, "--method", "teal", "--sparsity", ".5", "--tune-steps", "3", "--tune-batch", "0"],
@@ -146,12 +147,14 @@ def test_out_saves_a_model_that_reloads(
     assert main([*argv, "--out", str(out), "--force"]) == 0
 
 
+@pytest.mark.parametrize("rows", [False, True])
 def test_tune_steps_save_the_tuned_gains(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], tiny: Path
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], tiny: Path, rows: bool
 ) -> None:
     out = tmp_path / "out"
     argv = ["sparsify", str(tiny), "--method", "teal", "--sparsity", "0.5", *SMALL]
     tune = ["--tune-steps", "3", "--tune-lr", "0.01", "--tune-tokens", "512"]
+    tune += ["--tune-rows"] if rows else []
     assert main([*argv, *tune, "--out", str(out)]) == 0
     err = capsys.readouterr().err
     assert "tune: step 3/3" in err and "tuned" in err and "KL" in err
@@ -160,10 +163,14 @@ def test_tune_steps_save_the_tuned_gains(
     assert info["tuning"]["windows"] == 512 // 32 and info["calibration"]["tokens"] == 256
     loaded = load_sparse(out)
     assert loaded.state.gains and loaded.state.tuning == info["tuning"]
+    assert info["tuning"]["rows"] is rows and bool(loaded.state.scales) is rows
+    config = json.loads((out / "config.json").read_text())
+    assert ("actlab_row_scales" in config) is rows  # the saved weights hold the scales
     params = dict(loaded.model.named_parameters())
     for k, g in loaded.state.gains.items():
         assert torch.equal(params[k].detach(), g)
-    # the saved state on the original dense model gives the reloaded model's logits
+    # the saved state on the original dense model gives the reloaded model's logits (the
+    # reloaded weights hold the row scales already and are not scaled a second time)
     model, _ = load_causal_lm(str(tiny))
     apply_state(model, loaded.state).set_mode("decode")
     ids = torch.randint(4, 100, (2, 20), generator=torch.Generator().manual_seed(0))

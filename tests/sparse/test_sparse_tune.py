@@ -138,6 +138,8 @@ def test_gains_of_another_model_are_refused_before_any_change(tuned_setup: tuple
         ({"steps": 2, "lr": 0.0}, "lr must be a positive number"),
         ({"steps": 2, "lr": float("nan")}, "lr must be a positive number"),
         ({"steps": 2, "lr": "big"}, "lr must be a positive number"),
+        ({"steps": 2, "rows": "yes"}, "rows must be true or false"),
+        ({"steps": 2, "rows": 1}, "rows must be true or false"),
     ],
 )
 def test_bad_tuning_settings_are_one_line(kwargs: dict, match: str) -> None:
@@ -152,6 +154,9 @@ def test_split_tune() -> None:
     assert rest == {"allocation": "greedy"} and cfg == TuneConfig(steps=7, lr=0.01)
     with pytest.raises(SparseError, match="tune_lr given without tune_steps"):
         split_tune({"tune_lr": 0.01})
+    assert split_tune({"tune_steps": 3, "tune_rows": True})[1] == TuneConfig(steps=3, rows=True)
+    with pytest.raises(SparseError, match="tune_rows given without tune_steps"):
+        split_tune({"tune_rows": True})
 
 
 def test_bad_input_to_tune_gains(tuned_setup: tuple) -> None:
@@ -224,11 +229,133 @@ def test_sparsity_curves_tune_the_points_of_a_label(llama: torch.nn.Module) -> N
         )
 
 
-def test_gains_tuned_on_a_rotated_model_apply_after_the_rotation(llama: torch.nn.Module) -> None:
+@pytest.mark.parametrize("rows", [False, True])
+def test_gains_tuned_on_a_rotated_model_apply_after_the_rotation(
+    llama: torch.nn.Module, rows: bool
+) -> None:
     randomise_norms(llama)
     data = _windows()
     state = make_method("teal", sparsity=0.5, rotation="pca").calibrate(llama, data)
-    tuned = tune_gains(llama, state, data, TuneConfig(steps=30, lr=1e-2))
+    tuned = tune_gains(llama, state, data, TuneConfig(steps=30, lr=1e-2, rows=rows))
+    assert bool(tuned.scales) is rows
     ids = torch.cat(data)
     kl0, kl1 = _kl(llama, state, ids), _kl(llama, tuned, ids)
-    assert kl1 < 0.8 * kl0, (kl0, kl1)  # gains written in the basis they were tuned in
+    assert kl1 < 0.8 * kl0, (kl0, kl1)  # gains (and rows) written in the basis they were tuned in
+
+
+# ---------------------------------------------------------------- output-row scales (rows=True)
+
+
+def test_row_scales_lower_the_kl_and_scale_the_weight_rows(tuned_setup: tuple) -> None:
+    model, state, data = tuned_setup
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tuned = tune_gains(model, state, data, TuneConfig(steps=40, lr=1e-2, rows=True))
+    for k, v in model.state_dict().items():  # the dense model is not changed
+        assert torch.equal(v, before[k]), k
+    assert set(tuned.scales) == set(state.thresholds)  # TEAL: every site is a linear
+    lin = dict(model.named_modules())
+    assert all(r.shape == (lin[k].out_features,) for k, r in tuned.scales.items())
+    assert any(not torch.equal(r, torch.ones_like(r)) for r in tuned.scales.values())
+    n_gains = sum(g.numel() for g in tuned.gains.values())
+    n_rows = sum(r.numel() for r in tuned.scales.values())
+    assert tuned.tuning["params"] == n_gains + n_rows and tuned.tuning["rows"] is True
+    ids = torch.cat(data)
+    kl0, kl1 = _kl(model, state, ids), _kl(model, tuned, ids)
+    assert kl1 < 0.8 * kl0, (kl0, kl1)
+    # apply: each scaled weight is the dense weight with its rows multiplied (float64 oracle)
+    sparse = copy.deepcopy(model)
+    apply_state(sparse, tuned)
+    params = dict(sparse.named_parameters())
+    for k, r in tuned.scales.items():
+        want = before[f"{k}.weight"].double() * r.double().unsqueeze(1)
+        assert torch.allclose(params[f"{k}.weight"].double(), want, rtol=1e-6, atol=0), k
+    assert tune_gains(model, state, data, TuneConfig(steps=40, lr=1e-2, rows=True)) == tuned
+
+
+def test_row_scales_of_a_gated_mlp_site_cover_gate_up_and_down(llama: torch.nn.Module) -> None:
+    data = _windows()
+    state = make_method("cats", sparsity=0.5).calibrate(llama, data)
+    tuned = tune_gains(llama, state, data, TuneConfig(steps=2, lr=1e-2, rows=True))
+    want = {f"{s}.{p}" for s in state.thresholds for p in ("gate_proj", "up_proj", "down_proj")}
+    assert set(tuned.scales) == want
+
+
+def test_row_scales_round_trip_as_version_3_and_are_applied_once(
+    tuned_setup: tuple, tmp_path: Path
+) -> None:
+    from safetensors import safe_open
+
+    from actlab.sparse._base import SCALES_KEY, scales_digest
+
+    model, state, data = tuned_setup
+    tuned = tune_gains(model, state, data, TuneConfig(steps=3, lr=1e-2, rows=True))
+    path = tuned.save(tmp_path / "rows.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        assert json.loads(f.metadata()[FORMAT_KEY])["version"] == 3
+    back = load_state(path)
+    assert back == tuned and back.scales.keys() == tuned.scales.keys()
+    a = copy.deepcopy(model)
+    apply_state(a, tuned)
+    assert getattr(a.config, SCALES_KEY) == scales_digest(tuned)
+    # a copy of the scaled weights (what a saved and reloaded model is) is not scaled again
+    b = copy.deepcopy(model)
+    b.load_state_dict(a.state_dict())
+    setattr(b.config, SCALES_KEY, scales_digest(tuned))
+    apply_state(b, tuned)
+    for (k, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(p, q), k
+    # but weights holding another state's scales are refused before any change
+    other = copy.deepcopy(tuned)
+    other.scales = {k: r * 2 for k, r in tuned.scales.items()}
+    c = copy.deepcopy(model)
+    setattr(c.config, SCALES_KEY, scales_digest(tuned))
+    with pytest.raises(SparseError, match="already hold the row scales of another tuned state"):
+        apply_state(c, other)
+    assert not any("Sparse" in type(m).__name__ for m in c.modules())
+
+
+def test_row_scales_of_another_model_are_refused_before_any_change(tuned_setup: tuple) -> None:
+    model, state, data = tuned_setup
+    tuned = tune_gains(model, state, data, TuneConfig(steps=1, rows=True))
+    for path, r, match in (
+        ("model.layers.9.mlp.up_proj", torch.ones(128), "no linear 'model.layers.9.mlp.up_proj'"),
+        ("model.layers.0.mlp.up_proj", torch.ones(3), "have 3 entries, the linear"),
+    ):
+        wrong = copy.deepcopy(tuned)
+        wrong.scales[path] = r
+        fresh = copy.deepcopy(model)
+        with pytest.raises(SparseError, match=match):
+            apply_state(fresh, wrong)
+        assert not any("Sparse" in type(m).__name__ for m in fresh.modules())
+
+
+def test_bad_row_scales_and_headers_are_one_line(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    with pytest.raises(SparseError, match="must have its tuned gains too"):
+        SparsityState("teal", {}, {}, scales={"a": torch.ones(2)})
+    with pytest.raises(SparseError, match="row scales 'a' must be a 1-D float tensor"):
+        SparsityState(
+            "teal", {}, {}, gains={"g": torch.ones(2)}, tuning={"x": 1},
+            scales={"a": torch.ones(2, 2)},
+        )  # fmt: skip
+    with pytest.raises(SparseError, match="row scales 'a' are not finite"):
+        SparsityState(
+            "teal", {}, {}, gains={"g": torch.ones(2)}, tuning={"x": 1},
+            scales={"a": torch.tensor([1.0, float("nan")])},
+        )  # fmt: skip
+
+    def write(version: int, tensors: dict) -> Path:
+        header = {"version": version, "method": "teal", "params": {}, "targets": {}}
+        header["tuning"] = {"steps": 1}
+        p = tmp_path / f"s{len(list(tmp_path.iterdir()))}.safetensors"
+        save_file(tensors, str(p), metadata={FORMAT_KEY: json.dumps(header)})
+        return p
+
+    both = {"gain:model.norm.weight": torch.ones(4)}
+    both["scale:model.layers.0.mlp.up_proj"] = torch.ones(8)
+    with pytest.raises(SparseError, match="version 2.*1 row scales"):
+        load_state(write(2, both))
+    with pytest.raises(SparseError, match="gain or row scale .* is not a float32 vector"):
+        load_state(write(3, {**both, "scale:x": torch.ones(2, dtype=torch.float64)}))
+    assert load_state(write(3, both)).scales.keys() == {"model.layers.0.mlp.up_proj"}

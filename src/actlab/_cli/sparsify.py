@@ -16,7 +16,8 @@ perplexity / agreement table and writes an HTML report. ``--out DIR`` saves the 
 tokenizer and thresholds; ``actlab.sparse.load_sparse(DIR)`` reloads them. ``--tune-steps N``
 then tunes the normalisation gains of the sparsified model to the dense model's predictions on
 the calibration text (:func:`actlab.sparse.tune_gains`: light training, not training-free;
-the gains are saved with the thresholds).
+the gains are saved with the thresholds); ``--tune-rows`` also tunes one scale per output row
+of every sparsified linear (saved with the state and in the weights).
 
 Every flag is checked before the model is loaded; a bad value is one line and exit 2.
 """
@@ -95,6 +96,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--tune-lr", type=float, default=1e-3, help="tuning learning rate (1e-3)")
     p.add_argument("--tune-batch", type=int, default=4, help="windows per tuning step (4)")
+    p.add_argument(
+        "--tune-rows",
+        action="store_true",
+        help="also tune one scale per output row of every sparsified linear (~0.1%% of the "
+        "weights more; saved with the state, applied to the weights)",
+    )
     p.add_argument(
         "--tune-tokens",
         type=int,
@@ -249,9 +256,13 @@ def validate(args: argparse.Namespace) -> None:
     _int("--tune-steps", args.tune_steps, 0, 1_000_000)
     args.tune = None
     if args.tune_steps:
-        args.tune = TuneConfig(steps=args.tune_steps, lr=args.tune_lr, batch=args.tune_batch)
-    elif (args.tune_lr, args.tune_batch, args.tune_tokens) != (1e-3, 4, None):
-        raise ValueError("--tune-lr, --tune-batch and --tune-tokens need --tune-steps N")
+        args.tune = TuneConfig(
+            steps=args.tune_steps, lr=args.tune_lr, batch=args.tune_batch, rows=args.tune_rows
+        )
+    elif args.tune_lr != 1e-3 or args.tune_batch != 4 or args.tune_tokens or args.tune_rows:
+        raise ValueError(
+            "--tune-lr, --tune-batch, --tune-tokens and --tune-rows need --tune-steps N"
+        )
     _int("--tune-tokens", args.tune_tokens, 1, MAX_TOKENS)
     args.model_key = resolve_model(args.model)
     args.calib_text = _read_text(args.calib)
@@ -325,7 +336,8 @@ def _sparsify_one(
         t = state.tuning
         if t:
             _say(
-                f"tuned {t['params']} gains in {time.perf_counter() - t0:.1f} s: KL "
+                f"tuned {t['params']} {'gains and row scales' if t.get('rows') else 'gains'} "
+                f"in {time.perf_counter() - t0:.1f} s: KL "
                 f"{t['kl_first']:.4f} (first tenth of the steps) -> {t['kl_last']:.4f} (last)"
             )
     dense_out = _generate(model, tok, args.generate, args.max_new_tokens) if args.generate else ""

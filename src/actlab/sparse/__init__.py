@@ -87,7 +87,7 @@ from actlab.sparse._text import (
     heldout_windows,
 )
 from actlab.sparse._topk import SparseTopKLinear
-from actlab.sparse._tune import TuneConfig, gain_parameters, tune_gains
+from actlab.sparse._tune import TuneConfig, gain_parameters, scaled_linears, tune_gains
 
 __all__ = [
     "CALIBRATION_PLAYS",
@@ -126,6 +126,7 @@ __all__ = [
     "SparseTopKLinear",
     "TuneConfig",
     "gain_parameters",
+    "scaled_linears",
     "tune_gains",
     "SparsityMethod",
     "SparsityReport",

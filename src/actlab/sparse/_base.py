@@ -15,6 +15,7 @@ saved state (:func:`apply_state`).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -31,11 +32,14 @@ from actlab.surgery import ReplacementReport, replace_modules
 
 __all__ = [
     "METHODS",
+    "SCALES_KEY",
     "SparsityMethod",
     "SparsityReport",
     "apply_state",
     "install",
     "make_method",
+    "scales_digest",
+    "scales_held",
 ]
 
 
@@ -155,7 +159,10 @@ def install(
     :class:`SparseLinear` and any other site a :class:`SparseGatedMLP`. All or nothing
     (:func:`actlab.surgery.replace_modules`); a site missing from the model, of the wrong
     type or already sparsified is a one-line :class:`SparseError`. Last, the state's tuned
-    gains (:func:`actlab.sparse.tune_gains`) are written into the model's parameters.
+    gains (:func:`actlab.sparse.tune_gains`) are written into the model's parameters and its
+    tuned row scales multiply the rows of their linears' weights (once: the model records
+    which scales its weights hold, :data:`SCALES_KEY`, so a model saved with them and reloaded
+    is not scaled twice).
     """
     _check_gains(model, state)  # before the model is rotated or replaced: all or nothing
     modules = dict(model.named_modules())
@@ -186,6 +193,7 @@ def install(
     rep = replace_modules(model, lambda path, m: path in kinds, build) if kinds else None
     _write_gains(model, state)
     modules = dict(model.named_modules())
+    _write_scales(model, modules, state)
     return SparsityReport(
         method=state.method,
         modules={p: modules[p] for p in state.thresholds},  # type: ignore[misc]
@@ -195,7 +203,9 @@ def install(
 
 
 def _check_gains(model: nn.Module, state: SparsityState) -> None:
-    """One-line error unless every tuned gain of ``state`` names a parameter of its shape."""
+    """One-line error unless every tuned gain of ``state`` names a parameter of its shape and
+    every row scale a linear with as many output features, and the weights do not hold
+    another state's row scales already."""
     params = dict(model.named_parameters())
     for path, g in state.gains.items():
         p = params.get(path)
@@ -206,6 +216,60 @@ def _check_gains(model: nn.Module, state: SparsityState) -> None:
                 f"the tuned gain {path!r} has shape {tuple(g.shape)}, the model's "
                 f"{tuple(p.shape)}: the state was tuned on another model"
             )
+    modules = dict(model.named_modules())
+    for path, r in state.scales.items():
+        m = modules.get(path)
+        if not isinstance(m, nn.Linear):
+            raise SparseError(f"the state was tuned on another model: it has no linear {path!r}")
+        if m.out_features != r.numel():
+            raise SparseError(
+                f"the tuned row scales of {path!r} have {r.numel()} entries, the linear "
+                f"{m.out_features} outputs: the state was tuned on another model"
+            )
+    held = scales_held(model)
+    if held is not None and held != scales_digest(state):
+        raise SparseError(
+            "the model's weights already hold the row scales of another tuned state; apply "
+            "this state to the dense model"
+        )
+
+
+SCALES_KEY = "actlab_row_scales"  # config (or module) attribute: digest of the scales held
+
+
+def scales_digest(state: SparsityState) -> str | None:
+    """A SHA-256 (16 hex digits) of the state's row scales, or None without any."""
+    if not state.scales:
+        return None
+    h = hashlib.sha256()
+    for path in sorted(state.scales):
+        h.update(path.encode())
+        h.update(state.scales[path].numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def scales_held(model: nn.Module) -> str | None:
+    """The digest of the row scales ``model``'s weights hold (its config's
+    :data:`SCALES_KEY`, or the module's attribute when it has no config), or None."""
+    config = getattr(model, "config", None)
+    held = getattr(config if config is not None else model, SCALES_KEY, None)
+    return held if isinstance(held, str) else None
+
+
+def _write_scales(model: nn.Module, modules: dict[str, nn.Module], state: SparsityState) -> None:
+    """Multiply the rows of each scaled linear's weight, unless the weights hold them already
+    (a model saved after :func:`install` and reloaded), and record the digest."""
+    digest = scales_digest(state)
+    if digest is None or scales_held(model) == digest:
+        return
+    with torch.no_grad():
+        for path, r in state.scales.items():
+            lin = modules[path]
+            assert isinstance(lin, nn.Linear)  # checked by _check_gains
+            w = lin.weight
+            w.mul_(r.to(w.device, w.dtype).unsqueeze(1))  # (out, in) * (out, 1)
+    config = getattr(model, "config", None)
+    setattr(config if config is not None else model, SCALES_KEY, digest)
 
 
 def _write_gains(model: nn.Module, state: SparsityState) -> None:

@@ -18,7 +18,9 @@ another model with one line.
 A state with tuned normalisation gains (:func:`actlab.sparse.tune_gains`) also names its
 ``tuning`` in config.json; the weights file then holds the tuned gains (the model was saved
 with them applied) and the state file holds them too, so applying the state to the original
-dense model gives the same model.
+dense model gives the same model. Tuned row scales (``TuneConfig(rows=True)``) are in the saved
+weights as well; config.json's ``actlab_row_scales`` (a digest of them) tells ``apply`` on the
+reloaded model that its weights hold them already, so they are not applied twice.
 
 Model names: ``smollm2`` (SmolLM2-135M-Instruct), ``gemma3`` (Gemma-3-270M, when this actlab
 has its loader) or a local Hugging Face folder (``config.json`` + weights + tokenizer).

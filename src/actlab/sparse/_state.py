@@ -11,7 +11,10 @@ orthogonal ``[d, d]`` basis per block (``bases``, saved under ``"basis:" + block
 A state whose normalisation gains were tuned to the sparse model
 (:func:`actlab.sparse.tune_gains`) holds them as ``gains`` (parameter path -> float32 tensor,
 saved under ``"gain:" + path``), with what the tuning did in ``tuning`` (a JSON object in the
-header); such a file is format version 2, every other file version 1.
+header); such a file is format version 2, every other file version 1. A tuning that also
+scaled the output rows of the sparsified linears (``TuneConfig(rows=True)``) adds ``scales``
+(linear path -> float32 vector of ``out_features`` factors, saved under ``"scale:" + path``);
+such a file is format version 3 (a reader of version 2 would take the scales for thresholds).
 Nothing is unpickled when loading.
 """
 
@@ -40,8 +43,10 @@ Threshold = float | torch.Tensor  # one per site (float) or one per channel (1-D
 FORMAT_KEY = "actlab.sparse"
 FORMAT_VERSION = 1  # written when the state has no tuned gains
 GAINS_VERSION = 2  # written when it has (a reader of version 1 would take them for thresholds)
+SCALES_VERSION = 3  # written when it also has tuned row scales
 BASIS = "basis:"  # key prefix of the rotation bases in the state file
 GAIN = "gain:"  # key prefix of the tuned normalisation gains
+SCALE = "scale:"  # key prefix of the tuned output-row scales
 
 
 class SparseError(ValueError):
@@ -67,7 +72,8 @@ class SparsityState:
     is zeroed, so sparsity 0 is bit-identical to the dense model).
     ``targets[site]`` is the sparsity the threshold was calibrated for. ``gains`` are
     normalisation weights (parameter path -> tensor) that ``apply`` writes into the model after
-    any rotation; ``tuning`` says how they were obtained.
+    any rotation; ``tuning`` says how they were obtained. ``scales`` (linear path -> vector of
+    ``out_features`` factors) multiply the rows of those linears' weights, after any rotation.
     """
 
     method: str
@@ -77,6 +83,7 @@ class SparsityState:
     bases: dict[str, torch.Tensor] = field(default_factory=dict)
     gains: dict[str, torch.Tensor] = field(default_factory=dict)
     tuning: dict[str, Any] = field(default_factory=dict)
+    scales: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.thresholds = {k: _f32(v) for k, v in self.thresholds.items()}
@@ -91,6 +98,16 @@ class SparsityState:
             if not bool(g.isfinite().all()):
                 raise SparseError(f"gain {k!r} is not finite; tune again with a smaller lr")
         self.gains = {k: g.detach().to("cpu", torch.float32).clone() for k, g in self.gains.items()}
+        for k, r in self.scales.items():
+            if not isinstance(r, torch.Tensor) or not r.is_floating_point() or r.ndim != 1:
+                raise SparseError(f"row scales {k!r} must be a 1-D float tensor")
+            if not bool(r.isfinite().all()):
+                raise SparseError(f"row scales {k!r} are not finite; tune again with a smaller lr")
+        self.scales = {
+            k: r.detach().to("cpu", torch.float32).clone() for k, r in self.scales.items()
+        }
+        if self.scales and not self.gains:
+            raise SparseError("a state with tuned row scales must have its tuned gains too")
         if self.gains and not self.tuning:
             raise SparseError("a state with tuned gains must say how they were tuned (tuning)")
 
@@ -111,9 +128,11 @@ class SparsityState:
                 return False
         if set(self.bases) != set(other.bases) or set(self.gains) != set(other.gains):
             return False
-        if self.tuning != other.tuning:
+        if self.tuning != other.tuning or set(self.scales) != set(other.scales):
             return False
         if not all(torch.equal(g, other.gains[k]) for k, g in self.gains.items()):
+            return False
+        if not all(torch.equal(r, other.scales[k]) for k, r in self.scales.items()):
             return False
         return all(torch.equal(q, other.bases[k]) for k, q in self.bases.items())
 
@@ -127,7 +146,7 @@ class SparsityState:
                 f"{p} is a directory; give a file name such as {p / 'sparse.safetensors'}"
             )
         header: dict[str, Any] = {
-            "version": GAINS_VERSION if self.gains else FORMAT_VERSION,
+            "version": self.version,
             "method": self.method,
             "params": self.params,
             "targets": self.targets,
@@ -146,11 +165,19 @@ class SparsityState:
         }
         tensors.update({BASIS + k: q.contiguous().clone() for k, q in self.bases.items()})
         tensors.update({GAIN + k: g.contiguous().clone() for k, g in self.gains.items()})
+        tensors.update({SCALE + k: r.contiguous().clone() for k, r in self.scales.items()})
         p.parent.mkdir(parents=True, exist_ok=True)
         tmp = p.with_name(p.name + ".tmp")
         save_file(tensors, str(tmp), metadata={FORMAT_KEY: text})
         tmp.replace(p)  # never a half-written state under the final name
         return p
+
+    @property
+    def version(self) -> int:
+        """The file format version :meth:`save` writes for this state (1, 2 or 3)."""
+        if self.scales:
+            return SCALES_VERSION
+        return GAINS_VERSION if self.gains else FORMAT_VERSION
 
     @classmethod
     def load(cls, path: str | Path) -> SparsityState:
@@ -207,24 +234,27 @@ def load_state(path: str | Path) -> SparsityState:
         tuning = header.get("tuning", {})
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise SparseError(f"{p}: the actlab.sparse header is malformed ({e})") from None
-    if version not in (FORMAT_VERSION, GAINS_VERSION):
+    if version not in (FORMAT_VERSION, GAINS_VERSION, SCALES_VERSION):
         raise SparseError(
-            f"{p}: state format version {version!r}, this actlab reads {FORMAT_VERSION} and "
-            f"{GAINS_VERSION}"
+            f"{p}: state format version {version!r}, this actlab reads {FORMAT_VERSION} to "
+            f"{SCALES_VERSION}"
         )
     if not isinstance(tuning, dict):
         raise SparseError(f"{p}: the actlab.sparse header's tuning is not an object")
     bases = {k[len(BASIS) :]: t for k, t in tensors.items() if k.startswith(BASIS)}
     gains = {k[len(GAIN) :]: t for k, t in tensors.items() if k.startswith(GAIN)}
-    if bool(gains) != (version == GAINS_VERSION) or bool(gains) != bool(tuning):
+    scales = {k[len(SCALE) :]: t for k, t in tensors.items() if k.startswith(SCALE)}
+    expected = SCALES_VERSION if scales else GAINS_VERSION if gains else FORMAT_VERSION
+    if version != expected or bool(gains) != bool(tuning):
         raise SparseError(
             f"{p}: the header (version {version}, tuning {'given' if tuning else 'absent'}) "
-            f"does not match the {len(gains)} tuned gains; save the state again with actlab"
+            f"does not match the {len(gains)} tuned gains and {len(scales)} row scales; save "
+            "the state again with actlab"
         )
-    bad = [k for k, t in gains.items() if t.ndim != 1 or t.dtype != torch.float32]
+    bad = [k for k, t in {**gains, **scales}.items() if t.ndim != 1 or t.dtype != torch.float32]
     if bad:
-        raise SparseError(f"{p}: gain {bad[0]!r} is not a float32 vector")
-    tensors = {k: t for k, t in tensors.items() if not k.startswith((BASIS, GAIN))}
+        raise SparseError(f"{p}: gain or row scale {bad[0]!r} is not a float32 vector")
+    tensors = {k: t for k, t in tensors.items() if not k.startswith((BASIS, GAIN, SCALE))}
     bad = [k for k, t in tensors.items() if t.ndim > 1 or t.dtype != torch.float32]
     if bad:
         raise SparseError(f"{p}: threshold {bad[0]!r} is not a float32 scalar or vector")
@@ -239,4 +269,5 @@ def load_state(path: str | Path) -> SparsityState:
         bases=bases,
         gains=gains,
         tuning=tuning,
+        scales=scales,
     )
