@@ -359,3 +359,24 @@ def test_bad_row_scales_and_headers_are_one_line(tmp_path: Path) -> None:
     with pytest.raises(SparseError, match="gain or row scale .* is not a float32 vector"):
         load_state(write(3, {**both, "scale:x": torch.ones(2, dtype=torch.float64)}))
     assert load_state(write(3, both)).scales.keys() == {"model.layers.0.mlp.up_proj"}
+
+
+def test_the_fingerprint_of_scaled_weights_is_the_dense_models(
+    tuned_setup: tuple, tmp_path: Path
+) -> None:
+    from actlab.sparse import apply_saved_state, model_fingerprint, save_sparse
+
+    model, state, data = tuned_setup
+    tuned = tune_gains(model, state, data, TuneConfig(steps=1, rows=True))
+    big = copy.deepcopy(tuned)  # scales far from 1: the raw mean |W| would move by ~50%
+    big.scales = {k: torch.full_like(r, 1.5) for k, r in tuned.scales.items()}
+    sparse = copy.deepcopy(model)
+    apply_state(sparse, big)
+    assert model_fingerprint(sparse, state=big)["weights"] == pytest.approx(
+        model_fingerprint(model)["weights"], rel=1e-6
+    )
+    out = save_sparse(tmp_path / "big", sparse, None, big)
+    fresh = copy.deepcopy(model)
+    apply_saved_state(fresh, out)  # the dense model passes the check and is scaled once
+    for (k, p), q in zip(fresh.state_dict().items(), sparse.state_dict().values(), strict=True):
+        assert torch.equal(p, q), k

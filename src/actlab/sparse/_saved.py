@@ -12,8 +12,8 @@ and reloaded with ``load_sparse(out)`` (model, tokenizer, state, report; ``model
 works). The fingerprint names the model the state was calibrated on: its name, the number
 of parameters, a SHA-256 of the config's structural fields and the mean |W| of the
 projections of the first and last block (compared to 1%, so a bf16 copy of the same weights
-matches and other weights do not). :func:`apply_saved_state` refuses a state calibrated on
-another model with one line.
+matches and other weights do not; rows that hold a state's tuned scales are measured
+unscaled). :func:`apply_saved_state` refuses a state calibrated on another model with one line.
 
 A state with tuned normalisation gains (:func:`actlab.sparse.tune_gains`) also names its
 ``tuning`` in config.json; the weights file then holds the tuned gains (the model was saved
@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from actlab.sparse._base import SparsityReport, apply_state
+from actlab.sparse._base import SparsityReport, apply_state, scales_digest, scales_held
 from actlab.sparse._modules import check_mode
 from actlab.sparse._sites import PROJECTIONS, find_blocks
 from actlab.sparse._state import FORMAT_KEY, SparseError, SparsityState, load_state
@@ -137,19 +137,35 @@ def _n_params(model: nn.Module) -> int:
     return n
 
 
-def _weight_stats(model: nn.Module) -> list[float]:
+def _weight_stats(model: nn.Module, scales: dict[str, torch.Tensor] | None = None) -> list[float]:
     blocks = find_blocks(model)
     out: list[float] = []
     for block in (blocks[0], blocks[-1]):
         for n in PROJECTIONS:
-            w = model.get_submodule(block.proj(n)).weight
+            path = block.proj(n)
+            w = model.get_submodule(path).weight
             assert isinstance(w, torch.Tensor)
-            out.append(float(w.detach().abs().double().mean()))
+            a = w.detach().abs().double()
+            if scales and path in scales:  # the dense weights' statistic: rows unscaled
+                a = a / scales[path].double().abs().to(a.device).unsqueeze(1)
+            out.append(float(a.mean()))
     return out
 
 
-def model_fingerprint(model: nn.Module, name: str = "") -> dict[str, Any]:
-    """``{name, params, config_sha256, weights}`` of a causal LM (see the module docstring)."""
+def _held_scales(model: nn.Module, state: SparsityState | None) -> dict[str, torch.Tensor] | None:
+    """The state's row scales when ``model``'s weights hold them (applied or reloaded)."""
+    if state is None or not state.scales or scales_held(model) != scales_digest(state):
+        return None
+    return state.scales
+
+
+def model_fingerprint(
+    model: nn.Module, name: str = "", state: SparsityState | None = None
+) -> dict[str, Any]:
+    """``{name, params, config_sha256, weights}`` of a causal LM (see the module docstring).
+
+    With ``state``, weights that hold its tuned row scales are measured with the rows
+    unscaled, so the fingerprint is the dense model's."""
     cfg = getattr(model, "config", None)
     conf: dict[str, Any] = cfg.to_dict() if cfg is not None and hasattr(cfg, "to_dict") else {}
     structure = {k: conf[k] for k in _STRUCTURE if k in conf}
@@ -158,13 +174,16 @@ def model_fingerprint(model: nn.Module, name: str = "") -> dict[str, Any]:
         "name": name or str(conf.get("_name_or_path") or type(model).__name__),
         "params": _n_params(model),
         "config_sha256": digest.hexdigest(),
-        "weights": _weight_stats(model),
+        "weights": _weight_stats(model, _held_scales(model, state)),
     }
 
 
-def check_fingerprint(model: nn.Module, expected: dict[str, Any]) -> None:
-    """One-line :class:`SparseError` unless ``model`` is the model ``expected`` describes."""
-    got = model_fingerprint(model)
+def check_fingerprint(
+    model: nn.Module, expected: dict[str, Any], state: SparsityState | None = None
+) -> None:
+    """One-line :class:`SparseError` unless ``model`` is the model ``expected`` describes
+    (``state``: see :func:`model_fingerprint`)."""
+    got = model_fingerprint(model, state=state)
     was = f"{expected.get('name', '?')} ({expected.get('params', '?')} parameters)"
     fix = "calibrate the method on this model instead"
     if got["config_sha256"] != expected.get("config_sha256") or got["params"] != expected.get(
@@ -237,7 +256,7 @@ def _apply_checked(model: nn.Module, path: Path) -> tuple[SparsityState, Sparsit
     state = load_state(path)
     expected = read_fingerprint(path)
     if expected is not None:
-        check_fingerprint(model, expected)
+        check_fingerprint(model, expected, state)
     return state, apply_state(model, state)
 
 
@@ -268,7 +287,7 @@ def save_sparse(
     mode = check_mode(mode)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    fingerprint = model_fingerprint(model, name)
+    fingerprint = model_fingerprint(model, name, state)
     info = {
         "method": state.method,
         "params": state.params,
