@@ -164,7 +164,7 @@ def install(
     which scales its weights hold, :data:`SCALES_KEY`, so a model saved with them and reloaded
     is not scaled twice).
     """
-    _check_gains(model, state)  # before the model is rotated or replaced: all or nothing
+    _check_tuned(model, state)  # before the model is rotated or replaced: all or nothing
     modules = dict(model.named_modules())
     if state.bases or rotation_missing(model):
         _rotate_for(model, state)
@@ -202,7 +202,7 @@ def install(
     )
 
 
-def _check_gains(model: nn.Module, state: SparsityState) -> None:
+def _check_tuned(model: nn.Module, state: SparsityState) -> None:
     """One-line error unless every tuned gain of ``state`` names a parameter of its shape and
     every row scale a linear with as many output features, and the weights do not hold
     another state's row scales already."""
@@ -265,7 +265,7 @@ def _write_scales(model: nn.Module, modules: dict[str, nn.Module], state: Sparsi
     with torch.no_grad():
         for path, r in state.scales.items():
             lin = modules[path]
-            assert isinstance(lin, nn.Linear)  # checked by _check_gains
+            assert isinstance(lin, nn.Linear)  # checked by _check_tuned
             w = lin.weight
             w.mul_(r.to(w.device, w.dtype).unsqueeze(1))  # (out, in) * (out, 1)
     config = getattr(model, "config", None)
