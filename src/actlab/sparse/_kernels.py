@@ -49,6 +49,7 @@ from torch import nn
 
 from actlab._ext import Extension, NativeLibrary, try_load
 from actlab._ext import unavailable_reason as _ext_reason
+from actlab.sparse._arena import PackArena
 from actlab.sparse._modules import SparseGatedMLP, SparseLinear, _Site
 from actlab.sparse._sites import INPUT_OF
 from actlab.sparse._state import SparseError
@@ -100,6 +101,7 @@ class KernelReport:
     reason: str = ""  # why nothing was enabled (kernels unavailable), else ''
     head: str = ""  # path of the LM head on the kernel path (``head=True``), else ''
     head_bytes: int = 0  # its packed copy (an extra copy: its weight, maybe tied, is kept)
+    pages: str = ""  # the page size of the packed copies, and why 4 KiB where so (_arena)
 
     def __str__(self) -> str:
         if self.reason:
@@ -107,7 +109,7 @@ class KernelReport:
         first = (
             f"sparse kernels ({self.isa}, {str(self.dtype).replace('torch.', '')} weights): "
             f"{len(self.modules)} modules{f' + head {self.head}' if self.head else ''}, "
-            f"{self.packed_bytes / 2**20:.1f} MiB packed"
+            f"{self.packed_bytes / 2**20:.1f} MiB packed{f' on {self.pages}' if self.pages else ''}"
         )
         lines = [first]
         if self.head:
@@ -120,6 +122,12 @@ class KernelReport:
 
 def _vec(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.detach().float().contiguous()
+
+
+def _reusable(t: torch.Tensor, shape: tuple[int, ...]) -> bool:
+    """Whether a repack can write over the packed tensor ``t`` (same shape; an inference
+    tensor only inside inference mode) instead of taking new memory from the arena."""
+    return tuple(t.shape) == shape and (not t.is_inference() or torch.is_inference_mode_enabled())
 
 
 def _key(*ts: torch.Tensor | None) -> tuple[int, ...]:
@@ -193,9 +201,11 @@ class _Packed:
     as every attention and gated MLP does.)
     """
 
-    def __init__(self, members: list[SparseLinear], dtype: torch.dtype) -> None:
+    def __init__(self, members: list[SparseLinear], dtype: torch.dtype, arena: PackArena) -> None:
         self.members = members
         self.dtype = dtype
+        self.arena = arena
+        self.wt = torch.empty(0)
         self.offsets: list[int] = []
         off = 0
         for m in members:
@@ -211,8 +221,11 @@ class _Packed:
 
     def pack(self) -> None:
         ms = self.members
-        wt = torch.cat([m.weight.detach().t() for m in ms], dim=1)  # [in, sum of outs]
-        self.wt = wt.to(self.dtype).contiguous()
+        shape = (ms[0].in_features, sum(m.out_features for m in ms))  # [in, sum of outs]
+        if not _reusable(self.wt, shape):  # a repack writes over the same memory
+            self.wt = self.arena.empty(shape, self.dtype)
+        for m, off in zip(ms, self.offsets, strict=True):
+            self.wt[:, off : off + m.out_features].copy_(m.weight.detach().t())
         self.bias: torch.Tensor | None = None
         if any(m.bias is not None for m in ms):
             self.bias = torch.cat(
@@ -321,11 +334,19 @@ class _GatedKernel(_Kernel):
     """``gated_mlp`` for a :class:`SparseGatedMLP` (gate ``W^T``; up rows | down columns)."""
 
     def __init__(
-        self, m: SparseGatedMLP, lib: NativeLibrary, dtype: torch.dtype, rows: int, act: int
+        self,
+        m: SparseGatedMLP,
+        lib: NativeLibrary,
+        dtype: torch.dtype,
+        rows: int,
+        act: int,
+        arena: PackArena,
     ) -> None:
         super().__init__(lib, dtype, rows)
         self.op = lib.op("gated_mlp")
         self.act = act
+        self.arena = arena
+        self.gate_t = self.updown = torch.empty(0)
         self.pack(m)
 
     @staticmethod
@@ -336,9 +357,14 @@ class _GatedKernel(_Kernel):
 
     def pack(self, m: SparseGatedMLP) -> None:
         g, u, d = self.linears(m)
-        self.gate_t = g.weight.detach().t().contiguous().to(self.dtype)  # [d, F]
+        dm, f = g.in_features, g.out_features
+        if not _reusable(self.gate_t, (dm, f)):  # a repack writes over the same memory
+            self.gate_t = self.arena.empty((dm, f), self.dtype)  # [d, F]
+            self.updown = self.arena.empty((f, 2 * dm), self.dtype)
+        self.gate_t.copy_(g.weight.detach().t())
         # row c = [up.weight[c, :] | down.weight[:, c]]: [F, 2d]
-        self.updown = torch.cat([u.weight.detach(), d.weight.detach().t()], dim=1).to(self.dtype)
+        self.updown[:, :dm].copy_(u.weight.detach())
+        self.updown[:, dm:].copy_(d.weight.detach().t())
         self.biases = (_vec(g.bias), _vec(u.bias), _vec(d.bias))
         self.key = _key(g.weight, u.weight, d.weight, g.bias, u.bias, d.bias)
         self.nbytes = sum(t.numel() * t.element_size() for t in (self.gate_t, self.updown))
@@ -366,15 +392,20 @@ class _HeadKernel(_Kernel):
     """The LM head through ``sparse_linear`` at threshold ``-inf`` (dense: every input
     survives, every packed row streams): a ``W^T`` copy ``[in, vocab]`` at ``dtype``."""
 
-    def __init__(self, head: nn.Linear, lib: NativeLibrary, dtype: torch.dtype, rows: int) -> None:
+    def __init__(
+        self, head: nn.Linear, lib: NativeLibrary, dtype: torch.dtype, rows: int, arena: PackArena
+    ) -> None:
         super().__init__(lib, dtype, rows)
         self.op = lib.op("sparse_linear")
+        self.arena = arena
+        self.wt = torch.empty(0)
         self.pack(head)
 
     def pack(self, head: nn.Linear) -> None:
         w = head.weight.detach()
-        self.wt = torch.empty(w.shape[1], w.shape[0], dtype=self.dtype)
-        self.wt.copy_(w.t())  # one allocation, converted while transposed: [in, vocab]
+        if not _reusable(self.wt, (w.shape[1], w.shape[0])):  # a repack reuses the memory
+            self.wt = self.arena.empty((w.shape[1], w.shape[0]), self.dtype)
+        self.wt.copy_(w.t())  # converted while transposed: [in, vocab]
         self.bias = _vec(head.bias)
         self.key = _key(head.weight, head.bias)
         self.nbytes = self.wt.numel() * self.wt.element_size()
@@ -419,7 +450,12 @@ def _drop_heads(model: nn.Module) -> int:
 
 
 def _use_head(
-    model: nn.Module, lib: NativeLibrary, dtype: torch.dtype, max_rows: int, report: KernelReport
+    model: nn.Module,
+    lib: NativeLibrary,
+    dtype: torch.dtype,
+    max_rows: int,
+    report: KernelReport,
+    arena: PackArena,
 ) -> None:
     """Put the model's output embedding on the kernel path, or say in ``report`` why not."""
     get = getattr(model, "get_output_embeddings", None)
@@ -440,7 +476,7 @@ def _use_head(
         report.skipped[path] = why
         return
     assert isinstance(head, nn.Linear)
-    kernel = _HeadKernel(head, lib, dtype, max_rows)
+    kernel = _HeadKernel(head, lib, dtype, max_rows, arena)
     head.__dict__[_HEAD_KERNEL] = kernel
     head.__dict__["forward"] = types.MethodType(_head_forward, head)
     report.head = path
@@ -567,39 +603,50 @@ def use_kernels(
         )
         return report
     report.isa = lib.isa
-    groups = _sibling_groups(model)
-    packs: dict[int, tuple[_Packed, int]] = {}
-    for path, m in sites:
-        why = _skip_reason(m, dtype)
-        kernel: _Kernel | None = None
-        if not why and isinstance(m, SparseLinear):
-            if id(m) not in packs:
-                members = [g for g in groups.get(id(m), [m]) if not _skip_reason(g, dtype)]
-                if m not in members:
-                    members = [m]
-                pk = _Packed(members, dtype)
-                packs.update({id(g): (pk, i) for i, g in enumerate(members)})
-            pk, index = packs[id(m)]
-            kernel = _LinearKernel(m, pk, index, lib, max_rows)
-        elif not why and isinstance(m, SparseGatedMLP):
-            if not all(
-                type(getattr(m, n)) is nn.Linear for n in ("gate_proj", "up_proj", "down_proj")
-            ):
-                why = "gate/up/down are not plain nn.Linear"
-            elif (act := _act_code(m.act_fn)) is None:
-                why = f"act_fn {type(m.act_fn).__name__} is neither silu nor gelu_tanh"
-            else:
-                kernel = _GatedKernel(m, lib, dtype, max_rows, act)
-        if kernel is None:
-            report.skipped[path] = why
-            m.__dict__.pop("_kernel", None)
-            continue
-        m._kernel = cast(Callable[[Any, torch.Tensor], "torch.Tensor | None"], kernel)
-        report.modules.append(path)
-        report.packed_bytes += kernel.nbytes
-    _drop_heads(model)
-    if head:
-        _use_head(model, lib, dtype, max_rows, report)
+    # packed copies and counters are normal tensors even when packed in inference mode, so
+    # that a repack or a count outside it can write over them
+    with torch.inference_mode(False):
+        arena = PackArena()  # the packed weights on huge pages where the system allows (_arena)
+        groups = _sibling_groups(model)
+        packs: dict[int, tuple[_Packed, int]] = {}
+        for path, m in sites:
+            why = _skip_reason(m, dtype)
+            kernel: _Kernel | None = None
+            if not why and isinstance(m, SparseLinear):
+                if id(m) not in packs:
+                    members = [g for g in groups.get(id(m), [m]) if not _skip_reason(g, dtype)]
+                    if m not in members:
+                        members = [m]
+                    pk = _Packed(members, dtype, arena)
+                    packs.update({id(g): (pk, i) for i, g in enumerate(members)})
+                pk, index = packs[id(m)]
+                kernel = _LinearKernel(m, pk, index, lib, max_rows)
+            elif not why and isinstance(m, SparseGatedMLP):
+                if not all(
+                    type(getattr(m, n)) is nn.Linear for n in ("gate_proj", "up_proj", "down_proj")
+                ):
+                    why = "gate/up/down are not plain nn.Linear"
+                elif (act := _act_code(m.act_fn)) is None:
+                    why = f"act_fn {type(m.act_fn).__name__} is neither silu nor gelu_tanh"
+                else:
+                    kernel = _GatedKernel(m, lib, dtype, max_rows, act, arena)
+            if kernel is None:
+                report.skipped[path] = why
+                m.__dict__.pop("_kernel", None)
+                continue
+            m._kernel = cast(Callable[[Any, torch.Tensor], "torch.Tensor | None"], kernel)
+            report.modules.append(path)
+            report.packed_bytes += kernel.nbytes
+        _drop_heads(model)
+        if head:
+            _use_head(model, lib, dtype, max_rows, report, arena)
+        report.pages = (
+            "transparent huge pages"
+            if arena.advised_bytes
+            else f"4 KiB pages ({arena.reason})"
+            if arena.reason
+            else "4 KiB pages"
+        )
     for hook in _GENERATE_HOOKS if generate else ():
         hook(model, True)
     return report
