@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 
@@ -11,13 +12,19 @@ import torch
 def interleaved_samples(
     fns: dict[str, Callable[[], None]], repeats: int, warmup: int = 3
 ) -> dict[str, list[float]]:
-    """Seconds of each call of each fn, measured round-robin (round r of every fn is at index r)."""
+    """Seconds of each call of each fn, in rounds (round r of every fn is at index r). Each
+    round calls the fns in an order shuffled anew (seeded): with a fixed order each fn would
+    always follow the same one, and what ran just before changes a timing (caches, code and
+    predictors: 5-15% for a 0.1-0.3 ms kernel in ``bench_sparse_gemv.py``)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
+    items = list(fns.items())
+    order = random.Random(0)
     for _ in range(repeats):
-        for k, fn in fns.items():
+        order.shuffle(items)
+        for k, fn in items:
             t0 = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t0)

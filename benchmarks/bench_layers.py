@@ -1,8 +1,8 @@
 """Forward+backward step time and memory of the structured layers vs what they replace.
 
-One run, four groups (and an optional width sweep); in each, every entry is timed
-round-robin with the group's baseline (``_common.interleaved_samples``: this machine is shared
-and its speed drifts), and the table gives the median step time, the median of the per-round
+One run, four groups (and an optional width sweep); in each, every entry is timed in
+rounds with the group's baseline, in a shuffled order each round (``_common.interleaved_samples``:
+this machine is shared and its speed drifts), and the table gives the median step time, the median of the per-round
 time ratios to the baseline with their interquartile range, the ratio of the fastest steps
 (``min``: the least disturbed estimate when other processes burst), the parameters, and the
 bytes autograd saves for backward (on CPU the activation-memory proxy; on CUDA also the peak
