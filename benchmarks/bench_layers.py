@@ -1,12 +1,13 @@
 """Forward+backward step time and memory of the structured layers vs what they replace.
 
 One run, four groups (and an optional width sweep); in each, every entry is timed in
-rounds with the group's baseline, in a shuffled order each round (``_common.interleaved_samples``:
-this machine is shared and its speed drifts), and the table gives the median step time, the median of the per-round
-time ratios to the baseline with their interquartile range, the ratio of the fastest steps
-(``min``: the least disturbed estimate when other processes burst), the parameters, and the
-bytes autograd saves for backward (on CPU the activation-memory proxy; on CUDA also the peak
-allocated bytes of one step):
+rounds with the group's baseline, in a shuffled order each round
+(``_common.interleaved_samples``: this machine is shared and its speed drifts), and the
+table gives the median step time, the median of the per-round time ratios to the baseline
+with their interquartile range, the ratio of the fastest steps (``min``: the least disturbed
+estimate when other processes burst), the parameters, and the bytes autograd saves for
+backward (on CPU the activation-memory proxy; on CUDA also the peak allocated bytes of one
+step):
 
   mlp-slot (transformer)   x (64, 17, 64) tokens, D 64: mlp(gelu) with hidden 128 vs af_kan,
                            relu_kan, s_kan at equal parameters (widths from

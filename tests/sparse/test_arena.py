@@ -17,7 +17,7 @@ from sparse_helpers import tiny_llama
 from torch import nn
 
 from actlab.sparse import SparseLinear, kernels_available, make_method, use_kernels
-from actlab.sparse._arena import HUGE_PAGE, PackArena, huge_pages_available
+from actlab.sparse._arena import HUGE_PAGE, PackArena, huge_pages_available, huge_pages_wanted
 
 HUGE, WHY = huge_pages_available()
 needs_huge = pytest.mark.skipif(not HUGE, reason=f"no transparent huge pages here: {WHY}")
@@ -37,7 +37,7 @@ def _advised(ptr: int) -> bool:
 
 
 def test_layout_aligned_disjoint_and_writable() -> None:
-    arena = PackArena(chunk_bytes=HUGE_PAGE)
+    arena = PackArena(chunk_bytes=HUGE_PAGE, huge=True)
     shapes = [((3, 5), torch.float32), ((7,), torch.bfloat16), ((4, 4), torch.float32)]
     ts = [arena.empty(s, d) for s, d in shapes]
     for t, (s, d) in zip(ts, shapes, strict=True):
@@ -54,7 +54,7 @@ def test_layout_aligned_disjoint_and_writable() -> None:
 
 @needs_huge
 def test_chunks_are_advised_and_roll_over() -> None:
-    arena = PackArena(chunk_bytes=HUGE_PAGE)
+    arena = PackArena(chunk_bytes=HUGE_PAGE, huge=True)
     a = arena.empty((HUGE_PAGE // 8,), torch.float32)  # half a chunk
     b = arena.empty((HUGE_PAGE // 8,), torch.float32)  # the other half
     c = arena.empty((HUGE_PAGE // 8,), torch.float32)  # a new chunk
@@ -67,12 +67,19 @@ def test_chunks_are_advised_and_roll_over() -> None:
     assert not _advised(torch.empty(HUGE_PAGE).data_ptr())  # plain torch memory is not
 
 
-def test_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ACTLAB_HUGE_PAGES", "0")
+@pytest.mark.parametrize("env", [None, "0", "yes"])
+def test_off_unless_asked(monkeypatch: pytest.MonkeyPatch, env: str | None) -> None:
+    if env is None:
+        monkeypatch.delenv("ACTLAB_HUGE_PAGES", raising=False)
+    else:
+        monkeypatch.setenv("ACTLAB_HUGE_PAGES", env)
+    assert not huge_pages_wanted()
     arena = PackArena()
-    assert not arena.huge and arena.reason == "ACTLAB_HUGE_PAGES=0"
+    assert not arena.huge and arena.reason == ""
     t = arena.empty((4, 3), torch.float32)
     assert t.untyped_storage().nbytes() == 48 and arena.advised_bytes == 0
+    monkeypatch.setenv("ACTLAB_HUGE_PAGES", "1")
+    assert huge_pages_wanted() and PackArena().huge == HUGE
     assert not PackArena(huge=False).huge
 
 
@@ -98,10 +105,11 @@ def test_kernels_bit_identical_on_arena_and_plain_memory(
     m = make_method("cats", sparsity=0.5)  # gated MLP kernels and plain linears
     m.apply(model, m.calibrate(model, batches))
     plain = copy.deepcopy(model)
+    monkeypatch.setenv("ACTLAB_HUGE_PAGES", "1")
     rep = use_kernels(model, dtype, head=True)
-    monkeypatch.setenv("ACTLAB_HUGE_PAGES", "0")
+    monkeypatch.delenv("ACTLAB_HUGE_PAGES")
     rep0 = use_kernels(plain, dtype, head=True)
-    assert "4 KiB pages (ACTLAB_HUGE_PAGES=0)" in str(rep0)
+    assert rep0.pages == "" and "pages" not in str(rep0)
     assert ("transparent huge pages" in str(rep)) == HUGE
     x = batches[0][:1, :6]
     with torch.no_grad():
@@ -112,7 +120,11 @@ def test_kernels_bit_identical_on_arena_and_plain_memory(
 
 
 @kernels
-def test_repack_reuses_memory_and_follows_the_weights() -> None:
+@pytest.mark.parametrize("env", ["0", "1"])
+def test_repack_reuses_memory_and_follows_the_weights(
+    monkeypatch: pytest.MonkeyPatch, env: str
+) -> None:
+    monkeypatch.setenv("ACTLAB_HUGE_PAGES", env)
     torch.manual_seed(0)
     fast = SparseLinear.wrap(nn.Linear(48, 40), 0.5)
     ref = copy.deepcopy(fast)

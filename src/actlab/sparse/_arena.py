@@ -9,7 +9,13 @@ one run (``benchmarks/bench_sparse_gemv.py``, columns ``k32`` and ``k32 4K``: th
 huge-page and on 4 KiB-page copies, 120 cells of shapes x sparsities x 1-2 threads, shuffled
 call order, the 2-core AVX-512 Xeon): the huge pages gained a median 2 points of the
 ``1 / (1 - s)`` limit on the SmolLM2 and Gemma-3 shapes (-3 to +6), ~0 on the 2048 <-> 8192
-ones (-6 to +4); 86 of 120 cells faster. A small gain, for no change in results or memory.
+ones (-6 to +4); 86 of 120 cells faster. But in one of three full runs the huge-page copies of
+two wide shapes (640 -> 4096 and 2048 -> 8192) ran 35% *slower* than the 4 KiB ones, at every
+sparsity and thread count, while every other shape was unchanged (these machines are virtual:
+where a large guest-physically contiguous block lands on the host is not ours to see). End to
+end (SmolLM2, TEAL 40%, 2 threads) the two were within noise. So huge pages are **opt-in**:
+``ACTLAB_HUGE_PAGES=1`` (or ``PackArena(huge=True)``); the default packing is plain
+``torch.empty``.
 
 :class:`PackArena` carves the packed tensors out of large chunks (``chunk_bytes``, 64 MiB by
 default) whose 2 MiB-aligned span is advised ``madvise(MADV_HUGEPAGE)`` before anything is
@@ -19,10 +25,9 @@ memory cost is at most one partly used huge page per chunk. A chunk lives while 
 carved from it does.
 
 Linux only, and only where the kernel's ``transparent_hugepage/enabled`` is ``always`` or
-``madvise``; elsewhere (other systems, ``never``, a failing ``madvise``, or
-``ACTLAB_HUGE_PAGES=0`` in the environment) :meth:`PackArena.empty` is plain ``torch.empty``
-and :attr:`PackArena.huge` is False: the layout and the results are the same, only the page
-size differs.
+``madvise``; elsewhere (other systems, ``never``, a failing ``madvise``), when not asked for,
+:meth:`PackArena.empty` is plain ``torch.empty`` and :attr:`PackArena.huge` is False: the
+layout and the results are the same, only the page size differs.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["HUGE_PAGE", "PackArena", "huge_pages_available"]
+__all__ = ["HUGE_PAGE", "PackArena", "huge_pages_available", "huge_pages_wanted"]
 
 log = logging.getLogger("actlab.sparse")
 
@@ -61,10 +66,13 @@ def _madvise() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
     return fn  # type: ignore[no-any-return]
 
 
+def huge_pages_wanted() -> bool:
+    """Whether the environment opts in: ``ACTLAB_HUGE_PAGES=1``."""
+    return os.environ.get("ACTLAB_HUGE_PAGES", "0").strip() == "1"
+
+
 def huge_pages_available() -> tuple[bool, str]:
-    """Whether :class:`PackArena` can ask for huge pages here, and if not, why."""
-    if os.environ.get("ACTLAB_HUGE_PAGES", "1").strip() == "0":
-        return False, "ACTLAB_HUGE_PAGES=0"
+    """Whether :class:`PackArena` can ask for huge pages on this system, and if not, why."""
     if not sys.platform.startswith("linux"):
         return False, f"transparent huge pages are Linux-only (platform {sys.platform})"
     try:
@@ -80,17 +88,19 @@ def huge_pages_available() -> tuple[bool, str]:
 
 
 class PackArena:
-    """Allocates tensors for packed weights from huge-page-advised chunks (see the module
-    docstring); falls back to ``torch.empty`` where huge pages are not available."""
+    """Allocates tensors for packed weights: from huge-page-advised chunks when asked (``huge``
+    True, or None and ``ACTLAB_HUGE_PAGES=1``) and available, else plain ``torch.empty``
+    (see the module docstring). ``reason`` says why not, when asked and unavailable."""
 
     def __init__(self, chunk_bytes: int = 64 << 20, *, huge: bool | None = None) -> None:
         if isinstance(chunk_bytes, bool) or not isinstance(chunk_bytes, int) or chunk_bytes < 1:
             raise ValueError(f"PackArena chunk_bytes must be a positive int, got {chunk_bytes!r}")
-        ok, why = huge_pages_available()
         if huge is not None and not isinstance(huge, bool):
             raise ValueError(f"PackArena huge must be True, False or None, got {huge!r}")
-        self.huge = ok if huge is None else huge and ok
-        self.reason = why if not self.huge and huge is not False else ""
+        wanted = huge_pages_wanted() if huge is None else huge
+        ok, why = huge_pages_available() if wanted else (False, "")
+        self.huge = ok
+        self.reason = why
         self.chunk_bytes = -(-chunk_bytes // HUGE_PAGE) * HUGE_PAGE
         self._chunk: torch.Tensor | None = None  # uint8 view of the advised span
         self._used = 0

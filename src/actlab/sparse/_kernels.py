@@ -101,7 +101,7 @@ class KernelReport:
     reason: str = ""  # why nothing was enabled (kernels unavailable), else ''
     head: str = ""  # path of the LM head on the kernel path (``head=True``), else ''
     head_bytes: int = 0  # its packed copy (an extra copy: its weight, maybe tied, is kept)
-    pages: str = ""  # the page size of the packed copies, and why 4 KiB where so (_arena)
+    pages: str = ""  # 'transparent huge pages' when used (opt-in, _arena); why not when asked
 
     def __str__(self) -> str:
         if self.reason:
@@ -606,7 +606,7 @@ def use_kernels(
     # packed copies and counters are normal tensors even when packed in inference mode, so
     # that a repack or a count outside it can write over them
     with torch.inference_mode(False):
-        arena = PackArena()  # the packed weights on huge pages where the system allows (_arena)
+        arena = PackArena()  # plain memory; huge pages with ACTLAB_HUGE_PAGES=1 (_arena)
         groups = _sibling_groups(model)
         packs: dict[int, tuple[_Packed, int]] = {}
         for path, m in sites:
@@ -645,7 +645,7 @@ def use_kernels(
             if arena.advised_bytes
             else f"4 KiB pages ({arena.reason})"
             if arena.reason
-            else "4 KiB pages"
+            else ""
         )
     for hook in _GENERATE_HOOKS if generate else ():
         hook(model, True)
