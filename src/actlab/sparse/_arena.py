@@ -4,18 +4,18 @@ The decode kernels (``csrc/sparse_gemv.h``) read the rows ``W^T[i, :]`` of the s
 ``i``: a few KiB each (576-640 float32 outputs: 2.3-2.5 KiB), scattered over the whole matrix,
 and a token walks every packed matrix of the model once (hundreds of MiB). With 4 KiB pages a
 surviving row often lands on a page the TLB no longer holds; a 2 MiB page covers ~800 rows.
-The dense baseline streams long contiguous rows and barely notices. Measured side by side in
-one run (``benchmarks/bench_sparse_gemv.py``, columns ``k32`` and ``k32 4K``: the same kernel on
-huge-page and on 4 KiB-page copies, 120 cells of shapes x sparsities x 1-2 threads, shuffled
-call order, the 2-core AVX-512 Xeon): the huge pages gained a median 2 points of the
-``1 / (1 - s)`` limit on the SmolLM2 and Gemma-3 shapes (-3 to +6), ~0 on the 2048 <-> 8192
-ones (-6 to +4); 86 of 120 cells faster. But in one of three full runs the huge-page copies of
-two wide shapes (640 -> 4096 and 2048 -> 8192) ran 35% *slower* than the 4 KiB ones, at every
-sparsity and thread count, while every other shape was unchanged (these machines are virtual:
-where a large guest-physically contiguous block lands on the host is not ours to see). End to
-end (SmolLM2, TEAL 40%, 2 threads) the two were within noise. So huge pages are **opt-in**:
-``ACTLAB_HUGE_PAGES=1`` (or ``PackArena(huge=True)``); the default packing is plain
-``torch.empty``.
+The dense baseline streams long contiguous rows and barely notices. Measured side by side in one
+run (``benchmarks/bench_sparse_gemv.py``, at the time columns ``k32`` and ``k32 4K``, now ``k32
+2M`` and ``k32``: the same kernel on huge-page and on 4 KiB-page copies, 120 cells of shapes x
+sparsities x 1-2 threads, shuffled call order, the 2-core AVX-512 Xeon): the huge pages gained a
+median 2 points of the ``1 / (1 - s)`` limit on the SmolLM2 and Gemma-3 shapes (-3 to +6), ~0 on
+the 2048 <-> 8192 ones (-6 to +4); 86 of 120 cells faster. But in one of three full runs the
+huge-page copies of two wide shapes (640 -> 4096 and 2048 -> 8192) ran 35% *slower* than the 4
+KiB ones, at every sparsity and thread count, while every other shape was unchanged (these
+machines are virtual: where a large guest-physically contiguous block lands on the host is not
+ours to see). End to end (SmolLM2, TEAL 40%, 2 threads) the two were within noise. So huge pages
+are **opt-in**: ``ACTLAB_HUGE_PAGES=1`` (or ``PackArena(huge=True)``); the default packing is
+plain ``torch.empty``.
 
 :class:`PackArena` carves the packed tensors out of large chunks (``chunk_bytes``, 64 MiB by
 default) whose 2 MiB-aligned span is advised ``madvise(MADV_HUGEPAGE)`` before anything is
