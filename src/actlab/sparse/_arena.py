@@ -5,8 +5,8 @@ The decode kernels (``csrc/sparse_gemv.h``) read the rows ``W^T[i, :]`` of the s
 and a token walks every packed matrix of the model once (hundreds of MiB). With 4 KiB pages a
 surviving row often lands on a page the TLB no longer holds; a 2 MiB page covers ~800 rows.
 The dense baseline streams long contiguous rows and barely notices. Measured side by side in one
-run (``benchmarks/bench_sparse_gemv.py``, at the time columns ``k32`` and ``k32 4K``, now ``k32
-2M`` and ``k32``: the same kernel on huge-page and on 4 KiB-page copies, 120 cells of shapes x
+run (``benchmarks/bench_sparse_gemv.py``, at the time columns ``k32`` and ``k32 4K``, now
+``k32 2M`` and ``k32``: the same kernel on huge-page and on 4 KiB-page copies, 120 cells of shapes x
 sparsities x 1-2 threads, shuffled call order, the 2-core AVX-512 Xeon): the huge pages gained a
 median 2 points of the ``1 / (1 - s)`` limit on the SmolLM2 and Gemma-3 shapes (-3 to +6), ~0 on
 the 2048 <-> 8192 ones (-6 to +4); 86 of 120 cells faster. But in one of three full runs the
