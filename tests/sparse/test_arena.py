@@ -67,7 +67,7 @@ def test_chunks_are_advised_and_roll_over() -> None:
     assert not _advised(torch.empty(HUGE_PAGE).data_ptr())  # plain torch memory is not
 
 
-@pytest.mark.parametrize("env", [None, "0", "yes"])
+@pytest.mark.parametrize("env", [None, "0", "off", " No "])
 def test_off_unless_asked(monkeypatch: pytest.MonkeyPatch, env: str | None) -> None:
     if env is None:
         monkeypatch.delenv("ACTLAB_HUGE_PAGES", raising=False)
@@ -81,6 +81,25 @@ def test_off_unless_asked(monkeypatch: pytest.MonkeyPatch, env: str | None) -> N
     monkeypatch.setenv("ACTLAB_HUGE_PAGES", "1")
     assert huge_pages_wanted() and PackArena().huge == HUGE
     assert not PackArena(huge=False).huge
+
+
+@pytest.mark.parametrize("env", ["1", "yes", " TRUE ", "on"])
+def test_on_spellings(monkeypatch: pytest.MonkeyPatch, env: str) -> None:
+    monkeypatch.setenv("ACTLAB_HUGE_PAGES", env)
+    assert huge_pages_wanted() and PackArena().huge == HUGE
+
+
+@pytest.mark.parametrize("env", ["maybe", "2", "-1"])
+def test_unknown_switch_is_one_line(monkeypatch: pytest.MonkeyPatch, env: str) -> None:
+    monkeypatch.setenv("ACTLAB_HUGE_PAGES", env)
+    with pytest.raises(ValueError, match=f"ACTLAB_HUGE_PAGES={env!r}: expected 1") as e:
+        PackArena()
+    assert "\n" not in str(e.value)
+    if kernels_available():  # use_kernels says it before packing anything
+        model = nn.Sequential(SparseLinear.wrap(nn.Linear(8, 8), 0.5))
+        with pytest.raises(ValueError, match="ACTLAB_HUGE_PAGES"):
+            use_kernels(model)
+        assert model[0]._kernel is None
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "64"])

@@ -163,16 +163,24 @@ def capability() -> str:
         return "DEFAULT"
 
 
+def env_switch(name: str, default: bool, on: str, off: str) -> bool:
+    """An on/off environment switch: 1/true/yes/on or 0/false/no/off (any case), ``default``
+    when unset or empty; anything else is a one-line ``ValueError`` that says what 1 (``on``)
+    and 0 (``off``) mean."""
+    raw = os.environ.get(name, "").strip().lower()
+    if raw in ("0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw == "":
+        return default
+    raise ValueError(f"{name}={_short(raw)}: expected 1 ({on}) or 0 ({off})")
+
+
 def disabled() -> bool:
     """Whether ``ACTLAB_NATIVE`` turns native extensions off (0/false/no/off)."""
-    raw = os.environ.get("ACTLAB_NATIVE", "1").strip().lower()
-    if raw in ("0", "false", "no", "off"):
-        return True
-    if raw in ("", "1", "true", "yes", "on"):
-        return False
-    raise ValueError(
-        f"ACTLAB_NATIVE={_short(raw)}: expected 1 (build and use native kernels) "
-        "or 0 (never build them)"
+    return not env_switch(
+        "ACTLAB_NATIVE", True, on="build and use native kernels", off="never build them"
     )
 
 

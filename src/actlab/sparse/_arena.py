@@ -36,11 +36,14 @@ import ctypes
 import ctypes.util
 import functools
 import logging
+import math
 import os
 import sys
 from pathlib import Path
 
 import torch
+
+from actlab._ext import env_switch
 
 __all__ = ["HUGE_PAGE", "PackArena", "huge_pages_available", "huge_pages_wanted"]
 
@@ -67,8 +70,14 @@ def _madvise() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
 
 
 def huge_pages_wanted() -> bool:
-    """Whether the environment opts in: ``ACTLAB_HUGE_PAGES=1``."""
-    return os.environ.get("ACTLAB_HUGE_PAGES", "0").strip() == "1"
+    """Whether the environment opts in: ``ACTLAB_HUGE_PAGES=1`` (an on/off switch, off by
+    default; another value is a one-line ``ValueError``)."""
+    return env_switch(
+        "ACTLAB_HUGE_PAGES",
+        False,
+        on="pack decode weights on transparent huge pages",
+        off="plain memory",
+    )
 
 
 def huge_pages_available() -> tuple[bool, str]:
@@ -126,10 +135,7 @@ class PackArena:
 
     def empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """An uninitialised contiguous CPU tensor of ``shape`` and ``dtype``."""
-        n = 1
-        for s in shape:
-            n *= s
-        nbytes = n * torch.empty((), dtype=dtype).element_size()
+        nbytes = math.prod(shape) * dtype.itemsize
         if not self.huge or nbytes == 0:
             return torch.empty(shape, dtype=dtype)
         if self._chunk is None or self._used + nbytes > self._chunk.numel():
