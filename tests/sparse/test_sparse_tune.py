@@ -380,3 +380,88 @@ def test_the_fingerprint_of_scaled_weights_is_the_dense_models(
     apply_saved_state(fresh, out)  # the dense model passes the check and is scaled once
     for (k, p), q in zip(fresh.state_dict().items(), sparse.state_dict().values(), strict=True):
         assert torch.equal(p, q), k
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_row_scale_hook_is_the_scaled_weight(bias: bool) -> None:
+    """The tuning's output hook ``y = r * (W x) + b`` against the linear with its weight rows
+    scaled, ``(diag(r) W) x + b`` (float64): the same outputs and the same gradients in r, x."""
+    from actlab.sparse._tune import _RowScale
+
+    lin = torch.nn.Linear(7, 5, bias=bias).double()
+    scale = _RowScale(5, lin.weight)
+    with torch.no_grad():
+        scale.r.copy_(torch.linspace(0.5, 1.5, 5, dtype=torch.float64))
+    r_ref = scale.r.detach().clone().requires_grad_(True)
+    x = torch.randn(3, 4, 7, dtype=torch.float64, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    want = F.linear(x_ref, lin.weight * r_ref.unsqueeze(1), lin.bias)
+    scale.attach(lin)
+    got = lin(x)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(got)
+    got.backward(g)
+    want.backward(g)
+    torch.testing.assert_close(scale.r.grad, r_ref.grad, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_forward_logits_runs_the_head_on_the_kept_positions(llama: torch.nn.Module) -> None:
+    """The tuning and the evaluation score the last positions only: the same logits as the
+    full forward's, sliced (the LM head is position-wise)."""
+    from actlab.sparse._calls import forward_logits
+
+    ids = torch.cat(_windows(n=2))
+    with torch.no_grad():
+        full = llama(ids).logits
+        part = forward_logits(llama, ids, 9).logits
+    assert part.shape == (ids.shape[0], 9, full.shape[-1])
+    torch.testing.assert_close(part, full[:, -9:], rtol=1e-5, atol=1e-5)
+
+
+def _teacher_windows() -> torch.Tensor:
+    return torch.cat(_windows(n=6, length=20))  # [6, 20]
+
+
+def test_the_teacher_cache_gives_the_dense_logits(llama: torch.nn.Module) -> None:
+    """The cached final hidden states through the head are the dense model's logits of the
+    scored positions, window by window (and the cache is in use)."""
+    from actlab.sparse._tune import _Teacher
+
+    windows = _teacher_windows()
+    teacher = _Teacher(llama, windows, 10, 4, torch.device("cpu"))
+    assert teacher.hidden is not None and teacher.hidden.shape[:2] == (6, 10)
+    index = torch.tensor([5, 0, 3])
+    with torch.no_grad():
+        want = llama(windows[index]).logits[:, -10:]
+    torch.testing.assert_close(teacher.logits(index, windows[index]), want, rtol=1e-5, atol=1e-5)
+
+
+def test_the_teacher_runs_the_model_where_the_head_is_not_the_logits(
+    llama: torch.nn.Module,
+) -> None:
+    """A model that post-processes its head's output (a soft cap here) is run every step,
+    and so is one whose cache would be too large: the logits stay the model's."""
+    from actlab.sparse._tune import _Teacher
+
+    windows = _teacher_windows()
+    index = torch.tensor([1, 4])
+
+    def cap(module: torch.nn.Module, args: object, out: object) -> object:
+        out.logits = 3.0 * torch.tanh(out.logits / 3.0)  # type: ignore[attr-defined]
+        return out
+
+    handle = llama.register_forward_hook(cap)
+    try:
+        capped = _Teacher(llama, windows, 10, 4, torch.device("cpu"))
+        assert capped.hidden is None
+        with torch.no_grad():
+            want = llama(windows[index]).logits[:, -10:]
+        torch.testing.assert_close(capped.logits(index, windows[index]), want)
+    finally:
+        handle.remove()
+    small = _Teacher(llama, windows, 10, 4, torch.device("cpu"), max_bytes=1024)
+    assert small.hidden is None
+    with torch.no_grad():
+        want = llama(windows[index]).logits[:, -10:]
+    torch.testing.assert_close(small.logits(index, windows[index]), want)

@@ -39,7 +39,6 @@ model itself, evaluated once: sparsity 0 is bit-identical to it by construction 
 from __future__ import annotations
 
 import copy
-import inspect
 import math
 import sys
 import time
@@ -52,6 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from actlab.sparse._base import make_method
+from actlab.sparse._calls import cache_of, forward_logits
 from actlab.sparse._modules import SparseGatedMLP, SparseLinear, check_mode
 from actlab.sparse._sites import PROJECTIONS, find_blocks
 from actlab.sparse._state import SparseError, check_sparsity
@@ -164,35 +164,6 @@ def realised_sparsity(model: nn.Module) -> tuple[float, dict[str, float]]:
     return (weighted / total if total else math.nan), by_projection
 
 
-_ACCEPTS: dict[tuple[type, str], bool] = {}
-
-
-def _takes(model: nn.Module, name: str) -> bool:
-    """Whether ``model.forward`` has a parameter ``name`` (cached per class)."""
-    key = (type(model), name)
-    if key not in _ACCEPTS:
-        try:
-            _ACCEPTS[key] = name in inspect.signature(model.forward).parameters
-        except (TypeError, ValueError):
-            _ACCEPTS[key] = False
-    return _ACCEPTS[key]
-
-
-def _forward(model: nn.Module, ids: torch.Tensor, keep: int, cache: Any = None) -> Any:
-    """One forward returning the logits of the last ``keep`` positions (and the cache)."""
-    kwargs: dict[str, Any] = {"input_ids": ids, "use_cache": cache is not None}
-    if _takes(model, "logits_to_keep"):
-        kwargs["logits_to_keep"] = keep
-    if cache is not None and cache is not True:
-        kwargs["cache" if _takes(model, "cache") else "past_key_values"] = cache
-    return model(**kwargs)
-
-
-def _cache_of(out: Any) -> Any:
-    cache = getattr(out, "cache", None)
-    return cache if cache is not None else getattr(out, "past_key_values", None)
-
-
 def _score(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(NLL per position, argmax per position) in float32; logits ``[B, T, V]``."""
     lf = logits.float()
@@ -213,15 +184,15 @@ def _decode(model: nn.Module, ids: torch.Tensor, prefill: int, cache: Any = None
     prefill is returned for reuse.
     """
     if cache is None:
-        out = _forward(model, ids[:, :prefill], 1, cache=True)
-        cache = _cache_of(out)
+        out = forward_logits(model, ids[:, :prefill], 1, cache=True)
+        cache = cache_of(out)
         if cache is None:
             raise SparseError(f"{type(model).__name__} returned no KV cache; 'decode' needs one")
     kept = copy.deepcopy(cache)
     nlls, tops = [], []
     for t in range(prefill, ids.shape[1] - 1):
-        out = _forward(model, ids[:, t : t + 1], 1, cache=cache)
-        new = _cache_of(out)
+        out = forward_logits(model, ids[:, t : t + 1], 1, cache=cache)
+        new = cache_of(out)
         cache = cache if new is None else new
         nll, top = _score(out.logits[:, -1:], ids[:, t + 1 : t + 2])
         nlls.append(nll)
@@ -233,7 +204,7 @@ def _decode(model: nn.Module, ids: torch.Tensor, prefill: int, cache: Any = None
 def _full(model: nn.Module, ids: torch.Tensor, prefill: int, cache: Any = None) -> Scores:
     """One forward over the whole window; the logits of positions prefill..L-2 scored."""
     length = ids.shape[1]
-    out = _forward(model, ids, length - prefill)
+    out = forward_logits(model, ids, length - prefill)
     logits = out.logits[:, -(length - prefill) :][:, :-1]  # positions prefill .. L-2
     return (*_score(logits, ids[:, prefill + 1 :]), None)
 

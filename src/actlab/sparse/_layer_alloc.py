@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from actlab.sparse._eval import _cache_of, _forward
+from actlab.sparse._calls import cache_of, forward_logits
 from actlab.sparse._modules import exact_quantile
 from actlab.sparse._sites import (
     INPUT_OF,
@@ -161,14 +161,15 @@ class _Tail:
         if self.p > 0 and not isinstance(batch, dict):
             ids = ids.to(_device(model))
             self.tail = ids[:, self.p :]
-            self.cache = _cache_of(_forward(model, ids[:, : self.p], 1, cache=True))
+            self.cache = cache_of(forward_logits(model, ids[:, : self.p], 1, cache=True))
         self.dense = 0 if self.cache is not None else self.p  # positions the hooks keep
 
     def logits(self) -> torch.Tensor:
         """float64 logits ``[B, T - p, vocab]`` of the positions after the prefill (the KLs
         are differences of nearby log-probabilities: float32 rounding is ~1% of them)."""
         if self.cache is not None:
-            out = _forward(self.model, self.tail, self.tail.shape[1], copy.deepcopy(self.cache))
+            cache = copy.deepcopy(self.cache)
+            out = forward_logits(self.model, self.tail, self.tail.shape[1], cache)
             return out.logits.double()
         return run_model(self.model, self.batch).logits.double()[:, self.p :]
 

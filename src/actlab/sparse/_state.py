@@ -63,6 +63,23 @@ def check_sparsity(sparsity: object, what: str = "sparsity") -> float:
     return s
 
 
+def _tuned_tensors(
+    tensors: dict[str, Any], bad: str, nonfinite: str, *, ndim: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Tuned tensors (gains, row scales) checked (float, finite, ``ndim`` dims when given) and
+    copied to float32 CPU; ``bad`` / ``nonfinite`` are the messages, ``{!r}`` the key."""
+    out: dict[str, torch.Tensor] = {}
+    for k, t in tensors.items():
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            raise SparseError(bad.format(k))
+        if ndim is not None and t.ndim != ndim:
+            raise SparseError(bad.format(k))
+        if not bool(t.isfinite().all()):
+            raise SparseError(f"{nonfinite.format(k)} not finite; tune again with a smaller lr")
+        out[k] = t.detach().to("cpu", torch.float32).clone()
+    return out
+
+
 @dataclass
 class SparsityState:
     """Calibrated thresholds of one method, per site, with the method's name and parameters.
@@ -92,20 +109,10 @@ class SparsityState:
             if not isinstance(q, torch.Tensor) or q.ndim != 2 or q.shape[0] != q.shape[1]:
                 raise SparseError(f"rotation basis {k!r} must be a square matrix")
         self.bases = {k: q.detach().to("cpu", torch.float64) for k, q in self.bases.items()}
-        for k, g in self.gains.items():
-            if not isinstance(g, torch.Tensor) or not g.is_floating_point():
-                raise SparseError(f"gain {k!r} must be a float tensor")
-            if not bool(g.isfinite().all()):
-                raise SparseError(f"gain {k!r} is not finite; tune again with a smaller lr")
-        self.gains = {k: g.detach().to("cpu", torch.float32).clone() for k, g in self.gains.items()}
-        for k, r in self.scales.items():
-            if not isinstance(r, torch.Tensor) or not r.is_floating_point() or r.ndim != 1:
-                raise SparseError(f"row scales {k!r} must be a 1-D float tensor")
-            if not bool(r.isfinite().all()):
-                raise SparseError(f"row scales {k!r} are not finite; tune again with a smaller lr")
-        self.scales = {
-            k: r.detach().to("cpu", torch.float32).clone() for k, r in self.scales.items()
-        }
+        self.gains = _tuned_tensors(self.gains, "gain {!r} must be a float tensor", "gain {!r} is")
+        self.scales = _tuned_tensors(
+            self.scales, "row scales {!r} must be a 1-D float tensor", "row scales {!r} are", ndim=1
+        )
         if self.scales and not self.gains:
             raise SparseError("a state with tuned row scales must have its tuned gains too")
         if self.gains and not self.tuning:

@@ -42,9 +42,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils import parametrize
 
 from actlab.sparse._base import apply_state
+from actlab.sparse._calls import forward_logits
 from actlab.sparse._modules import SparseGatedMLP, SparseLinear
 from actlab.sparse._state import SparseError, SparsityState
 
@@ -131,14 +131,78 @@ def scaled_linears(model: nn.Module) -> dict[str, nn.Linear]:
 
 
 class _RowScale(nn.Module):
-    """The parametrisation ``W -> diag(r) W`` (``r`` trainable, starting at 1)."""
+    """Output-row factors ``r`` (trainable, starting at 1) of one linear, applied to its output
+    by a forward hook: ``y = r * (W x) + b`` is ``diag(r) W x + b``, the linear with its weight
+    rows scaled, but the backward needs only ``dL/dr = sum_t dL/dy_t * (W x_t)`` (elementwise)
+    instead of the weight's gradient (a GEMM of the forward's size, which a parametrisation
+    ``W -> diag(r) W`` makes autograd compute)."""
 
     def __init__(self, rows: int, like: torch.Tensor) -> None:
         super().__init__()
         self.r = nn.Parameter(torch.ones(rows, dtype=like.dtype, device=like.device))
 
-    def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return w * self.r.unsqueeze(1)  # (out, in) * (out, 1)
+    def attach(self, linear: nn.Linear) -> None:
+        linear.register_forward_hook(self._hook)
+
+    def _hook(self, module: nn.Module, args: Any, y: torch.Tensor) -> torch.Tensor:
+        bias = getattr(module, "bias", None)
+        if bias is None:
+            return y * self.r  # (..., out) * (out,)
+        return (y - bias) * self.r + bias
+
+
+class _Teacher:
+    """The dense model's logits of the scored positions of any tuning window, from its final
+    hidden states computed once: the dense model never changes, so each step's teacher
+    forward repeated the same work (a third of a step's products). Per step only the LM head
+    runs, on the cached inputs it saw. The cache is checked on its first batch: where the
+    head's output is not the model's logits (a model that post-processes them, e.g. a final
+    soft cap), or the cache would exceed ``max_bytes``, the full forward runs every step."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        windows: torch.Tensor,
+        keep: int,
+        batch: int,
+        device: torch.device,
+        max_bytes: int = 1 << 30,
+    ) -> None:
+        self.model, self.keep, self.device = model, keep, device
+        self.hidden: torch.Tensor | None = None
+        get_head = getattr(model, "get_output_embeddings", None)
+        head = get_head() if callable(get_head) else None
+        if not isinstance(head, nn.Module):
+            return
+        n = windows.shape[0]
+        width = getattr(head, "in_features", None)
+        p = next(model.parameters())
+        if not isinstance(width, int) or n * keep * width * p.element_size() > max_bytes:
+            return
+        self.head: nn.Module = head
+        seen: list[torch.Tensor] = []
+        hook = head.register_forward_hook(lambda m, args, out: seen.append(args[0].detach()))
+        parts: list[torch.Tensor] = []
+        try:
+            with torch.no_grad():
+                for i in range(0, n, batch):
+                    logits = forward_logits(model, windows[i : i + batch].to(device), keep).logits
+                    h = seen.pop()[:, -keep:]  # [b, keep, d]: the head's input, scored positions
+                    if not parts and not torch.allclose(
+                        head(h).float(), logits[:, -keep:].float(), rtol=1e-5, atol=1e-5
+                    ):
+                        return  # the logits are not the head's output: no cache
+                    parts.append(h.clone())
+        finally:
+            hook.remove()
+        self.hidden = torch.cat(parts)  # [n, keep, d]
+
+    def logits(self, index: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The dense logits ``[b, keep, V]`` of windows ``index`` (token ids ``ids``)."""
+        with torch.no_grad():
+            if self.hidden is None:
+                return forward_logits(self.model, ids, self.keep).logits[:, -self.keep :]
+            return self.head(self.hidden[index])
 
 
 def _windows(batches: Iterable[torch.Tensor]) -> torch.Tensor:
@@ -207,7 +271,7 @@ def tune_gains(
     if config.rows:
         for path, lin in scaled_linears(student).items():
             rows[path] = _RowScale(lin.out_features, lin.weight)
-            parametrize.register_parametrization(lin, "weight", rows[path])
+            rows[path].attach(lin)
     trained = list(gains.values()) + [s.r for s in rows.values()]
     opt = torch.optim.Adam(trained, lr=config.lr)
     # cosine decay to 0 over the steps: the small batches' noise settles instead of
@@ -217,14 +281,18 @@ def tune_gains(
     )
     gen = torch.Generator().manual_seed(config.seed)
     half = length // 2  # predictions at positions half .. T-2: sparse after a dense first half
+    keep = length - half  # logits of positions half .. T-1 only: the LM head runs on those
     kls: list[float] = []
     start = time.perf_counter()
     try:
+        if progress is not None:
+            progress(f"  tune: the dense model's outputs on {n} windows (once)")
+        teacher = _Teacher(model, windows, keep, config.batch, device)
         for step in range(config.steps):
-            ids = windows[torch.randint(0, n, (min(config.batch, n),), generator=gen)].to(device)
-            with torch.no_grad():
-                dense = model(ids).logits[:, half:-1]
-            loss = _kl(dense, student(ids).logits[:, half:-1])
+            index = torch.randint(0, n, (min(config.batch, n),), generator=gen)
+            ids = windows[index].to(device)
+            dense = teacher.logits(index, ids)[:, :-1]
+            loss = _kl(dense, forward_logits(student, ids, keep).logits[:, -keep:-1])
             if not torch.isfinite(loss):
                 raise SparseError(
                     f"tuning diverged at step {step} (KL {float(loss.detach())}); lower tune_lr"
