@@ -19,8 +19,10 @@ the model changes; the tuned gains travel in the :class:`~actlab.sparse.Sparsity
 a lightweight post-calibration step of actlab's, not a published method: it *trains* 35k
 parameters on the calibration text (the held-out text is never seen), which the strictly
 training-free methods do not. The thresholds were calibrated on the dense model and are not
-recalibrated: the realised sparsity is measured, as always, on held-out text. Cost:
-``steps`` x (one dense forward + one sparse forward and backward) of ``batch`` windows.
+recalibrated: the realised sparsity is measured, as always, on held-out text. Cost: one dense
+forward of every tuning window (its final hidden states of the scored positions are kept:
+:class:`_Teacher`), then ``steps`` x (the LM head on those states + one sparse forward and
+backward) of ``batch`` windows; both models' LM heads run on the scored positions only.
 
 ``rows=True`` also tunes one factor per output row of every sparsified linear (the TEAL sites,
 or the gate / up / down linears of a gated-MLP site): ``W' = diag(r) W`` with ``r`` starting
@@ -28,6 +30,8 @@ at 1, ~156k more parameters on SmolLM2 (0.1% of its weights). The factors undo w
 per-channel gain cannot: the shrinkage of each projection's *output* when its small inputs are
 dropped (o_proj and down_proj write straight into the residual stream). They travel in the
 state as ``scales`` and ``apply`` multiplies the weights' rows by them after any rotation.
+While tuning they act on the linears' outputs (``y = r * (W x) + b``, the same function), so
+their gradient is elementwise and no weight gradient is formed.
 """
 
 from __future__ import annotations
