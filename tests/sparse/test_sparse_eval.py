@@ -15,9 +15,12 @@ from actlab.data.errors import DatasetNotFoundError
 from actlab.sparse import (
     CALIBRATION_PLAYS,
     HELDOUT_PLAYS,
+    EvalResult,
     SparseError,
     apply_saved_state,
     calibration_windows,
+    curves_table,
+    delta_ci,
     evaluate,
     heldout_windows,
     load_sparse,
@@ -236,6 +239,12 @@ def test_curves_rows(llama: torch.nn.Module, batches: list[torch.Tensor]) -> Non
         assert r["delta_pct"] == pytest.approx(100 * (r["ppl"] / rows[0]["ppl"] - 1))
         assert 0.0 <= r["agreement"] <= 1.0
     assert any("teal s=0.50" in ln for ln in lines)
+    assert any("95% CI" in ln for ln in lines)
+    for r in rows[1:]:  # each window scores as many positions: the point is inside its interval
+        lo, hi = r["delta_ci"]
+        assert lo <= r["delta_pct"] <= hi, r
+    assert rows[0]["delta_ci"] == [0.0, 0.0]
+    assert "| 95% CI |" in curves_table(rows)
     assert not any(type(m).__name__.startswith("Sparse") for m in llama.modules())
     with pytest.raises(SparseError, match="sparsity method"):
         sparsity_curves(llama, batches, _windows(2, 16), methods=["teel"], progress=None)
@@ -301,7 +310,8 @@ def test_report_page_is_written_and_escaped(tmp_path) -> None:
         {"method": "dense", "target": 0.0, "realised": 0.0, "ppl": 10.0, "delta_pct": 0.0,
          "agreement": 1.0, "params": {}, "model": "m<1>"},
         {"method": "<script>x</script>", "target": 0.5, "realised": 0.45, "ppl": 12.0,
-         "delta_pct": 20.0, "agreement": 0.8, "params": {"a": "<b>"}, "model": "m<1>"},
+         "delta_pct": 20.0, "delta_ci": [15.0, 25.0], "agreement": 0.8, "params": {"a": "<b>"},
+         "model": "m<1>"},
     ]  # fmt: skip
     path = write_sparsify_report(
         tmp_path / "r.html", rows, title="t <&>", facts=[("protocol", "decode <x>")]
@@ -310,3 +320,43 @@ def test_report_page_is_written_and_escaped(tmp_path) -> None:
     assert "<script>" not in page and "&lt;script&gt;" in page and "&lt;b&gt;" in page
     assert "t &lt;&amp;&gt;" in page and "decode &lt;x&gt;" in page
     assert "data:image/png;base64," in page and "LM head stay dense" in page
+    assert "+15.0 .. +25.0" in page and "95% CI of Δ" in page
+
+
+def _result(window_nll: list[float]) -> EvalResult:
+    w = torch.tensor(window_nll, dtype=torch.float64)
+    mean = float(w.mean())
+    return EvalResult("decode", math.exp(mean), mean, len(window_nll), 16, 8, 7 * len(window_nll),
+                      0.0, window_nll=w)  # fmt: skip
+
+
+def test_delta_ci_is_the_paired_t_interval_over_windows() -> None:
+    """Oracle: scipy's t interval of the per-window differences, mapped through exp - 1."""
+    from scipy import stats
+
+    dense = _result([2.0, 2.5, 3.0, 2.2, 2.8])
+    diffs = [0.10, 0.25, 0.05, 0.30, 0.20]
+    sparse = _result([a + d for a, d in zip([2.0, 2.5, 3.0, 2.2, 2.8], diffs)])
+    lo, hi = delta_ci(sparse, dense)
+    m, se = sum(diffs) / 5, stats.sem(diffs)
+    want = stats.t.interval(0.95, 4, loc=m, scale=se)
+    assert lo == pytest.approx(100 * math.expm1(want[0]), rel=1e-9)
+    assert hi == pytest.approx(100 * math.expm1(want[1]), rel=1e-9)
+    lo90, hi90 = delta_ci(sparse, dense, confidence=0.9)
+    assert lo < lo90 < 100 * math.expm1(m) < hi90 < hi
+    # identical results: a zero-width interval at 0
+    assert delta_ci(dense, dense) == (0.0, 0.0)
+
+
+def test_delta_ci_refuses_mismatched_results_and_is_nan_for_one_window() -> None:
+    assert all(math.isnan(v) for v in delta_ci(_result([2.0]), _result([1.0])))
+    with pytest.raises(SparseError, match="same windows"):
+        delta_ci(_result([2.0, 1.0]), _result([1.0, 2.0, 3.0]))
+    with pytest.raises(SparseError, match="confidence"):
+        delta_ci(_result([2.0, 1.0]), _result([1.0, 2.0]), confidence=1.5)
+
+
+def test_evaluate_keeps_the_per_window_nll(llama: torch.nn.Module) -> None:
+    res = evaluate(llama, _windows(3, 16))
+    assert res.window_nll is not None and res.window_nll.shape == (3,)
+    assert float(res.window_nll.mean()) == pytest.approx(res.nll, rel=1e-12)

@@ -36,6 +36,7 @@ _COLUMNS = (
     ("realised", "realised (block params)"),
     ("ppl", "perplexity"),
     ("delta_pct", "Δ ppl %"),
+    ("delta_ci", "95% CI of Δ (windows)"),
     ("agreement", "agreement"),
     ("realised_q", "q"),
     ("realised_k", "k"),
@@ -60,6 +61,14 @@ def _params(p: Any) -> str:
     return "" if p is None else str(p)
 
 
+def _interval(ci: Any) -> str:
+    """``"+11.8 .. +14.0"`` (percent) from a ``delta_ci`` pair; "" where missing or not finite."""
+    if not isinstance(ci, Sequence) or len(ci) != 2:
+        return ""
+    lo, hi = _num(ci[0]), _num(ci[1])
+    return f"{lo:+.1f} .. {hi:+.1f}" if math.isfinite(lo) and math.isfinite(hi) else ""
+
+
 def sparsify_table(rows: Sequence[Row]) -> list[dict[str, Any]]:
     """The table rows of the page (display names as keys)."""
     out = []
@@ -67,7 +76,11 @@ def sparsify_table(rows: Sequence[Row]) -> list[dict[str, Any]]:
         row: dict[str, Any] = {}
         for key, name in _COLUMNS:
             v = r.get(key)
-            row[name] = _params(v) if key == "params" else v
+            if key == "params":
+                v = _params(v)
+            elif key == "delta_ci":
+                v = _interval(v)
+            row[name] = v
         out.append(row)
     return out
 
