@@ -70,9 +70,8 @@ def _tuned_tensors(
     copied to float32 CPU; ``bad`` / ``nonfinite`` are the messages, ``{!r}`` the key."""
     out: dict[str, torch.Tensor] = {}
     for k, t in tensors.items():
-        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
-            raise SparseError(bad.format(k))
-        if ndim is not None and t.ndim != ndim:
+        is_float = isinstance(t, torch.Tensor) and t.is_floating_point()
+        if not is_float or (ndim is not None and t.ndim != ndim):
             raise SparseError(bad.format(k))
         if not bool(t.isfinite().all()):
             raise SparseError(f"{nonfinite.format(k)} not finite; tune again with a smaller lr")

@@ -172,7 +172,7 @@ class _Teacher:
         device: torch.device,
         max_bytes: int = 1 << 30,
     ) -> None:
-        self.model, self.keep, self.device = model, keep, device
+        self.model, self.keep = model, keep
         self.hidden: torch.Tensor | None = None
         get_head = getattr(model, "get_output_embeddings", None)
         head = get_head() if callable(get_head) else None
