@@ -8,9 +8,9 @@
 A method entry ``LABEL=METHOD`` runs a variant under its own label, its parameters set with
 ``--set LABEL.KEY=VALUE``: ``--methods teal,teal-pca=teal --set 'teal-pca.rotation="pca"'``.
 ``--set LABEL.tune_steps=N`` (and ``tune_lr``, ``tune_batch``, ``tune_seed``; ``tune_rows=true``
-adds the output-row scales) tunes the normalisation gains of that label's points after
-calibration (``actlab.sparse.tune_gains``), on ``--tune-tokens`` tokens of the comedies
-(default: the calibration windows).
+adds the output-row scales, ``tune_rank=R`` rank-R weight corrections) tunes the
+normalisation gains of that label's points after calibration (``actlab.sparse.tune_gains``),
+on ``--tune-tokens`` tokens of the comedies (default: the calibration windows).
 
 For every (method, target sparsity) the method is calibrated once on ``--calib-tokens``
 tokens of the Shakespeare comedies and evaluated on ``--eval-tokens`` held-out tokens (the

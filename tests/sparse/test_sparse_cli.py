@@ -93,6 +93,11 @@ def test_bad_flags_are_refused_before_loading(
         ([m, "--method", "teal", "--sparsity", ".5", "--tune-lr", ".1"], "need --tune-steps"),
         ([m, "--method", "teal", "--sparsity", ".5", "--tune-tokens", "99"], "need --tune-steps"),
         ([m, "--method", "teal", "--sparsity", ".5", "--tune-rows"], "need --tune-steps"),
+        ([m, "--method", "teal", "--sparsity", ".5", "--tune-rank", "4"], "need --tune-steps"),
+        (
+            [m, "--method", "teal", "--sparsity", ".5", "--tune-steps", "3", "--tune-rank", "-1"],
+            "--tune-rank",
+        ),
         ([m, "--method", "teal", "--sparsity", ".5", "--tune-steps", "3", "--tune-lr", "0"], "lr"),
         (
             [m, "--method", "teal", "--sparsity", ".5", "--tune-steps", "3", "--tune-batch", "0"],
@@ -154,7 +159,7 @@ def test_tune_steps_save_the_tuned_gains(
     out = tmp_path / "out"
     argv = ["sparsify", str(tiny), "--method", "teal", "--sparsity", "0.5", *SMALL]
     tune = ["--tune-steps", "3", "--tune-lr", "0.01", "--tune-tokens", "512"]
-    tune += ["--tune-rows"] if rows else []
+    tune += ["--tune-rows", "--tune-rank", "2"] if rows else []
     assert main([*argv, *tune, "--out", str(out)]) == 0
     err = capsys.readouterr().err
     assert "tune: step 3/3" in err and "tuned" in err and "KL" in err
@@ -164,6 +169,7 @@ def test_tune_steps_save_the_tuned_gains(
     loaded = load_sparse(out)
     assert loaded.state.gains and loaded.state.tuning == info["tuning"]
     assert info["tuning"]["rows"] is rows and bool(loaded.state.scales) is rows
+    assert info["tuning"]["rank"] == 2 * rows and bool(loaded.state.lowrank) is rows
     config = json.loads((out / "config.json").read_text())
     assert ("actlab_row_scales" in config) is rows  # the saved weights hold the scales
     params = dict(loaded.model.named_parameters())

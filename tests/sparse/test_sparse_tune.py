@@ -140,6 +140,8 @@ def test_gains_of_another_model_are_refused_before_any_change(tuned_setup: tuple
         ({"steps": 2, "lr": "big"}, "lr must be a positive number"),
         ({"steps": 2, "rows": "yes"}, "rows must be true or false"),
         ({"steps": 2, "rows": 1}, "rows must be true or false"),
+        ({"steps": 2, "rank": -1}, "rank must be an integer >= 0"),
+        ({"steps": 2, "rank": 1.5}, "rank must be an integer >= 0"),
     ],
 )
 def test_bad_tuning_settings_are_one_line(kwargs: dict, match: str) -> None:
@@ -236,8 +238,8 @@ def test_gains_tuned_on_a_rotated_model_apply_after_the_rotation(
     randomise_norms(llama)
     data = _windows()
     state = make_method("teal", sparsity=0.5, rotation="pca").calibrate(llama, data)
-    tuned = tune_gains(llama, state, data, TuneConfig(steps=30, lr=1e-2, rows=rows))
-    assert bool(tuned.scales) is rows
+    tuned = tune_gains(llama, state, data, TuneConfig(steps=30, lr=1e-2, rows=rows, rank=int(rows)))
+    assert bool(tuned.scales) is rows and bool(tuned.lowrank) is rows
     ids = torch.cat(data)
     kl0, kl1 = _kl(llama, state, ids), _kl(llama, tuned, ids)
     assert kl1 < 0.8 * kl0, (kl0, kl1)  # gains (and rows) written in the basis they were tuned in
@@ -309,7 +311,7 @@ def test_row_scales_round_trip_as_version_3_and_are_applied_once(
     other.scales = {k: r * 2 for k, r in tuned.scales.items()}
     c = copy.deepcopy(model)
     setattr(c.config, SCALES_KEY, scales_digest(tuned))
-    with pytest.raises(SparseError, match="already hold the row scales of another tuned state"):
+    with pytest.raises(SparseError, match="already hold the row scales or low-rank corrections"):
         apply_state(c, other)
     assert not any("Sparse" in type(m).__name__ for m in c.modules())
 
@@ -465,3 +467,201 @@ def test_the_teacher_runs_the_model_where_the_head_is_not_the_logits(
     with torch.no_grad():
         want = llama(windows[index]).logits[:, -10:]
     torch.testing.assert_close(small.logits(index, windows[index]), want)
+
+
+# ---------------------------------------------------------------- low-rank corrections (rank=r)
+
+
+@pytest.mark.parametrize(("kind", "bias"), [("sparse", False), ("sparse", True), ("plain", True)])
+def test_low_rank_correction_then_row_scale_is_the_corrected_weight(kind: str, bias: bool) -> None:
+    """The tuning's correction ``W x + U (V x)`` on the input the linear reads (entries
+    dropped), then the row hook, against ``(diag(r) (W + U V)) x_read + b`` in float64: the
+    same outputs and the same gradients in U, V, r and x."""
+    from actlab.sparse._modules import SparseLinear
+    from actlab.sparse._tune import _LowRank, _RowScale
+
+    lin = torch.nn.Linear(7, 5, bias=bias).double()
+    if kind == "sparse":
+        lin = SparseLinear.wrap(lin, 0.4)
+    low = _LowRank(lin, 3, torch.Generator().manual_seed(0))
+    scale = _RowScale(5, lin.weight)
+    with torch.no_grad():
+        low.u.copy_(torch.randn(5, 3, dtype=torch.float64))
+        scale.r.copy_(torch.linspace(0.5, 1.5, 5, dtype=torch.float64))
+    ref = {k: t.detach().clone().requires_grad_(True) for k, t in (("u", low.u), ("v", low.v))}
+    r_ref = scale.r.detach().clone().requires_grad_(True)
+    x = torch.randn(3, 4, 7, dtype=torch.float64, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    read = x_ref * (x_ref.abs() > 0.4) if kind == "sparse" else x_ref
+    weight = (lin.weight + ref["u"] @ ref["v"]) * r_ref.unsqueeze(1)
+    want = F.linear(read, weight, lin.bias)
+    low.attach(lin)
+    scale.attach(lin)
+    got = lin(x)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(got)
+    got.backward(g)
+    want.backward(g)
+    for name, p in (("u", low.u), ("v", low.v)):
+        torch.testing.assert_close(p.grad, ref[name].grad, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(scale.r.grad, r_ref.grad, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_low_rank_corrections_lower_the_kl_and_are_merged_into_the_weights(
+    tuned_setup: tuple,
+) -> None:
+    model, state, data = tuned_setup
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = TuneConfig(steps=40, lr=1e-2, rows=True, rank=2)
+    tuned = tune_gains(model, state, data, cfg)
+    for k, v in model.state_dict().items():  # the dense model is not changed
+        assert torch.equal(v, before[k]), k
+    lin = dict(model.named_modules())
+    assert set(tuned.lowrank) == set(tuned.scales) == set(state.thresholds)
+    for k, (u, v) in tuned.lowrank.items():
+        assert u.shape == (lin[k].out_features, 2) and v.shape == (2, lin[k].in_features), k
+    n = sum(g.numel() for g in tuned.gains.values()) + sum(r.numel() for r in tuned.scales.values())
+    n += sum(u.numel() + v.numel() for u, v in tuned.lowrank.values())
+    assert tuned.tuning["params"] == n and tuned.tuning["rank"] == 2
+    ids = torch.cat(data)
+    kl0, kl1 = _kl(model, state, ids), _kl(model, tuned, ids)
+    rows_only = tune_gains(model, state, data, TuneConfig(steps=40, lr=1e-2, rows=True))
+    assert kl1 < 0.8 * kl0 and kl1 < _kl(model, rows_only, ids), (kl0, kl1)
+    # apply: each weight is diag(r) (W + U V) of the dense weight (float64 oracle)
+    sparse = copy.deepcopy(model)
+    apply_state(sparse, tuned)
+    params = dict(sparse.named_parameters())
+    for k, (u, v) in tuned.lowrank.items():
+        want = (before[f"{k}.weight"].double() + u.double() @ v.double()) * (
+            tuned.scales[k].double().unsqueeze(1)
+        )
+        torch.testing.assert_close(params[f"{k}.weight"].double(), want, rtol=1e-6, atol=1e-7)
+    assert tune_gains(model, state, data, cfg) == tuned  # deterministic
+
+
+def test_low_rank_corrections_of_a_gated_mlp_site_cover_gate_up_and_down(
+    llama: torch.nn.Module,
+) -> None:
+    data = _windows()
+    state = make_method("cats", sparsity=0.5).calibrate(llama, data)
+    tuned = tune_gains(llama, state, data, TuneConfig(steps=2, lr=1e-2, rank=1))
+    want = {f"{s}.{p}" for s in state.thresholds for p in ("gate_proj", "up_proj", "down_proj")}
+    assert set(tuned.lowrank) == want and not tuned.scales
+
+
+def test_low_rank_corrections_round_trip_as_version_4_and_are_applied_once(
+    tuned_setup: tuple, tmp_path: Path
+) -> None:
+    from safetensors import safe_open
+
+    from actlab.sparse._base import SCALES_KEY, scales_digest
+
+    model, state, data = tuned_setup
+    rows = tune_gains(model, state, data, TuneConfig(steps=3, lr=1e-2, rows=True))
+    tuned = tune_gains(model, state, data, TuneConfig(steps=3, lr=1e-2, rows=True, rank=2))
+    path = tuned.save(tmp_path / "lowrank.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        assert json.loads(f.metadata()[FORMAT_KEY])["version"] == 4
+    back = load_state(path)
+    assert back == tuned and back.lowrank.keys() == tuned.lowrank.keys()
+    assert back != rows and scales_digest(tuned) != scales_digest(rows)
+    without = copy.deepcopy(tuned)
+    without.lowrank = {}
+    assert scales_digest(without) == scales_digest(  # no corrections: the version-3 digest
+        SparsityState("teal", {}, {}, gains=tuned.gains, tuning=tuned.tuning, scales=tuned.scales)
+    )
+    a = copy.deepcopy(model)
+    apply_state(a, tuned)
+    assert getattr(a.config, SCALES_KEY) == scales_digest(tuned)
+    b = copy.deepcopy(model)  # a copy of the corrected weights (a reloaded model): not again
+    b.load_state_dict(a.state_dict())
+    setattr(b.config, SCALES_KEY, scales_digest(tuned))
+    apply_state(b, tuned)
+    for (k, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(p, q), k
+    c = copy.deepcopy(model)  # weights holding another state's tuned weights: refused
+    setattr(c.config, SCALES_KEY, scales_digest(rows))
+    with pytest.raises(SparseError, match="already hold the row scales or low-rank"):
+        apply_state(c, tuned)
+    assert not any("Sparse" in type(m).__name__ for m in c.modules())
+
+
+def test_low_rank_corrections_of_another_model_are_refused_before_any_change(
+    tuned_setup: tuple,
+) -> None:
+    model, state, data = tuned_setup
+    tuned = tune_gains(model, state, data, TuneConfig(steps=1, rank=1))
+    up = "model.layers.0.mlp.up_proj"
+    out, inp = tuned.lowrank[up][0].shape[0], tuned.lowrank[up][1].shape[1]
+    for path, pair, match in (
+        ("model.layers.9.mlp.up_proj", tuned.lowrank[up], "no linear 'model.layers.9.mlp"),
+        (up, (torch.zeros(out, 1), torch.zeros(1, inp + 1)), f"is {out} x {inp + 1}, the linear"),
+    ):
+        wrong = copy.deepcopy(tuned)
+        wrong.lowrank[path] = pair
+        fresh = copy.deepcopy(model)
+        with pytest.raises(SparseError, match=match):
+            apply_state(fresh, wrong)
+        assert not any("Sparse" in type(m).__name__ for m in fresh.modules())
+
+
+def test_bad_low_rank_corrections_and_headers_are_one_line(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    tuned = {"gains": {"g": torch.ones(2)}, "tuning": {"x": 1}}
+    with pytest.raises(SparseError, match="must have its tuned gains too"):
+        SparsityState("teal", {}, {}, lowrank={"a": (torch.ones(2, 1), torch.ones(1, 3))})
+    for pair, match in (
+        (torch.ones(2, 3), "must be a pair"),
+        ((torch.ones(2, 1), torch.ones(2, 3)), "must be float matrices U"),
+        ((torch.ones(2), torch.ones(1, 3)), "must be float matrices U"),
+        ((torch.ones(2, 1, dtype=torch.int64), torch.ones(1, 3)), "must be float matrices U"),
+        ((torch.full((2, 1), float("inf")), torch.ones(1, 3)), "is not finite"),
+    ):
+        with pytest.raises(SparseError, match=match):
+            SparsityState("teal", {}, {}, lowrank={"a": pair}, **tuned)  # type: ignore[arg-type]
+
+    def write(version: int, tensors: dict) -> Path:
+        header = {"version": version, "method": "teal", "params": {}, "targets": {}}
+        header["tuning"] = {"steps": 1}
+        p = tmp_path / f"s{len(list(tmp_path.iterdir()))}.safetensors"
+        save_file(tensors, str(p), metadata={FORMAT_KEY: json.dumps(header)})
+        return p
+
+    base = {"gain:model.norm.weight": torch.ones(4)}
+    pair = {"lowrank_u:lin": torch.ones(8, 2), "lowrank_v:lin": torch.ones(2, 4)}
+    with pytest.raises(SparseError, match="version 3.*1 low-rank corrections"):
+        load_state(write(3, {**base, **pair}))
+    with pytest.raises(SparseError, match="'lin' lacks one of its two factors"):
+        load_state(write(4, {**base, "lowrank_u:lin": torch.ones(8, 2)}))
+    with pytest.raises(SparseError, match="low-rank correction 'lin' is not float32"):
+        load_state(write(4, {**base, **pair, "lowrank_v:lin": torch.ones(2, 4).double()}))
+    with pytest.raises(SparseError, match="reads 1 to 4"):
+        load_state(write(5, {**base, **pair}))
+    assert load_state(write(4, {**base, **pair})).lowrank["lin"][0].shape == (8, 2)
+
+
+def test_the_fingerprint_of_corrected_weights_is_the_dense_models(
+    tuned_setup: tuple, tmp_path: Path
+) -> None:
+    from actlab.sparse import apply_saved_state, model_fingerprint, save_sparse
+
+    model, state, data = tuned_setup
+    tuned = tune_gains(model, state, data, TuneConfig(steps=1, rows=True, rank=2))
+    big = copy.deepcopy(tuned)  # corrections as large as the weights: mean |W| moves a lot
+    big.scales = {k: torch.full_like(r, 1.5) for k, r in tuned.scales.items()}
+    big.lowrank = {k: (u + 0.3, v + 1.0) for k, (u, v) in tuned.lowrank.items()}
+    sparse = copy.deepcopy(model)
+    apply_state(sparse, big)
+    assert model_fingerprint(sparse)["weights"] != pytest.approx(
+        model_fingerprint(model)["weights"], rel=0.01
+    )
+    assert model_fingerprint(sparse, state=big)["weights"] == pytest.approx(
+        model_fingerprint(model)["weights"], rel=1e-6
+    )
+    out = save_sparse(tmp_path / "big", sparse, None, big)
+    fresh = copy.deepcopy(model)
+    apply_saved_state(fresh, out)  # the dense model passes the check and is corrected once
+    for (k, p), q in zip(fresh.state_dict().items(), sparse.state_dict().values(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=k)

@@ -160,9 +160,9 @@ def install(
     (:func:`actlab.surgery.replace_modules`); a site missing from the model, of the wrong
     type or already sparsified is a one-line :class:`SparseError`. Last, the state's tuned
     gains (:func:`actlab.sparse.tune_gains`) are written into the model's parameters and its
-    tuned row scales multiply the rows of their linears' weights (once: the model records
-    which scales its weights hold, :data:`SCALES_KEY`, so a model saved with them and reloaded
-    is not scaled twice).
+    tuned low-rank corrections are added to their linears' weights and its tuned row scales
+    multiply their rows (once: the model records which tuned weights it holds,
+    :data:`SCALES_KEY`, so a model saved with them and reloaded is not changed twice).
     """
     _check_tuned(model, state)  # before the model is rotated or replaced: all or nothing
     modules = dict(model.named_modules())
@@ -204,8 +204,8 @@ def install(
 
 def _check_tuned(model: nn.Module, state: SparsityState) -> None:
     """One-line error unless every tuned gain of ``state`` names a parameter of its shape and
-    every row scale a linear with as many output features, and the weights do not hold
-    another state's row scales already."""
+    every row scale (low-rank correction) a linear with as many output (and input) features,
+    and the weights do not hold another state's tuned weights already."""
     params = dict(model.named_parameters())
     for path, g in state.gains.items():
         p = params.get(path)
@@ -226,43 +226,64 @@ def _check_tuned(model: nn.Module, state: SparsityState) -> None:
                 f"the tuned row scales of {path!r} have {r.numel()} entries, the linear "
                 f"{m.out_features} outputs: the state was tuned on another model"
             )
+    for path, (u, v) in state.lowrank.items():
+        m = modules.get(path)
+        if not isinstance(m, nn.Linear):
+            raise SparseError(f"the state was tuned on another model: it has no linear {path!r}")
+        if (u.shape[0], v.shape[1]) != (m.out_features, m.in_features):
+            raise SparseError(
+                f"the low-rank correction of {path!r} is {u.shape[0]} x {v.shape[1]}, the "
+                f"linear {m.out_features} x {m.in_features}: the state was tuned on another model"
+            )
     held = scales_held(model)
     if held is not None and held != scales_digest(state):
         raise SparseError(
-            "the model's weights already hold the row scales of another tuned state; apply "
-            "this state to the dense model"
+            "the model's weights already hold the row scales or low-rank corrections of "
+            "another tuned state; apply this state to the dense model"
         )
 
 
-SCALES_KEY = "actlab_row_scales"  # config (or module) attribute: digest of the scales held
+SCALES_KEY = "actlab_row_scales"  # config (or module) attribute: digest of the tuned weights held
 
 
 def scales_digest(state: SparsityState) -> str | None:
-    """A SHA-256 (16 hex digits) of the state's row scales, or None without any."""
-    if not state.scales:
+    """A SHA-256 (16 hex digits) of the state's row scales and low-rank corrections (the
+    tuned weights), or None without any."""
+    if not state.scales and not state.lowrank:
         return None
     h = hashlib.sha256()
     for path in sorted(state.scales):
         h.update(path.encode())
         h.update(state.scales[path].numpy().tobytes())
+    for path in sorted(state.lowrank):  # after the scales: a digest without them is unchanged
+        h.update(b"lowrank:" + path.encode())
+        for t in state.lowrank[path]:
+            h.update(t.numpy().tobytes())
     return h.hexdigest()[:16]
 
 
 def scales_held(model: nn.Module) -> str | None:
-    """The digest of the row scales ``model``'s weights hold (its config's
-    :data:`SCALES_KEY`, or the module's attribute when it has no config), or None."""
+    """The digest of the tuned weights (row scales, low-rank corrections) ``model``'s weights
+    hold (its config's :data:`SCALES_KEY`, or the module's attribute without a config), or
+    None."""
     config = getattr(model, "config", None)
     held = getattr(config if config is not None else model, SCALES_KEY, None)
     return held if isinstance(held, str) else None
 
 
 def _write_scales(model: nn.Module, modules: dict[str, nn.Module], state: SparsityState) -> None:
-    """Multiply the rows of each scaled linear's weight, unless the weights hold them already
-    (a model saved after :func:`install` and reloaded), and record the digest."""
+    """Add the low-rank corrections to their linears' weights, then multiply the rows of each
+    scaled linear's weight, unless the weights hold them already (a model saved after
+    :func:`install` and reloaded), and record the digest."""
     digest = scales_digest(state)
     if digest is None or scales_held(model) == digest:
         return
     with torch.no_grad():
+        for path, (u, v) in state.lowrank.items():
+            lin = modules[path]
+            assert isinstance(lin, nn.Linear)  # checked by _check_tuned
+            w = lin.weight
+            w.add_((u.double() @ v.double()).to(w.device, w.dtype))  # (out, r) @ (r, in)
         for path, r in state.scales.items():
             lin = modules[path]
             assert isinstance(lin, nn.Linear)  # checked by _check_tuned

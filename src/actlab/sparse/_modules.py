@@ -140,6 +140,10 @@ class SparseLinear(_Site, nn.Linear):
         super().__init__(in_features, out_features, bias=bias)
         self._init_site(-1.0)
 
+    # a term added to the output from the input the linear read (entries dropped), in the
+    # torch path: the low-rank corrections while they are tuned (actlab.sparse.tune_gains)
+    correction: Callable[[torch.Tensor], torch.Tensor] | None = None
+
     @classmethod
     def wrap(cls, linear: nn.Linear, threshold: Threshold = -1.0) -> SparseLinear:
         """A SparseLinear sharing ``linear``'s weight and bias (no copy, ties kept)."""
@@ -158,7 +162,9 @@ class SparseLinear(_Site, nn.Linear):
         if self._kernel is not None and (y := self._kernel(self, x)) is not None:
             return y
         keep = self._keep(x)
-        return super().forward(x if keep is None else x * keep)
+        used = x if keep is None else x * keep
+        y = super().forward(used)
+        return y if self.correction is None else y + self.correction(used)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, threshold={show_threshold(self.threshold)}"

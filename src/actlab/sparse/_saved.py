@@ -12,15 +12,17 @@ and reloaded with ``load_sparse(out)`` (model, tokenizer, state, report; ``model
 works). The fingerprint names the model the state was calibrated on: its name, the number
 of parameters, a SHA-256 of the config's structural fields and the mean |W| of the
 projections of the first and last block (compared to 1%, so a bf16 copy of the same weights
-matches and other weights do not; rows that hold a state's tuned scales are measured
-unscaled). :func:`apply_saved_state` refuses a state calibrated on another model with one line.
+matches and other weights do not; weights that hold a state's tuned row scales and low-rank
+corrections are measured with both undone). :func:`apply_saved_state` refuses a state
+calibrated on another model with one line.
 
 A state with tuned normalisation gains (:func:`actlab.sparse.tune_gains`) also names its
 ``tuning`` in config.json; the weights file then holds the tuned gains (the model was saved
 with them applied) and the state file holds them too, so applying the state to the original
-dense model gives the same model. Tuned row scales (``TuneConfig(rows=True)``) are in the saved
-weights as well; config.json's ``actlab_row_scales`` (a digest of them) tells ``apply`` on the
-reloaded model that its weights hold them already, so they are not applied twice.
+dense model gives the same model. Tuned row scales and low-rank corrections
+(``TuneConfig(rows=True, rank=r)``) are in the saved weights as well; config.json's
+``actlab_row_scales`` (a digest of them) tells ``apply`` on the reloaded model that its weights
+hold them already, so they are not applied twice.
 
 Model names: ``smollm2`` (SmolLM2-135M-Instruct), ``gemma3`` (Gemma-3-270M, when this actlab
 has its loader) or a local Hugging Face folder (``config.json`` + weights + tokenizer).
@@ -137,7 +139,7 @@ def _n_params(model: nn.Module) -> int:
     return n
 
 
-def _weight_stats(model: nn.Module, scales: dict[str, torch.Tensor] | None = None) -> list[float]:
+def _weight_stats(model: nn.Module, held: SparsityState | None = None) -> list[float]:
     blocks = find_blocks(model)
     out: list[float] = []
     for block in (blocks[0], blocks[-1]):
@@ -145,18 +147,22 @@ def _weight_stats(model: nn.Module, scales: dict[str, torch.Tensor] | None = Non
             path = block.proj(n)
             w = model.get_submodule(path).weight
             assert isinstance(w, torch.Tensor)
-            a = w.detach().abs().double()
-            if scales and path in scales:  # the dense weights' statistic: rows unscaled
-                a = a / scales[path].double().abs().to(a.device).unsqueeze(1)
-            out.append(float(a.mean()))
+            a = w.detach().double()
+            if held is not None and path in held.scales:  # the dense weights: rows unscaled
+                a = a / held.scales[path].double().to(a.device).unsqueeze(1)
+            if held is not None and path in held.lowrank:  # ... and the correction taken off
+                u, v = held.lowrank[path]
+                a = a - (u.double() @ v.double()).to(a.device)
+            out.append(float(a.abs().mean()))
     return out
 
 
-def _held_scales(model: nn.Module, state: SparsityState | None) -> dict[str, torch.Tensor] | None:
-    """The state's row scales when ``model``'s weights hold them (applied or reloaded)."""
-    if state is None or not state.scales or scales_held(model) != scales_digest(state):
+def _held(model: nn.Module, state: SparsityState | None) -> SparsityState | None:
+    """``state`` when ``model``'s weights hold its tuned row scales or low-rank corrections
+    (applied or reloaded), else None."""
+    if state is None or scales_digest(state) is None or scales_held(model) != scales_digest(state):
         return None
-    return state.scales
+    return state
 
 
 def model_fingerprint(
@@ -164,8 +170,8 @@ def model_fingerprint(
 ) -> dict[str, Any]:
     """``{name, params, config_sha256, weights}`` of a causal LM (see the module docstring).
 
-    With ``state``, weights that hold its tuned row scales are measured with the rows
-    unscaled, so the fingerprint is the dense model's."""
+    With ``state``, weights that hold its tuned row scales and low-rank corrections are
+    measured with them undone, so the fingerprint is the dense model's."""
     cfg = getattr(model, "config", None)
     conf: dict[str, Any] = cfg.to_dict() if cfg is not None and hasattr(cfg, "to_dict") else {}
     structure = {k: conf[k] for k in _STRUCTURE if k in conf}
@@ -174,7 +180,7 @@ def model_fingerprint(
         "name": name or str(conf.get("_name_or_path") or type(model).__name__),
         "params": _n_params(model),
         "config_sha256": digest.hexdigest(),
-        "weights": _weight_stats(model, _held_scales(model, state)),
+        "weights": _weight_stats(model, _held(model, state)),
     }
 
 

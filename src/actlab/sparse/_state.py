@@ -15,6 +15,9 @@ header); such a file is format version 2, every other file version 1. A tuning t
 scaled the output rows of the sparsified linears (``TuneConfig(rows=True)``) adds ``scales``
 (linear path -> float32 vector of ``out_features`` factors, saved under ``"scale:" + path``);
 such a file is format version 3 (a reader of version 2 would take the scales for thresholds).
+A tuning with low-rank weight corrections (``TuneConfig(rank=r)``) adds ``lowrank`` (linear
+path -> ``(U [out, r], V [r, in])``, float32, saved under ``"lowrank_u:"`` / ``"lowrank_v:" +
+path``): the linear's weight becomes ``diag(scale) (W + U V)``; such a file is format version 4.
 Nothing is unpickled when loading.
 """
 
@@ -44,9 +47,11 @@ FORMAT_KEY = "actlab.sparse"
 FORMAT_VERSION = 1  # written when the state has no tuned gains
 GAINS_VERSION = 2  # written when it has (a reader of version 1 would take them for thresholds)
 SCALES_VERSION = 3  # written when it also has tuned row scales
+LOWRANK_VERSION = 4  # written when it has tuned low-rank weight corrections
 BASIS = "basis:"  # key prefix of the rotation bases in the state file
 GAIN = "gain:"  # key prefix of the tuned normalisation gains
 SCALE = "scale:"  # key prefix of the tuned output-row scales
+LOWRANK_U, LOWRANK_V = "lowrank_u:", "lowrank_v:"  # key prefixes of the low-rank factors
 
 
 class SparseError(ValueError):
@@ -79,6 +84,30 @@ def _tuned_tensors(
     return out
 
 
+def _lowrank_pairs(
+    pairs: dict[str, Any],
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Low-rank corrections ``(U [out, r], V [r, in])`` checked (float matrices of one rank,
+    finite) and copied to float32 CPU."""
+    out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for k, pair in pairs.items():
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise SparseError(f"low-rank correction {k!r} must be a pair (U [out, r], V [r, in])")
+        u, v = pair
+        ok = all(isinstance(t, torch.Tensor) and t.is_floating_point() for t in pair)
+        ok = ok and u.ndim == 2 and v.ndim == 2
+        if not ok or u.shape[1] != v.shape[0]:
+            raise SparseError(
+                f"low-rank correction {k!r} must be float matrices U [out, r] and V [r, in]"
+            )
+        if not (bool(u.isfinite().all()) and bool(v.isfinite().all())):
+            raise SparseError(
+                f"low-rank correction {k!r} is not finite; tune again with a smaller lr"
+            )
+        out[k] = tuple(t.detach().to("cpu", torch.float32).clone() for t in (u, v))  # type: ignore[assignment]
+    return out
+
+
 @dataclass
 class SparsityState:
     """Calibrated thresholds of one method, per site, with the method's name and parameters.
@@ -90,6 +119,8 @@ class SparsityState:
     normalisation weights (parameter path -> tensor) that ``apply`` writes into the model after
     any rotation; ``tuning`` says how they were obtained. ``scales`` (linear path -> vector of
     ``out_features`` factors) multiply the rows of those linears' weights, after any rotation.
+    ``lowrank`` (linear path -> ``(U, V)``, ``[out, r]`` and ``[r, in]``) are added to those
+    linears' weights (``W + U V``) before their rows are scaled.
     """
 
     method: str
@@ -100,6 +131,7 @@ class SparsityState:
     gains: dict[str, torch.Tensor] = field(default_factory=dict)
     tuning: dict[str, Any] = field(default_factory=dict)
     scales: dict[str, torch.Tensor] = field(default_factory=dict)
+    lowrank: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.thresholds = {k: _f32(v) for k, v in self.thresholds.items()}
@@ -112,8 +144,12 @@ class SparsityState:
         self.scales = _tuned_tensors(
             self.scales, "row scales {!r} must be a 1-D float tensor", "row scales {!r} are", ndim=1
         )
-        if self.scales and not self.gains:
-            raise SparseError("a state with tuned row scales must have its tuned gains too")
+        self.lowrank = _lowrank_pairs(self.lowrank)
+        if (self.scales or self.lowrank) and not self.gains:
+            raise SparseError(
+                "a state with tuned row scales or low-rank corrections must have its tuned "
+                "gains too"
+            )
         if self.gains and not self.tuning:
             raise SparseError("a state with tuned gains must say how they were tuned (tuning)")
 
@@ -140,6 +176,11 @@ class SparsityState:
             return False
         if not all(torch.equal(r, other.scales[k]) for k, r in self.scales.items()):
             return False
+        if set(self.lowrank) != set(other.lowrank):
+            return False
+        for k, (u, v) in self.lowrank.items():
+            if not (torch.equal(u, other.lowrank[k][0]) and torch.equal(v, other.lowrank[k][1])):
+                return False
         return all(torch.equal(q, other.bases[k]) for k, q in self.bases.items())
 
     def save(self, path: str | Path) -> Path:
@@ -172,6 +213,9 @@ class SparsityState:
         tensors.update({BASIS + k: q.contiguous().clone() for k, q in self.bases.items()})
         tensors.update({GAIN + k: g.contiguous().clone() for k, g in self.gains.items()})
         tensors.update({SCALE + k: r.contiguous().clone() for k, r in self.scales.items()})
+        for k, (u, v) in self.lowrank.items():
+            tensors[LOWRANK_U + k] = u.contiguous().clone()
+            tensors[LOWRANK_V + k] = v.contiguous().clone()
         p.parent.mkdir(parents=True, exist_ok=True)
         tmp = p.with_name(p.name + ".tmp")
         save_file(tensors, str(tmp), metadata={FORMAT_KEY: text})
@@ -180,7 +224,9 @@ class SparsityState:
 
     @property
     def version(self) -> int:
-        """The file format version :meth:`save` writes for this state (1, 2 or 3)."""
+        """The file format version :meth:`save` writes for this state (1 to 4)."""
+        if self.lowrank:
+            return LOWRANK_VERSION
         if self.scales:
             return SCALES_VERSION
         return GAINS_VERSION if self.gains else FORMAT_VERSION
@@ -240,27 +286,44 @@ def load_state(path: str | Path) -> SparsityState:
         tuning = header.get("tuning", {})
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise SparseError(f"{p}: the actlab.sparse header is malformed ({e})") from None
-    if version not in (FORMAT_VERSION, GAINS_VERSION, SCALES_VERSION):
+    if version not in (FORMAT_VERSION, GAINS_VERSION, SCALES_VERSION, LOWRANK_VERSION):
         raise SparseError(
             f"{p}: state format version {version!r}, this actlab reads {FORMAT_VERSION} to "
-            f"{SCALES_VERSION}"
+            f"{LOWRANK_VERSION}"
         )
     if not isinstance(tuning, dict):
         raise SparseError(f"{p}: the actlab.sparse header's tuning is not an object")
     bases = {k[len(BASIS) :]: t for k, t in tensors.items() if k.startswith(BASIS)}
     gains = {k[len(GAIN) :]: t for k, t in tensors.items() if k.startswith(GAIN)}
     scales = {k[len(SCALE) :]: t for k, t in tensors.items() if k.startswith(SCALE)}
-    expected = SCALES_VERSION if scales else GAINS_VERSION if gains else FORMAT_VERSION
+    us = {k[len(LOWRANK_U) :]: t for k, t in tensors.items() if k.startswith(LOWRANK_U)}
+    vs = {k[len(LOWRANK_V) :]: t for k, t in tensors.items() if k.startswith(LOWRANK_V)}
+    if set(us) != set(vs):
+        odd = sorted(set(us) ^ set(vs))[0]
+        raise SparseError(f"{p}: the low-rank correction of {odd!r} lacks one of its two factors")
+    expected = (
+        LOWRANK_VERSION
+        if us
+        else SCALES_VERSION
+        if scales
+        else GAINS_VERSION
+        if gains
+        else FORMAT_VERSION
+    )
     if version != expected or bool(gains) != bool(tuning):
         raise SparseError(
             f"{p}: the header (version {version}, tuning {'given' if tuning else 'absent'}) "
-            f"does not match the {len(gains)} tuned gains and {len(scales)} row scales; save "
-            "the state again with actlab"
+            f"does not match the {len(gains)} tuned gains, {len(scales)} row scales and "
+            f"{len(us)} low-rank corrections; save the state again with actlab"
         )
     bad = [k for k, t in {**gains, **scales}.items() if t.ndim != 1 or t.dtype != torch.float32]
     if bad:
         raise SparseError(f"{p}: gain or row scale {bad[0]!r} is not a float32 vector")
-    tensors = {k: t for k, t in tensors.items() if not k.startswith((BASIS, GAIN, SCALE))}
+    bad = [k for k in us if us[k].dtype != torch.float32 or vs[k].dtype != torch.float32]
+    if bad:
+        raise SparseError(f"{p}: low-rank correction {bad[0]!r} is not float32")
+    tuned = (BASIS, GAIN, SCALE, LOWRANK_U, LOWRANK_V)
+    tensors = {k: t for k, t in tensors.items() if not k.startswith(tuned)}
     bad = [k for k, t in tensors.items() if t.ndim > 1 or t.dtype != torch.float32]
     if bad:
         raise SparseError(f"{p}: threshold {bad[0]!r} is not a float32 scalar or vector")
@@ -276,4 +339,5 @@ def load_state(path: str | Path) -> SparsityState:
         gains=gains,
         tuning=tuning,
         scales=scales,
+        lowrank={k: (us[k], vs[k]) for k in us},
     )
