@@ -43,6 +43,30 @@ def _kl(dense: torch.nn.Module, state: SparsityState, ids: torch.Tensor) -> floa
     return float((p.exp() * (p - q)).sum(-1).mean())
 
 
+_TUNED = {"steps": 1}
+
+
+def _write(folder: Path, version: int, tensors: dict, tuning: object = _TUNED) -> Path:
+    """A state file of format ``version`` holding ``tensors``, its header's ``tuning`` given
+    (None: no tuning in the header)."""
+    from safetensors.torch import save_file
+
+    header: dict = {"version": version, "method": "teal", "params": {}, "targets": {}}
+    if tuning is not None:
+        header["tuning"] = tuning
+    p = folder / f"s{len(list(folder.iterdir()))}.safetensors"
+    save_file(tensors, str(p), metadata={FORMAT_KEY: json.dumps(header)})
+    return p
+
+
+def _assert_refused(model: torch.nn.Module, state: SparsityState, match: str) -> None:
+    """``apply_state`` refuses ``state`` with ``match`` before changing a copy of ``model``."""
+    fresh = copy.deepcopy(model)
+    with pytest.raises(SparseError, match=match):
+        apply_state(fresh, state)
+    assert not any("Sparse" in type(m).__name__ for m in fresh.modules())
+
+
 @pytest.fixture
 def tuned_setup(llama: torch.nn.Module) -> tuple[torch.nn.Module, SparsityState, list]:
     randomise_norms(llama)
@@ -182,28 +206,18 @@ def test_bad_input_to_tune_gains(tuned_setup: tuple) -> None:
 
 
 def test_a_header_that_disagrees_with_the_gains_is_refused(tmp_path: Path) -> None:
-    from safetensors.torch import save_file
-
-    def write(version: int, tensors: dict, tuning: object = None) -> Path:
-        header: dict = {"version": version, "method": "teal", "params": {}, "targets": {}}
-        if tuning is not None:
-            header["tuning"] = tuning
-        p = tmp_path / f"s{len(list(tmp_path.iterdir()))}.safetensors"
-        save_file(tensors, str(p), metadata={FORMAT_KEY: json.dumps(header)})
-        return p
-
     gain = {"gain:model.norm.weight": torch.ones(4)}
     with pytest.raises(SparseError, match="does not match the 0 tuned gains"):
-        load_state(write(2, {"a": torch.tensor(0.5)}, {"steps": 1}))
+        load_state(_write(tmp_path, 2, {"a": torch.tensor(0.5)}, {"steps": 1}))
     with pytest.raises(SparseError, match="does not match the 1 tuned gains"):
-        load_state(write(1, gain))
+        load_state(_write(tmp_path, 1, gain, None))
     with pytest.raises(SparseError, match="tuning is not an object"):
-        load_state(write(2, gain, [1]))
+        load_state(_write(tmp_path, 2, gain, [1]))
     with pytest.raises(SparseError, match="not a float32 vector"):
-        load_state(write(2, {"gain:x": torch.ones(2, 2)}, {"steps": 1}))
+        load_state(_write(tmp_path, 2, {"gain:x": torch.ones(2, 2)}, {"steps": 1}))
     with pytest.raises(SparseError, match="version 3"):
-        load_state(write(3, gain, {"steps": 1}))
-    assert load_state(write(2, gain, {"steps": 1})).gains.keys() == {"model.norm.weight"}
+        load_state(_write(tmp_path, 3, gain, {"steps": 1}))
+    assert load_state(_write(tmp_path, 2, gain, {"steps": 1})).gains.keys() == {"model.norm.weight"}
 
 
 def test_sparsity_curves_tune_the_points_of_a_label(llama: torch.nn.Module) -> None:
@@ -325,15 +339,10 @@ def test_row_scales_of_another_model_are_refused_before_any_change(tuned_setup: 
     ):
         wrong = copy.deepcopy(tuned)
         wrong.scales[path] = r
-        fresh = copy.deepcopy(model)
-        with pytest.raises(SparseError, match=match):
-            apply_state(fresh, wrong)
-        assert not any("Sparse" in type(m).__name__ for m in fresh.modules())
+        _assert_refused(model, wrong, match)
 
 
 def test_bad_row_scales_and_headers_are_one_line(tmp_path: Path) -> None:
-    from safetensors.torch import save_file
-
     with pytest.raises(SparseError, match="must have its tuned gains too"):
         SparsityState("teal", {}, {}, scales={"a": torch.ones(2)})
     with pytest.raises(SparseError, match="row scales 'a' must be a 1-D float tensor"):
@@ -347,65 +356,40 @@ def test_bad_row_scales_and_headers_are_one_line(tmp_path: Path) -> None:
             scales={"a": torch.tensor([1.0, float("nan")])},
         )  # fmt: skip
 
-    def write(version: int, tensors: dict) -> Path:
-        header = {"version": version, "method": "teal", "params": {}, "targets": {}}
-        header["tuning"] = {"steps": 1}
-        p = tmp_path / f"s{len(list(tmp_path.iterdir()))}.safetensors"
-        save_file(tensors, str(p), metadata={FORMAT_KEY: json.dumps(header)})
-        return p
-
     both = {"gain:model.norm.weight": torch.ones(4)}
     both["scale:model.layers.0.mlp.up_proj"] = torch.ones(8)
     with pytest.raises(SparseError, match="version 2.*1 row scales"):
-        load_state(write(2, both))
+        load_state(_write(tmp_path, 2, both))
     with pytest.raises(SparseError, match="gain or row scale .* is not a float32 vector"):
-        load_state(write(3, {**both, "scale:x": torch.ones(2, dtype=torch.float64)}))
-    assert load_state(write(3, both)).scales.keys() == {"model.layers.0.mlp.up_proj"}
+        load_state(_write(tmp_path, 3, {**both, "scale:x": torch.ones(2, dtype=torch.float64)}))
+    assert load_state(_write(tmp_path, 3, both)).scales.keys() == {"model.layers.0.mlp.up_proj"}
 
 
-def test_the_fingerprint_of_scaled_weights_is_the_dense_models(
-    tuned_setup: tuple, tmp_path: Path
+@pytest.mark.parametrize("rank", [0, 2])
+def test_the_fingerprint_of_tuned_weights_is_the_dense_models(
+    tuned_setup: tuple, tmp_path: Path, rank: int
 ) -> None:
     from actlab.sparse import apply_saved_state, model_fingerprint, save_sparse
 
     model, state, data = tuned_setup
-    tuned = tune_gains(model, state, data, TuneConfig(steps=1, rows=True))
+    tuned = tune_gains(model, state, data, TuneConfig(steps=1, rows=True, rank=rank))
     big = copy.deepcopy(tuned)  # scales far from 1: the raw mean |W| would move by ~50%
     big.scales = {k: torch.full_like(r, 1.5) for k, r in tuned.scales.items()}
+    # corrections as large as the weights
+    big.lowrank = {k: (u + 0.3, v + 1.0) for k, (u, v) in tuned.lowrank.items()}
     sparse = copy.deepcopy(model)
     apply_state(sparse, big)
+    assert model_fingerprint(sparse)["weights"] != pytest.approx(
+        model_fingerprint(model)["weights"], rel=0.01
+    )
     assert model_fingerprint(sparse, state=big)["weights"] == pytest.approx(
         model_fingerprint(model)["weights"], rel=1e-6
     )
     out = save_sparse(tmp_path / "big", sparse, None, big)
     fresh = copy.deepcopy(model)
-    apply_saved_state(fresh, out)  # the dense model passes the check and is scaled once
+    apply_saved_state(fresh, out)  # the dense model passes the check and is changed once
     for (k, p), q in zip(fresh.state_dict().items(), sparse.state_dict().values(), strict=True):
         assert torch.equal(p, q), k
-
-
-@pytest.mark.parametrize("bias", [False, True])
-def test_row_scale_hook_is_the_scaled_weight(bias: bool) -> None:
-    """The tuning's output hook ``y = r * (W x) + b`` against the linear with its weight rows
-    scaled, ``(diag(r) W) x + b`` (float64): the same outputs and the same gradients in r, x."""
-    from actlab.sparse._tune import _RowScale
-
-    lin = torch.nn.Linear(7, 5, bias=bias).double()
-    scale = _RowScale(5, lin.weight)
-    with torch.no_grad():
-        scale.r.copy_(torch.linspace(0.5, 1.5, 5, dtype=torch.float64))
-    r_ref = scale.r.detach().clone().requires_grad_(True)
-    x = torch.randn(3, 4, 7, dtype=torch.float64, requires_grad=True)
-    x_ref = x.detach().clone().requires_grad_(True)
-    want = F.linear(x_ref, lin.weight * r_ref.unsqueeze(1), lin.bias)
-    scale.attach(lin)
-    got = lin(x)
-    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
-    g = torch.randn_like(got)
-    got.backward(g)
-    want.backward(g)
-    torch.testing.assert_close(scale.r.grad, r_ref.grad, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-10, atol=1e-12)
 
 
 def test_forward_logits_runs_the_head_on_the_kept_positions(llama: torch.nn.Module) -> None:
@@ -472,37 +456,43 @@ def test_the_teacher_runs_the_model_where_the_head_is_not_the_logits(
 # ---------------------------------------------------------------- low-rank corrections (rank=r)
 
 
-@pytest.mark.parametrize(("kind", "bias"), [("sparse", False), ("sparse", True), ("plain", True)])
-def test_low_rank_correction_then_row_scale_is_the_corrected_weight(kind: str, bias: bool) -> None:
-    """The tuning's correction ``W x + U (V x)`` on the input the linear reads (entries
-    dropped), then the row hook, against ``(diag(r) (W + U V)) x_read + b`` in float64: the
-    same outputs and the same gradients in U, V, r and x."""
+@pytest.mark.parametrize(
+    ("kind", "bias", "rank"),
+    [("plain", False, 0), ("plain", True, 0), ("sparse", False, 3), ("sparse", True, 3)]
+    + [("plain", True, 3)],
+)
+def test_tuning_hooks_are_the_tuned_weight(kind: str, bias: bool, rank: int) -> None:
+    """The tuning's low-rank correction ``W x + U (V x)`` on the input the linear reads
+    (entries dropped; rank 0: none), then the row hook ``y = r * (W x) + b``, against the
+    linear with the tuned weight ``(diag(r) (W + U V)) x_read + b`` in float64: the same
+    outputs and the same gradients in U, V, r and x."""
     from actlab.sparse._modules import SparseLinear
     from actlab.sparse._tune import _LowRank, _RowScale
 
     lin = torch.nn.Linear(7, 5, bias=bias).double()
     if kind == "sparse":
         lin = SparseLinear.wrap(lin, 0.4)
-    low = _LowRank(lin, 3, torch.Generator().manual_seed(0))
+    low = _LowRank(lin, max(rank, 1), torch.Generator().manual_seed(0))
     scale = _RowScale(5, lin.weight)
     with torch.no_grad():
-        low.u.copy_(torch.randn(5, 3, dtype=torch.float64))
+        low.u.copy_(torch.randn(5, low.u.shape[1], dtype=torch.float64) * (rank > 0))
         scale.r.copy_(torch.linspace(0.5, 1.5, 5, dtype=torch.float64))
     ref = {k: t.detach().clone().requires_grad_(True) for k, t in (("u", low.u), ("v", low.v))}
     r_ref = scale.r.detach().clone().requires_grad_(True)
     x = torch.randn(3, 4, 7, dtype=torch.float64, requires_grad=True)
     x_ref = x.detach().clone().requires_grad_(True)
     read = x_ref * (x_ref.abs() > 0.4) if kind == "sparse" else x_ref
-    weight = (lin.weight + ref["u"] @ ref["v"]) * r_ref.unsqueeze(1)
-    want = F.linear(read, weight, lin.bias)
-    low.attach(lin)
+    weight = lin.weight + ref["u"] @ ref["v"] if rank else lin.weight
+    want = F.linear(read, weight * r_ref.unsqueeze(1), lin.bias)
+    if rank:
+        low.attach(lin)
     scale.attach(lin)
     got = lin(x)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     g = torch.randn_like(got)
     got.backward(g)
     want.backward(g)
-    for name, p in (("u", low.u), ("v", low.v)):
+    for name, p in (("u", low.u), ("v", low.v)) if rank else ():
         torch.testing.assert_close(p.grad, ref[name].grad, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(scale.r.grad, r_ref.grad, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-10, atol=1e-12)
@@ -600,15 +590,10 @@ def test_low_rank_corrections_of_another_model_are_refused_before_any_change(
     ):
         wrong = copy.deepcopy(tuned)
         wrong.lowrank[path] = pair
-        fresh = copy.deepcopy(model)
-        with pytest.raises(SparseError, match=match):
-            apply_state(fresh, wrong)
-        assert not any("Sparse" in type(m).__name__ for m in fresh.modules())
+        _assert_refused(model, wrong, match)
 
 
 def test_bad_low_rank_corrections_and_headers_are_one_line(tmp_path: Path) -> None:
-    from safetensors.torch import save_file
-
     tuned = {"gains": {"g": torch.ones(2)}, "tuning": {"x": 1}}
     with pytest.raises(SparseError, match="must have its tuned gains too"):
         SparsityState("teal", {}, {}, lowrank={"a": (torch.ones(2, 1), torch.ones(1, 3))})
@@ -622,46 +607,15 @@ def test_bad_low_rank_corrections_and_headers_are_one_line(tmp_path: Path) -> No
         with pytest.raises(SparseError, match=match):
             SparsityState("teal", {}, {}, lowrank={"a": pair}, **tuned)  # type: ignore[arg-type]
 
-    def write(version: int, tensors: dict) -> Path:
-        header = {"version": version, "method": "teal", "params": {}, "targets": {}}
-        header["tuning"] = {"steps": 1}
-        p = tmp_path / f"s{len(list(tmp_path.iterdir()))}.safetensors"
-        save_file(tensors, str(p), metadata={FORMAT_KEY: json.dumps(header)})
-        return p
-
     base = {"gain:model.norm.weight": torch.ones(4)}
     pair = {"lowrank_u:lin": torch.ones(8, 2), "lowrank_v:lin": torch.ones(2, 4)}
     with pytest.raises(SparseError, match="version 3.*1 low-rank corrections"):
-        load_state(write(3, {**base, **pair}))
+        load_state(_write(tmp_path, 3, {**base, **pair}))
     with pytest.raises(SparseError, match="'lin' lacks one of its two factors"):
-        load_state(write(4, {**base, "lowrank_u:lin": torch.ones(8, 2)}))
+        load_state(_write(tmp_path, 4, {**base, "lowrank_u:lin": torch.ones(8, 2)}))
     with pytest.raises(SparseError, match="low-rank correction 'lin' is not float32"):
-        load_state(write(4, {**base, **pair, "lowrank_v:lin": torch.ones(2, 4).double()}))
+        bad = {**base, **pair, "lowrank_v:lin": torch.ones(2, 4).double()}
+        load_state(_write(tmp_path, 4, bad))
     with pytest.raises(SparseError, match="reads 1 to 4"):
-        load_state(write(5, {**base, **pair}))
-    assert load_state(write(4, {**base, **pair})).lowrank["lin"][0].shape == (8, 2)
-
-
-def test_the_fingerprint_of_corrected_weights_is_the_dense_models(
-    tuned_setup: tuple, tmp_path: Path
-) -> None:
-    from actlab.sparse import apply_saved_state, model_fingerprint, save_sparse
-
-    model, state, data = tuned_setup
-    tuned = tune_gains(model, state, data, TuneConfig(steps=1, rows=True, rank=2))
-    big = copy.deepcopy(tuned)  # corrections as large as the weights: mean |W| moves a lot
-    big.scales = {k: torch.full_like(r, 1.5) for k, r in tuned.scales.items()}
-    big.lowrank = {k: (u + 0.3, v + 1.0) for k, (u, v) in tuned.lowrank.items()}
-    sparse = copy.deepcopy(model)
-    apply_state(sparse, big)
-    assert model_fingerprint(sparse)["weights"] != pytest.approx(
-        model_fingerprint(model)["weights"], rel=0.01
-    )
-    assert model_fingerprint(sparse, state=big)["weights"] == pytest.approx(
-        model_fingerprint(model)["weights"], rel=1e-6
-    )
-    out = save_sparse(tmp_path / "big", sparse, None, big)
-    fresh = copy.deepcopy(model)
-    apply_saved_state(fresh, out)  # the dense model passes the check and is corrected once
-    for (k, p), q in zip(fresh.state_dict().items(), sparse.state_dict().values(), strict=True):
-        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=k)
+        load_state(_write(tmp_path, 5, {**base, **pair}))
+    assert load_state(_write(tmp_path, 4, {**base, **pair})).lowrank["lin"][0].shape == (8, 2)
