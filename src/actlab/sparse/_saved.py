@@ -160,9 +160,8 @@ def _weight_stats(model: nn.Module, held: SparsityState | None = None) -> list[f
 def _held(model: nn.Module, state: SparsityState | None) -> SparsityState | None:
     """``state`` when ``model``'s weights hold its tuned row scales or low-rank corrections
     (applied or reloaded), else None."""
-    if state is None or scales_digest(state) is None or scales_held(model) != scales_digest(state):
-        return None
-    return state
+    digest = None if state is None else scales_digest(state)
+    return state if digest is not None and scales_held(model) == digest else None
 
 
 def model_fingerprint(

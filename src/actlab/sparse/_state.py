@@ -88,24 +88,20 @@ def _lowrank_pairs(
     pairs: dict[str, Any],
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Low-rank corrections ``(U [out, r], V [r, in])`` checked (float matrices of one rank,
-    finite) and copied to float32 CPU."""
-    out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    finite) and copied to float32 CPU (:func:`_tuned_tensors` on each factor)."""
     for k, pair in pairs.items():
         if not isinstance(pair, (tuple, list)) or len(pair) != 2:
             raise SparseError(f"low-rank correction {k!r} must be a pair (U [out, r], V [r, in])")
-        u, v = pair
-        ok = all(isinstance(t, torch.Tensor) and t.is_floating_point() for t in pair)
-        ok = ok and u.ndim == 2 and v.ndim == 2
-        if not ok or u.shape[1] != v.shape[0]:
-            raise SparseError(
-                f"low-rank correction {k!r} must be float matrices U [out, r] and V [r, in]"
-            )
-        if not (bool(u.isfinite().all()) and bool(v.isfinite().all())):
-            raise SparseError(
-                f"low-rank correction {k!r} is not finite; tune again with a smaller lr"
-            )
-        out[k] = tuple(t.detach().to("cpu", torch.float32).clone() for t in (u, v))  # type: ignore[assignment]
-    return out
+    bad, nonfinite = (
+        "low-rank correction {!r} must be float matrices U [out, r] and V [r, in]",
+        "low-rank correction {!r} is",
+    )
+    us = _tuned_tensors({k: p[0] for k, p in pairs.items()}, bad, nonfinite, ndim=2)
+    vs = _tuned_tensors({k: p[1] for k, p in pairs.items()}, bad, nonfinite, ndim=2)
+    for k in pairs:
+        if us[k].shape[1] != vs[k].shape[0]:
+            raise SparseError(bad.format(k))
+    return {k: (us[k], vs[k]) for k in pairs}
 
 
 @dataclass
