@@ -10,10 +10,11 @@ A method entry ``LABEL=METHOD`` runs a variant under its own label, its paramete
 ``--set LABEL.tune_steps=N`` (and ``tune_lr``, ``tune_batch``, ``tune_seed``; ``tune_rows=true``
 adds the output-row scales, ``tune_rank=R`` rank-R weight corrections) tunes the
 normalisation gains of that label's points after calibration (``actlab.sparse.tune_gains``),
-on ``--tune-tokens`` tokens of the comedies (default: the calibration windows).
+on ``--tune-tokens`` tokens of the calibration text (default: the calibration windows).
 
 For every (method, target sparsity) the method is calibrated once on ``--calib-tokens``
-tokens of the Shakespeare comedies and evaluated on ``--eval-tokens`` held-out tokens (the
+tokens of the Shakespeare comedies (``--calib-source mixed``: the comedies interleaved with
+8 KJV books that are not held out) and evaluated on ``--eval-tokens`` held-out tokens (the
 tragedies and six KJV books; see ``actlab.sparse._text``) under ``--protocol`` (``decode``:
 dense prefill of the first ``--prefill`` tokens of each window, then token-by-token sparse
 decoding with the KV cache). Prints a markdown table: target, realised sparsity over block
@@ -58,6 +59,13 @@ def main() -> None:
     ap.add_argument("--protocol", default="decode", choices=("decode", "all", "last-half"))
     ap.add_argument("--calib-tokens", type=int, default=2048)
     ap.add_argument(
+        "--calib-source",
+        default="comedies",
+        choices=("comedies", "mixed"),
+        help="calibration and tuning text: the comedies, or the comedies and 8 KJV books that "
+        "are not held out",
+    )
+    ap.add_argument(
         "--tune-tokens",
         type=int,
         default=None,
@@ -90,11 +98,15 @@ def main() -> None:
     t0 = time.perf_counter()
     model, tok = load_causal_lm(args.model, device=args.device, dtype=getattr(torch, args.dtype))
     load_s = time.perf_counter() - t0
-    calib = calibration_windows(tok, tokens=args.calib_tokens, window=args.window)
+    calib = calibration_windows(
+        tok, tokens=args.calib_tokens, window=args.window, source=args.calib_source
+    )
     held = heldout_windows(tok, tokens=args.eval_tokens, window=args.window)
     tune = None
     if args.tune_tokens is not None:
-        tune = calibration_windows(tok, tokens=args.tune_tokens, window=args.window).batches()
+        tune = calibration_windows(
+            tok, tokens=args.tune_tokens, window=args.window, source=args.calib_source
+        ).batches()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     sparsities = [float(s) for s in args.sparsities.split(",") if s.strip()]
     t0 = time.perf_counter()

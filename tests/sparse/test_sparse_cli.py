@@ -152,6 +152,22 @@ def test_out_saves_a_model_that_reloads(
     assert main([*argv, "--out", str(out), "--force"]) == 0
 
 
+def test_calib_mixed_calibrates_on_comedies_and_books(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], tiny: Path
+) -> None:
+    out = tmp_path / "out"
+    argv = ["sparsify", str(tiny), "--method", "cats", "--sparsity", "0.4", *SMALL]
+    assert main([*argv, "--calib", "mixed", "--out", str(out)]) == 0
+    capsys.readouterr()
+    info = json.loads((out / "config.json").read_text())["actlab_sparsity"]["calibration"]
+    model, tok = load_causal_lm(str(tiny))
+    calib = calibration_windows(tok, tokens=256, window=32, source="mixed")
+    assert info["text"] == "mixed" and info["documents"] == list(calib.documents)
+    assert any(d.startswith("kjv:") for d in info["documents"])
+    state = make_method("cats", sparsity=0.4).calibrate(model, calib.batches())
+    assert load_sparse(out).state == state
+
+
 @pytest.mark.parametrize("rows", [False, True])
 def test_tune_steps_save_the_tuned_gains(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], tiny: Path, rows: bool

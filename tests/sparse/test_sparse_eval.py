@@ -13,7 +13,9 @@ from sparse_helpers import VOCAB, logits
 
 from actlab.data.errors import DatasetNotFoundError
 from actlab.sparse import (
+    CALIBRATION_BOOKS,
     CALIBRATION_PLAYS,
+    HELDOUT_BOOKS,
     HELDOUT_PLAYS,
     EvalResult,
     SparseError,
@@ -76,6 +78,25 @@ def test_split_is_disjoint_and_deterministic(texts: None) -> None:
     spans = sorted((d, a, b) for d, a, b in held.spans)
     for (d1, _, b1), (d2, a2, _) in zip(spans, spans[1:]):
         assert d1 != d2 or b1 <= a2
+
+
+def test_mixed_calibration_interleaves_books_never_held_out(texts: None) -> None:
+    assert not set(CALIBRATION_BOOKS) & set(HELDOUT_BOOKS)
+    tok = char_tokenizer()
+    calib = calibration_windows(tok, tokens=32 * 64, window=64, source="mixed")
+    assert calib.tokens == 32 * 64 and calib.ids.shape == (32, 64)
+    plays = [f"play:{p}" for p in CALIBRATION_PLAYS]
+    books = [f"kjv:{n}:{b}" for n, b in CALIBRATION_BOOKS.items()]
+    assert list(calib.documents) == [d for pair in zip(plays, books) for d in pair]
+    assert not set(calib.documents) & set(heldout_documents())
+    held = heldout_windows(tok, tokens=1024, window=64)
+    calibration_text = "".join(document(d) for d in calib.documents)
+    for row in held.ids:
+        assert tok.decode(row) not in calibration_text
+    # the default source is the comedies alone, and a source must be one of the two
+    assert calibration_windows(tok, tokens=640, window=64).documents == tuple(plays)
+    with pytest.raises(SparseError, match="unknown calibration source 'bible'; one of"):
+        calibration_windows(tok, tokens=640, window=64, source="bible")
 
 
 def test_kjv_books_read_as_prose(texts: None) -> None:

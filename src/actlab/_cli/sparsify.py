@@ -7,9 +7,10 @@
     actlab sparsify smollm2 --method teal --sparsity 0.4 --calib-tokens 32768 --tune-steps 120
 
 MODEL is ``smollm2``, ``gemma3`` (when this actlab has its loader) or a local Hugging Face
-folder. Calibration reads ``--calib-tokens`` tokens of the Shakespeare comedies (or of a
-``--calib`` text file); ``--eval`` scores ``--eval-tokens`` tokens of held-out text (the
-tragedies and six KJV books, never seen by calibration) in windows of ``--window`` tokens
+folder. Calibration reads ``--calib-tokens`` tokens of the Shakespeare comedies (``--calib
+mixed``: interleaved with 8 KJV books that are not held out; or a ``--calib`` text file);
+``--eval`` scores ``--eval-tokens`` tokens of held-out text (the tragedies and six KJV books,
+never seen by calibration) in windows of ``--window`` tokens
 under ``--protocol`` (``decode``: dense prefill of the first half of each window, then
 token-by-token sparse decoding with the KV cache; ``all``; ``last-half``), prints the
 perplexity / agreement table and writes an HTML report. ``--out DIR`` saves the model,
@@ -59,7 +60,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--calib",
         default="shakespeare",
         metavar="TEXT",
-        help="calibration text: 'shakespeare' (the 8 comedies, default) or a UTF-8 file",
+        help="calibration text: 'shakespeare' (the 8 comedies, default), 'mixed' (the comedies "
+        "and 8 KJV books that are not held out) or a UTF-8 file",
     )
     p.add_argument(
         "--calib-tokens", type=int, default=2048, help="calibration tokens (default 2048)"
@@ -196,13 +198,16 @@ def _parse_sets(overrides: list[str], methods: list[str], single: bool) -> dict[
     return out
 
 
+_SOURCES = {"shakespeare": "comedies", "mixed": "mixed"}  # --calib name -> calibration source
+
+
 def _read_text(name: str) -> str | None:
-    if name == "shakespeare":
+    if name in _SOURCES:
         return None
     path = Path(name)
     if not path.is_file():
         raise FileNotFoundError(
-            f"--calib {name}: no such file (give 'shakespeare' or a UTF-8 text file)"
+            f"--calib {name}: no such file (give 'shakespeare', 'mixed' or a UTF-8 text file)"
         )
     try:
         text = path.read_text(encoding="utf-8")
@@ -288,6 +293,7 @@ def validate(args: argparse.Namespace) -> None:
     _int("--tune-tokens", args.tune_tokens, 1, MAX_TOKENS)
     args.model_key = resolve_model(args.model)
     args.calib_text = _read_text(args.calib)
+    args.calib_source = _SOURCES.get(args.calib, "comedies")
     _int("--calib-tokens", args.calib_tokens, 1, MAX_TOKENS)
     _int("--eval-tokens", args.eval_tokens, 1, MAX_TOKENS)
     _int("--window", args.window, 8, 1 << 20)
@@ -554,7 +560,11 @@ def _tune_windows(args: argparse.Namespace, tok: Any, calib: Any) -> list[Any]:
     if args.tune_tokens is None or args.tune_tokens == calib.tokens:
         return list(calib.batches())
     more = calibration_windows(
-        tok, tokens=args.tune_tokens, window=args.window, text=args.calib_text
+        tok,
+        tokens=args.tune_tokens,
+        window=args.window,
+        text=args.calib_text,
+        source=args.calib_source,
     )
     return list(more.batches())
 
@@ -572,7 +582,11 @@ def _protocol_text(protocol: str, prefill: int, window: int) -> str:
 
 
 def _calib_text(args: argparse.Namespace) -> str:
-    return "the Shakespeare comedies" if args.calib_text is None else f"{args.calib}"
+    if args.calib_text is not None:
+        return f"{args.calib}"
+    if args.calib_source == "mixed":
+        return "the Shakespeare comedies and 8 KJV books that are not held out"
+    return "the Shakespeare comedies"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -588,7 +602,11 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(limit, int) and args.window > limit:
         raise ValueError(f"--window {args.window} exceeds the model's {limit} positions")
     calib = calibration_windows(
-        tok, tokens=args.calib_tokens, window=args.window, text=args.calib_text
+        tok,
+        tokens=args.calib_tokens,
+        window=args.window,
+        text=args.calib_text,
+        source=args.calib_source,
     )
     tune = _tune_windows(args, tok, calib) if args.tune is not None else None  # built once
     if args.out is not None or args.generate is not None or args.bench or not args.eval:

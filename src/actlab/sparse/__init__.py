@@ -80,10 +80,13 @@ from actlab.sparse._state import (
     load_state,
 )
 from actlab.sparse._text import (
+    CALIBRATION_BOOKS,
     CALIBRATION_PLAYS,
+    CALIBRATION_SOURCES,
     HELDOUT_BOOKS,
     HELDOUT_PLAYS,
     TextWindows,
+    calibration_documents,
     calibration_windows,
     heldout_windows,
 )
@@ -91,7 +94,9 @@ from actlab.sparse._topk import SparseTopKLinear
 from actlab.sparse._tune import TuneConfig, gain_parameters, scaled_linears, tune_gains
 
 __all__ = [
+    "CALIBRATION_BOOKS",
     "CALIBRATION_PLAYS",
+    "CALIBRATION_SOURCES",
     "DEFAULT_SPARSITIES",
     "HELDOUT_BOOKS",
     "HELDOUT_PLAYS",
@@ -99,6 +104,7 @@ __all__ = [
     "SparseModel",
     "TextWindows",
     "apply_saved_state",
+    "calibration_documents",
     "calibration_windows",
     "curves_table",
     "delta_ci",

