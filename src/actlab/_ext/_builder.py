@@ -39,6 +39,9 @@ ISA_FLAGS: dict[str, tuple[str, ...]] = {
     ),
     "AVX2": ("-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"),
 }  # DEFAULT (and any capability without an entry): portable code, no ISA flags
+# Headers every extension can include (``#include "native_isa.h"``): this package's csrc folder
+# is on every include path and its headers are hashed into every cache key.
+SHARED_INCLUDE = Path(__file__).resolve().parent / "csrc"
 _LIB_EXT = ".pyd" if os.name == "nt" else ".so"  # what torch.utils.cpp_extension links
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
@@ -202,7 +205,8 @@ def key(ext: Extension, isa: str | None = None) -> str:
     isa = capability() if isa is None else isa
     sources = [p.read_bytes() for p in ext.files()]
     h = hashlib.sha256(sources[0])
-    for blob in [*sources[1:], *(p.read_bytes() for p in ext.files(ext.headers))]:
+    shared = sorted(SHARED_INCLUDE.glob("*.h"))
+    for blob in [*sources[1:], *(p.read_bytes() for p in [*ext.files(ext.headers), *shared])]:
         h.update(b"\0%d\0" % len(blob) + blob)
     abi = f"{sys.version_info[:2]}{getattr(sys, 'abiflags', '')}"
     meta = f"{torch.__version__}|{isa}|{' '.join(cflags(ext, isa))}|{abi}"
@@ -303,6 +307,7 @@ def _compile(ext: Extension, where: Path, isa: str) -> Path:
             name=library_path(ext, where).stem,
             sources=[str(p) for p in ext.files()],
             extra_cflags=cflags(ext, isa),
+            extra_include_paths=[str(SHARED_INCLUDE)],
             extra_ldflags=[*(["-fopenmp"] if ext.openmp else []), *ext.extra_ldflags],
             build_directory=str(where),
             is_python_module=False,

@@ -54,7 +54,7 @@ KERNELS = Extension(
     name="actlab_kan",
     package="actlab.layers",
     sources=("csrc/kan_kernels.cpp", "csrc/kan_relu_s.cpp", "csrc/kan_af.cpp"),
-    headers=("csrc/kan_common.h", "csrc/native_isa.h"),
+    headers=("csrc/kan_common.h",),
     namespace="actlab_kan",
     ops=(
         "relu_basis_t",

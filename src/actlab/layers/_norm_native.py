@@ -32,7 +32,7 @@ KERNELS = Extension(
     name="actlab_norm",
     package="actlab.layers",
     sources=("csrc/norm_polynorm.cpp", "csrc/norm_evonorm.cpp"),
-    headers=("csrc/norm_common.h", "csrc/native_isa.h"),
+    headers=("csrc/norm_common.h",),
     namespace="actlab_norm",
     ops=tuple(
         k + suffix

@@ -1,6 +1,7 @@
 // actlab sparse decode kernels as torch ops: sparse_linear, gated_mlp (see sparse_gemv.h for
 // the formulas, layouts, threading and prefetch notes), and the ISA the library was built for.
 
+#include "native_isa.h"  // isa(), shared by actlab's native libraries
 #include "sparse_gemv.h"
 
 #include <torch/library.h>
@@ -102,17 +103,6 @@ at::Tensor gated_mlp(const at::Tensor& x, const at::Tensor& gate_t, const at::Te
   }
   add_counts(counts, B * F, dropped);
   return y;
-}
-
-// The ISA this library was compiled for (tests check that ACTLAB_NATIVE_ISA took effect).
-std::string isa() {
-#if defined(CPU_CAPABILITY_AVX512)
-  return "AVX512";
-#elif defined(CPU_CAPABILITY_AVX2)
-  return "AVX2";
-#else
-  return "DEFAULT";
-#endif
 }
 
 }  // namespace
