@@ -19,6 +19,9 @@ Design (each point is tested in ``tests/ext``):
   CPU_CAPABILITY_AVX512`` paths follow it. ``ACTLAB_NATIVE_ISA=AVX2`` (or ``DEFAULT``) builds
   for a lesser set, e.g. for a cache shared by mixed machines; any other value is a one-line
   ``ValueError``.
+- **Shared headers.** ``actlab/_ext/csrc`` is on every extension's include path
+  (``native_isa.h``: the ``isa()`` op every library registers) and its headers are hashed into
+  every key.
 - **Cache.** ``$ACTLAB_CACHE/native/<key>/`` (default ``~/.cache/actlab``), ``key`` = hash of
   the sources and headers, the torch version, the ISA, the compiler flags and the Python ABI;
   variants (AVX2 / DEFAULT builds, other torch versions) live side by side.
