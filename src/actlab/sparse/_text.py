@@ -183,15 +183,19 @@ def document(name: str) -> str:
     raise SparseError(f"unknown document {name!r}; 'play:<folder>/<name>' or 'kjv:<n>:<name>'")
 
 
+def _interleaved(plays: Sequence[str], books: dict[int, str]) -> tuple[str, ...]:
+    """Document names play, book, play, book, ... (as many pairs as the shorter list)."""
+    names = [f"kjv:{n}:{name}" for n, name in books.items()]
+    return tuple(d for pair in zip((f"play:{p}" for p in plays), names) for d in pair)
+
+
 def calibration_documents(source: str = "comedies") -> tuple[str, ...]:
     """The calibration documents of ``source`` (:data:`CALIBRATION_SOURCES`): the comedies,
     or (``"mixed"``) the comedies and :data:`CALIBRATION_BOOKS` interleaved."""
-    plays = [f"play:{p}" for p in CALIBRATION_PLAYS]
     if source == "comedies":
-        return tuple(plays)
+        return tuple(f"play:{p}" for p in CALIBRATION_PLAYS)
     if source == "mixed":
-        books = [f"kjv:{n}:{name}" for n, name in CALIBRATION_BOOKS.items()]
-        return tuple(d for pair in zip(plays, books) for d in pair)
+        return _interleaved(CALIBRATION_PLAYS, CALIBRATION_BOOKS)
     raise SparseError(
         f"unknown calibration source {source!r}; one of {', '.join(CALIBRATION_SOURCES)}"
     )
@@ -199,12 +203,7 @@ def calibration_documents(source: str = "comedies") -> tuple[str, ...]:
 
 def heldout_documents() -> tuple[str, ...]:
     """The evaluation documents, plays and books interleaved (the order windows use)."""
-    plays = [f"play:{p}" for p in HELDOUT_PLAYS]
-    books = [f"kjv:{n}:{name}" for n, name in HELDOUT_BOOKS.items()]
-    out: list[str] = []
-    for p, b in zip(plays, books):
-        out += [p, b]
-    return tuple(out)
+    return _interleaved(HELDOUT_PLAYS, HELDOUT_BOOKS)
 
 
 # ---------------------------------------------------------------- tokens
