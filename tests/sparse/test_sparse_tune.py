@@ -619,3 +619,79 @@ def test_bad_low_rank_corrections_and_headers_are_one_line(tmp_path: Path) -> No
     with pytest.raises(SparseError, match="reads 1 to 4"):
         load_state(_write(tmp_path, 5, {**base, **pair}))
     assert load_state(_write(tmp_path, 4, {**base, **pair})).lowrank["lin"][0].shape == (8, 2)
+
+
+# ------------------------------------------------ WINA: the masks tuned through are deployed
+
+
+def test_pinned_norms_rank_like_the_merged_weight() -> None:
+    """A WINA (top-k) site with a row scale and a low-rank correction attached: once the
+    merged weight's norms are pinned, it computes what the site holding the merged weight
+    ``diag(r) (W + U V)`` computes (its own norms: the deployed masks). Ranking by the raw
+    weight's norms instead picks other inputs."""
+    from actlab.sparse._topk import SparseTopKLinear
+    from actlab.sparse._tune import _LowRank, _pin_merged_norms, _RowScale
+
+    g = torch.Generator().manual_seed(3)
+    lin = SparseTopKLinear.wrap(torch.nn.Linear(16, 6, bias=True).double(), 0.5)
+    low = _LowRank(lin, 2, g)
+    scale = _RowScale(6, lin.weight)
+    with torch.no_grad():
+        low.u.copy_(torch.randn(6, 2, generator=g, dtype=torch.float64))
+        scale.r.copy_(torch.linspace(0.2, 3.0, 6, dtype=torch.float64))
+        lin.weight.mul_(torch.linspace(0.1, 4.0, 16, dtype=torch.float64))  # uneven columns
+    low.attach(lin)
+    scale.attach(lin)
+    merged = torch.nn.Linear(16, 6, bias=True).double()
+    with torch.no_grad():
+        merged.weight.copy_((lin.weight + low.u @ low.v) * scale.r.unsqueeze(1))
+        merged.bias.copy_(lin.bias)
+    deployed = SparseTopKLinear.wrap(merged, 0.5)
+    x = torch.randn(5, 16, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        want = deployed(x)
+        unpinned = lin(x)
+        _pin_merged_norms({"p": lin}, {"p": scale}, {"p": low})
+        got = lin(x)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    assert not torch.allclose(unpinned, want, rtol=1e-3, atol=1e-3)
+    lin.pin_norms(None)  # unpinned: its own weight's norms again
+    torch.testing.assert_close(lin(x).detach(), unpinned)
+    with pytest.raises(SparseError, match=r"shape \(16,\)"):
+        lin.pin_norms(torch.ones(15))
+
+
+def test_wina_tuned_through_the_deployed_masks(
+    llama: torch.nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After tuning WINA with rows and low-rank corrections, the tuned student (its factors
+    as hooks, the merged weights' norms pinned) and the deployed model (factors merged by
+    ``apply``, each site ranking by its own weight) give the same logits."""
+    import actlab.sparse._tune as tune
+
+    seen: dict = {}
+    real_pin, real_forward = tune._pin_merged_norms, tune.forward_logits
+
+    def pin(*args: dict) -> None:
+        seen["pin"] = args
+        real_pin(*args)
+
+    def forward(model: torch.nn.Module, ids: torch.Tensor, keep: int) -> object:
+        if model is not llama:
+            seen["student"] = model
+        return real_forward(model, ids, keep)
+
+    monkeypatch.setattr(tune, "_pin_merged_norms", pin)
+    monkeypatch.setattr(tune, "forward_logits", forward)
+    randomise_norms(llama)
+    data = _windows()
+    state = make_method("wina", sparsity=0.5).calibrate(llama, data)
+    tuned = tune_gains(llama, state, data, TuneConfig(steps=4, lr=5e-2, rows=True, rank=2))
+    real_pin(*seen["pin"])  # the norms of the final factors
+    deployed = copy.deepcopy(llama)
+    apply_state(deployed, tuned).set_mode("last-half")
+    ids = torch.cat(data)
+    with torch.no_grad():
+        got = real_forward(seen["student"], ids, ids.shape[1]).logits
+        want = deployed(ids).logits
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

@@ -6,6 +6,10 @@ entries to zero per token: ``round(s * in_features)`` of them, those with the sm
 ``|x_i| * ||W[:, i]||_2`` (the column norms of this projection's own weight). A negative
 value means dense (bit-identical). The column norms are recomputed from the weight whenever
 the weight changes (in place or replaced), so a transform applied after installation is seen.
+While the site is tuned (:func:`~actlab.sparse.tune_gains` with row factors or low-rank
+corrections), the weight it will be deployed with is ``diag(r) (W + U V)``, not ``W``: the
+tuning pins that weight's norms (:meth:`SparseTopKLinear.pin_norms`), so the masks it trains
+through are the masks the merged model computes.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ class SparseTopKLinear(SparseLinear):
 
     _norms: torch.Tensor | None
     _norms_key: tuple[int, int, str] | None
+    _pinned: torch.Tensor | None = None
 
     def _init_site(self, threshold: Threshold) -> None:
         if isinstance(threshold, torch.Tensor):
@@ -62,8 +67,21 @@ class SparseTopKLinear(SparseLinear):
         t = float(self.threshold)
         return 0 if t < 0 else round(t * self.in_features)
 
+    def pin_norms(self, norms: torch.Tensor | None) -> None:
+        """Rank inputs by ``norms`` (``[in_features]``) instead of the weight's own column
+        norms, until unpinned with ``None``: the tuning's way to score with the norms of the
+        weight it will merge (module docstring)."""
+        if norms is not None and tuple(norms.shape) != (self.in_features,):
+            raise SparseError(
+                f"pinned column norms must have shape ({self.in_features},); "
+                f"got {tuple(norms.shape)}"
+            )
+        self._pinned = None if norms is None else norms.detach().float()
+
     def norms(self) -> torch.Tensor:
-        """The weight's column norms, cached until the weight changes."""
+        """The weight's column norms, cached until the weight changes (or the pinned ones)."""
+        if self._pinned is not None:
+            return self._pinned
         w = self.weight
         key = (w.data_ptr(), w._version, str(w.device))
         if self._norms is None or self._norms_key != key:

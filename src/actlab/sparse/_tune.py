@@ -43,6 +43,11 @@ and the kernels are unchanged. At rank 8 that is ~2.4M parameters on SmolLM2 (1.
 weights) trained on the calibration text, so it is a light sparsity-aware fine-tuning by
 distillation, further from training-free than the gains; the held-out evaluation says what
 it buys and whether it over-fits.
+
+WINA's sites rank inputs by ``|x_i| ||W[:, i]||``, and the weight they are deployed with is
+the merged ``diag(r) (W + U V)``: before every step the tuning pins those norms on its sites
+(:meth:`~actlab.sparse.SparseTopKLinear.pin_norms`, the current factors), so it trains through
+the masks the merged model computes, not the raw weight's.
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ from actlab.sparse._base import apply_state
 from actlab.sparse._calls import forward_logits
 from actlab.sparse._modules import SparseGatedMLP, SparseLinear
 from actlab.sparse._state import SparseError, SparsityState
+from actlab.sparse._topk import SparseTopKLinear, column_norms
 
 __all__ = [
     "TUNE_KEYS",
@@ -246,6 +252,24 @@ class _Teacher:
             return self.head(self.hidden[index])
 
 
+def _pin_merged_norms(
+    linears: dict[str, nn.Linear], rows: dict[str, _RowScale], lowrank: dict[str, _LowRank]
+) -> None:
+    """Pin on every top-k site (WINA's) the column norms of the weight ``apply`` will merge,
+    ``diag(r) (W + U V)`` with the current factors: its masks then rank the inputs as the
+    deployed model's do. Sites without factors keep their own weight's norms."""
+    with torch.no_grad():
+        for path, lin in linears.items():
+            if not isinstance(lin, SparseTopKLinear) or (path not in rows and path not in lowrank):
+                continue
+            w = lin.weight
+            if path in lowrank:
+                w = w + lowrank[path].u @ lowrank[path].v  # [out, r] @ [r, in]
+            if path in rows:
+                w = w * rows[path].r.unsqueeze(1)
+            lin.pin_norms(column_norms(w))
+
+
 def _windows(batches: Iterable[torch.Tensor]) -> torch.Tensor:
     """The calibration windows ``[n, T]`` of the most common length T (shorter ones dropped)."""
     rows = [r for b in batches for r in (b if b.ndim == 2 else b.unsqueeze(0))]
@@ -311,7 +335,8 @@ def tune_gains(
     rows: dict[str, _RowScale] = {}
     lowrank: dict[str, _LowRank] = {}
     init = torch.Generator().manual_seed(config.seed + 1)  # the V factors' draw
-    for path, lin in scaled_linears(student).items():
+    linears = scaled_linears(student)
+    for path, lin in linears.items():
         if config.rank:  # first: the row scale multiplies the corrected output
             lowrank[path] = _LowRank(lin, config.rank, init)
             lowrank[path].attach(lin)
@@ -338,6 +363,7 @@ def tune_gains(
         for step in range(config.steps):
             index = torch.randint(0, n, (min(config.batch, n),), generator=gen)
             ids = windows[index].to(device)
+            _pin_merged_norms(linears, rows, lowrank)
             dense = teacher.logits(index, ids)[:, :-1]
             loss = _kl(dense, forward_logits(student, ids, keep).logits[:, -keep:-1])
             if not torch.isfinite(loss):
