@@ -94,11 +94,6 @@ def test_bad_flags_are_refused_before_loading(
         ([m, "--method", "teal", "--sparsity", ".5", "--tune-tokens", "99"], "need --tune-steps"),
         ([m, "--method", "teal", "--sparsity", ".5", "--tune-rows"], "need --tune-steps"),
         ([m, "--method", "teal", "--sparsity", ".5", "--tune-rank", "4"], "need --tune-steps"),
-        ([m, "--method", "teal", "--sparsity", ".5", "--tune-levels"], "need --tune-steps"),
-        (
-            [m, "--method", "wina", "--sparsity", ".5", "--tune-steps", "3", "--tune-levels"],
-            "--tune-levels needs TEAL",
-        ),
         (
             [m, "--method", "teal", "--sparsity", ".5", "--tune-steps", "3", "--tune-rank", "-1"],
             "--tune-rank",

@@ -19,8 +19,7 @@ then tunes the normalisation gains of the sparsified model to the dense model's 
 the calibration text (:func:`actlab.sparse.tune_gains`: light training, not training-free;
 the gains are saved with the thresholds); ``--tune-rows`` also tunes one scale per output row
 of every sparsified linear, ``--tune-rank R`` a rank-R correction of each of their weights
-(both saved with the state and merged into the weights), ``--tune-levels`` (TEAL) each
-site's sparsity level at the same overall sparsity (the thresholds are saved).
+(both saved with the state and merged into the weights).
 
 Every flag is checked before the model is loaded; a bad value is one line and exit 2.
 """
@@ -114,12 +113,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="also tune a rank-R correction W + U V of every sparsified linear's weight (rank 8 "
         "is ~1.8%% of SmolLM2's weights; saved with the state, merged into the weights, so "
         "decoding reads no more bytes; default 0: off)",
-    )
-    p.add_argument(
-        "--tune-levels",
-        action="store_true",
-        help="TEAL: also move each site's threshold by the tuning loss, keeping the "
-        "parameter-weighted sparsity of the calibration (the learned thresholds are saved)",
     )
     p.add_argument(
         "--tune-tokens",
@@ -285,25 +278,17 @@ def validate(args: argparse.Namespace) -> None:
             batch=args.tune_batch,
             rows=args.tune_rows,
             rank=args.tune_rank,
-            levels=args.tune_levels,
         )
-        other = [m for m in args.methods if m != "teal"]
-        if args.tune_levels and other:
-            raise ValueError(
-                f"--tune-levels needs TEAL's threshold sites; {', '.join(other)} has none "
-                "(drop --tune-levels or use --method teal)"
-            )
     elif (
         args.tune_lr != 1e-3
         or args.tune_batch != 4
         or args.tune_tokens
         or args.tune_rows
         or args.tune_rank
-        or args.tune_levels
     ):
         raise ValueError(
-            "--tune-lr, --tune-batch, --tune-tokens, --tune-rows, --tune-rank and "
-            "--tune-levels need --tune-steps N"
+            "--tune-lr, --tune-batch, --tune-tokens, --tune-rows and --tune-rank need "
+            "--tune-steps N"
         )
     _int("--tune-tokens", args.tune_tokens, 1, MAX_TOKENS)
     args.model_key = resolve_model(args.model)

@@ -143,9 +143,6 @@ class SparseLinear(_Site, nn.Linear):
     # a term added to the output from the input the linear read (entries dropped), in the
     # torch path: the low-rank corrections while they are tuned (actlab.sparse.tune_gains)
     correction: Callable[[torch.Tensor], torch.Tensor] | None = None
-    # the mask's straight-through surrogate while the levels are tuned: relax(x, keep) is
-    # ``keep`` in value with a gradient for the threshold (actlab.sparse._levels)
-    relax: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
     @classmethod
     def wrap(cls, linear: nn.Linear, threshold: Threshold = -1.0) -> SparseLinear:
@@ -165,10 +162,7 @@ class SparseLinear(_Site, nn.Linear):
         if self._kernel is not None and (y := self._kernel(self, x)) is not None:
             return y
         keep = self._keep(x)
-        if keep is None:
-            used = x
-        else:
-            used = x * (keep if self.relax is None else self.relax(x, keep))
+        used = x if keep is None else x * keep
         y = super().forward(used)
         return y if self.correction is None else y + self.correction(used)
 

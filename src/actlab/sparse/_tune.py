@@ -65,7 +65,6 @@ from torch import nn
 
 from actlab.sparse._base import apply_state
 from actlab.sparse._calls import forward_logits
-from actlab.sparse._levels import SiteLevels
 from actlab.sparse._modules import SparseGatedMLP, SparseLinear
 from actlab.sparse._state import SparseError, SparsityState
 from actlab.sparse._topk import SparseTopKLinear, column_norms
@@ -84,8 +83,7 @@ __all__ = [
 class TuneConfig:
     """``steps`` Adam steps from learning rate ``lr`` (cosine decay to 0) on ``batch``
     calibration windows each, drawn with seed ``seed``; ``rows`` also tunes the output-row
-    scales of the sparsified linears, ``rank > 0`` low-rank corrections of their weights,
-    ``levels`` each threshold site's sparsity level (:mod:`actlab.sparse._levels`)."""
+    scales of the sparsified linears, ``rank > 0`` low-rank corrections of their weights."""
 
     steps: int
     lr: float = 1e-3
@@ -93,7 +91,6 @@ class TuneConfig:
     seed: int = 0
     rows: bool = False
     rank: int = 0
-    levels: bool = False
 
     def __post_init__(self) -> None:
         for what, n, lo in (("steps", self.steps, 1), ("batch", self.batch, 1)) + (
@@ -107,9 +104,8 @@ class TuneConfig:
             raise SparseError(f"tune lr must be a positive number, e.g. 1e-3; got {lr!r}")
         if lr <= 0:
             raise SparseError(f"tune lr must be a positive number, e.g. 1e-3; got {lr!r}")
-        for what, flag in (("rows", self.rows), ("levels", self.levels)):
-            if not isinstance(flag, bool):
-                raise SparseError(f"tune {what} must be true or false; got {flag!r}")
+        if not isinstance(self.rows, bool):
+            raise SparseError(f"tune rows must be true or false; got {self.rows!r}")
 
 
 TUNE_KEYS = tuple(f"tune_{f.name}" for f in fields(TuneConfig))  # method-parameter spelling
@@ -274,23 +270,6 @@ def _pin_merged_norms(
             lin.pin_norms(column_norms(w))
 
 
-def _levels(student: nn.Module, windows: torch.Tensor, *, keep: int, batch: int) -> SiteLevels:
-    """The learnable levels of ``student``'s threshold sites, ``F`` measured on up to 16 of
-    the tuning windows (the sparse positions of their second halves)."""
-    if any(isinstance(m, SparseGatedMLP) for m in student.modules()):
-        raise SparseError(
-            "tune levels needs TEAL's threshold sites, not gated-MLP (CATS/CHESS) ones"
-        )
-    sites = {p: m for p, m in student.named_modules() if isinstance(m, SparseLinear)}
-    levels = SiteLevels(sites)
-    device = next(student.parameters()).device
-    head = windows[: min(16, windows.shape[0])]
-    batches = [head[i : i + batch].to(device) for i in range(0, head.shape[0], batch)]
-    levels.measure(lambda ids: forward_logits(student, ids, keep), batches)
-    levels.attach()
-    return levels
-
-
 def _windows(batches: Iterable[torch.Tensor]) -> torch.Tensor:
     """The calibration windows ``[n, T]`` of the most common length T (shorter ones dropped)."""
     rows = [r for b in batches for r in (b if b.ndim == 2 else b.unsqueeze(0))]
@@ -366,15 +345,7 @@ def tune_gains(
             rows[path].attach(lin)
     trained = list(gains.values()) + [s.r for s in rows.values()]
     trained += [p for c in lowrank.values() for p in (c.u, c.v)]
-    groups: list[dict[str, Any]] = [{"params": trained}]
-    levels = (
-        _levels(student, windows, keep=length - length // 2, batch=config.batch)
-        if (config.levels)
-        else None
-    )
-    if levels is not None:
-        groups.append({"params": [levels.theta], "lr": 10 * config.lr})
-    opt = torch.optim.Adam(groups, lr=config.lr)
+    opt = torch.optim.Adam(trained, lr=config.lr)
     # cosine decay to 0 over the steps: the small batches' noise settles instead of
     # leaving the gains wherever the last steps threw them
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -393,8 +364,6 @@ def tune_gains(
             index = torch.randint(0, n, (min(config.batch, n),), generator=gen)
             ids = windows[index].to(device)
             _pin_merged_norms(linears, rows, lowrank)
-            if levels is not None:
-                levels.set_thresholds()
             dense = teacher.logits(index, ids)[:, :-1]
             loss = _kl(dense, forward_logits(student, ids, keep).logits[:, -keep:-1])
             if not torch.isfinite(loss):
@@ -405,8 +374,6 @@ def tune_gains(
             loss.backward()
             opt.step()
             sched.step()
-            if levels is not None:
-                levels.project()
             kls.append(float(loss.detach()))
             if progress is not None and (step % 20 == 0 or step == config.steps - 1):
                 progress(
@@ -424,19 +391,11 @@ def tune_gains(
         "kl_first": sum(kls[:tenth]) / tenth,
         "kl_last": sum(kls[-tenth:]) / tenth,
     }
-    thresholds, targets = dict(state.thresholds), dict(state.targets)
-    if levels is not None:  # the learned levels: thresholds and the fractions they give
-        thresholds.update(levels.thresholds())
-        fractions = levels.fractions(levels.theta)
-        targets.update({p: float(f) for p, f in zip(levels.paths, fractions)})
-        theta = levels.theta.detach()
-        tuning["level_offsets"] = [float(theta.min()), float(theta.max())]
-        tuning["level_sparsity"] = levels.weighted(theta)
     return SparsityState(
         state.method,
         dict(state.params),
-        thresholds,
-        targets,
+        dict(state.thresholds),
+        dict(state.targets),
         dict(state.bases),
         gains={k: p.detach() for k, p in gains.items()},
         tuning=tuning,
