@@ -630,7 +630,7 @@ def test_pinned_norms_rank_like_the_merged_weight() -> None:
     ``diag(r) (W + U V)`` computes (its own norms: the deployed masks). Ranking by the raw
     weight's norms instead picks other inputs."""
     from actlab.sparse._topk import SparseTopKLinear
-    from actlab.sparse._tune import _LowRank, _pin_merged_norms, _RowScale
+    from actlab.sparse._tune import _LowRank, _pin_merged_norms, _RowScale, _topk_factored
 
     g = torch.Generator().manual_seed(3)
     lin = SparseTopKLinear.wrap(torch.nn.Linear(16, 6, bias=True).double(), 0.5)
@@ -651,7 +651,9 @@ def test_pinned_norms_rank_like_the_merged_weight() -> None:
     with torch.no_grad():
         want = deployed(x)
         unpinned = lin(x)
-        _pin_merged_norms({"p": lin}, {"p": scale}, {"p": low})
+        _pin_merged_norms(
+            _topk_factored({"p": lin}, {"p": scale}, {"p": low}), {"p": scale}, {"p": low}
+        )
         got = lin(x)
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
     assert not torch.allclose(unpinned, want, rtol=1e-3, atol=1e-3)

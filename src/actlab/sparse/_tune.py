@@ -252,16 +252,25 @@ class _Teacher:
             return self.head(self.hidden[index])
 
 
-def _pin_merged_norms(
+def _topk_factored(
     linears: dict[str, nn.Linear], rows: dict[str, _RowScale], lowrank: dict[str, _LowRank]
+) -> dict[str, SparseTopKLinear]:
+    """The top-k sites (WINA's) among ``linears`` that carry tuned factors."""
+    return {
+        p: lin
+        for p, lin in linears.items()
+        if isinstance(lin, SparseTopKLinear) and (p in rows or p in lowrank)
+    }
+
+
+def _pin_merged_norms(
+    sites: dict[str, SparseTopKLinear], rows: dict[str, _RowScale], lowrank: dict[str, _LowRank]
 ) -> None:
-    """Pin on every top-k site (WINA's) the column norms of the weight ``apply`` will merge,
-    ``diag(r) (W + U V)`` with the current factors: its masks then rank the inputs as the
-    deployed model's do. Sites without factors keep their own weight's norms."""
+    """Pin on each top-k site of ``sites`` (:func:`_topk_factored`) the column norms of the
+    weight ``apply`` will merge, ``diag(r) (W + U V)`` with the current factors: its masks
+    then rank the inputs as the deployed model's do."""
     with torch.no_grad():
-        for path, lin in linears.items():
-            if not isinstance(lin, SparseTopKLinear) or (path not in rows and path not in lowrank):
-                continue
+        for path, lin in sites.items():
             w = lin.weight
             if path in lowrank:
                 w = w + lowrank[path].u @ lowrank[path].v  # [out, r] @ [r, in]
@@ -343,6 +352,7 @@ def tune_gains(
         if config.rows:
             rows[path] = _RowScale(lin.out_features, lin.weight)
             rows[path].attach(lin)
+    pinned = _topk_factored(linears, rows, lowrank)  # empty unless WINA with factors
     trained = list(gains.values()) + [s.r for s in rows.values()]
     trained += [p for c in lowrank.values() for p in (c.u, c.v)]
     opt = torch.optim.Adam(trained, lr=config.lr)
@@ -363,7 +373,7 @@ def tune_gains(
         for step in range(config.steps):
             index = torch.randint(0, n, (min(config.batch, n),), generator=gen)
             ids = windows[index].to(device)
-            _pin_merged_norms(linears, rows, lowrank)
+            _pin_merged_norms(pinned, rows, lowrank)
             dense = teacher.logits(index, ids)[:, :-1]
             loss = _kl(dense, forward_logits(student, ids, keep).logits[:, -keep:-1])
             if not torch.isfinite(loss):
