@@ -94,6 +94,12 @@ def test_bad_flags_are_refused_before_loading(
         ([m, "--method", "teal", "--sparsity", ".5", "--tune-tokens", "99"], "need --tune-steps"),
         ([m, "--method", "teal", "--sparsity", ".5", "--tune-rows"], "need --tune-steps"),
         ([m, "--method", "teal", "--sparsity", ".5", "--tune-rank", "4"], "need --tune-steps"),
+        ([m, "--method", "teal", "--sparsity", ".5", "--tune-weights"], "need --tune-steps"),
+        (
+            [m, "--method", "teal", "--sparsity", ".5", "--tune-steps", "3", "--tune-weights"]
+            + ["--tune-weights-lr", "-1"],
+            "weights_lr",
+        ),
         (
             [m, "--method", "teal", "--sparsity", ".5", "--tune-steps", "3", "--tune-rank", "-1"],
             "--tune-rank",
@@ -168,14 +174,16 @@ def test_calib_mixed_calibrates_on_comedies_and_books(
     assert load_sparse(out).state == state
 
 
-@pytest.mark.parametrize("rows", [False, True])
+@pytest.mark.parametrize("what", ["gains", "rows", "weights"])
 def test_tune_steps_save_the_tuned_gains(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], tiny: Path, rows: bool
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], tiny: Path, what: str
 ) -> None:
     out = tmp_path / "out"
     argv = ["sparsify", str(tiny), "--method", "teal", "--sparsity", "0.5", *SMALL]
     tune = ["--tune-steps", "3", "--tune-lr", "0.01", "--tune-tokens", "512"]
+    rows, weights = what != "gains", what == "weights"
     tune += ["--tune-rows", "--tune-rank", "2"] if rows else []
+    tune += ["--tune-weights", "--tune-weights-lr", "0.001"] if weights else []
     assert main([*argv, *tune, "--out", str(out)]) == 0
     err = capsys.readouterr().err
     assert "tune: step 3/3" in err and "tuned" in err and "KL" in err
@@ -186,6 +194,10 @@ def test_tune_steps_save_the_tuned_gains(
     assert loaded.state.gains and loaded.state.tuning == info["tuning"]
     assert info["tuning"]["rows"] is rows and bool(loaded.state.scales) is rows
     assert info["tuning"]["rank"] == 2 * rows and bool(loaded.state.lowrank) is rows
+    assert info["tuning"]["weights"] is weights and bool(loaded.state.deltas) is weights
+    if weights:
+        assert "the sparsified linears' weights" in err
+        assert info["tuning"]["weights_lr"] == 0.001 and loaded.state.version == 5
     config = json.loads((out / "config.json").read_text())
     assert ("actlab_row_scales" in config) is rows  # the saved weights hold the scales
     params = dict(loaded.model.named_parameters())

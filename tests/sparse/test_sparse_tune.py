@@ -166,6 +166,9 @@ def test_gains_of_another_model_are_refused_before_any_change(tuned_setup: tuple
         ({"steps": 2, "rows": 1}, "rows must be true or false"),
         ({"steps": 2, "rank": -1}, "rank must be an integer >= 0"),
         ({"steps": 2, "rank": 1.5}, "rank must be an integer >= 0"),
+        ({"steps": 2, "weights": "yes"}, "weights must be true or false"),
+        ({"steps": 2, "weights_lr": 0.0}, "weights_lr must be a positive number"),
+        ({"steps": 2, "weights_lr": float("inf")}, "weights_lr must be a positive number"),
     ],
 )
 def test_bad_tuning_settings_are_one_line(kwargs: dict, match: str) -> None:
@@ -365,18 +368,20 @@ def test_bad_row_scales_and_headers_are_one_line(tmp_path: Path) -> None:
     assert load_state(_write(tmp_path, 3, both)).scales.keys() == {"model.layers.0.mlp.up_proj"}
 
 
-@pytest.mark.parametrize("rank", [0, 2])
+@pytest.mark.parametrize(("rank", "weights"), [(0, False), (2, False), (2, True)])
 def test_the_fingerprint_of_tuned_weights_is_the_dense_models(
-    tuned_setup: tuple, tmp_path: Path, rank: int
+    tuned_setup: tuple, tmp_path: Path, rank: int, weights: bool
 ) -> None:
     from actlab.sparse import apply_saved_state, model_fingerprint, save_sparse
 
     model, state, data = tuned_setup
-    tuned = tune_gains(model, state, data, TuneConfig(steps=1, rows=True, rank=rank))
+    cfg = TuneConfig(steps=1, rows=True, rank=rank, weights=weights)
+    tuned = tune_gains(model, state, data, cfg)
     big = copy.deepcopy(tuned)  # scales far from 1: the raw mean |W| would move by ~50%
     big.scales = {k: torch.full_like(r, 1.5) for k, r in tuned.scales.items()}
-    # corrections as large as the weights
+    # corrections and weight changes as large as the weights
     big.lowrank = {k: (u + 0.3, v + 1.0) for k, (u, v) in tuned.lowrank.items()}
+    big.deltas = {k: d + 0.2 for k, d in tuned.deltas.items()}
     sparse = copy.deepcopy(model)
     apply_state(sparse, big)
     assert model_fingerprint(sparse)["weights"] != pytest.approx(
@@ -616,8 +621,8 @@ def test_bad_low_rank_corrections_and_headers_are_one_line(tmp_path: Path) -> No
     with pytest.raises(SparseError, match="low-rank correction 'lin' is not float32"):
         bad = {**base, **pair, "lowrank_v:lin": torch.ones(2, 4).double()}
         load_state(_write(tmp_path, 4, bad))
-    with pytest.raises(SparseError, match="reads 1 to 4"):
-        load_state(_write(tmp_path, 5, {**base, **pair}))
+    with pytest.raises(SparseError, match="reads 1 to 5"):
+        load_state(_write(tmp_path, 6, {**base, **pair}))
     assert load_state(_write(tmp_path, 4, {**base, **pair})).lowrank["lin"][0].shape == (8, 2)
 
 
@@ -663,12 +668,14 @@ def test_pinned_norms_rank_like_the_merged_weight() -> None:
         lin.pin_norms(torch.ones(15))
 
 
+@pytest.mark.parametrize("weights", [False, True])
 def test_wina_tuned_through_the_deployed_masks(
-    llama: torch.nn.Module, monkeypatch: pytest.MonkeyPatch
+    llama: torch.nn.Module, monkeypatch: pytest.MonkeyPatch, weights: bool
 ) -> None:
-    """After tuning WINA with rows and low-rank corrections, the tuned student (its factors
-    as hooks, the merged weights' norms pinned) and the deployed model (factors merged by
-    ``apply``, each site ranking by its own weight) give the same logits."""
+    """After tuning WINA with rows and low-rank corrections (and its weights), the tuned
+    student (its factors as hooks, its trained weights, the merged weights' norms pinned) and
+    the deployed model (factors and weight changes merged by ``apply``, each site ranking by
+    its own weight) give the same logits."""
     import actlab.sparse._tune as tune
 
     seen: dict = {}
@@ -688,8 +695,10 @@ def test_wina_tuned_through_the_deployed_masks(
     randomise_norms(llama)
     data = _windows()
     state = make_method("wina", sparsity=0.5).calibrate(llama, data)
-    tuned = tune_gains(llama, state, data, TuneConfig(steps=4, lr=5e-2, rows=True, rank=2))
-    real_pin(*seen["pin"])  # the norms of the final factors
+    cfg = TuneConfig(steps=4, lr=5e-2, rows=True, rank=2, weights=weights, weights_lr=5e-3)
+    tuned = tune_gains(llama, state, data, cfg)
+    assert bool(tuned.deltas) is weights
+    real_pin(*seen["pin"])  # the norms of the final factors (and weights)
     deployed = copy.deepcopy(llama)
     apply_state(deployed, tuned).set_mode("last-half")
     ids = torch.cat(data)
@@ -697,3 +706,148 @@ def test_wina_tuned_through_the_deployed_masks(
         got = real_forward(seen["student"], ids, ids.shape[1]).logits
         want = deployed(ids).logits
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------- weight changes (weights=True)
+
+
+def test_weight_changes_lower_the_kl_and_are_added_to_the_weights(tuned_setup: tuple) -> None:
+    model, state, data = tuned_setup
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = TuneConfig(steps=40, lr=1e-2, rows=True, weights=True, weights_lr=1e-3)
+    tuned = tune_gains(model, state, data, cfg)
+    for k, v in model.state_dict().items():  # the dense model is not changed
+        assert torch.equal(v, before[k]), k
+    assert set(tuned.deltas) == set(tuned.scales) == set(state.thresholds) and not tuned.lowrank
+    for k, d in tuned.deltas.items():
+        assert d.shape == before[f"{k}.weight"].shape and d.abs().max() > 0, k
+    n = sum(g.numel() for g in tuned.gains.values()) + sum(r.numel() for r in tuned.scales.values())
+    n += sum(d.numel() for d in tuned.deltas.values())
+    assert tuned.tuning["params"] == n
+    assert (tuned.tuning["weights"], tuned.tuning["weights_lr"]) == (True, 1e-3)
+    ids = torch.cat(data)
+    kl0, kl1 = _kl(model, state, ids), _kl(model, tuned, ids)
+    rows_only = tune_gains(model, state, data, TuneConfig(steps=40, lr=1e-2, rows=True))
+    assert kl1 < 0.8 * kl0 and kl1 < _kl(model, rows_only, ids), (kl0, kl1)
+    # apply: each weight is diag(r) (W + dW) of the dense weight (float64 oracle)
+    sparse = copy.deepcopy(model)
+    apply_state(sparse, tuned)
+    params = dict(sparse.named_parameters())
+    for k, d in tuned.deltas.items():
+        want = (before[f"{k}.weight"].double() + d.double()) * tuned.scales[k].double()[:, None]
+        torch.testing.assert_close(params[f"{k}.weight"].double(), want, rtol=1e-6, atol=1e-7)
+    assert tune_gains(model, state, data, cfg) == tuned  # deterministic
+
+
+def test_the_tuned_student_is_the_deployed_model(
+    tuned_setup: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TEAL tuned with rows, a low-rank correction and its weights: the student's logits (the
+    factors as hooks, the trained weights) are the logits of the model ``apply`` builds from
+    the dense model and the state (``diag(r) (W + dW + U V)``)."""
+    import actlab.sparse._tune as tune
+
+    model, state, data = tuned_setup
+    seen: dict = {}
+    real_forward = tune.forward_logits
+
+    def forward(m: torch.nn.Module, ids: torch.Tensor, keep: int) -> object:
+        if m is not model:
+            seen["student"] = m
+        return real_forward(m, ids, keep)
+
+    monkeypatch.setattr(tune, "forward_logits", forward)
+    cfg = TuneConfig(steps=5, lr=1e-2, rows=True, rank=2, weights=True, weights_lr=1e-2)
+    tuned = tune_gains(model, state, data, cfg)
+    deployed = copy.deepcopy(model)
+    apply_state(deployed, tuned).set_mode("last-half")
+    ids = torch.cat(data)
+    with torch.no_grad():
+        got = real_forward(seen["student"], ids, ids.shape[1]).logits
+        want = deployed(ids).logits
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_weight_changes_round_trip_as_version_5_and_are_applied_once(
+    tuned_setup: tuple, tmp_path: Path
+) -> None:
+    from safetensors import safe_open
+
+    from actlab.sparse._base import SCALES_KEY, scales_digest
+
+    model, state, data = tuned_setup
+    cfg = TuneConfig(steps=3, lr=1e-2, rows=True, rank=2, weights=True, weights_lr=1e-3)
+    tuned = tune_gains(model, state, data, cfg)
+    path = tuned.save(tmp_path / "deltas.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        assert json.loads(f.metadata()[FORMAT_KEY])["version"] == 5
+        assert {k for k in f.keys() if k.startswith("delta:")} == {  # noqa: SIM118
+            f"delta:{k}" for k in tuned.deltas
+        }
+    back = load_state(path)
+    assert back == tuned and back.version == 5
+    without = copy.deepcopy(tuned)
+    without.deltas = {}
+    assert without != tuned and without.version == 4
+    assert scales_digest(without) == scales_digest(  # no weight changes: the version-4 digest
+        SparsityState(
+            "teal",
+            {},
+            {},
+            gains=tuned.gains,
+            tuning=tuned.tuning,
+            scales=tuned.scales,
+            lowrank=tuned.lowrank,
+        )  # fmt: skip
+    )
+    assert scales_digest(without) != scales_digest(tuned)
+    a = copy.deepcopy(model)
+    apply_state(a, tuned)
+    b = copy.deepcopy(model)  # a copy of the tuned weights (a reloaded model): not again
+    b.load_state_dict(a.state_dict())
+    setattr(b.config, SCALES_KEY, scales_digest(tuned))
+    apply_state(b, tuned)
+    for (k, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(p, q), k
+    c = copy.deepcopy(model)  # weights holding the same corrections without the changes
+    setattr(c.config, SCALES_KEY, scales_digest(without))
+    with pytest.raises(SparseError, match="already hold the row scales or low-rank"):
+        apply_state(c, tuned)
+
+
+def test_weight_changes_of_another_model_are_refused_before_any_change(
+    tuned_setup: tuple,
+) -> None:
+    model, state, data = tuned_setup
+    tuned = tune_gains(model, state, data, TuneConfig(steps=1, weights=True))
+    up = "model.layers.0.mlp.up_proj"
+    out, inp = tuned.deltas[up].shape
+    for path, d, match in (
+        ("model.layers.9.mlp.up_proj", tuned.deltas[up], "no linear 'model.layers.9.mlp"),
+        (up, torch.zeros(out, inp + 1), f"is {out} x {inp + 1}, the linear"),
+    ):
+        wrong = copy.deepcopy(tuned)
+        wrong.deltas[path] = d
+        _assert_refused(model, wrong, match)
+
+
+def test_bad_weight_changes_and_headers_are_one_line(tmp_path: Path) -> None:
+    tuned = {"gains": {"g": torch.ones(2)}, "tuning": {"x": 1}}
+    with pytest.raises(SparseError, match="must have its tuned gains too"):
+        SparsityState("teal", {}, {}, deltas={"a": torch.ones(2, 3)})
+    for d, match in (
+        (torch.ones(2), "must be a float matrix"),
+        (torch.ones(2, 3, dtype=torch.int64), "must be a float matrix"),
+        ("big", "must be a float matrix"),
+        (torch.full((2, 3), float("nan")), "is not finite"),
+    ):
+        with pytest.raises(SparseError, match=match):
+            SparsityState("teal", {}, {}, deltas={"a": d}, **tuned)  # type: ignore[arg-type]
+    base = {"gain:model.norm.weight": torch.ones(4)}
+    with pytest.raises(SparseError, match="version 4.*1 weight changes"):
+        load_state(_write(tmp_path, 4, {**base, "delta:lin": torch.ones(8, 4)}))
+    with pytest.raises(SparseError, match="weight change 'lin' is not a float32 matrix"):
+        load_state(_write(tmp_path, 5, {**base, "delta:lin": torch.ones(8, 4).double()}))
+    with pytest.raises(SparseError, match="weight change 'lin' is not a float32 matrix"):
+        load_state(_write(tmp_path, 5, {**base, "delta:lin": torch.ones(8)}))
+    assert load_state(_write(tmp_path, 5, {**base, "delta:lin": torch.ones(8, 4)})).version == 5

@@ -18,8 +18,9 @@ tokenizer and thresholds; ``actlab.sparse.load_sparse(DIR)`` reloads them. ``--t
 then tunes the normalisation gains of the sparsified model to the dense model's predictions on
 the calibration text (:func:`actlab.sparse.tune_gains`: light training, not training-free;
 the gains are saved with the thresholds); ``--tune-rows`` also tunes one scale per output row
-of every sparsified linear, ``--tune-rank R`` a rank-R correction of each of their weights
-(both saved with the state and merged into the weights).
+of every sparsified linear, ``--tune-rank R`` a rank-R correction of each of their weights,
+``--tune-weights`` their weights themselves (sparsity-aware fine-tuning by distillation, at
+``--tune-weights-lr``); all saved with the state and merged into the weights.
 
 Every flag is checked before the model is loaded; a bad value is one line and exit 2.
 """
@@ -113,6 +114,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="also tune a rank-R correction W + U V of every sparsified linear's weight (rank 8 "
         "is ~1.8%% of SmolLM2's weights; saved with the state, merged into the weights, so "
         "decoding reads no more bytes; default 0: off)",
+    )
+    p.add_argument(
+        "--tune-weights",
+        action="store_true",
+        help="also tune the sparsified linears' weights themselves (sparsity-aware fine-tuning "
+        "by distillation, ~78%% of SmolLM2's weights; the changes are saved with the state, "
+        "as large as those weights, and merged into them)",
+    )
+    p.add_argument(
+        "--tune-weights-lr",
+        type=float,
+        default=5e-5,
+        help="learning rate of --tune-weights (5e-5; the same cosine decay)",
     )
     p.add_argument(
         "--tune-tokens",
@@ -278,6 +292,8 @@ def validate(args: argparse.Namespace) -> None:
             batch=args.tune_batch,
             rows=args.tune_rows,
             rank=args.tune_rank,
+            weights=args.tune_weights,
+            weights_lr=args.tune_weights_lr,
         )
     elif (
         args.tune_lr != 1e-3
@@ -285,10 +301,12 @@ def validate(args: argparse.Namespace) -> None:
         or args.tune_tokens
         or args.tune_rows
         or args.tune_rank
+        or args.tune_weights
+        or args.tune_weights_lr != 5e-5
     ):
         raise ValueError(
-            "--tune-lr, --tune-batch, --tune-tokens, --tune-rows and --tune-rank need "
-            "--tune-steps N"
+            "--tune-lr, --tune-batch, --tune-tokens, --tune-rows, --tune-rank, --tune-weights "
+            "and --tune-weights-lr need --tune-steps N"
         )
     _int("--tune-tokens", args.tune_tokens, 1, MAX_TOKENS)
     args.model_key = resolve_model(args.model)
@@ -365,6 +383,7 @@ def _sparsify_one(
         if t:
             what = "gains" + (" and row scales" if t.get("rows") else "")
             what += f" and rank-{t['rank']} corrections" if t.get("rank") else ""
+            what += " and the sparsified linears' weights" if t.get("weights") else ""
             _say(
                 f"tuned {t['params']} {what} "
                 f"in {time.perf_counter() - t0:.1f} s: KL "

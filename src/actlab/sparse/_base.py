@@ -160,7 +160,8 @@ def install(
     (:func:`actlab.surgery.replace_modules`); a site missing from the model, of the wrong
     type or already sparsified is a one-line :class:`SparseError`. Last, the state's tuned
     gains (:func:`actlab.sparse.tune_gains`) are written into the model's parameters and its
-    tuned low-rank corrections are added to their linears' weights and its tuned row scales
+    tuned weight changes and low-rank corrections are added to their linears' weights and its
+    tuned row scales
     multiply their rows (once: the model records which tuned weights it holds,
     :data:`SCALES_KEY`, so a model saved with them and reloaded is not changed twice).
     """
@@ -235,6 +236,15 @@ def _check_tuned(model: nn.Module, state: SparsityState) -> None:
                 f"the low-rank correction of {path!r} is {u.shape[0]} x {v.shape[1]}, the "
                 f"linear {m.out_features} x {m.in_features}: the state was tuned on another model"
             )
+    for path, d in state.deltas.items():
+        m = modules.get(path)
+        if not isinstance(m, nn.Linear):
+            raise SparseError(f"the state was tuned on another model: it has no linear {path!r}")
+        if tuple(d.shape) != (m.out_features, m.in_features):
+            raise SparseError(
+                f"the weight change of {path!r} is {d.shape[0]} x {d.shape[1]}, the linear "
+                f"{m.out_features} x {m.in_features}: the state was tuned on another model"
+            )
     held = scales_held(model)
     if held is not None and held != scales_digest(state):
         raise SparseError(
@@ -247,9 +257,9 @@ SCALES_KEY = "actlab_row_scales"  # config (or module) attribute: digest of the 
 
 
 def scales_digest(state: SparsityState) -> str | None:
-    """A SHA-256 (16 hex digits) of the state's row scales and low-rank corrections (the
-    tuned weights), or None without any."""
-    if not state.scales and not state.lowrank:
+    """A SHA-256 (16 hex digits) of the state's row scales, low-rank corrections and weight
+    changes (the tuned weights), or None without any."""
+    if not state.scales and not state.lowrank and not state.deltas:
         return None
     h = hashlib.sha256()
     for path in sorted(state.scales):
@@ -259,6 +269,9 @@ def scales_digest(state: SparsityState) -> str | None:
         h.update(b"lowrank:" + path.encode())
         for t in state.lowrank[path]:
             h.update(t.numpy().tobytes())
+    for path in sorted(state.deltas):  # last: a digest without them is unchanged
+        h.update(b"delta:" + path.encode())
+        h.update(state.deltas[path].numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -272,13 +285,17 @@ def scales_held(model: nn.Module) -> str | None:
 
 
 def _write_scales(model: nn.Module, modules: dict[str, nn.Module], state: SparsityState) -> None:
-    """Add the low-rank corrections to their linears' weights, then multiply the rows of each
-    scaled linear's weight, unless the weights hold them already (a model saved after
-    :func:`install` and reloaded), and record the digest."""
+    """Add the weight changes and low-rank corrections to their linears' weights, then
+    multiply the rows of each scaled linear's weight, unless the weights hold them already (a
+    model saved after :func:`install` and reloaded), and record the digest."""
     digest = scales_digest(state)
     if digest is None or scales_held(model) == digest:
         return
     with torch.no_grad():
+        for path, d in state.deltas.items():
+            lin = modules[path]
+            assert isinstance(lin, nn.Linear)  # checked by _check_tuned
+            lin.weight.add_(d.to(lin.weight.device, lin.weight.dtype))
         for path, (u, v) in state.lowrank.items():
             lin = modules[path]
             assert isinstance(lin, nn.Linear)  # checked by _check_tuned

@@ -12,15 +12,15 @@ and reloaded with ``load_sparse(out)`` (model, tokenizer, state, report; ``model
 works). The fingerprint names the model the state was calibrated on: its name, the number
 of parameters, a SHA-256 of the config's structural fields and the mean |W| of the
 projections of the first and last block (compared to 1%, so a bf16 copy of the same weights
-matches and other weights do not; weights that hold a state's tuned row scales and low-rank
-corrections are measured with both undone). :func:`apply_saved_state` refuses a state
+matches and other weights do not; weights that hold a state's tuned row scales, low-rank
+corrections and weight changes are measured with them undone). :func:`apply_saved_state` refuses a state
 calibrated on another model with one line.
 
 A state with tuned normalisation gains (:func:`actlab.sparse.tune_gains`) also names its
 ``tuning`` in config.json; the weights file then holds the tuned gains (the model was saved
 with them applied) and the state file holds them too, so applying the state to the original
-dense model gives the same model. Tuned row scales and low-rank corrections
-(``TuneConfig(rows=True, rank=r)``) are in the saved weights as well; config.json's
+dense model gives the same model. Tuned row scales, low-rank corrections and weight changes
+(``TuneConfig(rows=True, rank=r, weights=True)``) are in the saved weights as well; config.json's
 ``actlab_row_scales`` (a digest of them) tells ``apply`` on the reloaded model that its weights
 hold them already, so they are not applied twice.
 
@@ -153,13 +153,15 @@ def _weight_stats(model: nn.Module, held: SparsityState | None = None) -> list[f
             if held is not None and path in held.lowrank:  # ... and the correction taken off
                 u, v = held.lowrank[path]
                 a = a - (u.double() @ v.double()).to(a.device)
+            if held is not None and path in held.deltas:  # ... and the weight change
+                a = a - held.deltas[path].double().to(a.device)
             out.append(float(a.abs().mean()))
     return out
 
 
 def _held(model: nn.Module, state: SparsityState | None) -> SparsityState | None:
-    """``state`` when ``model``'s weights hold its tuned row scales or low-rank corrections
-    (applied or reloaded), else None."""
+    """``state`` when ``model``'s weights hold its tuned row scales, low-rank corrections or
+    weight changes (applied or reloaded), else None."""
     digest = None if state is None else scales_digest(state)
     return state if digest is not None and scales_held(model) == digest else None
 
@@ -169,8 +171,8 @@ def model_fingerprint(
 ) -> dict[str, Any]:
     """``{name, params, config_sha256, weights}`` of a causal LM (see the module docstring).
 
-    With ``state``, weights that hold its tuned row scales and low-rank corrections are
-    measured with them undone, so the fingerprint is the dense model's."""
+    With ``state``, weights that hold its tuned row scales, low-rank corrections and weight
+    changes are measured with them undone, so the fingerprint is the dense model's."""
     cfg = getattr(model, "config", None)
     conf: dict[str, Any] = cfg.to_dict() if cfg is not None and hasattr(cfg, "to_dict") else {}
     structure = {k: conf[k] for k in _STRUCTURE if k in conf}

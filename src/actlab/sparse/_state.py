@@ -18,6 +18,10 @@ such a file is format version 3 (a reader of version 2 would take the scales for
 A tuning with low-rank weight corrections (``TuneConfig(rank=r)``) adds ``lowrank`` (linear
 path -> ``(U [out, r], V [r, in])``, float32, saved under ``"lowrank_u:"`` / ``"lowrank_v:" +
 path``): the linear's weight becomes ``diag(scale) (W + U V)``; such a file is format version 4.
+A tuning of the sparsified linears' weights themselves (``TuneConfig(weights=True)``) adds
+``deltas`` (linear path -> ``dW [out, in]``, float32, saved under ``"delta:" + path``): the
+weight becomes ``diag(scale) (W + dW + U V)``; such a file is format version 5 (as large as
+the linears' weights in float32).
 Nothing is unpickled when loading.
 """
 
@@ -48,10 +52,12 @@ FORMAT_VERSION = 1  # written when the state has no tuned gains
 GAINS_VERSION = 2  # written when it has (a reader of version 1 would take them for thresholds)
 SCALES_VERSION = 3  # written when it also has tuned row scales
 LOWRANK_VERSION = 4  # written when it has tuned low-rank weight corrections
+DELTAS_VERSION = 5  # written when it has tuned weight changes (full rank)
 BASIS = "basis:"  # key prefix of the rotation bases in the state file
 GAIN = "gain:"  # key prefix of the tuned normalisation gains
 SCALE = "scale:"  # key prefix of the tuned output-row scales
 LOWRANK_U, LOWRANK_V = "lowrank_u:", "lowrank_v:"  # key prefixes of the low-rank factors
+DELTA = "delta:"  # key prefix of the tuned weight changes
 
 
 class SparseError(ValueError):
@@ -115,8 +121,9 @@ class SparsityState:
     normalisation weights (parameter path -> tensor) that ``apply`` writes into the model after
     any rotation; ``tuning`` says how they were obtained. ``scales`` (linear path -> vector of
     ``out_features`` factors) multiply the rows of those linears' weights, after any rotation.
-    ``lowrank`` (linear path -> ``(U, V)``, ``[out, r]`` and ``[r, in]``) are added to those
-    linears' weights (``W + U V``) before their rows are scaled.
+    ``lowrank`` (linear path -> ``(U, V)``, ``[out, r]`` and ``[r, in]``) and ``deltas``
+    (linear path -> ``dW [out, in]``) are added to those linears' weights (``W + dW + U V``)
+    before their rows are scaled.
     """
 
     method: str
@@ -128,6 +135,7 @@ class SparsityState:
     tuning: dict[str, Any] = field(default_factory=dict)
     scales: dict[str, torch.Tensor] = field(default_factory=dict)
     lowrank: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    deltas: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.thresholds = {k: _f32(v) for k, v in self.thresholds.items()}
@@ -141,10 +149,12 @@ class SparsityState:
             self.scales, "row scales {!r} must be a 1-D float tensor", "row scales {!r} are", ndim=1
         )
         self.lowrank = _lowrank_pairs(self.lowrank)
-        if (self.scales or self.lowrank) and not self.gains:
+        bad, nonfinite = "weight change {!r} must be a float matrix", "weight change {!r} is"
+        self.deltas = _tuned_tensors(self.deltas, bad, nonfinite, ndim=2)
+        if (self.scales or self.lowrank or self.deltas) and not self.gains:
             raise SparseError(
-                "a state with tuned row scales or low-rank corrections must have its tuned "
-                "gains too"
+                "a state with tuned row scales, low-rank corrections or weight changes must "
+                "have its tuned gains too"
             )
         if self.gains and not self.tuning:
             raise SparseError("a state with tuned gains must say how they were tuned (tuning)")
@@ -172,7 +182,9 @@ class SparsityState:
             return False
         if not all(torch.equal(r, other.scales[k]) for k, r in self.scales.items()):
             return False
-        if set(self.lowrank) != set(other.lowrank):
+        if set(self.lowrank) != set(other.lowrank) or set(self.deltas) != set(other.deltas):
+            return False
+        if not all(torch.equal(d, other.deltas[k]) for k, d in self.deltas.items()):
             return False
         for k, (u, v) in self.lowrank.items():
             if not (torch.equal(u, other.lowrank[k][0]) and torch.equal(v, other.lowrank[k][1])):
@@ -212,6 +224,7 @@ class SparsityState:
         for k, (u, v) in self.lowrank.items():
             tensors[LOWRANK_U + k] = u.contiguous().clone()
             tensors[LOWRANK_V + k] = v.contiguous().clone()
+        tensors.update({DELTA + k: d.contiguous().clone() for k, d in self.deltas.items()})
         p.parent.mkdir(parents=True, exist_ok=True)
         tmp = p.with_name(p.name + ".tmp")
         save_file(tensors, str(tmp), metadata={FORMAT_KEY: text})
@@ -220,7 +233,9 @@ class SparsityState:
 
     @property
     def version(self) -> int:
-        """The file format version :meth:`save` writes for this state (1 to 4)."""
+        """The file format version :meth:`save` writes for this state (1 to 5)."""
+        if self.deltas:
+            return DELTAS_VERSION
         if self.lowrank:
             return LOWRANK_VERSION
         if self.scales:
@@ -282,10 +297,16 @@ def load_state(path: str | Path) -> SparsityState:
         tuning = header.get("tuning", {})
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise SparseError(f"{p}: the actlab.sparse header is malformed ({e})") from None
-    if version not in (FORMAT_VERSION, GAINS_VERSION, SCALES_VERSION, LOWRANK_VERSION):
+    if version not in (
+        FORMAT_VERSION,
+        GAINS_VERSION,
+        SCALES_VERSION,
+        LOWRANK_VERSION,
+        DELTAS_VERSION,
+    ):
         raise SparseError(
             f"{p}: state format version {version!r}, this actlab reads {FORMAT_VERSION} to "
-            f"{LOWRANK_VERSION}"
+            f"{DELTAS_VERSION}"
         )
     if not isinstance(tuning, dict):
         raise SparseError(f"{p}: the actlab.sparse header's tuning is not an object")
@@ -294,11 +315,14 @@ def load_state(path: str | Path) -> SparsityState:
     scales = {k[len(SCALE) :]: t for k, t in tensors.items() if k.startswith(SCALE)}
     us = {k[len(LOWRANK_U) :]: t for k, t in tensors.items() if k.startswith(LOWRANK_U)}
     vs = {k[len(LOWRANK_V) :]: t for k, t in tensors.items() if k.startswith(LOWRANK_V)}
+    deltas = {k[len(DELTA) :]: t for k, t in tensors.items() if k.startswith(DELTA)}
     if set(us) != set(vs):
         odd = sorted(set(us) ^ set(vs))[0]
         raise SparseError(f"{p}: the low-rank correction of {odd!r} lacks one of its two factors")
     expected = (
-        LOWRANK_VERSION
+        DELTAS_VERSION
+        if deltas
+        else LOWRANK_VERSION
         if us
         else SCALES_VERSION
         if scales
@@ -309,8 +333,9 @@ def load_state(path: str | Path) -> SparsityState:
     if version != expected or bool(gains) != bool(tuning):
         raise SparseError(
             f"{p}: the header (version {version}, tuning {'given' if tuning else 'absent'}) "
-            f"does not match the {len(gains)} tuned gains, {len(scales)} row scales and "
-            f"{len(us)} low-rank corrections; save the state again with actlab"
+            f"does not match the {len(gains)} tuned gains, {len(scales)} row scales, "
+            f"{len(us)} low-rank corrections and {len(deltas)} weight changes; save the state "
+            "again with actlab"
         )
     bad = [k for k, t in {**gains, **scales}.items() if t.ndim != 1 or t.dtype != torch.float32]
     if bad:
@@ -318,7 +343,10 @@ def load_state(path: str | Path) -> SparsityState:
     bad = [k for k in us if us[k].dtype != torch.float32 or vs[k].dtype != torch.float32]
     if bad:
         raise SparseError(f"{p}: low-rank correction {bad[0]!r} is not float32")
-    tuned = (BASIS, GAIN, SCALE, LOWRANK_U, LOWRANK_V)
+    bad = [k for k, t in deltas.items() if t.ndim != 2 or t.dtype != torch.float32]
+    if bad:
+        raise SparseError(f"{p}: weight change {bad[0]!r} is not a float32 matrix")
+    tuned = (BASIS, GAIN, SCALE, LOWRANK_U, LOWRANK_V, DELTA)
     tensors = {k: t for k, t in tensors.items() if not k.startswith(tuned)}
     bad = [k for k, t in tensors.items() if t.ndim > 1 or t.dtype != torch.float32]
     if bad:
@@ -336,4 +364,5 @@ def load_state(path: str | Path) -> SparsityState:
         tuning=tuning,
         scales=scales,
         lowrank={k: (us[k], vs[k]) for k in us},
+        deltas=deltas,
     )
