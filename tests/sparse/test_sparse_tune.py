@@ -503,6 +503,23 @@ def test_tuning_hooks_are_the_tuned_weight(kind: str, bias: bool, rank: int) -> 
     torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-10, atol=1e-12)
 
 
+def _n_tuned(tuned: SparsityState) -> int:
+    """The number of tuned values a state holds (gains, row scales, factors, weight changes)."""
+    n = sum(g.numel() for g in tuned.gains.values()) + sum(r.numel() for r in tuned.scales.values())
+    n += sum(u.numel() + v.numel() for u, v in tuned.lowrank.values())
+    return n + sum(d.numel() for d in tuned.deltas.values())
+
+
+def _assert_beats_rows_only(
+    model: torch.nn.Module, state: SparsityState, data: list, tuned: SparsityState
+) -> None:
+    """``tuned`` lowers the KL of ``state`` by 20% and below what rows alone reach."""
+    ids = torch.cat(data)
+    kl0, kl1 = _kl(model, state, ids), _kl(model, tuned, ids)
+    rows_only = tune_gains(model, state, data, TuneConfig(steps=40, lr=1e-2, rows=True))
+    assert kl1 < 0.8 * kl0 and kl1 < _kl(model, rows_only, ids), (kl0, kl1)
+
+
 def test_low_rank_corrections_lower_the_kl_and_are_merged_into_the_weights(
     tuned_setup: tuple,
 ) -> None:
@@ -516,13 +533,8 @@ def test_low_rank_corrections_lower_the_kl_and_are_merged_into_the_weights(
     assert set(tuned.lowrank) == set(tuned.scales) == set(state.thresholds)
     for k, (u, v) in tuned.lowrank.items():
         assert u.shape == (lin[k].out_features, 2) and v.shape == (2, lin[k].in_features), k
-    n = sum(g.numel() for g in tuned.gains.values()) + sum(r.numel() for r in tuned.scales.values())
-    n += sum(u.numel() + v.numel() for u, v in tuned.lowrank.values())
-    assert tuned.tuning["params"] == n and tuned.tuning["rank"] == 2
-    ids = torch.cat(data)
-    kl0, kl1 = _kl(model, state, ids), _kl(model, tuned, ids)
-    rows_only = tune_gains(model, state, data, TuneConfig(steps=40, lr=1e-2, rows=True))
-    assert kl1 < 0.8 * kl0 and kl1 < _kl(model, rows_only, ids), (kl0, kl1)
+    assert tuned.tuning["params"] == _n_tuned(tuned) and tuned.tuning["rank"] == 2
+    _assert_beats_rows_only(model, state, data, tuned)
     # apply: each weight is diag(r) (W + U V) of the dense weight (float64 oracle)
     sparse = copy.deepcopy(model)
     apply_state(sparse, tuned)
@@ -582,19 +594,24 @@ def test_low_rank_corrections_round_trip_as_version_4_and_are_applied_once(
     assert not any("Sparse" in type(m).__name__ for m in c.modules())
 
 
-def test_low_rank_corrections_of_another_model_are_refused_before_any_change(
-    tuned_setup: tuple,
+@pytest.mark.parametrize("kind", ["lowrank", "deltas"])
+def test_tuned_weights_of_another_model_are_refused_before_any_change(
+    tuned_setup: tuple, kind: str
 ) -> None:
+    """A low-rank correction (weight change) for a linear the model lacks, or of another
+    shape, is one line before anything changes."""
     model, state, data = tuned_setup
-    tuned = tune_gains(model, state, data, TuneConfig(steps=1, rank=1))
+    cfg = TuneConfig(steps=1, rank=1) if kind == "lowrank" else TuneConfig(steps=1, weights=True)
+    tuned = tune_gains(model, state, data, cfg)
     up = "model.layers.0.mlp.up_proj"
-    out, inp = tuned.lowrank[up][0].shape[0], tuned.lowrank[up][1].shape[1]
-    for path, pair, match in (
-        ("model.layers.9.mlp.up_proj", tuned.lowrank[up], "no linear 'model.layers.9.mlp"),
-        (up, (torch.zeros(out, 1), torch.zeros(1, inp + 1)), f"is {out} x {inp + 1}, the linear"),
+    out, inp = dict(model.named_modules())[up].weight.shape
+    wide = (torch.zeros(out, 1), torch.zeros(1, inp + 1)) if kind == "lowrank" else None
+    for path, value, match in (
+        ("model.layers.9.mlp.up_proj", getattr(tuned, kind)[up], "no linear 'model.layers.9.mlp"),
+        (up, wide or torch.zeros(out, inp + 1), f"is {out} x {inp + 1}, the linear"),
     ):
         wrong = copy.deepcopy(tuned)
-        wrong.lowrank[path] = pair
+        getattr(wrong, kind)[path] = value
         _assert_refused(model, wrong, match)
 
 
@@ -627,6 +644,20 @@ def test_bad_low_rank_corrections_and_headers_are_one_line(tmp_path: Path) -> No
 
 
 # ------------------------------------------------ WINA: the masks tuned through are deployed
+
+
+def _assert_student_is_deployed(
+    student: torch.nn.Module, dense: torch.nn.Module, tuned: SparsityState, ids: torch.Tensor
+) -> None:
+    """The tuned student's logits on ``ids`` are those of ``apply_state(dense, tuned)``."""
+    from actlab.sparse._calls import forward_logits
+
+    deployed = copy.deepcopy(dense)
+    apply_state(deployed, tuned).set_mode("last-half")
+    with torch.no_grad():
+        got = forward_logits(student, ids, ids.shape[1]).logits
+        want = deployed(ids).logits
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
 def test_pinned_norms_rank_like_the_merged_weight() -> None:
@@ -699,13 +730,7 @@ def test_wina_tuned_through_the_deployed_masks(
     tuned = tune_gains(llama, state, data, cfg)
     assert bool(tuned.deltas) is weights
     real_pin(*seen["pin"])  # the norms of the final factors (and weights)
-    deployed = copy.deepcopy(llama)
-    apply_state(deployed, tuned).set_mode("last-half")
-    ids = torch.cat(data)
-    with torch.no_grad():
-        got = real_forward(seen["student"], ids, ids.shape[1]).logits
-        want = deployed(ids).logits
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    _assert_student_is_deployed(seen["student"], llama, tuned, torch.cat(data))
 
 
 # ------------------------------------------------------- weight changes (weights=True)
@@ -721,14 +746,9 @@ def test_weight_changes_lower_the_kl_and_are_added_to_the_weights(tuned_setup: t
     assert set(tuned.deltas) == set(tuned.scales) == set(state.thresholds) and not tuned.lowrank
     for k, d in tuned.deltas.items():
         assert d.shape == before[f"{k}.weight"].shape and d.abs().max() > 0, k
-    n = sum(g.numel() for g in tuned.gains.values()) + sum(r.numel() for r in tuned.scales.values())
-    n += sum(d.numel() for d in tuned.deltas.values())
-    assert tuned.tuning["params"] == n
+    assert tuned.tuning["params"] == _n_tuned(tuned)
     assert (tuned.tuning["weights"], tuned.tuning["weights_lr"]) == (True, 1e-3)
-    ids = torch.cat(data)
-    kl0, kl1 = _kl(model, state, ids), _kl(model, tuned, ids)
-    rows_only = tune_gains(model, state, data, TuneConfig(steps=40, lr=1e-2, rows=True))
-    assert kl1 < 0.8 * kl0 and kl1 < _kl(model, rows_only, ids), (kl0, kl1)
+    _assert_beats_rows_only(model, state, data, tuned)
     # apply: each weight is diag(r) (W + dW) of the dense weight (float64 oracle)
     sparse = copy.deepcopy(model)
     apply_state(sparse, tuned)
@@ -759,13 +779,7 @@ def test_the_tuned_student_is_the_deployed_model(
     monkeypatch.setattr(tune, "forward_logits", forward)
     cfg = TuneConfig(steps=5, lr=1e-2, rows=True, rank=2, weights=True, weights_lr=1e-2)
     tuned = tune_gains(model, state, data, cfg)
-    deployed = copy.deepcopy(model)
-    apply_state(deployed, tuned).set_mode("last-half")
-    ids = torch.cat(data)
-    with torch.no_grad():
-        got = real_forward(seen["student"], ids, ids.shape[1]).logits
-        want = deployed(ids).logits
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    _assert_student_is_deployed(seen["student"], model, tuned, torch.cat(data))
 
 
 def test_weight_changes_round_trip_as_version_5_and_are_applied_once(
@@ -813,22 +827,6 @@ def test_weight_changes_round_trip_as_version_5_and_are_applied_once(
     setattr(c.config, SCALES_KEY, scales_digest(without))
     with pytest.raises(SparseError, match="already hold the row scales or low-rank"):
         apply_state(c, tuned)
-
-
-def test_weight_changes_of_another_model_are_refused_before_any_change(
-    tuned_setup: tuple,
-) -> None:
-    model, state, data = tuned_setup
-    tuned = tune_gains(model, state, data, TuneConfig(steps=1, weights=True))
-    up = "model.layers.0.mlp.up_proj"
-    out, inp = tuned.deltas[up].shape
-    for path, d, match in (
-        ("model.layers.9.mlp.up_proj", tuned.deltas[up], "no linear 'model.layers.9.mlp"),
-        (up, torch.zeros(out, inp + 1), f"is {out} x {inp + 1}, the linear"),
-    ):
-        wrong = copy.deepcopy(tuned)
-        wrong.deltas[path] = d
-        _assert_refused(model, wrong, match)
 
 
 def test_bad_weight_changes_and_headers_are_one_line(tmp_path: Path) -> None:
