@@ -119,7 +119,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--tune-weights",
         action="store_true",
         help="also tune the sparsified linears' weights themselves (sparsity-aware fine-tuning "
-        "by distillation, ~78%% of SmolLM2's weights; the changes are saved with the state, "
+        "by distillation, ~79%% of SmolLM2's weights; the changes are saved with the state, "
         "as large as those weights, and merged into them)",
     )
     p.add_argument(

@@ -159,10 +159,9 @@ def install(
     :class:`SparseLinear` and any other site a :class:`SparseGatedMLP`. All or nothing
     (:func:`actlab.surgery.replace_modules`); a site missing from the model, of the wrong
     type or already sparsified is a one-line :class:`SparseError`. Last, the state's tuned
-    gains (:func:`actlab.sparse.tune_gains`) are written into the model's parameters and its
+    gains (:func:`actlab.sparse.tune_gains`) are written into the model's parameters, its
     tuned weight changes and low-rank corrections are added to their linears' weights and its
-    tuned row scales
-    multiply their rows (once: the model records which tuned weights it holds,
+    tuned row scales multiply their rows (once: the model records which tuned weights it holds,
     :data:`SCALES_KEY`, so a model saved with them and reloaded is not changed twice).
     """
     _check_tuned(model, state)  # before the model is rotated or replaced: all or nothing
@@ -227,22 +226,17 @@ def _check_tuned(model: nn.Module, state: SparsityState) -> None:
                 f"the tuned row scales of {path!r} have {r.numel()} entries, the linear "
                 f"{m.out_features} outputs: the state was tuned on another model"
             )
-    for path, (u, v) in state.lowrank.items():
+    full = [
+        ("low-rank correction", p, u.shape[0], v.shape[1]) for p, (u, v) in state.lowrank.items()
+    ]
+    full += [("weight change", p, d.shape[0], d.shape[1]) for p, d in state.deltas.items()]
+    for what, path, out, inp in full:  # [out, in] additions to a linear's weight
         m = modules.get(path)
         if not isinstance(m, nn.Linear):
             raise SparseError(f"the state was tuned on another model: it has no linear {path!r}")
-        if (u.shape[0], v.shape[1]) != (m.out_features, m.in_features):
+        if (out, inp) != (m.out_features, m.in_features):
             raise SparseError(
-                f"the low-rank correction of {path!r} is {u.shape[0]} x {v.shape[1]}, the "
-                f"linear {m.out_features} x {m.in_features}: the state was tuned on another model"
-            )
-    for path, d in state.deltas.items():
-        m = modules.get(path)
-        if not isinstance(m, nn.Linear):
-            raise SparseError(f"the state was tuned on another model: it has no linear {path!r}")
-        if tuple(d.shape) != (m.out_features, m.in_features):
-            raise SparseError(
-                f"the weight change of {path!r} is {d.shape[0]} x {d.shape[1]}, the linear "
+                f"the {what} of {path!r} is {out} x {inp}, the linear "
                 f"{m.out_features} x {m.in_features}: the state was tuned on another model"
             )
     held = scales_held(model)

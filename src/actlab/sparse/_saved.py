@@ -13,16 +13,16 @@ works). The fingerprint names the model the state was calibrated on: its name, t
 of parameters, a SHA-256 of the config's structural fields and the mean |W| of the
 projections of the first and last block (compared to 1%, so a bf16 copy of the same weights
 matches and other weights do not; weights that hold a state's tuned row scales, low-rank
-corrections and weight changes are measured with them undone). :func:`apply_saved_state` refuses a state
-calibrated on another model with one line.
+corrections and weight changes are measured with them undone). :func:`apply_saved_state`
+refuses a state calibrated on another model with one line.
 
 A state with tuned normalisation gains (:func:`actlab.sparse.tune_gains`) also names its
 ``tuning`` in config.json; the weights file then holds the tuned gains (the model was saved
 with them applied) and the state file holds them too, so applying the state to the original
 dense model gives the same model. Tuned row scales, low-rank corrections and weight changes
-(``TuneConfig(rows=True, rank=r, weights=True)``) are in the saved weights as well; config.json's
-``actlab_row_scales`` (a digest of them) tells ``apply`` on the reloaded model that its weights
-hold them already, so they are not applied twice.
+(``TuneConfig(rows=True, rank=r, weights=True)``) are in the saved weights as well;
+config.json's ``actlab_row_scales`` (a digest of them) tells ``apply`` on the reloaded model
+that its weights hold them already, so they are not applied twice.
 
 Model names: ``smollm2`` (SmolLM2-135M-Instruct), ``gemma3`` (Gemma-3-270M, when this actlab
 has its loader) or a local Hugging Face folder (``config.json`` + weights + tokenizer).

@@ -297,13 +297,7 @@ def load_state(path: str | Path) -> SparsityState:
         tuning = header.get("tuning", {})
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise SparseError(f"{p}: the actlab.sparse header is malformed ({e})") from None
-    if version not in (
-        FORMAT_VERSION,
-        GAINS_VERSION,
-        SCALES_VERSION,
-        LOWRANK_VERSION,
-        DELTAS_VERSION,
-    ):
+    if version not in range(FORMAT_VERSION, DELTAS_VERSION + 1):
         raise SparseError(
             f"{p}: state format version {version!r}, this actlab reads {FORMAT_VERSION} to "
             f"{DELTAS_VERSION}"

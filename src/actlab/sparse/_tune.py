@@ -48,7 +48,7 @@ it buys and whether it over-fits.
 rate ``weights_lr`` (the same cosine decay): ``W' = diag(r) (W + dW + U V)``, with ``dW`` the
 change Adam made (``deltas`` in the state; ``apply`` adds them like the corrections). That is
 sparsity-aware fine-tuning of the block linears by distillation (~106M parameters on SmolLM2,
-78% of its weights; the embeddings, LM head and gains' roles are unchanged), the farthest
+79% of its weights; the embeddings, LM head and gains' roles are unchanged), the farthest
 from training-free of these options: a step forms every linear's weight gradient (about 1.25x
 the time of a rank-8 step) and Adam keeps two float32 moments per weight; the state holds
 the changes in float32 (as large as the linears' weights).
