@@ -257,3 +257,100 @@ def test_bench_prints_tokens_per_second_for_each_path(
     assert "needs one method" in _error(
         capsys, ["sparsify", str(tiny), "--method", "all", "--eval", "--bench"]
     )
+
+
+@pytest.fixture(scope="module")
+def saved(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tiny`` sparsified with TEAL at 50%, tuned (gains and rows) and saved with --out."""
+    out = tmp_path_factory.mktemp("saved") / "teal50"
+    argv = ["sparsify", str(tiny), "--method", "teal", "--sparsity", "0.5", *SMALL]
+    assert main([*argv, "--tune-steps", "2", "--tune-rows", "--out", str(out)]) == 0
+    return out
+
+
+def test_a_saved_model_is_used_as_saved(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tiny: Path,
+    saved: Path,
+) -> None:
+    pytest.importorskip("matplotlib")
+    import actlab.sparse as S
+    from actlab.sparse import evaluate, heldout_windows
+
+    capsys.readouterr()
+    info = json.loads((saved / "config.json").read_text())["actlab_sparsity"]
+    assert info["base"] == str(tiny)  # the dense baseline a later run loads by default
+
+    def tripwire(*_a: object, **_k: object) -> None:
+        raise AssertionError("a saved model was calibrated or tuned again")
+
+    monkeypatch.setattr(S, "calibration_windows", tripwire)
+    monkeypatch.setattr(S, "tune_gains", tripwire)
+    assert main(["sparsify", str(saved)]) == 0  # no action: what the folder holds
+    out = capsys.readouterr().out
+    assert "teal(" in out and "calibrated on 256 tokens" in out and "tuned: " in out
+    report = tmp_path / "r.html"
+    argv = ["sparsify", str(saved), "--eval", "--window", "32", "--eval-tokens", "64"]
+    assert (
+        main([*argv, "--report", str(report), "--generate", "To be", "--max-new-tokens", "3"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "dense :" in out and "sparse:" in out and "| teal | 0.50 |" in out
+    rows = json.loads(report.with_suffix(".json").read_text())["rows"]
+    assert [(r["method"], r["target"]) for r in rows] == [("dense", 0.0), ("teal", 0.5)]
+    # the oracle: the reloaded model scored by hand against the dense model
+    loaded = load_sparse(saved)
+    dense, tok = load_causal_lm(str(tiny))
+    held = heldout_windows(tok, tokens=64, window=32)
+    ref = evaluate(dense, held.ids, protocol="decode")
+    res = evaluate(loaded.model, held.ids, protocol="decode", reference=ref)
+    assert rows[0]["ppl"] == pytest.approx(ref.ppl, rel=1e-9)
+    assert rows[1]["ppl"] == pytest.approx(res.ppl, rel=1e-9)
+    assert rows[1]["agreement"] == pytest.approx(res.agreement, rel=1e-9)
+    assert rows[1]["tuning"]["rows"] is True and rows[1]["calib_tokens"] == 256
+    assert "256 tokens of shakespeare" in report.read_text()
+    assert main(["sparsify", str(saved), "--bench", "--max-new-tokens", "2"]) == 0
+    assert "| teal 0.50 (torch) | generate |" in capsys.readouterr().out
+
+
+def test_a_saved_model_refuses_what_it_fixes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], tiny: Path, saved: Path
+) -> None:
+    s = str(saved)
+    for flag in (
+        ["--method", "teal"],
+        ["--sparsity", "0.4"],
+        ["--sparsities", "0.4"],
+        ["--set", "allocation=greedy"],
+        ["--calib", "mixed"],
+        ["--calib-tokens", "512"],
+        ["--tune-steps", "3"],
+        ["--tune-rows"],
+        ["--tune-weights"],
+        ["--out", str(tmp_path / "o")],
+    ):
+        line = _error(capsys, ["sparsify", s, *flag])
+        assert f"{flag[0]}: " in line and "saved sparsified model (teal at 0.50)" in line
+    assert "--dense: unknown model" in _error(capsys, ["sparsify", s, "--eval", "--dense", "x"])
+    other = save_char_llama(tmp_path / "other", layers=3)
+    line = _error(capsys, ["sparsify", s, "--bench", "--dense", str(other)])
+    assert "is not the model" in line and "--dense" in line
+    assert "--report applies to --eval" in _error(capsys, ["sparsify", s, "--report", "r.html"])
+    # a saved folder whose dense model cannot be found: --dense is asked for, one line
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for f in saved.iterdir():
+        (moved / f.name).write_bytes(f.read_bytes())
+    config = json.loads((moved / "config.json").read_text())
+    del config["actlab_sparsity"]["base"]
+    (moved / "config.json").write_text(json.dumps(config))
+    assert "give --dense MODEL" in _error(capsys, ["sparsify", str(moved), "--eval"])
+    assert main(["sparsify", str(moved), "--generate", "To", "--dense", str(tiny)]) == 0
+    capsys.readouterr()
+    # and the other mode: --dense is refused, --method is asked for
+    assert "applies to a saved" in _error(
+        capsys, ["sparsify", str(tiny), "--method", "teal", "--sparsity", ".4", "--dense", s]
+    )
+    assert "give --method" in _error(capsys, ["sparsify", str(tiny), "--sparsity", ".4"])

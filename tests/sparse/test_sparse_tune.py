@@ -16,6 +16,7 @@ from actlab.sparse import (
     SparsityState,
     TuneConfig,
     apply_state,
+    evaluate,
     gain_parameters,
     load_state,
     make_method,
@@ -246,6 +247,27 @@ def test_sparsity_curves_tune_the_points_of_a_label(llama: torch.nn.Module) -> N
         sparsity_curves(
             llama, data, held, methods=["teal"], params={"teal": {"tune_steps": -1}}, progress=None
         )
+
+
+def test_a_tuned_point_decodes_from_its_own_prefill(llama: torch.nn.Module) -> None:
+    """Under the decode protocol a tuned model's KV caches come from its own (dense-mode)
+    prefill, as when deployed, not from the dense model's caches: the tuned gains change it."""
+    data = _windows()
+    held = torch.randint(3, VOCAB, (2, 24), generator=torch.Generator().manual_seed(9))
+    tune = {"tune_steps": 2, "tune_lr": 0.05}
+    rows = sparsity_curves(
+        llama, data, held, methods=["teal"], sparsities=[0.5], params={"teal": tune},
+        protocol="decode", progress=None,
+    )  # fmt: skip
+    method = make_method("teal", sparsity=0.5)
+    state = tune_gains(llama, method.calibrate(llama, data), data, TuneConfig(steps=2, lr=0.05))
+    sparse = copy.deepcopy(llama)
+    method.apply(sparse, state)
+    cached = evaluate(llama, held, protocol="decode", keep_prefill=True)
+    own = evaluate(sparse, held, protocol="decode", reference=evaluate(llama, held))
+    stale = evaluate(sparse, held, protocol="decode", reference=cached)  # the dense caches
+    assert rows[1]["ppl"] == own.ppl and rows[1]["agreement"] == own.agreement
+    assert stale.ppl != own.ppl
 
 
 @pytest.mark.parametrize("rows", [False, True])

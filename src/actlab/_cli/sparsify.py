@@ -5,6 +5,7 @@
     actlab sparsify smollm2 --method all --eval               # curves of every method
     actlab sparsify ./my-llama --method teal --sparsity 0.5 --set allocation=greedy --eval
     actlab sparsify smollm2 --method teal --sparsity 0.4 --calib-tokens 32768 --tune-steps 120
+    actlab sparsify smollm2-teal40 --eval --bench           # a saved model, as it was saved
 
 MODEL is ``smollm2``, ``gemma3`` (when this actlab has its loader) or a local Hugging Face
 folder. Calibration reads ``--calib-tokens`` tokens of the Shakespeare comedies (``--calib
@@ -21,6 +22,13 @@ the gains are saved with the thresholds); ``--tune-rows`` also tunes one scale p
 of every sparsified linear, ``--tune-rank R`` a rank-R correction of each of their weights,
 ``--tune-weights`` their weights themselves (sparsity-aware fine-tuning by distillation, at
 ``--tune-weights-lr``); all saved with the state and merged into the weights.
+
+MODEL may also be a folder written by ``--out``: then nothing is calibrated or tuned again.
+Alone it prints what the folder holds; ``--eval`` (one row against the dense model),
+``--bench`` and ``--generate`` use the saved model against the dense model it was sparsified
+from (the name or folder the save records; ``--dense MODEL`` to give it, checked against the
+saved fingerprint). The flags a save fixes (method, sparsity, --set, calibration, tuning,
+--out) are refused there.
 
 Every flag is checked before the model is loaded; a bad value is one line and exit 2.
 """
@@ -45,11 +53,22 @@ MAX_NEW_TOKENS = 1024
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from actlab.sparse import MODES
 
-    p.add_argument("model", help="smollm2, gemma3, or a local Hugging Face model folder")
+    p.add_argument(
+        "model",
+        help="smollm2, gemma3, a local Hugging Face model folder, or a folder written by --out "
+        "(then --eval, --bench and --generate use the saved model as it is)",
+    )
     p.add_argument(
         "--method",
-        required=True,
-        help="teal, cats, chess, wina, or all (with --eval: every method)",
+        default=None,
+        help="teal, cats, chess, wina, or all (with --eval: every method); not with a saved model",
+    )
+    p.add_argument(
+        "--dense",
+        default=None,
+        metavar="MODEL",
+        help="with a saved sparsified model: the dense model it was sparsified from (default: "
+        "the one its config names), the baseline of --eval, --bench and --generate",
     )
     p.add_argument("--sparsity", type=float, default=None, help="target sparsity in [0, 1)")
     p.add_argument(
@@ -234,7 +253,6 @@ def _read_text(name: str) -> str | None:
 
 def validate(args: argparse.Namespace) -> None:
     """Check every flag before any work; fill ``methods``, ``targets``, ``params``, paths."""
-    from actlab._cli.compare import check_device
     from actlab.sparse import (
         DEFAULT_SPARSITIES,
         METHODS,
@@ -244,6 +262,16 @@ def validate(args: argparse.Namespace) -> None:
         resolve_model,
     )
 
+    args.saved = _saved_info(args.model)
+    if args.saved is not None:
+        _validate_saved(args, args.saved)
+        return
+    if args.dense is not None:
+        raise ValueError(
+            "--dense applies to a saved sparsified model (MODEL a folder written by --out)"
+        )
+    if args.method is None:
+        raise ValueError("give --method teal|cats|chess|wina (or all, with --eval)")
     if args.method == "all":
         args.methods = list(METHODS.names())
         if not args.eval:
@@ -313,6 +341,21 @@ def validate(args: argparse.Namespace) -> None:
     args.calib_text = _read_text(args.calib)
     args.calib_source = _SOURCES.get(args.calib, "comedies")
     _int("--calib-tokens", args.calib_tokens, 1, MAX_TOKENS)
+    _check_use_flags(args)
+    if args.out is not None:
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out} exists and is not a folder")
+        if out.is_dir() and any(out.iterdir()) and not args.force:
+            raise ValueError(f"--out {out} exists and is not empty; pass --force to write into it")
+    args.name = Path(args.model_key).name  # smollm2, gemma3 or the folder's name
+    _check_report(args, Path(args.out) / "report.html" if args.out else None)
+
+
+def _check_use_flags(args: argparse.Namespace) -> None:
+    """The flags of --eval, --bench and --generate (both modes)."""
+    from actlab._cli.compare import check_device
+
     _int("--eval-tokens", args.eval_tokens, 1, MAX_TOKENS)
     _int("--window", args.window, 8, 1 << 20)
     _int("--batch", args.batch, 1, 4096)
@@ -330,20 +373,84 @@ def validate(args: argparse.Namespace) -> None:
     if args.generate is not None and not args.generate.strip():
         raise ValueError("--generate needs a non-empty prompt")
     args.device = check_device(args.device)
-    if args.out is not None:
-        out = Path(args.out)
-        if out.exists() and not out.is_dir():
-            raise ValueError(f"--out {out} exists and is not a folder")
-        if out.is_dir() and any(out.iterdir()) and not args.force:
-            raise ValueError(f"--out {out} exists and is not empty; pass --force to write into it")
-    name = args.name = Path(args.model_key).name  # smollm2, gemma3 or the folder's name
-    if args.eval:
-        default = Path(args.out) / "report.html" if args.out else Path(f"sparsify-{name}.html")
-        args.report_path = Path(args.report) if args.report else default
-        if args.report_path.is_dir():
-            raise ValueError(f"--report {args.report_path} is a folder; give a file name")
-        if not args.out and not args.report_path.parent.is_dir():
-            raise ValueError(f"--report folder {args.report_path.parent} does not exist")
+
+
+def _check_report(args: argparse.Namespace, default: Path | None) -> None:
+    """``args.report_path`` of --eval: --report, else ``default``, else sparsify-NAME.html."""
+    if not args.eval:
+        return
+    args.report_path = Path(args.report or default or f"sparsify-{args.name}.html")
+    if args.report_path.is_dir():
+        raise ValueError(f"--report {args.report_path} is a folder; give a file name")
+    if default is None and not args.report_path.parent.is_dir():
+        raise ValueError(f"--report folder {args.report_path.parent} does not exist")
+
+
+# flags a saved sparsified model fixes: its method, state, calibration and tuning
+_FIXED_BY_SAVE = (
+    "method", "sparsity", "sparsities", "overrides", "calib", "calib_tokens", "tune_steps",
+    "tune_lr", "tune_batch", "tune_rows", "tune_rank", "tune_weights", "tune_weights_lr",
+    "tune_tokens", "out", "force",
+)  # fmt: skip
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _saved_info(model: str) -> dict[str, Any] | None:
+    """The saved sparsity entry when MODEL is a folder written by --out, else None."""
+    from actlab.sparse import saved_info
+
+    path = Path(model).expanduser()
+    return saved_info(path) if path.is_dir() else None
+
+
+def _defaults() -> dict[str, Any]:
+    parser = argparse.ArgumentParser(add_help=False)
+    add_arguments(parser)
+    return vars(parser.parse_args(["MODEL"]))
+
+
+def _validate_saved(args: argparse.Namespace, info: dict[str, Any]) -> None:
+    """A saved sparsified model: refuse what it fixes; find the dense baseline; --eval,
+    --bench and --generate flags as in the other mode."""
+    from actlab.sparse import resolve_model
+
+    folder = Path(args.model).expanduser()
+    params = _dict(info.get("params"))
+    target = params.get("sparsity")
+    method = str(info.get("method") or "?")
+    what = f"{method} at {target:.2f}" if isinstance(target, (int, float)) else method
+    defaults = _defaults()
+    for dest in _FIXED_BY_SAVE:
+        if getattr(args, dest) != defaults[dest]:
+            flag = "--set" if dest == "overrides" else "--" + dest.replace("_", "-")
+            raise ValueError(
+                f"{flag}: {folder} is a saved sparsified model ({what}); its method, state and "
+                f"calibration are fixed: drop {flag}, or sparsify the dense model again"
+            )
+    args.model_key = str(folder)
+    args.name = folder.name
+    args.methods = [method]
+    args.sparsity = float(target) if isinstance(target, (int, float)) else 0.0
+    _check_use_flags(args)
+    _check_report(args, None)
+    args.dense_key = None
+    if not (args.eval or args.bench or args.generate):
+        return
+    fingerprint = _dict(info.get("model"))
+    named = args.dense or info.get("base") or fingerprint.get("name")
+    if not isinstance(named, str) or not named:
+        raise ValueError(f"give --dense MODEL: the dense model {folder} was sparsified from")
+    try:
+        args.dense_key = resolve_model(named)
+    except ValueError as e:
+        if args.dense:
+            raise ValueError(f"--dense: {e}") from None
+        raise ValueError(
+            f"give --dense MODEL: the dense model {folder} was sparsified from ({e})"
+        ) from None
 
 
 # ---------------------------------------------------------------- work
@@ -418,6 +525,7 @@ def _sparsify_one(
             name=args.name,
             mode=args.protocol,
             calibration=calibration,
+            base=args.model_key,
         )
         print(f"wrote {folder} (reload with actlab.sparse.load_sparse({str(folder)!r}))")
 
@@ -522,8 +630,7 @@ def _native_ok(model: Any) -> bool:
 def _evaluate(
     args: argparse.Namespace, model: Any, tok: Any, calib: Any, tune_windows: list[Any] | None
 ) -> None:
-    from actlab.report import write_sparsify_report
-    from actlab.sparse import curves_table, heldout_windows, sparsity_curves
+    from actlab.sparse import heldout_windows, sparsity_curves
 
     held = heldout_windows(tok, tokens=args.eval_tokens, window=args.window)
     params = args.params
@@ -543,13 +650,21 @@ def _evaluate(
         progress=_say,
         tune_calibration=tune_windows,
     )
+    _write_eval(args, rows, held, f"{calib.tokens} tokens of {_calib_text(args)}")
+
+
+def _write_eval(args: argparse.Namespace, rows: list[Any], held: Any, calibration: str) -> None:
+    """Print the curve rows and their facts; write the HTML report and its JSON."""
+    from actlab.report import write_sparsify_report
+    from actlab.sparse import curves_table
+
     for r in rows:
         r["model"] = args.name
     first = rows[0]
     facts = [
         ("model", args.name),
         ("protocol", _protocol_text(args.protocol, first["prefill"], first["window"])),
-        ("calibration", f"{calib.tokens} tokens of {_calib_text(args)}"),
+        ("calibration", calibration),
         (
             "evaluation",
             f"{first['eval_tokens']} tokens ({first['eval_windows']} windows of "
@@ -608,12 +723,81 @@ def _calib_text(args: argparse.Namespace) -> str:
     return "the Shakespeare comedies"
 
 
+def _run_saved(args: argparse.Namespace) -> int:
+    """MODEL is a folder written by --out: describe it; --eval / --bench / --generate it
+    against the dense model it was sparsified from, without calibrating or tuning again."""
+    import torch
+
+    from actlab.sparse import (
+        check_fingerprint,
+        compare_models,
+        heldout_windows,
+        load_causal_lm,
+        load_sparse,
+        read_fingerprint,
+    )
+
+    dtype = getattr(torch, args.dtype)
+    _say(f"loading the sparsified model {args.model} ({args.dtype}, {args.device})")
+    saved = load_sparse(args.model_key, device=args.device, dtype=dtype, mode=args.protocol)
+    info, state = saved.info, saved.state
+    calib = _dict(info.get("calibration"))
+    text = f"{calib.get('tokens', '?')} tokens of {calib.get('text', '?')}"
+    tuned = ", ".join(
+        f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in state.tuning.items()
+    )
+    print(
+        f"{args.model}: {state.describe()}; calibrated on {text}"
+        + (f"; tuned: {tuned}" * bool(tuned))
+    )
+    if args.dense_key is None:
+        return 0
+    _say(f"loading the dense model {args.dense_key} ({args.dtype}, {args.device})")
+    dense, _ = load_causal_lm(args.dense_key, device=args.device, dtype=dtype)
+    expected = read_fingerprint(args.model_key)  # the state file's fingerprint
+    if expected is not None:
+        try:
+            check_fingerprint(dense, expected)
+        except ValueError:
+            raise ValueError(
+                f"--dense {args.dense_key} is not the model {args.model} was sparsified from "
+                f"({expected.get('name', '?')}, {expected.get('params', '?')} parameters); "
+                "give that one with --dense"
+            ) from None
+    tok = saved.tokenizer
+    limit = getattr(dense.config, "max_position_embeddings", None)
+    if args.eval and isinstance(limit, int) and args.window > limit:
+        raise ValueError(f"--window {args.window} exceeds the model's {limit} positions")
+    if args.generate:
+        print(f"dense : {_generate(dense, tok, args.generate, args.max_new_tokens)!r}")
+        print(f"sparse: {_generate(saved.model, tok, args.generate, args.max_new_tokens)!r}")
+    if args.bench:
+        _bench(args, dense, saved.model, tok)
+    if args.eval:
+        held = heldout_windows(tok, tokens=args.eval_tokens, window=args.window)
+        rows = compare_models(
+            dense,
+            saved.model,
+            state,
+            held.ids,
+            protocol=args.protocol,
+            prefill=args.prefill,
+            batch_size=args.batch,
+            progress=_say,
+        )
+        rows[1]["calib_tokens"] = rows[0]["calib_tokens"] = calib.get("tokens", 0)
+        _write_eval(args, rows, held, f"{text} (saved in {args.model})")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from actlab.sparse import calibration_windows, load_causal_lm
 
     validate(args)
+    if args.saved is not None:
+        return _run_saved(args)
     dtype = getattr(torch, args.dtype)
     _say(f"loading {args.model} ({args.dtype}, {args.device})")
     model, tok = load_causal_lm(args.model_key, device=args.device, dtype=dtype)

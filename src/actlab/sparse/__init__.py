@@ -43,6 +43,7 @@ from actlab.sparse._decode import LeanDecoder
 from actlab.sparse._eval import (
     DEFAULT_SPARSITIES,
     EvalResult,
+    compare_models,
     curves_table,
     delta_ci,
     evaluate,
@@ -65,11 +66,14 @@ from actlab.sparse._pplp import PPLPSparsity, ppl_p_sparsity
 from actlab.sparse._saved import (
     SparseModel,
     apply_saved_state,
+    check_fingerprint,
     load_causal_lm,
     load_sparse,
     model_fingerprint,
+    read_fingerprint,
     resolve_model,
     save_sparse,
+    saved_info,
 )
 from actlab.sparse._sites import INPUT_OF, PROJECTIONS, Block, find_blocks
 from actlab.sparse._state import (
@@ -106,6 +110,8 @@ __all__ = [
     "apply_saved_state",
     "calibration_documents",
     "calibration_windows",
+    "check_fingerprint",
+    "compare_models",
     "curves_table",
     "delta_ci",
     "evaluate",
@@ -113,10 +119,12 @@ __all__ = [
     "load_causal_lm",
     "load_sparse",
     "model_fingerprint",
+    "read_fingerprint",
     "realised_sparsity",
     "rotation_overhead",
     "resolve_model",
     "save_sparse",
+    "saved_info",
     "sparsity_curves",
     "time_decode",
     "INPUT_OF",

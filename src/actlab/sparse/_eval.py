@@ -45,6 +45,7 @@ model itself, evaluated once: sparsity 0 is bit-identical to it by construction 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import sys
 import time
@@ -60,12 +61,13 @@ from actlab.sparse._base import make_method
 from actlab.sparse._calls import cache_of, forward_logits
 from actlab.sparse._modules import SparseGatedMLP, SparseLinear, check_mode
 from actlab.sparse._sites import PROJECTIONS, find_blocks
-from actlab.sparse._state import SparseError, check_sparsity
+from actlab.sparse._state import SparseError, SparsityState, check_sparsity
 from actlab.sparse._tune import split_tune, tune_gains
 
 __all__ = [
     "DEFAULT_SPARSITIES",
     "EvalResult",
+    "compare_models",
     "curves_table",
     "evaluate",
     "realised_sparsity",
@@ -370,33 +372,9 @@ def sparsity_curves(
     variants = [_variant(m) for m in methods]
     for label, m in variants:  # every name and parameter checked before any work
         make_method(m, sparsity=0.0, **split_tune(dict((params or {}).get(label, {})))[0])
-    say(f"dense: evaluating {windows.shape[0]} windows x {windows.shape[1]} tokens ({protocol})")
-    dense = evaluate(
-        model,
-        windows,
-        protocol=protocol,
-        prefill=prefill,
-        batch_size=batch_size,
-        keep_prefill=True,
-        progress=say,
-    )
-    say(f"dense: ppl {dense.ppl:.3f} in {dense.seconds:.1f} s")
+    dense = _evaluate_dense(model, windows, protocol, prefill, batch_size, say)
     common = {"calib_tokens": calib_tokens}
-    rows = [
-        {
-            "method": "dense",
-            "params": {},
-            "tuning": {},
-            "target": 0.0,
-            **dense.row(),
-            "agreement": 1.0,
-            "delta_pct": 0.0,
-            "delta_ci": [0.0, 0.0],
-            "calib_seconds": 0.0,
-            "calib_cpu_seconds": 0.0,
-            **common,
-        }
-    ]
+    rows = [_dense_row(dense, common)]
     for label, m in variants:
         extra, tune = split_tune(dict((params or {}).get(label, {})))
         for s in (t for t in targets if t > 0):
@@ -413,31 +391,128 @@ def sparsity_curves(
                 windows,
                 protocol=protocol,
                 prefill=prefill,
-                reference=dense,
+                reference=_reference_for(dense, state),
                 batch_size=batch_size,
             )
             del sparse
-            row = {
-                "method": label,
-                "params": {k: v for k, v in state.params.items() if k != "sparsity"},
-                "tuning": dict(state.tuning),
-                "target": s,
-                **res.row(),
-                "delta_pct": 100.0 * (res.ppl / dense.ppl - 1.0),
-                "delta_ci": list(delta_ci(res, dense)),
-                "calib_seconds": calib_s,
-                "calib_cpu_seconds": calib_cpu,
-                **common,
-            }
-            rows.append(row)
-            say(
-                f"{label} s={s:.2f}: realised {res.realised:.3f}"
-                + (f" (effective {res.realised - res.overhead:.3f})" if res.overhead else "")
-                + f", ppl {res.ppl:.3f} "
-                f"({row['delta_pct']:+.1f}%, 95% CI {_ci(row)}), agreement {res.agreement:.3f}; "
-                f"calibration {calib_s:.1f} s, evaluation {res.seconds:.1f} s"
-            )
+            info = {"calib_seconds": calib_s, "calib_cpu_seconds": calib_cpu, **common}
+            rows.append(_point_row(label, state, s, res, dense, info))
+            say(_point_line(rows[-1], res) + f"; calibration {calib_s:.1f} s, " + _took(res))
     return rows
+
+
+def compare_models(
+    dense: nn.Module,
+    sparse: nn.Module,
+    state: SparsityState,
+    windows: torch.Tensor,
+    *,
+    label: str | None = None,
+    protocol: str = "decode",
+    prefill: int | None = None,
+    batch_size: int = 64,
+    progress: Progress | None = _stderr,
+) -> list[dict[str, Any]]:
+    """The rows of :func:`sparsity_curves` for a model sparsified already (e.g. reloaded with
+    :func:`actlab.sparse.load_sparse`): the dense model's row, then ``sparse``'s, scored
+    against it on ``windows`` under ``protocol``. ``state`` is the sparse model's state (its
+    method, target, parameters and tuning name the row; ``label`` overrides the method)."""
+    protocol = check_mode(protocol)
+    if not _sites(sparse):
+        raise SparseError("the sparse model has no sparse modules; apply a state to it first")
+    say = progress or (lambda _line: None)
+    ref = _evaluate_dense(dense, windows, protocol, prefill, batch_size, say)
+    res = evaluate(
+        sparse,
+        windows,
+        protocol=protocol,
+        prefill=prefill,
+        reference=_reference_for(ref, state),
+        batch_size=batch_size,
+    )
+    none = {"calib_seconds": 0.0, "calib_cpu_seconds": 0.0, "calib_tokens": 0}
+    target = float(state.params.get("sparsity", 0.0))
+    row = _point_row(label or state.method, state, target, res, ref, none)
+    say(_point_line(row, res) + "; " + _took(res))
+    return [_dense_row(ref, none), row]
+
+
+def _evaluate_dense(
+    model: nn.Module,
+    windows: torch.Tensor,
+    protocol: str,
+    prefill: int | None,
+    batch_size: int,
+    say: Progress,
+) -> EvalResult:
+    say(f"dense: evaluating {windows.shape[0]} windows x {windows.shape[1]} tokens ({protocol})")
+    dense = evaluate(
+        model,
+        windows,
+        protocol=protocol,
+        prefill=prefill,
+        batch_size=batch_size,
+        keep_prefill=True,
+        progress=say,
+    )
+    say(f"dense: ppl {dense.ppl:.3f} in {dense.seconds:.1f} s")
+    return dense
+
+
+def _reference_for(dense: EvalResult, state: SparsityState) -> EvalResult:
+    """``dense`` as the reference of a model sparsified with ``state``. Tuning changes the
+    weights the (dense) prefill runs through, so a tuned model fills its KV caches with its
+    own prefill, as it would when deployed, not from the dense model's caches."""
+    return dataclasses.replace(dense, caches=None) if state.tuning or state.gains else dense
+
+
+def _dense_row(dense: EvalResult, info: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "method": "dense",
+        "params": {},
+        "tuning": {},
+        "target": 0.0,
+        **dense.row(),
+        "agreement": 1.0,
+        "delta_pct": 0.0,
+        "delta_ci": [0.0, 0.0],
+        "calib_seconds": 0.0,
+        "calib_cpu_seconds": 0.0,
+        **info,
+    }
+
+
+def _point_row(
+    label: str,
+    state: SparsityState,
+    target: float,
+    res: EvalResult,
+    dense: EvalResult,
+    info: Mapping[str, Any],
+) -> dict[str, Any]:
+    return {
+        "method": label,
+        "params": {k: v for k, v in state.params.items() if k != "sparsity"},
+        "tuning": dict(state.tuning),
+        "target": target,
+        **res.row(),
+        "delta_pct": 100.0 * (res.ppl / dense.ppl - 1.0),
+        "delta_ci": list(delta_ci(res, dense)),
+        **info,
+    }
+
+
+def _point_line(row: Mapping[str, Any], res: EvalResult) -> str:
+    return (
+        f"{row['method']} s={row['target']:.2f}: realised {res.realised:.3f}"
+        + (f" (effective {res.realised - res.overhead:.3f})" if res.overhead else "")
+        + f", ppl {res.ppl:.3f} "
+        f"({row['delta_pct']:+.1f}%, 95% CI {_ci(row)}), agreement {res.agreement:.3f}"
+    )
+
+
+def _took(res: EvalResult) -> str:
+    return f"evaluation {res.seconds:.1f} s"
 
 
 def _variant(entry: str) -> tuple[str, str]:

@@ -3,7 +3,8 @@
 A sparsified model is saved as a Hugging Face folder (``save_sparse``)::
 
     out/config.json              the model's config + "actlab_sparsity": {method, params,
-                                 state, mode, model (fingerprint), calibration}
+                                 state, mode, model (fingerprint), calibration, base (where
+                                 the dense model came from, when given)}
     out/model.safetensors        the (unchanged, dense) weights: the sparse modules share them
     out/tokenizer*, generation_config.json
     out/sparsity.safetensors     the thresholds (SparsityState) + the model fingerprint
@@ -60,6 +61,7 @@ __all__ = [
     "read_fingerprint",
     "resolve_model",
     "save_sparse",
+    "saved_info",
     "save_state_with_fingerprint",
 ]
 
@@ -230,11 +232,12 @@ def save_state_with_fingerprint(
 
 
 def read_fingerprint(path: str | Path) -> dict[str, Any] | None:
-    """The model fingerprint stored in a state file, or None (a state saved by ``state.save``)."""
+    """The model fingerprint stored in a state file (or the state file of a folder written by
+    :func:`save_sparse`), or None (a state saved by ``state.save``)."""
     from safetensors import safe_open
 
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(_state_path(path)), framework="pt") as f:
             meta = f.metadata() or {}
     except Exception:  # noqa: BLE001 - load_state reports a bad file in one line
         return None
@@ -249,8 +252,12 @@ def read_fingerprint(path: str | Path) -> dict[str, Any] | None:
 
 
 def _state_path(path: str | Path) -> Path:
+    """A state file, or the state file a folder's config.json names (default STATE_FILE)."""
     p = Path(path)
-    return p / STATE_FILE if p.is_dir() else p
+    if not p.is_dir():
+        return p
+    info = saved_info(p) or {}
+    return p / str(info.get("state") or STATE_FILE)
 
 
 def apply_saved_state(model: nn.Module, path: str | Path) -> SparsityReport:
@@ -289,8 +296,12 @@ def save_sparse(
     name: str = "",
     mode: str = "decode",
     calibration: dict[str, Any] | None = None,
+    base: str = "",
 ) -> Path:
-    """Save a model sparsified with ``state`` (or its dense original) to the folder ``out``."""
+    """Save a model sparsified with ``state`` (or its dense original) to the folder ``out``.
+
+    ``base`` names where the dense model came from (a model name or a folder); ``actlab
+    sparsify OUT`` loads it as the dense baseline of ``--eval`` / ``--bench``."""
     mode = check_mode(mode)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
@@ -302,6 +313,7 @@ def save_sparse(
         "mode": mode,
         "model": {k: v for k, v in fingerprint.items() if k != "weights"},
         "calibration": calibration or {},
+        **({"base": base} if base else {}),
         **({"tuning": state.tuning} if state.gains else {}),
     }
     config = model.config  # type: ignore[union-attr]
@@ -316,6 +328,23 @@ def save_sparse(
     return folder
 
 
+def saved_info(path: str | Path) -> dict[str, Any] | None:
+    """The ``actlab_sparsity`` entry of a folder written by :func:`save_sparse` (method, params,
+    state file, mode, model fingerprint, calibration, tuning), or None for any other folder
+    or path. A config.json that is not JSON, or whose entry is not an object, is one line."""
+    config_file = Path(path) / "config.json"
+    if not config_file.is_file():
+        return None
+    try:
+        conf = json.loads(config_file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise SparseError(f"{config_file} is not JSON ({e})") from None
+    info = conf.get(CONFIG_KEY) if isinstance(conf, dict) else None
+    if info is not None and not isinstance(info, dict):
+        raise SparseError(f"{config_file}: {CONFIG_KEY!r} is not an object; save the model again")
+    return info
+
+
 def load_sparse(
     path: str | Path,
     *,
@@ -328,14 +357,10 @@ def load_sparse(
     ``mode`` (``"all"``, ``"decode"``, ``"last-half"``) defaults to the one saved.
     """
     folder = Path(path)
-    config_file = folder / "config.json"
-    if not config_file.is_file():
+    if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"no sparsified model at {folder} (config.json missing)")
-    try:
-        info = json.loads(config_file.read_text(encoding="utf-8")).get(CONFIG_KEY)
-    except ValueError as e:
-        raise SparseError(f"{config_file} is not JSON ({e})") from None
-    if not isinstance(info, dict):
+    info = saved_info(folder)
+    if info is None:
         raise SparseError(
             f"{folder} is not a sparsified model (no {CONFIG_KEY!r} in config.json); "
             "write one with `actlab sparsify MODEL --out DIR`"
