@@ -93,6 +93,11 @@ def test_bad_flags_are_refused_before_loading(
         ([m, "--method", "teal", "--sparsity", ".5", "--tune-lr", ".1"], "need --tune-steps"),
         ([m, "--method", "teal", "--sparsity", ".5", "--tune-tokens", "99"], "need --tune-steps"),
         ([m, "--method", "teal", "--sparsity", ".5", "--tune-rows"], "need --tune-steps"),
+        ([m, "--method", "teal", "--sparsity", ".5", "--tune-seed", "1"], "need --tune-steps"),
+        (
+            [m, "--method", "teal", "--sparsity", ".5", "--tune-steps", "3", "--tune-seed", "-1"],
+            "seed",
+        ),
         ([m, "--method", "teal", "--sparsity", ".5", "--tune-rank", "4"], "need --tune-steps"),
         ([m, "--method", "teal", "--sparsity", ".5", "--tune-weights"], "need --tune-steps"),
         (
@@ -180,7 +185,7 @@ def test_tune_steps_save_the_tuned_gains(
 ) -> None:
     out = tmp_path / "out"
     argv = ["sparsify", str(tiny), "--method", "teal", "--sparsity", "0.5", *SMALL]
-    tune = ["--tune-steps", "3", "--tune-lr", "0.01", "--tune-tokens", "512"]
+    tune = ["--tune-steps", "3", "--tune-lr", "0.01", "--tune-tokens", "512", "--tune-seed", "2"]
     rows, weights = what != "gains", what == "weights"
     tune += ["--tune-rows", "--tune-rank", "2"] if rows else []
     tune += ["--tune-weights", "--tune-weights-lr", "0.001"] if weights else []
@@ -189,6 +194,7 @@ def test_tune_steps_save_the_tuned_gains(
     assert "tune: step 3/3" in err and "tuned" in err and "KL" in err
     info = json.loads((out / "config.json").read_text())["actlab_sparsity"]
     assert info["tuning"]["steps"] == 3 and info["tuning"]["lr"] == 0.01
+    assert info["tuning"]["seed"] == 2
     assert info["tuning"]["windows"] == 512 // 32 and info["calibration"]["tokens"] == 256
     loaded = load_sparse(out)
     assert loaded.state.gains and loaded.state.tuning == info["tuning"]
@@ -328,6 +334,7 @@ def test_a_saved_model_refuses_what_it_fixes(
         ["--calib-tokens", "512"],
         ["--tune-steps", "3"],
         ["--tune-rows"],
+        ["--tune-seed", "1"],
         ["--tune-weights"],
         ["--out", str(tmp_path / "o")],
     ):

@@ -119,6 +119,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--tune-lr", type=float, default=1e-3, help="tuning learning rate (1e-3)")
     p.add_argument("--tune-batch", type=int, default=4, help="windows per tuning step (4)")
+    p.add_argument("--tune-seed", type=int, default=0, help="seed of the tuning windows' draws (0)")
     p.add_argument(
         "--tune-rows",
         action="store_true",
@@ -318,6 +319,7 @@ def validate(args: argparse.Namespace) -> None:
             steps=args.tune_steps,
             lr=args.tune_lr,
             batch=args.tune_batch,
+            seed=args.tune_seed,
             rows=args.tune_rows,
             rank=args.tune_rank,
             weights=args.tune_weights,
@@ -326,6 +328,7 @@ def validate(args: argparse.Namespace) -> None:
     elif (
         args.tune_lr != 1e-3
         or args.tune_batch != 4
+        or args.tune_seed != 0
         or args.tune_tokens
         or args.tune_rows
         or args.tune_rank
@@ -333,8 +336,8 @@ def validate(args: argparse.Namespace) -> None:
         or args.tune_weights_lr != 5e-5
     ):
         raise ValueError(
-            "--tune-lr, --tune-batch, --tune-tokens, --tune-rows, --tune-rank, --tune-weights "
-            "and --tune-weights-lr need --tune-steps N"
+            "--tune-lr, --tune-batch, --tune-seed, --tune-tokens, --tune-rows, --tune-rank, "
+            "--tune-weights and --tune-weights-lr need --tune-steps N"
         )
     _int("--tune-tokens", args.tune_tokens, 1, MAX_TOKENS)
     args.model_key = resolve_model(args.model)
@@ -389,8 +392,8 @@ def _check_report(args: argparse.Namespace, default: Path | None) -> None:
 # flags a saved sparsified model fixes: its method, state, calibration and tuning
 _FIXED_BY_SAVE = (
     "method", "sparsity", "sparsities", "overrides", "calib", "calib_tokens", "tune_steps",
-    "tune_lr", "tune_batch", "tune_rows", "tune_rank", "tune_weights", "tune_weights_lr",
-    "tune_tokens", "out", "force",
+    "tune_lr", "tune_batch", "tune_seed", "tune_rows", "tune_rank", "tune_weights",
+    "tune_weights_lr", "tune_tokens", "out", "force",
 )  # fmt: skip
 
 
