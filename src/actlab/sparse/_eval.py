@@ -386,14 +386,7 @@ def sparsity_curves(
             calib_s, calib_cpu = time.perf_counter() - t0, time.process_time() - c0
             sparse = copy.deepcopy(model)
             method.apply(sparse, state)
-            res = evaluate(
-                sparse,
-                windows,
-                protocol=protocol,
-                prefill=prefill,
-                reference=_reference_for(dense, state),
-                batch_size=batch_size,
-            )
+            res = _evaluate_sparse(sparse, state, dense, windows, protocol, prefill, batch_size)
             del sparse
             info = {"calib_seconds": calib_s, "calib_cpu_seconds": calib_cpu, **common}
             rows.append(_point_row(label, state, s, res, dense, info))
@@ -422,14 +415,7 @@ def compare_models(
         raise SparseError("the sparse model has no sparse modules; apply a state to it first")
     say = progress or (lambda _line: None)
     ref = _evaluate_dense(dense, windows, protocol, prefill, batch_size, say)
-    res = evaluate(
-        sparse,
-        windows,
-        protocol=protocol,
-        prefill=prefill,
-        reference=_reference_for(ref, state),
-        batch_size=batch_size,
-    )
+    res = _evaluate_sparse(sparse, state, ref, windows, protocol, prefill, batch_size)
     none = {"calib_seconds": 0.0, "calib_cpu_seconds": 0.0, "calib_tokens": 0}
     target = float(state.params.get("sparsity", 0.0))
     row = _point_row(label or state.method, state, target, res, ref, none)
@@ -459,11 +445,29 @@ def _evaluate_dense(
     return dense
 
 
-def _reference_for(dense: EvalResult, state: SparsityState) -> EvalResult:
-    """``dense`` as the reference of a model sparsified with ``state``. Tuning changes the
-    weights the (dense) prefill runs through, so a tuned model fills its KV caches with its
-    own prefill, as it would when deployed, not from the dense model's caches."""
-    return dataclasses.replace(dense, caches=None) if state.tuning or state.gains else dense
+def _evaluate_sparse(
+    sparse: nn.Module,
+    state: SparsityState,
+    dense: EvalResult,
+    windows: torch.Tensor,
+    protocol: str,
+    prefill: int | None,
+    batch_size: int,
+) -> EvalResult:
+    """:func:`evaluate` of a model sparsified with ``state`` against ``dense``. It starts from
+    the dense prefill caches unless the state is tuned: tuning changes the weights the
+    (dense-mode) prefill runs through, so a tuned model fills its KV caches with its own
+    prefill, as it would when deployed."""
+    tuned = bool(state.tuning or state.gains)
+    reference = dataclasses.replace(dense, caches=None) if tuned else dense
+    return evaluate(
+        sparse,
+        windows,
+        protocol=protocol,
+        prefill=prefill,
+        reference=reference,
+        batch_size=batch_size,
+    )
 
 
 def _dense_row(dense: EvalResult, info: Mapping[str, Any]) -> dict[str, Any]:
