@@ -261,9 +261,10 @@ def validate(args: argparse.Namespace) -> None:
         check_sparsity,
         make_method,
         resolve_model,
+        saved_info,
     )
 
-    args.saved = _saved_info(args.model)
+    args.saved = saved_info(Path(args.model).expanduser())  # None unless a folder from --out
     if args.saved is not None:
         _validate_saved(args, args.saved)
         return
@@ -399,14 +400,6 @@ _FIXED_BY_SAVE = (
 
 def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
-
-
-def _saved_info(model: str) -> dict[str, Any] | None:
-    """The saved sparsity entry when MODEL is a folder written by --out, else None."""
-    from actlab.sparse import saved_info
-
-    path = Path(model).expanduser()
-    return saved_info(path) if path.is_dir() else None
 
 
 def _defaults() -> dict[str, Any]:
@@ -726,6 +719,12 @@ def _calib_text(args: argparse.Namespace) -> str:
     return "the Shakespeare comedies"
 
 
+def _check_window(args: argparse.Namespace, model: Any) -> None:
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if isinstance(limit, int) and args.window > limit:
+        raise ValueError(f"--window {args.window} exceeds the model's {limit} positions")
+
+
 def _run_saved(args: argparse.Namespace) -> int:
     """MODEL is a folder written by --out: describe it; --eval / --bench / --generate it
     against the dense model it was sparsified from, without calibrating or tuning again."""
@@ -768,9 +767,8 @@ def _run_saved(args: argparse.Namespace) -> int:
                 "give that one with --dense"
             ) from None
     tok = saved.tokenizer
-    limit = getattr(dense.config, "max_position_embeddings", None)
-    if args.eval and isinstance(limit, int) and args.window > limit:
-        raise ValueError(f"--window {args.window} exceeds the model's {limit} positions")
+    if args.eval:
+        _check_window(args, dense)
     if args.generate:
         print(f"dense : {_generate(dense, tok, args.generate, args.max_new_tokens)!r}")
         print(f"sparse: {_generate(saved.model, tok, args.generate, args.max_new_tokens)!r}")
@@ -804,9 +802,7 @@ def run(args: argparse.Namespace) -> int:
     dtype = getattr(torch, args.dtype)
     _say(f"loading {args.model} ({args.dtype}, {args.device})")
     model, tok = load_causal_lm(args.model_key, device=args.device, dtype=dtype)
-    limit = getattr(model.config, "max_position_embeddings", None)
-    if isinstance(limit, int) and args.window > limit:
-        raise ValueError(f"--window {args.window} exceeds the model's {limit} positions")
+    _check_window(args, model)
     calib = calibration_windows(
         tok,
         tokens=args.calib_tokens,

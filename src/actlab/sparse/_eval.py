@@ -372,7 +372,10 @@ def sparsity_curves(
     variants = [_variant(m) for m in methods]
     for label, m in variants:  # every name and parameter checked before any work
         make_method(m, sparsity=0.0, **split_tune(dict((params or {}).get(label, {})))[0])
-    dense = _evaluate_dense(model, windows, protocol, prefill, batch_size, say)
+    untuned = any(
+        split_tune(dict((params or {}).get(label, {})))[1] is None for label, _ in variants
+    )
+    dense = _evaluate_dense(model, windows, protocol, prefill, batch_size, say, keep=untuned)
     common = {"calib_tokens": calib_tokens}
     rows = [_dense_row(dense, common)]
     for label, m in variants:
@@ -390,7 +393,7 @@ def sparsity_curves(
             del sparse
             info = {"calib_seconds": calib_s, "calib_cpu_seconds": calib_cpu, **common}
             rows.append(_point_row(label, state, s, res, dense, info))
-            say(_point_line(rows[-1], res) + f"; calibration {calib_s:.1f} s, " + _took(res))
+            say(_point_line(rows[-1], res, calib_s))
     return rows
 
 
@@ -414,12 +417,14 @@ def compare_models(
     if not _sites(sparse):
         raise SparseError("the sparse model has no sparse modules; apply a state to it first")
     say = progress or (lambda _line: None)
-    ref = _evaluate_dense(dense, windows, protocol, prefill, batch_size, say)
+    ref = _evaluate_dense(
+        dense, windows, protocol, prefill, batch_size, say, keep=not _tuned(state)
+    )
     res = _evaluate_sparse(sparse, state, ref, windows, protocol, prefill, batch_size)
     none = {"calib_seconds": 0.0, "calib_cpu_seconds": 0.0, "calib_tokens": 0}
     target = float(state.params.get("sparsity", 0.0))
     row = _point_row(label or state.method, state, target, res, ref, none)
-    say(_point_line(row, res) + "; " + _took(res))
+    say(_point_line(row, res))
     return [_dense_row(ref, none), row]
 
 
@@ -430,7 +435,9 @@ def _evaluate_dense(
     prefill: int | None,
     batch_size: int,
     say: Progress,
+    keep: bool,
 ) -> EvalResult:
+    """The dense result; ``keep``: with its prefill caches, for untuned points to start from."""
     say(f"dense: evaluating {windows.shape[0]} windows x {windows.shape[1]} tokens ({protocol})")
     dense = evaluate(
         model,
@@ -438,7 +445,7 @@ def _evaluate_dense(
         protocol=protocol,
         prefill=prefill,
         batch_size=batch_size,
-        keep_prefill=True,
+        keep_prefill=keep,
         progress=say,
     )
     say(f"dense: ppl {dense.ppl:.3f} in {dense.seconds:.1f} s")
@@ -458,8 +465,7 @@ def _evaluate_sparse(
     the dense prefill caches unless the state is tuned: tuning changes the weights the
     (dense-mode) prefill runs through, so a tuned model fills its KV caches with its own
     prefill, as it would when deployed."""
-    tuned = bool(state.tuning or state.gains)
-    reference = dataclasses.replace(dense, caches=None) if tuned else dense
+    reference = dataclasses.replace(dense, caches=None) if _tuned(state) else dense
     return evaluate(
         sparse,
         windows,
@@ -468,6 +474,10 @@ def _evaluate_sparse(
         reference=reference,
         batch_size=batch_size,
     )
+
+
+def _tuned(state: SparsityState) -> bool:
+    return bool(state.tuning or state.gains)
 
 
 def _dense_row(dense: EvalResult, info: Mapping[str, Any]) -> dict[str, Any]:
@@ -506,17 +516,15 @@ def _point_row(
     }
 
 
-def _point_line(row: Mapping[str, Any], res: EvalResult) -> str:
+def _point_line(row: Mapping[str, Any], res: EvalResult, calib_s: float | None = None) -> str:
     return (
         f"{row['method']} s={row['target']:.2f}: realised {res.realised:.3f}"
         + (f" (effective {res.realised - res.overhead:.3f})" if res.overhead else "")
         + f", ppl {res.ppl:.3f} "
-        f"({row['delta_pct']:+.1f}%, 95% CI {_ci(row)}), agreement {res.agreement:.3f}"
+        f"({row['delta_pct']:+.1f}%, 95% CI {_ci(row)}), agreement {res.agreement:.3f}; "
+        + ("" if calib_s is None else f"calibration {calib_s:.1f} s, ")
+        + f"evaluation {res.seconds:.1f} s"
     )
-
-
-def _took(res: EvalResult) -> str:
-    return f"evaluation {res.seconds:.1f} s"
 
 
 def _variant(entry: str) -> tuple[str, str]:
