@@ -259,6 +259,7 @@ def test_bench_prints_tokens_per_second_for_each_path(
     assert ("teal 0.00 (torch)", "generate") in paths
     # sparsity 0 is the dense function: every generated token equals the dense one
     assert all(r.split("|")[5].strip() == "1.000" for r in rows)
+    assert all(r.split("|")[6].strip() == "4" for r in rows)  # equal before any difference
     assert "LM head stays dense" in text
     assert "needs one method" in _error(
         capsys, ["sparsify", str(tiny), "--method", "all", "--eval", "--bench"]
@@ -361,3 +362,15 @@ def test_a_saved_model_refuses_what_it_fixes(
         capsys, ["sparsify", str(tiny), "--method", "teal", "--sparsity", ".4", "--dense", s]
     )
     assert "give --method" in _error(capsys, ["sparsify", str(tiny), "--sparsity", ".4"])
+
+
+def test_equal_prefix_counts_the_tokens_before_the_first_difference() -> None:
+    import torch
+
+    from actlab._cli.sparsify import equal_prefix
+
+    a = torch.tensor([5, 6, 7, 8])
+    assert equal_prefix(a, a.clone()) == 4
+    assert equal_prefix(a, torch.tensor([5, 6, 0, 8])) == 2
+    assert equal_prefix(a, torch.tensor([0, 6, 7, 8])) == 0
+    assert equal_prefix(a[:0], a[:0]) == 0

@@ -41,7 +41,10 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 HELP = "sparsify a causal LM's activations (TEAL, CATS, CHESS, WINA): calibrate, save, evaluate"
 
@@ -587,17 +590,17 @@ def _bench(args: argparse.Namespace, dense: Any, sparse: Any, tok: Any) -> None:
         t = timed[i]
         ref = dense_t[gen] if path in (gen, gen_n) else dense_t[lean]  # what a user compares
         same = float((t.tokens == ref.tokens).double().mean())
-        rows.append((label, path, t, ref, same))
+        rows.append((label, path, t, ref, same, equal_prefix(t.tokens, ref.tokens)))
     best = max(t.tokens_per_second for t in dense_t.values())
     print(
         "| model | path | tok/s | x dense (lean loop or HF generate) | generated tokens equal "
-        "to dense | x best dense |"
+        f"to dense | equal before the first difference (of {n}) | x best dense |"
     )
-    print("|---|---|---:|---:|---:|---:|")
-    for label, path, t, ref, same in rows:
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for label, path, t, ref, same, prefix in rows:
         print(
             f"| {label} | {path} | {t.tokens_per_second:.2f} | "
-            f"{t.tokens_per_second / ref.tokens_per_second:.2f} | {same:.3f} | "
+            f"{t.tokens_per_second / ref.tokens_per_second:.2f} | {same:.3f} | {prefix} | "
             f"{t.tokens_per_second / best:.2f} |"
         )
     print(
@@ -609,9 +612,16 @@ def _bench(args: argparse.Namespace, dense: Any, sparse: Any, tok: Any) -> None:
         "fastest dense row; 'generate, native step' is model.generate routed through the "
         "native decode step (use_kernels installs it; actlab.sparse.native_generate for a "
         "dense model); figures from one run on this machine. Generated tokens are "
-        "free-running: after the first difference the sequences diverge (use --eval for "
-        "next-token agreement)"
+        "free-running: after the first difference the sequences diverge, so the fraction equal "
+        "is ~0 once an early token differs; the prefix column says where they part (use --eval "
+        "for next-token agreement)"
     )
+
+
+def equal_prefix(a: torch.Tensor, b: torch.Tensor) -> int:
+    """How many leading tokens two generated sequences ([n] ids each) share."""
+    differ = (a != b).nonzero()
+    return int(differ[0, 0]) if len(differ) else int(a.numel())
 
 
 def _native_ok(model: Any) -> bool:
