@@ -100,6 +100,12 @@ def test_bad_flags_are_refused_before_loading(
         ),
         ([m, "--method", "teal", "--sparsity", ".5", "--tune-rank", "4"], "need --tune-steps"),
         ([m, "--method", "teal", "--sparsity", ".5", "--tune-weights"], "need --tune-steps"),
+        ([m, "--method", "teal", "--sparsity", ".5", "--tune-hidden", "1"], "need --tune-steps"),
+        (
+            [m, "--method", "teal", "--sparsity", ".5", "--tune-steps", "3", "--tune-hidden"]
+            + ["-1"],
+            "hidden must be a number >= 0",
+        ),
         (
             [m, "--method", "teal", "--sparsity", ".5", "--tune-steps", "3", "--tune-weights"]
             + ["--tune-weights-lr", "-1"],

@@ -170,6 +170,10 @@ def test_gains_of_another_model_are_refused_before_any_change(tuned_setup: tuple
         ({"steps": 2, "weights": "yes"}, "weights must be true or false"),
         ({"steps": 2, "weights_lr": 0.0}, "weights_lr must be a positive number"),
         ({"steps": 2, "weights_lr": float("inf")}, "weights_lr must be a positive number"),
+        ({"steps": 2, "hidden": -1.0}, "hidden must be a number >= 0"),
+        ({"steps": 2, "hidden": float("nan")}, "hidden must be a number >= 0"),
+        ({"steps": 2, "hidden": True}, "hidden must be a number >= 0"),
+        ({"steps": 2, "hidden": "1"}, "hidden must be a number >= 0"),
     ],
 )
 def test_bad_tuning_settings_are_one_line(kwargs: dict, match: str) -> None:
@@ -871,3 +875,65 @@ def test_bad_weight_changes_and_headers_are_one_line(tmp_path: Path) -> None:
     with pytest.raises(SparseError, match="weight change 'lin' is not a float32 matrix"):
         load_state(_write(tmp_path, 5, {**base, "delta:lin": torch.ones(8)}))
     assert load_state(_write(tmp_path, 5, {**base, "delta:lin": torch.ones(8, 4)})).version == 5
+
+
+# ---------------------------------------------------------------- block features (hidden=λ)
+
+
+def test_the_teacher_caches_the_dense_block_outputs(llama: torch.nn.Module) -> None:
+    """The cached block outputs of the scored positions are the dense model's (Hugging Face's
+    hidden states: entry l + 1 is block l's output, the last one after the final norm), in
+    bfloat16; a cache over budget runs the model and gives the same in float32."""
+    from actlab.sparse._sites import find_blocks
+    from actlab.sparse._tune import _Teacher
+
+    windows = _teacher_windows()
+    paths = [b.path for b in find_blocks(llama)]
+    index = torch.tensor([5, 0, 3])
+    with torch.no_grad():
+        states = llama(windows[index], output_hidden_states=True).hidden_states
+    want = torch.stack(list(states[1:-1]), 1)[..., -10:, :]  # [3, L-1, 10, d]
+    last = states[-1][:, -10:]  # norm(output of the last block)
+    cached = _Teacher(llama, windows, 10, 4, torch.device("cpu"), blocks=paths)
+    assert cached.blocks is not None and cached.blocks.dtype == torch.bfloat16
+    assert cached.blocks.shape == (6, len(paths), 10, want.shape[-1])
+    run = _Teacher(llama, windows, 10, 4, torch.device("cpu"), blocks=paths, block_bytes=1024)
+    assert run.hidden is None and run.blocks is None
+    for teacher, tol in ((cached, 1e-2), (run, 1e-5)):
+        logits, blocks = teacher.targets(index, windows[index])
+        assert blocks is not None and blocks.dtype == torch.float32
+        torch.testing.assert_close(blocks[:, :-1], want, rtol=tol, atol=tol)
+        norm = llama.get_submodule("model.norm")
+        with torch.no_grad():
+            torch.testing.assert_close(norm(blocks[:, -1]), last, rtol=tol, atol=tol)
+            torch.testing.assert_close(logits, llama(windows[index]).logits[:, -10:])
+
+
+def test_the_feature_loss_is_the_normalised_error_per_block() -> None:
+    """Against a float64 sum written out block by block."""
+    from actlab.sparse._tune import _feature_loss
+
+    g = torch.Generator().manual_seed(3)
+    dense = torch.randn(2, 3, 5, 4, generator=g)  # [b, L, keep, d]
+    student = [torch.randn(2, 5, 4, generator=g) for _ in range(3)]
+    want = 0.0
+    for i in range(3):
+        d, h = dense[:, i].double(), student[i].double()
+        want += float(((h - d) ** 2).sum() / (d**2).sum()) / 3
+    assert abs(float(_feature_loss(student, dense)) - want) < 1e-6
+    exact = [dense[:, i].clone() for i in range(3)]
+    assert float(_feature_loss(exact, dense)) == 0.0
+
+
+def test_feature_distillation_lowers_the_block_error_and_is_recorded(tuned_setup: tuple) -> None:
+    """With ``hidden`` the tuning records the weight and the feature term's first and last
+    tenth (it falls); without it the tuning record keeps exactly its earlier keys."""
+    model, state, data = tuned_setup
+    plain = tune_gains(model, state, data, TuneConfig(steps=30, lr=1e-2, rows=True))
+    assert "hidden" not in plain.tuning and "feature_last" not in plain.tuning
+    cfg = TuneConfig(steps=30, lr=1e-2, rows=True, hidden=1.0)
+    tuned = tune_gains(model, state, data, cfg)
+    t = tuned.tuning
+    assert t["hidden"] == 1.0 and t["feature_last"] < t["feature_first"]
+    assert t["kl_last"] < t["kl_first"]
+    assert tune_gains(model, state, data, cfg) == tuned  # deterministic

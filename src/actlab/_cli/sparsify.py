@@ -21,7 +21,8 @@ the calibration text (:func:`actlab.sparse.tune_gains`: light training, not trai
 the gains are saved with the thresholds); ``--tune-rows`` also tunes one scale per output row
 of every sparsified linear, ``--tune-rank R`` a rank-R correction of each of their weights,
 ``--tune-weights`` their weights themselves (sparsity-aware fine-tuning by distillation, at
-``--tune-weights-lr``); all saved with the state and merged into the weights.
+``--tune-weights-lr``), and ``--tune-hidden L`` adds a per-block feature-distillation term to
+the KL; all saved with the state and merged into the weights.
 
 MODEL may also be a folder written by ``--out``: then nothing is calibrated or tuned again.
 Alone it prints what the folder holds; ``--eval`` (one row against the dense model),
@@ -150,6 +151,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         default=5e-5,
         help="learning rate of --tune-weights (5e-5; the same cosine decay)",
+    )
+    p.add_argument(
+        "--tune-hidden",
+        type=float,
+        default=0.0,
+        metavar="LAMBDA",
+        help="also pull every block's output towards the dense model's (a normalised squared "
+        "error per block, SquareHead's feature distillation) at this weight next to the KL "
+        "(default 0: off; 1.0 weighs them alike)",
     )
     p.add_argument(
         "--tune-tokens",
@@ -328,6 +338,7 @@ def validate(args: argparse.Namespace) -> None:
             rank=args.tune_rank,
             weights=args.tune_weights,
             weights_lr=args.tune_weights_lr,
+            hidden=args.tune_hidden,
         )
     elif (
         args.tune_lr != 1e-3
@@ -338,10 +349,11 @@ def validate(args: argparse.Namespace) -> None:
         or args.tune_rank
         or args.tune_weights
         or args.tune_weights_lr != 5e-5
+        or args.tune_hidden
     ):
         raise ValueError(
             "--tune-lr, --tune-batch, --tune-seed, --tune-tokens, --tune-rows, --tune-rank, "
-            "--tune-weights and --tune-weights-lr need --tune-steps N"
+            "--tune-weights, --tune-weights-lr and --tune-hidden need --tune-steps N"
         )
     _int("--tune-tokens", args.tune_tokens, 1, MAX_TOKENS)
     args.model_key = resolve_model(args.model)
@@ -397,7 +409,7 @@ def _check_report(args: argparse.Namespace, default: Path | None) -> None:
 _FIXED_BY_SAVE = (
     "method", "sparsity", "sparsities", "overrides", "calib", "calib_tokens", "tune_steps",
     "tune_lr", "tune_batch", "tune_seed", "tune_rows", "tune_rank", "tune_weights",
-    "tune_weights_lr", "tune_tokens", "out", "force",
+    "tune_weights_lr", "tune_hidden", "tune_tokens", "out", "force",
 )  # fmt: skip
 
 
@@ -494,6 +506,11 @@ def _sparsify_one(
                 f"tuned {t['params']} {what} "
                 f"in {time.perf_counter() - t0:.1f} s: KL "
                 f"{t['kl_first']:.4f} (first tenth of the steps) -> {t['kl_last']:.4f} (last)"
+                + (
+                    f"; block features {t['feature_first']:.4f} -> {t['feature_last']:.4f}"
+                    if "feature_last" in t
+                    else ""
+                )
             )
     dense_out = _generate(model, tok, args.generate, args.max_new_tokens) if args.generate else ""
     sparse = copy.deepcopy(model)
