@@ -65,9 +65,9 @@ mean-squared error per block, so every block counts alike whatever the size of i
 stream; the paper divides by the variance of the dense features instead of their energy). The
 KL alone says only how the last layer's distribution moved; the per-block term gives every
 block's tuned weights a target of their own, which the paper found to stabilise fine-tuning
-and recover accuracy at high weight sparsity. The dense block outputs of the
-scored positions are cached once with the final hidden states (bfloat16: SmolLM2, 30 blocks,
-512 windows of 256 tokens, 2.3 GB; past 4 GB the dense forward runs every step instead).
+and recover accuracy at high weight sparsity. The dense block outputs of the scored positions
+are cached once with the final hidden states (bfloat16: SmolLM2, 30 blocks, 512 windows of
+256 tokens, 2.3 GB; past 4 GB the dense forward runs every step instead).
 
 WINA's sites rank inputs by ``|x_i| ||W[:, i]||``, and the weight they are deployed with is
 the merged ``diag(r) (W + U V)``: before every step the tuning pins those norms on its sites
@@ -253,8 +253,9 @@ class _Teacher:
     head's output is not the model's logits (a model that post-processes them, e.g. a final
     soft cap), or the cache would exceed ``max_bytes``, the full forward runs every step.
     With ``blocks`` (block paths) the outputs of those blocks on the scored positions are
-    kept too (bfloat16; in the same ``max_bytes`` budget, else again a full forward per
-    step; bfloat16 outputs past ``block_bytes``) for the feature-distillation term."""
+    cached too, in bfloat16, for the feature-distillation term; where they would exceed
+    ``block_bytes`` nothing is cached and the full forward (with the blocks hooked) runs
+    every step."""
 
     def __init__(
         self,
