@@ -31,6 +31,7 @@ and loaded as usual and the thresholds travel in the state file.
 
 from __future__ import annotations
 
+from actlab.sparse._average import average_states
 from actlab.sparse._base import (
     METHODS,
     SparsityMethod,
@@ -64,6 +65,7 @@ from actlab.sparse._orthogonal import (
 )
 from actlab.sparse._pplp import PPLPSparsity, ppl_p_sparsity
 from actlab.sparse._saved import (
+    STATE_FILE,
     SparseModel,
     apply_saved_state,
     check_fingerprint,
@@ -105,9 +107,11 @@ __all__ = [
     "HELDOUT_BOOKS",
     "HELDOUT_PLAYS",
     "EvalResult",
+    "STATE_FILE",
     "SparseModel",
     "TextWindows",
     "apply_saved_state",
+    "average_states",
     "calibration_documents",
     "calibration_windows",
     "check_fingerprint",

@@ -164,16 +164,8 @@ class SparsityState:
             return NotImplemented
         if (self.method, self.params, self.targets) != (other.method, other.params, other.targets):
             return False
-        if set(self.thresholds) != set(other.thresholds):
+        if not same_thresholds(self.thresholds, other.thresholds):
             return False
-        for k, a in self.thresholds.items():
-            b = other.thresholds[k]
-            if isinstance(a, torch.Tensor) != isinstance(b, torch.Tensor):
-                return False
-            if isinstance(a, torch.Tensor) and not torch.equal(a, b):  # type: ignore[arg-type]
-                return False
-            if not isinstance(a, torch.Tensor) and a != b:
-                return False
         if set(self.bases) != set(other.bases) or set(self.gains) != set(other.gains):
             return False
         if self.tuning != other.tuning or set(self.scales) != set(other.scales):
@@ -251,6 +243,21 @@ class SparsityState:
         """One line: method, parameters, number of sites."""
         params = ", ".join(f"{k}={v!r}" for k, v in sorted(self.params.items()))
         return f"{self.method}({params}): {len(self.thresholds)} sites"
+
+
+def same_thresholds(a: Mapping[str, Threshold], b: Mapping[str, Threshold]) -> bool:
+    """Whether two sites -> threshold maps are equal (the same sites, floats and tensors)."""
+    if set(a) != set(b):
+        return False
+    for k, x in a.items():
+        y = b[k]
+        if isinstance(x, torch.Tensor) != isinstance(y, torch.Tensor):
+            return False
+        if isinstance(x, torch.Tensor) and not torch.equal(x, y):  # type: ignore[arg-type]
+            return False
+        if not isinstance(x, torch.Tensor) and x != y:
+            return False
+    return True
 
 
 def _f32(value: object) -> Threshold:
