@@ -380,3 +380,72 @@ def test_equal_prefix_counts_the_tokens_before_the_first_difference() -> None:
     assert equal_prefix(a, torch.tensor([5, 6, 0, 8])) == 2
     assert equal_prefix(a, torch.tensor([0, 6, 7, 8])) == 0
     assert equal_prefix(a[:0], a[:0]) == 0
+
+
+@pytest.fixture(scope="module")
+def seeds(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """``tiny`` at TEAL 50%, tuned (gains, rows, weights) with tune seeds 0 and 1, saved."""
+    folders = []
+    for seed in (0, 1):
+        out = tmp_path_factory.mktemp("seeds") / f"s{seed}"
+        argv = ["sparsify", str(tiny), "--method", "teal", "--sparsity", "0.5", *SMALL]
+        tune = ["--tune-steps", "2", "--tune-rows", "--tune-weights", "--tune-seed", str(seed)]
+        assert main([*argv, *tune, "--tune-weights-lr", "1e-3", "--out", str(out)]) == 0
+        folders.append(out)
+    return folders
+
+
+def test_average_saves_the_soup_of_saved_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], tiny: Path, seeds: list[Path]
+) -> None:
+    from actlab.sparse import average_states, load_state
+
+    capsys.readouterr()
+    out = tmp_path / "soup"
+    argv = ["sparsify", str(seeds[0]), "--average", str(seeds[1]), "--out", str(out)]
+    assert main([*argv, "--generate", "To be", "--max-new-tokens", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "average 2" in printed and "seed 0" in printed and "seed 1" in printed
+    assert "dense :" in printed and "sparse:" in printed
+    # the oracle: average_states of the two saved states, applied to the dense model
+    want = average_states([load_state(s / "sparsity.safetensors") for s in seeds])
+    soup = load_sparse(out)
+    assert soup.state == want and soup.state.tuning["average"] == 2
+    assert soup.info["base"] == str(tiny) and soup.info["calibration"]["tokens"] == 256
+    model, _ = load_causal_lm(str(tiny))
+    apply_state(model, want).set_mode("decode")
+    ids = torch.randint(4, 100, (2, 20), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(logits(soup.model, [ids])[0], logits(model, [ids])[0])
+    assert main(["sparsify", str(out)]) == 0  # a soup is a saved model like any other
+    assert "(runs: seed 0, KL last" in capsys.readouterr().out
+
+
+def test_average_refuses_what_cannot_be_averaged(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], tiny: Path, saved: Path, seeds: list[Path]
+) -> None:
+    a, b = str(seeds[0]), str(seeds[1])
+    line = _error(capsys, ["sparsify", str(tiny), "--method", "teal", "--sparsity", ".5",
+                           "--average", a])  # fmt: skip
+    assert "--average applies to a saved sparsified model" in line
+    assert "is given twice" in _error(capsys, ["sparsify", a, "--average", a])
+    assert "not a saved sparsified model" in _error(capsys, ["sparsify", a, "--average", str(tiny)])
+    assert "is one of the averaged runs" in _error(capsys, ["sparsify", a, "--average", b,
+                                                            "--out", b])  # fmt: skip
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "x").write_text("x")
+    assert "pass --force" in _error(capsys, ["sparsify", a, "--average", b, "--out", str(full)])
+    assert "--tune-seed: " in _error(capsys, ["sparsify", a, "--average", b, "--tune-seed", "3"])
+    # another tuning (gains and rows, no weights): one line from average_states
+    line = _error(capsys, ["sparsify", a, "--average", str(saved)])
+    assert "tuned other deltas than state 0" in line
+    other = save_char_llama(tmp_path / "other", layers=3)
+    moved = tmp_path / "o50"
+    argv = ["sparsify", str(other), "--method", "teal", "--sparsity", "0.5", *SMALL]
+    assert main([*argv, "--tune-steps", "1", "--out", str(moved)]) == 0
+    capsys.readouterr()
+    assert "from another model than" in _error(capsys, ["sparsify", a, "--average", str(moved)])
+    untuned = tmp_path / "untuned"
+    assert main([*argv, "--out", str(untuned)]) == 0
+    capsys.readouterr()
+    assert "is not tuned" in _error(capsys, ["sparsify", str(untuned), "--average", a])

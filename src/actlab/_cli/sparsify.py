@@ -6,6 +6,7 @@
     actlab sparsify ./my-llama --method teal --sparsity 0.5 --set allocation=greedy --eval
     actlab sparsify smollm2 --method teal --sparsity 0.4 --calib-tokens 32768 --tune-steps 120
     actlab sparsify smollm2-teal40 --eval --bench           # a saved model, as it was saved
+    actlab sparsify run-seed0 --average run-seed1 --out soup --eval   # average tuned runs
 
 MODEL is ``smollm2``, ``gemma3`` (when this actlab has its loader) or a local Hugging Face
 folder. Calibration reads ``--calib-tokens`` tokens of the Shakespeare comedies (``--calib
@@ -29,7 +30,10 @@ Alone it prints what the folder holds; ``--eval`` (one row against the dense mod
 ``--bench`` and ``--generate`` use the saved model against the dense model it was sparsified
 from (the name or folder the save records; ``--dense MODEL`` to give it, checked against the
 saved fingerprint). The flags a save fixes (method, sparsity, --set, calibration, tuning,
---out) are refused there.
+--out) are refused there. ``actlab sparsify RUN1 --average RUN2 [RUN3 ...] --out SOUP`` averages
+the tuning of saved runs of one calibration (other ``--tune-seed``; a uniform model soup,
+:func:`actlab.sparse.average_states`), applies it to their dense model and saves it; ``--eval``,
+``--bench`` and ``--generate`` then use the average.
 
 Every flag is checked before the model is loaded; a bad value is one line and exit 2.
 """
@@ -168,6 +172,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="calibration tokens the tuning draws its windows from (default --calib-tokens; "
         "more gives the gains more text: the thresholds still use the first --calib-tokens)",
     )
+    p.add_argument(
+        "--average",
+        nargs="+",
+        default=None,
+        metavar="DIR",
+        help="with a saved tuned model: average its tuning with these saved runs of the same "
+        "calibration (other --tune-seed), a uniform model soup (actlab.sparse.average_states); "
+        "--out saves the average, --eval / --bench / --generate use it",
+    )
     p.add_argument("--out", default=None, metavar="DIR", help="save the sparsified model here")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out folder")
     p.add_argument(
@@ -281,10 +294,11 @@ def validate(args: argparse.Namespace) -> None:
     if args.saved is not None:
         _validate_saved(args, args.saved)
         return
-    if args.dense is not None:
-        raise ValueError(
-            "--dense applies to a saved sparsified model (MODEL a folder written by --out)"
-        )
+    for flag, value in (("--dense", args.dense), ("--average", args.average)):
+        if value is not None:
+            raise ValueError(
+                f"{flag} applies to a saved sparsified model (MODEL a folder written by --out)"
+            )
     if args.method is None:
         raise ValueError("give --method teal|cats|chess|wina (or all, with --eval)")
     if args.method == "all":
@@ -434,8 +448,9 @@ def _validate_saved(args: argparse.Namespace, info: dict[str, Any]) -> None:
     method = str(info.get("method") or "?")
     what = f"{method} at {target:.2f}" if isinstance(target, (int, float)) else method
     defaults = _defaults()
+    averaging = ("out", "force") if args.average else ()  # the average is a new model to save
     for dest in _FIXED_BY_SAVE:
-        if getattr(args, dest) != defaults[dest]:
+        if dest not in averaging and getattr(args, dest) != defaults[dest]:
             flag = "--set" if dest == "overrides" else "--" + dest.replace("_", "-")
             raise ValueError(
                 f"{flag}: {folder} is a saved sparsified model ({what}); its method, state and "
@@ -443,12 +458,13 @@ def _validate_saved(args: argparse.Namespace, info: dict[str, Any]) -> None:
             )
     args.model_key = str(folder)
     args.name = folder.name
+    args.members = _check_members(args, folder, info)
     args.methods = [method]
     args.sparsity = float(target) if isinstance(target, (int, float)) else 0.0
     _check_use_flags(args)
-    _check_report(args, None)
+    _check_report(args, Path(args.out) / "report.html" if args.out else None)
     args.dense_key = None
-    if not (args.eval or args.bench or args.generate):
+    if not (args.eval or args.bench or args.generate or args.average):
         return
     fingerprint = _dict(info.get("model"))
     named = args.dense or info.get("base") or fingerprint.get("name")
@@ -462,6 +478,47 @@ def _validate_saved(args: argparse.Namespace, info: dict[str, Any]) -> None:
         raise ValueError(
             f"give --dense MODEL: the dense model {folder} was sparsified from ({e})"
         ) from None
+
+
+def _check_members(args: argparse.Namespace, folder: Path, info: dict[str, Any]) -> list[Path]:
+    """The saved folders of --average (MODEL first), each a tuned save of MODEL's base model;
+    --out checked. [] without --average."""
+    from actlab.sparse import saved_info
+
+    if args.average is None:
+        return []
+    if not isinstance(info.get("tuning"), dict):
+        raise ValueError(f"--average: {folder} is not tuned; average saves made with --tune-steps")
+    members = [folder]
+    for name in args.average:
+        other = Path(name).expanduser()
+        if other.resolve() in {m.resolve() for m in members}:
+            raise ValueError(f"--average: {other} is given twice; average distinct runs")
+        try:
+            saved = saved_info(other)
+        except ValueError as e:
+            raise ValueError(f"--average: {e}") from None
+        if saved is None:
+            raise ValueError(
+                f"--average: {other} is not a saved sparsified model (write one with "
+                "actlab sparsify MODEL ... --tune-steps N --out DIR)"
+            )
+        if saved.get("model") != info.get("model"):
+            raise ValueError(
+                f"--average: {other} was sparsified from another model than {folder}; "
+                "average runs of one model"
+            )
+        members.append(other)
+    if args.out is not None:
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out} exists and is not a folder")
+        if out.resolve() in {m.resolve() for m in members}:
+            raise ValueError(f"--out {out} is one of the averaged runs; give a new folder")
+        if out.is_dir() and any(out.iterdir()) and not args.force:
+            raise ValueError(f"--out {out} exists and is not empty; pass --force to write into it")
+        args.name = out.name
+    return members
 
 
 # ---------------------------------------------------------------- work
@@ -752,60 +809,148 @@ def _check_window(args: argparse.Namespace, model: Any) -> None:
         raise ValueError(f"--window {args.window} exceeds the model's {limit} positions")
 
 
+def _tuning_text(tuning: dict[str, Any]) -> str:
+    """``k v, ...`` of a state's tuning record; an average names its members' seeds and KLs."""
+    members = tuning.get("members")
+    shown = {k: v for k, v in tuning.items() if k != "members"}
+    text = ", ".join(
+        f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()
+    )
+    if isinstance(members, list):
+        runs = "; ".join(
+            f"seed {_dict(m).get('seed', '?')}, KL last {_dict(m).get('kl_last', float('nan')):.4g}"
+            for m in members
+        )
+        text += f" (runs: {runs})"
+    return text
+
+
 def _run_saved(args: argparse.Namespace) -> int:
     """MODEL is a folder written by --out: describe it; --eval / --bench / --generate it
-    against the dense model it was sparsified from, without calibrating or tuning again."""
+    against the dense model it was sparsified from, without calibrating or tuning again;
+    with --average, the average of its tuning and the other runs' instead (--out saves it)."""
     import torch
 
     from actlab.sparse import (
-        check_fingerprint,
-        compare_models,
-        heldout_windows,
         load_causal_lm,
         load_sparse,
-        read_fingerprint,
     )
 
     dtype = getattr(torch, args.dtype)
-    _say(f"loading the sparsified model {args.model} ({args.dtype}, {args.device})")
-    saved = load_sparse(args.model_key, device=args.device, dtype=dtype, mode=args.protocol)
-    info, state = saved.info, saved.state
+    if args.members:
+        model, tok, state, info = _average(args, dtype)
+        where = f"averaged from {', '.join(str(m) for m in args.members)}"
+        if args.out:
+            where = f"saved in {args.out}, {where}"
+    else:
+        _say(f"loading the sparsified model {args.model} ({args.dtype}, {args.device})")
+        saved = load_sparse(args.model_key, device=args.device, dtype=dtype, mode=args.protocol)
+        model, tok, state, info = saved.model, saved.tokenizer, saved.state, saved.info
+        where = f"saved in {args.model}"
     calib = _dict(info.get("calibration"))
     text = f"{calib.get('tokens', '?')} tokens of {calib.get('text', '?')}"
-    tuned = ", ".join(
-        f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in state.tuning.items()
-    )
+    tuned = _tuning_text(state.tuning)
     print(
-        f"{args.model}: {state.describe()}; calibrated on {text}"
-        + (f"; tuned: {tuned}" * bool(tuned))
+        f"{args.out if args.members and args.out else args.model}: {state.describe()}; "
+        f"calibrated on {text}" + (f"; tuned: {tuned}" * bool(tuned))
     )
-    if args.dense_key is None:
+    if not (args.eval or args.bench or args.generate):
         return 0
+    if args.members:
+        dense = args.dense_model
+    else:
+        _say(f"loading the dense model {args.dense_key} ({args.dtype}, {args.device})")
+        dense, _ = load_causal_lm(args.dense_key, device=args.device, dtype=dtype)
+        _check_dense(args, dense, Path(args.model_key))
+    _use_saved(args, dense, model, tok, state, f"{text} ({where})", calib.get("tokens", 0))
+    return 0
+
+
+def _check_dense(args: argparse.Namespace, dense: Any, folder: Path) -> None:
+    """One line unless ``dense`` is the model the saved ``folder`` was sparsified from."""
+    from actlab.sparse import check_fingerprint, read_fingerprint
+
+    expected = read_fingerprint(folder)  # the fingerprint in the folder's state file
+    if expected is None:
+        return
+    try:
+        check_fingerprint(dense, expected)
+    except ValueError:
+        raise ValueError(
+            f"--dense {args.dense_key} is not the model {folder} was sparsified from "
+            f"({expected.get('name', '?')}, {expected.get('params', '?')} parameters); "
+            "give that one with --dense"
+        ) from None
+
+
+def _average(args: argparse.Namespace, dtype: torch.dtype) -> tuple[Any, Any, Any, dict]:
+    """The average of the --average runs' states applied to the dense model (checked against
+    each run's fingerprint), saved to --out when given: (model, tokenizer, state, info)."""
+    import copy
+
+    from actlab.sparse import (
+        STATE_FILE,
+        apply_state,
+        average_states,
+        load_causal_lm,
+        load_state,
+        save_sparse,
+        saved_info,
+    )
+
     _say(f"loading the dense model {args.dense_key} ({args.dtype}, {args.device})")
-    dense, _ = load_causal_lm(args.dense_key, device=args.device, dtype=dtype)
-    expected = read_fingerprint(args.model_key)  # the state file's fingerprint
-    if expected is not None:
-        try:
-            check_fingerprint(dense, expected)
-        except ValueError:
-            raise ValueError(
-                f"--dense {args.dense_key} is not the model {args.model} was sparsified from "
-                f"({expected.get('name', '?')}, {expected.get('params', '?')} parameters); "
-                "give that one with --dense"
-            ) from None
-    tok = saved.tokenizer
+    dense, tok = load_causal_lm(args.dense_key, device=args.device, dtype=dtype)
+    states = []
+    for folder in args.members:
+        _check_dense(args, dense, folder)
+        info = saved_info(folder) or {}
+        states.append(load_state(folder / str(info.get("state") or STATE_FILE)))
+    state = average_states(states)  # one line (SparseError) unless runs of one calibration
+    _say(f"averaged the tuning of {len(states)} runs")
+    model = copy.deepcopy(dense)
+    report = apply_state(model, state)
+    report.set_mode(args.protocol)
+    info = saved_info(args.members[0]) or {}
+    if args.out:
+        folder = save_sparse(
+            args.out,
+            model,
+            tok,
+            state,
+            name=str(_dict(info.get("model")).get("name") or ""),
+            mode=str(info.get("mode") or args.protocol),
+            calibration=_dict(info.get("calibration")),
+            base=str(info.get("base") or ""),
+        )
+        print(f"wrote {folder} (reload with actlab.sparse.load_sparse({str(folder)!r}))")
+    args.dense_model = dense
+    return model, tok, state, info
+
+
+def _use_saved(
+    args: argparse.Namespace,
+    dense: Any,
+    model: Any,
+    tok: Any,
+    state: Any,
+    calibration: str,
+    calib_tokens: int,
+) -> None:
+    """--generate, --bench and --eval of a saved (or averaged) model against ``dense``."""
+    from actlab.sparse import compare_models, heldout_windows
+
     if args.eval:
         _check_window(args, dense)
     if args.generate:
         print(f"dense : {_generate(dense, tok, args.generate, args.max_new_tokens)!r}")
-        print(f"sparse: {_generate(saved.model, tok, args.generate, args.max_new_tokens)!r}")
+        print(f"sparse: {_generate(model, tok, args.generate, args.max_new_tokens)!r}")
     if args.bench:
-        _bench(args, dense, saved.model, tok)
+        _bench(args, dense, model, tok)
     if args.eval:
         held = heldout_windows(tok, tokens=args.eval_tokens, window=args.window)
         rows = compare_models(
             dense,
-            saved.model,
+            model,
             state,
             held.ids,
             protocol=args.protocol,
@@ -813,9 +958,8 @@ def _run_saved(args: argparse.Namespace) -> int:
             batch_size=args.batch,
             progress=_say,
         )
-        rows[1]["calib_tokens"] = rows[0]["calib_tokens"] = calib.get("tokens", 0)
-        _write_eval(args, rows, held, f"{text} (saved in {args.model})")
-    return 0
+        rows[1]["calib_tokens"] = rows[0]["calib_tokens"] = calib_tokens
+        _write_eval(args, rows, held, calibration)
 
 
 def run(args: argparse.Namespace) -> int:
