@@ -838,7 +838,8 @@ def _run_saved(args: argparse.Namespace) -> int:
 
     dtype = getattr(torch, args.dtype)
     if args.members:
-        model, tok, state, info = _average(args, dtype)
+        dense, model, tok, state = _average(args, dtype)
+        info = args.saved
         where = f"averaged from {', '.join(str(m) for m in args.members)}"
         if args.out:
             where = f"saved in {args.out}, {where}"
@@ -856,9 +857,7 @@ def _run_saved(args: argparse.Namespace) -> int:
     )
     if not (args.eval or args.bench or args.generate):
         return 0
-    if args.members:
-        dense = args.dense_model
-    else:
+    if not args.members:
         _say(f"loading the dense model {args.dense_key} ({args.dtype}, {args.device})")
         dense, _ = load_causal_lm(args.dense_key, device=args.device, dtype=dtype)
         _check_dense(args, dense, Path(args.model_key))
@@ -883,19 +882,17 @@ def _check_dense(args: argparse.Namespace, dense: Any, folder: Path) -> None:
         ) from None
 
 
-def _average(args: argparse.Namespace, dtype: torch.dtype) -> tuple[Any, Any, Any, dict]:
+def _average(args: argparse.Namespace, dtype: torch.dtype) -> tuple[Any, Any, Any, Any]:
     """The average of the --average runs' states applied to the dense model (checked against
-    each run's fingerprint), saved to --out when given: (model, tokenizer, state, info)."""
+    each run's fingerprint), saved to --out when given: (dense, model, tokenizer, state)."""
     import copy
 
     from actlab.sparse import (
-        STATE_FILE,
         apply_state,
         average_states,
         load_causal_lm,
-        load_state,
+        load_saved_state,
         save_sparse,
-        saved_info,
     )
 
     _say(f"loading the dense model {args.dense_key} ({args.dtype}, {args.device})")
@@ -903,14 +900,13 @@ def _average(args: argparse.Namespace, dtype: torch.dtype) -> tuple[Any, Any, An
     states = []
     for folder in args.members:
         _check_dense(args, dense, folder)
-        info = saved_info(folder) or {}
-        states.append(load_state(folder / str(info.get("state") or STATE_FILE)))
+        states.append(load_saved_state(folder))
     state = average_states(states)  # one line (SparseError) unless runs of one calibration
     _say(f"averaged the tuning of {len(states)} runs")
     model = copy.deepcopy(dense)
     report = apply_state(model, state)
     report.set_mode(args.protocol)
-    info = saved_info(args.members[0]) or {}
+    info = args.saved  # MODEL's config entry: the soup keeps its model, mode and calibration
     if args.out:
         folder = save_sparse(
             args.out,
@@ -923,8 +919,7 @@ def _average(args: argparse.Namespace, dtype: torch.dtype) -> tuple[Any, Any, An
             base=str(info.get("base") or ""),
         )
         print(f"wrote {folder} (reload with actlab.sparse.load_sparse({str(folder)!r}))")
-    args.dense_model = dense
-    return model, tok, state, info
+    return dense, model, tok, state
 
 
 def _use_saved(

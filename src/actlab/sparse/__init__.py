@@ -65,11 +65,11 @@ from actlab.sparse._orthogonal import (
 )
 from actlab.sparse._pplp import PPLPSparsity, ppl_p_sparsity
 from actlab.sparse._saved import (
-    STATE_FILE,
     SparseModel,
     apply_saved_state,
     check_fingerprint,
     load_causal_lm,
+    load_saved_state,
     load_sparse,
     model_fingerprint,
     read_fingerprint,
@@ -107,7 +107,6 @@ __all__ = [
     "HELDOUT_BOOKS",
     "HELDOUT_PLAYS",
     "EvalResult",
-    "STATE_FILE",
     "SparseModel",
     "TextWindows",
     "apply_saved_state",
@@ -121,6 +120,7 @@ __all__ = [
     "evaluate",
     "heldout_windows",
     "load_causal_lm",
+    "load_saved_state",
     "load_sparse",
     "model_fingerprint",
     "read_fingerprint",

@@ -56,6 +56,7 @@ __all__ = [
     "apply_saved_state",
     "check_fingerprint",
     "load_causal_lm",
+    "load_saved_state",
     "load_sparse",
     "model_fingerprint",
     "read_fingerprint",
@@ -258,6 +259,12 @@ def _state_path(path: str | Path) -> Path:
         return p
     info = saved_info(p) or {}
     return p / str(info.get("state") or STATE_FILE)
+
+
+def load_saved_state(path: str | Path) -> SparsityState:
+    """The :class:`SparsityState` in a state file, or in the state file of a folder written by
+    :func:`save_sparse` (the one its config.json names)."""
+    return load_state(_state_path(path))
 
 
 def apply_saved_state(model: nn.Module, path: str | Path) -> SparsityReport:
