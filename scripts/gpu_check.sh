@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The device checks, in one go, for a machine with a CUDA GPU (about 6-8 minutes on one H200).
+# The device checks, in one go, for a machine with a CUDA GPU (at most ~9 minutes: the step limits).
 #
 #   bash scripts/gpu_check.sh [OUT_DIR]
 #
@@ -8,12 +8,16 @@
 # step cannot eat the others' time:
 #   1. the device and torch build;
 #   2. tests/cuda (the zoo, the fused kernels in eager / compiled (Triton) / auto mode, bf16,
-#      surgery, training in float32 and bf16 autocast, probes), against the float64 formula;
-#   3. benchmarks/bench_activations.py on CUDA: fwd+bwd time vs F.gelu and saved bytes for the
+#      surgery, training in float32 and bf16 autocast, probes, against the float64 formula;
+#      the sparsity methods' calibration, tuning and decoding against the same on the CPU);
+#   3. the layer registry's test matrix on CUDA (tests/layers/test_layer_matrix.py -k cuda);
+#   4. benchmarks/bench_layers.py on CUDA: step time and peak memory of the structured layers
+#      vs what they replace (and the width sweep);
+#   5. benchmarks/bench_activations.py on CUDA: fwd+bwd time vs F.gelu and saved bytes for the
 #      fused activations, in auto / compiled / eager mode, at 4M and 16M elements;
-#   4. benchmarks/bench_train.py --device cuda --quick: the activation's share of a ViT step.
+#   6. benchmarks/bench_train.py --device cuda --quick: the activation's share of a ViT step.
 # Logs go to OUT_DIR (default: $OUT if set, else ./gpu-check), one file per step, and a
-# summary line per step to OUT_DIR/summary.txt. The exit status is that of the tests.
+# summary line per step to OUT_DIR/summary.txt. The exit status is that of the tests (2, 3).
 set -u
 cd "$(dirname "$0")/.."
 out="${1:-${OUT:-gpu-check}}"
@@ -37,10 +41,15 @@ print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name())"; the
   echo "gpu_check: no usable CUDA device (see $out/device.log); this script is for a GPU machine" >&2
   exit 2
 fi
-step tests 300 "$py" -m pytest -q -p no:cacheprovider tests/cuda
+step tests 200 "$py" -m pytest -q -rs -p no:cacheprovider tests/cuda
 tests_rc=$?
-step bench_activations 150 "$py" benchmarks/bench_activations.py --device cuda --numel 4000000,16777216 \
-  --repeats 50 --only crrelu,eafo,swish,polyrelu,relu2,wafbc,mish,silu --modes auto,compiled,eager
-step bench_train 150 "$py" benchmarks/bench_train.py --device cuda --quick
-tail -n 5 "$out/tests.log" >> "$summary"
-exit $tests_rc
+step layers 80 "$py" -m pytest -q -rs -p no:cacheprovider tests/layers/test_layer_matrix.py -k cuda
+layers_rc=$?
+step bench_layers 80 "$py" benchmarks/bench_layers.py --device cuda --repeats 20 \
+  --groups transformer,fit,attention,norm,width --widths 64,256,1024
+step bench_activations 80 "$py" benchmarks/bench_activations.py --device cuda --numel 4000000,16777216 \
+  --repeats 30 --only crrelu,eafo,swish,polyrelu,relu2,mish,silu --modes auto,compiled,eager
+step bench_train 60 "$py" benchmarks/bench_train.py --device cuda --quick
+tail -n 5 "$out/tests.log" "$out/layers.log" >> "$summary"
+[ "$tests_rc" -ne 0 ] && exit "$tests_rc"
+exit "$layers_rc"
