@@ -18,7 +18,11 @@ says otherwise; building and compiling happen in warm-up.
 
     python benchmarks/bench_train.py [--quick] [--presets vit_mini_28,vit_small_28]
         [--batch 128] [--tiny-batch 32] [--repeats 15] [--kernel auto] [--device cpu]
-        [--threads N]
+        [--threads N] [--compile-model]
+
+--compile-model: each whole model under torch.compile (compiling happens in warm-up); inside
+an outer compile the activations use their plain formula, which Inductor fuses into the
+model's graph, so no per-call overhead of actlab's own kernel paths remains.
 
 --quick: the two 28x28 presets, batch 64, 20 repeats (2-3 minutes on 2 CPU cores; fewer
 repeats leave the share several points noisy on a shared machine).
@@ -72,7 +76,7 @@ def make_step(
 
 
 def bench_preset(
-    preset: str, batch: int, repeats: int, device: torch.device, mode: str
+    preset: str, batch: int, repeats: int, device: torch.device, mode: str, compiled: bool = False
 ) -> dict[str, list[float]]:
     c, size = input_shape(preset)
     g = torch.Generator().manual_seed(0)
@@ -83,6 +87,8 @@ def bench_preset(
     for name, act in VARIANTS.items():
         torch.manual_seed(0)
         model = build_model(preset, act, in_chans=c, img_size=size, num_classes=10).to(device)
+        if compiled:  # the whole model under torch.compile: activations fuse into its graph
+            model = torch.compile(model)  # type: ignore[assignment]
         steps[name] = make_step(model, x, y, sync)
     with kernel_mode(mode):
         return interleaved_samples(steps, repeats=repeats, warmup=3)
@@ -112,6 +118,11 @@ def main() -> None:
     )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument(
+        "--compile-model",
+        action="store_true",
+        help="torch.compile each whole model (the activation formula fuses into its graph)",
+    )
     args = ap.parse_args()
 
     if args.threads:
@@ -131,6 +142,7 @@ def main() -> None:
     print(
         f"torch {torch.__version__}, device {dev}, threads {torch.get_num_threads()}, "
         f"kernel mode {args.kernel}, {repeats} interleaved repeats (median)"
+        + (", whole models under torch.compile" if args.compile_model else "")
     )
     head = (
         f"{'preset':<20} {'batch':>5} {'gelu img/s':>11} {'ms/step':>8} {'crrelu/gelu':>12} "
@@ -141,7 +153,7 @@ def main() -> None:
     print("-" * len(head))
     for p in presets:
         b = tiny_batch if p == "vit_tiny_patch4_32" else batch
-        t = bench_preset(p, b, repeats, dev, args.kernel)
+        t = bench_preset(p, b, repeats, dev, args.kernel, args.compile_model)
         rounds = list(zip(t["gelu"], t["crrelu"], t["polyrelu"], t["identity"]))
         g = statistics.median(t["gelu"])
         # ratios and shares per round (the four steps of a round ran back to back), then the

@@ -44,6 +44,26 @@ def test_compiled_matches_reference(spec: str) -> None:
         torch.testing.assert_close(b, a, rtol=2e-5, atol=2e-5)
 
 
+@needs_compile
+@pytest.mark.parametrize("spec", ["relu2", "crrelu"])
+def test_compiled_serves_many_sizes_without_falling_back(spec: str) -> None:
+    """The first size gets a static graph, later ones one dynamic graph (Dynamo's automatic
+    dynamic shapes): more distinct sizes than Dynamo's recompile limit (8) all stay on the
+    compiled path, with no warning, and match the reference."""
+    m = _perturb(actlab.create_activation(spec))
+    kernel = {"relu2": actlab.activations.polycom.RELU2, "crrelu": actlab.activations.eafo.CRRELU}[
+        spec
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # actlab's fallback warning
+        for n in (3001, 5, 1, 70_001, 17, 4096, 999, 2, 12_345, 8, 65_537, 31):
+            x0 = torch.randn(n) * 3
+            g = torch.randn_like(x0)
+            for a, b in zip(_run(m, x0, g, "reference"), _run(m, x0, g, "compiled")):
+                torch.testing.assert_close(b, a, rtol=2e-5, atol=2e-5)
+    assert "cpu" not in kernel._broken
+
+
 @pytest.mark.slow
 @needs_compile
 @pytest.mark.parametrize("base", EAFO_BASES)

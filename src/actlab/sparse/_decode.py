@@ -199,7 +199,8 @@ class LeanDecoder:
 
     @torch.no_grad()
     def generate(self, ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
-        """Greedy continuation of ``ids`` ``[1, T]``: ``[1, T + max_new_tokens]`` (no EOS stop)."""
+        """Greedy continuation of ``ids`` ``[1, T]``: ``[1, T + max_new_tokens]`` (no EOS stop), on
+        ``ids``' device."""
         if ids.ndim != 2 or ids.shape[0] != 1:
             raise SparseError(
                 f"LeanDecoder decodes batch 1: ids must be [1, T], got {tuple(ids.shape)}"
@@ -214,7 +215,7 @@ class LeanDecoder:
             out.append(nxt)
             tok = torch.tensor([[nxt]], device=self.device)
         self.flush_counts()
-        return torch.tensor([out], dtype=torch.long)
+        return torch.tensor([out], dtype=torch.long, device=ids.device)
 
     def flush_counts(self) -> None:
         """Add what the native step counted (entries seen / zeroed per sparse site) to the
