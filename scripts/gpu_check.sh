@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The device checks, in one go, for a machine with a CUDA GPU (at most ~9 minutes: the step limits).
+# The device checks, in one go, for a machine with a CUDA GPU (~3-5 minutes on an H200; at most ~14: the step limits).
 #
 #   bash scripts/gpu_check.sh [OUT_DIR]
 #
@@ -15,7 +15,10 @@
 #      vs what they replace (and the width sweep);
 #   5. benchmarks/bench_activations.py on CUDA: fwd+bwd time vs F.gelu and saved bytes for the
 #      fused activations, in auto / compiled / eager mode, at 4M and 16M elements;
-#   6. benchmarks/bench_train.py --device cuda --quick: the activation's share of a ViT step.
+#   6. benchmarks/fused_variants.py --profile: device vs host time of a fused activation's
+#      step, and ways of compiling it;
+#   7. benchmarks/bench_train.py --device cuda --quick: the activation's share of a ViT step,
+#      eager and with the whole model under torch.compile (--compile-model).
 # Logs go to OUT_DIR (default: $OUT if set, else ./gpu-check), one file per step, and a
 # summary line per step to OUT_DIR/summary.txt. The exit status is that of the tests (2, 3).
 set -u
@@ -49,7 +52,10 @@ step bench_layers 80 "$py" benchmarks/bench_layers.py --device cuda --repeats 20
   --groups transformer,fit,attention,norm,width --widths 64,256,1024
 step bench_activations 80 "$py" benchmarks/bench_activations.py --device cuda --numel 4000000,16777216 \
   --repeats 30 --only crrelu,eafo,swish,polyrelu,relu2,mish,silu --modes auto,compiled,eager
-step bench_train 60 "$py" benchmarks/bench_train.py --device cuda --quick
+step fused_variants 120 "$py" benchmarks/fused_variants.py --device cuda --numel 16777216 \
+  --repeats 20 --profile
+step bench_train 240 bash -c "'$py' benchmarks/bench_train.py --device cuda --quick && \
+  '$py' benchmarks/bench_train.py --device cuda --quick --presets vit_mini_28 --compile-model"
 tail -n 5 "$out/tests.log" "$out/layers.log" >> "$summary"
 [ "$tests_rc" -ne 0 ] && exit "$tests_rc"
 exit "$layers_rc"
