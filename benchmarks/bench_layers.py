@@ -38,6 +38,7 @@ skipped with the reason printed. Figures from a shared 2-core machine are prelim
 
     python benchmarks/bench_layers.py [--repeats 30] [--threads 1] [--device cpu]
         [--groups transformer,fit,attention,norm,phases,width] [--widths 64,128,256,512]
+        [--batch 64]
         [--compile] [--plain]
 
 The KAN rows run their native CPU kernels (``actlab.layers._kan_native``: basis and backward
@@ -160,9 +161,9 @@ def _kan_entries(
 
 
 def _slot(d: int, device: str) -> tuple[Tensor, list[tuple[Entry, nn.Module]], int]:
-    """The transformer MLP slot at width d: x (64, 17, d), mlp(gelu) with hidden 2 d and the
+    """The transformer MLP slot at width d: x (BATCH, 17, d), mlp(gelu) with hidden 2 d and the
     KANs at its parameter count (their widths from match_hidden)."""
-    x = torch.randn(64, 17, d, device=device)
+    x = torch.randn(BATCH, 17, d, device=device)
     base = create_layer("mlp", in_features=d, hidden_features=2 * d, out_features=d,
                         act_layer="gelu").to(device)  # fmt: skip
     target = _n(base)
@@ -203,7 +204,7 @@ def group_fit(device: str) -> tuple[list[tuple[Entry, nn.Module]], list[str]]:
 
 def group_attention(device: str) -> tuple[list[tuple[Entry, nn.Module]], list[str]]:
     g = torch.Generator(device="cpu").manual_seed(0)
-    q, k, v = (torch.randn(64, 4, 17, 16, generator=g).to(device).requires_grad_(True)
+    q, k, v = (torch.randn(BATCH, 4, 17, 16, generator=g).to(device).requires_grad_(True)
                for _ in range(3))  # fmt: skip
     soft = create_layer("softmax")
     torch.manual_seed(0)
@@ -248,7 +249,7 @@ PHASES = ((1, 1), (2, 2), (5, 3), (10, 6))  # (grid, k): G = grid + k = 2, 4, 8 
 def group_phases(device: str) -> tuple[list[tuple[Entry, nn.Module]], list[str]]:
     """The transformer slot (D 64) with AF-KAN at G = 2, 4, 8, 16 phases, one width (the one
     matched at the default G = 8): where its step time goes, per phase and fixed."""
-    x = torch.randn(64, 17, 64, device=device)
+    x = torch.randn(BATCH, 17, 64, device=device)
     base = create_layer("mlp", in_features=64, hidden_features=128, out_features=64,
                         act_layer="gelu").to(device)  # fmt: skip
     h = match_hidden("af_kan", 64, 64, _n(base))
@@ -295,6 +296,7 @@ def _peak(step: Callable[[], None], device: str) -> str:
     return f"{torch.cuda.max_memory_allocated() / 2**20:.1f} MiB"
 
 
+BATCH = 64  # --batch: the leading dimension of the transformer-slot and attention inputs
 COMPILE = False  # --compile: add torch.compile rows (inductor; compiling takes minutes here)
 PLAIN = False  # --plain: add each KAN on its torch path (fused=False) beside its native kernels
 
@@ -368,14 +370,24 @@ def main() -> None:
         "--widths", default=WIDTHS, help="D values of the width group (transformer slot)"
     )
     ap.add_argument(
+        "--batch",
+        type=int,
+        default=64,
+        help="leading dimension of the transformer-slot / attention inputs (64 x 17 tokens by "
+        "default; larger batches leave the launch-bound regime of a GPU)",
+    )
+    ap.add_argument(
         "--compile", action="store_true", help="add a torch.compile'd relu_kan row (slow start)"
     )
     ap.add_argument(
         "--plain", action="store_true", help="add the KANs' torch paths (fused=False) as rows"
     )
     args = ap.parse_args()
-    global COMPILE, PLAIN
+    global BATCH, COMPILE, PLAIN
     COMPILE, PLAIN = args.compile, args.plain
+    if args.batch < 1:
+        sys.exit(f"bench_layers: --batch takes a positive integer, got {args.batch}")
+    BATCH = args.batch
     torch.set_num_threads(args.threads)
     keys = [g.strip() for g in args.groups.split(",") if g.strip()]
     bad = [k for k in keys if k not in GROUPS and k != "width"]
@@ -397,12 +409,14 @@ def main() -> None:
     sweep: dict[int, dict[str, tuple[float, ...]]] = {}
     for key in keys:
         if key != "width":
-            summary = run_group(*GROUPS[key], args.repeats, args.device)
+            title, build = GROUPS[key]
+            summary = run_group(title.replace("(64, ", f"({BATCH}, "), build, args.repeats,
+                                args.device)  # fmt: skip
             if key == "phases":
                 print_phases(summary)
             continue
         for d in widths:  # every width given is run and reported
-            title = f"width sweep: mlp-slot (transformer) x (64, 17, {d}), D {d}"
+            title = f"width sweep: mlp-slot (transformer) x ({BATCH}, 17, {d}), D {d}"
             sweep[d] = run_group(title, group_width(d), args.repeats, args.device)
     if sweep:
         print_sweep(sweep)

@@ -12,7 +12,8 @@
 #      the sparsity methods' calibration, tuning and decoding against the same on the CPU);
 #   3. the layer registry's test matrix on CUDA (tests/layers/test_layer_matrix.py -k cuda);
 #   4. benchmarks/bench_layers.py on CUDA: step time and peak memory of the structured layers
-#      vs what they replace (and the width sweep);
+#      vs what they replace (and the width sweep), at the default 64 x 17 tokens (launch-bound
+#      on a large GPU) and at 1024 x 17;
 #   5. benchmarks/bench_activations.py on CUDA: fwd+bwd time vs F.gelu and saved bytes for the
 #      fused activations, in auto / compiled / eager mode, at 4M and 16M elements;
 #   6. benchmarks/fused_variants.py --profile: device vs host time of a fused activation's
@@ -48,8 +49,10 @@ step tests 200 "$py" -m pytest -q -rs -p no:cacheprovider tests/cuda
 tests_rc=$?
 step layers 80 "$py" -m pytest -q -rs -p no:cacheprovider tests/layers/test_layer_matrix.py -k cuda
 layers_rc=$?
-step bench_layers 80 "$py" benchmarks/bench_layers.py --device cuda --repeats 20 \
-  --groups transformer,fit,attention,norm,width --widths 64,256,1024
+step bench_layers 150 bash -c "'$py' benchmarks/bench_layers.py --device cuda --repeats 20 \
+  --groups transformer,fit,attention,norm,width --widths 64,256,1024 && \
+  '$py' benchmarks/bench_layers.py --device cuda --repeats 20 --batch 1024 \
+  --groups transformer,attention,width --widths 256,1024"
 step bench_activations 80 "$py" benchmarks/bench_activations.py --device cuda --numel 4000000,16777216 \
   --repeats 30 --only crrelu,eafo,swish,polyrelu,relu2,mish,silu --modes auto,compiled,eager
 step fused_variants 120 "$py" benchmarks/fused_variants.py --device cuda --numel 16777216 \
