@@ -38,3 +38,14 @@ def batches() -> list[torch.Tensor]:
     """Calibration token ids: 2 batches of [2, 24] (96 tokens)."""
     g = torch.Generator().manual_seed(1)
     return [torch.randint(3, VOCAB, (2, 24), generator=g) for _ in range(2)]
+
+
+@pytest.fixture(autouse=True)
+def _private_dense_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--eval's dense cache in a folder of this session, never the user's ~/.cache."""
+    from actlab.sparse import _dense_cache
+
+    root = tmp_path_factory.getbasetemp() / "eval-cache"
+    monkeypatch.setattr(_dense_cache, "default_dense_cache", lambda: root)

@@ -87,6 +87,7 @@ def test_bad_flags_are_refused_before_loading(
         ([m, "--method", "teal", "--eval", "--eval-tokens", "100"], "less than one --window"),
         ([m, "--method", "teal", "--eval", "--prefill", "255"], "--prefill"),
         ([m, "--method", "teal", "--sparsity", ".5", "--report", "r.html"], "applies to --eval"),
+        ([m, "--method", "teal", "--sparsity", ".5", "--no-eval-cache"], "applies to --eval"),
         ([m, "--method", "teal", "--sparsity", ".5", "--generate", " "], "non-empty prompt"),
         ([m, "--method", "teal", "--sparsity", ".5", "--device", "tpu9"], "--device"),
         ([m, "--method", "teal", "--sparsity", ".5", "--tune-steps", "-1"], "--tune-steps"),
@@ -242,6 +243,22 @@ def test_eval_prints_the_table_and_writes_the_report(
     assert methods == [("dense", 0.0)] + [(m, 0.5) for m in ("cats", "chess", "teal", "wina")]
     teal = next(r for r in data["rows"] if r["method"] == "teal")
     assert teal["params"]["calibration"] == "dense" and teal["protocol"] == "last-half"
+    # the same evaluation again reads the dense result from the cache; --no-eval-cache does not
+    argv = ["sparsify", str(tiny), "--method", "teal", "--eval", *SMALL, "--eval-tokens", "64"]
+    argv += ["--sparsities", "0.5", "--protocol", "last-half", "--report", str(report)]
+    argv += ["--set", "calibration=dense"]
+    assert main(argv) == 0
+    cap = capsys.readouterr()
+    assert "dense result: read from" in cap.out and "dense: evaluating" not in cap.err
+    again = json.loads(report.with_suffix(".json").read_text())
+    assert again["rows"][0]["ppl"] == data["rows"][0]["ppl"]
+    assert (
+        again["rows"][1]["ppl"] == teal["ppl"]
+        and again["rows"][1]["agreement"] == teal["agreement"]
+    )
+    assert main([*argv, "--no-eval-cache"]) == 0
+    cap = capsys.readouterr()
+    assert "dense: evaluating" in cap.err and "dense result" not in cap.out
 
 
 def test_unavailable_model_name_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -109,6 +109,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--protocol", default="decode", choices=MODES, help="evaluation protocol (default decode)"
     )
     p.add_argument(
+        "--no-eval-cache",
+        action="store_true",
+        help="evaluate the dense model again instead of reading its stored result (--eval keeps "
+        "it under $ACTLAB_CACHE/eval, keyed by the weights, windows, protocol, batch and threads)",
+    )
+    p.add_argument(
         "--set",
         action="append",
         default=[],
@@ -403,6 +409,8 @@ def _check_use_flags(args: argparse.Namespace) -> None:
         _int("--prefill", args.prefill, 1, args.window - 2)
     if args.report is not None and not args.eval:
         raise ValueError("--report applies to --eval")
+    if args.no_eval_cache and not args.eval:
+        raise ValueError("--no-eval-cache applies to --eval")
     if args.generate is not None and not args.generate.strip():
         raise ValueError("--generate needs a non-empty prompt")
     args.device = check_device(args.device)
@@ -729,8 +737,16 @@ def _evaluate(
         batch_size=args.batch,
         progress=_say,
         tune_calibration=tune_windows,
+        dense_cache=_dense_cache(args),
     )
     _write_eval(args, rows, held, f"{calib.tokens} tokens of {_calib_text(args)}")
+
+
+def _dense_cache(args: argparse.Namespace) -> Any:
+    """The dense result cache of --eval (None with --no-eval-cache)."""
+    from actlab.sparse import DenseCache
+
+    return None if args.no_eval_cache else DenseCache()
 
 
 def _write_eval(args: argparse.Namespace, rows: list[Any], held: Any, calibration: str) -> None:
@@ -753,6 +769,8 @@ def _write_eval(args: argparse.Namespace, rows: list[Any], held: Any, calibratio
         ),
         ("dense perplexity", f"{first['ppl']:.4f}"),
     ]
+    if first.get("dense_cached"):
+        facts.append(("dense result", f"read from {first['dense_cached']}"))
     print(curves_table(rows))
     for k, v in facts:
         print(f"{k}: {v}")
@@ -952,6 +970,7 @@ def _use_saved(
             prefill=args.prefill,
             batch_size=args.batch,
             progress=_say,
+            dense_cache=_dense_cache(args),
         )
         rows[1]["calib_tokens"] = rows[0]["calib_tokens"] = calib_tokens
         _write_eval(args, rows, held, calibration)

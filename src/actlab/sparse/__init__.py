@@ -41,6 +41,7 @@ from actlab.sparse._base import (
     make_method,
 )
 from actlab.sparse._decode import LeanDecoder
+from actlab.sparse._dense_cache import DenseCache, default_dense_cache
 from actlab.sparse._eval import (
     DEFAULT_SPARSITIES,
     EvalResult,
@@ -103,6 +104,7 @@ __all__ = [
     "CALIBRATION_BOOKS",
     "CALIBRATION_PLAYS",
     "CALIBRATION_SOURCES",
+    "DenseCache",
     "DEFAULT_SPARSITIES",
     "HELDOUT_BOOKS",
     "HELDOUT_PLAYS",
@@ -116,6 +118,7 @@ __all__ = [
     "check_fingerprint",
     "compare_models",
     "curves_table",
+    "default_dense_cache",
     "delta_ci",
     "evaluate",
     "heldout_windows",

@@ -59,6 +59,7 @@ from torch import nn
 
 from actlab.sparse._base import make_method
 from actlab.sparse._calls import cache_of, forward_logits
+from actlab.sparse._dense_cache import DenseCache
 from actlab.sparse._modules import SparseGatedMLP, SparseLinear, check_mode
 from actlab.sparse._sites import PROJECTIONS, find_blocks
 from actlab.sparse._state import SparseError, SparsityState, check_sparsity
@@ -101,6 +102,7 @@ class EvalResult:
     cpu_seconds: float = 0.0  # process CPU time (all threads)
     caches: list[Any] | None = field(default=None, repr=False)  # dense prefill KV, per batch
     window_nll: torch.Tensor | None = field(default=None, repr=False)  # [windows] mean NLL, f64
+    cached_from: str = ""  # the dense cache entry this result was read from, if any
 
     def row(self) -> dict[str, Any]:
         """The numbers as a flat dict (no tensors)."""
@@ -348,6 +350,7 @@ def sparsity_curves(
     batch_size: int = 64,
     progress: Progress | None = _stderr,
     tune_calibration: Iterable[torch.Tensor] | None = None,
+    dense_cache: DenseCache | None = None,
 ) -> list[dict[str, Any]]:
     """One row per (method, sparsity): calibrate on ``calibration``, evaluate on ``windows``.
 
@@ -358,7 +361,8 @@ def sparsity_curves(
     ``tune_batch``, ``tune_seed``) in a label's parameters tune the normalisation gains of each
     of its points after calibration (:func:`actlab.sparse.tune_gains`, on
     ``tune_calibration``, by default the calibration windows; its time counts in
-    ``calib_seconds``; what it did is the row's ``tuning``).
+    ``calib_seconds``; what it did is the row's ``tuning``). ``dense_cache``: read the dense
+    result from there when it holds it, else store it there (:mod:`actlab.sparse._dense_cache`).
     ``model`` itself is never changed (each point
     sparsifies a copy). Rows: method, params, target, realised (block parameters),
     realised_<proj>, ppl, delta_pct, agreement, protocol, token counts, seconds.
@@ -375,7 +379,9 @@ def sparsity_curves(
     untuned = any(
         split_tune(dict((params or {}).get(label, {})))[1] is None for label, _ in variants
     )
-    dense = _evaluate_dense(model, windows, protocol, prefill, batch_size, say, keep=untuned)
+    dense = _evaluate_dense(
+        model, windows, protocol, prefill, batch_size, say, keep=untuned, cache=dense_cache
+    )
     common = {"calib_tokens": calib_tokens}
     rows = [_dense_row(dense, common)]
     for label, m in variants:
@@ -408,18 +414,21 @@ def compare_models(
     prefill: int | None = None,
     batch_size: int = 64,
     progress: Progress | None = _stderr,
+    dense_cache: DenseCache | None = None,
 ) -> list[dict[str, Any]]:
     """The rows of :func:`sparsity_curves` for a model sparsified already (e.g. reloaded with
     :func:`actlab.sparse.load_sparse`): the dense model's row, then ``sparse``'s, scored
     against it on ``windows`` under ``protocol``. ``state`` is the sparse model's state (its
-    method, target, parameters and tuning name the row; ``label`` overrides the method)."""
+    method, target, parameters and tuning name the row; ``label`` overrides the method).
+    ``dense_cache`` as in :func:`sparsity_curves`."""
     protocol = check_mode(protocol)
     if not _sites(sparse):
         raise SparseError("the sparse model has no sparse modules; apply a state to it first")
     say = progress or (lambda _line: None)
     ref = _evaluate_dense(
-        dense, windows, protocol, prefill, batch_size, say, keep=not _tuned(state)
-    )
+        dense, windows, protocol, prefill, batch_size, say, keep=not _tuned(state),
+        cache=dense_cache,
+    )  # fmt: skip
     res = _evaluate_sparse(sparse, state, ref, windows, protocol, prefill, batch_size)
     none = {"calib_seconds": 0.0, "calib_cpu_seconds": 0.0, "calib_tokens": 0}
     target = float(state.params.get("sparsity", 0.0))
@@ -436,8 +445,21 @@ def _evaluate_dense(
     batch_size: int,
     say: Progress,
     keep: bool,
+    cache: DenseCache | None = None,
 ) -> EvalResult:
-    """The dense result; ``keep``: with its prefill caches, for untuned points to start from."""
+    """The dense result; ``keep``: with its prefill caches, for untuned points to start from
+    (a result read from ``cache`` has none: the sparse evaluations run their own prefill)."""
+    key = ""
+    if cache is not None:
+        length = int(windows.shape[1]) if windows.ndim == 2 else 0
+        key = cache.key(model, windows, protocol, length // 2 if prefill is None else prefill,
+                        batch_size)  # fmt: skip
+        hit = cache.load(key, int(windows.shape[0]))
+        if hit is not None:
+            dense = EvalResult(**hit, cached_from=str(cache.path(key)))
+            say(f"dense: ppl {dense.ppl:.3f} read from {dense.cached_from} (evaluated in "
+                f"{dense.seconds:.1f} s; --no-eval-cache evaluates again)")  # fmt: skip
+            return dense
     say(f"dense: evaluating {windows.shape[0]} windows x {windows.shape[1]} tokens ({protocol})")
     dense = evaluate(
         model,
@@ -449,6 +471,11 @@ def _evaluate_dense(
         progress=say,
     )
     say(f"dense: ppl {dense.ppl:.3f} in {dense.seconds:.1f} s")
+    if cache is not None:
+        fields = {f.name: getattr(dense, f.name) for f in dataclasses.fields(dense)}
+        path = cache.save(key, fields)
+        if path is not None:
+            say(f"dense: result cached in {path}")
     return dense
 
 
@@ -483,6 +510,7 @@ def _tuned(state: SparsityState) -> bool:
 def _dense_row(dense: EvalResult, info: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "method": "dense",
+        "dense_cached": dense.cached_from,
         "params": {},
         "tuning": {},
         "target": 0.0,
