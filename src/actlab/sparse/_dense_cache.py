@@ -2,8 +2,8 @@
 model once.
 
 Every ``actlab sparsify --eval`` scores the dense model on the held-out windows first (40 s
-for SmolLM2-135M, decode protocol, 16384 tokens, on a quiet 2-core Xeon; hashing the key
-takes 0.5 s of it); the sparse rows are measured against it
+for SmolLM2-135M, decode protocol, 16384 tokens, on a quiet 2-core Xeon, where hashing the
+key takes 0.5 s); the sparse rows are measured against it
 (agreement, per-window NLL for the paired interval). That result depends only on what goes
 into it, so it is stored under a key that hashes all of it:
 
