@@ -23,8 +23,9 @@ Pool (``spaces``, comma-separated; each space has G = grid + k functions on [-1,
 The basis coefficients W are shared by the spaces of a node (params: out * in * G + out +
 in * P), so a pruned S-KAN layer has the size of a ReLU-KAN layer.
 
-Schedule (counted in backward passes through the layer, i.e. training steps; the count and
-the choice are buffers, so they survive ``state_dict`` round trips):
+Schedule (counted in backward passes through the layer, i.e. training steps, until the layer
+is pruned, when the count stops: nothing depends on it afterwards; the count and the choice
+are buffers, so they survive ``state_dict`` round trips):
 
     full        step <  full_steps               tau = 1: all spaces mix, logits learn
     selective   full_steps <= step < + select    tau falls geometrically 1 -> tau_min, so the
@@ -277,11 +278,12 @@ class SKANLayer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         check_features("s_kan", x, self.in_features)
         lin = self.linear
+        pruned = self._is_pruned()
         ops = ops_for(x, self.logits, lin.weight, lin.bias) if self.fused else None
         if ops is not None:  # the fused native kernels (CPU float32 / float64)
             tanh = self.range.input_norm == "tanh"
             u = x if tanh else self.range(x)  # "none": the range check, u = x
-            if self._is_pruned():  # one-hot weights: one space per node
+            if pruned:  # one-hot weights: one space per node
                 mix, tau = self._kernel_alpha(), 0.0
             else:  # the kernel takes the logits: softmax(logits / tau) over the spaces inside
                 mix, tau = self.logits, self.tau()
@@ -290,8 +292,10 @@ class SKANLayer(nn.Module):
             )
         else:
             y = self.linear(self.basis(x).flatten(-2))  # (..., out)
-        if self.training and y.requires_grad:
-            y.register_hook(self._advance)  # one call per backward pass = one training step
+        if self.training and y.requires_grad and not pruned:
+            # one call per backward pass = one training step; a pruned layer's schedule is
+            # over, so its clock stops (the hook cost ~40 us per step on the fit-task sizes)
+            y.register_hook(self._advance)
         return y
 
     def extra_repr(self) -> str:
