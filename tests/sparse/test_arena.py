@@ -9,6 +9,8 @@ that the kernels give bit-identical results on arena memory and on plain tensors
 from __future__ import annotations
 
 import copy
+import ctypes
+import mmap
 from pathlib import Path
 
 import pytest
@@ -64,7 +66,15 @@ def test_chunks_are_advised_and_roll_over() -> None:
     assert c.data_ptr() % HUGE_PAGE == 0 and big.data_ptr() % HUGE_PAGE == 0
     for t in (a, c, big):
         assert _advised(t.data_ptr())
-    assert not _advised(torch.empty(HUGE_PAGE).data_ptr())  # plain torch memory is not
+    # a fresh anonymous mapping is not advised (the control; not torch.empty, which may reuse
+    # heap pages that an earlier, freed arena chunk advised: glibc keeps such ranges mapped)
+    plain = mmap.mmap(-1, 2 * HUGE_PAGE)
+    try:
+        view = ctypes.c_char.from_buffer(plain)
+        assert not _advised(ctypes.addressof(view))
+        del view
+    finally:
+        plain.close()
 
 
 @pytest.mark.parametrize("env", [None, "0", "off", " No "])
