@@ -117,6 +117,53 @@ def test_bos_starts_every_window_and_counts_are_exact() -> None:
     assert int(w.tail[0, 0]) == 1
 
 
+def _round_robin_oracle(docs: dict[str, str], tokens: int, window: int, ragged: bool) -> list:
+    """Plain restatement of the split: windows of window - 1 characters (BosTokenizer: one id
+    per character, BOS first) taken round robin, each document's from its start, a document
+    skipped once it has no whole window left; the ragged tail goes to the next document in
+    turn with enough left. Returns the spans."""
+    body = window - 1
+    names, used, spans = list(docs), dict.fromkeys(docs, 0), []
+    full, rest = divmod(tokens, window)
+    i = 0
+    for k in range(full + (1 if ragged and rest > 1 else 0)):
+        length = body if k < full else rest - 1
+        while len(docs[names[i]]) - used[names[i]] < length:
+            i = (i + 1) % len(names)
+        name = names[i]
+        spans.append((name, used[name], used[name] + length))
+        used[name] += body
+        i = (i + 1) % len(names)
+    return spans
+
+
+@pytest.mark.parametrize("tokens", [10, 45, 99, 100, 187, 260])
+@pytest.mark.parametrize("ragged", [False, True])
+def test_windows_follow_the_round_robin_and_skip_documents_that_ran_out(
+    tokens: int, ragged: bool
+) -> None:
+    """With enough text every document gets an equal share (the split of earlier versions);
+    when one runs out, the others carry on in turn instead of the request failing."""
+    docs = {"a": "abcdefghi" * 3, "b": "klmnopqrs" * 12, "c": "tuvwxyz01" * 12}  # 27 / 108 / 108
+    w = text_windows(BosTokenizer(), docs, tokens=tokens, window=10, ragged=ragged)
+    assert list(w.spans) == _round_robin_oracle(docs, tokens, 10, ragged)
+    for row, (name, lo, hi) in zip(w.ids.tolist() + ([w.tail[0].tolist()] if w.tail is not None
+                                                      else []), w.spans):  # fmt: skip
+        assert row == [1] + [ord(c) % 90 + 4 for c in docs[name][lo:hi]]
+    if tokens >= 100:  # more than three rounds: "a" (3 windows) has run out
+        assert [s[0] for s in w.spans].count("a") == 3
+
+
+def test_text_runs_out_only_when_every_document_has() -> None:
+    docs = {"a": "abcdefghi" * 3, "b": "klmnopqrs" * 2}  # 3 + 2 windows of 9
+    assert text_windows(BosTokenizer(), docs, tokens=50, window=10).ids.shape == (5, 10)
+    with pytest.raises(SparseError, match="text too short: the documents hold 5 windows") as e:
+        text_windows(BosTokenizer(), docs, tokens=60, window=10)
+    assert "\n" not in str(e.value)
+    with pytest.raises(SparseError, match="text too short: no document has the last 4 tokens"):
+        text_windows(BosTokenizer(), docs, tokens=55, window=10, ragged=True)
+
+
 def test_too_little_text_is_one_line() -> None:
     with pytest.raises(SparseError, match="text too short") as e:
         text_windows(BosTokenizer(), {"a": "short text"}, tokens=64, window=16)

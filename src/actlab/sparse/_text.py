@@ -234,6 +234,46 @@ def _prefix_tokens(tokenizer: Any, text: str, needed: int) -> list[int]:
         chars *= 2
 
 
+def _round_robin_until_out(
+    tokenizer: Any, texts: dict[str, str], full: int, tail_len: int, body: int
+) -> tuple[list[int], dict[str, list[int]]]:
+    """The window order (document indices) of ``full`` windows of ``body`` tokens, then a tail
+    of ``tail_len`` tokens if > 0: round robin over the documents, skipping each once it has
+    no whole window left (the tail goes to the next one with ``tail_len`` tokens left), and
+    every document's whole token stream. One-line error when all of them run out."""
+    names = list(texts)
+    streams = {name: _encode(tokenizer, texts[name]) for name in names}
+    left = [len(streams[name]) for name in names]  # tokens not yet taken
+    order: list[int] = []
+    i = 0
+    while len(order) < full:
+        for _ in range(len(names)):  # the next document, in turn, that has a window left
+            if left[i] >= body:
+                break
+            i = (i + 1) % len(names)
+        else:
+            have = sum(len(t) // body for t in streams.values())
+            raise SparseError(
+                f"text too short: the documents hold {have} windows of {body} tokens, the "
+                f"split needs {full}; ask for fewer tokens or give a longer text"
+            )
+        order.append(i)
+        left[i] -= body
+        i = (i + 1) % len(names)
+    if tail_len > 0:
+        for _ in range(len(names)):
+            if left[i] >= tail_len:
+                order.append(i)
+                break
+            i = (i + 1) % len(names)
+        else:
+            raise SparseError(
+                f"text too short: no document has the last {tail_len} tokens left after "
+                f"{full} windows; ask for fewer tokens or give a longer text"
+            )
+    return order, streams
+
+
 def text_windows(
     tokenizer: Any,
     documents: Sequence[str] | dict[str, str],
@@ -244,9 +284,12 @@ def text_windows(
 ) -> TextWindows:
     """``tokens // window`` windows of ``window`` tokens, round robin over ``documents``.
 
-    ``documents`` are names for :func:`document` or a ``{name: text}`` dict. With
-    ``ragged=True`` a last shorter window makes the count exactly ``tokens`` (calibration).
-    Too little text is a one-line :class:`SparseError`.
+    ``documents`` are names for :func:`document` or a ``{name: text}`` dict; each document's
+    windows are consecutive from its start. A document with no whole window left is skipped
+    and the others carry on in turn (so the eight comedies give up to ~278k SmolLM2 tokens,
+    not eight times the shortest play). With ``ragged=True`` a last shorter window makes the
+    count exactly ``tokens`` (calibration). Too little text in all of them is a one-line
+    :class:`SparseError`.
     """
     if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
         raise SparseError(f"token count must be a positive integer; got {tokens!r}")
@@ -263,32 +306,26 @@ def text_windows(
     if not ragged and full == 0:
         raise SparseError(f"{tokens} tokens are less than one window of {window}")
     names = list(texts)
-    sizes = [full // len(names) + (1 if i < full % len(names) else 0) for i in range(len(names))]
-    if ragged and rest > int(bos):
-        sizes[full % len(names)] += 1  # the document of the next window gets the short tail
+    n = len(names)
+    tail_len = rest - int(bos) if ragged else 0  # tokens after BOS in the short tail window
+    order = [i % n for i in range(full)] + ([full % n] if tail_len > 0 else [])
+    # round robin over the documents; first with equal shares (each document's prefix only)
+    sizes = [order[:full].count(i) for i in range(n)]
+    want = [sizes[i] * body + (tail_len if tail_len > 0 and i == full % n else 0) for i in range(n)]
+    streams = {names[i]: _prefix_tokens(tokenizer, texts[names[i]], want[i])
+               for i in range(n) if want[i] > 0}  # fmt: skip
+    if any(len(streams[names[i]]) < want[i] for i in range(n) if want[i] > 0):
+        # a document ran out: the same round robin, skipping the documents that have run out
+        order, streams = _round_robin_until_out(tokenizer, texts, full, tail_len, body)
     rows: list[list[int]] = []
     spans: list[tuple[str, int, int]] = []
-    streams: dict[str, list[int]] = {}
-    for i, name in enumerate(names):
-        if sizes[i] == 0:
-            continue
-        need = sizes[i] * body
-        streams[name] = _prefix_tokens(tokenizer, texts[name], need)
-    counts = dict.fromkeys(names, 0)
-    order = [names[i % len(names)] for i in range(full)]
-    for k, name in enumerate(order + ([names[full % len(names)]] if ragged and rest > 0 else [])):
-        length = body if k < full else rest - int(bos)
-        if length <= 0:
-            continue
-        start = counts[name] * body
+    counts = [0] * n
+    for k, i in enumerate(order):
+        name = names[i]
+        length = body if k < full else tail_len
+        start = counts[i] * body
         ids = streams[name][start : start + length]
-        if len(ids) < length:
-            have = len(streams[name])
-            raise SparseError(
-                f"text too short: {name!r} has {have} tokens, the split needs "
-                f"{start + length}; ask for fewer tokens or give a longer text"
-            )
-        counts[name] += 1
+        counts[i] += 1
         rows.append(([tokenizer.bos_token_id] if bos else []) + ids)
         spans.append((name, start, start + length))
     tail = None
