@@ -50,7 +50,9 @@ _SCALARS = (
 
 def default_dense_cache() -> Path:
     """``$ACTLAB_CACHE/eval`` (default ``~/.cache/actlab/eval``)."""
-    return Path(os.environ.get("ACTLAB_CACHE") or "~/.cache/actlab").expanduser() / "eval"
+    from actlab.models.pretrained import actlab_cache_dir
+
+    return actlab_cache_dir() / "eval"
 
 
 def _update(h: Any, t: torch.Tensor) -> None:

@@ -310,7 +310,7 @@ def text_windows(
     tail_len = rest - int(bos) if ragged else 0  # tokens after BOS in the short tail window
     order = [i % n for i in range(full)] + ([full % n] if tail_len > 0 else [])
     # round robin over the documents; first with equal shares (each document's prefix only)
-    sizes = [order[:full].count(i) for i in range(n)]
+    sizes = [full // n + (1 if i < full % n else 0) for i in range(n)]
     want = [sizes[i] * body + (tail_len if tail_len > 0 and i == full % n else 0) for i in range(n)]
     streams = {names[i]: _prefix_tokens(tokenizer, texts[names[i]], want[i])
                for i in range(n) if want[i] > 0}  # fmt: skip
