@@ -204,6 +204,25 @@ def test_nan_and_inf_behave_like_the_torch_path(input_norm: str) -> None:
         _assert_same(got, want, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("act", ["silu", "gelu"])
+@pytest.mark.parametrize("input_norm", ["tanh", "none"])
+def test_af_kan_float32_fast_exp_keeps_nan_and_inf_like_the_torch_path(
+    act: str, input_norm: str
+) -> None:
+    """float32 AF-KAN runs the 20-ulp exp and the reciprocal estimate (AVX2 / AVX-512): NaN and
+    +-inf inputs end where the torch path's do, and finite values agree to float32 rounding."""
+    for spec in ("af_kan", "af_kan(func_norm='sample')"):
+        pre = spec.rstrip(")") + ", " if "(" in spec else spec + "("
+        m, twin = _pair(f"{pre}input_norm={input_norm!r})", False, torch.float32, act=act)
+        x = _x(6, 3, scale=0.5, seed=7, dtype=torch.float32)
+        x[0, 0], x[2, 1], x[4, 2] = float("nan"), float("inf"), float("-inf")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            got, want = _grads(m, x), _grads(twin, x)
+        assert torch.equal(got[0].isnan(), want[0].isnan())
+        _assert_same(got, want, rtol=1e-4, atol=1e-4)
+
+
 def test_thread_count_does_not_change_results() -> None:
     """The basis kernels are bit-identical across thread counts (each node is summed by one
     task, in order); whole layers agree within float32 rounding (MKL's GEMMs may split their

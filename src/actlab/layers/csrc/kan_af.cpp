@@ -47,12 +47,12 @@ inline void act_d(int64_t act, const Vectorized<T>& v, Vectorized<T>& y, Vectori
 inline Vectorized<float> erf_exp(const Vectorized<float>& z, Vectorized<float>& ez) {
   using V = Vectorized<float>;
   const V one(1.0f);
-  const V t = one / (V(0.3275911f) * z.abs() + one);
+  const V t = fast_rcp(V(0.3275911f) * z.abs() + one);
   V r = V(1.061405429f) * t + V(-1.453152027f);
   r = r * t + V(1.421413741f);
   r = r * t + V(-0.284496736f);
   r = r * t + V(0.254829592f);
-  ez = (z * z).neg().exp();
+  ez = fast_exp((z * z).neg());
   const V e = one - r * t * ez;  // erf(|z|)
   return V::blendv(e, e.neg(), z < V(0.0f));
 }
@@ -75,8 +75,8 @@ inline void act_pair(int64_t act, const Vectorized<T>& a, const Vectorized<T>& b
   if (act == kSilu && cj_ok) {
     const V big = at::vec::maximum(a.abs(), b.abs()) > V(T(40));
     if (big.zero_mask() == (1 << V::size()) - 1) {  // no lane is big (NaN lanes propagate)
-      const V E = a.neg().exp(), Ec = E + V(cj), E1 = one + E;
-      const V R = one / (E1 * Ec);
+      const V E = fast_exp(a.neg()), Ec = E + V(cj), E1 = one + E;
+      const V R = fast_rcp(E1 * Ec);
       const V s1 = Ec * R, s2 = E * E1 * R;
       x1 = a * s1;
       x2 = b * s2;
@@ -532,7 +532,7 @@ void tail_rows(const Tail<T>& P, const T* s0t, const T* s1t, int64_t n, int64_t 
   }
   V sum(T(0));
   for (int64_t i = 0; i < P.nin; ++i) {
-    W.a[i] = (W.a[i] - m).exp();
+    W.a[i] = fast_exp(W.a[i] - m);  // <= 0, or NaN (kept)
     sum = sum + W.a[i];
   }
   const V inv = one / sum;

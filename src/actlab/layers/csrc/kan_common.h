@@ -73,6 +73,35 @@ inline Vectorized<T> head(const Vectorized<T>& v, int64_t c) {
   return Vectorized<T>::set(Vectorized<T>(T(0)), v, c);
 }
 
+// exp and 1 / d for the AF-KAN kernels. float on AVX2 / AVX-512: ATen's exp_u20 (range
+// reduction and a degree-5 polynomial, <= 20 ulp, about twice as fast as the 1-ulp exp; inputs
+// below ln(FLT_MIN) give 0, inputs above ln(FLT_MAX) are clamped there; NaN stays NaN) and the
+// hardware reciprocal estimate with one Newton step (about 1 ulp; d must be finite and nonzero:
+// callers bound it); double and the portable build: exp() and 1 / d.
+template <typename T>
+inline Vectorized<T> fast_exp(const Vectorized<T>& v) {
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<T, float>) return Vectorized<T>::blendv(v.exp_u20(), v, v.isnan());
+#endif
+  return v.exp();
+}
+
+template <typename T>
+inline Vectorized<T> fast_rcp(const Vectorized<T>& d) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<T, float>) {
+    const __m512 x = _mm512_rcp14_ps(d);  // 14 bits, then x (2 - d x)
+    return _mm512_mul_ps(x, _mm512_fnmadd_ps(d, x, _mm512_set1_ps(2.0f)));
+  }
+#elif defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<T, float>) {
+    const __m256 x = _mm256_rcp_ps(d);  // 12 bits, then x (2 - d x)
+    return _mm256_mul_ps(x, _mm256_fnmadd_ps(d, x, _mm256_set1_ps(2.0f)));
+  }
+#endif
+  return Vectorized<T>(T(1)) / d;
+}
+
 inline int64_t grain_nodes(int64_t per_node) { return std::max<int64_t>(1, kGrainValues / std::max<int64_t>(per_node, 1)); }
 
 inline void check_ut(const at::Tensor& ut, const char* op) {
