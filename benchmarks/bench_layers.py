@@ -24,6 +24,9 @@ step):
   phases (not by default)  the transformer slot (D 64) with AF-KAN at G = 2, 4, 8, 16 phases
                            (one width), and the least-squares line of its ratio against G:
                            what one phase costs and what does not scale with the phases
+  spaces (not by default)  the transformer slot (D 64) with S-KAN in its full phase on its
+                           whole pool and on each space alone (one width): what each space
+                           adds to a full-phase step (the pool evaluates all four per input)
   width (not by default)   the transformer slot at every D of --widths (default 64, 128, 256,
                            512): mlp(gelu) with hidden 2 D vs the KAN rows at equal parameters,
                            one table per D and a summary of the ratios. A KAN layer's basis
@@ -37,7 +40,8 @@ A step is: zero grads, y = layer(x), y.square().mean().backward(). pykan
 skipped with the reason printed. Figures from a shared 2-core machine are preliminary.
 
     python benchmarks/bench_layers.py [--repeats 30] [--threads 1] [--device cpu]
-        [--groups transformer,fit,attention,norm,phases,width] [--widths 64,128,256,512]
+        [--groups transformer,fit,attention,norm,phases,spaces,width]
+        [--widths 64,128,256,512]
         [--batch 64]
         [--compile] [--plain]
 
@@ -275,6 +279,23 @@ def print_phases(summary: dict[str, tuple[float, ...]]) -> None:
           "intercept")  # fmt: skip
 
 
+def group_spaces(device: str) -> tuple[list[tuple[Entry, nn.Module]], list[str]]:
+    """The transformer slot (D 64) with S-KAN in its full phase on each space alone and on the
+    whole pool, one width (the pool's matched one): what each space adds to a full-phase step."""
+    x = torch.randn(BATCH, 17, 64, device=device)
+    base = create_layer("mlp", in_features=64, hidden_features=128, out_features=64,
+                        act_layer="gelu").to(device)  # fmt: skip
+    h = match_hidden("s_kan", 64, 64, _n(base))
+    rows = [(Entry("mlp(gelu)", lambda: base(x), _n(base), "hidden 128"), base)]
+    for spaces in ("bspline,rbf,chebyshev,relu", "bspline", "rbf", "chebyshev", "relu"):
+        torch.manual_seed(0)
+        m = create_layer("s_kan", in_features=64, hidden_features=h, out_features=64,
+                         spaces=spaces).to(device)  # fmt: skip
+        label = "s_kan full (pool)" if "," in spaces else f"s_kan {spaces} only"
+        rows.append((Entry(label, lambda m=m: m(x), _n(m), f"H={h}"), m))
+    return rows, []
+
+
 Builder = Callable[[str], tuple[list[tuple[Entry, nn.Module]], list[str]]]
 GROUPS: dict[str, tuple[str, Builder]] = {
     "transformer": ("mlp-slot (transformer) x (64, 17, 64)", group_transformer),
@@ -282,6 +303,7 @@ GROUPS: dict[str, tuple[str, Builder]] = {
     "attention": ("attention score q, k, v (64, 4, 17, 16)", group_attention),
     "norm": ("norm + act (NCHW) x (32, 32, 16, 16)", group_norm),
     "phases": ("af_kan phases: mlp-slot (transformer) x (64, 17, 64), G = 2..16", group_phases),
+    "spaces": ("s_kan spaces: mlp-slot (transformer) x (64, 17, 64), full phase", group_spaces),
 }
 WIDTHS = "64,128,256,512"
 

@@ -48,7 +48,9 @@ act; then the projection (one GEMM). Its backward runs one tail pass (which also
 the act's output for the weight gradient) and recomputes f with its derivatives in one pass;
 autograd keeps u and the two contractions (3 x (N, in)), never f. The phase pairs share one
 exp: SiLU's two sigmoids come from exp(-(u - l)) and the constant exp(-(h - l)), float GELU's
-phi from its erf's exp. ``fused=False``, CUDA, half dtypes and other acts run the torch path
+phi from its erf's exp. In float32 on AVX2 / AVX-512 the phases' exps and the tail's softmax
+exp are ATen's 20-ulp exp and the divisions a reciprocal estimate with one Newton step (float64
+keeps the 1-ulp exp and true division). ``fused=False``, CUDA, half dtypes and other acts run the torch path
 (the plain twin the op is tested against); ``af_kan_reduce`` (the reduction alone) stays an op.
 """
 

@@ -1,0 +1,232 @@
+"""How far a lookup-table (LUT) evaluation of AF-KAN's phases could take the layer: a probe.
+
+AF-KAN (``actlab.layers.af_kan``) evaluates 2 G activation values per input element and phase
+(G = 8 by default), forward and again in the backward pass; that is most of its step
+(docs/layers.md, "Where af_kan's time goes"). Every phase function f_j(u) is a function of the
+scalar u = tanh(x) in [-1, 1] alone, so the two contractions the layer needs, s0(u) = sum_j w_j
+f_j(u) and s1(u) = sum_j f_j(u), are 1-D functions too: tabulated once per step on K + 1 knots
+(values and derivatives, G (K + 1) exact evaluations) and interpolated (cubic Hermite, error
+about h^4 / 384 max |f''''|, h = 2 / K: far below float32 rounding at K = 1024), each element
+costs two table lookups instead of G phase pairs. What the lookups cannot give directly is the
+exact min / max of f over the whole tensor (the layer's min-max scale) and the phases'
+gradients; the design in docs/layers.md finds the min / max from per-bin ranges of u plus exact
+evaluation of the few candidates, and the gradients from per-knot deposits of the backward's
+two gradient streams.
+
+This probe times those building blocks, not a layer: written as plain loops (the compiler's
+vectorisation, -O3 -march=native, built with torch's cpp_extension on first use) and run at the
+two layer sizes of bench_layers' transformer slot (x (64, 17, 64), H = 126), one thread, next to
+the shipped exact kernel (``af_kan_reduce``, forward and forward + backward) and the MLP step
+the issue-14 target is stated against:
+
+  lookup    s0, s1 of every element from the table (the forward; the backward's derivatives
+            are one more lookup of the same cost)
+  bins      per-bin min / max of u over the tensor (one scalar pass: the candidate search)
+  deposit   the backward's two gradient streams spread onto the knots with the Hermite weights
+            (one scalar pass)
+
+and prints the projected step: the measured af_kan step minus the exact reduction's forward +
+backward plus the LUT blocks (2 lookups + bins + deposit) per layer; the table build and the
+candidates' exact evaluation (about 1 % of the elements) are not in it. A projection, not a
+measurement of a shipped path.
+
+    python benchmarks/af_kan_lut_probe.py [--knots 1024] [--repeats 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import interleaved_samples  # noqa: E402
+
+from actlab.layers import create_layer  # noqa: E402
+from actlab.models import match_hidden  # noqa: E402
+
+SOURCE = r"""
+#include <torch/extension.h>
+#include <algorithm>
+
+// table (K + 1, 4): S0, h S0', S1, h S1' at the knots -1 + k h, h = 2 / K
+std::vector<at::Tensor> lookup(const at::Tensor& ut, const at::Tensor& table) {
+  const int64_t M = ut.numel(), K = table.size(0) - 1;
+  auto s0 = at::empty_like(ut), s1 = at::empty_like(ut);
+  const float* u = ut.data_ptr<float>();
+  const float* T = table.data_ptr<float>();
+  float* o0 = s0.data_ptr<float>();
+  float* o1 = s1.data_ptr<float>();
+  const float sc = 0.5f * static_cast<float>(K);
+  const int kmax = static_cast<int>(K) - 1;
+#pragma omp simd
+  for (int64_t n = 0; n < M; ++n) {
+    const float p = (u[n] + 1.0f) * sc;
+    const int k = std::min(std::max(static_cast<int>(p), 0), kmax);
+    const float t = p - static_cast<float>(k), om = 1.0f - t, t2 = t * t, om2 = om * om;
+    const float h00 = (1.0f + 2.0f * t) * om2, h10 = t * om2;
+    const float h01 = t2 * (3.0f - 2.0f * t), h11 = t2 * (t - 1.0f);
+    const float* q = T + 4 * k;
+    o0[n] = h00 * q[0] + h10 * q[1] + h01 * q[4] + h11 * q[5];
+    o1[n] = h00 * q[2] + h10 * q[3] + h01 * q[6] + h11 * q[7];
+  }
+  return {s0, s1};
+}
+
+// per-bin min and max of u (K bins)
+at::Tensor bins(const at::Tensor& ut, int64_t K) {
+  auto r = at::empty({K, 2}, ut.options());
+  float* R = r.data_ptr<float>();
+  for (int64_t k = 0; k < K; ++k) R[2 * k] = 2.0f, R[2 * k + 1] = -2.0f;
+  const float* u = ut.data_ptr<float>();
+  const float sc = 0.5f * static_cast<float>(K);
+  const int64_t M = ut.numel(), kmax = K - 1;
+  for (int64_t n = 0; n < M; ++n) {
+    const float v = u[n];
+    const int64_t k0 = static_cast<int64_t>((v + 1.0f) * sc);
+    const int64_t k = std::min<int64_t>(std::max<int64_t>(k0, 0), kmax);
+    R[2 * k] = std::min(R[2 * k], v);
+    R[2 * k + 1] = std::max(R[2 * k + 1], v);
+  }
+  return r;
+}
+
+// g0, g1 onto the knots with the Hermite weights: (K + 1, 4) sums
+at::Tensor deposit(const at::Tensor& ut, const at::Tensor& g0, const at::Tensor& g1, int64_t K) {
+  auto d = at::zeros({K + 1, 4}, ut.options());
+  float* D = d.data_ptr<float>();
+  const float* u = ut.data_ptr<float>();
+  const float* a = g0.data_ptr<float>();
+  const float* b = g1.data_ptr<float>();
+  const float sc = 0.5f * static_cast<float>(K);
+  const int64_t M = ut.numel(), kmax = K - 1;
+  for (int64_t n = 0; n < M; ++n) {
+    const float p = (u[n] + 1.0f) * sc;
+    const int64_t k = std::min<int64_t>(std::max<int64_t>(static_cast<int64_t>(p), 0), kmax);
+    const float t = p - static_cast<float>(k), om = 1.0f - t, t2 = t * t, om2 = om * om;
+    const float h00 = (1.0f + 2.0f * t) * om2, h10 = t * om2;
+    const float h01 = t2 * (3.0f - 2.0f * t), h11 = t2 * (t - 1.0f);
+    float* q = D + 4 * k;
+    q[0] += h00 * a[n], q[1] += h10 * a[n], q[2] += h00 * b[n], q[3] += h10 * b[n];
+    q[4] += h01 * a[n], q[5] += h11 * a[n], q[6] += h01 * b[n], q[7] += h11 * b[n];
+  }
+  return d;
+}
+"""
+
+
+def build() -> Any:
+    from torch.utils.cpp_extension import load_inline
+
+    return load_inline(
+        "actlab_af_kan_lut_probe",
+        cpp_sources=SOURCE,
+        functions=["lookup", "bins", "deposit"],
+        extra_cflags=["-O3", "-march=native", "-fopenmp-simd"],
+        verbose=False,
+    )
+
+
+def best_ms(fn: Callable[[], Any], repeats: int) -> float:
+    """Median over ``repeats`` rounds of the mean of 5 calls (after 5 warm-up calls), in ms."""
+    for _ in range(5):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(5):
+            fn()
+        times.append((time.perf_counter() - t0) / 5)
+    return statistics.median(times) * 1e3
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--knots", type=int, default=1024, help="table intervals K (default 1024)")
+    ap.add_argument("--repeats", type=int, default=30)
+    args = ap.parse_args()
+    if args.knots < 4:
+        sys.exit("af_kan_lut_probe: --knots must be >= 4")
+    torch.set_num_threads(1)
+    print("building the probe's kernels (torch cpp_extension, first run ~30 s) ...", flush=True)
+    ext = build()
+    torch.manual_seed(0)
+    x = torch.randn(64, 17, 64)
+    mlp = create_layer("mlp", in_features=64, hidden_features=128, out_features=64,
+                       act_layer="gelu")  # fmt: skip
+    target = sum(p.numel() for p in mlp.parameters())
+    h = match_hidden("af_kan", 64, 64, target)
+    af: Any = create_layer("af_kan", in_features=64, hidden_features=h, out_features=64,
+                      act_layer="gelu")  # fmt: skip
+
+    def step(m: torch.nn.Module) -> Callable[[], None]:
+        def run() -> None:
+            for p in m.parameters():
+                p.grad = None
+            m(x).square().mean().backward()
+
+        return run
+
+    samples = interleaved_samples({"mlp": step(mlp), "af_kan": step(af)}, args.repeats)
+    mlp_ms = statistics.median(samples["mlp"]) * 1e3
+    af_ms = statistics.median(samples["af_kan"]) * 1e3
+    print(f"steps (1 thread, x {tuple(x.shape)}, H {h}): mlp(gelu) {mlp_ms:.3f} ms, "
+          f"af_kan {af_ms:.3f} ms = {af_ms / mlp_ms:.2f}x")  # fmt: skip
+    K = args.knots
+    table = torch.randn(K + 1, 4)
+    saved = 0.0
+    with torch.no_grad():
+        h1 = af.layer1(x)
+    layers: list[tuple[str, Any, torch.Tensor]] = [
+        ("layer1", af.layer1, x),
+        ("layer2", af.layer2, h1),
+    ]
+    for name, layer, inp in layers:
+        xin = inp.reshape(-1, inp.shape[-1]).detach()
+        p = layer._params(xin.dtype)
+        ops = layer._ops(xin, p)
+        if ops is None:
+            sys.exit("af_kan_lut_probe: the native AF-KAN kernels are not available here")
+        code = layer._act_id[1]
+        ut = torch.tanh(xin).t().contiguous()
+        g0, g1 = torch.randn_like(ut), torch.randn_like(ut)
+        xg = xin.clone().requires_grad_()
+        args_ = (p["low"], p["high"], p["attn_w"][0], code, 0, 0, True)
+
+        def exact_fwd(xin: torch.Tensor = xin, ops: Any = ops, a: tuple = args_) -> Any:
+            with torch.no_grad():
+                return ops.af_kan_reduce(xin, *a)
+
+        def exact_fb(xg: torch.Tensor = xg, ops: Any = ops, a: tuple = args_) -> None:
+            xg.grad = None
+            r = ops.af_kan_reduce(xg, *a)
+            (r[0].sum() + r[1].sum() + r[2].sum() + r[3].sum()).backward()
+
+        fwd = best_ms(exact_fwd, args.repeats)
+        fb = best_ms(exact_fb, args.repeats)
+        look = best_ms(partial(ext.lookup, ut, table), args.repeats)
+        bins = best_ms(partial(ext.bins, ut, K), args.repeats)
+        dep = best_ms(partial(ext.deposit, ut, g0, g1, K), args.repeats)
+        lut = 2 * look + bins + dep
+        saved += fb - lut
+        print(
+            f"{name}: {ut.numel()} elements x G {p['low'].numel()}; exact reduction fwd "
+            f"{fwd:.3f} ms, fwd+bwd {fb:.3f} ms | LUT K {K}: lookup {look:.3f}, bins "
+            f"{bins:.3f}, deposit {dep:.3f} ms; 2 lookups + bins + deposit {lut:.3f} ms"
+        )
+    proj = af_ms - saved
+    print(
+        f"projected af_kan step with LUT phases: {proj:.3f} ms = {proj / mlp_ms:.2f}x the MLP "
+        f"(now {af_ms / mlp_ms:.2f}x; without the table build and the candidates)"
+    )
+
+
+if __name__ == "__main__":
+    main()
