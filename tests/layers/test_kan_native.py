@@ -223,6 +223,28 @@ def test_af_kan_float32_fast_exp_keeps_nan_and_inf_like_the_torch_path(
         _assert_same(got, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("grid,k", [(5, 3), (10, 6), (1, 1)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_s_kan_rbf_chain_matches_the_gaussians(grid: int, k: int, dtype: torch.dtype) -> None:
+    """rbf's G Gaussians come from three exponentials (a recurrence over the uniform centres)
+    when every lane is within 8 widths of the middle centre, else one exp each: both agree with
+    exp(-((u - c_j) / w)^2) in float64, in vectors that mix near, far, infinite and NaN inputs."""
+    ops = kn.ops_for(torch.zeros(1, dtype=dtype))
+    G = grid + k
+    u = torch.cat([
+        torch.linspace(-1.0, 1.0, 4001, dtype=torch.float64),
+        torch.tensor([3.0, -2.5, 9.0, -40.0, float("inf"), float("-inf"), float("nan")],
+                     dtype=torch.float64),
+    ])  # fmt: skip
+    got = ops.s_basis_t(u.to(dtype).reshape(1, -1), torch.ones(1, 1, dtype=dtype), [1], grid, k)
+    c = torch.linspace(-1.0, 1.0, G, dtype=torch.float64)
+    w = 2.0 / (G - 1) if G > 1 else 2.0
+    want = torch.exp(-(((u.to(dtype).double()[None, :] - c[:, None]) / w) ** 2))  # (G, N)
+    assert torch.equal(got.isnan(), want.isnan())
+    tol = dict(rtol=1e-12, atol=1e-14) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-6)
+    torch.testing.assert_close(got.double(), want, equal_nan=True, **tol)
+
+
 def test_thread_count_does_not_change_results() -> None:
     """The basis kernels are bit-identical across thread counts (each node is summed by one
     task, in order); whole layers agree within float32 rounding (MKL's GEMMs may split their
