@@ -383,6 +383,30 @@ def test_af_kan_gelu_and_tied_min_max_match_the_plain_twin(func_norm: str) -> No
     _assert_same(_grads(m, x), _grads(twin, x), rtol=1e-10, atol=1e-11)
 
 
+@pytest.mark.parametrize("func_norm", ["batch", "sample"])
+def test_af_kan_many_ties_share_the_extremes_gradient(func_norm: str) -> None:
+    """Saturated inputs (tanh(x) = +-1 exactly) tie the min / max of f hundreds of times,
+    across row chunks: the backward finds the ties itself and shares glo / ghi as torch's amin /
+    amax, with one thread or two. (float32: which values tie depends on each path's rounding, so
+    only the thread counts are compared there.)"""
+    x = _x(700, 3, seed=19)
+    x[:300:2] = 60.0  # u = 1 exactly
+    x[1:300:2] = -60.0  # u = -1 exactly
+    x[500:520, 1] = 0.0
+    m, twin = _pair(f"af_kan(func_norm={func_norm!r})", False, torch.float64, act="silu")
+    m32 = copy.deepcopy(m).float()
+    before = torch.get_num_threads()
+    try:
+        runs = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            _assert_same(_grads(m, x), _grads(twin, x), rtol=1e-10, atol=1e-11)
+            runs.append(_grads(m32, x.float()))
+    finally:
+        torch.set_num_threads(before)
+    _assert_same(runs[0], runs[1], rtol=1e-5, atol=1e-5)
+
+
 def test_af_kan_float32_is_as_close_to_float64_as_the_torch_path() -> None:
     """float32 min-max scaling, softmax and LayerNorm of near-equal values lose digits in both
     paths; the fused one may not lose more than a few times what the torch path loses."""

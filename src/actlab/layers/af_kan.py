@@ -50,8 +50,10 @@ autograd keeps u and the two contractions (3 x (N, in)), never f. The phase pair
 exp: SiLU's two sigmoids come from exp(-(u - l)) and the constant exp(-(h - l)), float GELU's
 phi from its erf's exp. In float32 on AVX2 / AVX-512 the phases' exps and the tail's softmax
 exp are ATen's 20-ulp exp and the divisions a reciprocal estimate with one Newton step (float64
-keeps the 1-ulp exp and true division). ``fused=False``, CUDA, half dtypes and other acts run the torch path
-(the plain twin the op is tested against); ``af_kan_reduce`` (the reduction alone) stays an op.
+keeps the 1-ulp exp and true division). The forward keeps only the running min / max of f; the
+backward, which recomputes f anyway, finds the values tied with them and shares their gradient.
+``fused=False``, CUDA, half dtypes and other acts run the torch path (the plain twin the op is
+tested against); ``af_kan_reduce`` (the reduction alone) stays an op.
 """
 
 from __future__ import annotations

@@ -42,8 +42,8 @@ skipped, so a pruned layer evaluates one space per node), and the backward recom
 basis with its derivatives in one pass, saving only u. Before pruning the op takes the logits
 and applies softmax(logits / tau) over the spaces itself; cubic B-splines (grid 5, k 3) are
 evaluated in closed form, and the G Gaussians of rbf from three exponentials (uniform centres:
-each is the next one times a constant and exp(2 z) of the middle one). ``fused=False``, CUDA and other dtypes run the torch path below (the
-plain twin the kernels are tested against).
+each is its neighbour times exp(+-2 z) of the middle one and a constant). ``fused=False``, CUDA
+and other dtypes run the torch path below (the plain twin the kernels are tested against).
 """
 
 from __future__ import annotations

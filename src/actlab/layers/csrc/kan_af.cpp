@@ -14,9 +14,11 @@ namespace actlab_kan {
 // (the ties share the min / max gradient evenly, as torch's amin / amax), then
 //   du = sum_j gf (f_a act'(u - l_j) - f_b act'(h_j - u)),  dl_j = -sum gf f_a act'(u - l_j),
 //   dh_j = sum gf f_b act'(h_j - u),  dw_j = sum gs0 f.
-// The tie counts #lo, #hi are kept by the forward pass (per lane while it runs the extremes),
-// so the backward is one pass. Rows run in fixed chunks of kChunk (parallel over chunks; per-chunk parameter
-// sums added in chunk order): results do not depend on the thread count.
+// The forward keeps only the running extremes. The backward pass, which recomputes f bit for bit,
+// sums the terms without the ties and keeps aside the few values equal to lo or hi (their node,
+// row, phase and f_a act', f_b act'); after the pass it counts them (#lo, #hi) and adds their
+// share. Rows run in fixed chunks of kChunk (parallel over chunks; per-chunk parameter sums and
+// tie lists taken in chunk order): results do not depend on the thread count.
 constexpr int64_t kChunk = 256;
 
 enum Act : int64_t { kSilu = 0, kGelu = 1 };
@@ -159,29 +161,18 @@ struct AFArgs {
   bool tanh;
 };
 
-// A running minimum (or maximum) with the count of values equal to it. NaN propagates (and
-// then nothing counts), as in amin / amax.
+// a merged with v into a running minimum (or maximum); NaN propagates, as in amin / amax.
 template <typename T>
-struct Extreme {
-  double m, c = 0.0;
-  void merge(T v, double cnt, bool is_min) {
-    if (std::isnan(m)) return;
-    if (std::isnan(static_cast<double>(v))) {
-      m = static_cast<double>(v), c = 0.0;
-    } else if (is_min ? v < m : v > m) {
-      m = static_cast<double>(v), c = cnt;
-    } else if (v == m) {
-      c += cnt;
-    }
-  }
-};
+inline T extreme(T a, T v, bool is_min) {
+  if (std::isnan(a) || std::isnan(v)) return std::isnan(a) ? a : v;
+  return is_min ? std::min(a, v) : std::max(a, v);
+}
 
-// Forward: s0t, s1t (in, N); the min / max of f with their tie counts per row (mode 1: rmin,
-// rmax, rcmin, rcmax, N values each) or per chunk (cmin, cmax: kChunk rows each).
+// Forward: s0t, s1t (in, N); the min / max of f per row (mode 1: rmin, rmax, N values each) or
+// per chunk (cmin, cmax: kChunk rows each).
 template <typename T>
 void af_fwd_kernel(const T* ut, const T* lo_p, const T* hi_p, const T* w, T* s0t, T* s1t, T* rmin,
-                   T* rmax, double* rcmin, double* rcmax, std::vector<Extreme<T>>& cmin,
-                   std::vector<Extreme<T>>& cmax, const AFArgs& A) {
+                   T* rmax, std::vector<T>& cmin, std::vector<T>& cmax, const AFArgs& A) {
   using V = Vectorized<T>;
   constexpr int64_t S = V::size();
   const int64_t chunks = (A.N + kChunk - 1) / kChunk;
@@ -190,13 +181,12 @@ void af_fwd_kernel(const T* ut, const T* lo_p, const T* hi_p, const T* w, T* s0t
   std::vector<char> cj_ok;
   pair_consts(lo_p, hi_p, A.G, cj, cj_ok);
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-    const V one(T(1));
     for (int64_t ch = c0; ch < c1; ++ch) {
-      Extreme<T> emn{static_cast<double>(inf)}, emx{static_cast<double>(-inf)};
+      T emn = inf, emx = -inf;
       const int64_t n1 = std::min(A.N, (ch + 1) * kChunk);
       for (int64_t n = ch * kChunk; n < n1; n += S) {
         const int64_t c = std::min<int64_t>(S, n1 - n);
-        V rmn(inf), rmx(-inf), cmn(T(0)), cmx(T(0));  // per row (lane): extremes and ties
+        V rmn(inf), rmx(-inf);  // per row (lane)
         for (int64_t i = 0; i < A.nin; ++i) {
           const V u = V::loadu(ut + i * A.N + n, c);
           V s0(T(0)), s1(T(0));
@@ -207,9 +197,7 @@ void af_fwd_kernel(const T* ut, const T* lo_p, const T* hi_p, const T* w, T* s0t
             const V f = func_d<T>(A.func, x1, x2, nullptr, nullptr);
             s0 = s0 + f * V(w[j]);
             s1 = s1 + f;
-            if (A.mode != 2) {  // counts of a row stay below 2^24 (in G values) in float
-              cmn = V::blendv(cmn + f.eq(rmn), one, f < rmn);
-              cmx = V::blendv(cmx + f.eq(rmx), one, f > rmx);
+            if (A.mode != 2) {  // NaN propagates through minimum / maximum
               rmn = at::vec::minimum(rmn, f);
               rmx = at::vec::maximum(rmx, f);
             }
@@ -218,18 +206,15 @@ void af_fwd_kernel(const T* ut, const T* lo_p, const T* hi_p, const T* w, T* s0t
           s1.store(s1t + i * A.N + n, c);
         }
         if (A.mode == 2) continue;
-        T a[S], b[S], ca[S], cb[S];
+        T a[S], b[S];
         rmn.store(a);
         rmx.store(b);
-        cmn.store(ca);
-        cmx.store(cb);
         for (int64_t l = 0; l < c; ++l) {
           if (A.mode == 1) {
             rmin[n + l] = a[l], rmax[n + l] = b[l];
-            rcmin[n + l] = ca[l], rcmax[n + l] = cb[l];
           } else {
-            emn.merge(a[l], ca[l], true);
-            emx.merge(b[l], cb[l], false);
+            emn = extreme(emn, a[l], true);
+            emx = extreme(emx, b[l], false);
           }
         }
       }
@@ -239,43 +224,46 @@ void af_fwd_kernel(const T* ut, const T* lo_p, const T* hi_p, const T* w, T* s0t
   });
 }
 
-// Backward. lo / hi: 1 value (mode 0) or N (mode 1); glo / ghi likewise (null: no min / max
-// gradient). Outputs gut (in, N) (if gut) and per-chunk sums of dl, dh, dw (3 G per chunk).
+// One value of f equal to lo or hi, kept aside by the backward pass: node i, row n, phase j,
+// which extremes it equals (bit 0: lo, bit 1: hi) and its partials pa = f_a act'(u - l_j),
+// pb = f_b act'(h_j - u).
+template <typename T>
+struct Tie {
+  int64_t i, n, j;
+  int which;
+  T pa, pb;
+};
+
+// Backward. lo / hi: 1 value (mode 0) or N (mode 1), read when ties (a min / max gradient is
+// given). Outputs gut (in, N) (if gut; without the ties' share), per-chunk sums of dl, dh, dw
+// (3 G per chunk; without the ties' share) and, when ties, the values equal to lo or hi per chunk.
 template <typename T>
 void af_bwd_kernel(const T* ut, const T* l_p, const T* h_p, const T* w, const T* gs0t,
-                   const T* gs1t, const T* lo, const T* hi, const double* nlo, const double* nhi,
-                   const T* glo, const T* ghi, T* gut, std::vector<double>& part, const AFArgs& A) {
+                   const T* gs1t, const T* lo, const T* hi, bool ties, T* gut,
+                   std::vector<double>& part, std::vector<std::vector<Tie<T>>>& tied,
+                   const AFArgs& A) {
   using V = Vectorized<T>;
   constexpr int64_t S = V::size();
   const int64_t G = A.G, chunks = (A.N + kChunk - 1) / kChunk;
-  const bool ties = glo != nullptr;
   auto lim = [&](const T* p, int64_t n, int64_t c) {
     return A.mode == 1 ? V::loadu(p + n, c) : V(p[0]);
   };
-  // the min / max gradient per tie: glo / #lo (per row in mode 1)
-  const int64_t rows = A.mode == 1 ? A.N : 1;
-  std::vector<T> slo(ties ? rows : 0), shi(slo.size());
-  for (size_t r = 0; r < slo.size(); ++r) {
-    slo[r] = static_cast<T>(static_cast<double>(glo[r]) / std::max(nlo[r], 1.0));
-    shi[r] = static_cast<T>(static_cast<double>(ghi[r]) / std::max(nhi[r], 1.0));
-  }
   part.assign(chunks * 3 * G, 0.0);
+  tied.assign(ties ? chunks : 0, {});
   std::vector<T> cj;
   std::vector<char> cj_ok;
   pair_consts(l_p, h_p, G, cj, cj_ok);
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
     std::vector<LaneSum<T>> sums(3 * G);
+    T la[S], lb[S];
     for (int64_t ch = c0; ch < c1; ++ch) {
       for (auto& x : sums) x = LaneSum<T>();
       const int64_t n1 = std::min(A.N, (ch + 1) * kChunk);
       for (int64_t n = ch * kChunk; n < n1; n += S) {
         const int64_t c = std::min<int64_t>(S, n1 - n);
-        V vlo(T(0)), vhi(T(0)), tlo(T(0)), thi(T(0));
-        if (ties) {
-          vlo = lim(lo, n, c), vhi = lim(hi, n, c);
-          tlo = A.mode == 1 ? V::loadu(slo.data() + n, c) : V(slo[0]);
-          thi = A.mode == 1 ? V::loadu(shi.data() + n, c) : V(shi[0]);
-        }
+        const int lanes = c >= S ? -1 : (1 << c) - 1;  // the rows of this vector
+        V vlo(T(0)), vhi(T(0));
+        if (ties) vlo = lim(lo, n, c), vhi = lim(hi, n, c);
         for (int64_t i = 0; i < A.nin; ++i) {
           const V u = V::loadu(ut + i * A.N + n, c);
           const V g0 = V::loadu(gs0t + i * A.N + n, c), g1 = V::loadu(gs1t + i * A.N + n, c);
@@ -284,13 +272,25 @@ void af_bwd_kernel(const T* ut, const T* l_p, const T* h_p, const T* w, const T*
             V x1, x2, d1, d2, fa, fb;
             act_pair<T>(A.act, u - V(l_p[j]), V(h_p[j]) - u, cj[j], cj_ok[j], x1, x2, &d1, &d2);
             const V f = func_d<T>(A.func, x1, x2, &fa, &fb);
-            V gf = g0 * V(w[j]) + g1;
-            if (ties) gf = gf + f.eq(vlo) * tlo + f.eq(vhi) * thi;
-            const V ga = gf * fa * d1, gb = gf * fb * d2;
+            const V gf = g0 * V(w[j]) + g1, pa = fa * d1, pb = fb * d2;
+            const V ga = gf * pa, gb = gf * pb;
             du = du + ga - gb;
             sums[j].add(head(ga, c));
             sums[G + j].add(head(gb, c));
             sums[2 * G + j].add(head(g0 * f, c));
+            if (ties) {  // rare: a value equal to an extreme
+              const int full = (1 << S) - 1;
+              const int mlo = ~(f == vlo).zero_mask() & full & lanes;
+              const int mhi = ~(f == vhi).zero_mask() & full & lanes;
+              if (mlo | mhi) {
+                pa.store(la);
+                pb.store(lb);
+                for (int64_t l = 0; l < c; ++l) {
+                  const int which = ((mlo >> l) & 1) | (((mhi >> l) & 1) << 1);
+                  if (which) tied[ch].push_back({i, n + l, j, which, la[l], lb[l]});
+                }
+              }
+            }
           }
           if (gut) {
             if (A.tanh) du = du * (V(T(1)) - u * u);
@@ -303,8 +303,42 @@ void af_bwd_kernel(const T* ut, const T* l_p, const T* h_p, const T* w, const T*
   });
 }
 
-// (s0t, s1t, lo, hi, #lo, #hi) of ut (in, N) with phases low, high (G) and attention weights
-// w (G); lo, hi and the tie counts (float64) are scalars (mode 0, 2) or (N,) (mode 1).
+// The ties' share, after af_bwd_kernel: counts #lo, #hi (over the tensor, mode 0, or per row,
+// mode 1), then glo / #lo and ghi / #hi times each tie's partials into gut and the phase sums
+// a (dl before its sign), b (dh), in chunk order.
+template <typename T>
+void af_add_ties(const std::vector<std::vector<Tie<T>>>& tied, const T* ut, const T* glo,
+                 const T* ghi, T* gut, std::vector<double>& a, std::vector<double>& b,
+                 const AFArgs& A) {
+  const int64_t rows = A.mode == 1 ? A.N : 1;
+  std::vector<double> nlo(rows, 0.0), nhi(rows, 0.0);
+  for (const auto& list : tied) {
+    for (const auto& t : list) {
+      const int64_t r = A.mode == 1 ? t.n : 0;
+      nlo[r] += t.which & 1;
+      nhi[r] += (t.which >> 1) & 1;
+    }
+  }
+  for (const auto& list : tied) {
+    for (const auto& t : list) {
+      const int64_t r = A.mode == 1 ? t.n : 0;
+      double coef = 0.0;
+      if (t.which & 1) coef += static_cast<double>(glo[r]) / nlo[r];
+      if (t.which & 2) coef += static_cast<double>(ghi[r]) / nhi[r];
+      const double ga = coef * static_cast<double>(t.pa), gb = coef * static_cast<double>(t.pb);
+      a[t.j] += ga;
+      b[t.j] += gb;
+      if (gut) {
+        const double u = static_cast<double>(ut[t.i * A.N + t.n]);
+        const double du = (ga - gb) * (A.tanh ? 1.0 - u * u : 1.0);
+        gut[t.i * A.N + t.n] = static_cast<T>(static_cast<double>(gut[t.i * A.N + t.n]) + du);
+      }
+    }
+  }
+}
+
+// (s0t, s1t, lo, hi) of ut (in, N) with phases low, high (G) and attention weights w (G); lo and
+// hi are scalars (mode 0, 2) or (N,) (mode 1).
 std::vector<at::Tensor> af_reduce_t(const at::Tensor& ut, const at::Tensor& lo_p,
                                     const at::Tensor& hi_p, const at::Tensor& w, int64_t act,
                                     int64_t func, int64_t mode) {
@@ -319,33 +353,26 @@ std::vector<at::Tensor> af_reduce_t(const at::Tensor& ut, const at::Tensor& lo_p
   auto s0t = at::empty_like(ut), s1t = at::empty_like(ut);
   at::Tensor lo = mode == 1 ? at::empty({A.N}, ut.options()) : at::zeros({}, ut.options());
   at::Tensor hi = at::empty_like(lo);
-  auto dopt = ut.options().dtype(at::kDouble);
-  at::Tensor nlo = mode == 1 ? at::empty({A.N}, dopt) : at::zeros({}, dopt);
-  at::Tensor nhi = at::empty_like(nlo);
   AT_DISPATCH_FLOATING_TYPES(ut.scalar_type(), "af_reduce_t", [&] {
     const int64_t chunks = (A.N + kChunk - 1) / kChunk;
-    std::vector<Extreme<scalar_t>> cmin(chunks), cmax(chunks);
+    std::vector<scalar_t> cmin(chunks), cmax(chunks);
     const bool rows = mode == 1;
     af_fwd_kernel<scalar_t>(
         ut.data_ptr<scalar_t>(), lo_p.contiguous().data_ptr<scalar_t>(),
         hi_p.contiguous().data_ptr<scalar_t>(), w.contiguous().data_ptr<scalar_t>(),
         s0t.data_ptr<scalar_t>(), s1t.data_ptr<scalar_t>(), rows ? lo.data_ptr<scalar_t>() : nullptr,
-        rows ? hi.data_ptr<scalar_t>() : nullptr, rows ? nlo.data_ptr<double>() : nullptr,
-        rows ? nhi.data_ptr<double>() : nullptr, cmin, cmax, A);
+        rows ? hi.data_ptr<scalar_t>() : nullptr, cmin, cmax, A);
     if (mode == 0) {  // the chunks' extremes merged in chunk order
-      const double inf = std::numeric_limits<double>::infinity();
-      Extreme<scalar_t> emn{inf}, emx{-inf};
+      scalar_t emn = std::numeric_limits<scalar_t>::infinity(), emx = -emn;
       for (int64_t ch = 0; ch < chunks; ++ch) {
-        emn.merge(static_cast<scalar_t>(cmin[ch].m), cmin[ch].c, true);
-        emx.merge(static_cast<scalar_t>(cmax[ch].m), cmax[ch].c, false);
+        emn = extreme(emn, cmin[ch], true);
+        emx = extreme(emx, cmax[ch], false);
       }
-      lo.fill_(emn.m);
-      hi.fill_(emx.m);
-      nlo.fill_(emn.c);
-      nhi.fill_(emx.c);
+      lo.fill_(emn);
+      hi.fill_(emx);
     }
   });
-  return {s0t, s1t, lo, hi, nlo, nhi};
+  return {s0t, s1t, lo, hi};
 }
 
 // (gut, glow, ghigh, gw); gut undefined unless need_u.
@@ -353,8 +380,7 @@ std::vector<at::Tensor> af_reduce_t_bwd(const at::Tensor& ut, const at::Tensor& 
                                         const at::Tensor& hi_p, const at::Tensor& w, int64_t act,
                                         int64_t func, int64_t mode, const at::Tensor& gs0t_,
                                         const at::Tensor& gs1t_, const at::Tensor& lo,
-                                        const at::Tensor& hi, const at::Tensor& nlo_,
-                                        const at::Tensor& nhi_, const std::optional<at::Tensor>& glo_,
+                                        const at::Tensor& hi, const std::optional<at::Tensor>& glo_,
                                         const std::optional<at::Tensor>& ghi_, bool tanh,
                                         bool need_u) {
   check_ut(ut, "af_reduce_t_bwd");
@@ -374,30 +400,34 @@ std::vector<at::Tensor> af_reduce_t_bwd(const at::Tensor& ut, const at::Tensor& 
   at::Tensor gl = at::empty({G}, opts), gh = at::empty({G}, opts), gw = at::empty({G}, opts);
   AT_DISPATCH_FLOATING_TYPES(ut.scalar_type(), "af_reduce_t_bwd", [&] {
     std::vector<double> part;
+    std::vector<std::vector<Tie<scalar_t>>> tied;
     auto lc = lo.contiguous(), hc = hi.contiguous();
-    auto nlo = nlo_.to(at::kDouble).contiguous(), nhi = nhi_.to(at::kDouble).contiguous();
+    scalar_t* pg = need_u ? gut.data_ptr<scalar_t>() : nullptr;
     af_bwd_kernel<scalar_t>(ut.data_ptr<scalar_t>(), lo_p.contiguous().data_ptr<scalar_t>(),
                             hi_p.contiguous().data_ptr<scalar_t>(), w.contiguous().data_ptr<scalar_t>(),
                             gs0t.data_ptr<scalar_t>(), gs1t.data_ptr<scalar_t>(),
-                            lc.data_ptr<scalar_t>(), hc.data_ptr<scalar_t>(),
-                            nlo.data_ptr<double>(), nhi.data_ptr<double>(),
-                            ties ? glo.data_ptr<scalar_t>() : nullptr,
-                            ties ? ghi.data_ptr<scalar_t>() : nullptr,
-                            need_u ? gut.data_ptr<scalar_t>() : nullptr, part, A);
+                            lc.data_ptr<scalar_t>(), hc.data_ptr<scalar_t>(), ties, pg, part, tied,
+                            A);
     const int64_t chunks = (A.N + kChunk - 1) / kChunk;
+    std::vector<double> a(G, 0.0), b(G, 0.0), c(G, 0.0);
+    for (int64_t j = 0; j < G; ++j) {
+      for (int64_t ch = 0; ch < chunks; ++ch) {
+        a[j] += part[ch * 3 * G + j];
+        b[j] += part[ch * 3 * G + G + j];
+        c[j] += part[ch * 3 * G + 2 * G + j];
+      }
+    }
+    if (ties) {
+      af_add_ties<scalar_t>(tied, ut.data_ptr<scalar_t>(), glo.data_ptr<scalar_t>(),
+                            ghi.data_ptr<scalar_t>(), pg, a, b, A);
+    }
     auto* pl = gl.data_ptr<scalar_t>();
     auto* ph = gh.data_ptr<scalar_t>();
     auto* pw = gw.data_ptr<scalar_t>();
     for (int64_t j = 0; j < G; ++j) {
-      double a = 0.0, b = 0.0, c = 0.0;
-      for (int64_t ch = 0; ch < chunks; ++ch) {
-        a += part[ch * 3 * G + j];
-        b += part[ch * 3 * G + G + j];
-        c += part[ch * 3 * G + 2 * G + j];
-      }
-      pl[j] = static_cast<scalar_t>(-a);  // d(u - l)/dl = -1
-      ph[j] = static_cast<scalar_t>(b);
-      pw[j] = static_cast<scalar_t>(c);
+      pl[j] = static_cast<scalar_t>(-a[j]);  // d(u - l)/dl = -1
+      ph[j] = static_cast<scalar_t>(b[j]);
+      pw[j] = static_cast<scalar_t>(c[j]);
     }
   });
   return {gut, gl, gh, gw};
@@ -432,7 +462,7 @@ struct AFKANFunction : public torch::autograd::Function<AFKANFunction> {
                                int64_t func, int64_t mode, bool tanh) {
     auto ut = transposed_input(x, tanh);
     auto r = af_reduce_t(ut, lo_p, hi_p, w, act, func, mode);
-    ctx->save_for_backward({ut, lo_p, hi_p, w, r[2], r[3], r[4], r[5]});
+    ctx->save_for_backward({ut, lo_p, hi_p, w, r[2], r[3]});
     ctx->saved_data["act"] = act;
     ctx->saved_data["func"] = func;
     ctx->saved_data["mode"] = mode;
@@ -455,8 +485,7 @@ struct AFKANFunction : public torch::autograd::Function<AFKANFunction> {
     if (mode != 2 && grads[3].defined()) ghi = grads[3].reshape({-1});
     auto r = af_reduce_t_bwd(sv[0], sv[1], sv[2], sv[3], ctx->saved_data["act"].toInt(),
                              ctx->saved_data["func"].toInt(), mode, gsum(grads[0]),
-                             gsum(grads[1]), sv[4].reshape({-1}), sv[5].reshape({-1}),
-                             sv[6].reshape({-1}), sv[7].reshape({-1}), glo, ghi,
+                             gsum(grads[1]), sv[4].reshape({-1}), sv[5].reshape({-1}), glo, ghi,
                              ctx->saved_data["tanh"].toBool(), ctx->needs_input_grad(0));
     variable_list out(8);
     if (ctx->needs_input_grad(0)) out[0] = r[0].t().reshape(xshape);
@@ -753,9 +782,8 @@ struct AFKANLayerFunction : public torch::autograd::Function<AFKANLayerFunction>
     auto wc = w.contiguous();
     const at::Tensor g = gam.value_or(at::Tensor()), be = bet.value_or(at::Tensor());
     auto [ot, r] = af_layer_fwd(ut, lo_p, hi_p, wc, b, temp, g, be, act, func, mode, eps);
-    // saved: ut and the two contractions (in, N), the min / max with tie counts; never f
-    ctx->save_for_backward({ut, lo_p, hi_p, wc, b, temp, weight, g, be, r[0], r[1], r[2], r[3],
-                            r[4], r[5]});
+    // saved: ut and the two contractions (in, N), the min / max; never f
+    ctx->save_for_backward({ut, lo_p, hi_p, wc, b, temp, weight, g, be, r[0], r[1], r[2], r[3]});
     ctx->saved_data["act"] = act;
     ctx->saved_data["func"] = func;
     ctx->saved_data["mode"] = mode;
@@ -778,7 +806,7 @@ struct AFKANLayerFunction : public torch::autograd::Function<AFKANLayerFunction>
     // scratch: all four are consumed before this backward returns
     auto ot = scratch(1, ut.sizes(), ut), gs0t = scratch(3, ut.sizes(), ut);
     auto gs1t = scratch(4, ut.sizes(), ut);
-    std::vector<at::Tensor> r{sv[9], sv[10], sv[11], sv[12], sv[13], sv[14]};
+    std::vector<at::Tensor> r{sv[9], sv[10], sv[11], sv[12]};
     at::Tensor glo_rows, ghi_rows;
     if (mode == 1) glo_rows = at::empty({N}, ut.options()), ghi_rows = at::empty({N}, ut.options());
     std::vector<double> part;
@@ -807,8 +835,7 @@ struct AFKANLayerFunction : public torch::autograd::Function<AFKANLayerFunction>
       if (mode == 1) glo_t = glo_rows, ghi_t = ghi_rows;
       if (mode == 0) glo_t = at::full({1}, glo, ut.options()), ghi_t = at::full({1}, ghi, ut.options());
       auto red = af_reduce_t_bwd(ut, lo_p, hi_p, w, act, ctx->saved_data["func"].toInt(), mode,
-                                 gs0t, gs1t, r[2].reshape({-1}), r[3].reshape({-1}),
-                                 r[4].reshape({-1}), r[5].reshape({-1}), glo_t, ghi_t,
+                                 gs0t, gs1t, r[2].reshape({-1}), r[3].reshape({-1}), glo_t, ghi_t,
                                  ctx->saved_data["tanh"].toBool(), ctx->needs_input_grad(0));
       if (ctx->needs_input_grad(0)) out[0] = red[0].t().reshape(ctx->saved_data["xshape"].toIntVector());
       if (ctx->needs_input_grad(1)) out[1] = red[1];
