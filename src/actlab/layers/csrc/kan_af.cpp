@@ -49,7 +49,7 @@ inline void act_d(int64_t act, const Vectorized<T>& v, Vectorized<T>& y, Vectori
 inline Vectorized<float> erf_exp(const Vectorized<float>& z, Vectorized<float>& ez) {
   using V = Vectorized<float>;
   const V one(1.0f);
-  const V t = fast_rcp(V(0.3275911f) * z.abs() + one);
+  const V t = fast_rcp(V(0.3275911f) * at::vec::minimum(z.abs(), V(1e18f)) + one);  // finite
   V r = V(1.061405429f) * t + V(-1.453152027f);
   r = r * t + V(1.421413741f);
   r = r * t + V(-0.284496736f);
@@ -57,6 +57,30 @@ inline Vectorized<float> erf_exp(const Vectorized<float>& z, Vectorized<float>& 
   ez = fast_exp((z * z).neg());
   const V e = one - r * t * ez;  // erf(|z|)
   return V::blendv(e, e.neg(), z < V(0.0f));
+}
+
+// The tail's act(q) (and act'(q) if d): float takes erf_exp for GELU and the fast exp and
+// reciprocal for SiLU (exp(-q) capped at exp(80), where q sigmoid(q) is below 1e-33 anyway);
+// double act_d. q is finite or NaN here (the normalised z with finite parameters; NaN stays).
+template <typename T>
+inline void tail_act(int64_t act, const Vectorized<T>& q, Vectorized<T>& y, Vectorized<T>* d) {
+  if constexpr (std::is_same_v<T, float>) {
+    using V = Vectorized<float>;
+    const V one(1.0f);
+    if (act == kGelu) {
+      V ez;
+      const V cdf = V(0.5f) * (one + erf_exp(q * V(0.7071067811865476f), ez));
+      y = q * cdf;
+      if (d) *d = cdf + q * V(0.3989422804014327f) * ez;
+      return;
+    }
+    const V e1 = one + fast_exp(at::vec::minimum(q.neg(), V(80.0f)));  // 1 + exp(-q), finite
+    const V sg = fast_rcp(e1);
+    y = q * sg;
+    if (d) *d = sg * (one + q * (one - sg));
+    return;
+  }
+  act_d<T>(act, q, y, d);
 }
 
 // x1 = act(a), x2 = act(b) of one phase pair (a = u - l_j, b = h_j - u) and, if d1, their
@@ -597,7 +621,7 @@ void tail_fwd_kernel(const Tail<T>& P, const T* s0t, const T* s1t, T* ot) {
       for (int64_t i = 0; i < P.nin; ++i) {
         const V q = P.norm ? W.zh[i] * V(P.gam[i]) + V(P.bet[i]) : W.zh[i];
         V o;
-        act_d<T>(P.act, q, o, nullptr);
+        tail_act<T>(P.act, q, o, nullptr);
         o.store(ot + i * P.N + n, c);
       }
     }
@@ -628,7 +652,7 @@ void tail_bwd_kernel(const Tail<T>& P, const T* s0t, const T* s1t, const T* got,
         for (int64_t i = 0; i < P.nin; ++i) {  // o again (for dW) and gq
           const V q = P.norm ? W.zh[i] * V(P.gam[i]) + V(P.bet[i]) : W.zh[i];
           V o, d;
-          act_d<T>(P.act, q, o, &d);
+          tail_act<T>(P.act, q, o, &d);
           o.store(ot + i * P.N + n, c);
           const V gq = head(V::loadu(got + i * P.N + n, c) * d, c);
           if (P.norm) {
