@@ -14,13 +14,15 @@ evaluation of the few candidates, and the gradients from per-knot deposits of th
 two gradient streams.
 
 This probe times those building blocks, not a layer: written as plain loops (the compiler's
-vectorisation, -O3 -march=native, built with torch's cpp_extension on first use) and run at the
+vectorisation, -O3 -march=native, built with torch's cpp_extension on first use; the lookup
+also with explicit AVX-512 gathers where the CPU has them) and run at the
 two layer sizes of bench_layers' transformer slot (x (64, 17, 64), H = 126), one thread, next to
 the shipped exact kernel (``af_kan_reduce``, forward and forward + backward) and the MLP step
 the issue-14 target is stated against:
 
   lookup    s0, s1 of every element from the table (the forward; the backward's derivatives
-            are one more lookup of the same cost)
+            are one more lookup of the same cost); on an AVX-512 CPU also with explicit gathers,
+            and the faster of the two enters the projection
   bins      per-bin min / max of u over the tensor (one scalar pass: the candidate search)
   deposit   the backward's two gradient streams spread onto the knots with the Hermite weights
             (one scalar pass)
@@ -55,6 +57,9 @@ from actlab.models import match_hidden  # noqa: E402
 SOURCE = r"""
 #include <torch/extension.h>
 #include <algorithm>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 
 // table (K + 1, 4): S0, h S0', S1, h S1' at the knots -1 + k h, h = 2 / K
 std::vector<at::Tensor> lookup(const at::Tensor& ut, const at::Tensor& table) {
@@ -78,6 +83,59 @@ std::vector<at::Tensor> lookup(const at::Tensor& ut, const at::Tensor& table) {
     o1[n] = h00 * q[2] + h10 * q[3] + h01 * q[6] + h11 * q[7];
   }
   return {s0, s1};
+}
+
+// the same lookup with explicit AVX-512 gathers (16 rows a vector); has_gathers() says whether
+// this build has it (-march=native on an AVX-512 CPU)
+bool has_gathers() {
+#ifdef __AVX512F__
+  return true;
+#else
+  return false;
+#endif
+}
+
+std::vector<at::Tensor> lookup_gather(const at::Tensor& ut, const at::Tensor& table) {
+#ifdef __AVX512F__
+  const int64_t M = ut.numel(), K = table.size(0) - 1;
+  auto s0 = at::empty_like(ut), s1 = at::empty_like(ut);
+  const float* u = ut.data_ptr<float>();
+  const float* T = table.data_ptr<float>();
+  float* o0 = s0.data_ptr<float>();
+  float* o1 = s1.data_ptr<float>();
+  const __m512 sc = _mm512_set1_ps(0.5f * static_cast<float>(K)), one = _mm512_set1_ps(1.0f);
+  const __m512 two = _mm512_set1_ps(2.0f), three = _mm512_set1_ps(3.0f);
+  const __m512i kmax = _mm512_set1_epi32(static_cast<int>(K) - 1), zero = _mm512_setzero_si512();
+  int64_t n = 0;
+  for (; n + 16 <= M; n += 16) {
+    const __m512 p = _mm512_mul_ps(_mm512_add_ps(_mm512_loadu_ps(u + n), one), sc);
+    const __m512i k = _mm512_max_epi32(_mm512_min_epi32(_mm512_cvttps_epi32(p), kmax), zero);
+    const __m512 t = _mm512_sub_ps(p, _mm512_cvtepi32_ps(k));
+    const __m512i b = _mm512_slli_epi32(k, 2);  // 4 floats per knot
+    auto at = [&](int off) {
+      return _mm512_i32gather_ps(_mm512_add_epi32(b, _mm512_set1_epi32(off)), T, 4);
+    };
+    const __m512 om = _mm512_sub_ps(one, t), om2 = _mm512_mul_ps(om, om), t2 = _mm512_mul_ps(t, t);
+    const __m512 h00 = _mm512_mul_ps(_mm512_fmadd_ps(two, t, one), om2);
+    const __m512 h10 = _mm512_mul_ps(t, om2);
+    const __m512 h01 = _mm512_mul_ps(t2, _mm512_fnmadd_ps(two, t, three));
+    const __m512 h11 = _mm512_mul_ps(t2, _mm512_sub_ps(t, one));
+    auto herm = [&](int o) {
+      return _mm512_fmadd_ps(h00, at(o), _mm512_fmadd_ps(h10, at(o + 1),
+             _mm512_fmadd_ps(h01, at(o + 4), _mm512_mul_ps(h11, at(o + 5)))));
+    };
+    _mm512_storeu_ps(o0 + n, herm(0));
+    _mm512_storeu_ps(o1 + n, herm(2));
+  }
+  if (n < M) {  // the tail rows through the plain loop
+    auto r = lookup(ut.view({-1}).narrow(0, n, M - n), table);
+    s0.view({-1}).narrow(0, n, M - n).copy_(r[0]);
+    s1.view({-1}).narrow(0, n, M - n).copy_(r[1]);
+  }
+  return {s0, s1};
+#else
+  return lookup(ut, table);
+#endif
 }
 
 // per-bin min and max of u (K bins)
@@ -128,7 +186,7 @@ def build() -> Any:
     return load_inline(
         "actlab_af_kan_lut_probe",
         cpp_sources=SOURCE,
-        functions=["lookup", "bins", "deposit"],
+        functions=["lookup", "lookup_gather", "has_gathers", "bins", "deposit"],
         extra_cflags=["-O3", "-march=native", "-fopenmp-simd"],
         verbose=False,
     )
@@ -212,6 +270,12 @@ def main() -> None:
         fwd = best_ms(exact_fwd, args.repeats)
         fb = best_ms(exact_fb, args.repeats)
         look = best_ms(partial(ext.lookup, ut, table), args.repeats)
+        if ext.has_gathers():  # the explicit AVX-512 version, checked against the plain loop
+            got, want = ext.lookup_gather(ut, table), ext.lookup(ut, table)
+            assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-5) for a, b in zip(got, want))
+            gather = best_ms(partial(ext.lookup_gather, ut, table), args.repeats)
+            print(f"{name}: lookup with AVX-512 gathers {gather:.3f} ms (plain loop {look:.3f})")
+            look = min(look, gather)
         bins = best_ms(partial(ext.bins, ut, K), args.repeats)
         dep = best_ms(partial(ext.deposit, ut, g0, g1, K), args.repeats)
         lut = 2 * look + bins + dep
