@@ -61,32 +61,22 @@ SOURCE = r"""
 #include <immintrin.h>
 #endif
 
-// table (K + 1, 4): S0, h S0', S1, h S1' at the knots -1 + k h, h = 2 / K
-std::vector<at::Tensor> lookup(const at::Tensor& ut, const at::Tensor& table) {
-  const int64_t M = ut.numel(), K = table.size(0) - 1;
-  auto s0 = at::empty_like(ut), s1 = at::empty_like(ut);
-  const float* u = ut.data_ptr<float>();
-  const float* T = table.data_ptr<float>();
-  float* o0 = s0.data_ptr<float>();
-  float* o1 = s1.data_ptr<float>();
-  const float sc = 0.5f * static_cast<float>(K);
-  const int kmax = static_cast<int>(K) - 1;
-#pragma omp simd
-  for (int64_t n = 0; n < M; ++n) {
-    const float p = (u[n] + 1.0f) * sc;
-    const int k = std::min(std::max(static_cast<int>(p), 0), kmax);
-    const float t = p - static_cast<float>(k), om = 1.0f - t, t2 = t * t, om2 = om * om;
-    const float h00 = (1.0f + 2.0f * t) * om2, h10 = t * om2;
-    const float h01 = t2 * (3.0f - 2.0f * t), h11 = t2 * (t - 1.0f);
-    const float* q = T + 4 * k;
-    o0[n] = h00 * q[0] + h10 * q[1] + h01 * q[4] + h11 * q[5];
-    o1[n] = h00 * q[2] + h10 * q[3] + h01 * q[6] + h11 * q[7];
-  }
-  return {s0, s1};
+// The knot interval k of u in [-1, 1] (K intervals, sc = K / 2) and the cubic Hermite weights
+// of its position t in it: values at k, k + 1 (h00, h01) and h-scaled slopes (h10, h11).
+struct Cell {
+  int k;
+  float h00, h10, h01, h11;
+};
+
+inline Cell cell(float u, float sc, int kmax) {
+  const float p = (u + 1.0f) * sc;
+  const int k = std::min(std::max(static_cast<int>(p), 0), kmax);
+  const float t = p - static_cast<float>(k), om = 1.0f - t, t2 = t * t, om2 = om * om;
+  return {k, (1.0f + 2.0f * t) * om2, t * om2, t2 * (3.0f - 2.0f * t), t2 * (t - 1.0f)};
 }
 
-// the same lookup with explicit AVX-512 gathers (16 rows a vector); has_gathers() says whether
-// this build has it (-march=native on an AVX-512 CPU)
+// has_gathers(): whether this build has the explicit AVX-512 lookup (-march=native on an
+// AVX-512 CPU)
 bool has_gathers() {
 #ifdef __AVX512F__
   return true;
@@ -95,47 +85,62 @@ bool has_gathers() {
 #endif
 }
 
-std::vector<at::Tensor> lookup_gather(const at::Tensor& ut, const at::Tensor& table) {
-#ifdef __AVX512F__
+// table (K + 1, 4): S0, h S0', S1, h S1' at the knots -1 + k h, h = 2 / K. gathers: the rows in
+// whole vectors of 16 with explicit AVX-512 gathers (where built), the rest in the plain loop.
+std::vector<at::Tensor> lookup_impl(const at::Tensor& ut, const at::Tensor& table, bool gathers) {
   const int64_t M = ut.numel(), K = table.size(0) - 1;
   auto s0 = at::empty_like(ut), s1 = at::empty_like(ut);
   const float* u = ut.data_ptr<float>();
   const float* T = table.data_ptr<float>();
   float* o0 = s0.data_ptr<float>();
   float* o1 = s1.data_ptr<float>();
-  const __m512 sc = _mm512_set1_ps(0.5f * static_cast<float>(K)), one = _mm512_set1_ps(1.0f);
-  const __m512 two = _mm512_set1_ps(2.0f), three = _mm512_set1_ps(3.0f);
-  const __m512i kmax = _mm512_set1_epi32(static_cast<int>(K) - 1), zero = _mm512_setzero_si512();
-  int64_t n = 0;
-  for (; n + 16 <= M; n += 16) {
-    const __m512 p = _mm512_mul_ps(_mm512_add_ps(_mm512_loadu_ps(u + n), one), sc);
-    const __m512i k = _mm512_max_epi32(_mm512_min_epi32(_mm512_cvttps_epi32(p), kmax), zero);
-    const __m512 t = _mm512_sub_ps(p, _mm512_cvtepi32_ps(k));
-    const __m512i b = _mm512_slli_epi32(k, 2);  // 4 floats per knot
-    auto at = [&](int off) {
-      return _mm512_i32gather_ps(_mm512_add_epi32(b, _mm512_set1_epi32(off)), T, 4);
-    };
-    const __m512 om = _mm512_sub_ps(one, t), om2 = _mm512_mul_ps(om, om), t2 = _mm512_mul_ps(t, t);
-    const __m512 h00 = _mm512_mul_ps(_mm512_fmadd_ps(two, t, one), om2);
-    const __m512 h10 = _mm512_mul_ps(t, om2);
-    const __m512 h01 = _mm512_mul_ps(t2, _mm512_fnmadd_ps(two, t, three));
-    const __m512 h11 = _mm512_mul_ps(t2, _mm512_sub_ps(t, one));
-    auto herm = [&](int o) {
-      return _mm512_fmadd_ps(h00, at(o), _mm512_fmadd_ps(h10, at(o + 1),
-             _mm512_fmadd_ps(h01, at(o + 4), _mm512_mul_ps(h11, at(o + 5)))));
-    };
-    _mm512_storeu_ps(o0 + n, herm(0));
-    _mm512_storeu_ps(o1 + n, herm(2));
+  const float sc = 0.5f * static_cast<float>(K);
+  const int kmax = static_cast<int>(K) - 1;
+  int64_t n0 = 0;
+#ifdef __AVX512F__
+  if (gathers) {
+    const __m512 vsc = _mm512_set1_ps(sc), one = _mm512_set1_ps(1.0f);
+    const __m512 two = _mm512_set1_ps(2.0f), three = _mm512_set1_ps(3.0f);
+    const __m512i vkmax = _mm512_set1_epi32(kmax), zero = _mm512_setzero_si512();
+    for (; n0 + 16 <= M; n0 += 16) {
+      const __m512 p = _mm512_mul_ps(_mm512_add_ps(_mm512_loadu_ps(u + n0), one), vsc);
+      const __m512i k = _mm512_max_epi32(_mm512_min_epi32(_mm512_cvttps_epi32(p), vkmax), zero);
+      const __m512 t = _mm512_sub_ps(p, _mm512_cvtepi32_ps(k));
+      const __m512i b = _mm512_slli_epi32(k, 2);  // 4 floats per knot
+      auto at = [&](int off) {
+        return _mm512_i32gather_ps(_mm512_add_epi32(b, _mm512_set1_epi32(off)), T, 4);
+      };
+      const __m512 om = _mm512_sub_ps(one, t), om2 = _mm512_mul_ps(om, om);
+      const __m512 t2 = _mm512_mul_ps(t, t);
+      const __m512 h00 = _mm512_mul_ps(_mm512_fmadd_ps(two, t, one), om2);
+      const __m512 h10 = _mm512_mul_ps(t, om2);
+      const __m512 h01 = _mm512_mul_ps(t2, _mm512_fnmadd_ps(two, t, three));
+      const __m512 h11 = _mm512_mul_ps(t2, _mm512_sub_ps(t, one));
+      auto herm = [&](int o) {
+        return _mm512_fmadd_ps(h00, at(o), _mm512_fmadd_ps(h10, at(o + 1),
+               _mm512_fmadd_ps(h01, at(o + 4), _mm512_mul_ps(h11, at(o + 5)))));
+      };
+      _mm512_storeu_ps(o0 + n0, herm(0));
+      _mm512_storeu_ps(o1 + n0, herm(2));
+    }
   }
-  if (n < M) {  // the tail rows through the plain loop
-    auto r = lookup(ut.view({-1}).narrow(0, n, M - n), table);
-    s0.view({-1}).narrow(0, n, M - n).copy_(r[0]);
-    s1.view({-1}).narrow(0, n, M - n).copy_(r[1]);
+#endif
+#pragma omp simd
+  for (int64_t n = n0; n < M; ++n) {
+    const Cell c = cell(u[n], sc, kmax);
+    const float* q = T + 4 * c.k;
+    o0[n] = c.h00 * q[0] + c.h10 * q[1] + c.h01 * q[4] + c.h11 * q[5];
+    o1[n] = c.h00 * q[2] + c.h10 * q[3] + c.h01 * q[6] + c.h11 * q[7];
   }
   return {s0, s1};
-#else
-  return lookup(ut, table);
-#endif
+}
+
+std::vector<at::Tensor> lookup(const at::Tensor& ut, const at::Tensor& table) {
+  return lookup_impl(ut, table, false);
+}
+
+std::vector<at::Tensor> lookup_gather(const at::Tensor& ut, const at::Tensor& table) {
+  return lookup_impl(ut, table, true);
 }
 
 // per-bin min and max of u (K bins)
@@ -164,16 +169,12 @@ at::Tensor deposit(const at::Tensor& ut, const at::Tensor& g0, const at::Tensor&
   const float* a = g0.data_ptr<float>();
   const float* b = g1.data_ptr<float>();
   const float sc = 0.5f * static_cast<float>(K);
-  const int64_t M = ut.numel(), kmax = K - 1;
+  const int64_t M = ut.numel();
   for (int64_t n = 0; n < M; ++n) {
-    const float p = (u[n] + 1.0f) * sc;
-    const int64_t k = std::min<int64_t>(std::max<int64_t>(static_cast<int64_t>(p), 0), kmax);
-    const float t = p - static_cast<float>(k), om = 1.0f - t, t2 = t * t, om2 = om * om;
-    const float h00 = (1.0f + 2.0f * t) * om2, h10 = t * om2;
-    const float h01 = t2 * (3.0f - 2.0f * t), h11 = t2 * (t - 1.0f);
-    float* q = D + 4 * k;
-    q[0] += h00 * a[n], q[1] += h10 * a[n], q[2] += h00 * b[n], q[3] += h10 * b[n];
-    q[4] += h01 * a[n], q[5] += h11 * a[n], q[6] += h01 * b[n], q[7] += h11 * b[n];
+    const Cell c = cell(u[n], sc, static_cast<int>(K) - 1);
+    float* q = D + 4 * c.k;
+    q[0] += c.h00 * a[n], q[1] += c.h10 * a[n], q[2] += c.h00 * b[n], q[3] += c.h10 * b[n];
+    q[4] += c.h01 * a[n], q[5] += c.h11 * a[n], q[6] += c.h01 * b[n], q[7] += c.h11 * b[n];
   }
   return d;
 }
