@@ -73,7 +73,7 @@ inline Vectorized<T> head(const Vectorized<T>& v, int64_t c) {
   return Vectorized<T>::set(Vectorized<T>(T(0)), v, c);
 }
 
-// exp and 1 / d for the AF-KAN kernels. float on AVX2 / AVX-512: ATen's exp_u20 (range
+// exp and 1 / d for the KAN kernels. float on AVX2 / AVX-512: ATen's exp_u20 (range
 // reduction and a degree-5 polynomial, <= 20 ulp, about twice as fast as the 1-ulp exp; inputs
 // below ln(FLT_MIN) give 0, inputs above ln(FLT_MAX) are clamped there; NaN stays NaN) and the
 // hardware reciprocal estimate with one Newton step (about 1 ulp; d must be finite and nonzero:
