@@ -1,0 +1,33 @@
+"""The benchmark scripts this issue added or extended refuse bad arguments in one line (no
+traceback) before any timing or compiling starts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.mark.parametrize(
+    "script,args,says",
+    [
+        ("af_kan_lut_probe.py", ["--knots", "2"], "--knots must be >= 4"),
+        ("bench_layers.py", ["--groups", "spaces,nope"], "unknown group nope"),
+        ("bench_layers.py", ["--widths", "64,0", "--groups", "width"], "--widths takes"),
+    ],
+)
+def test_bad_arguments_give_one_line(script: str, args: list[str], says: str) -> None:
+    run = subprocess.run(
+        [sys.executable, str(BENCH / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode != 0
+    err = run.stderr.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert says in err
