@@ -23,10 +23,10 @@ test-portable: venv
 	ACTLAB_NATIVE_ISA=AVX2 $(PORTABLE) tests/activations/test_native.py tests/activations/test_extremes.py -k "native or test_native"
 	ACTLAB_NATIVE_ISA=AVX2 $(PORTABLE) tests/sparse/test_sparse_kernels.py tests/sparse/test_decode_native.py tests/sparse/test_generate_native.py tests/sparse/test_kernel_head.py
 	ACTLAB_NATIVE_ISA=AVX2 $(PORTABLE) tests/layers/test_norm_native.py
-	ACTLAB_NATIVE_ISA=AVX2 $(PORTABLE) tests/layers/test_kan_native.py
+	ACTLAB_NATIVE_ISA=AVX2 $(PORTABLE) tests/layers/test_kan_native.py tests/layers/test_af_kan_series.py
 	ACTLAB_NATIVE_ISA=DEFAULT $(PORTABLE) tests/activations/test_native.py tests/activations/test_extremes.py -k "native or test_native"
 	ACTLAB_NATIVE_ISA=DEFAULT $(PORTABLE) tests/sparse/test_sparse_kernels.py tests/sparse/test_decode_native.py tests/sparse/test_generate_native.py tests/sparse/test_kernel_head.py
 	ACTLAB_NATIVE_ISA=DEFAULT $(PORTABLE) tests/layers/test_norm_native.py
-	ACTLAB_NATIVE_ISA=DEFAULT $(PORTABLE) tests/layers/test_kan_native.py
+	ACTLAB_NATIVE_ISA=DEFAULT $(PORTABLE) tests/layers/test_kan_native.py tests/layers/test_af_kan_series.py
 bench: venv
 	.venv/bin/python benchmarks/bench_activations.py

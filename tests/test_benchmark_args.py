@@ -15,7 +15,6 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 @pytest.mark.parametrize(
     "script,args,says",
     [
-        ("af_kan_lut_probe.py", ["--knots", "2"], "--knots must be >= 4"),
         ("bench_layers.py", ["--groups", "spaces,nope"], "unknown group nope"),
         ("bench_layers.py", ["--widths", "64,0", "--groups", "width"], "--widths takes"),
     ],

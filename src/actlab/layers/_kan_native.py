@@ -54,8 +54,13 @@ __all__ = [
 KERNELS = Extension(
     name="actlab_kan",
     package="actlab.layers",
-    sources=("csrc/kan_kernels.cpp", "csrc/kan_relu_s.cpp", "csrc/kan_af.cpp"),
-    headers=("csrc/kan_common.h",),
+    sources=(
+        "csrc/kan_kernels.cpp",
+        "csrc/kan_relu_s.cpp",
+        "csrc/kan_af.cpp",
+        "csrc/kan_af_series.cpp",
+    ),
+    headers=("csrc/kan_common.h", "csrc/kan_af.h"),
     namespace="actlab_kan",
     ops=(
         "relu_basis_t",
@@ -67,6 +72,7 @@ KERNELS = Extension(
         "af_reduce_t",
         "af_kan_reduce",
         "af_kan_layer",
+        "af_series_extremes",
         "all_finite",
         "isa",
     ),

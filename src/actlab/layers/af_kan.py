@@ -89,6 +89,7 @@ FUNCS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "cubic2": lambda a, b: (a * b) ** 3,
 }
 FUNC_NORMS = ("batch", "sample", "none")
+SERIES_KNOTS = 1024  # cells of the series path's min / max bounds (csrc/kan_af_series.cpp)
 NORMS = ("auto", "layer", "none")
 _HALF = (torch.bfloat16, torch.float16)
 
@@ -129,6 +130,7 @@ class AFKANLayer(nn.Module):
         input_norm: str = "tanh",
         norm: str = "auto",
         fused: bool = True,
+        series: bool = True,
     ) -> None:
         super().__init__()
         check_grid("af_kan", grid, k)
@@ -158,6 +160,7 @@ class AFKANLayer(nn.Module):
         self.act = act
         self.range = InputRange("af_kan", input_norm)
         self.fused = bool(fused)
+        self.series_knots = SERIES_KNOTS if series else 0  # the native series path (0: off)
         self._act_id: tuple[int, int | None] = (0, None)  # (id of act, its kernel code)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -175,7 +178,7 @@ class AFKANLayer(nn.Module):
             y: Tensor = ops.af_kan_layer(
                 u, p["low"], p["high"], p["attn_w"][0], p["attn_b"], p["temperature"],
                 self.weight, nw, nb, self._act_id[1], FUNC_CODES[self.func],
-                NORM_CODES[self.func_norm], tanh, self.norm.eps,
+                NORM_CODES[self.func_norm], tanh, self.norm.eps, self.series_knots,
             )  # fmt: skip
             return y
         return F.linear(self._reduce(x), self.weight)  # (..., out)
@@ -262,10 +265,11 @@ class AFKAN(KANBlock):
         input_norm: str = "tanh",
         norm: str = "auto",
         fused: bool = True,
+        series: bool = True,
     ) -> None:
         kw: dict[str, Any] = dict(
             grid=grid, k=k, func=func, func_norm=func_norm, input_norm=input_norm, norm=norm,
-            fused=fused,
+            fused=fused, series=series,
         )  # fmt: skip
         a = act if act is not None else (act_layer if act_layer is not None else "silu")
         super().__init__(

@@ -1,7 +1,7 @@
 // AF-KAN: the basis reduction (two contractions over G, the min / max of f with their tie
 // counts) and its differentiable op. Formulas below; layout: kan_kernels.cpp.
 
-#include "kan_common.h"
+#include "kan_af.h"
 
 namespace actlab_kan {
 
@@ -19,178 +19,6 @@ namespace actlab_kan {
 // row, phase and f_a act', f_b act'); after the pass it counts them (#lo, #hi) and adds their
 // share. Rows run in fixed chunks of kChunk (parallel over chunks; per-chunk parameter sums and
 // tie lists taken in chunk order): results do not depend on the thread count.
-constexpr int64_t kChunk = 256;
-
-enum Act : int64_t { kSilu = 0, kGelu = 1 };
-
-// act(v) and act'(v) in the operation order of ATen's vectorised kernels (the tail's act).
-template <typename T>
-inline void act_d(int64_t act, const Vectorized<T>& v, Vectorized<T>& y, Vectorized<T>* d) {
-  using V = Vectorized<T>;
-  if (act == kSilu) {  // v / (1 + exp(-v)); silu' = s (1 + v (1 - s)), s = sigmoid(v)
-    const V e1 = V(T(1)) + v.neg().exp();
-    y = v / e1;
-    if (d) {
-      const V sg = V(T(1)) / e1;
-      *d = sg * (V(T(1)) + v * (V(T(1)) - sg));
-    }
-  } else {  // v Phi(v); gelu' = Phi + v phi
-    const V phi_c(T(0.3989422804014327)), half(T(0.5));
-    const V cdf = half * (V(T(1)) + (v * V(T(0.7071067811865476))).erf());
-    y = v * cdf;
-    if (d) *d = cdf + v * phi_c * (v * v * V(T(-0.5))).exp();
-  }
-}
-
-// float erf by Abramowitz-Stegun 7.1.26 (|error| < 1.5e-7; the formula ATen's AVX2 / AVX-512
-// float erf evaluates), returning exp(-z^2) too: erf(z) = 1 - t P(t) exp(-z^2), t = 1 / (1 +
-// p |z|). GELU's derivative needs phi(v) = exp(-v^2 / 2) / sqrt(2 pi), and with z = v / sqrt(2)
-// that is the same exponential: one exp per GELU value and derivative instead of two.
-inline Vectorized<float> erf_exp(const Vectorized<float>& z, Vectorized<float>& ez) {
-  using V = Vectorized<float>;
-  const V one(1.0f);
-  const V t = fast_rcp(V(0.3275911f) * at::vec::minimum(z.abs(), V(1e18f)) + one);  // finite
-  V r = V(1.061405429f) * t + V(-1.453152027f);
-  r = r * t + V(1.421413741f);
-  r = r * t + V(-0.284496736f);
-  r = r * t + V(0.254829592f);
-  ez = fast_exp((z * z).neg());
-  const V e = one - r * t * ez;  // erf(|z|)
-  return V::blendv(e, e.neg(), z < V(0.0f));
-}
-
-// The tail's act(q) (and act'(q) if d): float takes erf_exp for GELU and the fast exp and
-// reciprocal for SiLU (exp(-q) capped at exp(80), where q sigmoid(q) is below 1e-33 anyway);
-// double act_d. q is finite or NaN here (the normalised z with finite parameters; NaN stays).
-template <typename T>
-inline void tail_act(int64_t act, const Vectorized<T>& q, Vectorized<T>& y, Vectorized<T>* d) {
-  if constexpr (std::is_same_v<T, float>) {
-    using V = Vectorized<float>;
-    const V one(1.0f);
-    if (act == kGelu) {
-      V ez;
-      const V cdf = V(0.5f) * (one + erf_exp(q * V(0.7071067811865476f), ez));
-      y = q * cdf;
-      if (d) *d = cdf + q * V(0.3989422804014327f) * ez;
-      return;
-    }
-    const V e1 = one + fast_exp(at::vec::minimum(q.neg(), V(80.0f)));  // 1 + exp(-q), finite
-    const V sg = fast_rcp(e1);
-    y = q * sg;
-    if (d) *d = sg * (one + q * (one - sg));
-    return;
-  }
-  act_d<T>(act, q, y, d);
-}
-
-// x1 = act(a), x2 = act(b) of one phase pair (a = u - l_j, b = h_j - u) and, if d1, their
-// derivatives. SiLU shares one exp between the two sigmoids: exp(-b) = c_j / exp(-a) with
-// c_j = exp(-(h_j - l_j)) exactly (-b = -(h_j - l_j) + a), so with E = exp(-a) and
-// R = 1 / ((1 + E)(E + c_j)): sigmoid(a) = (E + c_j) R, sigmoid(b) = E (1 + E) R -- one exp and
-// one division for both (each apart: one exp and one division). Used where every lane has
-// |a|, |b| < 40 and |h_j - l_j| <= 20 (cj_ok), so nothing overflows; other vectors (inputs far
-// outside the grid with input_norm="none") take act_d for each. float GELU shares the exp of
-// erf with phi (erf_exp); double GELU keeps ATen's 1-ulp erf. The forward and the backward
-// call this same function, so the backward's recomputed f equals the forward's bit for bit
-// (the min / max tie test needs that).
-template <typename T>
-inline void act_pair(int64_t act, const Vectorized<T>& a, const Vectorized<T>& b, T cj, bool cj_ok,
-                     Vectorized<T>& x1, Vectorized<T>& x2, Vectorized<T>* d1, Vectorized<T>* d2) {
-  using V = Vectorized<T>;
-  const V one(T(1));
-  if (act == kSilu && cj_ok) {
-    const V big = at::vec::maximum(a.abs(), b.abs()) > V(T(40));
-    if (big.zero_mask() == (1 << V::size()) - 1) {  // no lane is big (NaN lanes propagate)
-      const V E = fast_exp(a.neg()), Ec = E + V(cj), E1 = one + E;
-      const V R = fast_rcp(E1 * Ec);
-      const V s1 = Ec * R, s2 = E * E1 * R;
-      x1 = a * s1;
-      x2 = b * s2;
-      if (d1) {
-        *d1 = s1 * (one + a * (one - s1));
-        *d2 = s2 * (one + b * (one - s2));
-      }
-      return;
-    }
-  }
-  if constexpr (std::is_same_v<T, float>) {
-    if (act == kGelu) {
-      const V half(0.5f), phi_c(0.3989422804014327f), r2(0.7071067811865476f);
-      V ea, eb;
-      const V ca = half * (one + erf_exp(a * r2, ea)), cb = half * (one + erf_exp(b * r2, eb));
-      x1 = a * ca;
-      x2 = b * cb;
-      if (d1) {
-        *d1 = ca + a * phi_c * ea;
-        *d2 = cb + b * phi_c * eb;
-      }
-      return;
-    }
-  }
-  act_d<T>(act, a, x1, d1);
-  act_d<T>(act, b, x2, d2);
-}
-
-// c_j = exp(-(h_j - l_j)) and whether the shared-exp SiLU applies to phase j (|h_j - l_j| <= 20).
-template <typename T>
-void pair_consts(const T* l_p, const T* h_p, int64_t G, std::vector<T>& c, std::vector<char>& ok) {
-  c.resize(G);
-  ok.resize(G);
-  for (int64_t j = 0; j < G; ++j) {
-    const double w = static_cast<double>(h_p[j]) - static_cast<double>(l_p[j]);
-    ok[j] = std::isfinite(w) && std::abs(w) <= 20.0;
-    c[j] = static_cast<T>(ok[j] ? std::exp(-w) : 0.0);
-  }
-}
-
-// f = func(a, b) and its partials fa, fb (if fa).
-template <typename T>
-inline Vectorized<T> func_d(int64_t func, const Vectorized<T>& a, const Vectorized<T>& b,
-                            Vectorized<T>* fa, Vectorized<T>* fb) {
-  using V = Vectorized<T>;
-  const V one(T(1)), two(T(2)), three(T(3));
-  switch (func) {
-    case 0: {  // quad1 (a b)^2
-      const V ab = a * b;
-      if (fa) *fa = two * ab * b, *fb = two * ab * a;
-      return ab * ab;
-    }
-    case 1:  // quad2 a b + a^2 + b^2
-      if (fa) *fa = b + two * a, *fb = a + two * b;
-      return a * b + a * a + b * b;
-    case 2:  // sum
-      if (fa) *fa = one, *fb = one;
-      return a + b;
-    case 3:  // prod
-      if (fa) *fa = b, *fb = a;
-      return a * b;
-    case 4:  // sum_prod a + b + a b
-      if (fa) *fa = one + b, *fb = one + a;
-      return a + b + a * b;
-    case 5: {  // cubic1 (a + b)(a^2 + b^2)
-      const V s = a + b, q = a * a + b * b;
-      if (fa) *fa = q + s * two * a, *fb = q + s * two * b;
-      return s * q;
-    }
-    default: {  // cubic2 (a b)^3
-      const V ab = a * b;
-      if (fa) *fa = three * ab * ab * b, *fb = three * ab * ab * a;
-      return ab * ab * ab;
-    }
-  }
-}
-
-struct AFArgs {
-  int64_t nin, N, G, act, func, mode;
-  bool tanh;
-};
-
-// a merged with v into a running minimum (or maximum); NaN propagates, as in amin / amax.
-template <typename T>
-inline T extreme(T a, T v, bool is_min) {
-  if (std::isnan(a) || std::isnan(v)) return std::isnan(a) ? a : v;
-  return is_min ? std::min(a, v) : std::max(a, v);
-}
 
 // Forward: s0t, s1t (in, N); the min / max of f per row (mode 1: rmin, rmax, N values each) or
 // per chunk (cmin, cmax: kChunk rows each).
@@ -247,16 +75,6 @@ void af_fwd_kernel(const T* ut, const T* lo_p, const T* hi_p, const T* w, T* s0t
     }
   });
 }
-
-// One value of f equal to lo or hi, kept aside by the backward pass: node i, row n, phase j,
-// which extremes it equals (bit 0: lo, bit 1: hi) and its partials pa = f_a act'(u - l_j),
-// pb = f_b act'(h_j - u).
-template <typename T>
-struct Tie {
-  int64_t i, n, j;
-  int which;
-  T pa, pb;
-};
 
 // Backward. lo / hi: 1 value (mode 0) or N (mode 1), read when ties (a min / max gradient is
 // given). Outputs gut (in, N) (if gut; without the ties' share), per-chunk sums of dl, dh, dw
@@ -325,40 +143,6 @@ void af_bwd_kernel(const T* ut, const T* l_p, const T* h_p, const T* w, const T*
       for (int64_t q = 0; q < 3 * G; ++q) part[ch * 3 * G + q] = sums[q].value();
     }
   });
-}
-
-// The ties' share, after af_bwd_kernel: counts #lo, #hi (over the tensor, mode 0, or per row,
-// mode 1), then glo / #lo and ghi / #hi times each tie's partials into gut and the phase sums
-// a (dl before its sign), b (dh), in chunk order.
-template <typename T>
-void af_add_ties(const std::vector<std::vector<Tie<T>>>& tied, const T* ut, const T* glo,
-                 const T* ghi, T* gut, std::vector<double>& a, std::vector<double>& b,
-                 const AFArgs& A) {
-  const int64_t rows = A.mode == 1 ? A.N : 1;
-  std::vector<double> nlo(rows, 0.0), nhi(rows, 0.0);
-  for (const auto& list : tied) {
-    for (const auto& t : list) {
-      const int64_t r = A.mode == 1 ? t.n : 0;
-      nlo[r] += t.which & 1;
-      nhi[r] += (t.which >> 1) & 1;
-    }
-  }
-  for (const auto& list : tied) {
-    for (const auto& t : list) {
-      const int64_t r = A.mode == 1 ? t.n : 0;
-      double coef = 0.0;
-      if (t.which & 1) coef += static_cast<double>(glo[r]) / nlo[r];
-      if (t.which & 2) coef += static_cast<double>(ghi[r]) / nhi[r];
-      const double ga = coef * static_cast<double>(t.pa), gb = coef * static_cast<double>(t.pb);
-      a[t.j] += ga;
-      b[t.j] += gb;
-      if (gut) {
-        const double u = static_cast<double>(ut[t.i * A.N + t.n]);
-        const double du = (ga - gb) * (A.tanh ? 1.0 - u * u : 1.0);
-        gut[t.i * A.N + t.n] = static_cast<T>(static_cast<double>(gut[t.i * A.N + t.n]) + du);
-      }
-    }
-  }
 }
 
 // (s0t, s1t, lo, hi) of ut (in, N) with phases low, high (G) and attention weights w (G); lo and
@@ -549,14 +333,90 @@ struct Tail {
   bool norm;
   T eps, b, t, cw;
   const T *lo, *hi, *gam, *bet;  // lo, hi: 1 value (mode 0) or N (mode 1); gam, bet: (in)
+  // the series path (float, kan_af_series.cpp): s0, s1 of u from their Chebyshev series instead of
+  // s0t, s1t; in the backward (sink) du and the moments instead of gs0t, gs1t
+  const T* ut = nullptr;
+  const AFSeries* series = nullptr;
+  bool sink = false;
+  T* gut = nullptr;
 };
 
 template <typename T>
 struct TailRows {  // one vector of rows: the tail's values per node
-  std::vector<Vectorized<T>> s0n, s1n, a, zh, g;
+  std::vector<Vectorized<T>> s0n, s1n, a, zh, g, g0, g1;
   Vectorized<T> vlo, span, raw, r;
-  explicit TailRows(int64_t nin) : s0n(nin), s1n(nin), a(nin), zh(nin), g(nin) {}
+  explicit TailRows(int64_t nin, bool sink = false)
+      : s0n(nin), s1n(nin), a(nin), zh(nin), g(nin), g0(sink ? nin : 0), g1(sink ? nin : 0) {}
 };
+
+// s0n, s1n (raw: s0, s1) of every node for rows n .. n + c from the series, four nodes at a time.
+template <typename T>
+void series_rows(const Tail<T>& P, int64_t n, int64_t c, TailRows<T>& W) {
+  if constexpr (std::is_same_v<T, float>) {
+    const AFSeries& S = *P.series;
+    constexpr int R = 4;
+    for (int64_t i0 = 0; i0 < P.nin; i0 += R) {
+      Vectorized<float> u[R], u2[R], s[R];
+      const int r1 = static_cast<int>(std::min<int64_t>(R, P.nin - i0));
+      for (int r = 0; r < R; ++r) {
+        u[r] = r < r1 ? Vectorized<float>::loadu(P.ut + (i0 + r) * P.N + n, c)
+                      : Vectorized<float>(0.0f);
+        u2[r] = u[r] + u[r];
+      }
+      clenshaw<R>(S.c.data(), S.D, u2, u, s);
+      for (int r = 0; r < r1; ++r) W.s0n[i0 + r] = s[r];
+      clenshaw<R>(S.c.data() + S.D + 1, S.D, u2, u, s);
+      for (int r = 0; r < r1; ++r) W.s1n[i0 + r] = s[r];
+    }
+  }
+}
+
+// The sink of the series path for rows n .. n + c: from gs0 (W.g0), gs1 (W.g1) of every node,
+// du = (gs0 s0'(u) + gs1 s1'(u)) (1 - u^2) into gut and the moments sum gs T_d(u) (d <= Dm) into
+// mom (2 (Dm + 1) vectors: gs0's, then gs1's), four nodes at a time.
+template <typename T>
+void series_sink(const Tail<T>& P, int64_t n, int64_t c, TailRows<T>& W,
+                 std::vector<Vectorized<T>>& mom) {
+  if constexpr (std::is_same_v<T, float>) {
+    using V = Vectorized<float>;
+    const AFSeries& S = *P.series;
+    const int64_t D1 = S.Dm + 1;
+    constexpr int R = 4;
+    for (int64_t i0 = 0; i0 < P.nin; i0 += R) {
+      V u[R], u2[R], d0[R], d1[R], g0[R], g1[R], tp[R], tc[R];
+      const int r1 = static_cast<int>(std::min<int64_t>(R, P.nin - i0));
+      for (int r = 0; r < R; ++r) {
+        const bool in = r < r1;
+        u[r] = in ? V::loadu(P.ut + (i0 + r) * P.N + n, c) : V(0.0f);
+        g0[r] = in ? W.g0[i0 + r] : V(0.0f);
+        g1[r] = in ? W.g1[i0 + r] : V(0.0f);
+        u2[r] = u[r] + u[r];
+        tp[r] = V(1.0f), tc[r] = u[r];  // T_0, T_1
+      }
+      if (P.gut) {
+        clenshaw<R>(S.dc.data(), S.Dd, u2, u, d0);
+        clenshaw<R>(S.dc.data() + S.Dd + 1, S.Dd, u2, u, d1);
+        for (int r = 0; r < r1; ++r) {
+          const V du = at::vec::fmadd(g0[r], d0[r], g1[r] * d1[r]) * (V(1.0f) - u[r] * u[r]);
+          du.store(P.gut + (i0 + r) * P.N + n, c);
+        }
+      }
+      V a = mom[0], b = mom[D1];
+      for (int r = 0; r < R; ++r) a = a + g0[r], b = b + g1[r];
+      mom[0] = a, mom[D1] = b;
+      for (int64_t d = 1; d < D1; ++d) {
+        a = mom[d], b = mom[D1 + d];
+        for (int r = 0; r < R; ++r) {
+          a = at::vec::fmadd(g0[r], tc[r], a);
+          b = at::vec::fmadd(g1[r], tc[r], b);
+          const V tn = at::vec::fmsub(u2[r], tc[r], tp[r]);
+          tp[r] = tc[r], tc[r] = tn;
+        }
+        mom[d] = a, mom[D1 + d] = b;
+      }
+    }
+  }
+}
 
 // s0n, s1n, a (softmax), zh (normalised z, or z), r (1 / std) for rows n .. n + c.
 template <typename T>
@@ -573,8 +433,10 @@ void tail_rows(const Tail<T>& P, const T* s0t, const T* s1t, int64_t n, int64_t 
   }
   const V vcw(P.cw), vG(static_cast<T>(P.G)), vb(P.b), vt(P.t);
   V m(-std::numeric_limits<T>::infinity());
+  if (P.series) series_rows<T>(P, n, c, W);
   for (int64_t i = 0; i < P.nin; ++i) {
-    V s0 = V::loadu(s0t + i * P.N + n, c), s1 = V::loadu(s1t + i * P.N + n, c);
+    V s0 = P.series ? W.s0n[i] : V::loadu(s0t + i * P.N + n, c);
+    V s1 = P.series ? W.s1n[i] : V::loadu(s1t + i * P.N + n, c);
     if (P.mode != 2) {
       s0 = (s0 - W.vlo * vcw) / W.span;
       s1 = (s1 - W.vlo * vG) / W.span;
@@ -636,8 +498,11 @@ void tail_bwd_kernel(const Tail<T>& P, const T* s0t, const T* s1t, const T* got,
   constexpr int64_t S = V::size();
   const int64_t chunks = (P.N + kChunk - 1) / kChunk, np = 2 * P.nin + 5;
   part.assign(chunks * np, 0.0);
+  const int64_t nm = P.sink ? 2 * (P.series->Dm + 1) : 0;  // the moments, after np
+  part.assign(chunks * (np + nm), 0.0);
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-    TailRows<T> W(P.nin);
+    TailRows<T> W(P.nin, P.sink);
+    std::vector<V> mom(nm);
     std::vector<V> sg(P.norm ? P.nin : 0), sb(P.norm ? P.nin : 0);
     const V one(T(1)), vt(P.t), vb(P.b), vcw(P.cw), vG(static_cast<T>(P.G));
     const V vn(static_cast<T>(P.nin));
@@ -682,15 +547,24 @@ void tail_bwd_kernel(const Tail<T>& P, const T* s0t, const T* s1t, const T* got,
           const V gs0n = ge / vt, gs1n = W.g[i];
           sge = sge + ge;
           sgee = sgee + ge * ((W.s0n[i] + vb) / vt);
+          V g0 = gs0n, g1 = gs1n;
           if (P.mode != 2) {
             sA = sA + gs0n, sB = sB + gs1n;
             sC = sC + gs0n * W.s0n[i], sD = sD + gs1n * W.s1n[i];
-            (gs0n / W.span).store(gs0t + i * P.N + n, c);
-            (gs1n / W.span).store(gs1t + i * P.N + n, c);
-          } else {
-            gs0n.store(gs0t + i * P.N + n, c);
-            gs1n.store(gs1t + i * P.N + n, c);
+            g0 = gs0n / W.span, g1 = gs1n / W.span;
           }
+          if (P.sink) {
+            W.g0[i] = head(g0, c), W.g1[i] = head(g1, c);
+          } else {
+            g0.store(gs0t + i * P.N + n, c);
+            g1.store(gs1t + i * P.N + n, c);
+          }
+        }
+        if (P.sink) {
+          for (auto& v : mom) v = V(T(0));
+          series_sink<T>(P, n, c, W, mom);
+          double* pm = part.data() + ch * (np + nm) + np;
+          for (int64_t q = 0; q < nm; ++q) pm[q] += static_cast<double>(hsum(mom[q]));
         }
         gbv = gbv + head(sge / vt, c);
         gtv = gtv + head(sgee / vt, c);
@@ -708,7 +582,7 @@ void tail_bwd_kernel(const Tail<T>& P, const T* s0t, const T* s1t, const T* got,
           }
         }
       }
-      double* pp = part.data() + ch * np;
+      double* pp = part.data() + ch * (np + nm);
       for (int64_t i = 0; i < static_cast<int64_t>(sg.size()); ++i) {
         pp[i] = static_cast<double>(hsum(sg[i]));
         pp[P.nin + i] = static_cast<double>(hsum(sb[i]));
@@ -765,17 +639,37 @@ at::Tensor af_project(const at::Tensor& ot, const at::Tensor& weight, const at::
   return y;
 }
 
-// The forward: (ot, reduction outputs r).
+// The forward: (ot, reduction outputs r: s0t, s1t, lo, hi and, on the series path, the min /
+// max candidates; there s0t, s1t are undefined: the tail evaluates the series itself).
 std::pair<at::Tensor, std::vector<at::Tensor>> af_layer_fwd(
     const at::Tensor& ut, const at::Tensor& lo_p, const at::Tensor& hi_p, const at::Tensor& w,
     const at::Tensor& b, const at::Tensor& temp, const at::Tensor& gam, const at::Tensor& bet,
-    int64_t act, int64_t func, int64_t mode, double eps) {
-  auto r = af_reduce_t(ut, lo_p, hi_p, w, act, func, mode);
+    int64_t act, int64_t func, int64_t mode, double eps, bool tanh, int64_t knots) {
+  std::vector<at::Tensor> r;
+  std::optional<AFSeries> S;
+  if (af_series_applies(ut, mode, tanh, knots)) S = af_series(lo_p, hi_p, w, act, func, false);
+  if (S) {
+    auto opts = ut.options();
+    if (mode == 0) {
+      auto ex = af_series_extremes(ut, lo_p, hi_p, act, func, knots);
+      if (ex) {
+        r = {at::Tensor(), at::Tensor(), at::full({}, std::get<1>(*ex), opts),
+             at::full({}, std::get<2>(*ex), opts), std::get<0>(*ex)};
+      } else {
+        S.reset();  // a NaN input: the exact kernels (NaN propagates as in the plain twin)
+      }
+    } else {
+      r = {at::Tensor(), at::Tensor(), at::zeros({}, opts), at::zeros({}, opts),
+           at::empty({0}, at::kLong)};
+    }
+  }
+  if (!S) r = af_reduce_t(ut, lo_p, hi_p, w, act, func, mode);  // no r[4]: the exact path
   auto ot = scratch(0, ut.sizes(), ut);  // dead once projected
   AT_DISPATCH_FLOATING_TYPES(ut.scalar_type(), "af_kan_layer", [&] {
-    const auto P = tail_args<scalar_t>(ut, w, b, temp, gam, bet, r, act, mode, eps);
-    tail_fwd_kernel<scalar_t>(P, r[0].data_ptr<scalar_t>(), r[1].data_ptr<scalar_t>(),
-                              ot.data_ptr<scalar_t>());
+    auto P = tail_args<scalar_t>(ut, w, b, temp, gam, bet, r, act, mode, eps);
+    if (S) P.ut = ut.data_ptr<scalar_t>(), P.series = &*S;
+    auto ptr = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
+    tail_fwd_kernel<scalar_t>(P, ptr(r[0]), ptr(r[1]), ot.data_ptr<scalar_t>());
   });
   return {ot, r};
 }
@@ -784,12 +678,12 @@ at::Tensor af_kan_layer_plain(const at::Tensor& x, const at::Tensor& lo_p, const
                               const at::Tensor& w, const at::Tensor& b, const at::Tensor& temp,
                               const at::Tensor& weight, const std::optional<at::Tensor>& gam,
                               const std::optional<at::Tensor>& bet, int64_t act, int64_t func,
-                              int64_t mode, bool tanh, double eps) {
+                              int64_t mode, bool tanh, double eps, int64_t knots) {
   auto ut = transposed_input(x, tanh);
   check_af_layer(ut, w, b, temp, weight, gam, bet);
   auto wc = w.contiguous();
   auto [ot, r] = af_layer_fwd(ut, lo_p, hi_p, wc, b, temp, gam.value_or(at::Tensor()),
-                              bet.value_or(at::Tensor()), act, func, mode, eps);
+                              bet.value_or(at::Tensor()), act, func, mode, eps, tanh, knots);
   return af_project(ot, weight, x);
 }
 
@@ -800,14 +694,19 @@ struct AFKANLayerFunction : public torch::autograd::Function<AFKANLayerFunction>
                             const at::Tensor& temp, const at::Tensor& weight,
                             const std::optional<at::Tensor>& gam,
                             const std::optional<at::Tensor>& bet, int64_t act, int64_t func,
-                            int64_t mode, bool tanh, double eps) {
+                            int64_t mode, bool tanh, double eps, int64_t knots) {
     auto ut = transposed_input(x, tanh);
     check_af_layer(ut, w, b, temp, weight, gam, bet);
     auto wc = w.contiguous();
     const at::Tensor g = gam.value_or(at::Tensor()), be = bet.value_or(at::Tensor());
-    auto [ot, r] = af_layer_fwd(ut, lo_p, hi_p, wc, b, temp, g, be, act, func, mode, eps);
-    // saved: ut and the two contractions (in, N), the min / max; never f
-    ctx->save_for_backward({ut, lo_p, hi_p, wc, b, temp, weight, g, be, r[0], r[1], r[2], r[3]});
+    auto [ot, r] = af_layer_fwd(ut, lo_p, hi_p, wc, b, temp, g, be, act, func, mode, eps, tanh,
+                                knots);
+    // saved: ut and the two contractions (in, N), the min / max (and the table path's
+    // candidates); never f
+    const at::Tensor cand = r.size() > 4 ? r[4] : at::Tensor();
+    ctx->save_for_backward(
+        {ut, lo_p, hi_p, wc, b, temp, weight, g, be, r[0], r[1], r[2], r[3], cand});
+    ctx->saved_data["knots"] = knots;
     ctx->saved_data["act"] = act;
     ctx->saved_data["func"] = func;
     ctx->saved_data["mode"] = mode;
@@ -821,46 +720,69 @@ struct AFKANLayerFunction : public torch::autograd::Function<AFKANLayerFunction>
     auto sv = ctx->get_saved_variables();
     const auto &ut = sv[0], &lo_p = sv[1], &hi_p = sv[2], &w = sv[3], &weight = sv[6];
     const int64_t act = ctx->saved_data["act"].toInt(), mode = ctx->saved_data["mode"].toInt();
-    variable_list out(14);
+    variable_list out(15);
     if (!grads[0].defined()) return out;
     const int64_t nin = ut.size(0), N = ut.size(1), G = w.numel();
+    const int64_t func = ctx->saved_data["func"].toInt();
     auto gy2 = grads[0].reshape({N, weight.size(0)});  // (N, out)
     auto got = scratch(2, ut.sizes(), ut);              // (in, N)
     at::mm_out(got, weight.t(), gy2.t());
-    // scratch: all four are consumed before this backward returns
-    auto ot = scratch(1, ut.sizes(), ut), gs0t = scratch(3, ut.sizes(), ut);
-    auto gs1t = scratch(4, ut.sizes(), ut);
+    const bool need_red = ctx->needs_input_grad(0) || ctx->needs_input_grad(1) ||
+                          ctx->needs_input_grad(2) || ctx->needs_input_grad(3);
+    // the series path (the forward's candidates saved): the tail evaluates s0, s1 from the
+    // series and, where the backward's series converge, sinks du and the moments itself
+    std::optional<AFSeries> Sb, Sf;
+    if (sv[13].defined()) {
+      if (need_red) Sb = af_series(lo_p, hi_p, w, act, func, true);
+      if (!Sb) Sf = af_series(lo_p, hi_p, w, act, func, false);
+      TORCH_CHECK(Sb || Sf, "af_kan_layer: the series of the forward did not converge again");
+    }
+    const AFSeries* src = Sb ? &*Sb : (Sf ? &*Sf : nullptr);
+    const bool sink = Sb.has_value();
+    // scratch: all are consumed before this backward returns
+    auto ot = scratch(1, ut.sizes(), ut);
+    at::Tensor gs0t, gs1t, gut;
+    if (!sink) gs0t = scratch(3, ut.sizes(), ut), gs1t = scratch(4, ut.sizes(), ut);
+    if (sink && ctx->needs_input_grad(0)) gut = at::empty_like(ut);
     std::vector<at::Tensor> r{sv[9], sv[10], sv[11], sv[12]};
     at::Tensor glo_rows, ghi_rows;
     if (mode == 1) glo_rows = at::empty({N}, ut.options()), ghi_rows = at::empty({N}, ut.options());
     std::vector<double> part;
     double gb = 0, gt = 0, gwx = 0, glo = 0, ghi = 0;
     std::vector<double> gg(nin, 0.0), gbe(nin, 0.0);
+    const int64_t nm = sink ? 2 * (src->Dm + 1) : 0;
+    std::vector<double> M0(nm / 2, 0.0), M1(nm / 2, 0.0);
     AT_DISPATCH_FLOATING_TYPES(ut.scalar_type(), "af_kan_layer_bwd", [&] {
-      const auto P = tail_args<scalar_t>(ut, w, sv[4], sv[5], sv[7], sv[8], r, act, mode,
-                                         ctx->saved_data["eps"].toDouble());
-      auto ptr = [](at::Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
-      tail_bwd_kernel<scalar_t>(P, r[0].data_ptr<scalar_t>(), r[1].data_ptr<scalar_t>(),
-                                got.data_ptr<scalar_t>(), ot.data_ptr<scalar_t>(),
-                                gs0t.data_ptr<scalar_t>(), gs1t.data_ptr<scalar_t>(),
-                                ptr(glo_rows), ptr(ghi_rows), part);
+      auto P = tail_args<scalar_t>(ut, w, sv[4], sv[5], sv[7], sv[8], r, act, mode,
+                                   ctx->saved_data["eps"].toDouble());
+      auto ptr = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
+      if (src) P.ut = ut.data_ptr<scalar_t>(), P.series = src, P.sink = sink, P.gut = ptr(gut);
+      tail_bwd_kernel<scalar_t>(P, ptr(r[0]), ptr(r[1]), got.data_ptr<scalar_t>(),
+                                ot.data_ptr<scalar_t>(), ptr(gs0t), ptr(gs1t), ptr(glo_rows),
+                                ptr(ghi_rows), part);
       const int64_t np = 2 * nin + 5, chunks = (N + kChunk - 1) / kChunk;
       for (int64_t ch = 0; ch < chunks; ++ch) {  // chunk order: independent of threads
-        const double* pp = part.data() + ch * np;
+        const double* pp = part.data() + ch * (np + nm);
         for (int64_t i = 0; i < nin; ++i) gg[i] += pp[i], gbe[i] += pp[nin + i];
         gb += pp[2 * nin], gt += pp[2 * nin + 1], gwx += pp[2 * nin + 2];
         glo += pp[2 * nin + 3], ghi += pp[2 * nin + 4];
+        for (int64_t d = 0; d < nm / 2; ++d) M0[d] += pp[np + d], M1[d] += pp[np + nm / 2 + d];
       }
     });
-    const bool need_red = ctx->needs_input_grad(0) || ctx->needs_input_grad(1) ||
-                          ctx->needs_input_grad(2) || ctx->needs_input_grad(3);
     if (need_red) {
       std::optional<at::Tensor> glo_t, ghi_t;
       if (mode == 1) glo_t = glo_rows, ghi_t = ghi_rows;
       if (mode == 0) glo_t = at::full({1}, glo, ut.options()), ghi_t = at::full({1}, ghi, ut.options());
-      auto red = af_reduce_t_bwd(ut, lo_p, hi_p, w, act, ctx->saved_data["func"].toInt(), mode,
-                                 gs0t, gs1t, r[2].reshape({-1}), r[3].reshape({-1}), glo_t, ghi_t,
-                                 ctx->saved_data["tanh"].toBool(), ctx->needs_input_grad(0));
+      std::vector<at::Tensor> red;  // (gut, glow, ghigh, gw)
+      if (sink) {
+        auto g = af_series_grads(ut, lo_p, hi_p, w, act, func, mode, *Sb, M0, M1, r[2], r[3],
+                                 glo_t, ghi_t, sv[13], gut.defined() ? gut.data_ptr<float>() : nullptr);
+        red = {gut, g[0], g[1], g[2]};
+      } else {
+        red = af_reduce_t_bwd(ut, lo_p, hi_p, w, act, func, mode, gs0t, gs1t, r[2].reshape({-1}),
+                              r[3].reshape({-1}), glo_t, ghi_t, ctx->saved_data["tanh"].toBool(),
+                              ctx->needs_input_grad(0));
+      }
       if (ctx->needs_input_grad(0)) out[0] = red[0].t().reshape(ctx->saved_data["xshape"].toIntVector());
       if (ctx->needs_input_grad(1)) out[1] = red[1];
       if (ctx->needs_input_grad(2)) out[2] = red[2];
@@ -889,9 +811,9 @@ at::Tensor af_kan_layer_autograd(const at::Tensor& x, const at::Tensor& lo_p,
                                  const at::Tensor& temp, const at::Tensor& weight,
                                  const std::optional<at::Tensor>& gam,
                                  const std::optional<at::Tensor>& bet, int64_t act, int64_t func,
-                                 int64_t mode, bool tanh, double eps) {
+                                 int64_t mode, bool tanh, double eps, int64_t knots) {
   return AFKANLayerFunction::apply(x, lo_p, hi_p, w, b, temp, weight, gam, bet, act, func, mode,
-                                   tanh, eps);
+                                   tanh, eps, knots);
 }
 
 }  // namespace actlab_kan

@@ -50,8 +50,9 @@
 // native_isa.h (isa, shared with the norm kernels).
 // Built and loaded at run time by actlab/layers/_kan_native.py (actlab._ext), registered as
 // torch.ops.actlab_kan.*: the basis kernels (relu_basis_t, relu_basis_t_bwd, s_basis_t,
-// s_basis_t_bwd, af_reduce_t), the differentiable ops (relu_kan_layer, s_kan_layer,
-// af_kan_reduce, af_kan_layer: torch::autograd::Function in C++, no Python per call),
+// s_basis_t_bwd, af_reduce_t, af_series_extremes), the differentiable ops (relu_kan_layer,
+// s_kan_layer, af_kan_reduce, af_kan_layer: torch::autograd::Function in C++, no Python per
+// call),
 // all_finite (the per-forward parameter check in one call) and isa.
 
 #include "kan_common.h"
@@ -216,7 +217,10 @@ TORCH_LIBRARY(actlab_kan, m) {
   m.def(
       "af_kan_layer(Tensor x, Tensor low, Tensor high, Tensor w, Tensor b, Tensor temperature, "
       "Tensor weight, Tensor? norm_w, Tensor? norm_b, int act, int func, int mode, bool tanh, "
-      "float eps) -> Tensor");
+      "float eps, int knots=0) -> Tensor");
+  m.def(
+      "af_series_extremes(Tensor ut, Tensor low, Tensor high, int act, int func, int knots) "
+      "-> Tensor[]");
   m.def("all_finite(Tensor[] tensors) -> bool");
   m.def("isa() -> str", isa);
 }
@@ -231,6 +235,7 @@ TORCH_LIBRARY_IMPL(actlab_kan, CPU, m) {
   m.impl("af_reduce_t", af_reduce_t);
   m.impl("af_kan_reduce", af_kan_reduce_plain);
   m.impl("af_kan_layer", af_kan_layer_plain);
+  m.impl("af_series_extremes", af_series_extremes_op);
   m.impl("all_finite", all_finite);
 }
 

@@ -1,0 +1,286 @@
+// AF-KAN phase arithmetic shared by the exact kernels (kan_af.cpp) and the table-driven
+// ones (kan_af_series.cpp): the acts, the phase pairs, the combinations, the ties.
+#pragma once
+#include "kan_common.h"
+
+namespace actlab_kan {
+
+// Rows per chunk: the unit of parallel work and of the ordered per-chunk sums.
+constexpr int64_t kChunk = 256;
+
+enum Act : int64_t { kSilu = 0, kGelu = 1 };
+
+// act(v) and act'(v) in the operation order of ATen's vectorised kernels (the tail's act).
+template <typename T>
+inline void act_d(int64_t act, const Vectorized<T>& v, Vectorized<T>& y, Vectorized<T>* d) {
+  using V = Vectorized<T>;
+  if (act == kSilu) {  // v / (1 + exp(-v)); silu' = s (1 + v (1 - s)), s = sigmoid(v)
+    const V e1 = V(T(1)) + v.neg().exp();
+    y = v / e1;
+    if (d) {
+      const V sg = V(T(1)) / e1;
+      *d = sg * (V(T(1)) + v * (V(T(1)) - sg));
+    }
+  } else {  // v Phi(v); gelu' = Phi + v phi
+    const V phi_c(T(0.3989422804014327)), half(T(0.5));
+    const V cdf = half * (V(T(1)) + (v * V(T(0.7071067811865476))).erf());
+    y = v * cdf;
+    if (d) *d = cdf + v * phi_c * (v * v * V(T(-0.5))).exp();
+  }
+}
+
+// float erf by Abramowitz-Stegun 7.1.26 (|error| < 1.5e-7; the formula ATen's AVX2 / AVX-512
+// float erf evaluates), returning exp(-z^2) too: erf(z) = 1 - t P(t) exp(-z^2), t = 1 / (1 +
+// p |z|). GELU's derivative needs phi(v) = exp(-v^2 / 2) / sqrt(2 pi), and with z = v / sqrt(2)
+// that is the same exponential: one exp per GELU value and derivative instead of two.
+inline Vectorized<float> erf_exp(const Vectorized<float>& z, Vectorized<float>& ez) {
+  using V = Vectorized<float>;
+  const V one(1.0f);
+  const V t = fast_rcp(V(0.3275911f) * at::vec::minimum(z.abs(), V(1e18f)) + one);  // finite
+  V r = V(1.061405429f) * t + V(-1.453152027f);
+  r = r * t + V(1.421413741f);
+  r = r * t + V(-0.284496736f);
+  r = r * t + V(0.254829592f);
+  ez = fast_exp((z * z).neg());
+  const V e = one - r * t * ez;  // erf(|z|)
+  return V::blendv(e, e.neg(), z < V(0.0f));
+}
+
+// The tail's act(q) (and act'(q) if d): float takes erf_exp for GELU and the fast exp and
+// reciprocal for SiLU (exp(-q) capped at exp(80), where q sigmoid(q) is below 1e-33 anyway);
+// double act_d. q is finite or NaN here (the normalised z with finite parameters; NaN stays).
+template <typename T>
+inline void tail_act(int64_t act, const Vectorized<T>& q, Vectorized<T>& y, Vectorized<T>* d) {
+  if constexpr (std::is_same_v<T, float>) {
+    using V = Vectorized<float>;
+    const V one(1.0f);
+    if (act == kGelu) {
+      V ez;
+      const V cdf = V(0.5f) * (one + erf_exp(q * V(0.7071067811865476f), ez));
+      y = q * cdf;
+      if (d) *d = cdf + q * V(0.3989422804014327f) * ez;
+      return;
+    }
+    const V e1 = one + fast_exp(at::vec::minimum(q.neg(), V(80.0f)));  // 1 + exp(-q), finite
+    const V sg = fast_rcp(e1);
+    y = q * sg;
+    if (d) *d = sg * (one + q * (one - sg));
+    return;
+  }
+  act_d<T>(act, q, y, d);
+}
+
+// x1 = act(a), x2 = act(b) of one phase pair (a = u - l_j, b = h_j - u) and, if d1, their
+// derivatives. SiLU shares one exp between the two sigmoids: exp(-b) = c_j / exp(-a) with
+// c_j = exp(-(h_j - l_j)) exactly (-b = -(h_j - l_j) + a), so with E = exp(-a) and
+// R = 1 / ((1 + E)(E + c_j)): sigmoid(a) = (E + c_j) R, sigmoid(b) = E (1 + E) R -- one exp and
+// one division for both (each apart: one exp and one division). Used where every lane has
+// |a|, |b| < 40 and |h_j - l_j| <= 20 (cj_ok), so nothing overflows; other vectors (inputs far
+// outside the grid with input_norm="none") take act_d for each. float GELU shares the exp of
+// erf with phi (erf_exp); double GELU keeps ATen's 1-ulp erf. The forward and the backward
+// call this same function, so the backward's recomputed f equals the forward's bit for bit
+// (the min / max tie test needs that).
+template <typename T>
+inline void act_pair(int64_t act, const Vectorized<T>& a, const Vectorized<T>& b, T cj, bool cj_ok,
+                     Vectorized<T>& x1, Vectorized<T>& x2, Vectorized<T>* d1, Vectorized<T>* d2) {
+  using V = Vectorized<T>;
+  const V one(T(1));
+  if (act == kSilu && cj_ok) {
+    const V big = at::vec::maximum(a.abs(), b.abs()) > V(T(40));
+    if (big.zero_mask() == (1 << V::size()) - 1) {  // no lane is big (NaN lanes propagate)
+      const V E = fast_exp(a.neg()), Ec = E + V(cj), E1 = one + E;
+      const V R = fast_rcp(E1 * Ec);
+      const V s1 = Ec * R, s2 = E * E1 * R;
+      x1 = a * s1;
+      x2 = b * s2;
+      if (d1) {
+        *d1 = s1 * (one + a * (one - s1));
+        *d2 = s2 * (one + b * (one - s2));
+      }
+      return;
+    }
+  }
+  if constexpr (std::is_same_v<T, float>) {
+    if (act == kGelu) {
+      const V half(0.5f), phi_c(0.3989422804014327f), r2(0.7071067811865476f);
+      V ea, eb;
+      const V ca = half * (one + erf_exp(a * r2, ea)), cb = half * (one + erf_exp(b * r2, eb));
+      x1 = a * ca;
+      x2 = b * cb;
+      if (d1) {
+        *d1 = ca + a * phi_c * ea;
+        *d2 = cb + b * phi_c * eb;
+      }
+      return;
+    }
+  }
+  act_d<T>(act, a, x1, d1);
+  act_d<T>(act, b, x2, d2);
+}
+
+// c_j = exp(-(h_j - l_j)) and whether the shared-exp SiLU applies to phase j (|h_j - l_j| <= 20).
+template <typename T>
+void pair_consts(const T* l_p, const T* h_p, int64_t G, std::vector<T>& c, std::vector<char>& ok) {
+  c.resize(G);
+  ok.resize(G);
+  for (int64_t j = 0; j < G; ++j) {
+    const double w = static_cast<double>(h_p[j]) - static_cast<double>(l_p[j]);
+    ok[j] = std::isfinite(w) && std::abs(w) <= 20.0;
+    c[j] = static_cast<T>(ok[j] ? std::exp(-w) : 0.0);
+  }
+}
+
+// f = func(a, b) and its partials fa, fb (if fa).
+template <typename T>
+inline Vectorized<T> func_d(int64_t func, const Vectorized<T>& a, const Vectorized<T>& b,
+                            Vectorized<T>* fa, Vectorized<T>* fb) {
+  using V = Vectorized<T>;
+  const V one(T(1)), two(T(2)), three(T(3));
+  switch (func) {
+    case 0: {  // quad1 (a b)^2
+      const V ab = a * b;
+      if (fa) *fa = two * ab * b, *fb = two * ab * a;
+      return ab * ab;
+    }
+    case 1:  // quad2 a b + a^2 + b^2
+      if (fa) *fa = b + two * a, *fb = a + two * b;
+      return a * b + a * a + b * b;
+    case 2:  // sum
+      if (fa) *fa = one, *fb = one;
+      return a + b;
+    case 3:  // prod
+      if (fa) *fa = b, *fb = a;
+      return a * b;
+    case 4:  // sum_prod a + b + a b
+      if (fa) *fa = one + b, *fb = one + a;
+      return a + b + a * b;
+    case 5: {  // cubic1 (a + b)(a^2 + b^2)
+      const V s = a + b, q = a * a + b * b;
+      if (fa) *fa = q + s * two * a, *fb = q + s * two * b;
+      return s * q;
+    }
+    default: {  // cubic2 (a b)^3
+      const V ab = a * b;
+      if (fa) *fa = three * ab * ab * b, *fb = three * ab * ab * a;
+      return ab * ab * ab;
+    }
+  }
+}
+
+struct AFArgs {
+  int64_t nin, N, G, act, func, mode;
+  bool tanh;
+};
+
+// a merged with v into a running minimum (or maximum); NaN propagates, as in amin / amax.
+template <typename T>
+inline T extreme(T a, T v, bool is_min) {
+  if (std::isnan(a) || std::isnan(v)) return std::isnan(a) ? a : v;
+  return is_min ? std::min(a, v) : std::max(a, v);
+}
+
+// One value of f equal to lo or hi, kept aside by the backward pass: node i, row n, phase j,
+// which extremes it equals (bit 0: lo, bit 1: hi) and its partials pa = f_a act'(u - l_j),
+// pb = f_b act'(h_j - u).
+template <typename T>
+struct Tie {
+  int64_t i, n, j;
+  int which;
+  T pa, pb;
+};
+
+// The ties' share, after af_bwd_kernel: counts #lo, #hi (over the tensor, mode 0, or per row,
+// mode 1), then glo / #lo and ghi / #hi times each tie's partials into gut and the phase sums
+// a (dl before its sign), b (dh), in chunk order.
+template <typename T>
+void af_add_ties(const std::vector<std::vector<Tie<T>>>& tied, const T* ut, const T* glo,
+                 const T* ghi, T* gut, std::vector<double>& a, std::vector<double>& b,
+                 const AFArgs& A) {
+  const int64_t rows = A.mode == 1 ? A.N : 1;
+  std::vector<double> nlo(rows, 0.0), nhi(rows, 0.0);
+  for (const auto& list : tied) {
+    for (const auto& t : list) {
+      const int64_t r = A.mode == 1 ? t.n : 0;
+      nlo[r] += t.which & 1;
+      nhi[r] += (t.which >> 1) & 1;
+    }
+  }
+  for (const auto& list : tied) {
+    for (const auto& t : list) {
+      const int64_t r = A.mode == 1 ? t.n : 0;
+      double coef = 0.0;
+      if (t.which & 1) coef += static_cast<double>(glo[r]) / nlo[r];
+      if (t.which & 2) coef += static_cast<double>(ghi[r]) / nhi[r];
+      const double ga = coef * static_cast<double>(t.pa), gb = coef * static_cast<double>(t.pb);
+      a[t.j] += ga;
+      b[t.j] += gb;
+      if (gut) {
+        const double u = static_cast<double>(ut[t.i * A.N + t.n]);
+        const double du = (ga - gb) * (A.tanh ? 1.0 - u * u : 1.0);
+        gut[t.i * A.N + t.n] = static_cast<T>(static_cast<double>(gut[t.i * A.N + t.n]) + du);
+      }
+    }
+  }
+}
+
+// The exact backward (kan_af.cpp): (gut (if need_u), glow, ghigh, gw).
+std::vector<at::Tensor> af_reduce_t_bwd(const at::Tensor& ut, const at::Tensor& lo_p,
+                                        const at::Tensor& hi_p, const at::Tensor& w, int64_t act,
+                                        int64_t func, int64_t mode, const at::Tensor& gs0t,
+                                        const at::Tensor& gs1t, const at::Tensor& lo,
+                                        const at::Tensor& hi, const std::optional<at::Tensor>& glo,
+                                        const std::optional<at::Tensor>& ghi, bool tanh,
+                                        bool need_u);
+
+// ----------------------------------------------------------------------------- series path
+// (kan_af_series.cpp: float32 tanh inputs, s0 and s1 from their Chebyshev series)
+constexpr int64_t kSeriesMinValues = 8192;  // fewer inputs: the exact kernels (break-even)
+bool af_series_applies(const at::Tensor& ut, int64_t mode, bool tanh, int64_t knots);
+
+// The series of one call: s0, s1 (2, D + 1) and their derivatives (2, Dd + 1) as float
+// coefficients; with the backward's, those of every phase's pa_j, pb_j, f_j (G, Dm + 1).
+struct AFSeries {
+  int64_t D = 0, Dd = 0, Dm = 0;
+  std::vector<float> c, dc;
+  std::vector<double> pa, pb, pf;
+};
+// nullopt when a series does not converge (the call takes the exact kernels).
+std::optional<AFSeries> af_series(const at::Tensor& lo_p, const at::Tensor& hi_p,
+                                  const at::Tensor& w, int64_t act, int64_t func, bool backward);
+// func_norm "batch": (candidates, lo, hi), the exact min / max of f over the tensor with the
+// (input, phase) pairs that can reach them; nullopt when an input is NaN.
+std::optional<std::tuple<at::Tensor, float, float>> af_series_extremes(
+    const at::Tensor& ut, const at::Tensor& lo_p, const at::Tensor& hi_p, int64_t act, int64_t func,
+    int64_t knots);
+// (glow, ghigh, gw) from the moments M0, M1 (Dm + 1 each: sum gs0 T_d(u), sum gs1 T_d(u)), with
+// the ties' share of glo / ghi (func_norm "batch") also added to gut (if gut).
+std::vector<at::Tensor> af_series_grads(const at::Tensor& ut, const at::Tensor& lo_p,
+                                        const at::Tensor& hi_p, const at::Tensor& w, int64_t act,
+                                        int64_t func, int64_t mode, const AFSeries& S,
+                                        const std::vector<double>& M0,
+                                        const std::vector<double>& M1,
+                                        const at::Tensor& lo, const at::Tensor& hi,
+                                        const std::optional<at::Tensor>& glo,
+                                        const std::optional<at::Tensor>& ghi,
+                                        const at::Tensor& cand,
+                                        float* gut);
+
+// sum_{d <= D} c_d T_d(u) of R vectors u (u2 = 2 u) by Clenshaw's recurrence, float
+// coefficients; the R recurrences interleave (each step waits on the one before).
+template <int R>
+inline void clenshaw(const float* c, int64_t D, const Vectorized<float>* u2,
+                     const Vectorized<float>* u, Vectorized<float>* out) {
+  Vectorized<float> b1[R], b2[R];
+  for (int r = 0; r < R; ++r) b1[r] = Vectorized<float>(0.0f), b2[r] = Vectorized<float>(0.0f);
+  for (int64_t d = D; d >= 1; --d) {
+    const Vectorized<float> cd(c[d]);
+    for (int r = 0; r < R; ++r) {
+      const Vectorized<float> b = at::vec::fmadd(u2[r], b1[r], cd) - b2[r];
+      b2[r] = b1[r];
+      b1[r] = b;
+    }
+  }
+  for (int r = 0; r < R; ++r) out[r] = at::vec::fmadd(u[r], b1[r], Vectorized<float>(c[0])) - b2[r];
+}
+
+}  // namespace actlab_kan

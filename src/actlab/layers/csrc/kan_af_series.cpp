@@ -1,0 +1,608 @@
+// AF-KAN's phases from per-call Chebyshev series (the series path): float32, u = tanh(x) in
+// [-1, 1] (the layer's default input_norm), func_norm "batch" or "none", at least
+// kSeriesMinValues inputs; anything else takes the exact kernels (kan_af.cpp), and so does a
+// call with a NaN input or with phases whose series do not converge (below).
+//
+// Every phase function f_j(u) = func(act(u - l_j), act(h_j - u)) depends on the scalar u alone,
+// and so do the two contractions the layer needs, s0(u) = sum_j w_j f_j(u), s1(u) = sum_j f_j(u).
+// For act SiLU or GELU these are analytic in a strip around [-1, 1] (SiLU's nearest poles lie pi
+// off the real axis), so their Chebyshev series converge geometrically: with the default phases
+// degree 16 leaves a relative error of 3e-10 (SiLU) / 9e-9 (GELU), degree 24 below 2e-14.
+//
+// Series (per call, in double): f_j, pa_j = f_a act'(u - l_j) and pb_j = f_b act'(h_j - u) at
+// the kChebMax + 1 Chebyshev nodes give each function's coefficients up to degree kChebMax; a
+// sum is cut at the smallest degree D whose dropped coefficients add up to at most kChebTol of
+// the series' scale (sum |c_d|), and a series whose last coefficients are above that has not
+// converged: the call takes the exact kernels.
+//
+// Forward (af_layer_fwd, kan_af.cpp): the tail evaluates s0 and s1 of every input by Clenshaw's
+// recurrence (2 D float operations each, four nodes interleaved) where it would read them, so
+// they are never written (memory traffic, not arithmetic, bounds these passes: out of cache one
+// thread moves ~12 GB/s here). The min / max of f over the tensor are those of the exact values,
+// from candidates (af_series_extremes, below): a table of f_j and f_j' on K + 1 knots (the op's
+// `knots`) bounds every f_j on every cell of width 2 / K; one pass over the inputs keeps those in
+// cells that can reach the min / max, which are evaluated exactly; their (input, phase) pairs
+// are saved for the backward.
+//
+// Backward: the tail's backward evaluates s0, s1 again and, instead of writing gs0, gs1, adds
+// du = (gs0 s0'(u) + gs1 s1'(u)) (1 - u^2) from the derivative series and the moments
+// M_d = sum gs T_d(u) (d <= Dm; T_d by T_d+1 = 2 u T_d - T_d-1, lane sums per row vector into
+// double per chunk, chunks added in order: independent of the thread count). The phase
+// gradients
+//   dl_j = -sum gf pa_j(u),  dh_j = sum gf pb_j(u),  dw_j = sum gs0 f_j(u),  gf = gs0 w_j + gs1,
+// are sums over inputs of a gradient times a function of u with the series sum_d p_d T_d(u), so
+// each is sum_d p_d M_d (af_series_grads). The candidates are evaluated exactly again, in the
+// same vectors as in the forward (so bit for bit), and those equal to lo / hi share the min /
+// max gradient (af_add_ties).
+
+#include "kan_af.h"
+
+#include <atomic>
+
+namespace actlab_kan {
+
+constexpr int64_t kChebMax = 32;        // the series' largest degree
+constexpr double kChebTol = 1e-9;       // the dropped coefficients' share of the scale
+constexpr int64_t kSeriesGrain = 8192;     // inputs per parallel task of the candidate pass
+
+using VF = Vectorized<float>;
+using VI = Vectorized<int32_t>;
+constexpr int64_t kS = VF::size();
+
+bool af_series_applies(const at::Tensor& ut, int64_t mode, bool tanh, int64_t knots) {
+  return knots > 0 && tanh && mode != 1 && ut.scalar_type() == at::kFloat &&
+         ut.numel() >= kSeriesMinValues;
+}
+
+// f_j, pa_j, pb_j of every phase j at the points u, (G, M) each (double); row(v, j)[m] is point m.
+struct PhaseTable {
+  int64_t G = 0, M = 0, K = 0;  // K: cells, when the points are the knots -1 + 2 m / K
+  std::vector<double> f, pa, pb;
+  const double* row(const std::vector<double>& v, int64_t j) const { return v.data() + j * M; }
+};
+
+PhaseTable phase_table(const at::Tensor& lo_p, const at::Tensor& hi_p, const std::vector<double>& u,
+                       int64_t act, int64_t func) {
+  using V = Vectorized<double>;
+  PhaseTable T;
+  T.G = lo_p.numel(), T.M = static_cast<int64_t>(u.size());
+  const auto l = lo_p.to(at::kDouble).contiguous(), hh = hi_p.to(at::kDouble).contiguous();
+  const double *pl = l.data_ptr<double>(), *ph = hh.data_ptr<double>();
+  std::vector<double> c;
+  std::vector<char> ok;
+  pair_consts(pl, ph, T.G, c, ok);
+  T.f.resize(T.G * T.M), T.pa.resize(T.G * T.M), T.pb.resize(T.G * T.M);
+  for (int64_t j = 0; j < T.G; ++j) {
+    for (int64_t m = 0; m < T.M; m += V::size()) {
+      const int64_t cnt = std::min<int64_t>(V::size(), T.M - m);
+      const V x = V::loadu(u.data() + m, cnt);
+      V x1, x2, d1, d2, fa, fb;
+      act_pair<double>(act, x - V(pl[j]), V(ph[j]) - x, c[j], ok[j], x1, x2, &d1, &d2);
+      const V f = func_d<double>(func, x1, x2, &fa, &fb);
+      f.store(T.f.data() + j * T.M + m, cnt);
+      (fa * d1).store(T.pa.data() + j * T.M + m, cnt);
+      (fb * d2).store(T.pb.data() + j * T.M + m, cnt);
+    }
+  }
+  return T;
+}
+
+// The phases at the kChebMax + 1 Chebyshev nodes cos(pi (m + 1/2) / (kChebMax + 1)).
+PhaseTable node_table(const at::Tensor& lo_p, const at::Tensor& hi_p, int64_t act, int64_t func) {
+  const int64_t M = kChebMax + 1;
+  std::vector<double> x(M);
+  for (int64_t m = 0; m < M; ++m) x[m] = std::cos(M_PI * (static_cast<double>(m) + 0.5) / M);
+  return phase_table(lo_p, hi_p, x, act, func);
+}
+
+// The phases at the K + 1 knots -1 + 2 k / K.
+PhaseTable knot_table(const at::Tensor& lo_p, const at::Tensor& hi_p, int64_t K, int64_t act,
+                      int64_t func) {
+  std::vector<double> x(K + 1);
+  for (int64_t k = 0; k <= K; ++k) x[k] = -1.0 + 2.0 * static_cast<double>(k) / K;
+  PhaseTable T = phase_table(lo_p, hi_p, x, act, func);
+  T.K = K;
+  return T;
+}
+
+// A Chebyshev series on [-1, 1]: g(u) = sum_{d <= D} c_d T_d(u).
+struct Series {
+  std::vector<double> c;  // kChebMax + 1 coefficients
+  double scale = 0.0;     // sum |c_d|
+};
+
+// cos(pi d (m + 1/2) / M) for d, m < M = kChebMax + 1 (built once).
+const std::vector<double>& cheb_cosines() {
+  static const std::vector<double> table = [] {
+    const int64_t M = kChebMax + 1;
+    std::vector<double> t(M * M);
+    for (int64_t d = 0; d < M; ++d) {
+      for (int64_t m = 0; m < M; ++m) t[d * M + m] = std::cos(M_PI * d * (m + 0.5) / M);
+    }
+    return t;
+  }();
+  return table;
+}
+
+// The series of the function with values y at the nodes (y[m] at node m), up to kChebMax.
+Series fit(const double* y) {
+  const int64_t M = kChebMax + 1;
+  const std::vector<double>& cs = cheb_cosines();
+  Series s;
+  s.c.assign(M, 0.0);
+  for (int64_t d = 0; d < M; ++d) {
+    double a = 0.0;
+    for (int64_t m = 0; m < M; ++m) a += y[m] * cs[d * M + m];
+    s.c[d] = (d == 0 ? 1.0 : 2.0) * a / M;
+    s.scale += std::abs(s.c[d]);
+  }
+  return s;
+}
+
+// The smallest degree whose dropped coefficients add up to at most kChebTol scale, or -1 when
+// the last three coefficients alone are above that (not converged).
+int64_t degree(const Series& s) {
+  const double tol = kChebTol * s.scale;
+  double tail = 0.0;
+  for (int64_t d = kChebMax; d >= kChebMax - 2; --d) tail += std::abs(s.c[d]);
+  if (tail > tol) return -1;
+  tail = 0.0;
+  for (int64_t d = kChebMax; d > 0; --d) {
+    tail += std::abs(s.c[d]);
+    if (tail > tol) return d;
+  }
+  return 0;
+}
+
+// The derivative's series: c'_{d-1} = c'_{d+1} + 2 d c_d.
+Series derivative(const Series& s) {
+  Series r;
+  r.c.assign(kChebMax + 1, 0.0);
+  for (int64_t d = kChebMax; d >= 1; --d) {
+    r.c[d - 1] = (d + 1 <= kChebMax ? r.c[d + 1] : 0.0) + 2.0 * d * s.c[d];
+  }
+  r.c[0] *= 0.5;
+  for (double v : r.c) r.scale += std::abs(v);
+  return r;
+}
+
+// s0 = sum_j w_j f_j and s1 = sum_j f_j from the table's rows (values at its points).
+void contractions(const PhaseTable& T, const float* w, std::vector<double>& y0,
+                  std::vector<double>& y1) {
+  y0.assign(T.M, 0.0), y1.assign(T.M, 0.0);
+  for (int64_t j = 0; j < T.G; ++j) {
+    const double* f = T.row(T.f, j);
+    for (int64_t m = 0; m < T.M; ++m) y0[m] += static_cast<double>(w[j]) * f[m], y1[m] += f[m];
+  }
+}
+
+// The float coefficients of s0, s1 (and with slopes their derivatives) at one degree D: (2, D + 1)
+// each; false when a series does not converge.
+bool contraction_series(const PhaseTable& N, const float* w, bool slopes, int64_t& D,
+                        std::vector<float>& c, std::vector<float>& dc) {
+  std::vector<double> y0, y1;
+  contractions(N, w, y0, y1);
+  Series s[2] = {fit(y0.data()), fit(y1.data())}, ds[2];
+  D = 0;
+  for (int q = 0; q < 2; ++q) {
+    const int64_t d = degree(s[q]);
+    if (d < 0) return false;
+    D = std::max(D, d);
+    if (slopes) {
+      ds[q] = derivative(s[q]);
+      if (degree(ds[q]) < 0) return false;
+    }
+  }
+  c.assign(2 * (D + 1), 0.0f), dc.assign(2 * (D + 1), 0.0f);
+  for (int q = 0; q < 2; ++q) {
+    for (int64_t d = 0; d <= D; ++d) {
+      c[q * (D + 1) + d] = static_cast<float>(s[q].c[d]);
+      if (slopes) dc[q * (D + 1) + d] = static_cast<float>(ds[q].c[d]);
+    }
+  }
+  return true;
+}
+
+// The cell k (0 .. K - 1) and t in [0, 1] of u in [-1, 1]: x = (u + 1) K / 2; NaN lanes get cell 0.
+inline void cell_of(const VF& u, int64_t K, VF& t, VI& k) {
+  const VF x = (u + VF(1.0f)) * VF(0.5f * static_cast<float>(K));
+  VF kf = at::vec::clamp(x.floor(), VF(0.0f), VF(static_cast<float>(K - 1)));
+  kf = VF::blendv(kf, VF(0.0f), kf.isnan());
+  t = x - kf;
+  k = at::vec::convert_to_int_of_same_size(kf);
+}
+
+// Whether any of the first c lanes of u is NaN.
+inline bool any_nan(const VF& u, int64_t c) {
+  const int full = c >= kS ? (1 << kS) - 1 : (1 << c) - 1;
+  return (~u.isnan().zero_mask() & full) != 0;
+}
+
+// The table's bounds of each f_j on each cell, (K, G) each: its knot values, widened by
+// h (|f_j'(u_k)| + |f_j'(u_k+1)|) where f_j' changes sign or is 0 there (f_j' is close to linear
+// across a cell, so an extremum inside moves f_j by at most half that); err = 1e-6 max |f| bounds
+// the float32 rounding of the exact values and the table's own error (both far below it).
+struct CellBounds {
+  std::vector<double> lower, upper;
+  double err = 0.0;
+};
+
+CellBounds cell_bounds(const PhaseTable& T) {
+  const int64_t K = T.K, G = T.G;
+  const double h = 2.0 / static_cast<double>(K);
+  CellBounds B;
+  B.lower.resize(K * G), B.upper.resize(K * G);
+  double fmax = 0.0;
+  for (int64_t j = 0; j < G; ++j) {
+    const double *f = T.row(T.f, j), *pa = T.row(T.pa, j), *pb = T.row(T.pb, j);
+    for (int64_t k = 0; k < K; ++k) {
+      const double d0 = pa[k] - pb[k], d1 = pa[k + 1] - pb[k + 1];
+      const bool turn = d0 == 0.0 || d1 == 0.0 || (d0 > 0.0) != (d1 > 0.0);
+      const double slack = turn ? h * (std::abs(d0) + std::abs(d1)) : 0.0;
+      B.lower[k * G + j] = std::min(f[k], f[k + 1]) - slack;
+      B.upper[k * G + j] = std::max(f[k], f[k + 1]) + slack;
+      fmax = std::max(fmax, std::abs(f[k]));
+    }
+    fmax = std::max(fmax, std::abs(f[K]));
+  }
+  B.err = 1e-6 * fmax + static_cast<double>(std::numeric_limits<float>::min());
+  return B;
+}
+
+// Which (cell, phase) pairs can hold a value within reach of lo_est / hi_est: flag (K, G) and
+// per cell any (1.0f where some phase is flagged; floats, for a vector gather).
+struct CellFlags {
+  double lo_est = 0.0, hi_est = 0.0;
+  std::vector<char> flag;
+  std::vector<float> any;
+};
+
+CellFlags cell_flags(const CellBounds& B, int64_t K, int64_t G, double lo_est, double hi_est) {
+  CellFlags F;
+  F.lo_est = lo_est, F.hi_est = hi_est;
+  const double near_lo = lo_est + 2.0 * B.err + 1e-4 * std::abs(lo_est);
+  const double near_hi = hi_est - 2.0 * B.err - 1e-4 * std::abs(hi_est);
+  F.flag.assign(K * G, 0);
+  F.any.assign(K, 0.0f);
+  for (int64_t k = 0; k < K; ++k) {
+    for (int64_t j = 0; j < G; ++j) {
+      const bool c = B.lower[k * G + j] <= near_lo || B.upper[k * G + j] >= near_hi;
+      F.flag[k * G + j] = c;
+      if (c) F.any[k] = 1.0f;
+    }
+  }
+  return F;
+}
+
+// An input in a flagged cell: its flat index and cell.
+struct Hit {
+  int64_t e;
+  int32_t k;
+};
+
+// The hits of the vector at e (c lanes) with cells k, given the cell flags any.
+inline void collect_hits(const VI& k, const float* any, int64_t e, int64_t c,
+                         std::vector<Hit>& hits) {
+  const VF a = at::vec::gather<4>(any, k);
+  const int full = c >= kS ? (1 << kS) - 1 : (1 << c) - 1;
+  if ((~a.zero_mask() & full) == 0) return;
+  int32_t kk[kS];
+  float fl[kS];
+  a.store(fl);
+  k.store(kk);
+  for (int64_t q = 0; q < c; ++q) {
+    if (fl[q] != 0.0f) hits.push_back({e + q, kk[q]});
+  }
+}
+
+// The hits of every input (ascending e), in parallel; false if an input is NaN.
+bool hits_pass(const float* ut, int64_t n, int64_t K, const float* any, std::vector<Hit>& hits) {
+  std::atomic<bool> nan{false};
+  std::mutex mu;
+  std::vector<std::pair<int64_t, std::vector<Hit>>> parts;  // per task, by first vector
+  const int64_t vecs = (n + kS - 1) / kS;
+  at::parallel_for(0, vecs, kSeriesGrain / kS, [&](int64_t v0, int64_t v1) {
+    bool bad = false;
+    std::vector<Hit> mine;
+    for (int64_t v = v0; v < v1; ++v) {
+      const int64_t e = v * kS, cnt = std::min<int64_t>(kS, n - e);
+      const VF u = VF::loadu(ut + e, cnt);
+      bad = bad || any_nan(u, cnt);
+      VF t;
+      VI k;
+      cell_of(u, K, t, k);
+      collect_hits(k, any, e, cnt, mine);
+    }
+    if (bad) nan = true;
+    std::lock_guard<std::mutex> lock(mu);
+    parts.emplace_back(v0, std::move(mine));
+  });
+  std::sort(parts.begin(), parts.end(),
+            [](const auto& a, const auto& b) { return a.first < b.first; });
+  hits.clear();
+  for (auto& p : parts) hits.insert(hits.end(), p.second.begin(), p.second.end());
+  return !nan;
+}
+
+// The hits of the flagged cells in one more pass (the rare second look, below).
+void scan_hits(const float* ut, int64_t n, int64_t K, const float* any, std::vector<Hit>& hits) {
+  hits.clear();
+  for (int64_t e = 0; e < n; e += kS) {
+    const int64_t c = std::min<int64_t>(kS, n - e);
+    VF t;
+    VI k;
+    cell_of(VF::loadu(ut + e, c), K, t, k);
+    collect_hits(k, any, e, c, hits);
+  }
+}
+
+// The cells that hold an input (one scalar pass; the rare second look).
+std::vector<char> occupied(const float* ut, int64_t n, int64_t K) {
+  std::vector<char> occ(K, 0);
+  int32_t kk[kS];
+  for (int64_t e = 0; e < n; e += kS) {
+    const int64_t c = std::min<int64_t>(kS, n - e);
+    VF t;
+    VI k;
+    cell_of(VF::loadu(ut + e, c), K, t, k);
+    k.store(kk);
+    for (int64_t q = 0; q < c; ++q) occ[kk[q]] = 1;
+  }
+  return occ;
+}
+
+// The smallest and largest u (NaN lanes ignored: a NaN input leaves the table path anyway).
+std::pair<float, float> u_range(const float* ut, int64_t n) {
+  const float inf = std::numeric_limits<float>::infinity();
+  VF mn(inf), mx(-inf);
+  for (int64_t e = 0; e < n; e += kS) {
+    const int64_t c = std::min<int64_t>(kS, n - e);
+    const VF u = VF::loadu(ut + e, c);  // lanes past c: +-inf, so they change nothing
+    mn = at::vec::minimum(mn, c >= kS ? u : VF::set(VF(inf), u, c));
+    mx = at::vec::maximum(mx, c >= kS ? u : VF::set(VF(-inf), u, c));
+  }
+  float a[kS], b[kS];
+  mn.store(a);
+  mx.store(b);
+  float lo = inf, hi = -inf;
+  for (int64_t q = 0; q < kS; ++q) {
+    if (!std::isnan(a[q])) lo = std::min(lo, a[q]);
+    if (!std::isnan(b[q])) hi = std::max(hi, b[q]);
+  }
+  return {lo, hi};
+}
+
+// The exact f_j (and pa_j, pb_j if partials) of the n values u for every phase, in vectors of
+// kS consecutive values (the same grouping every call: bit for bit the same results); visit(e, c,
+// j, f, pa, pb) for the values e .. e + c - 1.
+template <typename Fn>
+void exact_phases(const float* u, int64_t n, const float* l, const float* h, int64_t G,
+                  int64_t act, int64_t func, bool partials, Fn visit) {
+  std::vector<float> cj;
+  std::vector<char> ok;
+  pair_consts(l, h, G, cj, ok);
+  for (int64_t e = 0; e < n; e += kS) {
+    const int64_t c = std::min<int64_t>(kS, n - e);
+    const VF uv = VF::loadu(u + e, c);
+    for (int64_t j = 0; j < G; ++j) {
+      VF x1, x2, d1, d2, fa, fb;
+      act_pair<float>(act, uv - VF(l[j]), VF(h[j]) - uv, cj[j], ok[j], x1, x2,
+                      partials ? &d1 : nullptr, partials ? &d2 : nullptr);
+      const VF f = func_d<float>(func, x1, x2, partials ? &fa : nullptr, partials ? &fb : nullptr);
+      if (partials) {
+        visit(e, c, j, f, fa * d1, fb * d2);
+      } else {
+        visit(e, c, j, f, f, f);
+      }
+    }
+  }
+}
+
+// The candidate (input, phase) pairs of the hits, as e G + j, grouped by phase (j ascending,
+// then e ascending): a canonical order, so the ties below are always added in the same order.
+at::Tensor candidate_pairs(const std::vector<Hit>& hits, const CellFlags& F, int64_t G) {
+  std::vector<int64_t> pairs;
+  for (int64_t j = 0; j < G; ++j) {
+    for (const Hit& x : hits) {
+      if (F.flag[x.k * G + j]) pairs.push_back(x.e * G + j);
+    }
+  }
+  auto out = at::empty({static_cast<int64_t>(pairs.size())}, at::kLong);
+  std::copy(pairs.begin(), pairs.end(), out.data_ptr<int64_t>());
+  return out;
+}
+
+// The exact f (pa, pb if partials) of every candidate pair, phase by phase in the candidates'
+// order (the same vectors in the forward and the backward): visit(pair index, f, pa, pb).
+template <typename Fn>
+void eval_candidates(const at::Tensor& cand, const float* ut, int64_t G, const float* l,
+                     const float* h, int64_t act, int64_t func, bool partials, Fn visit) {
+  const int64_t m = cand.numel();
+  const int64_t* pc = cand.data_ptr<int64_t>();
+  std::vector<float> cu;
+  for (int64_t q0 = 0; q0 < m;) {
+    const int64_t j = pc[q0] % G;
+    int64_t q1 = q0;
+    cu.clear();
+    while (q1 < m && pc[q1] % G == j) cu.push_back(ut[pc[q1++] / G]);
+    exact_phases(cu.data(), q1 - q0, l + j, h + j, 1, act, func, partials,
+                 [&](int64_t e, int64_t c, int64_t, const VF& f, const VF& pa, const VF& pb) {
+                   float fv[kS], av[kS], bv[kS];
+                   f.store(fv);
+                   pa.store(av);
+                   pb.store(bv);
+                   for (int64_t q = 0; q < c; ++q) visit(q0 + e + q, fv[q], av[q], bv[q]);
+                 });
+    q0 = q1;
+  }
+}
+
+// lo_est / hi_est over the cells ks .. ke (each flag set must contain the cells of every value
+// within reach of lo, hi; see af_reduce_lut).
+std::pair<double, double> estimates(const CellBounds& B, int64_t G, int64_t ks, int64_t ke,
+                                    const char* occ) {
+  double lo = std::numeric_limits<double>::infinity(), hi = -lo;
+  for (int64_t k = ks; k <= ke; ++k) {
+    if (occ && !occ[k]) continue;
+    for (int64_t j = 0; j < G; ++j) {
+      lo = std::min(lo, B.upper[k * G + j]);
+      hi = std::max(hi, B.lower[k * G + j]);
+    }
+  }
+  return {lo, hi};
+}
+
+std::optional<AFSeries> af_series(const at::Tensor& lo_p, const at::Tensor& hi_p,
+                                  const at::Tensor& w, int64_t act, int64_t func, bool backward) {
+  const auto lc = lo_p.contiguous(), hc = hi_p.contiguous(), wc = w.contiguous();
+  const PhaseTable N = node_table(lc, hc, act, func);
+  AFSeries S;
+  if (!contraction_series(N, wc.data_ptr<float>(), backward, S.D, S.c, S.dc)) return std::nullopt;
+  S.Dd = S.D;
+  if (!backward) return S;
+  const int64_t G = N.G;
+  std::vector<Series> ser;
+  for (int64_t j = 0; j < G; ++j) {
+    for (const auto* v : {&N.pa, &N.pb, &N.f}) {
+      ser.push_back(fit(N.row(*v, j)));
+      const int64_t d = degree(ser.back());
+      if (d < 0) return std::nullopt;
+      S.Dm = std::max(S.Dm, d);
+    }
+  }
+  const int64_t D1 = S.Dm + 1;
+  S.pa.resize(G * D1), S.pb.resize(G * D1), S.pf.resize(G * D1);
+  for (int64_t j = 0; j < G; ++j) {
+    for (int64_t d = 0; d < D1; ++d) {
+      S.pa[j * D1 + d] = ser[3 * j].c[d];
+      S.pb[j * D1 + d] = ser[3 * j + 1].c[d];
+      S.pf[j * D1 + d] = ser[3 * j + 2].c[d];
+    }
+  }
+  return S;
+}
+
+// The min / max candidates: with lo_est (hi_est) the smallest upper (largest lower) table bound
+// over the cells between the smallest and the largest input, the pairs whose bounds come within
+// 2 err + 1e-4 |est| of them are flagged, and one pass over the inputs keeps those in flagged
+// cells; their exact values give lo_c, hi_c. If lo_c <= lo_est + err, every unflagged value
+// (> lower - err > lo_est + err) is above lo_c, so lo = lo_c (likewise hi). Otherwise (a cell
+// that reaches lo_est holds no input) the estimates are taken over the occupied cells alone,
+// which some input does reach, and one more pass collects the hits.
+std::optional<std::tuple<at::Tensor, float, float>> af_series_extremes(
+    const at::Tensor& ut, const at::Tensor& lo_p, const at::Tensor& hi_p, int64_t act, int64_t func,
+    int64_t knots) {
+  TORCH_CHECK(knots >= 16 && knots <= 32768, "af_kan_layer: knots must be in 16 .. 32768, got ",
+              knots);
+  // cells: knots at most, n / 64 (at least 256) below: the table costs G (K + 1) exact
+  // evaluations, and coarser cells only add candidates where there are few inputs anyway
+  const int64_t n = ut.numel(), K = std::min(knots, std::max<int64_t>(256, n / 64));
+  const auto lc = lo_p.contiguous(), hc = hi_p.contiguous();
+  const float* pu = ut.data_ptr<float>();
+  const float *pl = lc.data_ptr<float>(), *ph = hc.data_ptr<float>();
+  const PhaseTable T = knot_table(lc, hc, K, act, func);
+  const CellBounds B = cell_bounds(T);
+  auto [umin, umax] = u_range(pu, n);
+  auto cell_index = [&](float u) {
+    const float x = (std::min(std::max(u, -1.0f), 1.0f) + 1.0f) * (0.5f * static_cast<float>(K));
+    return std::min<int64_t>(static_cast<int64_t>(std::floor(x)), K - 1);
+  };
+  const bool some = umin <= umax;  // false only if every input is NaN
+  const int64_t ks = some ? cell_index(umin) : 0, ke = some ? cell_index(umax) : K - 1;
+  auto [le, he] = estimates(B, T.G, ks, ke, nullptr);
+  CellFlags F = cell_flags(B, K, T.G, le, he);
+  std::vector<Hit> hits;
+  if (!hits_pass(pu, n, K, F.any.data(), hits)) return std::nullopt;
+  auto extremes = [&](const at::Tensor& cand) {
+    float a = std::numeric_limits<float>::infinity(), b = -a;
+    eval_candidates(cand, pu, T.G, pl, ph, act, func, false, [&](int64_t, float f, float, float) {
+      a = std::min(a, f);
+      b = std::max(b, f);
+    });
+    return std::make_pair(a, b);
+  };
+  at::Tensor cand = candidate_pairs(hits, F, T.G);
+  auto [l0, h0] = extremes(cand);
+  if (!(l0 <= F.lo_est + B.err && h0 >= F.hi_est - B.err)) {  // the second look
+    const std::vector<char> occ = occupied(pu, n, K);
+    auto [le2, he2] = estimates(B, T.G, 0, K - 1, occ.data());
+    F = cell_flags(B, K, T.G, le2, he2);
+    scan_hits(pu, n, K, F.any.data(), hits);
+    cand = candidate_pairs(hits, F, T.G);
+    std::tie(l0, h0) = extremes(cand);
+  }
+  return std::make_tuple(cand, l0, h0);
+}
+
+std::vector<at::Tensor> af_series_grads(const at::Tensor& ut, const at::Tensor& lo_p,
+                                        const at::Tensor& hi_p, const at::Tensor& w, int64_t act,
+                                        int64_t func, int64_t mode, const AFSeries& S,
+                                        const std::vector<double>& M0,
+                                        const std::vector<double>& M1,
+                                        const at::Tensor& lo, const at::Tensor& hi,
+                                        const std::optional<at::Tensor>& glo_,
+                                        const std::optional<at::Tensor>& ghi_,
+                                        const at::Tensor& cand,
+                                        float* pg) {
+  const int64_t G = lo_p.numel(), D1 = S.Dm + 1;
+  const AFArgs A{ut.size(0), ut.size(1), G, act, func, mode, true};
+  const auto lc = lo_p.contiguous(), hc = hi_p.contiguous(), wc = w.contiguous();
+  const float* pw = wc.data_ptr<float>();
+  const float* pu = ut.data_ptr<float>();
+  std::vector<double> a(G, 0.0), b(G, 0.0), cw(G, 0.0);  // sum gf pa, sum gf pb, sum gs0 f
+  for (int64_t j = 0; j < G; ++j) {
+    const double wj = static_cast<double>(pw[j]);
+    for (int64_t d = 0; d < D1; ++d) {
+      const double gm = wj * M0[d] + M1[d];
+      a[j] += gm * S.pa[j * D1 + d];
+      b[j] += gm * S.pb[j * D1 + d];
+      cw[j] += M0[d] * S.pf[j * D1 + d];
+    }
+  }
+  const bool ties = mode == 0 && ((glo_.has_value() && glo_->defined()) ||
+                                  (ghi_.has_value() && ghi_->defined()));
+  if (ties && cand.numel() > 0) {
+    auto given = [&](const std::optional<at::Tensor>& g) {
+      return g.has_value() && g->defined() ? g->contiguous() : at::zeros({1}, ut.options());
+    };
+    const auto glo = given(glo_), ghi = given(ghi_);
+    const int64_t* pc = cand.data_ptr<int64_t>();
+    const float vlo = lo.item<float>(), vhi = hi.item<float>();
+    std::vector<std::vector<Tie<float>>> tied(1);
+    eval_candidates(cand, pu, G, lc.data_ptr<float>(), hc.data_ptr<float>(), act, func, true,
+                    [&](int64_t q, float f, float pa, float pb) {
+                      const int which = (f == vlo ? 1 : 0) | (f == vhi ? 2 : 0);
+                      if (which) {
+                        const int64_t e = pc[q] / G;
+                        tied[0].push_back({e / A.N, e % A.N, pc[q] % G, which, pa, pb});
+                      }
+                    });
+    af_add_ties<float>(tied, pu, glo.data_ptr<float>(), ghi.data_ptr<float>(), pg, a, b, A);
+  }
+  auto opts = ut.options();
+  at::Tensor gl = at::empty({G}, opts), gh = at::empty({G}, opts), gw = at::empty({G}, opts);
+  for (int64_t j = 0; j < G; ++j) {
+    gl.data_ptr<float>()[j] = static_cast<float>(-a[j]);
+    gh.data_ptr<float>()[j] = static_cast<float>(b[j]);
+    gw.data_ptr<float>()[j] = static_cast<float>(cw[j]);
+  }
+  return {gl, gh, gw};
+}
+
+// The op af_series_extremes (for tests): [candidates, lo, hi] of ut (in, N), float32 in
+// [-1, 1]; an error for a NaN input.
+std::vector<at::Tensor> af_series_extremes_op(const at::Tensor& ut, const at::Tensor& lo_p,
+                                              const at::Tensor& hi_p, int64_t act, int64_t func,
+                                              int64_t knots) {
+  check_ut(ut, "af_series_extremes");
+  TORCH_CHECK(ut.scalar_type() == at::kFloat, "af_series_extremes: expected float32");
+  check_like(lo_p, ut, {lo_p.numel()}, "af_series_extremes", "low");
+  check_like(hi_p, ut, {lo_p.numel()}, "af_series_extremes", "high");
+  auto ex = af_series_extremes(ut, lo_p, hi_p, act, func, knots);
+  TORCH_CHECK(ex.has_value(), "af_series_extremes: NaN input");
+  auto opts = ut.options();
+  return {std::get<0>(*ex), at::full({}, std::get<1>(*ex), opts),
+          at::full({}, std::get<2>(*ex), opts)};
+}
+
+}  // namespace actlab_kan

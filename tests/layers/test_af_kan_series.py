@@ -1,0 +1,269 @@
+"""AF-KAN's series path (``csrc/kan_af_series.cpp``) against the exact kernels and the twins.
+
+On CPU float32 with ``input_norm="tanh"`` and ``func_norm`` "batch" or "none", a layer call
+with at least ``kSeriesMinValues`` (8192) inputs takes the phases from per-call Chebyshev
+series: s0 and s1 by Clenshaw's recurrence inside the tail, the phase gradients from moments,
+the min / max of f exact from candidates. Each test compares it with the exact native kernels
+(``series=False``), the torch path (``fused=False``) and, for accuracy, the float64 torch path.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import warnings
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import Tensor, nn
+
+from actlab.layers import _kan_native as kn
+from actlab.layers import create_layer
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("ACTLAB_NATIVE", "1") == "0", reason="native kernels disabled by ACTLAB_NATIVE=0"
+)
+
+ROWS, D_IN, HIDDEN, D_OUT = 1100, 16, 24, 8  # 17,600 and 26,400 inputs: both layers qualify
+
+
+def _block(spec: str, act: str = "silu", seed: int = 0) -> nn.Module:
+    """A float32 AF-KAN block with perturbed parameters (phases off the grid, attention on)."""
+    torch.manual_seed(seed)
+    m = create_layer(spec, in_features=D_IN, hidden_features=HIDDEN, out_features=D_OUT,
+                     act_layer=act)  # fmt: skip
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return m.float()
+
+
+def _variant(m: nn.Module, *, series: bool = True, fused: bool = True) -> nn.Module:
+    v = copy.deepcopy(m)
+    for layer in (v.layer1, v.layer2):
+        layer.fused = fused
+        layer.series_knots = 1024 if series else 0
+    return v
+
+
+def _x(rows: int = ROWS, scale: float = 1.5, seed: int = 0) -> Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(rows, D_IN, generator=g) * scale
+
+
+def _grads(m: nn.Module, x: Tensor) -> list[Tensor]:
+    x = x.detach().clone().requires_grad_(True)
+    y = m(x)
+    w = torch.randn(y.shape, generator=torch.Generator().manual_seed(7))
+    params = [p for p in m.parameters() if p.requires_grad]
+    got = torch.autograd.grad((y * w).sum(), [x, *params], allow_unused=True)
+    return [y.detach()] + [g if g is not None else torch.zeros_like(p) for g, p in
+                           zip(got, [x, *params], strict=True)]  # fmt: skip
+
+
+def _err(m: nn.Module, got: list[Tensor], ref: list[Tensor]) -> list[float]:
+    """Per output (value, then gradients): max |got - ref| / (max |ref| + 1e-6), without the
+    attention biases' (softmax over the inputs does not see them: their gradient is 0 up to
+    rounding)."""
+    names = ["y", "x"] + [n for n, p in m.named_parameters() if p.requires_grad]
+    return [
+        float((a.double() - b.double()).abs().max()) / (float(b.abs().max()) + 1e-6)
+        for name, a, b in zip(names, got, ref, strict=True)
+        if not name.endswith("attn.bias")
+    ]
+
+
+def _assert_as_accurate(series: list[float], exact: list[float]) -> None:
+    for s, e in zip(series, exact, strict=True):
+        assert s <= max(4 * e, 2e-4), (series, exact)
+
+
+def _saved_bytes(m: nn.Module, x: Tensor) -> int:
+    total = 0
+
+    def pack(t: Tensor) -> Tensor:
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        m(x.requires_grad_(True))
+    return total
+
+
+def test_the_series_path_runs_where_it_applies() -> None:
+    """The series path keeps neither contraction for the backward (the tail evaluates them):
+    a layer that takes it saves less than the exact kernels; below 8,192 inputs, for
+    func_norm="sample" and for input_norm="none" both run the same exact kernels."""
+    assert kn.ops_for(torch.zeros(1)) is not None
+    m = _block("af_kan")
+    x = _x()
+    assert _saved_bytes(m, x) < _saved_bytes(_variant(m, series=False), x) - 2 * ROWS * D_IN * 4
+    for spec, rows in [("af_kan", 300), ("af_kan(func_norm='sample')", ROWS),
+                       ("af_kan(input_norm='none')", ROWS)]:  # fmt: skip
+        b = _block(spec)
+        xs = torch.rand(rows, D_IN, generator=torch.Generator().manual_seed(1)) * 1.8 - 0.9
+        with warnings.catch_warnings():  # input_norm="none": layer 2's inputs leave [-1, 1]
+            warnings.simplefilter("ignore", RuntimeWarning)
+            pairs = zip(_grads(b, xs), _grads(_variant(b, series=False), xs), strict=True)
+            for a, e in pairs:
+                assert torch.equal(a, e), spec
+
+
+@pytest.mark.parametrize("act", ["silu", "gelu"])
+@pytest.mark.parametrize("func", ["quad1", "quad2", "sum", "prod", "cubic1", "cubic2"])
+@pytest.mark.parametrize("func_norm", ["batch", "none"])
+def test_series_is_as_accurate_as_the_exact_kernels(act: str, func: str, func_norm: str) -> None:
+    """Values and every gradient (input, phases, attention, temperature, LayerNorm, weights)
+    against the float64 torch path: both float32 paths lose digits to min-max scaling and to
+    sums with cancellation (the temperature's, the phases'); the series path's error stays at
+    that level: within 4x the exact kernels' own or 2e-4 of the output's scale (measured with
+    the AVX-512 build: 1e-7 to 4e-5; the portable build's arithmetic loses a little more)."""
+    m = _block(f"af_kan(func={func!r}, func_norm={func_norm!r})", act=act)
+    x = _x()
+    ref = _grads(_variant(m, fused=False).double(), x.double())
+    series = _err(m, _grads(m, x), ref)
+    exact = _err(m, _grads(_variant(m, series=False), x), ref)
+    _assert_as_accurate(series, exact)
+
+
+@pytest.mark.parametrize("norm", ["none", "layer"])
+def test_series_matches_the_exact_kernels_and_the_plain_twin(norm: str) -> None:
+    """Against the exact kernels every output, relative to its scale; against the torch path
+    the values (its gradients differ more at single inputs where the min / max is nearly tied:
+    which value is the float32 extremum depends on each path's rounding)."""
+    m = _block(f"af_kan(norm={norm!r})", act="gelu")
+    x = _x(seed=3)
+    got = _grads(m, x)
+    assert max(_err(m, got, _grads(_variant(m, series=False), x))) < 1e-4
+    assert _err(m, got, _grads(_variant(m, fused=False), x))[0] < 1e-5
+
+
+def test_saturated_ties_narrow_and_constant_inputs() -> None:
+    """Hundreds of inputs at u = +-1 exactly (ties of the min / max across chunks) and a narrow
+    band of inputs (most cells empty) against the float64 torch path; a batch of one value (its
+    phase gradients are 0 up to rounding) against the exact kernels."""
+    m = _block("af_kan")
+    exact = _variant(m, series=False)
+    ref64 = _variant(m, fused=False).double()
+    x = _x(seed=5)
+    x[:300:2] = 60.0
+    x[1:300:2] = -60.0
+    narrow = 0.1 + 0.4 * torch.rand(ROWS, D_IN, generator=torch.Generator().manual_seed(2))
+    for xs in (x, narrow):
+        ref = _grads(ref64, xs.double())
+        _assert_as_accurate(_err(m, _grads(m, xs), ref), _err(m, _grads(exact, xs), ref))
+    single = torch.full((ROWS, D_IN), 0.3)
+    assert max(_err(m, _grads(m, single), _grads(exact, single))[:2]) < 1e-4
+
+
+def _extremes_case(kind: str, seed: int) -> Tensor:
+    """u (in, N) float32 in [-1, 1]: dense, saturated (ties at +-1), a narrow band (most cells
+    empty), one repeated value, a sparse scatter."""
+    g = torch.Generator().manual_seed(seed)
+    n = 2048
+    if kind == "dense":
+        u = torch.tanh(1.5 * torch.randn(8, n, generator=g))
+    elif kind == "saturated":
+        u = torch.tanh(1.5 * torch.randn(8, n, generator=g))
+        u[:, ::3] = 1.0
+        u[:, 1::3] = -1.0
+    elif kind == "narrow":
+        u = 0.1 + 0.01 * torch.rand(8, n, generator=g)
+    elif kind == "single":
+        u = torch.full((8, n), 0.3)
+    else:  # sparse: a few values spread wide, the rest at one point
+        u = torch.full((8, n), -0.2)
+        idx = torch.randint(0, 8 * n, (40,), generator=g)
+        u.view(-1)[idx] = torch.rand(40, generator=g) * 2 - 1
+    return u.contiguous()
+
+
+@pytest.mark.parametrize("kind", ["dense", "saturated", "narrow", "single", "sparse"])
+@pytest.mark.parametrize("act,func", [(0, 0), (1, 0), (0, 5), (1, 2), (0, 6)])
+def test_candidates_give_the_exact_min_max(kind: str, act: int, func: int) -> None:
+    """The series path's min / max of f over the tensor equal the exact kernel's bit for bit
+    (both evaluate the extrema with the same float32 arithmetic), for inputs that stress the
+    candidate search, with phases off the grid."""
+    ops = kn.ops_for(torch.zeros(1))
+    assert ops is not None
+    g = torch.Generator().manual_seed(11)
+    low = torch.linspace(-2.2, 0.6, 8) + 0.2 * torch.randn(8, generator=g)
+    high = low + 1.6 + 0.2 * torch.randn(8, generator=g)
+    w = torch.randn(8, generator=g)
+    for seed in range(3):
+        u = _extremes_case(kind, seed)
+        cand, lo, hi = ops.af_series_extremes(u, low, high, act, func, 1024)
+        _, _, lo_x, hi_x = ops.af_reduce_t(u, low, high, w, act, func, 0)
+        assert torch.equal(lo, lo_x) and torch.equal(hi, hi_x), (kind, seed)
+        assert cand.numel() < u.numel() * 8  # candidates, not everything
+
+
+def test_nan_inputs_take_the_exact_kernels() -> None:
+    m = _block("af_kan")
+    x = _x(seed=6)
+    x[3, 2] = float("nan")
+    for mod in (m, _variant(m, series=False)):
+        mod.zero_grad()
+    a, b = m(x), _variant(m, series=False)(x)
+    torch.testing.assert_close(a, b, equal_nan=True)
+    assert a.isnan().all()  # one NaN reaches the whole-tensor min / max
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    kind=st.sampled_from(["dense", "saturated", "narrow", "single", "sparse"]),
+    shift=st.floats(-1.5, 1.5),
+    width=st.floats(0.2, 3.0),
+    knots=st.sampled_from([16, 64, 256, 1024, 4096]),
+    act=st.integers(0, 1),
+    func=st.integers(0, 6),
+)
+def test_candidates_fuzzed(seed: int, kind: str, shift: float, width: float, knots: int,
+                           act: int, func: int) -> None:  # fmt: skip
+    """Random phases (shifted, wide or narrow), inputs, cell counts and combinations: the min /
+    max stay bit-equal to the exact kernel's."""
+    ops = kn.ops_for(torch.zeros(1))
+    assert ops is not None
+    g = torch.Generator().manual_seed(seed)
+    low = torch.linspace(-2.2, 0.6, 8) + shift + 0.3 * torch.randn(8, generator=g)
+    high = low + width * (0.5 + torch.rand(8, generator=g))
+    u = _extremes_case(kind, seed)
+    _, lo, hi = ops.af_series_extremes(u, low, high, act, func, knots)
+    _, _, lo_x, hi_x = ops.af_reduce_t(u, low, high, torch.ones(8), act, func, 0)
+    assert torch.equal(lo, lo_x) and torch.equal(hi, hi_x)
+
+
+def test_series_results_do_not_depend_on_the_thread_count() -> None:
+    """Bit for bit, but for the weight gradients (their GEMMs may split sums by thread)."""
+    m = _block("af_kan")
+    x = _x(2048, seed=8)
+    before = torch.get_num_threads()
+    runs = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            runs.append(_grads(m, x))
+    finally:
+        torch.set_num_threads(before)
+    names = ["y", "x"] + [n for n, p in m.named_parameters() if p.requires_grad]
+    for name, a, b in zip(names, *runs, strict=True):
+        if name in ("layer1.weight", "layer2.weight"):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-3)
+        else:
+            assert torch.equal(a, b), name
+
+
+def test_the_op_refuses_a_bad_knot_count() -> None:
+    ops = kn.ops_for(torch.zeros(1))
+    assert ops is not None
+    m = _block("af_kan").layer1
+    x = _x()
+    p = m._params(torch.float32)
+    with pytest.raises(RuntimeError, match="knots must be in 16 .. 32768"):
+        ops.af_kan_layer(x, p["low"], p["high"], p["attn_w"][0], p["attn_b"], p["temperature"],
+                         m.weight, p["norm_w"], p["norm_b"], 0, 0, 0, True, 1e-5, 3)  # fmt: skip
