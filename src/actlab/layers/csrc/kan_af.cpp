@@ -356,17 +356,15 @@ void series_rows(const Tail<T>& P, int64_t n, int64_t c, TailRows<T>& W) {
     const AFSeries& S = *P.series;
     constexpr int R = 4;
     for (int64_t i0 = 0; i0 < P.nin; i0 += R) {
-      Vectorized<float> u[R], u2[R], s[R];
+      Vectorized<float> u[R], u2[R], s[R], s1[R];
       const int r1 = static_cast<int>(std::min<int64_t>(R, P.nin - i0));
       for (int r = 0; r < R; ++r) {
         u[r] = r < r1 ? Vectorized<float>::loadu(P.ut + (i0 + r) * P.N + n, c)
                       : Vectorized<float>(0.0f);
         u2[r] = u[r] + u[r];
       }
-      clenshaw<R>(S.c.data(), S.D, u2, u, s);
-      for (int r = 0; r < r1; ++r) W.s0n[i0 + r] = s[r];
-      clenshaw<R>(S.c.data() + S.D + 1, S.D, u2, u, s);
-      for (int r = 0; r < r1; ++r) W.s1n[i0 + r] = s[r];
+      chebyshev2<R>(S.c.data(), S.c.data() + S.D + 1, S.D, u2, u, s, s1);
+      for (int r = 0; r < r1; ++r) W.s0n[i0 + r] = s[r], W.s1n[i0 + r] = s1[r];
     }
   }
 }
@@ -393,26 +391,41 @@ void series_sink(const Tail<T>& P, int64_t n, int64_t c, TailRows<T>& W,
         u2[r] = u[r] + u[r];
         tp[r] = V(1.0f), tc[r] = u[r];  // T_0, T_1
       }
+      // one recurrence T_d for the moments (d <= Dm) and the slopes s0', s1' (d <= Dd)
+      const float *e0 = S.dc.data(), *e1 = S.dc.data() + S.Dd + 1;
+      for (int r = 0; r < R; ++r) d0[r] = V(e0[0]), d1[r] = V(e1[0]);
+      V a = mom[0], b = mom[D1];
+      for (int r = 0; r < R; ++r) a = a + g0[r], b = b + g1[r];
+      mom[0] = a, mom[D1] = b;
+      const int64_t top = std::max(S.Dm, S.Dd);
+      for (int64_t d = 1; d <= top; ++d) {
+        if (d > 1) {
+          for (int r = 0; r < R; ++r) {
+            const V tn = at::vec::fmsub(u2[r], tc[r], tp[r]);
+            tp[r] = tc[r], tc[r] = tn;
+          }
+        }
+        if (P.gut && d <= S.Dd) {
+          const V k0(e0[d]), k1(e1[d]);
+          for (int r = 0; r < R; ++r) {
+            d0[r] = at::vec::fmadd(k0, tc[r], d0[r]);
+            d1[r] = at::vec::fmadd(k1, tc[r], d1[r]);
+          }
+        }
+        if (d <= S.Dm) {
+          a = mom[d], b = mom[D1 + d];
+          for (int r = 0; r < R; ++r) {
+            a = at::vec::fmadd(g0[r], tc[r], a);
+            b = at::vec::fmadd(g1[r], tc[r], b);
+          }
+          mom[d] = a, mom[D1 + d] = b;
+        }
+      }
       if (P.gut) {
-        clenshaw<R>(S.dc.data(), S.Dd, u2, u, d0);
-        clenshaw<R>(S.dc.data() + S.Dd + 1, S.Dd, u2, u, d1);
         for (int r = 0; r < r1; ++r) {
           const V du = at::vec::fmadd(g0[r], d0[r], g1[r] * d1[r]) * (V(1.0f) - u[r] * u[r]);
           du.store(P.gut + (i0 + r) * P.N + n, c);
         }
-      }
-      V a = mom[0], b = mom[D1];
-      for (int r = 0; r < R; ++r) a = a + g0[r], b = b + g1[r];
-      mom[0] = a, mom[D1] = b;
-      for (int64_t d = 1; d < D1; ++d) {
-        a = mom[d], b = mom[D1 + d];
-        for (int r = 0; r < R; ++r) {
-          a = at::vec::fmadd(g0[r], tc[r], a);
-          b = at::vec::fmadd(g1[r], tc[r], b);
-          const V tn = at::vec::fmsub(u2[r], tc[r], tp[r]);
-          tp[r] = tc[r], tc[r] = tn;
-        }
-        mom[d] = a, mom[D1 + d] = b;
       }
     }
   }

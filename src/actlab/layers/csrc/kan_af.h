@@ -265,22 +265,28 @@ std::vector<at::Tensor> af_series_grads(const at::Tensor& ut, const at::Tensor& 
                                         const at::Tensor& cand,
                                         float* gut);
 
-// sum_{d <= D} c_d T_d(u) of R vectors u (u2 = 2 u) by Clenshaw's recurrence, float
-// coefficients; the R recurrences interleave (each step waits on the one before).
+// a_q = sum_{d <= D} c_q[d] T_d(u) for the two series c_0, c_1 of R vectors u (u2 = 2 u), with
+// T_d by T_d+1 = 2 u T_d - T_d-1: one recurrence serves both sums; the R vectors interleave
+// (each step waits on the one before). D >= 1.
 template <int R>
-inline void clenshaw(const float* c, int64_t D, const Vectorized<float>* u2,
-                     const Vectorized<float>* u, Vectorized<float>* out) {
-  Vectorized<float> b1[R], b2[R];
-  for (int r = 0; r < R; ++r) b1[r] = Vectorized<float>(0.0f), b2[r] = Vectorized<float>(0.0f);
-  for (int64_t d = D; d >= 1; --d) {
-    const Vectorized<float> cd(c[d]);
+inline void chebyshev2(const float* c0, const float* c1, int64_t D, const Vectorized<float>* u2,
+                       const Vectorized<float>* u, Vectorized<float>* a0, Vectorized<float>* a1) {
+  using V = Vectorized<float>;
+  V tp[R], tc[R];
+  for (int r = 0; r < R; ++r) {
+    tp[r] = V(1.0f), tc[r] = u[r];  // T_0, T_1
+    a0[r] = at::vec::fmadd(V(c0[1]), u[r], V(c0[0]));
+    a1[r] = at::vec::fmadd(V(c1[1]), u[r], V(c1[0]));
+  }
+  for (int64_t d = 2; d <= D; ++d) {
+    const V k0(c0[d]), k1(c1[d]);
     for (int r = 0; r < R; ++r) {
-      const Vectorized<float> b = at::vec::fmadd(u2[r], b1[r], cd) - b2[r];
-      b2[r] = b1[r];
-      b1[r] = b;
+      const V tn = at::vec::fmsub(u2[r], tc[r], tp[r]);
+      tp[r] = tc[r], tc[r] = tn;
+      a0[r] = at::vec::fmadd(k0, tn, a0[r]);
+      a1[r] = at::vec::fmadd(k1, tn, a1[r]);
     }
   }
-  for (int r = 0; r < R; ++r) out[r] = at::vec::fmadd(u[r], b1[r], Vectorized<float>(c[0])) - b2[r];
 }
 
 }  // namespace actlab_kan

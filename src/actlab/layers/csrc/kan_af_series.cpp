@@ -15,14 +15,14 @@
 // the series' scale (sum |c_d|), and a series whose last coefficients are above that has not
 // converged: the call takes the exact kernels.
 //
-// Forward (af_layer_fwd, kan_af.cpp): the tail evaluates s0 and s1 of every input by Clenshaw's
-// recurrence (2 D float operations each, four nodes interleaved) where it would read them, so
-// they are never written (memory traffic, not arithmetic, bounds these passes: out of cache one
-// thread moves ~12 GB/s here). The min / max of f over the tensor are those of the exact values,
-// from candidates (af_series_extremes, below): a table of f_j and f_j' on K + 1 knots (the op's
-// `knots`) bounds every f_j on every cell of width 2 / K; one pass over the inputs keeps those in
-// cells that can reach the min / max, which are evaluated exactly; their (input, phase) pairs
-// are saved for the backward.
+// Forward (af_layer_fwd, kan_af.cpp): the tail evaluates s0 and s1 of every input as
+// sum_d c_d T_d(u) (T_d by their recurrence, shared by both sums; four nodes interleaved) where
+// it would read them, so they are never written (memory traffic, not arithmetic, bounds these
+// passes: out of cache one thread moves ~12 GB/s here). The min / max of f over the tensor are
+// those of the exact values, from candidates (af_series_extremes, below): a table of f_j and
+// f_j' on K + 1 knots (K: the op's `knots` at most) bounds every f_j on every cell of width
+// 2 / K; one pass over the inputs keeps those in cells that can reach the min / max, which are
+// evaluated exactly; their (input, phase) pairs are saved for the backward.
 //
 // Backward: the tail's backward evaluates s0, s1 again and, instead of writing gs0, gs1, adds
 // du = (gs0 s0'(u) + gs1 s1'(u)) (1 - u^2) from the derivative series and the moments
@@ -41,9 +41,9 @@
 
 namespace actlab_kan {
 
-constexpr int64_t kChebMax = 32;        // the series' largest degree
-constexpr double kChebTol = 1e-9;       // the dropped coefficients' share of the scale
-constexpr int64_t kSeriesGrain = 8192;     // inputs per parallel task of the candidate pass
+constexpr int64_t kChebMax = 32;      // the series' largest degree
+constexpr double kChebTol = 1e-9;     // the dropped coefficients' share of the scale
+constexpr int64_t kSeriesGrain = 8192;  // inputs per parallel task of the candidate pass
 
 using VF = Vectorized<float>;
 using VI = Vectorized<int32_t>;
@@ -193,6 +193,7 @@ bool contraction_series(const PhaseTable& N, const float* w, bool slopes, int64_
       if (degree(ds[q]) < 0) return false;
     }
   }
+  D = std::max<int64_t>(D, 1);  // the evaluation starts at degree 1 (coefficients past: 0)
   c.assign(2 * (D + 1), 0.0f), dc.assign(2 * (D + 1), 0.0f);
   for (int q = 0; q < 2; ++q) {
     for (int64_t d = 0; d <= D; ++d) {
