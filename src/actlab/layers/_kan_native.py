@@ -14,7 +14,11 @@ spaces itself. AF-KAN's ``af_kan_reduce`` returns the two contractions over G (`
 with its derivatives in one pass and finds the values tied with the min / max there (acts SiLU
 and GELU: :func:`act_code`).
 ``af_kan_layer`` is the whole AF-KAN layer: that reduction, one pass for the min-max scale,
-softmax with temperature, LayerNorm and act, and the projection (``csrc/kan_af.cpp``).
+softmax with temperature, LayerNorm and act, and the projection (``csrc/kan_af.cpp``); for
+float32 tanh inputs from 8,192 values it takes the contractions from per-call Chebyshev
+series instead (``csrc/kan_af_series.cpp``, its argument ``knots`` > 0: the most cells of
+the table that bounds the min / max; 0 turns the path off), and ``af_series_extremes``
+exposes that path's exact min / max search for tests.
 ``all_finite`` is the layers' per-forward parameter check in one call. Formulas and numerical
 notes are in ``csrc/kan_kernels.cpp``.
 
