@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
+from _autograd import saved_bytes
 from actlab.layers import _kan_native as kn
 from actlab.layers import create_layer
 
@@ -82,16 +83,7 @@ def _assert_as_accurate(series: list[float], exact: list[float]) -> None:
 
 
 def _saved_bytes(m: nn.Module, x: Tensor) -> int:
-    total = 0
-
-    def pack(t: Tensor) -> Tensor:
-        nonlocal total
-        total += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        m(x.requires_grad_(True))
-    return total
+    return saved_bytes(lambda: m(x.requires_grad_(True)))
 
 
 def test_the_series_path_runs_where_it_applies() -> None:
