@@ -1,5 +1,6 @@
-// AF-KAN: the basis reduction (two contractions over G, the min / max of f with their tie
-// counts) and its differentiable op. Formulas below; layout: kan_kernels.cpp.
+// AF-KAN: the basis reduction (two contractions over G, the min / max of f with their ties),
+// its differentiable op and the whole layer's op. Formulas below; layout: kan_kernels.cpp;
+// the shared phase arithmetic: kan_af.h; the series path: kan_af_series.cpp.
 
 #include "kan_af.h"
 
@@ -327,6 +328,9 @@ std::vector<at::Tensor> af_kan_reduce_autograd(const at::Tensor& x, const at::Te
 //   D = sum gs1n s1n over a row: dlo = (C + D - A sum w - B G) / span, dhi = -(C + D) / span
 //   (span replaced by 1: dlo = -(A sum w + B G), dhi = 0), and dw_j gets -lo A / span more
 //   (the scale's sum w). Sums over rows run per chunk of kChunk rows, added in chunk order.
+// On the series path (kan_af_series.cpp) the tail takes s0, s1 from the series where it would
+// read s0t, s1t (series_rows), and its backward turns gs0, gs1 into du and the moments at once
+// (series_sink) instead of writing them for the reduction's backward.
 template <typename T>
 struct Tail {
   int64_t nin, N, G, act, mode;

@@ -39,14 +39,17 @@
 //
 // AF-KAN (Ta et al. 2025, arXiv 2503.06112): kan_af.cpp; the reduction returns the two
 // contractions over G and the min / max of f, never f itself, and af_kan_layer adds the tail
-// (min-max scale, softmax with temperature, LayerNorm, act) and the projection.
+// (min-max scale, softmax with temperature, LayerNorm, act) and the projection. float32 tanh
+// layers of at least 8,192 inputs take the contractions from per-call Chebyshev series inside
+// the tail instead (kan_af_series.cpp), with the min / max still exact.
 //
 // Threads: at::parallel_for over nodes; a node's rows, gradients and parameter sums are
 // computed by one thread in a fixed order (per-lane sums flushed into double every kFlush
 // vectors), so results do not depend on the number of threads.
 //
 // Sources: this file (the layer plumbing shared by the ops, all_finite, registration),
-// kan_relu_s.cpp (ReLU-KAN, S-KAN), kan_af.cpp (AF-KAN), kan_common.h (helpers, declarations),
+// kan_relu_s.cpp (ReLU-KAN, S-KAN), kan_af.cpp (AF-KAN), kan_af_series.cpp (AF-KAN's series
+// path), kan_af.h (AF-KAN's phase arithmetic), kan_common.h (helpers, declarations),
 // native_isa.h (isa, shared with the norm kernels).
 // Built and loaded at run time by actlab/layers/_kan_native.py (actlab._ext), registered as
 // torch.ops.actlab_kan.*: the basis kernels (relu_basis_t, relu_basis_t_bwd, s_basis_t,
