@@ -404,14 +404,30 @@ void exact_phases(const float* u, int64_t n, const float* l, const float* h, int
 // The candidate (input, phase) pairs of the hits, as e G + j, grouped by phase (j ascending,
 // then e ascending): a canonical order, so the ties below are always added in the same order.
 at::Tensor candidate_pairs(const std::vector<Hit>& hits, const CellFlags& F, int64_t G) {
-  std::vector<int64_t> pairs;
-  for (int64_t j = 0; j < G; ++j) {
+  std::vector<std::vector<int64_t>> per(G);  // the inputs of each phase, ascending
+  const int64_t K = static_cast<int64_t>(F.any.size());
+  if (G <= 64) {  // each cell's phases as a bit mask: a hit visits only its flagged phases
+    std::vector<uint64_t> mask(K, 0);
+    for (int64_t k = 0; k < K; ++k) {
+      for (int64_t j = 0; j < G; ++j) mask[k] |= static_cast<uint64_t>(F.flag[k * G + j]) << j;
+    }
     for (const Hit& x : hits) {
-      if (F.flag[x.k * G + j]) pairs.push_back(x.e * G + j);
+      for (uint64_t m = mask[x.k]; m != 0; m &= m - 1) per[__builtin_ctzll(m)].push_back(x.e);
+    }
+  } else {
+    for (const Hit& x : hits) {
+      for (int64_t j = 0; j < G; ++j) {
+        if (F.flag[x.k * G + j]) per[j].push_back(x.e);
+      }
     }
   }
-  auto out = at::empty({static_cast<int64_t>(pairs.size())}, at::kLong);
-  std::copy(pairs.begin(), pairs.end(), out.data_ptr<int64_t>());
+  int64_t total = 0;
+  for (const auto& v : per) total += static_cast<int64_t>(v.size());
+  auto out = at::empty({total}, at::kLong);
+  int64_t* po = out.data_ptr<int64_t>();
+  for (int64_t j = 0; j < G; ++j) {
+    for (const int64_t e : per[j]) *po++ = e * G + j;
+  }
   return out;
 }
 
