@@ -346,11 +346,11 @@ struct Tail {
 };
 
 template <typename T>
-struct TailRows {  // one vector of rows: the tail's values per node
-  std::vector<Vectorized<T>> s0n, s1n, a, zh, g, g0, g1;
+struct TailRows {  // one vector of rows: the tail's values per node (5 nin vectors: in L1
+                   // for nin up to ~150 with AVX-512)
+  std::vector<Vectorized<T>> s0n, s1n, a, zh, g;
   Vectorized<T> vlo, span, raw, r;
-  explicit TailRows(int64_t nin, bool sink = false)
-      : s0n(nin), s1n(nin), a(nin), zh(nin), g(nin), g0(sink ? nin : 0), g1(sink ? nin : 0) {}
+  explicit TailRows(int64_t nin) : s0n(nin), s1n(nin), a(nin), zh(nin), g(nin) {}
 };
 
 // s0n, s1n (raw: s0, s1) of every node for rows n .. n + c from the series, four nodes at a time.
@@ -373,9 +373,10 @@ void series_rows(const Tail<T>& P, int64_t n, int64_t c, TailRows<T>& W) {
   }
 }
 
-// The sink of the series path for rows n .. n + c: from gs0 (W.g0), gs1 (W.g1) of every node,
-// du = (gs0 s0'(u) + gs1 s1'(u)) (1 - u^2) into gut and the moments sum gs T_d(u) (d <= Dm) into
-// mom (2 (Dm + 1) vectors: gs0's, then gs1's), four nodes at a time.
+// The sink of the series path for rows n .. n + c: from gs0, gs1 of every node (the backward
+// leaves them in W.s0n, W.s1n once it no longer needs those), du = (gs0 s0'(u) + gs1 s1'(u))
+// (1 - u^2) into gut and the moments sum gs T_d(u) (d <= Dm) into mom (2 (Dm + 1) vectors:
+// gs0's, then gs1's), four nodes at a time.
 template <typename T>
 void series_sink(const Tail<T>& P, int64_t n, int64_t c, TailRows<T>& W,
                  std::vector<Vectorized<T>>& mom) {
@@ -390,8 +391,8 @@ void series_sink(const Tail<T>& P, int64_t n, int64_t c, TailRows<T>& W,
       for (int r = 0; r < R; ++r) {
         const bool in = r < r1;
         u[r] = in ? V::loadu(P.ut + (i0 + r) * P.N + n, c) : V(0.0f);
-        g0[r] = in ? W.g0[i0 + r] : V(0.0f);
-        g1[r] = in ? W.g1[i0 + r] : V(0.0f);
+        g0[r] = in ? W.s0n[i0 + r] : V(0.0f);
+        g1[r] = in ? W.s1n[i0 + r] : V(0.0f);
         u2[r] = u[r] + u[r];
         tp[r] = V(1.0f), tc[r] = u[r];  // T_0, T_1
       }
@@ -518,7 +519,7 @@ void tail_bwd_kernel(const Tail<T>& P, const T* s0t, const T* s1t, const T* got,
   const int64_t nm = P.sink ? 2 * (P.series->Dm + 1) : 0;  // the moments, after np
   part.assign(chunks * (np + nm), 0.0);
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-    TailRows<T> W(P.nin, P.sink);
+    TailRows<T> W(P.nin);
     std::vector<V> mom(nm);
     std::vector<V> sg(P.norm ? P.nin : 0), sb(P.norm ? P.nin : 0);
     const V one(T(1)), vt(P.t), vb(P.b), vcw(P.cw), vG(static_cast<T>(P.G));
@@ -570,8 +571,8 @@ void tail_bwd_kernel(const Tail<T>& P, const T* s0t, const T* s1t, const T* got,
             sC = sC + gs0n * W.s0n[i], sD = sD + gs1n * W.s1n[i];
             g0 = gs0n / W.span, g1 = gs1n / W.span;
           }
-          if (P.sink) {
-            W.g0[i] = head(g0, c), W.g1[i] = head(g1, c);
+          if (P.sink) {  // s0n[i], s1n[i] are used up: they hold gs0, gs1 from here
+            W.s0n[i] = head(g0, c), W.s1n[i] = head(g1, c);
           } else {
             g0.store(gs0t + i * P.N + n, c);
             g1.store(gs1t + i * P.N + n, c);
