@@ -298,7 +298,10 @@ inline void collect_hits(const VI& k, const float* any, int64_t e, int64_t c,
   }
 }
 
-// The hits of every input (ascending e), in parallel; false if an input is NaN.
+// The hits of every input (ascending e), in parallel; false if an input is NaN. With AVX-512
+// the hits of each vector are compressed into the task's buffers without a branch on the
+// gathered flags (such a branch mispredicts on vectors with a hit and waits for the gather);
+// other builds take collect_hits.
 bool hits_pass(const float* ut, int64_t n, int64_t K, const float* any, std::vector<Hit>& hits) {
   std::atomic<bool> nan{false};
   std::mutex mu;
@@ -307,6 +310,13 @@ bool hits_pass(const float* ut, int64_t n, int64_t K, const float* any, std::vec
   at::parallel_for(0, vecs, kSeriesGrain / kS, [&](int64_t v0, int64_t v1) {
     bool bad = false;
     std::vector<Hit> mine;
+#if defined(CPU_CAPABILITY_AVX512)
+    const bool compress = (v1 - v0) * kS < (int64_t(1) << 31);  // int32 offsets in the task
+#else
+    const bool compress = false;
+#endif
+    std::vector<int32_t> off, cell;  // the compressed hits: offset from the task's start, cell
+    int64_t size = 0;
     for (int64_t v = v0; v < v1; ++v) {
       const int64_t e = v * kS, cnt = std::min<int64_t>(kS, n - e);
       const VF u = VF::loadu(ut + e, cnt);
@@ -314,8 +324,25 @@ bool hits_pass(const float* ut, int64_t n, int64_t K, const float* any, std::vec
       VF t;
       VI k;
       cell_of(u, K, t, k);
-      collect_hits(k, any, e, cnt, mine);
+      if (!compress) {
+        collect_hits(k, any, e, cnt, mine);
+        continue;
+      }
+#if defined(CPU_CAPABILITY_AVX512)
+      const int full = cnt >= kS ? (1 << kS) - 1 : (1 << cnt) - 1;
+      const int set = ~at::vec::gather<4>(any, k).zero_mask() & full;
+      if (size + kS > static_cast<int64_t>(off.size())) {
+        off.resize(2 * off.size() + kS), cell.resize(2 * cell.size() + kS);
+      }
+      const __m512i lane = _mm512_add_epi32(
+          _mm512_set1_epi32(static_cast<int32_t>(e - v0 * kS)),
+          _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+      _mm512_mask_compressstoreu_epi32(off.data() + size, static_cast<__mmask16>(set), lane);
+      _mm512_mask_compressstoreu_epi32(cell.data() + size, static_cast<__mmask16>(set), k);
+      size += __builtin_popcount(static_cast<unsigned>(set));
+#endif
     }
+    for (int64_t q = 0; q < size; ++q) mine.push_back({v0 * kS + off[q], cell[q]});
     if (bad) nan = true;
     std::lock_guard<std::mutex> lock(mu);
     parts.emplace_back(v0, std::move(mine));
