@@ -15,7 +15,7 @@ import warnings
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
@@ -205,20 +205,25 @@ def test_nan_inputs_take_the_exact_kernels() -> None:
     assert a.isnan().all()  # one NaN reaches the whole-tensor min / max
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=60, deadline=None)
+@example(seed=207, kind="dense", shift=0.0, width=0.203125, knots=16, act=0, func=0)
+@example(seed=64292, kind="dense", shift=-2.7757357093687176, width=0.5642668459010872,
+         knots=1024, act=1, func=3)  # fmt: skip
 @given(
     seed=st.integers(0, 2**16),
     kind=st.sampled_from(["dense", "saturated", "narrow", "single", "sparse"]),
-    shift=st.floats(-1.5, 1.5),
-    width=st.floats(0.2, 3.0),
+    shift=st.floats(-3.0, 3.0),
+    width=st.floats(0.003, 5.0),
     knots=st.sampled_from([16, 64, 256, 1024, 4096]),
     act=st.integers(0, 1),
     func=st.integers(0, 6),
 )
 def test_candidates_fuzzed(seed: int, kind: str, shift: float, width: float, knots: int,
                            act: int, func: int) -> None:  # fmt: skip
-    """Random phases (shifted, wide or narrow), inputs, cell counts and combinations: the min /
-    max stay bit-equal to the exact kernel's."""
+    """Random phases (shifted, wide or narrow: the cells narrow with them), inputs, cell counts
+    and combinations: the min / max stay bit-equal to the exact kernel's. (Two bugs this found:
+    cells wider than a phase, where f_j' turns twice in a cell; float GELU's erf, good to
+    1.5e-7 absolute, far from the table in its tail, now measured at the knots.)"""
     ops = kn.ops_for(torch.zeros(1))
     assert ops is not None
     g = torch.Generator().manual_seed(seed)

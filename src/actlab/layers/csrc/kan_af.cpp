@@ -674,7 +674,8 @@ std::pair<at::Tensor, std::vector<at::Tensor>> af_layer_fwd(
         r = {at::Tensor(), at::Tensor(), at::full({}, std::get<1>(*ex), opts),
              at::full({}, std::get<2>(*ex), opts), std::get<0>(*ex)};
       } else {
-        S.reset();  // a NaN input: the exact kernels (NaN propagates as in the plain twin)
+        S.reset();  // a NaN input (it propagates as in the plain twin) or too narrow phases:
+                    // the exact kernels
       }
     } else {
       r = {at::Tensor(), at::Tensor(), at::zeros({}, opts), at::zeros({}, opts),

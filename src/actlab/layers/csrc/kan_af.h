@@ -248,7 +248,8 @@ struct AFSeries {
 std::optional<AFSeries> af_series(const at::Tensor& lo_p, const at::Tensor& hi_p,
                                   const at::Tensor& w, int64_t act, int64_t func, bool backward);
 // func_norm "batch": (candidates, lo, hi), the exact min / max of f over the tensor with the
-// (input, phase) pairs that can reach them; nullopt when an input is NaN.
+// (input, phase) pairs that can reach them; nullopt when an input is NaN or the phases are too
+// narrow for the cells (both: the exact kernels).
 std::optional<std::tuple<at::Tensor, float, float>> af_series_extremes(
     const at::Tensor& ut, const at::Tensor& lo_p, const at::Tensor& hi_p, int64_t act, int64_t func,
     int64_t knots);

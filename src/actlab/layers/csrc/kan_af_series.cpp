@@ -221,8 +221,10 @@ inline bool any_nan(const VF& u, int64_t c) {
 
 // The table's bounds of each f_j on each cell, (K, G) each: its knot values, widened by
 // h (|f_j'(u_k)| + |f_j'(u_k+1)|) where f_j' changes sign or is 0 there (f_j' is close to linear
-// across a cell, so an extremum inside moves f_j by at most half that); err = 1e-6 max |f| bounds
-// the float32 rounding of the exact values and the table's own error (both far below it).
+// across a cell, so an extremum inside moves f_j by at most half that); err bounds how far the
+// float32 values of the exact kernels may lie from the table's: 1e-6 max |f| here, raised by
+// af_series_extremes to 4x the largest gap measured at the knots (float GELU's erf is good to
+// 1.5e-7 absolute, which in its far tail is a large relative error).
 struct CellBounds {
   std::vector<double> lower, upper;
   double err = 0.0;
@@ -428,6 +430,26 @@ void exact_phases(const float* u, int64_t n, const float* l, const float* h, int
   }
 }
 
+// The largest |f_j(u_k) in float32 (the exact kernels' arithmetic) - f_j(u_k) in double| over
+// the table's knots and phases.
+double float_gap(const PhaseTable& T, const float* l, const float* h, int64_t act, int64_t func) {
+  std::vector<float> uk(T.M);
+  for (int64_t k = 0; k < T.M; ++k) {
+    uk[k] = static_cast<float>(-1.0 + 2.0 * static_cast<double>(k) / T.K);
+  }
+  double gap = 0.0;
+  exact_phases(uk.data(), T.M, l, h, T.G, act, func, false,
+               [&](int64_t e, int64_t c, int64_t j, const VF& f, const VF&, const VF&) {
+                 float v[kS];
+                 f.store(v);
+                 const double* ref = T.row(T.f, j);
+                 for (int64_t q = 0; q < c; ++q) {
+                   gap = std::max(gap, std::abs(static_cast<double>(v[q]) - ref[e + q]));
+                 }
+               });
+  return gap;
+}
+
 // The candidate (input, phase) pairs of the hits, as e G + j, grouped by phase (j ascending,
 // then e ascending): a canonical order, so the ties below are always added in the same order.
 at::Tensor candidate_pairs(const std::vector<Hit>& hits, const CellFlags& F, int64_t G) {
@@ -540,14 +562,26 @@ std::optional<std::tuple<at::Tensor, float, float>> af_series_extremes(
     int64_t knots) {
   TORCH_CHECK(knots >= 16 && knots <= 32768, "af_kan_layer: knots must be in 16 .. 32768, got ",
               knots);
-  // cells: knots at most, n / 64 (at least 256) below: the table costs G (K + 1) exact
-  // evaluations, and coarser cells only add candidates where there are few inputs anyway
-  const int64_t n = ut.numel(), K = std::min(knots, std::max<int64_t>(256, n / 64));
+  const int64_t n = ut.numel(), G = lo_p.numel();
   const auto lc = lo_p.contiguous(), hc = hi_p.contiguous();
   const float* pu = ut.data_ptr<float>();
   const float *pl = lc.data_ptr<float>(), *ph = hc.data_ptr<float>();
+  // cells: knots at most, n / 64 (at least 256) below: the table costs G (K + 1) exact
+  // evaluations, and coarser cells only add candidates where there are few inputs anyway. The
+  // bounds assume f_j' turns at most once in a cell, and nearly linearly: a cell is at most an
+  // eighth of the narrowest phase |h_j - l_j| wide (f_j's extrema lie about half a phase
+  // apart), which may raise K; phases too narrow for 32,768 cells take the exact kernels.
+  double wmin = std::numeric_limits<double>::infinity();
+  for (int64_t j = 0; j < G; ++j) {
+    wmin = std::min(wmin, std::abs(static_cast<double>(ph[j]) - static_cast<double>(pl[j])));
+  }
+  const double need = 16.0 / wmin;  // cells of width 2 / K <= wmin / 8
+  if (!(need <= 32768.0)) return std::nullopt;
+  const int64_t K = std::max(std::min(knots, std::max<int64_t>(256, n / 64)),
+                             static_cast<int64_t>(std::ceil(need)));
   const PhaseTable T = knot_table(lc, hc, K, act, func);
-  const CellBounds B = cell_bounds(T);
+  CellBounds B = cell_bounds(T);
+  B.err = std::max(B.err, 4.0 * float_gap(T, pl, ph, act, func));
   auto [umin, umax] = u_range(pu, n);
   auto cell_index = [&](float u) {
     const float x = (std::min(std::max(u, -1.0f), 1.0f) + 1.0f) * (0.5f * static_cast<float>(K));
@@ -636,7 +670,7 @@ std::vector<at::Tensor> af_series_grads(const at::Tensor& ut, const at::Tensor& 
 }
 
 // The op af_series_extremes (for tests): [candidates, lo, hi] of ut (in, N), float32 in
-// [-1, 1]; an error for a NaN input.
+// [-1, 1]; an error for a NaN input or phases too narrow for the cells.
 std::vector<at::Tensor> af_series_extremes_op(const at::Tensor& ut, const at::Tensor& lo_p,
                                               const at::Tensor& hi_p, int64_t act, int64_t func,
                                               int64_t knots) {
@@ -645,7 +679,7 @@ std::vector<at::Tensor> af_series_extremes_op(const at::Tensor& ut, const at::Te
   check_like(lo_p, ut, {lo_p.numel()}, "af_series_extremes", "low");
   check_like(hi_p, ut, {lo_p.numel()}, "af_series_extremes", "high");
   auto ex = af_series_extremes(ut, lo_p, hi_p, act, func, knots);
-  TORCH_CHECK(ex.has_value(), "af_series_extremes: NaN input");
+  TORCH_CHECK(ex.has_value(), "af_series_extremes: a NaN input, or phases too narrow");
   auto opts = ut.options();
   return {std::get<0>(*ex), at::full({}, std::get<1>(*ex), opts),
           at::full({}, std::get<2>(*ex), opts)};
