@@ -289,6 +289,27 @@ def test_a_cached_library_loads_without_a_build_and_a_broken_one_is_rebuilt(
     assert compiled == [False]
 
 
+def test_a_source_edited_during_the_build_is_not_cached(
+    source: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key is taken before compiling; an edit while the compiler runs would leave the old
+    code cached under the new sources' key, so the library is removed and the build fails."""
+    ext = _ext(source)
+    where = ext_api.build_dir(ext)
+    so = _builder.library_path(ext, where)
+
+    def fake_compile(e: Extension, w: Path, isa: str) -> Path:
+        w.mkdir(parents=True, exist_ok=True)
+        so.write_bytes(b"\x7fELF")
+        source.write_text(ADD_ONE + "// edited\n")  # the edit lands mid-build
+        return so
+
+    monkeypatch.setattr(_builder, "_compile", fake_compile)
+    with pytest.raises(RuntimeError, match="sources changed while it was being built"):
+        _builder.build(ext)
+    assert not so.exists()
+
+
 # ----------------------------------------------------------------------------- real builds
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:

@@ -323,7 +323,8 @@ def build(ext: Extension) -> NativeLibrary:
     Cached: the library is loaded directly (``torch.ops.load_library``), under the lock so
     that it is never read half-linked. Missing: compiled under the lock; a process that finds
     the lock taken waits, then loads what the other one built. Unusable (truncated, wrong
-    platform): removed and rebuilt.
+    platform): removed and rebuilt. A source edited while it compiles: the library is removed
+    (it may hold the old code under the new key) and the build fails.
     """
     isa = capability()
     where = build_dir(ext, isa)
@@ -345,6 +346,12 @@ def build(ext: Extension) -> NativeLibrary:
         else:
             _say(f"building {ext.label} once ({isa}, ~30 s) in {where}")
         path = _compile(ext, where, isa)
+        if key(ext, isa) != where.name:  # a source changed while it compiled: the library
+            path.unlink(missing_ok=True)  # may hold the old code under the new sources' key
+            raise RuntimeError(
+                f"{ext.label}: its sources changed while it was being built; run again to "
+                "build them"
+            )
     return NativeLibrary(ext, path, isa, where.name, built=True)
 
 
