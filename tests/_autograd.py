@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import Tensor
 
 
 def saved_bytes(forward: Callable[[], object]) -> int:
     """Bytes of the tensors autograd saves for backward while ``forward()`` runs."""
-    import torch
-
     total = 0
 
     def pack(t: Tensor) -> Tensor:

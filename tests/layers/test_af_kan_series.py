@@ -264,3 +264,24 @@ def test_the_op_refuses_a_bad_knot_count() -> None:
     with pytest.raises(RuntimeError, match="knots must be in 16 .. 32768"):
         ops.af_kan_layer(x, p["low"], p["high"], p["attn_w"][0], p["attn_b"], p["temperature"],
                          m.weight, p["norm_w"], p["norm_b"], 0, 0, 0, True, 1e-5, 3)  # fmt: skip
+
+
+def test_bad_knots_act_and_func_are_one_line_errors_at_every_size() -> None:
+    """The layer op checks its knots on entry (also where the series path would not run: a
+    small input); the extremes op checks act, func and knots."""
+    ops = kn.ops_for(torch.zeros(1))
+    assert ops is not None
+    m = _block("af_kan").layer1
+    p = m._params(torch.float32)
+    small = _x(8)
+    for knots in (3, -1, 40000):
+        with pytest.raises(RuntimeError, match="knots must be in 16 .. 32768"):
+            ops.af_kan_layer(small, p["low"], p["high"], p["attn_w"][0], p["attn_b"],
+                             p["temperature"], m.weight, p["norm_w"], p["norm_b"], 0, 0, 0, True,
+                             1e-5, knots)  # fmt: skip
+    u = torch.rand(4, 64) * 2 - 1
+    low, high = p["low"].detach(), p["high"].detach()
+    for act, func, knots, what in [(2, 0, 64, "act 0..1"), (0, 7, 64, "func 0..6"),
+                                   (0, 0, 8, "knots must be in 16 .. 32768")]:  # fmt: skip
+        with pytest.raises(RuntimeError, match=what):
+            ops.af_series_extremes(u, low, high, act, func, knots)

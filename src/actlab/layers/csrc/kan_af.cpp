@@ -634,7 +634,9 @@ Tail<T> tail_args(const at::Tensor& ut, const at::Tensor& w, const at::Tensor& b
 
 void check_af_layer(const at::Tensor& ut, const at::Tensor& w, const at::Tensor& b,
                     const at::Tensor& temp, const at::Tensor& weight,
-                    const std::optional<at::Tensor>& gam, const std::optional<at::Tensor>& bet) {
+                    const std::optional<at::Tensor>& gam, const std::optional<at::Tensor>& bet,
+                    int64_t knots) {
+  check_knots(knots, "af_kan_layer");
   check_like(w, ut, {w.numel()}, "af_kan_layer", "w");
   check_like(b, ut, {1}, "af_kan_layer", "the attention bias");
   check_like(temp, ut, {}, "af_kan_layer", "the temperature");
@@ -699,7 +701,7 @@ at::Tensor af_kan_layer_plain(const at::Tensor& x, const at::Tensor& lo_p, const
                               const std::optional<at::Tensor>& bet, int64_t act, int64_t func,
                               int64_t mode, bool tanh, double eps, int64_t knots) {
   auto ut = transposed_input(x, tanh);
-  check_af_layer(ut, w, b, temp, weight, gam, bet);
+  check_af_layer(ut, w, b, temp, weight, gam, bet, knots);
   auto wc = w.contiguous();
   auto [ot, r] = af_layer_fwd(ut, lo_p, hi_p, wc, b, temp, gam.value_or(at::Tensor()),
                               bet.value_or(at::Tensor()), act, func, mode, eps, tanh, knots);
@@ -715,17 +717,16 @@ struct AFKANLayerFunction : public torch::autograd::Function<AFKANLayerFunction>
                             const std::optional<at::Tensor>& bet, int64_t act, int64_t func,
                             int64_t mode, bool tanh, double eps, int64_t knots) {
     auto ut = transposed_input(x, tanh);
-    check_af_layer(ut, w, b, temp, weight, gam, bet);
+    check_af_layer(ut, w, b, temp, weight, gam, bet, knots);
     auto wc = w.contiguous();
     const at::Tensor g = gam.value_or(at::Tensor()), be = bet.value_or(at::Tensor());
     auto [ot, r] = af_layer_fwd(ut, lo_p, hi_p, wc, b, temp, g, be, act, func, mode, eps, tanh,
                                 knots);
-    // saved: ut and the two contractions (in, N), the min / max (and the table path's
-    // candidates); never f
+    // saved: ut and the two contractions (in, N; undefined on the series path), the min / max
+    // (and the series path's candidates); never f
     const at::Tensor cand = r.size() > 4 ? r[4] : at::Tensor();
     ctx->save_for_backward(
         {ut, lo_p, hi_p, wc, b, temp, weight, g, be, r[0], r[1], r[2], r[3], cand});
-    ctx->saved_data["knots"] = knots;
     ctx->saved_data["act"] = act;
     ctx->saved_data["func"] = func;
     ctx->saved_data["mode"] = mode;
@@ -741,7 +742,7 @@ struct AFKANLayerFunction : public torch::autograd::Function<AFKANLayerFunction>
     const int64_t act = ctx->saved_data["act"].toInt(), mode = ctx->saved_data["mode"].toInt();
     variable_list out(15);
     if (!grads[0].defined()) return out;
-    const int64_t nin = ut.size(0), N = ut.size(1), G = w.numel();
+    const int64_t nin = ut.size(0), N = ut.size(1);
     const int64_t func = ctx->saved_data["func"].toInt();
     auto gy2 = grads[0].reshape({N, weight.size(0)});  // (N, out)
     auto got = scratch(2, ut.sizes(), ut);              // (in, N)
@@ -794,8 +795,9 @@ struct AFKANLayerFunction : public torch::autograd::Function<AFKANLayerFunction>
       if (mode == 0) glo_t = at::full({1}, glo, ut.options()), ghi_t = at::full({1}, ghi, ut.options());
       std::vector<at::Tensor> red;  // (gut, glow, ghigh, gw)
       if (sink) {
+        float* pg = gut.defined() ? gut.data_ptr<float>() : nullptr;
         auto g = af_series_grads(ut, lo_p, hi_p, w, act, func, mode, *Sb, M0, M1, r[2], r[3],
-                                 glo_t, ghi_t, sv[13], gut.defined() ? gut.data_ptr<float>() : nullptr);
+                                 glo_t, ghi_t, sv[13], pg);
         red = {gut, g[0], g[1], g[2]};
       } else {
         red = af_reduce_t_bwd(ut, lo_p, hi_p, w, act, func, mode, gs0t, gs1t, r[2].reshape({-1}),

@@ -236,6 +236,8 @@ std::vector<at::Tensor> af_reduce_t_bwd(const at::Tensor& ut, const at::Tensor& 
 // (kan_af_series.cpp: float32 tanh inputs, s0 and s1 from their Chebyshev series)
 constexpr int64_t kSeriesMinValues = 8192;  // fewer inputs: the exact kernels (break-even)
 bool af_series_applies(const at::Tensor& ut, int64_t mode, bool tanh, int64_t knots);
+// A one-line error unless knots is 0 (the exact kernels) or in 16 .. 32768.
+void check_knots(int64_t knots, const char* op);
 
 // The series of one call: s0, s1 (2, D + 1) and their derivatives (2, Dd + 1) as float
 // coefficients; with the backward's, those of every phase's pa_j, pb_j, f_j (G, Dm + 1).

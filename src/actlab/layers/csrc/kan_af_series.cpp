@@ -49,6 +49,11 @@ using VF = Vectorized<float>;
 using VI = Vectorized<int32_t>;
 constexpr int64_t kS = VF::size();
 
+void check_knots(int64_t knots, const char* op) {
+  TORCH_CHECK(knots == 0 || (knots >= 16 && knots <= 32768), op,
+              ": knots must be in 16 .. 32768 (or 0: the exact kernels), got ", knots);
+}
+
 bool af_series_applies(const at::Tensor& ut, int64_t mode, bool tanh, int64_t knots) {
   return knots > 0 && tanh && mode != 1 && ut.scalar_type() == at::kFloat &&
          ut.numel() >= kSeriesMinValues;
@@ -204,19 +209,19 @@ bool contraction_series(const PhaseTable& N, const float* w, bool slopes, int64_
   return true;
 }
 
-// The cell k (0 .. K - 1) and t in [0, 1] of u in [-1, 1]: x = (u + 1) K / 2; NaN lanes get cell 0.
-inline void cell_of(const VF& u, int64_t K, VF& t, VI& k) {
+// The cell k (0 .. K - 1) of u in [-1, 1]: floor((u + 1) K / 2); NaN lanes get cell 0.
+inline VI cell_of(const VF& u, int64_t K) {
   const VF x = (u + VF(1.0f)) * VF(0.5f * static_cast<float>(K));
-  VF kf = at::vec::clamp(x.floor(), VF(0.0f), VF(static_cast<float>(K - 1)));
-  kf = VF::blendv(kf, VF(0.0f), kf.isnan());
-  t = x - kf;
-  k = at::vec::convert_to_int_of_same_size(kf);
+  const VF kf = at::vec::clamp(x.floor(), VF(0.0f), VF(static_cast<float>(K - 1)));
+  return at::vec::convert_to_int_of_same_size(VF::blendv(kf, VF(0.0f), kf.isnan()));
 }
+
+// The bit mask of a vector's first c lanes.
+inline int first_lanes(int64_t c) { return c >= kS ? (1 << kS) - 1 : (1 << c) - 1; }
 
 // Whether any of the first c lanes of u is NaN.
 inline bool any_nan(const VF& u, int64_t c) {
-  const int full = c >= kS ? (1 << kS) - 1 : (1 << c) - 1;
-  return (~u.isnan().zero_mask() & full) != 0;
+  return (~u.isnan().zero_mask() & first_lanes(c)) != 0;
 }
 
 // The table's bounds of each f_j on each cell, (K, G) each: its knot values, widened by
@@ -287,9 +292,7 @@ struct Hit {
 // then only the set lanes.
 inline void collect_hits(const VI& k, const float* any, int64_t e, int64_t c,
                          std::vector<Hit>& hits) {
-  const VF a = at::vec::gather<4>(any, k);
-  const int full = c >= kS ? (1 << kS) - 1 : (1 << c) - 1;
-  int set = ~a.zero_mask() & full;
+  int set = ~at::vec::gather<4>(any, k).zero_mask() & first_lanes(c);
   if (set == 0) return;
   int32_t kk[kS];
   k.store(kk);
@@ -323,16 +326,13 @@ bool hits_pass(const float* ut, int64_t n, int64_t K, const float* any, std::vec
       const int64_t e = v * kS, cnt = std::min<int64_t>(kS, n - e);
       const VF u = VF::loadu(ut + e, cnt);
       bad = bad || any_nan(u, cnt);
-      VF t;
-      VI k;
-      cell_of(u, K, t, k);
+      const VI k = cell_of(u, K);
       if (!compress) {
         collect_hits(k, any, e, cnt, mine);
         continue;
       }
 #if defined(CPU_CAPABILITY_AVX512)
-      const int full = cnt >= kS ? (1 << kS) - 1 : (1 << cnt) - 1;
-      const int set = ~at::vec::gather<4>(any, k).zero_mask() & full;
+      const int set = ~at::vec::gather<4>(any, k).zero_mask() & first_lanes(cnt);
       if (size + kS > static_cast<int64_t>(off.size())) {
         off.resize(2 * off.size() + kS), cell.resize(2 * cell.size() + kS);
       }
@@ -361,10 +361,7 @@ void scan_hits(const float* ut, int64_t n, int64_t K, const float* any, std::vec
   hits.clear();
   for (int64_t e = 0; e < n; e += kS) {
     const int64_t c = std::min<int64_t>(kS, n - e);
-    VF t;
-    VI k;
-    cell_of(VF::loadu(ut + e, c), K, t, k);
-    collect_hits(k, any, e, c, hits);
+    collect_hits(cell_of(VF::loadu(ut + e, c), K), any, e, c, hits);
   }
 }
 
@@ -374,16 +371,13 @@ std::vector<char> occupied(const float* ut, int64_t n, int64_t K) {
   int32_t kk[kS];
   for (int64_t e = 0; e < n; e += kS) {
     const int64_t c = std::min<int64_t>(kS, n - e);
-    VF t;
-    VI k;
-    cell_of(VF::loadu(ut + e, c), K, t, k);
-    k.store(kk);
+    cell_of(VF::loadu(ut + e, c), K).store(kk);
     for (int64_t q = 0; q < c; ++q) occ[kk[q]] = 1;
   }
   return occ;
 }
 
-// The smallest and largest u (NaN lanes ignored: a NaN input leaves the table path anyway).
+// The smallest and largest u (NaN lanes ignored: a NaN input leaves the series path anyway).
 std::pair<float, float> u_range(const float* ut, int64_t n) {
   const float inf = std::numeric_limits<float>::infinity();
   VF mn(inf), mx(-inf);
@@ -506,7 +500,7 @@ void eval_candidates(const at::Tensor& cand, const float* ut, int64_t G, const f
 }
 
 // lo_est / hi_est over the cells ks .. ke (each flag set must contain the cells of every value
-// within reach of lo, hi; see af_reduce_lut).
+// within reach of lo, hi; see af_series_extremes).
 std::pair<double, double> estimates(const CellBounds& B, int64_t G, int64_t ks, int64_t ke,
                                     const char* occ) {
   double lo = std::numeric_limits<double>::infinity(), hi = -lo;
@@ -560,9 +554,7 @@ std::optional<AFSeries> af_series(const at::Tensor& lo_p, const at::Tensor& hi_p
 std::optional<std::tuple<at::Tensor, float, float>> af_series_extremes(
     const at::Tensor& ut, const at::Tensor& lo_p, const at::Tensor& hi_p, int64_t act, int64_t func,
     int64_t knots) {
-  TORCH_CHECK(knots >= 16 && knots <= 32768, "af_kan_layer: knots must be in 16 .. 32768, got ",
-              knots);
-  const int64_t n = ut.numel(), G = lo_p.numel();
+  const int64_t n = ut.numel(), G = lo_p.numel();  // knots: checked by the ops (check_knots)
   const auto lc = lo_p.contiguous(), hc = hi_p.contiguous();
   const float* pu = ut.data_ptr<float>();
   const float *pl = lc.data_ptr<float>(), *ph = hc.data_ptr<float>();
@@ -582,13 +574,12 @@ std::optional<std::tuple<at::Tensor, float, float>> af_series_extremes(
   const PhaseTable T = knot_table(lc, hc, K, act, func);
   CellBounds B = cell_bounds(T);
   B.err = std::max(B.err, 4.0 * float_gap(T, pl, ph, act, func));
-  auto [umin, umax] = u_range(pu, n);
-  auto cell_index = [&](float u) {
-    const float x = (std::min(std::max(u, -1.0f), 1.0f) + 1.0f) * (0.5f * static_cast<float>(K));
-    return std::min<int64_t>(static_cast<int64_t>(std::floor(x)), K - 1);
-  };
+  const auto [umin, umax] = u_range(pu, n);
+  const float ends[2] = {umin, umax};
+  int32_t ce[kS];
+  cell_of(VF::loadu(ends, 2), K).store(ce);  // the cells of the smallest and largest input
   const bool some = umin <= umax;  // false only if every input is NaN
-  const int64_t ks = some ? cell_index(umin) : 0, ke = some ? cell_index(umax) : K - 1;
+  const int64_t ks = some ? ce[0] : 0, ke = some ? ce[1] : K - 1;
   auto [le, he] = estimates(B, T.G, ks, ke, nullptr);
   CellFlags F = cell_flags(B, K, T.G, le, he);
   std::vector<Hit> hits;
@@ -676,6 +667,10 @@ std::vector<at::Tensor> af_series_extremes_op(const at::Tensor& ut, const at::Te
                                               int64_t knots) {
   check_ut(ut, "af_series_extremes");
   TORCH_CHECK(ut.scalar_type() == at::kFloat, "af_series_extremes: expected float32");
+  TORCH_CHECK(act >= 0 && act <= 1 && func >= 0 && func <= 6,
+              "af_series_extremes: act 0..1, func 0..6");
+  TORCH_CHECK(knots >= 16 && knots <= 32768,
+              "af_series_extremes: knots must be in 16 .. 32768, got ", knots);
   check_like(lo_p, ut, {lo_p.numel()}, "af_series_extremes", "low");
   check_like(hi_p, ut, {lo_p.numel()}, "af_series_extremes", "high");
   auto ex = af_series_extremes(ut, lo_p, hi_p, act, func, knots);
