@@ -7,88 +7,102 @@
 namespace actlab_kan {
 
 // ----------------------------------------------------------------------------- ReLU-KAN
-// Bt (in G, N) from ut (in, N) and the phases low, high (in, G).
+// Bt (in G, N) from ut (in, N) and the phases low, high (in, G), nodes i0 .. i1. The row loops
+// here and below are functions of their arguments, not parallel lambdas' bodies: a lambda's
+// captures by reference are reloaded from memory after every store (see s_rows).
+template <typename T>
+void relu_fwd_rows(int64_t i0, int64_t i1, const T* ut, const T* lo, const T* hi, T* bt,
+                   int64_t G, int64_t N) {
+  using V = Vectorized<T>;
+  constexpr int64_t S = V::size();
+  const V zero(T(0));
+  for (int64_t i = i0; i < i1; ++i) {
+    const T* u = ut + i * N;
+    for (int64_t j = 0; j < G; ++j) {
+      const int64_t f = i * G + j;
+      const T w = hi[f] - lo[f];
+      const V vl(lo[f]), vh(hi[f]), vc(T(4) / (w * w));
+      T* out = bt + f * N;
+      int64_t n = 0;
+      for (; n + S <= N; n += S) {
+        const V x = V::loadu(u + n);
+        const V r = at::vec::clamp_min(x - vl, zero) * at::vec::clamp_min(vh - x, zero) * vc;
+        (r * r).store(out + n);
+      }
+      if (n < N) {
+        const V x = V::loadu(u + n, N - n);
+        const V r = at::vec::clamp_min(x - vl, zero) * at::vec::clamp_min(vh - x, zero) * vc;
+        (r * r).store(out + n, N - n);
+      }
+    }
+  }
+}
+
 template <typename T>
 void relu_fwd_kernel(const T* ut, const T* lo, const T* hi, T* bt, int64_t nin, int64_t G,
                      int64_t N) {
-  using V = Vectorized<T>;
-  constexpr int64_t S = V::size();
   at::parallel_for(0, nin, grain_nodes(G * N), [&](int64_t i0, int64_t i1) {
-    const V zero(T(0));
-    for (int64_t i = i0; i < i1; ++i) {
-      const T* u = ut + i * N;
-      for (int64_t j = 0; j < G; ++j) {
-        const int64_t f = i * G + j;
-        const T w = hi[f] - lo[f];
-        const V vl(lo[f]), vh(hi[f]), vc(T(4) / (w * w));
-        T* out = bt + f * N;
-        int64_t n = 0;
-        for (; n + S <= N; n += S) {
-          const V x = V::loadu(u + n);
-          const V r = at::vec::clamp_min(x - vl, zero) * at::vec::clamp_min(vh - x, zero) * vc;
-          (r * r).store(out + n);
-        }
-        if (n < N) {
-          const V x = V::loadu(u + n, N - n);
-          const V r = at::vec::clamp_min(x - vl, zero) * at::vec::clamp_min(vh - x, zero) * vc;
-          (r * r).store(out + n, N - n);
-        }
-      }
-    }
+    relu_fwd_rows<T>(i0, i1, ut, lo, hi, bt, G, N);
   });
 }
 
 // One pass: Bt again (if bt), gut = du (times 1 - u^2 with tanh; if gut), and the phase sums
 // glo, ghi (in, G) (if glo).
 template <typename T>
-void relu_bwd_kernel(const T* ut, const T* gbt, const T* lo, const T* hi, T* bt, T* gut, T* glo,
-                     T* ghi, bool tanh, int64_t nin, int64_t G, int64_t N) {
+void relu_bwd_rows(int64_t i0, int64_t i1, const T* ut, const T* gbt, const T* lo, const T* hi,
+                   T* bt, T* gut, T* glo, T* ghi, bool tanh, int64_t G, int64_t N) {
   using V = Vectorized<T>;
   constexpr int64_t S = V::size();
-  at::parallel_for(0, nin, grain_nodes(G * N), [&](int64_t i0, int64_t i1) {
-    const V zero(T(0)), two(T(2)), one(T(1));
-    std::vector<LaneSum<T>> sl(glo ? G : 0), sh(glo ? G : 0);
-    std::vector<V> vl(G), vh(G), vc(G), vt(G);  // the node's phases, 4 / w^2, 2 / w
-    for (int64_t i = i0; i < i1; ++i) {
-      const T* u = ut + i * N;
+  const V zero(T(0)), two(T(2)), one(T(1));
+  std::vector<LaneSum<T>> sl(glo ? G : 0), sh(glo ? G : 0);
+  std::vector<V> vl(G), vh(G), vc(G), vt(G);  // the node's phases, 4 / w^2, 2 / w
+  for (int64_t i = i0; i < i1; ++i) {
+    const T* u = ut + i * N;
+    for (int64_t j = 0; j < G; ++j) {
+      const T w = hi[i * G + j] - lo[i * G + j];
+      vl[j] = V(lo[i * G + j]);
+      vh[j] = V(hi[i * G + j]);
+      vc[j] = V(T(4) / (w * w));
+      vt[j] = V(T(2) / w);
+    }
+    for (auto& s : sl) s = LaneSum<T>();
+    for (auto& s : sh) s = LaneSum<T>();
+    for (int64_t n = 0; n < N; n += S) {
+      const int64_t c = std::min<int64_t>(S, N - n);
+      const V x = V::loadu(u + n, c);
+      V du(T(0));
       for (int64_t j = 0; j < G; ++j) {
-        const T w = hi[i * G + j] - lo[i * G + j];
-        vl[j] = V(lo[i * G + j]);
-        vh[j] = V(hi[i * G + j]);
-        vc[j] = V(T(4) / (w * w));
-        vt[j] = V(T(2) / w);
-      }
-      for (auto& s : sl) s = LaneSum<T>();
-      for (auto& s : sh) s = LaneSum<T>();
-      for (int64_t n = 0; n < N; n += S) {
-        const int64_t c = std::min<int64_t>(S, N - n);
-        const V x = V::loadu(u + n, c);
-        V du(T(0));
-        for (int64_t j = 0; j < G; ++j) {
-          const int64_t f = i * G + j;
-          const V a = at::vec::clamp_min(x - vl[j], zero), b = at::vec::clamp_min(vh[j] - x, zero);
-          const V r = a * b * vc[j];
-          if (bt) (r * r).store(bt + f * N + n, c);
-          const V g2r = two * V::loadu(gbt + f * N + n, c) * r;  // dL/dR dR/dr
-          if (gut) du = du + g2r * vc[j] * (b - a);
-          if (glo) {
-            const V t = r * vt[j];
-            sl[j].add(head(g2r * (t - vc[j] * b), c));
-            sh[j].add(head(g2r * (vc[j] * a - t), c));
-          }
-        }
-        if (gut) {
-          if (tanh) du = du * (one - x * x);
-          du.store(gut + i * N + n, c);
+        const int64_t f = i * G + j;
+        const V a = at::vec::clamp_min(x - vl[j], zero), b = at::vec::clamp_min(vh[j] - x, zero);
+        const V r = a * b * vc[j];
+        if (bt) (r * r).store(bt + f * N + n, c);
+        const V g2r = two * V::loadu(gbt + f * N + n, c) * r;  // dL/dR dR/dr
+        if (gut) du = du + g2r * vc[j] * (b - a);
+        if (glo) {
+          const V t = r * vt[j];
+          sl[j].add(head(g2r * (t - vc[j] * b), c));
+          sh[j].add(head(g2r * (vc[j] * a - t), c));
         }
       }
-      if (glo) {
-        for (int64_t j = 0; j < G; ++j) {
-          glo[i * G + j] = static_cast<T>(sl[j].value());
-          ghi[i * G + j] = static_cast<T>(sh[j].value());
-        }
+      if (gut) {
+        if (tanh) du = du * (one - x * x);
+        du.store(gut + i * N + n, c);
       }
     }
+    if (glo) {
+      for (int64_t j = 0; j < G; ++j) {
+        glo[i * G + j] = static_cast<T>(sl[j].value());
+        ghi[i * G + j] = static_cast<T>(sh[j].value());
+      }
+    }
+  }
+}
+
+template <typename T>
+void relu_bwd_kernel(const T* ut, const T* gbt, const T* lo, const T* hi, T* bt, T* gut, T* glo,
+                     T* ghi, bool tanh, int64_t nin, int64_t G, int64_t N) {
+  at::parallel_for(0, nin, grain_nodes(G * N), [&](int64_t i0, int64_t i1) {
+    relu_bwd_rows<T>(i0, i1, ut, gbt, lo, hi, bt, gut, glo, ghi, tanh, G, N);
   });
 }
 
