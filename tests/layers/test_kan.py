@@ -278,6 +278,66 @@ def test_s_kan_schedule_full_selective_pruned_one_space_per_node() -> None:
     torch.testing.assert_close(fresh.eval()(x), m(x))
 
 
+@pytest.mark.parametrize("full,select,calls", [(3, 4, 1), (0, 0, 1), (2, 3, 2)])
+def test_s_kan_native_clock_follows_the_torch_paths_schedule(
+    full: int, select: int, calls: int
+) -> None:
+    """The fused op advances the schedule in its backward (and prunes on the last step, before
+    the optimizer moves the logits); the torch path with its tensor hook is the reference: the
+    same phases, clock and choices step by step, also with no schedule at all (pruned by the
+    first backward) and with the layer applied twice per step (two ticks, as two hooks)."""
+    spec = f"s_kan(full_steps={full}, select_steps={select}, tau_min=0.01)"
+    torch.manual_seed(0)
+    fused = create_layer(spec, in_features=2, hidden_features=5, out_features=2)
+    plain = create_layer(spec, in_features=2, hidden_features=5, out_features=2, fused=False)
+    plain.load_state_dict(fused.state_dict())
+    x = torch.rand(32, 2) * 2 - 1
+    y = torch.sin(3 * x[:, :1]) * x[:, 1:]
+    history = {}
+    for name, m in (("fused", fused), ("plain", plain)):
+        opt = torch.optim.Adam(m.parameters(), lr=0.05)
+        rows = []
+        for _ in range(full + select + 2):
+            out = x
+            for _ in range(calls):
+                out = m(out)
+            loss = (out[:, :1] - y).square().mean()
+            opt.zero_grad()
+            loss.backward()
+            rows.append((m.layer1.phase, int(m.layer1.step), m.layer1.chosen.tolist()))
+            opt.step()
+        history[name] = rows
+        assert m.layer1.phase == m.layer2.phase == "pruned"
+    assert history["fused"] == history["plain"]
+    # pruned by the step that reaches full + select; every call of that step still ticks
+    assert int(fused.layer1.step) == -(-max(full + select, 1) // calls) * calls
+    # eval, no_grad and pruned calls leave the clock alone
+    before = int(fused.layer1.step)
+    fused.eval()(x)
+    fused.train()
+    with torch.no_grad():
+        fused(x)
+    fused(x).sum().backward()
+    assert int(fused.layer1.step) == before
+
+
+def test_s_kan_native_clock_bad_arguments_fail_in_one_line() -> None:
+    from actlab.layers import _kan_native as kn
+
+    x = torch.rand(4, 2, requires_grad=True)
+    ops = kn.ops_for(x)
+    assert ops is not None
+    logits, w, b = torch.zeros(2, 4), torch.randn(3, 16), torch.zeros(3)
+    args = (x, logits, [0, 1, 2, 3], 5, 3, w, b, True, False, 1.0)
+    with pytest.raises(RuntimeError, match="clock must be an int64 scalar tensor"):
+        ops.s_kan_layer(*args, torch.zeros(2, dtype=torch.int64), None, -1)
+    with pytest.raises(RuntimeError, match="pruning at the clock needs"):
+        ops.s_kan_layer(*args, torch.zeros((), dtype=torch.int64), None, 5)
+    with pytest.raises(RuntimeError, match="pruning at the clock needs"):
+        bad_chosen = torch.zeros(3, dtype=torch.int64)  # one entry per input: 2
+        ops.s_kan_layer(*args, torch.zeros((), dtype=torch.int64), bad_chosen, 5)
+
+
 @pytest.mark.parametrize(
     "name,rmse",
     [("relu_kan", 0.01), ("s_kan(full_steps=100, select_steps=100)", 0.01), ("af_kan", 0.08)],

@@ -260,8 +260,12 @@ class SKANLayer(nn.Module):
         return phi
 
     def _pruned_basis(self, u: Tensor) -> Tensor:
-        """One space per node: each space is evaluated only on the nodes that chose it."""
-        if self._groups is None:
+        """One space per node: each space is evaluated only on the nodes that chose it (the
+        groups are rebuilt whenever ``chosen`` changes, also in place, as the native op's
+        backward does when it prunes)."""
+        key = (self.chosen.data_ptr(), self.chosen._version)
+        if self._groups is None or getattr(self, "_groups_key", None) != key:
+            self._groups_key = key
             self._groups = [
                 (s, (self.chosen == p).nonzero().flatten()) for p, s in enumerate(self.spaces)
             ]
@@ -284,18 +288,22 @@ class SKANLayer(nn.Module):
         if ops is not None:  # the fused native kernels (CPU float32 / float64)
             tanh = self.range.input_norm == "tanh"
             u = x if tanh else self.range(x)  # "none": the range check, u = x
+            clock = None
             if pruned:  # one-hot weights: one space per node
                 mix, tau = self._kernel_alpha(), 0.0
             else:  # the kernel takes the logits: softmax(logits / tau) over the spaces inside
                 mix, tau = self.logits, self.tau()
+                if self.training:  # the op's backward advances the clock (and prunes at the end)
+                    clock = self.step
             y = ops.s_kan_layer(
-                u, mix, self._codes, self.grid, self.k, lin.weight, lin.bias, tanh, self.out_t, tau
-            )
-        else:
-            y = self.linear(self.basis(x).flatten(-2))  # (..., out)
+                u, mix, self._codes, self.grid, self.k, lin.weight, lin.bias, tanh, self.out_t,
+                tau, clock, self.chosen, self.full_steps + self.select_steps,
+            )  # fmt: skip
+            return y
+        y = self.linear(self.basis(x).flatten(-2))  # (..., out)
         if self.training and y.requires_grad and not pruned:
             # one call per backward pass = one training step; a pruned layer's schedule is
-            # over, so its clock stops (the hook cost ~40 us per step on the fit-task sizes)
+            # over, so its clock stops (the native op does the same in its backward)
             y.register_hook(self._advance)
         return y
 

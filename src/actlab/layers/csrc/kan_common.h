@@ -145,14 +145,17 @@ at::Tensor relu_kan_layer_plain(const at::Tensor& x, const at::Tensor& lo, const
 at::Tensor s_kan_layer_plain(const at::Tensor& x, const at::Tensor& alpha, at::IntArrayRef spaces,
                              int64_t grid, int64_t k, const at::Tensor& w,
                              const std::optional<at::Tensor>& bias, bool tanh, bool out_t,
-                             double tau);
+                             double tau, const std::optional<at::Tensor>& clock,
+                             const std::optional<at::Tensor>& chosen, int64_t prune_at);
 at::Tensor relu_kan_layer_autograd(const at::Tensor& x, const at::Tensor& lo, const at::Tensor& hi,
                                    const at::Tensor& w, const std::optional<at::Tensor>& bias,
                                    bool tanh, bool out_t);
 at::Tensor s_kan_layer_autograd(const at::Tensor& x, const at::Tensor& alpha,
                                 at::IntArrayRef spaces, int64_t grid, int64_t k,
                                 const at::Tensor& w, const std::optional<at::Tensor>& bias,
-                                bool tanh, bool out_t, double tau);
+                                bool tanh, bool out_t, double tau,
+                                const std::optional<at::Tensor>& clock,
+                                const std::optional<at::Tensor>& chosen, int64_t prune_at);
 // AF-KAN (kan_af.cpp)
 std::vector<at::Tensor> af_reduce_t(const at::Tensor& ut, const at::Tensor& lo_p,
                                     const at::Tensor& hi_p, const at::Tensor& w, int64_t act,

@@ -210,7 +210,8 @@ TORCH_LIBRARY(actlab_kan, m) {
       "bool tanh, bool out_t=False) -> Tensor");
   m.def(
       "s_kan_layer(Tensor x, Tensor alpha, int[] spaces, int grid, int k, Tensor weight, "
-      "Tensor? bias, bool tanh, bool out_t=False, float tau=0.0) -> Tensor");
+      "Tensor? bias, bool tanh, bool out_t=False, float tau=0.0, Tensor? clock=None, "
+      "Tensor? chosen=None, int prune_at=-1) -> Tensor");
   m.def(
       "af_reduce_t(Tensor ut, Tensor low, Tensor high, Tensor w, int act, int func, int mode) "
       "-> Tensor[]");

@@ -500,10 +500,12 @@ at::Tensor mixing(const at::Tensor& alpha, double tau) {
   return tau > 0 ? at::softmax(alpha / tau, -1) : alpha;
 }
 
+// clock, chosen, prune_at: the schedule (autograd only; ignored here, where no backward runs)
 at::Tensor s_kan_layer_plain(const at::Tensor& x, const at::Tensor& alpha, at::IntArrayRef spaces,
                              int64_t grid, int64_t k, const at::Tensor& w,
                              const std::optional<at::Tensor>& bias, bool tanh, bool out_t,
-                             double tau) {
+                             double tau, const std::optional<at::Tensor>& /*clock*/,
+                             const std::optional<at::Tensor>& /*chosen*/, int64_t /*prune_at*/) {
   auto ut = transposed_input(x, tanh);
   return project(s_basis_impl(ut, mixing(alpha, tau), spaces, grid, k, true), w, bias, x, out_t);
 }
@@ -549,13 +551,47 @@ struct ReLUKANFunction : public torch::autograd::Function<ReLUKANFunction> {
   }
 };
 
+// The schedule's clock (SKANLayer.step, given while the layer trains unpruned): each backward
+// pass through the layer adds one, and the pass that brings it to prune_at (>= 0) prunes, chosen =
+// argmax of the logits (alpha, with tau > 0), as SKANLayer.prune, before any optimizer step.
+// In C++ rather than a Python tensor hook (which, with its registration, cost ~60 us per layer
+// and step).
+void tick_schedule(AutogradContext* ctx) {
+  auto it = ctx->saved_data.find("clock");
+  if (it == ctx->saved_data.end()) return;
+  at::NoGradGuard no_grad;
+  auto clock = it->second.toTensor();
+  clock.add_(1);
+  const int64_t prune_at = ctx->saved_data["prune_at"].toInt();
+  if (prune_at >= 0 && clock.item<int64_t>() >= prune_at) {
+    auto chosen = ctx->saved_data["chosen"].toTensor();
+    chosen.copy_(ctx->saved_data["logits"].toTensor().argmax(-1));
+  }
+}
+
 struct SKANFunction : public torch::autograd::Function<SKANFunction> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& alpha,
                             const at::Tensor& w, const std::optional<at::Tensor>& bias,
                             std::vector<int64_t> spaces, int64_t grid, int64_t k, bool tanh,
-                            bool out_t, double tau) {
+                            bool out_t, double tau, const std::optional<at::Tensor>& clock,
+                            const std::optional<at::Tensor>& chosen, int64_t prune_at) {
     auto ut = transposed_input(x, tanh);
     const auto mix = mixing(alpha, tau);  // (in, P)
+    if (clock.has_value() && clock->defined()) {
+      TORCH_CHECK(clock->numel() == 1 && clock->scalar_type() == at::kLong,
+                  "s_kan_layer: clock must be an int64 scalar tensor");
+      TORCH_CHECK(prune_at < 0 || (tau > 0 && chosen.has_value() && chosen->defined() &&
+                                    chosen->scalar_type() == at::kLong &&
+                                    chosen->numel() == alpha.size(0)),
+                  "s_kan_layer: pruning at the clock needs tau > 0 (alpha: the logits) and an "
+                  "int64 chosen tensor with one entry per input");
+      ctx->saved_data["clock"] = *clock;
+      ctx->saved_data["prune_at"] = prune_at;
+      if (prune_at >= 0) {
+        ctx->saved_data["chosen"] = *chosen;
+        ctx->saved_data["logits"] = alpha;
+      }
+    }
     ctx->save_for_backward({ut, mix, w});
     ctx->saved_data["tau"] = tau;
     ctx->saved_data["tanh"] = tanh;
@@ -571,8 +607,9 @@ struct SKANFunction : public torch::autograd::Function<SKANFunction> {
     auto saved = ctx->get_saved_variables();
     const auto &ut = saved[0], &alpha = saved[1], &w = saved[2];
     const bool has_bias = ctx->saved_data["bias"].toBool();
-    variable_list out(10);
+    variable_list out(13);
     if (!grads[0].defined()) return out;
+    tick_schedule(ctx);
     // edges: x 0, alpha 1, w 2, bias 3 (if given)
     const bool need_w = ctx->needs_input_grad(2);
     auto gy2 = grads[0].reshape({-1, w.size(0)});
@@ -602,8 +639,11 @@ at::Tensor relu_kan_layer_autograd(const at::Tensor& x, const at::Tensor& lo, co
 at::Tensor s_kan_layer_autograd(const at::Tensor& x, const at::Tensor& alpha,
                                 at::IntArrayRef spaces, int64_t grid, int64_t k,
                                 const at::Tensor& w, const std::optional<at::Tensor>& bias,
-                                bool tanh, bool out_t, double tau) {
-  return SKANFunction::apply(x, alpha, w, bias, spaces.vec(), grid, k, tanh, out_t, tau);
+                                bool tanh, bool out_t, double tau,
+                                const std::optional<at::Tensor>& clock,
+                                const std::optional<at::Tensor>& chosen, int64_t prune_at) {
+  return SKANFunction::apply(x, alpha, w, bias, spaces.vec(), grid, k, tanh, out_t, tau, clock,
+                             chosen, prune_at);
 }
 
 }  // namespace actlab_kan
