@@ -105,7 +105,10 @@ at::Tensor transposed_input(const at::Tensor& x, bool tanh) {
 // as they lie). y is a tensor of its own (never a view: autograd allows in-place changes of a
 // custom Function's output only then). out_t: y keeps the (out, N) memory of y^T (strides 1
 // along the rows, N along out; what the next KAN layer reads without a copy), else y is
-// contiguous (one copy).
+// contiguous: for out >= 16 and in G <= 256 the GEMM writes it directly (Bt^T W^T, MKL's
+// transposed operands), else y^T and one transposing copy (the faster pair for few outputs or
+// a long in G, measured on the AVX-512 Xeon at N 100 to 4,096: e.g. out 64, in G 128, N 1,088:
+// 121 vs 159 us; out 64, in G 512: 525 vs 463 us).
 at::Tensor project(const at::Tensor& bt, const at::Tensor& w, const std::optional<at::Tensor>& bias,
                    const at::Tensor& x, bool out_t) {
   TORCH_CHECK(w.dim() == 2 && w.size(1) == bt.size(0), "kan layer: weight must be (out, ",
@@ -131,9 +134,18 @@ at::Tensor project(const at::Tensor& bt, const at::Tensor& w, const std::optiona
     }
     return y;
   }
-  at::Tensor yt = has_bias ? at::addmm(bias->unsqueeze(1), w, bt) : at::mm(w, bt);  // (out, N)
   auto y = at::empty(shape, bt.options());
-  y.view({N, out}).copy_(yt.t());
+  auto y2 = y.view({N, out});
+  if (out >= 16 && bt.size(0) <= 256) {  // y = Bt^T W^T + b directly, no transposing copy
+    if (has_bias) {
+      at::addmm_out(y2, *bias, bt.t(), w.t());
+    } else {
+      at::mm_out(y2, bt.t(), w.t());
+    }
+    return y;
+  }
+  at::Tensor yt = has_bias ? at::addmm(bias->unsqueeze(1), w, bt) : at::mm(w, bt);  // (out, N)
+  y2.copy_(yt.t());
   return y;
 }
 
