@@ -495,9 +495,46 @@ at::Tensor relu_kan_layer_plain(const at::Tensor& x, const at::Tensor& lo, const
 }
 
 // tau > 0: `alpha` holds the mixing logits and the weights are softmax(logits / tau) over
-// the spaces (the full and selective phases), computed here instead of as torch ops.
+// the spaces (the full and selective phases), computed here instead of as torch ops: a few
+// values per node, where each ATen call costs microseconds. As softmax: (logits / tau) rounded
+// to the dtype, minus the row's maximum, exp, over the row's sum.
 at::Tensor mixing(const at::Tensor& alpha, double tau) {
-  return tau > 0 ? at::softmax(alpha / tau, -1) : alpha;
+  if (!(tau > 0)) return alpha;
+  const auto a = alpha.contiguous();
+  auto out = at::empty_like(a);
+  const int64_t rows = a.size(0), P = a.size(1);
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "s_kan mixing", [&] {
+    const scalar_t* pa = a.data_ptr<scalar_t>();
+    scalar_t* po = out.data_ptr<scalar_t>();
+    const scalar_t t = static_cast<scalar_t>(tau);
+    for (int64_t i = 0; i < rows; ++i) {
+      scalar_t m = -std::numeric_limits<scalar_t>::infinity();
+      for (int64_t p = 0; p < P; ++p) m = std::max(m, pa[i * P + p] / t);
+      scalar_t sum = 0;
+      for (int64_t p = 0; p < P; ++p) sum += (po[i * P + p] = std::exp(pa[i * P + p] / t - m));
+      for (int64_t p = 0; p < P; ++p) po[i * P + p] /= sum;
+    }
+  });
+  return out;
+}
+
+// The mixing's backward: dlogits = w (dw - sum_p w dw) / tau per node (w: the weights).
+at::Tensor mixing_grad(const at::Tensor& w, const at::Tensor& gw, double tau) {
+  if (!(tau > 0)) return gw;
+  const auto wc = w.contiguous(), gc = gw.contiguous();
+  auto out = at::empty_like(wc);
+  const int64_t rows = wc.size(0), P = wc.size(1);
+  AT_DISPATCH_FLOATING_TYPES(wc.scalar_type(), "s_kan mixing grad", [&] {
+    const scalar_t *pw = wc.data_ptr<scalar_t>(), *pg = gc.data_ptr<scalar_t>();
+    scalar_t* po = out.data_ptr<scalar_t>();
+    const scalar_t t = static_cast<scalar_t>(tau);
+    for (int64_t i = 0; i < rows; ++i) {
+      scalar_t dot = 0;
+      for (int64_t p = 0; p < P; ++p) dot += pw[i * P + p] * pg[i * P + p];
+      for (int64_t p = 0; p < P; ++p) po[i * P + p] = pw[i * P + p] * (pg[i * P + p] - dot) / t;
+    }
+  });
+  return out;
 }
 
 // clock, chosen, prune_at: the schedule (autograd only; ignored here, where no backward runs)
@@ -623,7 +660,7 @@ struct SKANFunction : public torch::autograd::Function<SKANFunction> {
     if (ctx->needs_input_grad(1)) {
       const double tau = ctx->saved_data["tau"].toDouble();
       // softmax's backward: dlogits = alpha (dalpha - sum_p alpha dalpha) / tau
-      out[1] = tau > 0 ? alpha * (galpha - (alpha * galpha).sum(-1, true)) / tau : galpha;
+      out[1] = mixing_grad(alpha, galpha, tau);
     }
     finish_grads(out, gy2, phit, gut, ctx, 2, 2, has_bias, ctx->saved_data["xshape"].toIntVector());
     return out;
