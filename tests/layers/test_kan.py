@@ -166,6 +166,34 @@ def test_bad_input_is_one_line(name: str) -> None:
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("name", KANS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_non_finite_inputs_pass_through_and_unused_parameters_are_not_reported(
+    name: str, dtype: torch.dtype
+) -> None:
+    """The block checks its output, and its parameters only when the output is not finite:
+    a NaN / inf input gives NaN outputs without an error (finite parameters), a NaN in a
+    parameter the output does not use (a pruned S-KAN's logits) is not reported, and one the
+    output uses is, in the float32 kernels' path as in float64."""
+    m = _kan(name).to(dtype)
+    x = _x(4, 3).detach().to(dtype).clone()
+    x[1, 0], x[2, 2] = math.nan, math.inf
+    y = m(x)
+    assert not torch.isfinite(y).all()
+    if name != "af_kan":  # af_kan's batch min-max spreads a NaN over the batch (documented)
+        assert torch.isfinite(y[[0, 3]]).all()
+    if name == "s_kan":
+        assert isinstance(m, SKAN)
+        m.prune()
+        with torch.no_grad():
+            m.layer1.logits.fill_(math.nan)
+        assert torch.isfinite(m(_x(4, 3).to(dtype))).all()
+    with torch.no_grad():
+        list(m.parameters())[-1].view(-1)[0] = math.inf  # the last layer's bias / weight
+    with pytest.raises(ValueError, match=f"{name}: non-finite parameters"):
+        m(_x(4, 3).to(dtype))
+
+
 @pytest.mark.parametrize(
     "spec,words",
     [
