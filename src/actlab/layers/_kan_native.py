@@ -99,14 +99,14 @@ def ops_for(x: Tensor, *params: Tensor | None) -> Any | None:
     float32 / float64, one dtype; outside ``torch.compile``, TorchScript and CPU autocast;
     library loaded), else None."""
     dtype = x.dtype
-    if (
-        x.device.type != "cpu"
-        or dtype not in _DTYPES
-        or any(p is not None and (p.dtype != dtype or p.device.type != "cpu") for p in params)
-        or torch.compiler.is_compiling()
-        or torch.jit.is_scripting()
-        or torch.is_autocast_enabled("cpu")
-    ):
+    if x.device.type != "cpu" or dtype not in _DTYPES:
+        return None
+    for p in params:  # a loop, not any(...): this runs at every layer call
+        if p is not None and (p.dtype != dtype or p.device.type != "cpu"):
+            return None
+    if torch.compiler.is_compiling() or torch.jit.is_scripting():
+        return None
+    if torch.is_autocast_enabled("cpu"):
         return None
     lib = try_load(KERNELS)
     return None if lib is None else lib.ops
