@@ -9,7 +9,8 @@ gradient, one kernel pass that recomputes the basis and its derivatives (input g
 ReLU-KAN phase sums, S-KAN mixing-weight sums), one GEMM for the weight gradient. Only
 ``u`` (in, N) is saved between forward and backward, never the expanded basis; with
 ``tau > 0`` ``s_kan_layer`` takes the mixing logits and applies softmax(logits / tau) over the
-spaces itself. AF-KAN's ``af_kan_reduce`` returns the two contractions over G (``f . w``,
+spaces itself, and with ``clock`` (the layer's ``step`` buffer, while it trains unpruned) its
+backward advances the schedule and prunes into ``chosen`` at ``prune_at``. AF-KAN's ``af_kan_reduce`` returns the two contractions over G (``f . w``,
 ``sum_G f``) and the min / max of f without writing f (N, in, G); its backward recomputes f
 with its derivatives in one pass and finds the values tied with the min / max there (acts SiLU
 and GELU: :func:`act_code`).
@@ -19,7 +20,8 @@ float32 tanh inputs from 8,192 values it takes the contractions from per-call Ch
 series instead (``csrc/kan_af_series.cpp``, its argument ``knots`` > 0: the most cells of
 the table that bounds the min / max; 0 turns the path off), and ``af_series_extremes``
 exposes that path's exact min / max search for tests.
-``all_finite`` is the layers' per-forward parameter check in one call. Formulas and numerical
+``all_finite`` is the layers' per-forward finiteness check (KAN blocks: of the output) in one
+call. Formulas and numerical
 notes are in ``csrc/kan_kernels.cpp``.
 
 They apply to CPU float32 / float64 inputs with parameters of the same dtype, outside
