@@ -10,10 +10,11 @@ ReLU-KAN phase sums, S-KAN mixing-weight sums), one GEMM for the weight gradient
 ``u`` (in, N) is saved between forward and backward, never the expanded basis; with
 ``tau > 0`` ``s_kan_layer`` takes the mixing logits and applies softmax(logits / tau) over the
 spaces itself, and with ``clock`` (the layer's ``step`` buffer, while it trains unpruned) its
-backward advances the schedule and prunes into ``chosen`` at ``prune_at``. AF-KAN's ``af_kan_reduce`` returns the two contractions over G (``f . w``,
-``sum_G f``) and the min / max of f without writing f (N, in, G); its backward recomputes f
-with its derivatives in one pass and finds the values tied with the min / max there (acts SiLU
-and GELU: :func:`act_code`).
+backward advances the schedule and prunes into ``chosen`` at ``prune_at``. AF-KAN's
+``af_kan_reduce`` returns the two contractions over G (``f . w``, ``sum_G f``) and the min /
+max of f without writing f (N, in, G); its backward recomputes f with its derivatives in one
+pass and finds the values tied with the min / max there (acts SiLU and GELU:
+:func:`act_code`).
 ``af_kan_layer`` is the whole AF-KAN layer: that reduction, one pass for the min-max scale,
 softmax with temperature, LayerNorm and act, and the projection (``csrc/kan_af.cpp``); for
 float32 tanh inputs from 8,192 values it takes the contractions from per-call Chebyshev

@@ -41,10 +41,11 @@ Speed: on CPU float32 / float64 a layer runs as one native op (``fused=True``, d
 skipped, so a pruned layer evaluates one space per node), and the backward recomputes the
 basis with its derivatives in one pass, saving only u. Before pruning the op takes the logits
 and applies softmax(logits / tau) over the spaces itself, and its backward advances the
-schedule (and prunes on the closing step) in place of the torch path's gradient hook; cubic B-splines (grid 5, k 3) are
-evaluated in closed form, and the G Gaussians of rbf from three exponentials (uniform centres:
-each is its neighbour times exp(+-2 z) of the middle one and a constant). ``fused=False``, CUDA
-and other dtypes run the torch path below (the plain twin the kernels are tested against).
+schedule (and prunes on the closing step) in place of the torch path's gradient hook; cubic
+B-splines (grid 5, k 3) are evaluated in closed form, and the G Gaussians of rbf from three
+exponentials (uniform centres: each is its neighbour times exp(+-2 z) of the middle one and a
+constant). ``fused=False``, CUDA and other dtypes run the torch path below (the plain twin the
+kernels are tested against).
 """
 
 from __future__ import annotations
