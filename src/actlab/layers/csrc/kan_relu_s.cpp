@@ -203,6 +203,12 @@ struct Pool {
   }
 };
 
+// The spaces hand each function's value B_j (and derivative D_j, with DERIV) to emit(j, B_j,
+// D_j) as soon as it is computed, in whatever order suits the space (rbf goes outwards from its
+// middle centre), instead of writing arrays B[0..G), D[0..G) for the caller to read back: the
+// caller accumulates on the spot, so the values stay in registers (the arrays were spilled to
+// the stack and reloaded, ~2 memory operations per value).
+
 // The G Gaussians exp(-z_j^2), z_j = (x - c_j) / w, from three exponentials instead of G: the
 // centres are uniform with spacing w, so z_j = z_m - (j - m) around the middle centre m = G / 2
 // and B_j+1 = B_j R exp(-(2 (j - m) + 1)), B_j-1 = B_j / R exp(-(2 (m - j) + 1)) with
@@ -210,18 +216,25 @@ struct Pool {
 // farthest value, G / 2 steps out, is within a few ulp of the direct formula). Used when every
 // lane has |z_m| <= 8 (inputs within about G / 2 + 8 widths of the middle: every tanh-normalised
 // input; NaN lanes propagate through B_m), so nothing overflows or underflows early; returns
-// false (nothing written) otherwise, and the caller evaluates each Gaussian directly.
-template <typename T>
-inline bool rbf_chain(const Pool<T>& P, const Vectorized<T>& x, Vectorized<T>* B, int64_t G) {
+// false (nothing emitted) otherwise, and the caller evaluates each Gaussian directly.
+template <typename T, bool DERIV, typename Emit>
+inline bool rbf_chain(const Pool<T>& P, const Vectorized<T>& x, int64_t G, Emit&& emit) {
   using V = Vectorized<T>;
   if (G < 3) return false;
   const int64_t m = G / 2;
-  const V zm = (x - V(P.centres[m])) * V(P.rbf_inv_w);
+  const V inv_w(P.rbf_inv_w), dz(T(-2) * P.rbf_inv_w);
+  const V zm = (x - V(P.centres[m])) * inv_w;
   if ((zm.abs() > V(T(8))).zero_mask() != (1 << V::size()) - 1) return false;
-  B[m] = (zm * zm).neg().exp();
+  auto put = [&](int64_t j, const V& b) {  // D_j = -2 z_j / w B_j, as the direct formula
+    emit(j, b, DERIV ? (x - V(P.centres[j])) * inv_w * dz * b : b);
+  };
+  const V Bm = (zm * zm).neg().exp();
   const V R = (zm + zm).exp(), Ri = V(T(1)) / R;
-  for (int64_t j = m; j + 1 < G; ++j) B[j + 1] = B[j] * (R * V(P.rbf_q[j - m]));
-  for (int64_t j = m; j > 0; --j) B[j - 1] = B[j] * (Ri * V(P.rbf_q[m - j]));
+  put(m, Bm);
+  V bj = Bm;
+  for (int64_t j = m; j + 1 < G; ++j) put(j + 1, bj = bj * (R * V(P.rbf_q[j - m])));
+  bj = Bm;
+  for (int64_t j = m; j > 0; --j) put(j - 1, bj = bj * (Ri * V(P.rbf_q[m - j])));
   return true;
 }
 
@@ -233,9 +246,8 @@ inline bool rbf_chain(const Pool<T>& P, const Vectorized<T>& x, Vectorized<T>* B
 // magnitude before the constant, so rounding errors stay at a few 1e-8). ~14 vector operations
 // per function and 5 more for its derivative, where locating x's interval and blending the four
 // pieces into each B_j cost ~35. NaN and +-inf give NaN, as the recurrence (0 * inf) does.
-template <typename T>
-inline void bspline_cubic(const Pool<T>& P, const Vectorized<T>& x, Vectorized<T>* B,
-                          Vectorized<T>* D, int64_t G) {
+template <typename T, bool DERIV, typename Emit>
+inline void bspline_cubic(const Pool<T>& P, const Vectorized<T>& x, int64_t G, Emit&& emit) {
   using V = Vectorized<T>;
   const V zero(T(0)), one(T(1)), two(T(2)), half(T(0.5)), three_half(T(1.5));
   const V sixth(T(1) / T(6)), two_thirds(T(2) / T(3));
@@ -247,37 +259,40 @@ inline void bspline_cubic(const Pool<T>& P, const Vectorized<T>& x, Vectorized<T
     const V a = at::vec::clamp_min(two - r, zero), a2 = a * a;
     const V inner = r < one;  // all bits set where r < 1 (clear for NaN)
     const V r2 = r * r;
-    B[j] = V::blendv(a2 * a * sixth, two_thirds - r2 * (one - half * r), inner) + nanx;
-    if (D) {
+    const V b = V::blendv(a2 * a * sixth, two_thirds - r2 * (one - half * r), inner) + nanx;
+    if constexpr (DERIV) {
       const V dr = V::blendv(-(half * a2), r * (three_half * r - two), inner);  // dB / dr
-      D[j] = ((dr * inv_h) ^ (t & sign_bit)) + nanx;
+      emit(j, b, ((dr * inv_h) ^ (t & sign_bit)) + nanx);
+    } else {
+      emit(j, b, b);
     }
   }
 }
 
-// The G values (and derivatives, if D) of space sp at x, into B[0..G) (and D[0..G)).
-// tmp: scratch of grid + 2k vectors. B-splines and rbf multiply by 1 / (p h) and 1 / w where
-// the torch path divides (within an ulp; a division costs several multiplications here).
+// Every value (and derivative, with DERIV) of space sp at x, handed to emit(j, B_j, D_j) (D_j
+// unspecified without DERIV). tmp, dtmp: scratch of grid + 2k vectors (the B-spline recurrence
+// of orders other than 3). B-splines and rbf multiply by 1 / (p h) and 1 / w where the torch
+// path divides (within an ulp; a division costs several multiplications here).
 // GRID, KK > 0: the grid and order fixed at compile time (the default 5, 3: loops of constant
 // length the compiler unrolls and keeps in registers); 0: read from P.
-template <typename T, int GRID = 0, int KK = 0>
-inline void space_values(int64_t sp, const Pool<T>& P, const Vectorized<T>& x, Vectorized<T>* B,
-                         Vectorized<T>* D, Vectorized<T>* tmp) {
+template <typename T, int GRID, int KK, bool DERIV, typename Emit>
+inline void space_emit(int64_t sp, const Pool<T>& P, const Vectorized<T>& x, Vectorized<T>* tmp,
+                       Vectorized<T>* dtmp, Emit&& emit) {
   using V = Vectorized<T>;
   const int64_t K = GRID ? KK : P.k;
   const int64_t G = GRID ? GRID + KK : P.G;
   switch (sp) {
     case kBspline: {
       if constexpr (KK == 3) {  // cubic on uniform knots: closed form (bspline_cubic)
-        bspline_cubic<T>(P, x, B, D, G);
+        bspline_cubic<T, DERIV>(P, x, G, emit);
         break;
       }
       const int64_t m = G + K;  // order-0 functions: grid + 2k
       for (int64_t j = 0; j < m; ++j) tmp[j] = x.ge(V(P.knots[j])) * x.lt(V(P.knots[j + 1]));
       for (int64_t p = 1; p <= K; ++p) {
-        if (D && p == K) {  // uniform knots: B'_j,k = (B_j,k-1 - B_j+1,k-1) / h
+        if (DERIV && p == K) {  // uniform knots: B'_j,k = (B_j,k-1 - B_j+1,k-1) / h
           const V inv_h(P.inv_ph[1]);
-          for (int64_t j = 0; j < G; ++j) D[j] = (tmp[j] - tmp[j + 1]) * inv_h;
+          for (int64_t j = 0; j < G; ++j) dtmp[j] = (tmp[j] - tmp[j + 1]) * inv_h;
         }
         const V inv(P.inv_ph[p]);
         for (int64_t j = 0; j < m - p; ++j) {
@@ -285,36 +300,39 @@ inline void space_values(int64_t sp, const Pool<T>& P, const Vectorized<T>& x, V
           tmp[j] = lft * tmp[j] + rgt * tmp[j + 1];
         }
       }
-      for (int64_t j = 0; j < G; ++j) B[j] = tmp[j];
-      if (D && P.k == 0) {  // piecewise constant: no derivative (the torch path has no graph)
-        for (int64_t j = 0; j < G; ++j) D[j] = V(T(0));
+      for (int64_t j = 0; j < G; ++j) {
+        // piecewise constant (k = 0): no derivative (the torch path has no graph)
+        emit(j, tmp[j], DERIV && K > 0 ? dtmp[j] : V(T(0)));
       }
       break;
     }
     case kRbf: {
-      const V inv_w(P.rbf_inv_w), dz(T(-2) * P.rbf_inv_w);
-      if (!rbf_chain<T>(P, x, B, G)) {
+      if (!rbf_chain<T, DERIV>(P, x, G, emit)) {
+        const V inv_w(P.rbf_inv_w), dz(T(-2) * P.rbf_inv_w);
         for (int64_t j = 0; j < G; ++j) {
           const V z = (x - V(P.centres[j])) * inv_w;
-          B[j] = fast_exp((z * z).neg());  // 20 ulp in float: enters sums with other spaces
+          const V b = fast_exp((z * z).neg());  // 20 ulp in float: enters sums with other spaces
+          emit(j, b, DERIV ? (x - V(P.centres[j])) * inv_w * dz * b : b);
         }
-      }
-      if (D) {
-        for (int64_t j = 0; j < G; ++j) D[j] = (x - V(P.centres[j])) * inv_w * dz * B[j];
       }
       break;
     }
     case kChebyshev: {
-      B[0] = V(T(1));
-      if (D) D[0] = V(T(0));
+      V tp(T(1)), dp(T(0));  // T_0, T_0'
+      emit(0, tp, dp);
       if (G > 1) {
-        B[1] = x;
-        if (D) D[1] = V(T(1));
-      }
-      const V x2 = V(T(2)) * x;
-      for (int64_t j = 2; j < G; ++j) {
-        B[j] = x2 * B[j - 1] - B[j - 2];
-        if (D) D[j] = V(T(2)) * B[j - 1] + x2 * D[j - 1] - D[j - 2];
+        V tc = x, dc(T(1));  // T_1, T_1'
+        emit(1, tc, dc);
+        const V x2 = V(T(2)) * x;
+        for (int64_t j = 2; j < G; ++j) {
+          const V tn = x2 * tc - tp;
+          if constexpr (DERIV) {
+            const V dn = V(T(2)) * tc + x2 * dc - dp;
+            dp = dc, dc = dn;
+          }
+          tp = tc, tc = tn;
+          emit(j, tc, dc);
+        }
       }
       break;
     }
@@ -325,8 +343,7 @@ inline void space_values(int64_t sp, const Pool<T>& P, const Vectorized<T>& x, V
         const V a = at::vec::clamp_min(x - V(P.rlo[j]), zero);
         const V b = at::vec::clamp_min(V(P.rhi[j]) - x, zero);
         const V r = a * b * vc;
-        B[j] = r * r;
-        if (D) D[j] = V(T(2)) * r * vc * (b - a);
+        emit(j, r * r, DERIV ? V(T(2)) * r * vc * (b - a) : r);
       }
     }
   }
@@ -337,7 +354,7 @@ inline void space_values(int64_t sp, const Pool<T>& P, const Vectorized<T>& x, V
 // body of the parallel lambda: its arguments are values the kernel's stores cannot alias, where
 // a lambda's captures by reference would be reloaded from memory after every store (measured:
 // the single-space forward at half the speed of the ReLU-KAN kernel on the same formula).
-template <typename T, int GRID = 0, int KK = 0>
+template <typename T, int GRID, int KK, bool BWD, bool DERIV>
 void s_rows(int64_t i0, int64_t i1, const T* ut, const T* alpha, const int64_t* spaces,
             int64_t np, const Pool<T>& P, const T* gbt, T* phit, T* gut, T* galpha, bool tanh,
             int64_t N) {
@@ -346,16 +363,14 @@ void s_rows(int64_t i0, int64_t i1, const T* ut, const T* alpha, const int64_t* 
   const int64_t G = GRID ? GRID + KK : P.G;
   const int64_t scratch = P.grid + 2 * P.k;
   constexpr int64_t kFixed = GRID ? GRID + 2 * KK : 1;  // compile-time sizes when fixed
-  std::vector<V> Bv(GRID ? 0 : G), Dv(GRID ? 0 : G), tv(GRID ? 0 : scratch), av(GRID ? 0 : G);
+  std::vector<V> tv(GRID ? 0 : scratch), dv(GRID ? 0 : scratch), av(GRID ? 0 : G);
   std::vector<V> gvv(GRID ? 0 : G);
-  V Bf[kFixed], Df[kFixed], tf[kFixed], af[kFixed], gf[kFixed];
+  V tf[kFixed], df[kFixed], af[kFixed], gf[kFixed];
   V* gv = GRID ? gf : gvv.data();
-  V* B = GRID ? Bf : Bv.data();
-  V* D = GRID ? Df : Dv.data();
   V* tmp = GRID ? tf : tv.data();
+  V* dtmp = GRID ? df : dv.data();
   V* acc = GRID ? af : av.data();
   std::vector<LaneSum<T>> sa(galpha ? np : 0);
-  const bool deriv = gut != nullptr;
   const V one(T(1));
   for (int64_t i = i0; i < i1; ++i) {
     const T* u = ut + i * N;
@@ -365,25 +380,26 @@ void s_rows(int64_t i0, int64_t i1, const T* ut, const T* alpha, const int64_t* 
       const V x = V::loadu(u + n, c);
       V du(T(0));
       bool first = true;
-      if (gbt) {  // the basis gradient of this node and rows, loaded once for all spaces
+      if constexpr (BWD) {  // the basis gradient of this node and rows, loaded once for all spaces
         for (int64_t j = 0; j < G; ++j) gv[j] = V::loadu(gbt + (i * G + j) * N + n, c);
       }
       for (int64_t p = 0; p < np; ++p) {
         const T a = alpha[i * np + p];
         if (a == T(0) && !galpha) continue;
-        space_values<T, GRID, KK>(spaces[p], P, x, B, deriv ? D : nullptr, tmp);
         const V va(a);
-        for (int64_t j = 0; j < G; ++j) {  // phi = phi + B alpha (the torch path's order)
-          acc[j] = first ? B[j] * va : acc[j] + B[j] * va;
-        }
-        first = false;
-        if (gbt) {
-          V ga(T(0)), gd(T(0));
-          for (int64_t j = 0; j < G; ++j) {
-            if (deriv) gd = gd + gv[j] * D[j];
-            if (galpha) ga = ga + gv[j] * B[j];
+        const bool f0 = first;
+        V ga(T(0)), gd(T(0));
+        space_emit<T, GRID, KK, DERIV>(spaces[p], P, x, tmp, dtmp,
+                                       [&](int64_t j, const V& b, const V& d) {
+          if (!BWD || phit) acc[j] = f0 ? b * va : acc[j] + b * va;  // phi += B alpha (torch's order)
+          if constexpr (BWD) {
+            if constexpr (DERIV) gd = gd + gv[j] * d;
+            if (galpha) ga = ga + gv[j] * b;
           }
-          if (deriv) du = du + va * gd;  // alpha_ip sum_j g_j B^p_j'
+        });
+        first = false;
+        if constexpr (BWD) {
+          if constexpr (DERIV) du = du + va * gd;  // alpha_ip sum_j g_j B^p_j'
           if (galpha) sa[p].add(head(ga, c));
         }
       }
@@ -392,7 +408,7 @@ void s_rows(int64_t i0, int64_t i1, const T* ut, const T* alpha, const int64_t* 
           (first ? V(T(0)) : acc[j]).store(phit + (i * G + j) * N + n, c);
         }
       }
-      if (deriv) {
+      if constexpr (DERIV) {
         if (tanh) du = du * (one - x * x);
         du.store(gut + i * N + n, c);
       }
@@ -408,8 +424,12 @@ void s_kernel(const T* ut, const T* alpha, const std::vector<int64_t>& spaces, c
               const T* gbt, T* phit, T* gut, T* galpha, bool tanh, int64_t nin, int64_t N) {
   const int64_t G = GRID ? GRID + KK : P.G, np = static_cast<int64_t>(spaces.size());
   const int64_t* sp = spaces.data();
+  TORCH_CHECK(gbt || !gut, "s_kan kernel: the input gradient needs the basis gradient");
+  auto rows = !gbt ? s_rows<T, GRID, KK, false, false>
+              : gut ? s_rows<T, GRID, KK, true, true>
+                    : s_rows<T, GRID, KK, true, false>;
   at::parallel_for(0, nin, grain_nodes(G * N * np), [&](int64_t i0, int64_t i1) {
-    s_rows<T, GRID, KK>(i0, i1, ut, alpha, sp, np, P, gbt, phit, gut, galpha, tanh, N);
+    rows(i0, i1, ut, alpha, sp, np, P, gbt, phit, gut, galpha, tanh, N);
   });
 }
 
