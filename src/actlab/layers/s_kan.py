@@ -170,13 +170,12 @@ class SKANLayer(nn.Module):
         self.range = InputRange("s_kan", input_norm)
         self.register_buffer("step", torch.zeros((), dtype=torch.int64))
         self.register_buffer("chosen", torch.full((in_features,), -1, dtype=torch.int64))
-        # after pruning: (space, node indices) groups, rebuilt when ``chosen`` changes
+        # after pruning: (space, node indices) groups, rebuilt when ``chosen`` changes (keyed
+        # by its storage and version: prune, load_state_dict and the native op's backward all
+        # write it in place)
         self._groups: list[tuple[str, Tensor]] | None = None
         self._inverse: Tensor | None = None
-        self.register_load_state_dict_post_hook(lambda module, keys: module._forget_groups())
-
-    def _forget_groups(self) -> None:
-        self._groups, self._inverse = None, None
+        self._groups_key: tuple[int, int] | None = None
 
     # ------------------------------------------------------------------ schedule
     def _is_pruned(self) -> bool:
@@ -218,7 +217,6 @@ class SKANLayer(nn.Module):
         """Keep one space per node: the one with the largest logit (idempotent)."""
         if self.phase != "pruned":
             self.chosen.copy_(self.logits.argmax(-1))
-            self._forget_groups()
 
     def selection(self) -> list[str]:
         """The space of every node (empty strings before pruning)."""
@@ -266,7 +264,7 @@ class SKANLayer(nn.Module):
         groups are rebuilt whenever ``chosen`` changes, also in place, as the native op's
         backward does when it prunes)."""
         key = (self.chosen.data_ptr(), self.chosen._version)
-        if self._groups is None or getattr(self, "_groups_key", None) != key:
+        if self._groups is None or self._groups_key != key:
             self._groups_key = key
             self._groups = [
                 (s, (self.chosen == p).nonzero().flatten()) for p, s in enumerate(self.spaces)

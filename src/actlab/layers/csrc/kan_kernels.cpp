@@ -56,7 +56,7 @@
 // s_basis_t_bwd, af_reduce_t, af_series_extremes), the differentiable ops (relu_kan_layer,
 // s_kan_layer, af_kan_reduce, af_kan_layer: torch::autograd::Function in C++, no Python per
 // call),
-// all_finite (the per-forward parameter check in one call) and isa.
+// all_finite (the layers' per-forward finiteness checks in one call) and isa.
 
 #include "kan_common.h"
 #include "native_isa.h"
