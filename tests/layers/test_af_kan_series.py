@@ -188,10 +188,15 @@ def test_candidates_give_the_exact_min_max(kind: str, act: int, func: int) -> No
     w = torch.randn(8, generator=g)
     for seed in range(3):
         u = _extremes_case(kind, seed)
-        cand, lo, hi = ops.af_series_extremes(u, low, high, act, func, 1024)
+        cand, lo, hi, tie_pairs, tie_vals = ops.af_series_extremes(u, low, high, act, func, 1024)
         _, _, lo_x, hi_x = ops.af_reduce_t(u, low, high, w, act, func, 0)
         assert torch.equal(lo, lo_x) and torch.equal(hi, hi_x), (kind, seed)
         assert cand.numel() < u.numel() * 8  # candidates, not everything
+        # the ties (saved for the backward with their partials): candidates equal to lo / hi
+        assert set(tie_pairs.tolist()) <= set(cand.tolist())
+        which = tie_vals[:, 0].to(torch.int64)
+        assert bool((which & 1).any()) and bool((which & 2).any()), (kind, seed)
+        assert bool(((which >= 1) & (which <= 3)).all()) and bool(tie_vals.isfinite().all())
 
 
 def test_nan_inputs_take_the_exact_kernels() -> None:
@@ -230,7 +235,7 @@ def test_candidates_fuzzed(seed: int, kind: str, shift: float, width: float, kno
     low = torch.linspace(-2.2, 0.6, 8) + shift + 0.3 * torch.randn(8, generator=g)
     high = low + width * (0.5 + torch.rand(8, generator=g))
     u = _extremes_case(kind, seed)
-    _, lo, hi = ops.af_series_extremes(u, low, high, act, func, knots)
+    _, lo, hi, _, _ = ops.af_series_extremes(u, low, high, act, func, knots)
     _, _, lo_x, hi_x = ops.af_reduce_t(u, low, high, torch.ones(8), act, func, 0)
     assert torch.equal(lo, lo_x) and torch.equal(hi, hi_x)
 

@@ -335,7 +335,8 @@ template <typename T>
 struct Tail {
   int64_t nin, N, G, act, mode;
   bool norm;
-  T eps, b, t, cw;
+  T eps, b, t, it, cw;  // it = 1 / t: the tail multiplies (a division per value costs ~10
+                        // cycles per vector, ~0.3 ms of a D 64 step)
   const T *lo, *hi, *gam, *bet;  // lo, hi: 1 value (mode 0) or N (mode 1); gam, bet: (in)
   // the series path (float, kan_af_series.cpp): s0, s1 of u from their Chebyshev series instead of
   // s0t, s1t; in the backward (sink) du and the moments instead of gs0t, gs1t
@@ -349,7 +350,7 @@ template <typename T>
 struct TailRows {  // one vector of rows: the tail's values per node (5 nin vectors: in L1
                    // for nin up to ~150 with AVX-512)
   std::vector<Vectorized<T>> s0n, s1n, a, zh, g;
-  Vectorized<T> vlo, span, raw, r;
+  Vectorized<T> vlo, span, ispan, raw, r;  // ispan = 1 / span
   explicit TailRows(int64_t nin) : s0n(nin), s1n(nin), a(nin), zh(nin), g(nin) {}
 };
 
@@ -368,7 +369,11 @@ void series_rows(const Tail<T>& P, int64_t n, int64_t c, TailRows<T>& W) {
         u2[r] = u[r] + u[r];
       }
       chebyshev2<R>(S.c.data(), S.c.data() + S.D + 1, S.D, u2, u, s, s1);
-      for (int r = 0; r < r1; ++r) W.s0n[i0 + r] = s[r], W.s1n[i0 + r] = s1[r];
+      for (int r = 0; r < r1; ++r) {  // explicit stores: an assignment loop of r1 vectors was
+                                      // compiled as two `rep movsq` copies (~a third of the pass)
+        s[r].store(reinterpret_cast<float*>(W.s0n.data() + i0 + r));
+        s1[r].store(reinterpret_cast<float*>(W.s1n.data() + i0 + r));
+      }
     }
   }
 }
@@ -442,25 +447,26 @@ void tail_rows(const Tail<T>& P, const T* s0t, const T* s1t, int64_t n, int64_t 
                TailRows<T>& W) {
   using V = Vectorized<T>;
   const V one(T(1));
-  W.vlo = V(T(0)), W.span = one, W.raw = one;
+  W.vlo = V(T(0)), W.span = one, W.ispan = one, W.raw = one;
   if (P.mode != 2) {
     W.vlo = P.mode == 1 ? V::loadu(P.lo + n, c) : V(P.lo[0]);
     const V vhi = P.mode == 1 ? V::loadu(P.hi + n, c) : V(P.hi[0]);
     W.raw = vhi - W.vlo;
     W.span = V::blendv(one, W.raw, W.raw > V(T(0)));  // torch.where(span > 0, span, 1)
+    W.ispan = one / W.span;
   }
-  const V vcw(P.cw), vG(static_cast<T>(P.G)), vb(P.b), vt(P.t);
+  const V vcw(P.cw), vG(static_cast<T>(P.G)), vb(P.b), vit(P.it);
   V m(-std::numeric_limits<T>::infinity());
   if (P.series) series_rows<T>(P, n, c, W);
   for (int64_t i = 0; i < P.nin; ++i) {
     V s0 = P.series ? W.s0n[i] : V::loadu(s0t + i * P.N + n, c);
     V s1 = P.series ? W.s1n[i] : V::loadu(s1t + i * P.N + n, c);
     if (P.mode != 2) {
-      s0 = (s0 - W.vlo * vcw) / W.span;
-      s1 = (s1 - W.vlo * vG) / W.span;
+      s0 = (s0 - W.vlo * vcw) * W.ispan;
+      s1 = (s1 - W.vlo * vG) * W.ispan;
     }
     W.s0n[i] = s0, W.s1n[i] = s1;
-    W.a[i] = (s0 + vb) / vt;
+    W.a[i] = (s0 + vb) * vit;
     m = at::vec::maximum(m, W.a[i]);
   }
   V sum(T(0));
@@ -522,7 +528,7 @@ void tail_bwd_kernel(const Tail<T>& P, const T* s0t, const T* s1t, const T* got,
     TailRows<T> W(P.nin);
     std::vector<V> mom(nm);
     std::vector<V> sg(P.norm ? P.nin : 0), sb(P.norm ? P.nin : 0);
-    const V one(T(1)), vt(P.t), vb(P.b), vcw(P.cw), vG(static_cast<T>(P.G));
+    const V one(T(1)), vit(P.it), vb(P.b), vcw(P.cw), vG(static_cast<T>(P.G));
     const V vn(static_cast<T>(P.nin));
     for (int64_t ch = c0; ch < c1; ++ch) {
       for (auto& v : sg) v = V(T(0));
@@ -562,14 +568,14 @@ void tail_bwd_kernel(const Tail<T>& P, const T* s0t, const T* s1t, const T* got,
         V sA(T(0)), sB(T(0)), sC(T(0)), sD(T(0)), sge(T(0)), sgee(T(0));
         for (int64_t i = 0; i < P.nin; ++i) {
           const V ge = W.a[i] * (W.zh[i] - sga);
-          const V gs0n = ge / vt, gs1n = W.g[i];
+          const V gs0n = ge * vit, gs1n = W.g[i];
           sge = sge + ge;
-          sgee = sgee + ge * ((W.s0n[i] + vb) / vt);
+          sgee = sgee + ge * ((W.s0n[i] + vb) * vit);
           V g0 = gs0n, g1 = gs1n;
           if (P.mode != 2) {
             sA = sA + gs0n, sB = sB + gs1n;
             sC = sC + gs0n * W.s0n[i], sD = sD + gs1n * W.s1n[i];
-            g0 = gs0n / W.span, g1 = gs1n / W.span;
+            g0 = gs0n * W.ispan, g1 = gs1n * W.ispan;
           }
           if (P.sink) {  // s0n[i], s1n[i] are used up: they hold gs0, gs1 from here
             W.s0n[i] = head(g0, c), W.s1n[i] = head(g1, c);
@@ -584,13 +590,13 @@ void tail_bwd_kernel(const Tail<T>& P, const T* s0t, const T* s1t, const T* got,
           double* pm = part.data() + ch * (np + nm) + np;
           for (int64_t q = 0; q < nm; ++q) pm[q] += static_cast<double>(hsum(mom[q]));
         }
-        gbv = gbv + head(sge / vt, c);
-        gtv = gtv + head(sgee / vt, c);
+        gbv = gbv + head(sge * vit, c);
+        gtv = gtv + head(sgee * vit, c);
         if (P.mode != 2) {
           const V pos = W.raw > V(T(0));
-          const V gl = V::blendv(-(sA * vcw + sB * vG), (sC + sD - sA * vcw - sB * vG) / W.span, pos);
-          const V gh = V::blendv(V(T(0)), -(sC + sD) / W.span, pos);
-          gwx = gwx + head(-(W.vlo * sA) / W.span, c);
+          const V gl = V::blendv(-(sA * vcw + sB * vG), (sC + sD - sA * vcw - sB * vG) * W.ispan, pos);
+          const V gh = V::blendv(V(T(0)), -(sC + sD) * W.ispan, pos);
+          gwx = gwx + head(-(W.vlo * sA) * W.ispan, c);
           if (P.mode == 1) {
             gl.store(glo_rows + n, c);
             gh.store(ghi_rows + n, c);
@@ -622,6 +628,7 @@ Tail<T> tail_args(const at::Tensor& ut, const at::Tensor& w, const at::Tensor& b
   P.eps = static_cast<T>(eps);
   P.b = b.item<T>();
   P.t = std::max(temp.item<T>(), T(1));
+  P.it = T(1) / P.t;
   const T* pw = w.data_ptr<T>();
   T cw = T(0);
   for (int64_t j = 0; j < P.G; ++j) cw += pw[j];  // w.sum() (G terms, in order)
@@ -660,7 +667,8 @@ at::Tensor af_project(const at::Tensor& ot, const at::Tensor& weight, const at::
 }
 
 // The forward: (ot, reduction outputs r: s0t, s1t, lo, hi and, on the series path, the min /
-// max candidates; there s0t, s1t are undefined: the tail evaluates the series itself).
+// max ties (tie_pairs, tie_vals; empty for func_norm "none"); there s0t, s1t are undefined:
+// the tail evaluates the series itself).
 std::pair<at::Tensor, std::vector<at::Tensor>> af_layer_fwd(
     const at::Tensor& ut, const at::Tensor& lo_p, const at::Tensor& hi_p, const at::Tensor& w,
     const at::Tensor& b, const at::Tensor& temp, const at::Tensor& gam, const at::Tensor& bet,
@@ -673,18 +681,18 @@ std::pair<at::Tensor, std::vector<at::Tensor>> af_layer_fwd(
     if (mode == 0) {
       auto ex = af_series_extremes(ut, lo_p, hi_p, act, func, knots);
       if (ex) {
-        r = {at::Tensor(), at::Tensor(), at::full({}, std::get<1>(*ex), opts),
-             at::full({}, std::get<2>(*ex), opts), std::get<0>(*ex)};
+        r = {at::Tensor(), at::Tensor(), at::full({}, ex->lo, opts), at::full({}, ex->hi, opts),
+             ex->tie_pairs, ex->tie_vals};
       } else {
         S.reset();  // a NaN input (it propagates as in the plain twin) or too narrow phases:
                     // the exact kernels
       }
     } else {
       r = {at::Tensor(), at::Tensor(), at::zeros({}, opts), at::zeros({}, opts),
-           at::empty({0}, at::kLong)};
+           at::empty({0}, at::kLong), at::empty({0, 3}, at::kFloat)};
     }
   }
-  if (!S) r = af_reduce_t(ut, lo_p, hi_p, w, act, func, mode);  // no r[4]: the exact path
+  if (!S) r = af_reduce_t(ut, lo_p, hi_p, w, act, func, mode);  // no r[4], r[5]: the exact path
   auto ot = scratch(0, ut.sizes(), ut);  // dead once projected
   AT_DISPATCH_FLOATING_TYPES(ut.scalar_type(), "af_kan_layer", [&] {
     auto P = tail_args<scalar_t>(ut, w, b, temp, gam, bet, r, act, mode, eps);
@@ -723,10 +731,10 @@ struct AFKANLayerFunction : public torch::autograd::Function<AFKANLayerFunction>
     auto [ot, r] = af_layer_fwd(ut, lo_p, hi_p, wc, b, temp, g, be, act, func, mode, eps, tanh,
                                 knots);
     // saved: ut and the two contractions (in, N; undefined on the series path), the min / max
-    // (and the series path's candidates); never f
-    const at::Tensor cand = r.size() > 4 ? r[4] : at::Tensor();
-    ctx->save_for_backward(
-        {ut, lo_p, hi_p, wc, b, temp, weight, g, be, r[0], r[1], r[2], r[3], cand});
+    // (and the series path's ties with their partials); never f
+    const bool series = r.size() > 4;
+    ctx->save_for_backward({ut, lo_p, hi_p, wc, b, temp, weight, g, be, r[0], r[1], r[2], r[3],
+                            series ? r[4] : at::Tensor(), series ? r[5] : at::Tensor()});
     ctx->saved_data["act"] = act;
     ctx->saved_data["func"] = func;
     ctx->saved_data["mode"] = mode;
@@ -749,7 +757,7 @@ struct AFKANLayerFunction : public torch::autograd::Function<AFKANLayerFunction>
     at::mm_out(got, weight.t(), gy2.t());
     const bool need_red = ctx->needs_input_grad(0) || ctx->needs_input_grad(1) ||
                           ctx->needs_input_grad(2) || ctx->needs_input_grad(3);
-    // the series path (the forward's candidates saved): the tail evaluates s0, s1 from the
+    // the series path (the forward's ties saved): the tail evaluates s0, s1 from the
     // series and, where the backward's series converge, sinks du and the moments itself
     std::optional<AFSeries> Sb, Sf;
     if (sv[13].defined()) {
@@ -797,7 +805,7 @@ struct AFKANLayerFunction : public torch::autograd::Function<AFKANLayerFunction>
       if (sink) {
         float* pg = gut.defined() ? gut.data_ptr<float>() : nullptr;
         auto g = af_series_grads(ut, lo_p, hi_p, w, act, func, mode, *Sb, M0, M1, r[2], r[3],
-                                 glo_t, ghi_t, sv[13], pg);
+                                 glo_t, ghi_t, sv[13], sv[14], pg);
         red = {gut, g[0], g[1], g[2]};
       } else {
         red = af_reduce_t_bwd(ut, lo_p, hi_p, w, act, func, mode, gs0t, gs1t, r[2].reshape({-1}),

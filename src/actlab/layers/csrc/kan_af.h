@@ -249,14 +249,22 @@ struct AFSeries {
 // nullopt when a series does not converge (the call takes the exact kernels).
 std::optional<AFSeries> af_series(const at::Tensor& lo_p, const at::Tensor& hi_p,
                                   const at::Tensor& w, int64_t act, int64_t func, bool backward);
-// func_norm "batch": (candidates, lo, hi), the exact min / max of f over the tensor with the
-// (input, phase) pairs that can reach them; nullopt when an input is NaN or the phases are too
-// narrow for the cells (both: the exact kernels).
-std::optional<std::tuple<at::Tensor, float, float>> af_series_extremes(
-    const at::Tensor& ut, const at::Tensor& lo_p, const at::Tensor& hi_p, int64_t act, int64_t func,
-    int64_t knots);
+// func_norm "batch": the exact min / max of f over the tensor (lo, hi), the (input, phase) pairs
+// that can reach them (cand: e G + j, int64) and, of those, the ones equal to lo or hi (the
+// ties: tie_pairs e G + j, tie_vals (m, 3): which (bit 0: lo, bit 1: hi), pa, pb; their
+// partials from the same evaluation as their values). nullopt when an input is NaN or the
+// phases are too narrow for the cells (both: the exact kernels).
+struct AFExtremes {
+  at::Tensor cand;
+  float lo, hi;
+  at::Tensor tie_pairs, tie_vals;
+};
+std::optional<AFExtremes> af_series_extremes(const at::Tensor& ut, const at::Tensor& lo_p,
+                                             const at::Tensor& hi_p, int64_t act, int64_t func,
+                                             int64_t knots);
 // (glow, ghigh, gw) from the moments M0, M1 (Dm + 1 each: sum gs0 T_d(u), sum gs1 T_d(u)), with
-// the ties' share of glo / ghi (func_norm "batch") also added to gut (if gut).
+// the ties' share of glo / ghi (func_norm "batch"; the forward's tie_pairs, tie_vals) also added
+// to gut (if gut).
 std::vector<at::Tensor> af_series_grads(const at::Tensor& ut, const at::Tensor& lo_p,
                                         const at::Tensor& hi_p, const at::Tensor& w, int64_t act,
                                         int64_t func, int64_t mode, const AFSeries& S,
@@ -265,7 +273,7 @@ std::vector<at::Tensor> af_series_grads(const at::Tensor& ut, const at::Tensor& 
                                         const at::Tensor& lo, const at::Tensor& hi,
                                         const std::optional<at::Tensor>& glo,
                                         const std::optional<at::Tensor>& ghi,
-                                        const at::Tensor& cand,
+                                        const at::Tensor& tie_pairs, const at::Tensor& tie_vals,
                                         float* gut);
 
 // a_q = sum_{d <= D} c_q[d] T_d(u) for the two series c_0, c_1 of R vectors u (u2 = 2 u), with

@@ -59,10 +59,11 @@ bool af_series_applies(const at::Tensor& ut, int64_t mode, bool tanh, int64_t kn
          ut.numel() >= kSeriesMinValues;
 }
 
-// f_j, pa_j, pb_j of every phase j at the points u, (G, M) each (double); row(v, j)[m] is point m.
+// f_j, pa_j, pb_j and f_j' = pa_j - pb_j of every phase j at the points u, (G, M) each (double);
+// row(v, j)[m] is point m. (knot_table_series fills f and df alone: what the bounds use.)
 struct PhaseTable {
   int64_t G = 0, M = 0, K = 0;  // K: cells, when the points are the knots -1 + 2 m / K
-  std::vector<double> f, pa, pb;
+  std::vector<double> f, pa, pb, df;
   const double* row(const std::vector<double>& v, int64_t j) const { return v.data() + j * M; }
 };
 
@@ -76,7 +77,7 @@ PhaseTable phase_table(const at::Tensor& lo_p, const at::Tensor& hi_p, const std
   std::vector<double> c;
   std::vector<char> ok;
   pair_consts(pl, ph, T.G, c, ok);
-  T.f.resize(T.G * T.M), T.pa.resize(T.G * T.M), T.pb.resize(T.G * T.M);
+  T.f.resize(T.G * T.M), T.pa.resize(T.G * T.M), T.pb.resize(T.G * T.M), T.df.resize(T.G * T.M);
   for (int64_t j = 0; j < T.G; ++j) {
     for (int64_t m = 0; m < T.M; m += V::size()) {
       const int64_t cnt = std::min<int64_t>(V::size(), T.M - m);
@@ -85,8 +86,10 @@ PhaseTable phase_table(const at::Tensor& lo_p, const at::Tensor& hi_p, const std
       act_pair<double>(act, x - V(pl[j]), V(ph[j]) - x, c[j], ok[j], x1, x2, &d1, &d2);
       const V f = func_d<double>(func, x1, x2, &fa, &fb);
       f.store(T.f.data() + j * T.M + m, cnt);
-      (fa * d1).store(T.pa.data() + j * T.M + m, cnt);
-      (fb * d2).store(T.pb.data() + j * T.M + m, cnt);
+      const V pa = fa * d1, pb = fb * d2;
+      pa.store(T.pa.data() + j * T.M + m, cnt);
+      pb.store(T.pb.data() + j * T.M + m, cnt);
+      (pa - pb).store(T.df.data() + j * T.M + m, cnt);
     }
   }
   return T;
@@ -116,30 +119,35 @@ struct Series {
   double scale = 0.0;     // sum |c_d|
 };
 
-// cos(pi d (m + 1/2) / M) for d, m < M = kChebMax + 1 (built once).
+// cos(pi d (m + 1/2) / M) at [m M + d] for d, m < M = kChebMax + 1 (built once).
 const std::vector<double>& cheb_cosines() {
   static const std::vector<double> table = [] {
     const int64_t M = kChebMax + 1;
     std::vector<double> t(M * M);
-    for (int64_t d = 0; d < M; ++d) {
-      for (int64_t m = 0; m < M; ++m) t[d * M + m] = std::cos(M_PI * d * (m + 0.5) / M);
+    for (int64_t m = 0; m < M; ++m) {
+      for (int64_t d = 0; d < M; ++d) t[m * M + d] = std::cos(M_PI * d * (m + 0.5) / M);
     }
     return t;
   }();
   return table;
 }
 
-// The series of the function with values y at the nodes (y[m] at node m), up to kChebMax.
+// The series of the function with values y at the nodes (y[m] at node m), up to kChebMax: each
+// coefficient sums over the nodes in order; the loop runs over the degrees innermost (vectors).
 Series fit(const double* y) {
   const int64_t M = kChebMax + 1;
   const std::vector<double>& cs = cheb_cosines();
   Series s;
   s.c.assign(M, 0.0);
+  double* c = s.c.data();
+  for (int64_t m = 0; m < M; ++m) {
+    const double ym = y[m];
+    const double* row = cs.data() + m * M;
+    for (int64_t d = 0; d < M; ++d) c[d] += ym * row[d];
+  }
   for (int64_t d = 0; d < M; ++d) {
-    double a = 0.0;
-    for (int64_t m = 0; m < M; ++m) a += y[m] * cs[d * M + m];
-    s.c[d] = (d == 0 ? 1.0 : 2.0) * a / M;
-    s.scale += std::abs(s.c[d]);
+    c[d] = (d == 0 ? 1.0 : 2.0) * c[d] / M;
+    s.scale += std::abs(c[d]);
   }
   return s;
 }
@@ -209,6 +217,61 @@ bool contraction_series(const PhaseTable& N, const float* w, bool slopes, int64_
   return true;
 }
 
+// The knot table (f_j and f_j' at the K + 1 knots -1 + 2 k / K: what the bounds use) from their
+// Chebyshev series, fitted on the node table N: ~2 G D multiply-adds per knot (one T_d
+// recurrence serves 8 series) instead of 2 G act evaluations (double GELU's 1-ulp erf was ~a
+// sixth of the min / max search). The series are cut at kChebTol of their scale, far inside the
+// bounds' err (>= 1e-6 max |f|); a sign of f_j' the series gets wrong is one where f_j' is ~0,
+// so the extremum it hides moves f by ~0 in that cell. nullopt when a series does not converge
+// (narrow phases): then knot_table evaluates the phases themselves.
+std::optional<PhaseTable> knot_table_series(const PhaseTable& N, int64_t K) {
+  using V = Vectorized<double>;
+  constexpr int64_t L = V::size(), B = 8;  // B series per sweep: their sums stay in registers
+  const int64_t G = N.G;
+  std::vector<Series> ser;  // f_j and f_j' of each phase j
+  int64_t D = 1;
+  for (int64_t j = 0; j < G; ++j) {
+    for (const auto* v : {&N.f, &N.df}) {
+      ser.push_back(fit(N.row(*v, j)));
+      const int64_t d = degree(ser.back());
+      if (d < 0) return std::nullopt;
+      D = std::max(D, d);
+    }
+  }
+  PhaseTable T;
+  T.G = G, T.M = K + 1, T.K = K;
+  T.f.resize(G * T.M), T.df.resize(G * T.M);
+  const int64_t Q = static_cast<int64_t>(ser.size());
+  for (int64_t s0 = 0; s0 < Q; s0 += B) {
+    const int64_t nb = std::min<int64_t>(B, Q - s0);
+    double coef[B][kChebMax + 1] = {};  // zeros for the slots past Q
+    for (int64_t b = 0; b < nb; ++b) {
+      for (int64_t d = 0; d <= D; ++d) coef[b][d] = ser[s0 + b].c[d];
+    }
+    for (int64_t m = 0; m < T.M; m += L) {
+      const int64_t cnt = std::min<int64_t>(L, T.M - m);
+      double xs[L];
+      for (int64_t q = 0; q < L; ++q) {
+        xs[q] = -1.0 + 2.0 * static_cast<double>(std::min(m + q, K)) / static_cast<double>(K);
+      }
+      const V x = V::loadu(xs), x2 = x + x;
+      V tp(1.0), tc = x, acc[B];  // T_0, T_1
+      for (int64_t b = 0; b < B; ++b) acc[b] = at::vec::fmadd(V(coef[b][1]), x, V(coef[b][0]));
+      for (int64_t d = 2; d <= D; ++d) {
+        const V tn = at::vec::fmsub(x2, tc, tp);
+        tp = tc, tc = tn;
+        for (int64_t b = 0; b < B; ++b) acc[b] = at::vec::fmadd(V(coef[b][d]), tn, acc[b]);
+      }
+      for (int64_t b = 0; b < nb; ++b) {
+        const int64_t q = s0 + b;  // series q: phase q / 2, f (even q) or f' (odd q)
+        double* row = (q % 2 == 0 ? T.f.data() : T.df.data()) + (q / 2) * T.M;
+        acc[b].store(row + m, cnt);
+      }
+    }
+  }
+  return T;
+}
+
 // The cell k (0 .. K - 1) of u in [-1, 1]: floor((u + 1) K / 2); NaN lanes get cell 0.
 inline VI cell_of(const VF& u, int64_t K) {
   const VF x = (u + VF(1.0f)) * VF(0.5f * static_cast<float>(K));
@@ -242,9 +305,9 @@ CellBounds cell_bounds(const PhaseTable& T) {
   B.lower.resize(K * G), B.upper.resize(K * G);
   double fmax = 0.0;
   for (int64_t j = 0; j < G; ++j) {
-    const double *f = T.row(T.f, j), *pa = T.row(T.pa, j), *pb = T.row(T.pb, j);
+    const double *f = T.row(T.f, j), *df = T.row(T.df, j);
     for (int64_t k = 0; k < K; ++k) {
-      const double d0 = pa[k] - pb[k], d1 = pa[k + 1] - pb[k + 1];
+      const double d0 = df[k], d1 = df[k + 1];
       const bool turn = d0 == 0.0 || d1 == 0.0 || (d0 > 0.0) != (d1 > 0.0);
       const double slack = turn ? h * (std::abs(d0) + std::abs(d1)) : 0.0;
       B.lower[k * G + j] = std::min(f[k], f[k + 1]) - slack;
@@ -268,8 +331,8 @@ struct CellFlags {
 CellFlags cell_flags(const CellBounds& B, int64_t K, int64_t G, double lo_est, double hi_est) {
   CellFlags F;
   F.lo_est = lo_est, F.hi_est = hi_est;
-  const double near_lo = lo_est + 2.0 * B.err + 1e-4 * std::abs(lo_est);
-  const double near_hi = hi_est - 2.0 * B.err - 1e-4 * std::abs(hi_est);
+  const double near_lo = lo_est + 2.0 * B.err + 1e-6 * std::abs(lo_est);
+  const double near_hi = hi_est - 2.0 * B.err - 1e-6 * std::abs(hi_est);
   F.flag.assign(K * G, 0);
   F.any.assign(K, 0.0f);
   for (int64_t k = 0; k < K; ++k) {
@@ -546,14 +609,14 @@ std::optional<AFSeries> af_series(const at::Tensor& lo_p, const at::Tensor& hi_p
 
 // The min / max candidates: with lo_est (hi_est) the smallest upper (largest lower) table bound
 // over the cells between the smallest and the largest input, the pairs whose bounds come within
-// 2 err + 1e-4 |est| of them are flagged, and one pass over the inputs keeps those in flagged
+// 2 err + 1e-6 |est| of them are flagged, and one pass over the inputs keeps those in flagged
 // cells; their exact values give lo_c, hi_c. If lo_c <= lo_est + err, every unflagged value
 // (> lower - err > lo_est + err) is above lo_c, so lo = lo_c (likewise hi). Otherwise (a cell
 // that reaches lo_est holds no input) the estimates are taken over the occupied cells alone,
 // which some input does reach, and one more pass collects the hits.
-std::optional<std::tuple<at::Tensor, float, float>> af_series_extremes(
-    const at::Tensor& ut, const at::Tensor& lo_p, const at::Tensor& hi_p, int64_t act, int64_t func,
-    int64_t knots) {
+std::optional<AFExtremes> af_series_extremes(const at::Tensor& ut, const at::Tensor& lo_p,
+                                             const at::Tensor& hi_p, int64_t act, int64_t func,
+                                             int64_t knots) {
   const int64_t n = ut.numel(), G = lo_p.numel();  // knots: checked by the ops (check_knots)
   const auto lc = lo_p.contiguous(), hc = hi_p.contiguous();
   const float* pu = ut.data_ptr<float>();
@@ -571,7 +634,8 @@ std::optional<std::tuple<at::Tensor, float, float>> af_series_extremes(
   if (!(need <= 32768.0)) return std::nullopt;
   const int64_t K = std::max(std::min(knots, std::max<int64_t>(256, n / 64)),
                              static_cast<int64_t>(std::ceil(need)));
-  const PhaseTable T = knot_table(lc, hc, K, act, func);
+  std::optional<PhaseTable> Ts = knot_table_series(node_table(lc, hc, act, func), K);
+  const PhaseTable T = Ts ? std::move(*Ts) : knot_table(lc, hc, K, act, func);
   CellBounds B = cell_bounds(T);
   B.err = std::max(B.err, 4.0 * float_gap(T, pl, ph, act, func));
   const auto [umin, umax] = u_range(pu, n);
@@ -584,12 +648,17 @@ std::optional<std::tuple<at::Tensor, float, float>> af_series_extremes(
   CellFlags F = cell_flags(B, K, T.G, le, he);
   std::vector<Hit> hits;
   if (!hits_pass(pu, n, K, F.any.data(), hits)) return std::nullopt;
+  std::vector<float> fv, pav, pbv;  // every candidate's f and partials, for the ties below
   auto extremes = [&](const at::Tensor& cand) {
     float a = std::numeric_limits<float>::infinity(), b = -a;
-    eval_candidates(cand, pu, T.G, pl, ph, act, func, false, [&](int64_t, float f, float, float) {
-      a = std::min(a, f);
-      b = std::max(b, f);
-    });
+    const int64_t m = cand.numel();
+    fv.resize(m), pav.resize(m), pbv.resize(m);
+    eval_candidates(cand, pu, T.G, pl, ph, act, func, true,
+                    [&](int64_t q, float f, float pa, float pb) {
+                      fv[q] = f, pav[q] = pa, pbv[q] = pb;
+                      a = std::min(a, f);
+                      b = std::max(b, f);
+                    });
     return std::make_pair(a, b);
   };
   at::Tensor cand = candidate_pairs(hits, F, T.G);
@@ -602,7 +671,22 @@ std::optional<std::tuple<at::Tensor, float, float>> af_series_extremes(
     cand = candidate_pairs(hits, F, T.G);
     std::tie(l0, h0) = extremes(cand);
   }
-  return std::make_tuple(cand, l0, h0);
+  // the ties, in the candidates' order (their partials computed with their values: the backward
+  // shares glo / ghi among them without evaluating anything)
+  const int64_t* pc = cand.data_ptr<int64_t>();
+  std::vector<int64_t> tp;
+  std::vector<float> tv;
+  for (int64_t q = 0; q < cand.numel(); ++q) {
+    const int which = (fv[q] == l0 ? 1 : 0) | (fv[q] == h0 ? 2 : 0);
+    if (which == 0) continue;
+    tp.push_back(pc[q]);
+    tv.insert(tv.end(), {static_cast<float>(which), pav[q], pbv[q]});
+  }
+  const int64_t m = static_cast<int64_t>(tp.size());
+  auto tie_pairs = at::empty({m}, at::kLong), tie_vals = at::empty({m, 3}, at::kFloat);
+  std::copy(tp.begin(), tp.end(), tie_pairs.data_ptr<int64_t>());
+  std::copy(tv.begin(), tv.end(), tie_vals.data_ptr<float>());
+  return AFExtremes{cand, l0, h0, tie_pairs, tie_vals};
 }
 
 std::vector<at::Tensor> af_series_grads(const at::Tensor& ut, const at::Tensor& lo_p,
@@ -613,7 +697,7 @@ std::vector<at::Tensor> af_series_grads(const at::Tensor& ut, const at::Tensor& 
                                         const at::Tensor& lo, const at::Tensor& hi,
                                         const std::optional<at::Tensor>& glo_,
                                         const std::optional<at::Tensor>& ghi_,
-                                        const at::Tensor& cand,
+                                        const at::Tensor& tie_pairs, const at::Tensor& tie_vals,
                                         float* pg) {
   const int64_t G = lo_p.numel(), D1 = S.Dm + 1;
   const AFArgs A{ut.size(0), ut.size(1), G, act, func, mode, true};
@@ -632,22 +716,19 @@ std::vector<at::Tensor> af_series_grads(const at::Tensor& ut, const at::Tensor& 
   }
   const bool ties = mode == 0 && ((glo_.has_value() && glo_->defined()) ||
                                   (ghi_.has_value() && ghi_->defined()));
-  if (ties && cand.numel() > 0) {
+  if (ties && tie_pairs.numel() > 0) {
     auto given = [&](const std::optional<at::Tensor>& g) {
       return g.has_value() && g->defined() ? g->contiguous() : at::zeros({1}, ut.options());
     };
     const auto glo = given(glo_), ghi = given(ghi_);
-    const int64_t* pc = cand.data_ptr<int64_t>();
-    const float vlo = lo.item<float>(), vhi = hi.item<float>();
+    const int64_t* pc = tie_pairs.data_ptr<int64_t>();
+    const float* pv = tie_vals.data_ptr<float>();
     std::vector<std::vector<Tie<float>>> tied(1);
-    eval_candidates(cand, pu, G, lc.data_ptr<float>(), hc.data_ptr<float>(), act, func, true,
-                    [&](int64_t q, float f, float pa, float pb) {
-                      const int which = (f == vlo ? 1 : 0) | (f == vhi ? 2 : 0);
-                      if (which) {
-                        const int64_t e = pc[q] / G;
-                        tied[0].push_back({e / A.N, e % A.N, pc[q] % G, which, pa, pb});
-                      }
-                    });
+    for (int64_t q = 0; q < tie_pairs.numel(); ++q) {
+      const int64_t e = pc[q] / G;
+      tied[0].push_back({e / A.N, e % A.N, pc[q] % G, static_cast<int>(pv[3 * q]),
+                         pv[3 * q + 1], pv[3 * q + 2]});
+    }
     af_add_ties<float>(tied, pu, glo.data_ptr<float>(), ghi.data_ptr<float>(), pg, a, b, A);
   }
   auto opts = ut.options();
@@ -660,8 +741,8 @@ std::vector<at::Tensor> af_series_grads(const at::Tensor& ut, const at::Tensor& 
   return {gl, gh, gw};
 }
 
-// The op af_series_extremes (for tests): [candidates, lo, hi] of ut (in, N), float32 in
-// [-1, 1]; an error for a NaN input or phases too narrow for the cells.
+// The op af_series_extremes (for tests): [candidates, lo, hi, tie_pairs, tie_vals] of ut (in, N),
+// float32 in [-1, 1] (AFExtremes); an error for a NaN input or phases too narrow for the cells.
 std::vector<at::Tensor> af_series_extremes_op(const at::Tensor& ut, const at::Tensor& lo_p,
                                               const at::Tensor& hi_p, int64_t act, int64_t func,
                                               int64_t knots) {
@@ -676,8 +757,8 @@ std::vector<at::Tensor> af_series_extremes_op(const at::Tensor& ut, const at::Te
   auto ex = af_series_extremes(ut, lo_p, hi_p, act, func, knots);
   TORCH_CHECK(ex.has_value(), "af_series_extremes: a NaN input, or phases too narrow");
   auto opts = ut.options();
-  return {std::get<0>(*ex), at::full({}, std::get<1>(*ex), opts),
-          at::full({}, std::get<2>(*ex), opts)};
+  return {ex->cand, at::full({}, ex->lo, opts), at::full({}, ex->hi, opts), ex->tie_pairs,
+          ex->tie_vals};
 }
 
 }  // namespace actlab_kan
