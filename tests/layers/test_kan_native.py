@@ -605,3 +605,24 @@ def test_scratch_buffers_never_leak_into_results() -> None:
         now = [y1] + [t for t in g1 if t is not None]
         assert all(torch.equal(a, b) for a, b in zip(now, keep, strict=True))
         torch.testing.assert_close(_grads(m, x1)[0], keep[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("spec", ["relu_kan", "s_kan", "af_kan"])
+def test_the_first_layer_hands_its_output_transposed_and_equal(spec: str) -> None:
+    """A block's first layer returns y (..., out) in the memory of y^T (out, N), which the second
+    layer reads without a transposing copy; values and gradients equal those of a contiguous y."""
+    torch.manual_seed(0)
+    m = create_layer(spec, in_features=6, hidden_features=20, out_features=3)
+    x = torch.randn(4, 9, 6)
+    assert m.layer1.out_t and not m.layer2.out_t
+    h = m.layer1(x)
+    assert h.shape == (4, 9, 20) and h.stride() == (9, 1, 36)  # (20, 36) memory, rows along N
+    twin = copy.deepcopy(m)
+    twin.layer1.out_t = False
+    h2 = twin.layer1(x)
+    assert h2.is_contiguous()
+    torch.testing.assert_close(h, h2, rtol=1e-6, atol=1e-6)  # two GEMM layouts: close
+    (y, g), (y2, g2) = _grads(m, x), _grads(twin, x)
+    torch.testing.assert_close(y, y2, rtol=1e-6, atol=1e-6)
+    for a, b in zip(g, g2, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -44,7 +44,8 @@ Speed: on CPU float32 / float64 with act SiLU or GELU (``fused=True``, default;
 :mod:`actlab.layers._kan_native`) the whole layer is one native op, ``af_kan_layer``: the
 two contractions over G and the min / max of f without writing f (N, in, G); then one pass
 over (in, N) for the min-max scale, the softmax with its temperature, the LayerNorm and the
-act; then the projection (one GEMM). Its backward runs one tail pass (which also recomputes
+act; then the projection (one GEMM; a block's first layer writes y^T (out, N) and returns y as
+its (N, out) view, which the second layer reads without a transposing copy). Its backward runs one tail pass (which also recomputes
 the act's output for the weight gradient) and recomputes f with its derivatives in one pass;
 autograd keeps u and the two contractions (3 x (N, in)), never f. The phase pairs share one
 exp: SiLU's two sigmoids come from exp(-(u - l)) and the constant exp(-(h - l)), float GELU's
@@ -174,6 +175,9 @@ class AFKANLayer(nn.Module):
         self.act = act
         self.range = InputRange("af_kan", input_norm)
         self.fused = bool(fused)
+        # fused path: return y as the (N, out) view of the (out, N) GEMM result; set by a block
+        # whose next layer reads it (no copy), never where in-place ops may follow
+        self.out_t = False
         self.series_knots = SERIES_KNOTS if series else 0  # the native series path (0: off)
         self._act_id: tuple[int, int | None] = (0, None)  # (id of act, its kernel code)
 
@@ -192,7 +196,7 @@ class AFKANLayer(nn.Module):
             y: Tensor = ops.af_kan_layer(
                 u, p["low"], p["high"], p["attn_w"][0], p["attn_b"], p["temperature"],
                 self.weight, nw, nb, self._act_id[1], FUNC_CODES[self.func],
-                NORM_CODES[self.func_norm], tanh, self.norm.eps, self.series_knots,
+                NORM_CODES[self.func_norm], tanh, self.norm.eps, self.series_knots, self.out_t,
             )  # fmt: skip
             return y
         return F.linear(self._reduce(x), self.weight)  # (..., out)
@@ -263,6 +267,9 @@ class AFKANLayer(nn.Module):
 class AFKAN(KANBlock):
     """AF-KAN block [in, hidden, out] for a model's MLP slot; ``act_layer`` is its act."""
 
+    layer1: AFKANLayer
+    layer2: AFKANLayer
+
     def __init__(
         self,
         in_features: int,
@@ -290,3 +297,4 @@ class AFKAN(KANBlock):
             "af_kan", lambda i, o: AFKANLayer(i, o, act_module(a), **kw),  # an act per layer
             in_features, hidden_features, out_features, drop,
         )  # fmt: skip
+        self.layer1.out_t = True  # layer2 reads it (through a Dropout, not in place)

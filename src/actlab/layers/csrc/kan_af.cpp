@@ -655,17 +655,6 @@ void check_af_layer(const at::Tensor& ut, const at::Tensor& w, const at::Tensor&
   }
 }
 
-// y (..., out) = ot^T W^T: one GEMM straight into the contiguous (N, out) result.
-// (A tensor of its own, not a view: in-place changes of the op's output stay allowed.)
-at::Tensor af_project(const at::Tensor& ot, const at::Tensor& weight, const at::Tensor& x) {
-  auto shape = x.sizes().vec();
-  shape.back() = weight.size(0);
-  auto y = at::empty(shape, ot.options());
-  auto y2 = y.view({ot.size(1), weight.size(0)});  // (N, out)
-  at::mm_out(y2, ot.t(), weight.t());
-  return y;
-}
-
 // The forward: (ot, reduction outputs r: s0t, s1t, lo, hi and, on the series path, the min /
 // max ties (tie_pairs, tie_vals; empty for func_norm "none"); there s0t, s1t are undefined:
 // the tail evaluates the series itself).
@@ -707,13 +696,13 @@ at::Tensor af_kan_layer_plain(const at::Tensor& x, const at::Tensor& lo_p, const
                               const at::Tensor& w, const at::Tensor& b, const at::Tensor& temp,
                               const at::Tensor& weight, const std::optional<at::Tensor>& gam,
                               const std::optional<at::Tensor>& bet, int64_t act, int64_t func,
-                              int64_t mode, bool tanh, double eps, int64_t knots) {
+                              int64_t mode, bool tanh, double eps, int64_t knots, bool out_t) {
   auto ut = transposed_input(x, tanh);
   check_af_layer(ut, w, b, temp, weight, gam, bet, knots);
   auto wc = w.contiguous();
   auto [ot, r] = af_layer_fwd(ut, lo_p, hi_p, wc, b, temp, gam.value_or(at::Tensor()),
                               bet.value_or(at::Tensor()), act, func, mode, eps, tanh, knots);
-  return af_project(ot, weight, x);
+  return project(ot, weight, std::nullopt, x, out_t);  // y = ot^T W^T (no bias)
 }
 
 struct AFKANLayerFunction : public torch::autograd::Function<AFKANLayerFunction> {
@@ -723,7 +712,7 @@ struct AFKANLayerFunction : public torch::autograd::Function<AFKANLayerFunction>
                             const at::Tensor& temp, const at::Tensor& weight,
                             const std::optional<at::Tensor>& gam,
                             const std::optional<at::Tensor>& bet, int64_t act, int64_t func,
-                            int64_t mode, bool tanh, double eps, int64_t knots) {
+                            int64_t mode, bool tanh, double eps, int64_t knots, bool out_t) {
     auto ut = transposed_input(x, tanh);
     check_af_layer(ut, w, b, temp, weight, gam, bet, knots);
     auto wc = w.contiguous();
@@ -741,14 +730,14 @@ struct AFKANLayerFunction : public torch::autograd::Function<AFKANLayerFunction>
     ctx->saved_data["tanh"] = tanh;
     ctx->saved_data["eps"] = eps;
     ctx->saved_data["xshape"] = x.sizes().vec();
-    return af_project(ot, weight, x);
+    return project(ot, weight, std::nullopt, x, out_t);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     no_double_backward("af_kan");
     auto sv = ctx->get_saved_variables();
     const auto &ut = sv[0], &lo_p = sv[1], &hi_p = sv[2], &w = sv[3], &weight = sv[6];
     const int64_t act = ctx->saved_data["act"].toInt(), mode = ctx->saved_data["mode"].toInt();
-    variable_list out(15);
+    variable_list out(16);
     if (!grads[0].defined()) return out;
     const int64_t nin = ut.size(0), N = ut.size(1);
     const int64_t func = ctx->saved_data["func"].toInt();
@@ -840,9 +829,10 @@ at::Tensor af_kan_layer_autograd(const at::Tensor& x, const at::Tensor& lo_p,
                                  const at::Tensor& temp, const at::Tensor& weight,
                                  const std::optional<at::Tensor>& gam,
                                  const std::optional<at::Tensor>& bet, int64_t act, int64_t func,
-                                 int64_t mode, bool tanh, double eps, int64_t knots) {
+                                 int64_t mode, bool tanh, double eps, int64_t knots,
+                                 bool out_t) {
   return AFKANLayerFunction::apply(x, lo_p, hi_p, w, b, temp, weight, gam, bet, act, func, mode,
-                                   tanh, eps, knots);
+                                   tanh, eps, knots, out_t);
 }
 
 }  // namespace actlab_kan

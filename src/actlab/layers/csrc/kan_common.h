@@ -170,7 +170,7 @@ at::Tensor af_kan_layer_plain(const at::Tensor& x, const at::Tensor& lo_p, const
                               const at::Tensor& w, const at::Tensor& b, const at::Tensor& temp,
                               const at::Tensor& weight, const std::optional<at::Tensor>& gam,
                               const std::optional<at::Tensor>& bet, int64_t act, int64_t func,
-                              int64_t mode, bool tanh, double eps, int64_t knots);
+                              int64_t mode, bool tanh, double eps, int64_t knots, bool out_t);
 std::vector<at::Tensor> af_series_extremes_op(const at::Tensor& ut, const at::Tensor& lo_p,
                                               const at::Tensor& hi_p, int64_t act, int64_t func,
                                               int64_t knots);
@@ -179,6 +179,7 @@ at::Tensor af_kan_layer_autograd(const at::Tensor& x, const at::Tensor& lo_p,
                                  const at::Tensor& temp, const at::Tensor& weight,
                                  const std::optional<at::Tensor>& gam,
                                  const std::optional<at::Tensor>& bet, int64_t act, int64_t func,
-                                 int64_t mode, bool tanh, double eps, int64_t knots);
+                                 int64_t mode, bool tanh, double eps, int64_t knots,
+                                 bool out_t);
 
 }  // namespace actlab_kan

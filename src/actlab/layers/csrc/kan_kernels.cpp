@@ -233,7 +233,7 @@ TORCH_LIBRARY(actlab_kan, m) {
   m.def(
       "af_kan_layer(Tensor x, Tensor low, Tensor high, Tensor w, Tensor b, Tensor temperature, "
       "Tensor weight, Tensor? norm_w, Tensor? norm_b, int act, int func, int mode, bool tanh, "
-      "float eps, int knots=0) -> Tensor");
+      "float eps, int knots=0, bool out_t=False) -> Tensor");
   m.def(
       "af_series_extremes(Tensor ut, Tensor low, Tensor high, int act, int func, int knots) "
       "-> Tensor[]");
