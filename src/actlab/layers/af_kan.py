@@ -45,8 +45,9 @@ Speed: on CPU float32 / float64 with act SiLU or GELU (``fused=True``, default;
 two contractions over G and the min / max of f without writing f (N, in, G); then one pass
 over (in, N) for the min-max scale, the softmax with its temperature, the LayerNorm and the
 act; then the projection (one GEMM; a block's first layer writes y^T (out, N) and returns y as
-its (N, out) view, which the second layer reads without a transposing copy). Its backward runs one tail pass (which also recomputes
-the act's output for the weight gradient) and recomputes f with its derivatives in one pass;
+its (N, out) view, which the second layer reads without a transposing copy). Its backward runs
+one tail pass (which also recomputes the act's output for the weight gradient) and recomputes
+f with its derivatives in one pass;
 autograd keeps u and the two contractions (3 x (N, in)), never f. The phase pairs share one
 exp: SiLU's two sigmoids come from exp(-(u - l)) and the constant exp(-(h - l)), float GELU's
 phi from its erf's exp. In float32 on AVX2 / AVX-512 the phases' exps and the tail's softmax
@@ -194,7 +195,7 @@ class AFKANLayer(nn.Module):
             u = x if tanh else self.range(x)  # "none": the range check, u = x
             nw, nb = (p["norm_w"], p["norm_b"]) if self.use_norm else (None, None)
             y: Tensor = ops.af_kan_layer(
-                u, p["low"], p["high"], p["attn_w"][0], p["attn_b"], p["temperature"],
+                u, p["low"], p["high"], p["attn_w"], p["attn_b"], p["temperature"],
                 self.weight, nw, nb, self._act_id[1], FUNC_CODES[self.func],
                 NORM_CODES[self.func_norm], tanh, self.norm.eps, self.series_knots, self.out_t,
             )  # fmt: skip

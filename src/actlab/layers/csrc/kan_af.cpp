@@ -626,8 +626,8 @@ Tail<T> tail_args(const at::Tensor& ut, const at::Tensor& w, const at::Tensor& b
   P.nin = ut.size(0), P.N = ut.size(1), P.G = w.numel(), P.act = act, P.mode = mode;
   P.norm = gam.defined();
   P.eps = static_cast<T>(eps);
-  P.b = b.item<T>();
-  P.t = std::max(temp.item<T>(), T(1));
+  P.b = *b.data_ptr<T>();  // data_ptr, not item(): no op dispatch per read
+  P.t = std::max(*temp.data_ptr<T>(), T(1));
   P.it = T(1) / P.t;
   const T* pw = w.data_ptr<T>();
   T cw = T(0);
@@ -644,7 +644,9 @@ void check_af_layer(const at::Tensor& ut, const at::Tensor& w, const at::Tensor&
                     const std::optional<at::Tensor>& gam, const std::optional<at::Tensor>& bet,
                     int64_t knots) {
   check_knots(knots, "af_kan_layer");
-  check_like(w, ut, {w.numel()}, "af_kan_layer", "w");
+  // w: (G,) or the attention Linear's (1, G) weight as it is (no select op and its backward)
+  check_like(w, ut, w.dim() == 2 ? at::IntArrayRef({1, w.size(1)}) : at::IntArrayRef({w.numel()}),
+             "af_kan_layer", "w");
   check_like(b, ut, {1}, "af_kan_layer", "the attention bias");
   check_like(temp, ut, {}, "af_kan_layer", "the temperature");
   check_like(weight, ut, {weight.size(0), ut.size(0)}, "af_kan_layer", "weight");
@@ -670,7 +672,7 @@ std::pair<at::Tensor, std::vector<at::Tensor>> af_layer_fwd(
     if (mode == 0) {
       auto ex = af_series_extremes(ut, lo_p, hi_p, act, func, knots);
       if (ex) {
-        r = {at::Tensor(), at::Tensor(), at::full({}, ex->lo, opts), at::full({}, ex->hi, opts),
+        r = {at::Tensor(), at::Tensor(), scalar_like({}, ex->lo, opts), scalar_like({}, ex->hi, opts),
              ex->tie_pairs, ex->tie_vals};
       } else {
         S.reset();  // a NaN input (it propagates as in the plain twin) or too narrow phases:
@@ -699,7 +701,7 @@ at::Tensor af_kan_layer_plain(const at::Tensor& x, const at::Tensor& lo_p, const
                               int64_t mode, bool tanh, double eps, int64_t knots, bool out_t) {
   auto ut = transposed_input(x, tanh);
   check_af_layer(ut, w, b, temp, weight, gam, bet, knots);
-  auto wc = w.contiguous();
+  auto wc = w.reshape({-1}).contiguous();
   auto [ot, r] = af_layer_fwd(ut, lo_p, hi_p, wc, b, temp, gam.value_or(at::Tensor()),
                               bet.value_or(at::Tensor()), act, func, mode, eps, tanh, knots);
   return project(ot, weight, std::nullopt, x, out_t);  // y = ot^T W^T (no bias)
@@ -715,7 +717,7 @@ struct AFKANLayerFunction : public torch::autograd::Function<AFKANLayerFunction>
                             int64_t mode, bool tanh, double eps, int64_t knots, bool out_t) {
     auto ut = transposed_input(x, tanh);
     check_af_layer(ut, w, b, temp, weight, gam, bet, knots);
-    auto wc = w.contiguous();
+    auto wc = w.reshape({-1}).contiguous();
     const at::Tensor g = gam.value_or(at::Tensor()), be = bet.value_or(at::Tensor());
     auto [ot, r] = af_layer_fwd(ut, lo_p, hi_p, wc, b, temp, g, be, act, func, mode, eps, tanh,
                                 knots);
@@ -730,6 +732,7 @@ struct AFKANLayerFunction : public torch::autograd::Function<AFKANLayerFunction>
     ctx->saved_data["tanh"] = tanh;
     ctx->saved_data["eps"] = eps;
     ctx->saved_data["xshape"] = x.sizes().vec();
+    ctx->saved_data["wshape"] = w.sizes().vec();
     return project(ot, weight, std::nullopt, x, out_t);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -789,7 +792,7 @@ struct AFKANLayerFunction : public torch::autograd::Function<AFKANLayerFunction>
     if (need_red) {
       std::optional<at::Tensor> glo_t, ghi_t;
       if (mode == 1) glo_t = glo_rows, ghi_t = ghi_rows;
-      if (mode == 0) glo_t = at::full({1}, glo, ut.options()), ghi_t = at::full({1}, ghi, ut.options());
+      if (mode == 0) glo_t = scalar_like({1}, glo, ut.options()), ghi_t = scalar_like({1}, ghi, ut.options());
       std::vector<at::Tensor> red;  // (gut, glow, ghigh, gw)
       if (sink) {
         float* pg = gut.defined() ? gut.data_ptr<float>() : nullptr;
@@ -804,18 +807,25 @@ struct AFKANLayerFunction : public torch::autograd::Function<AFKANLayerFunction>
       if (ctx->needs_input_grad(0)) out[0] = red[0].t().reshape(ctx->saved_data["xshape"].toIntVector());
       if (ctx->needs_input_grad(1)) out[1] = red[1];
       if (ctx->needs_input_grad(2)) out[2] = red[2];
-      if (ctx->needs_input_grad(3)) out[3] = mode == 2 ? red[3] : red[3] + gwx;
+      if (ctx->needs_input_grad(3)) {
+        out[3] = (mode == 2 ? red[3] : red[3] + gwx).view(ctx->saved_data["wshape"].toIntVector());
+      }
     }
     auto opts = ut.options();
-    if (ctx->needs_input_grad(4)) out[4] = at::full({1}, gb, opts);
+    if (ctx->needs_input_grad(4)) out[4] = scalar_like({1}, gb, opts);
     if (ctx->needs_input_grad(5)) {
-      const bool pass = sv[5].item<double>() >= 1.0;  // clamp(min=1)'s gradient mask
-      out[5] = at::full({}, pass ? gt : 0.0, opts);
+      const bool pass = scalar_value(sv[5]) >= 1.0;  // clamp(min=1)'s gradient mask
+      out[5] = scalar_like({}, pass ? gt : 0.0, opts);
     }
     if (ctx->needs_input_grad(6)) out[6] = at::mm(gy2.t(), ot.t());  // (out, in)
     if (sv[7].defined()) {
-      auto to_t = [&](const std::vector<double>& v) {
-        return at::tensor(v, opts.dtype(at::kDouble)).to(ut.scalar_type());
+      auto to_t = [&](const std::vector<double>& v) {  // one allocation, no conversion op
+        auto t = at::empty({static_cast<int64_t>(v.size())}, opts);
+        AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "af_kan_layer_bwd", [&] {
+          scalar_t* p = t.data_ptr<scalar_t>();
+          for (size_t i = 0; i < v.size(); ++i) p[i] = static_cast<scalar_t>(v[i]);
+        });
+        return t;
       };
       if (ctx->needs_input_grad(7)) out[7] = to_t(gg);
       if (ctx->needs_input_grad(8)) out[8] = to_t(gbe);

@@ -72,8 +72,15 @@ PhaseTable phase_table(const at::Tensor& lo_p, const at::Tensor& hi_p, const std
   using V = Vectorized<double>;
   PhaseTable T;
   T.G = lo_p.numel(), T.M = static_cast<int64_t>(u.size());
-  const auto l = lo_p.to(at::kDouble).contiguous(), hh = hi_p.to(at::kDouble).contiguous();
-  const double *pl = l.data_ptr<double>(), *ph = hh.data_ptr<double>();
+  std::vector<double> l(T.G), hh(T.G);  // the phases in double, without a conversion op
+  AT_DISPATCH_FLOATING_TYPES(lo_p.scalar_type(), "phase_table", [&] {
+    const auto lc = lo_p.contiguous(), hc = hi_p.contiguous();
+    for (int64_t j = 0; j < T.G; ++j) {
+      l[j] = static_cast<double>(lc.data_ptr<scalar_t>()[j]);
+      hh[j] = static_cast<double>(hc.data_ptr<scalar_t>()[j]);
+    }
+  });
+  const double *pl = l.data(), *ph = hh.data();
   std::vector<double> c;
   std::vector<char> ok;
   pair_consts(pl, ph, T.G, c, ok);
@@ -757,7 +764,7 @@ std::vector<at::Tensor> af_series_extremes_op(const at::Tensor& ut, const at::Te
   auto ex = af_series_extremes(ut, lo_p, hi_p, act, func, knots);
   TORCH_CHECK(ex.has_value(), "af_series_extremes: a NaN input, or phases too narrow");
   auto opts = ut.options();
-  return {ex->cand, at::full({}, ex->lo, opts), at::full({}, ex->hi, opts), ex->tie_pairs,
+  return {ex->cand, scalar_like({}, ex->lo, opts), scalar_like({}, ex->hi, opts), ex->tie_pairs,
           ex->tie_vals};
 }
 
