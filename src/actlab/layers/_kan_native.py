@@ -102,10 +102,10 @@ def ops_for(x: Tensor, *params: Tensor | None) -> Any | None:
     float32 / float64, one dtype; outside ``torch.compile``, TorchScript and CPU autocast;
     library loaded), else None."""
     dtype = x.dtype
-    if x.device.type != "cpu" or dtype not in _DTYPES:
+    if not x.is_cpu or dtype not in _DTYPES:  # is_cpu: ~50 ns; device.type: ~300 ns
         return None
     for p in params:  # a loop, not any(...): this runs at every layer call
-        if p is not None and (p.dtype != dtype or p.device.type != "cpu"):
+        if p is not None and (p.dtype != dtype or not p.is_cpu):
             return None
     if torch.compiler.is_compiling() or torch.jit.is_scripting():
         return None
@@ -119,7 +119,7 @@ def all_finite(tensors: list[Tensor]) -> bool | None:
     """Whether every value of ``tensors`` is finite, in one native call (CPU float32 / float64
     tensors; ~5 us per tensor less than ``isfinite().all()`` each), or None when the kernels do
     not apply (then the caller checks with torch)."""
-    if not tensors or any(t.device.type != "cpu" or t.dtype not in _DTYPES for t in tensors):
+    if not tensors or any(not t.is_cpu or t.dtype not in _DTYPES for t in tensors):
         return None
     if torch.compiler.is_compiling() or torch.jit.is_scripting():
         return None

@@ -55,7 +55,7 @@ def ops_for(x: Tensor) -> Any | None:
     """``torch.ops.actlab_norm`` when the kernels apply to ``x`` (a non-empty CPU float32 /
     float64 tensor, outside ``torch.compile`` and TorchScript, library loaded), else None."""
     if (
-        x.device.type != "cpu"
+        not x.is_cpu
         or x.dtype not in _DTYPES
         or x.numel() == 0
         or torch.compiler.is_compiling()
