@@ -817,7 +817,7 @@ struct AFKANLayerFunction : public torch::autograd::Function<AFKANLayerFunction>
       const bool pass = scalar_value(sv[5]) >= 1.0;  // clamp(min=1)'s gradient mask
       out[5] = scalar_like({}, pass ? gt : 0.0, opts);
     }
-    if (ctx->needs_input_grad(6)) out[6] = at::mm(gy2.t(), ot.t());  // (out, in)
+    if (ctx->needs_input_grad(6)) out[6] = weight_grad(ot, gy2);  // (out, in)
     if (sv[7].defined()) {
       auto to_t = [&](const std::vector<double>& v) {  // one allocation, no conversion op
         auto t = at::empty({static_cast<int64_t>(v.size())}, opts);

@@ -143,6 +143,8 @@ void no_double_backward(const char* name);
 constexpr int kScratchSlots = 5;
 constexpr int64_t kScratchMax = int64_t(64) << 20;  // bytes per slot kept between calls
 at::Tensor scratch(int slot, at::IntArrayRef shape, const at::Tensor& like);
+// The weight gradient (out, in) = gy^T bt^T of a layer y = bt^T W^T, bt (in, N), gy (N, out).
+at::Tensor weight_grad(const at::Tensor& bt, const at::Tensor& gy);
 
 // ----------------------------------------------------------------------------- ops
 // ReLU-KAN and S-KAN (kan_relu_s.cpp)

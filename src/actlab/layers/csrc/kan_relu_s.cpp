@@ -575,16 +575,7 @@ void finish_grads(variable_list& out, const at::Tensor& gy2, const at::Tensor& b
                   const at::Tensor& gut, AutogradContext* ctx, size_t w_edge, size_t w_slot,
                   bool has_bias, const std::vector<int64_t>& xshape) {
   if (gut.defined()) out[0] = gut.t().reshape(xshape);
-  if (ctx->needs_input_grad(w_edge)) {  // (out, in G)
-    if (gy2.size(0) <= 256) {  // few rows: written through the transposed view, no copy
-      out[w_slot] = at::empty({gy2.size(1), bt.size(0)}, bt.options());
-      auto gwt = out[w_slot].t();
-      at::mm_out(gwt, bt, gy2);
-    } else {  // many rows: (Bt gy)^T and a transposing copy is faster with MKL (N 1,088, in G
-              // 512, out 16: 141 vs 184 us; N 32: 16 vs 7 us)
-      out[w_slot] = at::mm(bt, gy2).t().contiguous();
-    }
-  }
+  if (ctx->needs_input_grad(w_edge)) out[w_slot] = weight_grad(bt, gy2);  // (out, in G)
   if (has_bias && ctx->needs_input_grad(w_edge + 1)) out[w_slot + 1] = gy2.sum(0);
 }
 
