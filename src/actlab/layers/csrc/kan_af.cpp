@@ -796,8 +796,8 @@ struct AFKANLayerFunction : public torch::autograd::Function<AFKANLayerFunction>
       std::vector<at::Tensor> red;  // (gut, glow, ghigh, gw)
       if (sink) {
         float* pg = gut.defined() ? gut.data_ptr<float>() : nullptr;
-        auto g = af_series_grads(ut, lo_p, hi_p, w, act, func, mode, *Sb, M0, M1, r[2], r[3],
-                                 glo_t, ghi_t, sv[13], sv[14], pg);
+        auto g = af_series_grads(ut, w, act, func, mode, *Sb, M0, M1, glo_t, ghi_t, sv[13],
+                                 sv[14], pg);
         red = {gut, g[0], g[1], g[2]};
       } else {
         red = af_reduce_t_bwd(ut, lo_p, hi_p, w, act, func, mode, gs0t, gs1t, r[2].reshape({-1}),

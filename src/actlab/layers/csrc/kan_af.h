@@ -265,12 +265,10 @@ std::optional<AFExtremes> af_series_extremes(const at::Tensor& ut, const at::Ten
 // (glow, ghigh, gw) from the moments M0, M1 (Dm + 1 each: sum gs0 T_d(u), sum gs1 T_d(u)), with
 // the ties' share of glo / ghi (func_norm "batch"; the forward's tie_pairs, tie_vals) also added
 // to gut (if gut).
-std::vector<at::Tensor> af_series_grads(const at::Tensor& ut, const at::Tensor& lo_p,
-                                        const at::Tensor& hi_p, const at::Tensor& w, int64_t act,
+std::vector<at::Tensor> af_series_grads(const at::Tensor& ut, const at::Tensor& w, int64_t act,
                                         int64_t func, int64_t mode, const AFSeries& S,
                                         const std::vector<double>& M0,
                                         const std::vector<double>& M1,
-                                        const at::Tensor& lo, const at::Tensor& hi,
                                         const std::optional<at::Tensor>& glo,
                                         const std::optional<at::Tensor>& ghi,
                                         const at::Tensor& tie_pairs, const at::Tensor& tie_vals,

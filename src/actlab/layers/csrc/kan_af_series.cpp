@@ -20,9 +20,10 @@
 // it would read them, so they are never written (memory traffic, not arithmetic, bounds these
 // passes: out of cache one thread moves ~12 GB/s here). The min / max of f over the tensor are
 // those of the exact values, from candidates (af_series_extremes, below): a table of f_j and
-// f_j' on K + 1 knots (K: the op's `knots` at most) bounds every f_j on every cell of width
-// 2 / K; one pass over the inputs keeps those in cells that can reach the min / max, which are
-// evaluated exactly; their (input, phase) pairs are saved for the backward.
+// f_j' on K + 1 knots (K: the op's `knots` at most; from the phases' own series) bounds every
+// f_j on every cell of width 2 / K; one pass over the inputs keeps those in cells that can reach
+// the min / max, which are evaluated exactly with their partials; the ties (the pairs equal to
+// the min or the max, with those partials) are saved for the backward.
 //
 // Backward: the tail's backward evaluates s0, s1 again and, instead of writing gs0, gs1, adds
 // du = (gs0 s0'(u) + gs1 s1'(u)) (1 - u^2) from the derivative series and the moments
@@ -31,9 +32,8 @@
 // gradients
 //   dl_j = -sum gf pa_j(u),  dh_j = sum gf pb_j(u),  dw_j = sum gs0 f_j(u),  gf = gs0 w_j + gs1,
 // are sums over inputs of a gradient times a function of u with the series sum_d p_d T_d(u), so
-// each is sum_d p_d M_d (af_series_grads). The candidates are evaluated exactly again, in the
-// same vectors as in the forward (so bit for bit), and those equal to lo / hi share the min /
-// max gradient (af_add_ties).
+// each is sum_d p_d M_d (af_series_grads). The forward's ties share the min / max gradient
+// (af_add_ties) with the partials the forward computed alongside their values.
 
 #include "kan_af.h"
 
@@ -696,19 +696,17 @@ std::optional<AFExtremes> af_series_extremes(const at::Tensor& ut, const at::Ten
   return AFExtremes{cand, l0, h0, tie_pairs, tie_vals};
 }
 
-std::vector<at::Tensor> af_series_grads(const at::Tensor& ut, const at::Tensor& lo_p,
-                                        const at::Tensor& hi_p, const at::Tensor& w, int64_t act,
+std::vector<at::Tensor> af_series_grads(const at::Tensor& ut, const at::Tensor& w, int64_t act,
                                         int64_t func, int64_t mode, const AFSeries& S,
                                         const std::vector<double>& M0,
                                         const std::vector<double>& M1,
-                                        const at::Tensor& lo, const at::Tensor& hi,
                                         const std::optional<at::Tensor>& glo_,
                                         const std::optional<at::Tensor>& ghi_,
                                         const at::Tensor& tie_pairs, const at::Tensor& tie_vals,
                                         float* pg) {
-  const int64_t G = lo_p.numel(), D1 = S.Dm + 1;
+  const int64_t G = w.numel(), D1 = S.Dm + 1;
   const AFArgs A{ut.size(0), ut.size(1), G, act, func, mode, true};
-  const auto lc = lo_p.contiguous(), hc = hi_p.contiguous(), wc = w.contiguous();
+  const auto wc = w.contiguous();
   const float* pw = wc.data_ptr<float>();
   const float* pu = ut.data_ptr<float>();
   std::vector<double> a(G, 0.0), b(G, 0.0), cw(G, 0.0);  // sum gf pa, sum gf pb, sum gs0 f

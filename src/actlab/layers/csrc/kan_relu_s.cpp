@@ -623,7 +623,7 @@ void tick_schedule(AutogradContext* ctx) {
   auto clock = it->second.toTensor();
   clock.add_(1);
   const int64_t prune_at = ctx->saved_data["prune_at"].toInt();
-  if (prune_at >= 0 && clock.item<int64_t>() >= prune_at) {
+  if (prune_at >= 0 && *clock.data_ptr<int64_t>() >= prune_at) {  // an int64 CPU scalar
     auto chosen = ctx->saved_data["chosen"].toTensor();
     chosen.copy_(ctx->saved_data["logits"].toTensor().argmax(-1));
   }
