@@ -290,3 +290,23 @@ def test_bad_knots_act_and_func_are_one_line_errors_at_every_size() -> None:
                                    (0, 0, 8, "knots must be in 16 .. 32768")]:  # fmt: skip
         with pytest.raises(RuntimeError, match=what):
             ops.af_series_extremes(u, low, high, act, func, knots)
+
+
+def test_the_layer_op_takes_w_as_g_or_1_by_g_and_refuses_other_shapes() -> None:
+    """The attention weight goes in as the Linear's (1, G) weight (no select per call) or as
+    (G,); either gives the same output, and any other shape is a one-line error."""
+    ops = kn.ops_for(torch.zeros(1))
+    assert ops is not None
+    m = _block("af_kan").layer1
+    p = m._params(torch.float32)
+    x = _x(8)
+    rest = (m.weight, p["norm_w"], p["norm_b"], 0, 0, 0, True, 1e-5, 0)
+    with torch.no_grad():
+        a = ops.af_kan_layer(x, p["low"], p["high"], p["attn_w"], p["attn_b"], p["temperature"],
+                             *rest)  # fmt: skip
+        b = ops.af_kan_layer(x, p["low"], p["high"], p["attn_w"][0], p["attn_b"],
+                             p["temperature"], *rest)  # fmt: skip
+        assert torch.equal(a, b)
+        bad = p["attn_w"].repeat(2, 1)  # (2, G)
+        with pytest.raises(RuntimeError, match=r"af_kan_layer: w must have shape \[1, 8\]"):
+            ops.af_kan_layer(x, p["low"], p["high"], bad, p["attn_b"], p["temperature"], *rest)
