@@ -2,7 +2,8 @@
 
 On CPU float32 with ``input_norm="tanh"`` and ``func_norm`` "batch" or "none", a layer call
 with at least ``kSeriesMinValues`` (8192) inputs takes the phases from per-call Chebyshev
-series: s0 and s1 by Clenshaw's recurrence inside the tail, the phase gradients from moments,
+series: s0 and s1 evaluated inside the tail (the series' T_d recurrence, or on AVX builds
+per-cell polynomials fitted to them), the phase gradients from moments,
 the min / max of f exact from candidates. Each test compares it with the exact native kernels
 (``series=False``), the torch path (``fused=False``) and, for accuracy, the float64 torch path.
 """
@@ -310,3 +311,23 @@ def test_the_layer_op_takes_w_as_g_or_1_by_g_and_refuses_other_shapes() -> None:
         bad = p["attn_w"].repeat(2, 1)  # (2, G)
         with pytest.raises(RuntimeError, match=r"af_kan_layer: w must have shape \[1, 8\]"):
             ops.af_kan_layer(x, p["low"], p["high"], bad, p["attn_b"], p["temperature"], *rest)
+
+
+@pytest.mark.parametrize("act", [0, 1])  # SiLU, GELU
+def test_pieces_stand_in_for_the_series_on_avx_builds(act: int) -> None:
+    """With AVX-512 (32 cells of degree 5) or AVX2 (8 of degree 7) the tail evaluates s0, s1
+    and, in the backward, their slopes from per-cell polynomials (kan_af.h, ``pieces2``) that
+    reproduce the series within 1e-8 of their scale; the portable build has none and keeps the
+    series (its tests are the series branch's). The accuracy tests above run on either."""
+    ops = kn.ops_for(torch.zeros(1))
+    assert ops is not None
+    m = _block("af_kan").layer1
+    low, high, w = m.low.detach(), m.high.detach(), m.attn.weight.detach()[0]
+    cells = {"AVX512": 32, "AVX2": 8, "DEFAULT": 0}[kn.kernel_isa()]
+    fwd = ops.af_series_info(low, high, w, act, 0, False)
+    bwd = ops.af_series_info(low, high, w, act, 0, True)
+    assert fwd[4] == bwd[4] == cells
+    assert fwd[0] == bwd[0] > 5 and bwd[2] > 5  # degree D of s0, s1 and Dm of the moments
+    assert (fwd[3], bwd[3]) == ((2, 4) if cells else (0, 0))  # s0, s1 (+ s0', s1') tables
+    with pytest.raises(RuntimeError, match="af_series_info: w must have shape"):
+        ops.af_series_info(low, high, w[:3], act, 0, False)

@@ -364,11 +364,22 @@ void series_rows(const Tail<T>& P, int64_t n, int64_t c, TailRows<T>& W) {
       Vectorized<float> u[R], u2[R], s[R], s1[R];
       const int r1 = static_cast<int>(std::min<int64_t>(R, P.nin - i0));
       for (int r = 0; r < R; ++r) {
+        // the next rows of this node: in (in, N) every node is a stream of its own, more than
+        // the hardware prefetchers track, so each load here waited on L2 / L3
+        if (r < r1) __builtin_prefetch(P.ut + (i0 + r) * P.N + n + 2 * Vectorized<float>::size());
         u[r] = r < r1 ? Vectorized<float>::loadu(P.ut + (i0 + r) * P.N + n, c)
                       : Vectorized<float>(0.0f);
         u2[r] = u[r] + u[r];
       }
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+      if (S.pieces()) {
+        pieces2<R>(S.pt.data(), S.pt.data() + AFSeries::kTable, u, s, s1);
+      } else {
+        chebyshev2<R>(S.c.data(), S.c.data() + S.D + 1, S.D, u2, u, s, s1);
+      }
+#else
       chebyshev2<R>(S.c.data(), S.c.data() + S.D + 1, S.D, u2, u, s, s1);
+#endif
       for (int r = 0; r < r1; ++r) {  // explicit stores: an assignment loop of r1 vectors was
                                       // compiled as two `rep movsq` copies (~a third of the pass)
         s[r].store(reinterpret_cast<float*>(W.s0n.data() + i0 + r));
@@ -401,13 +412,24 @@ void series_sink(const Tail<T>& P, int64_t n, int64_t c, TailRows<T>& W,
         u2[r] = u[r] + u[r];
         tp[r] = V(1.0f), tc[r] = u[r];  // T_0, T_1
       }
-      // one recurrence T_d for the moments (d <= Dm) and the slopes s0', s1' (d <= Dd)
+      // one recurrence T_d for the moments (d <= Dm) and the slopes s0', s1' (d <= Dd; from
+      // their pieces instead where there are some)
       const float *e0 = S.dc.data(), *e1 = S.dc.data() + S.Dd + 1;
-      for (int r = 0; r < R; ++r) d0[r] = V(e0[0]), d1[r] = V(e1[0]);
+      bool cheb_slopes = P.gut != nullptr;
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+      if (P.gut && S.piece_slopes()) {
+        pieces2<R>(S.pt.data() + 2 * AFSeries::kTable, S.pt.data() + 3 * AFSeries::kTable, u,
+                   d0, d1);
+        cheb_slopes = false;
+      }
+#endif
+      if (cheb_slopes) {
+        for (int r = 0; r < R; ++r) d0[r] = V(e0[0]), d1[r] = V(e1[0]);
+      }
       V a = mom[0], b = mom[D1];
       for (int r = 0; r < R; ++r) a = a + g0[r], b = b + g1[r];
       mom[0] = a, mom[D1] = b;
-      const int64_t top = std::max(S.Dm, S.Dd);
+      const int64_t top = cheb_slopes ? std::max(S.Dm, S.Dd) : S.Dm;
       for (int64_t d = 1; d <= top; ++d) {
         if (d > 1) {
           for (int r = 0; r < R; ++r) {
@@ -415,7 +437,7 @@ void series_sink(const Tail<T>& P, int64_t n, int64_t c, TailRows<T>& W,
             tp[r] = tc[r], tc[r] = tn;
           }
         }
-        if (P.gut && d <= S.Dd) {
+        if (cheb_slopes && d <= S.Dd) {
           const V k0(e0[d]), k1(e1[d]);
           for (int r = 0; r < R; ++r) {
             d0[r] = at::vec::fmadd(k0, tc[r], d0[r]);

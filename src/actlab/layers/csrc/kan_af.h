@@ -239,12 +239,34 @@ bool af_series_applies(const at::Tensor& ut, int64_t mode, bool tanh, int64_t kn
 // A one-line error unless knots is 0 (the exact kernels) or in 16 .. 32768.
 void check_knots(int64_t knots, const char* op);
 
+// Pieces (AVX-512: 32 cells of degree 5; AVX2: 8 cells of degree 7; none in the portable
+// build): s0, s1 (and their slopes) as a polynomial per cell of [-1, 1], in the local variable
+// y = K u - (2 k - K + 1) in [-1, 1] of cell k (K = kPieces). A lane's coefficients come from a
+// register permute of the cells' coefficients (vpermt2ps: 32 cells from two registers; vpermps:
+// 8 from one), so one value of one sum costs kPieceDeg + 1 permutes and kPieceDeg multiply-adds,
+// where the Chebyshev series costs ~3 D / 2 operations (D ~ 15-18). kan_af_series.cpp builds the
+// tables from the series and keeps them only where they reproduce it within kPieceTol of its
+// scale (else the tail evaluates the series).
+#if defined(CPU_CAPABILITY_AVX512)
+constexpr int64_t kPieces = 32, kPieceDeg = 5;
+#elif defined(CPU_CAPABILITY_AVX2)
+constexpr int64_t kPieces = 8, kPieceDeg = 7;
+#else
+constexpr int64_t kPieces = 0, kPieceDeg = 0;
+#endif
+
 // The series of one call: s0, s1 (2, D + 1) and their derivatives (2, Dd + 1) as float
 // coefficients; with the backward's, those of every phase's pa_j, pb_j, f_j (G, Dm + 1).
+// pt: the pieces of s0, s1 (and with the slopes, of s0', s1'), (2 or 4, kPieceDeg + 1, kPieces),
+// each cell's coefficients highest degree first; empty without pieces.
 struct AFSeries {
   int64_t D = 0, Dd = 0, Dm = 0;
   std::vector<float> c, dc;
   std::vector<double> pa, pb, pf;
+  std::vector<float> pt;
+  static constexpr int64_t kTable = (kPieceDeg + 1) * kPieces;  // floats per piece table
+  bool pieces() const { return !pt.empty(); }
+  bool piece_slopes() const { return !pt.empty() && static_cast<int64_t>(pt.size()) == 4 * kTable; }
 };
 // nullopt when a series does not converge (the call takes the exact kernels).
 std::optional<AFSeries> af_series(const at::Tensor& lo_p, const at::Tensor& hi_p,
@@ -297,5 +319,59 @@ inline void chebyshev2(const float* c0, const float* c1, int64_t D, const Vector
     }
   }
 }
+
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+// a_q = the pieces of tables t0, t1 (kPieceDeg + 1 rows of kPieces floats, AFSeries::pt) at the
+// R vectors u in [-1, 1]. The cell k = floor((u + 1) K / 2) (clamped to K - 1) picks each lane's
+// coefficients; y = K u - (2 k - K + 1) is exact but for one rounding (K u is exact), so the
+// local variable does not lose u's low bits. Horner in y.
+template <int R>
+inline void pieces2(const float* t0, const float* t1, const Vectorized<float>* u,
+                    Vectorized<float>* a0, Vectorized<float>* a1) {
+  constexpr float half = static_cast<float>(kPieces) / 2.0f;
+#if defined(CPU_CAPABILITY_AVX512)
+  __m512i k[R];
+  __m512 y[R], s0[R], s1[R];
+  for (int r = 0; r < R; ++r) {
+    const __m512 t = _mm512_fmadd_ps(u[r], _mm512_set1_ps(half), _mm512_set1_ps(half));
+    k[r] = _mm512_min_epi32(_mm512_cvttps_epi32(t), _mm512_set1_epi32(kPieces - 1));
+    const __m512 off = _mm512_cvtepi32_ps(
+        _mm512_sub_epi32(_mm512_add_epi32(k[r], k[r]), _mm512_set1_epi32(kPieces - 1)));
+    y[r] = _mm512_sub_ps(_mm512_mul_ps(u[r], _mm512_set1_ps(2.0f * half)), off);
+  }
+  for (int64_t q = 0; q <= kPieceDeg; ++q) {
+    const float *p0 = t0 + q * kPieces, *p1 = t1 + q * kPieces;
+    const __m512 l0 = _mm512_loadu_ps(p0), h0 = _mm512_loadu_ps(p0 + 16);
+    const __m512 l1 = _mm512_loadu_ps(p1), h1 = _mm512_loadu_ps(p1 + 16);
+    for (int r = 0; r < R; ++r) {
+      const __m512 c0 = _mm512_permutex2var_ps(l0, k[r], h0);
+      const __m512 c1 = _mm512_permutex2var_ps(l1, k[r], h1);
+      s0[r] = q == 0 ? c0 : _mm512_fmadd_ps(s0[r], y[r], c0);
+      s1[r] = q == 0 ? c1 : _mm512_fmadd_ps(s1[r], y[r], c1);
+    }
+  }
+#else
+  __m256i k[R];
+  __m256 y[R], s0[R], s1[R];
+  for (int r = 0; r < R; ++r) {
+    const __m256 t = _mm256_fmadd_ps(u[r], _mm256_set1_ps(half), _mm256_set1_ps(half));
+    k[r] = _mm256_min_epi32(_mm256_cvttps_epi32(t), _mm256_set1_epi32(kPieces - 1));
+    const __m256 off = _mm256_cvtepi32_ps(
+        _mm256_sub_epi32(_mm256_add_epi32(k[r], k[r]), _mm256_set1_epi32(kPieces - 1)));
+    y[r] = _mm256_sub_ps(_mm256_mul_ps(u[r], _mm256_set1_ps(2.0f * half)), off);
+  }
+  for (int64_t q = 0; q <= kPieceDeg; ++q) {
+    const __m256 l0 = _mm256_loadu_ps(t0 + q * kPieces), l1 = _mm256_loadu_ps(t1 + q * kPieces);
+    for (int r = 0; r < R; ++r) {
+      const __m256 c0 = _mm256_permutevar8x32_ps(l0, k[r]);
+      const __m256 c1 = _mm256_permutevar8x32_ps(l1, k[r]);
+      s0[r] = q == 0 ? c0 : _mm256_fmadd_ps(s0[r], y[r], c0);
+      s1[r] = q == 0 ? c1 : _mm256_fmadd_ps(s1[r], y[r], c1);
+    }
+  }
+#endif
+  for (int r = 0; r < R; ++r) a0[r] = s0[r], a1[r] = s1[r];
+}
+#endif
 
 }  // namespace actlab_kan

@@ -43,6 +43,7 @@ namespace actlab_kan {
 
 constexpr int64_t kChebMax = 32;      // the series' largest degree
 constexpr double kChebTol = 1e-9;     // the dropped coefficients' share of the scale
+constexpr double kPieceTol = 1e-8;    // a piece's largest miss of its series, of the scale
 constexpr int64_t kSeriesGrain = 8192;  // inputs per parallel task of the candidate pass
 
 using VF = Vectorized<float>;
@@ -196,14 +197,83 @@ void contractions(const PhaseTable& T, const float* w, std::vector<double>& y0,
   }
 }
 
+// The values of the series c (degree D >= 1) at the n points x (T_d by their recurrence, in
+// vectors).
+void cheb_values(const double* c, int64_t D, const double* x, int64_t n, double* out) {
+  using V = Vectorized<double>;
+  for (int64_t m = 0; m < n; m += V::size()) {
+    const int64_t cnt = std::min<int64_t>(V::size(), n - m);
+    const V u = V::loadu(x + m, cnt), u2 = u + u;
+    V tp(1.0), tc = u, acc = at::vec::fmadd(V(c[1]), u, V(c[0]));
+    for (int64_t d = 2; d <= D; ++d) {
+      const V tn = at::vec::fmsub(u2, tc, tp);
+      tp = tc, tc = tn;
+      acc = at::vec::fmadd(V(c[d]), tn, acc);
+    }
+    acc.store(out + m, cnt);
+  }
+}
+
+// The pieces (kan_af.h) of the series s cut at degree D, as floats into out (kPieceDeg + 1 rows
+// of kPieces, highest degree first): in each cell the interpolant at the kPieceDeg + 1 Chebyshev
+// nodes of y, turned into powers of y. false when one misses the series by more than kPieceTol
+// of its scale at y = -1, -1/2, 0, 1/2 or 1 (where the interpolation error peaks: the ends).
+bool piece_table(const Series& s, int64_t D, float* out) {
+  if constexpr (kPieces == 0) {
+    return false;
+  } else {
+    constexpr int64_t K = kPieces, P = kPieceDeg, M = P + 1, C = 5;
+    // mono[d][q]: the coefficient of y^q in T_d(y)
+    double mono[M][M] = {};
+    mono[0][0] = 1.0;
+    if (M > 1) mono[1][1] = 1.0;
+    for (int64_t d = 2; d < M; ++d) {
+      for (int64_t q = 0; q < M; ++q) {
+        mono[d][q] = (q > 0 ? 2.0 * mono[d - 1][q - 1] : 0.0) - mono[d - 2][q];
+      }
+    }
+    double yn[M], cs[M][M];  // the nodes and cos(pi d (m + 1/2) / M) at [d][m]
+    for (int64_t m = 0; m < M; ++m) yn[m] = std::cos(M_PI * (m + 0.5) / M);
+    for (int64_t d = 0; d < M; ++d) {
+      for (int64_t m = 0; m < M; ++m) cs[d][m] = std::cos(M_PI * d * (m + 0.5) / M);
+    }
+    const double yc[C] = {-1.0, -0.5, 0.0, 0.5, 1.0};
+    std::vector<double> x(K * (M + C)), v(K * (M + C));  // per cell: the nodes, the checks
+    for (int64_t k = 0; k < K; ++k) {
+      const double off = static_cast<double>(2 * k - K + 1);  // u = (y + off) / K
+      for (int64_t m = 0; m < M; ++m) x[k * (M + C) + m] = (yn[m] + off) / K;
+      for (int64_t m = 0; m < C; ++m) x[k * (M + C) + M + m] = (yc[m] + off) / K;
+    }
+    cheb_values(s.c.data(), D, x.data(), K * (M + C), v.data());
+    const double tol = kPieceTol * s.scale;
+    for (int64_t k = 0; k < K; ++k) {
+      const double* vk = v.data() + k * (M + C);
+      double b[M] = {};
+      for (int64_t d = 0; d < M; ++d) {
+        double a = 0.0;
+        for (int64_t m = 0; m < M; ++m) a += vk[m] * cs[d][m];
+        a *= (d == 0 ? 1.0 : 2.0) / M;
+        for (int64_t q = 0; q < M; ++q) b[q] += a * mono[d][q];
+      }
+      for (int64_t m = 0; m < C; ++m) {
+        double p = 0.0;
+        for (int64_t q = P; q >= 0; --q) p = p * yc[m] + b[q];
+        if (!(std::abs(p - vk[M + m]) <= tol)) return false;
+      }
+      for (int64_t q = 0; q < M; ++q) out[(P - q) * K + k] = static_cast<float>(b[q]);
+    }
+    return true;
+  }
+}
+
 // The float coefficients of s0, s1 (and with slopes their derivatives) at one degree D: (2, D + 1)
-// each; false when a series does not converge.
-bool contraction_series(const PhaseTable& N, const float* w, bool slopes, int64_t& D,
-                        std::vector<float>& c, std::vector<float>& dc) {
+// each, and their pieces (S.pt; empty where a piece misses its series); false when a series does
+// not converge.
+bool contraction_series(const PhaseTable& N, const float* w, bool slopes, AFSeries& S) {
   std::vector<double> y0, y1;
   contractions(N, w, y0, y1);
   Series s[2] = {fit(y0.data()), fit(y1.data())}, ds[2];
-  D = 0;
+  int64_t D = 0;
   for (int q = 0; q < 2; ++q) {
     const int64_t d = degree(s[q]);
     if (d < 0) return false;
@@ -214,11 +284,25 @@ bool contraction_series(const PhaseTable& N, const float* w, bool slopes, int64_
     }
   }
   D = std::max<int64_t>(D, 1);  // the evaluation starts at degree 1 (coefficients past: 0)
+  S.D = S.Dd = D;
+  auto& c = S.c;
+  auto& dc = S.dc;
   c.assign(2 * (D + 1), 0.0f), dc.assign(2 * (D + 1), 0.0f);
   for (int q = 0; q < 2; ++q) {
     for (int64_t d = 0; d <= D; ++d) {
       c[q * (D + 1) + d] = static_cast<float>(s[q].c[d]);
       if (slopes) dc[q * (D + 1) + d] = static_cast<float>(ds[q].c[d]);
+    }
+  }
+  if constexpr (kPieces > 0) {
+    const int64_t nt = slopes ? 4 : 2;
+    S.pt.assign(nt * AFSeries::kTable, 0.0f);
+    for (int64_t q = 0; q < nt; ++q) {
+      const Series& g = q < 2 ? s[q] : ds[q - 2];
+      if (!piece_table(g, D, S.pt.data() + q * AFSeries::kTable)) {
+        S.pt.clear();  // the tail evaluates the series
+        break;
+      }
     }
   }
   return true;
@@ -589,8 +673,7 @@ std::optional<AFSeries> af_series(const at::Tensor& lo_p, const at::Tensor& hi_p
   const auto lc = lo_p.contiguous(), hc = hi_p.contiguous(), wc = w.contiguous();
   const PhaseTable N = node_table(lc, hc, act, func);
   AFSeries S;
-  if (!contraction_series(N, wc.data_ptr<float>(), backward, S.D, S.c, S.dc)) return std::nullopt;
-  S.Dd = S.D;
+  if (!contraction_series(N, wc.data_ptr<float>(), backward, S)) return std::nullopt;
   if (!backward) return S;
   const int64_t G = N.G;
   std::vector<Series> ser;
@@ -764,6 +847,21 @@ std::vector<at::Tensor> af_series_extremes_op(const at::Tensor& ut, const at::Te
   auto opts = ut.options();
   return {ex->cand, scalar_like({}, ex->lo, opts), scalar_like({}, ex->hi, opts), ex->tie_pairs,
           ex->tie_vals};
+}
+
+std::vector<int64_t> af_series_info_op(const at::Tensor& lo_p, const at::Tensor& hi_p,
+                                       const at::Tensor& w, int64_t act, int64_t func,
+                                       bool backward) {
+  TORCH_CHECK(lo_p.scalar_type() == at::kFloat && lo_p.device().is_cpu(),
+              "af_series_info: expected float32 CPU phases");
+  check_like(hi_p, lo_p, {lo_p.numel()}, "af_series_info", "high");
+  check_like(w, lo_p, {lo_p.numel()}, "af_series_info", "w");
+  TORCH_CHECK(act >= 0 && act <= 1 && func >= 0 && func <= 6,
+              "af_series_info: act 0..1, func 0..6");
+  const auto S = af_series(lo_p, hi_p, w, act, func, backward);
+  if (!S) return {-1, -1, -1, 0, kPieces};
+  const int64_t tables = kPieces > 0 ? static_cast<int64_t>(S->pt.size()) / AFSeries::kTable : 0;
+  return {S->D, S->Dd, S->Dm, tables, kPieces};
 }
 
 }  // namespace actlab_kan

@@ -192,6 +192,11 @@ at::Tensor af_kan_layer_plain(const at::Tensor& x, const at::Tensor& lo_p, const
 std::vector<at::Tensor> af_series_extremes_op(const at::Tensor& ut, const at::Tensor& lo_p,
                                               const at::Tensor& hi_p, int64_t act, int64_t func,
                                               int64_t knots);
+// [D, Dd, Dm, piece tables (0, 2 or 4), cells per table (kPieces)] of one call's series; D = -1
+// when they do not converge (for tests).
+std::vector<int64_t> af_series_info_op(const at::Tensor& lo_p, const at::Tensor& hi_p,
+                                       const at::Tensor& w, int64_t act, int64_t func,
+                                       bool backward);
 at::Tensor af_kan_layer_autograd(const at::Tensor& x, const at::Tensor& lo_p,
                                  const at::Tensor& hi_p, const at::Tensor& w, const at::Tensor& b,
                                  const at::Tensor& temp, const at::Tensor& weight,

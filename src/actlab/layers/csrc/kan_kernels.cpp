@@ -250,6 +250,9 @@ TORCH_LIBRARY(actlab_kan, m) {
   m.def(
       "af_series_extremes(Tensor ut, Tensor low, Tensor high, int act, int func, int knots) "
       "-> Tensor[]");
+  m.def(
+      "af_series_info(Tensor low, Tensor high, Tensor w, int act, int func, bool backward) "
+      "-> int[]");
   m.def("all_finite(Tensor[] tensors) -> bool");
   m.def("isa() -> str", isa);
 }
@@ -265,6 +268,7 @@ TORCH_LIBRARY_IMPL(actlab_kan, CPU, m) {
   m.impl("af_kan_reduce", af_kan_reduce_plain);
   m.impl("af_kan_layer", af_kan_layer_plain);
   m.impl("af_series_extremes", af_series_extremes_op);
+  m.impl("af_series_info", af_series_info_op);
   m.impl("all_finite", all_finite);
 }
 
