@@ -364,8 +364,8 @@ void series_rows(const Tail<T>& P, int64_t n, int64_t c, TailRows<T>& W) {
       Vectorized<float> u[R], u2[R], s[R], s1[R];
       const int r1 = static_cast<int>(std::min<int64_t>(R, P.nin - i0));
       for (int r = 0; r < R; ++r) {
-        // the next rows of this node: in (in, N) every node is a stream of its own, more than
-        // the hardware prefetchers track, so each load here waited on L2 / L3
+        // this node's rows two vectors ahead: in (in, N) every node is a stream of its own,
+        // more than the hardware prefetchers track (~1 % of the block step)
         if (r < r1) __builtin_prefetch(P.ut + (i0 + r) * P.N + n + 2 * Vectorized<float>::size());
         u[r] = r < r1 ? Vectorized<float>::loadu(P.ut + (i0 + r) * P.N + n, c)
                       : Vectorized<float>(0.0f);
