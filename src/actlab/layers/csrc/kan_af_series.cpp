@@ -378,36 +378,49 @@ inline bool any_nan(const VF& u, int64_t c) {
   return (~u.isnan().zero_mask() & first_lanes(c)) != 0;
 }
 
-// The table's bounds of each f_j on each cell, (K, G) each: its knot values, widened by
+// The table's bounds of each f_j on each cell, (G, K) each: its knot values, widened by
 // h (|f_j'(u_k)| + |f_j'(u_k+1)|) where f_j' changes sign or is 0 there (f_j' is close to linear
 // across a cell, so an extremum inside moves f_j by at most half that); err bounds how far the
 // float32 values of the exact kernels may lie from the table's: 1e-6 max |f| here, raised by
 // af_series_extremes to 4x the largest gap measured at the knots (float GELU's erf is good to
-// 1.5e-7 absolute, which in its far tail is a large relative error).
+// 1.5e-7 absolute, which in its far tail is a large relative error). Vectors of cells; min and
+// max as std::min / std::max (a NaN operand on the right is ignored), which the blends repeat.
 struct CellBounds {
   std::vector<double> lower, upper;
   double err = 0.0;
 };
 
+using VD = Vectorized<double>;
+constexpr int64_t kSD = VD::size();
+
+// std::min(a, b) and std::max(a, b) of vectors: (b < a) ? b : a and (a < b) ? b : a.
+inline VD min_std(const VD& a, const VD& b) { return VD::blendv(a, b, b < a); }
+inline VD max_std(const VD& a, const VD& b) { return VD::blendv(a, b, a < b); }
+
 CellBounds cell_bounds(const PhaseTable& T) {
   const int64_t K = T.K, G = T.G;
-  const double h = 2.0 / static_cast<double>(K);
+  const VD h(2.0 / static_cast<double>(K)), zero(0.0);
   CellBounds B;
-  B.lower.resize(K * G), B.upper.resize(K * G);
-  double fmax = 0.0;
+  B.lower.resize(G * K), B.upper.resize(G * K);
+  VD fmax(0.0);
   for (int64_t j = 0; j < G; ++j) {
     const double *f = T.row(T.f, j), *df = T.row(T.df, j);
-    for (int64_t k = 0; k < K; ++k) {
-      const double d0 = df[k], d1 = df[k + 1];
-      const bool turn = d0 == 0.0 || d1 == 0.0 || (d0 > 0.0) != (d1 > 0.0);
-      const double slack = turn ? h * (std::abs(d0) + std::abs(d1)) : 0.0;
-      B.lower[k * G + j] = std::min(f[k], f[k + 1]) - slack;
-      B.upper[k * G + j] = std::max(f[k], f[k + 1]) + slack;
-      fmax = std::max(fmax, std::abs(f[k]));
+    for (int64_t k = 0; k < K; k += kSD) {
+      const int64_t c = std::min<int64_t>(kSD, K - k);
+      const VD d0 = VD::loadu(df + k, c), d1 = VD::loadu(df + k + 1, c);
+      const VD f0 = VD::loadu(f + k, c), f1 = VD::loadu(f + k + 1, c);
+      const VD turn = (d0 == zero) | (d1 == zero) | ((d0 > zero) ^ (d1 > zero));
+      const VD slack = VD::blendv(zero, h * (d0.abs() + d1.abs()), turn);
+      (min_std(f0, f1) - slack).store(B.lower.data() + j * K + k, c);
+      (max_std(f0, f1) + slack).store(B.upper.data() + j * K + k, c);
+      fmax = max_std(fmax, f0.abs());  // lanes past c: |0|, which changes nothing
     }
-    fmax = std::max(fmax, std::abs(f[K]));
+    fmax = max_std(fmax, VD(std::abs(f[K])));
   }
-  B.err = 1e-6 * fmax + static_cast<double>(std::numeric_limits<float>::min());
+  double m[kSD], fm = 0.0;
+  fmax.store(m);
+  for (int64_t q = 0; q < kSD; ++q) fm = std::max(fm, m[q]);
+  B.err = 1e-6 * fm + static_cast<double>(std::numeric_limits<float>::min());
   return B;
 }
 
@@ -422,15 +435,20 @@ struct CellFlags {
 CellFlags cell_flags(const CellBounds& B, int64_t K, int64_t G, double lo_est, double hi_est) {
   CellFlags F;
   F.lo_est = lo_est, F.hi_est = hi_est;
-  const double near_lo = lo_est + 2.0 * B.err + 1e-6 * std::abs(lo_est);
-  const double near_hi = hi_est - 2.0 * B.err - 1e-6 * std::abs(hi_est);
+  const VD near_lo(lo_est + 2.0 * B.err + 1e-6 * std::abs(lo_est));
+  const VD near_hi(hi_est - 2.0 * B.err - 1e-6 * std::abs(hi_est));
   F.flag.assign(K * G, 0);
   F.any.assign(K, 0.0f);
-  for (int64_t k = 0; k < K; ++k) {
-    for (int64_t j = 0; j < G; ++j) {
-      const bool c = B.lower[k * G + j] <= near_lo || B.upper[k * G + j] >= near_hi;
-      F.flag[k * G + j] = c;
-      if (c) F.any[k] = 1.0f;
+  for (int64_t j = 0; j < G; ++j) {
+    for (int64_t k = 0; k < K; k += kSD) {
+      const int64_t c = std::min<int64_t>(kSD, K - k);
+      const VD hit = (VD::loadu(B.lower.data() + j * K + k, c) <= near_lo) |
+                     (VD::loadu(B.upper.data() + j * K + k, c) >= near_hi);
+      for (int set = ~hit.zero_mask() & first_lanes(c); set != 0; set &= set - 1) {
+        const int64_t kk = k + __builtin_ctz(static_cast<unsigned>(set));  // few: the flagged
+        F.flag[kk * G + j] = 1;
+        F.any[kk] = 1.0f;
+      }
     }
   }
   return F;
@@ -474,6 +492,17 @@ bool hits_pass(const float* ut, int64_t n, int64_t K, const float* any, std::vec
 #else
     const bool compress = false;
 #endif
+#if defined(CPU_CAPABILITY_AVX512)
+    // K <= 1,024 (the default): the flags as 1,024 bits in two registers, read per lane by a
+    // permute and a shift; the gather they replace was about half of this pass (~1 % of the
+    // block step)
+    const bool bitmap = K <= 1024;
+    uint32_t words[32] = {};
+    for (int64_t q = 0; q < std::min<int64_t>(K, 1024); ++q) {
+      if (any[q] != 0.0f) words[q >> 5] |= uint32_t(1) << (q & 31);
+    }
+    const __m512i bits0 = _mm512_loadu_si512(words), bits1 = _mm512_loadu_si512(words + 16);
+#endif
     std::vector<int32_t> off, cell;  // the compressed hits: offset from the task's start, cell
     int64_t size = 0;
     for (int64_t v = v0; v < v1; ++v) {
@@ -486,7 +515,14 @@ bool hits_pass(const float* ut, int64_t n, int64_t K, const float* any, std::vec
         continue;
       }
 #if defined(CPU_CAPABILITY_AVX512)
-      const int set = ~at::vec::gather<4>(any, k).zero_mask() & first_lanes(cnt);
+      int set;
+      if (bitmap) {  // the flag of cell k: bit k % 32 of word k / 32 (a register permute)
+        const __m512i word = _mm512_permutex2var_epi32(bits0, _mm512_srli_epi32(k, 5), bits1);
+        const __m512i bit = _mm512_srlv_epi32(word, _mm512_and_si512(k, _mm512_set1_epi32(31)));
+        set = _mm512_test_epi32_mask(bit, _mm512_set1_epi32(1)) & first_lanes(cnt);
+      } else {
+        set = ~at::vec::gather<4>(any, k).zero_mask() & first_lanes(cnt);
+      }
       if (size + kS > static_cast<int64_t>(off.size())) {
         off.resize(2 * off.size() + kS), cell.resize(2 * cell.size() + kS);
       }
@@ -654,17 +690,36 @@ void eval_candidates(const at::Tensor& cand, const float* ut, int64_t G, const f
 }
 
 // lo_est / hi_est over the cells ks .. ke (each flag set must contain the cells of every value
-// within reach of lo, hi; see af_series_extremes).
-std::pair<double, double> estimates(const CellBounds& B, int64_t G, int64_t ks, int64_t ke,
-                                    const char* occ) {
-  double lo = std::numeric_limits<double>::infinity(), hi = -lo;
-  for (int64_t k = ks; k <= ke; ++k) {
-    if (occ && !occ[k]) continue;
-    for (int64_t j = 0; j < G; ++j) {
-      lo = std::min(lo, B.upper[k * G + j]);
-      hi = std::max(hi, B.lower[k * G + j]);
+// within reach of lo, hi; see af_series_extremes); occ (the rare second look): only the cells
+// that hold an input.
+std::pair<double, double> estimates(const CellBounds& B, int64_t K, int64_t G, int64_t ks,
+                                    int64_t ke, const char* occ) {
+  const double inf = std::numeric_limits<double>::infinity();
+  double lo = inf, hi = -inf;
+  if (occ) {
+    for (int64_t k = ks; k <= ke; ++k) {
+      if (!occ[k]) continue;
+      for (int64_t j = 0; j < G; ++j) {
+        lo = std::min(lo, B.upper[j * K + k]);
+        hi = std::max(hi, B.lower[j * K + k]);
+      }
+    }
+    return {lo, hi};
+  }
+  VD vlo(inf), vhi(-inf);
+  for (int64_t j = 0; j < G; ++j) {
+    for (int64_t k = ks; k <= ke; k += kSD) {
+      const int64_t c = std::min<int64_t>(kSD, ke + 1 - k);
+      const VD up = VD::loadu(B.upper.data() + j * K + k, c);
+      const VD lw = VD::loadu(B.lower.data() + j * K + k, c);
+      vlo = min_std(vlo, c >= kSD ? up : VD::set(VD(inf), up, c));
+      vhi = max_std(vhi, c >= kSD ? lw : VD::set(VD(-inf), lw, c));
     }
   }
+  double a[kSD], b[kSD];
+  vlo.store(a);
+  vhi.store(b);
+  for (int64_t q = 0; q < kSD; ++q) lo = std::min(lo, a[q]), hi = std::max(hi, b[q]);
   return {lo, hi};
 }
 
@@ -734,7 +789,7 @@ std::optional<AFExtremes> af_series_extremes(const at::Tensor& ut, const at::Ten
   cell_of(VF::loadu(ends, 2), K).store(ce);  // the cells of the smallest and largest input
   const bool some = umin <= umax;  // false only if every input is NaN
   const int64_t ks = some ? ce[0] : 0, ke = some ? ce[1] : K - 1;
-  auto [le, he] = estimates(B, T.G, ks, ke, nullptr);
+  auto [le, he] = estimates(B, K, T.G, ks, ke, nullptr);
   CellFlags F = cell_flags(B, K, T.G, le, he);
   std::vector<Hit> hits;
   if (!hits_pass(pu, n, K, F.any.data(), hits)) return std::nullopt;
@@ -755,7 +810,7 @@ std::optional<AFExtremes> af_series_extremes(const at::Tensor& ut, const at::Ten
   auto [l0, h0] = extremes(cand);
   if (!(l0 <= F.lo_est + B.err && h0 >= F.hi_est - B.err)) {  // the second look
     const std::vector<char> occ = occupied(pu, n, K);
-    auto [le2, he2] = estimates(B, T.G, 0, K - 1, occ.data());
+    auto [le2, he2] = estimates(B, K, T.G, 0, K - 1, occ.data());
     F = cell_flags(B, K, T.G, le2, he2);
     scan_hits(pu, n, K, F.any.data(), hits);
     cand = candidate_pairs(hits, F, T.G);
