@@ -430,6 +430,7 @@ struct CellFlags {
   double lo_est = 0.0, hi_est = 0.0;
   std::vector<char> flag;
   std::vector<float> any;
+  std::vector<uint64_t> mask;  // G <= 64: each cell's flagged phases as bits
 };
 
 CellFlags cell_flags(const CellBounds& B, int64_t K, int64_t G, double lo_est, double hi_est) {
@@ -439,6 +440,7 @@ CellFlags cell_flags(const CellBounds& B, int64_t K, int64_t G, double lo_est, d
   const VD near_hi(hi_est - 2.0 * B.err - 1e-6 * std::abs(hi_est));
   F.flag.assign(K * G, 0);
   F.any.assign(K, 0.0f);
+  if (G <= 64) F.mask.assign(K, 0);
   for (int64_t j = 0; j < G; ++j) {
     for (int64_t k = 0; k < K; k += kSD) {
       const int64_t c = std::min<int64_t>(kSD, K - k);
@@ -448,6 +450,7 @@ CellFlags cell_flags(const CellBounds& B, int64_t K, int64_t G, double lo_est, d
         const int64_t kk = k + __builtin_ctz(static_cast<unsigned>(set));  // few: the flagged
         F.flag[kk * G + j] = 1;
         F.any[kk] = 1.0f;
+        if (G <= 64) F.mask[kk] |= uint64_t(1) << j;
       }
     }
   }
@@ -529,8 +532,11 @@ bool hits_pass(const float* ut, int64_t n, int64_t K, const float* any, std::vec
       const __m512i lane = _mm512_add_epi32(
           _mm512_set1_epi32(static_cast<int32_t>(e - v0 * kS)),
           _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
-      _mm512_mask_compressstoreu_epi32(off.data() + size, static_cast<__mmask16>(set), lane);
-      _mm512_mask_compressstoreu_epi32(cell.data() + size, static_cast<__mmask16>(set), k);
+      // compressed in registers, then stored whole (the buffers keep kS spare slots): the
+      // memory form of vpcompressd is several times slower
+      const __mmask16 m16 = static_cast<__mmask16>(set);
+      _mm512_storeu_si512(off.data() + size, _mm512_maskz_compress_epi32(m16, lane));
+      _mm512_storeu_si512(cell.data() + size, _mm512_maskz_compress_epi32(m16, k));
       size += __builtin_popcount(static_cast<unsigned>(set));
 #endif
     }
@@ -636,56 +642,60 @@ double float_gap(const PhaseTable& T, const float* l, const float* h, int64_t ac
 
 // The candidate (input, phase) pairs of the hits, as e G + j, grouped by phase (j ascending,
 // then e ascending): a canonical order, so the ties below are always added in the same order.
-at::Tensor candidate_pairs(const std::vector<Hit>& hits, const CellFlags& F, int64_t G) {
-  std::vector<std::vector<int64_t>> per(G);  // the inputs of each phase, ascending
-  const int64_t K = static_cast<int64_t>(F.any.size());
-  if (G <= 64) {  // each cell's phases as a bit mask: a hit visits only its flagged phases
-    std::vector<uint64_t> mask(K, 0);
-    for (int64_t k = 0; k < K; ++k) {
-      for (int64_t j = 0; j < G; ++j) mask[k] |= static_cast<uint64_t>(F.flag[k * G + j]) << j;
-    }
+// e: each pair's input; start: where phase j's pairs begin (G + 1).
+struct Cands {
+  at::Tensor pairs;
+  std::vector<int64_t> e, start;
+};
+
+Cands candidate_pairs(const std::vector<Hit>& hits, const CellFlags& F, int64_t G) {
+  Cands C;
+  C.start.assign(G + 1, 0);
+  if (G <= 64) {  // count per phase, then place: a hit visits only its cell's flagged phases
     for (const Hit& x : hits) {
-      for (uint64_t m = mask[x.k]; m != 0; m &= m - 1) per[__builtin_ctzll(m)].push_back(x.e);
+      for (uint64_t m = F.mask[x.k]; m != 0; m &= m - 1) ++C.start[__builtin_ctzll(m) + 1];
+    }
+    for (int64_t j = 0; j < G; ++j) C.start[j + 1] += C.start[j];
+    C.e.resize(C.start[G]);
+    std::vector<int64_t> at = C.start;
+    for (const Hit& x : hits) {
+      for (uint64_t m = F.mask[x.k]; m != 0; m &= m - 1) C.e[at[__builtin_ctzll(m)]++] = x.e;
     }
   } else {
+    std::vector<std::vector<int64_t>> per(G);  // the inputs of each phase, ascending
     for (const Hit& x : hits) {
       for (int64_t j = 0; j < G; ++j) {
         if (F.flag[x.k * G + j]) per[j].push_back(x.e);
       }
     }
+    for (int64_t j = 0; j < G; ++j) {
+      C.start[j + 1] = C.start[j] + static_cast<int64_t>(per[j].size());
+      C.e.insert(C.e.end(), per[j].begin(), per[j].end());
+    }
   }
-  int64_t total = 0;
-  for (const auto& v : per) total += static_cast<int64_t>(v.size());
-  auto out = at::empty({total}, at::kLong);
-  int64_t* po = out.data_ptr<int64_t>();
+  C.pairs = at::empty({C.start[G]}, at::kLong);
+  int64_t* po = C.pairs.data_ptr<int64_t>();
   for (int64_t j = 0; j < G; ++j) {
-    for (const int64_t e : per[j]) *po++ = e * G + j;
+    for (int64_t q = C.start[j]; q < C.start[j + 1]; ++q) po[q] = C.e[q] * G + j;
   }
-  return out;
+  return C;
 }
 
-// The exact f (pa, pb if partials) of every candidate pair, phase by phase in the candidates'
-// order (the same vectors in the forward and the backward): visit(pair index, f, pa, pb).
-template <typename Fn>
-void eval_candidates(const at::Tensor& cand, const float* ut, int64_t G, const float* l,
-                     const float* h, int64_t act, int64_t func, bool partials, Fn visit) {
-  const int64_t m = cand.numel();
-  const int64_t* pc = cand.data_ptr<int64_t>();
+// The exact f, pa, pb of every candidate pair into f, pa, pb (in the candidates' order), phase by
+// phase in vectors of kS of its inputs (the same vectors in every call: the same bits).
+void eval_candidates(const Cands& C, const float* ut, int64_t G, const float* l, const float* h,
+                     int64_t act, int64_t func, float* f, float* pa, float* pb) {
   std::vector<float> cu;
-  for (int64_t q0 = 0; q0 < m;) {
-    const int64_t j = pc[q0] % G;
-    int64_t q1 = q0;
-    cu.clear();
-    while (q1 < m && pc[q1] % G == j) cu.push_back(ut[pc[q1++] / G]);
-    exact_phases(cu.data(), q1 - q0, l + j, h + j, 1, act, func, partials,
-                 [&](int64_t e, int64_t c, int64_t, const VF& f, const VF& pa, const VF& pb) {
-                   float fv[kS], av[kS], bv[kS];
-                   f.store(fv);
-                   pa.store(av);
-                   pb.store(bv);
-                   for (int64_t q = 0; q < c; ++q) visit(q0 + e + q, fv[q], av[q], bv[q]);
+  for (int64_t j = 0; j < G; ++j) {
+    const int64_t q0 = C.start[j], m = C.start[j + 1] - q0;
+    cu.resize(m);
+    for (int64_t q = 0; q < m; ++q) cu[q] = ut[C.e[q0 + q]];
+    exact_phases(cu.data(), m, l + j, h + j, 1, act, func, true,
+                 [&](int64_t e, int64_t c, int64_t, const VF& fv, const VF& av, const VF& bv) {
+                   fv.store(f + q0 + e, c);
+                   av.store(pa + q0 + e, c);
+                   bv.store(pb + q0 + e, c);
                  });
-    q0 = q1;
   }
 }
 
@@ -794,34 +804,30 @@ std::optional<AFExtremes> af_series_extremes(const at::Tensor& ut, const at::Ten
   std::vector<Hit> hits;
   if (!hits_pass(pu, n, K, F.any.data(), hits)) return std::nullopt;
   std::vector<float> fv, pav, pbv;  // every candidate's f and partials, for the ties below
-  auto extremes = [&](const at::Tensor& cand) {
-    float a = std::numeric_limits<float>::infinity(), b = -a;
-    const int64_t m = cand.numel();
+  auto extremes = [&](const Cands& C) {
+    const int64_t m = C.pairs.numel();
     fv.resize(m), pav.resize(m), pbv.resize(m);
-    eval_candidates(cand, pu, T.G, pl, ph, act, func, true,
-                    [&](int64_t q, float f, float pa, float pb) {
-                      fv[q] = f, pav[q] = pa, pbv[q] = pb;
-                      a = std::min(a, f);
-                      b = std::max(b, f);
-                    });
+    eval_candidates(C, pu, T.G, pl, ph, act, func, fv.data(), pav.data(), pbv.data());
+    float a = std::numeric_limits<float>::infinity(), b = -a;
+    for (const float f : fv) a = std::min(a, f), b = std::max(b, f);
     return std::make_pair(a, b);
   };
-  at::Tensor cand = candidate_pairs(hits, F, T.G);
-  auto [l0, h0] = extremes(cand);
+  Cands C = candidate_pairs(hits, F, T.G);
+  auto [l0, h0] = extremes(C);
   if (!(l0 <= F.lo_est + B.err && h0 >= F.hi_est - B.err)) {  // the second look
     const std::vector<char> occ = occupied(pu, n, K);
     auto [le2, he2] = estimates(B, K, T.G, 0, K - 1, occ.data());
     F = cell_flags(B, K, T.G, le2, he2);
     scan_hits(pu, n, K, F.any.data(), hits);
-    cand = candidate_pairs(hits, F, T.G);
-    std::tie(l0, h0) = extremes(cand);
+    C = candidate_pairs(hits, F, T.G);
+    std::tie(l0, h0) = extremes(C);
   }
   // the ties, in the candidates' order (their partials computed with their values: the backward
   // shares glo / ghi among them without evaluating anything)
-  const int64_t* pc = cand.data_ptr<int64_t>();
+  const int64_t* pc = C.pairs.data_ptr<int64_t>();
   std::vector<int64_t> tp;
   std::vector<float> tv;
-  for (int64_t q = 0; q < cand.numel(); ++q) {
+  for (int64_t q = 0; q < C.pairs.numel(); ++q) {
     const int which = (fv[q] == l0 ? 1 : 0) | (fv[q] == h0 ? 2 : 0);
     if (which == 0) continue;
     tp.push_back(pc[q]);
@@ -831,7 +837,7 @@ std::optional<AFExtremes> af_series_extremes(const at::Tensor& ut, const at::Ten
   auto tie_pairs = at::empty({m}, at::kLong), tie_vals = at::empty({m, 3}, at::kFloat);
   std::copy(tp.begin(), tp.end(), tie_pairs.data_ptr<int64_t>());
   std::copy(tv.begin(), tv.end(), tie_vals.data_ptr<float>());
-  return AFExtremes{cand, l0, h0, tie_pairs, tie_vals};
+  return AFExtremes{C.pairs, l0, h0, tie_pairs, tie_vals};
 }
 
 std::vector<at::Tensor> af_series_grads(const at::Tensor& ut, const at::Tensor& w, int64_t act,
