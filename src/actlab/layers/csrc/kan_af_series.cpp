@@ -627,17 +627,23 @@ double float_gap(const PhaseTable& T, const float* l, const float* h, int64_t ac
   for (int64_t k = 0; k < T.M; ++k) {
     uk[k] = static_cast<float>(-1.0 + 2.0 * static_cast<double>(k) / T.K);
   }
-  double gap = 0.0;
+  VD gap(0.0);  // std::max over the gaps, in double vectors (lanes past c: |0 - 0|)
   exact_phases(uk.data(), T.M, l, h, T.G, act, func, false,
                [&](int64_t e, int64_t c, int64_t j, const VF& f, const VF&, const VF&) {
                  float v[kS];
+                 double dv[kS];
                  f.store(v);
-                 const double* ref = T.row(T.f, j);
-                 for (int64_t q = 0; q < c; ++q) {
-                   gap = std::max(gap, std::abs(static_cast<double>(v[q]) - ref[e + q]));
+                 for (int64_t q = 0; q < kS; ++q) dv[q] = static_cast<double>(v[q]);
+                 const double* ref = T.row(T.f, j) + e;
+                 for (int64_t q = 0; q < c; q += kSD) {
+                   const int64_t cnt = std::min<int64_t>(kSD, c - q);
+                   gap = max_std(gap, (VD::loadu(dv + q, cnt) - VD::loadu(ref + q, cnt)).abs());
                  }
                });
-  return gap;
+  double g[kSD], out = 0.0;
+  gap.store(g);
+  for (int64_t q = 0; q < kSD; ++q) out = std::max(out, g[q]);
+  return out;
 }
 
 // The candidate (input, phase) pairs of the hits, as e G + j, grouped by phase (j ascending,
