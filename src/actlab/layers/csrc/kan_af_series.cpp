@@ -512,7 +512,17 @@ bool hits_pass(const float* ut, int64_t n, int64_t K, const float* any, std::vec
       const int64_t e = v * kS, cnt = std::min<int64_t>(kS, n - e);
       const VF u = VF::loadu(ut + e, cnt);
       bad = bad || any_nan(u, cnt);
+#if defined(CPU_CAPABILITY_AVX512)
+      // cell_of's arithmetic for u in [-1, 1] (x >= 0: truncation is floor; only the upper
+      // clamp can apply); a NaN lane (the pass then fails: bad) gets an index the bit map
+      // reads harmlessly
+      const VI k = !bitmap ? cell_of(u, K)
+                           : VI(_mm512_min_epi32(
+                                 _mm512_cvttps_epi32((u + VF(1.0f)) * VF(0.5f * static_cast<float>(K))),
+                                 _mm512_set1_epi32(static_cast<int32_t>(K - 1))));
+#else
       const VI k = cell_of(u, K);
+#endif
       if (!compress) {
         collect_hits(k, any, e, cnt, mine);
         continue;
