@@ -123,8 +123,8 @@ PhaseTable knot_table(const at::Tensor& lo_p, const at::Tensor& hi_p, int64_t K,
 
 // A Chebyshev series on [-1, 1]: g(u) = sum_{d <= D} c_d T_d(u).
 struct Series {
-  std::vector<double> c;  // kChebMax + 1 coefficients
-  double scale = 0.0;     // sum |c_d|
+  std::array<double, kChebMax + 1> c{};  // a fixed array: ~40 series per call, no allocation
+  double scale = 0.0;                    // sum |c_d|
 };
 
 // cos(pi d (m + 1/2) / M) at [m M + d] for d, m < M = kChebMax + 1 (built once).
@@ -146,7 +146,6 @@ Series fit(const double* y) {
   const int64_t M = kChebMax + 1;
   const std::vector<double>& cs = cheb_cosines();
   Series s;
-  s.c.assign(M, 0.0);
   double* c = s.c.data();
   for (int64_t m = 0; m < M; ++m) {
     const double ym = y[m];
@@ -178,7 +177,6 @@ int64_t degree(const Series& s) {
 // The derivative's series: c'_{d-1} = c'_{d+1} + 2 d c_d.
 Series derivative(const Series& s) {
   Series r;
-  r.c.assign(kChebMax + 1, 0.0);
   for (int64_t d = kChebMax; d >= 1; --d) {
     r.c[d - 1] = (d + 1 <= kChebMax ? r.c[d + 1] : 0.0) + 2.0 * d * s.c[d];
   }
@@ -320,6 +318,7 @@ std::optional<PhaseTable> knot_table_series(const PhaseTable& N, int64_t K) {
   constexpr int64_t L = V::size(), B = 8;  // B series per sweep: their sums stay in registers
   const int64_t G = N.G;
   std::vector<Series> ser;  // f_j and f_j' of each phase j
+  ser.reserve(2 * G);
   int64_t D = 1;
   for (int64_t j = 0; j < G; ++j) {
     for (const auto* v : {&N.f, &N.df}) {
@@ -758,6 +757,7 @@ std::optional<AFSeries> af_series(const at::Tensor& lo_p, const at::Tensor& hi_p
   if (!backward) return S;
   const int64_t G = N.G;
   std::vector<Series> ser;
+  ser.reserve(3 * G);
   for (int64_t j = 0; j < G; ++j) {
     for (const auto* v : {&N.pa, &N.pb, &N.f}) {
       ser.push_back(fit(N.row(*v, j)));
