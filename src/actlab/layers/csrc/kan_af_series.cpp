@@ -18,7 +18,9 @@
 // Forward (af_layer_fwd, kan_af.cpp): the tail evaluates s0 and s1 of every input as
 // sum_d c_d T_d(u) (T_d by their recurrence, shared by both sums; four nodes interleaved) where
 // it would read them, so they are never written (memory traffic, not arithmetic, bounds these
-// passes: out of cache one thread moves ~12 GB/s here). The min / max of f over the tensor are
+// passes: out of cache one thread moves ~12 GB/s here). AVX-512 and AVX2 builds evaluate the
+// pieces instead (kan_af.h: per-cell polynomials fitted to the series here, piece_table, kept
+// where they reproduce it within kPieceTol of its scale). The min / max of f over the tensor are
 // those of the exact values, from candidates (af_series_extremes, below): a table of f_j and
 // f_j' on K + 1 knots (K: the op's `knots` at most; from the phases' own series) bounds every
 // f_j on every cell of width 2 / K; one pass over the inputs keeps those in cells that can reach
@@ -26,10 +28,10 @@
 // the min or the max, with those partials) are saved for the backward.
 //
 // Backward: the tail's backward evaluates s0, s1 again and, instead of writing gs0, gs1, adds
-// du = (gs0 s0'(u) + gs1 s1'(u)) (1 - u^2) from the derivative series and the moments
-// M_d = sum gs T_d(u) (d <= Dm; T_d by T_d+1 = 2 u T_d - T_d-1, lane sums per row vector into
-// double per chunk, chunks added in order: independent of the thread count). The phase
-// gradients
+// du = (gs0 s0'(u) + gs1 s1'(u)) (1 - u^2) from the derivative series (or their pieces) and
+// the moments M_d = sum gs T_d(u) (d <= Dm; T_d by T_d+1 = 2 u T_d - T_d-1, lane sums per row
+// vector into double per chunk, chunks added in order: independent of the thread count). The
+// phase gradients
 //   dl_j = -sum gf pa_j(u),  dh_j = sum gf pb_j(u),  dw_j = sum gs0 f_j(u),  gf = gs0 w_j + gs1,
 // are sums over inputs of a gradient times a function of u with the series sum_d p_d T_d(u), so
 // each is sum_d p_d M_d (af_series_grads). The forward's ties share the min / max gradient
