@@ -321,6 +321,24 @@ inline void chebyshev2(const float* c0, const float* c1, int64_t D, const Vector
 }
 
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+// One coefficient of every cell (a row of kPieces floats of AFSeries::pt) held in registers;
+// pick(k) gives each lane the coefficient of its cell k (the only ISA-specific step).
+struct PieceRow {
+#if defined(CPU_CAPABILITY_AVX512)
+  __m512 lo, hi;  // cells 0-15, 16-31
+  explicit PieceRow(const float* p) : lo(_mm512_loadu_ps(p)), hi(_mm512_loadu_ps(p + 16)) {}
+  Vectorized<float> pick(const Vectorized<int32_t>& k) const {
+    return _mm512_permutex2var_ps(lo, k, hi);
+  }
+#else
+  __m256 v;  // cells 0-7
+  explicit PieceRow(const float* p) : v(_mm256_loadu_ps(p)) {}
+  Vectorized<float> pick(const Vectorized<int32_t>& k) const {
+    return _mm256_permutevar8x32_ps(v, k);
+  }
+#endif
+};
+
 // a_q = the pieces of tables t0, t1 (kPieceDeg + 1 rows of kPieces floats, AFSeries::pt) at the
 // R vectors u in [-1, 1]. The cell k = floor((u + 1) K / 2) (clamped to K - 1) picks each lane's
 // coefficients; y = K u - (2 k - K + 1) is exact but for one rounding (K u is exact), so the
@@ -328,49 +346,24 @@ inline void chebyshev2(const float* c0, const float* c1, int64_t D, const Vector
 template <int R>
 inline void pieces2(const float* t0, const float* t1, const Vectorized<float>* u,
                     Vectorized<float>* a0, Vectorized<float>* a1) {
-  constexpr float half = static_cast<float>(kPieces) / 2.0f;
-#if defined(CPU_CAPABILITY_AVX512)
-  __m512i k[R];
-  __m512 y[R], s0[R], s1[R];
-  for (int r = 0; r < R; ++r) {
-    const __m512 t = _mm512_fmadd_ps(u[r], _mm512_set1_ps(half), _mm512_set1_ps(half));
-    k[r] = _mm512_min_epi32(_mm512_cvttps_epi32(t), _mm512_set1_epi32(kPieces - 1));
-    const __m512 off = _mm512_cvtepi32_ps(
-        _mm512_sub_epi32(_mm512_add_epi32(k[r], k[r]), _mm512_set1_epi32(kPieces - 1)));
-    y[r] = _mm512_sub_ps(_mm512_mul_ps(u[r], _mm512_set1_ps(2.0f * half)), off);
+  using V = Vectorized<float>;
+  using VI = Vectorized<int32_t>;
+  const V half(static_cast<float>(kPieces) / 2.0f), cells(static_cast<float>(kPieces));
+  const VI last(static_cast<int32_t>(kPieces - 1));
+  VI k[R];
+  V y[R];
+  for (int r = 0; r < R; ++r) {  // (u + 1) K / 2 >= 0: truncation is floor
+    k[r] = at::vec::minimum(at::vec::convert_to_int_of_same_size(at::vec::fmadd(u[r], half, half)),
+                            last);
+    y[r] = u[r] * cells - at::vec::convert_to_fp_of_same_size<float>(k[r] + k[r] - last);
   }
   for (int64_t q = 0; q <= kPieceDeg; ++q) {
-    const float *p0 = t0 + q * kPieces, *p1 = t1 + q * kPieces;
-    const __m512 l0 = _mm512_loadu_ps(p0), h0 = _mm512_loadu_ps(p0 + 16);
-    const __m512 l1 = _mm512_loadu_ps(p1), h1 = _mm512_loadu_ps(p1 + 16);
+    const PieceRow c0(t0 + q * kPieces), c1(t1 + q * kPieces);
     for (int r = 0; r < R; ++r) {
-      const __m512 c0 = _mm512_permutex2var_ps(l0, k[r], h0);
-      const __m512 c1 = _mm512_permutex2var_ps(l1, k[r], h1);
-      s0[r] = q == 0 ? c0 : _mm512_fmadd_ps(s0[r], y[r], c0);
-      s1[r] = q == 0 ? c1 : _mm512_fmadd_ps(s1[r], y[r], c1);
+      a0[r] = q == 0 ? c0.pick(k[r]) : at::vec::fmadd(a0[r], y[r], c0.pick(k[r]));
+      a1[r] = q == 0 ? c1.pick(k[r]) : at::vec::fmadd(a1[r], y[r], c1.pick(k[r]));
     }
   }
-#else
-  __m256i k[R];
-  __m256 y[R], s0[R], s1[R];
-  for (int r = 0; r < R; ++r) {
-    const __m256 t = _mm256_fmadd_ps(u[r], _mm256_set1_ps(half), _mm256_set1_ps(half));
-    k[r] = _mm256_min_epi32(_mm256_cvttps_epi32(t), _mm256_set1_epi32(kPieces - 1));
-    const __m256 off = _mm256_cvtepi32_ps(
-        _mm256_sub_epi32(_mm256_add_epi32(k[r], k[r]), _mm256_set1_epi32(kPieces - 1)));
-    y[r] = _mm256_sub_ps(_mm256_mul_ps(u[r], _mm256_set1_ps(2.0f * half)), off);
-  }
-  for (int64_t q = 0; q <= kPieceDeg; ++q) {
-    const __m256 l0 = _mm256_loadu_ps(t0 + q * kPieces), l1 = _mm256_loadu_ps(t1 + q * kPieces);
-    for (int r = 0; r < R; ++r) {
-      const __m256 c0 = _mm256_permutevar8x32_ps(l0, k[r]);
-      const __m256 c1 = _mm256_permutevar8x32_ps(l1, k[r]);
-      s0[r] = q == 0 ? c0 : _mm256_fmadd_ps(s0[r], y[r], c0);
-      s1[r] = q == 0 ? c1 : _mm256_fmadd_ps(s1[r], y[r], c1);
-    }
-  }
-#endif
-  for (int r = 0; r < R; ++r) a0[r] = s0[r], a1[r] = s1[r];
 }
 #endif
 
