@@ -543,7 +543,6 @@ void tail_bwd_kernel(const Tail<T>& P, const T* s0t, const T* s1t, const T* got,
   using V = Vectorized<T>;
   constexpr int64_t S = V::size();
   const int64_t chunks = (P.N + kChunk - 1) / kChunk, np = 2 * P.nin + 5;
-  part.assign(chunks * np, 0.0);
   const int64_t nm = P.sink ? 2 * (P.series->Dm + 1) : 0;  // the moments, after np
   part.assign(chunks * (np + nm), 0.0);
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {

@@ -364,10 +364,11 @@ std::optional<PhaseTable> knot_table_series(const PhaseTable& N, int64_t K) {
   return T;
 }
 
-// The cell k (0 .. K - 1) of u in [-1, 1]: floor((u + 1) K / 2); NaN lanes get cell 0.
+// The cell k (0 .. K - 1) of u in [-1, 1]: floor((u + 1) K / 2); NaN lanes get cell 0. Clamped
+// before the conversion, whose truncation is then the floor (the clamped value is >= 0).
 inline VI cell_of(const VF& u, int64_t K) {
   const VF x = (u + VF(1.0f)) * VF(0.5f * static_cast<float>(K));
-  const VF kf = at::vec::clamp(x.floor(), VF(0.0f), VF(static_cast<float>(K - 1)));
+  const VF kf = at::vec::clamp(x, VF(0.0f), VF(static_cast<float>(K - 1)));
   return at::vec::convert_to_int_of_same_size(VF::blendv(kf, VF(0.0f), kf.isnan()));
 }
 
@@ -513,17 +514,7 @@ bool hits_pass(const float* ut, int64_t n, int64_t K, const float* any, std::vec
       const int64_t e = v * kS, cnt = std::min<int64_t>(kS, n - e);
       const VF u = VF::loadu(ut + e, cnt);
       bad = bad || any_nan(u, cnt);
-#if defined(CPU_CAPABILITY_AVX512)
-      // cell_of's arithmetic for u in [-1, 1] (x >= 0: truncation is floor; only the upper
-      // clamp can apply); a NaN lane (the pass then fails: bad) gets an index the bit map
-      // reads harmlessly
-      const VI k = !bitmap ? cell_of(u, K)
-                           : VI(_mm512_min_epi32(
-                                 _mm512_cvttps_epi32((u + VF(1.0f)) * VF(0.5f * static_cast<float>(K))),
-                                 _mm512_set1_epi32(static_cast<int32_t>(K - 1))));
-#else
       const VI k = cell_of(u, K);
-#endif
       if (!compress) {
         collect_hits(k, any, e, cnt, mine);
         continue;
