@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from torch import nn
 
-from actlab.layers import LayerSpecError, canonical_layer_spec, create_layer
+from actlab.layers import LayerSpecError, canonical_layer_spec, create_layer, get_layer_info
 
 NORM = {"num_features": 4}
 MLP = {"in_features": 4, "hidden_features": 8, "out_features": 4}
@@ -65,3 +65,33 @@ def test_hostile_layer_specs_get_one_line(
     if isinstance(spec, str) and "num_features" not in spec and args is NORM:
         with pytest.raises(LayerSpecError):
             canonical_layer_spec(spec)
+
+
+# switches given to a layer class directly (no spec string to check them): each must be a bool,
+# never taken by its truth value ("no" is truthy, 0 is not)
+SWITCHES: list[tuple[str, dict[str, Any], str]] = [
+    ("af_kan", MLP, "fused"),
+    ("af_kan", MLP, "series"),
+    ("relu_kan", MLP, "fused"),
+    ("s_kan", MLP, "fused"),
+    ("polynorm", {}, "fused"),
+    ("evonorm_b0", NORM, "fused"),
+    ("evonorm_s0", NORM, "fused"),
+    ("evonorm_b0", NORM, "apply_act"),
+    ("evonorm_s0", NORM, "apply_act"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "key"), SWITCHES, ids=[f"{c[0]}-{c[2]}" for c in SWITCHES]
+)
+@pytest.mark.parametrize("value", ["no", 0, 1, None])
+def test_layer_switches_must_be_bools(
+    name: str, args: dict[str, Any], key: str, value: Any
+) -> None:
+
+    cls = get_layer_info(name).factory
+    with pytest.raises(ValueError, match=rf"^{name}: {key} must be True or False, got "):
+        cls(**args, **{key: value})
+    m = cls(**args, **{key: False})  # a bool is taken as it is
+    assert isinstance(m, nn.Module)

@@ -59,6 +59,7 @@ __all__ = [
     "LayerSpecError",
     "act_module",
     "canonical_layer_spec",
+    "check_flag",
     "create_layer",
     "example_slot_args",
     "get_layer_info",
@@ -184,6 +185,15 @@ def act_module(spec: Any) -> nn.Module:
     raise ActivationSpecError(
         f"activation must be a spec string, class, module or factory, got {type(spec).__name__}"
     )
+
+
+def check_flag(layer: str, key: str, value: Any) -> bool:
+    """``value`` if it is True or False, else a one-line error naming the layer and the
+    argument: a switch such as ``fused`` or ``series`` given as "no" or 0 would otherwise be
+    taken by its truth value (a layer spec string already checks its switches)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{layer}: {key} must be True or False, got {value!r}")
+    return value
 
 
 def _act_layer_name(spec: str) -> str | None:

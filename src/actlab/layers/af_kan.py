@@ -94,7 +94,7 @@ from actlab.layers._kan_common import (
 )
 from actlab.layers._kan_native import FUNC_CODES, NORM_CODES, act_code, ops_for
 from actlab.layers._kan_ref import af_kan_ref
-from actlab.layers._registry import act_module, register_layer
+from actlab.layers._registry import act_module, check_flag, register_layer
 
 __all__ = ["AFKAN", "AFKANLayer", "FUNCS", "FUNC_NORMS", "minmax", "minmax_range"]
 
@@ -178,11 +178,12 @@ class AFKANLayer(nn.Module):
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         self.act = act
         self.range = InputRange("af_kan", input_norm)
-        self.fused = bool(fused)
+        self.fused = check_flag("af_kan", "fused", fused)
         # fused path: return y as the (N, out) view of the (out, N) GEMM result; set by a block
         # whose next layer reads it (no copy), never where in-place ops may follow
         self.out_t = False
-        self.series_knots = SERIES_KNOTS if series else 0  # the native series path (0: off)
+        # the native series path (0: off)
+        self.series_knots = SERIES_KNOTS if check_flag("af_kan", "series", series) else 0
         self._act_id: tuple[int, int | None] = (0, None)  # (id of act, its kernel code)
 
     def forward(self, x: Tensor) -> Tensor:

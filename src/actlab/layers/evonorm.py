@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from actlab.layers._norm_native import ops_for
-from actlab.layers._registry import register_layer
+from actlab.layers._registry import check_flag, register_layer
 
 __all__ = ["EvoNorm2dB0", "EvoNorm2dS0", "evonorm_b0_reference", "evonorm_s0_reference"]
 
@@ -156,7 +156,8 @@ class _EvoNorm(nn.Module):
     def __init__(self, num_features: int, eps: float, apply_act: bool) -> None:
         super().__init__()
         _check_args(self.name, num_features, eps)
-        self.num_features, self.eps, self.apply_act = num_features, float(eps), bool(apply_act)
+        apply_act = check_flag(self.name, "apply_act", apply_act)
+        self.num_features, self.eps, self.apply_act = num_features, float(eps), apply_act
         self.weight = nn.Parameter(torch.ones(num_features))  # γ
         self.bias = nn.Parameter(torch.zeros(num_features))  # β
         self.v = nn.Parameter(torch.ones(num_features)) if apply_act else None
@@ -229,7 +230,8 @@ class EvoNorm2dB0(_EvoNorm):
         fused: bool = True,
     ) -> None:
         super().__init__(num_features, eps, apply_act)
-        self.fused = bool(fused)  # native kernel, else the lean Function; False: plain autograd
+        # native kernel, else the lean Function; False: plain autograd
+        self.fused = check_flag("evonorm_b0", "fused", fused)
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"evonorm_b0: momentum must be in [0, 1], got {momentum}")
         self.momentum = float(momentum)
@@ -299,7 +301,8 @@ class EvoNorm2dS0(_EvoNorm):
         fused: bool = True,
     ) -> None:
         super().__init__(num_features, eps, apply_act)
-        self.fused = bool(fused)  # the native kernel where it applies; False: plain autograd
+        # the native kernel where it applies; False: plain autograd
+        self.fused = check_flag("evonorm_s0", "fused", fused)
         if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
             raise ValueError(f"evonorm_s0: groups must be a positive int, got {groups!r}")
         g = min(groups, num_features)

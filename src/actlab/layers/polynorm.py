@@ -41,7 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from actlab.layers._norm_native import ops_for
-from actlab.layers._registry import register_layer
+from actlab.layers._registry import check_flag, register_layer
 
 __all__ = ["PolyNorm", "PolyNormMlp", "polynorm_reference"]
 
@@ -133,7 +133,8 @@ class PolyNorm(nn.Module):
     def __init__(self, eps: float = EPS, fused: bool = True, inplace: bool = False) -> None:
         super().__init__()
         self.eps = _check_eps(eps)
-        self.fused = bool(fused)  # native kernel, else the lean Function; False: plain autograd
+        # native kernel, else the lean Function; False: plain autograd
+        self.fused = check_flag("polynorm", "fused", fused)
         self.weight = nn.Parameter(torch.full((3,), 1.0 / 3.0))
         self.bias = nn.Parameter(torch.zeros(1))
         self.inplace = bool(inplace)  # accepted like every activation's; never applied

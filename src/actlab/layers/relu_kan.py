@@ -51,7 +51,7 @@ from actlab.layers._kan_common import (
 )
 from actlab.layers._kan_native import ops_for
 from actlab.layers._kan_ref import relu_kan_ref
-from actlab.layers._registry import register_layer
+from actlab.layers._registry import check_flag, register_layer
 
 __all__ = ["ReLUKAN", "ReLUKANLayer"]
 
@@ -75,7 +75,7 @@ class ReLUKANLayer(nn.Module):
         if in_features < 1 or out_features < 1:
             raise ValueError(f"relu_kan: features must be >= 1, got {in_features}, {out_features}")
         self.in_features, self.out_features, self.grid, self.k = in_features, out_features, grid, k
-        self.fused = bool(fused)
+        self.fused = check_flag("relu_kan", "fused", fused)
         # fused path: return y as the (N, out) view of the (out, N) GEMM result; set by a block
         # whose next layer reads it (no copy), never where in-place ops may follow
         self.out_t = False

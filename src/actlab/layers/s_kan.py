@@ -68,7 +68,7 @@ from actlab.layers._kan_common import (
 )
 from actlab.layers._kan_native import SPACE_CODES, ops_for
 from actlab.layers._kan_ref import s_kan_ref
-from actlab.layers._registry import register_layer
+from actlab.layers._registry import check_flag, register_layer
 
 __all__ = ["SKAN", "SKANLayer", "SPACES", "parse_spaces"]
 
@@ -157,7 +157,7 @@ class SKANLayer(nn.Module):
         if in_features < 1 or out_features < 1:
             raise ValueError(f"s_kan: features must be >= 1, got {in_features}, {out_features}")
         self.spaces = parse_spaces(spaces)
-        self.fused = bool(fused)
+        self.fused = check_flag("s_kan", "fused", fused)
         self._codes = [SPACE_CODES[s] for s in self.spaces]
         # fused path: return y as the (N, out) view of the (out, N) GEMM result; set by a block
         # whose next layer reads it (no copy), never where in-place ops may follow
