@@ -331,6 +331,9 @@ std::vector<at::Tensor> af_kan_reduce_autograd(const at::Tensor& x, const at::Te
 // On the series path (kan_af_series.cpp) the tail takes s0, s1 from the series where it would
 // read s0t, s1t (series_rows), and its backward turns gs0, gs1 into du and the moments at once
 // (series_sink) instead of writing them for the reduction's backward.
+// The tail backward's per-chunk sums in part: db, dT, dw extra, dlo, dhi.
+constexpr int64_t kTailSums = 5;
+
 template <typename T>
 struct Tail {
   int64_t nin, N, G, act, mode;
@@ -536,15 +539,19 @@ void tail_fwd_kernel(const Tail<T>& P, const T* s0t, const T* s1t, T* ot) {
   });
 }
 
-// Per chunk: dgamma (in), dbeta (in), then db, dT, dw extra, dlo, dhi (mode 0): 2 in + 5.
+// Per chunk into part: db, dT, dw extra, dlo, dhi (mode 0), then the moments (series sink);
+// into lanes (with the LayerNorm): dgamma (in), then dbeta (in), as vectors of per-lane sums
+// (stored, not summed across lanes: a chunk holds only kChunk / S rows per lane).
 template <typename T>
 void tail_bwd_kernel(const Tail<T>& P, const T* s0t, const T* s1t, const T* got, T* ot, T* gs0t,
-                     T* gs1t, T* glo_rows, T* ghi_rows, std::vector<double>& part) {
+                     T* gs1t, T* glo_rows, T* ghi_rows, std::vector<double>& part,
+                     std::vector<T>& lanes) {
   using V = Vectorized<T>;
   constexpr int64_t S = V::size();
-  const int64_t chunks = (P.N + kChunk - 1) / kChunk, np = 2 * P.nin + 5;
+  const int64_t chunks = (P.N + kChunk - 1) / kChunk, np = kTailSums;
   const int64_t nm = P.sink ? 2 * (P.series->Dm + 1) : 0;  // the moments, after np
   part.assign(chunks * (np + nm), 0.0);
+  lanes.resize(P.norm ? chunks * 2 * P.nin * S : 0);
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
     TailRows<T> W(P.nin);
     std::vector<V> mom(nm);
@@ -628,12 +635,13 @@ void tail_bwd_kernel(const Tail<T>& P, const T* s0t, const T* s1t, const T* got,
         }
       }
       double* pp = part.data() + ch * (np + nm);
+      T* pl = lanes.data() + ch * 2 * P.nin * S;
       for (int64_t i = 0; i < static_cast<int64_t>(sg.size()); ++i) {
-        pp[i] = static_cast<double>(hsum(sg[i]));
-        pp[P.nin + i] = static_cast<double>(hsum(sb[i]));
+        sg[i].store(pl + i * S);
+        sb[i].store(pl + (P.nin + i) * S);
       }
-      pp[2 * P.nin] = hsum(gbv), pp[2 * P.nin + 1] = -static_cast<double>(hsum(gtv));
-      pp[2 * P.nin + 2] = hsum(gwx), pp[2 * P.nin + 3] = hsum(glv), pp[2 * P.nin + 4] = hsum(ghv);
+      pp[0] = hsum(gbv), pp[1] = -static_cast<double>(hsum(gtv));
+      pp[2] = hsum(gwx), pp[3] = hsum(glv), pp[4] = hsum(ghv);
     }
   });
 }
@@ -798,16 +806,24 @@ struct AFKANLayerFunction : public torch::autograd::Function<AFKANLayerFunction>
                                    ctx->saved_data["eps"].toDouble());
       auto ptr = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
       if (src) P.ut = ut.data_ptr<scalar_t>(), P.series = src, P.sink = sink, P.gut = ptr(gut);
+      std::vector<scalar_t> lanes;
       tail_bwd_kernel<scalar_t>(P, ptr(r[0]), ptr(r[1]), got.data_ptr<scalar_t>(),
                                 ot.data_ptr<scalar_t>(), ptr(gs0t), ptr(gs1t), ptr(glo_rows),
-                                ptr(ghi_rows), part);
-      const int64_t np = 2 * nin + 5, chunks = (N + kChunk - 1) / kChunk;
+                                ptr(ghi_rows), part, lanes);
+      const int64_t np = kTailSums, chunks = (N + kChunk - 1) / kChunk;
       for (int64_t ch = 0; ch < chunks; ++ch) {  // chunk order: independent of threads
         const double* pp = part.data() + ch * (np + nm);
-        for (int64_t i = 0; i < nin; ++i) gg[i] += pp[i], gbe[i] += pp[nin + i];
-        gb += pp[2 * nin], gt += pp[2 * nin + 1], gwx += pp[2 * nin + 2];
-        glo += pp[2 * nin + 3], ghi += pp[2 * nin + 4];
+        gb += pp[0], gt += pp[1], gwx += pp[2], glo += pp[3], ghi += pp[4];
         for (int64_t d = 0; d < nm / 2; ++d) M0[d] += pp[np + d], M1[d] += pp[np + nm / 2 + d];
+      }
+      using VS = Vectorized<scalar_t>;
+      constexpr int64_t S = VS::size();
+      for (int64_t j = 0; j < (lanes.empty() ? 0 : 2 * nin); ++j) {  // dgamma, dbeta: per lane
+        VS acc(scalar_t(0));                                          // in chunk order, then
+        for (int64_t ch = 0; ch < chunks; ++ch) {                     // across the lanes
+          acc = acc + VS::loadu(lanes.data() + (ch * 2 * nin + j) * S);
+        }
+        (j < nin ? gg[j] : gbe[j - nin]) = static_cast<double>(hsum(acc));
       }
     });
     if (need_red) {
