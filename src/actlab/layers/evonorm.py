@@ -231,7 +231,7 @@ class EvoNorm2dB0(_EvoNorm):
     ) -> None:
         super().__init__(num_features, eps, apply_act)
         # native kernel, else the lean Function; False: plain autograd
-        self.fused = check_flag("evonorm_b0", "fused", fused)
+        self.fused = check_flag(self.name, "fused", fused)
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"evonorm_b0: momentum must be in [0, 1], got {momentum}")
         self.momentum = float(momentum)
@@ -302,7 +302,7 @@ class EvoNorm2dS0(_EvoNorm):
     ) -> None:
         super().__init__(num_features, eps, apply_act)
         # the native kernel where it applies; False: plain autograd
-        self.fused = check_flag("evonorm_s0", "fused", fused)
+        self.fused = check_flag(self.name, "fused", fused)
         if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
             raise ValueError(f"evonorm_s0: groups must be a positive int, got {groups!r}")
         g = min(groups, num_features)

@@ -398,6 +398,13 @@ constexpr int64_t kSD = VD::size();
 // std::min(a, b) and std::max(a, b) of vectors: (b < a) ? b : a and (a < b) ? b : a.
 inline VD min_std(const VD& a, const VD& b) { return VD::blendv(a, b, b < a); }
 inline VD max_std(const VD& a, const VD& b) { return VD::blendv(a, b, a < b); }
+// std::max of 0 and the lanes of v (the callers' lanes are >= 0: |.|).
+inline double hmax_std(const VD& v) {
+  double m[kSD], out = 0.0;
+  v.store(m);
+  for (int64_t q = 0; q < kSD; ++q) out = std::max(out, m[q]);
+  return out;
+}
 
 CellBounds cell_bounds(const PhaseTable& T) {
   const int64_t K = T.K, G = T.G;
@@ -419,10 +426,7 @@ CellBounds cell_bounds(const PhaseTable& T) {
     }
     fmax = max_std(fmax, VD(std::abs(f[K])));
   }
-  double m[kSD], fm = 0.0;
-  fmax.store(m);
-  for (int64_t q = 0; q < kSD; ++q) fm = std::max(fm, m[q]);
-  B.err = 1e-6 * fm + static_cast<double>(std::numeric_limits<float>::min());
+  B.err = 1e-6 * hmax_std(fmax) + static_cast<double>(std::numeric_limits<float>::min());
   return B;
 }
 
@@ -642,10 +646,7 @@ double float_gap(const PhaseTable& T, const float* l, const float* h, int64_t ac
                    gap = max_std(gap, (VD::loadu(dv + q, cnt) - VD::loadu(ref + q, cnt)).abs());
                  }
                });
-  double g[kSD], out = 0.0;
-  gap.store(g);
-  for (int64_t q = 0; q < kSD; ++q) out = std::max(out, g[q]);
-  return out;
+  return hmax_std(gap);
 }
 
 // The candidate (input, phase) pairs of the hits, as e G + j, grouped by phase (j ascending,
