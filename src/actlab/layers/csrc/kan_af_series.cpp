@@ -485,76 +485,90 @@ inline void collect_hits(const VI& k, const float* any, int64_t e, int64_t c,
 }
 
 // The hits of every input (ascending e), in parallel; false if an input is NaN. With AVX-512
-// the hits of each vector are compressed into the task's buffers without a branch on the
-// gathered flags (such a branch mispredicts on vectors with a hit and waits for the gather);
-// other builds take collect_hits.
+// and K <= 1,024 (the default) hits_avx512 below; other builds and finer cells take
+// collect_hits (a gather of the flags, then only the set lanes).
+#if defined(CPU_CAPABILITY_AVX512)
+// One task's hits with AVX-512: the flags as 1,024 bits in two registers, read per lane by a
+// permute and a shift (the 16-lane gather it replaced was about half of the pass), each
+// vector's hits compressed in registers and stored whole (the memory form of vpcompressd is
+// several times slower) into this thread's buffers, which keep a vector's room spare and are
+// kept between calls; the NaN lanes gathered in a mask and tested once. Offsets are int32
+// from the task's first input (a task holds fewer than 2^31 inputs). Returns false on NaN.
+bool hits_avx512(const float* ut, int64_t n, int64_t v0, int64_t v1, const float* any,
+                 int64_t K, std::vector<Hit>& mine) {
+  uint32_t words[32] = {};
+  for (int64_t q = 0; q < K; ++q) {
+    if (any[q] != 0.0f) words[q >> 5] |= uint32_t(1) << (q & 31);
+  }
+  const __m512i bits0 = _mm512_loadu_si512(words), bits1 = _mm512_loadu_si512(words + 16);
+  const __m512i m31 = _mm512_set1_epi32(31), one = _mm512_set1_epi32(1);
+  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  static thread_local std::vector<int32_t> off_buf, cell_buf;
+  int64_t cap = static_cast<int64_t>(off_buf.size()), size = 0;
+  int32_t *po = off_buf.data(), *pk = cell_buf.data();
+  __mmask16 nan = 0;
+  for (int64_t v = v0; v < v1; ++v) {
+    const int64_t e = v * kS;
+    const __mmask16 lanes = static_cast<__mmask16>(first_lanes(n - e));
+    if (size + kS > cap) {  // grows a few times per thread, then never
+      cap = 2 * cap + 1024;
+      off_buf.resize(cap), cell_buf.resize(cap);
+      po = off_buf.data(), pk = cell_buf.data();
+    }
+    const __m512 u = _mm512_maskz_loadu_ps(lanes, ut + e);
+    nan |= _mm512_mask_cmp_ps_mask(lanes, u, u, _CMP_UNORD_Q);
+    const __m512i k = cell_of(VF(u), K);
+    const __m512i word = _mm512_permutex2var_epi32(bits0, _mm512_srli_epi32(k, 5), bits1);
+    const __m512i bit = _mm512_srlv_epi32(word, _mm512_and_si512(k, m31));
+    const __mmask16 set = _mm512_test_epi32_mask(bit, one) & lanes;
+    const __m512i lane =
+        _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(e - v0 * kS)), iota);
+    _mm512_storeu_si512(po + size, _mm512_maskz_compress_epi32(set, lane));
+    _mm512_storeu_si512(pk + size, _mm512_maskz_compress_epi32(set, k));
+    size += __builtin_popcount(static_cast<unsigned>(set));
+  }
+  mine.resize(size);
+  for (int64_t q = 0; q < size; ++q) mine[q] = {v0 * kS + po[q], pk[q]};
+  if (cap > (int64_t(1) << 20)) {  // a pathological call (most inputs hit): not kept
+    std::vector<int32_t>().swap(off_buf), std::vector<int32_t>().swap(cell_buf);
+  }
+  return nan == 0;
+}
+#endif
+
 bool hits_pass(const float* ut, int64_t n, int64_t K, const float* any, std::vector<Hit>& hits) {
   std::atomic<bool> nan{false};
   std::mutex mu;
   std::vector<std::pair<int64_t, std::vector<Hit>>> parts;  // per task, by first vector
   const int64_t vecs = (n + kS - 1) / kS;
   at::parallel_for(0, vecs, kSeriesGrain / kS, [&](int64_t v0, int64_t v1) {
-    bool bad = false;
     std::vector<Hit> mine;
+    bool ok = true;
 #if defined(CPU_CAPABILITY_AVX512)
-    const bool compress = (v1 - v0) * kS < (int64_t(1) << 31);  // int32 offsets in the task
-#else
-    const bool compress = false;
+    if (K <= 1024 && (v1 - v0) * kS < (int64_t(1) << 31)) {
+      ok = hits_avx512(ut, n, v0, v1, any, K, mine);
+    } else
 #endif
-#if defined(CPU_CAPABILITY_AVX512)
-    // K <= 1,024 (the default): the flags as 1,024 bits in two registers, read per lane by a
-    // permute and a shift; the gather they replace was about half of this pass (~1 % of the
-    // block step)
-    const bool bitmap = K <= 1024;
-    uint32_t words[32] = {};
-    for (int64_t q = 0; q < std::min<int64_t>(K, 1024); ++q) {
-      if (any[q] != 0.0f) words[q >> 5] |= uint32_t(1) << (q & 31);
+    {
+      for (int64_t v = v0; v < v1; ++v) {
+        const int64_t e = v * kS, cnt = std::min<int64_t>(kS, n - e);
+        const VF u = VF::loadu(ut + e, cnt);
+        ok = ok && !any_nan(u, cnt);
+        collect_hits(cell_of(u, K), any, e, cnt, mine);
+      }
     }
-    const __m512i bits0 = _mm512_loadu_si512(words), bits1 = _mm512_loadu_si512(words + 16);
-#endif
-    std::vector<int32_t> off, cell;  // the compressed hits: offset from the task's start, cell
-    int64_t size = 0;
-    for (int64_t v = v0; v < v1; ++v) {
-      const int64_t e = v * kS, cnt = std::min<int64_t>(kS, n - e);
-      const VF u = VF::loadu(ut + e, cnt);
-      bad = bad || any_nan(u, cnt);
-      const VI k = cell_of(u, K);
-      if (!compress) {
-        collect_hits(k, any, e, cnt, mine);
-        continue;
-      }
-#if defined(CPU_CAPABILITY_AVX512)
-      int set;
-      if (bitmap) {  // the flag of cell k: bit k % 32 of word k / 32 (a register permute)
-        const __m512i word = _mm512_permutex2var_epi32(bits0, _mm512_srli_epi32(k, 5), bits1);
-        const __m512i bit = _mm512_srlv_epi32(word, _mm512_and_si512(k, _mm512_set1_epi32(31)));
-        set = _mm512_test_epi32_mask(bit, _mm512_set1_epi32(1)) & first_lanes(cnt);
-      } else {
-        set = ~at::vec::gather<4>(any, k).zero_mask() & first_lanes(cnt);
-      }
-      if (size + kS > static_cast<int64_t>(off.size())) {
-        off.resize(2 * off.size() + kS), cell.resize(2 * cell.size() + kS);
-      }
-      const __m512i lane = _mm512_add_epi32(
-          _mm512_set1_epi32(static_cast<int32_t>(e - v0 * kS)),
-          _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
-      // compressed in registers, then stored whole (the buffers keep kS spare slots): the
-      // memory form of vpcompressd is several times slower
-      const __mmask16 m16 = static_cast<__mmask16>(set);
-      _mm512_storeu_si512(off.data() + size, _mm512_maskz_compress_epi32(m16, lane));
-      _mm512_storeu_si512(cell.data() + size, _mm512_maskz_compress_epi32(m16, k));
-      size += __builtin_popcount(static_cast<unsigned>(set));
-#endif
-    }
-    for (int64_t q = 0; q < size; ++q) mine.push_back({v0 * kS + off[q], cell[q]});
-    if (bad) nan = true;
+    if (!ok) nan = true;
     std::lock_guard<std::mutex> lock(mu);
     parts.emplace_back(v0, std::move(mine));
   });
-  std::sort(parts.begin(), parts.end(),
-            [](const auto& a, const auto& b) { return a.first < b.first; });
-  hits.clear();
-  for (auto& p : parts) hits.insert(hits.end(), p.second.begin(), p.second.end());
+  if (parts.size() == 1) {
+    hits = std::move(parts[0].second);
+  } else {
+    std::sort(parts.begin(), parts.end(),
+              [](const auto& a, const auto& b) { return a.first < b.first; });
+    hits.clear();
+    for (auto& p : parts) hits.insert(hits.end(), p.second.begin(), p.second.end());
+  }
   return !nan;
 }
 
