@@ -169,3 +169,34 @@ def test_probes_on_the_device() -> None:
         0.0 <= rows["sparsity"]["near_zero_frac"] <= 1.0 and rows["sparsity"]["tokens_sampled"] > 0
     )
     assert math.isfinite(rows["distribution"]["std"]) and rows["distribution"]["std"] > 0
+
+
+@pytest.mark.parametrize(
+    "spec,slot,shape",
+    [
+        ("polynorm", {}, (8, 16)),
+        ("evonorm_s0", {"num_features": 8}, (2, 8, 4, 4)),
+        ("relu_kan", {"in_features": 16, "hidden_features": 16, "out_features": 16}, (8, 16)),
+    ],
+)  # fmt: skip
+def test_layer_finiteness_checks_do_not_sync_every_forward(
+    spec: str, slot: dict[str, int], shape: tuple[int, ...]
+) -> None:
+    """Off the CPU a layer checks its parameters (a KAN block its output) on its first call and
+    every CHECK_EVERY-th after it (actlab.layers._finite): the calls between read nothing back
+    from the device, which torch's sync debug mode turns into an error."""
+    if DEVICE.type != "cuda":
+        pytest.skip("host syncs are a CUDA notion")
+    from actlab.layers import create_layer
+    from actlab.layers._finite import CHECK_EVERY
+
+    m = create_layer(spec, **slot).to(DEVICE)
+    x = torch.randn(*shape, device=DEVICE)
+    with torch.no_grad():
+        m(x)  # the first call checks (and syncs)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for _ in range(CHECK_EVERY - 1):
+                m(x)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")

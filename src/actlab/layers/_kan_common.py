@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from actlab.layers._kan_native import all_finite
+from actlab.layers._finite import due, finite_now
 
 __all__ = [
     "CHECK_EVERY",
@@ -62,11 +62,7 @@ def check_finite_params(name: str, module: nn.Module) -> None:
     """One-line ``ValueError`` if a parameter of ``module`` holds NaN or inf (checked at every
     forward where it applies: a diverged or corrupted checkpoint must not turn into silent NaN
     outputs; KANBlock calls it when its output is not finite)."""
-    ps = [p.detach() for p in module.parameters()]
-    ok = all_finite(ps)  # one native call on CPU; None: check with torch
-    if ok is None:
-        ok = not ps or bool(torch.stack([torch.isfinite(p).all() for p in ps]).all())
-    if not ok:
+    if not finite_now(list(module.parameters())):
         raise ValueError(
             f"{name}: non-finite parameters (NaN or inf); reload finite weights or rebuild it"
         )
@@ -79,7 +75,9 @@ class KANBlock(nn.Module):
     every forward checks the output (one native pass over it on CPU), and a NaN or inf there
     checks the parameters, which raises if one is non-finite (a non-finite input alone passes
     through, as in the layers). A parameter the output does not use (a pruned S-KAN's
-    logits, an unused LayerNorm) is not reported."""
+    logits, an unused LayerNorm) is not reported. Off the CPU the output is checked on the
+    first forward and every ``CHECK_EVERY``-th after it (:func:`actlab.layers._finite.due`: no
+    host sync per forward)."""
 
     def __init__(
         self,
@@ -99,10 +97,9 @@ class KANBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.drop(self.layer2(self.drop(self.layer1(x))))
-        ok = all_finite([y])  # ~3 us on CPU; a walk over the parameters costs ~17 us
-        if ok is None:
-            ok = bool(torch.isfinite(y).all())
-        if not ok:  # from a parameter (raises here) or from the input (returned as it is)
+        # ~3 us on CPU (a walk over the parameters costs ~17 us); not finite: from a parameter
+        # (raises here) or from the input (returned as it is)
+        if due(self, [y], watch=False) and not finite_now([y]):
             check_finite_params(self._kan_name, self)
         return y
 

@@ -21,9 +21,7 @@ float32 tanh inputs from 8,192 values it takes the contractions from per-call Ch
 series instead (``csrc/kan_af_series.cpp``, its argument ``knots`` > 0: the most cells of
 the table that bounds the min / max; 0 turns the path off), and ``af_series_extremes``
 exposes that path's exact min / max search for tests.
-``all_finite`` is the layers' per-forward finiteness check (KAN blocks: of the output) in one
-call. Formulas and numerical
-notes are in ``csrc/kan_kernels.cpp``.
+Formulas and numerical notes are in ``csrc/kan_kernels.cpp``.
 
 They apply to CPU float32 / float64 inputs with parameters of the same dtype, outside
 ``torch.compile``, TorchScript and autocast (:func:`ops_for`); CUDA, other dtypes and machines
@@ -51,7 +49,6 @@ __all__ = [
     "NORM_CODES",
     "SPACE_CODES",
     "act_code",
-    "all_finite",
     "available",
     "kernel_isa",
     "ops_for",
@@ -80,7 +77,6 @@ KERNELS = Extension(
         "af_kan_reduce",
         "af_kan_layer",
         "af_series_extremes",
-        "all_finite",
         "isa",
     ),
     openmp=True,
@@ -113,18 +109,6 @@ def ops_for(x: Tensor, *params: Tensor | None) -> Any | None:
         return None
     lib = try_load(KERNELS)
     return None if lib is None else lib.ops
-
-
-def all_finite(tensors: list[Tensor]) -> bool | None:
-    """Whether every value of ``tensors`` is finite, in one native call (CPU float32 / float64
-    tensors; ~5 us per tensor less than ``isfinite().all()`` each), or None when the kernels do
-    not apply (then the caller checks with torch)."""
-    if not tensors or any(not t.is_cpu or t.dtype not in _DTYPES for t in tensors):
-        return None
-    if torch.compiler.is_compiling() or torch.jit.is_scripting():
-        return None
-    lib = try_load(KERNELS)
-    return None if lib is None else bool(lib.ops.all_finite(tensors))
 
 
 def act_code(act: torch.nn.Module) -> int | None:

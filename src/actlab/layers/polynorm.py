@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from actlab.layers._finite import due, finite_now
 from actlab.layers._norm_native import ops_for
 from actlab.layers._registry import check_flag, register_layer
 
@@ -148,7 +149,8 @@ class PolyNorm(nn.Module):
                 f"polynorm normalises over the last axis and needs at least one feature there, "
                 f"got shape {tuple(x.shape)}"
             )
-        if not bool(torch.isfinite(self.weight).all() & torch.isfinite(self.bias).all()):
+        ps = [self.weight, self.bias]
+        if due(self, ps) and not finite_now(ps):  # one native call on the CPU
             raise ValueError(
                 "polynorm: non-finite coefficients (weight/bias); reload finite weights or "
                 "lower the learning rate"

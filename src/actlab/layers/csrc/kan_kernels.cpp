@@ -47,7 +47,7 @@
 // computed by one thread in a fixed order (per-lane sums flushed into double every kFlush
 // vectors), so results do not depend on the number of threads.
 //
-// Sources: this file (the layer plumbing shared by the ops, all_finite, registration),
+// Sources: this file (the layer plumbing shared by the ops, registration),
 // kan_relu_s.cpp (ReLU-KAN, S-KAN), kan_af.cpp (AF-KAN), kan_af_series.cpp (AF-KAN's series
 // path), kan_af.h (AF-KAN's phase arithmetic), kan_common.h (helpers, declarations),
 // native_isa.h (isa, shared with the norm kernels).
@@ -55,8 +55,7 @@
 // torch.ops.actlab_kan.*: the basis kernels (relu_basis_t, relu_basis_t_bwd, s_basis_t,
 // s_basis_t_bwd, af_reduce_t, af_series_extremes), the differentiable ops (relu_kan_layer,
 // s_kan_layer, af_kan_reduce, af_kan_layer: torch::autograd::Function in C++, no Python per
-// call),
-// all_finite (the layers' per-forward finiteness checks in one call) and isa.
+// call) and isa. (The layers' finiteness check is its own small library: finite.cpp.)
 
 #include "kan_common.h"
 #include "native_isa.h"
@@ -188,35 +187,6 @@ void no_double_backward(const char* name) {
               "build the layer with fused=False (its torch path) for that");
 }
 
-// Whether every value of every tensor is finite: sum(v * 0) is 0 unless some v is inf or NaN.
-// CPU float32 / float64 tensors (others: checked by ATen's isfinite). One call for a module's
-// parameters, where one isfinite + all per parameter costs ~5 us each.
-bool all_finite(at::TensorList ts) {
-  for (const auto& t0 : ts) {
-    TORCH_CHECK(t0.device().is_cpu(), "all_finite: expected CPU tensors, got ", t0.device());
-    if (t0.scalar_type() != at::kFloat && t0.scalar_type() != at::kDouble) {
-      if (!at::isfinite(t0).all().item<bool>()) return false;
-      continue;
-    }
-    const auto t = t0.contiguous();
-    bool ok = true;
-    AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "all_finite", [&] {
-      using V = Vectorized<scalar_t>;
-      constexpr int64_t S = V::size();
-      const scalar_t* p = t.data_ptr<scalar_t>();
-      const int64_t n = t.numel();
-      const V zero(scalar_t(0));
-      V acc(scalar_t(0));
-      int64_t i = 0;
-      for (; i + S <= n; i += S) acc = acc + V::loadu(p + i) * zero;
-      if (i < n) acc = acc + V::loadu(p + i, n - i) * zero;
-      ok = hsum(acc) == scalar_t(0);
-    });
-    if (!ok) return false;
-  }
-  return true;
-}
-
 }  // namespace actlab_kan
 
 using namespace actlab_kan;
@@ -253,7 +223,6 @@ TORCH_LIBRARY(actlab_kan, m) {
   m.def(
       "af_series_info(Tensor low, Tensor high, Tensor w, int act, int func, bool backward) "
       "-> int[]");
-  m.def("all_finite(Tensor[] tensors) -> bool");
   m.def("isa() -> str", isa);
 }
 
@@ -269,7 +238,6 @@ TORCH_LIBRARY_IMPL(actlab_kan, CPU, m) {
   m.impl("af_kan_layer", af_kan_layer_plain);
   m.impl("af_series_extremes", af_series_extremes_op);
   m.impl("af_series_info", af_series_info_op);
-  m.impl("all_finite", all_finite);
 }
 
 TORCH_LIBRARY_IMPL(actlab_kan, Autograd, m) {
