@@ -160,8 +160,8 @@ std::vector<at::Tensor> af_reduce_t(const at::Tensor& ut, const at::Tensor& lo_p
   check_like(w, ut, {G}, "af_reduce_t", "w");
   const AFArgs A{ut.size(0), ut.size(1), G, act, func, mode, false};
   auto s0t = at::empty_like(ut), s1t = at::empty_like(ut);
-  at::Tensor lo = mode == 1 ? at::empty({A.N}, ut.options()) : at::zeros({}, ut.options());
-  at::Tensor hi = at::empty_like(lo);
+  at::Tensor lo = mode == 1 ? at::empty({A.N}, ut.options()) : at::empty({}, ut.options());
+  at::Tensor hi = mode == 1 ? at::empty({A.N}, ut.options()) : at::empty({}, ut.options());
   AT_DISPATCH_FLOATING_TYPES(ut.scalar_type(), "af_reduce_t", [&] {
     const int64_t chunks = (A.N + kChunk - 1) / kChunk;
     std::vector<scalar_t> cmin(chunks), cmax(chunks);
@@ -177,8 +177,11 @@ std::vector<at::Tensor> af_reduce_t(const at::Tensor& ut, const at::Tensor& lo_p
         emn = extreme(emn, cmin[ch], true);
         emx = extreme(emx, cmax[ch], false);
       }
-      lo.fill_(emn);
-      hi.fill_(emx);
+      *lo.data_ptr<scalar_t>() = emn;  // data_ptr, not fill_: no op dispatch
+      *hi.data_ptr<scalar_t>() = emx;
+    } else if (mode == 2) {  // no scale: 0, as before
+      *lo.data_ptr<scalar_t>() = scalar_t(0);
+      *hi.data_ptr<scalar_t>() = scalar_t(0);
     }
   });
   return {s0t, s1t, lo, hi};
@@ -845,7 +848,15 @@ struct AFKANLayerFunction : public torch::autograd::Function<AFKANLayerFunction>
       if (ctx->needs_input_grad(1)) out[1] = red[1];
       if (ctx->needs_input_grad(2)) out[2] = red[2];
       if (ctx->needs_input_grad(3)) {
-        out[3] = (mode == 2 ? red[3] : red[3] + gwx).view(ctx->saved_data["wshape"].toIntVector());
+        if (mode != 2) {  // the scale's share, in place on the fresh (G,) gradient: no ATen op
+          AT_DISPATCH_FLOATING_TYPES(red[3].scalar_type(), "af_kan_layer_bwd", [&] {
+            scalar_t* p = red[3].data_ptr<scalar_t>();
+            for (int64_t j = 0; j < red[3].numel(); ++j) {
+              p[j] = static_cast<scalar_t>(static_cast<double>(p[j]) + gwx);
+            }
+          });
+        }
+        out[3] = red[3].view(ctx->saved_data["wshape"].toIntVector());
       }
     }
     auto opts = ut.options();
