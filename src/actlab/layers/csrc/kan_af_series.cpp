@@ -485,19 +485,21 @@ inline void collect_hits(const VI& k, const float* any, int64_t e, int64_t c,
 }
 
 // The hits of every input (ascending e), in parallel; false if an input is NaN. With AVX-512
-// and K <= 1,024 (the default) hits_avx512 below; other builds and finer cells take
-// collect_hits (a gather of the flags, then only the set lanes).
+// hits_avx512 below; other builds take collect_hits (a gather of the flags, then only the set
+// lanes).
 #if defined(CPU_CAPABILITY_AVX512)
-// One task's hits with AVX-512: the flags as 1,024 bits in two registers, read per lane by a
-// permute and a shift (the 16-lane gather it replaced was about half of the pass), each
-// vector's hits compressed in registers and stored whole (the memory form of vpcompressd is
-// several times slower) into this thread's buffers, which keep a vector's room spare and are
-// kept between calls; the NaN lanes gathered in a mask and tested once. Offsets are int32
-// from the task's first input (a task holds fewer than 2^31 inputs). Returns false on NaN.
+// One task's hits with AVX-512. For K <= 1,024 (the default) the flags are 1,024 bits in two
+// registers, read per lane by a permute and a shift (the 16-lane gather they replace was about
+// half of the pass; finer cells keep the gather). Each vector's hits are compressed in
+// registers and stored whole (the memory form of vpcompressd is several times slower) into
+// this thread's buffers, which keep a vector's room spare and are kept between calls; NaN
+// lanes are gathered in a mask and tested once. Offsets are int32 from the task's first input
+// (a task holds fewer than 2^31 inputs). Returns false on NaN.
 bool hits_avx512(const float* ut, int64_t n, int64_t v0, int64_t v1, const float* any,
                  int64_t K, std::vector<Hit>& mine) {
+  const bool bitmap = K <= 1024;
   uint32_t words[32] = {};
-  for (int64_t q = 0; q < K; ++q) {
+  for (int64_t q = 0; q < (bitmap ? K : 0); ++q) {
     if (any[q] != 0.0f) words[q >> 5] |= uint32_t(1) << (q & 31);
   }
   const __m512i bits0 = _mm512_loadu_si512(words), bits1 = _mm512_loadu_si512(words + 16);
@@ -518,9 +520,14 @@ bool hits_avx512(const float* ut, int64_t n, int64_t v0, int64_t v1, const float
     const __m512 u = _mm512_maskz_loadu_ps(lanes, ut + e);
     nan |= _mm512_mask_cmp_ps_mask(lanes, u, u, _CMP_UNORD_Q);
     const __m512i k = cell_of(VF(u), K);
-    const __m512i word = _mm512_permutex2var_epi32(bits0, _mm512_srli_epi32(k, 5), bits1);
-    const __m512i bit = _mm512_srlv_epi32(word, _mm512_and_si512(k, m31));
-    const __mmask16 set = _mm512_test_epi32_mask(bit, one) & lanes;
+    __mmask16 set;
+    if (bitmap) {  // the flag of cell k: bit k % 32 of word k / 32
+      const __m512i word = _mm512_permutex2var_epi32(bits0, _mm512_srli_epi32(k, 5), bits1);
+      const __m512i bit = _mm512_srlv_epi32(word, _mm512_and_si512(k, m31));
+      set = _mm512_test_epi32_mask(bit, one) & lanes;
+    } else {
+      set = static_cast<__mmask16>(~at::vec::gather<4>(any, VI(k)).zero_mask()) & lanes;
+    }
     const __m512i lane =
         _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(e - v0 * kS)), iota);
     _mm512_storeu_si512(po + size, _mm512_maskz_compress_epi32(set, lane));
@@ -545,7 +552,7 @@ bool hits_pass(const float* ut, int64_t n, int64_t K, const float* any, std::vec
     std::vector<Hit> mine;
     bool ok = true;
 #if defined(CPU_CAPABILITY_AVX512)
-    if (K <= 1024 && (v1 - v0) * kS < (int64_t(1) << 31)) {
+    if ((v1 - v0) * kS < (int64_t(1) << 31)) {
       ok = hits_avx512(ut, n, v0, v1, any, K, mine);
     } else
 #endif
