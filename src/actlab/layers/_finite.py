@@ -1,6 +1,6 @@
-"""The finiteness checks layers run at every forward: the parameters of MoE, EvoNorm and
-PolyNorm (a NaN or inf there raises one line naming the layer), and the output of a KAN block
-(which checks its parameters only when the output is not finite).
+"""The finiteness checks layers run at every forward: the parameters of MoE, EvoNorm, PolyNorm
+and Fourier-KArAt (a NaN or inf there raises one line naming the layer), and the output of a
+KAN block (which checks its parameters only when the output is not finite).
 
 **CPU.** :func:`finite_now` answers in one native call for float32 / float64 tensors
 (``csrc/finite.cpp``: the sum of ``v * 0`` over the values is 0 unless one is inf or NaN; one
