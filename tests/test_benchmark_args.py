@@ -17,6 +17,8 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
     [
         ("bench_layers.py", ["--groups", "spaces,nope"], "unknown group nope"),
         ("bench_layers.py", ["--widths", "64,0", "--groups", "width"], "--widths takes"),
+        ("vml_first_call.py", ["--runs", "0"], "--runs must be >= 1"),
+        ("vml_first_call.py", ["--op", "sin"], "--op takes tanh or erf"),
     ],
 )
 def test_bad_arguments_give_one_line(script: str, args: list[str], says: str) -> None:
