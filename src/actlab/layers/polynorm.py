@@ -29,7 +29,9 @@ outer ``torch.compile``) uses plain autograd through the formula, the twin both 
 against together with a float64 reference.
 
 Numerics: float16/bfloat16 inputs are computed in float32 (x³ overflows float16 from |x| > 40)
-and returned in the input dtype. A non-finite coefficient is refused at forward with one line.
+and returned in the input dtype. A non-finite coefficient is refused at forward with one line
+(on the CPU at every forward; on a device at the first and every 50th, so that no forward
+waits for it: :mod:`actlab.layers._finite`).
 """
 
 from __future__ import annotations
