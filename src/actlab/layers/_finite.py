@@ -33,6 +33,7 @@ __all__ = [
     "KERNELS",
     "all_finite",
     "available",
+    "checked_finite",
     "due",
     "finite_now",
     "kernel_isa",
@@ -103,3 +104,9 @@ def due(module: nn.Module, tensors: Sequence[Tensor], *, watch: bool = True) -> 
         state["_finite_key"] = key
         return True
     return False
+
+
+def checked_finite(module: nn.Module, tensors: Sequence[Tensor], *, watch: bool = True) -> bool:
+    """False only when ``module`` checks ``tensors`` at this call (:func:`due`) and finds a NaN
+    or inf (:func:`finite_now`): what a layer's forward asks before raising its one-line error."""
+    return not due(module, tensors, watch=watch) or finite_now(tensors)

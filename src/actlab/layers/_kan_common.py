@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from actlab.layers._finite import due, finite_now
+from actlab.layers._finite import checked_finite, finite_now
 
 __all__ = [
     "CHECK_EVERY",
@@ -99,7 +99,7 @@ class KANBlock(nn.Module):
         y = self.drop(self.layer2(self.drop(self.layer1(x))))
         # ~3 us on CPU (a walk over the parameters costs ~17 us); not finite: from a parameter
         # (raises here) or from the input (returned as it is)
-        if due(self, [y], watch=False) and not finite_now([y]):
+        if not checked_finite(self, [y], watch=False):
             check_finite_params(self._kan_name, self)
         return y
 

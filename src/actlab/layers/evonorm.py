@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from actlab.layers._finite import due, finite_now
+from actlab.layers._finite import checked_finite
 from actlab.layers._norm_native import ops_for
 from actlab.layers._registry import check_flag, register_layer
 
@@ -179,8 +179,7 @@ class _EvoNorm(nn.Module):
                 f"{self.name} was built for {self.num_features} channels, got {x.shape[1]} "
                 f"(input shape {tuple(x.shape)}); build it with num_features={x.shape[1]}"
             )
-        ps = list(self.parameters())
-        if due(self, ps) and not finite_now(ps):  # one native call on the CPU
+        if not checked_finite(self, list(self.parameters())):  # one native call on the CPU
             raise ValueError(
                 f"{self.name}: non-finite parameters (v/weight/bias); reload finite weights"
             )

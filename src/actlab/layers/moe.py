@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parameter import is_lazy
 
-from actlab.layers._finite import due, finite_now
+from actlab.layers._finite import checked_finite
 from actlab.layers._registry import act_module, register_layer
 from actlab.layers.mlp import Mlp
 
@@ -185,7 +185,7 @@ class MoeMlp(nn.Module):
                 f"moe was built for {d} input features (last axis), got shape {tuple(x.shape)}"
             )
         ps = [p for p in self.parameters() if not is_lazy(p)]
-        if ps and due(self, ps) and not finite_now(ps):  # one native call on the CPU
+        if ps and not checked_finite(self, ps):  # one native call on the CPU
             raise ValueError(
                 "moe: non-finite parameters (router or experts); reload finite weights"
             )

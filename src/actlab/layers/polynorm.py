@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from actlab.layers._finite import due, finite_now
+from actlab.layers._finite import checked_finite
 from actlab.layers._norm_native import ops_for
 from actlab.layers._registry import check_flag, register_layer
 
@@ -151,8 +151,7 @@ class PolyNorm(nn.Module):
                 f"polynorm normalises over the last axis and needs at least one feature there, "
                 f"got shape {tuple(x.shape)}"
             )
-        ps = [self.weight, self.bias]
-        if due(self, ps) and not finite_now(ps):  # one native call on the CPU
+        if not checked_finite(self, [self.weight, self.bias]):  # one native call on the CPU
             raise ValueError(
                 "polynorm: non-finite coefficients (weight/bias); reload finite weights or "
                 "lower the learning rate"

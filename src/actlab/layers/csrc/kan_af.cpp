@@ -161,7 +161,7 @@ std::vector<at::Tensor> af_reduce_t(const at::Tensor& ut, const at::Tensor& lo_p
   const AFArgs A{ut.size(0), ut.size(1), G, act, func, mode, false};
   auto s0t = at::empty_like(ut), s1t = at::empty_like(ut);
   at::Tensor lo = mode == 1 ? at::empty({A.N}, ut.options()) : at::empty({}, ut.options());
-  at::Tensor hi = mode == 1 ? at::empty({A.N}, ut.options()) : at::empty({}, ut.options());
+  at::Tensor hi = at::empty_like(lo);
   AT_DISPATCH_FLOATING_TYPES(ut.scalar_type(), "af_reduce_t", [&] {
     const int64_t chunks = (A.N + kChunk - 1) / kChunk;
     std::vector<scalar_t> cmin(chunks), cmax(chunks);
