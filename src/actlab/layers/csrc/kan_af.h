@@ -274,9 +274,9 @@ struct AFSeries {
 std::optional<AFSeries> af_series(const at::Tensor& lo_p, const at::Tensor& hi_p,
                                   const at::Tensor& w, int64_t act, int64_t func, bool backward);
 // func_norm "batch": the exact min / max of f over the tensor (lo, hi), the (input, phase) pairs
-// that can reach them (cand: e G + j, int64) and, of those, the ones equal to lo or hi (the
-// ties: tie_pairs e G + j, tie_vals (m, 3): which (bit 0: lo, bit 1: hi), pa, pb; their
-// partials from the same evaluation as their values). nullopt when an input is NaN or the
+// that can reach them (cand: e G + j, int64; only with want_cand, else undefined) and, of
+// those, the ones equal to lo or hi (the ties: tie_pairs e G + j, tie_vals (m, 3): which (bit 0:
+// lo, bit 1: hi), pa, pb; their partials from the same evaluation as their values). nullopt when an input is NaN or the
 // phases are too narrow for the cells (both: the exact kernels).
 struct AFExtremes {
   at::Tensor cand;
@@ -285,7 +285,7 @@ struct AFExtremes {
 };
 std::optional<AFExtremes> af_series_extremes(const at::Tensor& ut, const at::Tensor& lo_p,
                                              const at::Tensor& hi_p, int64_t act, int64_t func,
-                                             int64_t knots);
+                                             int64_t knots, bool want_cand = false);
 // (glow, ghigh, gw) from the moments M0, M1 (Dm + 1 each: sum gs0 T_d(u), sum gs1 T_d(u)), with
 // the ties' share of glo / ghi (func_norm "batch"; the forward's tie_pairs, tie_vals) also added
 // to gut (if gut).

@@ -40,6 +40,7 @@
 #include "kan_af.h"
 
 #include <atomic>
+#include <memory>
 
 namespace actlab_kan {
 
@@ -47,6 +48,7 @@ constexpr int64_t kChebMax = 32;      // the series' largest degree
 constexpr double kChebTol = 1e-9;     // the dropped coefficients' share of the scale
 constexpr double kPieceTol = 1e-8;    // a piece's largest miss of its series, of the scale
 constexpr int64_t kSeriesGrain = 8192;  // inputs per parallel task of the candidate pass
+constexpr int64_t kRangeStride = 8;     // u_range reads every 8th vector (a hint; see there)
 
 using VF = Vectorized<float>;
 using VI = Vectorized<int32_t>;
@@ -463,23 +465,34 @@ CellFlags cell_flags(const CellBounds& B, int64_t K, int64_t G, double lo_est, d
   return F;
 }
 
-// An input in a flagged cell: its flat index and cell.
-struct Hit {
-  int64_t e;
-  int32_t k;
+// The inputs in flagged cells, ascending e: flat index, cell and value (kept here, so that the
+// candidates' evaluation reads them in order instead of gathering them from the whole tensor).
+struct Hits {
+  std::vector<int64_t> e;
+  std::vector<int32_t> k;
+  std::vector<float> u;
+  int64_t size() const { return static_cast<int64_t>(e.size()); }
+  void clear() { e.clear(), k.clear(), u.clear(); }
+  void append(const Hits& o) {
+    e.insert(e.end(), o.e.begin(), o.e.end());
+    k.insert(k.end(), o.k.begin(), o.k.end());
+    u.insert(u.end(), o.u.begin(), o.u.end());
+  }
 };
 
-// The hits of the vector at e (c lanes) with cells k, given the cell flags any: one gather,
-// then only the set lanes.
-inline void collect_hits(const VI& k, const float* any, int64_t e, int64_t c,
-                         std::vector<Hit>& hits) {
+// The hits of the vector at e (c lanes) with values u and cells k, given the cell flags any:
+// one gather, then only the set lanes.
+inline void collect_hits(const VF& u, const VI& k, const float* any, int64_t e, int64_t c,
+                         Hits& hits) {
   int set = ~at::vec::gather<4>(any, k).zero_mask() & first_lanes(c);
   if (set == 0) return;
   int32_t kk[kS];
+  float uu[kS];
   k.store(kk);
+  u.store(uu);
   while (set != 0) {
     const int q = __builtin_ctz(static_cast<unsigned>(set));
-    hits.push_back({e + q, kk[q]});
+    hits.e.push_back(e + q), hits.k.push_back(kk[q]), hits.u.push_back(uu[q]);
     set &= set - 1;
   }
 }
@@ -488,68 +501,82 @@ inline void collect_hits(const VI& k, const float* any, int64_t e, int64_t c,
 // hits_avx512 below; other builds take collect_hits (a gather of the flags, then only the set
 // lanes).
 #if defined(CPU_CAPABILITY_AVX512)
-// One task's hits with AVX-512. For K <= 1,024 (the default) the flags are 1,024 bits in two
-// registers, read per lane by a permute and a shift (the 16-lane gather they replace was about
-// half of the pass; finer cells keep the gather). Each vector's hits are compressed in
-// registers and stored whole (the memory form of vpcompressd is several times slower) into
-// this thread's buffers, which keep a vector's room spare and are kept between calls; NaN
-// lanes are gathered in a mask and tested once. Offsets are int32 from the task's first input
-// (a task holds fewer than 2^31 inputs). Returns false on NaN.
-bool hits_avx512(const float* ut, int64_t n, int64_t v0, int64_t v1, const float* any,
-                 int64_t K, std::vector<Hit>& mine) {
-  const bool bitmap = K <= 1024;
+// The flags of K <= 1,024 cells as 1,024 bits in two registers (bit k % 32 of word k / 32).
+struct CellBits {
+  __m512i lo, hi;
+};
+inline CellBits cell_bits(const float* any, int64_t K) {
   uint32_t words[32] = {};
-  for (int64_t q = 0; q < (bitmap ? K : 0); ++q) {
+  for (int64_t q = 0; q < K; ++q) {
     if (any[q] != 0.0f) words[q >> 5] |= uint32_t(1) << (q & 31);
   }
-  const __m512i bits0 = _mm512_loadu_si512(words), bits1 = _mm512_loadu_si512(words + 16);
-  const __m512i m31 = _mm512_set1_epi32(31), one = _mm512_set1_epi32(1);
+  return {_mm512_loadu_si512(words), _mm512_loadu_si512(words + 16)};
+}
+// The lanes of k whose cell's bit is set: a permute picks each lane's word, a shift its bit.
+inline __mmask16 cell_test(const CellBits& b, __m512i k) {
+  const __m512i word = _mm512_permutex2var_epi32(b.lo, _mm512_srli_epi32(k, 5), b.hi);
+  const __m512i bit = _mm512_srlv_epi32(word, _mm512_and_si512(k, _mm512_set1_epi32(31)));
+  return _mm512_test_epi32_mask(bit, _mm512_set1_epi32(1));
+}
+
+// One task's hits with AVX-512. For K <= 1,024 (the default) the flags are read per lane from
+// CellBits (the 16-lane gather they replace was about half of the pass; finer cells keep the
+// gather). Each vector's hits are compressed in registers and stored whole (the memory form of
+// vpcompressd is several times slower) into this thread's buffers, which keep a vector's room
+// spare and are kept between calls; NaN lanes are gathered in a mask and tested once. Offsets
+// are int32 from the task's first input (a task holds fewer than 2^31 inputs). Returns false
+// on NaN.
+bool hits_avx512(const float* ut, int64_t n, int64_t v0, int64_t v1, const float* any,
+                 int64_t K, Hits& mine) {
+  const bool bitmap = K <= 1024;
+  const CellBits bits = bitmap ? cell_bits(any, K) : CellBits{_mm512_setzero_si512(),
+                                                              _mm512_setzero_si512()};
   const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   static thread_local std::vector<int32_t> off_buf, cell_buf;
+  static thread_local std::vector<float> u_buf;
   int64_t cap = static_cast<int64_t>(off_buf.size()), size = 0;
   int32_t *po = off_buf.data(), *pk = cell_buf.data();
+  float* pu = u_buf.data();
   __mmask16 nan = 0;
   for (int64_t v = v0; v < v1; ++v) {
     const int64_t e = v * kS;
     const __mmask16 lanes = static_cast<__mmask16>(first_lanes(n - e));
     if (size + kS > cap) {  // grows a few times per thread, then never
       cap = 2 * cap + 1024;
-      off_buf.resize(cap), cell_buf.resize(cap);
-      po = off_buf.data(), pk = cell_buf.data();
+      off_buf.resize(cap), cell_buf.resize(cap), u_buf.resize(cap);
+      po = off_buf.data(), pk = cell_buf.data(), pu = u_buf.data();
     }
     const __m512 u = _mm512_maskz_loadu_ps(lanes, ut + e);
     nan |= _mm512_mask_cmp_ps_mask(lanes, u, u, _CMP_UNORD_Q);
     const __m512i k = cell_of(VF(u), K);
-    __mmask16 set;
-    if (bitmap) {  // the flag of cell k: bit k % 32 of word k / 32
-      const __m512i word = _mm512_permutex2var_epi32(bits0, _mm512_srli_epi32(k, 5), bits1);
-      const __m512i bit = _mm512_srlv_epi32(word, _mm512_and_si512(k, m31));
-      set = _mm512_test_epi32_mask(bit, one) & lanes;
-    } else {
-      set = static_cast<__mmask16>(~at::vec::gather<4>(any, VI(k)).zero_mask()) & lanes;
-    }
+    const __mmask16 set =
+        (bitmap ? cell_test(bits, k)
+                : static_cast<__mmask16>(~at::vec::gather<4>(any, VI(k)).zero_mask())) &
+        lanes;
     const __m512i lane =
         _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(e - v0 * kS)), iota);
     _mm512_storeu_si512(po + size, _mm512_maskz_compress_epi32(set, lane));
     _mm512_storeu_si512(pk + size, _mm512_maskz_compress_epi32(set, k));
+    _mm512_storeu_ps(pu + size, _mm512_maskz_compress_ps(set, u));
     size += __builtin_popcount(static_cast<unsigned>(set));
   }
-  mine.resize(size);
-  for (int64_t q = 0; q < size; ++q) mine[q] = {v0 * kS + po[q], pk[q]};
+  mine.e.resize(size), mine.k.assign(pk, pk + size), mine.u.assign(pu, pu + size);
+  for (int64_t q = 0; q < size; ++q) mine.e[q] = v0 * kS + po[q];
   if (cap > (int64_t(1) << 20)) {  // a pathological call (most inputs hit): not kept
     std::vector<int32_t>().swap(off_buf), std::vector<int32_t>().swap(cell_buf);
+    std::vector<float>().swap(u_buf);
   }
   return nan == 0;
 }
 #endif
 
-bool hits_pass(const float* ut, int64_t n, int64_t K, const float* any, std::vector<Hit>& hits) {
+bool hits_pass(const float* ut, int64_t n, int64_t K, const float* any, Hits& hits) {
   std::atomic<bool> nan{false};
   std::mutex mu;
-  std::vector<std::pair<int64_t, std::vector<Hit>>> parts;  // per task, by first vector
+  std::vector<std::pair<int64_t, Hits>> parts;  // per task, by first vector
   const int64_t vecs = (n + kS - 1) / kS;
   at::parallel_for(0, vecs, kSeriesGrain / kS, [&](int64_t v0, int64_t v1) {
-    std::vector<Hit> mine;
+    Hits mine;
     bool ok = true;
 #if defined(CPU_CAPABILITY_AVX512)
     if ((v1 - v0) * kS < (int64_t(1) << 31)) {
@@ -561,7 +588,7 @@ bool hits_pass(const float* ut, int64_t n, int64_t K, const float* any, std::vec
         const int64_t e = v * kS, cnt = std::min<int64_t>(kS, n - e);
         const VF u = VF::loadu(ut + e, cnt);
         ok = ok && !any_nan(u, cnt);
-        collect_hits(cell_of(u, K), any, e, cnt, mine);
+        collect_hits(u, cell_of(u, K), any, e, cnt, mine);
       }
     }
     if (!ok) nan = true;
@@ -574,17 +601,18 @@ bool hits_pass(const float* ut, int64_t n, int64_t K, const float* any, std::vec
     std::sort(parts.begin(), parts.end(),
               [](const auto& a, const auto& b) { return a.first < b.first; });
     hits.clear();
-    for (auto& p : parts) hits.insert(hits.end(), p.second.begin(), p.second.end());
+    for (auto& p : parts) hits.append(p.second);
   }
   return !nan;
 }
 
 // The hits of the flagged cells in one more pass (the rare second look, below).
-void scan_hits(const float* ut, int64_t n, int64_t K, const float* any, std::vector<Hit>& hits) {
+void scan_hits(const float* ut, int64_t n, int64_t K, const float* any, Hits& hits) {
   hits.clear();
   for (int64_t e = 0; e < n; e += kS) {
     const int64_t c = std::min<int64_t>(kS, n - e);
-    collect_hits(cell_of(VF::loadu(ut + e, c), K), any, e, c, hits);
+    const VF u = VF::loadu(ut + e, c);
+    collect_hits(u, cell_of(u, K), any, e, c, hits);
   }
 }
 
@@ -600,11 +628,13 @@ std::vector<char> occupied(const float* ut, int64_t n, int64_t K) {
   return occ;
 }
 
-// The smallest and largest u (NaN lanes ignored: a NaN input leaves the series path anyway).
-std::pair<float, float> u_range(const float* ut, int64_t n) {
+// The smallest and largest u of every stride-th vector (NaN lanes ignored: a NaN input leaves
+// the series path anyway). af_series_extremes only takes the cells between them as hints (a
+// narrower range costs a few more candidates, never a wrong min / max), so a sample does.
+std::pair<float, float> u_range(const float* ut, int64_t n, int64_t stride) {
   const float inf = std::numeric_limits<float>::infinity();
   VF mn(inf), mx(-inf);
-  for (int64_t e = 0; e < n; e += kS) {
+  for (int64_t e = 0; e < n; e += stride * kS) {
     const int64_t c = std::min<int64_t>(kS, n - e);
     const VF u = VF::loadu(ut + e, c);  // lanes past c: +-inf, so they change nothing
     mn = at::vec::minimum(mn, c >= kS ? u : VF::set(VF(inf), u, c));
@@ -670,63 +700,126 @@ double float_gap(const PhaseTable& T, const float* l, const float* h, int64_t ac
   return hmax_std(gap);
 }
 
-// The candidate (input, phase) pairs of the hits, as e G + j, grouped by phase (j ascending,
-// then e ascending): a canonical order, so the ties below are always added in the same order.
-// e: each pair's input; start: where phase j's pairs begin (G + 1).
+// The candidate (input, phase) pairs of the hits, grouped by phase (j ascending, then e
+// ascending): a canonical order, so the ties below are always added in the same order. q: each
+// pair's hit (its index in Hits), u: its input value (copied here, so that the evaluation reads
+// its vectors in order); start: where phase j's pairs begin (G + 1). The buffers are left
+// uninitialised (std::vector would zero them: that was most of this step's time).
 struct Cands {
-  at::Tensor pairs;
-  std::vector<int64_t> e, start;
+  std::vector<int64_t> start;
+  std::unique_ptr<int32_t[]> q;
+  std::unique_ptr<float[]> u;
+  int64_t size() const { return start.back(); }
 };
 
-Cands candidate_pairs(const std::vector<Hit>& hits, const CellFlags& F, int64_t G) {
+// The pairs, phase by phase: one pass over the hits per phase keeps those whose cell is flagged
+// for it (AVX-512 with K <= 1,024 and G <= 64: the phase's flags as CellBits, built from the
+// cells' phase masks, and compressed stores; else a gather of its flags). Hits number at most a
+// few percent of the inputs.
+Cands candidate_pairs(const Hits& H, const CellFlags& F, int64_t K, int64_t G) {
   Cands C;
   C.start.assign(G + 1, 0);
-  if (G <= 64) {  // count per phase, then place: a hit visits only its cell's flagged phases
-    for (const Hit& x : hits) {
-      for (uint64_t m = F.mask[x.k]; m != 0; m &= m - 1) ++C.start[__builtin_ctzll(m) + 1];
-    }
-    for (int64_t j = 0; j < G; ++j) C.start[j + 1] += C.start[j];
-    C.e.resize(C.start[G]);
-    std::vector<int64_t> at = C.start;
-    for (const Hit& x : hits) {
-      for (uint64_t m = F.mask[x.k]; m != 0; m &= m - 1) C.e[at[__builtin_ctzll(m)]++] = x.e;
-    }
-  } else {
-    std::vector<std::vector<int64_t>> per(G);  // the inputs of each phase, ascending
-    for (const Hit& x : hits) {
-      for (int64_t j = 0; j < G; ++j) {
-        if (F.flag[x.k * G + j]) per[j].push_back(x.e);
-      }
-    }
-    for (int64_t j = 0; j < G; ++j) {
-      C.start[j + 1] = C.start[j] + static_cast<int64_t>(per[j].size());
-      C.e.insert(C.e.end(), per[j].begin(), per[j].end());
+  const int64_t m = H.size();
+  std::vector<int32_t> per_cell(K, 0);  // flagged phases per cell: the pairs' exact count
+  for (int64_t k = 0; k < K; ++k) {
+    if (G <= 64) {
+      per_cell[k] = __builtin_popcountll(F.mask[k]);
+    } else {
+      for (int64_t j = 0; j < G; ++j) per_cell[k] += F.flag[k * G + j];
     }
   }
-  C.pairs = at::empty({C.start[G]}, at::kLong);
-  int64_t* po = C.pairs.data_ptr<int64_t>();
+  int64_t total = 0;
+  for (int64_t q = 0; q < m; ++q) total += per_cell[H.k[q]];
+  C.q.reset(new int32_t[total + kS]);  // a vector spare: whole-vector stores
+  C.u.reset(new float[total + kS]);
+  int32_t* pq = C.q.get();
+  float* pu = C.u.get();
+  int64_t size = 0;
+#if defined(CPU_CAPABILITY_AVX512)
+  if (K <= 1024 && G <= 64) {
+    std::vector<uint32_t> words(G * 32, 0);  // phase j's flags: words[32 j ..]
+    for (int64_t k = 0; k < K; ++k) {
+      for (uint64_t b = F.mask[k]; b != 0; b &= b - 1) {
+        words[__builtin_ctzll(b) * 32 + (k >> 5)] |= uint32_t(1) << (k & 31);
+      }
+    }
+    const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    for (int64_t j = 0; j < G; ++j) {
+      const CellBits bits{_mm512_loadu_si512(words.data() + 32 * j),
+                          _mm512_loadu_si512(words.data() + 32 * j + 16)};
+      for (int64_t q = 0; q < m; q += kS) {
+        const __mmask16 lanes = static_cast<__mmask16>(first_lanes(m - q));
+        const __m512i k = _mm512_maskz_loadu_epi32(lanes, H.k.data() + q);
+        const __mmask16 set = cell_test(bits, k) & lanes;
+        const __m512i idx = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(q)), iota);
+        const __m512 u = _mm512_maskz_loadu_ps(lanes, H.u.data() + q);
+        _mm512_storeu_si512(pq + size, _mm512_maskz_compress_epi32(set, idx));
+        _mm512_storeu_ps(pu + size, _mm512_maskz_compress_ps(set, u));
+        size += __builtin_popcount(static_cast<unsigned>(set));
+      }
+      C.start[j + 1] = size;
+    }
+    return C;
+  }
+#endif
+  std::vector<float> col(K);
   for (int64_t j = 0; j < G; ++j) {
-    for (int64_t q = C.start[j]; q < C.start[j + 1]; ++q) po[q] = C.e[q] * G + j;
+    for (int64_t k = 0; k < K; ++k) col[k] = F.flag[k * G + j] ? 1.0f : 0.0f;
+    for (int64_t q = 0; q < m; q += kS) {
+      const int64_t c = std::min<int64_t>(kS, m - q);
+      const VI k = VI::loadu(H.k.data() + q, c);  // lanes past c: cell 0, masked off below
+      for (int set = ~at::vec::gather<4>(col.data(), k).zero_mask() & first_lanes(c); set != 0;
+           set &= set - 1) {
+        const int64_t r = q + __builtin_ctz(static_cast<unsigned>(set));
+        pq[size] = static_cast<int32_t>(r), pu[size] = H.u[r], ++size;
+      }
+    }
+    C.start[j + 1] = size;
   }
   return C;
 }
 
+// The pairs as e G + j (int64; what the op af_series_extremes returns for the tests).
+at::Tensor pair_codes(const Cands& C, const Hits& H, int64_t G) {
+  auto out = at::empty({C.size()}, at::kLong);
+  int64_t* po = out.data_ptr<int64_t>();
+  for (int64_t j = 0; j < G; ++j) {
+    for (int64_t q = C.start[j]; q < C.start[j + 1]; ++q) po[q] = H.e[C.q[q]] * G + j;
+  }
+  return out;
+}
+
 // The exact f, pa, pb of every candidate pair into f, pa, pb (in the candidates' order), phase by
 // phase in vectors of kS of its inputs (the same vectors in every call: the same bits).
-void eval_candidates(const Cands& C, const float* ut, int64_t G, const float* l, const float* h,
-                     int64_t act, int64_t func, float* f, float* pa, float* pb) {
-  std::vector<float> cu;
+void eval_candidates(const Cands& C, int64_t G, const float* l, const float* h, int64_t act,
+                     int64_t func, float* f, float* pa, float* pb) {
   for (int64_t j = 0; j < G; ++j) {
     const int64_t q0 = C.start[j], m = C.start[j + 1] - q0;
-    cu.resize(m);
-    for (int64_t q = 0; q < m; ++q) cu[q] = ut[C.e[q0 + q]];
-    exact_phases(cu.data(), m, l + j, h + j, 1, act, func, true,
+    exact_phases(C.u.get() + q0, m, l + j, h + j, 1, act, func, true,
                  [&](int64_t e, int64_t c, int64_t, const VF& fv, const VF& av, const VF& bv) {
                    fv.store(f + q0 + e, c);
                    av.store(pa + q0 + e, c);
                    bv.store(pb + q0 + e, c);
                  });
   }
+}
+
+// The smallest and largest of the n values f (none is NaN: NaN inputs left before).
+std::pair<float, float> min_max(const float* f, int64_t n) {
+  const float inf = std::numeric_limits<float>::infinity();
+  VF mn(inf), mx(-inf);
+  for (int64_t e = 0; e < n; e += kS) {
+    const int64_t c = std::min<int64_t>(kS, n - e);
+    const VF v = VF::loadu(f + e, c);
+    mn = at::vec::minimum(mn, c >= kS ? v : VF::set(VF(inf), v, c));
+    mx = at::vec::maximum(mx, c >= kS ? v : VF::set(VF(-inf), v, c));
+  }
+  float a[kS], b[kS];
+  mn.store(a);
+  mx.store(b);
+  float lo = inf, hi = -inf;
+  for (int64_t q = 0; q < kS; ++q) lo = std::min(lo, a[q]), hi = std::max(hi, b[q]);
+  return {lo, hi};
 }
 
 // lo_est / hi_est over the cells ks .. ke (each flag set must contain the cells of every value
@@ -802,7 +895,7 @@ std::optional<AFSeries> af_series(const at::Tensor& lo_p, const at::Tensor& hi_p
 // which some input does reach, and one more pass collects the hits.
 std::optional<AFExtremes> af_series_extremes(const at::Tensor& ut, const at::Tensor& lo_p,
                                              const at::Tensor& hi_p, int64_t act, int64_t func,
-                                             int64_t knots) {
+                                             int64_t knots, bool want_cand) {
   const int64_t n = ut.numel(), G = lo_p.numel();  // knots: checked by the ops (check_knots)
   const auto lc = lo_p.contiguous(), hc = hi_p.contiguous();
   const float* pu = ut.data_ptr<float>();
@@ -824,51 +917,58 @@ std::optional<AFExtremes> af_series_extremes(const at::Tensor& ut, const at::Ten
   const PhaseTable T = Ts ? std::move(*Ts) : knot_table(lc, hc, K, act, func);
   CellBounds B = cell_bounds(T);
   B.err = std::max(B.err, 4.0 * float_gap(T, pl, ph, act, func));
-  const auto [umin, umax] = u_range(pu, n);
+  const auto [umin, umax] = u_range(pu, n, kRangeStride);
   const float ends[2] = {umin, umax};
   int32_t ce[kS];
   cell_of(VF::loadu(ends, 2), K).store(ce);  // the cells of the smallest and largest input
-  const bool some = umin <= umax;  // false only if every input is NaN
+  const bool some = umin <= umax;  // false only if every sampled input is NaN
   const int64_t ks = some ? ce[0] : 0, ke = some ? ce[1] : K - 1;
   auto [le, he] = estimates(B, K, T.G, ks, ke, nullptr);
   CellFlags F = cell_flags(B, K, T.G, le, he);
-  std::vector<Hit> hits;
+  Hits hits;
   if (!hits_pass(pu, n, K, F.any.data(), hits)) return std::nullopt;
   std::vector<float> fv, pav, pbv;  // every candidate's f and partials, for the ties below
   auto extremes = [&](const Cands& C) {
-    const int64_t m = C.pairs.numel();
+    const int64_t m = C.size();
     fv.resize(m), pav.resize(m), pbv.resize(m);
-    eval_candidates(C, pu, T.G, pl, ph, act, func, fv.data(), pav.data(), pbv.data());
-    float a = std::numeric_limits<float>::infinity(), b = -a;
-    for (const float f : fv) a = std::min(a, f), b = std::max(b, f);
-    return std::make_pair(a, b);
+    eval_candidates(C, T.G, pl, ph, act, func, fv.data(), pav.data(), pbv.data());
+    return min_max(fv.data(), m);
   };
-  Cands C = candidate_pairs(hits, F, T.G);
+  Cands C = candidate_pairs(hits, F, K, T.G);
   auto [l0, h0] = extremes(C);
   if (!(l0 <= F.lo_est + B.err && h0 >= F.hi_est - B.err)) {  // the second look
     const std::vector<char> occ = occupied(pu, n, K);
     auto [le2, he2] = estimates(B, K, T.G, 0, K - 1, occ.data());
     F = cell_flags(B, K, T.G, le2, he2);
     scan_hits(pu, n, K, F.any.data(), hits);
-    C = candidate_pairs(hits, F, T.G);
+    C = candidate_pairs(hits, F, K, T.G);
     std::tie(l0, h0) = extremes(C);
   }
   // the ties, in the candidates' order (their partials computed with their values: the backward
-  // shares glo / ghi among them without evaluating anything)
-  const int64_t* pc = C.pairs.data_ptr<int64_t>();
+  // shares glo / ghi among them without evaluating anything); a vector compare finds them
   std::vector<int64_t> tp;
   std::vector<float> tv;
-  for (int64_t q = 0; q < C.pairs.numel(); ++q) {
-    const int which = (fv[q] == l0 ? 1 : 0) | (fv[q] == h0 ? 2 : 0);
-    if (which == 0) continue;
-    tp.push_back(pc[q]);
-    tv.insert(tv.end(), {static_cast<float>(which), pav[q], pbv[q]});
+  const VF vl(l0), vh(h0);
+  for (int64_t j = 0; j < T.G; ++j) {
+    for (int64_t q = C.start[j]; q < C.start[j + 1]; q += kS) {
+      const int64_t c = std::min<int64_t>(kS, C.start[j + 1] - q);
+      const VF f = VF::loadu(fv.data() + q, c);
+      const int lo_set = f.eq(vl).zero_mask(), hi_set = f.eq(vh).zero_mask();  // bits: not equal
+      int set = ~(lo_set & hi_set) & first_lanes(c);
+      for (; set != 0; set &= set - 1) {
+        const int r = __builtin_ctz(static_cast<unsigned>(set));
+        const int which = ((lo_set >> r) & 1 ? 0 : 1) | ((hi_set >> r) & 1 ? 0 : 2);
+        tp.push_back(hits.e[C.q[q + r]] * T.G + j);
+        tv.insert(tv.end(), {static_cast<float>(which), pav[q + r], pbv[q + r]});
+      }
+    }
   }
   const int64_t m = static_cast<int64_t>(tp.size());
   auto tie_pairs = at::empty({m}, at::kLong), tie_vals = at::empty({m, 3}, at::kFloat);
   std::copy(tp.begin(), tp.end(), tie_pairs.data_ptr<int64_t>());
   std::copy(tv.begin(), tv.end(), tie_vals.data_ptr<float>());
-  return AFExtremes{C.pairs, l0, h0, tie_pairs, tie_vals};
+  return AFExtremes{want_cand ? pair_codes(C, hits, T.G) : at::Tensor(), l0, h0, tie_pairs,
+                    tie_vals};
 }
 
 std::vector<at::Tensor> af_series_grads(const at::Tensor& ut, const at::Tensor& w, int64_t act,
@@ -934,7 +1034,7 @@ std::vector<at::Tensor> af_series_extremes_op(const at::Tensor& ut, const at::Te
               "af_series_extremes: knots must be in 16 .. 32768, got ", knots);
   check_like(lo_p, ut, {lo_p.numel()}, "af_series_extremes", "low");
   check_like(hi_p, ut, {lo_p.numel()}, "af_series_extremes", "high");
-  auto ex = af_series_extremes(ut, lo_p, hi_p, act, func, knots);
+  auto ex = af_series_extremes(ut, lo_p, hi_p, act, func, knots, true);
   TORCH_CHECK(ex.has_value(), "af_series_extremes: a NaN input, or phases too narrow");
   auto opts = ut.options();
   return {ex->cand, scalar_like({}, ex->lo, opts), scalar_like({}, ex->hi, opts), ex->tie_pairs,
