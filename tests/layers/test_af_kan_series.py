@@ -332,3 +332,31 @@ def test_pieces_stand_in_for_the_series_on_avx_builds(act: int) -> None:
     assert (fwd[3], bwd[3]) == ((2, 4) if cells else (0, 0))  # s0, s1 (+ s0', s1') tables
     with pytest.raises(RuntimeError, match="af_series_info: w must have shape"):
         ops.af_series_info(low, high, w[:3], act, 0, False)
+
+
+@pytest.mark.parametrize("act", ["silu", "gelu"])
+def test_the_forward_is_the_same_with_and_without_a_backward_to_come(act: str) -> None:
+    """With gradients on, the forward fits the backward's series too (kept for it, not fitted
+    again): the values take the same arithmetic either way, bit for bit; and with the phases
+    and the input frozen (no moments needed) the other gradients are the same bits as with
+    everything trainable."""
+    m = _block("af_kan", act=act)
+    x = _x(seed=3)
+    y = m(x)
+    assert y.requires_grad
+    with torch.no_grad():
+        assert torch.equal(m(x), y)
+    full = _grads(m, x)
+    frozen = copy.deepcopy(m)
+    for layer in (frozen.layer1, frozen.layer2):
+        for p in (layer.low, layer.high, layer.attn.weight):
+            p.requires_grad_(False)
+    yf = frozen(x)
+    assert torch.equal(yf, y)
+    w = torch.randn(yf.shape, generator=torch.Generator().manual_seed(7))
+    names = [n for n, p in frozen.named_parameters() if p.requires_grad]
+    got = torch.autograd.grad((yf * w).sum(), [p for p in frozen.parameters() if p.requires_grad])
+    by_name = dict(zip(["x"] + [n for n, p in m.named_parameters() if p.requires_grad], full[1:],
+                       strict=True))  # fmt: skip
+    for name, g in zip(names, got, strict=True):
+        assert torch.equal(g, by_name[name]), name

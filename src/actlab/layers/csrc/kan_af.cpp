@@ -691,18 +691,24 @@ void check_af_layer(const at::Tensor& ut, const at::Tensor& w, const at::Tensor&
 
 // The forward: (ot, reduction outputs r: s0t, s1t, lo, hi and, on the series path, the min /
 // max ties (tie_pairs, tie_vals; empty for func_norm "none"); there s0t, s1t are undefined:
-// the tail evaluates the series itself).
+// the tail evaluates the series itself). want_bwd: a backward follows, so the series are fitted
+// with what it needs (one fit per step instead of two; the values' arithmetic is the same) and
+// handed out in keep (set on the series path only).
 std::pair<at::Tensor, std::vector<at::Tensor>> af_layer_fwd(
     const at::Tensor& ut, const at::Tensor& lo_p, const at::Tensor& hi_p, const at::Tensor& w,
     const at::Tensor& b, const at::Tensor& temp, const at::Tensor& gam, const at::Tensor& bet,
-    int64_t act, int64_t func, int64_t mode, double eps, bool tanh, int64_t knots) {
+    int64_t act, int64_t func, int64_t mode, double eps, bool tanh, int64_t knots,
+    bool want_bwd = false, std::optional<AFSeries>* keep = nullptr) {
   std::vector<at::Tensor> r;
   std::optional<AFSeries> S;
-  if (af_series_applies(ut, mode, tanh, knots)) S = af_series(lo_p, hi_p, w, act, func, false);
+  if (af_series_applies(ut, mode, tanh, knots)) {
+    if (want_bwd) S = af_series(lo_p, hi_p, w, act, func, true);
+    if (!S) S = af_series(lo_p, hi_p, w, act, func, false);  // (the backward's may not converge)
+  }
   if (S) {
     auto opts = ut.options();
     if (mode == 0) {
-      auto ex = af_series_extremes(ut, lo_p, hi_p, act, func, knots);
+      auto ex = af_series_extremes(ut, lo_p, hi_p, act, func, knots, false, &*S);
       if (ex) {
         r = {at::Tensor(), at::Tensor(), scalar_like({}, ex->lo, opts), scalar_like({}, ex->hi, opts),
              ex->tie_pairs, ex->tie_vals};
@@ -723,8 +729,15 @@ std::pair<at::Tensor, std::vector<at::Tensor>> af_layer_fwd(
     auto ptr = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
     tail_fwd_kernel<scalar_t>(P, ptr(r[0]), ptr(r[1]), ot.data_ptr<scalar_t>());
   });
+  if (keep && S) *keep = std::move(S);
   return {ot, r};
 }
+
+// The forward's series, kept in the autograd context for the backward.
+struct SeriesHolder : torch::CustomClassHolder {
+  AFSeries S;
+  explicit SeriesHolder(AFSeries s) : S(std::move(s)) {}
+};
 
 at::Tensor af_kan_layer_plain(const at::Tensor& x, const at::Tensor& lo_p, const at::Tensor& hi_p,
                               const at::Tensor& w, const at::Tensor& b, const at::Tensor& temp,
@@ -746,13 +759,16 @@ struct AFKANLayerFunction : public torch::autograd::Function<AFKANLayerFunction>
                             const at::Tensor& temp, const at::Tensor& weight,
                             const std::optional<at::Tensor>& gam,
                             const std::optional<at::Tensor>& bet, int64_t act, int64_t func,
-                            int64_t mode, bool tanh, double eps, int64_t knots, bool out_t) {
+                            int64_t mode, bool tanh, double eps, int64_t knots, bool out_t,
+                            bool need_red) {
     auto ut = transposed_input(x, tanh);
     check_af_layer(ut, w, b, temp, weight, gam, bet, knots);
     auto wc = w.reshape({-1}).contiguous();
     const at::Tensor g = gam.value_or(at::Tensor()), be = bet.value_or(at::Tensor());
+    std::optional<AFSeries> S;
     auto [ot, r] = af_layer_fwd(ut, lo_p, hi_p, wc, b, temp, g, be, act, func, mode, eps, tanh,
-                                knots);
+                                knots, need_red, &S);
+    if (S) ctx->saved_data["series"] = at::IValue::make_capsule(c10::make_intrusive<SeriesHolder>(std::move(*S)));
     // saved: ut and the two contractions (in, N; undefined on the series path), the min / max
     // (and the series path's ties with their partials); never f
     const bool series = r.size() > 4;
@@ -772,7 +788,7 @@ struct AFKANLayerFunction : public torch::autograd::Function<AFKANLayerFunction>
     auto sv = ctx->get_saved_variables();
     const auto &ut = sv[0], &lo_p = sv[1], &hi_p = sv[2], &w = sv[3], &weight = sv[6];
     const int64_t act = ctx->saved_data["act"].toInt(), mode = ctx->saved_data["mode"].toInt();
-    variable_list out(16);
+    variable_list out(17);  // one per forward argument
     if (!grads[0].defined()) return out;
     const int64_t nin = ut.size(0), N = ut.size(1);
     const int64_t func = ctx->saved_data["func"].toInt();
@@ -783,14 +799,14 @@ struct AFKANLayerFunction : public torch::autograd::Function<AFKANLayerFunction>
                           ctx->needs_input_grad(2) || ctx->needs_input_grad(3);
     // the series path (the forward's ties saved): the tail evaluates s0, s1 from the
     // series and, where the backward's series converge, sinks du and the moments itself
-    std::optional<AFSeries> Sb, Sf;
+    // (the forward's, kept in the context; with the backward's parts where it could fit them)
+    const AFSeries* src = nullptr;
     if (sv[13].defined()) {
-      if (need_red) Sb = af_series(lo_p, hi_p, w, act, func, true);
-      if (!Sb) Sf = af_series(lo_p, hi_p, w, act, func, false);
-      TORCH_CHECK(Sb || Sf, "af_kan_layer: the series of the forward did not converge again");
+      const auto it = ctx->saved_data.find("series");
+      TORCH_CHECK(it != ctx->saved_data.end(), "af_kan_layer: the forward's series are missing");
+      src = &static_cast<const SeriesHolder*>(it->second.toCapsule().get())->S;
     }
-    const AFSeries* src = Sb ? &*Sb : (Sf ? &*Sf : nullptr);
-    const bool sink = Sb.has_value();
+    const bool sink = src && src->backward && need_red;
     // scratch: all are consumed before this backward returns
     auto ot = scratch(1, ut.sizes(), ut);
     at::Tensor gs0t, gs1t, gut;
@@ -836,7 +852,7 @@ struct AFKANLayerFunction : public torch::autograd::Function<AFKANLayerFunction>
       std::vector<at::Tensor> red;  // (gut, glow, ghigh, gw)
       if (sink) {
         float* pg = gut.defined() ? gut.data_ptr<float>() : nullptr;
-        auto g = af_series_grads(ut, w, act, func, mode, *Sb, M0, M1, glo_t, ghi_t, sv[13],
+        auto g = af_series_grads(ut, w, act, func, mode, *src, M0, M1, glo_t, ghi_t, sv[13],
                                  sv[14], pg);
         red = {gut, g[0], g[1], g[2]};
       } else {
@@ -889,8 +905,12 @@ at::Tensor af_kan_layer_autograd(const at::Tensor& x, const at::Tensor& lo_p,
                                  const std::optional<at::Tensor>& bet, int64_t act, int64_t func,
                                  int64_t mode, bool tanh, double eps, int64_t knots,
                                  bool out_t) {
+  // whether a backward will need the reduction's gradients (x, low, high, w): then the
+  // forward fits the backward's series too
+  const bool need_red = at::GradMode::is_enabled() && (x.requires_grad() || lo_p.requires_grad() ||
+                                                       hi_p.requires_grad() || w.requires_grad());
   return AFKANLayerFunction::apply(x, lo_p, hi_p, w, b, temp, weight, gam, bet, act, func, mode,
-                                   tanh, eps, knots, out_t);
+                                   tanh, eps, knots, out_t, need_red);
 }
 
 }  // namespace actlab_kan

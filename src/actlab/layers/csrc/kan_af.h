@@ -261,31 +261,38 @@ constexpr int64_t kPieces = 0, kPieceDeg = 0;
 // coefficients; with the backward's, those of every phase's pa_j, pb_j, f_j (G, Dm + 1).
 // pt: the pieces of s0, s1 (and with the slopes, of s0', s1'), (2 or 4, kPieceDeg + 1, kPieces),
 // each cell's coefficients highest degree first; empty without pieces.
+struct PhaseTable;  // kan_af_series.cpp
 struct AFSeries {
   int64_t D = 0, Dd = 0, Dm = 0;
   std::vector<float> c, dc;
   std::vector<double> pa, pb, pf;
   std::vector<float> pt;
+  bool backward = false;                    // dc, pa, pb, pf and Dm filled (the backward's)
+  std::shared_ptr<const PhaseTable> nodes;  // the phases at the nodes (the extremes reuse it)
   static constexpr int64_t kTable = (kPieceDeg + 1) * kPieces;  // floats per piece table
   bool pieces() const { return !pt.empty(); }
   bool piece_slopes() const { return !pt.empty() && static_cast<int64_t>(pt.size()) == 4 * kTable; }
 };
-// nullopt when a series does not converge (the call takes the exact kernels).
+// nullopt when a series does not converge (the call takes the exact kernels). backward: also
+// what the backward needs (the slopes and the moments' series), which may not converge where
+// the forward's do.
 std::optional<AFSeries> af_series(const at::Tensor& lo_p, const at::Tensor& hi_p,
                                   const at::Tensor& w, int64_t act, int64_t func, bool backward);
 // func_norm "batch": the exact min / max of f over the tensor (lo, hi), the (input, phase) pairs
 // that can reach them (cand: e G + j, int64; only with want_cand, else undefined) and, of
 // those, the ones equal to lo or hi (the ties: tie_pairs e G + j, tie_vals (m, 3): which (bit 0:
-// lo, bit 1: hi), pa, pb; their partials from the same evaluation as their values). nullopt when an input is NaN or the
-// phases are too narrow for the cells (both: the exact kernels).
+// lo, bit 1: hi), pa, pb; their partials from the same evaluation as their values). nullopt
+// when an input is NaN or the phases are too narrow for the cells (both: the exact kernels).
 struct AFExtremes {
   at::Tensor cand;
   float lo, hi;
   at::Tensor tie_pairs, tie_vals;
 };
+// S: the call's series (its node table is reused), or nullptr.
 std::optional<AFExtremes> af_series_extremes(const at::Tensor& ut, const at::Tensor& lo_p,
                                              const at::Tensor& hi_p, int64_t act, int64_t func,
-                                             int64_t knots, bool want_cand = false);
+                                             int64_t knots, bool want_cand = false,
+                                             const AFSeries* S = nullptr);
 // (glow, ghigh, gw) from the moments M0, M1 (Dm + 1 each: sum gs0 T_d(u), sum gs1 T_d(u)), with
 // the ties' share of glo / ghi (func_norm "batch"; the forward's tie_pairs, tie_vals) also added
 // to gut (if gut).

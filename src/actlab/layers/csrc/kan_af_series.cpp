@@ -297,12 +297,14 @@ bool contraction_series(const PhaseTable& N, const float* w, bool slopes, AFSeri
     }
   }
   if constexpr (kPieces > 0) {
+    // the values' pieces, then the slopes': a miss drops that pair (the tail evaluates its
+    // series), so the values take the same arithmetic with or without slopes
     const int64_t nt = slopes ? 4 : 2;
     S.pt.assign(nt * AFSeries::kTable, 0.0f);
     for (int64_t q = 0; q < nt; ++q) {
       const Series& g = q < 2 ? s[q] : ds[q - 2];
       if (!piece_table(g, D, S.pt.data() + q * AFSeries::kTable)) {
-        S.pt.clear();  // the tail evaluates the series
+        S.pt.resize(q < 2 ? 0 : 2 * AFSeries::kTable);
         break;
       }
     }
@@ -859,10 +861,13 @@ std::pair<double, double> estimates(const CellBounds& B, int64_t K, int64_t G, i
 std::optional<AFSeries> af_series(const at::Tensor& lo_p, const at::Tensor& hi_p,
                                   const at::Tensor& w, int64_t act, int64_t func, bool backward) {
   const auto lc = lo_p.contiguous(), hc = hi_p.contiguous(), wc = w.contiguous();
-  const PhaseTable N = node_table(lc, hc, act, func);
+  auto nodes = std::make_shared<const PhaseTable>(node_table(lc, hc, act, func));
+  const PhaseTable& N = *nodes;
   AFSeries S;
   if (!contraction_series(N, wc.data_ptr<float>(), backward, S)) return std::nullopt;
+  S.nodes = std::move(nodes);
   if (!backward) return S;
+  S.backward = true;
   const int64_t G = N.G;
   std::vector<Series> ser;
   ser.reserve(3 * G);
@@ -895,7 +900,8 @@ std::optional<AFSeries> af_series(const at::Tensor& lo_p, const at::Tensor& hi_p
 // which some input does reach, and one more pass collects the hits.
 std::optional<AFExtremes> af_series_extremes(const at::Tensor& ut, const at::Tensor& lo_p,
                                              const at::Tensor& hi_p, int64_t act, int64_t func,
-                                             int64_t knots, bool want_cand) {
+                                             int64_t knots, bool want_cand,
+                                             const AFSeries* S) {
   const int64_t n = ut.numel(), G = lo_p.numel();  // knots: checked by the ops (check_knots)
   const auto lc = lo_p.contiguous(), hc = hi_p.contiguous();
   const float* pu = ut.data_ptr<float>();
@@ -913,7 +919,9 @@ std::optional<AFExtremes> af_series_extremes(const at::Tensor& ut, const at::Ten
   if (!(need <= 32768.0)) return std::nullopt;
   const int64_t K = std::max(std::min(knots, std::max<int64_t>(256, n / 64)),
                              static_cast<int64_t>(std::ceil(need)));
-  std::optional<PhaseTable> Ts = knot_table_series(node_table(lc, hc, act, func), K);
+  PhaseTable own;  // the nodes, unless the call's series brought them
+  const PhaseTable* nodes = S && S->nodes ? S->nodes.get() : &(own = node_table(lc, hc, act, func));
+  std::optional<PhaseTable> Ts = knot_table_series(*nodes, K);
   const PhaseTable T = Ts ? std::move(*Ts) : knot_table(lc, hc, K, act, func);
   CellBounds B = cell_bounds(T);
   B.err = std::max(B.err, 4.0 * float_gap(T, pl, ph, act, func));
