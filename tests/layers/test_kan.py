@@ -404,3 +404,26 @@ def test_fits_a_known_1d_function(name: str, rmse: float) -> None:
     with torch.no_grad():
         err = float((m(test) - torch.sin(math.pi * test)).square().mean().sqrt())
     assert err < rmse, f"{name}: RMSE {err:.4f} >= {rmse}"
+
+
+@pytest.mark.parametrize("name", KANS)
+def test_block_dropout_applies_after_each_layer_in_training_only(name: str) -> None:
+    """drop > 0: in training each layer's output goes through the block's Dropout (a call per
+    layer, zeros scaled by 1 / (1 - p)); in eval, and with drop = 0 (not called at all), the
+    block is its two layers."""
+    torch.manual_seed(0)
+    m = create_layer(name, in_features=3, hidden_features=64, out_features=2, drop=0.5).double()
+    x = _x(32, 3).detach()
+    calls: list[Tensor] = []
+    m.drop.register_forward_hook(lambda mod, inp, out: calls.append(out))
+    m.train()
+    m(x)
+    assert len(calls) == 2 and bool((calls[0] == 0).any())
+    m.eval()
+    want = m.layer2(m.layer1(x))
+    torch.testing.assert_close(m(x), want, rtol=0, atol=0)
+    m.drop.p = 0.0
+    m.train()
+    calls.clear()
+    torch.testing.assert_close(m(x), m.layer2(m.layer1(x)), rtol=0, atol=0)
+    assert calls == []
