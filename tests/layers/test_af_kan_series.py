@@ -154,11 +154,11 @@ def test_saturated_ties_narrow_and_constant_inputs() -> None:
     assert max(_err(m, _grads(m, single), _grads(exact, single))[:2]) < 1e-4
 
 
-def _extremes_case(kind: str, seed: int) -> Tensor:
-    """u (in, N) float32 in [-1, 1]: dense, saturated (ties at +-1), a narrow band (most cells
-    empty), one repeated value, a sparse scatter."""
+def _extremes_case(kind: str, seed: int, n: int = 2048) -> Tensor:
+    """u (8, n) float32 in [-1, 1]: dense, saturated (ties at +-1), a narrow band (most cells
+    empty), one repeated value, a sparse scatter. (n 2048: 256 cells, one table; 8192: 1,024
+    cells, the two-level table.)"""
     g = torch.Generator().manual_seed(seed)
-    n = 2048
     if kind == "dense":
         u = torch.tanh(1.5 * torch.randn(8, n, generator=g))
     elif kind == "saturated":
@@ -199,6 +199,34 @@ def test_candidates_give_the_exact_min_max(kind: str, act: int, func: int) -> No
         which = tie_vals[:, 0].to(torch.int64)
         assert bool((which & 1).any()) and bool((which & 2).any()), (kind, seed)
         assert bool(((which >= 1) & (which <= 3)).all()) and bool(tie_vals.isfinite().all())
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    kind=st.sampled_from(["dense", "saturated", "narrow", "single", "sparse"]),
+    shift=st.floats(-1.0, 1.0),
+    width=st.floats(0.8, 3.0),
+    knots=st.sampled_from([512, 1024, 4096]),
+    act=st.integers(0, 1),
+    func=st.integers(0, 6),
+)
+def test_candidates_of_the_two_level_table_fuzzed(seed: int, kind: str, shift: float,
+                                                  width: float, knots: int, act: int,
+                                                  func: int) -> None:  # fmt: skip
+    """65,536 inputs take 512 or 1,024 cells, where the bounds come from a coarse table and
+    the fine knots of the coarse cells it flags (kan_af_series.cpp, two_level_flags): the
+    min / max stay bit-equal to the exact kernel's, and the ties are candidates."""
+    ops = kn.ops_for(torch.zeros(1))
+    assert ops is not None
+    g = torch.Generator().manual_seed(seed)
+    low = torch.linspace(-2.2, 0.6, 8) + shift + 0.3 * torch.randn(8, generator=g)
+    high = low + width * (0.5 + torch.rand(8, generator=g))
+    u = _extremes_case(kind, seed, 8192)
+    cand, lo, hi, tie_pairs, _ = ops.af_series_extremes(u, low, high, act, func, knots)
+    _, _, lo_x, hi_x = ops.af_reduce_t(u, low, high, torch.ones(8), act, func, 0)
+    assert torch.equal(lo, lo_x) and torch.equal(hi, hi_x)
+    assert set(tie_pairs.tolist()) <= set(cand.tolist())
 
 
 def test_nan_inputs_take_the_exact_kernels() -> None:
