@@ -794,7 +794,7 @@ struct AFKANLayerFunction : public torch::autograd::Function<AFKANLayerFunction>
     const int64_t func = ctx->saved_data["func"].toInt();
     auto gy2 = grads[0].reshape({N, weight.size(0)});  // (N, out)
     auto got = scratch(2, ut.sizes(), ut);              // (in, N)
-    at::mm_out(got, weight.t(), gy2.t());
+    gemm_out(got, weight.t(), gy2.t());
     const bool need_red = ctx->needs_input_grad(0) || ctx->needs_input_grad(1) ||
                           ctx->needs_input_grad(2) || ctx->needs_input_grad(3);
     // the series path (the forward's ties saved): the tail evaluates s0, s1 from the

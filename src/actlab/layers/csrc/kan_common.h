@@ -145,6 +145,12 @@ constexpr int64_t kScratchMax = int64_t(64) << 20;  // bytes per slot kept betwe
 at::Tensor scratch(int slot, at::IntArrayRef shape, const at::Tensor& like);
 // The weight gradient (out, in) = gy^T bt^T of a layer y = bt^T W^T, bt (in, N), gy (N, out).
 at::Tensor weight_grad(const at::Tensor& bt, const at::Tensor& gy);
+// c = a b (+ add, broadcast to c) into c (M, N), a (M, K), b (K, N), any strides, one dtype:
+// products of at most kSmallGemm multiply-adds (float / double) run as one serial loop of
+// ours, larger ones through at::mm_out / at::addmm_out (see kan_kernels.cpp).
+constexpr int64_t kSmallGemm = int64_t(1) << 15;
+void gemm_out(const at::Tensor& c, const at::Tensor& a, const at::Tensor& b,
+              const at::Tensor* add = nullptr);
 
 // ----------------------------------------------------------------------------- ops
 // ReLU-KAN and S-KAN (kan_relu_s.cpp)

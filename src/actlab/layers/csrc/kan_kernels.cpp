@@ -100,6 +100,163 @@ at::Tensor transposed_input(const at::Tensor& x, bool tanh) {
   return ut;
 }
 
+// ----------------------------------------------------------------------------- small GEMMs
+// A KAN layer's GEMMs in a function-fitting net are tiny (2 -> 109 or 109 -> 1 features over
+// 100 rows: ~22,000 multiply-adds), where MKL's fixed cost per call (~3-4 us with ATen's
+// checks) is most of the time: the fit slot's AF-KAN step made six such calls, ~32 us of a
+// ~450 us step. Products of at most kSmallGemm multiply-adds run here instead, serially (the
+// same sums in the same order at every thread count), in one of two forms, each on c as it
+// lies or on the transposed problem c^T = b^T a^T, whichever costs the fewest operations:
+//   rows: c[m, n..] += a[m, k] b[k, n..], vectors along n (b's rows and c's rows contiguous,
+//         else packed into / written from a buffer);
+//   dots: c[m, n] = sum_k a[m, k..] b[k.., n], vectors along k (a's rows and b's columns
+//         contiguous, else packed): for few columns (a matrix-vector product).
+namespace {
+
+template <typename T>
+struct Mat {  // a strided (rows, cols) view
+  T* p;
+  int64_t r, c, s0, s1;
+  T& at(int64_t i, int64_t j) const { return p[i * s0 + j * s1]; }
+  Mat t() const { return {p, c, r, s1, s0}; }
+};
+
+// A contiguous copy of m (rows x cols, row-major) when row_major, else (cols x rows) of its
+// transpose's rows: the buffer buf holds it.
+template <typename T>
+Mat<T> packed(const Mat<T>& m, bool row_major, std::vector<T>& buf) {
+  buf.resize(m.r * m.c);
+  if (row_major) {
+    for (int64_t i = 0; i < m.r; ++i) {
+      for (int64_t j = 0; j < m.c; ++j) buf[i * m.c + j] = m.at(i, j);
+    }
+    return {buf.data(), m.r, m.c, m.c, 1};
+  }
+  for (int64_t j = 0; j < m.c; ++j) {
+    for (int64_t i = 0; i < m.r; ++i) buf[j * m.r + i] = m.at(i, j);
+  }
+  return {buf.data(), m.r, m.c, 1, m.r};
+}
+
+// The operations a form costs on (c, a, b): vector multiply-adds plus the copies it needs.
+template <typename T>
+int64_t form_cost(bool dots, const Mat<T>& c, const Mat<T>& a, const Mat<T>& b) {
+  constexpr int64_t S = Vectorized<T>::size();
+  const int64_t M = c.r, N = c.c, K = a.c;
+  if (dots) {
+    return M * N * ((K + S - 1) / S + 4) + (a.s1 == 1 ? 0 : M * K) + (b.s0 == 1 ? 0 : K * N);
+  }
+  return M * K * ((N + S - 1) / S) + (b.s1 == 1 ? 0 : K * N) + (c.s1 == 1 ? 0 : 2 * M * N);
+}
+
+// c = a b + add (add: nullptr or a view broadcast to c).
+template <typename T>
+void gemm_rows(const Mat<T>& c, const Mat<T>& a, const Mat<T>& b, const Mat<T>* add) {
+  using V = Vectorized<T>;
+  constexpr int64_t S = V::size();
+  std::vector<T> bbuf, cbuf;
+  const Mat<T> bb = b.s1 == 1 ? b : packed(b, true, bbuf);
+  cbuf.resize(c.s1 == 1 ? 0 : c.r * c.c);
+  const Mat<T> cc = c.s1 == 1 ? c : Mat<T>{cbuf.data(), c.r, c.c, c.c, 1};
+  const int64_t K = a.c;
+  T lane[S];
+  for (int64_t m = 0; m < cc.r; ++m) {
+    for (int64_t n0 = 0; n0 < cc.c; n0 += S) {
+      const int64_t cnt = std::min<int64_t>(S, cc.c - n0);
+      V acc(T(0));
+      if (add) {
+        for (int64_t q = 0; q < cnt; ++q) lane[q] = add->at(m, n0 + q);
+        acc = V::loadu(lane, cnt);
+      }
+      for (int64_t k = 0; k < K; ++k) {
+        acc = at::vec::fmadd(V(a.at(m, k)), V::loadu(bb.p + k * bb.s0 + n0, cnt), acc);
+      }
+      acc.store(cc.p + m * cc.s0 + n0, cnt);
+    }
+  }
+  if (c.s1 != 1) {
+    for (int64_t m = 0; m < c.r; ++m) {
+      for (int64_t n = 0; n < c.c; ++n) c.at(m, n) = cc.at(m, n);
+    }
+  }
+}
+
+template <typename T>
+void gemm_dots(const Mat<T>& c, const Mat<T>& a, const Mat<T>& b, const Mat<T>* add) {
+  using V = Vectorized<T>;
+  constexpr int64_t S = V::size();
+  std::vector<T> abuf, bbuf;
+  const Mat<T> aa = a.s1 == 1 ? a : packed(a, true, abuf);
+  const Mat<T> bb = b.s0 == 1 ? b : packed(b, false, bbuf);
+  const int64_t K = a.c;
+  for (int64_t m = 0; m < c.r; ++m) {
+    for (int64_t n = 0; n < c.c; ++n) {
+      V acc(T(0));
+      for (int64_t k = 0; k < K; k += S) {
+        const int64_t cnt = std::min<int64_t>(S, K - k);
+        acc = at::vec::fmadd(V::loadu(aa.p + m * aa.s0 + k, cnt),
+                             V::loadu(bb.p + n * bb.s1 + k, cnt), acc);  // tail lanes: 0 * 0
+      }
+      c.at(m, n) = hsum(acc) + (add ? add->at(m, n) : T(0));
+    }
+  }
+}
+
+template <typename T>
+Mat<T> mat(const at::Tensor& t) {
+  return {const_cast<T*>(t.data_ptr<T>()), t.size(0), t.size(1), t.stride(0), t.stride(1)};
+}
+
+}  // namespace
+
+void gemm_out(const at::Tensor& c, const at::Tensor& a, const at::Tensor& b, const at::Tensor* add) {
+  const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
+  const auto st = c.scalar_type();
+  const bool small = M * N * K <= kSmallGemm && M > 0 && N > 0 && K > 0 &&
+                     (st == at::kFloat || st == at::kDouble) && a.scalar_type() == st &&
+                     b.scalar_type() == st && (!add || add->scalar_type() == st) &&
+                     c.is_cpu() && a.is_cpu() && b.is_cpu();
+  if (!small) {
+    auto out = c;  // (mm_out takes a non-const reference; c is a view the caller owns)
+    if (add) {
+      at::addmm_out(out, *add, a, b);
+    } else {
+      at::mm_out(out, a, b);
+    }
+    return;
+  }
+  TORCH_CHECK(a.size(1) == b.size(0) && c.size(0) == M && c.size(1) == N,
+              "kan gemm: shapes do not match");
+  AT_DISPATCH_FLOATING_TYPES(st, "kan_gemm", [&] {
+    const Mat<scalar_t> C = mat<scalar_t>(c), A = mat<scalar_t>(a), B = mat<scalar_t>(b);
+    std::optional<Mat<scalar_t>> D;
+    if (add) D = mat<scalar_t>(add->expand({M, N}));
+    const Mat<scalar_t>* d = D ? &*D : nullptr;
+    const std::optional<Mat<scalar_t>> Dt = D ? std::optional<Mat<scalar_t>>(D->t()) : std::nullopt;
+    const Mat<scalar_t>* dt = Dt ? &*Dt : nullptr;
+    // the four ways: rows / dots on c = a b or on c^T = b^T a^T
+    const int64_t cost[4] = {form_cost(false, C, A, B), form_cost(false, C.t(), B.t(), A.t()),
+                             form_cost(true, C, A, B), form_cost(true, C.t(), B.t(), A.t())};
+    const int best = static_cast<int>(std::min_element(cost, cost + 4) - cost);
+    if (best == 0) gemm_rows(C, A, B, d);
+    if (best == 1) gemm_rows(C.t(), B.t(), A.t(), dt);
+    if (best == 2) gemm_dots(C, A, B, d);
+    if (best == 3) gemm_dots(C.t(), B.t(), A.t(), dt);
+  });
+}
+
+// The op small_gemm (for tests): a b (+ add) through gemm_out, into a new (M, N) tensor laid
+// out row-major, or column-major (c_t).
+at::Tensor small_gemm_op(const at::Tensor& a, const at::Tensor& b,
+                         const std::optional<at::Tensor>& add, bool c_t) {
+  TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && a.size(1) == b.size(0),
+              "small_gemm: expected a (M, K) and b (K, N)");
+  auto c = c_t ? at::empty({b.size(1), a.size(0)}, a.options()).t()
+               : at::empty({a.size(0), b.size(1)}, a.options());
+  gemm_out(c, a, b, add.has_value() && add->defined() ? &*add : nullptr);
+  return c;
+}
+
 // y (..., out) = Bt^T W^T + b, computed as y^T = W Bt + b (MKL is fastest on these operands
 // as they lie). y is a tensor of its own (never a view: autograd allows in-place changes of a
 // custom Function's output only then). out_t: y keeps the (out, N) memory of y^T (strides 1
@@ -126,21 +283,19 @@ at::Tensor project(const at::Tensor& bt, const at::Tensor& w, const std::optiona
     }
     auto y = at::empty_strided(shape, strides, bt.options());
     auto yt = y.as_strided({out, N}, {std::max<int64_t>(N, 1), 1});  // (out, N) target
-    if (has_bias) {
-      at::addmm_out(yt, bias->unsqueeze(1), w, bt);
-    } else {
-      at::mm_out(yt, w, bt);
-    }
+    const at::Tensor col = has_bias ? bias->unsqueeze(1) : at::Tensor();
+    gemm_out(yt, w, bt, has_bias ? &col : nullptr);
     return y;
   }
   auto y = at::empty(shape, bt.options());
   auto y2 = y.view({N, out});
   if (out >= 16 && bt.size(0) <= 256) {  // y = Bt^T W^T + b directly, no transposing copy
-    if (has_bias) {
-      at::addmm_out(y2, *bias, bt.t(), w.t());
-    } else {
-      at::mm_out(y2, bt.t(), w.t());
-    }
+    gemm_out(y2, bt.t(), w.t(), has_bias ? &*bias : nullptr);
+    return y;
+  }
+  if (out * N * bt.size(0) <= kSmallGemm) {  // (small: one loop of ours, no transposing copy)
+    const at::Tensor col = has_bias ? bias->unsqueeze(1) : at::Tensor();
+    gemm_out(y2.t(), w, bt, has_bias ? &col : nullptr);
     return y;
   }
   at::Tensor yt = has_bias ? at::addmm(bias->unsqueeze(1), w, bt) : at::mm(w, bt);  // (out, N)
@@ -154,8 +309,7 @@ at::Tensor project(const at::Tensor& bt, const at::Tensor& w, const std::optiona
 at::Tensor weight_grad(const at::Tensor& bt, const at::Tensor& gy) {
   if (gy.size(0) <= 256) {
     auto gw = at::empty({gy.size(1), bt.size(0)}, bt.options());
-    auto gwt = gw.t();
-    at::mm_out(gwt, bt, gy);
+    gemm_out(gw.t(), bt, gy);
     return gw;
   }
   return at::mm(bt, gy).t().contiguous();
@@ -225,6 +379,7 @@ TORCH_LIBRARY(actlab_kan, m) {
   m.def(
       "af_series_info(Tensor low, Tensor high, Tensor w, int act, int func, bool backward) "
       "-> int[]");
+  m.def("small_gemm(Tensor a, Tensor b, Tensor? add, bool c_t) -> Tensor");
   m.def("isa() -> str", isa);
 }
 
@@ -240,6 +395,7 @@ TORCH_LIBRARY_IMPL(actlab_kan, CPU, m) {
   m.impl("af_kan_layer", af_kan_layer_plain);
   m.impl("af_series_extremes", af_series_extremes_op);
   m.impl("af_series_info", af_series_info_op);
+  m.impl("small_gemm", small_gemm_op);
 }
 
 TORCH_LIBRARY_IMPL(actlab_kan, Autograd, m) {

@@ -599,7 +599,7 @@ struct ReLUKANFunction : public torch::autograd::Function<ReLUKANFunction> {
     if (!grads[0].defined()) return out;
     auto gy2 = grads[0].reshape({-1, w.size(0)});  // (N, out)
     auto gbt = scratch(2, {w.size(1), gy2.size(0)}, ut);
-    at::mm_out(gbt, w.t(), gy2.t());  // (in G, N)
+    gemm_out(gbt, w.t(), gy2.t());  // (in G, N)
     const bool need_w = ctx->needs_input_grad(3);
     auto [bt, gut, glo, ghi] = relu_basis_bwd_impl(
         ut, gbt, lo, hi, ctx->saved_data["tanh"].toBool(), need_w, ctx->needs_input_grad(0),
@@ -674,7 +674,7 @@ struct SKANFunction : public torch::autograd::Function<SKANFunction> {
     const bool need_w = ctx->needs_input_grad(2);
     auto gy2 = grads[0].reshape({-1, w.size(0)});
     auto gbt = scratch(2, {w.size(1), gy2.size(0)}, ut);
-    at::mm_out(gbt, w.t(), gy2.t());  // (in G, N)
+    gemm_out(gbt, w.t(), gy2.t());  // (in G, N)
     auto spaces = ctx->saved_data["spaces"].toIntVector();
     auto [phit, gut, galpha] = s_basis_bwd_impl(
         ut, gbt, alpha, spaces, ctx->saved_data["grid"].toInt(), ctx->saved_data["k"].toInt(),
