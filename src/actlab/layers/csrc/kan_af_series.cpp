@@ -814,23 +814,9 @@ void eval_candidates(const Cands& C, int64_t G, const float* l, const float* h, 
   }
 }
 
-// The smallest and largest of the n values f (none is NaN: NaN inputs left before).
-std::pair<float, float> min_max(const float* f, int64_t n) {
-  const float inf = std::numeric_limits<float>::infinity();
-  VF mn(inf), mx(-inf);
-  for (int64_t e = 0; e < n; e += kS) {
-    const int64_t c = std::min<int64_t>(kS, n - e);
-    const VF v = VF::loadu(f + e, c);
-    mn = at::vec::minimum(mn, c >= kS ? v : VF::set(VF(inf), v, c));
-    mx = at::vec::maximum(mx, c >= kS ? v : VF::set(VF(-inf), v, c));
-  }
-  float a[kS], b[kS];
-  mn.store(a);
-  mx.store(b);
-  float lo = inf, hi = -inf;
-  for (int64_t q = 0; q < kS; ++q) lo = std::min(lo, a[q]), hi = std::max(hi, b[q]);
-  return {lo, hi};
-}
+// The smallest and largest of the n values f (candidate values: none is NaN, NaN inputs left
+// before).
+std::pair<float, float> min_max(const float* f, int64_t n) { return u_range(f, n, 1); }
 
 // lo_est / hi_est over the cells ks .. ke (each flag set must contain the cells of every value
 // within reach of lo, hi; see af_series_extremes); occ (the rare second look): only the cells
