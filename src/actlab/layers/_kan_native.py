@@ -20,7 +20,10 @@ softmax with temperature, LayerNorm and act, and the projection (``csrc/kan_af.c
 float32 tanh inputs from 8,192 values it takes the contractions from per-call Chebyshev
 series instead (``csrc/kan_af_series.cpp``, its argument ``knots`` > 0: the most cells of
 the table that bounds the min / max; 0 turns the path off), and ``af_series_extremes``
-exposes that path's exact min / max search for tests.
+exposes that path's exact min / max search for tests. The GEMMs are MKL's (ATen), except
+products of at most 32,768 multiply-adds (a function-fitting net's layers), which run as one
+serial loop of the library's own (``gemm_out``; MKL's fixed cost per call dominates there;
+``small_gemm`` exposes it for tests).
 Formulas and numerical notes are in ``csrc/kan_kernels.cpp``.
 
 They apply to CPU float32 / float64 inputs with parameters of the same dtype, outside

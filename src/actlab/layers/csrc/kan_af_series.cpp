@@ -23,9 +23,12 @@
 // where they reproduce it within kPieceTol of its scale). The min / max of f over the tensor are
 // those of the exact values, from candidates (af_series_extremes, below): a table of f_j and
 // f_j' on K + 1 knots (K: the op's `knots` at most; from the phases' own series) bounds every
-// f_j on every cell of width 2 / K; one pass over the inputs keeps those in cells that can reach
-// the min / max, which are evaluated exactly with their partials; the ties (the pairs equal to
-// the min or the max, with those partials) are saved for the backward.
+// f_j on every cell of width 2 / K (from 512 cells only where a coarse table of K / 8 cells says
+// the min / max can lie: two_level_flags); one pass over the inputs keeps those in cells that can
+// reach the min / max, which are evaluated exactly with their partials; the ties (the pairs equal
+// to the min or the max, with those partials) are saved for the backward. With a backward to
+// come the forward fits the backward's series too (af_series(..., true)) and the layer op keeps
+// them in its autograd context: one fit per step.
 //
 // Backward: the tail's backward evaluates s0, s1 again and, instead of writing gs0, gs1, adds
 // du = (gs0 s0'(u) + gs1 s1'(u)) (1 - u^2) from the derivative series (or their pieces) and
