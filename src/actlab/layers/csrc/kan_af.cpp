@@ -768,7 +768,10 @@ struct AFKANLayerFunction : public torch::autograd::Function<AFKANLayerFunction>
     std::optional<AFSeries> S;
     auto [ot, r] = af_layer_fwd(ut, lo_p, hi_p, wc, b, temp, g, be, act, func, mode, eps, tanh,
                                 knots, need_red, &S);
-    if (S) ctx->saved_data["series"] = at::IValue::make_capsule(c10::make_intrusive<SeriesHolder>(std::move(*S)));
+    if (S) {  // kept for the backward (a capsule: the context holds IValues)
+      ctx->saved_data["series"] =
+          at::IValue::make_capsule(c10::make_intrusive<SeriesHolder>(std::move(*S)));
+    }
     // saved: ut and the two contractions (in, N; undefined on the series path), the min / max
     // (and the series path's ties with their partials); never f
     const bool series = r.size() > 4;

@@ -209,7 +209,8 @@ Mat<T> mat(const at::Tensor& t) {
 
 }  // namespace
 
-void gemm_out(const at::Tensor& c, const at::Tensor& a, const at::Tensor& b, const at::Tensor* add) {
+void gemm_out(const at::Tensor& c, const at::Tensor& a, const at::Tensor& b,
+              const at::Tensor* add) {
   const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
   const auto st = c.scalar_type();
   const bool small = M * N * K <= kSmallGemm && M > 0 && N > 0 && K > 0 &&
@@ -232,7 +233,8 @@ void gemm_out(const at::Tensor& c, const at::Tensor& a, const at::Tensor& b, con
     std::optional<Mat<scalar_t>> D;
     if (add) D = mat<scalar_t>(add->expand({M, N}));
     const Mat<scalar_t>* d = D ? &*D : nullptr;
-    const std::optional<Mat<scalar_t>> Dt = D ? std::optional<Mat<scalar_t>>(D->t()) : std::nullopt;
+    std::optional<Mat<scalar_t>> Dt;
+    if (D) Dt = D->t();
     const Mat<scalar_t>* dt = Dt ? &*Dt : nullptr;
     // the four ways: rows / dots on c = a b or on c^T = b^T a^T
     const int64_t cost[4] = {form_cost(false, C, A, B), form_cost(false, C.t(), B.t(), A.t()),
