@@ -446,32 +446,37 @@ CellBounds cell_bounds(const PhaseTable& T) {
 }
 
 // Which (cell, phase) pairs can hold a value within reach of lo_est / hi_est: flag (K, G) and
-// per cell any (1.0f where some phase is flagged; floats, for a vector gather).
+// per cell any (1.0f where some phase is flagged; floats, for a vector gather). A pair is
+// flagged when its lower bound is <= near_lo or its upper bound >= near_hi (2 err + 1e-6 |est|
+// inside the estimates); none is yet when built.
 struct CellFlags {
-  double lo_est = 0.0, hi_est = 0.0;
+  double lo_est = 0.0, hi_est = 0.0, near_lo = 0.0, near_hi = 0.0;
+  int64_t G = 0;
   std::vector<char> flag;
   std::vector<float> any;
   std::vector<uint64_t> mask;  // G <= 64: each cell's flagged phases as bits
+  CellFlags() = default;
+  CellFlags(int64_t K, int64_t G_, double lo, double hi, double err)
+      : lo_est(lo), hi_est(hi), near_lo(lo + 2.0 * err + 1e-6 * std::abs(lo)),
+        near_hi(hi - 2.0 * err - 1e-6 * std::abs(hi)), G(G_), flag(K * G_, 0), any(K, 0.0f),
+        mask(G_ <= 64 ? K : 0, 0) {}
+  void set(int64_t k, int64_t j) {
+    flag[k * G + j] = 1;
+    any[k] = 1.0f;
+    if (G <= 64) mask[k] |= uint64_t(1) << j;
+  }
 };
 
 CellFlags cell_flags(const CellBounds& B, int64_t K, int64_t G, double lo_est, double hi_est) {
-  CellFlags F;
-  F.lo_est = lo_est, F.hi_est = hi_est;
-  const VD near_lo(lo_est + 2.0 * B.err + 1e-6 * std::abs(lo_est));
-  const VD near_hi(hi_est - 2.0 * B.err - 1e-6 * std::abs(hi_est));
-  F.flag.assign(K * G, 0);
-  F.any.assign(K, 0.0f);
-  if (G <= 64) F.mask.assign(K, 0);
+  CellFlags F(K, G, lo_est, hi_est, B.err);
+  const VD near_lo(F.near_lo), near_hi(F.near_hi);
   for (int64_t j = 0; j < G; ++j) {
     for (int64_t k = 0; k < K; k += kSD) {
       const int64_t c = std::min<int64_t>(kSD, K - k);
       const VD hit = (VD::loadu(B.lower.data() + j * K + k, c) <= near_lo) |
                      (VD::loadu(B.upper.data() + j * K + k, c) >= near_hi);
       for (int set = ~hit.zero_mask() & first_lanes(c); set != 0; set &= set - 1) {
-        const int64_t kk = k + __builtin_ctz(static_cast<unsigned>(set));  // few: the flagged
-        F.flag[kk * G + j] = 1;
-        F.any[kk] = 1.0f;
-        if (G <= 64) F.mask[kk] |= uint64_t(1) << j;
+        F.set(k + __builtin_ctz(static_cast<unsigned>(set)), j);  // few: the flagged
       }
     }
   }
@@ -939,21 +944,13 @@ std::optional<std::pair<CellFlags, double>> two_level_flags(const PhaseTable& no
       }
     }
   }
-  CellFlags F;
-  F.lo_est = std::min(lo, le0), F.hi_est = std::max(hi, he0);
-  const double near_lo = F.lo_est + 2.0 * err + 1e-6 * std::abs(F.lo_est);
-  const double near_hi = F.hi_est - 2.0 * err - 1e-6 * std::abs(F.hi_est);
-  F.flag.assign(K * G, 0);
-  F.any.assign(K, 0.0f);
-  if (G <= 64) F.mask.assign(K, 0);
+  CellFlags F(K, G, std::min(lo, le0), std::max(hi, he0), err);
   for (int64_t r = 0; r < static_cast<int64_t>(coarse.size()); ++r) {
     for (int64_t s = 0; s < kRefine; ++s) {
       const int64_t k = coarse[r] * kRefine + s, q = r * (kRefine + 1) + s;
       for (int64_t j = 0; j < G; ++j) {
-        if (B.lower[j * cells + q] <= near_lo || B.upper[j * cells + q] >= near_hi) {
-          F.flag[k * G + j] = 1;
-          F.any[k] = 1.0f;
-          if (G <= 64) F.mask[k] |= uint64_t(1) << j;
+        if (B.lower[j * cells + q] <= F.near_lo || B.upper[j * cells + q] >= F.near_hi) {
+          F.set(k, j);
         }
       }
     }

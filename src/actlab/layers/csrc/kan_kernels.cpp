@@ -230,12 +230,10 @@ void gemm_out(const at::Tensor& c, const at::Tensor& a, const at::Tensor& b,
               "kan gemm: shapes do not match");
   AT_DISPATCH_FLOATING_TYPES(st, "kan_gemm", [&] {
     const Mat<scalar_t> C = mat<scalar_t>(c), A = mat<scalar_t>(a), B = mat<scalar_t>(b);
-    std::optional<Mat<scalar_t>> D;
-    if (add) D = mat<scalar_t>(add->expand({M, N}));
-    const Mat<scalar_t>* d = D ? &*D : nullptr;
-    std::optional<Mat<scalar_t>> Dt;
-    if (D) Dt = D->t();
-    const Mat<scalar_t>* dt = Dt ? &*Dt : nullptr;
+    Mat<scalar_t> D{}, Dt{};  // the addend broadcast to c (a view of add's memory), transposed
+    if (add) D = mat<scalar_t>(add->expand({M, N})), Dt = D.t();
+    const Mat<scalar_t>* d = add ? &D : nullptr;
+    const Mat<scalar_t>* dt = add ? &Dt : nullptr;
     // the four ways: rows / dots on c = a b or on c^T = b^T a^T
     const int64_t cost[4] = {form_cost(false, C, A, B), form_cost(false, C.t(), B.t(), A.t()),
                              form_cost(true, C, A, B), form_cost(true, C.t(), B.t(), A.t())};
@@ -275,6 +273,8 @@ at::Tensor project(const at::Tensor& bt, const at::Tensor& w, const std::optiona
   auto shape = x.sizes().vec();
   shape.back() = out;
   const bool has_bias = bias.has_value() && bias->defined();
+  const at::Tensor col = has_bias ? bias->unsqueeze(1) : at::Tensor();  // b as (out, 1)
+  const at::Tensor* add_t = has_bias ? &col : nullptr;                   // for y^T = W Bt + b
   if (out_t) {
     std::vector<int64_t> strides(shape.size());
     strides.back() = std::max<int64_t>(N, 1);
@@ -285,8 +285,7 @@ at::Tensor project(const at::Tensor& bt, const at::Tensor& w, const std::optiona
     }
     auto y = at::empty_strided(shape, strides, bt.options());
     auto yt = y.as_strided({out, N}, {std::max<int64_t>(N, 1), 1});  // (out, N) target
-    const at::Tensor col = has_bias ? bias->unsqueeze(1) : at::Tensor();
-    gemm_out(yt, w, bt, has_bias ? &col : nullptr);
+    gemm_out(yt, w, bt, add_t);
     return y;
   }
   auto y = at::empty(shape, bt.options());
@@ -296,11 +295,10 @@ at::Tensor project(const at::Tensor& bt, const at::Tensor& w, const std::optiona
     return y;
   }
   if (out * N * bt.size(0) <= kSmallGemm) {  // (small: one loop of ours, no transposing copy)
-    const at::Tensor col = has_bias ? bias->unsqueeze(1) : at::Tensor();
-    gemm_out(y2.t(), w, bt, has_bias ? &col : nullptr);
+    gemm_out(y2.t(), w, bt, add_t);
     return y;
   }
-  at::Tensor yt = has_bias ? at::addmm(bias->unsqueeze(1), w, bt) : at::mm(w, bt);  // (out, N)
+  at::Tensor yt = has_bias ? at::addmm(col, w, bt) : at::mm(w, bt);  // (out, N)
   y2.copy_(yt.t());
   return y;
 }
