@@ -89,3 +89,12 @@ def test_small_gemm_is_the_same_at_every_thread_count() -> None:
     finally:
         torch.set_num_threads(before)
     assert torch.equal(runs[0], runs[1])
+
+
+def test_small_gemm_bad_shapes_are_one_line_errors() -> None:
+    ops = _ops()
+    for a, b in [(torch.zeros(2, 3), torch.zeros(2, 3)), (torch.zeros(3), torch.zeros(3, 2)),
+                 (torch.zeros(2, 3), torch.zeros(3, 2, 1))]:  # fmt: skip
+        with pytest.raises(RuntimeError, match=r"small_gemm: expected a \(M, K\) and b") as e:
+            ops.small_gemm(a, b, None, False)
+        assert "\n" not in str(e.value).split("\nException raised from")[0].strip()
