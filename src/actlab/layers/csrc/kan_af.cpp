@@ -322,7 +322,11 @@ std::vector<at::Tensor> af_kan_reduce_autograd(const at::Tensor& x, const at::Te
 //   e_i = (s0n_i + b) / t,  t = max(T, 1),  a = softmax_i(e),  z_i = a_i s1n_i
 //   zh = (z - mean z) / sqrt(var z + eps),  q = zh gamma + beta     (LayerNorm; else q = z)
 //   o = act(q),  y = o W^T
-// Backward (one tail pass, which also recomputes o for dW; then the reduction's backward):
+// When a backward can follow, the forward keeps o (for dW) and, per value, a, s0n, s1n and
+// act'(q) (computed with o: GELU's and SiLU's share their exp), per row the LayerNorm's mean and
+// 1 / std: 6 floats per input value, so that the backward evaluates no series, exp or act
+// (it used to recompute the whole forward tail: ~40 % of its passes' work).
+// Backward (one tail pass over the kept values; then the reduction's backward):
 //   gq = go act'(q);  LayerNorm: dgamma_i = sum gq zh, dbeta_i = sum gq,
 //   gz = (gh - mean gh - zh mean(gh zh)) / sqrt(var + eps) with gh = gq gamma
 //   ga = gz s1n, gs1n = gz a;  ge = a (ga - sum_k a_k ga_k);  gs0n = ge / t;
@@ -350,13 +354,25 @@ struct Tail {
   const AFSeries* series = nullptr;
   bool sink = false;
   T* gut = nullptr;
+  // kept: what the forward hands its backward instead of the backward recomputing it: per
+  // vector of rows and node, a, s0n, s1n, act'(q) as 4 whole vectors, in the order the passes
+  // run (kept_size), then per vector of rows the LayerNorm's mean and 1 / std
+  T* kept = nullptr;
 };
+
+// Floats of a tail's kept values: rows padded to whole vectors, (in 4 + 2) vectors per vector
+// of rows.
+template <typename T>
+int64_t kept_size(int64_t nin, int64_t N) {
+  constexpr int64_t S = Vectorized<T>::size();
+  return (N + S - 1) / S * (4 * nin + 2) * S;
+}
 
 template <typename T>
 struct TailRows {  // one vector of rows: the tail's values per node (5 nin vectors: in L1
                    // for nin up to ~150 with AVX-512)
   std::vector<Vectorized<T>> s0n, s1n, a, zh, g;
-  Vectorized<T> vlo, span, ispan, raw, r;  // ispan = 1 / span
+  Vectorized<T> vlo, span, ispan, raw, mu, r;  // ispan = 1 / span
   explicit TailRows(int64_t nin) : s0n(nin), s1n(nin), a(nin), zh(nin), g(nin) {}
 };
 
@@ -469,10 +485,9 @@ void series_sink(const Tail<T>& P, int64_t n, int64_t c, TailRows<T>& W,
   }
 }
 
-// s0n, s1n, a (softmax), zh (normalised z, or z), r (1 / std) for rows n .. n + c.
+// The min-max scale of rows n .. n + c: lo, span (raw: hi - lo), 1 / span.
 template <typename T>
-void tail_rows(const Tail<T>& P, const T* s0t, const T* s1t, int64_t n, int64_t c,
-               TailRows<T>& W) {
+void tail_scale(const Tail<T>& P, int64_t n, int64_t c, TailRows<T>& W) {
   using V = Vectorized<T>;
   const V one(T(1));
   W.vlo = V(T(0)), W.span = one, W.ispan = one, W.raw = one;
@@ -483,6 +498,15 @@ void tail_rows(const Tail<T>& P, const T* s0t, const T* s1t, int64_t n, int64_t 
     W.span = V::blendv(one, W.raw, W.raw > V(T(0)));  // torch.where(span > 0, span, 1)
     W.ispan = one / W.span;
   }
+}
+
+// s0n, s1n, a (softmax), zh (normalised z, or z), mu, r (mean, 1 / std) for rows n .. n + c.
+template <typename T>
+void tail_rows(const Tail<T>& P, const T* s0t, const T* s1t, int64_t n, int64_t c,
+               TailRows<T>& W) {
+  using V = Vectorized<T>;
+  const V one(T(1));
+  tail_scale<T>(P, n, c, W);
   const V vcw(P.cw), vG(static_cast<T>(P.G)), vb(P.b), vit(P.it);
   V m(-std::numeric_limits<T>::infinity());
   if (P.series) series_rows<T>(P, n, c, W);
@@ -517,8 +541,34 @@ void tail_rows(const Tail<T>& P, const T* s0t, const T* s1t, int64_t n, int64_t 
     const V d = W.zh[i] - mu;
     var = var + d * d;
   }
+  W.mu = mu;
   W.r = one / (var / vn + V(P.eps)).sqrt();
   for (int64_t i = 0; i < P.nin; ++i) W.zh[i] = (W.zh[i] - mu) * W.r;
+}
+
+// The kept values of the vector of rows at n (a multiple of the vector size).
+template <typename T>
+T* kept_rows(const Tail<T>& P, int64_t n) {
+  constexpr int64_t S = Vectorized<T>::size();
+  return P.kept + n / S * (4 * P.nin + 2) * S;
+}
+
+// The backward's tail_rows from what the forward kept, and act'(q) into d: loads, and zh from
+// a s1n with the kept mean and 1 / std (the forward's arithmetic). Lanes past c hold the
+// forward's values of its zero-filled lanes (finite).
+template <typename T>
+void tail_rows_kept(const Tail<T>& P, int64_t n, TailRows<T>& W, std::vector<Vectorized<T>>& d) {
+  using V = Vectorized<T>;
+  constexpr int64_t S = V::size();
+  tail_scale<T>(P, n, std::min<int64_t>(S, P.N - n), W);
+  const T* k = kept_rows(P, n);
+  if (P.norm) W.mu = V::loadu(k + 4 * P.nin * S), W.r = V::loadu(k + (4 * P.nin + 1) * S);
+  for (int64_t i = 0; i < P.nin; ++i, k += 4 * S) {
+    W.a[i] = V::loadu(k), W.s0n[i] = V::loadu(k + S), W.s1n[i] = V::loadu(k + 2 * S);
+    d[i] = V::loadu(k + 3 * S);
+    const V z = W.a[i] * W.s1n[i];
+    W.zh[i] = P.norm ? (z - W.mu) * W.r : z;
+  }
 }
 
 // ot (in, N) = act(q) of every row.
@@ -532,6 +582,18 @@ void tail_fwd_kernel(const Tail<T>& P, const T* s0t, const T* s1t, T* ot) {
     for (int64_t n = c0 * kChunk; n < std::min(P.N, c1 * kChunk); n += S) {
       const int64_t c = std::min<int64_t>(S, P.N - n);
       tail_rows<T>(P, s0t, s1t, n, c, W);
+      if (P.kept) {  // a backward follows: keep what it would recompute
+        T* k = kept_rows(P, n);
+        for (int64_t i = 0; i < P.nin; ++i, k += 4 * S) {
+          const V q = P.norm ? W.zh[i] * V(P.gam[i]) + V(P.bet[i]) : W.zh[i];
+          V o, d;
+          tail_act<T>(P.act, q, o, &d);
+          o.store(ot + i * P.N + n, c);
+          W.a[i].store(k), W.s0n[i].store(k + S), W.s1n[i].store(k + 2 * S), d.store(k + 3 * S);
+        }
+        if (P.norm) W.mu.store(k), W.r.store(k + S);
+        continue;
+      }
       for (int64_t i = 0; i < P.nin; ++i) {
         const V q = P.norm ? W.zh[i] * V(P.gam[i]) + V(P.bet[i]) : W.zh[i];
         V o;
@@ -542,13 +604,13 @@ void tail_fwd_kernel(const Tail<T>& P, const T* s0t, const T* s1t, T* ot) {
   });
 }
 
-// Per chunk into part: db, dT, dw extra, dlo, dhi (mode 0), then the moments (series sink);
-// into lanes (with the LayerNorm): dgamma (in), then dbeta (in), as vectors of per-lane sums
-// (stored, not summed across lanes: a chunk holds only kChunk / S rows per lane).
+// From the forward's kept values (P.kept) and got (in, N), the output gradient through
+// the projection: per chunk into part: db, dT, dw extra, dlo, dhi (mode 0), then the moments
+// (series sink); into lanes (with the LayerNorm): dgamma (in), then dbeta (in), as vectors of
+// per-lane sums (stored, not summed across lanes: a chunk holds only kChunk / S rows per lane).
 template <typename T>
-void tail_bwd_kernel(const Tail<T>& P, const T* s0t, const T* s1t, const T* got, T* ot, T* gs0t,
-                     T* gs1t, T* glo_rows, T* ghi_rows, std::vector<double>& part,
-                     std::vector<T>& lanes) {
+void tail_bwd_kernel(const Tail<T>& P, const T* got, T* gs0t, T* gs1t, T* glo_rows, T* ghi_rows,
+                     std::vector<double>& part, std::vector<T>& lanes) {
   using V = Vectorized<T>;
   constexpr int64_t S = V::size();
   const int64_t chunks = (P.N + kChunk - 1) / kChunk, np = kTailSums;
@@ -557,7 +619,7 @@ void tail_bwd_kernel(const Tail<T>& P, const T* s0t, const T* s1t, const T* got,
   lanes.resize(P.norm ? chunks * 2 * P.nin * S : 0);
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
     TailRows<T> W(P.nin);
-    std::vector<V> mom(nm);
+    std::vector<V> mom(nm), dq(P.nin);  // dq: act'(q)
     std::vector<V> sg(P.norm ? P.nin : 0), sb(P.norm ? P.nin : 0);
     const V one(T(1)), vit(P.it), vb(P.b), vcw(P.cw), vG(static_cast<T>(P.G));
     const V vn(static_cast<T>(P.nin));
@@ -567,14 +629,10 @@ void tail_bwd_kernel(const Tail<T>& P, const T* s0t, const T* s1t, const T* got,
       V gbv(T(0)), gtv(T(0)), gwx(T(0)), glv(T(0)), ghv(T(0));
       for (int64_t n = ch * kChunk; n < std::min(P.N, (ch + 1) * kChunk); n += S) {
         const int64_t c = std::min<int64_t>(S, P.N - n);
-        tail_rows<T>(P, s0t, s1t, n, c, W);
+        tail_rows_kept<T>(P, n, W, dq);
         V s1(T(0)), s2(T(0));
-        for (int64_t i = 0; i < P.nin; ++i) {  // o again (for dW) and gq
-          const V q = P.norm ? W.zh[i] * V(P.gam[i]) + V(P.bet[i]) : W.zh[i];
-          V o, d;
-          tail_act<T>(P.act, q, o, &d);
-          o.store(ot + i * P.N + n, c);
-          const V gq = head(V::loadu(got + i * P.N + n, c) * d, c);
+        for (int64_t i = 0; i < P.nin; ++i) {  // gq = go act'(q)
+          const V gq = head(V::loadu(got + i * P.N + n, c) * dq[i], c);
           if (P.norm) {
             sg[i] = sg[i] + gq * W.zh[i];
             sb[i] = sb[i] + gq;
@@ -698,7 +756,8 @@ std::pair<at::Tensor, std::vector<at::Tensor>> af_layer_fwd(
     const at::Tensor& ut, const at::Tensor& lo_p, const at::Tensor& hi_p, const at::Tensor& w,
     const at::Tensor& b, const at::Tensor& temp, const at::Tensor& gam, const at::Tensor& bet,
     int64_t act, int64_t func, int64_t mode, double eps, bool tanh, int64_t knots,
-    bool want_bwd = false, std::optional<AFSeries>* keep = nullptr) {
+    bool want_bwd = false, std::optional<AFSeries>* keep = nullptr,
+    std::vector<at::Tensor>* kept = nullptr) {
   std::vector<at::Tensor> r;
   std::optional<AFSeries> S;
   if (af_series_applies(ut, mode, tanh, knots)) {
@@ -722,10 +781,16 @@ std::pair<at::Tensor, std::vector<at::Tensor>> af_layer_fwd(
     }
   }
   if (!S) r = af_reduce_t(ut, lo_p, hi_p, w, act, func, mode);  // no r[4], r[5]: the exact path
-  auto ot = scratch(0, ut.sizes(), ut);  // dead once projected
+  // ot: dead once projected, unless kept for the backward (its weight gradient) with the
+  // tail's values (Tail::kept)
+  at::Tensor ot = kept ? kept_tensor(ut.sizes(), ut) : scratch(0, ut.sizes(), ut);
   AT_DISPATCH_FLOATING_TYPES(ut.scalar_type(), "af_kan_layer", [&] {
     auto P = tail_args<scalar_t>(ut, w, b, temp, gam, bet, r, act, mode, eps);
     if (S) P.ut = ut.data_ptr<scalar_t>(), P.series = &*S;
+    if (kept) {
+      *kept = {ot, kept_tensor({kept_size<scalar_t>(ut.size(0), ut.size(1))}, ut)};
+      P.kept = (*kept)[1].data_ptr<scalar_t>();
+    }
     auto ptr = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
     tail_fwd_kernel<scalar_t>(P, ptr(r[0]), ptr(r[1]), ot.data_ptr<scalar_t>());
   });
@@ -760,23 +825,28 @@ struct AFKANLayerFunction : public torch::autograd::Function<AFKANLayerFunction>
                             const std::optional<at::Tensor>& gam,
                             const std::optional<at::Tensor>& bet, int64_t act, int64_t func,
                             int64_t mode, bool tanh, double eps, int64_t knots, bool out_t,
-                            bool need_red) {
+                            bool need_red, bool keep_tail) {
     auto ut = transposed_input(x, tanh);
     check_af_layer(ut, w, b, temp, weight, gam, bet, knots);
     auto wc = w.reshape({-1}).contiguous();
     const at::Tensor g = gam.value_or(at::Tensor()), be = bet.value_or(at::Tensor());
     std::optional<AFSeries> S;
+    std::vector<at::Tensor> kept;
     auto [ot, r] = af_layer_fwd(ut, lo_p, hi_p, wc, b, temp, g, be, act, func, mode, eps, tanh,
-                                knots, need_red, &S);
+                                knots, need_red, &S, keep_tail ? &kept : nullptr);
     if (S) {  // kept for the backward (a capsule: the context holds IValues)
       ctx->saved_data["series"] =
           at::IValue::make_capsule(c10::make_intrusive<SeriesHolder>(std::move(*S)));
     }
-    // saved: ut and the two contractions (in, N; undefined on the series path), the min / max
-    // (and the series path's ties with their partials); never f
+    // saved: ut, the min / max (and the series path's ties with their partials), and (keep_tail,
+    // whenever a backward can follow) the act's output with the tail's values (a, s0n, s1n,
+    // act'(q); the LayerNorm's mean and 1 / std), so that the backward recomputes none of the
+    // tail; never f or the contractions
     const bool series = r.size() > 4;
-    ctx->save_for_backward({ut, lo_p, hi_p, wc, b, temp, weight, g, be, r[0], r[1], r[2], r[3],
-                            series ? r[4] : at::Tensor(), series ? r[5] : at::Tensor()});
+    auto kt = [&](size_t k) { return keep_tail ? kept[k] : at::Tensor(); };
+    ctx->save_for_backward({ut, lo_p, hi_p, wc, b, temp, weight, g, be, r[2], r[3],
+                            series ? r[4] : at::Tensor(), series ? r[5] : at::Tensor(), kt(0),
+                            kt(1)});
     ctx->saved_data["act"] = act;
     ctx->saved_data["func"] = func;
     ctx->saved_data["mode"] = mode;
@@ -791,7 +861,7 @@ struct AFKANLayerFunction : public torch::autograd::Function<AFKANLayerFunction>
     auto sv = ctx->get_saved_variables();
     const auto &ut = sv[0], &lo_p = sv[1], &hi_p = sv[2], &w = sv[3], &weight = sv[6];
     const int64_t act = ctx->saved_data["act"].toInt(), mode = ctx->saved_data["mode"].toInt();
-    variable_list out(17);  // one per forward argument
+    variable_list out(18);  // one per forward argument
     if (!grads[0].defined()) return out;
     const int64_t nin = ut.size(0), N = ut.size(1);
     const int64_t func = ctx->saved_data["func"].toInt();
@@ -804,18 +874,19 @@ struct AFKANLayerFunction : public torch::autograd::Function<AFKANLayerFunction>
     // series and, where the backward's series converge, sinks du and the moments itself
     // (the forward's, kept in the context; with the backward's parts where it could fit them)
     const AFSeries* src = nullptr;
-    if (sv[13].defined()) {
+    if (sv[11].defined()) {
       const auto it = ctx->saved_data.find("series");
       TORCH_CHECK(it != ctx->saved_data.end(), "af_kan_layer: the forward's series are missing");
       src = &static_cast<const SeriesHolder*>(it->second.toCapsule().get())->S;
     }
     const bool sink = src && src->backward && need_red;
     // scratch: all are consumed before this backward returns
-    auto ot = scratch(1, ut.sizes(), ut);
+    TORCH_CHECK(sv[13].defined(), "af_kan_layer: the forward kept no tail values for its backward");
+    const at::Tensor& ot = sv[13];  // act(q), kept
     at::Tensor gs0t, gs1t, gut;
     if (!sink) gs0t = scratch(3, ut.sizes(), ut), gs1t = scratch(4, ut.sizes(), ut);
     if (sink && ctx->needs_input_grad(0)) gut = at::empty_like(ut);
-    std::vector<at::Tensor> r{sv[9], sv[10], sv[11], sv[12]};
+    std::vector<at::Tensor> r{at::Tensor(), at::Tensor(), sv[9], sv[10]};  // (s0t, s1t,) lo, hi
     at::Tensor glo_rows, ghi_rows;
     if (mode == 1) glo_rows = at::empty({N}, ut.options()), ghi_rows = at::empty({N}, ut.options());
     std::vector<double> part;
@@ -828,9 +899,9 @@ struct AFKANLayerFunction : public torch::autograd::Function<AFKANLayerFunction>
                                    ctx->saved_data["eps"].toDouble());
       auto ptr = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
       if (src) P.ut = ut.data_ptr<scalar_t>(), P.series = src, P.sink = sink, P.gut = ptr(gut);
+      P.kept = sv[14].data_ptr<scalar_t>();
       std::vector<scalar_t> lanes;
-      tail_bwd_kernel<scalar_t>(P, ptr(r[0]), ptr(r[1]), got.data_ptr<scalar_t>(),
-                                ot.data_ptr<scalar_t>(), ptr(gs0t), ptr(gs1t), ptr(glo_rows),
+      tail_bwd_kernel<scalar_t>(P, got.data_ptr<scalar_t>(), ptr(gs0t), ptr(gs1t), ptr(glo_rows),
                                 ptr(ghi_rows), part, lanes);
       const int64_t np = kTailSums, chunks = (N + kChunk - 1) / kChunk;
       for (int64_t ch = 0; ch < chunks; ++ch) {  // chunk order: independent of threads
@@ -855,8 +926,8 @@ struct AFKANLayerFunction : public torch::autograd::Function<AFKANLayerFunction>
       std::vector<at::Tensor> red;  // (gut, glow, ghigh, gw)
       if (sink) {
         float* pg = gut.defined() ? gut.data_ptr<float>() : nullptr;
-        auto g = af_series_grads(ut, w, act, func, mode, *src, M0, M1, glo_t, ghi_t, sv[13],
-                                 sv[14], pg);
+        auto g = af_series_grads(ut, w, act, func, mode, *src, M0, M1, glo_t, ghi_t, sv[11],
+                                 sv[12], pg);
         red = {gut, g[0], g[1], g[2]};
       } else {
         red = af_reduce_t_bwd(ut, lo_p, hi_p, w, act, func, mode, gs0t, gs1t, r[2].reshape({-1}),
@@ -910,10 +981,15 @@ at::Tensor af_kan_layer_autograd(const at::Tensor& x, const at::Tensor& lo_p,
                                  bool out_t) {
   // whether a backward will need the reduction's gradients (x, low, high, w): then the
   // forward fits the backward's series too
-  const bool need_red = at::GradMode::is_enabled() && (x.requires_grad() || lo_p.requires_grad() ||
-                                                       hi_p.requires_grad() || w.requires_grad());
+  const bool grad = at::GradMode::is_enabled();
+  const bool need_red = grad && (x.requires_grad() || lo_p.requires_grad() ||
+                                 hi_p.requires_grad() || w.requires_grad());
+  // any backward at all runs the tail's: then the forward keeps its values for it
+  const bool keep_tail =
+      need_red || (grad && (b.requires_grad() || temp.requires_grad() || weight.requires_grad() ||
+                            (gam && gam->requires_grad()) || (bet && bet->requires_grad())));
   return AFKANLayerFunction::apply(x, lo_p, hi_p, w, b, temp, weight, gam, bet, act, func, mode,
-                                   tanh, eps, knots, out_t, need_red);
+                                   tanh, eps, knots, out_t, need_red, keep_tail);
 }
 
 }  // namespace actlab_kan

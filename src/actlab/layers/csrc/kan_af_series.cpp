@@ -515,68 +515,135 @@ inline void collect_hits(const VF& u, const VI& k, const float* any, int64_t e, 
   }
 }
 
-// The hits of every input (ascending e), in parallel; false if an input is NaN. With AVX-512
-// hits_avx512 below; other builds take collect_hits (a gather of the flags, then only the set
-// lanes).
-#if defined(CPU_CAPABILITY_AVX512)
-// The flags of K <= 1,024 cells as 1,024 bits in two registers (bit k % 32 of word k / 32).
-struct CellBits {
-  __m512i lo, hi;
-};
-inline CellBits cell_bits(const float* any, int64_t K) {
-  uint32_t words[32] = {};
+// The hits of every input (ascending e), in parallel; false if an input is NaN. AVX-512 and
+// AVX2 builds: hits_simd below; the portable build takes collect_hits (a gather of the flags,
+// then only the set lanes).
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+#define ACTLAB_CELL_BITS 1
+// The flags of K <= 1,024 cells as 1,024 bits: bit k % 32 of word k / 32 (K = 0: none).
+inline std::array<uint32_t, 32> cell_words(const float* any, int64_t K) {
+  std::array<uint32_t, 32> words{};
   for (int64_t q = 0; q < K; ++q) {
     if (any[q] != 0.0f) words[q >> 5] |= uint32_t(1) << (q & 31);
   }
-  return {_mm512_loadu_si512(words), _mm512_loadu_si512(words + 16)};
+  return words;
+}
+#if defined(CPU_CAPABILITY_AVX512)
+// The words in two registers.
+struct CellBits {
+  __m512i lo, hi;
+};
+inline CellBits cell_bits(const uint32_t* w) {
+  return {_mm512_loadu_si512(w), _mm512_loadu_si512(w + 16)};
 }
 // The lanes of k whose cell's bit is set: a permute picks each lane's word, a shift its bit.
-inline __mmask16 cell_test(const CellBits& b, __m512i k) {
+inline uint32_t cell_test(const CellBits& b, const VI& kv) {
+  const __m512i k = kv;
   const __m512i word = _mm512_permutex2var_epi32(b.lo, _mm512_srli_epi32(k, 5), b.hi);
   const __m512i bit = _mm512_srlv_epi32(word, _mm512_and_si512(k, _mm512_set1_epi32(31)));
   return _mm512_test_epi32_mask(bit, _mm512_set1_epi32(1));
 }
+// Packing a vector's set lanes to the front: vpcompressd / vcompressps in registers, stored
+// whole (the memory form of the compress is several times slower).
+struct Packer {
+  __mmask16 m;
+};
+inline Packer packer(uint32_t set) { return {static_cast<__mmask16>(set)}; }
+inline void pack_store(int32_t* dst, const VI& v, const Packer& p) {
+  _mm512_storeu_si512(dst, _mm512_maskz_compress_epi32(p.m, v));
+}
+inline void pack_store(float* dst, const VF& v, const Packer& p) {
+  _mm512_storeu_ps(dst, _mm512_maskz_compress_ps(p.m, v));
+}
+#else
+// The words in four registers (AVX2 permutes pick from 8 words).
+struct CellBits {
+  __m256i r[4];
+};
+inline CellBits cell_bits(const uint32_t* w) {
+  CellBits b;
+  for (int q = 0; q < 4; ++q) b.r[q] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 8 * q));
+  return b;
+}
+// Word w = k / 32 of each lane: four permutes (each reads w % 8) and two blends on bits 3 and
+// 4 of w (moved to the sign bit, which blendv reads); then bit k % 32 shifted to the sign bit.
+inline uint32_t cell_test(const CellBits& b, const VI& kv) {
+  const __m256i k = kv;
+  const __m256i w = _mm256_srli_epi32(k, 5);
+  auto pick = [&](int q) { return _mm256_castsi256_ps(_mm256_permutevar8x32_epi32(b.r[q], w)); };
+  const __m256 b3 = _mm256_castsi256_ps(_mm256_slli_epi32(w, 28));
+  const __m256 b4 = _mm256_castsi256_ps(_mm256_slli_epi32(w, 27));
+  const __m256 word = _mm256_blendv_ps(_mm256_blendv_ps(pick(0), pick(1), b3),
+                                       _mm256_blendv_ps(pick(2), pick(3), b3), b4);
+  const __m256i up = _mm256_sub_epi32(_mm256_set1_epi32(31), _mm256_and_si256(k, _mm256_set1_epi32(31)));
+  return static_cast<uint32_t>(
+      _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_sllv_epi32(_mm256_castps_si256(word), up))));
+}
+// Packing a vector's set lanes to the front: a permute by the lane indices of the mask (a
+// table of 256 x 8), stored whole.
+struct Packer {
+  __m256i idx;
+};
+inline Packer packer(uint32_t set) {
+  static const std::array<int32_t, 256 * 8> table = [] {
+    std::array<int32_t, 256 * 8> t{};
+    for (int m = 0; m < 256; ++m) {
+      int q = 0;
+      for (int l = 0; l < 8; ++l) {
+        if ((m >> l) & 1) t[m * 8 + q++] = l;
+      }
+    }
+    return t;
+  }();
+  return {_mm256_loadu_si256(reinterpret_cast<const __m256i*>(table.data() + set * 8))};
+}
+inline void pack_store(int32_t* dst, const VI& v, const Packer& p) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm256_permutevar8x32_epi32(v, p.idx));
+}
+inline void pack_store(float* dst, const VF& v, const Packer& p) {
+  _mm256_storeu_ps(dst, _mm256_permutevar8x32_ps(v, p.idx));
+}
+#endif
 
-// One task's hits with AVX-512. For K <= 1,024 (the default) the flags are read per lane from
-// CellBits (the 16-lane gather they replace was about half of the pass; finer cells keep the
-// gather). Each vector's hits are compressed in registers and stored whole (the memory form of
-// vpcompressd is several times slower) into this thread's buffers, which keep a vector's room
-// spare and are kept between calls; NaN lanes are gathered in a mask and tested once. Offsets
-// are int32 from the task's first input (a task holds fewer than 2^31 inputs). Returns false
-// on NaN.
-bool hits_avx512(const float* ut, int64_t n, int64_t v0, int64_t v1, const float* any,
-                 int64_t K, Hits& mine) {
+// One task's hits. For K <= 1,024 (the default) the flags are read per lane from CellBits (the
+// gather they replace was about half of the pass with AVX-512; with AVX2 on a Zen 3 EPYC the
+// gather and a scalar push per hit were ~55 % of the whole min / max search); finer cells keep
+// the gather. Each vector's hits are packed in registers and stored whole into this thread's
+// buffers, which keep a vector's room spare and are kept between calls; NaN lanes are gathered
+// in a mask and tested once. Offsets are int32 from the task's first input (a task holds fewer
+// than 2^31 inputs). Returns false on NaN.
+bool hits_simd(const float* ut, int64_t n, int64_t v0, int64_t v1, const float* any, int64_t K,
+               Hits& mine) {
   const bool bitmap = K <= 1024;
-  const CellBits bits = bitmap ? cell_bits(any, K) : CellBits{_mm512_setzero_si512(),
-                                                              _mm512_setzero_si512()};
-  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const auto words = cell_words(any, bitmap ? K : 0);
+  const CellBits bits = cell_bits(words.data());
+  const VI iota = VI::arange(0, 1);
   static thread_local std::vector<int32_t> off_buf, cell_buf;
   static thread_local std::vector<float> u_buf;
   int64_t cap = static_cast<int64_t>(off_buf.size()), size = 0;
   int32_t *po = off_buf.data(), *pk = cell_buf.data();
   float* pu = u_buf.data();
-  __mmask16 nan = 0;
+  uint32_t nan = 0;
   for (int64_t v = v0; v < v1; ++v) {
-    const int64_t e = v * kS;
-    const __mmask16 lanes = static_cast<__mmask16>(first_lanes(n - e));
+    const int64_t e = v * kS, c = std::min<int64_t>(kS, n - e);
+    const uint32_t lanes = static_cast<uint32_t>(first_lanes(c));
     if (size + kS > cap) {  // grows a few times per thread, then never
       cap = 2 * cap + 1024;
       off_buf.resize(cap), cell_buf.resize(cap), u_buf.resize(cap);
       po = off_buf.data(), pk = cell_buf.data(), pu = u_buf.data();
     }
-    const __m512 u = _mm512_maskz_loadu_ps(lanes, ut + e);
-    nan |= _mm512_mask_cmp_ps_mask(lanes, u, u, _CMP_UNORD_Q);
-    const __m512i k = cell_of(VF(u), K);
-    const __mmask16 set =
+    const VF u = VF::loadu(ut + e, c);
+    nan |= ~static_cast<uint32_t>(u.isnan().zero_mask()) & lanes;
+    const VI k = cell_of(u, K);
+    const uint32_t set =
         (bitmap ? cell_test(bits, k)
-                : static_cast<__mmask16>(~at::vec::gather<4>(any, VI(k)).zero_mask())) &
+                : ~static_cast<uint32_t>(at::vec::gather<4>(any, k).zero_mask())) &
         lanes;
-    const __m512i lane =
-        _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(e - v0 * kS)), iota);
-    _mm512_storeu_si512(po + size, _mm512_maskz_compress_epi32(set, lane));
-    _mm512_storeu_si512(pk + size, _mm512_maskz_compress_epi32(set, k));
-    _mm512_storeu_ps(pu + size, _mm512_maskz_compress_ps(set, u));
-    size += __builtin_popcount(static_cast<unsigned>(set));
+    const Packer p = packer(set);
+    pack_store(po + size, iota + VI(static_cast<int32_t>(e - v0 * kS)), p);
+    pack_store(pk + size, k, p);
+    pack_store(pu + size, u, p);
+    size += __builtin_popcount(set);
   }
   mine.e.resize(size), mine.k.assign(pk, pk + size), mine.u.assign(pu, pu + size);
   for (int64_t q = 0; q < size; ++q) mine.e[q] = v0 * kS + po[q];
@@ -596,9 +663,9 @@ bool hits_pass(const float* ut, int64_t n, int64_t K, const float* any, Hits& hi
   at::parallel_for(0, vecs, kSeriesGrain / kS, [&](int64_t v0, int64_t v1) {
     Hits mine;
     bool ok = true;
-#if defined(CPU_CAPABILITY_AVX512)
+#if defined(ACTLAB_CELL_BITS)
     if ((v1 - v0) * kS < (int64_t(1) << 31)) {
-      ok = hits_avx512(ut, n, v0, v1, any, K, mine);
+      ok = hits_simd(ut, n, v0, v1, any, K, mine);
     } else
 #endif
     {
@@ -731,7 +798,7 @@ struct Cands {
 };
 
 // The pairs, phase by phase: one pass over the hits per phase keeps those whose cell is flagged
-// for it (AVX-512 with K <= 1,024 and G <= 64: the phase's flags as CellBits, built from the
+// for it (AVX-512 / AVX2 with K <= 1,024 and G <= 64: the phase's flags as CellBits, built from the
 // cells' phase masks, and compressed stores; else a gather of its flags). Hits number at most a
 // few percent of the inputs.
 Cands candidate_pairs(const Hits& H, const CellFlags& F, int64_t K, int64_t G) {
@@ -753,7 +820,7 @@ Cands candidate_pairs(const Hits& H, const CellFlags& F, int64_t K, int64_t G) {
   int32_t* pq = C.q.get();
   float* pu = C.u.get();
   int64_t size = 0;
-#if defined(CPU_CAPABILITY_AVX512)
+#if defined(ACTLAB_CELL_BITS)
   if (K <= 1024 && G <= 64) {
     std::vector<uint32_t> words(G * 32, 0);  // phase j's flags: words[32 j ..]
     for (int64_t k = 0; k < K; ++k) {
@@ -761,19 +828,17 @@ Cands candidate_pairs(const Hits& H, const CellFlags& F, int64_t K, int64_t G) {
         words[__builtin_ctzll(b) * 32 + (k >> 5)] |= uint32_t(1) << (k & 31);
       }
     }
-    const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const VI iota = VI::arange(0, 1);
     for (int64_t j = 0; j < G; ++j) {
-      const CellBits bits{_mm512_loadu_si512(words.data() + 32 * j),
-                          _mm512_loadu_si512(words.data() + 32 * j + 16)};
+      const CellBits bits = cell_bits(words.data() + 32 * j);
       for (int64_t q = 0; q < m; q += kS) {
-        const __mmask16 lanes = static_cast<__mmask16>(first_lanes(m - q));
-        const __m512i k = _mm512_maskz_loadu_epi32(lanes, H.k.data() + q);
-        const __mmask16 set = cell_test(bits, k) & lanes;
-        const __m512i idx = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(q)), iota);
-        const __m512 u = _mm512_maskz_loadu_ps(lanes, H.u.data() + q);
-        _mm512_storeu_si512(pq + size, _mm512_maskz_compress_epi32(set, idx));
-        _mm512_storeu_ps(pu + size, _mm512_maskz_compress_ps(set, u));
-        size += __builtin_popcount(static_cast<unsigned>(set));
+        const int64_t c = std::min<int64_t>(kS, m - q);
+        const VI k = VI::loadu(H.k.data() + q, c);  // lanes past c: cell 0, masked off
+        const uint32_t set = cell_test(bits, k) & static_cast<uint32_t>(first_lanes(c));
+        const Packer p = packer(set);
+        pack_store(pq + size, iota + VI(static_cast<int32_t>(q)), p);
+        pack_store(pu + size, VF::loadu(H.u.data() + q, c), p);
+        size += __builtin_popcount(set);
       }
       C.start[j + 1] = size;
     }

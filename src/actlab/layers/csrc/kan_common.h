@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdlib>
 #include <cstdint>
 #include <limits>
 #include <map>
@@ -143,6 +144,9 @@ void no_double_backward(const char* name);
 constexpr int kScratchSlots = 5;
 constexpr int64_t kScratchMax = int64_t(64) << 20;  // bytes per slot kept between calls
 at::Tensor scratch(int slot, at::IntArrayRef shape, const at::Tensor& like);
+// A fresh tensor of shape (like's dtype, CPU) from a pool of recycled blocks: for buffers an op
+// keeps for its backward (see kan_kernels.cpp).
+at::Tensor kept_tensor(at::IntArrayRef shape, const at::Tensor& like);
 // The weight gradient (out, in) = gy^T bt^T of a layer y = bt^T W^T, bt (in, N), gy (N, out).
 at::Tensor weight_grad(const at::Tensor& bt, const at::Tensor& gy);
 // c = a b (+ add, broadcast to c) into c (M, N), a (M, K), b (K, N), any strides, one dtype:

@@ -65,9 +65,20 @@ namespace actlab_kan {
 // ----------------------------------------------------------------------------- layers
 // ut = (tanh of) x^T as (in, N) contiguous; x (..., in).
 // A row-major (N, in) input (the usual case) is transposed in 16 x 16 tiles
-// (at::vec::transpose_mxn; ATen's strided tanh / copy run element by element) and tanh then
-// runs in place on the contiguous result; an input that already lies as (in, N) (the previous
+// (at::vec::transpose_mxn; ATen's strided tanh / copy run element by element) with tanh on
+// each tile as it is written; an input that already lies as (in, N) (the previous
 // KAN layer's out_t output) is read directly.
+namespace {
+// dst[k] = tanh(src[k]), k < n (dst may be src): ATen's vectorised (SLEEF) tanh, 1 ulp.
+template <typename T>
+void tanh_into(const T* src, T* dst, int64_t n) {
+  using V = Vectorized<T>;
+  int64_t k = 0;
+  for (; k + V::size() <= n; k += V::size()) V::loadu(src + k).tanh().store(dst + k);
+  if (k < n) V::loadu(src + k, n - k).tanh().store(dst + k, n - k);
+}
+}  // namespace
+
 at::Tensor transposed_input(const at::Tensor& x, bool tanh) {
   TORCH_CHECK(x.dim() >= 1, "kan layer: expected an input of shape (..., in)");
   auto x2 = x.dim() == 2 ? x : x.reshape({-1, x.size(-1)});  // (N, in)
@@ -75,7 +86,17 @@ at::Tensor transposed_input(const at::Tensor& x, bool tanh) {
   if (xt.is_contiguous() || (x2.scalar_type() != at::kFloat && x2.scalar_type() != at::kDouble)) {
     if (!tanh) return xt.contiguous();  // may be x itself (in or N is 1): only ever read
     auto ut = at::empty(xt.sizes(), x.options());
-    at::tanh_out(ut, xt);  // one pass, never in place on x
+    if (!xt.is_contiguous() || (x2.scalar_type() != at::kFloat && x2.scalar_type() != at::kDouble)) {
+      at::tanh_out(ut, xt);  // other dtypes (half): ATen's tanh; never in place on x
+      return ut;
+    }
+    AT_DISPATCH_FLOATING_TYPES(xt.scalar_type(), "transposed_input", [&] {
+      const scalar_t* src = xt.data_ptr<scalar_t>();
+      scalar_t* dst = ut.data_ptr<scalar_t>();
+      at::parallel_for(0, xt.numel(), 16384, [&](int64_t k0, int64_t k1) {
+        tanh_into(src + k0, dst + k0, k1 - k0);
+      });
+    });
     return ut;
   }
   const auto xc = x2.contiguous();
@@ -89,14 +110,18 @@ at::Tensor transposed_input(const at::Tensor& x, bool tanh) {
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t n0 = b * kRows, rows = std::min(kRows, N - n0);
         for (int64_t i0 = 0; i0 < nin; i0 += 16) {  // (rows, 16) tile -> (16, rows)
+          const int64_t cols = std::min<int64_t>(16, nin - i0);
           at::vec::transpose_mxn<scalar_t>(src + n0 * nin + i0, nin, dst + i0 * N + n0, N,
-                                           static_cast<int>(rows),
-                                           static_cast<int>(std::min<int64_t>(16, nin - i0)));
+                                           static_cast<int>(rows), static_cast<int>(cols));
+          // tanh on the tile while it is in L1 (ATen's tanh op calls MKL's, whose kernel on AMD
+          // CPUs is its SSE one: ~10 % of an AF-KAN step at D 64 on a Zen 3 EPYC)
+          for (int64_t i = i0; tanh && i < i0 + cols; ++i) {
+            tanh_into(dst + i * N + n0, dst + i * N + n0, rows);
+          }
         }
       }
     });
   });
-  if (tanh) ut.tanh_();  // contiguous: ATen's vectorised tanh
   return ut;
 }
 
@@ -334,6 +359,69 @@ at::Tensor scratch(int slot, at::IntArrayRef shape, const at::Tensor& like) {
   // a view without ATen calls (narrow + view took ~0.7 us, from_blob ~0.1 us); the buffer
   // outlives it (thread-kept), and it never leaves the op
   return at::from_blob(b.data_ptr(), shape, like.options());
+}
+
+// Buffers that leave an op but stay internal to it (AF-KAN's values kept by a forward for its
+// backward): recycled, since a fresh multi-MB allocation per step costs page faults (glibc
+// trims the heap's free top and maps it anew: ~0.2 ms of a D 64 transformer step, more than
+// half of what keeping the values saves). A buffer's storage returns its block to a small
+// process-wide pool when freed; a request takes the smallest free block that fits within 2x
+// its size, else a new one. At most kPoolBlocks free blocks of at most kScratchMax bytes each
+// are held; others are freed at once.
+namespace {
+constexpr size_t kPoolBlocks = 8;
+constexpr size_t kPoolHeader = 64;  // the block's size, before the 64-byte aligned data
+
+struct KeptPool {
+  std::mutex m;
+  std::vector<std::pair<size_t, void*>> free;  // (bytes of data, block)
+};
+KeptPool& kept_pool() {
+  static auto* p = new KeptPool();  // never destroyed: storages may be freed at exit
+  return *p;
+}
+
+void kept_release(void* data) {
+  void* block = static_cast<char*>(data) - kPoolHeader;
+  const size_t bytes = *static_cast<size_t*>(block);
+  auto& P = kept_pool();
+  {
+    std::lock_guard<std::mutex> g(P.m);
+    if (P.free.size() < kPoolBlocks && static_cast<int64_t>(bytes) <= kScratchMax) {
+      P.free.emplace_back(bytes, block);
+      return;
+    }
+  }
+  std::free(block);
+}
+}  // namespace
+
+at::Tensor kept_tensor(at::IntArrayRef shape, const at::Tensor& like) {
+  int64_t n = 1;
+  for (auto d : shape) n *= d;
+  const size_t need = static_cast<size_t>(std::max<int64_t>(n, 1) * like.element_size());
+  void* block = nullptr;
+  auto& P = kept_pool();
+  {
+    std::lock_guard<std::mutex> g(P.m);
+    size_t best = P.free.size();
+    for (size_t k = 0; k < P.free.size(); ++k) {
+      const size_t b = P.free[k].first;
+      if (b >= need && b <= 2 * need && (best == P.free.size() || b < P.free[best].first)) best = k;
+    }
+    if (best < P.free.size()) {
+      block = P.free[best].second;
+      P.free.erase(P.free.begin() + static_cast<std::ptrdiff_t>(best));
+    }
+  }
+  if (!block) {
+    const size_t bytes = (need + 4095) / 4096 * 4096;
+    block = std::aligned_alloc(64, kPoolHeader + bytes);
+    TORCH_CHECK(block, "kan: out of memory allocating ", bytes, " bytes");
+    *static_cast<size_t*>(block) = bytes;
+  }
+  return at::from_blob(static_cast<char*>(block) + kPoolHeader, shape, kept_release,
+                       like.options());
 }
 
 // The kernels have no second derivative: refuse a backward that would record one.
