@@ -562,7 +562,9 @@ struct CellBits {
 };
 inline CellBits cell_bits(const uint32_t* w) {
   CellBits b;
-  for (int q = 0; q < 4; ++q) b.r[q] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 8 * q));
+  for (int q = 0; q < 4; ++q) {
+    b.r[q] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 8 * q));
+  }
   return b;
 }
 // Word w = k / 32 of each lane: four permutes (each reads w % 8) and two blends on bits 3 and
@@ -575,7 +577,8 @@ inline uint32_t cell_test(const CellBits& b, const VI& kv) {
   const __m256 b4 = _mm256_castsi256_ps(_mm256_slli_epi32(w, 27));
   const __m256 word = _mm256_blendv_ps(_mm256_blendv_ps(pick(0), pick(1), b3),
                                        _mm256_blendv_ps(pick(2), pick(3), b3), b4);
-  const __m256i up = _mm256_sub_epi32(_mm256_set1_epi32(31), _mm256_and_si256(k, _mm256_set1_epi32(31)));
+  const __m256i up =
+      _mm256_sub_epi32(_mm256_set1_epi32(31), _mm256_and_si256(k, _mm256_set1_epi32(31)));
   return static_cast<uint32_t>(
       _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_sllv_epi32(_mm256_castps_si256(word), up))));
 }

@@ -69,13 +69,22 @@ namespace actlab_kan {
 // each tile as it is written; an input that already lies as (in, N) (the previous
 // KAN layer's out_t output) is read directly.
 namespace {
-// dst[k] = tanh(src[k]), k < n (dst may be src): ATen's vectorised (SLEEF) tanh, 1 ulp.
+// dst[k] = tanh(src[k]), k < n (dst may be src): float fast_tanh, double ATen's (SLEEF) 1-ulp
+// tanh.
+template <typename T>
+inline Vectorized<T> tanh_of(const Vectorized<T>& v) {
+  if constexpr (std::is_same_v<T, float>) {
+    return fast_tanh(v);
+  } else {
+    return v.tanh();
+  }
+}
 template <typename T>
 void tanh_into(const T* src, T* dst, int64_t n) {
   using V = Vectorized<T>;
   int64_t k = 0;
-  for (; k + V::size() <= n; k += V::size()) V::loadu(src + k).tanh().store(dst + k);
-  if (k < n) V::loadu(src + k, n - k).tanh().store(dst + k, n - k);
+  for (; k + V::size() <= n; k += V::size()) tanh_of(V::loadu(src + k)).store(dst + k);
+  if (k < n) tanh_of(V::loadu(src + k, n - k)).store(dst + k, n - k);
 }
 }  // namespace
 
@@ -86,7 +95,8 @@ at::Tensor transposed_input(const at::Tensor& x, bool tanh) {
   if (xt.is_contiguous() || (x2.scalar_type() != at::kFloat && x2.scalar_type() != at::kDouble)) {
     if (!tanh) return xt.contiguous();  // may be x itself (in or N is 1): only ever read
     auto ut = at::empty(xt.sizes(), x.options());
-    if (!xt.is_contiguous() || (x2.scalar_type() != at::kFloat && x2.scalar_type() != at::kDouble)) {
+    const bool fd = x2.scalar_type() == at::kFloat || x2.scalar_type() == at::kDouble;
+    if (!xt.is_contiguous() || !fd) {
       at::tanh_out(ut, xt);  // other dtypes (half): ATen's tanh; never in place on x
       return ut;
     }
@@ -282,6 +292,13 @@ at::Tensor small_gemm_op(const at::Tensor& a, const at::Tensor& b,
   return c;
 }
 
+// The op kan_input (for tests): what a KAN layer's kernels read of x (..., in): (tanh of) x^T
+// as (in, N), contiguous.
+at::Tensor kan_input_op(const at::Tensor& x, bool tanh) {
+  TORCH_CHECK(x.device().is_cpu() && x.dim() >= 1, "kan_input: expected a CPU tensor (..., in)");
+  return transposed_input(x, tanh).clone();
+}
+
 // y (..., out) = Bt^T W^T + b, computed as y^T = W Bt + b (MKL is fastest on these operands
 // as they lie). y is a tensor of its own (never a view: autograd allows in-place changes of a
 // custom Function's output only then). out_t: y keeps the (out, N) memory of y^T (strides 1
@@ -468,6 +485,7 @@ TORCH_LIBRARY(actlab_kan, m) {
       "af_series_info(Tensor low, Tensor high, Tensor w, int act, int func, bool backward) "
       "-> int[]");
   m.def("small_gemm(Tensor a, Tensor b, Tensor? add, bool c_t) -> Tensor");
+  m.def("kan_input(Tensor x, bool tanh) -> Tensor");
   m.def("isa() -> str", isa);
 }
 
@@ -484,6 +502,7 @@ TORCH_LIBRARY_IMPL(actlab_kan, CPU, m) {
   m.impl("af_series_extremes", af_series_extremes_op);
   m.impl("af_series_info", af_series_info_op);
   m.impl("small_gemm", small_gemm_op);
+  m.impl("kan_input", kan_input_op);
 }
 
 TORCH_LIBRARY_IMPL(actlab_kan, Autograd, m) {
