@@ -399,3 +399,21 @@ def test_the_forward_is_the_same_with_and_without_a_backward_to_come(act: str) -
                        strict=True))  # fmt: skip
     for name, g in zip(names, got, strict=True):
         assert torch.equal(g, by_name[name]), name
+
+
+def test_many_graphs_in_flight_keep_their_own_tail_values() -> None:
+    """The kept tail values come from recycled buffers: twelve forwards whose graphs are all
+    alive, then their backward passes in reverse order, give each forward's own gradients (those
+    of a lone forward + backward), on the series and the exact path."""
+    for series in (True, False):
+        m = _variant(_block("af_kan"), series=series)
+        xs = [_x(seed=s) for s in range(12)]
+        alone = [_grads(m, x) for x in xs]
+        params = [p for p in m.parameters() if p.requires_grad]
+        w = torch.randn(ROWS, D_OUT, generator=torch.Generator().manual_seed(7))
+        ins = [x.detach().clone().requires_grad_(True) for x in xs]
+        outs = [m(x) for x in ins]  # every graph alive at once
+        for k in reversed(range(len(xs))):
+            got = torch.autograd.grad((outs[k] * w).sum(), [ins[k], *params], allow_unused=True)
+            for a, b in zip(got, alone[k][1:], strict=True):
+                assert torch.equal(a if a is not None else torch.zeros_like(b), b)

@@ -45,10 +45,13 @@ Speed: on CPU float32 / float64 with act SiLU or GELU (``fused=True``, default;
 two contractions over G and the min / max of f without writing f (N, in, G); then one pass
 over (in, N) for the min-max scale, the softmax with its temperature, the LayerNorm and the
 act; then the projection (one GEMM; a block's first layer writes y^T (out, N) and returns y as
-its (N, out) view, which the second layer reads without a transposing copy). Its backward runs
-one tail pass (which also recomputes the act's output for the weight gradient) and recomputes
-f with its derivatives in one pass;
-autograd keeps u and the two contractions (3 x (N, in)), never f. The phase pairs share one
+its (N, out) view, which the second layer reads without a transposing copy). When a backward
+can follow, the forward keeps the act's output (for the weight gradient) and the tail's values
+a, s0n, s1n and act'(q) per input value (with the LayerNorm's mean and 1 / std per row), so
+the backward's tail pass evaluates no series, exp or act; it then recomputes f with its
+derivatives in one pass (exact kernels) or sums the moments (series path). Autograd keeps
+u, those five and the min / max: 6 floats per input value (3.5x the GELU MLP's saved bytes in
+the D 64 transformer slot), never f (N, in, G). The phase pairs share one
 exp: SiLU's two sigmoids come from exp(-(u - l)) and the constant exp(-(h - l)), float GELU's
 phi from its erf's exp. In float32 on AVX2 / AVX-512 the phases' exps and the tail's softmax
 exp are ATen's 20-ulp exp and the divisions a reciprocal estimate with one Newton step (float64

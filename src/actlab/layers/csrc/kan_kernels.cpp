@@ -383,15 +383,18 @@ at::Tensor scratch(int slot, at::IntArrayRef shape, const at::Tensor& like) {
 // trims the heap's free top and maps it anew: ~0.2 ms of a D 64 transformer step, more than
 // half of what keeping the values saves). A buffer's storage returns its block to a small
 // process-wide pool when freed; a request takes the smallest free block that fits within 2x
-// its size, else a new one. At most kPoolBlocks free blocks of at most kScratchMax bytes each
-// are held; others are freed at once.
+// its size, else a new one. Free blocks are held up to kPoolBytes in all (a deep model's
+// layers each keep two buffers per step: all of them come back for the next step) and
+// kPoolBlocks in number; others are freed at once.
 namespace {
-constexpr size_t kPoolBlocks = 8;
+constexpr size_t kPoolBlocks = 256;
+constexpr size_t kPoolBytes = size_t(1) << 30;
 constexpr size_t kPoolHeader = 64;  // the block's size, before the 64-byte aligned data
 
 struct KeptPool {
   std::mutex m;
   std::vector<std::pair<size_t, void*>> free;  // (bytes of data, block)
+  size_t held = 0;                              // bytes of the free blocks
 };
 KeptPool& kept_pool() {
   static auto* p = new KeptPool();  // never destroyed: storages may be freed at exit
@@ -404,8 +407,9 @@ void kept_release(void* data) {
   auto& P = kept_pool();
   {
     std::lock_guard<std::mutex> g(P.m);
-    if (P.free.size() < kPoolBlocks && static_cast<int64_t>(bytes) <= kScratchMax) {
+    if (P.free.size() < kPoolBlocks && P.held + bytes <= kPoolBytes) {
       P.free.emplace_back(bytes, block);
+      P.held += bytes;
       return;
     }
   }
@@ -428,6 +432,7 @@ at::Tensor kept_tensor(at::IntArrayRef shape, const at::Tensor& like) {
     }
     if (best < P.free.size()) {
       block = P.free[best].second;
+      P.held -= P.free[best].first;
       P.free.erase(P.free.begin() + static_cast<std::ptrdiff_t>(best));
     }
   }
