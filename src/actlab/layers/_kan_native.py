@@ -2,7 +2,7 @@
 
 ReLU-KAN and S-KAN layers are ``y = W vec(B(u)) + b`` with ``u = tanh(x)`` (or ``x``) and G
 basis functions per input node (every KAN op transposes x in tiles with the kernels' own float
-tanh, within 1.33 ulp, not ATen's: MKL's kernel for it is its SSE one on AMD CPUs;
+tanh, within 1.23 ulp, not ATen's: MKL's kernel for it is its SSE one on AMD CPUs;
 ``kan_input`` exposes that step for tests). The ops ``torch.ops.actlab_kan.relu_kan_layer`` and
 ``s_kan_layer`` compute the basis in the transposed layout ``(in G, N)`` (one contiguous row
 per (node, function), vector lanes along the rows N) and contract it with one GEMM; their
