@@ -378,10 +378,13 @@ std::optional<PhaseTable> knot_table_series(const PhaseTable& N, int64_t K,
 
 // The cell k (0 .. K - 1) of u in [-1, 1]: floor((u + 1) K / 2); NaN lanes get cell 0. Clamped
 // before the conversion, whose truncation is then the floor (the clamped value is >= 0).
-inline VI cell_of(const VF& u, int64_t K) {
-  const VF x = (u + VF(1.0f)) * VF(0.5f * static_cast<float>(K));
-  const VF kf = at::vec::clamp(x, VF(0.0f), VF(static_cast<float>(K - 1)));
+// (scale = K / 2, top = K - 1: a loop passes them hoisted)
+inline VI cell_of(const VF& u, const VF& scale, const VF& top) {
+  const VF kf = at::vec::clamp((u + VF(1.0f)) * scale, VF(0.0f), top);
   return at::vec::convert_to_int_of_same_size(VF::blendv(kf, VF(0.0f), kf.isnan()));
+}
+inline VI cell_of(const VF& u, int64_t K) {
+  return cell_of(u, VF(0.5f * static_cast<float>(K)), VF(static_cast<float>(K - 1)));
 }
 
 // The bit mask of a vector's first c lanes.
@@ -608,49 +611,90 @@ inline void pack_store(float* dst, const VF& v, const Packer& p) {
 }
 #endif
 
-// One task's hits. For K <= 1,024 (the default) the flags are read per lane from CellBits (the
-// gather they replace was about half of the pass with AVX-512; with AVX2 on a Zen 3 EPYC the
-// gather and a scalar push per hit were ~55 % of the whole min / max search); finer cells keep
-// the gather. Each vector's hits are packed in registers and stored whole into this thread's
-// buffers, which keep a vector's room spare and are kept between calls; NaN lanes are gathered
-// in a mask and tested once. Offsets are int32 from the task's first input (a task holds fewer
-// than 2^31 inputs). Returns false on NaN.
-bool hits_simd(const float* ut, int64_t n, int64_t v0, int64_t v1, const float* any, int64_t K,
-               Hits& mine) {
-  const bool bitmap = K <= 1024;
-  const auto words = cell_words(any, bitmap ? K : 0);
-  const CellBits bits = cell_bits(words.data());
+// Vectors v0 .. v1 (whole ones: v1 ends before the tensor's last partial vector) into po, pk,
+// pu from size on, which have room for all their lanes; returns the new size. One loop per
+// kind of flag test, its constants hoisted, nothing kept in memory across iterations.
+template <bool kBits>
+int64_t hits_run(const float* ut, int64_t v0, int64_t v1, int64_t e0, const float* any,
+                 const CellBits& bits, const VF& scale, const VF& top, int32_t* po, int32_t* pk,
+                 float* pu, int64_t size, uint32_t& nan) {
   const VI iota = VI::arange(0, 1);
-  static thread_local std::vector<int32_t> off_buf, cell_buf;
-  static thread_local std::vector<float> u_buf;
-  int64_t cap = static_cast<int64_t>(off_buf.size()), size = 0;
-  int32_t *po = off_buf.data(), *pk = cell_buf.data();
-  float* pu = u_buf.data();
-  uint32_t nan = 0;
+  uint32_t bad = 0;
   for (int64_t v = v0; v < v1; ++v) {
-    const int64_t e = v * kS, c = std::min<int64_t>(kS, n - e);
-    const uint32_t lanes = static_cast<uint32_t>(first_lanes(c));
-    if (size + kS > cap) {  // grows a few times per thread, then never
-      cap = 2 * cap + 1024;
-      off_buf.resize(cap), cell_buf.resize(cap), u_buf.resize(cap);
-      po = off_buf.data(), pk = cell_buf.data(), pu = u_buf.data();
-    }
-    const VF u = VF::loadu(ut + e, c);
-    nan |= ~static_cast<uint32_t>(u.isnan().zero_mask()) & lanes;
-    const VI k = cell_of(u, K);
-    const uint32_t set =
-        (bitmap ? cell_test(bits, k)
-                : ~static_cast<uint32_t>(at::vec::gather<4>(any, k).zero_mask())) &
-        lanes;
+    const int64_t e = v * kS;
+    const VF u = VF::loadu(ut + e);
+    bad |= ~static_cast<uint32_t>(u.isnan().zero_mask());
+    const VI k = cell_of(u, scale, top);
+    const uint32_t set = kBits ? cell_test(bits, k)
+                               : ~static_cast<uint32_t>(at::vec::gather<4>(any, k).zero_mask()) &
+                                     static_cast<uint32_t>(first_lanes(kS));
     const Packer p = packer(set);
-    pack_store(po + size, iota + VI(static_cast<int32_t>(e - v0 * kS)), p);
+    pack_store(po + size, iota + VI(static_cast<int32_t>(e - e0)), p);
     pack_store(pk + size, k, p);
     pack_store(pu + size, u, p);
     size += __builtin_popcount(set);
   }
+  nan |= bad & static_cast<uint32_t>(first_lanes(kS));
+  return size;
+}
+
+// One task's hits. For K <= 1,024 (the default) the flags are read per lane from CellBits (the
+// gather they replace was about half of the pass with AVX-512; with AVX2 on a Zen 3 EPYC the
+// gather and a scalar push per hit were ~55 % of the whole min / max search); finer cells keep
+// the gather. Each vector's hits are packed in registers and stored whole into this thread's
+// buffers (kept between calls), which are grown between blocks of vectors to hold a whole
+// block; a partial last vector runs apart (masked). NaN lanes are gathered in a mask and tested
+// once. Offsets are int32 from the task's first input (a task holds fewer than 2^31 inputs).
+// Returns false on NaN.
+bool hits_simd(const float* ut, int64_t n, int64_t v0, int64_t v1, const float* any, int64_t K,
+               Hits& mine) {
+  constexpr int64_t kBlock = 256;  // vectors between capacity checks
+  const bool bitmap = K <= 1024;
+  const auto words = cell_words(any, bitmap ? K : 0);
+  const CellBits bits = cell_bits(words.data());
+  const VF scale(0.5f * static_cast<float>(K)), top(static_cast<float>(K - 1));
+  static thread_local std::vector<int32_t> off_buf, cell_buf;
+  static thread_local std::vector<float> u_buf;
+  int64_t size = 0;
+  uint32_t nan = 0;
+  const int64_t e0 = v0 * kS;
+  const int64_t whole = std::min(v1, n / kS);  // vectors without a tail
+  for (int64_t b = v0; b < v1; b += kBlock) {
+    const int64_t b1 = std::min(v1, b + kBlock);
+    const int64_t need = size + (b1 - b + 1) * kS;
+    if (need > static_cast<int64_t>(off_buf.size())) {  // grows a few times per thread
+      const int64_t cap = std::max<int64_t>(need, 2 * static_cast<int64_t>(off_buf.size()));
+      off_buf.resize(cap), cell_buf.resize(cap), u_buf.resize(cap);
+    }
+    int32_t *po = off_buf.data(), *pk = cell_buf.data();
+    float* pu = u_buf.data();
+    const int64_t w1 = std::min(b1, whole);
+    if (b < w1) {
+      size = bitmap ? hits_run<true>(ut, b, w1, e0, any, bits, scale, top, po, pk, pu, size, nan)
+                    : hits_run<false>(ut, b, w1, e0, any, bits, scale, top, po, pk, pu, size, nan);
+    }
+    if (w1 < b1) {  // the partial last vector
+      const int64_t e = w1 * kS, c = n - e;
+      const uint32_t lanes = static_cast<uint32_t>(first_lanes(c));
+      const VF u = VF::loadu(ut + e, c);
+      nan |= ~static_cast<uint32_t>(u.isnan().zero_mask()) & lanes;
+      const VI k = cell_of(u, scale, top);
+      const uint32_t set =
+          (bitmap ? cell_test(bits, k)
+                  : ~static_cast<uint32_t>(at::vec::gather<4>(any, k).zero_mask())) &
+          lanes;
+      const Packer p = packer(set);
+      pack_store(po + size, VI::arange(0, 1) + VI(static_cast<int32_t>(e - e0)), p);
+      pack_store(pk + size, k, p);
+      pack_store(pu + size, u, p);
+      size += __builtin_popcount(set);
+    }
+  }
+  const int32_t *po = off_buf.data(), *pk = cell_buf.data();
+  const float* pu = u_buf.data();
   mine.e.resize(size), mine.k.assign(pk, pk + size), mine.u.assign(pu, pu + size);
-  for (int64_t q = 0; q < size; ++q) mine.e[q] = v0 * kS + po[q];
-  if (cap > (int64_t(1) << 20)) {  // a pathological call (most inputs hit): not kept
+  for (int64_t q = 0; q < size; ++q) mine.e[q] = e0 + po[q];
+  if (off_buf.size() > (size_t(1) << 20)) {  // a pathological call (most inputs hit): not kept
     std::vector<int32_t>().swap(off_buf), std::vector<int32_t>().swap(cell_buf);
     std::vector<float>().swap(u_buf);
   }
