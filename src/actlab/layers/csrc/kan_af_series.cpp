@@ -876,16 +876,25 @@ Cands candidate_pairs(const Hits& H, const CellFlags& F, int64_t K, int64_t G) {
       }
     }
     const VI iota = VI::arange(0, 1);
+    const int64_t whole = m / kS * kS;  // whole vectors: plain loads (a load of c < kS lanes
+                                        // goes through a stack copy: a store-forwarding stall)
     for (int64_t j = 0; j < G; ++j) {
       const CellBits bits = cell_bits(words.data() + 32 * j);
-      for (int64_t q = 0; q < m; q += kS) {
-        const int64_t c = std::min<int64_t>(kS, m - q);
-        const VI k = VI::loadu(H.k.data() + q, c);  // lanes past c: cell 0, masked off
-        const uint32_t set = cell_test(bits, k) & static_cast<uint32_t>(first_lanes(c));
+      auto one = [&](const VI& k, const VF& u, int64_t q, uint32_t lanes) {
+        const uint32_t set = cell_test(bits, k) & lanes;
         const Packer p = packer(set);
         pack_store(pq + size, iota + VI(static_cast<int32_t>(q)), p);
-        pack_store(pu + size, VF::loadu(H.u.data() + q, c), p);
+        pack_store(pu + size, u, p);
         size += __builtin_popcount(set);
+      };
+      for (int64_t q = 0; q < whole; q += kS) {
+        one(VI::loadu(H.k.data() + q), VF::loadu(H.u.data() + q), q,
+            static_cast<uint32_t>(first_lanes(kS)));
+      }
+      if (whole < m) {  // lanes past m - whole: cell 0, masked off
+        const int64_t c = m - whole;
+        one(VI::loadu(H.k.data() + whole, c), VF::loadu(H.u.data() + whole, c), whole,
+            static_cast<uint32_t>(first_lanes(c)));
       }
       C.start[j + 1] = size;
     }
