@@ -111,7 +111,7 @@ inline Vectorized<T> fast_rcp(const Vectorized<T>& d) {
 // 1.23 ulp over every float32 in 2^-12 .. 10 (measured, AVX2). Measured alternatives: the
 // branch point at 0.625 with a degree-4 P: 2.19 ulp (enough to move AF-KAN's float32 outputs
 // in the layer matrix's 1e-5 test past it), 1.33 with the 1-ulp exp and a true division
-// (~35 % slower); SLEEF's 1-ulp tanh ~1.7x this cost, MKL's (ATen's op) on AMD its SSE kernel.
+// (~35 % slower); SLEEF's 1-ulp tanh ~2x this cost, MKL's (ATen's op) on AMD its SSE kernel.
 // The tests: tests/layers/test_kan_native.py.
 inline Vectorized<float> fast_tanh(const Vectorized<float>& x) {
   using V = Vectorized<float>;
