@@ -417,3 +417,19 @@ def test_many_graphs_in_flight_keep_their_own_tail_values() -> None:
             got = torch.autograd.grad((outs[k] * w).sum(), [ins[k], *params], allow_unused=True)
             for a, b in zip(got, alone[k][1:], strict=True):
                 assert torch.equal(a if a is not None else torch.zeros_like(b), b)
+
+
+def test_release_kept_buffers_gives_the_pool_back_and_steps_go_on() -> None:
+    """After a step the pool holds the kept buffers' blocks; release_kept_buffers frees them
+    (their bytes: at least the step's kept values), a second call finds none, and the next step
+    gives the same gradients as before."""
+    from actlab.layers import release_kept_buffers
+
+    m = _block("af_kan")
+    x = _x()
+    before = _grads(m, x)
+    freed = release_kept_buffers()
+    assert freed >= 5 * ROWS * (D_IN + HIDDEN) * 4  # act(q) and 4 kept values per input
+    assert release_kept_buffers() == 0
+    for a, b in zip(_grads(m, x), before, strict=True):
+        assert torch.equal(a, b)

@@ -62,6 +62,7 @@ from actlab._ext._builder import (
     env_switch,
     key,
     load,
+    loaded,
     try_load,
     unavailable_reason,
 )
@@ -79,6 +80,7 @@ __all__ = [
     "env_switch",
     "key",
     "load",
+    "loaded",
     "try_load",
     "unavailable_reason",
 ]

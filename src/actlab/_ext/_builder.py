@@ -426,6 +426,12 @@ def try_load(ext: Extension) -> NativeLibrary | None:
         return None
 
 
+def loaded(ext: Extension) -> NativeLibrary | None:
+    """The library of ``ext`` if this process has loaded it, else None (never builds)."""
+    got = _results.get(ext)
+    return got if isinstance(got, NativeLibrary) else None
+
+
 def unavailable_reason(ext: Extension) -> str:
     """Why ``ext`` could not be loaded in this process ('' when it was, or was not tried)."""
     got = _results.get(ext)

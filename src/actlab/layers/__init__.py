@@ -13,6 +13,7 @@ take these through their ``norm_layer``, ``mlp_layer`` and ``attn_score`` slots.
 
 from __future__ import annotations
 
+from actlab.layers._kan_native import release_kept_buffers
 from actlab.layers._registry import (
     KINDS,
     LAYERS,
@@ -53,5 +54,6 @@ __all__ = [
     "layernorm",
     "list_layers",
     "register_layer",
+    "release_kept_buffers",
     "rmsnorm",
 ]

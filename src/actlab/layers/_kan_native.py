@@ -45,7 +45,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from actlab._ext import Extension, try_load
+from actlab._ext import Extension, loaded, try_load
 from actlab.layers._native_common import status_functions
 
 __all__ = [
@@ -57,6 +57,7 @@ __all__ = [
     "available",
     "kernel_isa",
     "ops_for",
+    "release_kept_buffers",
     "unavailable_reason",
 ]
 
@@ -114,6 +115,18 @@ def ops_for(x: Tensor, *params: Tensor | None) -> Any | None:
         return None
     lib = try_load(KERNELS)
     return None if lib is None else lib.ops
+
+
+def release_kept_buffers() -> int:
+    """Free the blocks the KAN ops hold for reuse and return their bytes.
+
+    AF-KAN's forward keeps its tail values for the backward in buffers that are recycled
+    between steps (a fresh multi-MB allocation per step costs page faults); up to 1 GiB of
+    freed ones stay held by the process for the next step. Call this after training (say,
+    before long inference) to give them back; buffers still in use return to the pool when
+    their graphs are freed. 0 when the kernels were never loaded (nothing is built here)."""
+    lib = loaded(KERNELS)
+    return 0 if lib is None else int(lib.ops.release_kept())
 
 
 def act_code(act: torch.nn.Module) -> int | None:

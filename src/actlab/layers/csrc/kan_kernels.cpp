@@ -417,6 +417,21 @@ void kept_release(void* data) {
 }
 }  // namespace
 
+// The op release_kept: frees the pool's free blocks (the ones in use come back to it later);
+// returns their bytes.
+int64_t release_kept() {
+  auto& P = kept_pool();
+  std::vector<std::pair<size_t, void*>> blocks;
+  {
+    std::lock_guard<std::mutex> g(P.m);
+    blocks.swap(P.free);
+    P.held = 0;
+  }
+  int64_t bytes = 0;
+  for (auto& b : blocks) bytes += static_cast<int64_t>(b.first), std::free(b.second);
+  return bytes;
+}
+
 at::Tensor kept_tensor(at::IntArrayRef shape, const at::Tensor& like) {
   int64_t n = 1;
   for (auto d : shape) n *= d;
@@ -492,6 +507,7 @@ TORCH_LIBRARY(actlab_kan, m) {
   m.def("small_gemm(Tensor a, Tensor b, Tensor? add, bool c_t) -> Tensor");
   m.def("kan_input(Tensor x, bool tanh) -> Tensor");
   m.def("isa() -> str", isa);
+  m.def("release_kept() -> int", release_kept);
 }
 
 TORCH_LIBRARY_IMPL(actlab_kan, CPU, m) {
