@@ -433,3 +433,17 @@ def test_release_kept_buffers_gives_the_pool_back_and_steps_go_on() -> None:
     assert release_kept_buffers() == 0
     for a, b in zip(_grads(m, x), before, strict=True):
         assert torch.equal(a, b)
+
+
+def test_a_retained_graph_gives_the_same_gradients_twice() -> None:
+    """The backward only reads what the forward kept: a second backward through a retained
+    graph (retain_graph=True) gives the first one's gradients bit for bit."""
+    m = _block("af_kan")
+    x = _x().requires_grad_(True)
+    y = m(x)
+    w = torch.randn(y.shape, generator=torch.Generator().manual_seed(3))
+    params = [x, *(p for p in m.parameters() if p.requires_grad)]
+    first = torch.autograd.grad((y * w).sum(), params, retain_graph=True, allow_unused=True)
+    second = torch.autograd.grad((y * w).sum(), params, allow_unused=True)
+    for a, b in zip(first, second, strict=True):
+        assert (a is None and b is None) or torch.equal(a, b)
