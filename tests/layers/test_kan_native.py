@@ -676,3 +676,10 @@ def test_input_tanh_edges_and_layouts(dtype: torch.dtype) -> None:
             tol = 3e-7 if dtype == torch.float32 else 1e-15
             torch.testing.assert_close(ops.kan_input(inp, True), torch.tanh(flat.t()), rtol=tol,
                                        atol=tol)  # fmt: skip
+
+
+def test_kan_input_bad_input_is_a_one_line_error() -> None:
+    ops = kn.ops_for(torch.zeros(1))
+    with pytest.raises(RuntimeError, match="kan_input: expected a CPU tensor") as e:
+        ops.kan_input(torch.tensor(1.0), True)  # 0-d: no feature axis
+    assert "\n" not in str(e.value)

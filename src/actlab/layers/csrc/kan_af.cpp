@@ -325,7 +325,7 @@ std::vector<at::Tensor> af_kan_reduce_autograd(const at::Tensor& x, const at::Te
 // When a backward can follow, the forward keeps o (for dW) and, per value, a, s0n, s1n and
 // act'(q) (computed with o: GELU's and SiLU's share their exp), per row the LayerNorm's mean and
 // 1 / std: 6 floats per input value, so that the backward evaluates no series, exp or act
-// (it used to recompute the whole forward tail: ~40 % of its passes' work).
+// (it used to recompute the whole forward tail: an estimated ~40 % of its passes' operations).
 // Backward (one tail pass over the kept values; then the reduction's backward):
 //   gq = go act'(q);  LayerNorm: dgamma_i = sum gq zh, dbeta_i = sum gq,
 //   gz = (gh - mean gh - zh mean(gh zh)) / sqrt(var + eps) with gh = gq gamma
@@ -582,24 +582,19 @@ void tail_fwd_kernel(const Tail<T>& P, const T* s0t, const T* s1t, T* ot) {
     for (int64_t n = c0 * kChunk; n < std::min(P.N, c1 * kChunk); n += S) {
       const int64_t c = std::min<int64_t>(S, P.N - n);
       tail_rows<T>(P, s0t, s1t, n, c, W);
-      if (P.kept) {  // a backward follows: keep what it would recompute
-        T* k = kept_rows(P, n);
-        for (int64_t i = 0; i < P.nin; ++i, k += 4 * S) {
-          const V q = P.norm ? W.zh[i] * V(P.gam[i]) + V(P.bet[i]) : W.zh[i];
-          V o, d;
-          tail_act<T>(P.act, q, o, &d);
-          o.store(ot + i * P.N + n, c);
-          W.a[i].store(k), W.s0n[i].store(k + S), W.s1n[i].store(k + 2 * S), d.store(k + 3 * S);
-        }
-        if (P.norm) W.mu.store(k), W.r.store(k + S);
-        continue;
-      }
+      T* k = P.kept ? kept_rows(P, n) : nullptr;  // a backward follows: keep what it would
+                                                   // recompute, act'(q) with act(q)
       for (int64_t i = 0; i < P.nin; ++i) {
         const V q = P.norm ? W.zh[i] * V(P.gam[i]) + V(P.bet[i]) : W.zh[i];
-        V o;
-        tail_act<T>(P.act, q, o, nullptr);
+        V o, d;
+        tail_act<T>(P.act, q, o, k ? &d : nullptr);
         o.store(ot + i * P.N + n, c);
+        if (k) {
+          W.a[i].store(k), W.s0n[i].store(k + S), W.s1n[i].store(k + 2 * S), d.store(k + 3 * S);
+          k += 4 * S;
+        }
       }
+      if (k && P.norm) W.mu.store(k), W.r.store(k + S);
     }
   });
 }
@@ -880,9 +875,9 @@ struct AFKANLayerFunction : public torch::autograd::Function<AFKANLayerFunction>
       src = &static_cast<const SeriesHolder*>(it->second.toCapsule().get())->S;
     }
     const bool sink = src && src->backward && need_red;
-    // scratch: all are consumed before this backward returns
     TORCH_CHECK(sv[13].defined(), "af_kan_layer: the forward kept no tail values for its backward");
     const at::Tensor& ot = sv[13];  // act(q), kept
+    // scratch: all are consumed before this backward returns
     at::Tensor gs0t, gs1t, gut;
     if (!sink) gs0t = scratch(3, ut.sizes(), ut), gs1t = scratch(4, ut.sizes(), ut);
     if (sink && ctx->needs_input_grad(0)) gut = at::empty_like(ut);

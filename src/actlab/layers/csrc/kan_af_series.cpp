@@ -611,6 +611,26 @@ inline void pack_store(float* dst, const VF& v, const Packer& p) {
 }
 #endif
 
+// The lanes (of those in lanes) whose cell k is flagged: the bit table (bitmap), else a gather
+// of the flags any.
+inline uint32_t flagged(bool bitmap, const CellBits& bits, const float* any, const VI& k,
+                        uint32_t lanes) {
+  const uint32_t set = bitmap ? cell_test(bits, k)
+                              : ~static_cast<uint32_t>(at::vec::gather<4>(any, k).zero_mask());
+  return set & lanes;
+}
+
+// The set lanes of the vector at e (offsets e - e0, cells k, values u) packed into po, pk, pu
+// at size; returns the new size.
+inline int64_t pack_hits(uint32_t set, int64_t e, int64_t e0, const VI& k, const VF& u,
+                         int32_t* po, int32_t* pk, float* pu, int64_t size) {
+  const Packer p = packer(set);
+  pack_store(po + size, VI::arange(0, 1) + VI(static_cast<int32_t>(e - e0)), p);
+  pack_store(pk + size, k, p);
+  pack_store(pu + size, u, p);
+  return size + __builtin_popcount(set);
+}
+
 // Vectors v0 .. v1 (whole ones: v1 ends before the tensor's last partial vector) into po, pk,
 // pu from size on, which have room for all their lanes; returns the new size. One loop per
 // kind of flag test, its constants hoisted, nothing kept in memory across iterations.
@@ -618,23 +638,15 @@ template <bool kBits>
 int64_t hits_run(const float* ut, int64_t v0, int64_t v1, int64_t e0, const float* any,
                  const CellBits& bits, const VF& scale, const VF& top, int32_t* po, int32_t* pk,
                  float* pu, int64_t size, uint32_t& nan) {
-  const VI iota = VI::arange(0, 1);
+  const uint32_t all = static_cast<uint32_t>(first_lanes(kS));
   uint32_t bad = 0;
   for (int64_t v = v0; v < v1; ++v) {
-    const int64_t e = v * kS;
-    const VF u = VF::loadu(ut + e);
+    const VF u = VF::loadu(ut + v * kS);
     bad |= ~static_cast<uint32_t>(u.isnan().zero_mask());
     const VI k = cell_of(u, scale, top);
-    const uint32_t set = kBits ? cell_test(bits, k)
-                               : ~static_cast<uint32_t>(at::vec::gather<4>(any, k).zero_mask()) &
-                                     static_cast<uint32_t>(first_lanes(kS));
-    const Packer p = packer(set);
-    pack_store(po + size, iota + VI(static_cast<int32_t>(e - e0)), p);
-    pack_store(pk + size, k, p);
-    pack_store(pu + size, u, p);
-    size += __builtin_popcount(set);
+    size = pack_hits(flagged(kBits, bits, any, k, all), v * kS, e0, k, u, po, pk, pu, size);
   }
-  nan |= bad & static_cast<uint32_t>(first_lanes(kS));
+  nan |= bad & all;
   return size;
 }
 
@@ -679,15 +691,7 @@ bool hits_simd(const float* ut, int64_t n, int64_t v0, int64_t v1, const float* 
       const VF u = VF::loadu(ut + e, c);
       nan |= ~static_cast<uint32_t>(u.isnan().zero_mask()) & lanes;
       const VI k = cell_of(u, scale, top);
-      const uint32_t set =
-          (bitmap ? cell_test(bits, k)
-                  : ~static_cast<uint32_t>(at::vec::gather<4>(any, k).zero_mask())) &
-          lanes;
-      const Packer p = packer(set);
-      pack_store(po + size, VI::arange(0, 1) + VI(static_cast<int32_t>(e - e0)), p);
-      pack_store(pk + size, k, p);
-      pack_store(pu + size, u, p);
-      size += __builtin_popcount(set);
+      size = pack_hits(flagged(bitmap, bits, any, k, lanes), e, e0, k, u, po, pk, pu, size);
     }
   }
   const int32_t *po = off_buf.data(), *pk = cell_buf.data();

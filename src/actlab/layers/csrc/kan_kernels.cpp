@@ -92,11 +92,11 @@ at::Tensor transposed_input(const at::Tensor& x, bool tanh) {
   TORCH_CHECK(x.dim() >= 1, "kan layer: expected an input of shape (..., in)");
   auto x2 = x.dim() == 2 ? x : x.reshape({-1, x.size(-1)});  // (N, in)
   auto xt = x2.t();                       // (in, N) view
-  if (xt.is_contiguous() || (x2.scalar_type() != at::kFloat && x2.scalar_type() != at::kDouble)) {
+  const bool fd = x2.scalar_type() == at::kFloat || x2.scalar_type() == at::kDouble;
+  if (xt.is_contiguous() || !fd) {
     if (!tanh) return xt.contiguous();  // may be x itself (in or N is 1): only ever read
     auto ut = at::empty(xt.sizes(), x.options());
-    const bool fd = x2.scalar_type() == at::kFloat || x2.scalar_type() == at::kDouble;
-    if (!xt.is_contiguous() || !fd) {
+    if (!fd) {
       at::tanh_out(ut, xt);  // other dtypes (half): ATen's tanh; never in place on x
       return ut;
     }
