@@ -64,8 +64,8 @@ no phase per input. The contractions s0(u) = f(u) . w and s1(u) = sum_G f(u) are
 of the scalar u in [-1, 1], analytic for SiLU and GELU, so each forward fits their Chebyshev
 series in double (33 nodes; cut where the dropped coefficients fall below 1e-9 of the
 series' scale: degree ~15 at the default phases; with gradients to come also the backward's
-series, kept for it) and the tail evaluates them where it would
-read them (AVX-512 / AVX2 builds: from per-cell polynomials fitted to the series, 32 cells of
+series, kept for it, the phase gradients' cut at 1e-7, below their float32 sums) and the tail
+evaluates them where it would read them (AVX-512 / AVX2 builds: from per-cell polynomials fitted to the series, 32 cells of
 degree 5 / 8 of degree 7, coefficients picked per lane by a register permute; kept only
 within 1e-8 of the series' scale); the phase gradients come from moments sum gs T_d(u) of the
 same pass. The min / max of f stay exact: a table of f and f' per phase bounds each cell of

@@ -448,32 +448,42 @@ void series_sink(const Tail<T>& P, int64_t n, int64_t c, TailRows<T>& W,
       if (cheb_slopes) {
         for (int r = 0; r < R; ++r) d0[r] = V(e0[0]), d1[r] = V(e1[0]);
       }
+      // degree d's terms, with t = T_d of the R nodes: the slopes' (d <= Dd) and the moments'
+      // (d <= Dm)
+      const auto terms = [&](int64_t d, const V* t) __attribute__((always_inline)) {
+        if (cheb_slopes && d <= S.Dd) {
+          const V k0(e0[d]), k1(e1[d]);
+          for (int r = 0; r < R; ++r) {
+            d0[r] = at::vec::fmadd(k0, t[r], d0[r]);
+            d1[r] = at::vec::fmadd(k1, t[r], d1[r]);
+          }
+        }
+        if (d <= S.Dm) {
+          V a = mom[d], b = mom[D1 + d];
+          for (int r = 0; r < R; ++r) {
+            a = at::vec::fmadd(g0[r], t[r], a);
+            b = at::vec::fmadd(g1[r], t[r], b);
+          }
+          mom[d] = a, mom[D1 + d] = b;
+        }
+      };
       V a = mom[0], b = mom[D1];
       for (int r = 0; r < R; ++r) a = a + g0[r], b = b + g1[r];
       mom[0] = a, mom[D1] = b;
       const int64_t top = cheb_slopes ? std::max(S.Dm, S.Dd) : S.Dm;
-      for (int64_t d = 1; d <= top; ++d) {
-        if (d > 1) {
-          for (int r = 0; r < R; ++r) {
-            const V tn = at::vec::fmsub(u2[r], tc[r], tp[r]);
-            tp[r] = tc[r], tc[r] = tn;
-          }
-        }
-        if (cheb_slopes && d <= S.Dd) {
-          const V k0(e0[d]), k1(e1[d]);
-          for (int r = 0; r < R; ++r) {
-            d0[r] = at::vec::fmadd(k0, tc[r], d0[r]);
-            d1[r] = at::vec::fmadd(k1, tc[r], d1[r]);
-          }
-        }
-        if (d <= S.Dm) {
-          a = mom[d], b = mom[D1 + d];
-          for (int r = 0; r < R; ++r) {
-            a = at::vec::fmadd(g0[r], tc[r], a);
-            b = at::vec::fmadd(g1[r], tc[r], b);
-          }
-          mom[d] = a, mom[D1 + d] = b;
-        }
+      terms(1, tc);
+      // T_d+1 = 2 u T_d - T_d-1 two degrees per step, each overwriting the older of the pair
+      // (no register copies: rotating tp, tc per degree cost 12 moves per step)
+      int64_t d = 2;
+      for (; d + 1 <= top; d += 2) {
+        for (int r = 0; r < R; ++r) tp[r] = at::vec::fmsub(u2[r], tc[r], tp[r]);
+        terms(d, tp);
+        for (int r = 0; r < R; ++r) tc[r] = at::vec::fmsub(u2[r], tp[r], tc[r]);
+        terms(d + 1, tc);
+      }
+      if (d <= top) {
+        for (int r = 0; r < R; ++r) tp[r] = at::vec::fmsub(u2[r], tc[r], tp[r]);
+        terms(d, tp);
       }
       if (P.gut) {
         for (int r = 0; r < r1; ++r) {
