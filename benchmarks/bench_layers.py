@@ -34,7 +34,12 @@ step):
                            amortised over the output width, so the ratio depends on D; every
                            width given is run and reported (pykan only in the transformer group)
 
-A step is: zero grads, y = layer(x), y.square().mean().backward(). pykan
+A step is: zero grads, y = layer(x), y.square().mean().backward(). Inside a network a layer's
+input carries a gradient (it comes from the layers below), so in the transformer, attention and
+norm groups (and the phases, spaces and width groups) the input requires grad and its gradient
+is part of the step, for the baseline and every row alike; the fit group's input is data
+(no gradient). ``--no-input-grad`` drops the input gradient everywhere (the definition of the
+figures before 2026-12-05, evening). pykan
 (``pip install --no-deps pykan`` + pandas; the ``bench`` extra) runs in its speed mode
 (``model.speed()``: no symbolic branch, no saved activations); without it the pykan rows are
 skipped with the reason printed. Figures from a shared 2-core machine are preliminary.
@@ -120,10 +125,22 @@ def _step(forward: Callable[[], Tensor], params: list[Tensor]) -> Callable[[], N
     return run
 
 
+def _net_input(*shape: int, device: str) -> Tensor:
+    """A random input of an in-network slot: it requires grad (the layers below need its
+    gradient) unless --no-input-grad."""
+    return torch.randn(*shape, device=device).requires_grad_(INPUT_GRAD)
+
+
+def _ins(x: Tensor) -> list[Tensor]:
+    """The inputs whose gradients count in a step (zeroed with the parameters)."""
+    return [x] if x.requires_grad else []
+
+
 def _kan_entries(
     x: Tensor, d_out: int, target: int, act: str, device: str, base_hidden: int | None
 ) -> list[tuple[Entry, nn.Module]]:
     d_in = x.shape[-1]
+    ins = _ins(x)
     out: list[tuple[Entry, nn.Module]] = []
     specs = ["mlp", "af_kan", "relu_kan", "s_kan"]
     for spec in specs:
@@ -136,15 +153,16 @@ def _kan_entries(
         m = create_layer(spec, in_features=d_in, hidden_features=h, out_features=d_out,
                          act_layer=act).to(device)  # fmt: skip
         out.append((Entry(spec if spec != "mlp" else f"mlp({act})", lambda m=m: m(x), _n(m),
-                          f"H={h}"), m))  # fmt: skip
+                          f"H={h}", ins), m))  # fmt: skip
         if PLAIN and spec != "mlp":  # the same module on its torch path (fused=False)
             twin = copy.deepcopy(m)
             for lay in (twin.layer1, twin.layer2):
                 lay.fused = False
-            out.append((Entry(f"{spec} (torch)", lambda t=twin: t(x), _n(twin), f"H={h}"), twin))
+            out.append((Entry(f"{spec} (torch)", lambda t=twin: t(x), _n(twin), f"H={h}", ins),
+                        twin))  # fmt: skip
         if spec == "relu_kan" and COMPILE:  # inductor's fusion of the torch path
             c = torch.compile(m)
-            out.append((Entry("relu_kan compiled", lambda c=c: c(x), _n(m), f"H={h}"), m))
+            out.append((Entry("relu_kan compiled", lambda c=c: c(x), _n(m), f"H={h}", ins), m))
         if spec == "s_kan":  # after the schedule: one space per node
             torch.manual_seed(0)
             pruned = create_layer(spec, in_features=d_in, hidden_features=h,
@@ -153,21 +171,21 @@ def _kan_entries(
                 for lay in (pruned.layer1, pruned.layer2):
                     lay.logits.normal_()
             pruned.prune()
-            out.append((Entry("s_kan (pruned)", lambda m=pruned: m(x), _n(pruned), f"H={h}"),
-                        pruned))  # fmt: skip
+            out.append((Entry("s_kan (pruned)", lambda m=pruned: m(x), _n(pruned), f"H={h}",
+                              ins), pruned))  # fmt: skip
             if PLAIN:
                 twin = copy.deepcopy(pruned)
                 for lay in (twin.layer1, twin.layer2):
                     lay.fused = False
                 out.append((Entry("s_kan pruned (torch)", lambda t=twin: t(x), _n(twin),
-                                  f"H={h}"), twin))  # fmt: skip
+                                  f"H={h}", ins), twin))  # fmt: skip
     return out
 
 
 def _slot(d: int, device: str) -> tuple[Tensor, list[tuple[Entry, nn.Module]], int]:
     """The transformer MLP slot at width d: x (BATCH, 17, d), mlp(gelu) with hidden 2 d and the
     KANs at its parameter count (their widths from match_hidden)."""
-    x = torch.randn(BATCH, 17, d, device=device)
+    x = _net_input(BATCH, 17, d, device=device)
     base = create_layer("mlp", in_features=d, hidden_features=2 * d, out_features=d,
                         act_layer="gelu").to(device)  # fmt: skip
     target = _n(base)
@@ -186,13 +204,12 @@ def group_transformer(device: str) -> tuple[list[tuple[Entry, nn.Module]], list[
         m = create_layer(name, in_features=64, hidden_features=128, out_features=64,
                          act_layer="gelu", **kw).to(device)  # fmt: skip
         note = "equal active params" if name == "moe" else "hidden 128"
-        rows.append((Entry(name, lambda m=m: m(x), _n(m), note), m))
+        rows.append((Entry(name, lambda m=m: m(x), _n(m), note, _ins(x)), m))
     kan, why = _pykan([64, 64], target, device)
     if kan is None:
         skipped.append(f"pykan: {why}")
-    else:
-        flat = x.reshape(-1, 64)  # pykan takes (B, in)
-        rows.append((Entry("pykan", lambda: kan(flat), _n(kan), why), kan))
+    else:  # pykan takes (B, in): the reshape is part of its step (a view)
+        rows.append((Entry("pykan", lambda: kan(x.reshape(-1, 64)), _n(kan), why, _ins(x)), kan))
     return rows, skipped
 
 
@@ -208,12 +225,12 @@ def group_fit(device: str) -> tuple[list[tuple[Entry, nn.Module]], list[str]]:
 
 def group_attention(device: str) -> tuple[list[tuple[Entry, nn.Module]], list[str]]:
     g = torch.Generator(device="cpu").manual_seed(0)
-    q, k, v = (torch.randn(BATCH, 4, 17, 16, generator=g).to(device).requires_grad_(True)
+    q, k, v = (torch.randn(BATCH, 4, 17, 16, generator=g).to(device).requires_grad_(INPUT_GRAD)
                for _ in range(3))  # fmt: skip
     soft = create_layer("softmax")
     torch.manual_seed(0)
     karat = create_layer("fourier_karat(heads=4, max_keys=17)").to(device)
-    qkv = [q, k, v]  # their gradients are part of the step
+    qkv = _ins(q) + _ins(k) + _ins(v)  # their gradients are part of the step
     rows = [
         (Entry("softmax", lambda: attention(q, k, v, soft, 0.0), 0, "module + p @ v", qkv), soft),
         (Entry("sdpa (fused)", lambda: attention(q, k, v, None, 0.0), 0, "the ViT default", qkv),
@@ -225,16 +242,16 @@ def group_attention(device: str) -> tuple[list[tuple[Entry, nn.Module]], list[st
 
 
 def group_norm(device: str) -> tuple[list[tuple[Entry, nn.Module]], list[str]]:
-    x = torch.randn(32, 32, 16, 16, device=device)
+    x = _net_input(32, 32, 16, 16, device=device)  # a convolution's output, in a ResNet
     bn = nn.Sequential(nn.BatchNorm2d(32), nn.ReLU()).to(device)
-    rows = [(Entry("batchnorm+relu", lambda: bn(x), _n(bn)), bn)]
+    rows = [(Entry("batchnorm+relu", lambda: bn(x), _n(bn), "", _ins(x)), bn)]
     skipped = []
     for name in ("evonorm_b0", "evonorm_s0"):
         if name not in list_layers():
             skipped.append(f"{name}: not registered")
             continue
         m = create_layer(name, num_features=32).to(device)
-        rows.append((Entry(name, lambda m=m: m(x), _n(m)), m))
+        rows.append((Entry(name, lambda m=m: m(x), _n(m), "", _ins(x)), m))
     return rows, skipped
 
 
@@ -253,16 +270,17 @@ PHASES = ((1, 1), (2, 2), (5, 3), (10, 6))  # (grid, k): G = grid + k = 2, 4, 8 
 def group_phases(device: str) -> tuple[list[tuple[Entry, nn.Module]], list[str]]:
     """The transformer slot (D 64) with AF-KAN at G = 2, 4, 8, 16 phases, one width (the one
     matched at the default G = 8): where its step time goes, per phase and fixed."""
-    x = torch.randn(BATCH, 17, 64, device=device)
+    x = _net_input(BATCH, 17, 64, device=device)
     base = create_layer("mlp", in_features=64, hidden_features=128, out_features=64,
                         act_layer="gelu").to(device)  # fmt: skip
     h = match_hidden("af_kan", 64, 64, _n(base))
-    rows = [(Entry("mlp(gelu)", lambda: base(x), _n(base), "hidden 128"), base)]
+    rows = [(Entry("mlp(gelu)", lambda: base(x), _n(base), "hidden 128", _ins(x)), base)]
     for grid, k in PHASES:
         torch.manual_seed(0)
         m = create_layer("af_kan", in_features=64, hidden_features=h, out_features=64,
                          grid=grid, k=k).to(device)  # fmt: skip
-        rows.append((Entry(f"af_kan G={grid + k}", lambda m=m: m(x), _n(m), f"H={h}"), m))
+        rows.append((Entry(f"af_kan G={grid + k}", lambda m=m: m(x), _n(m), f"H={h}", _ins(x)),
+                     m))  # fmt: skip
     return rows, []
 
 
@@ -282,17 +300,17 @@ def print_phases(summary: dict[str, tuple[float, ...]]) -> None:
 def group_spaces(device: str) -> tuple[list[tuple[Entry, nn.Module]], list[str]]:
     """The transformer slot (D 64) with S-KAN in its full phase on each space alone and on the
     whole pool, one width (the pool's matched one): what each space adds to a full-phase step."""
-    x = torch.randn(BATCH, 17, 64, device=device)
+    x = _net_input(BATCH, 17, 64, device=device)
     base = create_layer("mlp", in_features=64, hidden_features=128, out_features=64,
                         act_layer="gelu").to(device)  # fmt: skip
     h = match_hidden("s_kan", 64, 64, _n(base))
-    rows = [(Entry("mlp(gelu)", lambda: base(x), _n(base), "hidden 128"), base)]
+    rows = [(Entry("mlp(gelu)", lambda: base(x), _n(base), "hidden 128", _ins(x)), base)]
     for spaces in ("bspline,rbf,chebyshev,relu", "bspline", "rbf", "chebyshev", "relu"):
         torch.manual_seed(0)
         m = create_layer("s_kan", in_features=64, hidden_features=h, out_features=64,
                          spaces=spaces).to(device)  # fmt: skip
         label = "s_kan full (pool)" if "," in spaces else f"s_kan {spaces} only"
-        rows.append((Entry(label, lambda m=m: m(x), _n(m), f"H={h}"), m))
+        rows.append((Entry(label, lambda m=m: m(x), _n(m), f"H={h}", _ins(x)), m))
     return rows, []
 
 
@@ -321,6 +339,7 @@ def _peak(step: Callable[[], None], device: str) -> str:
 BATCH = 64  # --batch: the leading dimension of the transformer-slot and attention inputs
 COMPILE = False  # --compile: add torch.compile rows (inductor; compiling takes minutes here)
 PLAIN = False  # --plain: add each KAN on its torch path (fused=False) beside its native kernels
+INPUT_GRAD = True  # --no-input-grad: in-network slots' inputs without a gradient (the old steps)
 
 
 def run_group(
@@ -404,9 +423,15 @@ def main() -> None:
     ap.add_argument(
         "--plain", action="store_true", help="add the KANs' torch paths (fused=False) as rows"
     )
+    ap.add_argument(
+        "--no-input-grad",
+        action="store_true",
+        help="no input gradient in the in-network slots (transformer, attention, norm): the "
+        "step definition of the figures before 2026-12-05, evening",
+    )
     args = ap.parse_args()
-    global BATCH, COMPILE, PLAIN
-    COMPILE, PLAIN = args.compile, args.plain
+    global BATCH, COMPILE, PLAIN, INPUT_GRAD
+    COMPILE, PLAIN, INPUT_GRAD = args.compile, args.plain, not args.no_input_grad
     if args.batch < 1:
         sys.exit(f"bench_layers: --batch takes a positive integer, got {args.batch}")
     BATCH = args.batch
@@ -427,7 +452,9 @@ def main() -> None:
         )
     isa = kan_native.kernel_isa() or f"unavailable ({kan_native.unavailable_reason()})"
     print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, "
-          f"KAN kernels {isa}; preliminary: shared machine")  # fmt: skip
+          f"KAN kernels {isa}; input gradients: "
+          f"{'in-network slots' if INPUT_GRAD else 'none (--no-input-grad)'}; "
+          "preliminary: shared machine")  # fmt: skip
     sweep: dict[int, dict[str, tuple[float, ...]]] = {}
     for key in keys:
         if key != "width":

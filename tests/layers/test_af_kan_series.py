@@ -447,3 +447,20 @@ def test_a_retained_graph_gives_the_same_gradients_twice() -> None:
     second = torch.autograd.grad((y * w).sum(), params, allow_unused=True)
     for a, b in zip(first, second, strict=True):
         assert (a is None and b is None) or torch.equal(a, b)
+
+
+@pytest.mark.parametrize("leading", [(ROWS,), (20, ROWS // 20)])
+def test_the_input_gradient_lies_as_the_input_does(leading: tuple[int, ...]) -> None:
+    """A row-major input gets a row-major gradient from the series path (written so by the
+    sink: no transposing copy for AccumulateGrad or the layer below), equal to the exact
+    kernels' within the suite's tolerance and with its ties' share; a layer whose input is the
+    previous KAN layer's (in, N) output hands back that layout (the block's second layer)."""
+    m = _block("af_kan")
+    x = _x().reshape(*leading, D_IN).requires_grad_(True)
+    (got,) = torch.autograd.grad(m(x).square().sum(), [x])  # as the op returns it
+    assert got.is_contiguous() and got.shape == x.shape
+    (ref,) = torch.autograd.grad(_variant(m, series=False)(x).square().sum(), [x])
+    assert float((got - ref).abs().max()) <= 1e-4 * float(ref.abs().max())
+    h = m.layer1(x.detach()).detach().requires_grad_(True)  # (..., hidden) over (hidden, N)
+    (gh,) = torch.autograd.grad(m.layer2(h).square().sum(), [h])
+    assert gh.stride() == h.stride() and not h.is_contiguous()

@@ -354,6 +354,7 @@ struct Tail {
   const AFSeries* series = nullptr;
   bool sink = false;
   T* gut = nullptr;
+  bool gut_rows = false;  // gut is (N, in) row-major (the layout of a row-major input x)
   // kept: what the forward hands its backward instead of the backward recomputing it: per
   // vector of rows and node, a, s0n, s1n, act'(q) as 4 whole vectors, in the order the passes
   // run (kept_size), then per vector of rows the LayerNorm's mean and 1 / std
@@ -486,9 +487,36 @@ void series_sink(const Tail<T>& P, int64_t n, int64_t c, TailRows<T>& W,
         terms(d, tp);
       }
       if (P.gut) {
+        alignas(64) float rows[R][V::size()];  // gut_rows: du of the R nodes, then per row
         for (int r = 0; r < r1; ++r) {
           const V du = at::vec::fmadd(g0[r], d0[r], g1[r] * d1[r]) * (V(1.0f) - u[r] * u[r]);
-          du.store(P.gut + (i0 + r) * P.N + n, c);
+          if (P.gut_rows) {
+            du.store(rows[r]);
+          } else {
+            du.store(P.gut + (i0 + r) * P.N + n, c);
+          }
+        }
+        if (P.gut_rows) {  // (N, in): row l's r1 nodes side by side (no transposing pass later)
+          float* g = P.gut + n * P.nin + i0;
+#if defined(CPU_CAPABILITY_AVX2)
+          if (r1 == 4 && c == 8) {  // a 4 x 8 transpose: each row's four nodes as one store
+            const __m256 a0 = _mm256_load_ps(rows[0]), a1 = _mm256_load_ps(rows[1]);
+            const __m256 a2 = _mm256_load_ps(rows[2]), a3 = _mm256_load_ps(rows[3]);
+            const __m256 t0 = _mm256_unpacklo_ps(a0, a1), t1 = _mm256_unpackhi_ps(a0, a1);
+            const __m256 t2 = _mm256_unpacklo_ps(a2, a3), t3 = _mm256_unpackhi_ps(a2, a3);
+            const __m256 q[4] = {_mm256_shuffle_ps(t0, t2, 0x44), _mm256_shuffle_ps(t0, t2, 0xEE),
+                                 _mm256_shuffle_ps(t1, t3, 0x44), _mm256_shuffle_ps(t1, t3, 0xEE)};
+            for (int l = 0; l < 4; ++l) {  // q[l]: rows l and l + 4
+              _mm_storeu_ps(g + l * P.nin, _mm256_castps256_ps128(q[l]));
+              _mm_storeu_ps(g + (l + 4) * P.nin, _mm256_extractf128_ps(q[l], 1));
+            }
+          } else
+#endif
+          {
+            for (int64_t l = 0; l < c; ++l) {
+              for (int r = 0; r < r1; ++r) g[l * P.nin + r] = rows[r][l];
+            }
+          }
         }
       }
     }
@@ -859,6 +887,11 @@ struct AFKANLayerFunction : public torch::autograd::Function<AFKANLayerFunction>
     ctx->saved_data["eps"] = eps;
     ctx->saved_data["xshape"] = x.sizes().vec();
     ctx->saved_data["wshape"] = w.sizes().vec();
+    // x does not lie as (in, N) (the previous KAN layer's out_t output does): the series path's
+    // input gradient is written row-major, in x's own layout, not as a transposed view that the
+    // next consumer (AccumulateGrad, the layer below) would copy
+    const auto x2 = x.dim() == 2 ? x : x.reshape({-1, x.size(-1)});
+    ctx->saved_data["x_rows"] = !x2.t().is_contiguous();
     return project(ot, weight, std::nullopt, x, out_t);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -890,7 +923,10 @@ struct AFKANLayerFunction : public torch::autograd::Function<AFKANLayerFunction>
     // scratch: all are consumed before this backward returns
     at::Tensor gs0t, gs1t, gut;
     if (!sink) gs0t = scratch(3, ut.sizes(), ut), gs1t = scratch(4, ut.sizes(), ut);
-    if (sink && ctx->needs_input_grad(0)) gut = at::empty_like(ut);
+    const bool gut_rows = sink && ctx->saved_data["x_rows"].toBool();
+    if (sink && ctx->needs_input_grad(0)) {
+      gut = gut_rows ? at::empty({N, nin}, ut.options()) : at::empty_like(ut);
+    }
     std::vector<at::Tensor> r{at::Tensor(), at::Tensor(), sv[9], sv[10]};  // (s0t, s1t,) lo, hi
     at::Tensor glo_rows, ghi_rows;
     if (mode == 1) glo_rows = at::empty({N}, ut.options()), ghi_rows = at::empty({N}, ut.options());
@@ -904,6 +940,7 @@ struct AFKANLayerFunction : public torch::autograd::Function<AFKANLayerFunction>
                                    ctx->saved_data["eps"].toDouble());
       auto ptr = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
       if (src) P.ut = ut.data_ptr<scalar_t>(), P.series = src, P.sink = sink, P.gut = ptr(gut);
+      P.gut_rows = gut_rows;
       P.kept = sv[14].data_ptr<scalar_t>();
       std::vector<scalar_t> lanes;
       tail_bwd_kernel<scalar_t>(P, got.data_ptr<scalar_t>(), ptr(gs0t), ptr(gs1t), ptr(glo_rows),
@@ -932,14 +969,17 @@ struct AFKANLayerFunction : public torch::autograd::Function<AFKANLayerFunction>
       if (sink) {
         float* pg = gut.defined() ? gut.data_ptr<float>() : nullptr;
         auto g = af_series_grads(ut, w, act, func, mode, *src, M0, M1, glo_t, ghi_t, sv[11],
-                                 sv[12], pg);
+                                 sv[12], pg, gut_rows);
         red = {gut, g[0], g[1], g[2]};
       } else {
         red = af_reduce_t_bwd(ut, lo_p, hi_p, w, act, func, mode, gs0t, gs1t, r[2].reshape({-1}),
                               r[3].reshape({-1}), glo_t, ghi_t, ctx->saved_data["tanh"].toBool(),
                               ctx->needs_input_grad(0));
       }
-      if (ctx->needs_input_grad(0)) out[0] = red[0].t().reshape(ctx->saved_data["xshape"].toIntVector());
+      if (ctx->needs_input_grad(0)) {
+        const auto xshape = ctx->saved_data["xshape"].toIntVector();
+        out[0] = gut_rows ? red[0].view(xshape) : red[0].t().reshape(xshape);
+      }
       if (ctx->needs_input_grad(1)) out[1] = red[1];
       if (ctx->needs_input_grad(2)) out[2] = red[2];
       if (ctx->needs_input_grad(3)) {

@@ -193,11 +193,11 @@ struct Tie {
 
 // The ties' share, after af_bwd_kernel: counts #lo, #hi (over the tensor, mode 0, or per row,
 // mode 1), then glo / #lo and ghi / #hi times each tie's partials into gut and the phase sums
-// a (dl before its sign), b (dh), in chunk order.
+// a (dl before its sign), b (dh), in chunk order. gut is (in, N), or (N, in) with gut_rows.
 template <typename T>
 void af_add_ties(const std::vector<std::vector<Tie<T>>>& tied, const T* ut, const T* glo,
                  const T* ghi, T* gut, std::vector<double>& a, std::vector<double>& b,
-                 const AFArgs& A) {
+                 const AFArgs& A, bool gut_rows = false) {
   const int64_t rows = A.mode == 1 ? A.N : 1;
   std::vector<double> nlo(rows, 0.0), nhi(rows, 0.0);
   for (const auto& list : tied) {
@@ -219,7 +219,8 @@ void af_add_ties(const std::vector<std::vector<Tie<T>>>& tied, const T* ut, cons
       if (gut) {
         const double u = static_cast<double>(ut[t.i * A.N + t.n]);
         const double du = (ga - gb) * (A.tanh ? 1.0 - u * u : 1.0);
-        gut[t.i * A.N + t.n] = static_cast<T>(static_cast<double>(gut[t.i * A.N + t.n]) + du);
+        T& g = gut[gut_rows ? t.n * A.nin + t.i : t.i * A.N + t.n];
+        g = static_cast<T>(static_cast<double>(g) + du);
       }
     }
   }
@@ -295,7 +296,7 @@ std::optional<AFExtremes> af_series_extremes(const at::Tensor& ut, const at::Ten
                                              const AFSeries* S = nullptr);
 // (glow, ghigh, gw) from the moments M0, M1 (Dm + 1 each: sum gs0 T_d(u), sum gs1 T_d(u)), with
 // the ties' share of glo / ghi (func_norm "batch"; the forward's tie_pairs, tie_vals) also added
-// to gut (if gut).
+// to gut (if gut: (in, N), or (N, in) with gut_rows).
 std::vector<at::Tensor> af_series_grads(const at::Tensor& ut, const at::Tensor& w, int64_t act,
                                         int64_t func, int64_t mode, const AFSeries& S,
                                         const std::vector<double>& M0,
@@ -303,7 +304,7 @@ std::vector<at::Tensor> af_series_grads(const at::Tensor& ut, const at::Tensor& 
                                         const std::optional<at::Tensor>& glo,
                                         const std::optional<at::Tensor>& ghi,
                                         const at::Tensor& tie_pairs, const at::Tensor& tie_vals,
-                                        float* gut);
+                                        float* gut, bool gut_rows = false);
 
 // a_q = sum_{d <= D} c_q[d] T_d(u) for the two series c_0, c_1 of R vectors u (u2 = 2 u), with
 // T_d by T_d+1 = 2 u T_d - T_d-1: one recurrence serves both sums; the R vectors interleave

@@ -1200,7 +1200,7 @@ std::vector<at::Tensor> af_series_grads(const at::Tensor& ut, const at::Tensor& 
                                         const std::optional<at::Tensor>& glo_,
                                         const std::optional<at::Tensor>& ghi_,
                                         const at::Tensor& tie_pairs, const at::Tensor& tie_vals,
-                                        float* pg) {
+                                        float* pg, bool gut_rows) {
   const int64_t G = w.numel(), D1 = S.Dm + 1;
   const AFArgs A{ut.size(0), ut.size(1), G, act, func, mode, true};
   const auto wc = w.contiguous();
@@ -1231,7 +1231,8 @@ std::vector<at::Tensor> af_series_grads(const at::Tensor& ut, const at::Tensor& 
       tied[0].push_back({e / A.N, e % A.N, pc[q] % G, static_cast<int>(pv[3 * q]),
                          pv[3 * q + 1], pv[3 * q + 2]});
     }
-    af_add_ties<float>(tied, pu, glo.data_ptr<float>(), ghi.data_ptr<float>(), pg, a, b, A);
+    af_add_ties<float>(tied, pu, glo.data_ptr<float>(), ghi.data_ptr<float>(), pg, a, b, A,
+                       gut_rows);
   }
   auto opts = ut.options();
   at::Tensor gl = at::empty({G}, opts), gh = at::empty({G}, opts), gw = at::empty({G}, opts);
