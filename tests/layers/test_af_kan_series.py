@@ -356,9 +356,10 @@ def test_the_layer_op_takes_w_as_g_or_1_by_g_and_refuses_other_shapes() -> None:
 @pytest.mark.parametrize("act", [0, 1])  # SiLU, GELU
 def test_pieces_stand_in_for_the_series_on_avx_builds(act: int) -> None:
     """With AVX-512 (32 cells of degree 5) or AVX2 (8 of degree 7) the tail evaluates s0, s1
-    and, in the backward, their slopes from per-cell polynomials (kan_af.h, ``pieces2``) that
-    reproduce the series within 1e-8 of their scale; the portable build has none and keeps the
-    series (its tests are the series branch's). The accuracy tests above run on either."""
+    from per-cell polynomials (kan_af.h, ``pieces2``) that reproduce the series within 1e-8 of
+    their scale and, in the backward, their slopes from pieces of degree 5 within 1e-6; the
+    portable build has none and keeps the series (its tests are the series branch's). The
+    accuracy tests above run on either."""
     ops = kn.ops_for(torch.zeros(1))
     assert ops is not None
     m = _block("af_kan").layer1

@@ -441,8 +441,7 @@ void series_sink(const Tail<T>& P, int64_t n, int64_t c, TailRows<T>& W,
       bool cheb_slopes = P.gut != nullptr;
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
       if (P.gut && S.piece_slopes()) {
-        pieces2<R>(S.pt.data() + 2 * AFSeries::kTable, S.pt.data() + 3 * AFSeries::kTable, u,
-                   d0, d1);
+        pieces2<R, kSlopeDeg>(S.slope_table(0), S.slope_table(1), u, d0, d1);
         cheb_slopes = false;
       }
 #endif

@@ -249,19 +249,23 @@ void check_knots(int64_t knots, const char* op);
 // 8 from one), so one value of one sum costs kPieceDeg + 1 permutes and kPieceDeg multiply-adds,
 // where the Chebyshev series costs ~3 D / 2 operations (D ~ 15-18). kan_af_series.cpp builds the
 // tables from the series and keeps them only where they reproduce it within kPieceTol of its
-// scale (else the tail evaluates the series).
+// scale (else the tail evaluates the series). The slopes s0', s1' (the input gradient's, in the
+// backward) have pieces of degree kSlopeDeg, kept within kSlopeTol of their scale: on AVX2 degree
+// 5 (GELU at the default phases: 5.8e-7 of the scale, computed; degree 7: 9e-10), two permutes
+// and two multiply-adds fewer per value and slope than the values' degree.
 #if defined(CPU_CAPABILITY_AVX512)
-constexpr int64_t kPieces = 32, kPieceDeg = 5;
+constexpr int64_t kPieces = 32, kPieceDeg = 5, kSlopeDeg = 5;
 #elif defined(CPU_CAPABILITY_AVX2)
-constexpr int64_t kPieces = 8, kPieceDeg = 7;
+constexpr int64_t kPieces = 8, kPieceDeg = 7, kSlopeDeg = 5;
 #else
-constexpr int64_t kPieces = 0, kPieceDeg = 0;
+constexpr int64_t kPieces = 0, kPieceDeg = 0, kSlopeDeg = 0;
 #endif
 
 // The series of one call: s0, s1 (2, D + 1) and their derivatives (2, Dd + 1) as float
 // coefficients; with the backward's, those of every phase's pa_j, pb_j, f_j (G, Dm + 1).
-// pt: the pieces of s0, s1 (and with the slopes, of s0', s1'), (2 or 4, kPieceDeg + 1, kPieces),
-// each cell's coefficients highest degree first; empty without pieces.
+// pt: the pieces of s0, s1 ((2, kPieceDeg + 1, kPieces)) and with the slopes those of s0', s1'
+// ((2, kSlopeDeg + 1, kPieces)) after them, each cell's coefficients highest degree first; empty
+// without pieces.
 struct PhaseTable;  // kan_af_series.cpp
 struct AFSeries {
   int64_t D = 0, Dd = 0, Dm = 0;
@@ -271,8 +275,12 @@ struct AFSeries {
   bool backward = false;                    // dc, pa, pb, pf and Dm filled (the backward's)
   std::shared_ptr<const PhaseTable> nodes;  // the phases at the nodes (the extremes reuse it)
   static constexpr int64_t kTable = (kPieceDeg + 1) * kPieces;  // floats per piece table
+  static constexpr int64_t kSlopeTable = (kSlopeDeg + 1) * kPieces;  // per slope table
   bool pieces() const { return !pt.empty(); }
-  bool piece_slopes() const { return !pt.empty() && static_cast<int64_t>(pt.size()) == 4 * kTable; }
+  bool piece_slopes() const {
+    return !pt.empty() && static_cast<int64_t>(pt.size()) == 2 * (kTable + kSlopeTable);
+  }
+  const float* slope_table(int q) const { return pt.data() + 2 * kTable + q * kSlopeTable; }
 };
 // nullopt when a series does not converge (the call takes the exact kernels). backward: also
 // what the backward needs (the slopes and the moments' series), which may not converge where
@@ -353,7 +361,7 @@ struct PieceRow {
 // R vectors u in [-1, 1]. The cell k = floor((u + 1) K / 2) (clamped to K - 1) picks each lane's
 // coefficients; y = K u - (2 k - K + 1) is exact but for one rounding (K u is exact), so the
 // local variable does not lose u's low bits. Horner in y.
-template <int R>
+template <int R, int64_t Deg = kPieceDeg>
 inline void pieces2(const float* t0, const float* t1, const Vectorized<float>* u,
                     Vectorized<float>* a0, Vectorized<float>* a1) {
   using V = Vectorized<float>;
@@ -367,7 +375,7 @@ inline void pieces2(const float* t0, const float* t1, const Vectorized<float>* u
                             last);
     y[r] = u[r] * cells - at::vec::convert_to_fp_of_same_size<float>(k[r] + k[r] - last);
   }
-  for (int64_t q = 0; q <= kPieceDeg; ++q) {
+  for (int64_t q = 0; q <= Deg; ++q) {
     const PieceRow c0(t0 + q * kPieces), c1(t1 + q * kPieces);
     for (int r = 0; r < R; ++r) {
       a0[r] = q == 0 ? c0.pick(k[r]) : at::vec::fmadd(a0[r], y[r], c0.pick(k[r]));

@@ -55,6 +55,7 @@ constexpr int64_t kChebMax = 32;      // the series' largest degree
 constexpr double kChebTol = 1e-9;     // the dropped coefficients' share of the scale
 constexpr double kMomTol = 1e-7;     // the same for the phase gradients' series (below)
 constexpr double kPieceTol = 1e-8;    // a piece's largest miss of its series, of the scale
+constexpr double kSlopeTol = 1e-6;    // the same for the slopes' pieces (degree kSlopeDeg)
 constexpr int64_t kSeriesGrain = 8192;  // inputs per parallel task of the candidate pass
 constexpr int64_t kRangeStride = 8;     // u_range reads every 8th vector (a hint; see there)
 
@@ -226,15 +227,16 @@ void cheb_values(const double* c, int64_t D, const double* x, int64_t n, double*
   }
 }
 
-// The pieces (kan_af.h) of the series s cut at degree D, as floats into out (kPieceDeg + 1 rows
-// of kPieces, highest degree first): in each cell the interpolant at the kPieceDeg + 1 Chebyshev
-// nodes of y, turned into powers of y. false when one misses the series by more than kPieceTol
+// The pieces (kan_af.h) of the series s cut at degree D, as floats into out (P + 1 rows of
+// kPieces, highest degree first): in each cell the interpolant at the P + 1 Chebyshev nodes of
+// y, turned into powers of y. false when one misses the series by more than rel
 // of its scale at y = -1, -1/2, 0, 1/2 or 1 (where the interpolation error peaks: the ends).
-bool piece_table(const Series& s, int64_t D, float* out) {
+template <int64_t P>
+bool piece_table(const Series& s, int64_t D, float* out, double rel) {
   if constexpr (kPieces == 0) {
     return false;
   } else {
-    constexpr int64_t K = kPieces, P = kPieceDeg, M = P + 1, C = 5;
+    constexpr int64_t K = kPieces, M = P + 1, C = 5;
     // mono[d][q]: the coefficient of y^q in T_d(y)
     double mono[M][M] = {};
     mono[0][0] = 1.0;
@@ -257,7 +259,7 @@ bool piece_table(const Series& s, int64_t D, float* out) {
       for (int64_t m = 0; m < C; ++m) x[k * (M + C) + M + m] = (yc[m] + off) / K;
     }
     cheb_values(s.c.data(), D, x.data(), K * (M + C), v.data());
-    const double tol = kPieceTol * s.scale;
+    const double tol = rel * s.scale;
     for (int64_t k = 0; k < K; ++k) {
       const double* vk = v.data() + k * (M + C);
       double b[M] = {};
@@ -309,12 +311,15 @@ bool contraction_series(const PhaseTable& N, const float* w, bool slopes, AFSeri
   if constexpr (kPieces > 0) {
     // the values' pieces, then the slopes': a miss drops that pair (the tail evaluates its
     // series), so the values take the same arithmetic with or without slopes
+    constexpr int64_t T = AFSeries::kTable, TS = AFSeries::kSlopeTable;
     const int64_t nt = slopes ? 4 : 2;
-    S.pt.assign(nt * AFSeries::kTable, 0.0f);
+    S.pt.assign(2 * T + (slopes ? 2 * TS : 0), 0.0f);
     for (int64_t q = 0; q < nt; ++q) {
-      const Series& g = q < 2 ? s[q] : ds[q - 2];
-      if (!piece_table(g, D, S.pt.data() + q * AFSeries::kTable)) {
-        S.pt.resize(q < 2 ? 0 : 2 * AFSeries::kTable);
+      const bool ok = q < 2 ? piece_table<kPieceDeg>(s[q], D, S.pt.data() + q * T, kPieceTol)
+                            : piece_table<kSlopeDeg>(ds[q - 2], D, S.pt.data() + 2 * T +
+                                                     (q - 2) * TS, kSlopeTol);
+      if (!ok) {
+        S.pt.resize(q < 2 ? 0 : 2 * T);
         break;
       }
     }
@@ -1275,7 +1280,7 @@ std::vector<int64_t> af_series_info_op(const at::Tensor& lo_p, const at::Tensor&
               "af_series_info: act 0..1, func 0..6");
   const auto S = af_series(lo_p, hi_p, w, act, func, backward);
   if (!S) return {-1, -1, -1, 0, kPieces};
-  const int64_t tables = kPieces > 0 ? static_cast<int64_t>(S->pt.size()) / AFSeries::kTable : 0;
+  const int64_t tables = S->piece_slopes() ? 4 : S->pieces() ? 2 : 0;
   return {S->D, S->Dd, S->Dm, tables, kPieces};
 }
 
