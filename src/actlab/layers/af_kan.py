@@ -67,16 +67,17 @@ degree ~15 at the default phases; with gradients to come also the backward's ser
 it, the phase gradients' cut at 1e-7, below their float32 sums) and the tail evaluates them
 where it would read them (AVX-512 / AVX2 builds: from per-cell polynomials fitted to the
 series, 32 cells of degree 5 / 8 of degree 7, coefficients picked per lane by a register
-permute; kept only within 1e-8 of the series' scale); the phase gradients come from moments sum
-gs T_d(u) of the same pass. The min / max of f stay exact: a table of f and f' per phase bounds
-each cell of [-1, 1] (from 512 cells on, only where a coarser table says the extremes can lie),
-and only the inputs in cells that can reach the extremes are evaluated exactly (their min / max
-equal the exact kernel's bit for bit; tested, also fuzzed). float32 outputs and gradients are
-as close to the float64 torch path as the exact kernels' (within 4x or 2e-4 of each output's
-scale; measured 6e-8 to 8e-4, the larger ones where the exact kernels' error is as large). A
-NaN input, non-converging series and everything else take the exact kernels; ``series=False``
-forces them. ``fused=False``, CUDA, half dtypes and other acts run the torch path (the plain
-twin the op is tested against); ``af_kan_reduce`` (the reduction alone) stays an op.
+permute; kept only within 1e-8 of the series' scale; the input gradient's slopes on AVX2:
+degree 5, within 1e-6); the phase gradients come from moments sum gs T_d(u) of the same pass.
+The min / max of f stay exact: a table of f and f' per phase bounds each cell of [-1, 1] (from
+512 cells on, only where a coarser table says the extremes can lie), and only the inputs in
+cells that can reach the extremes are evaluated exactly (their min / max equal the exact
+kernel's bit for bit; tested, also fuzzed). float32 outputs and gradients are as close to the
+float64 torch path as the exact kernels' (within 4x or 2e-4 of each output's scale; measured
+6e-8 to 8e-4, the larger ones where the exact kernels' error is as large). A NaN input,
+non-converging series and everything else take the exact kernels; ``series=False`` forces them.
+``fused=False``, CUDA, half dtypes and other acts run the torch path (the plain twin the op is
+tested against); ``af_kan_reduce`` (the reduction alone) stays an op.
 """
 
 from __future__ import annotations
