@@ -356,17 +356,29 @@ struct Tail {
   T* gut = nullptr;
   bool gut_rows = false;  // gut is (N, in) row-major (the layout of a row-major input x)
   // kept: what the forward hands its backward instead of the backward recomputing it: per
-  // vector of rows and node, a, s0n, s1n, act'(q) as 4 whole vectors, in the order the passes
-  // run (kept_size), then per vector of rows the LayerNorm's mean and 1 / std
+  // vector of rows and node, a, s0n, s1n, act'(q) as ks = 4 whole vectors (ks = 3: no s0n, see
+  // keeps_s0n), in the order the passes run (kept_size), then per vector of rows the
+  // LayerNorm's mean and 1 / std
   T* kept = nullptr;
+  int64_t ks = 4;
 };
 
-// Floats of a tail's kept values: rows padded to whole vectors, (in 4 + 2) vectors per vector
+// Floats of a tail's kept values: rows padded to whole vectors, (in ks + 2) vectors per vector
 // of rows.
 template <typename T>
-int64_t kept_size(int64_t nin, int64_t N) {
+int64_t kept_size(int64_t nin, int64_t N, int64_t ks) {
   constexpr int64_t S = Vectorized<T>::size();
-  return (N + S - 1) / S * (4 * nin + 2) * S;
+  return (N + S - 1) / S * (ks * nin + 2) * S;
+}
+
+// Whether the forward keeps s0n per value. The backward reads it only in two sums over the
+// values, C = sum gs0n s0n (low / high) and sum gs0n (s0n + b) (temperature); where the backward
+// sinks the series path's moments (the series fitted with the backward's: S->backward) and the
+// scale is one for the tensor (func_norm "batch" or "none"), C comes from them instead:
+// s0n = (s0(u) - lo sum w) / span with s0(u) = sum_d c0_d T_d(u), so with gs0 = gs0n / span,
+// C = sum_d c0_d M0_d - lo sum w M0_0 (s0_sum). One float fewer written and read per value.
+inline bool keeps_s0n(const AFSeries* S, int64_t mode) {
+  return !(S && S->backward && mode != 1);
 }
 
 template <typename T>
@@ -587,7 +599,7 @@ void tail_rows(const Tail<T>& P, const T* s0t, const T* s1t, int64_t n, int64_t 
 template <typename T>
 T* kept_rows(const Tail<T>& P, int64_t n) {
   constexpr int64_t S = Vectorized<T>::size();
-  return P.kept + n / S * (4 * P.nin + 2) * S;
+  return P.kept + n / S * (P.ks * P.nin + 2) * S;
 }
 
 // The backward's tail_rows from what the forward kept, and act'(q) into d: loads, and zh from
@@ -599,10 +611,11 @@ void tail_rows_kept(const Tail<T>& P, int64_t n, TailRows<T>& W, std::vector<Vec
   constexpr int64_t S = V::size();
   tail_scale<T>(P, n, std::min<int64_t>(S, P.N - n), W);
   const T* k = kept_rows(P, n);
-  if (P.norm) W.mu = V::loadu(k + 4 * P.nin * S), W.r = V::loadu(k + (4 * P.nin + 1) * S);
-  for (int64_t i = 0; i < P.nin; ++i, k += 4 * S) {
-    W.a[i] = V::loadu(k), W.s0n[i] = V::loadu(k + S), W.s1n[i] = V::loadu(k + 2 * S);
-    d[i] = V::loadu(k + 3 * S);
+  const int64_t ks = P.ks, o = ks - 3;  // o: s0n's slot (1) before s1n's, or none
+  if (P.norm) W.mu = V::loadu(k + ks * P.nin * S), W.r = V::loadu(k + (ks * P.nin + 1) * S);
+  for (int64_t i = 0; i < P.nin; ++i, k += ks * S) {
+    W.a[i] = V::loadu(k), W.s1n[i] = V::loadu(k + (1 + o) * S), d[i] = V::loadu(k + (2 + o) * S);
+    if (o) W.s0n[i] = V::loadu(k + S);
     const V z = W.a[i] * W.s1n[i];
     W.zh[i] = P.norm ? (z - W.mu) * W.r : z;
   }
@@ -627,8 +640,10 @@ void tail_fwd_kernel(const Tail<T>& P, const T* s0t, const T* s1t, T* ot) {
         tail_act<T>(P.act, q, o, k ? &d : nullptr);
         o.store(ot + i * P.N + n, c);
         if (k) {
-          W.a[i].store(k), W.s0n[i].store(k + S), W.s1n[i].store(k + 2 * S), d.store(k + 3 * S);
-          k += 4 * S;
+          const int64_t o = P.ks - 3;
+          W.a[i].store(k), W.s1n[i].store(k + (1 + o) * S), d.store(k + (2 + o) * S);
+          if (o) W.s0n[i].store(k + S);
+          k += P.ks * S;
         }
       }
       if (k && P.norm) W.mu.store(k), W.r.store(k + S);
@@ -686,16 +701,20 @@ void tail_bwd_kernel(const Tail<T>& P, const T* got, T* gs0t, T* gs1t, T* glo_ro
           W.zh[i] = ga;
           sga = sga + W.a[i] * ga;
         }
+        // without s0n kept (ks = 3) sC and sgee stay 0: the backward adds them from the
+        // moments (s0_sum)
         V sA(T(0)), sB(T(0)), sC(T(0)), sD(T(0)), sge(T(0)), sgee(T(0));
+        const bool s0n = P.ks == 4;
         for (int64_t i = 0; i < P.nin; ++i) {
           const V ge = W.a[i] * (W.zh[i] - sga);
           const V gs0n = ge * vit, gs1n = W.g[i];
           sge = sge + ge;
-          sgee = sgee + ge * ((W.s0n[i] + vb) * vit);
+          if (s0n) sgee = sgee + ge * ((W.s0n[i] + vb) * vit);
           V g0 = gs0n, g1 = gs1n;
           if (P.mode != 2) {
             sA = sA + gs0n, sB = sB + gs1n;
-            sC = sC + gs0n * W.s0n[i], sD = sD + gs1n * W.s1n[i];
+            if (s0n) sC = sC + gs0n * W.s0n[i];
+            sD = sD + gs1n * W.s1n[i];
             g0 = gs0n * W.ispan, g1 = gs1n * W.ispan;
           }
           if (P.sink) {  // s0n[i], s1n[i] are used up: they hold gs0, gs1 from here
@@ -820,7 +839,8 @@ std::pair<at::Tensor, std::vector<at::Tensor>> af_layer_fwd(
     auto P = tail_args<scalar_t>(ut, w, b, temp, gam, bet, r, act, mode, eps);
     if (S) P.ut = ut.data_ptr<scalar_t>(), P.series = &*S;
     if (kept) {
-      *kept = {ot, kept_tensor({kept_size<scalar_t>(ut.size(0), ut.size(1))}, ut)};
+      P.ks = keeps_s0n(S ? &*S : nullptr, mode) ? 4 : 3;
+      *kept = {ot, kept_tensor({kept_size<scalar_t>(ut.size(0), ut.size(1), P.ks)}, ut)};
       P.kept = (*kept)[1].data_ptr<scalar_t>();
     }
     auto ptr = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
@@ -916,7 +936,9 @@ struct AFKANLayerFunction : public torch::autograd::Function<AFKANLayerFunction>
       TORCH_CHECK(it != ctx->saved_data.end(), "af_kan_layer: the forward's series are missing");
       src = &static_cast<const SeriesHolder*>(it->second.toCapsule().get())->S;
     }
-    const bool sink = src && src->backward && need_red;
+    // (also without need_red where the forward kept no s0n: the moments give its sums)
+    const bool s0n = keeps_s0n(src, mode);
+    const bool sink = src && src->backward && (need_red || !s0n);
     TORCH_CHECK(sv[13].defined(), "af_kan_layer: the forward kept no tail values for its backward");
     const at::Tensor& ot = sv[13];  // act(q), kept
     // scratch: all are consumed before this backward returns
@@ -941,6 +963,7 @@ struct AFKANLayerFunction : public torch::autograd::Function<AFKANLayerFunction>
       if (src) P.ut = ut.data_ptr<scalar_t>(), P.series = src, P.sink = sink, P.gut = ptr(gut);
       P.gut_rows = gut_rows;
       P.kept = sv[14].data_ptr<scalar_t>();
+      P.ks = s0n ? 4 : 3;
       std::vector<scalar_t> lanes;
       tail_bwd_kernel<scalar_t>(P, got.data_ptr<scalar_t>(), ptr(gs0t), ptr(gs1t), ptr(glo_rows),
                                 ptr(ghi_rows), part, lanes);
@@ -949,6 +972,14 @@ struct AFKANLayerFunction : public torch::autograd::Function<AFKANLayerFunction>
         const double* pp = part.data() + ch * (np + nm);
         gb += pp[0], gt += pp[1], gwx += pp[2], glo += pp[3], ghi += pp[4];
         for (int64_t d = 0; d < nm / 2; ++d) M0[d] += pp[np + d], M1[d] += pp[np + nm / 2 + d];
+      }
+      if (!s0n) {  // the s0n-weighted sums the tail left out (keeps_s0n)
+        const scalar_t span = P.hi[0] - P.lo[0];  // mode 0: one scale (mode 2: none)
+        const double C = s0_sum(*src, M0, mode == 0 ? static_cast<double>(P.lo[0]) * P.cw : 0.0);
+        gt -= (C + static_cast<double>(P.b) * gb) * static_cast<double>(P.it);  // gb = sum gs0n
+        if (mode == 0 && span > scalar_t(0)) {
+          glo += C / static_cast<double>(span), ghi -= C / static_cast<double>(span);
+        }
       }
       using VS = Vectorized<scalar_t>;
       constexpr int64_t S = VS::size();

@@ -265,12 +265,13 @@ constexpr int64_t kPieces = 0, kPieceDeg = 0, kSlopeDeg = 0;
 // coefficients; with the backward's, those of every phase's pa_j, pb_j, f_j (G, Dm + 1).
 // pt: the pieces of s0, s1 ((2, kPieceDeg + 1, kPieces)) and with the slopes those of s0', s1'
 // ((2, kSlopeDeg + 1, kPieces)) after them, each cell's coefficients highest degree first; empty
-// without pieces.
+// without pieces. c0: s0's series in double, (Dm + 1) with the backward's (Dm covers s0 to
+// kMomTol of its scale too): the backward's sums weighted by s0 (s0_sum) come from the moments.
 struct PhaseTable;  // kan_af_series.cpp
 struct AFSeries {
   int64_t D = 0, Dd = 0, Dm = 0;
   std::vector<float> c, dc;
-  std::vector<double> pa, pb, pf;
+  std::vector<double> pa, pb, pf, c0;
   std::vector<float> pt;
   bool backward = false;                    // dc, pa, pb, pf and Dm filled (the backward's)
   std::shared_ptr<const PhaseTable> nodes;  // the phases at the nodes (the extremes reuse it)
@@ -313,6 +314,10 @@ std::vector<at::Tensor> af_series_grads(const at::Tensor& ut, const at::Tensor& 
                                         const std::optional<at::Tensor>& ghi,
                                         const at::Tensor& tie_pairs, const at::Tensor& tie_vals,
                                         float* gut, bool gut_rows = false);
+
+// C = sum gs0n s0n over the values from the moments M0 (sum gs0 T_d(u), gs0 = gs0n / span):
+// sum_d c0_d M0_d - lo_cw M0_0, lo_cw = lo sum w (func_norm "batch"; 0 for "none").
+double s0_sum(const AFSeries& S, const std::vector<double>& M0, double lo_cw);
 
 // a_q = sum_{d <= D} c_q[d] T_d(u) for the two series c_0, c_1 of R vectors u (u2 = 2 u), with
 // T_d by T_d+1 = 2 u T_d - T_d-1: one recurrence serves both sums; the R vectors interleave

@@ -299,6 +299,10 @@ bool contraction_series(const PhaseTable& N, const float* w, bool slopes, AFSeri
   }
   D = std::max<int64_t>(D, 1);  // the evaluation starts at degree 1 (coefficients past: 0)
   S.D = S.Dd = D;
+  if (slopes) {  // s0's own series for the backward's s0-weighted sums, cut by af_series at Dm
+    S.c0.assign(s[0].c.begin(), s[0].c.end());
+    S.Dm = degree(s[0], kMomTol);  // converged: it did at the stricter kChebTol
+  }
   auto& c = S.c;
   auto& dc = S.dc;
   c.assign(2 * (D + 1), 0.0f), dc.assign(2 * (D + 1), 0.0f);
@@ -1016,7 +1020,8 @@ std::optional<AFSeries> af_series(const at::Tensor& lo_p, const at::Tensor& hi_p
       S.Dm = std::max(S.Dm, d);
     }
   }
-  const int64_t D1 = S.Dm + 1;
+  const int64_t D1 = S.Dm + 1;  // (S.Dm started at s0's degree: contraction_series)
+  S.c0.resize(D1);
   S.pa.resize(G * D1), S.pb.resize(G * D1), S.pf.resize(G * D1);
   for (int64_t j = 0; j < G; ++j) {
     for (int64_t d = 0; d < D1; ++d) {
@@ -1026,6 +1031,14 @@ std::optional<AFSeries> af_series(const at::Tensor& lo_p, const at::Tensor& hi_p
     }
   }
   return S;
+}
+
+double s0_sum(const AFSeries& S, const std::vector<double>& M0, double lo_cw) {
+  TORCH_CHECK(S.c0.size() == static_cast<size_t>(S.Dm + 1) && M0.size() == S.c0.size(),
+              "af_kan_layer: s0's series and the moments differ in degree");
+  double C = 0.0;
+  for (int64_t d = S.Dm; d >= 0; --d) C += S.c0[d] * M0[d];
+  return C - lo_cw * M0[0];
 }
 
 // The cell flags of the two-level table (af_series_extremes): a coarse table of K / kRefine
