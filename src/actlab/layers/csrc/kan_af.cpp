@@ -355,6 +355,9 @@ struct Tail {
   bool sink = false;
   T* gut = nullptr;
   bool gut_rows = false;  // gut is (N, in) row-major (the layout of a row-major input x)
+  // the softmax's pieces (softmax_tables: E, then s1n) where they fitted: the forward then
+  // evaluates E and s1n instead of s0, s1, the scale, the max and the exp
+  const float* et = nullptr;
   // kept: what the forward hands its backward instead of the backward recomputing it: per
   // vector of rows and node, a, s0n, s1n, act'(q) as ks = 4 whole vectors (ks = 3: no s0n, see
   // keeps_s0n), in the order the passes run (kept_size), then per vector of rows the
@@ -389,9 +392,11 @@ struct TailRows {  // one vector of rows: the tail's values per node (5 nin vect
   explicit TailRows(int64_t nin) : s0n(nin), s1n(nin), a(nin), zh(nin), g(nin) {}
 };
 
-// s0n, s1n (raw: s0, s1) of every node for rows n .. n + c from the series, four nodes at a time.
+// s0n, s1n (raw: s0, s1) of every node for rows n .. n + c from the series, four nodes at a time,
+// into o0, o1; with et (the softmax's pieces) E and s1n instead.
 template <typename T>
-void series_rows(const Tail<T>& P, int64_t n, int64_t c, TailRows<T>& W) {
+void series_rows(const Tail<T>& P, int64_t n, int64_t c, Vectorized<T>* o0, Vectorized<T>* o1,
+                 const float* et = nullptr) {
   if constexpr (std::is_same_v<T, float>) {
     const AFSeries& S = *P.series;
     constexpr int R = 4;
@@ -407,7 +412,9 @@ void series_rows(const Tail<T>& P, int64_t n, int64_t c, TailRows<T>& W) {
         u2[r] = u[r] + u[r];
       }
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
-      if (S.pieces()) {
+      if (et) {
+        pieces2<R>(et, et + AFSeries::kTable, u, s, s1);
+      } else if (S.pieces()) {
         pieces2<R>(S.pt.data(), S.pt.data() + AFSeries::kTable, u, s, s1);
       } else {
         chebyshev2<R>(S.c.data(), S.c.data() + S.D + 1, S.D, u2, u, s, s1);
@@ -415,10 +422,14 @@ void series_rows(const Tail<T>& P, int64_t n, int64_t c, TailRows<T>& W) {
 #else
       chebyshev2<R>(S.c.data(), S.c.data() + S.D + 1, S.D, u2, u, s, s1);
 #endif
-      for (int r = 0; r < r1; ++r) {  // explicit stores: an assignment loop of r1 vectors was
-                                      // compiled as two `rep movsq` copies (~a third of the pass)
-        s[r].store(reinterpret_cast<float*>(W.s0n.data() + i0 + r));
-        s1[r].store(reinterpret_cast<float*>(W.s1n.data() + i0 + r));
+      // explicit stores of a constant count where all R nodes are there: a loop of r1 stores
+      // (or assignments) was compiled as two `rep movsq` copies (~a third of the pass)
+      float *p0 = reinterpret_cast<float*>(o0 + i0), *p1 = reinterpret_cast<float*>(o1 + i0);
+      constexpr int64_t L = Vectorized<float>::size();
+      if (r1 == R) {
+        for (int r = 0; r < R; ++r) s[r].store(p0 + r * L), s1[r].store(p1 + r * L);
+      } else {
+        for (int r = 0; r < r1; ++r) s[r].store(p0 + r * L), s1[r].store(p1 + r * L);
       }
     }
   }
@@ -549,16 +560,29 @@ void tail_scale(const Tail<T>& P, int64_t n, int64_t c, TailRows<T>& W) {
   }
 }
 
-// s0n, s1n, a (softmax), zh (normalised z, or z), mu, r (mean, 1 / std) for rows n .. n + c.
+// The softmax's numerators of rows n .. n + c into a and s1n (s0n with them): from the series'
+// or the reduction's s0, s1 by the scale, the max and the exp; or E and s1n from their pieces
+// (Tail::et; s0n then only where it is kept). Returns their sums over the nodes.
 template <typename T>
-void tail_rows(const Tail<T>& P, const T* s0t, const T* s1t, int64_t n, int64_t c,
-               TailRows<T>& W) {
+Vectorized<T> tail_numerators(const Tail<T>& P, const T* s0t, const T* s1t, int64_t n, int64_t c,
+                              TailRows<T>& W) {
   using V = Vectorized<T>;
-  const V one(T(1));
-  tail_scale<T>(P, n, c, W);
   const V vcw(P.cw), vG(static_cast<T>(P.G)), vb(P.b), vit(P.it);
+  V sum(T(0));
+  if (P.et) {
+    series_rows<T>(P, n, c, W.a.data(), W.s1n.data(), P.et);  // E - 1, s1n
+    const V one(T(1));
+    for (int64_t i = 0; i < P.nin; ++i) W.a[i] = W.a[i] + one, sum = sum + W.a[i];
+    if (P.kept && P.ks == 4) {  // (W.zh: a scratch for s1)
+      series_rows<T>(P, n, c, W.s0n.data(), W.zh.data());
+      if (P.mode != 2) {
+        for (int64_t i = 0; i < P.nin; ++i) W.s0n[i] = (W.s0n[i] - W.vlo * vcw) * W.ispan;
+      }
+    }
+    return sum;
+  }
   V m(-std::numeric_limits<T>::infinity());
-  if (P.series) series_rows<T>(P, n, c, W);
+  if (P.series) series_rows<T>(P, n, c, W.s0n.data(), W.s1n.data());
   for (int64_t i = 0; i < P.nin; ++i) {
     V s0 = P.series ? W.s0n[i] : V::loadu(s0t + i * P.N + n, c);
     V s1 = P.series ? W.s1n[i] : V::loadu(s1t + i * P.N + n, c);
@@ -570,11 +594,21 @@ void tail_rows(const Tail<T>& P, const T* s0t, const T* s1t, int64_t n, int64_t 
     W.a[i] = (s0 + vb) * vit;
     m = at::vec::maximum(m, W.a[i]);
   }
-  V sum(T(0));
   for (int64_t i = 0; i < P.nin; ++i) {
     W.a[i] = fast_exp(W.a[i] - m);  // <= 0, or NaN (kept)
     sum = sum + W.a[i];
   }
+  return sum;
+}
+
+// s0n, s1n, a (softmax), zh (normalised z, or z), mu, r (mean, 1 / std) for rows n .. n + c.
+template <typename T>
+void tail_rows(const Tail<T>& P, const T* s0t, const T* s1t, int64_t n, int64_t c,
+               TailRows<T>& W) {
+  using V = Vectorized<T>;
+  const V one(T(1));
+  tail_scale<T>(P, n, c, W);
+  const V sum = tail_numerators<T>(P, s0t, s1t, n, c, W);
   const V inv = one / sum;
   V mu(T(0));
   for (int64_t i = 0; i < P.nin; ++i) {
@@ -842,6 +876,14 @@ std::pair<at::Tensor, std::vector<at::Tensor>> af_layer_fwd(
       P.ks = keeps_s0n(S ? &*S : nullptr, mode) ? 4 : 3;
       *kept = {ot, kept_tensor({kept_size<scalar_t>(ut.size(0), ut.size(1), P.ks)}, ut)};
       P.kept = (*kept)[1].data_ptr<scalar_t>();
+    }
+    std::vector<float> et;  // the softmax's pieces, where they fit (float: the series path)
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (S) {
+        const auto q = softmax_scale(mode, P.lo[0], P.hi[0], P.cw, P.b, P.it, P.G);
+        et.resize(2 * AFSeries::kTable);
+        if (softmax_tables(*S, q, et.data())) P.et = et.data();
+      }
     }
     auto ptr = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
     tail_fwd_kernel<scalar_t>(P, ptr(r[0]), ptr(r[1]), ot.data_ptr<scalar_t>());

@@ -265,13 +265,14 @@ constexpr int64_t kPieces = 0, kPieceDeg = 0, kSlopeDeg = 0;
 // coefficients; with the backward's, those of every phase's pa_j, pb_j, f_j (G, Dm + 1).
 // pt: the pieces of s0, s1 ((2, kPieceDeg + 1, kPieces)) and with the slopes those of s0', s1'
 // ((2, kSlopeDeg + 1, kPieces)) after them, each cell's coefficients highest degree first; empty
-// without pieces. c0: s0's series in double, (Dm + 1) with the backward's (Dm covers s0 to
-// kMomTol of its scale too): the backward's sums weighted by s0 (s0_sum) come from the moments.
+// without pieces. cd: c in double (2, D + 1), scale: their sums of |c_d| (softmax_tables; the
+// backward's sums weighted by s0 come from the moments, s0_sum: Dm covers s0 to kMomTol too).
 struct PhaseTable;  // kan_af_series.cpp
 struct AFSeries {
   int64_t D = 0, Dd = 0, Dm = 0;
   std::vector<float> c, dc;
-  std::vector<double> pa, pb, pf, c0;
+  std::vector<double> pa, pb, pf, cd;
+  double scale[2] = {0.0, 0.0};
   std::vector<float> pt;
   bool backward = false;                    // dc, pa, pb, pf and Dm filled (the backward's)
   std::shared_ptr<const PhaseTable> nodes;  // the phases at the nodes (the extremes reuse it)
@@ -318,6 +319,28 @@ std::vector<at::Tensor> af_series_grads(const at::Tensor& ut, const at::Tensor& 
 // C = sum gs0n s0n over the values from the moments M0 (sum gs0 T_d(u), gs0 = gs0n / span):
 // sum_d c0_d M0_d - lo_cw M0_0, lo_cw = lo sum w (func_norm "batch"; 0 for "none").
 double s0_sum(const AFSeries& S, const std::vector<double>& M0, double lo_cw);
+
+// The tail's scale and softmax constants: s0n = (s0 - lo cw) / span, s1n = (s1 - lo G) / span
+// (func_norm "none": lo 0, span 1), e = (s0n + b) it.
+struct SoftmaxScale {
+  double lo, span, cw, b, it;
+  int64_t G;
+};
+// From the tail's float constants (mode: func_norm 0 "batch", 2 "none"; it = 1 / max(T, 1)):
+// the span as tail_scale takes it, hi - lo in float where positive, else 1.
+inline SoftmaxScale softmax_scale(int64_t mode, float lo, float hi, float cw, float b, float it,
+                                  int64_t G) {
+  const float raw = hi - lo;
+  const bool scaled = mode == 0;
+  return {scaled ? lo : 0.0, scaled && raw > 0.0f ? raw : 1.0, cw, b, it, G};
+}
+// The softmax's pieces of a call (its scale and constants known): E(u) - 1 = expm1(e(u) - c), c
+// the middle of e's range at the pieces' points, then s1n(u), as two piece tables into out
+// (2 kTable floats), so that the tail evaluates no exp, max or scale: E = 1 + (E - 1),
+// a = E / sum E, z = a s1n. false where e's range is too wide for pieces accurate relative to
+// each E, or a piece misses (the tail then evaluates s0, s1 and the exp); always false without
+// pieces.
+bool softmax_tables(const AFSeries& S, const SoftmaxScale& q, float* out);
 
 // a_q = sum_{d <= D} c_q[d] T_d(u) for the two series c_0, c_1 of R vectors u (u2 = 2 u), with
 // T_d by T_d+1 = 2 u T_d - T_d-1: one recurrence serves both sums; the R vectors interleave

@@ -56,6 +56,9 @@ constexpr double kChebTol = 1e-9;     // the dropped coefficients' share of the 
 constexpr double kMomTol = 1e-7;     // the same for the phase gradients' series (below)
 constexpr double kPieceTol = 1e-8;    // a piece's largest miss of its series, of the scale
 constexpr double kSlopeTol = 1e-6;    // the same for the slopes' pieces (degree kSlopeDeg)
+// The softmax's pieces (softmax_tables) apply where the exponent's range over [-1, 1] is at most
+// kSoftmaxRange (below).
+constexpr double kSoftmaxRange = 2.0;
 constexpr int64_t kSeriesGrain = 8192;  // inputs per parallel task of the candidate pass
 constexpr int64_t kRangeStride = 8;     // u_range reads every 8th vector (a hint; see there)
 
@@ -231,8 +234,10 @@ void cheb_values(const double* c, int64_t D, const double* x, int64_t n, double*
 // kPieces, highest degree first): in each cell the interpolant at the P + 1 Chebyshev nodes of
 // y, turned into powers of y. false when one misses the series by more than rel
 // of its scale at y = -1, -1/2, 0, 1/2 or 1 (where the interpolation error peaks: the ends).
-template <int64_t P>
-bool piece_table(const Series& s, int64_t D, float* out, double rel) {
+// map(v, n) may turn the series' values at the points into those of a function of them in place
+// and return that function's scale (the tolerance's unit), or a negative number to give up.
+template <int64_t P, typename Map>
+bool piece_table(const Series& s, int64_t D, float* out, double rel, Map&& map) {
   if constexpr (kPieces == 0) {
     return false;
   } else {
@@ -259,7 +264,9 @@ bool piece_table(const Series& s, int64_t D, float* out, double rel) {
       for (int64_t m = 0; m < C; ++m) x[k * (M + C) + M + m] = (yc[m] + off) / K;
     }
     cheb_values(s.c.data(), D, x.data(), K * (M + C), v.data());
-    const double tol = rel * s.scale;
+    const double scale = map(v.data(), K * (M + C));
+    if (!(scale >= 0.0)) return false;
+    const double tol = rel * scale;
     for (int64_t k = 0; k < K; ++k) {
       const double* vk = v.data() + k * (M + C);
       double b[M] = {};
@@ -299,10 +306,11 @@ bool contraction_series(const PhaseTable& N, const float* w, bool slopes, AFSeri
   }
   D = std::max<int64_t>(D, 1);  // the evaluation starts at degree 1 (coefficients past: 0)
   S.D = S.Dd = D;
-  if (slopes) {  // s0's own series for the backward's s0-weighted sums, cut by af_series at Dm
-    S.c0.assign(s[0].c.begin(), s[0].c.end());
-    S.Dm = degree(s[0], kMomTol);  // converged: it did at the stricter kChebTol
-  }
+  S.cd.assign(2 * (D + 1), 0.0);  // in double: the softmax's pieces, the backward's s0 sums
+  for (int q = 0; q < 2; ++q) std::copy_n(s[q].c.begin(), D + 1, S.cd.begin() + q * (D + 1));
+  S.scale[0] = s[0].scale, S.scale[1] = s[1].scale;
+  // the moments cover s0 to kMomTol of its scale (s0_sum), as the phase gradients' series
+  if (slopes) S.Dm = degree(s[0], kMomTol);  // converged: it did at the stricter kChebTol
   auto& c = S.c;
   auto& dc = S.dc;
   c.assign(2 * (D + 1), 0.0f), dc.assign(2 * (D + 1), 0.0f);
@@ -319,9 +327,10 @@ bool contraction_series(const PhaseTable& N, const float* w, bool slopes, AFSeri
     const int64_t nt = slopes ? 4 : 2;
     S.pt.assign(2 * T + (slopes ? 2 * TS : 0), 0.0f);
     for (int64_t q = 0; q < nt; ++q) {
-      const bool ok = q < 2 ? piece_table<kPieceDeg>(s[q], D, S.pt.data() + q * T, kPieceTol)
+      const auto same = [&](double*, int64_t) { return (q < 2 ? s[q] : ds[q - 2]).scale; };
+      const bool ok = q < 2 ? piece_table<kPieceDeg>(s[q], D, S.pt.data() + q * T, kPieceTol, same)
                             : piece_table<kSlopeDeg>(ds[q - 2], D, S.pt.data() + 2 * T +
-                                                     (q - 2) * TS, kSlopeTol);
+                                                     (q - 2) * TS, kSlopeTol, same);
       if (!ok) {
         S.pt.resize(q < 2 ? 0 : 2 * T);
         break;
@@ -1021,7 +1030,6 @@ std::optional<AFSeries> af_series(const at::Tensor& lo_p, const at::Tensor& hi_p
     }
   }
   const int64_t D1 = S.Dm + 1;  // (S.Dm started at s0's degree: contraction_series)
-  S.c0.resize(D1);
   S.pa.resize(G * D1), S.pb.resize(G * D1), S.pf.resize(G * D1);
   for (int64_t j = 0; j < G; ++j) {
     for (int64_t d = 0; d < D1; ++d) {
@@ -1034,11 +1042,60 @@ std::optional<AFSeries> af_series(const at::Tensor& lo_p, const at::Tensor& hi_p
 }
 
 double s0_sum(const AFSeries& S, const std::vector<double>& M0, double lo_cw) {
-  TORCH_CHECK(S.c0.size() == static_cast<size_t>(S.Dm + 1) && M0.size() == S.c0.size(),
-              "af_kan_layer: s0's series and the moments differ in degree");
+  TORCH_CHECK(M0.size() == static_cast<size_t>(S.Dm + 1) && S.backward,
+              "af_kan_layer: the moments do not match the series");
+  // s0's coefficients past Dm are below kMomTol of its scale (af_series). The constant terms
+  // (c0_0 - lo_cw) M0_0 are left out: M0_0 = sum gs0n / span is 0 but for rounding (the softmax's
+  // gs0n sum to 0 over each row's nodes, as its a sum to 1), and c0_0 can be large against s0's
+  // variation (a peaked f): with them the low / high gradients' errors grew ~3x in the accuracy
+  // cases; without, C = sum gs0n (s0n - const), the softmax's own shift invariance.
+  (void)lo_cw;
   double C = 0.0;
-  for (int64_t d = S.Dm; d >= 0; --d) C += S.c0[d] * M0[d];
-  return C - lo_cw * M0[0];
+  for (int64_t d = std::min(S.D, S.Dm); d >= 1; --d) C += S.cd[d] * M0[d];
+  return C;
+}
+
+bool softmax_tables(const AFSeries& S, const SoftmaxScale& q, float* out) {
+  if constexpr (kPieces == 0) {
+    return false;
+  } else {
+    Series s[2];
+    for (int k = 0; k < 2; ++k) {
+      std::copy_n(S.cd.begin() + k * (S.D + 1), S.D + 1, s[k].c.begin());
+      s[k].scale = S.scale[k];
+    }
+    const double il = 1.0 / q.span;
+    // s0 -> E - 1 = expm1(e - c), e = (s0n + b) / t, c the middle of e's range at the points.
+    // Pieces of E itself (~1) missed it by a constant per cell: its constant coefficient's
+    // float rounding (~3e-8 of E, the same for every input of a cell, so it does not average
+    // out: the low / high gradients' errors grew ~3x in the accuracy cases). E - 1 is small
+    // where e's range is (|E - 1| <= e^(R / 2) - 1, R <= kSoftmaxRange), its coefficients'
+    // rounding with it: the tail adds the 1 (rounded once per value). Within kPieceTol of
+    // max |E - 1|: at R = 2 <= 4.6e-8 of each E (>= e^-1), at R = 0.2 (the default phases,
+    // T = sqrt(in)) ~1e-9.
+    const auto expo = [&](double* v, int64_t n) {
+      double hi = -std::numeric_limits<double>::infinity(), lo = -hi;
+      for (int64_t m = 0; m < n; ++m) {
+        v[m] = ((v[m] - q.lo * q.cw) * il + q.b) * q.it;
+        hi = std::max(hi, v[m]), lo = std::min(lo, v[m]);
+      }
+      if (!(hi - lo <= kSoftmaxRange)) return -1.0;  // (NaN: no)
+      const double c = 0.5 * (hi + lo);
+      double big = 0.0;
+      for (int64_t m = 0; m < n; ++m) {
+        v[m] = std::expm1(v[m] - c);
+        big = std::max(big, std::abs(v[m]));
+      }
+      return std::max(big, 1e-6);  // (a flat E: its pieces within 1e-14)
+    };
+    const auto scaled = [&](double* v, int64_t n) {  // s1 -> s1n
+      for (int64_t m = 0; m < n; ++m) v[m] = (v[m] - q.lo * static_cast<double>(q.G)) * il;
+      return S.scale[1] * il;
+    };
+    constexpr int64_t T = AFSeries::kTable;
+    return piece_table<kPieceDeg>(s[0], S.D, out, kPieceTol, expo) &&
+           piece_table<kPieceDeg>(s[1], S.D, out + T, kPieceTol, scaled);
+  }
 }
 
 // The cell flags of the two-level table (af_series_extremes): a coarse table of K / kRefine
@@ -1282,19 +1339,41 @@ std::vector<at::Tensor> af_series_extremes_op(const at::Tensor& ut, const at::Te
           ex->tie_vals};
 }
 
+// The info ops' argument checks (op: the name in the messages).
+void check_series_args(const at::Tensor& lo_p, const at::Tensor& hi_p, const at::Tensor& w,
+                       int64_t act, int64_t func, const char* op) {
+  TORCH_CHECK(lo_p.scalar_type() == at::kFloat && lo_p.device().is_cpu(), op,
+              ": expected float32 CPU phases");
+  check_like(hi_p, lo_p, {lo_p.numel()}, op, "high");
+  check_like(w, lo_p, {lo_p.numel()}, op, "w");
+  TORCH_CHECK(act >= 0 && act <= 1 && func >= 0 && func <= 6, op, ": act 0..1, func 0..6");
+}
+
 std::vector<int64_t> af_series_info_op(const at::Tensor& lo_p, const at::Tensor& hi_p,
                                        const at::Tensor& w, int64_t act, int64_t func,
                                        bool backward) {
-  TORCH_CHECK(lo_p.scalar_type() == at::kFloat && lo_p.device().is_cpu(),
-              "af_series_info: expected float32 CPU phases");
-  check_like(hi_p, lo_p, {lo_p.numel()}, "af_series_info", "high");
-  check_like(w, lo_p, {lo_p.numel()}, "af_series_info", "w");
-  TORCH_CHECK(act >= 0 && act <= 1 && func >= 0 && func <= 6,
-              "af_series_info: act 0..1, func 0..6");
+  check_series_args(lo_p, hi_p, w, act, func, "af_series_info");
   const auto S = af_series(lo_p, hi_p, w, act, func, backward);
   if (!S) return {-1, -1, -1, 0, kPieces};
   const int64_t tables = S->piece_slopes() ? 4 : S->pieces() ? 2 : 0;
   return {S->D, S->Dd, S->Dm, tables, kPieces};
+}
+
+bool af_softmax_info_op(const at::Tensor& lo_p, const at::Tensor& hi_p, const at::Tensor& w,
+                        int64_t act, int64_t func, int64_t mode, double lo, double hi, double b,
+                        double temperature) {
+  check_series_args(lo_p, hi_p, w, act, func, "af_softmax_info");
+  TORCH_CHECK(mode == 0 || mode == 2, "af_softmax_info: mode 0 (batch) or 2 (none)");
+  const auto S = af_series(lo_p, hi_p, w, act, func, false);
+  if (!S) return false;
+  const auto wc = w.contiguous();
+  float cw = 0.0f;  // as tail_args: w.sum() in order, in float
+  for (int64_t j = 0; j < wc.numel(); ++j) cw += wc.data_ptr<float>()[j];
+  const float it = 1.0f / std::max(static_cast<float>(temperature), 1.0f);
+  std::vector<float> out(2 * AFSeries::kTable);
+  return softmax_tables(*S, softmax_scale(mode, static_cast<float>(lo), static_cast<float>(hi), cw,
+                                          static_cast<float>(b), it, lo_p.numel()),
+                        out.data());
 }
 
 }  // namespace actlab_kan

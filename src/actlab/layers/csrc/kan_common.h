@@ -233,6 +233,11 @@ std::vector<at::Tensor> af_series_extremes_op(const at::Tensor& ut, const at::Te
 std::vector<int64_t> af_series_info_op(const at::Tensor& lo_p, const at::Tensor& hi_p,
                                        const at::Tensor& w, int64_t act, int64_t func,
                                        bool backward);
+// Whether a call's softmax takes its pieces (softmax_tables) at these min / max (lo, hi), b and
+// temperature (mode 0 "batch", 2 "none"): what the layer op decides, for tests.
+bool af_softmax_info_op(const at::Tensor& lo_p, const at::Tensor& hi_p, const at::Tensor& w,
+                        int64_t act, int64_t func, int64_t mode, double lo, double hi, double b,
+                        double temperature);
 at::Tensor af_kan_layer_autograd(const at::Tensor& x, const at::Tensor& lo_p,
                                  const at::Tensor& hi_p, const at::Tensor& w, const at::Tensor& b,
                                  const at::Tensor& temp, const at::Tensor& weight,

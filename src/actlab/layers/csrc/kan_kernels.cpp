@@ -504,6 +504,9 @@ TORCH_LIBRARY(actlab_kan, m) {
   m.def(
       "af_series_info(Tensor low, Tensor high, Tensor w, int act, int func, bool backward) "
       "-> int[]");
+  m.def(
+      "af_softmax_info(Tensor low, Tensor high, Tensor w, int act, int func, int mode, float lo, "
+      "float hi, float b, float temperature) -> bool");
   m.def("small_gemm(Tensor a, Tensor b, Tensor? add, bool c_t) -> Tensor");
   m.def("kan_input(Tensor x, bool tanh) -> Tensor");
   m.def("isa() -> str", isa);
@@ -522,6 +525,7 @@ TORCH_LIBRARY_IMPL(actlab_kan, CPU, m) {
   m.impl("af_kan_layer", af_kan_layer_plain);
   m.impl("af_series_extremes", af_series_extremes_op);
   m.impl("af_series_info", af_series_info_op);
+  m.impl("af_softmax_info", af_softmax_info_op);
   m.impl("small_gemm", small_gemm_op);
   m.impl("kan_input", kan_input_op);
 }
