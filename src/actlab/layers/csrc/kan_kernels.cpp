@@ -346,14 +346,19 @@ at::Tensor project(const at::Tensor& bt, const at::Tensor& w, const std::optiona
 }
 
 // With few rows (N <= 256) the GEMM writes through the transposed view of the (out, in) result;
-// with many, (bt gy)^T and a transposing copy is faster with this MKL (N 1,088: in 512, out 16:
-// 141 vs 184 us; in 126, out 64: 102 vs 118 us; N 32, in 512, out 16: 16 vs 7 us).
+// with many, (bt gy)^T and a transposing copy is faster with this MKL (Xeon, N 1,088: in 512,
+// out 16: 141 vs 184 us; in 126, out 64: 102 vs 118 us; N 32, in 512, out 16: 16 vs 7 us), but
+// for an out that is not a multiple of 8 with an in that is: MKL's product is ~20 % slower when
+// its result's rows are not whole vectors (EPYC, N 1,088: a (64, 126) result 247-263 us, a
+// (126, 64) one 202-216 us; (64, 120) or (64, 128): 200), so there gy^T bt^T, no copy (AF-KAN's
+// first layer at D 64, in 64, out 126: 206 vs 263 us + the copy).
 at::Tensor weight_grad(const at::Tensor& bt, const at::Tensor& gy) {
   if (gy.size(0) <= 256) {
     auto gw = at::empty({gy.size(1), bt.size(0)}, bt.options());
     gemm_out(gw.t(), bt, gy);
     return gw;
   }
+  if (gy.size(1) % 8 != 0 && bt.size(0) % 8 == 0) return at::mm(gy.t(), bt.t());
   return at::mm(bt, gy).t().contiguous();
 }
 
