@@ -123,9 +123,11 @@ inline Vectorized<float> fast_tanh(const Vectorized<float>& x) {
   p = at::vec::fmadd(p, z, V(0.133323445916f));
   p = at::vec::fmadd(p, z, V(-0.333332955837f));
   const V small = at::vec::fmadd(a * z, p, a);
+  const V in = a < V(1.0f);  // (NaN: false)
+  if (in.zero_mask() == 0) return small | sign;  // every lane below 1: no exp (bit-identical)
   const V e = fast_exp(at::vec::minimum(a, V(9.5f)) * V(2.0f));
   const V big = V(1.0f) - V(2.0f) * fast_rcp(e + V(1.0f));
-  const V r = V::blendv(big, small, a < V(1.0f)) | sign;
+  const V r = V::blendv(big, small, in) | sign;
   return V::blendv(r, x, x.isnan());
 }
 
