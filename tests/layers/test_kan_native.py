@@ -134,6 +134,23 @@ def test_fused_matches_the_float64_reference(spec: str, prune: bool) -> None:
     _assert_same(_grads(m, x, w), _grads(_Ref(m, ref), x, w), rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("spec", ["af_kan", "relu_kan"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_weight_gradients_of_every_product_orientation(spec: str, dtype: torch.dtype) -> None:
+    """Past 256 rows the weight gradient is a product in one of two orientations (weight_grad:
+    (out, in) directly where out is not a multiple of 8 and in is, else (in, out) and a
+    transposing copy); 16 -> 13 -> 8 features take both (and float64 the twin's own layout)."""
+    m, twin = _pair(spec, False, dtype, d_in=16, hidden=13, d_out=8)
+    x, w = _x(300, 16, seed=6, dtype=dtype), _x(300, 8, seed=7, dtype=dtype)
+    got, ref = _grads(m, x, w), _grads(twin.double(), x.double(), w.double())
+    names = [n for n, p in m.named_parameters() if p.requires_grad]
+    for name, g, r in zip(names, got[1][1:], ref[1][1:], strict=True):
+        if name.endswith("weight") and g is not None and r is not None and g.dim() == 2:
+            tol = 1e-10 if dtype == torch.float64 else 2e-4
+            scale = float(r.abs().max())
+            assert float((g.double() - r).abs().max()) <= tol * scale, name
+
+
 class _Ref(nn.Module):
     """The float64 reference as a module over the same parameters."""
 
