@@ -49,9 +49,11 @@ its (N, out) view, which the second layer reads without a transposing copy). Whe
 can follow, the forward keeps the act's output (for the weight gradient) and the tail's values
 a, s0n, s1n and act'(q) per input value (with the LayerNorm's mean and 1 / std per row), so
 the backward's tail pass evaluates no series, exp or act; it then recomputes f with its
-derivatives in one pass (exact kernels) or sums the moments (series path). Autograd keeps
-u, those five and the min / max: 6 floats per input value (3.5x the GELU MLP's saved bytes in
-the D 64 transformer slot), never f (N, in, G). The phase pairs share one
+derivatives in one pass (exact kernels) or sums the moments (series path, whose backward also
+takes the sums weighted by s0n, for the low / high and temperature gradients, from those
+moments, so its forward keeps no s0n). Autograd keeps u, those and the min / max: 6 floats per
+input value on the exact kernels, 5 on the series path (2.9x the GELU MLP's saved bytes in the
+D 64 transformer slot), never f (N, in, G). The phase pairs share one
 exp: SiLU's two sigmoids come from exp(-(u - l)) and the constant exp(-(h - l)), float GELU's
 phi from its erf's exp. In float32 on AVX2 / AVX-512 the phases' exps and the tail's softmax
 exp are ATen's 20-ulp exp and the divisions a reciprocal estimate with one Newton step (float64
@@ -69,6 +71,10 @@ where it would read them (AVX-512 / AVX2 builds: from per-cell polynomials fitte
 series, 32 cells of degree 5 / 8 of degree 7, coefficients picked per lane by a register
 permute; kept only within 1e-8 of the series' scale; the input gradient's slopes on AVX2:
 degree 5, within 1e-6); the phase gradients come from moments sum gs T_d(u) of the same pass.
+Once the min / max are known, the softmax's numerators E(u) = exp(e(u) - c) (as E - 1, whose
+pieces' rounding is small where E is near 1) and s1n(u) get pieces of their own where e's
+range over [-1, 1] is at most 2 (the default phases and temperature: ~0.1-0.3), so the tail
+evaluates no exp, max or min-max scale per value; wider ranges take the exp.
 The min / max of f stay exact: a table of f and f' per phase bounds each cell of [-1, 1] (from
 512 cells on, only where a coarser table says the extremes can lie), and only the inputs in
 cells that can reach the extremes are evaluated exactly (their min / max equal the exact

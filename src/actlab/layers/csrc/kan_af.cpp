@@ -324,8 +324,10 @@ std::vector<at::Tensor> af_kan_reduce_autograd(const at::Tensor& x, const at::Te
 //   o = act(q),  y = o W^T
 // When a backward can follow, the forward keeps o (for dW) and, per value, a, s0n, s1n and
 // act'(q) (computed with o: GELU's and SiLU's share their exp), per row the LayerNorm's mean and
-// 1 / std: 6 floats per input value, so that the backward evaluates no series, exp or act
+// 1 / std: 6 floats per input value with u, so that the backward evaluates no series, exp or act
 // (it used to recompute the whole forward tail: an estimated ~40 % of its passes' operations).
+// Where the series path's backward sums moments, s0n is not kept (5 floats: keeps_s0n). There
+// the forward may also take the softmax's numerators from per-call pieces (Tail::et).
 // Backward (one tail pass over the kept values; then the reduction's backward):
 //   gq = go act'(q);  LayerNorm: dgamma_i = sum gq zh, dbeta_i = sum gq,
 //   gz = (gh - mean gh - zh mean(gh zh)) / sqrt(var + eps) with gh = gq gamma
@@ -933,9 +935,9 @@ struct AFKANLayerFunction : public torch::autograd::Function<AFKANLayerFunction>
           at::IValue::make_capsule(c10::make_intrusive<SeriesHolder>(std::move(*S)));
     }
     // saved: ut, the min / max (and the series path's ties with their partials), and (keep_tail,
-    // whenever a backward can follow) the act's output with the tail's values (a, s0n, s1n,
-    // act'(q); the LayerNorm's mean and 1 / std), so that the backward recomputes none of the
-    // tail; never f or the contractions
+    // whenever a backward can follow) the act's output with the tail's values (a, s0n unless
+    // keeps_s0n says no, s1n, act'(q); the LayerNorm's mean and 1 / std), so that the backward
+    // recomputes none of the tail; never f or the contractions
     const bool series = r.size() > 4;
     auto kt = [&](size_t k) { return keep_tail ? kept[k] : at::Tensor(); };
     ctx->save_for_backward({ut, lo_p, hi_p, wc, b, temp, weight, g, be, r[2], r[3],

@@ -20,10 +20,13 @@
 // it would read them, so they are never written (memory traffic, not arithmetic, bounds these
 // passes: out of cache one thread moves ~12 GB/s here). AVX-512 and AVX2 builds evaluate the
 // pieces instead (kan_af.h: per-cell polynomials fitted to the series here, piece_table, kept
-// where they reproduce it within kPieceTol of its scale). The min / max of f over the tensor are
-// those of the exact values, from candidates (af_series_extremes, below): a table of f_j and
-// f_j' on K + 1 knots (K: the op's `knots` at most; from the phases' own series) bounds every
-// f_j on every cell of width 2 / K (from 512 cells only where a coarse table of K / 8 cells says
+// where they reproduce it within kPieceTol of its scale); once the min / max are known, pieces
+// of the softmax's numerators E - 1 = expm1(e - c) and s1n stand in for s0's and s1's where the
+// exponent's range allows (softmax_tables: no exp, max or scale per value). The min / max of f
+// over the tensor are those of the exact values, from candidates (af_series_extremes, below): a
+// table of f_j and f_j' on K + 1 knots (K: the op's `knots` at most; from the phases' own
+// series) bounds every f_j on every cell of width 2 / K (from 512 cells only where a coarse
+// table of K / 8 cells says
 // the min / max can lie: two_level_flags); one pass over the inputs keeps those in cells that can
 // reach the min / max, which are evaluated exactly with their partials; the ties (the pairs equal
 // to the min or the max, with those partials) are saved for the backward. With a backward to
@@ -42,7 +45,8 @@
 // (GELU at the default phases: Dm 15 instead of 18, ~2 % of a D 64 block step on an AVX2 CPU;
 // the test errors against float64 moved by at most ~20 % of themselves, within their bound).
 // The forward's ties share the min / max gradient (af_add_ties) with the partials the forward
-// computed alongside their values.
+// computed alongside their values. The tail's sums weighted by s0n (the low / high and the
+// temperature gradients) come from the same moments (s0_sum), so the forward keeps no s0n.
 
 #include "kan_af.h"
 
