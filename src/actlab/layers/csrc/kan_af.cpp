@@ -381,7 +381,8 @@ int64_t kept_size(int64_t nin, int64_t N, int64_t ks) {
 // sinks the series path's moments (the series fitted with the backward's: S->backward) and the
 // scale is one for the tensor (func_norm "batch" or "none"), C comes from them instead:
 // s0n = (s0(u) - lo sum w) / span with s0(u) = sum_d c0_d T_d(u), so with gs0 = gs0n / span,
-// C = sum_d c0_d M0_d - lo sum w M0_0 (s0_sum). One float fewer written and read per value.
+// C = sum_d c0_d M0_d - lo sum w M0_0, of which s0_sum leaves out the terms of degree 0 (M0_0 is
+// 0 but for rounding). One float fewer written and read per value.
 inline bool keeps_s0n(const AFSeries* S, int64_t mode) {
   return !(S && S->backward && mode != 1);
 }
@@ -1019,7 +1020,7 @@ struct AFKANLayerFunction : public torch::autograd::Function<AFKANLayerFunction>
       }
       if (!s0n) {  // the s0n-weighted sums the tail left out (keeps_s0n)
         const scalar_t span = P.hi[0] - P.lo[0];  // mode 0: one scale (mode 2: none)
-        const double C = s0_sum(*src, M0, mode == 0 ? static_cast<double>(P.lo[0]) * P.cw : 0.0);
+        const double C = s0_sum(*src, M0);
         gt -= (C + static_cast<double>(P.b) * gb) * static_cast<double>(P.it);  // gb = sum gs0n
         if (mode == 0 && span > scalar_t(0)) {
           glo += C / static_cast<double>(span), ghi -= C / static_cast<double>(span);

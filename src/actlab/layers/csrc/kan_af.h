@@ -317,8 +317,9 @@ std::vector<at::Tensor> af_series_grads(const at::Tensor& ut, const at::Tensor& 
                                         float* gut, bool gut_rows = false);
 
 // C = sum gs0n s0n over the values from the moments M0 (sum gs0 T_d(u), gs0 = gs0n / span):
-// sum_d c0_d M0_d - lo_cw M0_0, lo_cw = lo sum w (func_norm "batch"; 0 for "none").
-double s0_sum(const AFSeries& S, const std::vector<double>& M0, double lo_cw);
+// sum_{d >= 1} c0_d M0_d (the terms of degree 0 multiply M0_0 = sum gs0n / span, which the
+// softmax makes 0 but for rounding).
+double s0_sum(const AFSeries& S, const std::vector<double>& M0);
 
 // The tail's scale and softmax constants: s0n = (s0 - lo cw) / span, s1n = (s1 - lo G) / span
 // (func_norm "none": lo 0, span 1), e = (s0n + b) it.

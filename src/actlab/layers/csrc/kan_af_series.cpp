@@ -1045,7 +1045,7 @@ std::optional<AFSeries> af_series(const at::Tensor& lo_p, const at::Tensor& hi_p
   return S;
 }
 
-double s0_sum(const AFSeries& S, const std::vector<double>& M0, double lo_cw) {
+double s0_sum(const AFSeries& S, const std::vector<double>& M0) {
   TORCH_CHECK(M0.size() == static_cast<size_t>(S.Dm + 1) && S.backward,
               "af_kan_layer: the moments do not match the series");
   // s0's coefficients past Dm are below kMomTol of its scale (af_series). The constant terms
@@ -1053,7 +1053,6 @@ double s0_sum(const AFSeries& S, const std::vector<double>& M0, double lo_cw) {
   // gs0n sum to 0 over each row's nodes, as its a sum to 1), and c0_0 can be large against s0's
   // variation (a peaked f): with them the low / high gradients' errors grew ~3x in the accuracy
   // cases; without, C = sum gs0n (s0n - const), the softmax's own shift invariance.
-  (void)lo_cw;
   double C = 0.0;
   for (int64_t d = std::min(S.D, S.Dm); d >= 1; --d) C += S.cd[d] * M0[d];
   return C;
