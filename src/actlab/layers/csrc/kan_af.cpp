@@ -648,11 +648,11 @@ void tail_rows_kept(const Tail<T>& P, int64_t n, TailRows<T>& W, std::vector<Vec
   constexpr int64_t S = V::size();
   tail_scale<T>(P, n, std::min<int64_t>(S, P.N - n), W);
   const T* k = kept_rows(P, n);
-  const int64_t ks = P.ks, o = ks - 3;  // o: s0n's slot (1) before s1n's, or none
+  const int64_t ks = P.ks;  // a node's vectors: a, s0n (ks = 4), s1n, act'(q)
   if (P.norm) W.mu = V::loadu(k + ks * P.nin * S), W.r = V::loadu(k + (ks * P.nin + 1) * S);
   for (int64_t i = 0; i < P.nin; ++i, k += ks * S) {
-    W.a[i] = V::loadu(k), W.s1n[i] = V::loadu(k + (1 + o) * S), d[i] = V::loadu(k + (2 + o) * S);
-    if (o) W.s0n[i] = V::loadu(k + S);
+    W.a[i] = V::loadu(k), W.s1n[i] = V::loadu(k + (ks - 2) * S), d[i] = V::loadu(k + (ks - 1) * S);
+    if (ks == 4) W.s0n[i] = V::loadu(k + S);
     const V z = W.a[i] * W.s1n[i];
     W.zh[i] = P.norm ? (z - W.mu) * W.r : z;
   }
@@ -677,10 +677,10 @@ void tail_fwd_kernel(const Tail<T>& P, const T* s0t, const T* s1t, T* ot) {
         tail_act<T>(P.act, q, o, k ? &d : nullptr);
         o.store(ot + i * P.N + n, c);
         if (k) {
-          const int64_t o = P.ks - 3;
-          W.a[i].store(k), W.s1n[i].store(k + (1 + o) * S), d.store(k + (2 + o) * S);
-          if (o) W.s0n[i].store(k + S);
-          k += P.ks * S;
+          const int64_t ks = P.ks;  // as tail_rows_kept reads them
+          W.a[i].store(k), W.s1n[i].store(k + (ks - 2) * S), d.store(k + (ks - 1) * S);
+          if (ks == 4) W.s0n[i].store(k + S);
+          k += ks * S;
         }
       }
       if (k && P.norm) W.mu.store(k), W.r.store(k + S);
@@ -806,11 +806,8 @@ Tail<T> tail_args(const at::Tensor& ut, const at::Tensor& w, const at::Tensor& b
   P.eps = static_cast<T>(eps);
   P.b = *b.data_ptr<T>();  // data_ptr, not item(): no op dispatch per read
   P.t = std::max(*temp.data_ptr<T>(), T(1));
-  P.it = T(1) / P.t;
-  const T* pw = w.data_ptr<T>();
-  T cw = T(0);
-  for (int64_t j = 0; j < P.G; ++j) cw += pw[j];  // w.sum() (G terms, in order)
-  P.cw = cw;
+  P.it = inv_temperature(*temp.data_ptr<T>());
+  P.cw = weight_sum(w.data_ptr<T>(), P.G);
   P.lo = r[2].data_ptr<T>(), P.hi = r[3].data_ptr<T>();
   P.gam = P.norm ? gam.data_ptr<T>() : nullptr;
   P.bet = P.norm ? bet.data_ptr<T>() : nullptr;

@@ -321,6 +321,19 @@ std::vector<at::Tensor> af_series_grads(const at::Tensor& ut, const at::Tensor& 
 // softmax makes 0 but for rounding).
 double s0_sum(const AFSeries& S, const std::vector<double>& M0);
 
+// The tail's w.sum() (G terms, in order) and 1 / max(T, 1), in T: tail_args and
+// af_softmax_info take them alike.
+template <typename T>
+inline T weight_sum(const T* w, int64_t G) {
+  T cw = T(0);
+  for (int64_t j = 0; j < G; ++j) cw += w[j];
+  return cw;
+}
+template <typename T>
+inline T inv_temperature(T t) {
+  return T(1) / std::max(t, T(1));
+}
+
 // The tail's scale and softmax constants: s0n = (s0 - lo cw) / span, s1n = (s1 - lo G) / span
 // (func_norm "none": lo 0, span 1), e = (s0n + b) it.
 struct SoftmaxScale {

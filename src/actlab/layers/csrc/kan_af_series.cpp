@@ -26,12 +26,11 @@
 // over the tensor are those of the exact values, from candidates (af_series_extremes, below): a
 // table of f_j and f_j' on K + 1 knots (K: the op's `knots` at most; from the phases' own
 // series) bounds every f_j on every cell of width 2 / K (from 512 cells only where a coarse
-// table of K / 8 cells says
-// the min / max can lie: two_level_flags); one pass over the inputs keeps those in cells that can
-// reach the min / max, which are evaluated exactly with their partials; the ties (the pairs equal
-// to the min or the max, with those partials) are saved for the backward. With a backward to
-// come the forward fits the backward's series too (af_series(..., true)) and the layer op keeps
-// them in its autograd context: one fit per step.
+// table of K / 8 cells says the min / max can lie: two_level_flags); one pass over the inputs
+// keeps those in cells that can reach the min / max, which are evaluated exactly with their
+// partials; the ties (the pairs equal to the min or the max, with those partials) are saved for
+// the backward. With a backward to come the forward fits the backward's series too
+// (af_series(..., true)) and the layer op keeps them in its autograd context: one fit per step.
 //
 // Backward: the tail's backward evaluates s0, s1 again and, instead of writing gs0, gs1, adds
 // du = (gs0 s0'(u) + gs1 s1'(u)) (1 - u^2) from the derivative series (or their pieces) and
@@ -1370,9 +1369,8 @@ bool af_softmax_info_op(const at::Tensor& lo_p, const at::Tensor& hi_p, const at
   const auto S = af_series(lo_p, hi_p, w, act, func, false);
   if (!S) return false;
   const auto wc = w.contiguous();
-  float cw = 0.0f;  // as tail_args: w.sum() in order, in float
-  for (int64_t j = 0; j < wc.numel(); ++j) cw += wc.data_ptr<float>()[j];
-  const float it = 1.0f / std::max(static_cast<float>(temperature), 1.0f);
+  const float cw = weight_sum(wc.data_ptr<float>(), wc.numel());
+  const float it = inv_temperature(static_cast<float>(temperature));
   std::vector<float> out(2 * AFSeries::kTable);
   return softmax_tables(*S, softmax_scale(mode, static_cast<float>(lo), static_cast<float>(hi), cw,
                                           static_cast<float>(b), it, lo_p.numel()),
